@@ -1,0 +1,35 @@
+"""Offline demo: LRA-diffusion on scikit-learn's bundled handwritten digits with 40% label noise.
+
+    python demo_digits.py
+
+Runs the real pipeline (noise → f_p features → kNN retrieval → diffusion training → DDIM
+evaluation) on data that `pip install -r requirements.txt` already brings, in about a minute on
+two CPU cores, and prints the accuracy of the noisy labels next to the accuracy LRA-diffusion
+reaches on the clean test split. Any training flag can be added (e.g. --nepoch 60).
+"""
+import sys
+
+from utils.config import parse_config
+from utils.data import load_digits_splits
+from utils.engine import run
+
+DEFAULTS = dict(
+    noise_type='digits-U-0.4',   # 40% uniform noise on the 1,197 training digits
+    fp_encoder='raw',            # no pre-trained encoder offline: normalised pixels as f_p
+    diff_encoder='fp_mlp',
+    nepoch=100, warmup_epochs=10, eval_every=5, batch_size=50, feature_dim=128,
+    lr_horizon=100, device='cpu', out_dir='./runs/demo', cache_dir='./cache/demo',
+)
+
+
+def main(argv=None):
+    cfg = parse_config(__doc__, DEFAULTS, argv)
+    summary, run_dir = run(cfg, lambda c: load_digits_splits())
+    print(f'\nnoisy training labels: {100 * summary["noisy_label_accuracy"]:.1f}% correct')
+    print(f'LRA-diffusion, clean test split: {100 * summary["test_acc"]:.1f}% '
+          f'(selected on validation at epoch {summary["best_epoch"]}; run folder {run_dir})')
+    return summary
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,181 @@
+"""The LRA-diffusion model: a time-gated MLP denoiser and the label-diffusion process.
+
+`Denoiser` predicts the noise ε added to a one-hot label, conditioned on the image through two
+paths: the frozen f_p features (concatenated with y_t) and an image embedding x_e from the
+diffusion encoder (multiplied in after the first layer).
+
+`Diffusion` holds the β schedule as buffers and implements the forward noising q(y_t | y_0), the
+deterministic/stochastic DDIM sampler and the ancestral (DDPM) sampler. Samplers take a function
+`eps_fn(y_t, t) -> ε̂` so they serve any denoiser and can be checked on known functions.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+N_TIMESTEPS = 1000
+
+
+def cosine_betas(n_steps, s=0.008, max_beta=0.999):
+    """Nichol & Dhariwal's cosine schedule: β_t = 1 − ᾱ(t+1)/ᾱ(t), capped at max_beta."""
+    def alpha_bar(i):
+        return math.cos((i / n_steps + s) / (1 + s) * math.pi / 2) ** 2
+    return torch.tensor([min(1 - alpha_bar(i + 1) / alpha_bar(i), max_beta) for i in range(n_steps)],
+                        dtype=torch.float64)
+
+
+def linear_betas(n_steps, start=1e-4, end=0.02):
+    return torch.linspace(start, end, n_steps, dtype=torch.float64)
+
+
+BETA_SCHEDULES = {'cosine': cosine_betas, 'linear': linear_betas}
+
+
+def ddim_timesteps(n_timesteps, n_steps):
+    """Uniformly spaced DDIM steps, highest first: with T=1000 and 10 steps, 901, 801, ..., 1.
+
+    The +1 offset follows the reference implementation, so the last step lands on t=1 and the
+    sampler's final output sits at ᾱ_0, one step from clean.
+    """
+    if not 1 <= n_steps <= n_timesteps:
+        raise ValueError(f'ddim steps must be in [1, {n_timesteps}], got {n_steps}')
+    stride = n_timesteps // n_steps
+    steps = torch.arange(0, n_timesteps, stride)[:n_steps] + 1
+    return steps.clamp(max=n_timesteps - 1).flip(0)
+
+
+class Diffusion(nn.Module):
+    """Label diffusion with zero prior mean: y_t = √ᾱ_t·y_0 + √(1−ᾱ_t)·ε."""
+
+    def __init__(self, n_timesteps=N_TIMESTEPS, schedule='cosine'):
+        super().__init__()
+        if schedule not in BETA_SCHEDULES:
+            raise ValueError(f'unknown beta schedule {schedule!r}; choose from {sorted(BETA_SCHEDULES)}')
+        betas = BETA_SCHEDULES[schedule](n_timesteps)
+        alphas_bar = torch.cumprod(1 - betas, dim=0)
+        self.n_timesteps = n_timesteps
+        self.schedule = schedule
+        # Computed in float64, stored in float32: the device and dtype follow the module.
+        self.register_buffer('betas', betas.float())
+        self.register_buffer('alphas_bar', alphas_bar.float())
+        self.register_buffer('sqrt_alphas_bar', alphas_bar.sqrt().float())
+        self.register_buffer('sqrt_one_minus_alphas_bar', (1 - alphas_bar).sqrt().float())
+
+    def sample_timesteps(self, batch_size, generator=None):
+        """Antithetic pairs t and T−1−t, which lowers the variance of the loss estimate."""
+        device = self.betas.device
+        half = torch.randint(0, self.n_timesteps, (batch_size // 2 + 1,), device=device, generator=generator)
+        return torch.cat([half, self.n_timesteps - 1 - half])[:batch_size]
+
+    def q_sample(self, y0, t, noise):
+        return self.sqrt_alphas_bar[t, None] * y0 + self.sqrt_one_minus_alphas_bar[t, None] * noise
+
+    @torch.inference_mode()
+    def ddim_sample(self, eps_fn, shape, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+        """DDIM (Song et al. 2021). eta=0 and noisy_start=False give the deterministic sampler
+        that starts from y_T = 0, the paper's inference; eta=1 is DDPM-like stochastic sampling."""
+        device = self.betas.device
+        y = self._start(shape, noisy_start, generator)
+        steps = ddim_timesteps(self.n_timesteps, n_steps).tolist()
+        for i, t in enumerate(steps):
+            a_t = self.alphas_bar[t]
+            # The step after the last one is t=0's ᾱ, as in the reference sampler.
+            a_prev = self.alphas_bar[steps[i + 1]] if i + 1 < len(steps) else self.alphas_bar[0]
+            eps = eps_fn(y, torch.full((shape[0],), t, device=device, dtype=torch.long))
+            y0_hat = (y - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+            y = a_prev.sqrt() * y0_hat + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+            if eta > 0:
+                y = y + sigma * self._noise(shape, generator)
+        return y
+
+    @torch.inference_mode()
+    def ddpm_sample(self, eps_fn, shape, noisy_start=True, generator=None):
+        """Ancestral sampling through all T steps (Ho et al. 2020), returning the t=0 estimate."""
+        device = self.betas.device
+        y = self._start(shape, noisy_start, generator)
+        for t in range(self.n_timesteps - 1, 0, -1):
+            a_t, a_prev, beta = self.alphas_bar[t], self.alphas_bar[t - 1], self.betas[t]
+            eps = eps_fn(y, torch.full((shape[0],), t, device=device, dtype=torch.long))
+            y0_hat = (y - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            mean = (beta * a_prev.sqrt() / (1 - a_t)) * y0_hat + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * y
+            var = beta * (1 - a_prev) / (1 - a_t)
+            y = mean + var.sqrt() * self._noise(shape, generator)
+        eps = eps_fn(y, torch.zeros(shape[0], device=device, dtype=torch.long))
+        return (y - (1 - self.alphas_bar[0]).sqrt() * eps) / self.alphas_bar[0].sqrt()
+
+    def _noise(self, shape, generator):
+        return torch.randn(shape, device=self.betas.device, generator=generator)
+
+    def _start(self, shape, noisy_start, generator):
+        if noisy_start:
+            return self._noise(shape, generator)
+        return torch.zeros(shape, device=self.betas.device)
+
+
+def labels_from_y0(y0):
+    """The predicted class is the coordinate closest to 1."""
+    return (-(y0 - 1) ** 2).argmax(dim=1)
+
+
+class TimeGatedLinear(nn.Module):
+    """A linear layer whose output is scaled element-wise by a learned gain per timestep."""
+
+    def __init__(self, n_in, n_out, n_timesteps):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        # One row per timestep, plus one so the sampler's t = T is addressable too.
+        self.gain = nn.Embedding(n_timesteps + 1, n_out)
+        nn.init.uniform_(self.gain.weight)
+
+    def forward(self, x, t):
+        return self.gain(t) * self.linear(x)
+
+
+class Denoiser(nn.Module):
+    """ε-prediction network: (x_source, y_t, t, f_p(x)) → ε̂.
+
+    `x_encoder` maps `x_source` (an image batch or f_p features, depending on the diffusion
+    encoder) to a `feature_dim` embedding. Split into `embed_x` and `head` so samplers compute the
+    image embedding once per batch rather than once per step.
+    """
+
+    def __init__(self, n_class, fp_dim, feature_dim, x_encoder, n_timesteps=N_TIMESTEPS):
+        super().__init__()
+        self.n_class = n_class
+        self.x_encoder = x_encoder
+        self.x_norm = nn.BatchNorm1d(feature_dim)
+        self.lin1 = TimeGatedLinear(n_class + fp_dim, feature_dim, n_timesteps)
+        self.norm1 = nn.BatchNorm1d(feature_dim)
+        self.lin2 = TimeGatedLinear(feature_dim, feature_dim, n_timesteps)
+        self.norm2 = nn.BatchNorm1d(feature_dim)
+        self.lin3 = TimeGatedLinear(feature_dim, feature_dim, n_timesteps)
+        self.norm3 = nn.BatchNorm1d(feature_dim)
+        self.out = nn.Linear(feature_dim, n_class)
+
+    def embed_x(self, x_source):
+        return self.x_norm(self.x_encoder(x_source))
+
+    def head(self, x_embed, y_t, t, fp_x):
+        h = F.softplus(self.norm1(self.lin1(torch.cat([y_t, fp_x], dim=1), t)))
+        h = x_embed * h
+        h = F.softplus(self.norm2(self.lin2(h, t)))
+        h = F.softplus(self.norm3(self.lin3(h, t)))
+        return self.out(h)
+
+    def forward(self, x_source, y_t, t, fp_x):
+        return self.head(self.embed_x(x_source), y_t, t, fp_x)
+
+
+@torch.inference_mode()
+def predict_y0(denoiser, diffusion, x_source, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+    """Run the sampler for one batch; returns the denoised label vectors y_0 (B × C)."""
+    x_embed = denoiser.embed_x(x_source)
+
+    def eps_fn(y_t, t):
+        return denoiser.head(x_embed, y_t, t, fp_x).float()
+
+    shape = (fp_x.shape[0], denoiser.n_class)
+    return diffusion.ddim_sample(eps_fn, shape, n_steps=n_steps, eta=eta, noisy_start=noisy_start,
+                                 generator=generator)

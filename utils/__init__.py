@@ -1,0 +1,1 @@
+"""LRA-diffusion building blocks: one module per concern (see README)."""

@@ -1,0 +1,136 @@
+"""Image datasets as uint8 tensors: CIFAR-10/100 (train/validation/test split) and the offline digits.
+
+Images stay uint8 N×3×H×W so a whole CIFAR training set (150 MB) sits on the GPU; augmentation and
+normalisation happen there in batches (utils/augment.py).
+"""
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+CIFAR_N_TRAIN = 45000  # the first 45k training images are trained on with noisy labels
+
+CIFAR_FOLDERS = {
+    'cifar10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], 'labels'),
+    'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels'),
+}
+
+
+class DatasetMissing(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ImageSplits:
+    """A dataset split for LRA-diffusion: noisy-label training images, clean validation and test."""
+    name: str
+    n_class: int
+    train_images: torch.Tensor            # uint8 N×3×H×W
+    train_clean: Optional[torch.Tensor]   # clean labels of the training images, where known
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: tuple = CIFAR_MEAN
+    std: tuple = CIFAR_STD
+    coarse_of_class: Optional[np.ndarray] = None  # CIFAR-100 super-class of each fine class
+    extra: dict = field(default_factory=dict)
+
+    def images(self, split):
+        return getattr(self, f'{split}_images')
+
+    def labels(self, split):
+        return {'train': self.train_clean, 'val': self.val_labels, 'test': self.test_labels}[split]
+
+
+def _read_batches(folder, names, label_key):
+    images, labels, coarse = [], [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise DatasetMissing(f'missing CIFAR file {path}')
+        with open(path, 'rb') as f:
+            batch = pickle.load(f, encoding='latin1')
+        images.append(np.asarray(batch['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        if 'coarse_labels' in batch:
+            coarse.append(np.asarray(batch['coarse_labels'], dtype=np.int64))
+    coarse = np.concatenate(coarse) if coarse else None
+    return np.concatenate(images), np.concatenate(labels), coarse
+
+
+def _download_cifar(name, root):
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == 'cifar10' else torchvision.datasets.CIFAR100
+    cls(root=root, train=True, download=True)
+
+
+def load_cifar_arrays(name, root, download=True):
+    """(train_x, train_y, test_x, test_y, coarse_of_class) from the python-version batches.
+
+    Reads the pickles directly, so a re-encoded copy with other checksums loads too; downloads
+    through torchvision only when the folder is absent.
+    """
+    if name not in CIFAR_FOLDERS:
+        raise ValueError(f'unknown CIFAR dataset {name!r}; choose cifar10 or cifar100')
+    folder_name, train_files, test_files, label_key = CIFAR_FOLDERS[name]
+    folder = os.path.join(root, folder_name)
+    if not os.path.isdir(folder) and download:
+        try:
+            _download_cifar(name, root)
+        except Exception as exc:  # offline, or the server refused
+            raise DatasetMissing(
+                f'{name} is not under {folder} and could not be downloaded ({exc}). Pass --data_root '
+                f'DIR where DIR/{folder_name}/ holds the python-version batches.') from exc
+    if not os.path.isdir(folder):
+        raise DatasetMissing(f'{name} not found: {folder} does not exist. Pass --data_root DIR where '
+                             f'DIR/{folder_name}/ holds the python-version batches.')
+    try:
+        train_x, train_y, train_coarse = _read_batches(folder, train_files, label_key)
+        test_x, test_y, _ = _read_batches(folder, test_files, label_key)
+    except DatasetMissing as exc:
+        raise DatasetMissing(f'{name} under {folder} is incomplete: {exc}. Re-download it or point '
+                             f'--data_root elsewhere.') from exc
+    coarse_of_class = None
+    if train_coarse is not None:
+        coarse_of_class = np.zeros(train_y.max() + 1, dtype=np.int64)
+        coarse_of_class[train_y] = train_coarse
+    return train_x, train_y, test_x, test_y, coarse_of_class
+
+
+def load_cifar(name, root, download=True, n_train=CIFAR_N_TRAIN):
+    """CIFAR split as in the paper: first 45k training images (noisy), last 5k clean validation."""
+    train_x, train_y, test_x, test_y, coarse = load_cifar_arrays(name, root, download)
+    t = torch.from_numpy
+    return ImageSplits(name=name, n_class=int(train_y.max()) + 1,
+                       train_images=t(train_x[:n_train]), train_clean=t(train_y[:n_train]),
+                       val_images=t(train_x[n_train:]), val_labels=t(train_y[n_train:]),
+                       test_images=t(test_x), test_labels=t(test_y), coarse_of_class=coarse)
+
+
+def load_digits_splits(size=32, n_val=200, n_test=400, seed=0):
+    """scikit-learn's bundled 8×8 digits, upsampled to size×size RGB uint8 images.
+
+    Real handwritten data that ships with scikit-learn, small enough for CPU tests and the demo.
+    """
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    x = torch.from_numpy(digits.images[order]).float()[:, None] / 16.0
+    x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(digits.target[order]).long()
+    n_train = len(y) - n_val - n_test
+    mean = tuple([float(x.float().mean() / 255)] * 3)
+    std = tuple([float(x.float().std() / 255)] * 3)
+    return ImageSplits(name='digits', n_class=10,
+                       train_images=x[:n_train], train_clean=y[:n_train],
+                       val_images=x[n_train:n_train + n_val], val_labels=y[n_train:n_train + n_val],
+                       test_images=x[n_train + n_val:], test_labels=y[n_train + n_val:],
+                       mean=mean, std=std)

@@ -1,0 +1,247 @@
+"""Frozen f_p encoders: SimCLR ResNet (CIFAR stem), CLIP image towers, and raw pixels.
+
+Every encoder takes uint8 N×3×H×W images on its device and returns float32 features, doing its
+own preprocessing on the GPU (CIFAR normalisation for SimCLR; bicubic resize and CLIP
+normalisation for CLIP). `fingerprint` identifies the weights, so feature caches made with other
+weights are never reused.
+"""
+import hashlib
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.data import CIFAR_MEAN, CIFAR_STD
+from utils.networks import cifar_resnet_trunk, resnet_width
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_NAMES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'model')
+
+
+class EncoderError(RuntimeError):
+    pass
+
+
+def weights_fingerprint(module):
+    """A short hash of every parameter and buffer (names, shapes and float64 moments)."""
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().double()
+            h.update(f'{name}{tuple(t.shape)}{t.sum().item():.10e}{t.abs().sum().item():.10e}'
+                     f'{t.flatten()[:8].tolist()}'.encode())
+    return h.hexdigest()[:16]
+
+
+def normalize_images(images, mean, std):
+    """uint8 N×3×H×W → float, (x/255 − mean)/std, computed on the images' device."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+class FrozenEncoder(nn.Module):
+    """Common frame: eval mode, no gradients, optional bf16 autocast on CUDA."""
+    name = 'encoder'
+    dim = 0
+    version = 1  # raise when preprocessing or the feature definition changes: invalidates caches
+
+    def __init__(self):
+        super().__init__()
+        self.bf16 = True
+        self.fingerprint = ''
+        # follows .to(device); not saved, so released state dicts load strictly
+        self.register_buffer('anchor', torch.zeros(0), persistent=False)
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def preprocess(self, images):
+        raise NotImplementedError
+
+    def features(self, x):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, images):
+        device = images.device
+        use_bf16 = self.bf16 and device.type == 'cuda'
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            x = self.preprocess(images)
+            if device.type == 'cuda':
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.features(x).float()
+
+    def describe(self):
+        """What, besides the weights, decides the features: part of every cache key."""
+        return {'class': type(self).__name__, 'version': self.version,
+                'mean': list(getattr(self, 'mean', ())), 'std': list(getattr(self, 'std', ()))}
+
+    def finish(self, device):
+        self.requires_grad_(False)
+        self.eval()
+        self.fingerprint = weights_fingerprint(self)
+        return self.to(device)
+
+
+class SimCLREncoder(FrozenEncoder):
+    """ResNet with the CIFAR stem: `f` is the trunk, `g` the projection head (unused for features).
+
+    The feature is the L2-normalised pooled vector (2048-d for ResNet-50).
+    """
+    name = 'SimCLR'
+
+    def __init__(self, arch='resnet50', proj_hidden=512, proj_dim=128, mean=CIFAR_MEAN, std=CIFAR_STD):
+        super().__init__()
+        self.arch = arch
+        self.dim = resnet_width(arch)
+        self.mean, self.std = mean, std
+        self.f = nn.Sequential(*cifar_resnet_trunk(arch))
+        self.g = nn.Sequential(nn.Linear(self.dim, proj_hidden, bias=False), nn.BatchNorm1d(proj_hidden),
+                               nn.ReLU(inplace=True), nn.Linear(proj_hidden, proj_dim, bias=True))
+
+    def preprocess(self, images):
+        return normalize_images(images, self.mean, self.std)
+
+    def features(self, x):
+        return F.normalize(torch.flatten(self.f(x), 1), dim=-1)
+
+
+def simclr_arch_of(state_dict):
+    """Infer the trunk from a SimCLR state dict: bottleneck blocks → ResNet-50; block counts → 18/34."""
+    if 'f.3.0.conv3.weight' in state_dict:
+        return 'resnet50'
+    blocks = {k.split('.')[2] for k in state_dict if k.startswith('f.5.')}
+    return 'resnet34' if len(blocks) == 6 else 'resnet18'
+
+
+def load_simclr(path, device='cpu', mean=CIFAR_MEAN, std=CIFAR_STD):
+    """A SimCLR encoder from a checkpoint in the released format (`f.*` backbone, `g.*` head)."""
+    if not os.path.isfile(path):
+        raise EncoderError(
+            f'SimCLR checkpoint {path} not found. Make one with `python pretrain_SimCLR.py` or pass '
+            f'--fp_checkpoint PATH (a state dict with the backbone under f.* and the head under g.*).')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise EncoderError(f'{path} could not be read as a torch checkpoint ({exc})') from exc
+    if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
+        state = state['state_dict']
+    if not isinstance(state, dict) or not any(k.startswith('f.') for k in state):
+        raise EncoderError(f'{path} is not a SimCLR checkpoint: expected a state dict with keys f.* '
+                           f'(backbone) and g.* (projection head)')
+    arch = simclr_arch_of(state)
+    head = state.get('g.0.weight'), state.get('g.3.weight')
+    if head[0] is None or head[1] is None:
+        raise EncoderError(f'{path}: projection head g.0/g.3 missing; not the released SimCLR format')
+    encoder = SimCLREncoder(arch, proj_hidden=head[0].shape[0], proj_dim=head[1].shape[0], mean=mean, std=std)
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise EncoderError(f'{path} does not fit a SimCLR {arch} with the CIFAR stem '
+                           f'(3×3 stride-1 conv1, no max-pool): {str(exc)[:500]}') from exc
+    encoder.source = os.path.abspath(path)
+    return encoder.finish(device)
+
+
+class CLIPEncoder(FrozenEncoder):
+    """The image tower of an OpenAI CLIP model; the feature is `encode_image` in float32."""
+    name = 'CLIP'
+
+    def __init__(self, clip_model, clip_type):
+        super().__init__()
+        self.visual = clip_model.visual.float()
+        self.resolution = clip_model.visual.input_resolution
+        self.dim = clip_model.visual.output_dim
+        self.clip_type = clip_type
+
+    def preprocess(self, images):
+        x = images.float() / 255
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode='bicubic', align_corners=False)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def features(self, x):
+        return self.visual(x.to(self.visual.conv1.weight.dtype))
+
+
+def load_clip(clip_type, device='cpu', download_root=None):
+    """CLIP image tower by name (downloaded by the `clip` package when online) or local file."""
+    import clip
+    if clip_type not in clip.available_models() and not os.path.isfile(clip_type):
+        raise EncoderError(f'unknown --CLIP_type {clip_type!r}: use one of {", ".join(CLIP_NAMES)} or the '
+                           f'path of a local CLIP checkpoint')
+    try:
+        model, _ = clip.load(clip_type, device='cpu', jit=False, download_root=download_root)
+    except (OSError, RuntimeError) as exc:
+        if os.path.isfile(clip_type):
+            raise EncoderError(f'{clip_type} is not a CLIP checkpoint the clip package can build ({exc})') \
+                from exc
+        cache = download_root or os.path.expanduser('~/.cache/clip')
+        raise EncoderError(
+            f'CLIP {clip_type} weights are not in {cache} and could not be downloaded ({exc}). '
+            f'Offline, copy the checkpoint file from an online machine (the clip package keeps it in '
+            f'~/.cache/clip) and pass --CLIP_type /path/to/file.pt') from exc
+    encoder = CLIPEncoder(model, clip_type)
+    encoder.source = clip_type
+    return encoder.finish(device)
+
+
+class RawPixels(FrozenEncoder):
+    """No pre-trained encoder: normalised pixels, flattened and L2-normalised (unit norm, like
+    SimCLR's features: unscaled 3072-d pixels swamp y_t in the denoiser's first layer).
+    For offline demos and ablations."""
+    name = 'raw'
+    version = 2
+
+    def __init__(self, image_shape, mean, std):
+        super().__init__()
+        self.dim = int(torch.tensor(image_shape).prod())
+        self.mean, self.std = mean, std
+        self.bf16 = False
+        self.register_buffer('shape_tag', torch.tensor(image_shape))  # part of the fingerprint
+
+    def preprocess(self, images):
+        return normalize_images(images, self.mean, self.std)
+
+    def features(self, x):
+        return F.normalize(torch.flatten(x, 1), dim=-1)
+
+
+FP_ENCODERS = ('SimCLR', 'CLIP', 'raw')
+
+
+def default_simclr_path(dataset):
+    return os.path.join(MODEL_DIR, f'SimCLR_128_{dataset}.pt')
+
+
+def build_fp_encoder(cfg, splits, device):
+    """The frozen f_p encoder named by --fp_encoder, on `device`."""
+    if cfg.fp_encoder == 'SimCLR':
+        encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(splits.name), device, splits.mean, splits.std)
+    elif cfg.fp_encoder == 'CLIP':
+        encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root)
+    elif cfg.fp_encoder == 'raw':
+        encoder = RawPixels(tuple(splits.train_images.shape[1:]), splits.mean, splits.std).finish(device)
+    else:
+        raise EncoderError(f'unknown --fp_encoder {cfg.fp_encoder!r}; choose from {", ".join(FP_ENCODERS)}')
+    encoder.bf16 = encoder.bf16 and cfg.encoder_precision == 'bf16'
+    return encoder
+
+
+@torch.no_grad()
+def encode_all(encoder, images, batch_size=512, progress=True, desc='f_p features'):
+    """Features of all images (uint8, any device), computed in batches on the encoder's device."""
+    from tqdm import tqdm
+    device = encoder.device
+    out = torch.empty(len(images), encoder.dim, device=device)
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = images[start:start + batch_size].to(device, non_blocking=True)
+        out[start:start + len(batch)] = encoder.encode(batch)
+    return out

@@ -1,0 +1,305 @@
+"""The one training/evaluation loop every dataset script calls.
+
+Data flows one way, once: images → frozen f_p → cached features → cached neighbour table →
+training on the device. Evaluation runs the DDIM sampler on the cached validation/test features
+(the authors re-encoded those images at every evaluation; the features are identical).
+
+A run folder holds config.json, log.jsonl (one line per evaluation), best.pt and last.pt
+(checkpoint dicts) and summary.json.
+"""
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model_diffusion import Denoiser, Diffusion, labels_from_y0, predict_y0
+from utils.augment import random_crop_flip
+from utils.cache import cached_features, cached_neighbours
+from utils.encoders import build_fp_encoder, normalize_images
+from utils.io import append_jsonl, load_torch, save_json, save_torch
+from utils.noise import noise_rate, resolve_noisy_labels
+from utils.retrieval import CandidateLabels
+from utils.runtime import (SetupError, default_run_name, device_description, resolve_device, rng_state,
+                           seed_everything, set_rng_state)
+from utils.x_encoders import build_x_encoder, x_encoder_input
+
+CHECKPOINT_FORMAT = 1
+SPLITS = ('train', 'val', 'test')
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def learning_rate(epoch, peak, warmup_epochs, horizon):
+    """Linear warm-up to `peak`, then half-cosine decay to 0 over `horizon` epochs (fractional epoch)."""
+    if epoch < warmup_epochs:
+        return peak * epoch / warmup_epochs
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (horizon - warmup_epochs)))
+
+
+def is_eval_epoch(epoch, cfg):
+    """The authors' rule: every `eval_every` epochs (0-based) once warm-up is over."""
+    return epoch >= cfg.warmup_epochs and epoch % cfg.eval_every == 0
+
+
+def uses_augmented_fp(cfg):
+    if cfg.fp_train_view == 'auto':
+        return cfg.fp_encoder == 'SimCLR'
+    return cfg.fp_train_view == 'augmented'
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, resident on the device."""
+    n_class: int
+    noisy_labels: torch.Tensor
+    features: dict
+    candidates: CandidateLabels
+    images: dict            # uint8 images per split, only when a step reads pixels
+    mean: tuple
+    std: tuple
+    fp_encoder: object      # kept only when training re-encodes augmented images
+    info: dict
+
+
+def prepare(cfg, splits, device, log=print):
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+    clean = splits.train_clean.numpy() if splits.train_clean is not None else None
+    labels, noise_source = resolve_noisy_labels(
+        cfg.noise_type, len(splits.train_images), clean, splits.n_class, seed=cfg.noise_seed,
+        coarse_of_class=splits.coarse_of_class,
+        cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [])
+    if cfg.k >= len(labels):
+        raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
+    encoder = build_fp_encoder(cfg, splits, device)
+    features = {split: cached_features(encoder, splits.images(split), splits.name, split, cfg.cache_dir,
+                                       batch_size=cfg.encode_batch_size, log=log) for split in SPLITS}
+    neighbours = cached_neighbours(features['train'], cfg.k, cfg.cache_dir, log=log)
+    noisy = torch.from_numpy(labels).to(device)
+    candidates = CandidateLabels(neighbours, noisy)
+    augmented_fp = uses_augmented_fp(cfg)
+    needs_pixels = x_encoder_input(cfg.diff_encoder) == 'image' or augmented_fp
+    images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
+    info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
+            'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
+            'fp_train_view': 'augmented' if augmented_fp else 'cached'}
+    if clean is not None:
+        info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
+        info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
+    return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
+                    encoder if augmented_fp else None, info)
+
+
+def build_model(cfg, n_class, fp_dim, image_shape):
+    x_encoder = build_x_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape)
+    return Denoiser(n_class, fp_dim, cfg.feature_dim, x_encoder, n_timesteps=cfg.n_timesteps)
+
+
+class Trainer:
+    def __init__(self, cfg, data, model, diffusion, run_dir, device, log=print):
+        self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
+        self.run_dir, self.device, self.log = run_dir, device, log
+        self.x_input = x_encoder_input(cfg.diff_encoder)
+        if cfg.freeze_diff_encoder:
+            model.x_encoder.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        self.params = params
+        self.start_epoch = 0
+        self.best = {'val_acc': -1.0, 'epoch': None, 'test_acc': None}
+        self.history = []
+        self.elapsed_before = 0.0
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def _pixels(self, images):
+        return normalize_images(images, self.data.mean, self.data.std)
+
+    def train_inputs(self, idx):
+        """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
+        data = self.data
+        augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
+        fp_x = data.fp_encoder.encode(augmented) if data.fp_encoder is not None else data.features['train'][idx]
+        x_source = self._pixels(augmented) if self.x_input == 'image' else fp_x
+        return x_source, fp_x
+
+    def eval_inputs(self, split, sl):
+        fp_x = self.data.features[split][sl]
+        x_source = self._pixels(self.data.images[split][sl]) if self.x_input == 'image' else fp_x
+        return x_source, fp_x
+
+    # ---- training -----------------------------------------------------------------------------
+    def train_step(self, idx):
+        labels, weights = self.data.candidates.sample(idx)
+        x_source, fp_x = self.train_inputs(idx)
+        y0 = F.one_hot(labels, self.data.n_class).float()
+        t = self.diffusion.sample_timesteps(len(idx))
+        noise = torch.randn_like(y0)
+        eps_hat = self.model(x_source, self.diffusion.q_sample(y0, t, noise), t, fp_x)
+        loss = (weights * (eps_hat - noise).square().mean(1)).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def batches(self):
+        n = self.data.noisy_labels.shape[0]
+        order = torch.randperm(n, device=self.device)
+        # a last batch of one sample would break BatchNorm; fold it into the previous batch
+        cuts = list(range(0, n, self.cfg.batch_size))
+        if len(cuts) > 1 and n - cuts[-1] < 2:
+            cuts.pop()
+        return [order[a:b] for a, b in zip(cuts, cuts[1:] + [n])]
+
+    def train_epoch(self, epoch):
+        self.model.train()
+        batches = self.batches()
+        loss_sum = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+        for i, idx in enumerate(batches):
+            lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs, self.cfg.lr_horizon)
+            for group in self.optimizer.param_groups:
+                group['lr'] = lr
+            loss = self.train_step(idx)
+            loss_sum += loss
+            # recorded on the device, read once per epoch: no host sync per step
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
+        bad_step = int(first_bad)
+        if bad_step >= 0:
+            raise NonFiniteLoss(
+                f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; the last '
+                f'good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {epoch - 1}) is kept. '
+                f'Lower --lr or check the input features.')
+        return float(loss_sum) / len(batches)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, split):
+        self.model.eval()
+        n = self.data.features[split].shape[0]
+        preds = []
+        for start in range(0, n, self.cfg.eval_batch_size):
+            sl = slice(start, start + self.cfg.eval_batch_size)
+            x_source, fp_x = self.eval_inputs(split, sl)
+            y0 = predict_y0(self.model, self.diffusion, x_source, fp_x, n_steps=self.cfg.ddim_n_step)
+            preds.append(labels_from_y0(y0))
+        return torch.cat(preds)
+
+    def accuracy(self, split, labels):
+        return float((self.predict(split).cpu() == labels.cpu()).float().mean())
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def checkpoint(self, epoch, elapsed):
+        return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'epoch': epoch,
+                'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'best': dict(self.best), 'history': list(self.history), 'rng': rng_state(),
+                'elapsed_s': elapsed}
+
+    def restore(self, ckpt):
+        self.model.load_state_dict(ckpt['model'])
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        self.best, self.history = ckpt['best'], ckpt['history']
+        self.start_epoch = ckpt['epoch'] + 1
+        self.elapsed_before = ckpt['elapsed_s']
+        set_rng_state(ckpt['rng'])
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self, splits):
+        cfg, started = self.cfg, time.time()
+        bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
+                   total=cfg.nepoch, dynamic_ncols=True)
+        for epoch in bar:
+            train_loss = self.train_epoch(epoch)
+            bar.set_postfix(loss=f'{train_loss:.4f}')
+            elapsed = self.elapsed_before + time.time() - started
+            if is_eval_epoch(epoch, cfg):
+                self.evaluate(epoch, train_loss, elapsed, splits)
+            if epoch == cfg.nepoch - 1 and not self.history:
+                # a run shorter than warm-up still gets one validation-selected result
+                self.evaluate(epoch, train_loss, elapsed, splits)
+            save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
+        return self.elapsed_before + time.time() - started
+
+    def evaluate(self, epoch, train_loss, elapsed, splits):
+        val_acc = self.accuracy('val', splits.val_labels)
+        test_acc = self.accuracy('test', splits.test_labels)
+        record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
+                  'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
+        improved = val_acc > self.best['val_acc']
+        if improved:
+            self.best = {'val_acc': val_acc, 'epoch': epoch, 'test_acc': test_acc}
+            save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'best.pt'))
+        self.history.append(record)
+        append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
+        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  '
+                   f'test {100 * test_acc:6.2f}%  best val {100 * self.best["val_acc"]:6.2f}% '
+                   f'(epoch {self.best["epoch"]}){"  *" if improved else ""}')
+
+
+# ---- entry point used by the dataset scripts -------------------------------------------------------
+
+def open_run_dir(cfg):
+    """A fresh run folder, or the one being resumed. Never silently overwrites a finished run."""
+    if cfg.resume:
+        return cfg.resume
+    run_dir = os.path.join(cfg.out_dir, cfg.run_name or default_run_name(cfg))
+    if os.path.exists(os.path.join(run_dir, 'last.pt')):
+        raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
+                         f'another --run_name')
+    os.makedirs(run_dir, exist_ok=True)
+    return run_dir
+
+
+def load_resume(cfg):
+    """The saved checkpoint and configuration of the run to resume (this --device wins)."""
+    path = os.path.join(cfg.resume, 'last.pt')
+    if not os.path.isfile(path):
+        raise SetupError(f'--resume {cfg.resume}: no last.pt there (nothing finished yet); start a new run')
+    ckpt = load_torch(path)
+    if ckpt.get('format_version') != CHECKPOINT_FORMAT:
+        raise SetupError(f'{path} has checkpoint format {ckpt.get("format_version")}, this code reads '
+                         f'{CHECKPOINT_FORMAT}')
+    saved = dict(ckpt['config'])
+    saved.update(device=cfg.device, resume=cfg.resume)
+    return ckpt, type(cfg)(**saved)
+
+
+def run(cfg, load_splits):
+    """Train and evaluate LRA-diffusion; `load_splits(cfg)` returns the dataset's ImageSplits."""
+    ckpt = None
+    if cfg.resume:
+        ckpt, cfg = load_resume(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    run_dir = open_run_dir(cfg)
+    splits = load_splits(cfg)
+    data = prepare(cfg, splits, device)
+    seed_everything(cfg.seed)  # model init and training draws independent of cache hits
+    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(splits.train_images.shape[1:])).to(device)
+    diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
+    trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
+    config = {**vars(cfg), 'dataset': splits.name, 'n_class': splits.n_class, **data.info,
+              'device_name': device_description(device)}
+    save_json(config, os.path.join(run_dir, 'config.json'))
+    print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
+          f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
+          f'device {device_description(device)}; run folder {run_dir}')
+    wall = trainer.fit(splits)
+    summary = {'best_val_acc': trainer.best['val_acc'], 'best_epoch': trainer.best['epoch'],
+               'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
+               'device': device_description(device), 'noise_type': cfg.noise_type,
+               **{k: data.info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy')
+                  if k in data.info}}
+    save_json(summary, os.path.join(run_dir, 'summary.json'))
+    print('summary: ' + json.dumps(summary))
+    return summary, run_dir

@@ -1,0 +1,155 @@
+"""Noisy training labels: noise files, i.i.d. noise generated from clean labels, and CIFAR-N.
+
+`--noise_type NAME` is resolved in this order:
+1. a path to a `.npy` file;
+2. `noisy_label/NAME.npy` (e.g. `cifar10-1-0.35`, PMD noise made by noisy_label/make_pmd.py);
+3. `<dataset>-clean`, `<dataset>-U-<rate>`, `<dataset>-A-<rate>`: clean labels, or uniform or
+   asymmetric i.i.d. noise drawn from the clean labels with `--noise_seed`;
+4. `<base>_U_<rate>` / `<base>_A_<rate>`: that i.i.d. noise on top of the labels `<base>` resolves to
+   (the authors' hybrid names, e.g. `cifar10-1-0.35_U_0.3`);
+5. CIFAR-N human labels: `cifar10n-aggre|random1|random2|random3|worse`, `cifar100n-noisy`.
+"""
+import os
+import re
+import zlib
+
+import numpy as np
+
+NOISE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'noisy_label')
+
+# Classic CIFAR-10 class-dependent flips: truck→automobile, bird→airplane, cat↔dog, deer→horse.
+CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+
+CIFAR_N_FILES = {'cifar10n': 'CIFAR-10_human.pt', 'cifar100n': 'CIFAR-100_human.pt'}
+CIFAR_N_KEYS = {'cifar10n-aggre': 'aggre_label', 'cifar10n-random1': 'random_label1',
+                'cifar10n-random2': 'random_label2', 'cifar10n-random3': 'random_label3',
+                'cifar10n-worse': 'worse_label', 'cifar100n-noisy': 'noisy_label'}
+
+_RATE = r'(0(?:\.\d+)?|1(?:\.0+)?)'
+IID_NAME = re.compile(rf'^([a-z0-9]+)-([UA])-{_RATE}$')
+HYBRID_NAME = re.compile(rf'^(.+)_([UA])_{_RATE}$')
+
+
+class NoiseError(ValueError):
+    pass
+
+
+def dataset_of(noise_type):
+    """The dataset a noise name refers to: the part before the first '-' (cifar10n → cifar10)."""
+    base = os.path.basename(noise_type).split('-')[0]
+    return base[:-1] if base in CIFAR_N_FILES else base
+
+
+def check_labels(labels, n_expected, n_class, source):
+    """Refuse a label array of the wrong shape, dtype or range, naming the source."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n_expected:
+        raise NoiseError(f'{source}: expected {n_expected} labels (one per training image), found shape '
+                         f'{labels.shape}. Was it made for another dataset or split?')
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
+                and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise NoiseError(f'{source}: labels must be integers, found dtype {labels.dtype}')
+    if labels.min() < 0 or labels.max() >= n_class:
+        raise NoiseError(f'{source}: labels must lie in [0, {n_class - 1}], found range '
+                         f'[{labels.min()}, {labels.max()}]')
+    return labels.astype(np.int64)
+
+
+def uniform_noise(labels, rate, n_class, rng):
+    """Each label moves, with probability `rate`, to one of the other C−1 classes uniformly."""
+    labels = np.asarray(labels, dtype=np.int64)
+    flip = rng.random(len(labels)) < rate
+    shift = rng.integers(1, n_class, size=len(labels))
+    return np.where(flip, (labels + shift) % n_class, labels)
+
+
+def asymmetric_map(dataset, n_class, coarse_of_class=None):
+    """Class → flipped class for class-dependent noise (identity where a class does not flip)."""
+    mapping = np.arange(n_class)
+    if dataset == 'cifar10':
+        for src, dst in CIFAR10_ASYMMETRIC.items():
+            mapping[src] = dst
+    elif coarse_of_class is not None:
+        # the next class within each super-class, circularly
+        for coarse in np.unique(coarse_of_class):
+            members = np.flatnonzero(coarse_of_class == coarse)
+            mapping[members] = np.roll(members, -1)
+    else:
+        raise NoiseError(f'asymmetric noise is defined for cifar10 and for datasets with super-classes '
+                         f'(cifar100), not for {dataset}')
+    return mapping
+
+
+def asymmetric_noise(labels, rate, mapping, rng):
+    labels = np.asarray(labels, dtype=np.int64)
+    flip = rng.random(len(labels)) < rate
+    return np.where(flip, mapping[labels], labels)
+
+
+def load_cifar_n(noise_type, n_train, search_dirs):
+    """CIFAR-N human labels for the first n_train training images (the noisy-label split)."""
+    import torch
+    prefix = noise_type.split('-')[0]
+    file_name = CIFAR_N_FILES[prefix]
+    for folder in search_dirs:
+        path = os.path.join(folder, file_name)
+        if os.path.isfile(path):
+            table = torch.load(path, weights_only=False)
+            key = CIFAR_N_KEYS[noise_type]
+            if key not in table:
+                raise NoiseError(f'{path} has no {key!r}; keys are {sorted(table)}')
+            return np.asarray(table[key])[:n_train], path
+    raise NoiseError(f'{noise_type} needs {file_name} (CIFAR-N, Wei et al. 2022): put it in '
+                     f'{NOISE_DIR}/ or pass --cifar_n_dir DIR')
+
+
+def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of_class=None,
+                         noise_dir=NOISE_DIR, cifar_n_dirs=()):
+    """Noisy labels for the n training samples and a short description of where they came from.
+
+    `clean_labels` (None where unknown) is the base of generated noise.
+    """
+    if noise_type.endswith('.npy') or os.sep in noise_type:
+        if not os.path.isfile(noise_type):
+            raise NoiseError(f'noise file {noise_type} does not exist')
+        return check_labels(np.load(noise_type), n, n_class, noise_type), f'file {noise_type}'
+    path = os.path.join(noise_dir, noise_type + '.npy')
+    if os.path.isfile(path):
+        return check_labels(np.load(path), n, n_class, path), f'file {path}'
+    if noise_type in CIFAR_N_KEYS:
+        labels, source = load_cifar_n(noise_type, n, [noise_dir, *cifar_n_dirs])
+        return check_labels(labels, n, n_class, source), f'CIFAR-N {source}'
+    dataset = dataset_of(noise_type)
+    # Seeded by name too, so a hybrid's layer of noise is independent of its base's draws.
+    rng = np.random.default_rng([seed, zlib.crc32(noise_type.encode())])
+    if noise_type == f'{dataset}-clean':
+        if clean_labels is None:
+            raise NoiseError(f'{dataset} has no clean training labels')
+        return np.asarray(clean_labels, dtype=np.int64), 'clean labels'
+    iid = IID_NAME.match(noise_type) or HYBRID_NAME.match(noise_type)
+    if iid is None:
+        raise NoiseError(
+            f'unknown --noise_type {noise_type!r}: no file {path}, and not a generated name '
+            f'({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
+            f'({", ".join(CIFAR_N_KEYS)}). PMD files are made by noisy_label/make_pmd.py.')
+    base, kind, rate = iid.group(1), iid.group(2), float(iid.group(3))
+    if IID_NAME.match(noise_type):
+        if clean_labels is None:
+            raise NoiseError(f'{noise_type} is drawn from clean labels, which {dataset} does not have')
+        base_labels, base_source = np.asarray(clean_labels, dtype=np.int64), 'clean labels'
+    else:
+        base_labels, base_source = resolve_noisy_labels(base, n, clean_labels, n_class, seed, coarse_of_class,
+                                                        noise_dir, cifar_n_dirs)
+    if kind == 'U':
+        labels = uniform_noise(base_labels, rate, n_class, rng)
+    else:
+        labels = asymmetric_noise(base_labels, rate, asymmetric_map(dataset, n_class, coarse_of_class), rng)
+    name = 'uniform' if kind == 'U' else 'asymmetric'
+    return labels, f'{name} {rate} on {base_source} (seed {seed})'
+
+
+def noise_rate(noisy, clean):
+    return float(np.mean(np.asarray(noisy) != np.asarray(clean)))

@@ -1,0 +1,70 @@
+"""Label retrieval: exact k-nearest neighbours in f_p space and the candidate-label rule.
+
+A training sample's candidates are the noisy labels of its k neighbours (the search includes the
+sample itself, its own nearest neighbour) plus its own noisy label appended, k+1 labels in all.
+Each time it is drawn, one candidate is picked uniformly; its loss weight is the number of
+candidates that agree with the pick, normalised over the batch.
+"""
+import torch
+from tqdm import tqdm
+
+
+def knn(queries, keys, k, chunk_size=None, progress=False):
+    """Indices (and distances) of the k nearest `keys` (Euclidean) for every query, nearest first.
+
+    Works in query chunks so only a chunk × N block of distances exists at a time; distances use
+    ‖q‖² − 2q·k + ‖k‖² with a float32 matmul.
+    """
+    if k > keys.shape[0]:
+        raise ValueError(f'k={k} neighbours asked for, but only {keys.shape[0]} samples to search; '
+                         f'lower --k')
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError(f'query width {queries.shape[1]} differs from key width {keys.shape[1]}')
+    keys = keys.float()
+    key_sq = keys.square().sum(1)
+    if chunk_size is None:
+        # about 1 GiB of float32 distances per chunk
+        chunk_size = max(1, min(queries.shape[0], (1 << 28) // max(1, keys.shape[0])))
+    all_dist, all_idx = [], []
+    starts = range(0, queries.shape[0], chunk_size)
+    for start in tqdm(starts, desc='kNN', disable=not progress, leave=False):
+        q = queries[start:start + chunk_size].float()
+        d2 = q.square().sum(1, keepdim=True) - 2 * q @ keys.T + key_sq
+        dist, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        all_dist.append(dist.clamp(min=0).sqrt())
+        all_idx.append(idx)
+    return torch.cat(all_dist), torch.cat(all_idx)
+
+
+class CandidateLabels:
+    """The k+1 candidate labels of every training sample, and the per-draw pick and weight."""
+
+    def __init__(self, neighbour_idx, noisy_labels):
+        """neighbour_idx: N × k indices into the training set; noisy_labels: N noisy labels."""
+        noisy_labels = noisy_labels.long()
+        self.candidates = torch.cat([noisy_labels[neighbour_idx], noisy_labels[:, None]], dim=1)
+        # agreement[i, j] = how many of sample i's candidates equal candidate j, computed once.
+        self.agreement = (self.candidates[:, :, None] == self.candidates[:, None, :]).sum(1).float()
+
+    @property
+    def n_candidates(self):
+        return self.candidates.shape[1]
+
+    def to(self, device):
+        self.candidates = self.candidates.to(device)
+        self.agreement = self.agreement.to(device)
+        return self
+
+    def sample(self, idx, generator=None):
+        """For the samples `idx`: one uniformly picked candidate each, and batch-normalised weights."""
+        pick = torch.randint(0, self.n_candidates, (idx.shape[0],), device=idx.device, generator=generator)
+        labels = self.candidates[idx, pick]
+        counts = self.agreement[idx, pick]
+        return labels, counts / counts.sum()
+
+    def majority(self):
+        """The most frequent candidate per sample (ties to the lowest class): a retrieval-only label."""
+        n_class = int(self.candidates.max()) + 1
+        votes = torch.zeros(self.candidates.shape[0], n_class, device=self.candidates.device)
+        votes.scatter_add_(1, self.candidates, torch.ones_like(self.candidates, dtype=torch.float))
+        return votes.argmax(1)

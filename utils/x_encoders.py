@@ -1,0 +1,34 @@
+"""Diffusion encoders: the image embedding x_e that gates the denoiser (`--diff_encoder`).
+
+Each entry says whether it reads the image (normalised, augmented while training) or the f_p
+features. Reading features is the fast path: training then runs on cached features alone.
+"""
+import torch.nn as nn
+
+from utils.networks import cifar_resnet
+
+
+def _mlp(n_in, width):
+    return nn.Sequential(nn.Flatten(1), nn.Linear(n_in, width), nn.BatchNorm1d(width), nn.Softplus(),
+                         nn.Linear(width, width), nn.BatchNorm1d(width), nn.Softplus(),
+                         nn.Linear(width, width))
+
+
+# name → (input kind, builder(feature_dim, fp_dim, image_shape))
+X_ENCODERS = {
+    'resnet18': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet18', width)),
+    'resnet34': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet34', width)),
+    'resnet50': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet50', width)),
+    'linear': ('image', lambda width, fp_dim, shape: _mlp(shape[0] * shape[1] * shape[2], width)),
+    'fp_mlp': ('features', lambda width, fp_dim, shape: _mlp(fp_dim, width)),
+}
+
+
+def x_encoder_input(name):
+    return X_ENCODERS[name][0]
+
+
+def build_x_encoder(name, feature_dim, fp_dim, image_shape):
+    if name not in X_ENCODERS:
+        raise ValueError(f'unknown --diff_encoder {name!r}; choose from {", ".join(sorted(X_ENCODERS))}')
+    return X_ENCODERS[name][1](feature_dim, fp_dim, image_shape)
