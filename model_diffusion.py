@@ -79,15 +79,11 @@ class Diffusion(nn.Module):
         y = self._start(shape, noisy_start, generator)
         steps = ddim_timesteps(self.n_timesteps, n_steps).tolist()
         for i, t in enumerate(steps):
-            a_t = self.alphas_bar[t]
             # The step after the last one is t=0's ᾱ, as in the reference sampler.
             a_prev = self.alphas_bar[steps[i + 1]] if i + 1 < len(steps) else self.alphas_bar[0]
             eps = eps_fn(y, torch.full((shape[0],), t, device=device, dtype=torch.long))
-            y0_hat = (y - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-            y = a_prev.sqrt() * y0_hat + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-            if eta > 0:
-                y = y + sigma * self._noise(shape, generator)
+            noise = self._noise(shape, generator) if eta > 0 else None
+            y = ddim_step(y, eps, self.alphas_bar[t], a_prev, eta, noise)
         return y
 
     @torch.inference_mode()
@@ -112,6 +108,14 @@ class Diffusion(nn.Module):
         if noisy_start:
             return self._noise(shape, generator)
         return torch.zeros(shape, device=self.betas.device)
+
+
+def ddim_step(y_t, eps, a_t, a_prev, eta=0.0, noise=None):
+    """One DDIM update from ᾱ_t to ᾱ_prev; eta=1 with consecutive steps is the DDPM posterior."""
+    y0_hat = (y_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+    y = a_prev.sqrt() * y0_hat + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+    return y if noise is None else y + sigma * noise
 
 
 def labels_from_y0(y0):

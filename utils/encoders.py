@@ -7,6 +7,7 @@ weights are never reused.
 """
 import hashlib
 import os
+import warnings
 
 import torch
 import torch.nn as nn
@@ -173,7 +174,13 @@ class CLIPEncoder(FrozenEncoder):
 
 def load_clip(clip_type, device='cpu', download_root=None):
     """CLIP image tower by name (downloaded by the `clip` package when online) or local file."""
-    import clip
+    with warnings.catch_warnings():  # clip imports pkg_resources and tries torch.jit.load first
+        warnings.simplefilter('ignore')
+        import clip
+        return _load_clip(clip, clip_type, device, download_root)
+
+
+def _load_clip(clip, clip_type, device, download_root):
     if clip_type not in clip.available_models() and not os.path.isfile(clip_type):
         raise EncoderError(f'unknown --CLIP_type {clip_type!r}: use one of {", ".join(CLIP_NAMES)} or the '
                            f'path of a local CLIP checkpoint')

@@ -1,0 +1,40 @@
+import os
+
+import pytest
+import torch
+
+from utils.data import ImageSplits, load_digits_splits
+from utils.random_weights import save_random_clip, save_random_simclr
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope='session')
+def digits():
+    return load_digits_splits()
+
+
+def subset(splits, n_train, n_eval, size=None):
+    """A smaller copy of `splits` (optionally resized), for encoders too slow on the full CPU set."""
+    def shrink(x):
+        if size is None:
+            return x
+        return torch.nn.functional.interpolate(x.float(), size=(size, size), mode='bilinear').round().to(torch.uint8)
+    return ImageSplits(name=splits.name + f'-sub{n_train}', n_class=splits.n_class,
+                       train_images=shrink(splits.train_images[:n_train]), train_clean=splits.train_clean[:n_train],
+                       val_images=shrink(splits.val_images[:n_eval]), val_labels=splits.val_labels[:n_eval],
+                       test_images=shrink(splits.test_images[:n_eval]), test_labels=splits.test_labels[:n_eval],
+                       mean=splits.mean, std=splits.std)
+
+
+@pytest.fixture(scope='session')
+def tiny_clip_path(tmp_path_factory):
+    return str(save_random_clip('tiny', tmp_path_factory.mktemp('clip') / 'tiny-clip.pt'))
+
+
+@pytest.fixture(scope='session')
+def simclr18_path(tmp_path_factory):
+    return str(save_random_simclr('resnet18', tmp_path_factory.mktemp('simclr') / 'SimCLR_128_test.pt'))
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -1,0 +1,96 @@
+"""CIFAR batches read from a local folder (no checksums), the split, and clear failures."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from utils.augment import random_crop_flip
+from utils.data import DatasetMissing, load_cifar, load_digits_splits
+
+
+def write_cifar10(root, n_per_batch=40, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder)
+    names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+    content = {}
+    for name in names:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'data': data, 'labels': labels, 'batch_label': name}, f)
+        content[name] = (data, labels)
+    return content
+
+
+def write_cifar100(root, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, 'cifar-100-python')
+    os.makedirs(folder)
+    for name in ('train', 'test'):
+        fine = rng.integers(0, 100, n)
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         'fine_labels': fine.tolist(), 'coarse_labels': (fine // 5).tolist()}, f)
+
+
+def test_cifar10_from_local_batches_in_order(tmp_path):
+    content = write_cifar10(str(tmp_path))
+    splits = load_cifar('cifar10', str(tmp_path), download=False, n_train=150)
+    all_train = np.concatenate([content[f'data_batch_{i}'][0] for i in range(1, 6)])
+    all_labels = sum([content[f'data_batch_{i}'][1] for i in range(1, 6)], [])
+    assert splits.train_images.shape == (150, 3, 32, 32) and splits.val_images.shape == (50, 3, 32, 32)
+    assert np.array_equal(splits.train_images.numpy().reshape(150, -1), all_train[:150])
+    assert np.array_equal(splits.val_images.numpy().reshape(50, -1), all_train[150:])
+    assert splits.train_clean.tolist() == all_labels[:150] and splits.val_labels.tolist() == all_labels[150:]
+    assert splits.test_images.shape[0] == 40 and splits.n_class <= 10
+
+
+def test_cifar100_fine_labels_and_superclasses(tmp_path):
+    write_cifar100(str(tmp_path))
+    splits = load_cifar('cifar100', str(tmp_path), download=False, n_train=50)
+    seen = np.unique(splits.train_clean.numpy())
+    assert np.array_equal(splits.coarse_of_class[seen], seen // 5)
+
+
+def test_missing_and_incomplete_cifar_are_named(tmp_path):
+    with pytest.raises(DatasetMissing, match='--data_root'):
+        load_cifar('cifar10', str(tmp_path), download=False)
+    write_cifar10(str(tmp_path))
+    os.remove(tmp_path / 'cifar-10-batches-py' / 'data_batch_3')
+    with pytest.raises(DatasetMissing, match='incomplete.*data_batch_3'):
+        load_cifar('cifar10', str(tmp_path), download=False)
+
+
+def test_download_failure_is_named(tmp_path, monkeypatch):
+    import utils.data
+    def offline(name, root):
+        raise OSError('network unreachable')
+    monkeypatch.setattr(utils.data, '_download_cifar', offline)
+    with pytest.raises(DatasetMissing, match='could not be downloaded.*--data_root'):
+        load_cifar('cifar10', str(tmp_path), download=True)
+
+
+def test_digits_splits_are_disjoint_uint8_images():
+    s = load_digits_splits()
+    assert s.train_images.dtype == torch.uint8 and s.train_images.shape[1:] == (3, 32, 32)
+    assert len(s.train_clean) + len(s.val_labels) + len(s.test_labels) == 1797
+    assert len(s.val_labels) == 200 and len(s.test_labels) == 400
+
+
+def test_random_crop_flip_is_a_shifted_or_mirrored_window():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    flips = 0
+    for i in range(64):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(out[i], w) for w in windows)
+        mirrored = any(torch.equal(out[i], w.flip(-1)) for w in windows)
+        assert plain or mirrored
+        flips += mirrored and not plain
+    assert 15 < flips < 49  # about half are mirrored

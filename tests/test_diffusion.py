@@ -1,0 +1,115 @@
+"""The schedule, forward noising and samplers against closed-form values."""
+import math
+
+import pytest
+import torch
+
+from model_diffusion import Denoiser, Diffusion, ddim_step, ddim_timesteps, labels_from_y0, predict_y0
+from utils.x_encoders import build_x_encoder
+
+
+def test_cosine_schedule_matches_closed_form():
+    d = Diffusion(1000, 'cosine')
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    for t in (0, 1, 250, 500, 900):
+        expected_alpha_bar = f(t + 1) / f(0)
+        assert d.alphas_bar[t].item() == pytest.approx(expected_alpha_bar, rel=1e-4, abs=1e-7)
+    assert d.betas.max().item() == pytest.approx(0.999)  # capped
+    assert torch.all(d.alphas_bar[1:] < d.alphas_bar[:-1])
+
+
+def test_linear_schedule_endpoints():
+    d = Diffusion(1000, 'linear')
+    assert d.betas[0].item() == pytest.approx(1e-4)
+    assert d.betas[-1].item() == pytest.approx(0.02)
+
+
+def test_q_sample_equation():
+    d = Diffusion(100)
+    y0 = torch.eye(4)
+    noise = torch.randn(4, 4)
+    t = torch.tensor([0, 10, 50, 99])
+    y_t = d.q_sample(y0, t, noise)
+    for i in range(4):
+        a = d.alphas_bar[t[i]]
+        torch.testing.assert_close(y_t[i], a.sqrt() * y0[i] + (1 - a).sqrt() * noise[i])
+
+
+def test_antithetic_timesteps_pair_up():
+    d = Diffusion(1000)
+    t = d.sample_timesteps(200)
+    assert t.shape == (200,) and t.min() >= 0 and t.max() <= 999
+    # 101 draws, then their mirrors T−1−t, cut to 200
+    torch.testing.assert_close(t[:99] + t[101:200], torch.full((99,), 999))
+
+
+def test_ddim_timesteps_uniform_with_offset():
+    assert ddim_timesteps(1000, 10).tolist() == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert ddim_timesteps(1000, 1).tolist() == [1]
+
+
+def oracle(diffusion, y0):
+    """The exact ε for a known y0: what a perfect denoiser predicts."""
+    def eps_fn(y_t, t):
+        a = diffusion.alphas_bar[t][:, None]
+        return (y_t - a.sqrt() * y0) / (1 - a).sqrt()
+    return eps_fn
+
+
+@pytest.mark.parametrize('steps', [10, 50])
+def test_deterministic_ddim_with_oracle_lands_near_y0(steps):
+    d = Diffusion(1000).double()
+    y0 = torch.nn.functional.one_hot(torch.tensor([3, 0, 7]), 10).double()
+    out = d.ddim_sample(oracle(d, y0), y0.shape, n_steps=steps)
+    assert torch.allclose(out, y0, atol=2e-2)
+    assert labels_from_y0(out).tolist() == [3, 0, 7]
+
+
+def test_single_ddim_step_equation():
+    """From y_T = 0 straight to ᾱ_0 at t=1: ε = −√ᾱ1·y0/√(1−ᾱ1), y = √ᾱ0·y0 + √(1−ᾱ0)·ε."""
+    d = Diffusion(1000).double()
+    y0 = torch.nn.functional.one_hot(torch.tensor([2, 4]), 6).double()
+    out = d.ddim_sample(oracle(d, y0), y0.shape, n_steps=1)
+    a0, a1 = d.alphas_bar[0], d.alphas_bar[1]
+    eps = -a1.sqrt() * y0 / (1 - a1).sqrt()
+    torch.testing.assert_close(out, a0.sqrt() * y0 + (1 - a0).sqrt() * eps)
+
+
+def test_ddpm_with_oracle_returns_y0_exactly():
+    d = Diffusion(50).double()
+    y0 = torch.nn.functional.one_hot(torch.tensor([1, 2]), 5).double()
+    torch.manual_seed(0)
+    out = d.ddpm_sample(oracle(d, y0), y0.shape)
+    torch.testing.assert_close(out, y0)
+
+
+def test_ddim_step_with_eta1_is_the_ddpm_posterior():
+    """At consecutive steps and eta=1, DDIM's update has the DDPM posterior's mean and variance."""
+    d = Diffusion(50).double()
+    t = 20
+    a_t, a_p, beta = d.alphas_bar[t], d.alphas_bar[t - 1], d.betas[t]
+    y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    y_t = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+    eps = (y_t - a_t.sqrt() * y0) / (1 - a_t).sqrt()
+    mean = beta * a_p.sqrt() / (1 - a_t) * y0 + (1 - beta).sqrt() * (1 - a_p) / (1 - a_t) * y_t
+    var = beta * (1 - a_p) / (1 - a_t)
+    torch.testing.assert_close(ddim_step(y_t, eps, a_t, a_p, eta=1.0), mean)
+    torch.manual_seed(0)
+    noise = torch.randn(200000, 3, dtype=torch.float64)
+    draws = ddim_step(y_t.expand(200000, 3), eps.expand(200000, 3), a_t, a_p, eta=1.0, noise=noise)
+    assert draws.var(0).mean().item() == pytest.approx(var.item(), rel=0.02)
+    # eta=0: no noise term at all
+    torch.testing.assert_close(ddim_step(y_t, eps, a_t, a_p, eta=0.0, noise=noise[:1]),
+                               ddim_step(y_t, eps, a_t, a_p, eta=0.0))
+
+
+def test_stochastic_sampling_varies_and_deterministic_does_not():
+    torch.manual_seed(0)
+    model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100).eval()
+    d = Diffusion(100)
+    fp = torch.randn(8, 6)
+    a = predict_y0(model, d, fp, fp)
+    b = predict_y0(model, d, fp, fp)
+    torch.testing.assert_close(a, b)
+    c = predict_y0(model, d, fp, fp, eta=1.0, noisy_start=True)
+    assert not torch.allclose(a, c)

@@ -1,0 +1,198 @@
+"""The training loop end to end: learning on digits, run outputs, checkpoints, resume, failures."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import demo_digits
+import train_CIFAR
+from model_diffusion import Diffusion
+from utils import engine
+from utils.config import parse_config
+from utils.engine import NonFiniteLoss, build_model, learning_rate, run
+from utils.io import load_torch
+
+from conftest import subset
+from test_data import write_cifar10
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_cfg(tmp_path, *flags):
+    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+                                                   str(tmp_path / 'cache'), '--run_name', 'r', *flags])
+
+
+def test_learning_rate_warmup_then_half_cosine():
+    assert learning_rate(0, 1e-3, 20, 1000) == 0
+    assert learning_rate(10, 1e-3, 20, 1000) == pytest.approx(5e-4)
+    assert learning_rate(20, 1e-3, 20, 1000) == pytest.approx(1e-3)
+    assert learning_rate(510, 1e-3, 20, 1000) == pytest.approx(5e-4)
+    assert learning_rate(1000, 1e-3, 20, 1000) == pytest.approx(0, abs=1e-12)
+
+
+def test_eval_schedule_follows_the_authors():
+    cfg = parse_config('', train_CIFAR.DEFAULTS, [])
+    epochs = [e for e in range(cfg.nepoch) if engine.is_eval_epoch(e, cfg)]
+    assert epochs[0] == 20 and epochs[-1] == 195 and len(epochs) == 36
+
+
+def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits):
+    cfg = digits_cfg(tmp_path)
+    summary, run_dir = run(cfg, lambda c: digits)
+    assert summary['noisy_label_accuracy'] == pytest.approx(0.6, abs=0.03)
+    # a clear gain: at least 25 points above the noisy labels' accuracy, on the clean test split
+    assert summary['test_acc'] > summary['noisy_label_accuracy'] + 0.25
+    for name in ('config.json', 'log.jsonl', 'best.pt', 'last.pt', 'summary.json'):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    log = [json.loads(line) for line in open(os.path.join(run_dir, 'log.jsonl'))]
+    assert [r['epoch'] for r in log] == list(range(10, 100, 5))
+    best = max(log, key=lambda r: r['val_acc'])  # first maximum wins, as in the loop
+    assert summary['best_epoch'] == best['epoch'] and summary['test_acc'] == best['test_acc']
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['noise_type'] == 'digits-U-0.4' and config['n_train'] == 1197
+
+    # checkpoint round trip: a fresh model from best.pt reproduces the logged validation accuracy
+    ckpt = load_torch(os.path.join(run_dir, 'best.pt'))
+    assert ckpt['format_version'] == engine.CHECKPOINT_FORMAT and ckpt['epoch'] == summary['best_epoch']
+    assert ckpt['config']['noise_type'] == 'digits-U-0.4'
+    data = engine.prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
+    model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
+    model.load_state_dict(ckpt['model'])
+    trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
+    assert trainer.accuracy('val', digits.val_labels) == pytest.approx(summary['best_val_acc'])
+
+
+def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):
+    flags = ['--nepoch', '12', '--warmup_epochs', '2', '--eval_every', '2', '--lr_horizon', '12']
+    straight, _ = run(digits_cfg(tmp_path / 'a', *flags), lambda c: digits)
+
+    original = engine.Trainer.train_epoch
+    def interrupted(self, epoch):
+        if epoch == 7:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', interrupted)
+    cfg = digits_cfg(tmp_path / 'b', *flags)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, lambda c: digits)
+    run_dir = str(tmp_path / 'b' / 'runs' / 'r')
+    assert load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 6
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    resumed, _ = run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+    for key in ('best_val_acc', 'best_epoch', 'test_acc'):
+        assert resumed[key] == straight[key], key
+
+
+def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):
+    original = engine.Trainer.train_step
+    calls = {'n': 0}
+    def poisoned(self, idx):
+        loss = original(self, idx)
+        calls['n'] += 1
+        return loss * float('nan') if calls['n'] == 24 + 4 else loss  # epoch 1, step 3 (0-based)
+    monkeypatch.setattr(engine.Trainer, 'train_step', poisoned)
+    with pytest.raises(NonFiniteLoss, match='epoch 1, step 3'):
+        run(digits_cfg(tmp_path, '--nepoch', '3'), lambda c: digits)
+    # the last good checkpoint (epoch 0) is kept
+    assert load_torch(str(tmp_path / 'runs' / 'r' / 'last.pt'))['epoch'] == 0
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, digits):
+    run(digits_cfg(tmp_path, '--nepoch', '1'), lambda c: digits)
+    with pytest.raises(engine.SetupError, match='--resume'):
+        run(digits_cfg(tmp_path, '--nepoch', '1'), lambda c: digits)
+
+
+def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits, monkeypatch, tiny_clip_path):
+    import utils.cache
+    calls = []
+    original = utils.cache.encode_all
+    monkeypatch.setattr(utils.cache, 'encode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
+    small = subset(digits, 300, 100)
+    flags = ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--nepoch', '1']
+    run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
+    assert len(calls) == 3  # train, val, test
+    run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'b'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
+                                                *flags]), lambda c: small)
+    assert len(calls) == 3  # all three read from the cache
+    from utils.random_weights import save_random_clip
+    other = save_random_clip('tiny', tmp_path / 'other.pt', seed=1)
+    run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
+                                                '--fp_encoder', 'CLIP', '--CLIP_type', str(other), '--nepoch', '1']),
+        lambda c: small)
+    assert len(calls) == 6
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, digits):
+    small = subset(digits, 200, 50)
+    cfg = digits_cfg(tmp_path, '--nepoch', '1')
+    run(cfg, lambda c: small)
+    for name in os.listdir(tmp_path / 'cache'):
+        path = tmp_path / 'cache' / name
+        path.write_bytes(path.read_bytes()[:100])  # truncate every cache file
+    messages = []
+    data = engine.prepare(cfg, small, torch.device('cpu'), log=messages.append)
+    assert any('corrupt or truncated' in m for m in messages)
+    assert data.features['train'].shape == (200, 3072)
+
+
+def test_simclr_path_with_augmented_views_and_resnet_diffusion_encoder(tmp_path, digits, simclr18_path):
+    small = subset(digits, 120, 40, size=16)
+    summary, run_dir = run(digits_cfg(tmp_path, '--fp_encoder', 'SimCLR', '--fp_checkpoint', simclr18_path,
+                                      '--diff_encoder', 'resnet18', '--nepoch', '2', '--batch_size', '40'),
+                           lambda c: small)
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['fp_train_view'] == 'augmented' and config['fp_dim'] == 512
+    assert 0 <= summary['test_acc'] <= 1
+
+
+def test_frozen_diffusion_encoder_is_not_updated(tmp_path, digits):
+    small = subset(digits, 100, 40, size=16)
+    cfg = digits_cfg(tmp_path, '--diff_encoder', 'linear', '--freeze_diff_encoder', '--nepoch', '1')
+    _, run_dir = run(cfg, lambda c: small)
+    torch.manual_seed(cfg.seed)
+    ckpt = load_torch(os.path.join(run_dir, 'last.pt'))
+    fresh = build_model(cfg, 10, 768, (3, 16, 16)).state_dict()
+    trained = {k: v for k, v in ckpt['model'].items() if k.startswith('x_encoder.') and 'weight' in k
+               and 'running' not in k and v.dim() == 2}
+    assert trained and all(torch.equal(v, fresh[k]) for k, v in trained.items())
+    assert not torch.equal(ckpt['model']['lin1.linear.weight'], fresh['lin1.linear.weight'])
+
+
+def test_train_cifar_script_on_a_full_size_local_cifar10(tmp_path, tiny_clip_path):
+    write_cifar10(str(tmp_path / 'data'), n_per_batch=10000)
+    summary, run_dir = train_CIFAR.main([
+        '--data_root', str(tmp_path / 'data'), '--no-download', '--noise_type', 'cifar10-U-0.4',
+        '--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'fp_mlp', '--nepoch', '1',
+        '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache')])
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert (config['n_train'], config['n_val'], config['n_test']) == (45000, 5000, 10000)
+    assert config['noisy_label_accuracy'] == pytest.approx(0.6, abs=0.01)
+    assert summary['best_epoch'] == 0
+
+
+def test_help_lists_the_authors_flags():
+    out = subprocess.run([sys.executable, 'train_CIFAR.py', '--help'], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ('--noise_type', '--nepoch', '--batch_size', '--device', '--num_workers', '--warmup_epochs',
+                 '--feature_dim', '--k', '--ddim_n_step', '--fp_encoder', '--CLIP_type', '--diff_encoder',
+                 '--seed', '--data_root', '--out_dir'):
+        assert flag in out, flag
+
+
+def test_cuda_requested_but_absent_is_refused(tmp_path, digits):
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is present')
+    with pytest.raises(engine.SetupError, match='--device cpu'):
+        run(digits_cfg(tmp_path, '--device', 'cuda'), lambda c: digits)
+
+
+def test_k_not_smaller_than_training_set_is_refused(tmp_path, digits):
+    small = subset(digits, 20, 10)
+    with pytest.raises(engine.SetupError, match='lower --k'):
+        run(digits_cfg(tmp_path, '--k', '20', '--nepoch', '1'), lambda c: small)
+    del np

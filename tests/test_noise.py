@@ -1,0 +1,81 @@
+"""Noise files, generated i.i.d. noise and the checks on bad label arrays."""
+import numpy as np
+import pytest
+
+from utils.noise import (NoiseError, asymmetric_map, dataset_of, noise_rate, resolve_noisy_labels,
+                         uniform_noise)
+
+CLEAN = np.random.default_rng(0).integers(0, 10, 20000)
+
+
+def test_uniform_noise_rate_and_targets():
+    noisy = uniform_noise(CLEAN, 0.4, 10, np.random.default_rng(1))
+    assert noise_rate(noisy, CLEAN) == pytest.approx(0.4, abs=0.015)
+    flipped = noisy != CLEAN
+    # flipped labels land on the other classes evenly
+    moved = (noisy[flipped] - CLEAN[flipped]) % 10
+    counts = np.bincount(moved, minlength=10)[1:] / flipped.sum()
+    assert counts == pytest.approx(np.full(9, 1 / 9), abs=0.02)
+
+
+def test_cifar10_asymmetric_pairs():
+    mapping = asymmetric_map('cifar10', 10)
+    assert {9: 1, 2: 0, 3: 5, 5: 3, 4: 7} == {i: int(mapping[i]) for i in range(10) if mapping[i] != i}
+    labels, _ = resolve_noisy_labels('cifar10-A-0.3', len(CLEAN), CLEAN, 10, seed=0)
+    for src, dst in {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}.items():
+        rows = CLEAN == src
+        assert np.mean(labels[rows] == dst) == pytest.approx(0.3, abs=0.045)
+        assert set(np.unique(labels[rows])) == {src, dst}
+    untouched = np.isin(CLEAN, [0, 1, 6, 7, 8])
+    assert np.array_equal(labels[untouched], CLEAN[untouched])
+
+
+def test_cifar100_asymmetric_stays_in_superclass():
+    coarse = np.arange(100) % 20  # 20 super-classes of 5
+    mapping = asymmetric_map('cifar100', 100, coarse)
+    assert np.all(coarse[mapping] == coarse) and np.all(mapping != np.arange(100))
+    assert len(set(mapping.tolist())) == 100  # a cycle within each super-class
+
+
+def test_generated_names_are_seeded_and_hybrids_layer_on_top():
+    a, _ = resolve_noisy_labels('cifar10-U-0.35', len(CLEAN), CLEAN, 10, seed=3)
+    b, _ = resolve_noisy_labels('cifar10-U-0.35', len(CLEAN), CLEAN, 10, seed=3)
+    c, _ = resolve_noisy_labels('cifar10-U-0.35', len(CLEAN), CLEAN, 10, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    hybrid, source = resolve_noisy_labels('cifar10-U-0.35_U_0.3', len(CLEAN), CLEAN, 10, seed=3)
+    # 35% then 30% more of the rest → about 1 − 0.65·0.7·... each layer flips 30% of labels
+    assert noise_rate(hybrid, a) == pytest.approx(0.3, abs=0.015)
+    assert 'uniform 0.3 on' in source
+
+
+def test_noise_file_by_name_and_path(tmp_path):
+    labels = (CLEAN[:100] + 1) % 10
+    np.save(tmp_path / 'cifar10-x.npy', labels)
+    got, _ = resolve_noisy_labels('cifar10-x', 100, CLEAN[:100], 10, noise_dir=str(tmp_path))
+    assert np.array_equal(got, labels)
+    got, _ = resolve_noisy_labels(str(tmp_path / 'cifar10-x.npy'), 100, CLEAN[:100], 10)
+    assert np.array_equal(got, labels)
+
+
+@pytest.mark.parametrize('bad, message', [
+    (np.zeros(99, np.int64), 'expected 100 labels'),
+    (np.full(100, 10), r'must lie in \[0, 9\]'),
+    (np.full(100, -1), r'must lie in \[0, 9\]'),
+    (np.full(100, 0.5), 'must be integers'),
+])
+def test_bad_noise_files_are_refused(tmp_path, bad, message):
+    np.save(tmp_path / 'bad.npy', bad)
+    with pytest.raises(NoiseError, match=message):
+        resolve_noisy_labels(str(tmp_path / 'bad.npy'), 100, CLEAN[:100], 10)
+
+
+def test_unknown_noise_name_says_where_it_looked(tmp_path):
+    with pytest.raises(NoiseError, match='unknown --noise_type .*make_pmd'):
+        resolve_noisy_labels('cifar10-1-0.35', 100, CLEAN[:100], 10, noise_dir=str(tmp_path))
+
+
+def test_dataset_of_names():
+    assert dataset_of('cifar10-1-0.35_U_0.3') == 'cifar10'
+    assert dataset_of('cifar100-2-0.35') == 'cifar100'
+    assert dataset_of('cifar10n-worse') == 'cifar10'
+    assert dataset_of('cifar100n-noisy') == 'cifar100'

@@ -1,0 +1,70 @@
+"""kNN against brute force, and the candidate-label rule on hand-built examples."""
+import pytest
+import torch
+
+from utils.retrieval import CandidateLabels, knn
+
+
+@pytest.mark.parametrize('chunk', [None, 1, 7, 1000])
+def test_knn_matches_brute_force(chunk):
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(300, 16, generator=g)
+    queries = torch.randn(50, 16, generator=g)
+    dist, idx = knn(queries, data, k=5, chunk_size=chunk)
+    ref = torch.cdist(queries.double(), data.double())
+    ref_dist, ref_idx = ref.topk(5, largest=False)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist.double(), ref_dist, atol=1e-4, rtol=1e-4)
+
+
+def test_knn_self_search_puts_each_sample_first():
+    data = torch.randn(200, 8, generator=torch.Generator().manual_seed(1))
+    _, idx = knn(data, data, k=3, chunk_size=64)
+    assert torch.equal(idx[:, 0], torch.arange(200))
+
+
+def test_knn_on_constructed_clusters():
+    # points on a line at 0, 1, 3, 6, 10: each point first, then by distance
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0]])
+    _, idx = knn(x, x, k=3)
+    assert idx.tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 2, 4], [4, 3, 2]]
+
+
+def test_knn_refuses_k_larger_than_data():
+    with pytest.raises(ValueError, match='lower --k'):
+        knn(torch.zeros(3, 2), torch.zeros(3, 2), k=4)
+
+
+def test_candidates_and_weights_on_a_hand_built_example():
+    noisy = torch.tensor([0, 1, 1, 2])
+    neighbours = torch.tensor([[0, 1, 2],   # labels 0,1,1 + own 0 → [0,1,1,0]
+                               [1, 2, 3],   # 1,1,2 + own 1 → [1,1,2,1]
+                               [2, 1, 0],   # 1,1,0 + own 1 → [1,1,0,1]
+                               [3, 3, 3]])  # 2,2,2 + own 2 → [2,2,2,2]
+    c = CandidateLabels(neighbours, noisy)
+    assert c.candidates.tolist() == [[0, 1, 1, 0], [1, 1, 2, 1], [1, 1, 0, 1], [2, 2, 2, 2]]
+    # agreement: how many candidates equal each candidate (own label counted twice)
+    assert c.agreement.tolist() == [[2, 2, 2, 2], [3, 3, 1, 3], [3, 3, 1, 3], [4, 4, 4, 4]]
+    torch.manual_seed(0)
+    idx = torch.tensor([1, 3])
+    labels, weights = c.sample(idx)
+    counts = torch.tensor([(c.candidates[i] == l).sum().item() for i, l in zip(idx.tolist(), labels.tolist())],
+                          dtype=torch.float)
+    torch.testing.assert_close(weights, counts / counts.sum())
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_candidate_pick_is_uniform():
+    noisy = torch.tensor([0, 1, 2, 3, 4])
+    c = CandidateLabels(torch.tensor([[1, 2, 3, 4]]).expand(5, 4), noisy)
+    torch.manual_seed(0)
+    labels, _ = c.sample(torch.zeros(50000, dtype=torch.long))
+    freq = torch.bincount(labels, minlength=5).float() / 50000
+    # sample 0's candidates are 1,2,3,4 and its own 0: each 1/5
+    torch.testing.assert_close(freq, torch.full((5,), 0.2), atol=0.01, rtol=0)
+
+
+def test_majority_vote():
+    c = CandidateLabels(torch.tensor([[0, 1, 2], [1, 1, 2], [2, 1, 0]]), torch.tensor([2, 1, 0]))
+    # candidates: [2,1,0,2] → 2; [1,1,0,1] → 1; [0,1,2,0] → 0
+    assert c.majority().tolist() == [2, 1, 0]
