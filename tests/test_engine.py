@@ -195,4 +195,3 @@ def test_k_not_smaller_than_training_set_is_refused(tmp_path, digits):
     small = subset(digits, 20, 10)
     with pytest.raises(engine.SetupError, match='lower --k'):
         run(digits_cfg(tmp_path, '--k', '20', '--nepoch', '1'), lambda c: small)
-    del np
