@@ -11,7 +11,7 @@ import sys
 
 from utils.config import parse_config
 from utils.data import load_digits_splits
-from utils.engine import run
+from utils.engine import main as run_script
 
 DEFAULTS = dict(
     noise_type='digits-U-0.4',   # 40% uniform noise on the 1,197 training digits
@@ -24,7 +24,9 @@ DEFAULTS = dict(
 
 def main(argv=None):
     cfg = parse_config(__doc__, DEFAULTS, argv)
-    summary, run_dir = run(cfg, lambda c: load_digits_splits())
+    if cfg.predict:
+        return run_script(cfg, lambda c: load_digits_splits())
+    summary, run_dir = run_script(cfg, lambda c: load_digits_splits())
     print(f'\nnoisy training labels: {100 * summary["noisy_label_accuracy"]:.1f}% correct')
     print(f'LRA-diffusion, clean test split: {100 * summary["test_acc"]:.1f}% '
           f'(selected on validation at epoch {summary["best_epoch"]}; run folder {run_dir})')

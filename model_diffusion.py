@@ -173,13 +173,17 @@ class Denoiser(nn.Module):
 
 
 @torch.inference_mode()
-def predict_y0(denoiser, diffusion, x_source, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
-    """Run the sampler for one batch; returns the denoised label vectors y_0 (B × C)."""
-    x_embed = denoiser.embed_x(x_source)
-
+def sample_y0(denoiser, diffusion, x_embed, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+    """Run the DDIM sampler for one batch whose image embedding is already computed."""
     def eps_fn(y_t, t):
         return denoiser.head(x_embed, y_t, t, fp_x).float()
 
     shape = (fp_x.shape[0], denoiser.n_class)
     return diffusion.ddim_sample(eps_fn, shape, n_steps=n_steps, eta=eta, noisy_start=noisy_start,
                                  generator=generator)
+
+
+@torch.inference_mode()
+def predict_y0(denoiser, diffusion, x_source, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+    """The denoised label vectors y_0 (B × C) for one batch."""
+    return sample_y0(denoiser, diffusion, denoiser.embed_x(x_source), fp_x, n_steps, eta, noisy_start, generator)

@@ -6,7 +6,7 @@ The dataset comes from the noise name's prefix (cifar10, cifar100). See README.m
 """
 from utils.config import parse_config
 from utils.data import load_cifar
-from utils.engine import run
+from utils.engine import main as run_script
 from utils.noise import dataset_of
 
 DEFAULTS = dict(
@@ -28,7 +28,7 @@ def load_splits(cfg):
 
 def main(argv=None):
     cfg = parse_config(__doc__, DEFAULTS, argv)
-    return run(cfg, load_splits)
+    return run_script(cfg, load_splits)
 
 
 if __name__ == '__main__':

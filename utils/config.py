@@ -18,7 +18,7 @@ COMMON_DEFAULTS = dict(
     lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
     fp_checkpoint=None, clip_download_root=None, encoder_precision='bf16', fp_train_view='auto',
     freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True,
+    download=True, n_samples=10, predict=None, predict_split='test', predict_folder=None,
 )
 
 
@@ -87,8 +87,17 @@ def build_parser(description, defaults):
     g.add_argument('--cache_dir', default=d['cache_dir'], help='feature and neighbour caches')
     g.add_argument('--eval_batch_size', type=int, default=d['eval_batch_size'])
     g.add_argument('--encode_batch_size', type=int, default=d['encode_batch_size'])
+    g.add_argument('--n_samples', type=int, default=d['n_samples'],
+                   help='stochastic DDIM samples per training image for the saved class probabilities '
+                        '(train_probs.npy); 0 skips them')
     g.add_argument('--resume', default=d['resume'], metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its last checkpoint')
+    g = p.add_argument_group('prediction with a trained run')
+    g.add_argument('--predict', default=d['predict'], metavar='RUN_DIR',
+                   help="apply RUN_DIR's best checkpoint instead of training")
+    g.add_argument('--predict_split', default=d['predict_split'], choices=('train', 'val', 'test'))
+    g.add_argument('--predict_folder', default=d['predict_folder'], metavar='DIR',
+                   help='predict every image under DIR instead of a split (writes a CSV too)')
     return p
 
 

@@ -228,14 +228,14 @@ def default_simclr_path(dataset):
     return os.path.join(MODEL_DIR, f'SimCLR_128_{dataset}.pt')
 
 
-def build_fp_encoder(cfg, splits, device):
+def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
     """The frozen f_p encoder named by --fp_encoder, on `device`."""
     if cfg.fp_encoder == 'SimCLR':
-        encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(splits.name), device, splits.mean, splits.std)
+        encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(dataset), device, mean, std)
     elif cfg.fp_encoder == 'CLIP':
         encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root)
     elif cfg.fp_encoder == 'raw':
-        encoder = RawPixels(tuple(splits.train_images.shape[1:]), splits.mean, splits.std).finish(device)
+        encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
     else:
         raise EncoderError(f'unknown --fp_encoder {cfg.fp_encoder!r}; choose from {", ".join(FP_ENCODERS)}')
     encoder.bf16 = encoder.bf16 and cfg.encoder_precision == 'bf16'

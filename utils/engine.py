@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model_diffusion import Denoiser, Diffusion, labels_from_y0, predict_y0
+from model_diffusion import Denoiser, Diffusion, labels_from_y0, sample_y0
 from utils.augment import random_crop_flip
 from utils.cache import cached_features, cached_neighbours
 from utils.encoders import build_fp_encoder, normalize_images
-from utils.io import append_jsonl, load_torch, save_json, save_torch
+from utils.io import append_jsonl, atomic_write, load_torch, save_json, save_torch
+from utils.outputs import plot_accuracy, write_training_outputs
 from utils.noise import noise_rate, resolve_noisy_labels
 from utils.retrieval import CandidateLabels
 from utils.runtime import (SetupError, default_run_name, device_description, resolve_device, rng_state,
@@ -78,7 +79,8 @@ def prepare(cfg, splits, device, log=print):
         cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [])
     if cfg.k >= len(labels):
         raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
-    encoder = build_fp_encoder(cfg, splits, device)
+    image_shape = tuple(splits.train_images.shape[1:])
+    encoder = build_fp_encoder(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     features = {split: cached_features(encoder, splits.images(split), splits.name, split, cfg.cache_dir,
                                        batch_size=cfg.encode_batch_size, log=log) for split in SPLITS}
     neighbours = cached_neighbours(features['train'], cfg.k, cfg.cache_dir, log=log)
@@ -89,7 +91,9 @@ def prepare(cfg, splits, device, log=print):
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
     info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
-            'fp_train_view': 'augmented' if augmented_fp else 'cached'}
+            'fp_train_view': 'augmented' if augmented_fp else 'cached', 'dataset': splits.name,
+            'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
+            'std': list(splits.std)}
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
@@ -181,23 +185,34 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, split):
+    def predict(self, split, n_samples=0):
+        """Deterministic DDIM labels for a split; with n_samples > 0 also per-class frequencies over
+        that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1."""
         self.model.eval()
-        n = self.data.features[split].shape[0]
-        preds = []
-        for start in range(0, n, self.cfg.eval_batch_size):
-            sl = slice(start, start + self.cfg.eval_batch_size)
-            x_source, fp_x = self.eval_inputs(split, sl)
-            y0 = predict_y0(self.model, self.diffusion, x_source, fp_x, n_steps=self.cfg.ddim_n_step)
-            preds.append(labels_from_y0(y0))
-        return torch.cat(preds)
+        n, bs = self.data.features[split].shape[0], self.cfg.eval_batch_size
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed) if n_samples else None
+        labels, probs = [], []
+        for start in range(0, n, bs):
+            x_source, fp_x = self.eval_inputs(split, slice(start, start + bs))
+            x_embed = self.model.embed_x(x_source)
+            steps = self.cfg.ddim_n_step
+            labels.append(labels_from_y0(sample_y0(self.model, self.diffusion, x_embed, fp_x, steps)))
+            if n_samples:
+                votes = torch.zeros(len(fp_x), self.data.n_class, device=self.device)
+                for _ in range(n_samples):
+                    y0 = sample_y0(self.model, self.diffusion, x_embed, fp_x, steps, eta=1.0, noisy_start=True,
+                                   generator=generator)
+                    votes += F.one_hot(labels_from_y0(y0), self.data.n_class)
+                probs.append(votes / n_samples)
+        return torch.cat(labels), (torch.cat(probs) if n_samples else None)
 
     def accuracy(self, split, labels):
-        return float((self.predict(split).cpu() == labels.cpu()).float().mean())
+        return float((self.predict(split)[0].cpu() == labels.cpu()).float().mean())
 
     # ---- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, epoch, elapsed):
-        return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'epoch': epoch,
+        return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
+                'epoch': epoch,
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'best': dict(self.best), 'history': list(self.history), 'rng': rng_state(),
                 'elapsed_s': elapsed}
@@ -245,51 +260,78 @@ class Trainer:
 
 # ---- entry point used by the dataset scripts -------------------------------------------------------
 
-def open_run_dir(cfg):
-    """A fresh run folder, or the one being resumed. Never silently overwrites a finished run."""
+def plan_run_dir(cfg):
+    """The run folder: the one being resumed, or a new one that must not hold a run already.
+    Created only once the inputs have been checked, so bad input leaves nothing behind."""
     if cfg.resume:
         return cfg.resume
     run_dir = os.path.join(cfg.out_dir, cfg.run_name or default_run_name(cfg))
     if os.path.exists(os.path.join(run_dir, 'last.pt')):
         raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
                          f'another --run_name')
-    os.makedirs(run_dir, exist_ok=True)
     return run_dir
 
 
-def load_resume(cfg):
-    """The saved checkpoint and configuration of the run to resume (this --device wins)."""
-    path = os.path.join(cfg.resume, 'last.pt')
+def load_run(run_dir, name='last.pt'):
+    """A checkpoint of a run folder, checked for its format."""
+    path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
-        raise SetupError(f'--resume {cfg.resume}: no last.pt there (nothing finished yet); start a new run')
+        raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     ckpt = load_torch(path)
-    if ckpt.get('format_version') != CHECKPOINT_FORMAT:
-        raise SetupError(f'{path} has checkpoint format {ckpt.get("format_version")}, this code reads '
-                         f'{CHECKPOINT_FORMAT}')
+    if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
+        found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise SetupError(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
+                         f'(found {found})')
+    return ckpt
+
+
+def resumed_config(cfg, ckpt):
+    """The saved configuration of the run being resumed; this invocation's --device wins."""
     saved = dict(ckpt['config'])
     saved.update(device=cfg.device, resume=cfg.resume)
-    return ckpt, type(cfg)(**saved)
+    return type(cfg)(**saved)
+
+
+OOM_ADVICE = ('out of GPU memory: lower --batch_size (training), --eval_batch_size (evaluation) or '
+              '--encode_batch_size (feature extraction), or use a smaller --diff_encoder')
+
+
+def main(cfg, load_splits):
+    """What every dataset script runs: train (or resume), or predict with a trained run."""
+    if cfg.predict:
+        from utils.predict import predict
+        return predict(cfg, load_splits)
+    return run(cfg, load_splits)
 
 
 def run(cfg, load_splits):
     """Train and evaluate LRA-diffusion; `load_splits(cfg)` returns the dataset's ImageSplits."""
-    ckpt = None
-    if cfg.resume:
-        ckpt, cfg = load_resume(cfg)
+    ckpt = load_run(cfg.resume) if cfg.resume else None
+    if ckpt is not None:
+        cfg = resumed_config(cfg, ckpt)
     device = resolve_device(cfg.device)
+    run_dir = plan_run_dir(cfg)
+    try:
+        return _run(cfg, load_splits, device, run_dir, ckpt)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise SetupError(f'{OOM_ADVICE} ({str(exc).splitlines()[0]})') from exc
+
+
+def _run(cfg, load_splits, device, run_dir, ckpt):
     seed_everything(cfg.seed)
-    run_dir = open_run_dir(cfg)
     splits = load_splits(cfg)
     data = prepare(cfg, splits, device)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
     model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(splits.train_images.shape[1:])).to(device)
     diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
+    os.makedirs(run_dir, exist_ok=True)
     trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
     if ckpt is not None:
         trainer.restore(ckpt)
+        # evaluations logged after the last checkpoint are redone: keep the log consistent with it
+        write_log(trainer.history, os.path.join(run_dir, 'log.jsonl'))
         print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
-    config = {**vars(cfg), 'dataset': splits.name, 'n_class': splits.n_class, **data.info,
-              'device_name': device_description(device)}
+    config = {**vars(cfg), **data.info, 'device_name': device_description(device)}
     save_json(config, os.path.join(run_dir, 'config.json'))
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
@@ -300,6 +342,22 @@ def run(cfg, load_splits):
                'device': device_description(device), 'noise_type': cfg.noise_type,
                **{k: data.info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy')
                   if k in data.info}}
+    summary.update(finish_outputs(trainer, data, splits, run_dir))
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir
+
+
+def write_log(history, path):
+    atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in history).encode()))
+
+
+def finish_outputs(trainer, data, splits, run_dir):
+    """With the best-validation weights: denoised training labels, probabilities, plots."""
+    trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
+    denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples)
+    clean = splits.train_clean.numpy() if splits.train_clean is not None else None
+    facts = write_training_outputs(run_dir, data.noisy_labels.cpu().numpy(), denoised.cpu().numpy(),
+                                   probs.cpu().numpy() if probs is not None else None, clean)
+    plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'))
+    return facts

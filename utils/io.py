@@ -6,7 +6,7 @@ import tempfile
 import torch
 
 
-def _atomic(path, write):
+def atomic_write(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -23,11 +23,11 @@ def _atomic(path, write):
 
 
 def save_torch(obj, path):
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_json(obj, path):
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + '\n').encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + '\n').encode()))
 
 
 def append_jsonl(record, path):

@@ -1,0 +1,168 @@
+"""Runs that survive faults and refuse bad input: kill-and-resume, clear messages, no partial output."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import demo_digits
+from conftest import subset
+from utils import engine
+from utils.config import parse_config
+from utils.engine import run
+from utils.io import load_torch, save_torch
+from utils.runtime import SetupError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = ['--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--n_samples', '3']
+
+
+def cfg_for(tmp_path, *flags):
+    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+                                                   str(tmp_path / 'cache'), '--run_name', 'r', *flags])
+
+
+def demo(tmp_path, *flags):
+    return [sys.executable, 'demo_digits.py', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache'), *flags]
+
+
+def test_killed_run_resumes_to_the_same_summary(tmp_path):
+    subprocess.run(demo(tmp_path / 'a', '--run_name', 'r', *SHORT), cwd=ROOT, check=True, capture_output=True)
+    straight = json.load(open(tmp_path / 'a' / 'runs' / 'r' / 'summary.json'))
+
+    run_dir = tmp_path / 'b' / 'runs' / 'r'
+    proc = subprocess.Popen(demo(tmp_path / 'b', '--run_name', 'r', *SHORT), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        last = run_dir / 'last.pt'
+        if last.exists() and load_torch(str(last))['epoch'] >= 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_torch(str(run_dir / 'last.pt'))['epoch']
+    assert 12 <= killed_at < 29 and not (run_dir / 'summary.json').exists()
+    subprocess.run(demo(tmp_path / 'b', '--resume', str(run_dir)), cwd=ROOT, check=True, capture_output=True)
+    resumed = json.load(open(run_dir / 'summary.json'))
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
+        assert resumed[key] == straight[key], key
+    log = [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')]
+    assert log == sorted(set(log))  # no evaluation logged twice
+    assert np.array_equal(np.load(run_dir / 'train_probs.npy'), np.load(tmp_path / 'a' / 'runs' / 'r' / 'train_probs.npy'))
+
+
+def test_cpu_runs_are_bit_for_bit_repeatable(tmp_path, digits):
+    small = subset(digits, 400, 100)
+    a, dir_a = run(cfg_for(tmp_path / 'a', '--nepoch', '6', '--warmup_epochs', '2'), lambda c: small)
+    b, dir_b = run(cfg_for(tmp_path / 'b', '--nepoch', '6', '--warmup_epochs', '2'), lambda c: small)
+    wa, wb = load_torch(os.path.join(dir_a, 'last.pt'))['model'], load_torch(os.path.join(dir_b, 'last.pt'))['model']
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert np.array_equal(np.load(os.path.join(dir_a, 'train_probs.npy')), np.load(os.path.join(dir_b, 'train_probs.npy')))
+    c, dir_c = run(cfg_for(tmp_path / 'c', '--nepoch', '6', '--warmup_epochs', '2', '--seed', '7'), lambda c: small)
+    wc = load_torch(os.path.join(dir_c, 'last.pt'))['model']
+    assert not torch.equal(wa['out.weight'], wc['out.weight'])
+
+
+def test_probabilities_and_denoised_labels(tmp_path, digits):
+    summary, run_dir = run(cfg_for(tmp_path, '--n_samples', '8'), lambda c: digits)
+    probs = np.load(os.path.join(run_dir, 'train_probs.npy'))
+    denoised = np.load(os.path.join(run_dir, 'train_denoised_labels.npy'))
+    noisy = np.load(os.path.join(run_dir, 'train_noisy_labels.npy'))
+    clean = digits.train_clean.numpy()
+    assert probs.shape == (1197, 10) and np.allclose(probs.sum(1), 1) and probs.min() >= 0
+    assert np.mean(denoised == clean) > np.mean(noisy == clean) + 0.25
+    # where the given label is wrong, the samples put more mass on the clean label than on it:
+    # what label-issue tools rely on
+    flipped = noisy != clean
+    rows = np.flatnonzero(flipped)
+    assert probs[rows, clean[rows]].mean() > probs[rows, noisy[rows]].mean() + 0.3
+    for name in ('accuracy.png', 'confusion_noisy_vs_denoised.png', 'confusion_clean_vs_denoised.png'):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 1000
+
+
+def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits):
+    from PIL import Image
+    summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5'), lambda c: digits)
+    result = demo_digits.main(['--predict', run_dir, '--predict_split', 'test', '--n_samples', '0'])
+    assert result['accuracy'] == pytest.approx(summary['test_acc'])
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(digits.test_images[i].permute(1, 2, 0).numpy()).save(folder / f'{i}.png')
+    result = demo_digits.main(['--predict', run_dir, '--predict_folder', str(folder), '--n_samples', '2'])
+    assert result['n'] == 6
+    rows = open(os.path.join(run_dir, 'predict_folder.csv')).read().splitlines()
+    assert rows[0] == 'path,label' and len(rows) == 7
+    assert np.load(os.path.join(run_dir, 'predict_folder_probs.npy')).shape == (6, 10)
+
+
+# ---- bad input: a clear message, and no run folder left behind --------------------------------------
+
+def assert_refused(tmp_path, digits, flags, error, message, splits=None):
+    with pytest.raises(error, match=message):
+        run(cfg_for(tmp_path, *flags), lambda c: splits or digits)
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_noise_file_of_wrong_length(tmp_path, digits):
+    np.save(tmp_path / 'short.npy', np.zeros(10, np.int64))
+    assert_refused(tmp_path, digits, ['--noise_type', str(tmp_path / 'short.npy')], ValueError,
+                   'expected 1197 labels')
+
+
+def test_noise_file_out_of_range(tmp_path, digits):
+    np.save(tmp_path / 'range.npy', np.full(1197, 12))
+    assert_refused(tmp_path, digits, ['--noise_type', str(tmp_path / 'range.npy')], ValueError, r'\[0, 9\]')
+
+
+def test_unknown_noise_type(tmp_path, digits):
+    assert_refused(tmp_path, digits, ['--noise_type', 'digits-7-0.3'], ValueError, 'unknown --noise_type')
+
+
+@pytest.mark.parametrize('flag, value', [('--fp_encoder', 'DINO'), ('--diff_encoder', 'vgg')])
+def test_unknown_choices_are_named(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parse_config('', demo_digits.DEFAULTS, [flag, value])
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_missing_simclr_checkpoint(tmp_path, digits):
+    assert_refused(tmp_path, digits, ['--fp_encoder', 'SimCLR', '--fp_checkpoint', str(tmp_path / 'none.pt')],
+                   RuntimeError, 'pretrain_SimCLR')
+
+
+def test_k_too_large(tmp_path, digits):
+    assert_refused(tmp_path, digits, ['--k', '20'], SetupError, 'lower --k', splits=subset(digits, 20, 10))
+
+
+def test_out_of_memory_names_the_flags(tmp_path, digits, monkeypatch):
+    def oom(self, splits):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+    monkeypatch.setattr(engine.Trainer, 'fit', oom)
+    with pytest.raises(SetupError, match='lower --batch_size.*--eval_batch_size.*--encode_batch_size'):
+        run(cfg_for(tmp_path, '--nepoch', '1'), lambda c: digits)
+
+
+def test_corrupt_checkpoint_is_named_on_resume(tmp_path, digits):
+    _, run_dir = run(cfg_for(tmp_path, '--nepoch', '2', '--n_samples', '0'), lambda c: digits)
+    last = os.path.join(run_dir, 'last.pt')
+    with open(last, 'r+b') as f:
+        f.truncate(os.path.getsize(last) // 2)
+    with pytest.raises(RuntimeError, match='last.pt is corrupt or truncated'):
+        run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+    save_torch([1, 2, 3], last)  # a file from something else
+    with pytest.raises(SetupError, match='not an LRA-diffusion checkpoint'):
+        run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SetupError, match='no last.pt'):
+        run(parse_config('', demo_digits.DEFAULTS, ['--resume', str(tmp_path / 'empty')]), lambda c: digits)

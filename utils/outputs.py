@@ -1,0 +1,80 @@
+"""What a finished run leaves for researchers: denoised training labels, class probabilities, plots."""
+import os
+
+import numpy as np
+
+from utils.io import atomic_write
+
+
+def save_npy(array, path):
+    atomic_write(path, lambda f: np.save(f, array))
+
+
+def confusion(rows, cols, n_class):
+    m = np.zeros((n_class, n_class), dtype=np.int64)
+    np.add.at(m, (np.asarray(rows), np.asarray(cols)), 1)
+    return m
+
+
+def plot_accuracy(history, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [r['epoch'] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [100 * r['val_acc'] for r in history], 'o-', label='validation (clean)')
+    ax.plot(epochs, [100 * r['test_acc'] for r in history], 's-', label='test (clean)')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion(matrix, row_name, col_name, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    n = matrix.shape[0]
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5 + n / 20, 4.5 + n / 20))
+    im = ax.imshow(normalised, cmap='viridis', vmin=0, vmax=1)
+    ax.set_xlabel(col_name)
+    ax.set_ylabel(row_name)
+    if n <= 20:
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=6,
+                            color='black' if normalised[i, j] > 0.5 else 'white')
+    fig.colorbar(im, ax=ax, label=f'fraction of each {row_name} row')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_training_outputs(run_dir, noisy, denoised, probs, clean=None):
+    """Denoised labels and class probabilities for every training sample, plus confusion plots.
+
+    `train_probs.npy` rows sum to 1 and can go straight into label-issue tools, e.g.
+    cleanlab's find_label_issues(labels=noisy, pred_probs=probs).
+    """
+    n_class = probs.shape[1] if probs is not None else int(max(noisy.max(), denoised.max())) + 1
+    save_npy(denoised.astype(np.int64), os.path.join(run_dir, 'train_denoised_labels.npy'))
+    save_npy(noisy.astype(np.int64), os.path.join(run_dir, 'train_noisy_labels.npy'))
+    if probs is not None:
+        save_npy(probs.astype(np.float32), os.path.join(run_dir, 'train_probs.npy'))
+    plot_confusion(confusion(noisy, denoised, n_class), 'noisy label', 'denoised label',
+                   os.path.join(run_dir, 'confusion_noisy_vs_denoised.png'))
+    facts = {'denoised_changed_fraction': float(np.mean(noisy != denoised))}
+    if clean is not None:
+        plot_confusion(confusion(clean, denoised, n_class), 'clean label', 'denoised label',
+                       os.path.join(run_dir, 'confusion_clean_vs_denoised.png'))
+        plot_confusion(confusion(clean, noisy, n_class), 'clean label', 'noisy label',
+                       os.path.join(run_dir, 'confusion_clean_vs_noisy.png'))
+        facts['denoised_label_accuracy'] = float(np.mean(clean == denoised))
+    return facts

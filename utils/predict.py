@@ -1,0 +1,70 @@
+"""`--predict RUN_DIR`: apply a run's best checkpoint to a dataset split or a folder of images."""
+import csv
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model_diffusion import Diffusion
+from utils.cache import cached_features
+from utils.encoders import build_fp_encoder, encode_all
+from utils.engine import Prepared, Trainer, build_model, load_run, resumed_config
+from utils.outputs import save_npy
+from utils.runtime import SetupError, resolve_device
+from utils.x_encoders import x_encoder_input
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+def load_image_folder(folder, image_shape):
+    """Every image under `folder` (sorted paths), as uint8 tensors resized to the training size."""
+    if not os.path.isdir(folder):
+        raise SetupError(f'--predict_folder {folder} is not a folder')
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise SetupError(f'--predict_folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+    _, h, w = image_shape
+    arrays = [np.asarray(Image.open(p).convert('RGB').resize((w, h), Image.BICUBIC)) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
+
+
+def predict(cfg, load_splits):
+    ckpt = load_run(cfg.predict, 'best.pt')
+    saved = resumed_config(cfg, ckpt)
+    info = ckpt['data_info']
+    device = resolve_device(cfg.device)
+    encoder = build_fp_encoder(saved, info['dataset'], info['image_shape'], tuple(info['mean']),
+                               tuple(info['std']), device)
+    if cfg.predict_folder:
+        images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
+        features, labels, name = encode_all(encoder, images, saved.encode_batch_size), None, 'folder'
+    else:
+        splits = load_splits(saved)
+        images, labels, name = splits.images(cfg.predict_split), splits.labels(cfg.predict_split), cfg.predict_split
+        features = cached_features(encoder, images, info['dataset'], name, saved.cache_dir,
+                                   batch_size=saved.encode_batch_size)
+    model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
+    model.load_state_dict(ckpt['model'])
+    needs_pixels = x_encoder_input(saved.diff_encoder) == 'image'
+    data = Prepared(info['n_class'], None, {name: features}, None, {name: images.to(device)} if needs_pixels else {},
+                    tuple(info['mean']), tuple(info['std']), None, info)
+    trainer = Trainer(saved, data, model, Diffusion(saved.n_timesteps, saved.beta_schedule).to(device),
+                      cfg.predict, device)
+    predicted, probs = trainer.predict(name, n_samples=cfg.n_samples)
+    predicted = predicted.cpu().numpy()
+    prefix = os.path.join(cfg.predict, f'predict_{name}')
+    save_npy(predicted, prefix + '_labels.npy')
+    if probs is not None:
+        save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
+    if cfg.predict_folder:
+        with open(prefix + '.csv', 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['path', 'label'])
+            writer.writerows(zip(paths, predicted.tolist()))
+    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': prefix + '_labels.npy'}
+    if labels is not None:
+        result['accuracy'] = float(np.mean(predicted == labels.numpy()))
+    print(result)
+    return result
