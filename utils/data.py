@@ -134,3 +134,12 @@ def load_digits_splits(size=32, n_val=200, n_test=400, seed=0):
                        val_images=x[n_train:n_train + n_val], val_labels=y[n_train:n_train + n_val],
                        test_images=x[n_train + n_val:], test_labels=y[n_train + n_val:],
                        mean=mean, std=std)
+
+
+def load_named(name, data_root='./data', download=True, n_train=CIFAR_N_TRAIN):
+    """The in-memory datasets by name: cifar10, cifar100 (45k/5k/10k split) or digits (offline)."""
+    if name == 'digits':
+        return load_digits_splits()
+    if name in CIFAR_FOLDERS:
+        return load_cifar(name, data_root, download=download, n_train=n_train)
+    raise ValueError(f'unknown dataset {name!r}: choose cifar10, cifar100 or digits')

@@ -38,3 +38,54 @@ def imagenet_resnet(arch, out_dim, weights=None):
     net = RESNETS[arch](weights=weights)
     net.fc = nn.Linear(net.fc.in_features, out_dim)
     return net
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, identity or 1×1 shortcut."""
+
+    def __init__(self, n_in, n_out, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(n_in)
+        self.conv1 = nn.Conv2d(n_in, n_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(n_out)
+        self.conv2 = nn.Conv2d(n_out, n_out, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or n_in != n_out:
+            self.shortcut = nn.Conv2d(n_in, n_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = nn.functional.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(nn.functional.relu(self.bn2(out)))
+        return out + shortcut
+
+
+def preact_resnet(blocks, n_class, width=64):
+    """PreAct-ResNet for 32×32 inputs; blocks (2,2,2,2) is PreAct-ResNet-18, (3,4,6,3) is -34."""
+    layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False)]
+    n_in = width
+    for stage, n_blocks in enumerate(blocks):
+        n_out = width * 2 ** stage
+        for b in range(n_blocks):
+            layers.append(PreActBlock(n_in, n_out, 2 if (b == 0 and stage > 0) else 1))
+            n_in = n_out
+    layers += [nn.BatchNorm2d(n_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+               nn.Linear(n_in, n_class)]
+    return nn.Sequential(*layers)
+
+
+def small_cnn(n_class, width=32):
+    """A few-second CPU classifier for tests and tiny data."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, 1, 1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(2 * width, n_class))
+
+
+CLASSIFIERS = {
+    'preact_resnet34': lambda n_class: preact_resnet((3, 4, 6, 3), n_class),
+    'preact_resnet18': lambda n_class: preact_resnet((2, 2, 2, 2), n_class),
+    'resnet34': lambda n_class: cifar_resnet('resnet34', n_class),
+    'small_cnn': small_cnn,
+}

@@ -134,7 +134,7 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
         raise NoiseError(
             f'unknown --noise_type {noise_type!r}: no file {path}, and not a generated name '
             f'({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
-            f'({", ".join(CIFAR_N_KEYS)}). PMD files are made by noisy_label/make_pmd.py.')
+            f'({", ".join(CIFAR_N_KEYS)}). PMD files are made by `python -m noisy_label.make_noise pmd`.')
     base, kind, rate = iid.group(1), iid.group(2), float(iid.group(3))
     if IID_NAME.match(noise_type):
         if clean_labels is None:

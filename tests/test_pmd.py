@@ -1,0 +1,146 @@
+"""PMD noise, the noise-file command, CIFAR-N, and the Standard baseline."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train_standard
+from noisy_label import make_noise
+from utils.noise import noise_rate, resolve_noisy_labels
+from utils.pmd import pmd_noise, top_two
+
+from test_data import write_cifar100
+
+SHARED_CIFAR_N = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              'shared', 'data', 'cifar-n', 'CIFAR-10_human.pt')
+
+
+def synthetic_eta(n=20000, n_class=10, seed=0):
+    """Class probabilities of a mostly right classifier, with margins spread over [0, 1]."""
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, n_class, n)
+    logits = rng.normal(0, 1, (n, n_class))
+    logits[np.arange(n), clean] += rng.uniform(0, 6, n)
+    eta = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return eta, clean
+
+
+@pytest.mark.parametrize('pmd_type, rate', [(1, 0.35), (1, 0.70), (2, 0.35), (3, 0.35)])
+def test_realised_rate_within_half_a_point(pmd_type, rate):
+    eta, clean = synthetic_eta()
+    labels, factor, realised = pmd_noise(eta, clean, pmd_type, rate, seed=1)
+    assert abs(noise_rate(labels, clean) - rate) <= 0.005
+    assert realised == pytest.approx(noise_rate(labels, clean)) and factor > 0
+    u, s, _ = top_two(eta)
+    assert np.all((labels == u) | (labels == s))  # only ever the top-two classes
+
+
+def test_same_seed_same_labels():
+    eta, clean = synthetic_eta()
+    a = pmd_noise(eta, clean, 1, 0.35, seed=5)[0]
+    assert np.array_equal(a, pmd_noise(eta, clean, 1, 0.35, seed=5)[0])
+    assert not np.array_equal(a, pmd_noise(eta, clean, 1, 0.35, seed=6)[0])
+
+
+@pytest.mark.parametrize('pmd_type', [1, 2, 3])
+def test_noise_concentrates_on_low_margins(pmd_type):
+    eta, clean = synthetic_eta()
+    labels = pmd_noise(eta, clean, pmd_type, 0.35, seed=2)[0]
+    _, _, margin = top_two(eta)
+    low, high = margin <= np.quantile(margin, 0.25), margin >= np.quantile(margin, 0.75)
+    assert noise_rate(labels[low], clean[low]) > noise_rate(labels[high], clean[high]) + 0.25
+
+
+def test_unreachable_rate_is_refused():
+    eta, clean = synthetic_eta(2000)
+    with pytest.raises(ValueError, match='cannot produce'):
+        pmd_noise(eta, clean, 1, 0.999)
+
+
+def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
+    common = ['--dataset', 'digits', '--arch', 'small_cnn', '--epochs', '30', '--lr', '0.05', '--batch_size', '64',
+              '--device', 'cpu', '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(tmp_path / 'cache')]
+    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
+    labels = np.load(tmp_path / 'noise' / 'digits-1-0.35.npy')
+    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35.json'))
+    assert len(labels) == 1197 and labels.dtype == np.int64
+    assert abs(side['realised_rate'] - 0.35) <= 0.005 and side['requested_rate'] == 0.35
+    assert side['eta_classifier']['train_acc'] > 0.4 and 'make_noise' in side['command'] and side['seed'] == 0
+    # the same seed gives the same file
+    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
+    assert np.array_equal(labels, np.load(tmp_path / 'noise' / 'digits-1-0.35.npy'))
+    # a hybrid on top, with the authors' naming
+    make_noise.main(['hybrid', '--base', 'digits-1-0.35', '--kind', 'U', '--rate', '0.3', *common])
+    hybrid = np.load(tmp_path / 'noise' / 'digits-1-0.35_U_0.3.npy')
+    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35_U_0.3.json'))
+    assert side['realised_rate'] == pytest.approx(noise_rate(hybrid, labels)) == pytest.approx(0.3, abs=0.05)
+
+
+def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
+    write_cifar100(str(tmp_path / 'data'), n=3000)
+    common = ['--dataset', 'cifar100', '--data_root', str(tmp_path / 'data'), '--no-download', '--n_train', '2500',
+              '--arch', 'small_cnn', '--epochs', '1', '--out_dir', str(tmp_path / 'noise'),
+              '--cache_dir', str(tmp_path / 'cache')]
+    # the η classifier's probabilities, as the cache holds them (training one on random images is moot)
+    from utils.data import load_cifar
+    splits = load_cifar('cifar100', str(tmp_path / 'data'), download=False, n_train=2500)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (2500, 100))
+    logits[np.arange(2500), splits.train_clean.numpy()] += rng.uniform(2, 10, 2500)
+    eta = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    os.makedirs(tmp_path / 'cache')
+    np.savez(tmp_path / 'cache' / 'eta_cifar100_n2500_small_cnn_e1_s0.npz', eta=eta, train_acc=1.0, val_acc=0.0,
+             test_acc=0.0)
+    make_noise.main(['pmd', '--type', '2', '--rate', '0.35', *common])
+    base = np.load(tmp_path / 'noise' / 'cifar100-2-0.35.npy')
+    assert abs(noise_rate(base, splits.train_clean.numpy()) - 0.35) <= 0.005
+    make_noise.main(['hybrid', '--base', 'cifar100-2-0.35', '--kind', 'A', '--rate', '0.3', *common])
+    hybrid = np.load(tmp_path / 'noise' / 'cifar100-2-0.35_A_0.3.npy')
+    moved = hybrid != base
+    assert moved.mean() == pytest.approx(0.3, abs=0.04)
+    coarse = splits.coarse_of_class
+    assert np.all(coarse[hybrid[moved]] == coarse[base[moved]])  # stays in the super-class
+
+
+def write_cifar_n(path, n=50000, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 10, n)
+    table = {'clean_label': clean, 'aggre_label': clean.copy(), 'worse_label': (clean + 1) % 10}
+    table['aggre_label'][:100] = (clean[:100] + 3) % 10
+    torch.save(table, path)
+    return clean
+
+
+def test_cifar_n_names_read_the_training_split(tmp_path):
+    clean = write_cifar_n(tmp_path / 'CIFAR-10_human.pt')
+    labels, source = resolve_noisy_labels('cifar10n-aggre', 45000, clean[:45000], 10, cifar_n_dirs=[str(tmp_path)],
+                                          noise_dir=str(tmp_path / 'none'))
+    assert len(labels) == 45000 and noise_rate(labels, clean[:45000]) == pytest.approx(100 / 45000)
+    assert 'CIFAR-N' in source
+    labels, _ = resolve_noisy_labels('cifar10n-worse', 45000, None, 10, cifar_n_dirs=[str(tmp_path)])
+    assert np.array_equal(labels, (clean[:45000] + 1) % 10)
+    with pytest.raises(ValueError, match='CIFAR-100_human.pt'):
+        resolve_noisy_labels('cifar100n-noisy', 45000, None, 100, cifar_n_dirs=[str(tmp_path)],
+                             noise_dir=str(tmp_path / 'none'))
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR_N), reason='real CIFAR-N labels not beside the checkout')
+def test_real_cifar10n_rates():
+    table = torch.load(SHARED_CIFAR_N, weights_only=False)
+    clean = np.asarray(table['clean_label'])[:45000]
+    folder = os.path.dirname(SHARED_CIFAR_N)
+    aggre, _ = resolve_noisy_labels('cifar10n-aggre', 45000, clean, 10, cifar_n_dirs=[folder])
+    worse, _ = resolve_noisy_labels('cifar10n-worse', 45000, clean, 10, cifar_n_dirs=[folder])
+    assert noise_rate(aggre, clean) == pytest.approx(0.09, abs=0.01)
+    assert noise_rate(worse, clean) == pytest.approx(0.40, abs=0.01)
+
+
+def test_standard_baseline_selects_on_validation(tmp_path):
+    summary = train_standard.main(['--noise_type', 'digits-clean', '--arch', 'small_cnn', '--nepoch', '15',
+                                   '--lr', '0.05', '--batch_size', '64', '--device', 'cpu',
+                                   '--out_dir', str(tmp_path)])
+    history = json.load(open(tmp_path / 'digits-clean_small_cnn_s123' / 'history.json'))
+    assert summary['best_val_acc'] == max(r['val_acc'] for r in history)
+    assert summary['test_acc'] > 0.5  # well above chance (10%) with clean labels

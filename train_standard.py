@@ -1,0 +1,67 @@
+"""The "Standard" baseline of the paper's tables: a classifier trained with cross-entropy on the
+noisy labels, selected on the clean validation split and reported on the test split, like
+LRA-diffusion, so every noise file can be scored both ways.
+
+    python train_standard.py --noise_type cifar10-1-0.35 --arch preact_resnet34
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from utils.classifier import accuracy, fit_classifier
+from utils.data import load_named
+from utils.io import save_json
+from utils.networks import CLASSIFIERS
+from utils.noise import dataset_of, noise_rate, resolve_noisy_labels
+from utils.runtime import device_description, resolve_device
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--noise_type', default='cifar10-1-0.35', help='as in train_CIFAR.py')
+    p.add_argument('--arch', default='preact_resnet34', choices=sorted(CLASSIFIERS))
+    p.add_argument('--nepoch', type=int, default=200)
+    p.add_argument('--batch_size', type=int, default=128)
+    p.add_argument('--lr', type=float, default=0.1)
+    p.add_argument('--seed', type=int, default=123)
+    p.add_argument('--noise_seed', type=int, default=0)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--data_root', default='./data')
+    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
+    p.add_argument('--out_dir', default='./runs/standard')
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    device = resolve_device(args.device)
+    splits = load_named(dataset_of(args.noise_type), args.data_root, args.download)
+    clean = splits.train_clean.numpy()
+    noisy, source = resolve_noisy_labels(args.noise_type, len(clean), clean, splits.n_class, seed=args.noise_seed,
+                                         coarse_of_class=splits.coarse_of_class)
+    started = time.time()
+    model, history = fit_classifier(splits.train_images, torch.from_numpy(noisy), splits.n_class, splits.mean,
+                                    splits.std, arch=args.arch, epochs=args.nepoch, batch_size=args.batch_size,
+                                    lr=args.lr, device=device, seed=args.seed,
+                                    val=(splits.val_images, splits.val_labels))
+    best = max(history, key=lambda r: r['val_acc'])
+    summary = {'method': 'Standard (cross-entropy on noisy labels)', 'arch': args.arch, 'noise_type': args.noise_type,
+               'noise_source': source, 'noisy_label_accuracy': 1 - noise_rate(noisy, clean),
+               'best_val_acc': best['val_acc'], 'best_epoch': best['epoch'],
+               'test_acc': accuracy(model, splits.test_images, splits.test_labels, splits.mean, splits.std),
+               'epochs': args.nepoch, 'wall_time_s': round(time.time() - started, 2),
+               'device': device_description(device), 'config': vars(args)}
+    run_dir = os.path.join(args.out_dir, f'{args.noise_type}_{args.arch}_s{args.seed}')
+    os.makedirs(run_dir, exist_ok=True)
+    save_json(history, os.path.join(run_dir, 'history.json'))
+    save_json(summary, os.path.join(run_dir, 'summary.json'))
+    print('summary: ' + json.dumps({k: v for k, v in summary.items() if k != 'config'}))
+    return summary
+
+
+if __name__ == '__main__':
+    torch.backends.cudnn.benchmark = True
+    main()
