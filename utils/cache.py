@@ -56,7 +56,7 @@ def cached_features(encoder, images, dataset, split, cache_dir, view='clean', ba
     features = encode_all(encoder, images, batch_size=batch_size, desc=f'f_p {split}')
     if not torch.isfinite(features).all():
         raise FloatingPointError(f'{encoder.name} produced non-finite features for {dataset}/{split}; '
-                                 f'try --encoder_precision fp32')
+                                 f'try --precision fp32')
     save_torch({'key': key, 'value': features.cpu()}, path)
     return features
 

@@ -16,9 +16,9 @@ COMMON_DEFAULTS = dict(
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, clip_download_root=None, encoder_precision='bf16', fp_train_view='auto',
+    fp_checkpoint=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
     freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True, n_samples=10, predict=None, predict_split='test', predict_folder=None,
+    download=True, n_samples=10, compile=False, checkpoint_every=1, predict=None, predict_split='test', predict_folder=None,
 )
 
 
@@ -59,8 +59,9 @@ def build_parser(description, defaults):
                    help='f_p input while training: features of the un-augmented image (cached), or of the '
                         "augmented batch re-encoded each step; auto follows the authors (SimCLR: augmented, "
                         'others: cached)')
-    g.add_argument('--encoder_precision', default=d['encoder_precision'], choices=('bf16', 'fp32'),
-                   help='f_p encoder arithmetic on CUDA (features are stored in float32)')
+    g.add_argument('--precision', default=d['precision'], choices=('bf16', 'fp32'),
+                   help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
+                        'denoiser MLP, features and optimiser stay float32')
     g = p.add_argument_group('model and training')
     g.add_argument('--nepoch', type=int, default=d['nepoch'], help='training epochs')
     g.add_argument('--batch_size', type=int, default=d['batch_size'])
@@ -75,6 +76,8 @@ def build_parser(description, defaults):
     g.add_argument('--n_timesteps', type=int, default=d['n_timesteps'], help='diffusion steps T')
     g.add_argument('--beta_schedule', default=d['beta_schedule'], choices=sorted(BETA_SCHEDULES))
     g.add_argument('--ddim_n_step', type=int, default=d['ddim_n_step'], help='DDIM steps at inference')
+    g.add_argument('--compile', default=d['compile'], action=argparse.BooleanOptionalAction,
+                   help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
     g.add_argument('--eval_every', type=int, default=d['eval_every'],
                    help='evaluate on the clean validation split every N epochs after warm-up')
     g = p.add_argument_group('run')
@@ -87,6 +90,8 @@ def build_parser(description, defaults):
     g.add_argument('--cache_dir', default=d['cache_dir'], help='feature and neighbour caches')
     g.add_argument('--eval_batch_size', type=int, default=d['eval_batch_size'])
     g.add_argument('--encode_batch_size', type=int, default=d['encode_batch_size'])
+    g.add_argument('--checkpoint_every', type=int, default=d['checkpoint_every'],
+                   help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
     g.add_argument('--n_samples', type=int, default=d['n_samples'],
                    help='stochastic DDIM samples per training image for the saved class probabilities '
                         '(train_probs.npy); 0 skips them')

@@ -238,7 +238,7 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
     else:
         raise EncoderError(f'unknown --fp_encoder {cfg.fp_encoder!r}; choose from {", ".join(FP_ENCODERS)}')
-    encoder.bf16 = encoder.bf16 and cfg.encoder_precision == 'bf16'
+    encoder.bf16 = encoder.bf16 and cfg.precision == 'bf16'
     return encoder
 
 

@@ -72,6 +72,7 @@ class Prepared:
 
 def prepare(cfg, splits, device, log=print):
     """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+    started = time.time()
     clean = splits.train_clean.numpy() if splits.train_clean is not None else None
     labels, noise_source = resolve_noisy_labels(
         cfg.noise_type, len(splits.train_images), clean, splits.n_class, seed=cfg.noise_seed,
@@ -93,7 +94,7 @@ def prepare(cfg, splits, device, log=print):
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
             'fp_train_view': 'augmented' if augmented_fp else 'cached', 'dataset': splits.name,
             'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
-            'std': list(splits.std)}
+            'std': list(splits.std), 'prepare_s': round(time.time() - started, 2)}
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
@@ -111,6 +112,9 @@ class Trainer:
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
         self.run_dir, self.device, self.log = run_dir, device, log
         self.x_input = x_encoder_input(cfg.diff_encoder)
+        self.bf16 = device.type == 'cuda' and cfg.precision == 'bf16'
+        # --compile fuses the small denoiser's many launches (the step is launch-bound on a GPU)
+        self.step_loss = torch.compile(self._step_loss, dynamic=False) if cfg.compile else self._step_loss
         if cfg.freeze_diff_encoder:
             model.x_encoder.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -120,10 +124,17 @@ class Trainer:
         self.best = {'val_acc': -1.0, 'epoch': None, 'test_acc': None}
         self.history = []
         self.elapsed_before = 0.0
+        self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
 
     # ---- inputs -------------------------------------------------------------------------------
     def _pixels(self, images):
-        return normalize_images(images, self.data.mean, self.data.std)
+        x = normalize_images(images, self.data.mean, self.data.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == 'cuda' else x
+
+    def embed(self, x_source):
+        """The image embedding x_e; bf16 autocast for the diffusion encoder on CUDA (--precision)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.embed_x(x_source).float()
 
     def train_inputs(self, idx):
         """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
@@ -139,14 +150,18 @@ class Trainer:
         return x_source, fp_x
 
     # ---- training -----------------------------------------------------------------------------
+    def _step_loss(self, x_embed, y_t, t, fp_x, noise, weights):
+        """The retrieval-weighted ε-MSE: Σ_i w_i · mean_c (ε̂ − ε)²."""
+        eps_hat = self.model.head(x_embed, y_t, t, fp_x)
+        return (weights * (eps_hat - noise).square().mean(1)).sum()
+
     def train_step(self, idx):
         labels, weights = self.data.candidates.sample(idx)
         x_source, fp_x = self.train_inputs(idx)
         y0 = F.one_hot(labels, self.data.n_class).float()
         t = self.diffusion.sample_timesteps(len(idx))
         noise = torch.randn_like(y0)
-        eps_hat = self.model(x_source, self.diffusion.q_sample(y0, t, noise), t, fp_x)
-        loss = (weights * (eps_hat - noise).square().mean(1)).sum()
+        loss = self.step_loss(self.embed(x_source), self.diffusion.q_sample(y0, t, noise), t, fp_x, noise, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
@@ -194,7 +209,7 @@ class Trainer:
         labels, probs = [], []
         for start in range(0, n, bs):
             x_source, fp_x = self.eval_inputs(split, slice(start, start + bs))
-            x_embed = self.model.embed_x(x_source)
+            x_embed = self.embed(x_source)
             steps = self.cfg.ddim_n_step
             labels.append(labels_from_y0(sample_y0(self.model, self.diffusion, x_embed, fp_x, steps)))
             if n_samples:
@@ -231,15 +246,20 @@ class Trainer:
         bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
                    total=cfg.nepoch, dynamic_ncols=True)
         for epoch in bar:
-            train_loss = self.train_epoch(epoch)
+            t0 = time.time()
+            train_loss = self.train_epoch(epoch)  # ends with a sync: the timing is the device's
+            t1 = time.time()
+            self.seconds['train'] += t1 - t0
             bar.set_postfix(loss=f'{train_loss:.4f}')
-            elapsed = self.elapsed_before + time.time() - started
-            if is_eval_epoch(epoch, cfg):
+            elapsed = self.elapsed_before + t1 - started
+            # a run shorter than warm-up still gets one validation-selected result, at its end
+            if is_eval_epoch(epoch, cfg) or (epoch == cfg.nepoch - 1 and not self.history):
                 self.evaluate(epoch, train_loss, elapsed, splits)
-            if epoch == cfg.nepoch - 1 and not self.history:
-                # a run shorter than warm-up still gets one validation-selected result
-                self.evaluate(epoch, train_loss, elapsed, splits)
-            save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
+            t2 = time.time()
+            self.seconds['evaluate'] += t2 - t1
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1:
+                save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
+            self.seconds['checkpoint'] += time.time() - t2
         return self.elapsed_before + time.time() - started
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
@@ -323,6 +343,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     data = prepare(cfg, splits, device)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
     model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(splits.train_images.shape[1:])).to(device)
+    if device.type == 'cuda':
+        model = model.to(memory_format=torch.channels_last)
     diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
     os.makedirs(run_dir, exist_ok=True)
     trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
@@ -342,7 +364,13 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
                'device': device_description(device), 'noise_type': cfg.noise_type,
                **{k: data.info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy')
                   if k in data.info}}
+    epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
+    summary['seconds'] = {'prepare': data.info['prepare_s'], 'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
+                          'evaluations': round(trainer.seconds['evaluate'], 2),
+                          'checkpoints': round(trainer.seconds['checkpoint'], 2)}
+    started = time.time()
     summary.update(finish_outputs(trainer, data, splits, run_dir))
+    summary['seconds']['outputs'] = round(time.time() - started, 2)
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir

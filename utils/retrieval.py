@@ -23,8 +23,7 @@ def knn(queries, keys, k, chunk_size=None, progress=False):
     keys = keys.float()
     key_sq = keys.square().sum(1)
     if chunk_size is None:
-        # about 1 GiB of float32 distances per chunk
-        chunk_size = max(1, min(queries.shape[0], (1 << 28) // max(1, keys.shape[0])))
+        chunk_size = max(1, min(queries.shape[0], _chunk_bytes(keys.device) // (4 * max(1, keys.shape[0]))))
     all_dist, all_idx = [], []
     starts = range(0, queries.shape[0], chunk_size)
     for start in tqdm(starts, desc='kNN', disable=not progress, leave=False):
@@ -34,6 +33,14 @@ def knn(queries, keys, k, chunk_size=None, progress=False):
         all_dist.append(dist.clamp(min=0).sqrt())
         all_idx.append(idx)
     return torch.cat(all_dist), torch.cat(all_idx)
+
+
+def _chunk_bytes(device):
+    """Memory for one chunk of float32 distances: 1 GiB on the CPU, up to 8 GiB of free GPU memory."""
+    if device.type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(8 << 30, free // 4))
+    return 1 << 30
 
 
 class CandidateLabels:

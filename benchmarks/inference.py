@@ -1,0 +1,129 @@
+"""Seconds to classify 10k and 50k images (encoder + 10-step DDIM), the paper's timing table.
+
+    python -m benchmarks.inference                         # one GPU: the full table
+    python -m benchmarks.inference --sizes 64 --small      # CPU smoke test (tiny CLIP stand-in)
+
+Columns: Standard (a ResNet-34 classifier), SimCLR (ResNet-50, CIFAR stem), CLIP ViT-B/32, ViT-B/16,
+ViT-L/14. Each runs the package's inference path: uint8 32×32 images on the device → f_p (bf16,
+channels-last; CLIP resizes bicubically to 224 on the device) → diffusion-encoder embedding →
+10-step DDIM → class. Weights are random unless given (speed does not depend on them), written and
+read through the real loaders. Prints seconds, images/s and peak GPU memory per column.
+"""
+import argparse
+import json
+import os
+import tempfile
+
+import torch
+
+from benchmarks.common import device_line, peak_gib, random_images, reset_peak, timed
+from model_diffusion import Denoiser, Diffusion
+from utils.data import CIFAR_MEAN, CIFAR_STD
+from utils.encoders import load_clip, load_simclr
+from utils.inference import classify_images, classify_standard
+from utils.networks import cifar_resnet
+from utils.random_weights import save_random_clip, save_random_simclr
+from utils.runtime import resolve_device
+from utils.x_encoders import build_x_encoder, x_encoder_input
+
+AUTHORS_H100 = {  # seconds, authors' code on one H100 (DESIGN notes)
+    10000: {'Standard': 1.24, 'SimCLR': 3.01, 'ViT-B/32': 3.81, 'ViT-B/16': 3.58, 'ViT-L/14': 8.18},
+    50000: {'Standard': 3.17, 'SimCLR': 11.71, 'ViT-B/32': 11.92, 'ViT-B/16': 16.70, 'ViT-L/14': 38.56},
+}
+COLUMNS = ('Standard', 'SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+
+
+def build_column(name, args, device, folder):
+    """(classify function, description) for one column of the table."""
+    if name == 'Standard':
+        net = cifar_resnet('resnet34', 10).to(device).eval()
+        if device.type == 'cuda':
+            net = net.to(memory_format=torch.channels_last)
+        return lambda images: classify_standard(images, net, CIFAR_MEAN, CIFAR_STD, args.batch_size), 'ResNet-34'
+    if name == 'SimCLR':
+        path = args.simclr or save_random_simclr('resnet18' if args.small else 'resnet50',
+                                                 os.path.join(folder, 'simclr.pt'))
+        encoder = load_simclr(path, device)
+    else:
+        arch = 'tiny' if args.small else name
+        path = args.clip.get(name) or save_random_clip(arch, os.path.join(folder, arch.replace('/', '-') + '.pt'))
+        encoder = load_clip(path, device)
+    denoiser = Denoiser(10, encoder.dim, args.feature_dim,
+                        build_x_encoder(args.diff_encoder, args.feature_dim, encoder.dim, (3, 32, 32))).to(device).eval()
+    if device.type == 'cuda':
+        denoiser = denoiser.to(memory_format=torch.channels_last)
+    diffusion = Diffusion().to(device)
+    x_input = x_encoder_input(args.diff_encoder)
+
+    def classify(images):
+        return classify_images(images, encoder, denoiser, diffusion, x_input, CIFAR_MEAN, CIFAR_STD,
+                               args.batch_size, args.ddim_n_step)
+    return classify, f'{encoder.name} {encoder.dim}-d + {args.diff_encoder}'
+
+
+def measure(args):
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.columns:
+            classify, what = build_column(name, args, device, folder)
+            classify(random_images(min(args.batch_size, max(args.sizes)), device=device))  # warm-up
+            for n in args.sizes:
+                images = random_images(n, device=device, seed=n)
+                reset_peak(device)
+                labels, seconds = timed(lambda: classify(images), device)
+                assert labels.shape == (n,)
+                authors = AUTHORS_H100.get(n, {}).get(name)
+                rows.append({'column': name, 'model': what, 'images': n, 'seconds': round(seconds, 3),
+                             'images_per_s': round(n / seconds), 'peak_gib': round(peak_gib(device), 2),
+                             'authors_s': authors,
+                             'speedup': round(authors / seconds, 1) if authors and device.type == 'cuda' else None})
+            del classify
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    return rows, device
+
+
+def table(rows, sizes, columns):
+    lines = ['| images | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
+    for n in sizes:
+        cells = []
+        for c in columns:
+            r = next(r for r in rows if r['column'] == c and r['images'] == n)
+            ratio = f' ({r["speedup"]}×)' if r['speedup'] else ''
+            cells.append(f'{r["seconds"]:.2f} s{ratio}')
+        lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sizes', type=int, nargs='+', default=[10000, 50000])
+    p.add_argument('--columns', nargs='+', default=list(COLUMNS), choices=COLUMNS)
+    p.add_argument('--batch_size', type=int, default=1000)
+    p.add_argument('--diff_encoder', default='resnet18', help='diffusion encoder in the SimCLR/CLIP columns')
+    p.add_argument('--feature_dim', type=int, default=256)
+    p.add_argument('--ddim_n_step', type=int, default=10)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--simclr', help='a real SimCLR checkpoint (default: random ResNet-50 weights)')
+    p.add_argument('--clip_b32', help='a real CLIP ViT-B/32 checkpoint'), p.add_argument('--clip_b16'),
+    p.add_argument('--clip_l14')
+    p.add_argument('--small', action='store_true', help='tiny CLIP and ResNet-18 SimCLR stand-ins (CPU smoke test)')
+    p.add_argument('--out', help='write the rows as JSON here')
+    args = p.parse_args(argv)
+    args.clip = {'ViT-B/32': args.clip_b32, 'ViT-B/16': args.clip_b16, 'ViT-L/14': args.clip_l14}
+    rows, device = measure(args)
+    print(f'device: {device_line(device)}')
+    print(table(rows, args.sizes, args.columns))
+    for r in rows:
+        print(json.dumps(r))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump({'device': device_line(device), 'args': {k: v for k, v in vars(args).items() if k != 'clip'},
+                       'rows': rows}, f, indent=2)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
