@@ -1,0 +1,211 @@
+"""Pre-train a SimCLR encoder on a dataset's own training images, in the format train_CIFAR.py loads.
+
+    python pretrain_SimCLR.py --dataset cifar10 --arch resnet50 --epochs 100
+    python pretrain_SimCLR.py --resume runs/simclr/cifar10_resnet50      # continue a stopped run
+
+Two augmented views per image (made in batches on the GPU), NT-Xent loss, projection head
+2048→512→128; bf16 autocast and channels-last on CUDA, images resident on the device. The whole
+state is saved every --save_every epochs and --resume continues exactly where it stopped, so long
+pre-training can run as a chain of short commands. A weighted kNN monitor (k=200, frozen features,
+test split) is printed and logged every --knn_every epochs.
+
+Writes model/SimCLR_128_<dataset>.pt (backbone under f.*, projection head under g.*) and a .json
+sidecar with the architecture, epochs, kNN accuracy and command.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from utils.data import load_named
+from utils.encoders import MODEL_DIR, SimCLREncoder, encode_all
+from utils.io import append_jsonl, load_torch, save_json, save_torch
+from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
+from utils.simclr import knn_monitor, nt_xent, simclr_view
+
+STATE_FORMAT = 1
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'))
+    p.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'))
+    p.add_argument('--epochs', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
+    p.add_argument('--batch_size', type=int, default=512)
+    p.add_argument('--lr', type=float, default=None, help='peak SGD learning rate (default 0.06 × batch/256)')
+    p.add_argument('--weight_decay', type=float, default=5e-4)
+    p.add_argument('--temperature', type=float, default=0.5)
+    p.add_argument('--warmup_epochs', type=int, default=10)
+    p.add_argument('--knn_every', type=int, default=5)
+    p.add_argument('--save_every', type=int, default=1)
+    p.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
+                   help='save and stop cleanly after this many minutes (chain runs with --resume)')
+    p.add_argument('--n_images', type=int, default=None, help='use only the first N training images (tests)')
+    p.add_argument('--image_size', type=int, default=None, help='resize images to this size (tests)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--data_root', default='./data')
+    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
+    p.add_argument('--out_dir', default='./runs/simclr')
+    p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>.pt)')
+    p.add_argument('--resume', default=None, metavar='RUN_DIR')
+    return p
+
+
+def sgd_lr(step, total, warmup, peak):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def resize(images, size):
+    if size is None or images.shape[-1] == size:
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode='bilinear', antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class Pretrainer:
+    def __init__(self, args, splits, device):
+        self.args, self.device = args, device
+        self.mean, self.std = splits.mean, splits.std
+        # unlabelled pre-training on every training image (the validation images too: no labels used)
+        n = args.n_images
+        self.images = resize(torch.cat([splits.train_images, splits.val_images])[:n], args.image_size).to(device)
+        self.monitor = (torch.cat([splits.train_clean, splits.val_labels])[:n].to(device),
+                        resize(splits.test_images, args.image_size), splits.test_labels.to(device), splits.n_class)
+        seed_everything(args.seed)
+        self.model = SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device)
+        if device.type == 'cuda':
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.lr = args.lr or 0.06 * args.batch_size / 256
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=args.weight_decay)
+        self.steps_per_epoch = len(self.images) // args.batch_size
+        self.epoch, self.history, self.elapsed = 0, [], 0.0
+
+    def step(self, idx, step):
+        for group in self.opt.param_groups:
+            group['lr'] = sgd_lr(step, self.args.epochs * self.steps_per_epoch,
+                                 self.args.warmup_epochs * self.steps_per_epoch, self.lr)
+        batch = self.images[idx]
+        views = torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)])
+        if self.device.type == 'cuda':
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
+            z = self.model.g(torch.flatten(self.model.f(views), 1))
+        loss = nt_xent(*z.float().chunk(2), temperature=self.args.temperature)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def train_epoch(self):
+        self.model.train()
+        order = torch.randperm(len(self.images), device=self.device)
+        total = torch.zeros((), device=self.device)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.args.batch_size:(i + 1) * self.args.batch_size]
+            total += self.step(idx, self.epoch * self.steps_per_epoch + i)
+        loss = float(total) / self.steps_per_epoch
+        if not math.isfinite(loss):
+            raise FloatingPointError(f'SimCLR loss became non-finite in epoch {self.epoch}; lower --lr')
+        return loss
+
+    def knn_accuracy(self):
+        self.model.eval()
+        labels, test_images, test_labels, n_class = self.monitor
+        train_features = encode_all(self.model, self.images, batch_size=1024, progress=False)
+        test_features = encode_all(self.model, test_images, batch_size=1024, progress=False)
+        return knn_monitor(train_features, labels, test_features, test_labels, n_class)
+
+    def state(self):
+        return {'format_version': STATE_FORMAT, 'args': vars(self.args), 'epoch': self.epoch,
+                'model': self.model.state_dict(), 'optimizer': self.opt.state_dict(), 'history': self.history,
+                'rng': rng_state(), 'elapsed_s': self.elapsed}
+
+    def restore(self, state):
+        self.model.load_state_dict(state['model'])
+        self.opt.load_state_dict(state['optimizer'])
+        self.epoch, self.history, self.elapsed = state['epoch'], state['history'], state['elapsed_s']
+        set_rng_state(state['rng'])
+
+
+def export(trainer, args, run_dir, knn_acc):
+    """The encoder in the released format, plus its sidecar."""
+    path = args.output or os.path.join(MODEL_DIR, f'SimCLR_128_{args.dataset}.pt')
+    encoder = SimCLREncoder(args.arch)
+    encoder.load_state_dict(trainer.model.state_dict())
+    save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
+    sidecar = {'architecture': f'SimCLR {args.arch}, CIFAR stem (3×3 stride-1 conv1, no max-pool), '
+                               f'head {encoder.dim}→512→128', 'dataset': args.dataset, 'epochs': trainer.epoch,
+               'knn_top1_test': knn_acc, 'knn': 'weighted kNN, k=200, τ=0.1, cosine, frozen features',
+               'batch_size': args.batch_size, 'temperature': args.temperature,
+               'pretrain_minutes': round(trainer.elapsed / 60, 2), 'device': device_description(trainer.device),
+               'run_dir': run_dir, 'command': args.command_line}
+    save_json(sidecar, os.path.splitext(path)[0] + '.json')
+    return path
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    state = None
+    if args.resume:
+        path = os.path.join(args.resume, 'state.pt')
+        if not os.path.isfile(path):
+            raise SetupError(f'--resume {args.resume}: no state.pt there; start a new run')
+        state = load_torch(path)
+        saved = dict(state['args'])
+        saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after,
+                     epochs=max(args.epochs if '--epochs' in argv else 0, saved['epochs']))
+        args = argparse.Namespace(**saved)
+    args.command_line = 'python pretrain_SimCLR.py ' + ' '.join(argv)
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    splits = load_named(args.dataset, args.data_root, args.download)
+    run_dir = args.resume or os.path.join(args.out_dir, f'{args.dataset}_{args.arch}')
+    if not args.resume and os.path.exists(os.path.join(run_dir, 'state.pt')):
+        raise SetupError(f'{run_dir} already holds a pre-training run; continue it with --resume {run_dir}')
+    os.makedirs(run_dir, exist_ok=True)
+    trainer = Pretrainer(args, splits, device)
+    if state is not None:
+        trainer.restore(state)
+        # epochs logged after the saved state are redone: keep the log consistent with it
+        with open(os.path.join(run_dir, 'log.jsonl'), 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in trainer.history)
+    started = time.time() - trainer.elapsed
+    knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
+    for _ in tqdm(range(trainer.epoch, args.epochs), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
+                  total=args.epochs):
+        loss = trainer.train_epoch()
+        trainer.epoch += 1
+        trainer.elapsed = time.time() - started
+        record = {'epoch': trainer.epoch, 'loss': loss, 'minutes': round(trainer.elapsed / 60, 3)}
+        if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.epochs:
+            knn_acc = record['knn_acc'] = trainer.knn_accuracy()
+            tqdm.write(f'epoch {trainer.epoch}  loss {loss:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
+                       f'{record["minutes"]:.1f} min')
+        trainer.history.append(record)
+        append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))
+        stopping = args.stop_after is not None and trainer.elapsed / 60 >= args.stop_after
+        if trainer.epoch % args.save_every == 0 or trainer.epoch == args.epochs or stopping:
+            save_torch(trainer.state(), os.path.join(run_dir, 'state.pt'))
+        if stopping:
+            print(f'stopped after {trainer.epoch} epochs; continue with --resume {run_dir}')
+            break
+    if knn_acc is None:
+        knn_acc = trainer.knn_accuracy()
+    path = export(trainer, args, run_dir, knn_acc)
+    summary = {'epochs': trainer.epoch, 'knn_top1_test': knn_acc, 'minutes': round(trainer.elapsed / 60, 2),
+               'encoder': path}
+    print('summary: ' + json.dumps(summary))
+    return summary
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,86 @@
+"""SimCLR pre-training: augmentations, the loss, learning, the exported format, exact resume."""
+import json
+
+import pytest
+import torch
+
+import pretrain_SimCLR
+from conftest import subset
+from utils.encoders import load_simclr
+from utils.io import load_torch
+from utils.simclr import color_jitter, knn_monitor, nt_xent, random_resized_crop_flip, simclr_view
+
+TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
+        '--device', 'cpu', '--knn_every', '2', '--warmup_epochs', '1']
+
+
+def test_full_crop_without_flip_is_the_identity():
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    out = random_resized_crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    mirrored = torch.stack([o.flip(-1) if not torch.allclose(o, xi, atol=1e-5) else o for o, xi in zip(out, x)])
+    torch.testing.assert_close(mirrored, x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_keeps_range_and_gray_stays_gray():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    out = color_jitter(x, p=1.0)
+    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+    gray = x[:, :1].expand(-1, 3, -1, -1)
+    out = color_jitter(gray.clone(), strength=0.0, hue=0.1, p=1.0)  # hue rotation leaves gray alone
+    torch.testing.assert_close(out, gray, atol=1e-5, rtol=0)
+
+
+def test_nt_xent_prefers_matching_views():
+    z = torch.randn(8, 16)
+    assert nt_xent(z, z) < nt_xent(z, torch.randn(8, 16))
+    assert nt_xent(z, z, temperature=0.1) < 0.1
+
+
+def test_knn_monitor_on_separable_features():
+    labels = torch.arange(100) % 4
+    feats = torch.nn.functional.one_hot(labels, 4).float() + 0.01 * torch.randn(100, 4)
+    assert knn_monitor(feats, labels, feats[:20], labels[:20], 4, k=10) == 1.0
+
+
+def test_a_few_steps_lower_the_loss(digits):
+    args = pretrain_SimCLR.parser().parse_args(TINY + ['--epochs', '50', '--warmup_epochs', '0', '--lr', '0.2'])
+    trainer = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+    idx = torch.arange(32)
+
+    def fixed_loss():
+        torch.manual_seed(123)
+        trainer.model.train()  # batch statistics: the running ones have barely moved after a few steps
+        with torch.no_grad():
+            views = torch.cat([simclr_view(trainer.images[idx], trainer.mean, trainer.std) for _ in range(2)])
+            z = trainer.model.g(torch.flatten(trainer.model.f(views), 1))
+        return float(nt_xent(*z.chunk(2)))
+    before = fixed_loss()
+    for step in range(30):
+        trainer.model.train()
+        trainer.step(idx, step)
+    assert fixed_loss() < before - 0.15
+
+
+def test_export_loads_through_the_training_loader(tmp_path):
+    out = tmp_path / 'SimCLR_128_digits.pt'
+    summary = pretrain_SimCLR.main(TINY + ['--epochs', '2', '--out_dir', str(tmp_path / 'runs'), '--output', str(out)])
+    encoder = load_simclr(str(out))
+    assert encoder.arch == 'resnet18' and encoder.dim == 512
+    side = json.load(open(tmp_path / 'SimCLR_128_digits.json'))
+    assert side['epochs'] == 2 and side['knn_top1_test'] == summary['knn_top1_test'] and 'resnet18' in side['architecture']
+    assert 0 <= summary['knn_top1_test'] <= 1
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    pretrain_SimCLR.main(TINY + ['--epochs', '3', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
+    pretrain_SimCLR.main(TINY + ['--epochs', '3', '--stop_after', '0', '--out_dir', str(tmp_path / 'b'),
+                                 '--output', str(tmp_path / 'b.pt')])
+    run_b = tmp_path / 'b' / 'digits_resnet18'
+    assert load_torch(str(run_b / 'state.pt'))['epoch'] == 1
+    pretrain_SimCLR.main(['--resume', str(run_b), '--device', 'cpu'])
+    a, b = load_torch(str(tmp_path / 'a' / 'digits_resnet18' / 'state.pt')), load_torch(str(run_b / 'state.pt'))
+    assert a['epoch'] == b['epoch'] == 3
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    assert [r['loss'] for r in a['history']] == [r['loss'] for r in b['history']]
