@@ -43,21 +43,40 @@ def _load_matching(path, key, what, log):
     return blob['value']
 
 
-def cached_features(encoder, images, dataset, split, cache_dir, view='clean', batch_size=512, log=print):
-    """f_p features of `images`, computed once per (encoder, weights, dataset, split, view)."""
-    key = {'format': CACHE_FORMAT, 'kind': 'features', 'encoder': encoder.name, 'preprocess': encoder.describe(),
-           'source': str(getattr(encoder, 'source', '')), 'weights': encoder.fingerprint,
-           'dataset': dataset, 'split': split, 'view': view, 'n': len(images),
-           'images': tensor_fingerprint(images), 'bf16': bool(encoder.bf16 and encoder.device.type == 'cuda')}
-    path = os.path.join(cache_dir, f'{dataset}_{split}_{view}_{encoder.name}_{_key_hash(key)}.pt')
-    value = _load_matching(path, key, 'feature cache', log)
-    if value is not None and value.shape == (len(images), encoder.dim) and torch.isfinite(value).all():
+def feature_key(encoder, dataset, split, view, n, content):
+    """What decides a feature cache: encoder, its weights and preprocessing, the data, the precision."""
+    return {'format': CACHE_FORMAT, 'kind': 'features', 'encoder': encoder.name, 'preprocess': encoder.describe(),
+            'source': str(getattr(encoder, 'source', '')), 'weights': encoder.fingerprint,
+            'dataset': dataset, 'split': split, 'view': view, 'n': n, 'content': content,
+            'bf16': bool(encoder.bf16 and encoder.device.type == 'cuda')}
+
+
+def feature_path(cache_dir, key):
+    return os.path.join(cache_dir, f"{key['dataset']}_{key['split']}_{key['view']}_{key['encoder']}_{_key_hash(key)}.pt")
+
+
+def load_features(encoder, key, cache_dir, log=print):
+    """The cached features for `key`, or None when absent, from another configuration, or damaged."""
+    value = _load_matching(feature_path(cache_dir, key), key, 'feature cache', log)
+    if value is not None and value.shape == (key['n'], encoder.dim) and torch.isfinite(value).all():
         return value.to(encoder.device)
-    features = encode_all(encoder, images, batch_size=batch_size, desc=f'f_p {split}')
+    return None
+
+
+def store_features(features, key, cache_dir, encoder):
     if not torch.isfinite(features).all():
-        raise FloatingPointError(f'{encoder.name} produced non-finite features for {dataset}/{split}; '
+        raise FloatingPointError(f"{encoder.name} produced non-finite features for {key['dataset']}/{key['split']}; "
                                  f'try --precision fp32')
-    save_torch({'key': key, 'value': features.cpu()}, path)
+    save_torch({'key': key, 'value': features.cpu()}, feature_path(cache_dir, key))
+
+
+def cached_features(encoder, images, dataset, split, cache_dir, view='clean', batch_size=512, log=print):
+    """f_p features of in-memory `images`, computed once per (encoder, weights, dataset, split, view)."""
+    key = feature_key(encoder, dataset, split, view, len(images), tensor_fingerprint(images))
+    features = load_features(encoder, key, cache_dir, log)
+    if features is None:
+        features = encode_all(encoder, images, batch_size=batch_size, desc=f'{encoder.name} {split}')
+        store_features(features, key, cache_dir, encoder)
     return features
 
 
@@ -73,3 +92,58 @@ def cached_neighbours(features, k, cache_dir, log=print):
     _, idx = knn(features, features, k, progress=True)
     save_torch({'key': key, 'value': idx.cpu()}, path)
     return idx
+
+
+def paths_fingerprint(paths):
+    return hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def _encode_files(encoders, paths, batch_size, num_workers, size, desc):
+    """Every encoder's features of the files, decoding each image once."""
+    from tqdm import tqdm
+    from utils.files import image_batches
+    outs = [[] for _ in encoders]
+    for batch in tqdm(image_batches(paths, batch_size, num_workers, size), desc=desc, leave=False):
+        for out, encoder in zip(outs, encoders):
+            out.append(encoder.encode(batch.to(encoder.device, non_blocking=True)))
+    return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
+
+
+def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=256, num_workers=4, size=224,
+                         log=print):
+    """Features of image files for several encoders, cached like `cached_features`.
+
+    Under torchrun each rank encodes a contiguous shard and writes it as a part file; rank 0
+    assembles the parts, in order, into the one cache file every rank then reads.
+    """
+    from utils import distributed
+    keys = [feature_key(e, dataset, split, 'center', len(paths), paths_fingerprint(paths)) for e in encoders]
+    found = [load_features(e, k, cache_dir, log) for e, k in zip(encoders, keys)]
+    todo = [i for i, f in enumerate(found) if f is None]
+    distributed.barrier()  # every rank has looked before anyone writes
+    if todo:
+        rank, world = distributed.rank(), distributed.world_size()
+        shard = np.array_split(np.arange(len(paths)), world)[rank]
+        parts = _encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
+                              size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''))
+        if world == 1:
+            for i, part in zip(todo, parts):
+                store_features(part, keys[i], cache_dir, encoders[i])
+                found[i] = part
+        else:
+            for i, part in zip(todo, parts):
+                save_torch(part.cpu(), feature_path(cache_dir, keys[i]) + f'.part{rank}of{world}')
+            distributed.barrier()
+            if rank == 0:
+                for i in todo:
+                    base = feature_path(cache_dir, keys[i])
+                    names = [base + f'.part{r}of{world}' for r in range(world)]
+                    store_features(torch.cat([load_torch(n, 'feature part') for n in names]), keys[i], cache_dir,
+                                   encoders[i])
+                    for n in names:
+                        os.remove(n)
+            distributed.barrier()
+            for i in todo:
+                found[i] = load_features(encoders[i], keys[i], cache_dir, log)
+    return found

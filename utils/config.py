@@ -18,7 +18,8 @@ COMMON_DEFAULTS = dict(
     lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
     fp_checkpoint=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
     freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True, n_samples=10, compile=False, checkpoint_every=1, predict=None, predict_split='test', predict_folder=None,
+    download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
+    diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
 )
 
 
@@ -47,11 +48,17 @@ def build_parser(description, defaults):
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
     g.add_argument('--fp_checkpoint', default=d['fp_checkpoint'],
                    help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
+    g.add_argument('--fp_arch', default=d['fp_arch'], help='architecture of --fp_encoder classifier')
+    g.add_argument('--diff_encoder_weights', default=d['diff_encoder_weights'],
+                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
+    g.add_argument('--image_size', type=int, default=d['image_size'],
+                   help='image-file datasets: decode, resize and centre-crop to this size')
     g.add_argument('--clip_download_root', default=d['clip_download_root'],
                    help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
     g.add_argument('--diff_encoder', default=d['diff_encoder'], choices=sorted(X_ENCODERS),
-                   help='diffusion encoder giving the image embedding x_e: a ResNet on the image, '
-                        '"linear" (MLP on pixels) or "fp_mlp" (MLP on the f_p features)')
+                   help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
+                        '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (frozen '
+                        'ImageNet ResNet features, cached, + a linear layer)')
     g.add_argument('--freeze_diff_encoder', default=d['freeze_diff_encoder'],
                    action=argparse.BooleanOptionalAction,
                    help="keep the diffusion encoder at its initial weights, as the authors' CIFAR code did")

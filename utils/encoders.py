@@ -221,7 +221,74 @@ class RawPixels(FrozenEncoder):
         return F.normalize(torch.flatten(x, 1), dim=-1)
 
 
-FP_ENCODERS = ('SimCLR', 'CLIP', 'raw')
+class ImageNetResNet(FrozenEncoder):
+    """A standard-stem torchvision ResNet's pooled features (the fc is dropped), ImageNet preprocessing.
+
+    Serves as the frozen backbone of the `*_l` diffusion encoders and, loaded from a classifier
+    checkpoint, as an f_p encoder (`--fp_encoder classifier`)."""
+    name = 'ResNet'
+    resolution = 224
+
+    def __init__(self, arch):
+        super().__init__()
+        from utils.networks import RESNETS
+        if arch not in RESNETS:
+            raise EncoderError(f'unknown ResNet {arch!r}; choose from {", ".join(sorted(RESNETS))}')
+        self.arch, self.dim = arch, resnet_width(arch)
+        self.name = f'imagenet-{arch}'
+        self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        self.net = RESNETS[arch](weights=None)
+        self.net.fc = nn.Identity()
+
+    def preprocess(self, images):
+        x = images.float() / 255
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode='bilinear', align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def features(self, x):
+        return self.net(x)
+
+
+def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
+    """weights: 'imagenet' (torchvision's, downloaded when online), 'random', or a checkpoint path
+    (a torchvision-layout classifier state dict; a 'module.' prefix and the fc are ignored)."""
+    encoder = ImageNetResNet(arch)
+    if weights == 'imagenet':
+        import torchvision
+        try:
+            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+        except Exception as exc:
+            raise EncoderError(f'ImageNet weights for {arch} are not cached and could not be downloaded ({exc}); '
+                               f'pass a local checkpoint path instead (e.g. --diff_encoder_weights '
+                               f'/path/to/{arch}.pth)') from exc
+        source = f'torchvision {arch} ImageNet'
+    elif weights == 'random':
+        with torch.random.fork_rng():  # leaves the caller's random stream alone
+            torch.manual_seed(seed)
+            encoder = ImageNetResNet(arch)
+        state, source = None, f'random {arch} (seed {seed})'
+    else:
+        if not os.path.isfile(weights):
+            raise EncoderError(f'ResNet checkpoint {weights} not found')
+        state = torch.load(weights, map_location='cpu', weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+            state = state['state_dict']
+        source = os.path.abspath(weights)
+    if state is not None:
+        state = {k.removeprefix('module.'): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith('fc.')}
+        try:
+            encoder.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise EncoderError(f'{source} does not fit a torchvision {arch}: {str(exc)[:500]}') from exc
+    encoder.source = source
+    return encoder.finish(device)
+
+
+FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'raw')
 
 
 def default_simclr_path(dataset):
@@ -234,6 +301,11 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
         encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(dataset), device, mean, std)
     elif cfg.fp_encoder == 'CLIP':
         encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root)
+    elif cfg.fp_encoder == 'classifier':
+        if not cfg.fp_checkpoint:
+            raise EncoderError('--fp_encoder classifier needs --fp_checkpoint PATH (a torchvision-layout '
+                               'classifier state dict, e.g. a ResNet-50 trained on the noisy data)')
+        encoder = load_imagenet_resnet(cfg.fp_arch, cfg.fp_checkpoint, device)
     elif cfg.fp_encoder == 'raw':
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
     else:

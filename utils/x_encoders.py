@@ -1,11 +1,14 @@
 """Diffusion encoders: the image embedding x_e that gates the denoiser (`--diff_encoder`).
 
-Each entry says whether it reads the image (normalised, augmented while training) or the f_p
-features. Reading features is the fast path: training then runs on cached features alone.
+Each entry says what it reads: the image (normalised, augmented while training), the f_p features,
+or 'cached': the pooled features of a frozen ImageNet ResNet (torchvision weights, or a local file
+via --diff_encoder_weights), computed once like f_p, followed by a trainable linear layer to
+feature_dim (the `_l` encoders of the authors' large-image scripts, with the backbone frozen).
+Reading features is the fast path: training then runs on cached features alone.
 """
 import torch.nn as nn
 
-from utils.networks import cifar_resnet
+from utils.networks import cifar_resnet, resnet_width
 
 
 def _mlp(n_in, width):
@@ -21,7 +24,15 @@ X_ENCODERS = {
     'resnet50': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet50', width)),
     'linear': ('image', lambda width, fp_dim, shape: _mlp(shape[0] * shape[1] * shape[2], width)),
     'fp_mlp': ('features', lambda width, fp_dim, shape: _mlp(fp_dim, width)),
+    'resnet18_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet18'), width)),
+    'resnet34_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet34'), width)),
+    'resnet50_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet50'), width)),
 }
+
+
+def cached_backbone_arch(name):
+    """The frozen backbone whose features a 'cached' diffusion encoder reads."""
+    return name.removesuffix('_l')
 
 
 def x_encoder_input(name):

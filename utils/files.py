@@ -1,0 +1,216 @@
+"""Image-file datasets in their official layouts: Food-101N, Clothing1M, WebVision 1.0.
+
+Images stay on disk; they are decoded once, in DataLoader workers, to compute the cached features
+that training then runs on (utils/distributed.py shards that work across processes).
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.data import DatasetMissing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FileSplits:
+    """Noisy-label training files, clean validation and test files, labels as int64 arrays."""
+    name: str
+    n_class: int
+    train_paths: list
+    train_labels: np.ndarray        # the dataset's own (noisy) labels
+    val_paths: list
+    val_labels: np.ndarray
+    test_paths: list
+    test_labels: np.ndarray
+    class_names: list = field(default_factory=list)
+    train_clean: Optional[np.ndarray] = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def paths(self, split):
+        return getattr(self, f'{split}_paths')
+
+    def labels(self, split):
+        return torch.from_numpy({'train': self.train_labels, 'val': self.val_labels,
+                                 'test': self.test_labels}[split])
+
+
+def _need(path, what):
+    if not os.path.exists(path):
+        raise DatasetMissing(f'{what} not found: {path}. Download the dataset and point the script at its folder.')
+    return path
+
+
+def _lines(path, what):
+    with open(_need(path, what)) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _pairs(path, what, root=None):
+    """'<relative path> <int label>' lines → (absolute paths, labels); malformed lines are named."""
+    paths, labels = [], []
+    for number, line in enumerate(_lines(path, what), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+            raise DatasetMissing(f'{path}, line {number}: expected "<image path> <label>", found {line!r}')
+        paths.append(os.path.join(root, parts[0]) if root else parts[0])
+        labels.append(int(parts[1]))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+# ---- Food-101N (training, noisy) + Food-101 (test) -----------------------------------------------
+
+def read_food101n(food101n_root, food101_root):
+    """Food-101N_release: images/<class>/<key>.jpg listed in meta/imagelist.tsv, noisy label = class
+    folder; meta/verified_val.tsv entries verified correct (label 1) form the clean validation split
+    and are held out of training. Food-101: meta/test.txt, images/<class>/<id>.jpg, is the test split."""
+    classes = _lines(os.path.join(food101n_root, 'meta', 'classes.txt'), 'Food-101N class list')
+    if classes and classes[0] == 'class_name':
+        classes = classes[1:]
+    index = {c: i for i, c in enumerate(classes)}
+    keys = _lines(os.path.join(food101n_root, 'meta', 'imagelist.tsv'), 'Food-101N image list')
+    keys = keys[1:] if keys and keys[0].startswith('class_name') else keys
+    verified = _lines(os.path.join(food101n_root, 'meta', 'verified_val.tsv'), 'Food-101N verified_val.tsv')
+    val_keys = [line.split('\t')[0] for line in verified[1:] if line.split('\t')[-1] == '1']
+    held_out = set(val_keys)
+
+    def label_of(key, source):
+        cls = key.split('/')[0]
+        if cls not in index:
+            raise DatasetMissing(f'{source}: class {cls!r} of {key!r} is not in meta/classes.txt')
+        return index[cls]
+    train_keys = [k for k in keys if k not in held_out]
+    image_dir = os.path.join(food101n_root, 'images')
+    test_ids = _lines(os.path.join(food101_root, 'meta', 'test.txt'), 'Food-101 test list')
+    return FileSplits(
+        name='food101n', n_class=len(classes), class_names=classes,
+        train_paths=[os.path.join(image_dir, k) for k in train_keys],
+        train_labels=np.asarray([label_of(k, 'imagelist.tsv') for k in train_keys], dtype=np.int64),
+        val_paths=[os.path.join(image_dir, k) for k in val_keys],
+        val_labels=np.asarray([label_of(k, 'verified_val.tsv') for k in val_keys], dtype=np.int64),
+        test_paths=[os.path.join(food101_root, 'images', i + '.jpg') for i in test_ids],
+        test_labels=np.asarray([label_of(i, 'Food-101 test.txt') for i in test_ids], dtype=np.int64))
+
+
+# ---- Clothing1M ----------------------------------------------------------------------------------
+
+def _kv(path, what):
+    return {p: l for p, l in zip(*_pairs(path, what))}
+
+
+def read_clothing1m(root, subset_list=None):
+    """Clothing1M's annotation files: noisy/clean key→label files and the train/val/test key lists.
+
+    `subset_list` (the authors' option): a file of '<key> <label>' lines (or bare keys, labelled by
+    noisy_label_kv.txt) naming the training subset."""
+    noisy = _kv(os.path.join(root, 'noisy_label_kv.txt'), 'Clothing1M noisy_label_kv.txt')
+    clean = _kv(os.path.join(root, 'clean_label_kv.txt'), 'Clothing1M clean_label_kv.txt')
+    names = _lines(os.path.join(root, 'category_names_eng.txt'), 'Clothing1M category_names_eng.txt')
+    if subset_list:
+        train = []
+        for number, line in enumerate(_lines(subset_list, 'Clothing1M subset list'), 1):
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip('-').isdigit():
+                train.append((parts[0], int(parts[1])))
+            elif len(parts) == 1 and parts[0] in noisy:
+                train.append((parts[0], noisy[parts[0]]))
+            else:
+                raise DatasetMissing(f'{subset_list}, line {number}: expected "<key> <label>" or a key of '
+                                     f'noisy_label_kv.txt, found {line!r}')
+    else:
+        keys = _lines(os.path.join(root, 'noisy_train_key_list.txt'), 'Clothing1M noisy_train_key_list.txt')
+        missing = [k for k in keys if k not in noisy]
+        if missing:
+            raise DatasetMissing(f'{len(missing)} keys of noisy_train_key_list.txt have no label in '
+                                 f'noisy_label_kv.txt (first: {missing[0]})')
+        train = [(k, noisy[k]) for k in keys]
+
+    def clean_split(name):
+        keys = _lines(os.path.join(root, f'clean_{name}_key_list.txt'), f'Clothing1M clean_{name}_key_list.txt')
+        missing = [k for k in keys if k not in clean]
+        if missing:
+            raise DatasetMissing(f'{len(missing)} keys of clean_{name}_key_list.txt have no label in '
+                                 f'clean_label_kv.txt (first: {missing[0]})')
+        return [os.path.join(root, k) for k in keys], np.asarray([clean[k] for k in keys], dtype=np.int64)
+    val_paths, val_labels = clean_split('val')
+    test_paths, test_labels = clean_split('test')
+    return FileSplits(name='clothing1m', n_class=len(names), class_names=names,
+                      train_paths=[os.path.join(root, k) for k, _ in train],
+                      train_labels=np.asarray([label for _, label in train], dtype=np.int64),
+                      val_paths=val_paths, val_labels=val_labels, test_paths=test_paths, test_labels=test_labels)
+
+
+# ---- WebVision 1.0 (Google subset, first 50 classes) ---------------------------------------------
+
+def read_webvision(root, imagenet_val_root, n_class=50):
+    """info/train_filelist_google.txt (training, noisy), info/val_filelist.txt with val_images_256/
+    (validation: model selection), and the ILSVRC2012 validation images of the same classes (test),
+    either in class-index folders <c>/ or WordNet-id folders <wnid>/ mapped by info/synsets.txt."""
+    train_paths, train_labels = _pairs(os.path.join(root, 'info', 'train_filelist_google.txt'),
+                                       'WebVision info/train_filelist_google.txt', root)
+    val_paths, val_labels = _pairs(os.path.join(root, 'info', 'val_filelist.txt'), 'WebVision info/val_filelist.txt',
+                                   os.path.join(root, 'val_images_256'))
+    keep = train_labels < n_class
+    train_paths, train_labels = [p for p, k in zip(train_paths, keep) if k], train_labels[keep]
+    keep = val_labels < n_class
+    val_paths, val_labels = [p for p, k in zip(val_paths, keep) if k], val_labels[keep]
+    _need(imagenet_val_root, 'ILSVRC2012 validation folder')
+    folders = set(os.listdir(imagenet_val_root))
+    if all(str(c) in folders for c in range(n_class)):
+        class_dirs = [str(c) for c in range(n_class)]
+    else:
+        synsets = [line.split()[0] for line in _lines(os.path.join(root, 'info', 'synsets.txt'),
+                                                      'WebVision info/synsets.txt')][:n_class]
+        missing = [s for s in synsets if s not in folders]
+        if missing:
+            raise DatasetMissing(f'{imagenet_val_root} lacks class folders for {len(missing)} of the first '
+                                 f'{n_class} WebVision classes (first: {missing[0]})')
+        class_dirs = synsets
+    test_paths, test_labels = [], []
+    for c, folder in enumerate(class_dirs):
+        names = sorted(os.listdir(os.path.join(imagenet_val_root, folder)))
+        test_paths += [os.path.join(imagenet_val_root, folder, n) for n in names]
+        test_labels += [c] * len(names)
+    return FileSplits(name='webvision', n_class=n_class, train_paths=train_paths, train_labels=train_labels,
+                      val_paths=val_paths, val_labels=val_labels, test_paths=test_paths,
+                      test_labels=np.asarray(test_labels, dtype=np.int64))
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decode, resize the shorter side to size·256/224 and centre-crop to size: uint8 3×size×size."""
+
+    def __init__(self, paths, size=224):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            image = Image.open(self.paths[i]).convert('RGB')
+        except (OSError, ValueError) as exc:
+            raise DatasetMissing(f'cannot read image {self.paths[i]}: {exc}') from exc
+        short = round(self.size * 256 / 224)
+        w, h = image.size
+        scale = short / min(w, h)
+        image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def image_batches(paths, batch_size, num_workers, size=224):
+    """uint8 batches of the files in order, decoded by DataLoader workers."""
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    return loader
