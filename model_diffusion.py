@@ -149,6 +149,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.n_class = n_class
         self.x_encoder = x_encoder
+        self.bf16_embed = False  # bf16 autocast for the diffusion encoder on CUDA; the rest stays float32
         self.x_norm = nn.BatchNorm1d(feature_dim)
         self.lin1 = TimeGatedLinear(n_class + fp_dim, feature_dim, n_timesteps)
         self.norm1 = nn.BatchNorm1d(feature_dim)
@@ -159,7 +160,10 @@ class Denoiser(nn.Module):
         self.out = nn.Linear(feature_dim, n_class)
 
     def embed_x(self, x_source):
-        return self.x_norm(self.x_encoder(x_source))
+        use_bf16 = self.bf16_embed and x_source.is_cuda
+        with torch.autocast(x_source.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            x_embed = self.x_encoder(x_source)
+        return self.x_norm(x_embed.float())
 
     def head(self, x_embed, y_t, t, fp_x):
         h = F.softplus(self.norm1(self.lin1(torch.cat([y_t, fp_x], dim=1), t)))

@@ -41,3 +41,9 @@ def test_end_to_end_inference_equals_the_cached_feature_path(tmp_path):
     cached = labels_from_y0(predict_y0(denoiser, diffusion, normalize_images(images, mean, std),
                                        encoder.encode(images)))
     assert torch.equal(direct, cached)
+
+
+def test_extraction_benchmark_decodes_and_encodes_every_file():
+    from benchmarks import extraction
+    result = extraction.main(['--n', '40', '--small', '--workers', '2', '--batch_size', '16', '--device', 'cpu'])
+    assert result['images'] == 40 and result['feature_dim'] == 32 and result['images_per_s'] > 0

@@ -27,7 +27,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     pass
 
 
-def build_parser(description, defaults):
+def build_parser(description, defaults, dataset_args=None):
+    """The shared flags with the script's defaults; `dataset_args(parser)` adds the script's own."""
     d = {**COMMON_DEFAULTS, **defaults}
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=_HelpFormatter)
@@ -110,8 +111,10 @@ def build_parser(description, defaults):
     g.add_argument('--predict_split', default=d['predict_split'], choices=('train', 'val', 'test'))
     g.add_argument('--predict_folder', default=d['predict_folder'], metavar='DIR',
                    help='predict every image under DIR instead of a split (writes a CSV too)')
+    if dataset_args is not None:
+        dataset_args(p.add_argument_group('dataset'))
     return p
 
 
-def parse_config(description, defaults, argv=None):
-    return build_parser(description, defaults).parse_args(argv)
+def parse_config(description, defaults, argv=None, dataset_args=None):
+    return build_parser(description, defaults, dataset_args).parse_args(argv)

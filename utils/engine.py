@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model_diffusion import Denoiser, Diffusion, labels_from_y0, sample_y0
+from utils import distributed
 from utils.augment import random_crop_flip
 from utils.cache import cached_features, cached_file_features, cached_neighbours
 from utils.data import ImageSplits
@@ -28,8 +29,7 @@ from utils.io import append_jsonl, atomic_write, load_torch, save_json, save_tor
 from utils.outputs import plot_accuracy, write_training_outputs
 from utils.noise import noise_rate, resolve_noisy_labels
 from utils.retrieval import CandidateLabels
-from utils.runtime import (SetupError, default_run_name, device_description, resolve_device, rng_state,
-                           seed_everything, set_rng_state)
+from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
 from utils.x_encoders import build_x_encoder, cached_backbone_arch, x_encoder_input
 
 CHECKPOINT_FORMAT = 1
@@ -77,10 +77,16 @@ class Prepared:
     x_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
 
 
+def clean_train_labels(splits):
+    """The clean labels of the training images as a numpy array, or None where unknown."""
+    clean = splits.train_clean
+    return clean.numpy() if isinstance(clean, torch.Tensor) else clean
+
+
 def training_labels(cfg, splits):
     """The noisy training labels: the dataset's own for image-file datasets (unless --noise_type
     names a file), otherwise resolved from --noise_type."""
-    clean = splits.train_clean.numpy() if isinstance(splits.train_clean, torch.Tensor) else splits.train_clean
+    clean = clean_train_labels(splits)
     if isinstance(splits, FileSplits) and cfg.noise_type == splits.name:
         return splits.train_labels, f'{splits.name} labels', clean
     n = len(splits.train_paths) if isinstance(splits, FileSplits) else len(splits.train_images)
@@ -152,7 +158,13 @@ class Trainer:
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
         self.run_dir, self.device, self.log = run_dir, device, log
         self.x_input = x_encoder_input(cfg.diff_encoder)
-        self.bf16 = device.type == 'cuda' and cfg.precision == 'bf16'
+        model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
+        self.train_model = model
+        if self.world > 1:
+            ids = [device.index] if device.type == 'cuda' else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         # --compile fuses the small denoiser's many launches (the step is launch-bound on a GPU)
         self.step_loss = torch.compile(self._step_loss, dynamic=False) if cfg.compile else self._step_loss
         if cfg.freeze_diff_encoder:
@@ -171,10 +183,6 @@ class Trainer:
         x = normalize_images(images, self.data.mean, self.data.std)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == 'cuda' else x
 
-    def embed(self, x_source):
-        """The image embedding x_e; bf16 autocast for the diffusion encoder on CUDA (--precision)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model.embed_x(x_source).float()
 
     def train_inputs(self, idx):
         """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
@@ -197,9 +205,9 @@ class Trainer:
         return fp_x
 
     # ---- training -----------------------------------------------------------------------------
-    def _step_loss(self, x_embed, y_t, t, fp_x, noise, weights):
+    def _step_loss(self, x_source, y_t, t, fp_x, noise, weights):
         """The retrieval-weighted ε-MSE: Σ_i w_i · mean_c (ε̂ − ε)²."""
-        eps_hat = self.model.head(x_embed, y_t, t, fp_x)
+        eps_hat = self.train_model(x_source, y_t, t, fp_x)
         return (weights * (eps_hat - noise).square().mean(1)).sum()
 
     def train_step(self, idx):
@@ -208,25 +216,30 @@ class Trainer:
         y0 = F.one_hot(labels, self.data.n_class).float()
         t = self.diffusion.sample_timesteps(len(idx))
         noise = torch.randn_like(y0)
-        loss = self.step_loss(self.embed(x_source), self.diffusion.q_sample(y0, t, noise), t, fp_x, noise, weights)
+        loss = self.step_loss(x_source, self.diffusion.q_sample(y0, t, noise), t, fp_x, noise, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         return loss.detach()
 
-    def batches(self):
+    def batches(self, epoch):
+        """This rank's share of each batch of an epoch. The order depends only on (seed, epoch), so
+        every rank agrees on it and a resumed run replays it."""
         n = self.data.noisy_labels.shape[0]
-        order = torch.randperm(n, device=self.device)
+        g = torch.Generator(self.device).manual_seed(self.cfg.seed * 100003 + epoch)
+        order = torch.randperm(n, device=self.device, generator=g)
         # a last batch of one sample would break BatchNorm; fold it into the previous batch
         cuts = list(range(0, n, self.cfg.batch_size))
         if len(cuts) > 1 and n - cuts[-1] < 2:
             cuts.pop()
-        return [order[a:b] for a, b in zip(cuts, cuts[1:] + [n])]
+        return [order[a:b].tensor_split(self.world)[self.rank] for a, b in zip(cuts, cuts[1:] + [n])]
 
     def train_epoch(self, epoch):
         self.model.train()
-        batches = self.batches()
+        # the epoch's draws (candidates, timesteps, noise) come from (seed, epoch, rank): exact resume
+        torch.manual_seed(self.cfg.seed * 100003 + epoch * 1009 + self.rank + 1)
+        batches = self.batches(epoch)
         loss_sum = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         for i, idx in enumerate(batches):
@@ -256,7 +269,7 @@ class Trainer:
         labels, probs = [], []
         for start in range(0, n, bs):
             x_source, fp_x = self.eval_inputs(split, slice(start, start + bs))
-            x_embed = self.embed(x_source)
+            x_embed = self.model.embed_x(x_source)
             steps = self.cfg.ddim_n_step
             labels.append(labels_from_y0(sample_y0(self.model, self.diffusion, x_embed, fp_x, steps)))
             if n_samples:
@@ -276,7 +289,7 @@ class Trainer:
         return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
                 'epoch': epoch,
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                'best': dict(self.best), 'history': list(self.history), 'rng': rng_state(),
+                'best': dict(self.best), 'history': list(self.history),
                 'elapsed_s': elapsed}
 
     def restore(self, ckpt):
@@ -285,7 +298,6 @@ class Trainer:
         self.best, self.history = ckpt['best'], ckpt['history']
         self.start_epoch = ckpt['epoch'] + 1
         self.elapsed_before = ckpt['elapsed_s']
-        set_rng_state(ckpt['rng'])
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, splits):
@@ -300,18 +312,20 @@ class Trainer:
             bar.set_postfix(loss=f'{train_loss:.4f}')
             elapsed = self.elapsed_before + t1 - started
             # a run shorter than warm-up still gets one validation-selected result, at its end
-            if is_eval_epoch(epoch, cfg) or (epoch == cfg.nepoch - 1 and not self.history):
+            main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
+            if main and (is_eval_epoch(epoch, cfg) or (epoch == cfg.nepoch - 1 and not self.history)):
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1:
+            if main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1):
                 save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
             self.seconds['checkpoint'] += time.time() - t2
+            distributed.barrier()
         return self.elapsed_before + time.time() - started
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
-        val_acc = self.accuracy('val', splits.val_labels)
-        test_acc = self.accuracy('test', splits.test_labels)
+        val_acc = self.accuracy('val', splits.labels('val'))
+        test_acc = self.accuracy('test', splits.labels('test'))
         record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
                   'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
         improved = val_acc > self.best['val_acc']
@@ -376,7 +390,10 @@ def run(cfg, load_splits):
     ckpt = load_run(cfg.resume) if cfg.resume else None
     if ckpt is not None:
         cfg = resumed_config(cfg, ckpt)
-    device = resolve_device(cfg.device)
+    distributed.init_from_env(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
+    if not cfg.resume:  # one name for every rank (the default one carries a time stamp)
+        cfg.run_name = distributed.broadcast_object(cfg.run_name or default_run_name(cfg))
     run_dir = plan_run_dir(cfg)
     try:
         return _run(cfg, load_splits, device, run_dir, ckpt)
@@ -389,23 +406,29 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     splits = load_splits(cfg)
     data = prepare(cfg, splits, device)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
-    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(splits.train_images.shape[1:])).to(device)
+    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device)
     if device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
     diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
-    os.makedirs(run_dir, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        os.makedirs(run_dir, exist_ok=True)
     trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
     if ckpt is not None:
         trainer.restore(ckpt)
-        # evaluations logged after the last checkpoint are redone: keep the log consistent with it
-        write_log(trainer.history, os.path.join(run_dir, 'log.jsonl'))
+        if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
+            write_log(trainer.history, os.path.join(run_dir, 'log.jsonl'))
         print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
-    config = {**vars(cfg), **data.info, 'device_name': device_description(device)}
-    save_json(config, os.path.join(run_dir, 'config.json'))
+    config = {**vars(cfg), **data.info, 'device_name': device_description(device),
+              'world_size': distributed.world_size()}
+    if main:
+        save_json(config, os.path.join(run_dir, 'config.json'))
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
     wall = trainer.fit(splits)
+    if not main:
+        return None, run_dir
     summary = {'best_val_acc': trainer.best['val_acc'], 'best_epoch': trainer.best['epoch'],
                'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
                'device': device_description(device), 'noise_type': cfg.noise_type,
@@ -431,7 +454,7 @@ def finish_outputs(trainer, data, splits, run_dir):
     """With the best-validation weights: denoised training labels, probabilities, plots."""
     trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
     denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples)
-    clean = splits.train_clean.numpy() if splits.train_clean is not None else None
+    clean = clean_train_labels(splits)
     facts = write_training_outputs(run_dir, data.noisy_labels.cpu().numpy(), denoised.cpu().numpy(),
                                    probs.cpu().numpy() if probs is not None else None, clean)
     plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'))

@@ -21,8 +21,8 @@ def classify_images(images, fp_encoder, denoiser, diffusion, x_input, mean, std,
         x_source = normalize_images(batch, mean, std) if x_input == 'image' else fp_x
         if x_input == 'image' and device.type == 'cuda':
             x_source = x_source.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == 'cuda'):
-            x_embed = denoiser.embed_x(x_source).float()
+        denoiser.bf16_embed = bf16
+        x_embed = denoiser.embed_x(x_source)
         out.append(labels_from_y0(sample_y0(denoiser, diffusion, x_embed, fp_x, n_steps)))
     return torch.cat(out)
 

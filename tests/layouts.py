@@ -1,0 +1,87 @@
+"""Small image trees in the official layouts of Food-101N/Food-101, Clothing1M and WebVision/ILSVRC2012."""
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def jpeg(path, label, rng, size=40):
+    """A JPEG whose colour depends on its class, with noise: learnable, but not trivially."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    base = np.array([(label * 67) % 256, (label * 131) % 256, (label * 29) % 256], dtype=np.float64)
+    pixels = np.clip(base + rng.normal(0, 40, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def write(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def food101n(root, classes=('apple_pie', 'bibimbap', 'churros'), per_class=24, seed=0):
+    rng = np.random.default_rng(seed)
+    n_root, f_root = os.path.join(root, 'Food-101N_release'), os.path.join(root, 'food-101')
+    keys, verified = [], []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            # a quarter of each folder shows another class: the noisy labels
+            shown = (c + 1) % len(classes) if i % 4 == 3 else c
+            key = f'{name}/{name}_{i:03d}.jpg'
+            jpeg(os.path.join(n_root, 'images', key), shown, rng)
+            keys.append(key)
+            if i < 4:
+                verified.append(f'{key}\t{int(shown == c)}')
+        for i in range(8):
+            jpeg(os.path.join(f_root, 'images', f'{name}/{1000 + i}.jpg'), c, rng)
+    write(os.path.join(n_root, 'meta', 'classes.txt'), ['class_name', *classes])
+    write(os.path.join(n_root, 'meta', 'imagelist.tsv'), ['class_name/key', *keys])
+    write(os.path.join(n_root, 'meta', 'verified_val.tsv'), ['class_name/key\tverification_label', *verified])
+    write(os.path.join(n_root, 'meta', 'verified_train.tsv'), ['class_name/key\tverification_label'])
+    write(os.path.join(f_root, 'meta', 'classes.txt'), list(classes))
+    write(os.path.join(f_root, 'meta', 'test.txt'), [f'{name}/{1000 + i}' for name in classes for i in range(8)])
+    return n_root, f_root
+
+
+def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, seed=0):
+    rng = np.random.default_rng(seed)
+    noisy, clean, lists = [], [], {'noisy_train': [], 'clean_val': [], 'clean_test': [], 'clean_train': []}
+    for i in range(n_train + n_val + n_test):
+        label = i % n_class
+        key = f'images/{i % 3}/{i % 7:02d}/{i:05d}.jpg'
+        jpeg(os.path.join(root, key), label, rng)
+        if i < n_train:
+            noisy.append(f'{key} {(label + 1) % n_class if i % 5 == 0 else label}')
+            lists['noisy_train'].append(key)
+        else:
+            clean.append(f'{key} {label}')
+            lists['clean_val' if i < n_train + n_val else 'clean_test'].append(key)
+    write(os.path.join(root, 'noisy_label_kv.txt'), noisy)
+    write(os.path.join(root, 'clean_label_kv.txt'), clean)
+    for name, keys in lists.items():
+        write(os.path.join(root, f'{name}_key_list.txt'), keys or [''])
+    write(os.path.join(root, 'category_names_eng.txt'), [f'category {c}' for c in range(n_class)])
+    return root
+
+
+def webvision(root, imagenet_root, n_class=3, extra_class=True, per_class=20, seed=0):
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    labels = range(n_class + 1) if extra_class else range(n_class)   # a class beyond the first n_class
+    for c in labels:
+        for i in range(per_class):
+            rel = f'google/q{c + 1:04d}/{i:04d}.jpg'
+            jpeg(os.path.join(root, rel), c, rng)
+            train.append(f'{rel} {c}')
+        for i in range(5):
+            name = f'WebVision_val_{c}_{i}.jpg'
+            jpeg(os.path.join(root, 'val_images_256', name), c, rng)
+            val.append(f'{name} {c}')
+    wnids = [f'n{1440764 + c:08d}' for c in range(n_class + 1)]
+    for c in range(n_class):
+        for i in range(5):
+            jpeg(os.path.join(imagenet_root, wnids[c], f'ILSVRC2012_val_{c:03d}{i:02d}.JPEG'), c, rng)
+    write(os.path.join(root, 'info', 'train_filelist_google.txt'), train)
+    write(os.path.join(root, 'info', 'val_filelist.txt'), val)
+    write(os.path.join(root, 'info', 'synsets.txt'), [f'{w} class {i}' for i, w in enumerate(wnids)])
+    return root, imagenet_root

@@ -1,0 +1,137 @@
+"""Food-101N, Clothing1M and WebVision: official layouts read, scripts run end to end, torchrun."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import layouts
+import train_Clothing1M
+import train_Food101N
+import train_WebVision
+from utils.data import DatasetMissing
+from utils.files import read_clothing1m, read_food101n, read_webvision
+from utils.io import load_torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_flags(tmp_path, tiny_clip_path, *more):
+    return ['--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+            '--image_size', '32', '--k', '5', '--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '32',
+            '--feature_dim', '64', '--num_workers', '0', '--n_samples', '2', '--device', 'cpu',
+            '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r', *more]
+
+
+def test_food101n_layout(tmp_path):
+    n_root, f_root = layouts.food101n(str(tmp_path))
+    s = read_food101n(n_root, f_root)
+    assert s.n_class == 3 and len(s.test_paths) == 24 and s.class_names[0] == 'apple_pie'
+    # verified-correct entries are the validation split and are held out of training
+    assert len(s.val_paths) == 9 and not set(s.val_paths) & set(s.train_paths)
+    assert len(s.train_paths) == 72 - 9 and all(os.path.isfile(p) for p in s.train_paths + s.test_paths)
+    assert s.train_labels[0] == 0 and s.test_labels[-1] == 2
+
+
+def test_clothing1m_layout_and_subset(tmp_path):
+    root = layouts.clothing1m(str(tmp_path))
+    s = read_clothing1m(root)
+    assert (len(s.train_paths), len(s.val_paths), len(s.test_paths), s.n_class) == (96, 16, 16, 4)
+    assert s.train_labels[0] == 1 and s.train_labels[1] == 1  # key 0 flipped, key 1 clean
+    layouts.write(os.path.join(root, 'subset.txt'), ['images/1/01/00001.jpg', 'images/2/02/00002.jpg 3'])
+    s = read_clothing1m(root, os.path.join(root, 'subset.txt'))
+    assert s.train_labels.tolist() == [1, 3] and s.train_paths[0].endswith('00001.jpg')
+
+
+def test_webvision_layout_keeps_the_first_classes(tmp_path):
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'))
+    s = read_webvision(root, imagenet, n_class=3)
+    assert len(s.train_paths) == 60 and s.train_labels.max() == 2
+    assert len(s.val_paths) == 15 and len(s.test_paths) == 15 and s.test_labels.tolist() == sorted(s.test_labels)
+
+
+def test_missing_and_malformed_files_are_named(tmp_path):
+    root = layouts.clothing1m(str(tmp_path))
+    os.remove(os.path.join(root, 'clean_val_key_list.txt'))
+    with pytest.raises(DatasetMissing, match='clean_val_key_list.txt'):
+        read_clothing1m(root)
+    layouts.write(os.path.join(root, 'clean_val_key_list.txt'), ['images/0/00/99999.jpg'])
+    with pytest.raises(DatasetMissing, match='no label in clean_label_kv.txt'):
+        read_clothing1m(root)
+    layouts.write(os.path.join(root, 'noisy_label_kv.txt'), ['images/0/00/00000.jpg one'])
+    with pytest.raises(DatasetMissing, match='line 1: expected'):
+        read_clothing1m(root)
+    with pytest.raises(DatasetMissing, match='Food-101N class list'):
+        read_food101n(str(tmp_path / 'nothing'), str(tmp_path / 'nothing'))
+
+
+def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
+    n_root, f_root = layouts.food101n(str(tmp_path / 'data'))
+    summary, run_dir = train_Food101N.main(['--food101n_root', n_root, '--food101_root', f_root,
+                                            *small_flags(tmp_path, tiny_clip_path)])
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert (config['n_train'], config['n_val'], config['n_test'], config['n_class']) == (63, 9, 24, 3)
+    assert config['noise_source'] == 'food101n labels' and config['fp_dim'] == 32
+    assert 0 <= summary['test_acc'] <= 1 and np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (63, 3)
+
+
+def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
+    root = layouts.clothing1m(str(tmp_path / 'data'))
+    import torchvision
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'cc_resnet18.pt'
+    net = torchvision.models.resnet18(num_classes=4)
+    torch.save({'module.' + k: v for k, v in net.state_dict().items()}, ckpt)  # as saved from DataParallel
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, '--fp_encoder', 'classifier',
+                                              '--fp_checkpoint', str(ckpt), '--fp_arch', 'resnet18',
+                                              *small_flags(tmp_path, tiny_clip_path)])
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['fp_dim'] == 512 and config['n_train'] == 96
+    assert summary['best_epoch'] is not None
+
+
+def test_webvision_script_end_to_end(tmp_path, tiny_clip_path):
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'))
+    summary, run_dir = train_WebVision.main(['--webvision_root', root, '--imagenet_val_root', imagenet,
+                                             '--n_class', '3', *small_flags(tmp_path, tiny_clip_path)])
+    assert json.load(open(os.path.join(run_dir, 'config.json')))['n_test'] == 15
+
+
+def test_image_diffusion_encoder_is_refused_for_file_datasets(tmp_path, tiny_clip_path):
+    root = layouts.clothing1m(str(tmp_path / 'data'))
+    flags = small_flags(tmp_path, tiny_clip_path)
+    flags[flags.index('resnet18_l')] = 'resnet18'
+    with pytest.raises(RuntimeError, match='resnet50_l'):
+        train_Clothing1M.main(['--clothing1m_root', root, *flags])
+    assert not (tmp_path / 'runs').exists()
+
+
+def cache_tensors(folder):
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith('clothing1m_'):
+            out[name] = load_torch(os.path.join(folder, name))['value']
+    return out
+
+
+def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip_path):
+    root = layouts.clothing1m(str(tmp_path / 'data'))
+    def command(tag, procs):
+        flags = small_flags(tmp_path / tag, tiny_clip_path)
+        return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(procs), '--master_port',
+                str(29500 + procs), 'train_Clothing1M.py', '--clothing1m_root', root, *flags]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    for tag, procs in (('one', 1), ('two', 2)):
+        done = subprocess.run(command(tag, procs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = cache_tensors(tmp_path / 'one' / 'cache'), cache_tensors(tmp_path / 'two' / 'cache')
+    assert one.keys() == two.keys() and len(one) == 6  # f_p and backbone features of three splits
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-5)
+    assert not [n for n in os.listdir(tmp_path / 'two' / 'cache') if '.part' in n]
+    summary = json.load(open(tmp_path / 'two' / 'runs' / 'r' / 'summary.json'))
+    config = json.load(open(tmp_path / 'two' / 'runs' / 'r' / 'config.json'))
+    assert config['world_size'] == 2 and summary['epochs'] == 2

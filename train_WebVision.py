@@ -1,0 +1,38 @@
+"""Train LRA-diffusion on WebVision 1.0 (Google subset, first 50 classes).
+
+    python train_WebVision.py --webvision_root data/webvision --imagenet_val_root data/ILSVRC2012/val
+
+Training: info/train_filelist_google.txt (labels < 50). Validation (model selection): WebVision's
+info/val_filelist.txt over val_images_256/. Test: the ILSVRC2012 validation images of the same 50
+classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by info/synsets.txt.
+"""
+from utils.config import parse_config
+from utils.engine import main as run_script
+from utils.files import read_webvision
+
+DEFAULTS = dict(
+    noise_type='webvision',
+    fp_encoder='CLIP', CLIP_type='ViT-L/14',
+    diff_encoder='resnet50_l',
+    k=50, feature_dim=1024,
+    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
+)
+
+
+def dataset_args(g):
+    g.add_argument('--webvision_root', default='./data/webvision', help='folder holding info/, google/, val_images_256/')
+    g.add_argument('--imagenet_val_root', default='./data/ILSVRC2012/val', help='ILSVRC2012 validation images')
+    g.add_argument('--n_class', type=int, default=50, help='the first N WebVision classes')
+
+
+def load_splits(cfg):
+    return read_webvision(cfg.webvision_root, cfg.imagenet_val_root, cfg.n_class)
+
+
+def main(argv=None):
+    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args)
+    return run_script(cfg, load_splits)
+
+
+if __name__ == '__main__':
+    main()
