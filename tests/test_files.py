@@ -135,3 +135,11 @@ def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip
     summary = json.load(open(tmp_path / 'two' / 'runs' / 'r' / 'summary.json'))
     config = json.load(open(tmp_path / 'two' / 'runs' / 'r' / 'config.json'))
     assert config['world_size'] == 2 and summary['epochs'] == 2
+
+
+def test_predict_with_a_clothing1m_run(tmp_path, tiny_clip_path):
+    root = layouts.clothing1m(str(tmp_path / 'data'))
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path)])
+    result = train_Clothing1M.main(['--clothing1m_root', root, '--predict', run_dir, '--predict_split', 'test',
+                                    '--n_samples', '0', '--device', 'cpu'])
+    assert result['accuracy'] == pytest.approx(summary['test_acc'])
