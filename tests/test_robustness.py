@@ -166,3 +166,24 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(SetupError, match='no last.pt'):
         run(parse_config('', demo_digits.DEFAULTS, ['--resume', str(tmp_path / 'empty')]), lambda c: digits)
+
+
+def test_missing_dataset_leaves_no_run_folder(tmp_path):
+    import train_CIFAR
+    from utils.data import DatasetMissing
+    with pytest.raises(DatasetMissing, match='--data_root'):
+        train_CIFAR.main(['--data_root', str(tmp_path / 'nothing'), '--no-download', '--out_dir', str(tmp_path / 'runs')])
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_unknown_clip_type_leaves_no_run_folder(tmp_path, digits):
+    assert_refused(tmp_path, digits, ['--fp_encoder', 'CLIP', '--CLIP_type', 'ViT-Q/7'], RuntimeError,
+                   'unknown --CLIP_type')
+
+
+def test_simclr_of_another_architecture_leaves_no_run_folder(tmp_path, digits):
+    state = {'f.0.weight': torch.zeros(64, 3, 7, 7), 'g.0.weight': torch.zeros(512, 2048),
+             'g.3.weight': torch.zeros(128, 512)}
+    torch.save(state, tmp_path / 'odd.pt')
+    assert_refused(tmp_path, digits, ['--fp_encoder', 'SimCLR', '--fp_checkpoint', str(tmp_path / 'odd.pt')],
+                   RuntimeError, 'does not fit a SimCLR')

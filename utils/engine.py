@@ -154,9 +154,9 @@ def build_model(cfg, n_class, fp_dim, image_shape):
 
 
 class Trainer:
-    def __init__(self, cfg, data, model, diffusion, run_dir, device, log=print):
+    def __init__(self, cfg, data, model, diffusion, run_dir, device):
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
-        self.run_dir, self.device, self.log = run_dir, device, log
+        self.run_dir, self.device = run_dir, device
         self.x_input = x_encoder_input(cfg.diff_encoder)
         model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -176,13 +176,13 @@ class Trainer:
         self.best = {'val_acc': -1.0, 'epoch': None, 'test_acc': None}
         self.history = []
         self.elapsed_before = 0.0
+        self.saved_epoch = None  # the epoch last.pt holds
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
 
     # ---- inputs -------------------------------------------------------------------------------
     def _pixels(self, images):
         x = normalize_images(images, self.data.mean, self.data.std)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == 'cuda' else x
-
 
     def train_inputs(self, idx):
         """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
@@ -254,7 +254,7 @@ class Trainer:
         if bad_step >= 0:
             raise NonFiniteLoss(
                 f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; the last '
-                f'good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {epoch - 1}) is kept. '
+                f'good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {self.saved_epoch}) is kept. '
                 f'Lower --lr or check the input features.')
         return float(loss_sum) / len(batches)
 
@@ -297,6 +297,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.best, self.history = ckpt['best'], ckpt['history']
         self.start_epoch = ckpt['epoch'] + 1
+        self.saved_epoch = ckpt['epoch']
         self.elapsed_before = ckpt['elapsed_s']
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -319,6 +320,7 @@ class Trainer:
             self.seconds['evaluate'] += t2 - t1
             if main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1):
                 save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
+                self.saved_epoch = epoch
             self.seconds['checkpoint'] += time.time() - t2
             distributed.barrier()
         return self.elapsed_before + time.time() - started
