@@ -10,17 +10,11 @@ trains on a selected subset ('<key> <label>' lines, or bare keys labelled by noi
 as the authors did. --fp_encoder classifier --fp_checkpoint FILE uses a classifier trained on
 Clothing1M (e.g. a "Centrality and Consistency" ResNet-50) as f_p.
 """
-from utils.config import parse_config
+from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_clothing1m
 
-DEFAULTS = dict(
-    noise_type='clothing1m',
-    fp_encoder='CLIP', CLIP_type='ViT-L/14',
-    diff_encoder='resnet50_l',
-    k=20, feature_dim=1024,
-    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
-)
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', k=20)  # the dataset's own noisy labels
 
 
 def dataset_args(g):

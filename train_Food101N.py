@@ -9,17 +9,11 @@ test split. Features (CLIP ViT-L/14 for f_p, an ImageNet ResNet-50 for the diffu
 extracted once, in DataLoader workers, and cached; training runs on them. Scale out with
 `torchrun --nproc_per_node N train_Food101N.py ...`.
 """
-from utils.config import parse_config
+from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_food101n
 
-DEFAULTS = dict(
-    noise_type='food101n',      # the dataset's own noisy labels
-    fp_encoder='CLIP', CLIP_type='ViT-L/14',
-    diff_encoder='resnet50_l',  # ImageNet ResNet-50 (frozen, cached) + linear layer
-    k=10, feature_dim=1024,
-    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
-)
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='food101n', k=10)  # the dataset's own noisy labels
 
 
 def dataset_args(g):

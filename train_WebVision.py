@@ -6,17 +6,11 @@ Training: info/train_filelist_google.txt (labels < 50). Validation (model select
 info/val_filelist.txt over val_images_256/. Test: the ILSVRC2012 validation images of the same 50
 classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by info/synsets.txt.
 """
-from utils.config import parse_config
+from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_webvision
 
-DEFAULTS = dict(
-    noise_type='webvision',
-    fp_encoder='CLIP', CLIP_type='ViT-L/14',
-    diff_encoder='resnet50_l',
-    k=50, feature_dim=1024,
-    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
-)
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='webvision', k=50)  # the dataset's own noisy labels
 
 
 def dataset_args(g):

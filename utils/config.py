@@ -23,6 +23,14 @@ COMMON_DEFAULTS = dict(
 )
 
 
+# Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share: CLIP ViT-L/14 f_p, a
+# frozen ImageNet ResNet-50 diffusion encoder on cached features, a wider denoiser.
+IMAGE_FILE_DEFAULTS = dict(
+    fp_encoder='CLIP', CLIP_type='ViT-L/14', diff_encoder='resnet50_l', feature_dim=1024,
+    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
+)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
