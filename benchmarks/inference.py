@@ -79,7 +79,7 @@ def measure(args):
                              'images_per_s': round(n / seconds), 'peak_gib': round(peak_gib(device), 2),
                              'authors_s': authors,
                              'speedup': round(authors / seconds, 1) if authors and device.type == 'cuda' else None})
-            del classify
+            classify = None  # free this column's models before the next
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     return rows, device

@@ -94,3 +94,25 @@ def test_random_crop_flip_is_a_shifted_or_mirrored_window():
         assert plain or mirrored
         flips += mirrored and not plain
     assert 15 < flips < 49  # about half are mirrored
+
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared')
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, 'data', 'cifar10_jpeg.npz')),
+                    reason='real CIFAR-10 not beside the checkout')
+def test_real_cifar10_from_the_shared_copy(tmp_path):
+    """The real CIFAR-10 (JPEG re-encoding, official order) through the standard batches: 45k/5k/10k."""
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, os.path.join(SHARED, 'tools', 'cifar10_batches.py'), str(tmp_path)], check=True,
+                   capture_output=True)
+    splits = load_cifar('cifar10', str(tmp_path), download=False)
+    blob = np.load(os.path.join(SHARED, 'data', 'cifar10_jpeg.npz'))
+    assert splits.train_images.shape == (45000, 3, 32, 32) and splits.val_images.shape == (5000, 3, 32, 32)
+    assert splits.test_images.shape == (10000, 3, 32, 32) and splits.n_class == 10
+    train_labels = np.asarray(blob['train_labels'])
+    assert np.array_equal(splits.train_clean.numpy(), train_labels[:45000])
+    assert np.array_equal(splits.val_labels.numpy(), train_labels[45000:])
+    assert np.array_equal(splits.test_labels.numpy(), np.asarray(blob['test_labels']))
+    assert np.bincount(train_labels, minlength=10).tolist() == [5000] * 10

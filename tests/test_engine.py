@@ -14,6 +14,7 @@ from utils import engine
 from utils.config import parse_config
 from utils.engine import NonFiniteLoss, build_model, learning_rate, run
 from utils.io import load_torch
+from utils.prepare import prepare
 
 from conftest import subset
 from test_data import write_cifar10
@@ -59,7 +60,7 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     ckpt = load_torch(os.path.join(run_dir, 'best.pt'))
     assert ckpt['format_version'] == engine.CHECKPOINT_FORMAT and ckpt['epoch'] == summary['best_epoch']
     assert ckpt['config']['noise_type'] == 'digits-U-0.4'
-    data = engine.prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
+    data = prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
     model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
     model.load_state_dict(ckpt['model'])
     trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
@@ -135,7 +136,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, digits):
         path = tmp_path / 'cache' / name
         path.write_bytes(path.read_bytes()[:100])  # truncate every cache file
     messages = []
-    data = engine.prepare(cfg, small, torch.device('cpu'), log=messages.append)
+    data = prepare(cfg, small, torch.device('cpu'), log=messages.append)
     assert any('corrupt or truncated' in m for m in messages)
     assert data.features['train'].shape == (200, 3072)
 

@@ -1,7 +1,6 @@
 """SimCLR pre-training: augmentations, the loss, learning, the exported format, exact resume."""
 import json
 
-import pytest
 import torch
 
 import pretrain_SimCLR

@@ -75,7 +75,7 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        record = {'epoch': epoch, 'loss': float(loss), 'elapsed_s': round(time.time() - started, 2)}
+        record = {'epoch': epoch, 'loss': float(loss.detach()), 'elapsed_s': round(time.time() - started, 2)}
         if val is not None:
             record['val_acc'] = accuracy(model, val[0], val[1], mean, std)
             if record['val_acc'] > best[0]:

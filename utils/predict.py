@@ -10,7 +10,8 @@ from model_diffusion import Diffusion
 from utils.cache import cached_features, cached_file_features
 from utils.encoders import build_fp_encoder, encode_all, load_imagenet_resnet
 from utils.files import FileSplits
-from utils.engine import Prepared, Trainer, build_model, load_run, resumed_config
+from utils.engine import Trainer, build_model, load_run, resumed_config
+from utils.prepare import Prepared
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.x_encoders import cached_backbone_arch, x_encoder_input

@@ -1,0 +1,113 @@
+"""Data preparation, done once per run: noisy labels → frozen f_p features (cached) → neighbour table
+(cached) → candidate labels, and the tensors a training step reads, resident on the device."""
+import time
+from dataclasses import dataclass
+
+import torch
+
+from utils.cache import cached_features, cached_file_features, cached_neighbours
+from utils.data import ImageSplits
+from utils.encoders import build_fp_encoder, load_imagenet_resnet
+from utils.files import FileSplits
+from utils.noise import noise_rate, resolve_noisy_labels
+from utils.retrieval import CandidateLabels
+from utils.runtime import SetupError
+from utils.x_encoders import cached_backbone_arch, x_encoder_input
+
+SPLITS = ('train', 'val', 'test')
+
+
+def uses_augmented_fp(cfg, splits):
+    in_memory = isinstance(splits, ImageSplits)
+    if cfg.fp_train_view == 'auto':
+        return cfg.fp_encoder == 'SimCLR' and in_memory
+    if cfg.fp_train_view == 'augmented' and not in_memory:
+        raise SetupError(f'--fp_train_view augmented re-encodes image tensors held in memory; {splits.name} is '
+                         f'read from files and trains on cached features: use --fp_train_view cached')
+    return cfg.fp_train_view == 'augmented'
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, resident on the device."""
+    n_class: int
+    noisy_labels: torch.Tensor
+    features: dict          # f_p features per split
+    candidates: CandidateLabels
+    images: dict            # uint8 images per split, only when a step reads pixels
+    mean: tuple
+    std: tuple
+    fp_encoder: object      # kept only when training re-encodes augmented images
+    info: dict
+    x_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
+
+
+def clean_train_labels(splits):
+    """The clean labels of the training images as a numpy array, or None where unknown."""
+    clean = splits.train_clean
+    return clean.numpy() if isinstance(clean, torch.Tensor) else clean
+
+
+def training_labels(cfg, splits):
+    """The noisy training labels: the dataset's own for image-file datasets (unless --noise_type
+    names a file), otherwise resolved from --noise_type."""
+    clean = clean_train_labels(splits)
+    if isinstance(splits, FileSplits) and cfg.noise_type == splits.name:
+        return splits.train_labels, f'{splits.name} labels', clean
+    n = len(splits.train_paths) if isinstance(splits, FileSplits) else len(splits.train_images)
+    labels, source = resolve_noisy_labels(cfg.noise_type, n, clean, splits.n_class, seed=cfg.noise_seed,
+                                          coarse_of_class=getattr(splits, 'coarse_of_class', None),
+                                          cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [])
+    return labels, source, clean
+
+
+def split_features(cfg, splits, encoders, log):
+    """Per encoder, its cached features of every split: {split: tensor}."""
+    out = [{} for _ in encoders]
+    for split in SPLITS:
+        if isinstance(splits, FileSplits):
+            feats = cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
+                                         cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
+        else:
+            feats = [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir,
+                                     batch_size=cfg.encode_batch_size, log=log) for e in encoders]
+        for o, f in zip(out, feats):
+            o[split] = f
+    return out
+
+
+def prepare(cfg, splits, device, log=print):
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+    started = time.time()
+    labels, noise_source, clean = training_labels(cfg, splits)
+    if cfg.k >= len(labels):
+        raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
+    in_memory = isinstance(splits, ImageSplits)
+    x_input = x_encoder_input(cfg.diff_encoder)
+    if x_input == 'image' and not in_memory:
+        raise SetupError(f'--diff_encoder {cfg.diff_encoder} trains on image tensors held in memory; {splits.name} '
+                         f'is read from files: use resnet50_l (cached ImageNet ResNet features) or fp_mlp')
+    augmented_fp = uses_augmented_fp(cfg, splits)
+    image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
+    encoder = build_fp_encoder(cfg, splits.name, image_shape, splits.mean, splits.std, device)
+    encoders = [encoder]
+    if x_input == 'cached':
+        encoders.append(load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights,
+                                             device, seed=cfg.seed))
+        encoders[-1].bf16 = cfg.precision == 'bf16'
+    features, *x_features = split_features(cfg, splits, encoders, log)
+    neighbours = cached_neighbours(features['train'], cfg.k, cfg.cache_dir, log=log)
+    noisy = torch.from_numpy(labels).to(device)
+    candidates = CandidateLabels(neighbours, noisy)
+    needs_pixels = x_input == 'image' or augmented_fp
+    images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
+    info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
+            'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
+            'fp_train_view': 'augmented' if augmented_fp else 'cached', 'dataset': splits.name,
+            'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
+            'std': list(splits.std), 'prepare_s': round(time.time() - started, 2)}
+    if clean is not None:
+        info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
+        info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
+    return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
+                    encoder if augmented_fp else None, info, x_features[0] if x_features else None)
