@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import device_line, peak_gib, reset_peak, timed
-from utils.cache import _encode_files
+from utils.cache import encode_files
 from utils.encoders import load_clip
 from utils.random_weights import save_random_clip
 from utils.runtime import resolve_device
@@ -56,9 +56,9 @@ def main(argv=None):
             paths = write_jpegs(os.path.join(tmp, 'jpegs'), args.n)
         arch = 'tiny' if args.small else args.arch
         encoder = load_clip(args.clip or save_random_clip(arch, os.path.join(tmp, 'clip.pt')), device)
-        _encode_files([encoder], paths[:args.batch_size], args.batch_size, args.workers, args.image_size, 'warm-up')
+        encode_files([encoder], paths[:args.batch_size], args.batch_size, args.workers, args.image_size, 'warm-up')
         reset_peak(device)
-        (features,), seconds = timed(lambda: _encode_files([encoder], paths, args.batch_size, args.workers,
+        (features,), seconds = timed(lambda: encode_files([encoder], paths, args.batch_size, args.workers,
                                                            args.image_size, 'extract'), device)
     result = {'images': len(paths), 'seconds': round(seconds, 2), 'images_per_s': round(len(paths) / seconds),
               'encoder': f'CLIP {arch}', 'feature_dim': features.shape[1], 'workers': args.workers,

@@ -99,7 +99,7 @@ def paths_fingerprint(paths):
 
 
 @torch.no_grad()
-def _encode_files(encoders, paths, batch_size, num_workers, size, desc):
+def encode_files(encoders, paths, batch_size, num_workers, size, desc):
     """Every encoder's features of the files, decoding each image once."""
     from tqdm import tqdm
     from utils.files import image_batches
@@ -125,7 +125,7 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
     if todo:
         rank, world = distributed.rank(), distributed.world_size()
         shard = np.array_split(np.arange(len(paths)), world)[rank]
-        parts = _encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
+        parts = encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
                               size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''))
         if world == 1:
             for i, part in zip(todo, parts):
