@@ -128,9 +128,10 @@ class Trainer:
         n = self.data.noisy_labels.shape[0]
         g = torch.Generator(self.device).manual_seed(self.cfg.seed * 100003 + epoch)
         order = torch.randperm(n, device=self.device, generator=g)
-        # a last batch of one sample would break BatchNorm; fold it into the previous batch
+        # a last batch too small to give every rank two samples would break BatchNorm; fold it
+        # into the previous batch
         cuts = list(range(0, n, self.cfg.batch_size))
-        if len(cuts) > 1 and n - cuts[-1] < 2:
+        if len(cuts) > 1 and n - cuts[-1] < 2 * self.world:
             cuts.pop()
         return [order[a:b].tensor_split(self.world)[self.rank] for a, b in zip(cuts, cuts[1:] + [n])]
 
