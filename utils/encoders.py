@@ -37,11 +37,15 @@ def weights_fingerprint(module):
     return h.hexdigest()[:16]
 
 
-def normalize_images(images, mean, std):
-    """uint8 N×3×H×W → float, (x/255 − mean)/std, computed on the images' device."""
+def normalize_images(images, mean, std, size=None, mode='bilinear'):
+    """uint8 N×3×H×W → float, (x/255 − mean)/std, computed on the images' device; resized first to
+    size×size (with `mode`) when a size is given and differs."""
+    x = images.float() / 255
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
     mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return (x - mean) / std
 
 
 class FrozenEncoder(nn.Module):
@@ -161,12 +165,7 @@ class CLIPEncoder(FrozenEncoder):
         self.clip_type = clip_type
 
     def preprocess(self, images):
-        x = images.float() / 255
-        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode='bicubic', align_corners=False)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalize_images(images, CLIP_MEAN, CLIP_STD, self.resolution, mode='bicubic')
 
     def features(self, x):
         return self.visual(x.to(self.visual.conv1.weight.dtype))
@@ -241,12 +240,7 @@ class ImageNetResNet(FrozenEncoder):
         self.net.fc = nn.Identity()
 
     def preprocess(self, images):
-        x = images.float() / 255
-        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode='bilinear', align_corners=False)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalize_images(images, self.mean, self.std, self.resolution)
 
     def features(self, x):
         return self.net(x)
@@ -255,7 +249,9 @@ class ImageNetResNet(FrozenEncoder):
 def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     """weights: 'imagenet' (torchvision's, downloaded when online), 'random', or a checkpoint path
     (a torchvision-layout classifier state dict; a 'module.' prefix and the fc are ignored)."""
-    encoder = ImageNetResNet(arch)
+    with torch.random.fork_rng():  # random weights are seeded without touching the caller's stream
+        torch.manual_seed(seed)
+        encoder = ImageNetResNet(arch)
     if weights == 'imagenet':
         import torchvision
         try:
@@ -266,9 +262,6 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
                                f'/path/to/{arch}.pth)') from exc
         source = f'torchvision {arch} ImageNet'
     elif weights == 'random':
-        with torch.random.fork_rng():  # leaves the caller's random stream alone
-            torch.manual_seed(seed)
-            encoder = ImageNetResNet(arch)
         state, source = None, f'random {arch} (seed {seed})'
     else:
         if not os.path.isfile(weights):
