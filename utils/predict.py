@@ -7,14 +7,13 @@ import torch
 from PIL import Image
 
 from model_diffusion import Diffusion
-from utils.cache import cached_features, cached_file_features
-from utils.encoders import build_fp_encoder, encode_all, load_imagenet_resnet
-from utils.files import FileSplits
+from utils.data import ImageSplits
+from utils.encoders import encode_all
 from utils.engine import Trainer, build_model, load_run, resumed_config
-from utils.prepare import Prepared
+from utils.prepare import Prepared, build_encoders, features_of_split
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
-from utils.x_encoders import cached_backbone_arch, x_encoder_input
+from utils.x_encoders import x_encoder_input
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
@@ -37,12 +36,9 @@ def predict(cfg, load_splits):
     saved = resumed_config(cfg, ckpt)
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
-    encoders = [build_fp_encoder(saved, info['dataset'], info['image_shape'], tuple(info['mean']),
-                                 tuple(info['std']), device)]
+    encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
+                              device)
     x_input = x_encoder_input(saved.diff_encoder)
-    if x_input == 'cached':
-        encoders.append(load_imagenet_resnet(cached_backbone_arch(saved.diff_encoder), saved.diff_encoder_weights,
-                                             device, seed=saved.seed))
     images = None
     if cfg.predict_folder:
         images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
@@ -51,13 +47,9 @@ def predict(cfg, load_splits):
     else:
         splits, name = load_splits(saved), cfg.predict_split
         labels = splits.labels(name)
-        if isinstance(splits, FileSplits):
-            features = cached_file_features(encoders, splits.paths(name), info['dataset'], name, saved.cache_dir,
-                                            saved.encode_batch_size, saved.num_workers, saved.image_size)
-        else:
+        features = features_of_split(saved, splits, name, encoders)
+        if isinstance(splits, ImageSplits):
             images = splits.images(name)
-            features = [cached_features(e, images, info['dataset'], name, saved.cache_dir,
-                                        batch_size=saved.encode_batch_size) for e in encoders]
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(ckpt['model'])
     data = Prepared(info['n_class'], None, {name: features[0]}, None,

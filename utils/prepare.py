@@ -61,17 +61,31 @@ def training_labels(cfg, splits):
     return labels, source, clean
 
 
+def build_encoders(cfg, dataset, image_shape, mean, std, device):
+    """The frozen encoders a run reads features from: f_p, plus the backbone of a 'cached'
+    diffusion encoder."""
+    encoders = [build_fp_encoder(cfg, dataset, image_shape, mean, std, device)]
+    if x_encoder_input(cfg.diff_encoder) == 'cached':
+        encoders.append(load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights,
+                                             device, seed=cfg.seed))
+        encoders[-1].bf16 = cfg.precision == 'bf16'
+    return encoders
+
+
+def features_of_split(cfg, splits, split, encoders, log=print):
+    """Every encoder's cached features of one split (image files or in-memory images)."""
+    if isinstance(splits, FileSplits):
+        return cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
+                                    cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
+    return [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir,
+                            batch_size=cfg.encode_batch_size, log=log) for e in encoders]
+
+
 def split_features(cfg, splits, encoders, log):
     """Per encoder, its cached features of every split: {split: tensor}."""
     out = [{} for _ in encoders]
     for split in SPLITS:
-        if isinstance(splits, FileSplits):
-            feats = cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
-                                         cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
-        else:
-            feats = [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir,
-                                     batch_size=cfg.encode_batch_size, log=log) for e in encoders]
-        for o, f in zip(out, feats):
+        for o, f in zip(out, features_of_split(cfg, splits, split, encoders, log)):
             o[split] = f
     return out
 
@@ -89,12 +103,8 @@ def prepare(cfg, splits, device, log=print):
                          f'is read from files: use resnet50_l (cached ImageNet ResNet features) or fp_mlp')
     augmented_fp = uses_augmented_fp(cfg, splits)
     image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
-    encoder = build_fp_encoder(cfg, splits.name, image_shape, splits.mean, splits.std, device)
-    encoders = [encoder]
-    if x_input == 'cached':
-        encoders.append(load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights,
-                                             device, seed=cfg.seed))
-        encoders[-1].bf16 = cfg.precision == 'bf16'
+    encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
+    encoder = encoders[0]
     features, *x_features = split_features(cfg, splits, encoders, log)
     neighbours = cached_neighbours(features['train'], cfg.k, cfg.cache_dir, log=log)
     noisy = torch.from_numpy(labels).to(device)
