@@ -2,6 +2,7 @@
 import torch
 
 from model_diffusion import labels_from_y0, sample_y0
+from utils.classifier import predict_proba
 from utils.encoders import normalize_images
 
 
@@ -27,15 +28,7 @@ def classify_images(images, fp_encoder, denoiser, diffusion, x_input, mean, std,
     return torch.cat(out)
 
 
-@torch.inference_mode()
 def classify_standard(images, classifier, mean, std, batch_size=1000):
-    """The "Standard" column: a plain classifier's argmax, same input path."""
-    device = next(classifier.parameters()).device
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize_images(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
-        if device.type == 'cuda':
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
-            out.append(classifier(x).argmax(1))
-    return torch.cat(out)
+    """The "Standard" column: a plain classifier's argmax, through the classifier trainer's own
+    batched, bf16, channels-last prediction path."""
+    return predict_proba(classifier, images, mean, std, batch_size).argmax(1)
