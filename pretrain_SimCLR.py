@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from utils.data import load_named
 from utils.encoders import MODEL_DIR, SimCLREncoder, encode_all
-from utils.io import append_jsonl, load_torch, save_json, save_torch
+from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.simclr import knn_monitor, nt_xent, simclr_view
 
@@ -176,8 +176,7 @@ def main(argv=None):
     if state is not None:
         trainer.restore(state)
         # epochs logged after the saved state are redone: keep the log consistent with it
-        with open(os.path.join(run_dir, 'log.jsonl'), 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in trainer.history)
+        write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
     started = time.time() - trainer.elapsed
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
     for _ in tqdm(range(trainer.epoch, args.epochs), desc=f'SimCLR {args.arch}', initial=trainer.epoch,

@@ -20,7 +20,7 @@ from model_diffusion import Denoiser, Diffusion, labels_from_y0, sample_y0
 from utils import distributed
 from utils.augment import random_crop_flip
 from utils.encoders import normalize_images
-from utils.io import append_jsonl, atomic_write, load_torch, save_json, save_torch
+from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, write_training_outputs
 from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
 from utils.prepare import clean_train_labels, prepare
@@ -319,7 +319,7 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     if ckpt is not None:
         trainer.restore(ckpt)
         if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
-            write_log(trainer.history, os.path.join(run_dir, 'log.jsonl'))
+            write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
         print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
     config = {**vars(cfg), **data.info, 'device_name': device_description(device),
               'world_size': distributed.world_size()}
@@ -346,10 +346,6 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir
-
-
-def write_log(history, path):
-    atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in history).encode()))
 
 
 def finish_outputs(trainer, data, splits, run_dir):

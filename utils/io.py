@@ -30,6 +30,11 @@ def save_json(obj, path):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + '\n').encode()))
 
 
+def write_jsonl(records, path):
+    """Replace a JSON-lines file with `records` (e.g. a log trimmed back to a checkpoint)."""
+    atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in records).encode()))
+
+
 def append_jsonl(record, path):
     with open(path, 'a') as f:
         f.write(json.dumps(record, sort_keys=True) + '\n')
