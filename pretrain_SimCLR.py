@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from utils.data import load_named
-from utils.encoders import MODEL_DIR, SimCLREncoder, encode_all
+from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.simclr import knn_monitor, nt_xent, simclr_view
@@ -80,9 +80,7 @@ class Pretrainer:
         self.monitor = (torch.cat([splits.train_clean, splits.val_labels])[:n].to(device),
                         resize(splits.test_images, args.image_size), splits.test_labels.to(device), splits.n_class)
         seed_everything(args.seed)
-        self.model = SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device)
-        if device.type == 'cuda':
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = channels_last(SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device), device)
         self.lr = args.lr or 0.06 * args.batch_size / 256
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=args.weight_decay)
         self.steps_per_epoch = len(self.images) // args.batch_size
@@ -93,9 +91,7 @@ class Pretrainer:
             group['lr'] = sgd_lr(step, self.args.epochs * self.steps_per_epoch,
                                  self.args.warmup_epochs * self.steps_per_epoch, self.lr)
         batch = self.images[idx]
-        views = torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)])
-        if self.device.type == 'cuda':
-            views = views.contiguous(memory_format=torch.channels_last)
+        views = channels_last(torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)]))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
             z = self.model.g(torch.flatten(self.model.f(views), 1))
         loss = nt_xent(*z.float().chunk(2), temperature=self.args.temperature)

@@ -8,6 +8,7 @@ import argparse
 
 from model_diffusion import BETA_SCHEDULES
 from utils.encoders import FP_ENCODERS
+from utils.recipes import RECIPES
 from utils.x_encoders import X_ENCODERS
 
 # Defaults common to all datasets; a script's table overrides these.
@@ -15,9 +16,9 @@ COMMON_DEFAULTS = dict(
     nepoch=200, batch_size=200, device='auto', num_workers=4, warmup_epochs=20, feature_dim=256, k=10,
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
-    lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
-    freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
+    n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
+    fp_checkpoint=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
+    fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
 )
@@ -68,16 +69,29 @@ def build_parser(description, defaults, dataset_args=None):
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (frozen '
                         'ImageNet ResNet features, cached, + a linear layer)')
-    g.add_argument('--freeze_diff_encoder', default=d['freeze_diff_encoder'],
-                   action=argparse.BooleanOptionalAction,
-                   help="keep the diffusion encoder at its initial weights, as the authors' CIFAR code did")
-    g.add_argument('--fp_train_view', default=d['fp_train_view'], choices=('auto', 'cached', 'augmented'),
-                   help='f_p input while training: features of the un-augmented image (cached), or of the '
-                        "augmented batch re-encoded each step; auto follows the authors (SimCLR: augmented, "
-                        'others: cached)')
     g.add_argument('--precision', default=d['precision'], choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
                         'denoiser MLP, features and optimiser stay float32')
+    g = p.add_argument_group('recipe: the authors\' protocol or the improvements (see utils/recipes.py)')
+    g.add_argument('--recipe', default=d['recipe'], choices=RECIPES,
+                   help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
+                        'Each flag below left unset follows the recipe')
+    g.add_argument('--freeze_diff_encoder', default=d['freeze_diff_encoder'], action=argparse.BooleanOptionalAction,
+                   help="keep the diffusion encoder at its initial weights (authors, CIFAR: the optimiser holds "
+                        'the denoiser only)')
+    g.add_argument('--eval_bn', default=d['eval_bn'], choices=('batch', 'running'),
+                   help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR: the "
+                        'encoder never leaves training mode, so predictions depend on the evaluation batch) or '
+                        'running statistics')
+    g.add_argument('--fp_cache_view', default=d['fp_cache_view'], choices=('augmented', 'clean'),
+                   help='the view of each training image whose f_p features are cached as retrieval keys '
+                        '(authors, CIFAR: one random crop + flip; improved: the clean image)')
+    g.add_argument('--fp_train_view', default=d['fp_train_view'], choices=('cached', 'augmented'),
+                   help='f_p input while training: the cached features, or the augmented batch re-encoded '
+                        "every step (authors: SimCLR on CIFAR)")
+    g.add_argument('--per_step_retrieval', default=d['per_step_retrieval'], action=argparse.BooleanOptionalAction,
+                   help='retrieve the neighbours of each step\'s augmented query against the cached keys '
+                        '(authors, with --fp_train_view augmented) instead of the cached neighbour table')
     g = p.add_argument_group('model and training')
     g.add_argument('--nepoch', type=int, default=d['nepoch'], help='training epochs')
     g.add_argument('--batch_size', type=int, default=d['batch_size'])
@@ -88,6 +102,8 @@ def build_parser(description, defaults, dataset_args=None):
                    help='epochs of the half-cosine decay (the authors: 1000, of which runs use --nepoch)')
     g.add_argument('--grad_clip', type=float, default=d['grad_clip'], help='gradient-norm clip')
     g.add_argument('--feature_dim', type=int, default=d['feature_dim'], help='width of the denoiser')
+    g.add_argument('--n_layers', type=int, default=d['n_layers'],
+                   help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
     g.add_argument('--k', type=int, default=d['k'], help='neighbours retrieved per sample')
     g.add_argument('--n_timesteps', type=int, default=d['n_timesteps'], help='diffusion steps T')
     g.add_argument('--beta_schedule', default=d['beta_schedule'], choices=sorted(BETA_SCHEDULES))
@@ -104,7 +120,8 @@ def build_parser(description, defaults, dataset_args=None):
     g.add_argument('--out_dir', default=d['out_dir'], help='parent folder of run folders')
     g.add_argument('--run_name', default=d['run_name'], help='run folder name (default: derived from flags)')
     g.add_argument('--cache_dir', default=d['cache_dir'], help='feature and neighbour caches')
-    g.add_argument('--eval_batch_size', type=int, default=d['eval_batch_size'])
+    g.add_argument('--eval_batch_size', type=int, default=d['eval_batch_size'],
+                   help='evaluation batch (default: --batch_size where --eval_bn is batch, else 2000)')
     g.add_argument('--encode_batch_size', type=int, default=d['encode_batch_size'])
     g.add_argument('--checkpoint_every', type=int, default=d['checkpoint_every'],
                    help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
