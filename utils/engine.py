@@ -149,11 +149,12 @@ class Trainer:
         return float(loss_sum) / len(batches)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def predict(self, split, n_samples=0):
+    def predict(self, split, n_samples=0, progress=None):
         """Deterministic DDIM labels for a split (and, with n_samples, class frequencies)."""
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
-        return predict_labels(self.model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed)
+        return predict_labels(self.model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed,
+                              progress)
 
     def accuracy(self, split, labels):
         return float((self.predict(split)[0].cpu() == labels.cpu()).float().mean())
@@ -324,7 +325,7 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
 def finish_outputs(trainer, data, splits, run_dir):
     """With the best-validation weights: denoised training labels, probabilities, plots."""
     trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
-    denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples)
+    denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples, progress='denoising the training labels')
     clean = clean_train_labels(splits)
     facts = write_training_outputs(run_dir, data.noisy_labels.cpu().numpy(), denoised.cpu().numpy(),
                                    probs.cpu().numpy() if probs is not None else None, clean)

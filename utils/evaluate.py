@@ -6,6 +6,7 @@ they differ only in where each batch's (x_source, f_p) pair comes from.
 """
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from model_diffusion import labels_from_y0, sample_y0
 from utils.encoders import normalize_images, channels_last
@@ -57,10 +58,23 @@ class SplitInputs:
         return fp_x
 
     def batches(self, split, batch_size):
-        for start in range(0, self.size(split), batch_size):
-            rows = slice(start, start + batch_size)
-            fp_x = self.features[split][rows]
-            yield self.x_source(split, rows, fp_x), fp_x
+        return Batches(self, split, batch_size)
+
+
+class Batches:
+    """The (x_source, f_p) batches of one split, made as they are read; sized for progress bars."""
+
+    def __init__(self, inputs, split, batch_size):
+        self.inputs, self.split, self.batch_size = inputs, split, batch_size
+
+    def __len__(self):
+        return -(-self.inputs.size(self.split) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.inputs.size(self.split), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            fp_x = self.inputs.features[self.split][rows]
+            yield self.inputs.x_source(self.split, rows, fp_x), fp_x
 
 
 def encoded_batches(images, fp_encoder, x_input, mean, std, batch_size):
@@ -73,23 +87,23 @@ def encoded_batches(images, fp_encoder, x_input, mean, std, batch_size):
 
 
 @torch.inference_mode()
-def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0):
+def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None):
     """Deterministic DDIM labels (from y_T = 0) for every batch; with n_samples > 0 also per-class
     frequencies over that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1.
-    The image embedding is computed once per batch, not once per DDIM step."""
+    The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
+    a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar."""
     evaluation_mode(model, eval_bn)
     device = diffusion.betas.device
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
     labels, probs = [], []
-    for x_source, fp_x in batches:
+    for x_source, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         x_embed = model.embed_x(x_source)
         labels.append(labels_from_y0(sample_y0(model, diffusion, x_embed, fp_x, n_steps)))
         if n_samples:
-            votes = torch.zeros(len(fp_x), model.n_class, device=device)
-            for _ in range(n_samples):
-                y0 = sample_y0(model, diffusion, x_embed, fp_x, n_steps, eta=1.0, noisy_start=True, generator=generator)
-                votes += F.one_hot(labels_from_y0(y0), model.n_class)
-            probs.append(votes / n_samples)
+            y0 = sample_y0(model, diffusion, x_embed.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
+                           eta=1.0, noisy_start=True, generator=generator)
+            votes = F.one_hot(labels_from_y0(y0), model.n_class).view(n_samples, len(fp_x), -1).sum(0)
+            probs.append(votes.float() / n_samples)
     return torch.cat(labels), (torch.cat(probs) if n_samples else None)
 
 
