@@ -42,8 +42,12 @@ def test_eval_schedule_follows_the_authors():
     assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
 
 
+# a 30-epoch schedule: 90% on the test split where the 100-epoch demo gets 92.5%
+SHORT = ('--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3')
+
+
 def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits):
-    cfg = digits_cfg(tmp_path)
+    cfg = digits_cfg(tmp_path, *SHORT)
     summary, run_dir = run(cfg, lambda c: digits)
     assert summary['noisy_label_accuracy'] == pytest.approx(0.6, abs=0.03)
     # a clear gain: at least 25 points above the noisy labels' accuracy, on the clean test split
@@ -51,7 +55,7 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     for name in ('config.json', 'log.jsonl', 'best.pt', 'last.pt', 'summary.json'):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     log = [json.loads(line) for line in open(os.path.join(run_dir, 'log.jsonl'))]
-    assert [r['epoch'] for r in log] == list(range(10, 100, 5))
+    assert [r['epoch'] for r in log] == list(range(6, 30, 3))
     best = max(log, key=lambda r: r['val_acc'])  # first maximum wins, as in the loop
     assert summary['best_epoch'] == best['epoch'] and summary['test_acc'] == best['test_acc']
     config = json.load(open(os.path.join(run_dir, 'config.json')))
