@@ -13,7 +13,7 @@ import train_Clothing1M
 import train_Food101N
 import train_WebVision
 from utils.data import DatasetMissing
-from utils.files import read_clothing1m, read_food101n, read_webvision
+from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +44,25 @@ def test_clothing1m_layout_and_subset(tmp_path):
     layouts.write(os.path.join(root, 'subset.txt'), ['images/1/01/00001.jpg', 'images/2/02/00002.jpg 3'])
     s = read_clothing1m(root, os.path.join(root, 'subset.txt'))
     assert s.train_labels.tolist() == [1, 3] and s.train_paths[0].endswith('00001.jpg')
+
+
+def test_clothing1m_cc_select_pairs_keys_with_the_label_file(tmp_path):
+    root = layouts.clothing1m(str(tmp_path))
+    keys, labels = cc_select_files(root)  # found in annotations/, the authors' layout
+    s = read_clothing1m(root, keys, labels)
+    assert len(s.train_paths) == 80 and len(s.val_paths) == 16
+    # key 0's noisy label is 1; the selection file labels it 0, and its label wins
+    assert s.train_paths[0].endswith('00000.jpg') and s.train_labels[0] == 0
+    assert s.train_labels.tolist() == [i % 4 for i in range(96) if i % 6 != 5]
+    layouts.write(labels, ['0'] * 79)
+    with pytest.raises(DatasetMissing, match='80 images but .* 79 labels'):
+        read_clothing1m(root, keys, labels)
+    layouts.write(labels, ['0'] * 79 + ['4'])
+    with pytest.raises(DatasetMissing, match=r'line 80: expected a label in 0\.\.3'):
+        read_clothing1m(root, keys, labels)
+    os.remove(labels)
+    with pytest.raises(DatasetMissing, match='--subset_list all'):
+        cc_select_files(root)
 
 
 def test_webvision_layout_keeps_the_first_classes(tmp_path):
@@ -89,7 +108,7 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
                                               '--fp_checkpoint', str(ckpt), '--fp_arch', 'resnet18',
                                               *small_flags(tmp_path, tiny_clip_path)])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
-    assert config['fp_dim'] == 512 and config['n_train'] == 96
+    assert config['fp_dim'] == 512 and config['n_train'] == 80  # the cc_select subset
     assert summary['best_epoch'] is not None
 
 
