@@ -11,12 +11,20 @@ trains on the `cc_select` subset by default: cc_select_img.txt (keys) with cc_se
 noisy_train_key_list.txt; --subset_list FILE on another subset ('<key> <label>' lines, or bare keys
 labelled by --subset_labels FILE or noisy_label_kv.txt). --fp_encoder classifier --fp_checkpoint
 FILE uses a torchvision-layout classifier trained on Clothing1M as f_p.
+
+Defaults follow the authors' train_Clothing1M.py: f_p is their "Centrality and Consistency"
+classifier CC_net.pt (its 128-d projection; --fp_checkpoint PATH, default model/CC_net.pt), 300
+epochs (the cosine learning-rate horizon), batch 256, warm-up 1, k 20, feature_dim 1024, and a
+class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class 10000; 0 trains on
+every image each epoch).
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import cc_select_files, read_clothing1m
 
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', k=20)  # the dataset's own noisy labels
+# the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
+                eval_batch_size=400)
 
 
 def dataset_args(g):
