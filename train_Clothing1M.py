@@ -16,7 +16,8 @@ Defaults follow the authors' train_Clothing1M.py: f_p is their "Centrality and C
 classifier CC_net.pt (its 128-d projection; --fp_checkpoint PATH, default model/CC_net.pt), 300
 epochs (the cosine learning-rate horizon), batch 256, warm-up 1, k 20, feature_dim 1024, and a
 class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class 10000; 0 trains on
-every image each epoch).
+every image each epoch). Their retrieval weighs every sample of a batch alike
+(--candidate_weights uniform).
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
@@ -24,7 +25,7 @@ from utils.files import cc_select_files, read_clothing1m
 
 # the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
-                eval_batch_size=400)
+                candidate_weights='uniform', eval_batch_size=400)
 
 
 def dataset_args(g):

@@ -9,13 +9,15 @@ classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by inf
 Defaults follow the authors' train_WebVision.py: 300 epochs (the cosine learning-rate horizon),
 batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-balanced draw of
 500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
+Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_webvision
 
 # the authors' train_WebVision.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='webvision', nepoch=300, k=50, per_class=500)
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='webvision', nepoch=300, k=50, per_class=500,
+                candidate_weights='uniform')
 
 
 def dataset_args(g):

@@ -109,3 +109,17 @@ def test_searched_now_and_cached_table_agree_under_the_neighbours_rule():
     idx = torch.tensor([0, 7, 39])
     rows = retrieve_candidates(keys[idx], keys, noisy, noisy[idx], 4, 'neighbours')
     assert rows.shape == (3, 5) and torch.equal(rows, table.candidates[idx])
+
+
+def test_uniform_weights_pick_the_same_labels_and_weigh_each_sample_alike():
+    noisy = torch.tensor([0, 1, 1, 2])
+    neighbours = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 1, 0], [3, 3, 3]])
+    idx = torch.tensor([0, 1, 2, 3, 1])
+    torch.manual_seed(5)
+    by_agreement = CandidateLabels(neighbours, noisy).sample(idx)
+    torch.manual_seed(5)
+    labels, weights = CandidateLabels(neighbours, noisy, weights='uniform').sample(idx)
+    assert torch.equal(labels, by_agreement[0]) and not torch.equal(weights, by_agreement[1])
+    torch.testing.assert_close(weights, torch.full((5,), 0.2))
+    with pytest.raises(ValueError, match='--candidate_weights'):
+        CandidateLabels(neighbours, noisy, weights='count')

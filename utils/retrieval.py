@@ -5,8 +5,10 @@ search includes the sample itself, its own nearest neighbour:
 - `neighbours+own` (the authors' CIFAR, Clothing1M and WebVision scripts): its k neighbours' labels
   plus its own label appended, so its own label counts twice;
 - `neighbours` (the authors' Food-101N script): the labels of its k+1 nearest neighbours.
-Each time it is drawn, one candidate is picked uniformly; its loss weight is the number of
-candidates that agree with the pick, normalised over the batch.
+Each time it is drawn, one candidate is picked uniformly. Its loss weight (`--candidate_weights`)
+is the number of candidates that agree with the pick, normalised over the batch (`agreement`: the
+authors' CIFAR and Food-101N scripts), or 1/batch for every sample (`uniform`: their Clothing1M and
+WebVision scripts, which call the same retrieval with weighting off).
 """
 import torch
 from tqdm import tqdm
@@ -47,6 +49,7 @@ def _chunk_bytes(device):
 
 
 CANDIDATE_RULES = ('neighbours+own', 'neighbours')
+CANDIDATE_WEIGHTS = ('agreement', 'uniform')
 
 
 def neighbours_to_search(k, rule):
@@ -80,10 +83,13 @@ def majority_vote(label_rows, n_class=None):
 class CandidateLabels:
     """The k+1 candidate labels of every training sample, and the per-draw pick and weight."""
 
-    def __init__(self, neighbour_idx, noisy_labels, rule='neighbours+own'):
+    def __init__(self, neighbour_idx, noisy_labels, rule='neighbours+own', weights='agreement'):
         """neighbour_idx: N × m indices into the training set (m = neighbours_to_search(k, rule));
         noisy_labels: N noisy labels."""
         neighbours_to_search(0, rule)  # refuses an unknown rule
+        if weights not in CANDIDATE_WEIGHTS:
+            raise ValueError(f'unknown --candidate_weights {weights!r}; choose from {", ".join(CANDIDATE_WEIGHTS)}')
+        self.uniform = weights == 'uniform'
         noisy_labels = noisy_labels.long()
         self.candidates = candidate_rows(noisy_labels[neighbour_idx], noisy_labels, rule)
 
@@ -96,17 +102,18 @@ class CandidateLabels:
         return self
 
     def sample(self, idx, generator=None):
-        """For the samples `idx`: one uniformly picked candidate each, and batch-normalised weights."""
-        return self.sample_rows(self.candidates[idx], generator)
+        """For the samples `idx`: one uniformly picked candidate each, and weights summing to 1."""
+        return self.sample_rows(self.candidates[idx], generator, self.uniform)
 
     @staticmethod
-    def sample_rows(candidates, generator=None):
+    def sample_rows(candidates, generator=None, uniform=False):
         """One uniformly picked candidate per row; its weight is how many of the row's candidates agree
-        with the pick, normalised over the batch. Also serves rows retrieved on the fly."""
+        with the pick (or 1 where `uniform`), normalised over the batch. Also serves rows retrieved on
+        the fly."""
         pick = torch.randint(0, candidates.shape[1], (candidates.shape[0],), device=candidates.device,
                              generator=generator)
         labels = candidates[torch.arange(candidates.shape[0], device=candidates.device), pick]
-        counts = (candidates == labels[:, None]).sum(1).float()
+        counts = torch.ones_like(labels, dtype=torch.float) if uniform else (candidates == labels[:, None]).sum(1).float()
         return labels, counts / counts.sum()
 
     def majority(self):
