@@ -25,7 +25,7 @@ from utils.files import cc_select_files, read_clothing1m
 
 # the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
-                candidate_weights='uniform', eval_batch_size=400)
+                candidate_weights='uniform')
 
 
 def dataset_args(g):

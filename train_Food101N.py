@@ -13,8 +13,8 @@ Defaults follow the authors' train_Food101N.py: 100 epochs, batch 256, k 10, fea
 CLIP ViT-L/14, and its candidate rule (--candidates neighbours: the labels of each sample's k+1
 nearest neighbours, itself included, with no own label appended). Its learning-rate schedule is
 hard-coded to a 10-epoch warm-up and a 200-epoch cosine horizon (its --warmup_epochs 1 is unused),
-so --warmup_epochs 10 --lr_horizon 200 here. Its diffusion encoder is never optimised
-(--freeze_diff_encoder). One deliberate difference: the authors select the model on the Food-101
+so --warmup_epochs 10 --lr_horizon 200 here. (Its diffusion encoder is never optimised, so its
+ResNet-50 head stays at random weights; --freeze_diff_encoder does the same.) One deliberate difference: the authors select the model on the Food-101
 test split (the reported figure is the best test accuracy over epochs); this package selects on
 the clean verified_val split and reports the test accuracy of that model.
 """
@@ -24,7 +24,7 @@ from utils.files import read_food101n
 
 # the authors' train_Food101N.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='food101n', nepoch=100, k=10, warmup_epochs=10, lr_horizon=200,
-                candidates='neighbours', freeze_diff_encoder=True)
+                candidates='neighbours')
 
 
 def dataset_args(g):
