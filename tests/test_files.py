@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_flags(tmp_path, tiny_clip_path, *more):
-    return ['--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+    # a tiny CLIP as f_p for every dataset (Clothing1M's default, the CC ResNet-50, is tested in test_cc_net.py)
+    return ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
             '--image_size', '32', '--k', '5', '--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '32',
             '--feature_dim', '64', '--num_workers', '0', '--n_samples', '2', '--device', 'cpu',
             '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r', *more]
@@ -104,9 +105,9 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
     ckpt = tmp_path / 'cc_resnet18.pt'
     net = torchvision.models.resnet18(num_classes=4)
     torch.save({'module.' + k: v for k, v in net.state_dict().items()}, ckpt)  # as saved from DataParallel
-    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, '--fp_encoder', 'classifier',
-                                              '--fp_checkpoint', str(ckpt), '--fp_arch', 'resnet18',
-                                              *small_flags(tmp_path, tiny_clip_path)])
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path),
+                                              '--fp_encoder', 'classifier', '--fp_checkpoint', str(ckpt),
+                                              '--fp_arch', 'resnet18'])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['fp_dim'] == 512 and config['n_train'] == 80  # the cc_select subset
     assert summary['best_epoch'] is not None
