@@ -95,6 +95,7 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert (config['n_train'], config['n_val'], config['n_test'], config['n_class']) == (63, 9, 24, 3)
     assert config['noise_source'] == 'food101n labels' and config['fp_dim'] == 32
+    assert config['candidates'] == 'neighbours' and 'per_class_drawn' not in config  # the authors' Food-101N rule
     assert 0 <= summary['test_acc'] <= 1 and np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (63, 3)
 
 
@@ -110,6 +111,8 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
                                               '--fp_arch', 'resnet18'])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['fp_dim'] == 512 and config['n_train'] == 80  # the cc_select subset
+    # the authors' balanced draw: 10,000 per class asked, lowered to the smallest class (16 of 80)
+    assert config['per_class_drawn'] == 16 and config['candidate_weights'] == 'uniform'
     assert summary['best_epoch'] is not None
 
 

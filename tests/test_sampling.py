@@ -42,3 +42,18 @@ def test_redrawn_every_epoch_and_a_pure_function_of_seed_and_epoch():
     # over many epochs every sample gets its turn: nothing is fixed across epochs
     seen = torch.cat([balanced_draw(labels, 100, seed=3, epoch=e) for e in range(60)])
     assert len(set(seen.tolist())) > 0.99 * len(labels)
+
+
+def test_the_engine_trains_each_epoch_on_the_draw():
+    from types import SimpleNamespace
+    from utils.engine import Trainer
+    labels = labels_with_counts([40, 25, 60])
+    trainer = SimpleNamespace(data=SimpleNamespace(noisy_labels=labels), device=torch.device('cpu'), world=1, rank=0,
+                              cfg=SimpleNamespace(per_class=10, seed=5, batch_size=8))
+    epoch0 = torch.cat(Trainer.batches(trainer, 0))
+    assert torch.bincount(labels[epoch0]).tolist() == [10, 10, 10]
+    assert set(epoch0.tolist()) == set(balanced_draw(labels, 10, seed=5, epoch=0).tolist())
+    assert torch.equal(torch.cat(Trainer.batches(trainer, 0)), epoch0)  # a resumed epoch replays it
+    assert set(torch.cat(Trainer.batches(trainer, 1)).tolist()) != set(epoch0.tolist())
+    trainer.cfg.per_class = 0
+    assert sorted(torch.cat(Trainer.batches(trainer, 0)).tolist()) == list(range(125))
