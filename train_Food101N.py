@@ -14,9 +14,11 @@ CLIP ViT-L/14, and its candidate rule (--candidates neighbours: the labels of ea
 nearest neighbours, itself included, with no own label appended). Its learning-rate schedule is
 hard-coded to a 10-epoch warm-up and a 200-epoch cosine horizon (its --warmup_epochs 1 is unused),
 so --warmup_epochs 10 --lr_horizon 200 here. (Its diffusion encoder is never optimised, so its
-ResNet-50 head stays at random weights; --freeze_diff_encoder does the same.) One deliberate difference: the authors select the model on the Food-101
-test split (the reported figure is the best test accuracy over epochs); this package selects on
-the clean verified_val split and reports the test accuracy of that model.
+ResNet-50 head stays at random weights; --freeze_diff_encoder does the same.)
+
+One deliberate difference: the authors select the model on the Food-101 test split (their
+reported figure is the best test accuracy over epochs); this package selects on the clean
+verified_val split and reports the test accuracy of that model.
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script

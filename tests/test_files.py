@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def small_flags(tmp_path, tiny_clip_path, *more):
     # a tiny CLIP as f_p for every dataset (Clothing1M's default, the CC ResNet-50, is tested in test_cc_net.py)
-    return ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+    return ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l',
+            '--diff_encoder_weights', 'random',
             '--image_size', '32', '--k', '5', '--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '32',
             '--feature_dim', '64', '--num_workers', '0', '--n_samples', '2', '--device', 'cpu',
             '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r', *more]

@@ -113,7 +113,8 @@ class CandidateLabels:
         pick = torch.randint(0, candidates.shape[1], (candidates.shape[0],), device=candidates.device,
                              generator=generator)
         labels = candidates[torch.arange(candidates.shape[0], device=candidates.device), pick]
-        counts = torch.ones_like(labels, dtype=torch.float) if uniform else (candidates == labels[:, None]).sum(1).float()
+        agree = candidates == labels[:, None]
+        counts = torch.ones_like(labels, dtype=torch.float) if uniform else agree.sum(1).float()
         return labels, counts / counts.sum()
 
     def majority(self):
