@@ -28,5 +28,5 @@ AUTHORS = {
 
 @pytest.mark.parametrize('script', list(AUTHORS), ids=lambda s: s.__name__)
 def test_parser_defaults_are_the_authors(script):
-    parsed = vars(build_parser(script.__doc__, script.DEFAULTS, script.dataset_args).parse_args([]))
+    parsed = vars(build_parser(script.__doc__, script.DEFAULTS, script.dataset_args, 'files').parse_args([]))
     assert {name: parsed[name] for name in AUTHORS[script]} == AUTHORS[script]
