@@ -5,25 +5,50 @@
 
 Reads the official annotation files (noisy_label_kv.txt, clean_label_kv.txt,
 noisy_train_key_list.txt, clean_val_key_list.txt, clean_test_key_list.txt,
-category_names_eng.txt) with the image paths they list relative to the root. --subset_list FILE
-trains on a selected subset ('<key> <label>' lines, or bare keys labelled by noisy_label_kv.txt),
-as the authors did. --fp_encoder classifier --fp_checkpoint FILE uses a classifier trained on
-Clothing1M (e.g. a "Centrality and Consistency" ResNet-50) as f_p.
+category_names_eng.txt) with the image paths they list relative to the root. As the authors, it
+trains on the `cc_select` subset by default: cc_select_img.txt (keys) with cc_select_label.txt
+(labels, line by line), found in the root or its annotations/ folder. --subset_list all trains on
+noisy_train_key_list.txt; --subset_list FILE on another subset ('<key> <label>' lines, or bare keys
+labelled by --subset_labels FILE or noisy_label_kv.txt). --fp_encoder classifier --fp_checkpoint
+FILE uses a torchvision-layout classifier trained on Clothing1M as f_p.
+
+Defaults follow the authors' train_Clothing1M.py: f_p is their "Centrality and Consistency"
+classifier CC_net.pt (its 128-d projection; --fp_checkpoint PATH, default model/CC_net.pt), 300
+epochs (the cosine learning-rate horizon), batch 256, warm-up 1, k 20, feature_dim 1024, and a
+class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class 10000; 0 trains on
+every image each epoch). Their retrieval weighs every sample of a batch alike
+(--candidate_weights uniform).
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
-from utils.files import read_clothing1m
+from utils.files import cc_select_files, read_clothing1m
 
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', k=20)  # the dataset's own noisy labels
+# the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
+                candidate_weights='uniform')
 
 
 def dataset_args(g):
     g.add_argument('--clothing1m_root', default='./data/Clothing1M', help='folder of the annotation files and images/')
-    g.add_argument('--subset_list', default=None, help='train on this subset of the noisy training set')
+    g.add_argument('--subset_list', default='cc_select',
+                   help="training subset: cc_select (the authors': cc_select_img.txt with cc_select_label.txt), "
+                        "all (noisy_train_key_list.txt), or a file of '<key> <label>' lines or bare keys")
+    g.add_argument('--subset_labels', default=None,
+                   help='labels of a --subset_list file of bare keys, one per line in the same order '
+                        '(default: noisy_label_kv.txt)')
+
+
+def training_subset(cfg):
+    """(key list, label file) of the training subset --subset_list names; (None, None): all."""
+    if cfg.subset_list == 'cc_select':
+        return cc_select_files(cfg.clothing1m_root)
+    if cfg.subset_list == 'all':
+        return None, cfg.subset_labels
+    return cfg.subset_list, cfg.subset_labels
 
 
 def load_splits(cfg):
-    return read_clothing1m(cfg.clothing1m_root, cfg.subset_list)
+    return read_clothing1m(cfg.clothing1m_root, *training_subset(cfg))
 
 
 def main(argv=None):

@@ -5,12 +5,19 @@
 Training: info/train_filelist_google.txt (labels < 50). Validation (model selection): WebVision's
 info/val_filelist.txt over val_images_256/. Test: the ILSVRC2012 validation images of the same 50
 classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by info/synsets.txt.
+
+Defaults follow the authors' train_WebVision.py: 300 epochs (the cosine learning-rate horizon),
+batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-balanced draw of
+500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
+Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_webvision
 
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='webvision', k=50)  # the dataset's own noisy labels
+# the authors' train_WebVision.py; noise_type: the dataset's own noisy labels
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='webvision', nepoch=300, k=50, per_class=500,
+                candidate_weights='uniform')
 
 
 def dataset_args(g):

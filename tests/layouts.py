@@ -61,6 +61,11 @@ def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, seed=0):
     for name, keys in lists.items():
         write(os.path.join(root, f'{name}_key_list.txt'), keys or [''])
     write(os.path.join(root, 'category_names_eng.txt'), [f'category {c}' for c in range(n_class)])
+    # the authors' selected subset, as in their annotations/ folder: keys, and labels line by line (here
+    # the true ones, so they differ from noisy_label_kv.txt where that label was flipped)
+    selected = [i for i in range(n_train) if i % 6 != 5]
+    write(os.path.join(root, 'annotations', 'cc_select_img.txt'), [lists['noisy_train'][i] for i in selected])
+    write(os.path.join(root, 'annotations', 'cc_select_label.txt'), [str(i % n_class) for i in selected])
     return root
 
 

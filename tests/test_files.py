@@ -13,14 +13,16 @@ import train_Clothing1M
 import train_Food101N
 import train_WebVision
 from utils.data import DatasetMissing
-from utils.files import read_clothing1m, read_food101n, read_webvision
+from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_flags(tmp_path, tiny_clip_path, *more):
-    return ['--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+    # a tiny CLIP as f_p for every dataset (Clothing1M's default, the CC ResNet-50, is tested in test_cc_net.py)
+    return ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'resnet18_l',
+            '--diff_encoder_weights', 'random',
             '--image_size', '32', '--k', '5', '--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '32',
             '--feature_dim', '64', '--num_workers', '0', '--n_samples', '2', '--device', 'cpu',
             '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r', *more]
@@ -44,6 +46,25 @@ def test_clothing1m_layout_and_subset(tmp_path):
     layouts.write(os.path.join(root, 'subset.txt'), ['images/1/01/00001.jpg', 'images/2/02/00002.jpg 3'])
     s = read_clothing1m(root, os.path.join(root, 'subset.txt'))
     assert s.train_labels.tolist() == [1, 3] and s.train_paths[0].endswith('00001.jpg')
+
+
+def test_clothing1m_cc_select_pairs_keys_with_the_label_file(tmp_path):
+    root = layouts.clothing1m(str(tmp_path))
+    keys, labels = cc_select_files(root)  # found in annotations/, the authors' layout
+    s = read_clothing1m(root, keys, labels)
+    assert len(s.train_paths) == 80 and len(s.val_paths) == 16
+    # key 0's noisy label is 1; the selection file labels it 0, and its label wins
+    assert s.train_paths[0].endswith('00000.jpg') and s.train_labels[0] == 0
+    assert s.train_labels.tolist() == [i % 4 for i in range(96) if i % 6 != 5]
+    layouts.write(labels, ['0'] * 79)
+    with pytest.raises(DatasetMissing, match='80 images but .* 79 labels'):
+        read_clothing1m(root, keys, labels)
+    layouts.write(labels, ['0'] * 79 + ['4'])
+    with pytest.raises(DatasetMissing, match=r'line 80: expected a label in 0\.\.3'):
+        read_clothing1m(root, keys, labels)
+    os.remove(labels)
+    with pytest.raises(DatasetMissing, match='--subset_list all'):
+        cc_select_files(root)
 
 
 def test_webvision_layout_keeps_the_first_classes(tmp_path):
@@ -75,6 +96,7 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert (config['n_train'], config['n_val'], config['n_test'], config['n_class']) == (63, 9, 24, 3)
     assert config['noise_source'] == 'food101n labels' and config['fp_dim'] == 32
+    assert config['candidates'] == 'neighbours' and 'per_class_drawn' not in config  # the authors' Food-101N rule
     assert 0 <= summary['test_acc'] <= 1 and np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (63, 3)
 
 
@@ -85,11 +107,13 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
     ckpt = tmp_path / 'cc_resnet18.pt'
     net = torchvision.models.resnet18(num_classes=4)
     torch.save({'module.' + k: v for k, v in net.state_dict().items()}, ckpt)  # as saved from DataParallel
-    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, '--fp_encoder', 'classifier',
-                                              '--fp_checkpoint', str(ckpt), '--fp_arch', 'resnet18',
-                                              *small_flags(tmp_path, tiny_clip_path)])
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path),
+                                              '--fp_encoder', 'classifier', '--fp_checkpoint', str(ckpt),
+                                              '--fp_arch', 'resnet18'])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
-    assert config['fp_dim'] == 512 and config['n_train'] == 96
+    assert config['fp_dim'] == 512 and config['n_train'] == 80  # the cc_select subset
+    # the authors' balanced draw: 10,000 per class asked, lowered to the smallest class (16 of 80)
+    assert config['per_class_drawn'] == 16 and config['candidate_weights'] == 'uniform'
     assert summary['best_epoch'] is not None
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.retrieval import CandidateLabels, knn
+from utils.retrieval import CandidateLabels, knn, neighbours_to_search, retrieve_candidates
 
 
 @pytest.mark.parametrize('chunk', [None, 1, 7, 1000])
@@ -85,3 +85,41 @@ def test_weak_fp_is_reported_before_training():
     lines = []
     weak = check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append)
     assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')
+
+
+def test_neighbours_rule_takes_k_plus_1_neighbours_and_appends_nothing():
+    # the authors' Food-101N rule: the labels of the k+1 nearest (the sample itself first)
+    noisy = torch.tensor([0, 1, 1, 2])
+    k = 2
+    assert neighbours_to_search(k, 'neighbours') == 3 and neighbours_to_search(k, 'neighbours+own') == 2
+    neighbours = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 1, 0], [3, 2, 1]])
+    c = CandidateLabels(neighbours, noisy, rule='neighbours')
+    assert c.candidates.tolist() == [[0, 1, 1], [1, 1, 2], [1, 1, 0], [2, 1, 1]]
+    # the default rule on the same table's first k columns: own label appended, counted twice
+    own = CandidateLabels(neighbours[:, :k], noisy)
+    assert own.candidates.tolist() == [[0, 1, 0], [1, 1, 1], [1, 1, 1], [2, 1, 2]]
+    with pytest.raises(ValueError, match='--candidates'):
+        CandidateLabels(neighbours, noisy, rule='own')
+
+
+def test_searched_now_and_cached_table_agree_under_the_neighbours_rule():
+    keys = torch.randn(40, 6, generator=torch.Generator().manual_seed(2))
+    noisy = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(3))
+    table = CandidateLabels(knn(keys, keys, neighbours_to_search(4, 'neighbours'))[1], noisy, rule='neighbours')
+    idx = torch.tensor([0, 7, 39])
+    rows = retrieve_candidates(keys[idx], keys, noisy, noisy[idx], 4, 'neighbours')
+    assert rows.shape == (3, 5) and torch.equal(rows, table.candidates[idx])
+
+
+def test_uniform_weights_pick_the_same_labels_and_weigh_each_sample_alike():
+    noisy = torch.tensor([0, 1, 1, 2])
+    neighbours = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 1, 0], [3, 3, 3]])
+    idx = torch.tensor([0, 1, 2, 3, 1])
+    torch.manual_seed(5)
+    by_agreement = CandidateLabels(neighbours, noisy).sample(idx)
+    torch.manual_seed(5)
+    labels, weights = CandidateLabels(neighbours, noisy, weights='uniform').sample(idx)
+    assert torch.equal(labels, by_agreement[0]) and not torch.equal(weights, by_agreement[1])
+    torch.testing.assert_close(weights, torch.full((5,), 0.2))
+    with pytest.raises(ValueError, match='--candidate_weights'):
+        CandidateLabels(neighbours, noisy, weights='count')

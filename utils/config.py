@@ -9,6 +9,7 @@ import argparse
 from model_diffusion import BETA_SCHEDULES
 from utils.encoders import FP_ENCODERS
 from utils.recipes import RECIPES
+from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.x_encoders import X_ENCODERS
 
 # Defaults common to all datasets; a script's table overrides these.
@@ -21,14 +22,16 @@ COMMON_DEFAULTS = dict(
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
+    per_class=0, candidates='neighbours+own', candidate_weights='agreement',
 )
 
 
-# Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share: CLIP ViT-L/14 f_p, a
-# frozen ImageNet ResNet-50 diffusion encoder on cached features, a wider denoiser.
+# Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share, as the authors' scripts:
+# CLIP ViT-L/14 f_p, a ResNet-50 diffusion encoder (here frozen, on cached features), a wider
+# denoiser, batch 256, warm-up 1, a cosine horizon of --nepoch, evaluation every epoch.
 IMAGE_FILE_DEFAULTS = dict(
     fp_encoder='CLIP', CLIP_type='ViT-L/14', diff_encoder='resnet50_l', feature_dim=1024,
-    nepoch=100, batch_size=256, warmup_epochs=5, eval_every=1, lr_horizon=100,
+    batch_size=256, warmup_epochs=1, eval_every=1, lr_horizon=0,
 )
 
 
@@ -64,11 +67,13 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
         g.add_argument('--num_workers', type=int, help='DataLoader workers decoding image files')
     g = p.add_argument_group('encoders')
     g.add_argument('--fp_encoder', choices=FP_ENCODERS,
-                   help='frozen encoder f_p for retrieval and conditioning (raw: flattened pixels)')
+                   help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
+                        'classifier CC_net.pt; raw: flattened pixels)')
     g.add_argument('--CLIP_type',
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
     g.add_argument('--fp_checkpoint',
-                   help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
+                   help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt), CC classifier (default: '
+                        'model/CC_net.pt) or --fp_encoder classifier checkpoint')
     if kind == 'files':
         g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights',
@@ -109,12 +114,22 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help='linear LR warm-up; evaluation starts after it')
     g.add_argument('--lr', type=float, help='peak learning rate')
     g.add_argument('--lr_horizon', type=int,
-                   help='epochs of the half-cosine decay (the authors: 1000, of which runs use --nepoch)')
+                   help="epochs of the half-cosine decay (the authors' CIFAR: 1000, of which runs use --nepoch); "
+                        '0: --nepoch')
     g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
     g.add_argument('--feature_dim', type=int, help='width of the denoiser')
     g.add_argument('--n_layers', type=int,
                    help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
     g.add_argument('--k', type=int, help='neighbours retrieved per sample')
+    g.add_argument('--candidates', choices=CANDIDATE_RULES,
+                   help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
+                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest")
+    g.add_argument('--candidate_weights', choices=CANDIDATE_WEIGHTS,
+                   help='loss weight of a picked candidate: how many candidates agree with it (agreement), or '
+                        "the same for every sample (uniform; the authors' Clothing1M and WebVision)")
+    g.add_argument('--per_class', type=int,
+                   help='train each epoch on N samples of every class, drawn afresh (the authors: 10000 on '
+                        'Clothing1M, 500 on WebVision); 0: every sample')
     g.add_argument('--n_timesteps', type=int, help='diffusion steps T')
     g.add_argument('--beta_schedule', choices=sorted(BETA_SCHEDULES), help='noise schedule β_t of the label diffusion')
     g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')

@@ -285,7 +285,7 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     return encoder.finish(device)
 
 
-FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'raw')
+FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw')
 
 
 def default_simclr_path(dataset):
@@ -303,6 +303,9 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
             raise EncoderError('--fp_encoder classifier needs --fp_checkpoint PATH (a torchvision-layout '
                                'classifier state dict, e.g. a ResNet-50 trained on the noisy data)')
         encoder = load_imagenet_resnet(cfg.fp_arch, cfg.fp_checkpoint, device)
+    elif cfg.fp_encoder == 'CC':
+        from utils.cc_net import load_cc  # it builds on FrozenEncoder, defined above
+        encoder = load_cc(cfg.fp_checkpoint, device)
     elif cfg.fp_encoder == 'raw':
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
     else:

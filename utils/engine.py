@@ -26,6 +26,7 @@ from utils.outputs import plot_accuracy, write_training_outputs
 from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
 from utils.prepare import clean_train_labels, prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.sampling import balanced_draw
 from utils.x_encoders import build_model, x_encoder_input
 
 CHECKPOINT_FORMAT = 1
@@ -96,8 +97,9 @@ class Trainer:
         if not self.cfg.per_step_retrieval:
             return self.data.candidates.sample(idx)
         noisy = self.data.noisy_labels
-        rows = retrieve_candidates(fp_x, self.data.features['train'], noisy, noisy[idx], self.cfg.k)
-        return CandidateLabels.sample_rows(rows)
+        rows = retrieve_candidates(fp_x, self.data.features['train'], noisy, noisy[idx], self.cfg.k,
+                                   self.cfg.candidates)
+        return CandidateLabels.sample_rows(rows, uniform=self.data.candidates.uniform)
 
     def train_step(self, idx):
         x_source, fp_x = self.train_inputs(idx)
@@ -113,11 +115,13 @@ class Trainer:
         return loss.detach()
 
     def batches(self, epoch):
-        """This rank's share of each batch of an epoch. The order depends only on (seed, epoch), so
-        every rank agrees on it and a resumed run replays it."""
-        n = self.data.noisy_labels.shape[0]
+        """This rank's share of each batch of an epoch: every sample, or with --per_class the epoch's
+        class-balanced draw. Draw and order depend only on (seed, epoch), so every rank agrees on them
+        and a resumed run replays them."""
+        pool = balanced_draw(self.data.noisy_labels, self.cfg.per_class, self.cfg.seed, epoch).to(self.device)
+        n = pool.shape[0]
         g = torch.Generator(self.device).manual_seed(self.cfg.seed * 100003 + epoch)
-        order = torch.randperm(n, device=self.device, generator=g)
+        order = pool[torch.randperm(n, device=self.device, generator=g)]
         # a last batch too small to give every rank two samples would break BatchNorm; fold it
         # into the previous batch
         cuts = list(range(0, n, self.cfg.batch_size))
@@ -133,7 +137,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         for i, idx in enumerate(batches):
-            lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs, self.cfg.lr_horizon)
+            lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
+                               self.cfg.lr_horizon or self.cfg.nepoch)
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
             loss = self.train_step(idx)

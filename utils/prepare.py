@@ -11,8 +11,9 @@ from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
 from utils.noise import noise_rate, resolve_noisy_labels
 from utils.recipes import resolve_recipe
-from utils.retrieval import CandidateLabels, knn, majority_vote
+from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
 from utils.runtime import SetupError
+from utils.sampling import per_class_count
 from utils.x_encoders import cached_backbone_arch, x_encoder_input
 
 SPLITS = ('train', 'val', 'test')
@@ -108,6 +109,8 @@ def prepare(cfg, splits, device, log=print):
     labels, noise_source, clean = training_labels(cfg, splits)
     if cfg.k >= len(labels):
         raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
+    if cfg.per_class < 0:
+        raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
     in_memory = isinstance(splits, ImageSplits)
     resolve_recipe(cfg, in_memory)
     x_input = x_encoder_input(cfg.diff_encoder)
@@ -119,9 +122,10 @@ def prepare(cfg, splits, device, log=print):
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     encoder = encoders[0]
     features, *x_features = split_features(cfg, splits, encoders, log)
-    neighbours = cached_neighbours(features['train'], cfg.k, cfg.cache_dir, log=log)
+    neighbours = cached_neighbours(features['train'], neighbours_to_search(cfg.k, cfg.candidates), cfg.cache_dir,
+                                   log=log)
     noisy = torch.from_numpy(labels).to(device)
-    candidates = CandidateLabels(neighbours, noisy)
+    candidates = CandidateLabels(neighbours, noisy, cfg.candidates, cfg.candidate_weights)
     needs_pixels = x_input == 'image' or augmented_fp
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
     info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
@@ -129,6 +133,8 @@ def prepare(cfg, splits, device, log=print):
             'dataset': splits.name,
             'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
             'std': list(splits.std), 'prepare_s': round(time.time() - started, 2)}
+    if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
+        info['per_class_drawn'] = per_class_count(noisy, cfg.per_class)
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())

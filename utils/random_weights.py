@@ -32,3 +32,11 @@ def save_random_simclr(arch, path, seed=0):
     torch.manual_seed(seed)
     torch.save(SimCLREncoder(arch).state_dict(), path)
     return path
+
+
+def save_random_cc(path, seed=0):
+    """A CC classifier state dict in the layout of the published CC_net.pt (see utils/cc_net.py)."""
+    from utils.cc_net import CCEncoder
+    torch.manual_seed(seed)
+    torch.save(CCEncoder().state_dict(), path)
+    return path

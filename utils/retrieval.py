@@ -1,9 +1,14 @@
 """Label retrieval: exact k-nearest neighbours in f_p space and the candidate-label rule.
 
-A training sample's candidates are the noisy labels of its k neighbours (the search includes the
-sample itself, its own nearest neighbour) plus its own noisy label appended, k+1 labels in all.
-Each time it is drawn, one candidate is picked uniformly; its loss weight is the number of
-candidates that agree with the pick, normalised over the batch.
+A training sample's candidates are k+1 noisy labels, by one of two rules (`--candidates`); the
+search includes the sample itself, its own nearest neighbour:
+- `neighbours+own` (the authors' CIFAR, Clothing1M and WebVision scripts): its k neighbours' labels
+  plus its own label appended, so its own label counts twice;
+- `neighbours` (the authors' Food-101N script): the labels of its k+1 nearest neighbours.
+Each time it is drawn, one candidate is picked uniformly. Its loss weight (`--candidate_weights`)
+is the number of candidates that agree with the pick, normalised over the batch (`agreement`: the
+authors' CIFAR and Food-101N scripts), or 1/batch for every sample (`uniform`: their Clothing1M and
+WebVision scripts, which call the same retrieval with weighting off).
 """
 import torch
 from tqdm import tqdm
@@ -43,11 +48,28 @@ def _chunk_bytes(device):
     return 1 << 30
 
 
-def retrieve_candidates(queries, keys, key_labels, own_labels, k):
+CANDIDATE_RULES = ('neighbours+own', 'neighbours')
+CANDIDATE_WEIGHTS = ('agreement', 'uniform')
+
+
+def neighbours_to_search(k, rule):
+    """How many nearest neighbours a rule reads to make its k+1 candidates."""
+    if rule not in CANDIDATE_RULES:
+        raise ValueError(f'unknown --candidates {rule!r}; choose from {", ".join(CANDIDATE_RULES)}')
+    return k + 1 if rule == 'neighbours' else k
+
+
+def candidate_rows(neighbour_labels, own_labels, rule):
+    """The candidates of a rule from the labels of the neighbours it searched (N × its count)."""
+    own = [own_labels[:, None]] if rule == 'neighbours+own' else []
+    return torch.cat([neighbour_labels, *own], dim=1).long()
+
+
+def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own'):
     """Candidates of a batch searched now (the authors' SimCLR path: each step's augmented query
-    against the cached keys): the k neighbours' noisy labels plus the sample's own noisy label."""
-    _, idx = knn(queries, keys, k, chunk_size=queries.shape[0])
-    return torch.cat([key_labels[idx], own_labels[:, None]], dim=1).long()
+    against the cached keys), by the candidate rule."""
+    _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0])
+    return candidate_rows(key_labels[idx], own_labels, rule)
 
 
 def majority_vote(label_rows, n_class=None):
@@ -61,10 +83,15 @@ def majority_vote(label_rows, n_class=None):
 class CandidateLabels:
     """The k+1 candidate labels of every training sample, and the per-draw pick and weight."""
 
-    def __init__(self, neighbour_idx, noisy_labels):
-        """neighbour_idx: N × k indices into the training set; noisy_labels: N noisy labels."""
+    def __init__(self, neighbour_idx, noisy_labels, rule='neighbours+own', weights='agreement'):
+        """neighbour_idx: N × m indices into the training set (m = neighbours_to_search(k, rule));
+        noisy_labels: N noisy labels."""
+        neighbours_to_search(0, rule)  # refuses an unknown rule
+        if weights not in CANDIDATE_WEIGHTS:
+            raise ValueError(f'unknown --candidate_weights {weights!r}; choose from {", ".join(CANDIDATE_WEIGHTS)}')
+        self.uniform = weights == 'uniform'
         noisy_labels = noisy_labels.long()
-        self.candidates = torch.cat([noisy_labels[neighbour_idx], noisy_labels[:, None]], dim=1)
+        self.candidates = candidate_rows(noisy_labels[neighbour_idx], noisy_labels, rule)
 
     @property
     def n_candidates(self):
@@ -75,17 +102,19 @@ class CandidateLabels:
         return self
 
     def sample(self, idx, generator=None):
-        """For the samples `idx`: one uniformly picked candidate each, and batch-normalised weights."""
-        return self.sample_rows(self.candidates[idx], generator)
+        """For the samples `idx`: one uniformly picked candidate each, and weights summing to 1."""
+        return self.sample_rows(self.candidates[idx], generator, self.uniform)
 
     @staticmethod
-    def sample_rows(candidates, generator=None):
+    def sample_rows(candidates, generator=None, uniform=False):
         """One uniformly picked candidate per row; its weight is how many of the row's candidates agree
-        with the pick, normalised over the batch. Also serves rows retrieved on the fly."""
+        with the pick (or 1 where `uniform`), normalised over the batch. Also serves rows retrieved on
+        the fly."""
         pick = torch.randint(0, candidates.shape[1], (candidates.shape[0],), device=candidates.device,
                              generator=generator)
         labels = candidates[torch.arange(candidates.shape[0], device=candidates.device), pick]
-        counts = (candidates == labels[:, None]).sum(1).float()
+        agree = candidates == labels[:, None]
+        counts = torch.ones_like(labels, dtype=torch.float) if uniform else agree.sum(1).float()
         return labels, counts / counts.sum()
 
     def majority(self):
