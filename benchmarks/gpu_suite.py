@@ -315,6 +315,10 @@ def verdict(ok, target, on_gpu):
     return f'{target} {"✓" if ok else "✗"}' if on_gpu else target
 
 
+def unit(value, name):
+    return f'{value} {name}' if value is not None else ''
+
+
 def peak(result):
     gib = result.get('peak_gib')
     return f', {gib} GiB peak' if gib is not None and gib == gib else ''  # NaN on the CPU
@@ -345,17 +349,16 @@ def table_rows(name, record):
         what = f'train_CIFAR.py on {row["data"]}, {enc} path, {recipe} recipe'
         proj = ' (projected)' if row['paper_length_is_projection'] else ''
         target = TARGETS['paper_length_min'].get(enc)
-        a = {k: AUTHORS_H100[k].get(enc) for k in ('feature_extraction_s', 'train_s_per_epoch', 'eval_s_each',
-                                                  'paper_length_min')}
-        return [(f'{what}: features', f'{row["feature_extraction_s"]} s', f'{a["feature_extraction_s"] or ""}',
-                 ratio(a['feature_extraction_s'], row['feature_extraction_s'], on_gpu), ''),
-                (f'{what}: one epoch', f'{row["train_s_per_epoch"]} s', f'{a["train_s_per_epoch"]} s',
-                 ratio(a['train_s_per_epoch'], row['train_s_per_epoch'], on_gpu), ''),
-                (f'{what}: one evaluation', f'{row["eval_s_each"]} s', f'{a["eval_s_each"] or ""}',
-                 ratio(a['eval_s_each'], row['eval_s_each'], on_gpu), ''),
-                (f'{what}: paper-length run{proj}', f'{row["paper_length_min"]} min', f'{a["paper_length_min"]} min',
-                 ratio(a['paper_length_min'], row['paper_length_min'], on_gpu),
-                 verdict(row['paper_length_min'] <= target, f'≤ {target} min', on_gpu) if target else '')]
+        rows = []
+        for label, key, u in (('features', 'feature_extraction_s', 's'), ('one epoch', 'train_s_per_epoch', 's'),
+                              ('one evaluation', 'eval_s_each', 's'),
+                              (f'paper-length run{proj}', 'paper_length_min', 'min')):
+            authors = AUTHORS_H100[key].get(enc)
+            check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
+                     if key == 'paper_length_min' and target else '')
+            rows.append((f'{what}: {label}', unit(row[key], u), unit(authors, u), ratio(authors, row[key], on_gpu),
+                         check))
+        return rows
     if name == 'retrieval':
         return [(f'exact kNN {r["n"]:,} × {r["dim"]}, k = {r["k"]}', f'{r["seconds"]} s (agreement with cdist '
                  f'{r["agreement_with_cdist"]:.3f}{peak(r)})', '', '',

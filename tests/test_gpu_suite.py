@@ -96,6 +96,12 @@ def test_table_sets_the_authors_figures_beside_ours():
     assert row[2:] == ('38.56 s', '2.0×', '≤ 16.0 s ✗')
     record['result']['device'] = 'cpu (2 cores, 2 threads)'
     assert gpu_suite.table_rows('inference', record)[0][3] == ''  # no ratio for CPU figures
+    training = {'status': 'ok', 'result': {'device': 'NVIDIA H100', 'rows': [
+        {'encoder': 'SimCLR', 'data': 'cifar10', 'feature_extraction_s': 4.0, 'train_s_per_epoch': 1.1,
+         'eval_s_each': 0.5, 'paper_length_min': 4.4, 'paper_length_is_projection': True}]}}
+    rows = gpu_suite.table_rows('training-SimCLR-authors', training)
+    assert [r[1:] for r in rows[1::2]] == [('1.1 s', '22.0 s', '20.0×', ''),
+                                           ('4.4 min', '76.0 min', '17.3×', '≤ 5.0 min ✓')]
 
 
 def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):
