@@ -95,7 +95,7 @@ def inference(args, out):
 
 def training(encoder, recipe):
     def command(args, out):
-        where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root]
+        where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
         return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', '--out', out, *where,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command

@@ -42,7 +42,8 @@ def synthetic_cifar(n_train, n_val, n_test, seed=0):
 
 def one_run(encoder, diff_encoder, args, folder, splits):
     name = f'{encoder.replace("/", "")}-{diff_encoder}'
-    flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.epochs), '--diff_encoder', diff_encoder,
+    chosen = [] if diff_encoder == 'default' else ['--diff_encoder', diff_encoder]  # default: the recipe's
+    flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.epochs), *chosen,
              '--device', args.device, '--out_dir', os.path.join(folder, 'runs'), '--n_samples', '0',
              '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', name,
              '--warmup_epochs', str(min(20, args.epochs - 1)), *args.extra]
@@ -67,7 +68,7 @@ def one_run(encoder, diff_encoder, args, folder, splits):
     paper = parse_config('', train_CIFAR.DEFAULTS, args.extra)  # the recipe may move warm-up or evaluation
     paper_evals = sum(is_eval_epoch(e, paper) for e in range(200))
     projected = s['prepare'] + 200 * s['train_per_epoch'] + paper_evals * per_eval + s['checkpoints'] / cfg.nepoch * 200
-    return {'encoder': encoder, 'diff_encoder': diff_encoder, 'epochs_run': cfg.nepoch,
+    return {'encoder': encoder, 'diff_encoder': cfg.diff_encoder, 'epochs_run': cfg.nepoch,
             'feature_extraction_s': s['prepare'], 'train_s_per_epoch': s['train_per_epoch'],
             'eval_s_each': round(per_eval, 3), 'wall_s_measured': round(total, 1),
             'paper_length_min': round(projected / 60, 2) if cfg.nepoch < 200 else round(total / 60, 2),
@@ -80,7 +81,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--encoders', nargs='+', default=['SimCLR', 'ViT-L/14'],
                    choices=['SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14'])
-    p.add_argument('--diff_encoders', nargs='+', default=['resnet18'])
+    p.add_argument('--diff_encoders', nargs='+', default=['resnet18'],
+                   help="diffusion encoders to time; 'default': train_CIFAR.py's (or the recipe's) choice")
     p.add_argument('--epochs', type=int, default=200)
     p.add_argument('--device', default='auto')
     p.add_argument('--small', action='store_true', help='tiny stand-ins and a small dataset (CPU smoke test)')
