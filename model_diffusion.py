@@ -145,19 +145,25 @@ class Denoiser(nn.Module):
     image embedding once per batch rather than once per step.
     """
 
-    def __init__(self, n_class, fp_dim, feature_dim, x_encoder, n_timesteps=N_TIMESTEPS):
+    def __init__(self, n_class, fp_dim, feature_dim, x_encoder, n_timesteps=N_TIMESTEPS, n_layers=3):
         super().__init__()
+        if n_layers < 2:
+            raise ValueError(f'the denoiser needs at least 2 time-gated layers (the x_e gate sits after the first), '
+                             f'got {n_layers}')
         self.n_class = n_class
+        self.n_layers = n_layers
         self.x_encoder = x_encoder
         self.bf16_embed = False  # bf16 autocast for the diffusion encoder on CUDA; the rest stays float32
         self.x_norm = nn.BatchNorm1d(feature_dim)
-        self.lin1 = TimeGatedLinear(n_class + fp_dim, feature_dim, n_timesteps)
-        self.norm1 = nn.BatchNorm1d(feature_dim)
-        self.lin2 = TimeGatedLinear(feature_dim, feature_dim, n_timesteps)
-        self.norm2 = nn.BatchNorm1d(feature_dim)
-        self.lin3 = TimeGatedLinear(feature_dim, feature_dim, n_timesteps)
-        self.norm3 = nn.BatchNorm1d(feature_dim)
+        # lin1/norm1 … lin{n}/norm{n}: the paper's three layers keep their checkpoint key names
+        for i in range(1, n_layers + 1):
+            n_in = n_class + fp_dim if i == 1 else feature_dim
+            setattr(self, f'lin{i}', TimeGatedLinear(n_in, feature_dim, n_timesteps))
+            setattr(self, f'norm{i}', nn.BatchNorm1d(feature_dim))
         self.out = nn.Linear(feature_dim, n_class)
+
+    def _layer(self, i, h, t):
+        return F.softplus(getattr(self, f'norm{i}')(getattr(self, f'lin{i}')(h, t)))
 
     def embed_x(self, x_source):
         use_bf16 = self.bf16_embed and x_source.is_cuda
@@ -166,10 +172,9 @@ class Denoiser(nn.Module):
         return self.x_norm(x_embed.float())
 
     def head(self, x_embed, y_t, t, fp_x):
-        h = F.softplus(self.norm1(self.lin1(torch.cat([y_t, fp_x], dim=1), t)))
-        h = x_embed * h
-        h = F.softplus(self.norm2(self.lin2(h, t)))
-        h = F.softplus(self.norm3(self.lin3(h, t)))
+        h = x_embed * self._layer(1, torch.cat([y_t, fp_x], dim=1), t)  # the image gates the first layer
+        for i in range(2, self.n_layers + 1):
+            h = self._layer(i, h, t)
         return self.out(h)
 
     def forward(self, x_source, y_t, t, fp_x):

@@ -22,8 +22,9 @@ import time
 import torch
 from tqdm import tqdm
 
+from utils.config import HelpFormatter
 from utils.data import load_named
-from utils.encoders import MODEL_DIR, SimCLREncoder, encode_all
+from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.simclr import knn_monitor, nt_xent, simclr_view
@@ -32,28 +33,31 @@ STATE_FORMAT = 1
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'))
-    p.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'),
+                   help='images to pre-train on (all training images, labels unused)')
+    p.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'),
+                   help='CIFAR-stem backbone (the released encoders: resnet50)')
     p.add_argument('--epochs', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
-    p.add_argument('--batch_size', type=int, default=512)
+    p.add_argument('--batch_size', type=int, default=512, help='images per step (two views each)')
     p.add_argument('--lr', type=float, default=None, help='peak SGD learning rate (default 0.06 × batch/256)')
-    p.add_argument('--weight_decay', type=float, default=5e-4)
-    p.add_argument('--temperature', type=float, default=0.5)
-    p.add_argument('--warmup_epochs', type=int, default=10)
-    p.add_argument('--knn_every', type=int, default=5)
-    p.add_argument('--save_every', type=int, default=1)
+    p.add_argument('--weight_decay', type=float, default=5e-4, help='SGD weight decay')
+    p.add_argument('--temperature', type=float, default=0.5, help='NT-Xent temperature')
+    p.add_argument('--warmup_epochs', type=int, default=10, help='linear LR warm-up before the cosine decay')
+    p.add_argument('--knn_every', type=int, default=5, help='epochs between kNN monitor evaluations')
+    p.add_argument('--save_every', type=int, default=1, help='epochs between saves of the whole state')
     p.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
                    help='save and stop cleanly after this many minutes (chain runs with --resume)')
     p.add_argument('--n_images', type=int, default=None, help='use only the first N training images (tests)')
     p.add_argument('--image_size', type=int, default=None, help='resize images to this size (tests)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default='auto')
-    p.add_argument('--data_root', default='./data')
-    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
-    p.add_argument('--out_dir', default='./runs/simclr')
+    p.add_argument('--seed', type=int, default=0, help='seed of the weights and augmentations')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--data_root', default='./data', help='folder holding (or receiving) the dataset')
+    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
+                   help='download the dataset when it is not under --data_root')
+    p.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
     p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>.pt)')
-    p.add_argument('--resume', default=None, metavar='RUN_DIR')
+    p.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
     return p
 
 
@@ -80,9 +84,7 @@ class Pretrainer:
         self.monitor = (torch.cat([splits.train_clean, splits.val_labels])[:n].to(device),
                         resize(splits.test_images, args.image_size), splits.test_labels.to(device), splits.n_class)
         seed_everything(args.seed)
-        self.model = SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device)
-        if device.type == 'cuda':
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = channels_last(SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device), device)
         self.lr = args.lr or 0.06 * args.batch_size / 256
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=args.weight_decay)
         self.steps_per_epoch = len(self.images) // args.batch_size
@@ -93,9 +95,7 @@ class Pretrainer:
             group['lr'] = sgd_lr(step, self.args.epochs * self.steps_per_epoch,
                                  self.args.warmup_epochs * self.steps_per_epoch, self.lr)
         batch = self.images[idx]
-        views = torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)])
-        if self.device.type == 'cuda':
-            views = views.contiguous(memory_format=torch.channels_last)
+        views = channels_last(torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)]))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
             z = self.model.g(torch.flatten(self.model.f(views), 1))
         loss = nt_xent(*z.float().chunk(2), temperature=self.args.temperature)

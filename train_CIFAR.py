@@ -9,16 +9,21 @@ from utils.data import load_cifar
 from utils.engine import main as run_script
 from utils.noise import dataset_of
 
+# The authors' train_CIFAR.py defaults (their commit 231e587); --recipe authors (the default) adds
+# their training behaviour, see utils/recipes.py.
 DEFAULTS = dict(
     noise_type='cifar10-1-0.35',   # 35% type-I PMD noise, the paper's headline setting
     nepoch=200,                    # the paper's runs: 200 epochs of a 1000-epoch cosine
     batch_size=200,
-    warmup_epochs=20,
-    feature_dim=256,
+    warmup_epochs=5,
+    feature_dim=512,
     k=10,
+    ddim_n_step=10,
     fp_encoder='SimCLR',
     CLIP_type='ViT-L/14',
-    diff_encoder='resnet18',
+    diff_encoder='resnet34',
+    lr=1e-3,
+    lr_horizon=1000,               # hard-coded in their schedule, whatever --nepoch says
 )
 
 

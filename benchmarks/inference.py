@@ -19,8 +19,9 @@ import torch
 from benchmarks.common import AUTHORS_H100, device_line, peak_gib, random_images, reset_peak, timed
 from model_diffusion import Denoiser, Diffusion
 from utils.data import CIFAR_MEAN, CIFAR_STD
-from utils.encoders import load_clip, load_simclr
-from utils.inference import classify_images, classify_standard
+from utils.classifier import classify_standard
+from utils.encoders import channels_last, load_clip, load_simclr
+from utils.evaluate import classify_images
 from utils.io import save_json
 from utils.networks import cifar_resnet
 from utils.random_weights import save_random_clip, save_random_simclr
@@ -33,9 +34,7 @@ COLUMNS = ('Standard', 'SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 def build_column(name, args, device, folder):
     """(classify function, description) for one column of the table."""
     if name == 'Standard':
-        net = cifar_resnet('resnet34', 10).to(device).eval()
-        if device.type == 'cuda':
-            net = net.to(memory_format=torch.channels_last)
+        net = channels_last(cifar_resnet('resnet34', 10).to(device).eval(), device)
         return lambda images: classify_standard(images, net, CIFAR_MEAN, CIFAR_STD, args.batch_size), 'ResNet-34'
     if name == 'SimCLR':
         path = args.simclr or save_random_simclr('resnet18' if args.small else 'resnet50',
@@ -47,8 +46,7 @@ def build_column(name, args, device, folder):
         encoder = load_clip(path, device)
     denoiser = Denoiser(10, encoder.dim, args.feature_dim,
                         build_x_encoder(args.diff_encoder, args.feature_dim, encoder.dim, (3, 32, 32))).to(device).eval()
-    if device.type == 'cuda':
-        denoiser = denoiser.to(memory_format=torch.channels_last)
+    denoiser = channels_last(denoiser, device)
     diffusion = Diffusion().to(device)
     x_input = x_encoder_input(args.diff_encoder)
 

@@ -1,12 +1,15 @@
 """Each benchmark command at tiny size on the CPU (the GPU figures come from the same commands)."""
+import os
+
+import pytest
 import torch
 
 from benchmarks import inference, retrieval, training
-from utils.inference import classify_images
-from utils.random_weights import save_random_clip
+from utils.evaluate import classify_images
 from utils.encoders import load_clip
-from model_diffusion import Denoiser, Diffusion, labels_from_y0, predict_y0
-from utils.x_encoders import build_x_encoder
+from model_diffusion import Diffusion
+from utils.io import load_torch
+from utils.x_encoders import build_model
 
 
 def test_inference_table_runs_every_column():
@@ -27,20 +30,28 @@ def test_retrieval_benchmark_is_exact():
     assert result['self_is_first'] == 1.0 and result['agreement_with_cdist'] == 1.0
 
 
-def test_end_to_end_inference_equals_the_cached_feature_path(tmp_path):
-    """classify_images (encode per batch) gives the labels the training loop's evaluation gives
-    from cached features: evaluating on cached features changes nothing."""
-    encoder = load_clip(save_random_clip('tiny', tmp_path / 'c.pt'))
-    torch.manual_seed(0)
-    denoiser = Denoiser(10, encoder.dim, 32, build_x_encoder('linear', 32, encoder.dim, (3, 32, 32))).eval()
-    diffusion = Diffusion()
-    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    direct = classify_images(images, encoder, denoiser, diffusion, 'image', mean, std, batch_size=16)
-    from utils.encoders import normalize_images
-    cached = labels_from_y0(predict_y0(denoiser, diffusion, normalize_images(images, mean, std),
-                                       encoder.encode(images)))
-    assert torch.equal(direct, cached)
+def test_end_to_end_inference_equals_the_trainers_evaluation(tmp_path, digits, tiny_clip_path):
+    """classify_images (images encoded batch by batch) gives the labels the trained run's own
+    evaluation gives from its cached features, under both BatchNorm modes of the recipes."""
+    from test_engine import digits_cfg
+    from conftest import subset
+    from utils import engine
+    from utils.prepare import prepare
+    small = subset(digits, 200, 60)
+    for recipe in ('improved', 'authors'):
+        cfg = digits_cfg(tmp_path / recipe, '--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder',
+                         'linear', '--nepoch', '2', '--warmup_epochs', '1', '--eval_every', '1', '--n_samples', '0',
+                         '--recipe', recipe, '--eval_batch_size', '25')
+        summary, run_dir = engine.run(cfg, lambda c: small)
+        data = prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+        model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
+        model.load_state_dict(load_torch(os.path.join(run_dir, 'best.pt'))['model'])
+        trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
+        cached = trainer.predict('test')[0]
+        assert float((cached == small.test_labels).float().mean()) == pytest.approx(summary['test_acc'])
+        direct = classify_images(small.test_images, load_clip(tiny_clip_path), model, Diffusion(),
+                                 'image', small.mean, small.std, batch_size=25, eval_bn=cfg.eval_bn)
+        assert torch.equal(direct, cached)
 
 
 def test_extraction_benchmark_decodes_and_encodes_every_file():

@@ -113,3 +113,15 @@ def test_stochastic_sampling_varies_and_deterministic_does_not():
     torch.testing.assert_close(a, b)
     c = predict_y0(model, d, fp, fp, eta=1.0, noisy_start=True)
     assert not torch.allclose(a, c)
+
+
+def test_denoiser_depth_is_a_parameter_and_keeps_the_paper_key_names():
+    def keys(n_layers):
+        model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=n_layers)
+        return {k for k in model.state_dict() if k.startswith(('lin', 'norm'))}
+    three, four = keys(3), keys(4)
+    assert {k.split('.')[0] for k in three} == {'lin1', 'lin2', 'lin3', 'norm1', 'norm2', 'norm3'}
+    assert {k.split('.')[0] for k in four - three} == {'lin4', 'norm4'}
+    model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=4).eval()
+    out = model(torch.randn(3, 6), torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.randn(3, 6))
+    assert out.shape == (3, 4) and torch.isfinite(out).all()

@@ -12,7 +12,8 @@ import train_CIFAR
 from model_diffusion import Diffusion
 from utils import engine
 from utils.config import parse_config
-from utils.engine import NonFiniteLoss, build_model, learning_rate, run
+from utils.engine import NonFiniteLoss, learning_rate, run
+from utils.x_encoders import build_model
 from utils.io import load_torch
 from utils.prepare import prepare
 
@@ -38,7 +39,7 @@ def test_learning_rate_warmup_then_half_cosine():
 def test_eval_schedule_follows_the_authors():
     cfg = parse_config('', train_CIFAR.DEFAULTS, [])
     epochs = [e for e in range(cfg.nepoch) if engine.is_eval_epoch(e, cfg)]
-    assert epochs[0] == 20 and epochs[-1] == 195 and len(epochs) == 36
+    assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
 
 
 def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits):
@@ -144,7 +145,8 @@ def test_corrupt_cache_is_rebuilt(tmp_path, digits):
 def test_simclr_path_with_augmented_views_and_resnet_diffusion_encoder(tmp_path, digits, simclr18_path):
     small = subset(digits, 120, 40, size=16)
     summary, run_dir = run(digits_cfg(tmp_path, '--fp_encoder', 'SimCLR', '--fp_checkpoint', simclr18_path,
-                                      '--diff_encoder', 'resnet18', '--nepoch', '2', '--batch_size', '40'),
+                                      '--diff_encoder', 'resnet18', '--nepoch', '2', '--batch_size', '40',
+                                      '--recipe', 'authors'),
                            lambda c: small)
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['fp_train_view'] == 'augmented' and config['fp_dim'] == 512

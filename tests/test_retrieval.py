@@ -43,8 +43,6 @@ def test_candidates_and_weights_on_a_hand_built_example():
                                [3, 3, 3]])  # 2,2,2 + own 2 → [2,2,2,2]
     c = CandidateLabels(neighbours, noisy)
     assert c.candidates.tolist() == [[0, 1, 1, 0], [1, 1, 2, 1], [1, 1, 0, 1], [2, 2, 2, 2]]
-    # agreement: how many candidates equal each candidate (own label counted twice)
-    assert c.agreement.tolist() == [[2, 2, 2, 2], [3, 3, 1, 3], [3, 3, 1, 3], [4, 4, 4, 4]]
     torch.manual_seed(0)
     idx = torch.tensor([1, 3])
     labels, weights = c.sample(idx)
@@ -68,3 +66,22 @@ def test_majority_vote():
     c = CandidateLabels(torch.tensor([[0, 1, 2], [1, 1, 2], [2, 1, 0]]), torch.tensor([2, 1, 0]))
     # candidates: [2,1,0,2] → 2; [1,1,0,1] → 1; [0,1,2,0] → 0
     assert c.majority().tolist() == [2, 1, 0]
+
+
+def test_weak_fp_is_reported_before_training():
+    from utils.prepare import check_retrieval
+    g = torch.Generator().manual_seed(0)
+    n_class, n = 10, 2000
+    clean = torch.randint(0, n_class, (n,), generator=g)
+    noisy = torch.where(torch.rand(n, generator=g) < 0.35, torch.randint(0, n_class, (n,), generator=g), clean)
+    val = torch.randint(0, n_class, (300,), generator=g)
+    noisy_accuracy = float((noisy == clean).float().mean())
+    informative = {'train': torch.nn.functional.one_hot(clean, n_class).float() + 0.1 * torch.randn(n, n_class, generator=g),
+                   'val': torch.nn.functional.one_hot(val, n_class).float()}
+    lines = []
+    good = check_retrieval(informative, noisy, val, 10, n_class, noisy_accuracy, lines.append)
+    assert good > 0.95 and not any(line.startswith('warning') for line in lines)
+    uninformative = {'train': torch.randn(n, 16, generator=g), 'val': torch.randn(300, 16, generator=g)}
+    lines = []
+    weak = check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append)
+    assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 
+from utils.augment import random_crop_flip
 from utils.encoders import encode_all
 from utils.io import load_torch, save_torch
 from utils.retrieval import knn
@@ -70,14 +71,28 @@ def store_features(features, key, cache_dir, encoder):
     save_torch({'key': key, 'value': features.cpu()}, feature_path(cache_dir, key))
 
 
-def cached_features(encoder, images, dataset, split, cache_dir, view='clean', batch_size=512, log=print):
-    """f_p features of in-memory `images`, computed once per (encoder, weights, dataset, split, view)."""
-    key = feature_key(encoder, dataset, split, view, len(images), tensor_fingerprint(images))
+def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
+    """f_p features of in-memory `images`, computed once per (encoder, weights, dataset, split, view).
+
+    view 'augmented' encodes one random crop + flip of every image, drawn from `seed` (the authors
+    cached their CIFAR training keys from one augmented view); 'clean' encodes the images as they are.
+    """
+    view_name = f'augmented-s{seed}' if view == 'augmented' else view
+    key = feature_key(encoder, dataset, split, view_name, len(images), tensor_fingerprint(images))
     features = load_features(encoder, key, cache_dir, log)
     if features is None:
-        features = encode_all(encoder, images, batch_size=batch_size, desc=f'{encoder.name} {split}')
+        if view == 'augmented':
+            images = augmented_view(images, seed)
+        features = encode_all(encoder, images, batch_size=batch_size, desc=f'{encoder.name} {split} ({view})')
         store_features(features, key, cache_dir, encoder)
     return features
+
+
+def augmented_view(images, seed, chunk=4096):
+    """One seeded random crop + flip of every image, in chunks (the gather's index tensors are 8 bytes a
+    pixel), on the CPU so the draw is the same on any device."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([random_crop_flip(images[i:i + chunk].cpu(), generator=g) for i in range(0, len(images), chunk)])
 
 
 def cached_neighbours(features, k, cache_dir, log=print):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.augment import random_crop_flip
-from utils.encoders import normalize_images
+from utils.encoders import channels_last, normalize_images
 from utils.networks import CLASSIFIERS
 
 
@@ -32,12 +32,15 @@ def predict_proba(model, images, mean, std, batch_size=1000):
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalize_images(images[start:start + batch_size].to(device), mean, std)
-        if device.type == 'cuda':
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(normalize_images(images[start:start + batch_size].to(device), mean, std))
         with _autocast(device):
             out.append(F.softmax(model(x).float(), dim=1))
     return torch.cat(out)
+
+
+def classify_standard(images, classifier, mean, std, batch_size=1000):
+    """The "Standard" column of the speed table: a plain classifier's argmax."""
+    return predict_proba(classifier, images, mean, std, batch_size).argmax(1)
 
 
 def accuracy(model, images, labels, mean, std):
@@ -51,9 +54,7 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
     Returns (model, history)."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = build_classifier(arch, n_class).to(device)
-    if device.type == 'cuda':
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(build_classifier(arch, n_class).to(device), device)
     images, labels = images.to(device), labels.to(device).long()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = max(1, len(images) // batch_size)
@@ -67,9 +68,7 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x = normalize_images(random_crop_flip(images[idx]), mean, std)
-            if device.type == 'cuda':
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last(normalize_images(random_crop_flip(images[idx]), mean, std))
             with _autocast(device):
                 loss = F.cross_entropy(model(x).float(), labels[idx])
             opt.zero_grad(set_to_none=True)

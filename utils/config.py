@@ -8,6 +8,7 @@ import argparse
 
 from model_diffusion import BETA_SCHEDULES
 from utils.encoders import FP_ENCODERS
+from utils.recipes import RECIPES
 from utils.x_encoders import X_ENCODERS
 
 # Defaults common to all datasets; a script's table overrides these.
@@ -15,9 +16,9 @@ COMMON_DEFAULTS = dict(
     nepoch=200, batch_size=200, device='auto', num_workers=4, warmup_epochs=20, feature_dim=256, k=10,
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
-    lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
-    freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
+    n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
+    fp_checkpoint=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
+    fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
 )
@@ -31,98 +32,133 @@ IMAGE_FILE_DEFAULTS = dict(
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and names each flag's default once, where it has one and its
+    help line does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.default not in (None, argparse.SUPPRESS) and 'default' not in text and action.option_strings:
+            text += ' (default: %(default)s)'
+        return text
 
 
-def build_parser(description, defaults, dataset_args=None):
-    """The shared flags with the script's defaults; `dataset_args(parser)` adds the script's own."""
-    d = {**COMMON_DEFAULTS, **defaults}
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=_HelpFormatter)
+def build_parser(description, defaults, dataset_args=None, kind='memory'):
+    """The flags that apply to a script, with its defaults: COMMON_DEFAULTS overridden by the
+    script's table, applied once. kind 'memory' (CIFAR, digits: images held as tensors) or 'files'
+    (image-file datasets) decides which data flags exist; `dataset_args(group)` adds the script's own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group('data and noise')
-    g.add_argument('--noise_type', default=d['noise_type'],
+    g.add_argument('--noise_type',
                    help='noise name (noisy_label/NAME.npy, <dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
                         'or the path of a .npy file')
-    g.add_argument('--data_root', default=d['data_root'], help='folder holding (or receiving) the dataset')
-    g.add_argument('--download', default=d['download'], action=argparse.BooleanOptionalAction,
-                   help='download the dataset when it is not under --data_root')
-    g.add_argument('--noise_seed', type=int, default=d['noise_seed'],
+    g.add_argument('--noise_seed', type=int,
                    help='seed of generated i.i.d. noise (uniform/asymmetric)')
-    g.add_argument('--cifar_n_dir', default=d['cifar_n_dir'], help='folder holding the CIFAR-N .pt files')
+    if kind == 'memory':
+        g.add_argument('--data_root', help='folder holding (or receiving) the dataset')
+        g.add_argument('--download', action=argparse.BooleanOptionalAction,
+                       help='download the dataset when it is not under --data_root')
+        g.add_argument('--cifar_n_dir', help='folder holding the CIFAR-N .pt files')
+    else:
+        g.add_argument('--image_size', type=int, help='decode, resize and centre-crop images to this size')
+        g.add_argument('--num_workers', type=int, help='DataLoader workers decoding image files')
     g = p.add_argument_group('encoders')
-    g.add_argument('--fp_encoder', default=d['fp_encoder'], choices=FP_ENCODERS,
+    g.add_argument('--fp_encoder', choices=FP_ENCODERS,
                    help='frozen encoder f_p for retrieval and conditioning (raw: flattened pixels)')
-    g.add_argument('--CLIP_type', default=d['CLIP_type'],
+    g.add_argument('--CLIP_type',
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
-    g.add_argument('--fp_checkpoint', default=d['fp_checkpoint'],
+    g.add_argument('--fp_checkpoint',
                    help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
-    g.add_argument('--fp_arch', default=d['fp_arch'], help='architecture of --fp_encoder classifier')
-    g.add_argument('--diff_encoder_weights', default=d['diff_encoder_weights'],
+    if kind == 'files':
+        g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
+    g.add_argument('--diff_encoder_weights',
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
-    g.add_argument('--image_size', type=int, default=d['image_size'],
-                   help='image-file datasets: decode, resize and centre-crop to this size')
-    g.add_argument('--clip_download_root', default=d['clip_download_root'],
+    g.add_argument('--clip_download_root',
                    help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
-    g.add_argument('--diff_encoder', default=d['diff_encoder'], choices=sorted(X_ENCODERS),
+    g.add_argument('--diff_encoder', choices=sorted(X_ENCODERS),
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (frozen '
                         'ImageNet ResNet features, cached, + a linear layer)')
-    g.add_argument('--freeze_diff_encoder', default=d['freeze_diff_encoder'],
-                   action=argparse.BooleanOptionalAction,
-                   help="keep the diffusion encoder at its initial weights, as the authors' CIFAR code did")
-    g.add_argument('--fp_train_view', default=d['fp_train_view'], choices=('auto', 'cached', 'augmented'),
-                   help='f_p input while training: features of the un-augmented image (cached), or of the '
-                        "augmented batch re-encoded each step; auto follows the authors (SimCLR: augmented, "
-                        'others: cached)')
-    g.add_argument('--precision', default=d['precision'], choices=('bf16', 'fp32'),
+    g.add_argument('--precision', choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
                         'denoiser MLP, features and optimiser stay float32')
+    g = p.add_argument_group('recipe: the authors\' protocol or the improvements (see utils/recipes.py)')
+    g.add_argument('--recipe', choices=RECIPES,
+                   help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
+                        'Each flag below left unset follows the recipe')
+    g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
+                   help="keep the diffusion encoder at its initial weights (authors, CIFAR: the optimiser holds "
+                        'the denoiser only)')
+    g.add_argument('--eval_bn', choices=('batch', 'running'),
+                   help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR: the "
+                        'encoder never leaves training mode, so predictions depend on the evaluation batch) or '
+                        'running statistics')
+    g.add_argument('--fp_cache_view', choices=('augmented', 'clean'),
+                   help='the view of each training image whose f_p features are cached as retrieval keys '
+                        '(authors, CIFAR: one random crop + flip; improved: the clean image)')
+    g.add_argument('--fp_train_view', choices=('cached', 'augmented'),
+                   help='f_p input while training: the cached features, or the augmented batch re-encoded '
+                        "every step (authors: SimCLR on CIFAR)")
+    g.add_argument('--per_step_retrieval', action=argparse.BooleanOptionalAction,
+                   help='retrieve the neighbours of each step\'s augmented query against the cached keys '
+                        '(authors, with --fp_train_view augmented) instead of the cached neighbour table')
     g = p.add_argument_group('model and training')
-    g.add_argument('--nepoch', type=int, default=d['nepoch'], help='training epochs')
-    g.add_argument('--batch_size', type=int, default=d['batch_size'])
-    g.add_argument('--warmup_epochs', type=int, default=d['warmup_epochs'],
+    g.add_argument('--nepoch', type=int, help='training epochs')
+    g.add_argument('--batch_size', type=int, help='training batch size')
+    g.add_argument('--warmup_epochs', type=int,
                    help='linear LR warm-up; evaluation starts after it')
-    g.add_argument('--lr', type=float, default=d['lr'], help='peak learning rate')
-    g.add_argument('--lr_horizon', type=int, default=d['lr_horizon'],
+    g.add_argument('--lr', type=float, help='peak learning rate')
+    g.add_argument('--lr_horizon', type=int,
                    help='epochs of the half-cosine decay (the authors: 1000, of which runs use --nepoch)')
-    g.add_argument('--grad_clip', type=float, default=d['grad_clip'], help='gradient-norm clip')
-    g.add_argument('--feature_dim', type=int, default=d['feature_dim'], help='width of the denoiser')
-    g.add_argument('--k', type=int, default=d['k'], help='neighbours retrieved per sample')
-    g.add_argument('--n_timesteps', type=int, default=d['n_timesteps'], help='diffusion steps T')
-    g.add_argument('--beta_schedule', default=d['beta_schedule'], choices=sorted(BETA_SCHEDULES))
-    g.add_argument('--ddim_n_step', type=int, default=d['ddim_n_step'], help='DDIM steps at inference')
-    g.add_argument('--compile', default=d['compile'], action=argparse.BooleanOptionalAction,
+    g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
+    g.add_argument('--feature_dim', type=int, help='width of the denoiser')
+    g.add_argument('--n_layers', type=int,
+                   help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
+    g.add_argument('--k', type=int, help='neighbours retrieved per sample')
+    g.add_argument('--n_timesteps', type=int, help='diffusion steps T')
+    g.add_argument('--beta_schedule', choices=sorted(BETA_SCHEDULES), help='noise schedule β_t of the label diffusion')
+    g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction,
                    help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
-    g.add_argument('--eval_every', type=int, default=d['eval_every'],
+    g.add_argument('--eval_every', type=int,
                    help='evaluate on the clean validation split every N epochs after warm-up')
     g = p.add_argument_group('run')
-    g.add_argument('--device', default=d['device'], help='auto, cpu, cuda or cuda:N')
-    g.add_argument('--num_workers', type=int, default=d['num_workers'],
-                   help='DataLoader workers for decoding image files (CIFAR is held in memory and needs none)')
-    g.add_argument('--seed', type=int, default=d['seed'])
-    g.add_argument('--out_dir', default=d['out_dir'], help='parent folder of run folders')
-    g.add_argument('--run_name', default=d['run_name'], help='run folder name (default: derived from flags)')
-    g.add_argument('--cache_dir', default=d['cache_dir'], help='feature and neighbour caches')
-    g.add_argument('--eval_batch_size', type=int, default=d['eval_batch_size'])
-    g.add_argument('--encode_batch_size', type=int, default=d['encode_batch_size'])
-    g.add_argument('--checkpoint_every', type=int, default=d['checkpoint_every'],
+    g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
+    g.add_argument('--seed', type=int, help='seed of the model, the training draws and the augmented f_p view')
+    g.add_argument('--out_dir', help='parent folder of run folders')
+    g.add_argument('--run_name', help='run folder name (default: derived from flags)')
+    g.add_argument('--cache_dir', help='feature and neighbour caches')
+    g.add_argument('--eval_batch_size', type=int,
+                   help='evaluation batch (default: --batch_size where --eval_bn is batch, else 2000)')
+    g.add_argument('--encode_batch_size', type=int, help='batch of the frozen encoders while features are extracted')
+    g.add_argument('--checkpoint_every', type=int,
                    help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
-    g.add_argument('--n_samples', type=int, default=d['n_samples'],
+    g.add_argument('--n_samples', type=int,
                    help='stochastic DDIM samples per training image for the saved class probabilities '
                         '(train_probs.npy); 0 skips them')
-    g.add_argument('--resume', default=d['resume'], metavar='RUN_DIR',
+    g.add_argument('--resume', metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its last checkpoint')
     g = p.add_argument_group('prediction with a trained run')
-    g.add_argument('--predict', default=d['predict'], metavar='RUN_DIR',
+    g.add_argument('--predict', metavar='RUN_DIR',
                    help="apply RUN_DIR's best checkpoint instead of training")
-    g.add_argument('--predict_split', default=d['predict_split'], choices=('train', 'val', 'test'))
-    g.add_argument('--predict_folder', default=d['predict_folder'], metavar='DIR',
+    g.add_argument('--predict_split', choices=('train', 'val', 'test'), help='the split --predict labels')
+    g.add_argument('--predict_folder', metavar='DIR',
                    help='predict every image under DIR instead of a split (writes a CSV too)')
     if dataset_args is not None:
         dataset_args(p.add_argument_group('dataset'))
+    apply_defaults(p, {**COMMON_DEFAULTS, **defaults})
     return p
 
 
-def parse_config(description, defaults, argv=None, dataset_args=None):
-    return build_parser(description, defaults, dataset_args).parse_args(argv)
+def apply_defaults(parser, defaults):
+    """Every default in one place: the tables, set on the parser once. A table entry naming no flag
+    still sets the attribute (code reads it), but is an error when it is a typo of nothing at all."""
+    known = {a.dest for a in parser._actions} | set(COMMON_DEFAULTS)
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ValueError(f'defaults for flags that do not exist: {", ".join(unknown)}')
+    parser.set_defaults(**defaults)
+
+
+def parse_config(description, defaults, argv=None, dataset_args=None, kind='memory'):
+    return build_parser(description, defaults, dataset_args, kind).parse_args(argv)

@@ -16,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model_diffusion import Denoiser, Diffusion, labels_from_y0, sample_y0
+from model_diffusion import Diffusion
 from utils import distributed
 from utils.augment import random_crop_flip
-from utils.encoders import normalize_images
+from utils.encoders import channels_last
+from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, write_training_outputs
 from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
 from utils.prepare import clean_train_labels, prepare
-from utils.x_encoders import build_x_encoder, x_encoder_input
+from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.x_encoders import build_model, x_encoder_input
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,16 +47,12 @@ def is_eval_epoch(epoch, cfg):
     return epoch >= cfg.warmup_epochs and epoch % cfg.eval_every == 0
 
 
-def build_model(cfg, n_class, fp_dim, image_shape):
-    x_encoder = build_x_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape)
-    return Denoiser(n_class, fp_dim, cfg.feature_dim, x_encoder, n_timesteps=cfg.n_timesteps)
-
-
 class Trainer:
     def __init__(self, cfg, data, model, diffusion, run_dir, device):
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
         self.run_dir, self.device = run_dir, device
-        self.x_input = x_encoder_input(cfg.diff_encoder)
+        self.inputs = SplitInputs(x_encoder_input(cfg.diff_encoder), data.features, data.images, data.x_features,
+                                  data.mean, data.std)
         model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
         # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
@@ -79,29 +77,12 @@ class Trainer:
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
 
     # ---- inputs -------------------------------------------------------------------------------
-    def _pixels(self, images):
-        x = normalize_images(images, self.data.mean, self.data.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == 'cuda' else x
-
     def train_inputs(self, idx):
         """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
         data = self.data
         augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
         fp_x = data.fp_encoder.encode(augmented) if data.fp_encoder is not None else data.features['train'][idx]
-        return self._x_source(self._pixels(augmented) if self.x_input == 'image' else None, 'train', idx, fp_x), fp_x
-
-    def eval_inputs(self, split, sl):
-        fp_x = self.data.features[split][sl]
-        pixels = self._pixels(self.data.images[split][sl]) if self.x_input == 'image' else None
-        return self._x_source(pixels, split, sl, fp_x), fp_x
-
-    def _x_source(self, pixels, split, rows, fp_x):
-        """What the diffusion encoder reads: pixels, f_p features, or its cached backbone features."""
-        if self.x_input == 'image':
-            return pixels
-        if self.x_input == 'cached':
-            return self.data.x_features[split][rows]
-        return fp_x
+        return self.inputs.x_source('train', idx, fp_x, images=augmented), fp_x
 
     # ---- training -----------------------------------------------------------------------------
     def _step_loss(self, x_source, y_t, t, fp_x, noise, weights):
@@ -109,9 +90,18 @@ class Trainer:
         eps_hat = self.train_model(x_source, y_t, t, fp_x)
         return (weights * (eps_hat - noise).square().mean(1)).sum()
 
+    def retrieved_labels(self, idx, fp_x):
+        """The step's picked candidate labels and weights: from the cached neighbour table, or (the
+        authors' SimCLR path) from neighbours of the augmented query searched now."""
+        if not self.cfg.per_step_retrieval:
+            return self.data.candidates.sample(idx)
+        noisy = self.data.noisy_labels
+        rows = retrieve_candidates(fp_x, self.data.features['train'], noisy, noisy[idx], self.cfg.k)
+        return CandidateLabels.sample_rows(rows)
+
     def train_step(self, idx):
-        labels, weights = self.data.candidates.sample(idx)
         x_source, fp_x = self.train_inputs(idx)
+        labels, weights = self.retrieved_labels(idx, fp_x)
         y0 = F.one_hot(labels, self.data.n_class).float()
         t = self.diffusion.sample_timesteps(len(idx))
         noise = torch.randn_like(y0)
@@ -136,7 +126,7 @@ class Trainer:
         return [order[a:b].tensor_split(self.world)[self.rank] for a, b in zip(cuts, cuts[1:] + [n])]
 
     def train_epoch(self, epoch):
-        self.model.train()
+        training_mode(self.model)
         # the epoch's draws (candidates, timesteps, noise) come from (seed, epoch, rank): exact resume
         torch.manual_seed(self.cfg.seed * 100003 + epoch * 1009 + self.rank + 1)
         batches = self.batches(epoch)
@@ -159,27 +149,12 @@ class Trainer:
         return float(loss_sum) / len(batches)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    @torch.inference_mode()
-    def predict(self, split, n_samples=0):
-        """Deterministic DDIM labels for a split; with n_samples > 0 also per-class frequencies over
-        that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1."""
-        self.model.eval()
-        n, bs = self.data.features[split].shape[0], self.cfg.eval_batch_size
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed) if n_samples else None
-        labels, probs = [], []
-        for start in range(0, n, bs):
-            x_source, fp_x = self.eval_inputs(split, slice(start, start + bs))
-            x_embed = self.model.embed_x(x_source)
-            steps = self.cfg.ddim_n_step
-            labels.append(labels_from_y0(sample_y0(self.model, self.diffusion, x_embed, fp_x, steps)))
-            if n_samples:
-                votes = torch.zeros(len(fp_x), self.data.n_class, device=self.device)
-                for _ in range(n_samples):
-                    y0 = sample_y0(self.model, self.diffusion, x_embed, fp_x, steps, eta=1.0, noisy_start=True,
-                                   generator=generator)
-                    votes += F.one_hot(labels_from_y0(y0), self.data.n_class)
-                probs.append(votes / n_samples)
-        return torch.cat(labels), (torch.cat(probs) if n_samples else None)
+    def predict(self, split, n_samples=0, progress=None):
+        """Deterministic DDIM labels for a split (and, with n_samples, class frequencies)."""
+        cfg = self.cfg
+        batches = self.inputs.batches(split, cfg.eval_batch_size)
+        return predict_labels(self.model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed,
+                              progress)
 
     def accuracy(self, split, labels):
         return float((self.predict(split)[0].cpu() == labels.cpu()).float().mean())
@@ -308,9 +283,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     splits = load_splits(cfg)
     data = prepare(cfg, splits, device)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
-    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device)
-    if device.type == 'cuda':
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device),
+                          device)
     diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
     main = distributed.is_main()
     if main:
@@ -351,7 +325,7 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
 def finish_outputs(trainer, data, splits, run_dir):
     """With the best-validation weights: denoised training labels, probabilities, plots."""
     trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
-    denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples)
+    denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples, progress='denoising the training labels')
     clean = clean_train_labels(splits)
     facts = write_training_outputs(run_dir, data.noisy_labels.cpu().numpy(), denoised.cpu().numpy(),
                                    probs.cpu().numpy() if probs is not None else None, clean)

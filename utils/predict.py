@@ -9,11 +9,12 @@ from PIL import Image
 from model_diffusion import Diffusion
 from utils.data import ImageSplits
 from utils.encoders import encode_all
-from utils.engine import Trainer, build_model, load_run, resumed_config
-from utils.prepare import Prepared, build_encoders, features_of_split
+from utils.engine import load_run, resumed_config
+from utils.evaluate import SplitInputs, predict_labels
+from utils.prepare import build_encoders, features_of_split
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
-from utils.x_encoders import x_encoder_input
+from utils.x_encoders import build_model, x_encoder_input
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
@@ -52,12 +53,12 @@ def predict(cfg, load_splits):
             images = splits.images(name)
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(ckpt['model'])
-    data = Prepared(info['n_class'], None, {name: features[0]}, None,
-                    {name: images.to(device)} if x_input == 'image' else {}, tuple(info['mean']),
-                    tuple(info['std']), None, info, {name: features[1]} if x_input == 'cached' else None)
-    trainer = Trainer(saved, data, model, Diffusion(saved.n_timesteps, saved.beta_schedule).to(device),
-                      cfg.predict, device)
-    predicted, probs = trainer.predict(name, n_samples=cfg.n_samples)
+    model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
+    inputs = SplitInputs(x_input, {name: features[0]}, {name: images.to(device)} if x_input == 'image' else {},
+                         {name: features[1]} if x_input == 'cached' else None, tuple(info['mean']), tuple(info['std']))
+    diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
+    predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
+                                      saved.eval_bn, cfg.n_samples, saved.seed)
     predicted = predicted.cpu().numpy()
     prefix = os.path.join(cfg.predict, f'predict_{name}')
     save_npy(predicted, prefix + '_labels.npy')

@@ -10,21 +10,12 @@ from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
 from utils.noise import noise_rate, resolve_noisy_labels
-from utils.retrieval import CandidateLabels
+from utils.recipes import resolve_recipe
+from utils.retrieval import CandidateLabels, knn, majority_vote
 from utils.runtime import SetupError
 from utils.x_encoders import cached_backbone_arch, x_encoder_input
 
 SPLITS = ('train', 'val', 'test')
-
-
-def uses_augmented_fp(cfg, splits):
-    in_memory = isinstance(splits, ImageSplits)
-    if cfg.fp_train_view == 'auto':
-        return cfg.fp_encoder == 'SimCLR' and in_memory
-    if cfg.fp_train_view == 'augmented' and not in_memory:
-        raise SetupError(f'--fp_train_view augmented re-encodes image tensors held in memory; {splits.name} is '
-                         f'read from files and trains on cached features: use --fp_train_view cached')
-    return cfg.fp_train_view == 'augmented'
 
 
 @dataclass
@@ -73,12 +64,14 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
 
 
 def features_of_split(cfg, splits, split, encoders, log=print):
-    """Every encoder's cached features of one split (image files or in-memory images)."""
+    """Every encoder's cached features of one split (image files or in-memory images). The training
+    split's f_p view follows --fp_cache_view; evaluation splits are always the clean images."""
     if isinstance(splits, FileSplits):
         return cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
                                     cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
-    return [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir,
-                            batch_size=cfg.encode_batch_size, log=log) for e in encoders]
+    view = cfg.fp_cache_view if split == 'train' else 'clean'
+    return [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir, view=view if i == 0 else 'clean',
+                            seed=cfg.seed, batch_size=cfg.encode_batch_size, log=log) for i, e in enumerate(encoders)]
 
 
 def split_features(cfg, splits, encoders, log):
@@ -90,6 +83,25 @@ def split_features(cfg, splits, encoders, log):
     return out
 
 
+def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000):
+    """How often the majority noisy label of a clean validation image's k training neighbours is its
+    true label (on up to `limit` images). Below the noisy labels' own accuracy, f_p's neighbourhoods
+    are too impure for retrieval to help, and the run will end below the noisy labels: say so."""
+    queries = features['val'][:limit]
+    _, idx = knn(queries, features['train'], k)
+    truth = torch.as_tensor(val_labels[:len(queries)]).to(idx.device)
+    accuracy = float((majority_vote(noisy[idx], n_class) == truth).float().mean())
+    line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
+            f'of {len(queries)} clean validation images')
+    if noisy_accuracy is not None:
+        line += f' (the noisy training labels: {100 * noisy_accuracy:.1f}% right)'
+    log(line)
+    if noisy_accuracy is not None and accuracy < noisy_accuracy:
+        log('warning: f_p neighbourhoods are less pure than the noisy labels themselves, so label retrieval '
+            'is unlikely to help; use a stronger --fp_encoder')
+    return accuracy
+
+
 def prepare(cfg, splits, device, log=print):
     """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
     started = time.time()
@@ -97,11 +109,12 @@ def prepare(cfg, splits, device, log=print):
     if cfg.k >= len(labels):
         raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
     in_memory = isinstance(splits, ImageSplits)
+    resolve_recipe(cfg, in_memory)
     x_input = x_encoder_input(cfg.diff_encoder)
     if x_input == 'image' and not in_memory:
         raise SetupError(f'--diff_encoder {cfg.diff_encoder} trains on image tensors held in memory; {splits.name} '
                          f'is read from files: use resnet50_l (cached ImageNet ResNet features) or fp_mlp')
-    augmented_fp = uses_augmented_fp(cfg, splits)
+    augmented_fp = cfg.fp_train_view == 'augmented'
     image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     encoder = encoders[0]
@@ -113,11 +126,13 @@ def prepare(cfg, splits, device, log=print):
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
     info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
-            'fp_train_view': 'augmented' if augmented_fp else 'cached', 'dataset': splits.name,
+            'dataset': splits.name,
             'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
             'std': list(splits.std), 'prepare_s': round(time.time() - started, 2)}
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
+    info['val_neighbour_majority_accuracy'] = check_retrieval(features, noisy, splits.val_labels, cfg.k, splits.n_class,
+                                                              info.get('noisy_label_accuracy'), log)
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, x_features[0] if x_features else None)

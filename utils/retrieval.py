@@ -43,6 +43,21 @@ def _chunk_bytes(device):
     return 1 << 30
 
 
+def retrieve_candidates(queries, keys, key_labels, own_labels, k):
+    """Candidates of a batch searched now (the authors' SimCLR path: each step's augmented query
+    against the cached keys): the k neighbours' noisy labels plus the sample's own noisy label."""
+    _, idx = knn(queries, keys, k, chunk_size=queries.shape[0])
+    return torch.cat([key_labels[idx], own_labels[:, None]], dim=1).long()
+
+
+def majority_vote(label_rows, n_class=None):
+    """The most frequent label of each row (ties to the lowest class)."""
+    n_class = n_class or int(label_rows.max()) + 1
+    votes = torch.zeros(label_rows.shape[0], n_class, device=label_rows.device)
+    votes.scatter_add_(1, label_rows, torch.ones_like(label_rows, dtype=torch.float))
+    return votes.argmax(1)
+
+
 class CandidateLabels:
     """The k+1 candidate labels of every training sample, and the per-draw pick and weight."""
 
@@ -50,8 +65,6 @@ class CandidateLabels:
         """neighbour_idx: N × k indices into the training set; noisy_labels: N noisy labels."""
         noisy_labels = noisy_labels.long()
         self.candidates = torch.cat([noisy_labels[neighbour_idx], noisy_labels[:, None]], dim=1)
-        # agreement[i, j] = how many of sample i's candidates equal candidate j, computed once.
-        self.agreement = (self.candidates[:, :, None] == self.candidates[:, None, :]).sum(1).float()
 
     @property
     def n_candidates(self):
@@ -59,19 +72,22 @@ class CandidateLabels:
 
     def to(self, device):
         self.candidates = self.candidates.to(device)
-        self.agreement = self.agreement.to(device)
         return self
 
     def sample(self, idx, generator=None):
         """For the samples `idx`: one uniformly picked candidate each, and batch-normalised weights."""
-        pick = torch.randint(0, self.n_candidates, (idx.shape[0],), device=idx.device, generator=generator)
-        labels = self.candidates[idx, pick]
-        counts = self.agreement[idx, pick]
+        return self.sample_rows(self.candidates[idx], generator)
+
+    @staticmethod
+    def sample_rows(candidates, generator=None):
+        """One uniformly picked candidate per row; its weight is how many of the row's candidates agree
+        with the pick, normalised over the batch. Also serves rows retrieved on the fly."""
+        pick = torch.randint(0, candidates.shape[1], (candidates.shape[0],), device=candidates.device,
+                             generator=generator)
+        labels = candidates[torch.arange(candidates.shape[0], device=candidates.device), pick]
+        counts = (candidates == labels[:, None]).sum(1).float()
         return labels, counts / counts.sum()
 
     def majority(self):
         """The most frequent candidate per sample (ties to the lowest class): a retrieval-only label."""
-        n_class = int(self.candidates.max()) + 1
-        votes = torch.zeros(self.candidates.shape[0], n_class, device=self.candidates.device)
-        votes.scatter_add_(1, self.candidates, torch.ones_like(self.candidates, dtype=torch.float))
-        return votes.argmax(1)
+        return majority_vote(self.candidates)

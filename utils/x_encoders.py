@@ -8,6 +8,8 @@ Reading features is the fast path: training then runs on cached features alone.
 """
 import torch.nn as nn
 
+from model_diffusion import Denoiser
+
 from utils.networks import cifar_resnet, resnet_width
 
 
@@ -43,3 +45,9 @@ def build_x_encoder(name, feature_dim, fp_dim, image_shape):
     if name not in X_ENCODERS:
         raise ValueError(f'unknown --diff_encoder {name!r}; choose from {", ".join(sorted(X_ENCODERS))}')
     return X_ENCODERS[name][1](feature_dim, fp_dim, image_shape)
+
+
+def build_model(cfg, n_class, fp_dim, image_shape):
+    """The denoiser with its diffusion encoder, as the run's flags describe it."""
+    x_encoder = build_x_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape)
+    return Denoiser(n_class, fp_dim, cfg.feature_dim, x_encoder, n_timesteps=cfg.n_timesteps, n_layers=cfg.n_layers)

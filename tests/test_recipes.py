@@ -1,0 +1,140 @@
+"""The authors' protocol as the default, and each improvement behind its own flag."""
+import json
+import os
+
+import pytest
+import torch
+
+import train_CIFAR
+from utils import engine, evaluate
+from utils.cache import augmented_view
+from utils.config import parse_config
+from utils.engine import run
+from utils.io import load_torch
+from utils.recipes import resolve_recipe
+from utils.x_encoders import build_model
+from utils.retrieval import CandidateLabels, retrieve_candidates
+
+from conftest import subset
+from test_engine import digits_cfg
+
+# train_CIFAR.py of the authors (puar-playground/LRA-diffusion at 231e587) and its hard-coded schedule
+AUTHORS_CIFAR = dict(nepoch=200, batch_size=200, warmup_epochs=5, feature_dim=512, k=10, ddim_n_step=10,
+                     fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet34', lr=1e-3, lr_horizon=1000,
+                     noise_type='cifar10-1-0.35', recipe='authors', grad_clip=1.0, eval_every=5, n_timesteps=1000,
+                     beta_schedule='cosine')
+
+
+def test_cifar_defaults_are_the_authors():
+    cfg = parse_config('', train_CIFAR.DEFAULTS, [])
+    assert {k: getattr(cfg, k) for k in AUTHORS_CIFAR} == AUTHORS_CIFAR
+
+
+def resolved(*flags, in_memory=True):
+    return vars(resolve_recipe(parse_config('', train_CIFAR.DEFAULTS, list(flags)), in_memory))
+
+
+def test_authors_recipe_on_cifar_simclr_and_clip():
+    simclr = resolved()
+    assert simclr['freeze_diff_encoder'] is True and simclr['eval_bn'] == 'batch'
+    assert simclr['fp_cache_view'] == 'augmented' and simclr['fp_train_view'] == 'augmented'
+    assert simclr['per_step_retrieval'] is True and simclr['eval_batch_size'] == 200
+    clip = resolved('--fp_encoder', 'CLIP')
+    assert clip['fp_train_view'] == 'cached' and clip['per_step_retrieval'] is False
+    assert clip['fp_cache_view'] == 'augmented' and clip['freeze_diff_encoder'] is True
+
+
+def test_improved_recipe_and_single_flags_win():
+    improved = resolved('--recipe', 'improved')
+    assert (improved['freeze_diff_encoder'], improved['eval_bn'], improved['fp_cache_view'],
+            improved['fp_train_view'], improved['per_step_retrieval'], improved['eval_batch_size']) == \
+        (False, 'running', 'clean', 'cached', False, 2000)
+    one = resolved('--eval_bn', 'running')  # the authors' protocol but one improvement
+    assert one['eval_bn'] == 'running' and one['freeze_diff_encoder'] is True and one['eval_batch_size'] == 2000
+
+
+def test_file_datasets_cannot_take_augmented_views():
+    assert resolved(in_memory=False)['fp_cache_view'] == 'clean'
+    with pytest.raises(Exception, match='--fp_train_view cached --fp_cache_view clean'):
+        resolved('--fp_cache_view', 'augmented', in_memory=False)
+
+
+def test_augmented_view_is_seeded_and_differs_from_the_clean_images(digits):
+    images = digits.train_images[:300]
+    a, b, c = augmented_view(images, 1), augmented_view(images, 1), augmented_view(images, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, images)
+    assert a.shape == images.shape and a.dtype == torch.uint8
+
+
+def test_retrieval_on_the_fly_equals_the_table_when_the_query_is_the_key():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(60, 5, generator=g)
+    noisy = torch.randint(0, 3, (60,), generator=g)
+    from utils.retrieval import knn
+    table = CandidateLabels(knn(keys, keys, 4)[1], noisy)
+    idx = torch.tensor([3, 17, 42])
+    assert torch.equal(retrieve_candidates(keys[idx], keys, noisy, noisy[idx], 4), table.candidates[idx])
+
+
+def test_candidate_weights_on_known_rows():
+    rows = torch.tensor([[1, 1, 2, 1], [2, 2, 2, 2]])
+    labels, weights = CandidateLabels.sample_rows(rows, torch.Generator().manual_seed(3))
+    expected = [3 / 7, 4 / 7] if labels[0] == 1 else [1 / 5, 4 / 5]
+    assert labels[1] == 2 and weights.tolist() == pytest.approx(expected)
+
+
+def small_run(tmp_path, digits, simclr18_path, *flags):
+    small = subset(digits, 120, 40, size=16)
+    cfg = digits_cfg(tmp_path, '--fp_encoder', 'SimCLR', '--fp_checkpoint', simclr18_path, '--diff_encoder',
+                     'linear', '--nepoch', '2', '--warmup_epochs', '1', '--eval_every', '1', '--batch_size', '40',
+                     '--n_samples', '0', *flags)
+    return run(cfg, lambda c: small)
+
+
+def test_authors_simclr_path_retrieves_every_step_for_the_augmented_query(tmp_path, digits, simclr18_path,
+                                                                        monkeypatch):
+    queries = []
+    original = engine.retrieve_candidates
+    monkeypatch.setattr(engine, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
+    monkeypatch.setattr(CandidateLabels, 'sample', lambda *a: pytest.fail('the cached table was used'))
+    _, run_dir = small_run(tmp_path, digits, simclr18_path, '--recipe', 'authors')
+    assert len(queries) == 2 * 3  # 2 epochs of 3 batches
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['fp_train_view'] == 'augmented' and config['fp_cache_view'] == 'augmented'
+    assert load_torch(os.path.join(run_dir, 'last.pt'))['config']['per_step_retrieval'] is True
+
+
+def test_authors_diffusion_encoder_is_never_optimised_the_improved_one_is(tmp_path, digits, simclr18_path):
+    flags = ('--fp_train_view', 'cached', '--no-per_step_retrieval')
+    _, authors_dir = small_run(tmp_path / 'a', digits, simclr18_path, '--recipe', 'authors', *flags)
+    _, improved_dir = small_run(tmp_path / 'i', digits, simclr18_path, '--recipe', 'improved', *flags)
+    authors, improved = (load_torch(os.path.join(d, 'last.pt'))['model'] for d in (authors_dir, improved_dir))
+    cfg = digits_cfg(tmp_path, '--diff_encoder', 'linear')
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg, 10, 512, (3, 16, 16)).state_dict()
+    weights = [k for k in initial if k.startswith('x_encoder.') and k.endswith('weight')]
+    assert weights and all(torch.equal(authors[k], initial[k]) for k in weights)
+    assert all(not torch.equal(improved[k], initial[k]) for k in weights)
+    assert not torch.equal(authors['lin1.linear.weight'], initial['lin1.linear.weight'])
+
+
+def test_batch_statistics_at_evaluation_make_predictions_depend_on_the_batch():
+    cfg = parse_config('', train_CIFAR.DEFAULTS, ['--diff_encoder', 'linear'])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, 8, (3, 4, 4))
+    model.train()
+    for _ in range(3):  # give the running statistics something to hold
+        model.embed_x(torch.randn(64, 3, 4, 4) * 3 + 1)
+    x = torch.randn(32, 3, 4, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    embeddings = {}
+    for eval_bn in ('batch', 'running'):
+        evaluate.evaluation_mode(model, eval_bn)
+        with torch.inference_mode():
+            embeddings[eval_bn] = (model.embed_x(x)[:8], model.embed_x(x[:16])[:8])
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing updated
+    alone, together = embeddings['batch']
+    assert not torch.allclose(alone, together, atol=1e-4)  # the same 8 images, other companions
+    torch.testing.assert_close(*embeddings['running'])
+    evaluate.training_mode(model)
+    assert all(m.track_running_stats for m in evaluate._encoder_batchnorms(model))
