@@ -3,6 +3,26 @@ import time
 
 import torch
 
+# The authors' code on one H100, bf16 not used (design notes, section 2): the figures ours are set beside.
+AUTHORS_H100 = {
+    'inference_s': {  # encoder + 10-step DDIM over CIFAR-sized images
+        10000: {'Standard': 1.24, 'SimCLR': 3.01, 'ViT-B/32': 3.81, 'ViT-B/16': 3.58, 'ViT-L/14': 8.18},
+        50000: {'Standard': 3.17, 'SimCLR': 11.71, 'ViT-B/32': 11.92, 'ViT-B/16': 16.70, 'ViT-L/14': 38.56},
+    },
+    'train_s_per_epoch': {'SimCLR': 22.0, 'ViT-L/14': 14.0},   # CIFAR-10, 45k images, batch 200
+    'feature_extraction_s': {'ViT-L/14': 30.0},                 # embedding the training set once
+    'eval_s_each': {'ViT-L/14': 12.0},                          # 5k val + 10k test re-encoded
+    'paper_length_min': {'SimCLR': 76.0, 'ViT-L/14': 55.0},     # 200 epochs, evaluation every 5
+}
+
+# This package's targets on one H100 (issue 15): seconds unless named otherwise.
+TARGETS = {
+    'inference_s': {50000: {'Standard': 1.0, 'SimCLR': 2.0, 'ViT-B/32': 2.0, 'ViT-B/16': 4.0, 'ViT-L/14': 16.0}},
+    'paper_length_min': {'SimCLR': 5.0, 'ViT-L/14': 3.0},
+    'knn_1m_s': 60.0,
+    'extraction_images_per_s': 3000.0,
+}
+
 
 def synchronize(device):
     if device.type == 'cuda':

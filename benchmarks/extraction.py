@@ -19,6 +19,7 @@ from PIL import Image
 from benchmarks.common import device_line, peak_gib, reset_peak, timed
 from utils.cache import encode_files
 from utils.encoders import load_clip
+from utils.io import save_json
 from utils.random_weights import save_random_clip
 from utils.runtime import resolve_device
 
@@ -47,6 +48,7 @@ def main(argv=None):
     p.add_argument('--workers', type=int, default=os.cpu_count())
     p.add_argument('--image_size', type=int, default=224)
     p.add_argument('--device', default='auto')
+    p.add_argument('--out', help='write the result as JSON here')
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +66,8 @@ def main(argv=None):
               'encoder': f'CLIP {arch}', 'feature_dim': features.shape[1], 'workers': args.workers,
               'peak_gib': round(peak_gib(device), 2), 'device': device_line(device)}
     print(json.dumps(result))
+    if args.out:
+        save_json(result, args.out)
     return result
 
 

@@ -16,21 +16,18 @@ import tempfile
 
 import torch
 
-from benchmarks.common import device_line, peak_gib, random_images, reset_peak, timed
+from benchmarks.common import AUTHORS_H100, device_line, peak_gib, random_images, reset_peak, timed
 from model_diffusion import Denoiser, Diffusion
 from utils.data import CIFAR_MEAN, CIFAR_STD
-from utils.encoders import channels_last, load_clip, load_simclr
 from utils.classifier import classify_standard
+from utils.encoders import channels_last, load_clip, load_simclr
 from utils.evaluate import classify_images
+from utils.io import save_json
 from utils.networks import cifar_resnet
 from utils.random_weights import save_random_clip, save_random_simclr
 from utils.runtime import resolve_device
 from utils.x_encoders import build_x_encoder, x_encoder_input
 
-AUTHORS_H100 = {  # seconds, authors' code on one H100 (DESIGN notes)
-    10000: {'Standard': 1.24, 'SimCLR': 3.01, 'ViT-B/32': 3.81, 'ViT-B/16': 3.58, 'ViT-L/14': 8.18},
-    50000: {'Standard': 3.17, 'SimCLR': 11.71, 'ViT-B/32': 11.92, 'ViT-B/16': 16.70, 'ViT-L/14': 38.56},
-}
 COLUMNS = ('Standard', 'SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 
 
@@ -72,7 +69,7 @@ def measure(args):
                 reset_peak(device)
                 labels, seconds = timed(lambda: classify(images), device)
                 assert labels.shape == (n,)
-                authors = AUTHORS_H100.get(n, {}).get(name)
+                authors = AUTHORS_H100['inference_s'].get(n, {}).get(name)
                 rows.append({'column': name, 'model': what, 'images': n, 'seconds': round(seconds, 3),
                              'images_per_s': round(n / seconds), 'peak_gib': round(peak_gib(device), 2),
                              'authors_s': authors,
@@ -117,9 +114,8 @@ def main(argv=None):
     for r in rows:
         print(json.dumps(r))
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump({'device': device_line(device), 'args': {k: v for k, v in vars(args).items() if k != 'clip'},
-                       'rows': rows}, f, indent=2)
+        save_json({'device': device_line(device), 'args': {k: v for k, v in vars(args).items() if k != 'clip'},
+                   'rows': rows}, args.out)
     return rows
 
 

@@ -12,6 +12,7 @@ import json
 import torch
 
 from benchmarks.common import device_line, peak_gib, reset_peak, timed
+from utils.io import save_json
 from utils.retrieval import knn
 from utils.runtime import resolve_device
 
@@ -40,8 +41,7 @@ def main(argv=None):
               'device': device_line(device)}
     print(json.dumps(result))
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(result, f, indent=2)
+        save_json(result, args.out)
     return result
 
 

@@ -1,0 +1,145 @@
+"""The GPU suite at smoke size on the CPU: every stage's result, skipping finished stages, the budget,
+cut-off stages, the markdown table, and the encoder's fp16 shards there and back."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from benchmarks import gpu_suite, shards
+from utils.encoders import load_simclr
+
+# 'authors' as in the suite; a variant train_CIFAR.py cannot parse must be skipped with a note
+RECIPES = {'authors': [], 'bogus': ['--no_such_flag']}
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp('suite')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu_suite, 'RECIPES', RECIPES)
+        summary = gpu_suite.main(['--out', str(out), '--smoke'])
+    return out, summary
+
+
+def result(out, name):
+    with open(out / f'{name}.json') as f:
+        record = json.load(f)
+    assert record['status'] == 'ok', record
+    return record['result']
+
+
+def test_every_stage_writes_a_sane_result(smoke):
+    out, summary = smoke
+    assert summary['remaining'] == []
+    tests = result(out, 'cuda_tests')
+    assert tests['passed'] + tests['skipped'] >= 4 and tests['failed'] == tests['errors'] == 0
+    rows = result(out, 'inference')['rows']
+    assert {r['column'] for r in rows} == set(gpu_suite.SMOKE_COLUMNS) and all(r['seconds'] > 0 for r in rows)
+    for encoder in ('SimCLR', 'ViT-L14'):
+        (row,) = result(out, f'training-{encoder}-authors')['rows']
+        assert row['epochs_run'] == 1 and row['train_s_per_epoch'] > 0 and row['paper_length_is_projection']
+        assert row['paper_length_min'] * 60 > 200 * row['train_s_per_epoch']  # 200 epochs, plus evaluations
+        assert not (out / f'training-{encoder}-bogus.json').exists()
+        assert any(n.startswith(f'training-{encoder}-bogus: skipped') and '--no_such_flag' in n
+                   for n in summary['notes'])
+    knn = result(out, 'retrieval')
+    assert knn['self_is_first'] == 1.0 and knn['agreement_with_cdist'] == 1.0
+    assert result(out, 'extraction')['images'] == 24
+    simclr = result(out, 'simclr_pretrain')
+    assert simclr['complete'] and simclr['epochs_done'] == 1
+    assert len(simclr['knn_curve']) == 1 and 0.0 <= simclr['knn_curve'][0][1] <= 1.0
+    table = summary['table']
+    assert table.count('\n| ') == 1 + len(rows) + 2 * 4 + 4  # header, inference, training, the rest
+    assert 'SimCLR pre-training' in table and 'exact kNN' in table
+
+
+def test_a_second_command_skips_finished_stages(smoke, capsys):
+    out, _ = smoke
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob('*.json') if p.name != gpu_suite.RESULTS}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu_suite, 'RECIPES', RECIPES)
+        summary = gpu_suite.main(['--out', str(out), '--smoke'])
+    assert summary['remaining'] == [] and capsys.readouterr().out.count('done before') == len(stamps)
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_an_exhausted_budget_names_every_remaining_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_suite, 'RECIPES', RECIPES)
+    summary = gpu_suite.main(['--out', str(tmp_path), '--smoke', '--budget_s', '0'])
+    assert summary['remaining'] == [s.name for s in gpu_suite.stages() if 'bogus' not in s.name]
+    assert list(tmp_path.glob('*.json')) == [tmp_path / gpu_suite.RESULTS]
+
+
+def test_a_stage_cut_off_does_not_stop_the_suite(tmp_path, monkeypatch):
+    def write(args, out):
+        return [sys.executable, '-c', f'import json; json.dump({{"value": 1}}, open({out!r}, "w"))']
+    def sleep(args, out):
+        return [sys.executable, '-c', 'import time; time.sleep(60)']
+    monkeypatch.setattr(gpu_suite, 'stages', lambda: [gpu_suite.Stage('quick', write), gpu_suite.Stage('slow', sleep)])
+    monkeypatch.setattr(gpu_suite, 'MIN_STAGE_S', 1)
+    monkeypatch.setattr(gpu_suite, 'REPORT_S', 0)
+    summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '6'])
+    assert summary['remaining'] == ['slow'] and summary['stages']['quick']['result'] == {'value': 1}
+    assert (tmp_path / 'slow.cutoff.json').exists() and not (tmp_path / 'slow.json').exists()
+    # no more time than it was cut off at: not retried (it could not finish), still named as remaining
+    summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '4'])
+    assert summary['remaining'] == ['slow'] and 'cut off at' in summary['notes'][0]
+
+
+def test_table_sets_the_authors_figures_beside_ours():
+    record = {'status': 'ok', 'result': {'device': 'NVIDIA H100 80GB HBM3, torch 2.11', 'rows': [
+        {'column': 'ViT-L/14', 'model': 'CLIP', 'images': 50000, 'seconds': 19.28, 'images_per_s': 2593,
+         'peak_gib': 3.1, 'authors_s': 38.56}]}}
+    (row,) = gpu_suite.table_rows('inference', record)
+    assert row[2:] == ('38.56 s', '2.0×', '≤ 16.0 s ✗')
+    record['result']['device'] = 'cpu (2 cores, 2 threads)'
+    assert gpu_suite.table_rows('inference', record)[0][3] == ''  # no ratio for CPU figures
+    training = {'status': 'ok', 'result': {'device': 'NVIDIA H100', 'rows': [
+        {'encoder': 'SimCLR', 'data': 'cifar10', 'feature_extraction_s': 4.0, 'train_s_per_epoch': 1.1,
+         'eval_s_each': 0.5, 'paper_length_min': 4.4, 'paper_length_is_projection': True}]}}
+    rows = gpu_suite.table_rows('training-SimCLR-authors', training)
+    assert [r[1:] for r in rows[1::2]] == [('1.1 s', '22.0 s', '20.0×', ''),
+                                           ('4.4 min', '76.0 min', '17.3×', '≤ 5.0 min ✓')]
+
+
+def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):
+    out, _ = smoke
+    folder = out / 'simclr_shards'
+    manifest = json.loads((folder / shards.MANIFEST).read_text())
+    assert len(manifest['shards']) >= 2 and all(s['bytes'] <= 15_000_000 for s in manifest['shards'])
+    assert all(os.path.getsize(folder / s['file']) == s['bytes'] for s in manifest['shards'])
+    gpu_suite.main(['--reassemble', str(folder), '--to', str(tmp_path / 'simclr.pt')])
+    _, _, exported = gpu_suite.simclr_dirs(gpu_suite.parser().parse_args(['--out', str(out), '--smoke']))
+    original = torch.load(exported, weights_only=True)
+    back = torch.load(tmp_path / 'simclr.pt', weights_only=True)
+    assert back.keys() == original.keys()
+    for name, value in original.items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert back[name].dtype == value.dtype and torch.equal(back[name], expected), name
+    assert load_simclr(str(tmp_path / 'simclr.pt')).dim == 512
+    assert json.loads((tmp_path / 'simclr.json').read_text())['knn_top1_test'] >= 0
+
+
+def test_large_tensors_travel_in_pieces_and_altered_shards_are_refused(tmp_path):
+    state = {'big': torch.randn(3000, 100), 'steps': torch.tensor(123456789), 'small': torch.randn(5)}
+    manifest = shards.write_shards(state, tmp_path / 's', max_bytes=200_000)  # 600 kB of fp16 in 'big'
+    assert manifest['tensors']['big']['pieces'] >= 3 and all(s['bytes'] <= 200_000 for s in manifest['shards'])
+    back, _ = shards.read_shards(tmp_path / 's')
+    assert torch.equal(back['big'], state['big'].half().float()) and int(back['steps']) == 123456789
+    shard = tmp_path / 's' / manifest['shards'][0]['file']
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte altered, size unchanged
+    shard.write_bytes(bytes(data))
+    with pytest.raises(shards.ShardError, match='differs from the manifest'):
+        shards.read_shards(tmp_path / 's')
+
+
+def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, monkeypatch):
+    out, _ = smoke
+    monkeypatch.setattr(gpu_suite, 'RECIPES', RECIPES)
+    summary = gpu_suite.main(['--out', str(tmp_path / 'fresh'), '--smoke', '--budget_s', '0',
+                              '--continue_from', str(out / gpu_suite.RESULTS), '--ship', str(tmp_path / 'ship')])
+    assert summary['remaining'] == [] and (tmp_path / 'fresh' / 'simclr_pretrain.json').exists()
+    assert (tmp_path / 'ship' / gpu_suite.RESULTS).exists()
