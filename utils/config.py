@@ -20,6 +20,7 @@ COMMON_DEFAULTS = dict(
     freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
+    inputs_dir=None,
 )
 
 
@@ -50,13 +51,16 @@ def build_parser(description, defaults, dataset_args=None):
     g.add_argument('--noise_seed', type=int, default=d['noise_seed'],
                    help='seed of generated i.i.d. noise (uniform/asymmetric)')
     g.add_argument('--cifar_n_dir', default=d['cifar_n_dir'], help='folder holding the CIFAR-N .pt files')
+    g.add_argument('--inputs_dir', default=d['inputs_dir'],
+                   help='folder of the published noise files and encoders, fetched and verified on first use '
+                        '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
     g = p.add_argument_group('encoders')
     g.add_argument('--fp_encoder', default=d['fp_encoder'], choices=FP_ENCODERS,
                    help='frozen encoder f_p for retrieval and conditioning (raw: flattened pixels)')
     g.add_argument('--CLIP_type', default=d['CLIP_type'],
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
     g.add_argument('--fp_checkpoint', default=d['fp_checkpoint'],
-                   help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
+                   help="SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into --inputs_dir)")
     g.add_argument('--fp_arch', default=d['fp_arch'], help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights', default=d['diff_encoder_weights'],
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")

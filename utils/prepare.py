@@ -10,6 +10,7 @@ from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
 from utils.noise import noise_rate, resolve_noisy_labels
+from utils.published import recording
 from utils.retrieval import CandidateLabels
 from utils.runtime import SetupError
 from utils.x_encoders import cached_backbone_arch, x_encoder_input
@@ -57,7 +58,8 @@ def training_labels(cfg, splits):
     n = len(splits.train_paths) if isinstance(splits, FileSplits) else len(splits.train_images)
     labels, source = resolve_noisy_labels(cfg.noise_type, n, clean, splits.n_class, seed=cfg.noise_seed,
                                           coarse_of_class=getattr(splits, 'coarse_of_class', None),
-                                          cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [])
+                                          cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [],
+                                          inputs_dir=getattr(cfg, 'inputs_dir', None))
     return labels, source, clean
 
 
@@ -91,7 +93,15 @@ def split_features(cfg, splits, encoders, log):
 
 
 def prepare(cfg, splits, device, log=print):
-    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels. The run's info
+    records every published input used (name → url, path, git blob sha1) under 'inputs'."""
+    with recording() as inputs:
+        data = _prepare(cfg, splits, device, log)
+    data.info['inputs'] = inputs
+    return data
+
+
+def _prepare(cfg, splits, device, log):
     started = time.time()
     labels, noise_source, clean = training_labels(cfg, splits)
     if cfg.k >= len(labels):
