@@ -43,7 +43,8 @@ def build_parser(description, defaults, dataset_args=None):
                                 formatter_class=_HelpFormatter)
     g = p.add_argument_group('data and noise')
     g.add_argument('--noise_type', default=d['noise_type'],
-                   help='noise name (noisy_label/NAME.npy, <dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
+                   help='noise name (a published file such as cifar10-1-0.35, fetched; noisy_label/NAME.npy; '
+                        '<dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
                         'or the path of a .npy file')
     g.add_argument('--data_root', default=d['data_root'], help='folder holding (or receiving) the dataset')
     g.add_argument('--download', default=d['download'], action=argparse.BooleanOptionalAction,
