@@ -9,8 +9,10 @@ state is saved every --save_every epochs and --resume continues exactly where it
 pre-training can run as a chain of short commands. A weighted kNN monitor (k=200, frozen features,
 test split) is printed and logged every --knn_every epochs.
 
-Writes model/SimCLR_128_<dataset>.pt (backbone under f.*, projection head under g.*) and a .json
-sidecar with the architecture, epochs, kNN accuracy and command.
+Writes model/SimCLR_128_<dataset>_<arch>_s<seed>.pt (backbone under f.*, projection head under g.*;
+pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy and
+command. The name differs from the authors' published SimCLR_128_<dataset>, which train_CIFAR.py
+fetches by default.
 """
 import argparse
 import json
@@ -56,7 +58,7 @@ def parser():
     p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
                    help='download the dataset when it is not under --data_root')
     p.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
-    p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>.pt)')
+    p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
     p.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
     return p
 
@@ -137,7 +139,7 @@ class Pretrainer:
 
 def export(trainer, args, run_dir, knn_acc):
     """The encoder in the released format, plus its sidecar."""
-    path = args.output or os.path.join(MODEL_DIR, f'SimCLR_128_{args.dataset}.pt')
+    path = args.output or os.path.join(MODEL_DIR, f'SimCLR_128_{args.dataset}_{args.arch}_s{args.seed}.pt')
     encoder = SimCLREncoder(args.arch)
     encoder.load_state_dict(trainer.model.state_dict())
     save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)

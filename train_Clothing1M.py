@@ -41,7 +41,7 @@ def dataset_args(g):
 def training_subset(cfg):
     """(key list, label file) of the training subset --subset_list names; (None, None): all."""
     if cfg.subset_list == 'cc_select':
-        return cc_select_files(cfg.clothing1m_root)
+        return cc_select_files(cfg.clothing1m_root, cfg.inputs_dir)
     if cfg.subset_list == 'all':
         return None, cfg.subset_labels
     return cfg.subset_list, cfg.subset_labels

@@ -1,8 +1,12 @@
 """Make noise files: PMD noise from a classifier trained on the clean labels, i.i.d. noise on top.
 
-    python -m noisy_label.make_noise pmd --dataset cifar10 --type 1 --rate 0.35
-    python -m noisy_label.make_noise hybrid --base cifar10-1-0.35 --kind U --rate 0.3
-    python -m noisy_label.make_noise cifar10-set     # every file the paper's CIFAR-10 tables use
+    python -m noisy_label.make_noise pmd --dataset cifar10 --type 1 --rate 0.35     # cifar10-1-0.35-s0.npy
+    python -m noisy_label.make_noise hybrid --base cifar10-1-0.35-s0 --kind U --rate 0.3
+    python -m noisy_label.make_noise cifar10-set     # our own counterparts of the paper's CIFAR-10 files
+
+The paper's own files are published and fetched by name (`python -m noisy_label.fetch`); a file made
+here never takes a published name: PMD files carry the seed they were drawn with (`-s<seed>`), and a
+hybrid whose name is published is refused (build it on a base made here instead).
 
 Each `.npy` (the noisy label of each of the first 45,000 training images) gets a `.json` sidecar:
 dataset, noise type, requested and realised rate, factor, seed, η-classifier accuracy, command.
@@ -21,16 +25,22 @@ from utils.data import CIFAR_N_TRAIN, load_named
 from utils.io import save_json
 from utils.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
 from utils.outputs import save_npy
+from utils.published import is_published
 from utils.pmd import pmd_noise, top_two
 from utils.runtime import resolve_device
 
+# PMD (type, rate), then hybrids (kind, rate) on the type-I 35% file made in the same command.
 CIFAR10_SET = [('pmd', 1, 0.35), ('pmd', 1, 0.70), ('pmd', 2, 0.35), ('pmd', 3, 0.35),
-               ('hybrid', 'cifar10-1-0.35', 'U', 0.3), ('hybrid', 'cifar10-1-0.35', 'U', 0.6),
-               ('hybrid', 'cifar10-1-0.35', 'A', 0.3)]
+               ('hybrid', 'U', 0.3), ('hybrid', 'U', 0.6), ('hybrid', 'A', 0.3)]
 
 
 def rate_tag(rate):
     return f'{rate:.2f}'
+
+
+def pmd_name(dataset, pmd_type, rate, seed):
+    """`<dataset>-<type>-<rate>-s<seed>`: the published naming plus the seed, so never a published name."""
+    return f'{dataset}-{pmd_type}-{rate_tag(rate)}-s{seed}'
 
 
 def class_probabilities(args, splits):
@@ -69,7 +79,7 @@ def make_pmd(args, splits, pmd_type, rate, eta=None, facts=None):
     clean = splits.train_clean.numpy()
     labels, factor, realised = pmd_noise(eta, clean, pmd_type, rate, seed=args.seed)
     _, _, margin = top_two(eta)
-    name = f'{splits.name}-{pmd_type}-{rate_tag(rate)}'
+    name = pmd_name(splits.name, pmd_type, rate, args.seed)
     return write_noise(labels, name, {
         'dataset': splits.name, 'noise': f'PMD type {pmd_type}', 'pmd_type': pmd_type, 'requested_rate': rate,
         'realised_rate': realised, 'factor': factor, 'seed': args.seed,
@@ -77,13 +87,22 @@ def make_pmd(args, splits, pmd_type, rate, eta=None, facts=None):
         'mean_margin': float(margin.mean())}, args.out_dir, args.command_line)
 
 
-def make_hybrid(args, splits, base, kind, rate):
-    clean = splits.train_clean.numpy()
-    base_labels, _ = resolve_noisy_labels(base, len(clean), clean, splits.n_class, seed=args.seed,
-                                          coarse_of_class=splits.coarse_of_class, noise_dir=args.out_dir)
+def hybrid_name(base, kind, rate, seed):
+    """`<base>_<kind>_<rate>`, the authors' naming; refused where that is a published file's name."""
     name = f'{base}_{kind}_{rate_tag(rate).rstrip("0").rstrip(".")}'
-    labels, source = resolve_noisy_labels(name, len(clean), clean, splits.n_class, seed=args.seed,
-                                          coarse_of_class=splits.coarse_of_class, noise_dir=args.out_dir)
+    if is_published(name):
+        sys.exit(f'{name} is a published file (python -m noisy_label.fetch {name}); to make your own, '
+                 f'build it on a base made here, e.g. --base {base}-s{seed}')
+    return name
+
+
+def make_hybrid(args, splits, base, kind, rate):
+    name = hybrid_name(base, kind, rate, args.seed)
+    clean = splits.train_clean.numpy()
+    resolve = dict(seed=args.seed, coarse_of_class=splits.coarse_of_class, noise_dir=args.out_dir,
+                   inputs_dir=args.inputs_dir)
+    base_labels, _ = resolve_noisy_labels(base, len(clean), clean, splits.n_class, **resolve)
+    labels, source = resolve_noisy_labels(name, len(clean), clean, splits.n_class, **resolve)
     return write_noise(labels, name, {
         'dataset': splits.name, 'noise': source, 'base': base, 'kind': 'uniform' if kind == 'U' else 'asymmetric',
         'requested_rate': rate, 'realised_rate': noise_rate(labels, base_labels),
@@ -109,6 +128,7 @@ def parser():
     p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
     p.add_argument('--n_train', type=int, default=CIFAR_N_TRAIN, help='noisy-label training images')
     p.add_argument('--out_dir', default=NOISE_DIR)
+    p.add_argument('--inputs_dir', default=None, help='where published base files are kept (utils/published.py)')
     p.add_argument('--cache_dir', default='./cache')
     return p
 
@@ -119,20 +139,22 @@ def main(argv=None):
     args.command_line = 'python -m noisy_label.make_noise ' + ' '.join(argv)
     if args.command == 'cifar10-set':
         args.dataset = 'cifar10'
+    if args.command == 'hybrid':  # checked before any work
+        if not args.base or not args.kind:
+            sys.exit('hybrid needs --base NAME and --kind U|A')
+        hybrid_name(args.base, args.kind, args.rate, args.seed)
     splits = load_named(args.dataset, args.data_root, args.download, args.n_train)
     if args.command == 'pmd':
         return [make_pmd(args, splits, args.type, args.rate)]
     if args.command == 'hybrid':
-        if not args.base or not args.kind:
-            sys.exit('hybrid needs --base NAME and --kind U|A')
         return [make_hybrid(args, splits, args.base, args.kind, args.rate)]
     eta, facts = class_probabilities(args, splits)
     written = []
-    for item in CIFAR10_SET:
-        if item[0] == 'pmd':
-            written.append(make_pmd(args, splits, item[1], item[2], eta, facts))
+    for what, *item in CIFAR10_SET:
+        if what == 'pmd':
+            written.append(make_pmd(args, splits, *item, eta, facts))
         else:
-            written.append(make_hybrid(args, splits, *item[1:]))
+            written.append(make_hybrid(args, splits, pmd_name('cifar10', 1, 0.35, args.seed), *item))
     return written
 
 

@@ -6,7 +6,17 @@ import torch
 from utils.data import ImageSplits, load_digits_splits
 from utils.random_weights import save_random_clip, save_random_simclr
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: on a busy 2-core machine two threads per test process oversubscribe the cores and
+# small steps run many times slower; on an idle one the suite costs little more.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_published_downloads(monkeypatch, tmp_path_factory):
+    """No test reaches GitHub or the user's cache: published inputs resolve in an empty folder against
+    a closed local port, unless a test serves them itself (tests/test_fetch.py)."""
+    monkeypatch.setenv('LRA_DIFFUSION_HOME', str(tmp_path_factory.mktemp('inputs')))
+    monkeypatch.setenv('LRA_DIFFUSION_BASE_URL', 'http://127.0.0.1:9')
 
 
 @pytest.fixture(scope='session')

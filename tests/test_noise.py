@@ -70,8 +70,8 @@ def test_bad_noise_files_are_refused(tmp_path, bad, message):
 
 
 def test_unknown_noise_name_says_where_it_looked(tmp_path):
-    with pytest.raises(NoiseError, match='unknown --noise_type .*make_noise pmd'):
-        resolve_noisy_labels('cifar10-1-0.35', 100, CLEAN[:100], 10, noise_dir=str(tmp_path))
+    with pytest.raises(NoiseError, match='unknown --noise_type .*noisy_label.fetch --help.*make_noise pmd'):
+        resolve_noisy_labels('cifar10-1-0.33', 100, CLEAN[:100], 10, noise_dir=str(tmp_path))
 
 
 def test_dataset_of_names():

@@ -63,18 +63,18 @@ def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
     common = ['--dataset', 'digits', '--arch', 'small_cnn', '--epochs', '30', '--lr', '0.05', '--batch_size', '64',
               '--device', 'cpu', '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(tmp_path / 'cache')]
     make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
-    labels = np.load(tmp_path / 'noise' / 'digits-1-0.35.npy')
-    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35.json'))
+    labels = np.load(tmp_path / 'noise' / 'digits-1-0.35-s0.npy')
+    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35-s0.json'))
     assert len(labels) == 1197 and labels.dtype == np.int64
     assert abs(side['realised_rate'] - 0.35) <= 0.005 and side['requested_rate'] == 0.35
     assert side['eta_classifier']['train_acc'] > 0.4 and 'make_noise' in side['command'] and side['seed'] == 0
     # the same seed gives the same file
     make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
-    assert np.array_equal(labels, np.load(tmp_path / 'noise' / 'digits-1-0.35.npy'))
+    assert np.array_equal(labels, np.load(tmp_path / 'noise' / 'digits-1-0.35-s0.npy'))
     # a hybrid on top, with the authors' naming
-    make_noise.main(['hybrid', '--base', 'digits-1-0.35', '--kind', 'U', '--rate', '0.3', *common])
-    hybrid = np.load(tmp_path / 'noise' / 'digits-1-0.35_U_0.3.npy')
-    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35_U_0.3.json'))
+    make_noise.main(['hybrid', '--base', 'digits-1-0.35-s0', '--kind', 'U', '--rate', '0.3', *common])
+    hybrid = np.load(tmp_path / 'noise' / 'digits-1-0.35-s0_U_0.3.npy')
+    side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35-s0_U_0.3.json'))
     assert side['realised_rate'] == pytest.approx(noise_rate(hybrid, labels)) == pytest.approx(0.3, abs=0.05)
 
 
@@ -94,10 +94,10 @@ def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
     np.savez(tmp_path / 'cache' / 'eta_cifar100_n2500_small_cnn_e1_s0.npz', eta=eta, train_acc=1.0, val_acc=0.0,
              test_acc=0.0)
     make_noise.main(['pmd', '--type', '2', '--rate', '0.35', *common])
-    base = np.load(tmp_path / 'noise' / 'cifar100-2-0.35.npy')
+    base = np.load(tmp_path / 'noise' / 'cifar100-2-0.35-s0.npy')
     assert abs(noise_rate(base, splits.train_clean.numpy()) - 0.35) <= 0.005
-    make_noise.main(['hybrid', '--base', 'cifar100-2-0.35', '--kind', 'A', '--rate', '0.3', *common])
-    hybrid = np.load(tmp_path / 'noise' / 'cifar100-2-0.35_A_0.3.npy')
+    make_noise.main(['hybrid', '--base', 'cifar100-2-0.35-s0', '--kind', 'A', '--rate', '0.3', *common])
+    hybrid = np.load(tmp_path / 'noise' / 'cifar100-2-0.35-s0_A_0.3.npy')
     moved = hybrid != base
     assert moved.mean() == pytest.approx(0.3, abs=0.04)
     coarse = splits.coarse_of_class

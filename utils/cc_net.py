@@ -14,8 +14,9 @@ import os
 import torch
 import torch.nn as nn
 
-from utils.encoders import MODEL_DIR, EncoderError, FrozenEncoder, normalize_images
+from utils.encoders import EncoderError, FrozenEncoder, normalize_images
 from utils.networks import RESNETS
+from utils.published import cc_net_path
 
 CC_MEAN = (0.6959, 0.6537, 0.6371)  # Clothing1M statistics, as the CC classifier was trained with
 CC_STD = (0.3113, 0.3192, 0.3214)
@@ -61,14 +62,6 @@ class CCEncoder(FrozenEncoder):
         return self.dr(self.model_resnet(x))
 
 
-def default_cc_checkpoint():
-    """Where the published CC_net.pt is found when --fp_checkpoint is not given.
-
-    The one place to swap in the published-file fetcher (fetch by name, verify by git blob hash);
-    until then: model/CC_net.pt, where the authors' repository keeps it."""
-    return os.path.join(MODEL_DIR, CC_CHECKPOINT)
-
-
 def _mismatch(encoder, state):
     """One line saying how `state` differs from the CC network's state dict, or '' if it fits."""
     expected = encoder.state_dict()
@@ -82,9 +75,10 @@ def _mismatch(encoder, state):
     return '; '.join(parts)
 
 
-def load_cc(path=None, device='cpu'):
-    """The CC f_p from a state dict as the authors saved it (a 'module.' prefix is tolerated)."""
-    path = path or default_cc_checkpoint()
+def load_cc(path=None, device='cpu', inputs_dir=None):
+    """The CC f_p from a state dict as the authors saved it (a 'module.' prefix is tolerated); without
+    a path, the published CC_net.pt, fetched and verified (utils/published.py)."""
+    path = path or cc_net_path(inputs_dir)
     if not os.path.isfile(path):
         raise EncoderError(f'CC classifier checkpoint {path} not found: copy the published {CC_CHECKPOINT} '
                            f"(puar-playground/LRA-diffusion, model/{CC_CHECKPOINT}) there or pass --fp_checkpoint PATH")

@@ -23,6 +23,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
+    inputs_dir=None,
 )
 
 
@@ -53,7 +54,8 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group('data and noise')
     g.add_argument('--noise_type',
-                   help='noise name (noisy_label/NAME.npy, <dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
+                   help='noise name (a published file such as cifar10-1-0.35, fetched; noisy_label/NAME.npy; '
+                        '<dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
                         'or the path of a .npy file')
     g.add_argument('--noise_seed', type=int,
                    help='seed of generated i.i.d. noise (uniform/asymmetric)')
@@ -65,6 +67,9 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     else:
         g.add_argument('--image_size', type=int, help='decode, resize and centre-crop images to this size')
         g.add_argument('--num_workers', type=int, help='DataLoader workers decoding image files')
+    g.add_argument('--inputs_dir',
+                   help='folder of the published noise files and encoders, fetched and verified on first use '
+                        '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
     g = p.add_argument_group('encoders')
     g.add_argument('--fp_encoder', choices=FP_ENCODERS,
                    help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
@@ -72,8 +77,8 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--CLIP_type',
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
     g.add_argument('--fp_checkpoint',
-                   help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt), CC classifier (default: '
-                        'model/CC_net.pt) or --fp_encoder classifier checkpoint')
+                   help="SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into --inputs_dir), CC "
+                        'classifier (default: model/CC_net.pt) or --fp_encoder classifier checkpoint')
     if kind == 'files':
         g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights',

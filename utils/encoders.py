@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from utils.data import CIFAR_MEAN, CIFAR_STD
 from utils.networks import cifar_resnet_trunk, resnet_width
+from utils.published import fetch, is_published
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -288,14 +289,21 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
 FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw')
 
 
-def default_simclr_path(dataset):
-    return os.path.join(MODEL_DIR, f'SimCLR_128_{dataset}.pt')
+def default_simclr_path(dataset, inputs_dir=None):
+    """The authors' published SimCLR encoder of `dataset`, fetched and verified (utils/published.py)."""
+    name = f'SimCLR_128_{dataset}'
+    if not is_published(name):
+        raise EncoderError(f'no published SimCLR encoder for {dataset} (there is one for cifar10 and one for '
+                           f'cifar100): pass --fp_checkpoint PATH, e.g. one made by `python pretrain_SimCLR.py '
+                           f'--dataset {dataset}`')
+    return fetch(name, inputs_dir)
 
 
 def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
     """The frozen f_p encoder named by --fp_encoder, on `device`."""
     if cfg.fp_encoder == 'SimCLR':
-        encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(dataset), device, mean, std)
+        path = cfg.fp_checkpoint or default_simclr_path(dataset, getattr(cfg, 'inputs_dir', None))
+        encoder = load_simclr(path, device, mean, std)
     elif cfg.fp_encoder == 'CLIP':
         encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root)
     elif cfg.fp_encoder == 'classifier':
@@ -305,7 +313,7 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
         encoder = load_imagenet_resnet(cfg.fp_arch, cfg.fp_checkpoint, device)
     elif cfg.fp_encoder == 'CC':
         from utils.cc_net import load_cc  # it builds on FrozenEncoder, defined above
-        encoder = load_cc(cfg.fp_checkpoint, device)
+        encoder = load_cc(cfg.fp_checkpoint, device, getattr(cfg, 'inputs_dir', None))
     elif cfg.fp_encoder == 'raw':
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
     else:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from utils.data import DatasetMissing
+from utils.published import cc_select_paths
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,19 +108,16 @@ def _kv(path, what):
 CC_SELECT = ('cc_select_img.txt', 'cc_select_label.txt')
 
 
-def cc_select_files(root):
+def cc_select_files(root, inputs_dir=None):
     """The authors' Clothing1M training subset: cc_select_img.txt (keys) and cc_select_label.txt (their
-    labels, line by line), selected by the "Centrality and Consistency" classifier.
-
-    The one place to swap in the published-file fetcher; until then the pair is looked for in the
-    dataset folder and in its annotations/ folder (the authors' layout)."""
+    labels, line by line), selected by the "Centrality and Consistency" classifier. A pair in the
+    dataset folder or its annotations/ folder (the authors' layout) is used as it is; otherwise the
+    published pair is fetched and verified (utils/published.py)."""
     for folder in (root, os.path.join(root, 'annotations')):
         paths = [os.path.join(folder, name) for name in CC_SELECT]
         if all(os.path.isfile(p) for p in paths):
             return paths
-    raise DatasetMissing(f'{" and ".join(CC_SELECT)} not found in {root} or {root}/annotations: copy the published '
-                         f'files (puar-playground/LRA-diffusion, Clothing1M/annotations/) there, or pass '
-                         f'--subset_list all to train on noisy_train_key_list.txt')
+    return list(cc_select_paths(inputs_dir))
 
 
 def _keys_and_labels(list_path, label_path, n_class):

@@ -6,7 +6,9 @@ import tempfile
 import torch
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, check=None):
+    """`write(f)` into a temporary file beside `path`, then rename it to `path`; `check(tmp_path)` may
+    refuse the written file by raising, and then nothing is left behind."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -15,6 +17,8 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,19 +1,23 @@
-"""Noisy training labels: noise files, i.i.d. noise generated from clean labels, and CIFAR-N.
+"""Noisy training labels: published noise files, i.i.d. noise generated from clean labels, and CIFAR-N.
 
 `--noise_type NAME` is resolved in this order:
 1. a path to a `.npy` file;
-2. `noisy_label/NAME.npy` (e.g. `cifar10-1-0.35`, PMD noise made by noisy_label/make_pmd.py);
-3. `<dataset>-clean`, `<dataset>-U-<rate>`, `<dataset>-A-<rate>`: clean labels, or uniform or
+2. a published name (`cifar10-1-0.35`, `cifar100-3-0.70`, `cifar10-1-0.35_U_0.3`, ...: the authors' and
+   PLC's files, see utils/published.py): always the published file, fetched and verified;
+3. `noisy_label/NAME.npy` (e.g. `cifar10-1-0.35-s0`, PMD noise made by noisy_label/make_noise.py);
+4. `<dataset>-clean`, `<dataset>-U-<rate>`, `<dataset>-A-<rate>`: clean labels, or uniform or
    asymmetric i.i.d. noise drawn from the clean labels with `--noise_seed`;
-4. `<base>_U_<rate>` / `<base>_A_<rate>`: that i.i.d. noise on top of the labels `<base>` resolves to
-   (the authors' hybrid names, e.g. `cifar10-1-0.35_U_0.3`);
-5. CIFAR-N human labels: `cifar10n-aggre|random1|random2|random3|worse`, `cifar100n-noisy`.
+5. `<base>_U_<rate>` / `<base>_A_<rate>`: that i.i.d. noise on top of the labels `<base>` resolves to
+   (the authors' hybrid naming, e.g. `cifar10-2-0.35_U_0.3`);
+6. CIFAR-N human labels: `cifar10n-aggre|random1|random2|random3|worse`, `cifar100n-noisy`.
 """
 import os
 import re
 import zlib
 
 import numpy as np
+
+from utils.published import PUBLISHED, fetch, git_blob_sha1_of_file, is_published
 
 NOISE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'noisy_label')
 
@@ -106,16 +110,30 @@ def load_cifar_n(noise_type, n_train, search_dirs):
                      f'{NOISE_DIR}/ or pass --cifar_n_dir DIR')
 
 
+def published_noise_file(noise_type, noise_dir=NOISE_DIR, inputs_dir=None):
+    """The fetched, verified published file of a published noise name. Another file of that name in
+    noise_dir is refused: a published name always means the published file."""
+    local = os.path.join(noise_dir, noise_type + '.npy')
+    if os.path.isfile(local) and git_blob_sha1_of_file(local) != PUBLISHED[noise_type].blob:
+        raise NoiseError(f'{local} is named like the published {noise_type} but is another file; rename it '
+                         f'(files made here end in -s<seed>) or delete it: {noise_type} means the published file')
+    return fetch(noise_type, inputs_dir)
+
+
 def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of_class=None,
-                         noise_dir=NOISE_DIR, cifar_n_dirs=()):
+                         noise_dir=NOISE_DIR, cifar_n_dirs=(), inputs_dir=None):
     """Noisy labels for the n training samples and a short description of where they came from.
 
-    `clean_labels` (None where unknown) is the base of generated noise.
+    `clean_labels` (None where unknown) is the base of generated noise; `inputs_dir` is where
+    published files are kept (utils/published.py).
     """
     if noise_type.endswith('.npy') or os.sep in noise_type:
         if not os.path.isfile(noise_type):
             raise NoiseError(f'noise file {noise_type} does not exist')
         return check_labels(np.load(noise_type), n, n_class, noise_type), f'file {noise_type}'
+    if is_published(noise_type):
+        path = published_noise_file(noise_type, noise_dir, inputs_dir)
+        return check_labels(np.load(path), n, n_class, path), f'published file {path}'
     path = os.path.join(noise_dir, noise_type + '.npy')
     if os.path.isfile(path):
         return check_labels(np.load(path), n, n_class, path), f'file {path}'
@@ -134,7 +152,8 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
         raise NoiseError(
             f'unknown --noise_type {noise_type!r}: no file {path}, and not a generated name '
             f'({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
-            f'({", ".join(CIFAR_N_KEYS)}). PMD files are made by `python -m noisy_label.make_noise pmd`.')
+            f'({", ".join(CIFAR_N_KEYS)}) or a published name (`python -m noisy_label.fetch --help` lists them). '
+            f'Other PMD files are made by `python -m noisy_label.make_noise pmd`.')
     base, kind, rate = iid.group(1), iid.group(2), float(iid.group(3))
     if IID_NAME.match(noise_type):
         if clean_labels is None:
@@ -142,7 +161,7 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
         base_labels, base_source = np.asarray(clean_labels, dtype=np.int64), 'clean labels'
     else:
         base_labels, base_source = resolve_noisy_labels(base, n, clean_labels, n_class, seed, coarse_of_class,
-                                                        noise_dir, cifar_n_dirs)
+                                                        noise_dir, cifar_n_dirs, inputs_dir)
     if kind == 'U':
         labels = uniform_noise(base_labels, rate, n_class, rng)
     else:

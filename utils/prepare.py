@@ -10,6 +10,7 @@ from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
 from utils.noise import noise_rate, resolve_noisy_labels
+from utils.published import recording
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
 from utils.runtime import SetupError
@@ -49,7 +50,8 @@ def training_labels(cfg, splits):
     n = len(splits.train_paths) if isinstance(splits, FileSplits) else len(splits.train_images)
     labels, source = resolve_noisy_labels(cfg.noise_type, n, clean, splits.n_class, seed=cfg.noise_seed,
                                           coarse_of_class=getattr(splits, 'coarse_of_class', None),
-                                          cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [])
+                                          cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [],
+                                          inputs_dir=getattr(cfg, 'inputs_dir', None))
     return labels, source, clean
 
 
@@ -104,7 +106,15 @@ def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log
 
 
 def prepare(cfg, splits, device, log=print):
-    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels. The run's info
+    records every published input used (name → url, path, git blob sha1) under 'inputs'."""
+    with recording() as inputs:
+        data = _prepare(cfg, splits, device, log)
+    data.info['inputs'] = inputs
+    return data
+
+
+def _prepare(cfg, splits, device, log):
     started = time.time()
     labels, noise_source, clean = training_labels(cfg, splits)
     if cfg.k >= len(labels):

@@ -1,0 +1,42 @@
+"""Download the published inputs (noise files, SimCLR encoders, Clothing1M's CC classifier and sample
+selection) into the inputs folder and verify each by its git blob hash; files already there are
+verified, not downloaded again.
+
+    python -m noisy_label.fetch cifar10-1-0.35 SimCLR_128_cifar10
+    python -m noisy_label.fetch --all --inputs_dir /path/to/folder   # then copy the folder offline
+
+Prints one line per input: name, local path, git blob sha1. A refusal is one line, exit status 2.
+"""
+import argparse
+import sys
+
+from utils.published import PUBLISHED, PublishedInputError, fetch, lookup
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('names', nargs='*', metavar='NAME', help=f'published inputs: {", ".join(PUBLISHED)}')
+    p.add_argument('--all', action='store_true', help='every published input')
+    p.add_argument('--inputs_dir', default=None,
+                   help='folder to keep them in (default $LRA_DIFFUSION_HOME, else $XDG_CACHE_HOME/lra_diffusion, '
+                        'else ~/.cache/lra_diffusion)')
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        if args.all == bool(args.names):
+            raise PublishedInputError('name the inputs to fetch, or pass --all (not both)')
+        entries = [lookup(name) for name in (PUBLISHED if args.all else args.names)]  # refuse before fetching
+        for name, entry in entries:
+            path = fetch(name, args.inputs_dir, log=lambda m: print(m, file=sys.stderr))
+            print(f'{name}  {path}  git blob sha1 {entry.blob} verified')
+    except PublishedInputError as exc:
+        print(f'noisy_label.fetch: {exc}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
