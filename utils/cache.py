@@ -72,6 +72,8 @@ def store_features(features, key, cache_dir, encoder):
 
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', batch_size=512, log=print):
     """f_p features of in-memory `images`, computed once per (encoder, weights, dataset, split, view)."""
+    if hasattr(encoder, 'split_features'):  # a features file: its rows are the features already
+        return encoder.split_features(split, len(images))
     key = feature_key(encoder, dataset, split, view, len(images), tensor_fingerprint(images))
     features = load_features(encoder, key, cache_dir, log)
     if features is None:

@@ -16,7 +16,7 @@ COMMON_DEFAULTS = dict(
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
+    fp_checkpoint=None, fp_features=None, clip_download_root=None, precision='bf16', fp_train_view='auto',
     freeze_diff_encoder=False, eval_batch_size=2000, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
@@ -57,6 +57,8 @@ def build_parser(description, defaults, dataset_args=None):
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
     g.add_argument('--fp_checkpoint', default=d['fp_checkpoint'],
                    help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
+    g.add_argument('--fp_features', default=d['fp_features'],
+                   help='--fp_encoder features: an .npz with float arrays train, val, test (rows in the dataset\'s order)')
     g.add_argument('--fp_arch', default=d['fp_arch'], help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights', default=d['diff_encoder_weights'],
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
