@@ -77,6 +77,8 @@ def cached_features(encoder, images, dataset, split, cache_dir, view='clean', se
     view 'augmented' encodes one random crop + flip of every image, drawn from `seed` (the authors
     cached their CIFAR training keys from one augmented view); 'clean' encodes the images as they are.
     """
+    if hasattr(encoder, 'split_features'):  # a features file: its rows are the features already
+        return encoder.split_features(split, len(images))
     view_name = f'augmented-s{seed}' if view == 'augmented' else view
     key = feature_key(encoder, dataset, split, view_name, len(images), tensor_fingerprint(images))
     features = load_features(encoder, key, cache_dir, log)

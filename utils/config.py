@@ -18,7 +18,7 @@ COMMON_DEFAULTS = dict(
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
+    fp_checkpoint=None, fp_features=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
@@ -79,6 +79,8 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--fp_checkpoint',
                    help="SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into --inputs_dir), CC "
                         'classifier (default: model/CC_net.pt) or --fp_encoder classifier checkpoint')
+    g.add_argument('--fp_features',
+                   help="--fp_encoder features: an .npz with float arrays train, val, test (rows in the dataset's order)")
     if kind == 'files':
         g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights',

@@ -286,7 +286,7 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     return encoder.finish(device)
 
 
-FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw')
+FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw', 'features')
 
 
 def default_simclr_path(dataset, inputs_dir=None):
@@ -316,6 +316,9 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
         encoder = load_cc(cfg.fp_checkpoint, device, getattr(cfg, 'inputs_dir', None))
     elif cfg.fp_encoder == 'raw':
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
+    elif cfg.fp_encoder == 'features':
+        from utils.feature_file import load_feature_encoder  # imports this module
+        encoder = load_feature_encoder(getattr(cfg, 'fp_features', None), device)
     else:
         raise EncoderError(f'unknown --fp_encoder {cfg.fp_encoder!r}; choose from {", ".join(FP_ENCODERS)}')
     encoder.bf16 = encoder.bf16 and cfg.precision == 'bf16'

@@ -28,10 +28,11 @@ IMPROVED_EVAL_BATCH = 2000
 
 def _authors(cfg, in_memory):
     augmented_fp = in_memory and cfg.fp_encoder == 'SimCLR'
+    encodes_images = in_memory and cfg.fp_encoder != 'features'  # a features file has one fixed view
     return {
         'freeze_diff_encoder': in_memory,
         'eval_bn': 'batch' if in_memory else 'running',
-        'fp_cache_view': 'augmented' if in_memory else 'clean',
+        'fp_cache_view': 'augmented' if encodes_images else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
     }
 
@@ -54,6 +55,9 @@ def resolve_recipe(cfg, in_memory):
     if cfg.eval_batch_size is None:
         # with batch statistics the prediction depends on the batch: evaluate in the authors' batches
         cfg.eval_batch_size = cfg.batch_size if cfg.eval_bn == 'batch' else IMPROVED_EVAL_BATCH
+    if cfg.fp_encoder == 'features' and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
+        raise SetupError('--fp_encoder features reads fixed embeddings and cannot encode an augmented view: use '
+                         '--fp_train_view cached --fp_cache_view clean')
     if not in_memory and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
         raise SetupError('augmented f_p views re-encode image tensors held in memory; this dataset is read '
                          'from files and trains on cached features of the clean view: use '

