@@ -291,12 +291,16 @@ def main(argv=None):
     # step measured 0.10 s with 1 thread and 3.0 s with 2 on a loaded 2-core machine)
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
     p.add_argument('--machine', default='CPU', help='how the table names the machine')
+    p.add_argument('--noises', nargs='+', choices=sorted(NOISES.values()), help='only these noises (default: all)')
+    p.add_argument('--seeds', type=int, nargs='+', help='only these seeds (default: the settings\' seeds)')
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.command = 'python -m benchmarks.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])
     splits = train_CIFAR.load_cifar('cifar10', args.data_root, download=False)
-    return run_benchmark(splits, args, QUICK if args.quick else FULL)
+    settings = dict(QUICK if args.quick else FULL, **({'seeds': tuple(args.seeds)} if args.seeds else {}))
+    noises = {name: n for name, n in NOISES.items() if not args.noises or n in args.noises}
+    return run_benchmark(splits, args, settings, noises)
 
 
 if __name__ == '__main__':
