@@ -10,12 +10,11 @@ from model_diffusion import Diffusion
 from utils.data import ImageSplits
 from utils.encoders import encode_all
 from utils.engine import Trainer, build_model, load_run, resumed_config
+from utils.files import IMAGE_SUFFIXES
 from utils.prepare import Prepared, build_encoders, features_of_split
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.x_encoders import x_encoder_input
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
 def load_image_folder(folder, image_shape):
