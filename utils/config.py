@@ -58,6 +58,9 @@ def build_parser(description, defaults, dataset_args=None):
     g.add_argument('--fp_checkpoint', default=d['fp_checkpoint'],
                    help='SimCLR checkpoint (default: model/SimCLR_128_<dataset>.pt)')
     g.add_argument('--fp_arch', default=d['fp_arch'], help='architecture of --fp_encoder classifier')
+    g.add_argument('--fp_model', default=d.get('fp_model'), help='--fp_encoder timm: any timm model name; '
+                   'open_clip: the architecture (e.g. ViT-B-16-SigLIP)')
+    g.add_argument('--fp_pretrained', default=d.get('fp_pretrained'), help='--fp_encoder open_clip: the weights tag')
     g.add_argument('--diff_encoder_weights', default=d['diff_encoder_weights'],
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
     g.add_argument('--image_size', type=int, default=d['image_size'],

@@ -282,6 +282,8 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
 
 
 FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'raw')
+HUB_ENCODERS = ('timm', 'open_clip')  # any timm or OpenCLIP model: utils/hub_encoders.py
+FP_ENCODERS += HUB_ENCODERS
 
 
 def default_simclr_path(dataset):
@@ -290,6 +292,9 @@ def default_simclr_path(dataset):
 
 def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
     """The frozen f_p encoder named by --fp_encoder, on `device`."""
+    if cfg.fp_encoder in HUB_ENCODERS:
+        from utils.hub_encoders import load_hub_encoder
+        return load_hub_encoder(cfg, device)
     if cfg.fp_encoder == 'SimCLR':
         encoder = load_simclr(cfg.fp_checkpoint or default_simclr_path(dataset), device, mean, std)
     elif cfg.fp_encoder == 'CLIP':
