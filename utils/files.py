@@ -210,7 +210,7 @@ def _class_folders(folder):
 def _csv_rows(path):
     """(absolute path, label text) pairs of a CSV with columns path,label (header optional); relative
     paths are relative to the CSV's folder."""
-    with open(_need(path, 'label CSV'), newline='') as f:
+    with open(_need(path, 'label CSV'), newline='', encoding='utf-8-sig') as f:  # Excel writes a BOM
         rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
     header = [c.strip().lower() for c in rows[0]] if rows else []
     columns = (0, 1)
