@@ -164,6 +164,10 @@ def test_refusals_name_the_problem(tmp_path, own):
         val = write_csv(tmp_path / 'val.csv', val_rows) if val_rows else None
         with pytest.raises(DatasetMissing, match=message):
             read_image_folder(write_csv(tmp_path / 'train.csv', train_rows), val)
+    with pytest.raises(DatasetMissing, match='lists no training images'):
+        read_image_folder(write_csv(tmp_path / 'train.csv', []))
+    with pytest.raises(DatasetMissing, match='row 3: expected'):
+        read_image_folder(write_csv(tmp_path / 'train.csv', [ok[0], f'{images}/dog_000.jpg']))
     layouts.write(str(tmp_path / 'classes.txt'), ['cat', 'dog', 'eel'])
     with pytest.raises(DatasetMissing, match="class 'eel' has no training images"):
         read_image_folder(write_csv(tmp_path / 'train.csv', ok), classes_file=str(tmp_path / 'classes.txt'))

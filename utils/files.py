@@ -246,7 +246,7 @@ def _class_list(train_source, train_labels, classes_file):
         return _lines(classes_file, 'class list')
     if os.path.isdir(train_source):
         return _class_names(train_source)
-    if all(label.isdigit() for label in train_labels):
+    if all(label.isdecimal() for label in train_labels):
         return [str(c) for c in range(max(int(label) for label in train_labels) + 1)]
     return sorted(set(train_labels))
 
@@ -256,7 +256,7 @@ def _label_indices(labels, classes, source):
     index = {name: c for c, name in enumerate(classes)}
     out = []
     for label in labels:
-        c = index.get(label, int(label) if label.isdigit() and int(label) < len(classes) else None)
+        c = index.get(label, int(label) if label.isdecimal() and int(label) < len(classes) else None)
         if c is None:
             raise DatasetMissing(f'{source}: label {label!r} is not a known class (classes: '
                                  f'{", ".join(classes[:10])}{" ..." if len(classes) > 10 else ""}); fix the '
@@ -305,6 +305,9 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
     is the validation split. Refused with the problem named: unreadable images, unknown or empty
     classes, a path listed twice (within or across splits)."""
     train_paths, train_text = _labelled(_need(train, 'training images'))
+    if not train_paths:
+        raise DatasetMissing(f'{train} lists no training images ({", ".join(IMAGE_SUFFIXES)} files in class folders, '
+                             f'or CSV rows of path,label)')
     classes = _class_list(train, train_text, classes_file)
     train_labels = _label_indices(train_text, classes, train)
     empty = [name for c, name in enumerate(classes) if not np.any(train_labels == c)]
