@@ -1,5 +1,6 @@
 """Small image trees in the official layouts of Food-101N/Food-101, Clothing1M and WebVision/ILSVRC2012."""
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -90,3 +91,31 @@ def webvision(root, imagenet_root, n_class=3, extra_class=True, per_class=20, se
     write(os.path.join(root, 'info', 'val_filelist.txt'), val)
     write(os.path.join(root, 'info', 'synsets.txt'), [f'{w} class {i}' for i, w in enumerate(wnids)])
     return root, imagenet_root
+
+
+def own_data(root, classes=('cat', 'dog', 'fox', 'owl'), per_class=30, n_eval=6, every=5, seed=0):
+    """A researcher's own data in both forms: labels.csv (path,label, paths relative to root) and
+    train/<label>/ class folders hold the same training images, every `every`-th one labelled as the
+    next class; val/<class>/ and test/<class>/ are clean. Returns the set of mislabelled image names."""
+    rng = np.random.default_rng(seed)
+    rows, corrupted = ['path,label'], set()
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            label = classes[(c + 1) % len(classes)] if i % every == every - 1 else name
+            image = f'{name}_{i:03d}.jpg'
+            jpeg(os.path.join(root, 'images', image), c, rng)
+            os.makedirs(os.path.join(root, 'train', label), exist_ok=True)
+            shutil.copyfile(os.path.join(root, 'images', image), os.path.join(root, 'train', label, image))
+            rows.append(f'images/{image},{label}')
+            if label != name:
+                corrupted.add(image)
+        for split in ('val', 'test'):
+            for i in range(n_eval):
+                jpeg(os.path.join(root, split, name, f'{split}_{name}_{i}.jpg'), c, rng)
+    write(os.path.join(root, 'labels.csv'), rows)
+    return corrupted
+
+
+if __name__ == '__main__':  # python tests/layouts.py FOLDER: a small noisy dataset of your own to try
+    import sys
+    print(f'{len(own_data(sys.argv[1]))} mislabelled training images written under {sys.argv[1]}')

@@ -81,6 +81,9 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                         'classifier (default: model/CC_net.pt) or --fp_encoder classifier checkpoint')
     g.add_argument('--fp_features',
                    help="--fp_encoder features: an .npz with float arrays train, val, test (rows in the dataset's order)")
+    g.add_argument('--fp_model', help='--fp_encoder timm: any timm model name; open_clip: the architecture '
+                   '(e.g. ViT-B-16-SigLIP)')
+    g.add_argument('--fp_pretrained', help='--fp_encoder open_clip: the weights tag')
     if kind == 'files':
         g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
     g.add_argument('--diff_encoder_weights',

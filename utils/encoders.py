@@ -287,6 +287,8 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
 
 
 FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw', 'features')
+HUB_ENCODERS = ('timm', 'open_clip')  # any timm or OpenCLIP model: utils/hub_encoders.py
+FP_ENCODERS += HUB_ENCODERS
 
 
 def default_simclr_path(dataset, inputs_dir=None):
@@ -301,6 +303,9 @@ def default_simclr_path(dataset, inputs_dir=None):
 
 def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
     """The frozen f_p encoder named by --fp_encoder, on `device`."""
+    if cfg.fp_encoder in HUB_ENCODERS:
+        from utils.hub_encoders import load_hub_encoder
+        return load_hub_encoder(cfg, device)
     if cfg.fp_encoder == 'SimCLR':
         path = cfg.fp_checkpoint or default_simclr_path(dataset, getattr(cfg, 'inputs_dir', None))
         encoder = load_simclr(path, device, mean, std)

@@ -22,7 +22,8 @@ from utils.augment import random_crop_flip
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
-from utils.outputs import plot_accuracy, write_training_outputs
+from utils.files import FileSplits
+from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
 from utils.prepare import clean_train_labels, prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates
@@ -332,7 +333,11 @@ def finish_outputs(trainer, data, splits, run_dir):
     trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
     denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples, progress='denoising the training labels')
     clean = clean_train_labels(splits)
-    facts = write_training_outputs(run_dir, data.noisy_labels.cpu().numpy(), denoised.cpu().numpy(),
-                                   probs.cpu().numpy() if probs is not None else None, clean)
+    noisy, denoised = data.noisy_labels.cpu().numpy(), denoised.cpu().numpy()
+    probs = probs.cpu().numpy() if probs is not None else None
+    facts = write_training_outputs(run_dir, noisy, denoised, probs, clean)
+    if isinstance(splits, FileSplits):  # image files: the likely mislabelled ones by path, the splits' notes
+        facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
+                                      trainer.cfg.n_samples), **splits.notes)
     plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'))
     return facts

@@ -1,9 +1,12 @@
-"""Image-file datasets in their official layouts: Food-101N, Clothing1M, WebVision 1.0.
+"""Image-file datasets: Food-101N, Clothing1M, WebVision 1.0 in their official layouts, and a
+researcher's own images (a CSV of path,label or class folders).
 
 Images stay on disk; they are decoded once, in DataLoader workers, to compute the cached features
 that training then runs on (utils/distributed.py shards that work across processes).
 """
+import csv
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +19,7 @@ from utils.published import cc_select_paths
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
 @dataclass
@@ -33,6 +37,7 @@ class FileSplits:
     train_clean: Optional[np.ndarray] = None
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    notes: dict = field(default_factory=dict)  # facts about the splits for the run's summary
 
     def paths(self, split):
         return getattr(self, f'{split}_paths')
@@ -222,6 +227,169 @@ def read_webvision(root, imagenet_val_root, n_class=50):
     return FileSplits(name='webvision', n_class=n_class, train_paths=train_paths, train_labels=train_labels,
                       val_paths=val_paths, val_labels=val_labels, test_paths=test_paths,
                       test_labels=np.asarray(test_labels, dtype=np.int64))
+
+
+# ---- your own data: a CSV of path,label or class folders -----------------------------------------
+
+def _image_files(folder):
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _class_names(folder):
+    classes = sorted(d for d in os.listdir(_need(folder, 'image folder')) if os.path.isdir(os.path.join(folder, d)))
+    if not classes:
+        raise DatasetMissing(f'{folder} holds no class folders; put the images in {folder}/<class name>/ '
+                             f'or pass a CSV of path,label')
+    return classes
+
+
+def _class_folders(folder):
+    """{class name: sorted image paths} of a folder of class folders."""
+    return {c: _image_files(os.path.join(folder, c)) for c in _class_names(folder)}
+
+
+def _csv_rows(path):
+    """(absolute path, label text) pairs of a CSV with columns path,label (header optional); relative
+    paths are relative to the CSV's folder."""
+    with open(_need(path, 'label CSV'), newline='', encoding='utf-8-sig') as f:  # Excel writes a BOM
+        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    columns = (0, 1)
+    if 'path' in header:
+        if 'label' not in header:
+            raise DatasetMissing(f'{path}: the header names no "label" column; expected the columns path,label')
+        columns = header.index('path'), header.index('label')
+        rows = rows[1:]
+    folder, pairs = os.path.dirname(os.path.abspath(path)), []
+    for number, row in enumerate(rows, 2 if 'path' in header else 1):
+        if len(row) <= max(columns) or not row[columns[0]].strip() or not row[columns[1]].strip():
+            raise DatasetMissing(f'{path}, row {number}: expected "<image path>,<label>", found {",".join(row)!r}')
+        pairs.append((os.path.join(folder, row[columns[0]].strip()), row[columns[1]].strip()))
+    return pairs
+
+
+def _labelled(source):
+    """(paths, label texts) of a CSV file or a folder of class folders."""
+    if os.path.isfile(source):
+        pairs = _csv_rows(source)
+        return [p for p, _ in pairs], [label for _, label in pairs]
+    paths, labels = [], []
+    for name, files in _class_folders(source).items():
+        paths += files
+        labels += [name] * len(files)
+    return paths, labels
+
+
+def _class_list(train_source, train_labels, classes_file):
+    """The class names: --classes FILE, the training class folders, the CSV's names, or 0..max for a
+    CSV of indices."""
+    if classes_file:
+        return _lines(classes_file, 'class list')
+    if os.path.isdir(train_source):
+        return _class_names(train_source)
+    if all(label.isdecimal() for label in train_labels):
+        return [str(c) for c in range(max(int(label) for label in train_labels) + 1)]
+    return sorted(set(train_labels))
+
+
+def _label_indices(labels, classes, source):
+    """Label texts (class names, or indices into `classes`) → int64 indices; unknown ones refused."""
+    index = {name: c for c, name in enumerate(classes)}
+    out = []
+    for label in labels:
+        c = index.get(label, int(label) if label.isdecimal() and int(label) < len(classes) else None)
+        if c is None:
+            raise DatasetMissing(f'{source}: label {label!r} is not a known class (classes: '
+                                 f'{", ".join(classes[:10])}{" ..." if len(classes) > 10 else ""}); fix the '
+                                 f'label or list the class in --classes')
+        out.append(c)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _readable(path):
+    try:
+        with Image.open(path) as image:
+            image.size  # the header parses
+        return None
+    except (OSError, ValueError) as exc:
+        return f'{path} ({exc})'
+
+
+def _check_images(paths, source):
+    """Every file exists and its header is an image (checked in threads: file systems are slow)."""
+    with ThreadPoolExecutor(16) as pool:
+        bad = [b for b in pool.map(_readable, paths, chunksize=256) if b]
+    if bad:
+        raise DatasetMissing(f'{source}: {len(bad)} of {len(paths)} images cannot be read (first: {bad[0]}); '
+                             f'remove them from the list or replace the files')
+
+
+def _carve_validation(labels, fraction, seed):
+    """Indices (train, val): `fraction` of each class held out at random (seeded), at least one image
+    of each class kept for training."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val += members[:min(round(fraction * len(members)), len(members) - 1)].tolist()
+    if not val:
+        raise DatasetMissing(f'--val_fraction {fraction} holds out no training image; raise it or pass a clean '
+                             f'validation split with --val')
+    val = np.sort(np.asarray(val))
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def read_image_folder(train, val=None, test=None, classes_file=None, val_fraction=0.1, seed=0):
+    """Your own images: `train` is a CSV of path,label (the noisy labels) or a folder of class folders;
+    `val` and `test` (clean labels) likewise, or None. Without `val`, a seeded `val_fraction` of the
+    training images is held out as validation, with its noisy labels; without `test`, the test split
+    is the validation split. Refused with the problem named: unreadable images, unknown or empty
+    classes, a path listed twice (within or across splits)."""
+    train_paths, train_text = _labelled(_need(train, 'training images'))
+    if not train_paths:
+        raise DatasetMissing(f'{train} lists no training images ({", ".join(IMAGE_SUFFIXES)} files in class folders, '
+                             f'or CSV rows of path,label)')
+    classes = _class_list(train, train_text, classes_file)
+    train_labels = _label_indices(train_text, classes, train)
+    empty = [name for c, name in enumerate(classes) if not np.any(train_labels == c)]
+    if empty:
+        raise DatasetMissing(f'{train}: class {empty[0]!r} has no training images ({len(empty)} empty classes); '
+                             f'add images or remove the class')
+    splits = {'train': (train_paths, train_labels)}
+    for name, source in (('val', val), ('test', test)):
+        if source:
+            paths, text = _labelled(_need(source, f'{name} images'))
+            splits[name] = paths, _label_indices(text, classes, source)
+    _refuse_duplicates(splits)
+    for name, (paths, _) in splits.items():
+        _check_images(paths, {'train': train, 'val': val, 'test': test}[name])
+    notes = {}
+    if val is None:
+        keep, held = _carve_validation(train_labels, val_fraction, seed)
+        splits['val'] = [train_paths[i] for i in held], train_labels[held]
+        splits['train'] = [train_paths[i] for i in keep], train_labels[keep]
+        notes['model_selection'] = (f'on noisy labels: no clean validation split was given, so {len(held)} training '
+                                    f'images ({val_fraction:.0%} per class, seed {seed}) were held out with their '
+                                    f'noisy labels; pass --val for clean model selection')
+    if test is None:
+        splits['test'] = splits['val']
+        notes['test_split'] = 'none given: test_acc is measured on the validation split'
+    return FileSplits(name='imagefolder', n_class=len(classes), class_names=classes, notes=notes,
+                      **{f'{s}_{part}': splits[s][i] for s in ('train', 'val', 'test')
+                         for i, part in enumerate(('paths', 'labels'))})
+
+
+def _refuse_duplicates(splits):
+    """A path twice in a split, or in two splits (an image tested on would then be trained on)."""
+    seen = {}
+    for name, (paths, _) in splits.items():
+        for path in paths:
+            key = os.path.normcase(os.path.normpath(os.path.abspath(path)))
+            if key in seen:
+                where = f'twice in {name}' if seen[key] == name else f'in both {seen[key]} and {name}'
+                raise DatasetMissing(f'{path} is listed {where}; list every image once, in one split')
+            seen[key] = name
 
 
 # ---- decoding --------------------------------------------------------------------------------------

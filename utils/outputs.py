@@ -1,4 +1,6 @@
 """What a finished run leaves for researchers: denoised training labels, class probabilities, plots."""
+import csv
+import io
 import os
 
 import numpy as np
@@ -78,3 +80,40 @@ def write_training_outputs(run_dir, noisy, denoised, probs, clean=None):
                        os.path.join(run_dir, 'confusion_clean_vs_noisy.png'))
         facts['denoised_label_accuracy'] = float(np.mean(clean == denoised))
     return facts
+
+
+def write_label_ranking(path, paths, class_names, noisy, denoised, probs):
+    """A CSV of path,noisy_label,denoised_label,confidence, most likely mislabelled first.
+
+    `probs` (N × classes, rows summing to 1) estimates p(y|x). Rows whose denoised label (the
+    deterministic DDIM's, the model's answer) differs from the noisy one come first; within each
+    part, the lower the probability of the noisy label, the earlier (ties: the more confident
+    denoised label first). `confidence` is the probability of the denoised label."""
+    names = class_names or [str(c) for c in range(probs.shape[1])]
+    rows = np.arange(len(noisy))
+    p_noisy, confidence = probs[rows, noisy], probs[rows, denoised]
+    order = np.lexsort((rows, -confidence, p_noisy, noisy == denoised))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator='\n')
+    writer.writerow(('path', 'noisy_label', 'denoised_label', 'confidence'))
+    writer.writerows((paths[i], names[noisy[i]], names[denoised[i]], f'{confidence[i]:.4f}') for i in order)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    return order
+
+
+def rank_file_labels(run_dir, splits, noisy, denoised, probs, candidates, n_samples):
+    """For image files: train_label_ranking.csv (the likely mislabelled first, by path and class
+    name) and classes.txt. Without sampled probabilities (--n_samples 0) the ranking uses the share
+    of each image's retrieved candidate labels (its neighbours' noisy labels and its own) per class."""
+    if probs is None:
+        votes = np.zeros((len(noisy), splits.n_class))
+        labels = candidates.cpu().numpy()
+        np.add.at(votes, (np.arange(len(noisy))[:, None], labels), 1.0)
+        probs, how = votes / labels.shape[1], 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
+    else:
+        how = f'class probabilities of {n_samples} stochastic DDIM samples'
+    write_label_ranking(os.path.join(run_dir, 'train_label_ranking.csv'), splits.train_paths, splits.class_names,
+                        noisy, denoised, probs)
+    if splits.class_names:
+        atomic_write(os.path.join(run_dir, 'classes.txt'), lambda f: f.write(('\n'.join(splits.class_names) + '\n').encode()))
+    return {'label_ranking': how}

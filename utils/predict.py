@@ -12,11 +12,10 @@ from utils.encoders import encode_all
 from utils.engine import load_run, resumed_config
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, features_of_split
+from utils.files import IMAGE_SUFFIXES
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.x_encoders import build_model, x_encoder_input
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
 def load_image_folder(folder, image_shape):
