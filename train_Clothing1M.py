@@ -10,6 +10,7 @@ trains on a selected subset ('<key> <label>' lines, or bare keys labelled by noi
 as the authors did. --fp_encoder classifier --fp_checkpoint FILE uses a classifier trained on
 Clothing1M (e.g. a "Centrality and Consistency" ResNet-50) as f_p.
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_clothing1m
@@ -32,4 +33,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -9,6 +9,7 @@ test split. Features (CLIP ViT-L/14 for f_p, an ImageNet ResNet-50 for the diffu
 extracted once, in DataLoader workers, and cached; training runs on them. Scale out with
 `torchrun --nproc_per_node N train_Food101N.py ...`.
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_food101n
@@ -31,4 +32,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

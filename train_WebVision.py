@@ -6,6 +6,7 @@ Training: info/train_filelist_google.txt (labels < 50). Validation (model select
 info/val_filelist.txt over val_images_256/. Test: the ILSVRC2012 validation images of the same 50
 classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by info/synsets.txt.
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_webvision
@@ -29,4 +30,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -44,6 +44,8 @@ def build_parser(description, defaults, dataset_args=None):
     g.add_argument('--noise_type', default=d['noise_type'],
                    help='noise name (noisy_label/NAME.npy, <dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
                         'or the path of a .npy file')
+    g.add_argument('--dataset', default=d.get('dataset'),
+                   help='dataset of the in-memory scripts (cifar10, cifar100); default: the noise name\'s prefix')
     g.add_argument('--data_root', default=d['data_root'], help='folder holding (or receiving) the dataset')
     g.add_argument('--download', default=d['download'], action=argparse.BooleanOptionalAction,
                    help='download the dataset when it is not under --data_root')
@@ -113,6 +115,7 @@ def build_parser(description, defaults, dataset_args=None):
                         '(train_probs.npy); 0 skips them')
     g.add_argument('--resume', default=d['resume'], metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its last checkpoint')
+    g.add_argument('--debug', action='store_true', help='show the traceback of a refusal, not only its one line')
     g = p.add_argument_group('prediction with a trained run')
     g.add_argument('--predict', default=d['predict'], metavar='RUN_DIR',
                    help="apply RUN_DIR's best checkpoint instead of training")
@@ -125,4 +128,13 @@ def build_parser(description, defaults, dataset_args=None):
 
 
 def parse_config(description, defaults, argv=None, dataset_args=None):
-    return build_parser(description, defaults, dataset_args).parse_args(argv)
+    cfg = build_parser(description, defaults, dataset_args).parse_args(argv)
+    cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args), argv)
+    return cfg
+
+
+def given_flags(parser, argv):
+    """The flags the command line gives (a resumed run refuses those that would change it)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return sorted(vars(parser.parse_args(argv)))

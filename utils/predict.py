@@ -9,8 +9,9 @@ from PIL import Image
 from model_diffusion import Diffusion
 from utils.data import ImageSplits
 from utils.encoders import encode_all
-from utils.engine import Trainer, build_model, load_run, resumed_config
+from utils.engine import Trainer, build_model
 from utils.prepare import Prepared, build_encoders, features_of_split
+from utils.rundir import load_run, resumed_config
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.x_encoders import x_encoder_input
