@@ -7,8 +7,7 @@ evaluation) on data that `pip install -r requirements.txt` already brings, in ab
 two CPU cores, and prints the accuracy of the noisy labels next to the accuracy LRA-diffusion
 reaches on the clean test split. Any training flag can be added (e.g. --nepoch 60).
 """
-import sys
-
+from utils.cli import run_cli
 from utils.config import parse_config
 from utils.data import load_digits_splits
 from utils.engine import main as run_script
@@ -36,4 +35,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_cli(main)

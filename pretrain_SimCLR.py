@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from utils.config import HelpFormatter
+from utils.cli import run_cli
 from utils.data import load_named
 from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
@@ -60,6 +61,7 @@ def parser():
     p.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
     p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
     p.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
+    p.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
     return p
 
 
@@ -161,7 +163,7 @@ def main(argv=None):
         path = os.path.join(args.resume, 'state.pt')
         if not os.path.isfile(path):
             raise SetupError(f'--resume {args.resume}: no state.pt there; start a new run')
-        state = load_torch(path)
+        state = load_torch(path, 'SimCLR pre-training state')
         saved = dict(state['args'])
         saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after,
                      epochs=max(args.epochs if '--epochs' in argv else 0, saved['epochs']))
@@ -209,4 +211,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

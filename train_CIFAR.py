@@ -2,8 +2,10 @@
 
     python train_CIFAR.py --noise_type cifar10-1-0.35 --fp_encoder CLIP --CLIP_type ViT-L/14
 
-The dataset comes from the noise name's prefix (cifar10, cifar100). See README.md for the flags.
+The dataset comes from --dataset, or else the noise name's prefix (cifar10, cifar100). See README.md
+for the flags.
 """
+from utils.cli import run_cli
 from utils.config import parse_config
 from utils.data import load_cifar
 from utils.engine import main as run_script
@@ -28,7 +30,7 @@ DEFAULTS = dict(
 
 
 def load_splits(cfg):
-    return load_cifar(dataset_of(cfg.noise_type), cfg.data_root, download=cfg.download)
+    return load_cifar(cfg.dataset or dataset_of(cfg.noise_type), cfg.data_root, download=cfg.download)
 
 
 def main(argv=None):
@@ -37,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

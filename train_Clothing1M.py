@@ -19,6 +19,7 @@ class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class
 every image each epoch). Their retrieval weighs every sample of a batch alike
 (--candidate_weights uniform).
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import cc_select_files, read_clothing1m
@@ -57,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

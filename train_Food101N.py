@@ -20,6 +20,7 @@ One deliberate difference: the authors select the model on the Food-101 test spl
 reported figure is the best test accuracy over epochs); this package selects on the clean
 verified_val split and reports the test accuracy of that model.
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_food101n
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -11,6 +11,7 @@ batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-
 500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
 Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
+from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config
 from utils.engine import main as run_script
 from utils.files import read_webvision
@@ -36,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

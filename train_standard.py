@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from utils.cli import run_cli
 from utils.classifier import accuracy, fit_classifier
 from utils.data import load_named
 from utils.io import save_json
@@ -32,6 +33,7 @@ def parser():
     p.add_argument('--data_root', default='./data')
     p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
     p.add_argument('--out_dir', default='./runs/standard')
+    p.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
     return p
 
 
@@ -64,4 +66,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     torch.backends.cudnn.benchmark = True
-    main()
+    run_cli(main)

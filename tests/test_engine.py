@@ -16,6 +16,7 @@ from utils.engine import NonFiniteLoss, learning_rate, run
 from utils.x_encoders import build_model
 from utils.io import load_torch
 from utils.prepare import prepare
+from utils.rundir import CHECKPOINT_FORMAT
 
 from conftest import subset
 from test_data import write_cifar10
@@ -63,7 +64,7 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
 
     # checkpoint round trip: a fresh model from best.pt reproduces the logged validation accuracy
     ckpt = load_torch(os.path.join(run_dir, 'best.pt'))
-    assert ckpt['format_version'] == engine.CHECKPOINT_FORMAT and ckpt['epoch'] == summary['best_epoch']
+    assert ckpt['format_version'] == CHECKPOINT_FORMAT and ckpt['epoch'] == summary['best_epoch']
     assert ckpt['config']['noise_type'] == 'digits-U-0.4'
     data = prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
     model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))

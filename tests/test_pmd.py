@@ -8,6 +8,7 @@ import torch
 
 import train_standard
 from noisy_label import make_noise
+from utils.io import load_torch
 from utils.noise import noise_rate, resolve_noisy_labels
 from utils.pmd import pmd_noise, top_two
 
@@ -128,7 +129,7 @@ def test_cifar_n_names_read_the_training_split(tmp_path):
 
 @pytest.mark.skipif(not os.path.isfile(SHARED_CIFAR_N), reason='real CIFAR-N labels not beside the checkout')
 def test_real_cifar10n_rates():
-    table = torch.load(SHARED_CIFAR_N, weights_only=False)
+    table = load_torch(SHARED_CIFAR_N, 'CIFAR-N label file', numpy_arrays=True)
     clean = np.asarray(table['clean_label'])[:45000]
     folder = os.path.dirname(SHARED_CIFAR_N)
     aggre, _ = resolve_noisy_labels('cifar10n-aggre', 45000, clean, 10, cifar_n_dirs=[folder])

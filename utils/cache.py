@@ -1,8 +1,9 @@
 """On-disk caches of f_p features and neighbour tables.
 
 A cache file stores its key (encoder, weights fingerprint, dataset, split, view, image
-fingerprint, precision). A file whose key differs, or that cannot be read, is rebuilt with a
-message: a cache from another configuration is never silently reused.
+fingerprint, precision) and a hash of its content. A file whose key differs, whose content no
+longer matches its hash (altered in place), or that cannot be read or is refused as unsafe, is
+rebuilt with a message: a cache from another configuration is never silently reused.
 """
 import hashlib
 import json
@@ -16,7 +17,7 @@ from utils.encoders import encode_all
 from utils.io import load_torch, save_torch
 from utils.retrieval import knn
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a content hash beside the key
 
 
 def tensor_fingerprint(tensor):
@@ -41,7 +42,15 @@ def _load_matching(path, key, what, log):
     if not isinstance(blob, dict) or blob.get('key') != key:
         log(f'{what} {path} was made with another configuration; rebuilding')
         return None
-    return blob['value']
+    value = blob.get('value')
+    if not isinstance(value, torch.Tensor) or blob.get('content') != tensor_fingerprint(value):
+        log(f'{what} {path} does not match its content hash (altered or damaged); rebuilding')
+        return None
+    return value
+
+
+def _store(value, key, path):
+    save_torch({'key': key, 'value': value, 'content': tensor_fingerprint(value)}, path)
 
 
 def feature_key(encoder, dataset, split, view, n, content):
@@ -68,7 +77,7 @@ def store_features(features, key, cache_dir, encoder):
     if not torch.isfinite(features).all():
         raise FloatingPointError(f"{encoder.name} produced non-finite features for {key['dataset']}/{key['split']}; "
                                  f'try --precision fp32')
-    save_torch({'key': key, 'value': features.cpu()}, feature_path(cache_dir, key))
+    _store(features.cpu(), key, feature_path(cache_dir, key))
 
 
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
@@ -107,7 +116,7 @@ def cached_neighbours(features, k, cache_dir, log=print):
             and int(value.min()) >= 0 and int(value.max()) < features.shape[0]:
         return value.to(features.device)
     _, idx = knn(features, features, k, progress=True)
-    save_torch({'key': key, 'value': idx.cpu()}, path)
+    _store(idx.cpu(), key, path)
     return idx
 
 

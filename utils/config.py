@@ -23,7 +23,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
-    inputs_dir=None,
+    inputs_dir=None, dataset=None,
 )
 
 
@@ -60,6 +60,7 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--noise_seed', type=int,
                    help='seed of generated i.i.d. noise (uniform/asymmetric)')
     if kind == 'memory':
+        g.add_argument('--dataset', help="cifar10 or cifar100 (default: the noise name's prefix)")
         g.add_argument('--data_root', help='folder holding (or receiving) the dataset')
         g.add_argument('--download', action=argparse.BooleanOptionalAction,
                        help='download the dataset when it is not under --data_root')
@@ -163,6 +164,7 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                         '(train_probs.npy); 0 skips them')
     g.add_argument('--resume', metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its last checkpoint')
+    g.add_argument('--debug', action='store_true', help='show the traceback of a refusal, not only its one line')
     g = p.add_argument_group('prediction with a trained run')
     g.add_argument('--predict', metavar='RUN_DIR',
                    help="apply RUN_DIR's best checkpoint instead of training")
@@ -186,4 +188,14 @@ def apply_defaults(parser, defaults):
 
 
 def parse_config(description, defaults, argv=None, dataset_args=None, kind='memory'):
-    return build_parser(description, defaults, dataset_args, kind).parse_args(argv)
+    cfg = build_parser(description, defaults, dataset_args, kind).parse_args(argv)
+    cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
+    return cfg
+
+
+def given_flags(parser, argv):
+    """The flags the command line gives (a resumed run refuses those that would change it)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    parser._defaults.clear()  # the defaults tables, set once on the parser
+    return sorted(vars(parser.parse_args(argv)))

@@ -19,18 +19,20 @@ from tqdm import tqdm
 from model_diffusion import Diffusion
 from utils import distributed
 from utils.augment import random_crop_flip
+from utils.checks import check_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
-from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.files import FileSplits
+from utils.io import append_jsonl, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
-from utils.runtime import SetupError, default_run_name, device_description, resolve_device, seed_everything
+from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
+                          input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
+from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
+                           seed_everything)
 from utils.prepare import clean_train_labels, prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.sampling import balanced_draw
 from utils.x_encoders import build_model, x_encoder_input
-
-CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -148,10 +150,10 @@ class Trainer:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
         bad_step = int(first_bad)
         if bad_step >= 0:
-            raise NonFiniteLoss(
-                f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; the last '
-                f'good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {self.saved_epoch}) is kept. '
-                f'Lower --lr or check the input features.')
+            kept = (f'the last good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {self.saved_epoch}) '
+                    f'is kept' if self.saved_epoch is not None else 'no checkpoint had been written yet')
+            raise NonFiniteLoss(f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; '
+                                f'{kept}. Lower --lr or check the input features.')
         return float(loss_sum) / len(batches)
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -183,6 +185,11 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, splits):
+        with StopSignals() as stop:
+            return self._fit(splits, stop)
+
+    def _fit(self, splits, stop):
+        """The epochs; a first SIGTERM/SIGINT ends the epoch in progress, writes last.pt and stops."""
         cfg, started = self.cfg, time.time()
         bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
                    total=cfg.nepoch, dynamic_ncols=True)
@@ -199,11 +206,14 @@ class Trainer:
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
-            if main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1):
+            if main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stop.signum):
                 save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
                 self.saved_epoch = epoch
             self.seconds['checkpoint'] += time.time() - t2
             distributed.barrier()
+            if stop.signum and epoch < cfg.nepoch - 1:
+                raise Interrupted(f'{stop.name} after epoch {epoch}; {os.path.join(self.run_dir, "last.pt")} holds '
+                                  f'it. Continue with --resume {self.run_dir}', stop.signum)
         return self.elapsed_before + time.time() - started
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
@@ -224,44 +234,13 @@ class Trainer:
 
 # ---- entry point used by the dataset scripts -------------------------------------------------------
 
-def plan_run_dir(cfg):
-    """The run folder: the one being resumed, or a new one that must not hold a run already.
-    Created only once the inputs have been checked, so bad input leaves nothing behind."""
-    if cfg.resume:
-        return cfg.resume
-    run_dir = os.path.join(cfg.out_dir, cfg.run_name or default_run_name(cfg))
-    if os.path.exists(os.path.join(run_dir, 'last.pt')):
-        raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
-                         f'another --run_name')
-    return run_dir
-
-
-def load_run(run_dir, name='last.pt'):
-    """A checkpoint of a run folder, checked for its format."""
-    path = os.path.join(run_dir, name)
-    if not os.path.isfile(path):
-        raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
-    ckpt = load_torch(path)
-    if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
-        found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise SetupError(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
-                         f'(found {found})')
-    return ckpt
-
-
-def resumed_config(cfg, ckpt):
-    """The saved configuration of the run being resumed; this invocation's --device wins."""
-    saved = dict(ckpt['config'])
-    saved.update(device=cfg.device, resume=cfg.resume)
-    return type(cfg)(**saved)
-
-
 OOM_ADVICE = ('out of GPU memory: lower --batch_size (training), --eval_batch_size (evaluation) or '
               '--encode_batch_size (feature extraction), or use a smaller --diff_encoder')
 
 
 def main(cfg, load_splits):
     """What every dataset script runs: train (or resume), or predict with a trained run."""
+    check_config(cfg)
     if cfg.predict:
         from utils.predict import predict
         return predict(cfg, load_splits)
@@ -269,25 +248,41 @@ def main(cfg, load_splits):
 
 
 def run(cfg, load_splits):
-    """Train and evaluate LRA-diffusion; `load_splits(cfg)` returns the dataset's ImageSplits."""
+    """Train and evaluate LRA-diffusion; `load_splits(cfg)` returns the dataset's ImageSplits.
+
+    Everything is checked before work starts: the flags, the checkpoint being resumed (and the flags
+    its command line would change), the folders; then the run folder is claimed (refused if another
+    run holds it) and data is read."""
+    check_config(cfg)
     ckpt = load_run(cfg.resume) if cfg.resume else None
     if ckpt is not None:
+        check_resume_flags(cfg, ckpt, cfg.resume)
         cfg = resumed_config(cfg, ckpt)
+        check_config(cfg)
     distributed.init_from_env(cfg.device)
     device = distributed.local_device(resolve_device(cfg.device))
     if not cfg.resume:  # one name for every rank (the default one carries a time stamp)
         cfg.run_name = distributed.broadcast_object(cfg.run_name or default_run_name(cfg))
     run_dir = plan_run_dir(cfg)
+    check_writable(cfg.cache_dir, '--cache_dir')
+    claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
+        sweep_stale_cache_writes(cfg.cache_dir)
         return _run(cfg, load_splits, device, run_dir, ckpt)
     except torch.cuda.OutOfMemoryError as exc:
         raise SetupError(f'{OOM_ADVICE} ({str(exc).splitlines()[0]})') from exc
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _run(cfg, load_splits, device, run_dir, ckpt):
     seed_everything(cfg.seed)
     splits = load_splits(cfg)
     data = prepare(cfg, splits, device)
+    data.info['input_fingerprints'] = input_fingerprints(splits, data)
+    if ckpt is not None:
+        check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
     model = channels_last(build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device),
                           device)

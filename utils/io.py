@@ -1,29 +1,120 @@
-"""Atomic writes: a file appears whole or not at all, even if the process is killed mid-write."""
+"""Reading and writing files.
+
+Writes are atomic: a file appears whole or not at all, even if the process is killed mid-write.
+Reads trust nothing: every file may come from someone else (shared caches, checkpoints, data
+folders), so nothing is unpickled in a way that can run code. Torch files load with
+`weights_only=True`; plain pickles (CIFAR's python batches) go through an unpickler that admits only
+builtin containers, strings, bytes, numbers and numpy arrays.
+"""
+import codecs
+import errno
 import json
 import os
+import pickle
+import re
 import tempfile
 
+import numpy as np
 import torch
+from numpy._core.multiarray import _reconstruct
+
+
+class UnsafeFile(RuntimeError):
+    """A file that would run code (or build arbitrary objects) when loaded: refused, never opened."""
+
+
+# The only globals a pickle of numpy arrays needs. Pickles written by numpy < 2 name the
+# reconstruct function under numpy.core, numpy >= 2 under numpy._core.
+NUMPY_GLOBALS = {
+    'numpy.core.multiarray._reconstruct': _reconstruct,
+    'numpy._core.multiarray._reconstruct': _reconstruct,
+    'numpy.ndarray': np.ndarray,
+    'numpy.dtype': np.dtype,
+    '_codecs.encode': codecs.encode,  # how Python 3 pickles bytes at protocol 2
+}
+# torch's loader also checks the class of every object it restores: numpy >= 2 gives each dtype its own
+NUMPY_DTYPE_CLASSES = [type(np.dtype(code)) for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']]
+
+
+class CorruptFile(RuntimeError):
+    """A file that cannot be parsed (truncated, damaged, another format)."""
+
+
+class CannotWrite(RuntimeError):
+    """A write that failed for lack of space or permission; the message names the file and folder."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.errno = code
+
+
+WRITE_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+                errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
+                errno.EPERM: 'operation not permitted'}
+
+
+class _Recording:
+    """A file whose write errors are kept: torch.save reports a failed write only as `enforce fail at
+    inline_container.cc`, losing the errno that says the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        self.f.flush()
 
 
 def atomic_write(path, write, check=None):
     """`write(f)` into a temporary file beside `path`, then rename it to `path`; `check(tmp_path)` may
     refuse the written file by raising, and then nothing is left behind."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    tmp, recording = None, None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix=TMP_SUFFIX)
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            recording = _Recording(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
         if check is not None:
             check(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        cause = recording.error if recording is not None and recording.error is not None else exc
+        if isinstance(cause, OSError) and cause.errno in WRITE_FAULTS:
+            raise CannotWrite(cause.errno, f'{WRITE_FAULTS[cause.errno]} writing {path}: free space or fix the '
+                                           f'permissions in {folder}, or choose another --out_dir / --cache_dir') \
+                from exc
         raise
+
+
+TMP_SUFFIX = '.tmp'
+
+
+def sweep_partial_writes(folder, older_than=None):
+    """Remove the temporary files of writes a killed process left behind (atomic_write's .*.tmp),
+    only those last modified before the time `older_than` where given."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [os.path.join(folder, name) for name in os.listdir(folder)
+             if name.startswith('.') and name.endswith(TMP_SUFFIX)]
+    stale = [path for path in stale if older_than is None or os.path.getmtime(path) < older_than]
+    for path in stale:
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another process swept it first
+            pass
+    return stale
 
 
 def save_torch(obj, path):
@@ -44,12 +135,57 @@ def append_jsonl(record, path):
         f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def load_torch(path, what='checkpoint'):
-    """torch.load that names a corrupt or truncated file instead of a bare unpickling error."""
+def _refused(what, path, name):
+    return UnsafeFile(f'{what} {path} refused: loading it would call {name}, which no data file needs '
+                      f'(it could run code); delete it, or rebuild it from inputs you trust')
+
+
+def load_torch(path, what='checkpoint', numpy_arrays=False):
+    """torch.load(weights_only=True) that names a refused, corrupt or truncated file.
+
+    numpy_arrays: also admit pickled numpy arrays (files other tools wrote, e.g. CIFAR-N)."""
+    allowed = [(obj, name) for name, obj in NUMPY_GLOBALS.items()] + NUMPY_DTYPE_CLASSES if numpy_arrays else []
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:
+        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)|but got <class \'([^\']+)\'>', str(exc))
+        if unsafe or 'Weights only load failed' in str(exc):
+            name = next(g for g in unsafe.groups() if g) if unsafe else 'an object torch does not allow'
+            raise _refused(what, path, name) from None
+        raise _corrupt(what, path, exc) from exc
     except Exception as exc:
-        raise RuntimeError(f'{what} {path} is corrupt or truncated ({type(exc).__name__}: {exc}); '
-                           f'delete it to rebuild') from exc
+        raise _corrupt(what, path, exc) from exc
+
+
+def _corrupt(what, path, exc, fix='delete it to rebuild'):
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+    return CorruptFile(f'{what} {path} is corrupt or truncated ({type(exc).__name__}: {first}); {fix}')
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Builtin containers, strings, bytes, numbers and numpy arrays; any other global is refused."""
+
+    def __init__(self, f, what, path):
+        super().__init__(f, encoding='latin1')  # CIFAR's batches were pickled by Python 2
+        self.what, self.path = what, path
+
+    def find_class(self, module, name):
+        qualified = f'{module}.{name}'
+        if qualified in NUMPY_GLOBALS:
+            return NUMPY_GLOBALS[qualified]
+        raise _refused(self.what, self.path, qualified)
+
+
+def load_pickle(path, what, fix):
+    """A plain pickle of builtin values and numpy arrays (CIFAR's python batches), read safely;
+    `fix` says what to do about a corrupt or truncated file."""
+    with open(path, 'rb') as f:
+        try:
+            return _ArraysOnly(f, what, path).load()
+        except UnsafeFile:
+            raise
+        except Exception as exc:
+            raise _corrupt(what, path, exc, fix) from exc

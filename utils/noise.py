@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 
 from utils.published import PUBLISHED, fetch, git_blob_sha1_of_file, is_published
+from utils.io import load_torch
 
 NOISE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'noisy_label')
 
@@ -56,10 +57,38 @@ def check_labels(labels, n_expected, n_class, source):
             labels = labels.astype(np.int64)
         else:
             raise NoiseError(f'{source}: labels must be integers, found dtype {labels.dtype}')
-    if labels.min() < 0 or labels.max() >= n_class:
+    check_label_range(labels, n_class, source)
+    return labels.astype(np.int64)
+
+
+def check_label_range(labels, n_class, source):
+    """Refuse labels outside [0, n_class): they would crash training late, or score 0% silently."""
+    labels = np.asarray(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_class):
         raise NoiseError(f'{source}: labels must lie in [0, {n_class - 1}], found range '
                          f'[{labels.min()}, {labels.max()}]')
-    return labels.astype(np.int64)
+
+
+NPY_MAGIC = b'\x93NUMPY'
+SAVE_ADVICE = 'save the labels with numpy.save(path, numpy.asarray(labels, dtype=numpy.int64))'
+
+
+def load_label_file(path):
+    """A noise file's label array; anything but a plain numeric .npy array is named with the fix."""
+    with open(path, 'rb') as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        kind = ('empty' if not head else 'a .npz archive, not a .npy array' if head.startswith(b'PK')
+                else 'not a .npy array (text or another format)')
+        raise NoiseError(f'noise file {path} is {kind}: {SAVE_ADVICE}')
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if 'pickle' in str(exc):  # an object array: numpy would pickle it, and we never unpickle
+            raise NoiseError(f'noise file {path} holds Python objects, not integers: {SAVE_ADVICE}') from None
+        raise NoiseError(f'noise file {path} is damaged ({exc}): {SAVE_ADVICE}') from None
+    except (OSError, EOFError) as exc:
+        raise NoiseError(f'noise file {path} is truncated or damaged ({exc}): {SAVE_ADVICE}') from None
 
 
 def uniform_noise(labels, rate, n_class, rng):
@@ -95,13 +124,15 @@ def asymmetric_noise(labels, rate, mapping, rng):
 
 def load_cifar_n(noise_type, n_train, search_dirs):
     """CIFAR-N human labels for the first n_train training images (the noisy-label split)."""
-    import torch
     prefix = noise_type.split('-')[0]
     file_name = CIFAR_N_FILES[prefix]
     for folder in search_dirs:
         path = os.path.join(folder, file_name)
         if os.path.isfile(path):
-            table = torch.load(path, weights_only=False)
+            table = load_torch(path, 'CIFAR-N label file', numpy_arrays=True)
+            if not isinstance(table, dict):
+                raise NoiseError(f'{path} is not a CIFAR-N label file (a dict of label arrays); '
+                                 f'fetch it again from the CIFAR-N release')
             key = CIFAR_N_KEYS[noise_type]
             if key not in table:
                 raise NoiseError(f'{path} has no {key!r}; keys are {sorted(table)}')
@@ -130,13 +161,13 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
     if noise_type.endswith('.npy') or os.sep in noise_type:
         if not os.path.isfile(noise_type):
             raise NoiseError(f'noise file {noise_type} does not exist')
-        return check_labels(np.load(noise_type), n, n_class, noise_type), f'file {noise_type}'
+        return check_labels(load_label_file(noise_type), n, n_class, noise_type), f'file {noise_type}'
     if is_published(noise_type):
         path = published_noise_file(noise_type, noise_dir, inputs_dir)
-        return check_labels(np.load(path), n, n_class, path), f'published file {path}'
+        return check_labels(load_label_file(path), n, n_class, path), f'published file {path}'
     path = os.path.join(noise_dir, noise_type + '.npy')
     if os.path.isfile(path):
-        return check_labels(np.load(path), n, n_class, path), f'file {path}'
+        return check_labels(load_label_file(path), n, n_class, path), f'file {path}'
     if noise_type in CIFAR_N_KEYS:
         labels, source = load_cifar_n(noise_type, n, [noise_dir, *cifar_n_dirs])
         return check_labels(labels, n, n_class, source), f'CIFAR-N {source}'

@@ -9,10 +9,10 @@ from PIL import Image
 from model_diffusion import Diffusion
 from utils.data import ImageSplits
 from utils.encoders import encode_all
-from utils.engine import load_run, resumed_config
 from utils.evaluate import SplitInputs, predict_labels
-from utils.prepare import build_encoders, features_of_split
 from utils.files import IMAGE_SUFFIXES
+from utils.prepare import build_encoders, features_of_split
+from utils.rundir import load_run, resumed_config
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.x_encoders import build_model, x_encoder_input

@@ -9,7 +9,7 @@ from utils.cache import cached_features, cached_file_features, cached_neighbours
 from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
-from utils.noise import noise_rate, resolve_noisy_labels
+from utils.noise import check_label_range, noise_rate, resolve_noisy_labels
 from utils.published import recording
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
@@ -39,6 +39,17 @@ def clean_train_labels(splits):
     """The clean labels of the training images as a numpy array, or None where unknown."""
     clean = splits.train_clean
     return clean.numpy() if isinstance(clean, torch.Tensor) else clean
+
+
+def check_split_labels(splits):
+    """Every label a dataset brings, in [0, n_class): an out-of-range validation or test label would
+    score 0% silently, an out-of-range training label crash training after an epoch."""
+    given = {'val': splits.labels('val'), 'test': splits.labels('test'), 'train clean': clean_train_labels(splits)}
+    if isinstance(splits, FileSplits):
+        given['train'] = splits.train_labels
+    for split, labels in given.items():
+        if labels is not None:
+            check_label_range(labels, splits.n_class, f'{splits.name} {split} labels')
 
 
 def training_labels(cfg, splits):
@@ -116,6 +127,7 @@ def prepare(cfg, splits, device, log=print):
 
 def _prepare(cfg, splits, device, log):
     started = time.time()
+    check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
     if cfg.k >= len(labels):
         raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')

@@ -1,6 +1,9 @@
 """Devices, seeds and run folders."""
 import os
 import random
+import signal
+import sys
+import threading
 import time
 
 import numpy as np
@@ -36,7 +39,10 @@ def seed_everything(seed):
 
 
 def rng_state():
-    state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
+    """Every generator's state as tensors, lists and numbers: what torch.load(weights_only=True) reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'torch': torch.get_rng_state(), 'numpy': [kind, keys.tolist(), pos, has_gauss, gauss],
+             'python': random.getstate()}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -44,7 +50,8 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    np.random.set_state(state['numpy'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state['python'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -54,3 +61,40 @@ def default_run_name(cfg):
     stamp = time.strftime('%Y%m%d-%H%M%S')
     noise = os.path.basename(cfg.noise_type).replace('.npy', '')
     return f'{noise}_{cfg.fp_encoder}_{cfg.diff_encoder}_s{cfg.seed}_{stamp}'
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped a run after it wrote its checkpoint; the message says how to resume."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """Within `with StopSignals() as stop:` a first SIGTERM or SIGINT only sets stop.signum (the
+    training loop finishes its epoch, writes last.pt and stops); a second one stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.signum, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name if self.signum else None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopped at once')
+        self.signum = signum
+        print(f'\n{self.name}: finishing this epoch, then writing last.pt (send it again to stop at once)',
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False

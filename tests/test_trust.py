@@ -1,0 +1,421 @@
+"""Trust nothing read from disk: no file the package loads can run code, and every refusal names the file."""
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import demo_digits
+import pretrain_SimCLR
+from conftest import subset
+from test_data import write_cifar10
+from utils import engine
+from utils.cli import run_cli
+from utils.config import parse_config
+from utils.data import DatasetMissing, load_cifar
+from utils.encoders import EncoderError
+from utils.engine import NonFiniteLoss, run
+from utils.io import CannotWrite, CorruptFile, UnsafeFile, load_torch, save_torch
+from utils.noise import NoiseError, resolve_noisy_labels
+from utils.prepare import prepare
+from utils.runtime import Interrupted, SetupError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Marker:
+    """Unpickling this creates a file: what a hostile checkpoint, cache or data file would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+def cfg_for(tmp_path, *flags):
+    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+                                                   str(tmp_path / 'cache'), '--run_name', 'r', *flags])
+
+
+def demo(tmp_path, *flags):
+    return [sys.executable, 'demo_digits.py', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache'), '--run_name', 'r', *flags]
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / 'pwned'
+    yield path
+    assert not path.exists(), 'a file the package read ran code'
+
+
+def test_hostile_checkpoint_is_refused_on_resume_and_predict(tmp_path, marker):
+    run_dir = tmp_path / 'runs' / 'r'
+    run_dir.mkdir(parents=True)
+    for name in ('last.pt', 'best.pt'):
+        torch.save({'format_version': 1, 'model': Marker(marker)}, run_dir / name)
+    with pytest.raises(UnsafeFile, match=f'{run_dir / "last.pt"} refused: loading it would call (builtins|io).open'):
+        run(parse_config('', demo_digits.DEFAULTS, ['--resume', str(run_dir)]), lambda c: None)
+    with pytest.raises(UnsafeFile, match=f'{run_dir / "best.pt"} refused'):
+        demo_digits.main(['--predict', str(run_dir)])
+
+
+def test_hostile_caches_are_refused_and_rebuilt(tmp_path, marker, digits):
+    small = subset(digits, 200, 50)
+    cfg = cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0')
+    run(cfg, lambda c: small)
+    names = sorted(os.listdir(tmp_path / 'cache'))
+    assert len(names) == 4  # train, val, test features and the neighbour table
+    for name in names:
+        torch.save({'key': Marker(marker), 'value': Marker(marker)}, tmp_path / 'cache' / name)
+    messages = []
+    data = prepare(cfg, small, torch.device('cpu'), log=messages.append)
+    assert sum('refused' in m and 'rebuilding' in m for m in messages) == 4
+    assert data.features['train'].shape == (200, 3072)
+
+
+def test_hostile_cifar_batch_is_refused(tmp_path, marker):
+    write_cifar10(str(tmp_path))
+    path = tmp_path / 'cifar-10-batches-py' / 'data_batch_2'
+    with open(path, 'wb') as f:
+        pickle.dump({'data': Marker(marker), 'labels': [0]}, f)
+    with pytest.raises(UnsafeFile, match=f'CIFAR batch {path} refused: loading it would call (builtins|io).open'):
+        load_cifar('cifar10', str(tmp_path), download=False)
+
+
+def test_hostile_cifar_n_file_is_refused(tmp_path, marker):
+    torch.save({'aggre_label': Marker(marker)}, tmp_path / 'CIFAR-10_human.pt')
+    with pytest.raises(UnsafeFile, match='CIFAR-10_human.pt refused'):
+        resolve_noisy_labels('cifar10n-aggre', 45000, None, 10, cifar_n_dirs=[str(tmp_path)],
+                             noise_dir=str(tmp_path / 'none'))
+
+
+def test_hostile_simclr_state_is_refused(tmp_path, marker):
+    (tmp_path / 'simclr').mkdir()
+    torch.save({'format_version': 1, 'args': Marker(marker)}, tmp_path / 'simclr' / 'state.pt')
+    with pytest.raises(UnsafeFile, match='state.pt refused'):
+        pretrain_SimCLR.main(['--resume', str(tmp_path / 'simclr')])
+
+
+def test_cifar_batch_whose_counts_differ_is_refused(tmp_path):
+    from utils.data import DatasetMissing
+    content = write_cifar10(str(tmp_path))
+    path = tmp_path / 'cifar-10-batches-py' / 'data_batch_1'
+    data, labels = content['data_batch_1']
+    with open(path, 'wb') as f:
+        pickle.dump({'data': data, 'labels': labels[:-1]}, f)
+    with pytest.raises(DatasetMissing, match=f'{path} holds 40 images but 39 labels'):
+        load_cifar('cifar10', str(tmp_path), download=False)
+
+
+def test_truncated_cifar_batch_names_its_path(tmp_path):
+    write_cifar10(str(tmp_path))
+    path = tmp_path / 'cifar-10-batches-py' / 'test_batch'
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(RuntimeError, match=f'CIFAR batch {path} is corrupt or truncated'):
+        load_cifar('cifar10', str(tmp_path), download=False)
+
+
+# ---- flags and labels checked before any work ------------------------------------------------------
+
+def never_read(cfg):
+    raise AssertionError('data was read before the flags were checked')
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--batch_size', '0', '--batch_size 0 must be at least 1'),
+    ('--eval_batch_size', '-5', '--eval_batch_size -5 must be at least 1'),
+    ('--encode_batch_size', '0', '--encode_batch_size 0 must be at least 1'),
+    ('--k', '0', '--k 0 must be at least 1'),
+    ('--feature_dim', '0', '--feature_dim 0 must be at least 1'),
+    ('--ddim_n_step', '0', r'--ddim_n_step 0 must lie in \[1, --n_timesteps 1000\]'),
+    ('--ddim_n_step', '1001', r'--ddim_n_step 1001 must lie in \[1'),
+    ('--n_timesteps', '0', '--n_timesteps 0 must be at least 1'),
+    ('--eval_every', '0', '--eval_every 0 must be at least 1'),
+    ('--checkpoint_every', '0', '--checkpoint_every 0 must be at least 1'),
+    ('--lr', 'nan', '--lr nan must be a finite number above 0'),
+    ('--lr', '-0.001', '--lr -0.001 must be a finite number above 0'),
+    ('--lr_horizon', '0', '--lr_horizon 0 must be a finite number above 0'),
+    ('--grad_clip', '0', '--grad_clip 0.0 must be a finite number above 0'),
+    ('--n_samples', '-1', '--n_samples -1 must not be negative'),
+    ('--seed', '-3', '--seed -3 must not be negative'),
+    ('--noise_seed', '-1', '--noise_seed -1 must not be negative'),
+    ('--device', 'gpu', "--device 'gpu' is not a device"),
+    ('--nepoch', '0', '--nepoch 0 must be at least 1'),
+    ('--noise_type', 'digits-U-1.5', r'the U noise rate 1.5 in --noise_type digits-U-1.5 is out of range: rates lie in \[0, 1\]'),
+    ('--noise_type', 'digits-U-0.3_A_-0.2', 'the A noise rate -0.2 .* is out of range'),
+    ('--run_name', '../elsewhere', "--run_name '../elsewhere' must be a plain folder name inside --out_dir"),
+])
+def test_bad_flags_are_refused_before_data_is_read(tmp_path, flag, value, message):
+    with pytest.raises(SetupError, match=message):
+        run(cfg_for(tmp_path, flag, value), never_read)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_refusal_from_the_command_line_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(demo(tmp_path, '--k', '0'), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: --k 0 must be at least 1'
+    assert not os.listdir(tmp_path)
+    result = subprocess.run(demo(tmp_path, '--k', '0', '--debug'), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and 'Traceback' in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == 'error: --k 0 must be at least 1'
+
+
+@pytest.mark.parametrize('error', [
+    NoiseError('noise file x.npy is empty: save the labels with numpy.save'),
+    DatasetMissing('CIFAR folder d is incomplete'),
+    EncoderError('unknown --CLIP_type'),
+    CorruptFile('checkpoint a.pt is corrupt or truncated'),
+    NonFiniteLoss('the loss became non-finite'),
+    OSError(errno.ENOSPC, 'No space left on device', '/data/runs/r/last.pt'),
+    OSError(errno.EROFS, 'Read-only file system', '/data/runs'),
+    torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB\nmore'),
+])
+def test_every_known_refusal_is_one_line_and_exit_2(error, capsys):
+    def main(argv):
+        raise error
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(main, [])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err
+    if isinstance(error, OSError) and error.errno:
+        assert os.strerror(error.errno).split()[0].lower() in err.lower() and error.filename in err
+
+
+def test_an_unknown_error_keeps_its_traceback():
+    def main(argv):
+        raise ZeroDivisionError('a bug')
+    with pytest.raises(ZeroDivisionError):
+        run_cli(main, [])
+
+
+def test_disk_full_names_the_folder_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import utils.io
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+    monkeypatch.setattr(utils.io.os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(CannotWrite, match=f'no space left on device writing {tmp_path / "x.pt"}: free space .* '
+                                          f'in {tmp_path}'):
+        save_torch({'w': torch.zeros(10000)}, str(tmp_path / 'x.pt'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_dataset_flag_names_the_dataset_of_any_noise_file(tmp_path):
+    import train_CIFAR
+    write_cifar10(str(tmp_path / 'data'))
+    flags = ['--data_root', str(tmp_path / 'data'), '--noise_type', str(tmp_path / 'my_noise.npy')]
+    splits = train_CIFAR.load_splits(parse_config('', train_CIFAR.DEFAULTS, [*flags, '--dataset', 'cifar10']))
+    assert splits.name == 'cifar10' and splits.n_class == 10
+    with pytest.raises(SetupError, match="unknown CIFAR dataset 'my_noise.npy'.*pass --dataset cifar10"):
+        train_CIFAR.load_splits(parse_config('', train_CIFAR.DEFAULTS, flags))
+
+
+@pytest.mark.parametrize('split', ['val', 'test'])
+def test_out_of_range_evaluation_labels_are_refused(tmp_path, digits, split):
+    small = subset(digits, 200, 50)
+    labels = small.labels(split).clone()
+    labels[3] = 12
+    setattr(small, f'{split}_labels', labels)
+    with pytest.raises(NoiseError, match=rf'{small.name} {split} labels: labels must lie in \[0, 9\], found range'):
+        run(cfg_for(tmp_path), lambda c: small)
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
+
+
+def test_out_of_range_file_dataset_labels_are_refused():
+    from utils.files import FileSplits
+    from utils.prepare import check_split_labels
+    splits = FileSplits('clothing1m', 14, ['a', 'b'], np.array([0, 14]), ['c'], np.array([1]), ['d'], np.array([2]))
+    with pytest.raises(NoiseError, match=r'clothing1m train labels: labels must lie in \[0, 13\]'):
+        check_split_labels(splits)
+
+
+@pytest.mark.parametrize('content, says', [
+    (b'', 'is empty'),
+    (b'1 2 3\n', 'is not a .npy array'),
+    ('npz', 'is a .npz archive'),
+])
+def test_noise_file_that_is_not_an_npy_array_is_named_with_the_fix(tmp_path, digits, content, says):
+    path = tmp_path / 'my_noise.npy'
+    if content == 'npz':
+        np.savez(tmp_path / 'labels.npz', labels=np.zeros(1197, np.int64))
+        os.rename(tmp_path / 'labels.npz', path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(NoiseError, match=f'{path} {says}.*: save the labels with numpy.save') as refused:
+        run(cfg_for(tmp_path, '--noise_type', str(path)), lambda c: digits)
+    assert 'allow_pickle' not in str(refused.value)
+    assert not (tmp_path / 'runs').exists()
+
+
+# ---- runs that never mix -----------------------------------------------------------------------------
+
+def test_a_second_run_with_the_same_name_is_refused_while_the_first_holds_it(tmp_path):
+    from utils.rundir import RunClaim
+    run_dir = tmp_path / 'runs' / 'r'
+    claim = RunClaim(str(run_dir), fresh=True)  # this process is the first run
+    try:
+        result = subprocess.run(demo(tmp_path, '--nepoch', '1'), cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f'error: {run_dir} is in use by another run right now; wait for it to ' \
+                                         f'finish, or choose another --run_name'
+        assert os.listdir(run_dir) == ['.lock']
+    finally:
+        claim.release()
+    assert not (tmp_path / 'runs').exists()  # the claim made the folder and nothing was written: gone
+
+
+def test_fresh_run_sweeps_partial_writes_and_never_appends_to_an_old_log(tmp_path, digits):
+    run_dir = tmp_path / 'runs' / 'r'
+    run_dir.mkdir(parents=True)  # a run that died before its first checkpoint
+    (run_dir / 'log.jsonl').write_text('{"epoch": 99}\n')
+    (run_dir / '.last.pt.x1y2.tmp').write_bytes(b'half a checkpoint')
+    run(cfg_for(tmp_path, '--nepoch', '2', '--warmup_epochs', '1', '--eval_every', '1', '--n_samples', '0'),
+        lambda c: subset(digits, 200, 50))
+    assert [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')] == [1]
+    assert not list(run_dir.glob('*.tmp')) and not list(run_dir.glob('.*.tmp'))
+
+
+def test_read_only_out_dir_and_cache_dir_are_refused_before_work(tmp_path, monkeypatch):
+    import utils.rundir
+    monkeypatch.setattr(utils.rundir.os, 'access', lambda path, mode: False)
+    with pytest.raises(SetupError, match=f'--cache_dir {tmp_path / "cache"} is not writable'):
+        run(cfg_for(tmp_path), never_read)
+    (tmp_path / 'cache').mkdir()
+    monkeypatch.setattr(utils.rundir.os, 'access', lambda path, mode: path != str(tmp_path))
+    with pytest.raises(SetupError, match=f'--out_dir {tmp_path / "runs" / "r"} is not writable'):
+        run(cfg_for(tmp_path), never_read)
+    assert os.listdir(tmp_path) == ['cache']
+
+
+def test_non_finite_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path, digits, monkeypatch):
+    original = engine.Trainer.train_step
+    monkeypatch.setattr(engine.Trainer, 'train_step', lambda self, idx: original(self, idx) * float('nan'))
+    with pytest.raises(NonFiniteLoss, match='no checkpoint had been written yet') as stopped:
+        run(cfg_for(tmp_path, '--nepoch', '2'), lambda c: subset(digits, 200, 50))
+    assert 'last.pt' not in str(stopped.value)
+
+
+# ---- resume that refuses what changed ------------------------------------------------------------------
+
+SHORT = ['--nepoch', '8', '--warmup_epochs', '2', '--eval_every', '2', '--lr_horizon', '8', '--n_samples', '2']
+
+
+def resume(run_dir, *flags):
+    return parse_config('', demo_digits.DEFAULTS, ['--resume', str(run_dir), *flags])
+
+
+def test_sigterm_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):
+    small = subset(digits, 300, 100)
+    straight, _ = run(cfg_for(tmp_path / 'a', *SHORT), lambda c: small)
+    original = engine.Trainer.train_epoch
+
+    def signalled(self, epoch):
+        if epoch == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-epoch: the epoch still finishes
+        return original(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    run_dir = tmp_path / 'b' / 'runs' / 'r'
+    with pytest.raises(Interrupted, match=f'SIGTERM after epoch 4; .*last.pt holds it. Continue with --resume {run_dir}'):
+        run(cfg_for(tmp_path / 'b', *SHORT), lambda c: small)
+    assert load_torch(str(run_dir / 'last.pt'))['epoch'] == 4 and not (run_dir / 'summary.json').exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    resumed, _ = run(resume(run_dir), lambda c: small)
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
+        assert resumed[key] == straight[key], key
+    assert np.array_equal(np.load(run_dir / 'train_probs.npy'),
+                          np.load(tmp_path / 'a' / 'runs' / 'r' / 'train_probs.npy'))
+
+
+def test_cli_interruption_exits_non_zero_and_says_how_to_resume(capsys):
+    def main(argv):
+        raise Interrupted('SIGTERM after epoch 3; runs/r/last.pt holds it. Continue with --resume runs/r',
+                          signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(main, [])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert '--resume runs/r' in capsys.readouterr().err
+
+
+@pytest.fixture
+def finished(tmp_path, digits):
+    """A finished 2-epoch run on a small digits set, its noise from a file."""
+    small = subset(digits, 200, 50)
+    noise = tmp_path / 'noise.npy'
+    np.save(noise, small.train_clean.numpy())
+    _, run_dir = run(cfg_for(tmp_path, '--noise_type', str(noise), '--nepoch', '2', '--warmup_epochs', '1',
+                             '--n_samples', '0'), lambda c: small)
+    return small, noise, run_dir
+
+
+def test_resume_refuses_changed_flags_with_a_list_and_allows_the_rest(finished):
+    small, _, run_dir = finished
+    with pytest.raises(SetupError, match=r"cannot change --feature_dim 64 \(the run has 128\), --lr 0.5 "
+                                         r"\(the run has 0.001\): drop those flags"):
+        run(resume(run_dir, '--lr', '0.5', '--feature_dim', '64', '--device', 'cpu'), lambda c: small)
+    summary, _ = run(resume(run_dir, '--nepoch', '3', '--eval_batch_size', '7', '--device', 'cpu'), lambda c: small)
+    assert summary['epochs'] == 3 and load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 2
+
+
+def test_resume_refuses_changed_inputs_naming_them(finished):
+    small, noise, run_dir = finished
+    labels = small.train_clean.numpy().copy()
+    labels[:10] = (labels[:10] + 1) % 10
+    np.save(noise, labels)
+    with pytest.raises(SetupError, match='the training labels differ from those the run was made with'):
+        run(resume(run_dir), lambda c: small)
+    np.save(noise, small.train_clean.numpy())
+    other = subset(small, 200, 40)
+    with pytest.raises(SetupError, match='the dataset differ'):
+        run(resume(run_dir), lambda c: other)
+
+
+def test_a_flag_added_after_the_run_was_made_takes_its_default(finished):
+    small, _, run_dir = finished
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    del ckpt['config']['n_samples'], ckpt['config']['checkpoint_every']  # an older package had neither
+    save_torch(ckpt, last)
+    summary, _ = run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert summary['epochs'] == 3
+
+
+def test_altered_cache_is_detected_by_its_content_hash_and_rebuilt(tmp_path, digits):
+    small = subset(digits, 200, 50)
+    cfg = cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0')
+    run(cfg, lambda c: small)
+    for name in os.listdir(tmp_path / 'cache'):
+        blob = load_torch(str(tmp_path / 'cache' / name))
+        blob['value'] = blob['value'].flip(0)  # same key, same shape, other values
+        save_torch(blob, str(tmp_path / 'cache' / name))
+    messages = []
+    data = prepare(cfg, small, torch.device('cpu'), log=messages.append)
+    assert sum('does not match its content hash' in m for m in messages) == 4
+    assert torch.equal(data.features['train'], prepare(cfg, small, torch.device('cpu'), log=print).features['train'])

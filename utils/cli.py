@@ -1,0 +1,56 @@
+"""The scripts' entry point: a refusal the package knows prints one line and exits 2, without a traceback.
+
+    if __name__ == '__main__':
+        run_cli(main)
+
+A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--debug` shows it anyway.
+"""
+import errno
+import sys
+import traceback
+
+import torch
+
+from utils.data import DatasetMissing
+from utils.encoders import EncoderError
+from utils.io import CannotWrite, CorruptFile, UnsafeFile
+from utils.noise import NoiseError
+from utils.runtime import Interrupted, SetupError
+
+REFUSAL_EXIT = 2
+KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, CorruptFile, CannotWrite,
+         FloatingPointError)
+DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+               errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied', errno.EPERM: 'not permitted'}
+
+
+def one_line(exc):
+    """The message of a known refusal as one line; None for an error the package does not know."""
+    if isinstance(exc, KNOWN):
+        return ' '.join(str(exc).split())
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return ('out of GPU memory: lower --batch_size, --eval_batch_size or --encode_batch_size '
+                f'({str(exc).splitlines()[0]})')
+    if isinstance(exc, OSError) and exc.errno in DISK_FAULTS:
+        where = exc.filename or 'a file'
+        return (f'{DISK_FAULTS[exc.errno]} writing {where}: free space or fix the permissions there, or choose '
+                f'another --out_dir / --cache_dir')
+    return None
+
+
+def run_cli(main, argv=None):
+    """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except Interrupted as exc:
+        print(f'stopped: {exc}', file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        if '--debug' in argv:
+            traceback.print_exc()
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(REFUSAL_EXIT)
