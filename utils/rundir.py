@@ -95,7 +95,7 @@ def input_fingerprints(splits, data):
             digest.update(tensor_fingerprint(labels).encode())
     info = data.info
     return {'training labels': tensor_fingerprint(data.noisy_labels),
-            'f_p features': f"{info['fp_weights']}/{info['fp_dim']}/{info['fp_train_view']}",
+            'f_p features': f"{info['fp_weights']}/{tensor_fingerprint(data.features['train'])}",
             'dataset': digest.hexdigest()[:16]}
 
 
