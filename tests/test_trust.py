@@ -142,7 +142,7 @@ def never_read(cfg):
     ('--checkpoint_every', '0', '--checkpoint_every 0 must be at least 1'),
     ('--lr', 'nan', '--lr nan must be a finite number above 0'),
     ('--lr', '-0.001', '--lr -0.001 must be a finite number above 0'),
-    ('--lr_horizon', '0', '--lr_horizon 0 must be a finite number above 0'),
+    ('--lr_horizon', '-5', r'--lr_horizon -5 must be a finite number above 0 \(or 0: --nepoch\)'),
     ('--grad_clip', '0', '--grad_clip 0.0 must be a finite number above 0'),
     ('--n_samples', '-1', '--n_samples -1 must not be negative'),
     ('--seed', '-3', '--seed -3 must not be negative'),

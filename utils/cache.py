@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from utils.augment import random_crop_flip
-from utils.encoders import encode_all
+from utils.encoders import FrozenEncoder, encode_all
 from utils.io import load_torch, save_torch
 from utils.retrieval import knn
 
@@ -53,50 +53,67 @@ def _store(value, key, path):
     save_torch({'key': key, 'value': value, 'content': tensor_fingerprint(value)}, path)
 
 
-def feature_key(encoder, dataset, split, view, n, content):
-    """What decides a feature cache: encoder, its weights and preprocessing, the data, the precision."""
-    return {'format': CACHE_FORMAT, 'kind': 'features', 'encoder': encoder.name, 'preprocess': encoder.describe(),
-            'source': str(getattr(encoder, 'source', '')), 'weights': encoder.fingerprint,
-            'dataset': dataset, 'split': split, 'view': view, 'n': n, 'content': content,
-            'bf16': bool(encoder.bf16 and encoder.device.type == 'cuda')}
+def argument_identity(value):
+    """What one argument of a cached computation contributes to its key: tensors and path lists by
+    content, encoders by name, weights, preprocessing and precision, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return {'tensor': tensor_fingerprint(value), 'shape': list(value.shape)}
+    if isinstance(value, FrozenEncoder):
+        return {'encoder': value.name, 'preprocess': value.describe(), 'source': str(getattr(value, 'source', '')),
+                'weights': value.fingerprint, 'bf16': bool(value.bf16 and value.device.type == 'cuda')}
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return {'paths': paths_fingerprint(value), 'n': len(value)}
+    return value
 
 
-def feature_path(cache_dir, key):
-    return os.path.join(cache_dir, f"{key['dataset']}_{key['split']}_{key['view']}_{key['encoder']}_{_key_hash(key)}.pt")
+def computation_key(compute, arguments):
+    """The key of `compute(**arguments)`, derived from those very arguments: a new argument of a cached
+    computation changes its key by construction."""
+    return {'format': CACHE_FORMAT, 'computation': f'{compute.__module__}.{compute.__qualname__}',
+            **{name: argument_identity(value) for name, value in sorted(arguments.items())}}
 
 
-def load_features(encoder, key, cache_dir, log=print):
-    """The cached features for `key`, or None when absent, from another configuration, or damaged."""
-    value = _load_matching(feature_path(cache_dir, key), key, 'feature cache', log)
-    if value is not None and value.shape == (key['n'], encoder.dim) and torch.isfinite(value).all():
-        return value.to(encoder.device)
-    return None
+def cache_path(cache_dir, label, key):
+    return os.path.join(cache_dir, f'{label}_{_key_hash(key)}.pt')
 
 
-def store_features(features, key, cache_dir, encoder):
+def cached(compute, arguments, cache_dir, label, valid=lambda value: True, log=print, **settings):
+    """`compute(**arguments, **settings)`, computed once and kept in cache_dir under a key made of the
+    arguments; `settings` change how it is computed, not the value (batch sizes). A stored value that
+    is damaged, altered or fails `valid` is recomputed."""
+    key = computation_key(compute, arguments)
+    path = cache_path(cache_dir, label, key)
+    value = _load_matching(path, key, f'{label} cache', log)
+    if value is not None and valid(value):
+        return value
+    value = compute(**arguments, **settings)
+    _store(value.cpu(), key, path)
+    return value
+
+
+def finite_features(features, encoder, what):
     if not torch.isfinite(features).all():
-        raise FloatingPointError(f"{encoder.name} produced non-finite features for {key['dataset']}/{key['split']}; "
-                                 f'try --precision fp32')
-    _store(features.cpu(), key, feature_path(cache_dir, key))
+        raise FloatingPointError(f'{encoder.name} produced non-finite features for {what}; try --precision fp32')
+    return features
+
+
+def encode_view(encoder, images, view, seed, batch_size=512):
+    """f_p features of in-memory images: as they are ('clean'), or of one random crop + flip of each,
+    drawn from `seed` ('augmented': the authors cached their CIFAR training keys from one such view)."""
+    if view == 'augmented':
+        images = augmented_view(images, seed)
+    features = encode_all(encoder, images, batch_size, desc=f'{encoder.name} ({view})')
+    return finite_features(features, encoder, f'the {view} view')
 
 
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
-    """f_p features of in-memory `images`, computed once per (encoder, weights, dataset, split, view).
-
-    view 'augmented' encodes one random crop + flip of every image, drawn from `seed` (the authors
-    cached their CIFAR training keys from one augmented view); 'clean' encodes the images as they are.
-    """
+    """f_p features of in-memory `images`, computed once per (encoder, images, view, seed of the view)."""
     if hasattr(encoder, 'split_features'):  # a features file: its rows are the features already
         return encoder.split_features(split, len(images))
-    view_name = f'augmented-s{seed}' if view == 'augmented' else view
-    key = feature_key(encoder, dataset, split, view_name, len(images), tensor_fingerprint(images))
-    features = load_features(encoder, key, cache_dir, log)
-    if features is None:
-        if view == 'augmented':
-            images = augmented_view(images, seed)
-        features = encode_all(encoder, images, batch_size=batch_size, desc=f'{encoder.name} {split} ({view})')
-        store_features(features, key, cache_dir, encoder)
-    return features
+    arguments = dict(encoder=encoder, images=images, view=view, seed=seed if view == 'augmented' else None)
+    valid = lambda f: f.shape == (len(images), encoder.dim) and bool(torch.isfinite(f).all())  # noqa: E731
+    return cached(encode_view, arguments, cache_dir, f'{dataset}_{split}_{view}_{encoder.name}', valid, log,
+                  batch_size=batch_size).to(encoder.device)
 
 
 def augmented_view(images, seed, chunk=4096):
@@ -106,18 +123,17 @@ def augmented_view(images, seed, chunk=4096):
     return torch.cat([random_crop_flip(images[i:i + chunk].cpu(), generator=g) for i in range(0, len(images), chunk)])
 
 
+def neighbour_table(features, k):
+    """The k nearest training samples of every training sample (itself included), by exact search."""
+    return knn(features, features, k, progress=True)[1]
+
+
 def cached_neighbours(features, k, cache_dir, log=print):
-    """The k nearest training samples of every training sample (itself included), cached."""
-    key = {'format': CACHE_FORMAT, 'kind': 'neighbours', 'k': k, 'features': tensor_fingerprint(features),
-           'n': features.shape[0]}
-    path = os.path.join(cache_dir, f'neighbours_k{k}_{_key_hash(key)}.pt')
-    value = _load_matching(path, key, 'neighbour cache', log)
-    if value is not None and value.shape == (features.shape[0], k) \
-            and int(value.min()) >= 0 and int(value.max()) < features.shape[0]:
-        return value.to(features.device)
-    _, idx = knn(features, features, k, progress=True)
-    _store(idx.cpu(), key, path)
-    return idx
+    """`neighbour_table`, cached."""
+    valid = lambda idx: idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
+        and int(idx.max()) < features.shape[0]  # noqa: E731
+    return cached(neighbour_table, dict(features=features, k=k), cache_dir, f'neighbours_k{k}', valid,
+                  log).to(features.device)
 
 
 def paths_fingerprint(paths):
@@ -136,6 +152,19 @@ def encode_files(encoders, paths, batch_size, num_workers, size, desc):
     return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
 
 
+def encode_file_view(encoder, paths, size):
+    """What a file-feature cache holds: `encoder`'s features of the files decoded, resized and
+    centre-cropped to `size` (computed by encode_files, several encoders per decoding)."""
+    return encode_files([encoder], paths, 256, 0, size, 'features')[0]
+
+
+def load_file_features(encoder, key, label, cache_dir, n, log):
+    value = _load_matching(cache_path(cache_dir, label, key), key, f'{label} cache', log)
+    if value is not None and value.shape == (n, encoder.dim) and torch.isfinite(value).all():
+        return value.to(encoder.device)
+    return None
+
+
 def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=256, num_workers=4, size=224,
                          log=print):
     """Features of image files for several encoders, cached like `cached_features`.
@@ -144,8 +173,9 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
     assembles the parts, in order, into the one cache file every rank then reads.
     """
     from utils import distributed
-    keys = [feature_key(e, dataset, split, 'center', len(paths), paths_fingerprint(paths)) for e in encoders]
-    found = [load_features(e, k, cache_dir, log) for e, k in zip(encoders, keys)]
+    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, size=size)) for e in encoders]
+    labels = [f'{dataset}_{split}_center_{e.name}' for e in encoders]
+    found = [load_file_features(e, k, label, cache_dir, len(paths), log) for e, k, label in zip(encoders, keys, labels)]
     todo = [i for i, f in enumerate(found) if f is None]
     distributed.barrier()  # every rank has looked before anyone writes
     if todo:
@@ -155,21 +185,21 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
                               size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''))
         if world == 1:
             for i, part in zip(todo, parts):
-                store_features(part, keys[i], cache_dir, encoders[i])
+                _store(finite_features(part, encoders[i], split).cpu(), keys[i], cache_path(cache_dir, labels[i], keys[i]))
                 found[i] = part
         else:
             for i, part in zip(todo, parts):
-                save_torch(part.cpu(), feature_path(cache_dir, keys[i]) + f'.part{rank}of{world}')
+                save_torch(part.cpu(), cache_path(cache_dir, labels[i], keys[i]) + f'.part{rank}of{world}')
             distributed.barrier()
             if rank == 0:
                 for i in todo:
-                    base = feature_path(cache_dir, keys[i])
+                    base = cache_path(cache_dir, labels[i], keys[i])
                     names = [base + f'.part{r}of{world}' for r in range(world)]
-                    store_features(torch.cat([load_torch(n, 'feature part') for n in names]), keys[i], cache_dir,
-                                   encoders[i])
+                    whole = torch.cat([load_torch(n, 'feature part') for n in names])
+                    _store(finite_features(whole, encoders[i], split), keys[i], base)
                     for n in names:
                         os.remove(n)
             distributed.barrier()
             for i in todo:
-                found[i] = load_features(encoders[i], keys[i], cache_dir, log)
+                found[i] = load_file_features(encoders[i], keys[i], labels[i], cache_dir, len(paths), log)
     return found

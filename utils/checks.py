@@ -32,8 +32,11 @@ def config_problems(cfg):
             problems.append(f'--{name} {value} must not be negative')
     for name in ('lr', 'lr_horizon', 'grad_clip'):
         value = getattr(cfg, name, 1)
+        if name == 'lr_horizon' and value == 0:
+            continue  # 0: the horizon is --nepoch (the authors' image-file scripts)
         if not math.isfinite(value) or value <= 0:
-            problems.append(f'--{name} {value} must be a finite number above 0')
+            problems.append(f'--{name} {value} must be a finite number above 0' +
+                            (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
     n_timesteps = getattr(cfg, 'n_timesteps', None)
     if n_timesteps and n_timesteps >= 1 and not 1 <= cfg.ddim_n_step <= n_timesteps:
         problems.append(f'--ddim_n_step {cfg.ddim_n_step} must lie in [1, --n_timesteps {n_timesteps}]')

@@ -1,0 +1,36 @@
+"""Caches keyed by the very arguments of the computation they hold."""
+import torch
+
+from utils.cache import cached, computation_key
+
+
+def test_a_cached_computation_runs_once_per_distinct_arguments(tmp_path):
+    calls = []
+
+    def table(features, k, metric='euclidean'):
+        calls.append((k, metric))
+        return torch.arange(len(features) * k).view(len(features), k)
+
+    features = torch.randn(6, 3)
+    first = cached(table, dict(features=features, k=2), str(tmp_path), 'table', log=lambda m: None)
+    again = cached(table, dict(features=features, k=2), str(tmp_path), 'table', log=lambda m: None)
+    assert torch.equal(first, again) and calls == [(2, 'euclidean')]
+    cached(table, dict(features=features, k=3), str(tmp_path), 'table', log=lambda m: None)
+    # a new option passed to the computation is part of its key by construction: no stale reuse
+    cached(table, dict(features=features, k=2, metric='cosine'), str(tmp_path), 'table', log=lambda m: None)
+    cached(table, dict(features=features + 1, k=2), str(tmp_path), 'table', log=lambda m: None)
+    assert calls == [(2, 'euclidean'), (3, 'euclidean'), (2, 'cosine'), (2, 'euclidean')]
+
+
+def test_settings_that_do_not_change_the_value_are_not_in_the_key(tmp_path):
+    calls = []
+
+    def encode(x, batch_size=1):
+        calls.append(batch_size)
+        return x * 2
+
+    x = torch.ones(4)
+    cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=2)
+    cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=64)
+    assert calls == [2]
+    assert computation_key(encode, dict(x=x)) != computation_key(encode, dict(x=x + 1))
