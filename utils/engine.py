@@ -25,6 +25,7 @@ from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.files import FileSplits
 from utils.io import append_jsonl, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
+from utils.published import recording
 from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
                           input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
@@ -278,8 +279,10 @@ def run(cfg, load_splits):
 
 def _run(cfg, load_splits, device, run_dir, ckpt):
     seed_everything(cfg.seed)
-    splits = load_splits(cfg)
-    data = prepare(cfg, splits, device)
+    with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
+        splits = load_splits(cfg)
+        data = prepare(cfg, splits, device)
+    data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
     data.info['input_fingerprints'] = input_fingerprints(splits, data)
     if ckpt is not None:
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)

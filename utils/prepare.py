@@ -10,7 +10,6 @@ from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.files import FileSplits
 from utils.noise import check_label_range, noise_rate, resolve_noisy_labels
-from utils.published import recording
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
 from utils.runtime import SetupError
@@ -117,15 +116,7 @@ def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log
 
 
 def prepare(cfg, splits, device, log=print):
-    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels. The run's info
-    records every published input used (name → url, path, git blob sha1) under 'inputs'."""
-    with recording() as inputs:
-        data = _prepare(cfg, splits, device, log)
-    data.info['inputs'] = inputs
-    return data
-
-
-def _prepare(cfg, splits, device, log):
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
     started = time.time()
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
