@@ -38,7 +38,7 @@ def load_splits(cfg):
 
 
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args)
+    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args, kind='files')
     return run_script(cfg, load_splits)
 
 
