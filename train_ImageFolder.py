@@ -16,7 +16,7 @@ from utils.engine import main as run_script
 from utils.files import read_image_folder
 from utils.runtime import SetupError
 
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='imagefolder', k=10)  # the given (noisy) labels
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='own', dataset='imagefolder', k=10)  # the given (noisy) labels
 
 
 def dataset_args(g):

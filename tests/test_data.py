@@ -116,3 +116,16 @@ def test_real_cifar10_from_the_shared_copy(tmp_path):
     assert np.array_equal(splits.val_labels.numpy(), train_labels[45000:])
     assert np.array_equal(splits.test_labels.numpy(), np.asarray(blob['test_labels']))
     assert np.bincount(train_labels, minlength=10).tolist() == [5000] * 10
+
+
+def test_every_dataset_offers_one_splits_interface(digits):
+    from utils.files import FileSplits
+    files = FileSplits('clothing1m', 3, ['a', 'b', 'c'], np.array([0, 2, 1]), ['d'], np.array([1]), ['e', 'f'],
+                       np.array([2, 0]))
+    assert (digits.in_memory, files.in_memory) == (True, False)
+    assert files.size('test') == 2 and files.source('val') == ['d'] and digits.size('val') == len(digits.val_labels)
+    # 'train' labels are the clean labels of the training images for every dataset (None where unknown);
+    # the dataset's own noisy labels have their own name
+    assert files.labels('train') is None and torch.equal(digits.labels('train'), digits.train_clean)
+    assert files.own_noisy_labels.tolist() == [0, 2, 1] and digits.own_noisy_labels is None
+    assert files.labels('test').tolist() == [2, 0]

@@ -5,7 +5,7 @@ normalisation happen there in batches (utils/augment.py).
 """
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,14 @@ class DatasetMissing(FileNotFoundError):
 
 @dataclass
 class ImageSplits:
-    """A dataset split for LRA-diffusion: noisy-label training images, clean validation and test."""
+    """A dataset split for LRA-diffusion: noisy-label training images, clean validation and test.
+
+    The interface every dataset shares (FileSplits too): `in_memory`, `size(split)`, `source(split)`
+    (what features are computed from: here uint8 image tensors), `labels(split)` (the clean labels,
+    None where unknown; for 'train' the clean labels of the training images) and `own_noisy_labels`
+    (the dataset's own noisy training labels, None for datasets whose noise is chosen by --noise_type)."""
+    in_memory: ClassVar[bool] = True
+    own_noisy_labels: ClassVar[None] = None
     name: str
     n_class: int
     train_images: torch.Tensor            # uint8 N×3×H×W
@@ -48,6 +55,11 @@ class ImageSplits:
 
     def images(self, split):
         return getattr(self, f'{split}_images')
+
+    source = images
+
+    def size(self, split):
+        return len(self.images(split))
 
     def labels(self, split):
         return {'train': self.train_clean, 'val': self.val_labels, 'test': self.test_labels}[split]

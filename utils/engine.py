@@ -22,7 +22,6 @@ from utils.augment import random_crop_flip
 from utils.checks import check_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
-from utils.files import FileSplits
 from utils.io import append_jsonl, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
@@ -334,7 +333,7 @@ def finish_outputs(trainer, data, splits, run_dir):
     noisy, denoised = data.noisy_labels.cpu().numpy(), denoised.cpu().numpy()
     probs = probs.cpu().numpy() if probs is not None else None
     facts = write_training_outputs(run_dir, noisy, denoised, probs, clean)
-    if isinstance(splits, FileSplits):  # image files: the likely mislabelled ones by path, the splits' notes
+    if not splits.in_memory:  # image files: the likely mislabelled ones by path, the splits' notes
         facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
                                       trainer.cfg.n_samples), **splits.notes)
     plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'))

@@ -8,7 +8,7 @@ import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,9 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 @dataclass
 class FileSplits:
-    """Noisy-label training files, clean validation and test files, labels as int64 arrays."""
+    """Noisy-label training files, clean validation and test files, labels as int64 arrays; the
+    interface of ImageSplits (utils/data.py), with file paths as each split's source."""
+    in_memory: ClassVar[bool] = False
     name: str
     n_class: int
     train_paths: list
@@ -42,9 +44,19 @@ class FileSplits:
     def paths(self, split):
         return getattr(self, f'{split}_paths')
 
+    source = paths
+
+    def size(self, split):
+        return len(self.paths(split))
+
+    @property
+    def own_noisy_labels(self):
+        return self.train_labels
+
     def labels(self, split):
-        return torch.from_numpy({'train': self.train_labels, 'val': self.val_labels,
-                                 'test': self.test_labels}[split])
+        """Clean labels: the validation and test labels, the training images' where known (else None)."""
+        labels = {'train': self.train_clean, 'val': self.val_labels, 'test': self.test_labels}[split]
+        return None if labels is None else torch.as_tensor(labels)
 
 
 def _need(path, what):

@@ -35,6 +35,11 @@ IID_NAME = re.compile(rf'^([a-z0-9]+)-([UA])-{_RATE}$')
 HYBRID_NAME = re.compile(rf'^(.+)_([UA])_{_RATE}$')
 
 
+# --noise_type OWN_LABELS: the dataset's own noisy labels (Food-101N, Clothing1M, WebVision, your own
+# image folder), rather than noise drawn or read for a dataset with clean labels
+OWN_LABELS = 'own'
+
+
 class NoiseError(ValueError):
     pass
 

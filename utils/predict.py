@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 from model_diffusion import Diffusion
-from utils.data import ImageSplits
 from utils.encoders import encode_all
 from utils.evaluate import SplitInputs, predict_labels
 from utils.files import IMAGE_SUFFIXES
@@ -48,7 +47,7 @@ def predict(cfg, load_splits):
         splits, name = load_splits(saved), cfg.predict_split
         labels = splits.labels(name)
         features = features_of_split(saved, splits, name, encoders)
-        if isinstance(splits, ImageSplits):
+        if splits.in_memory:
             images = splits.images(name)
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(ckpt['model'])

@@ -3,13 +3,12 @@
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from utils.cache import cached_features, cached_file_features, cached_neighbours
-from utils.data import ImageSplits
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
-from utils.files import FileSplits
-from utils.noise import check_label_range, noise_rate, resolve_noisy_labels
+from utils.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
 from utils.runtime import SetupError
@@ -36,28 +35,30 @@ class Prepared:
 
 def clean_train_labels(splits):
     """The clean labels of the training images as a numpy array, or None where unknown."""
-    clean = splits.train_clean
-    return clean.numpy() if isinstance(clean, torch.Tensor) else clean
+    clean = splits.labels('train')
+    return None if clean is None else clean.numpy()
 
 
 def check_split_labels(splits):
     """Every label a dataset brings, in [0, n_class): an out-of-range validation or test label would
     score 0% silently, an out-of-range training label crash training after an epoch."""
     given = {'val': splits.labels('val'), 'test': splits.labels('test'), 'train clean': clean_train_labels(splits)}
-    if isinstance(splits, FileSplits):
-        given['train'] = splits.train_labels
+    if splits.own_noisy_labels is not None:
+        given['train'] = splits.own_noisy_labels
     for split, labels in given.items():
         if labels is not None:
             check_label_range(labels, splits.n_class, f'{splits.name} {split} labels')
 
 
 def training_labels(cfg, splits):
-    """The noisy training labels: the dataset's own for image-file datasets (unless --noise_type
-    names a file), otherwise resolved from --noise_type."""
+    """The noisy training labels: the dataset's own (--noise_type own), or resolved from --noise_type."""
     clean = clean_train_labels(splits)
-    if isinstance(splits, FileSplits) and cfg.noise_type == splits.name:
-        return splits.train_labels, f'{splits.name} labels', clean
-    n = len(splits.train_paths) if isinstance(splits, FileSplits) else len(splits.train_images)
+    if cfg.noise_type == OWN_LABELS:
+        if splits.own_noisy_labels is None:
+            raise SetupError(f'--noise_type {OWN_LABELS} means the dataset\'s own noisy labels, which {splits.name} does '
+                             f'not have: name a noise (e.g. {splits.name}-U-0.4 or a .npy file)')
+        return np.asarray(splits.own_noisy_labels), f'{splits.name} labels', clean
+    n = splits.size('train')
     labels, source = resolve_noisy_labels(cfg.noise_type, n, clean, splits.n_class, seed=cfg.noise_seed,
                                           coarse_of_class=getattr(splits, 'coarse_of_class', None),
                                           cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [],
@@ -79,7 +80,7 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
 def features_of_split(cfg, splits, split, encoders, log=print):
     """Every encoder's cached features of one split (image files or in-memory images). The training
     split's f_p view follows --fp_cache_view; evaluation splits are always the clean images."""
-    if isinstance(splits, FileSplits):
+    if not splits.in_memory:
         return cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
                                     cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
     view = cfg.fp_cache_view if split == 'train' else 'clean'
@@ -124,7 +125,7 @@ def prepare(cfg, splits, device, log=print):
         raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
     if cfg.per_class < 0:
         raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
-    in_memory = isinstance(splits, ImageSplits)
+    in_memory = splits.in_memory
     resolve_recipe(cfg, in_memory)
     x_input = x_encoder_input(cfg.diff_encoder)
     if x_input == 'image' and not in_memory:

@@ -12,7 +12,6 @@ import os
 import time
 
 from utils.cache import paths_fingerprint, tensor_fingerprint
-from utils.data import ImageSplits
 from utils.io import load_torch, sweep_partial_writes
 from utils.runtime import SetupError, default_run_name
 
@@ -87,9 +86,8 @@ def input_fingerprints(splits, data):
     """What a resumed run must see again: its training labels, its f_p features' source and its dataset."""
     digest = hashlib.sha1(splits.name.encode())
     for split in ('train', 'val', 'test'):
-        content = splits.images(split) if isinstance(splits, ImageSplits) else splits.paths(split)
-        digest.update((tensor_fingerprint(content) if isinstance(splits, ImageSplits)
-                       else paths_fingerprint(content)).encode())
+        content = splits.source(split)
+        digest.update((tensor_fingerprint(content) if splits.in_memory else paths_fingerprint(content)).encode())
         labels = splits.labels(split) if split != 'train' else None
         if labels is not None:
             digest.update(tensor_fingerprint(labels).encode())

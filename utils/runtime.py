@@ -60,6 +60,8 @@ def set_rng_state(state):
 def default_run_name(cfg):
     stamp = time.strftime('%Y%m%d-%H%M%S')
     noise = os.path.basename(cfg.noise_type).replace('.npy', '')
+    if noise == 'own':  # the dataset's own labels: name the dataset
+        noise = cfg.dataset or noise
     return f'{noise}_{cfg.fp_encoder}_{cfg.diff_encoder}_s{cfg.seed}_{stamp}'
 
 
