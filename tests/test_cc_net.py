@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from utils.cc_net import CC_MEAN, CC_STD, load_cc
+from utils.cc_net import load_cc
+from utils.data import CLOTHING1M_MEAN as CC_MEAN, CLOTHING1M_STD as CC_STD
 from utils.encoders import EncoderError, build_fp_encoder
 from utils.random_weights import save_random_cc
 

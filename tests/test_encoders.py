@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.encoders import CLIP_MEAN, CLIP_STD, EncoderError, SimCLREncoder, load_clip, load_simclr
+from utils.data import CLIP_MEAN, CLIP_STD
+from utils.encoders import EncoderError, SimCLREncoder, load_clip, load_simclr
 from utils.random_weights import save_random_simclr
 
 

@@ -14,12 +14,11 @@ import os
 import torch
 import torch.nn as nn
 
+from utils.data import CLOTHING1M_MEAN, CLOTHING1M_STD
 from utils.encoders import EncoderError, FrozenEncoder, normalize_images
 from utils.networks import RESNETS
 from utils.published import cc_net_path
 
-CC_MEAN = (0.6959, 0.6537, 0.6371)  # Clothing1M statistics, as the CC classifier was trained with
-CC_STD = (0.3113, 0.3192, 0.3214)
 CC_CHECKPOINT = 'CC_net.pt'
 
 
@@ -46,7 +45,7 @@ class CCEncoder(FrozenEncoder):
     def __init__(self, n_class=14, dim=128):
         super().__init__()
         self.dim = dim
-        self.mean, self.std = CC_MEAN, CC_STD
+        self.mean, self.std = CLOTHING1M_MEAN, CLOTHING1M_STD
         self.model_resnet = RESNETS['resnet50'](weights=None)
         width = self.model_resnet.fc.in_features
         self.model_resnet.fc = nn.Identity()

@@ -15,8 +15,15 @@ from utils.io import load_pickle
 from utils.noise import check_label_range
 from utils.runtime import SetupError
 
+# Per-channel mean and std of the pixel scalings the package uses, in one place.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet models and the image-file datasets
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # Clothing1M's own statistics: the CC classifier was trained with them
+CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
 CIFAR_N_TRAIN = 45000  # the first 45k training images are trained on with noisy labels
 
 CIFAR_CLASSES = {'cifar10': 10, 'cifar100': 100}

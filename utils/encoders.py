@@ -13,12 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import CIFAR_MEAN, CIFAR_STD
+from utils.data import CIFAR_MEAN, CIFAR_STD, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from utils.networks import cifar_resnet_trunk, resnet_width
 from utils.published import fetch, is_published
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_NAMES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'model')
 
@@ -240,7 +238,7 @@ class ImageNetResNet(FrozenEncoder):
             raise EncoderError(f'unknown ResNet {arch!r}; choose from {", ".join(sorted(RESNETS))}')
         self.arch, self.dim = arch, resnet_width(arch)
         self.name = f'imagenet-{arch}'
-        self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.net = RESNETS[arch](weights=None)
         self.net.fc = nn.Identity()
 

@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.data import DatasetMissing
+from utils.data import IMAGENET_MEAN, IMAGENET_STD, DatasetMissing
 from utils.published import cc_select_paths
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
