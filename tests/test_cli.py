@@ -39,7 +39,7 @@ def test_every_flag_has_one_help_line_and_its_default_once(script):
 
 def test_each_script_shows_only_the_flags_that_apply_to_it():
     cifar, food = flags(parser_of(train_CIFAR)), flags(parser_of(train_Food101N))
-    assert not {'--image_size', '--fp_arch', '--num_workers'} & cifar
+    assert not {'--image_size', '--fp_arch'} & cifar
     assert not {'--cifar_n_dir', '--download', '--data_root'} & food
     assert {'--food101n_root', '--image_size'} <= food
 

@@ -67,7 +67,6 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
         g.add_argument('--cifar_n_dir', help='folder holding the CIFAR-N .pt files')
     else:
         g.add_argument('--image_size', type=int, help='decode, resize and centre-crop images to this size')
-        g.add_argument('--num_workers', type=int, help='DataLoader workers decoding image files')
     g.add_argument('--inputs_dir',
                    help='folder of the published noise files and encoders, fetched and verified on first use '
                         '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
@@ -149,6 +148,9 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--eval_every', type=int,
                    help='evaluate on the clean validation split every N epochs after warm-up')
     g = p.add_argument_group('run')
+    g.add_argument('--num_workers', type=int,
+                   help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
+                        "the authors' command lines)")
     g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
     g.add_argument('--seed', type=int, help='seed of the model, the training draws and the augmented f_p view')
     g.add_argument('--out_dir', help='parent folder of run folders')
