@@ -331,22 +331,27 @@ def resume(run_dir, *flags):
     return parse_config('', demo_digits.DEFAULTS, ['--resume', str(run_dir), *flags])
 
 
-def test_sigterm_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):
-    small = subset(digits, 300, 100)
+def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):
+    small = subset(digits, 300, 100)  # 6 steps an epoch
     straight, _ = run(cfg_for(tmp_path / 'a', *SHORT), lambda c: small)
-    original = engine.Trainer.train_epoch
+    original = engine.Trainer.train_step
+    steps = []
 
-    def signalled(self, epoch):
-        if epoch == 4:
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-epoch: the epoch still finishes
-        return original(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    def signalled(self, idx):
+        steps.append(1)
+        if len(steps) == 4 * 6 + 3:  # epoch 4, step 3 (1-based): the step finishes, then the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, idx)
+    monkeypatch.setattr(engine.Trainer, 'train_step', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
-    with pytest.raises(Interrupted, match=f'SIGTERM after epoch 4; .*last.pt holds it. Continue with --resume {run_dir}'):
+    with pytest.raises(Interrupted, match=f'SIGTERM at epoch 4, step 3 of 6; .*last.pt holds it. Continue with '
+                                          f'--resume {run_dir}'):
         run(cfg_for(tmp_path / 'b', *SHORT), lambda c: small)
-    assert load_torch(str(run_dir / 'last.pt'))['epoch'] == 4 and not (run_dir / 'summary.json').exists()
+    saved = load_torch(str(run_dir / 'last.pt'))
+    assert saved['epoch'] == 3 and saved['partial_epoch']['steps_done'] == 3 and len(steps) == 27
+    assert not (run_dir / 'summary.json').exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    monkeypatch.setattr(engine.Trainer, 'train_step', original)
     resumed, _ = run(resume(run_dir), lambda c: small)
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
         assert resumed[key] == straight[key], key

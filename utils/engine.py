@@ -28,7 +28,7 @@ from utils.published import recording
 from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
                           input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
-                           seed_everything)
+                           rng_state, seed_everything, set_rng_state)
 from utils.prepare import clean_train_labels, prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.sampling import balanced_draw
@@ -78,6 +78,8 @@ class Trainer:
         self.history = []
         self.elapsed_before = 0.0
         self.saved_epoch = None  # the epoch last.pt holds
+        self.partial = None  # where a signal stopped an epoch: its steps done and random state
+        self.stop = None  # the StopSignals of fit()
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
 
     # ---- inputs -------------------------------------------------------------------------------
@@ -133,28 +135,45 @@ class Trainer:
         return [order[a:b].tensor_split(self.world)[self.rank] for a, b in zip(cuts, cuts[1:] + [n])]
 
     def train_epoch(self, epoch):
+        """One epoch's steps; the mean loss, or None when a signal stopped it after a step (self.partial
+        then says where, for last.pt)."""
         training_mode(self.model)
         # the epoch's draws (candidates, timesteps, noise) come from (seed, epoch, rank): exact resume
         torch.manual_seed(self.cfg.seed * 100003 + epoch * 1009 + self.rank + 1)
         batches = self.batches(epoch)
         loss_sum = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
-        for i, idx in enumerate(batches):
+        start = 0
+        if self.partial is not None and self.partial['epoch'] == epoch:  # resuming within this epoch
+            start = self.partial['steps_done']
+            set_rng_state(self.partial['rng'])
+            loss_sum += self.partial['loss_sum']
+        self.partial = None
+        for i in range(start, len(batches)):
             lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
                                self.cfg.lr_horizon or self.cfg.nepoch)
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
-            loss = self.train_step(idx)
+            loss = self.train_step(batches[i])
             loss_sum += loss
             # recorded on the device, read once per epoch: no host sync per step
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
+            if self.stop_requested() and i + 1 < len(batches):
+                self.partial = {'epoch': epoch, 'steps_done': i + 1, 'of': len(batches), 'rng': rng_state(),
+                                'loss_sum': float(loss_sum)}
+                break
         bad_step = int(first_bad)
         if bad_step >= 0:
             kept = (f'the last good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {self.saved_epoch}) '
                     f'is kept' if self.saved_epoch is not None else 'no checkpoint had been written yet')
             raise NonFiniteLoss(f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; '
                                 f'{kept}. Lower --lr or check the input features.')
-        return float(loss_sum) / len(batches)
+        return None if self.partial is not None else float(loss_sum) / len(batches)
+
+    def stop_requested(self):
+        """A signal asked to stop. Within an epoch only a single process stops (ranks could be at
+        different steps); under torchrun the epoch in progress finishes first."""
+        return self.stop is not None and self.stop.signum is not None and self.world == 1
 
     # ---- evaluation ---------------------------------------------------------------------------
     def predict(self, split, n_samples=0, progress=None):
@@ -169,8 +188,9 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, epoch, elapsed):
+        """`epoch`: the last finished epoch; 'partial_epoch', where a signal stopped the next one mid-way."""
         return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
-                'epoch': epoch,
+                'epoch': epoch, 'partial_epoch': self.partial,
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'best': dict(self.best), 'history': list(self.history),
                 'elapsed_s': elapsed}
@@ -181,15 +201,20 @@ class Trainer:
         self.best, self.history = ckpt['best'], ckpt['history']
         self.start_epoch = ckpt['epoch'] + 1
         self.saved_epoch = ckpt['epoch']
+        self.partial = ckpt.get('partial_epoch')
         self.elapsed_before = ckpt['elapsed_s']
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, splits):
         with StopSignals() as stop:
-            return self._fit(splits, stop)
+            self.stop = stop
+            try:
+                return self._fit(splits, stop)
+            finally:
+                self.stop = None
 
     def _fit(self, splits, stop):
-        """The epochs; a first SIGTERM/SIGINT ends the epoch in progress, writes last.pt and stops."""
+        """The epochs; a first SIGTERM/SIGINT ends the step in progress, writes last.pt and stops."""
         cfg, started = self.cfg, time.time()
         bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
                    total=cfg.nepoch, dynamic_ncols=True)
@@ -197,6 +222,8 @@ class Trainer:
             t0 = time.time()
             train_loss = self.train_epoch(epoch)  # ends with a sync: the timing is the device's
             t1 = time.time()
+            if train_loss is None:  # stopped by a signal after a step of this epoch
+                self.stop_mid_epoch(epoch, self.elapsed_before + t1 - started)
             self.seconds['train'] += t1 - t0
             bar.set_postfix(loss=f'{train_loss:.4f}')
             elapsed = self.elapsed_before + t1 - started
@@ -215,6 +242,14 @@ class Trainer:
                 raise Interrupted(f'{stop.name} after epoch {epoch}; {os.path.join(self.run_dir, "last.pt")} holds '
                                   f'it. Continue with --resume {self.run_dir}', stop.signum)
         return self.elapsed_before + time.time() - started
+
+    def stop_mid_epoch(self, epoch, elapsed):
+        last = os.path.join(self.run_dir, 'last.pt')
+        if distributed.is_main():
+            save_torch(self.checkpoint(epoch - 1, elapsed), last)
+        done = self.partial
+        raise Interrupted(f'{self.stop.name} at epoch {epoch}, step {done["steps_done"]} of {done["of"]}; {last} holds '
+                          f'it. Continue with --resume {self.run_dir}', self.stop.signum)
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
         val_acc = self.accuracy('val', splits.labels('val'))

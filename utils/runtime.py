@@ -75,7 +75,7 @@ class Interrupted(Exception):
 
 class StopSignals:
     """Within `with StopSignals() as stop:` a first SIGTERM or SIGINT only sets stop.signum (the
-    training loop finishes its epoch, writes last.pt and stops); a second one stops at once."""
+    training loop finishes its step, writes last.pt and stops); a second one stops at once."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -93,7 +93,7 @@ class StopSignals:
         if self.signum is not None:
             raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopped at once')
         self.signum = signum
-        print(f'\n{self.name}: finishing this epoch, then writing last.pt (send it again to stop at once)',
+        print(f'\n{self.name}: finishing this training step, then writing last.pt (send it again to stop at once)',
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
