@@ -116,6 +116,7 @@ def test_real_cifar10_from_the_shared_copy(tmp_path):
     assert np.array_equal(splits.val_labels.numpy(), train_labels[45000:])
     assert np.array_equal(splits.test_labels.numpy(), np.asarray(blob['test_labels']))
     assert np.bincount(train_labels, minlength=10).tolist() == [5000] * 10
+    assert splits.class_names == [str(c) for c in blob['classes']]  # from batches.meta, for the plots
 
 
 def test_every_dataset_offers_one_splits_interface(digits):
@@ -129,3 +130,12 @@ def test_every_dataset_offers_one_splits_interface(digits):
     assert files.labels('train') is None and torch.equal(digits.labels('train'), digits.train_clean)
     assert files.own_noisy_labels.tolist() == [0, 2, 1] and digits.own_noisy_labels is None
     assert files.labels('test').tolist() == [2, 0]
+
+
+def test_cifar_class_names_come_from_the_meta_file(tmp_path):
+    write_cifar10(str(tmp_path))
+    assert load_cifar('cifar10', str(tmp_path), download=False).class_names == []  # no meta file: no names
+    names = ['plane', 'car', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+    with open(tmp_path / 'cifar-10-batches-py' / 'batches.meta', 'wb') as f:
+        pickle.dump({'label_names': names, 'num_vis': 3072}, f)
+    assert load_cifar('cifar10', str(tmp_path), download=False).class_names == names

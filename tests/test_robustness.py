@@ -87,11 +87,15 @@ def test_probabilities_and_denoised_labels(tmp_path, digits):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
 
 
-def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits):
+def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
     from PIL import Image
     summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5'), lambda c: digits)
+    capsys.readouterr()
     result = demo_digits.main(['--predict', run_dir, '--predict_split', 'test', '--n_samples', '0'])
     assert result['accuracy'] == pytest.approx(summary['test_acc'])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == (f"predicted the test split: 400 images with the epoch-{summary['best_epoch']} best checkpoint, "
+                    f"accuracy {100 * summary['test_acc']:.2f}%; wrote {run_dir}/predict_test_labels.npy")
     folder = tmp_path / 'images'
     folder.mkdir()
     for i in range(6):

@@ -58,6 +58,7 @@ class ImageSplits:
     mean: tuple = CIFAR_MEAN
     std: tuple = CIFAR_STD
     coarse_of_class: Optional[np.ndarray] = None  # CIFAR-100 super-class of each fine class
+    class_names: list = field(default_factory=list)  # names of the classes, where the dataset has them
     extra: dict = field(default_factory=dict)
 
     def images(self, split):
@@ -159,7 +160,22 @@ def load_cifar(name, root, download=True, n_train=CIFAR_N_TRAIN):
     return ImageSplits(name=name, n_class=CIFAR_CLASSES[name],
                        train_images=t(train_x[:n_train]), train_clean=t(train_y[:n_train]),
                        val_images=t(train_x[n_train:]), val_labels=t(train_y[n_train:]),
-                       test_images=t(test_x), test_labels=t(test_y), coarse_of_class=coarse)
+                       test_images=t(test_x), test_labels=t(test_y), coarse_of_class=coarse,
+                       class_names=cifar_class_names(name, root))
+
+
+CIFAR_META = {'cifar10': ('batches.meta', 'label_names'), 'cifar100': ('meta', 'fine_label_names')}
+
+
+def cifar_class_names(name, root):
+    """The class names in the dataset folder's meta file, or [] when it is absent or unusual."""
+    meta_file, key = CIFAR_META[name]
+    path = os.path.join(root, CIFAR_FOLDERS[name][0], meta_file)
+    if not os.path.isfile(path):
+        return []
+    names = load_pickle(path, 'CIFAR meta', fix='re-download the dataset').get(key, [])
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return names if len(names) == CIFAR_CLASSES[name] else []
 
 
 def load_digits_splits(size=32, n_val=200, n_test=400, seed=0):
@@ -181,7 +197,7 @@ def load_digits_splits(size=32, n_val=200, n_test=400, seed=0):
                        train_images=x[:n_train], train_clean=y[:n_train],
                        val_images=x[n_train:n_train + n_val], val_labels=y[n_train:n_train + n_val],
                        test_images=x[n_train + n_val:], test_labels=y[n_train + n_val:],
-                       mean=mean, std=std)
+                       mean=mean, std=std, class_names=[str(d) for d in range(10)])
 
 
 def load_named(name, data_root='./data', download=True, n_train=CIFAR_N_TRAIN):

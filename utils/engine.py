@@ -367,9 +367,11 @@ def finish_outputs(trainer, data, splits, run_dir):
     clean = clean_train_labels(splits)
     noisy, denoised = data.noisy_labels.cpu().numpy(), denoised.cpu().numpy()
     probs = probs.cpu().numpy() if probs is not None else None
-    facts = write_training_outputs(run_dir, noisy, denoised, probs, clean)
+    facts = write_training_outputs(run_dir, noisy, denoised, probs, clean, splits.class_names)
     if not splits.in_memory:  # image files: the likely mislabelled ones by path, the splits' notes
         facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
                                       trainer.cfg.n_samples), **splits.notes)
-    plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'))
+    carved = 'noisy' in getattr(splits, 'notes', {}).get('model_selection', '')  # validation split with noisy labels
+    plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'), data.info.get('noisy_label_accuracy'),
+                  'validation (noisy labels)' if carved else 'validation (clean)')
     return facts

@@ -18,14 +18,19 @@ def confusion(rows, cols, n_class):
     return m
 
 
-def plot_accuracy(history, path):
+def plot_accuracy(history, path, noisy_label_accuracy=None, val_name='validation (clean)'):
+    """Validation and test accuracy per evaluated epoch, beside the noisy labels' own accuracy."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     epochs = [r['epoch'] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [100 * r['val_acc'] for r in history], 'o-', label='validation (clean)')
+    ax.plot(epochs, [100 * r['val_acc'] for r in history], 'o-', label=val_name)
     ax.plot(epochs, [100 * r['test_acc'] for r in history], 's-', label='test (clean)')
+    if noisy_label_accuracy is not None:
+        ax.axhline(100 * noisy_label_accuracy, color='grey', linestyle='--', label='noisy training labels')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('epoch')
     ax.set_ylabel('accuracy (%)')
     ax.grid(alpha=0.3)
@@ -35,7 +40,7 @@ def plot_accuracy(history, path):
     plt.close(fig)
 
 
-def plot_confusion(matrix, row_name, col_name, path):
+def plot_confusion(matrix, row_name, col_name, path, class_names=None):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -48,6 +53,9 @@ def plot_confusion(matrix, row_name, col_name, path):
     if n <= 20:
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
+        if class_names:
+            ax.set_xticklabels(class_names, rotation=90, fontsize=7)
+            ax.set_yticklabels(class_names, fontsize=7)
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
@@ -59,7 +67,7 @@ def plot_confusion(matrix, row_name, col_name, path):
     plt.close(fig)
 
 
-def write_training_outputs(run_dir, noisy, denoised, probs, clean=None):
+def write_training_outputs(run_dir, noisy, denoised, probs, clean=None, class_names=None):
     """Denoised labels and class probabilities for every training sample, plus confusion plots.
 
     `train_probs.npy` rows sum to 1 and can go straight into label-issue tools, e.g.
@@ -71,13 +79,13 @@ def write_training_outputs(run_dir, noisy, denoised, probs, clean=None):
     if probs is not None:
         save_npy(probs.astype(np.float32), os.path.join(run_dir, 'train_probs.npy'))
     plot_confusion(confusion(noisy, denoised, n_class), 'noisy label', 'denoised label',
-                   os.path.join(run_dir, 'confusion_noisy_vs_denoised.png'))
+                   os.path.join(run_dir, 'confusion_noisy_vs_denoised.png'), class_names)
     facts = {'denoised_changed_fraction': float(np.mean(noisy != denoised))}
     if clean is not None:
         plot_confusion(confusion(clean, denoised, n_class), 'clean label', 'denoised label',
-                       os.path.join(run_dir, 'confusion_clean_vs_denoised.png'))
+                       os.path.join(run_dir, 'confusion_clean_vs_denoised.png'), class_names)
         plot_confusion(confusion(clean, noisy, n_class), 'clean label', 'noisy label',
-                       os.path.join(run_dir, 'confusion_clean_vs_noisy.png'))
+                       os.path.join(run_dir, 'confusion_clean_vs_noisy.png'), class_names)
         facts['denoised_label_accuracy'] = float(np.mean(clean == denoised))
     return facts
 

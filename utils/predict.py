@@ -60,15 +60,26 @@ def predict(cfg, load_splits):
     predicted = predicted.cpu().numpy()
     prefix = os.path.join(cfg.predict, f'predict_{name}')
     save_npy(predicted, prefix + '_labels.npy')
+    written = [prefix + '_labels.npy']
     if probs is not None:
         save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
+        written.append(prefix + '_probs.npy')
     if cfg.predict_folder:
         with open(prefix + '.csv', 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(['path', 'label'])
             writer.writerows(zip(paths, predicted.tolist()))
-    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': prefix + '_labels.npy'}
+        written.append(prefix + '.csv')
+    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
     if labels is not None:
         result['accuracy'] = float(np.mean(predicted == labels.numpy()))
-    print(result)
+    print(prediction_line(result))
     return result
+
+
+def prediction_line(result):
+    """One readable line: what was labelled, how well where labels are known, and where it went."""
+    what = 'the images of the folder' if result['split'] == 'folder' else f"the {result['split']} split"
+    score = f", accuracy {100 * result['accuracy']:.2f}%" if 'accuracy' in result else ''
+    return (f"predicted {what}: {result['n']} images with the epoch-{result['epoch']} best checkpoint{score}; "
+            f"wrote {', '.join(result['written'])}")
