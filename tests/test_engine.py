@@ -89,9 +89,14 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
     run_dir = str(tmp_path / 'b' / 'runs' / 'r')
     assert load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 6
     monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    first_prepare = load_torch(os.path.join(run_dir, 'last.pt'))['data_info']['prepare_s']
     resumed, _ = run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
     for key in ('best_val_acc', 'best_epoch', 'test_acc'):
         assert resumed[key] == straight[key], key
+    assert resumed['seconds']['prepare'] > first_prepare  # both invocations' preparation
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert [r['after_epoch'] for r in config['resumes']] == [6] and config['n_train'] == 1197
+    assert 'image_size' not in config and 'nepoch' in config  # only the flags of this script
 
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):

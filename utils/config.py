@@ -190,9 +190,18 @@ def apply_defaults(parser, defaults):
 
 
 def parse_config(description, defaults, argv=None, dataset_args=None, kind='memory'):
-    cfg = build_parser(description, defaults, dataset_args, kind).parse_args(argv)
+    parser = build_parser(description, defaults, dataset_args, kind)
+    cfg = parser.parse_args(argv)
     cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
+    cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
     return cfg
+
+
+def recorded_config(cfg):
+    """The configuration a run folder records: the flags of its own script (and the values its
+    defaults table adds), not the defaults of flags other datasets' scripts have."""
+    own = set(getattr(cfg, 'script_flags', ())) or set(vars(cfg))
+    return {k: v for k, v in vars(cfg).items() if k in own or k not in COMMON_DEFAULTS}
 
 
 def given_flags(parser, argv):

@@ -20,6 +20,7 @@ from model_diffusion import Diffusion
 from utils import distributed
 from utils.augment import random_crop_flip
 from utils.checks import check_config
+from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.io import append_jsonl, save_json, save_torch, write_jsonl
@@ -319,6 +320,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
     data.info['input_fingerprints'] = input_fingerprints(splits, data)
     if ckpt is not None:
+        before = ckpt['data_info']
+        data.info['prepare_total_s'] = round(before.get('prepare_total_s', before['prepare_s']) + data.info['prepare_s'], 2)
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
     model = channels_last(build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device),
@@ -333,10 +336,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
         if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
             write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
         print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
-    config = {**vars(cfg), **data.info, 'device_name': device_description(device),
-              'world_size': distributed.world_size()}
     if main:
-        save_json(config, os.path.join(run_dir, 'config.json'))
+        write_config(run_dir, cfg, data.info, device, ckpt)
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
@@ -349,7 +350,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
                **{k: data.info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy')
                   if k in data.info}}
     epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
-    summary['seconds'] = {'prepare': data.info['prepare_s'], 'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
+    summary['seconds'] = {'prepare': data.info.get('prepare_total_s', data.info['prepare_s']),  # every invocation's
+                          'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
                           'evaluations': round(trainer.seconds['evaluate'], 2),
                           'checkpoints': round(trainer.seconds['checkpoint'], 2)}
     started = time.time()
@@ -358,6 +360,25 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir
+
+
+def write_config(run_dir, cfg, info, device, ckpt):
+    """config.json: the run's resolved flags and data facts. A resumed run keeps what the original
+    run recorded and adds one entry per resume (where it continued, on which device)."""
+    path = os.path.join(run_dir, 'config.json')
+    here = {'device_name': device_description(device), 'world_size': distributed.world_size()}
+    config = {**recorded_config(cfg), **info, **here}
+    if ckpt is not None and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                original = json.load(f)
+        except (OSError, ValueError):
+            original = None  # unreadable: the fresh record replaces it
+        if isinstance(original, dict):
+            resumes = original.get('resumes', []) + [{'after_epoch': ckpt['epoch'], **here,
+                                                      'command_line_flags': getattr(cfg, 'command_line_flags', None)}]
+            config = {**original, 'resumes': resumes}
+    save_json(config, path)
 
 
 def finish_outputs(trainer, data, splits, run_dir):

@@ -22,7 +22,7 @@ LOCK_NAME = '.lock'
 # (the inputs themselves are checked by hash)
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
                         'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug')
-ALWAYS_FROM_THIS_RUN = ('device', 'resume', 'debug', 'command_line_flags')
+ALWAYS_FROM_THIS_RUN = ('device', 'resume', 'debug', 'command_line_flags', 'script_flags')
 
 
 def plan_run_dir(cfg):
