@@ -219,7 +219,8 @@ class Trainer:
         cfg, started = self.cfg, time.time()
         bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
                    total=cfg.nepoch, dynamic_ncols=True)
-        for epoch in bar:
+        for epoch in bar:  # epochs are numbered from 0 everywhere: bar, log lines, log.jsonl, checkpoints
+            bar.set_description(f'epoch {epoch}')
             t0 = time.time()
             train_loss = self.train_epoch(epoch)  # ends with a sync: the timing is the device's
             t1 = time.time()
@@ -335,7 +336,9 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
         trainer.restore(ckpt)
         if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
             write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
-        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}')
+        partial = ckpt.get('partial_epoch')
+        within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
+        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
     if main:
         write_config(run_dir, cfg, data.info, device, ckpt)
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
