@@ -6,14 +6,13 @@ Floating tensors travel as fp16 (half the bytes; an encoder's features barely mo
 manifest names every shard with its size and SHA-256, so a reassembly refuses a shard that is
 missing, truncated or altered; shards are read with `torch.load(weights_only=True)`.
 """
-import hashlib
 import json
 import math
 import os
 
 import torch
 
-from utils.io import save_json, save_torch
+from utils.io import file_digest, save_json, save_torch
 
 FORMAT = 'fp16-shards-1'
 MANIFEST = 'manifest.json'
@@ -26,11 +25,7 @@ class ShardError(ValueError):
 
 
 def sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, 'sha256')
 
 
 def _pieces(name, tensor, max_bytes):

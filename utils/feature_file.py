@@ -6,7 +6,6 @@ images), plus `meta`: a JSON string recording what made them. It is read with al
 Any model's embeddings can be used this way; `python -m benchmarks.extract_features` writes one.
 A file whose splits, row counts or widths do not fit the dataset is refused.
 """
-import hashlib
 import json
 import os
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from utils.encoders import EncoderError, FrozenEncoder
+from utils.io import file_digest
 
 SPLITS = ('train', 'val', 'test')
 FIX = 'write an .npz with float arrays train, val, test (rows in the dataset\'s order), e.g. with ' \
@@ -31,11 +31,7 @@ def save_feature_file(path, arrays, meta):
 
 
 def file_sha1(path):
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, 'sha1')
 
 
 def _read_npz(path):

@@ -8,6 +8,7 @@ builtin containers, strings, bytes, numbers and numpy arrays.
 """
 import codecs
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -189,3 +190,12 @@ def load_pickle(path, what, fix):
             raise
         except Exception as exc:
             raise _corrupt(what, path, exc, fix) from exc
+
+
+def file_digest(path, algorithm='sha1', prefix=b''):
+    """Hex digest of a file's bytes (after `prefix`), read in 4 MiB blocks."""
+    h = hashlib.new(algorithm, prefix)
+    with open(path, 'rb') as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

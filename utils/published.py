@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from utils.io import atomic_write
+from utils.io import atomic_write, file_digest
 from utils.runtime import SetupError
 
 DEFAULT_BASE_URL = 'https://raw.githubusercontent.com'
@@ -99,12 +99,8 @@ def git_blob_sha1(data):
     return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
 
 
-def git_blob_sha1_of_file(path, chunk=1 << 20):
-    h = hashlib.sha1(b'blob %d\0' % os.path.getsize(path))
-    with open(path, 'rb') as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def git_blob_sha1_of_file(path):
+    return file_digest(path, 'sha1', b'blob %d\0' % os.path.getsize(path))
 
 
 def inputs_dir(override=None):
