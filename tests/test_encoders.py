@@ -30,7 +30,7 @@ def test_simclr_checkpoint_loads_and_gives_unit_features(simclr18_path):
     assert feats.shape == (4, 512)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(4))
     # the loaded weights are the saved ones
-    saved = torch.load(simclr18_path)
+    saved = torch.load(simclr18_path, weights_only=True)
     torch.testing.assert_close(enc.state_dict()['f.0.weight'], saved['f.0.weight'])
 
 
@@ -40,7 +40,7 @@ def test_simclr_resnet50_checkpoint_detected(tmp_path):
 
 
 def test_simclr_checkpoint_of_another_shape_is_refused(tmp_path, simclr18_path):
-    state = torch.load(simclr18_path)
+    state = torch.load(simclr18_path, weights_only=True)
     state['f.0.weight'] = torch.zeros(64, 3, 7, 7)  # an ImageNet stem
     torch.save(state, tmp_path / 'imagenet_stem.pt')
     with pytest.raises(EncoderError, match='CIFAR stem'):
