@@ -1,4 +1,6 @@
 """Caches keyed by the very arguments of the computation they hold."""
+import os
+
 import torch
 
 from utils.cache import cached, computation_key
@@ -34,3 +36,29 @@ def test_settings_that_do_not_change_the_value_are_not_in_the_key(tmp_path):
     cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=64)
     assert calls == [2]
     assert computation_key(encode, dict(x=x)) != computation_key(encode, dict(x=x + 1))
+
+
+def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tmp_path, digits, monkeypatch):
+    """A search option added in utils/retrieval.py (search_options and knn) needs no other file: it
+    reaches the cached neighbour table (and its key) and the f_p check."""
+    import utils.cache
+    import utils.prepare
+    import utils.retrieval
+    from conftest import subset
+    from test_engine import digits_cfg
+    seen, exact = [], utils.retrieval.knn
+
+    def knn_with_option(queries, keys, k, chunk_size=None, progress=False, shrink=1.0):
+        seen.append(shrink)
+        return exact(queries * shrink, keys * shrink, k, chunk_size, progress)
+    small = subset(digits, 150, 40)
+    cfg = digits_cfg(tmp_path, '--nepoch', '1')
+    utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+    files = set(os.listdir(tmp_path / 'cache'))
+    for module in (utils.cache, utils.prepare):
+        monkeypatch.setattr(module, 'knn', knn_with_option)
+    monkeypatch.setattr(utils.prepare, 'search_options', lambda cfg: {'shrink': 0.5})
+    utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+    assert seen == [0.5, 0.5]  # the neighbour table, then the f_p check
+    new = set(os.listdir(tmp_path / 'cache')) - files
+    assert [n for n in new if n.startswith('neighbours_')]  # another key: the old table is not reused

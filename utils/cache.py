@@ -123,16 +123,16 @@ def augmented_view(images, seed, chunk=4096):
     return torch.cat([random_crop_flip(images[i:i + chunk].cpu(), generator=g) for i in range(0, len(images), chunk)])
 
 
-def neighbour_table(features, k):
+def neighbour_table(features, k, **search):
     """The k nearest training samples of every training sample (itself included), by exact search."""
-    return knn(features, features, k, progress=True)[1]
+    return knn(features, features, k, progress=True, **search)[1]
 
 
-def cached_neighbours(features, k, cache_dir, log=print):
-    """`neighbour_table`, cached."""
+def cached_neighbours(features, k, cache_dir, log=print, **search):
+    """`neighbour_table`, cached; `search` (retrieval.search_options) enters the key like k."""
     valid = lambda idx: idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
         and int(idx.max()) < features.shape[0]  # noqa: E731
-    return cached(neighbour_table, dict(features=features, k=k), cache_dir, f'neighbours_k{k}', valid,
+    return cached(neighbour_table, dict(features=features, k=k, **search), cache_dir, f'neighbours_k{k}', valid,
                   log).to(features.device)
 
 

@@ -31,7 +31,7 @@ from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
                            rng_state, seed_everything, set_rng_state)
 from utils.prepare import clean_train_labels, prepare
-from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
 from utils.x_encoders import build_model, x_encoder_input
 
@@ -104,7 +104,7 @@ class Trainer:
             return self.data.candidates.sample(idx)
         noisy = self.data.noisy_labels
         rows = retrieve_candidates(fp_x, self.data.features['train'], noisy, noisy[idx], self.cfg.k,
-                                   self.cfg.candidates)
+                                   self.cfg.candidates, **search_options(self.cfg))
         return CandidateLabels.sample_rows(rows, uniform=self.data.candidates.uniform)
 
     def train_step(self, idx):

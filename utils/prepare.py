@@ -10,7 +10,7 @@ from utils.cache import cached_features, cached_file_features, cached_neighbours
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
 from utils.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
 from utils.recipes import resolve_recipe
-from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search
+from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
 from utils.runtime import SetupError
 from utils.sampling import per_class_count
 from utils.x_encoders import cached_backbone_arch, x_encoder_input
@@ -97,12 +97,12 @@ def split_features(cfg, splits, encoders, log):
     return out
 
 
-def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000):
+def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, **search):
     """How often the majority noisy label of a clean validation image's k training neighbours is its
     true label (on up to `limit` images). Below the noisy labels' own accuracy, f_p's neighbourhoods
     are too impure for retrieval to help, and the run will end below the noisy labels: say so."""
     queries = features['val'][:limit]
-    _, idx = knn(queries, features['train'], k)
+    _, idx = knn(queries, features['train'], k, **search)
     truth = torch.as_tensor(val_labels[:len(queries)]).to(idx.device)
     accuracy = float((majority_vote(noisy[idx], n_class) == truth).float().mean())
     line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
@@ -137,7 +137,7 @@ def prepare(cfg, splits, device, log=print):
     encoder = encoders[0]
     features, *x_features = split_features(cfg, splits, encoders, log)
     neighbours = cached_neighbours(features['train'], neighbours_to_search(cfg.k, cfg.candidates), cfg.cache_dir,
-                                   log=log)
+                                   log=log, **search_options(cfg))
     noisy = torch.from_numpy(labels).to(device)
     candidates = CandidateLabels(neighbours, noisy, cfg.candidates, cfg.candidate_weights)
     needs_pixels = x_input == 'image' or augmented_fp
@@ -153,6 +153,6 @@ def prepare(cfg, splits, device, log=print):
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
     info['val_neighbour_majority_accuracy'] = check_retrieval(features, noisy, splits.val_labels, cfg.k, splits.n_class,
-                                                              info.get('noisy_label_accuracy'), log)
+                                                              info.get('noisy_label_accuracy'), log, **search_options(cfg))
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, x_features[0] if x_features else None)

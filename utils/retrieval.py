@@ -65,10 +65,19 @@ def candidate_rows(neighbour_labels, own_labels, rule):
     return torch.cat([neighbour_labels, *own], dim=1).long()
 
 
-def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own'):
+def search_options(cfg):
+    """The flags that shape the neighbour search beyond k, as keyword arguments of `knn`: the one
+    place a new search option (a distance, say) is read from the flags. Every search receives them
+    (the cached neighbour table, whose cache key they enter by construction, the per-step retrieval
+    and the f_p check), so such an option is a change to this file and a flag in utils/config.py.
+    The paper's search, exact Euclidean, has none."""
+    return {}
+
+
+def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own', **search):
     """Candidates of a batch searched now (the authors' SimCLR path: each step's augmented query
     against the cached keys), by the candidate rule."""
-    _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0])
+    _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0], **search)
     return candidate_rows(key_labels[idx], own_labels, rule)
 
 
