@@ -106,12 +106,17 @@ def encode_view(encoder, images, view, seed, batch_size=512):
     return finite_features(features, encoder, f'the {view} view')
 
 
+def features_fit(value, encoder, n):
+    """A stored feature tensor is usable: one finite row of the encoder's width per image."""
+    return value.shape == (n, encoder.dim) and bool(torch.isfinite(value).all())
+
+
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
     """f_p features of in-memory `images`, computed once per (encoder, images, view, seed of the view)."""
     if hasattr(encoder, 'split_features'):  # a features file: its rows are the features already
         return encoder.split_features(split, len(images))
     arguments = dict(encoder=encoder, images=images, view=view, seed=seed if view == 'augmented' else None)
-    valid = lambda f: f.shape == (len(images), encoder.dim) and bool(torch.isfinite(f).all())  # noqa: E731
+    valid = lambda f: features_fit(f, encoder, len(images))  # noqa: E731
     return cached(encode_view, arguments, cache_dir, f'{dataset}_{split}_{view}_{encoder.name}', valid, log,
                   batch_size=batch_size).to(encoder.device)
 
@@ -160,7 +165,7 @@ def encode_file_view(encoder, paths, size):
 
 def load_file_features(encoder, key, label, cache_dir, n, log):
     value = _load_matching(cache_path(cache_dir, label, key), key, f'{label} cache', log)
-    if value is not None and value.shape == (n, encoder.dim) and torch.isfinite(value).all():
+    if value is not None and features_fit(value, encoder, n):
         return value.to(encoder.device)
     return None
 
