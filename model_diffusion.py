@@ -138,21 +138,21 @@ class TimeGatedLinear(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """ε-prediction network: (x_source, y_t, t, f_p(x)) → ε̂.
+    """ε-prediction network: (x, y_t, t, f_p(x)) → ε̂.
 
-    `x_encoder` maps `x_source` (an image batch or f_p features, depending on the diffusion
+    `diff_encoder` maps `x` (an image batch or f_p features, depending on the diffusion
     encoder) to a `feature_dim` embedding. Split into `embed_x` and `head` so samplers compute the
     image embedding once per batch rather than once per step.
     """
 
-    def __init__(self, n_class, fp_dim, feature_dim, x_encoder, n_timesteps=N_TIMESTEPS, n_layers=3):
+    def __init__(self, n_class, fp_dim, feature_dim, diff_encoder, n_timesteps=N_TIMESTEPS, n_layers=3):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f'the denoiser needs at least 2 time-gated layers (the x_e gate sits after the first), '
                              f'got {n_layers}')
         self.n_class = n_class
         self.n_layers = n_layers
-        self.x_encoder = x_encoder
+        self.diff_encoder = diff_encoder
         self.bf16_embed = False  # bf16 autocast for the diffusion encoder on CUDA; the rest stays float32
         self.x_norm = nn.BatchNorm1d(feature_dim)
         # lin1/norm1 … lin{n}/norm{n}: the paper's three layers keep their checkpoint key names
@@ -165,27 +165,27 @@ class Denoiser(nn.Module):
     def _layer(self, i, h, t):
         return F.softplus(getattr(self, f'norm{i}')(getattr(self, f'lin{i}')(h, t)))
 
-    def embed_x(self, x_source):
-        use_bf16 = self.bf16_embed and x_source.is_cuda
-        with torch.autocast(x_source.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            x_embed = self.x_encoder(x_source)
-        return self.x_norm(x_embed.float())
+    def embed_x(self, x):
+        use_bf16 = self.bf16_embed and x.is_cuda
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            x_e = self.diff_encoder(x)
+        return self.x_norm(x_e.float())
 
-    def head(self, x_embed, y_t, t, fp_x):
-        h = x_embed * self._layer(1, torch.cat([y_t, fp_x], dim=1), t)  # the image gates the first layer
+    def head(self, x_e, y_t, t, fp_x):
+        h = x_e * self._layer(1, torch.cat([y_t, fp_x], dim=1), t)  # the image gates the first layer
         for i in range(2, self.n_layers + 1):
             h = self._layer(i, h, t)
         return self.out(h)
 
-    def forward(self, x_source, y_t, t, fp_x):
-        return self.head(self.embed_x(x_source), y_t, t, fp_x)
+    def forward(self, x, y_t, t, fp_x):
+        return self.head(self.embed_x(x), y_t, t, fp_x)
 
 
 @torch.inference_mode()
-def sample_y0(denoiser, diffusion, x_embed, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+def sample_y0(denoiser, diffusion, x_e, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
     """Run the DDIM sampler for one batch whose image embedding is already computed."""
     def eps_fn(y_t, t):
-        return denoiser.head(x_embed, y_t, t, fp_x).float()
+        return denoiser.head(x_e, y_t, t, fp_x).float()
 
     shape = (fp_x.shape[0], denoiser.n_class)
     return diffusion.ddim_sample(eps_fn, shape, n_steps=n_steps, eta=eta, noisy_start=noisy_start,
@@ -193,6 +193,6 @@ def sample_y0(denoiser, diffusion, x_embed, fp_x, n_steps=10, eta=0.0, noisy_sta
 
 
 @torch.inference_mode()
-def predict_y0(denoiser, diffusion, x_source, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
+def predict_y0(denoiser, diffusion, x, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
     """The denoised label vectors y_0 (B × C) for one batch."""
-    return sample_y0(denoiser, diffusion, denoiser.embed_x(x_source), fp_x, n_steps, eta, noisy_start, generator)
+    return sample_y0(denoiser, diffusion, denoiser.embed_x(x), fp_x, n_steps, eta, noisy_start, generator)

@@ -26,7 +26,7 @@ from utils.io import save_json
 from utils.networks import cifar_resnet
 from utils.random_weights import save_random_clip, save_random_simclr
 from utils.runtime import resolve_device
-from utils.x_encoders import build_x_encoder, x_encoder_input
+from utils.diff_encoders import build_diff_encoder, diff_encoder_input
 
 COLUMNS = ('Standard', 'SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 
@@ -45,13 +45,13 @@ def build_column(name, args, device, folder):
         path = args.clip.get(name) or save_random_clip(arch, os.path.join(folder, arch.replace('/', '-') + '.pt'))
         encoder = load_clip(path, device)
     denoiser = Denoiser(10, encoder.dim, args.feature_dim,
-                        build_x_encoder(args.diff_encoder, args.feature_dim, encoder.dim, (3, 32, 32))).to(device).eval()
+                        build_diff_encoder(args.diff_encoder, args.feature_dim, encoder.dim, (3, 32, 32))).to(device).eval()
     denoiser = channels_last(denoiser, device)
     diffusion = Diffusion().to(device)
-    x_input = x_encoder_input(args.diff_encoder)
+    diff_input = diff_encoder_input(args.diff_encoder)
 
     def classify(images):
-        return classify_images(images, encoder, denoiser, diffusion, x_input, CIFAR_MEAN, CIFAR_STD,
+        return classify_images(images, encoder, denoiser, diffusion, diff_input, CIFAR_MEAN, CIFAR_STD,
                                args.batch_size, args.ddim_n_step)
     return classify, f'{encoder.name} {encoder.dim}-d + {args.diff_encoder}'
 

@@ -9,7 +9,7 @@ from utils.evaluate import classify_images
 from utils.encoders import load_clip
 from model_diffusion import Diffusion
 from utils.io import load_torch
-from utils.x_encoders import build_model
+from utils.diff_encoders import build_model
 
 
 def test_inference_table_runs_every_column():

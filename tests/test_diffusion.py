@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model_diffusion import Denoiser, Diffusion, ddim_step, ddim_timesteps, labels_from_y0, predict_y0
-from utils.x_encoders import build_x_encoder
+from utils.diff_encoders import build_diff_encoder
 
 
 def test_cosine_schedule_matches_closed_form():
@@ -105,7 +105,7 @@ def test_ddim_step_with_eta1_is_the_ddpm_posterior():
 
 def test_stochastic_sampling_varies_and_deterministic_does_not():
     torch.manual_seed(0)
-    model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100).eval()
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100).eval()
     d = Diffusion(100)
     fp = torch.randn(8, 6)
     a = predict_y0(model, d, fp, fp)
@@ -117,11 +117,11 @@ def test_stochastic_sampling_varies_and_deterministic_does_not():
 
 def test_denoiser_depth_is_a_parameter_and_keeps_the_paper_key_names():
     def keys(n_layers):
-        model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=n_layers)
+        model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=n_layers)
         return {k for k in model.state_dict() if k.startswith(('lin', 'norm'))}
     three, four = keys(3), keys(4)
     assert {k.split('.')[0] for k in three} == {'lin1', 'lin2', 'lin3', 'norm1', 'norm2', 'norm3'}
     assert {k.split('.')[0] for k in four - three} == {'lin4', 'norm4'}
-    model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=4).eval()
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=4).eval()
     out = model(torch.randn(3, 6), torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.randn(3, 6))
     assert out.shape == (3, 4) and torch.isfinite(out).all()

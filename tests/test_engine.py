@@ -13,10 +13,10 @@ from model_diffusion import Diffusion
 from utils import engine
 from utils.config import parse_config
 from utils.engine import NonFiniteLoss, learning_rate, run
-from utils.x_encoders import build_model
+from utils.diff_encoders import build_model
 from utils.io import load_torch
 from utils.prepare import prepare
-from utils.rundir import CHECKPOINT_FORMAT
+from utils.rundir import CHECKPOINT_FORMAT, load_run
 
 from conftest import subset
 from test_data import write_cifar10
@@ -72,6 +72,14 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
     assert trainer.accuracy('val', digits.val_labels) == pytest.approx(summary['best_val_acc'])
 
+    # a checkpoint written before the diffusion encoder's rename (format 1) reads as today's
+    old = {**ckpt, 'format_version': 1,
+           'model': {k.replace('diff_encoder.', 'x_encoder.', 1): v for k, v in ckpt['model'].items()}}
+    assert any(k.startswith('x_encoder.') for k in old['model'])
+    torch.save(old, os.path.join(run_dir, 'old.pt'))
+    upgraded = load_run(run_dir, 'old.pt')
+    assert upgraded['format_version'] == CHECKPOINT_FORMAT and list(upgraded['model']) == list(ckpt['model'])
+
 
 def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):
     flags = ['--nepoch', '12', '--warmup_epochs', '2', '--eval_every', '2', '--lr_horizon', '12']
@@ -102,8 +110,8 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
 def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):
     original = engine.Trainer.train_step
     calls = {'n': 0}
-    def poisoned(self, idx):
-        loss = original(self, idx)
+    def poisoned(self, idx, *decoded):
+        loss = original(self, idx, *decoded)
         calls['n'] += 1
         return loss * float('nan') if calls['n'] == 24 + 4 else loss  # epoch 1, step 3 (0-based)
     monkeypatch.setattr(engine.Trainer, 'train_step', poisoned)
@@ -170,7 +178,7 @@ def test_frozen_diffusion_encoder_is_not_updated(tmp_path, digits):
     torch.manual_seed(cfg.seed)
     ckpt = load_torch(os.path.join(run_dir, 'last.pt'))
     fresh = build_model(cfg, 10, 768, (3, 16, 16)).state_dict()
-    trained = {k: v for k, v in ckpt['model'].items() if k.startswith('x_encoder.') and 'weight' in k
+    trained = {k: v for k, v in ckpt['model'].items() if k.startswith('diff_encoder.') and 'weight' in k
                and 'running' not in k and v.dim() == 2}
     assert trained and all(torch.equal(v, fresh[k]) for k, v in trained.items())
     assert not torch.equal(ckpt['model']['lin1.linear.weight'], fresh['lin1.linear.weight'])

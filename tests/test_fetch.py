@@ -218,8 +218,8 @@ def test_authors_command_runs_on_served_inputs_to_the_first_step(server, tmp_pat
     class FirstStepDone(Exception):
         pass
 
-    def first_step_only(self, idx):
-        loss = train_step(self, idx)
+    def first_step_only(self, idx, *decoded):
+        loss = train_step(self, idx, *decoded)
         raise FirstStepDone(float(loss))
     train_step = engine.Trainer.train_step
     monkeypatch.setattr(engine.Trainer, 'train_step', first_step_only)

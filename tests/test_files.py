@@ -125,13 +125,13 @@ def test_webvision_script_end_to_end(tmp_path, tiny_clip_path):
     assert json.load(open(os.path.join(run_dir, 'config.json')))['n_test'] == 15
 
 
-def test_image_diffusion_encoder_is_refused_for_file_datasets(tmp_path, tiny_clip_path):
+def test_a_cifar_stem_diffusion_encoder_reads_decoded_files_too(tmp_path, tiny_clip_path):
     root = layouts.clothing1m(str(tmp_path / 'data'))
-    flags = small_flags(tmp_path, tiny_clip_path)
+    flags = small_flags(tmp_path, tiny_clip_path, '--nepoch', '1')
     flags[flags.index('resnet18_l')] = 'resnet18'
-    with pytest.raises(RuntimeError, match='resnet50_l'):
-        train_Clothing1M.main(['--clothing1m_root', root, *flags])
-    assert not (tmp_path / 'runs').exists()
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *flags])
+    assert json.load(open(os.path.join(run_dir, 'config.json')))['fp_train_view'] == 'augmented'
+    assert summary['epochs'] == 1 and os.path.isfile(os.path.join(run_dir, 'best.pt'))
 
 
 def cache_tensors(folder):
@@ -145,7 +145,7 @@ def cache_tensors(folder):
 def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip_path):
     root = layouts.clothing1m(str(tmp_path / 'data'))
     def command(tag, procs):
-        flags = small_flags(tmp_path / tag, tiny_clip_path)
+        flags = small_flags(tmp_path / tag, tiny_clip_path, '--diff_backbone', 'cached')
         return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(procs), '--master_port',
                 str(29500 + procs), 'train_Clothing1M.py', '--clothing1m_root', root, *flags]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}

@@ -10,7 +10,7 @@ import torch
 from model_diffusion import Denoiser
 from utils import engine
 from utils.engine import run
-from utils.x_encoders import build_x_encoder
+from utils.diff_encoders import build_diff_encoder
 
 from conftest import subset
 from test_engine import digits_cfg
@@ -22,16 +22,16 @@ def fed_to_the_loss(tmp_path_factory, digits):
     steps, candidates = [], {}
     original_loss, original_step = engine.Trainer._step_loss, engine.Trainer.train_step
 
-    def spy_loss(self, x_source, y_t, t, fp_x, noise, weights):
+    def spy_loss(self, x, y_t, t, fp_x, noise, weights):
         steps[-1].update(y_t=y_t, t=t, noise=noise, weights=weights)
         candidates.setdefault('table', self.data.candidates.candidates)
         candidates.setdefault('noisy', self.data.noisy_labels)
         candidates.setdefault('diffusion', self.diffusion)
-        return original_loss(self, x_source, y_t, t, fp_x, noise, weights)
+        return original_loss(self, x, y_t, t, fp_x, noise, weights)
 
-    def spy_step(self, idx):
+    def spy_step(self, idx, *decoded):
         steps.append({'idx': idx})
-        return original_step(self, idx)
+        return original_step(self, idx, *decoded)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(engine.Trainer, '_step_loss', spy_loss)
@@ -87,7 +87,7 @@ def test_timesteps_come_in_antithetic_pairs(fed_to_the_loss):
 
 def test_the_image_embedding_gates_the_first_layer():
     torch.manual_seed(0)
-    model = Denoiser(4, 6, 16, build_x_encoder('fp_mlp', 16, 6, None), n_timesteps=100).eval()
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100).eval()
     fp_x, t = torch.randn(5, 6), torch.full((5,), 50)
     y_a, y_b = torch.randn(5, 4), torch.randn(5, 4)
     with torch.no_grad():

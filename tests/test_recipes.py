@@ -6,13 +6,16 @@ import pytest
 import torch
 
 import train_CIFAR
+import train_Clothing1M
+import train_Food101N
+import train_WebVision
 from utils import engine, evaluate
 from utils.cache import augmented_view
 from utils.config import parse_config
 from utils.engine import run
 from utils.io import load_torch
 from utils.recipes import resolve_recipe
-from utils.x_encoders import build_model
+from utils.diff_encoders import build_model
 from utils.retrieval import CandidateLabels, retrieve_candidates
 
 from conftest import subset
@@ -53,10 +56,38 @@ def test_improved_recipe_and_single_flags_win():
     assert one['eval_bn'] == 'running' and one['freeze_diff_encoder'] is True and one['eval_batch_size'] == 2000
 
 
-def test_file_datasets_cannot_take_augmented_views():
+def test_file_datasets_cannot_take_augmented_keys():
     assert resolved(in_memory=False)['fp_cache_view'] == 'clean'
-    with pytest.raises(Exception, match='--fp_train_view cached --fp_cache_view clean'):
+    with pytest.raises(Exception, match='use --fp_cache_view clean'):
         resolved('--fp_cache_view', 'augmented', in_memory=False)
+
+
+def file_recipe(script, dataset, *flags):
+    return vars(resolve_recipe(parse_config('', script.DEFAULTS, list(flags), kind='files'), False, dataset))
+
+
+@pytest.mark.parametrize('script,dataset', [(train_Clothing1M, 'clothing1m'), (train_WebVision, 'webvision')])
+def test_authors_tune_the_resnet50_on_clothing1m_and_webvision(script, dataset):
+    authors = file_recipe(script, dataset)
+    assert (authors['diff_encoder'], authors['diff_backbone'], authors['freeze_diff_encoder']) == \
+        ('resnet50_l', 'tuned', False)
+    # their step re-encodes the augmented batch with f_p and retrieves its neighbours against the keys
+    assert authors['fp_train_view'] == 'augmented' and authors['per_step_retrieval'] is True
+    assert authors['fp_cache_view'] == 'clean' and authors['eval_bn'] == 'running'
+    improved = file_recipe(script, dataset, '--recipe', 'improved')  # the fast path: cached backbone features
+    assert (improved['diff_backbone'], improved['fp_train_view'], improved['per_step_retrieval']) == \
+        ('cached', 'cached', False)
+    cached = file_recipe(script, dataset, '--diff_backbone', 'cached')  # one flag: the authors' rest, cached
+    assert cached['fp_train_view'] == 'cached' and cached['freeze_diff_encoder'] is False
+    with pytest.raises(Exception, match='--diff_backbone tuned'):
+        file_recipe(script, dataset, '--diff_backbone', 'cached', '--fp_train_view', 'augmented')
+
+
+def test_authors_never_optimise_the_food101n_encoder():
+    authors = file_recipe(train_Food101N, 'food101n')
+    assert (authors['diff_backbone'], authors['freeze_diff_encoder'], authors['fp_train_view']) == \
+        ('cached', True, 'cached')
+    assert file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')['freeze_diff_encoder'] is False
 
 
 def test_augmented_view_is_seeded_and_differs_from_the_clean_images(digits):
@@ -112,7 +143,7 @@ def test_authors_diffusion_encoder_is_never_optimised_the_improved_one_is(tmp_pa
     cfg = digits_cfg(tmp_path, '--diff_encoder', 'linear')
     torch.manual_seed(cfg.seed)
     initial = build_model(cfg, 10, 512, (3, 16, 16)).state_dict()
-    weights = [k for k in initial if k.startswith('x_encoder.') and k.endswith('weight')]
+    weights = [k for k in initial if k.startswith('diff_encoder.') and k.endswith('weight')]
     assert weights and all(torch.equal(authors[k], initial[k]) for k in weights)
     assert all(not torch.equal(improved[k], initial[k]) for k in weights)
     assert not torch.equal(authors['lin1.linear.weight'], initial['lin1.linear.weight'])

@@ -316,7 +316,7 @@ def test_read_only_out_dir_and_cache_dir_are_refused_before_work(tmp_path, monke
 
 def test_non_finite_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path, digits, monkeypatch):
     original = engine.Trainer.train_step
-    monkeypatch.setattr(engine.Trainer, 'train_step', lambda self, idx: original(self, idx) * float('nan'))
+    monkeypatch.setattr(engine.Trainer, 'train_step', lambda self, idx, *decoded: original(self, idx, *decoded) * float('nan'))
     with pytest.raises(NonFiniteLoss, match='no checkpoint had been written yet') as stopped:
         run(cfg_for(tmp_path, '--nepoch', '2'), lambda c: subset(digits, 200, 50))
     assert 'last.pt' not in str(stopped.value)
@@ -337,11 +337,11 @@ def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp
     original = engine.Trainer.train_step
     steps = []
 
-    def signalled(self, idx):
+    def signalled(self, idx, *decoded):
         steps.append(1)
         if len(steps) == 4 * 6 + 3:  # epoch 4, step 3 (1-based): the step finishes, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, idx)
+        return original(self, idx, *decoded)
     monkeypatch.setattr(engine.Trainer, 'train_step', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
     with pytest.raises(Interrupted, match=f'SIGTERM at epoch 4, step 3 of 6; .*last.pt holds it. Continue with '

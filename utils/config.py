@@ -10,7 +10,7 @@ from model_diffusion import BETA_SCHEDULES
 from utils.encoders import FP_ENCODERS
 from utils.recipes import RECIPES
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
-from utils.x_encoders import X_ENCODERS
+from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 
 # Defaults common to all datasets; a script's table overrides these.
 COMMON_DEFAULTS = dict(
@@ -19,7 +19,8 @@ COMMON_DEFAULTS = dict(
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
     fp_checkpoint=None, fp_features=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
-    fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
+    fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
+    eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
@@ -28,7 +29,7 @@ COMMON_DEFAULTS = dict(
 
 
 # Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share, as the authors' scripts:
-# CLIP ViT-L/14 f_p, a ResNet-50 diffusion encoder (here frozen, on cached features), a wider
+# CLIP ViT-L/14 f_p, an ImageNet ResNet-50 diffusion encoder (--diff_backbone: see utils/recipes.py), a wider
 # denoiser, batch 256, warm-up 1, a cosine horizon of --nepoch, evaluation every epoch.
 IMAGE_FILE_DEFAULTS = dict(
     fp_encoder='CLIP', CLIP_type='ViT-L/14', diff_encoder='resnet50_l', feature_dim=1024,
@@ -90,10 +91,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
     g.add_argument('--clip_download_root',
                    help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
-    g.add_argument('--diff_encoder', choices=sorted(X_ENCODERS),
+    g.add_argument('--diff_encoder', choices=sorted(DIFF_ENCODERS),
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
-                        '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (frozen '
-                        'ImageNet ResNet features, cached, + a linear layer)')
+                        '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
+                        'ResNet + a linear layer; see --diff_backbone)')
     g.add_argument('--precision', choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
                         'denoiser MLP, features and optimiser stay float32')
@@ -104,6 +105,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
                    help="keep the diffusion encoder at its initial weights (authors, CIFAR: the optimiser holds "
                         'the denoiser only)')
+    g.add_argument('--diff_backbone', choices=BACKBONES,
+                   help="the ResNet of a resnet*_l diffusion encoder: cached (frozen, its features computed once; "
+                        "improved, and the authors' CIFAR and Food-101N) or tuned (fine-tuned on augmented images "
+                        "decoded every epoch; the authors' Clothing1M and WebVision)")
     g.add_argument('--eval_bn', choices=('batch', 'running'),
                    help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR: the "
                         'encoder never leaves training mode, so predictions depend on the evaluation batch) or '

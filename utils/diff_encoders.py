@@ -1,16 +1,22 @@
 """Diffusion encoders: the image embedding x_e that gates the denoiser (`--diff_encoder`).
 
 Each entry says what it reads: the image (normalised, augmented while training), the f_p features,
-or 'cached': the pooled features of a frozen ImageNet ResNet (torchvision weights, or a local file
-via --diff_encoder_weights), computed once like f_p, followed by a trainable linear layer to
-feature_dim (the `_l` encoders of the authors' large-image scripts, with the backbone frozen).
-Reading features is the fast path: training then runs on cached features alone.
+or 'cached'. The `_l` encoders of the authors' large-image scripts are an ImageNet ResNet (torchvision
+weights, or a local file via --diff_encoder_weights) followed by a linear layer to feature_dim;
+--diff_backbone says what happens to the ResNet:
+- 'cached': frozen, its pooled features computed once like f_p ('cached' input). The fast path:
+  training then runs on cached features alone.
+- 'tuned': fine-tuned with the denoiser on augmented images ('image' input), as the authors train
+  on Clothing1M and WebVision; image files are then decoded every epoch.
 """
 import torch.nn as nn
 
 from model_diffusion import Denoiser
 
-from utils.networks import cifar_resnet, resnet_width
+from utils.encoders import load_imagenet_resnet
+from utils.networks import cifar_resnet, imagenet_resnet, resnet_width
+
+BACKBONES = ('cached', 'tuned')
 
 
 def _mlp(n_in, width):
@@ -20,7 +26,7 @@ def _mlp(n_in, width):
 
 
 # name → (input kind, builder(feature_dim, fp_dim, image_shape))
-X_ENCODERS = {
+DIFF_ENCODERS = {
     'resnet18': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet18', width)),
     'resnet34': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet34', width)),
     'resnet50': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet50', width)),
@@ -37,17 +43,35 @@ def cached_backbone_arch(name):
     return name.removesuffix('_l')
 
 
-def x_encoder_input(name):
-    return X_ENCODERS[name][0]
+def tunes_backbone(name, backbone):
+    return DIFF_ENCODERS[name][0] == 'cached' and backbone == 'tuned'
 
 
-def build_x_encoder(name, feature_dim, fp_dim, image_shape):
-    if name not in X_ENCODERS:
-        raise ValueError(f'unknown --diff_encoder {name!r}; choose from {", ".join(sorted(X_ENCODERS))}')
-    return X_ENCODERS[name][1](feature_dim, fp_dim, image_shape)
+def diff_encoder_input(name, backbone='cached'):
+    """What the diffusion encoder reads: 'image', 'features' (f_p's) or 'cached' (a frozen backbone's)."""
+    return 'image' if tunes_backbone(name, backbone) else DIFF_ENCODERS[name][0]
+
+
+def build_diff_encoder(name, feature_dim, fp_dim, image_shape, backbone='cached'):
+    if name not in DIFF_ENCODERS:
+        raise ValueError(f'unknown --diff_encoder {name!r}; choose from {", ".join(sorted(DIFF_ENCODERS))}')
+    if tunes_backbone(name, backbone):  # the whole ResNet, its fc a linear layer to feature_dim
+        return imagenet_resnet(cached_backbone_arch(name), feature_dim)
+    return DIFF_ENCODERS[name][1](feature_dim, fp_dim, image_shape)
+
+
+def load_tuned_backbone(model, cfg):
+    """A fresh run's tuned `_l` encoder starts from the backbone weights --diff_encoder_weights names
+    (its linear layer from the seeded initialisation); a resumed or predicting run reads its checkpoint."""
+    if not tunes_backbone(cfg.diff_encoder, cfg.diff_backbone):
+        return model
+    backbone = load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights, seed=cfg.seed)
+    missing, unexpected = model.diff_encoder.load_state_dict(backbone.net.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ['fc.bias', 'fc.weight'], (missing, unexpected)
+    return model
 
 
 def build_model(cfg, n_class, fp_dim, image_shape):
     """The denoiser with its diffusion encoder, as the run's flags describe it."""
-    x_encoder = build_x_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape)
-    return Denoiser(n_class, fp_dim, cfg.feature_dim, x_encoder, n_timesteps=cfg.n_timesteps, n_layers=cfg.n_layers)
+    diff_encoder = build_diff_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape, cfg.diff_backbone)
+    return Denoiser(n_class, fp_dim, cfg.feature_dim, diff_encoder, n_timesteps=cfg.n_timesteps, n_layers=cfg.n_layers)

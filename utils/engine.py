@@ -23,6 +23,7 @@ from utils.checks import check_config
 from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
+from utils.files import training_view_batches
 from utils.io import append_jsonl, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
@@ -33,7 +34,7 @@ from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_nam
 from utils.prepare import clean_train_labels, prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
-from utils.x_encoders import build_model, x_encoder_input
+from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -52,12 +53,24 @@ def is_eval_epoch(epoch, cfg):
     return epoch >= cfg.warmup_epochs and epoch % cfg.eval_every == 0
 
 
+def clip_groups(model, recipe):
+    """The parameter groups whose gradient norms are clipped: under the authors' recipe the denoiser
+    and the diffusion encoder each on its own, as their scripts do; otherwise all trained weights as one."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if recipe != 'authors':
+        return [trained]
+    encoder = {id(p) for p in model.diff_encoder.parameters()}
+    groups = [[p for p in trained if id(p) not in encoder], [p for p in trained if id(p) in encoder]]
+    return [g for g in groups if g]
+
+
 class Trainer:
     def __init__(self, cfg, data, model, diffusion, run_dir, device):
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
         self.run_dir, self.device = run_dir, device
-        self.inputs = SplitInputs(x_encoder_input(cfg.diff_encoder), data.features, data.images, data.x_features,
-                                  data.mean, data.std)
+        self.inputs = SplitInputs(diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone), data.features, data.images,
+                                  data.backbone_features, data.mean, data.std, data.files, data.image_size,
+                                  cfg.num_workers)
         model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
         # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
@@ -68,12 +81,12 @@ class Trainer:
         # --compile fuses the small denoiser's many launches (the step is launch-bound on a GPU)
         self.step_loss = torch.compile(self._step_loss, dynamic=False) if cfg.compile else self._step_loss
         if cfg.freeze_diff_encoder:
-            model.x_encoder.requires_grad_(False)
+            model.diff_encoder.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         # the fused kernel updates every parameter in one launch on CUDA (the step is launch-bound)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0,
                                           fused=device.type == 'cuda')
-        self.params = params
+        self.clip_groups = clip_groups(model, cfg.recipe)
         self.start_epoch = 0
         self.best = {'val_acc': -1.0, 'epoch': None, 'test_acc': None}
         self.history = []
@@ -84,17 +97,20 @@ class Trainer:
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
 
     # ---- inputs -------------------------------------------------------------------------------
-    def train_inputs(self, idx):
-        """(x_source, fp_x) for a training batch: augmented pixels where the model reads them."""
+    def train_inputs(self, idx, decoded=None):
+        """(x, fp_x) for a training batch: augmented pixels where the model reads them (`decoded`: the
+        batch's training views, decoded from image files)."""
         data = self.data
         augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
+        if decoded is not None:
+            augmented = decoded.to(self.device, non_blocking=True)
         fp_x = data.fp_encoder.encode(augmented) if data.fp_encoder is not None else data.features['train'][idx]
-        return self.inputs.x_source('train', idx, fp_x, images=augmented), fp_x
+        return self.inputs.x_batch('train', idx, fp_x, images=augmented), fp_x
 
     # ---- training -----------------------------------------------------------------------------
-    def _step_loss(self, x_source, y_t, t, fp_x, noise, weights):
+    def _step_loss(self, x, y_t, t, fp_x, noise, weights):
         """The retrieval-weighted ε-MSE: Σ_i w_i · mean_c (ε̂ − ε)²."""
-        eps_hat = self.train_model(x_source, y_t, t, fp_x)
+        eps_hat = self.train_model(x, y_t, t, fp_x)
         return (weights * (eps_hat - noise).square().mean(1)).sum()
 
     def retrieved_labels(self, idx, fp_x):
@@ -107,16 +123,17 @@ class Trainer:
                                    self.cfg.candidates, **search_options(self.cfg))
         return CandidateLabels.sample_rows(rows, uniform=self.data.candidates.uniform)
 
-    def train_step(self, idx):
-        x_source, fp_x = self.train_inputs(idx)
+    def train_step(self, idx, decoded=None):
+        x, fp_x = self.train_inputs(idx, decoded)
         labels, weights = self.retrieved_labels(idx, fp_x)
         y0 = F.one_hot(labels, self.data.n_class).float()
         t = self.diffusion.sample_timesteps(len(idx))
         noise = torch.randn_like(y0)
-        loss = self.step_loss(x_source, self.diffusion.q_sample(y0, t, noise), t, fp_x, noise, weights)
+        loss = self.step_loss(x, self.diffusion.q_sample(y0, t, noise), t, fp_x, noise, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        for group in self.clip_groups:
+            torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.optimizer.step()
         return loss.detach()
 
@@ -150,12 +167,13 @@ class Trainer:
             set_rng_state(self.partial['rng'])
             loss_sum += self.partial['loss_sum']
         self.partial = None
+        decoded = self.decoded_views(batches[start:], epoch)
         for i in range(start, len(batches)):
             lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
                                self.cfg.lr_horizon or self.cfg.nepoch)
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
-            loss = self.train_step(batches[i])
+            loss = self.train_step(batches[i], next(decoded) if decoded is not None else None)
             loss_sum += loss
             # recorded on the device, read once per epoch: no host sync per step
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
@@ -170,6 +188,15 @@ class Trainer:
             raise NonFiniteLoss(f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; '
                                 f'{kept}. Lower --lr or check the input features.')
         return None if self.partial is not None else float(loss_sum) / len(batches)
+
+    def decoded_views(self, batches, epoch):
+        """Where the model reads image files: the training views of `batches`, decoded in order by
+        DataLoader workers (seeded by seed and epoch, so a resumed epoch decodes the same views)."""
+        files = self.data.files
+        if not files or self.inputs.diff_input != 'image':
+            return None
+        return iter(training_view_batches(files['train'], [b.tolist() for b in batches], self.cfg.seed, epoch,
+                                          self.cfg.num_workers, self.data.image_size))
 
     def stop_requested(self):
         """A signal asked to stop. Within an epoch only a single process stops (ranks could be at
@@ -325,8 +352,10 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
         data.info['prepare_total_s'] = round(before.get('prepare_total_s', before['prepare_s']) + data.info['prepare_s'], 2)
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)
     seed_everything(cfg.seed)  # model init and training draws independent of cache hits
-    model = channels_last(build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape'])).to(device),
-                          device)
+    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape']))
+    if ckpt is None:
+        load_tuned_backbone(model, cfg)
+    model = channels_last(model.to(device), device)
     diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
     main = distributed.is_main()
     if main:

@@ -2,7 +2,7 @@
 
 The training loop (cached split features), `--predict` (a trained run applied to a split or a
 folder) and the end-to-end benchmarks (images encoded batch by batch) all call `predict_labels`;
-they differ only in where each batch's (x_source, f_p) pair comes from.
+they differ only in where each batch's (x, f_p) pair comes from.
 """
 import torch
 import torch.nn.functional as F
@@ -10,10 +10,11 @@ from tqdm import tqdm
 
 from model_diffusion import labels_from_y0, sample_y0
 from utils.encoders import normalize_images, channels_last
+from utils.files import image_batches
 
 
 def _encoder_batchnorms(model):
-    return [m for m in model.x_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return [m for m in model.diff_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def evaluation_mode(model, eval_bn):
@@ -38,9 +39,13 @@ class SplitInputs:
     normalised pixels ('image'), a frozen backbone's cached features ('cached') or f_p itself
     ('features')."""
 
-    def __init__(self, x_input, features, images=None, x_features=None, mean=None, std=None):
-        self.x_input, self.features, self.images, self.x_features = x_input, features, images or {}, x_features
+    def __init__(self, diff_input, features, images=None, backbone_features=None, mean=None, std=None, files=None,
+                 image_size=None, num_workers=0):
+        self.diff_input, self.features, self.images = diff_input, features, images or {}
+        self.backbone_features = backbone_features
         self.mean, self.std = mean, std
+        # image files per split, decoded batch by batch (centre crops of image_size) where no pixels are held
+        self.files, self.image_size, self.num_workers = files or {}, image_size, num_workers
 
     def size(self, split):
         return self.features[split].shape[0]
@@ -48,21 +53,27 @@ class SplitInputs:
     def pixels(self, images):
         return channels_last(normalize_images(images, self.mean, self.std))
 
-    def x_source(self, split, rows, fp_x, images=None):
+    def x_batch(self, split, rows, fp_x, images=None):
         """The diffusion encoder's input for `rows` of `split`; `images` replaces the stored pixels
         (the augmented training batch)."""
-        if self.x_input == 'image':
+        if self.diff_input == 'image':
             return self.pixels(self.images[split][rows] if images is None else images)
-        if self.x_input == 'cached':
-            return self.x_features[split][rows]
+        if self.diff_input == 'cached':
+            return self.backbone_features[split][rows]
         return fp_x
+
+    def decoded(self, split, batch_size):
+        """The split's images decoded from files in batches, in order, where the model reads them."""
+        if self.diff_input != 'image' or split not in self.files:
+            return None
+        return iter(image_batches(self.files[split], batch_size, self.num_workers, self.image_size))
 
     def batches(self, split, batch_size):
         return Batches(self, split, batch_size)
 
 
 class Batches:
-    """The (x_source, f_p) batches of one split, made as they are read; sized for progress bars."""
+    """The (x, f_p) batches of one split, made as they are read; sized for progress bars."""
 
     def __init__(self, inputs, split, batch_size):
         self.inputs, self.split, self.batch_size = inputs, split, batch_size
@@ -71,19 +82,21 @@ class Batches:
         return -(-self.inputs.size(self.split) // self.batch_size)
 
     def __iter__(self):
+        stream = self.inputs.decoded(self.split, self.batch_size)
         for start in range(0, self.inputs.size(self.split), self.batch_size):
             rows = slice(start, start + self.batch_size)
             fp_x = self.inputs.features[self.split][rows]
-            yield self.inputs.x_source(self.split, rows, fp_x), fp_x
+            images = next(stream).to(fp_x.device, non_blocking=True) if stream is not None else None
+            yield self.inputs.x_batch(self.split, rows, fp_x, images=images), fp_x
 
 
-def encoded_batches(images, fp_encoder, x_input, mean, std, batch_size):
-    """(x_source, f_p) batches of uint8 images encoded on the fly by the frozen f_p."""
+def encoded_batches(images, fp_encoder, diff_input, mean, std, batch_size):
+    """(x, f_p) batches of uint8 images encoded on the fly by the frozen f_p."""
     device = fp_encoder.device
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         fp_x = fp_encoder.encode(batch)
-        yield (channels_last(normalize_images(batch, mean, std)) if x_input == 'image' else fp_x), fp_x
+        yield (channels_last(normalize_images(batch, mean, std)) if diff_input == 'image' else fp_x), fp_x
 
 
 @torch.inference_mode()
@@ -96,20 +109,20 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
     device = diffusion.betas.device
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
     labels, probs = [], []
-    for x_source, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-        x_embed = model.embed_x(x_source)
-        labels.append(labels_from_y0(sample_y0(model, diffusion, x_embed, fp_x, n_steps)))
+    for x, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        x_e = model.embed_x(x)
+        labels.append(labels_from_y0(sample_y0(model, diffusion, x_e, fp_x, n_steps)))
         if n_samples:
-            y0 = sample_y0(model, diffusion, x_embed.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
+            y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
                            eta=1.0, noisy_start=True, generator=generator)
             votes = F.one_hot(labels_from_y0(y0), model.n_class).view(n_samples, len(fp_x), -1).sum(0)
             probs.append(votes.float() / n_samples)
     return torch.cat(labels), (torch.cat(probs) if n_samples else None)
 
 
-def classify_images(images, fp_encoder, model, diffusion, x_input, mean, std, batch_size=1000, n_steps=10,
+def classify_images(images, fp_encoder, model, diffusion, diff_input, mean, std, batch_size=1000, n_steps=10,
                     bf16=True, eval_bn='running'):
     """Predicted classes for uint8 N×3×H×W images (any device), batch by batch on the model's device."""
     model.bf16_embed = bf16
-    batches = encoded_batches(images, fp_encoder, x_input, mean, std, batch_size)
+    batches = encoded_batches(images, fp_encoder, diff_input, mean, std, batch_size)
     return predict_labels(model, diffusion, batches, n_steps, eval_bn)[0]

@@ -405,10 +405,14 @@ def _refuse_duplicates(splits):
 # ---- decoding --------------------------------------------------------------------------------------
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Decode, resize the shorter side to size·256/224 and centre-crop to size: uint8 3×size×size."""
+    """Decode, resize the shorter side to size·256/224 and crop to size: uint8 3×size×size.
 
-    def __init__(self, paths, size=224):
-        self.paths, self.size = paths, size
+    The crop is central; with `augment=(seed, epoch)` it is the training view instead (the authors'
+    Resize(256), RandomCrop(224), RandomHorizontalFlip at size 224): a random crop and a coin-flip
+    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views."""
+
+    def __init__(self, paths, size=224, augment=None):
+        self.paths, self.size, self.augment = paths, size, augment
 
     def __len__(self):
         return len(self.paths)
@@ -423,14 +427,28 @@ class ImageFiles(torch.utils.data.Dataset):
         scale = short / min(w, h)
         image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
         w, h = image.size
-        left, top = (w - self.size) // 2, (h - self.size) // 2
+        left, top, flip = (w - self.size) // 2, (h - self.size) // 2, False
+        if self.augment is not None:
+            rng = np.random.default_rng((*self.augment, i))
+            left, top = int(rng.integers(0, w - self.size + 1)), int(rng.integers(0, h - self.size + 1))
+            flip = bool(rng.integers(0, 2))
         image = image.crop((left, top, left + self.size, top + self.size))
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def _loader(dataset, num_workers, **order):
+    return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
+
+
 def image_batches(paths, batch_size, num_workers, size=224):
-    """uint8 batches of the files in order, decoded by DataLoader workers."""
-    loader = torch.utils.data.DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    return loader
+    """uint8 batches of the files in order (centre crops), decoded by DataLoader workers."""
+    return _loader(ImageFiles(paths, size), num_workers, batch_size=batch_size, shuffle=False)
+
+
+def training_view_batches(paths, batches, seed, epoch, num_workers, size=224):
+    """uint8 training views of the files, one batch per entry of `batches` (lists of row indices), in
+    that order: the epoch's augmented images, decoded by DataLoader workers while the device trains."""
+    return _loader(ImageFiles(paths, size, augment=(seed, epoch)), num_workers, batch_sampler=batches)

@@ -1,4 +1,5 @@
-"""ResNet trunks shared by the SimCLR encoder, the diffusion encoder and the baselines."""
+"""Architectures: the ResNet trunks shared by the SimCLR encoder, the diffusion encoder and the
+baselines. Loading released weights is the encoders' business (utils/encoders.py)."""
 import torch.nn as nn
 import torchvision
 

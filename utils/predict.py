@@ -14,7 +14,7 @@ from utils.prepare import build_encoders, features_of_split
 from utils.rundir import load_run, resumed_config
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
-from utils.x_encoders import build_model, x_encoder_input
+from utils.diff_encoders import build_model, diff_encoder_input
 
 
 def load_image_folder(folder, image_shape):
@@ -37,8 +37,8 @@ def predict(cfg, load_splits):
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
-    x_input = x_encoder_input(saved.diff_encoder)
-    images = None
+    diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
+    images, files = None, None
     if cfg.predict_folder:
         images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
         features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
@@ -49,11 +49,15 @@ def predict(cfg, load_splits):
         features = features_of_split(saved, splits, name, encoders)
         if splits.in_memory:
             images = splits.images(name)
+        else:
+            files = {name: splits.paths(name)}
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(ckpt['model'])
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
-    inputs = SplitInputs(x_input, {name: features[0]}, {name: images.to(device)} if x_input == 'image' else {},
-                         {name: features[1]} if x_input == 'cached' else None, tuple(info['mean']), tuple(info['std']))
+    pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
+    inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,
+                         tuple(info['mean']), tuple(info['std']), files, getattr(saved, 'image_size', None),
+                         saved.num_workers)
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)

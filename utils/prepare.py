@@ -13,7 +13,7 @@ from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
 from utils.runtime import SetupError
 from utils.sampling import per_class_count
-from utils.x_encoders import cached_backbone_arch, x_encoder_input
+from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
 
 SPLITS = ('train', 'val', 'test')
 
@@ -30,7 +30,9 @@ class Prepared:
     std: tuple
     fp_encoder: object      # kept only when training re-encodes augmented images
     info: dict
-    x_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
+    backbone_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
+    files: dict = None      # image paths per split, where a diffusion encoder reads image files (decoded per batch)
+    image_size: int = None  # their decoded size
 
 
 def clean_train_labels(splits):
@@ -70,7 +72,7 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
     """The frozen encoders a run reads features from: f_p, plus the backbone of a 'cached'
     diffusion encoder."""
     encoders = [build_fp_encoder(cfg, dataset, image_shape, mean, std, device)]
-    if x_encoder_input(cfg.diff_encoder) == 'cached':
+    if diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone) == 'cached':
         encoders.append(load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights,
                                              device, seed=cfg.seed))
         encoders[-1].bf16 = cfg.precision == 'bf16'
@@ -126,22 +128,21 @@ def prepare(cfg, splits, device, log=print):
     if cfg.per_class < 0:
         raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
     in_memory = splits.in_memory
-    resolve_recipe(cfg, in_memory)
-    x_input = x_encoder_input(cfg.diff_encoder)
-    if x_input == 'image' and not in_memory:
-        raise SetupError(f'--diff_encoder {cfg.diff_encoder} trains on image tensors held in memory; {splits.name} '
-                         f'is read from files: use resnet50_l (cached ImageNet ResNet features) or fp_mlp')
+    resolve_recipe(cfg, in_memory, splits.name)
+    diff_input = diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone)
     augmented_fp = cfg.fp_train_view == 'augmented'
     image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     encoder = encoders[0]
-    features, *x_features = split_features(cfg, splits, encoders, log)
+    features, *backbone_features = split_features(cfg, splits, encoders, log)
     neighbours = cached_neighbours(features['train'], neighbours_to_search(cfg.k, cfg.candidates), cfg.cache_dir,
                                    log=log, **search_options(cfg))
     noisy = torch.from_numpy(labels).to(device)
     candidates = CandidateLabels(neighbours, noisy, cfg.candidates, cfg.candidate_weights)
-    needs_pixels = x_input == 'image' or augmented_fp
-    images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels else {}
+    needs_pixels = diff_input == 'image' or augmented_fp
+    # in memory: the pixels resident on the device; files: decoded batch by batch (the paths are kept)
+    images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels and in_memory else {}
+    files = {s: splits.paths(s) for s in SPLITS} if needs_pixels and not in_memory else None
     info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
             'dataset': splits.name,
@@ -155,4 +156,5 @@ def prepare(cfg, splits, device, log=print):
     info['val_neighbour_majority_accuracy'] = check_retrieval(features, noisy, splits.val_labels, cfg.k, splits.n_class,
                                                               info.get('noisy_label_accuracy'), log, **search_options(cfg))
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
-                    encoder if augmented_fp else None, info, x_features[0] if x_features else None)
+                    encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
+                    files, None if in_memory else cfg.image_size)

@@ -16,37 +16,51 @@ are what config.json and every checkpoint record; a flag given on the command li
 | --fp_train_view        | SimCLR on in-memory datasets: augmented         | cached            |
 |                        | (re-encoded every step), otherwise cached       |                   |
 | --per_step_retrieval   | wherever --fp_train_view is augmented           | no (cached table) |
+| --diff_backbone        | Clothing1M, WebVision: tuned (the ResNet-50     | cached (frozen,   |
+|                        | fine-tuned on augmented images; f_p re-encodes  | features computed |
+|                        | each augmented batch, retrieved every step)     | once)             |
+| gradient clipping      | the denoiser and the diffusion encoder each     | one clip over all |
+|                        | clipped on their own (no flag)                  | trained weights   |
 
-Image-file datasets (Food-101N, Clothing1M, WebVision) train on cached features of the clean view
-in both recipes; their authors fine-tuned the diffusion encoder and evaluated it in eval mode.
+On the image-file datasets the authors evaluate in eval mode (running statistics) and never
+optimise the Food-101N diffusion encoder (their frozen ResNet-50 reads augmented crops; here it reads
+the cached centre crop); the retrieval keys are f_p features of the centre crops in both recipes.
 """
+from utils.diff_encoders import diff_encoder_input
 from utils.runtime import SetupError
 
 RECIPES = ('authors', 'improved')
 IMPROVED_EVAL_BATCH = 2000
+TUNED_BY_THE_AUTHORS = ('clothing1m', 'webvision')  # their train_*.py optimise the ResNet-50 encoder
+FROZEN_BY_THE_AUTHORS = ('food101n',)  # their optimiser holds the denoiser only
 
 
-def _authors(cfg, in_memory):
-    augmented_fp = in_memory and cfg.fp_encoder == 'SimCLR'
-    encodes_images = in_memory and cfg.fp_encoder != 'features'  # a features file has one fixed view
+def _authors(cfg, in_memory, dataset):
+    fixed_view = cfg.fp_encoder == 'features'  # a features file has one fixed view
+    tuned = cfg.diff_backbone or ('tuned' if dataset in TUNED_BY_THE_AUTHORS else 'cached')
+    # the authors re-encode the augmented batch with f_p where a step has one: SimCLR on CIFAR, and
+    # the image-file datasets whose images stream through a tuned encoder
+    streams = not in_memory and diff_encoder_input(cfg.diff_encoder, tuned) == 'image'
+    augmented_fp = not fixed_view and ((in_memory and cfg.fp_encoder == 'SimCLR') or streams)
     return {
-        'freeze_diff_encoder': in_memory,
+        'diff_backbone': tuned,
+        'freeze_diff_encoder': in_memory or dataset in FROZEN_BY_THE_AUTHORS,
         'eval_bn': 'batch' if in_memory else 'running',
-        'fp_cache_view': 'augmented' if encodes_images else 'clean',
+        'fp_cache_view': 'augmented' if in_memory and not fixed_view else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
     }
 
 
-def _improved(cfg, in_memory):
-    return {'freeze_diff_encoder': False, 'eval_bn': 'running', 'fp_cache_view': 'clean',
+def _improved(cfg, in_memory, dataset):
+    return {'diff_backbone': 'cached', 'freeze_diff_encoder': False, 'eval_bn': 'running', 'fp_cache_view': 'clean',
             'fp_train_view': 'cached'}
 
 
-def resolve_recipe(cfg, in_memory):
+def resolve_recipe(cfg, in_memory, dataset=None):
     """Fill every recipe-governed flag left at None; refuse combinations that cannot run."""
     if cfg.recipe not in RECIPES:
         raise SetupError(f'unknown --recipe {cfg.recipe!r}; choose {" or ".join(RECIPES)}')
-    chosen = (_authors if cfg.recipe == 'authors' else _improved)(cfg, in_memory)
+    chosen = (_authors if cfg.recipe == 'authors' else _improved)(cfg, in_memory, dataset)
     for name, value in chosen.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
@@ -58,10 +72,14 @@ def resolve_recipe(cfg, in_memory):
     if cfg.fp_encoder == 'features' and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
         raise SetupError('--fp_encoder features reads fixed embeddings and cannot encode an augmented view: use '
                          '--fp_train_view cached --fp_cache_view clean')
-    if not in_memory and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
-        raise SetupError('augmented f_p views re-encode image tensors held in memory; this dataset is read '
-                         'from files and trains on cached features of the clean view: use '
-                         '--fp_train_view cached --fp_cache_view clean')
+    if not in_memory and cfg.fp_cache_view == 'augmented':
+        raise SetupError('the retrieval keys of an image-file dataset are the f_p features of the centre crops: '
+                         'use --fp_cache_view clean')
+    if not in_memory and cfg.fp_train_view == 'augmented' and diff_encoder_input(cfg.diff_encoder,
+                                                                                cfg.diff_backbone) != 'image':
+        raise SetupError('--fp_train_view augmented re-encodes the augmented images of each step, which an '
+                         'image-file dataset decodes only for a diffusion encoder that reads images: add '
+                         '--diff_backbone tuned (resnet*_l), or use --fp_train_view cached')
     if cfg.per_step_retrieval and cfg.fp_train_view != 'augmented':
         raise SetupError('--per_step_retrieval searches with the augmented query of each step; with '
                          '--fp_train_view cached the query is the cached key itself and the cached neighbour '

@@ -15,7 +15,7 @@ from utils.cache import paths_fingerprint, tensor_fingerprint
 from utils.io import load_torch, sweep_partial_writes
 from utils.runtime import SetupError, default_run_name
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the diffusion encoder's weights are under `diff_encoder.` (1: `x_encoder.`)
 LOCK_NAME = '.lock'
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
 # and extraction (results do not depend on them), --nepoch to extend the run, and where inputs lie
@@ -42,11 +42,23 @@ def load_run(run_dir, name='last.pt'):
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
         raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
-    ckpt = load_torch(path)
+    ckpt = _upgraded(load_torch(path))
     if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
         found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SetupError(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
                          f'(found {found})')
+    return ckpt
+
+
+def _upgraded(ckpt):
+    """A format-1 checkpoint read as format 2: only the diffusion encoder's key prefix changed."""
+    if isinstance(ckpt, dict) and ckpt.get('format_version') == 1 and isinstance(ckpt.get('model'), dict):
+        old = 'x_encoder.'
+        ckpt['model'] = {('diff_encoder.' + k[len(old):] if k.startswith(old) else k): v
+                         for k, v in ckpt['model'].items()}
+        ckpt['format_version'] = 2
+        if isinstance(ckpt.get('config'), dict):  # made before --diff_backbone: its _l backbones were cached
+            ckpt['config'].setdefault('diff_backbone', 'cached')
     return ckpt
 
 

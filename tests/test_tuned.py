@@ -1,0 +1,103 @@
+"""The authors' Clothing1M/WebVision step: a ResNet diffusion encoder fine-tuned on augmented views
+decoded from the image files every epoch, f_p re-encoding each augmented batch, retrieval every step."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import layouts
+import train_Clothing1M
+from utils import engine
+from utils.diff_encoders import build_model
+from utils.encoders import load_imagenet_resnet
+from utils.files import ImageFiles
+from utils.io import load_torch
+
+from test_files import small_flags
+
+
+def test_training_views_are_seeded_crops_and_flips(tmp_path):
+    root = layouts.clothing1m(str(tmp_path))  # 40×40 JPEGs
+    paths = [os.path.join(root, 'images/0/00/00000.jpg'), os.path.join(root, 'images/1/01/00001.jpg')]
+    centre = ImageFiles(paths, size=32)
+    view = ImageFiles(paths, size=32, augment=(123, 4))
+    assert view[0].shape == centre[0].shape == (3, 32, 32)
+    assert torch.equal(view[1], ImageFiles(paths, size=32, augment=(123, 4))[1])  # a resumed epoch's views
+    epochs = [ImageFiles(paths, size=32, augment=(123, e))[0] for e in range(8)]
+    assert len({e.numpy().tobytes() for e in epochs}) > 1  # drawn afresh every epoch
+    assert not all(torch.equal(e, centre[0]) for e in epochs)
+    # each view is cut from the image resized to a 37-px short side (32·256/224), mirrored or not
+    image = Image.open(paths[0]).convert('RGB')  # 48×40
+    image = image.resize((round(image.width * 37 / image.height), 37), Image.BILINEAR)
+    resized = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    h, w = resized.shape[1:]
+    for e in epochs:
+        found = any(torch.equal(v, resized[:, top:top + 32, left:left + 32])
+                    for v in (e, e.flip(-1)) for top in range(h - 31) for left in range(w - 31))
+        assert found
+
+
+def tuned_run(tmp_path, tiny_clip_path, *flags):
+    root = layouts.clothing1m(str(tmp_path / 'data'))
+    return root, train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path), *flags])
+
+
+def test_clothing1m_tunes_the_backbone_on_streamed_views_and_retrieves_every_step(tmp_path, tiny_clip_path,
+                                                                                   monkeypatch):
+    queries = []
+    original = engine.retrieve_candidates
+    monkeypatch.setattr(engine, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
+    root, (summary, run_dir) = tuned_run(tmp_path, tiny_clip_path)
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert (config['diff_backbone'], config['fp_train_view'], config['per_step_retrieval']) == \
+        ('tuned', 'augmented', True)
+    assert config['per_class_drawn'] == 16 and len(queries) == 2 * 2  # 2 epochs of 64 drawn images, batch 32
+    # the queries are f_p of the augmented views, not the cached keys of the centre crops
+    keys = [load_torch(os.path.join(tmp_path / 'cache', n))['value'] for n in os.listdir(tmp_path / 'cache')
+            if n.startswith('clothing1m_train_center_')]
+    assert len(keys) == 1
+    rows = torch.cat(queries)
+    same = sum(bool(torch.isclose(keys[0], row).all(1).any()) for row in rows)
+    assert same < len(rows) / 4  # a random crop can fall on the centre unflipped (1 in 72)
+    assert not [n for n in os.listdir(tmp_path / 'cache') if 'imagenet-resnet18' in n]  # no backbone cache
+
+    # the ResNet started from --diff_encoder_weights (random, seeded) and was fine-tuned, the conv too
+    best = load_torch(os.path.join(run_dir, 'last.pt'))['model']
+    start = load_imagenet_resnet('resnet18', 'random', seed=config['seed']).net.state_dict()
+    assert not torch.equal(best['diff_encoder.conv1.weight'], start['conv1.weight'])
+    # and the streamed evaluation is what --predict gives on the same files
+    result = train_Clothing1M.main(['--clothing1m_root', root, '--predict', run_dir, '--predict_split', 'test',
+                                    '--n_samples', '0', '--device', 'cpu'])
+    assert result['accuracy'] == pytest.approx(summary['test_acc'])
+    assert np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (80, 4)
+
+
+def test_a_fresh_tuned_run_starts_from_the_backbone_weights(tmp_path, tiny_clip_path):
+    cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS,
+                                        ['--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+                                         '--diff_backbone', 'tuned', '--feature_dim', '16'], kind='files')
+    model = engine.load_tuned_backbone(build_model(cfg, 4, 8, (3, 32, 32)), cfg)
+    start = load_imagenet_resnet('resnet18', 'random', seed=cfg.seed).net.state_dict()
+    mine = model.diff_encoder.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in start.items()) and mine['fc.weight'].shape == (16, 512)
+
+
+def test_interrupted_tuned_run_resumes_to_the_same_result(tmp_path, tiny_clip_path):
+    _, (straight, _) = tuned_run(tmp_path / 'a', tiny_clip_path, '--nepoch', '3', '--lr_horizon', '3')
+    root, (first, run_dir) = tuned_run(tmp_path / 'b', tiny_clip_path, '--nepoch', '2', '--lr_horizon', '3')
+    resumed, _ = train_Clothing1M.main(['--clothing1m_root', root, '--resume', run_dir, '--nepoch', '3',
+                                        '--device', 'cpu'])
+    for key in ('best_val_acc', 'best_epoch', 'test_acc'):
+        assert resumed[key] == straight[key], key
+
+
+def test_clip_groups_follow_the_recipe(tmp_path, tiny_clip_path):
+    cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS, ['--diff_encoder', 'fp_mlp'], kind='files')
+    model = build_model(cfg, 4, 8, (3, 32, 32))
+    denoiser, encoder = engine.clip_groups(model, 'authors')
+    assert {id(p) for p in encoder} == {id(p) for p in model.diff_encoder.parameters()}
+    assert len(denoiser) + len(encoder) == len(list(model.parameters()))
+    assert len(engine.clip_groups(model, 'improved')) == 1
