@@ -389,6 +389,13 @@ def test_resume_refuses_changed_flags_with_a_list_and_allows_the_rest(finished):
     assert summary['epochs'] == 3 and load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 2
 
 
+def test_resume_keeps_the_evaluation_batch_where_batch_statistics_decide_predictions(tmp_path, digits):
+    small = subset(digits, 200, 50)
+    _, run_dir = run(cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0', '--eval_bn', 'batch'), lambda c: small)
+    with pytest.raises(SetupError, match=r'cannot change --eval_batch_size 7'):
+        run(resume(run_dir, '--nepoch', '2', '--eval_batch_size', '7', '--device', 'cpu'), lambda c: small)
+
+
 def test_resume_refuses_changed_inputs_naming_them(finished):
     small, noise, run_dir = finished
     labels = small.train_clean.numpy().copy()

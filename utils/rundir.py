@@ -62,7 +62,9 @@ def _upgraded(ckpt):
     return ckpt
 
 
-def _may_change(name):
+def _may_change(name, saved):
+    if name == 'eval_batch_size' and saved.get('eval_bn') == 'batch':
+        return False  # with batch statistics at evaluation, the batch decides the predictions
     return name in MAY_CHANGE_ON_RESUME or name.endswith('_root')
 
 
@@ -74,7 +76,7 @@ def resumed_config(cfg, ckpt):
     given = set(current.get('command_line_flags') or ())
     merged = {**current, **ckpt['config']}
     for name in current:
-        if name in ALWAYS_FROM_THIS_RUN or (name in given and _may_change(name)):
+        if name in ALWAYS_FROM_THIS_RUN or (name in given and _may_change(name, ckpt['config'])):
             merged[name] = current[name]
     return type(cfg)(**merged)
 
@@ -85,7 +87,7 @@ def check_resume_flags(cfg, ckpt, run_dir):
     saved = ckpt['config']
     given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
     changed = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
-               for name in sorted(given) if not _may_change(name) and saved.get(name, object()) != getattr(cfg, name)]
+               for name in sorted(given) if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
     if changed:
         raise SetupError(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
                          f'the run, or start a new run with another --run_name')
