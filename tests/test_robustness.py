@@ -103,7 +103,8 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
     result = demo_digits.main(['--predict', run_dir, '--predict_folder', str(folder), '--n_samples', '2'])
     assert result['n'] == 6
     rows = open(os.path.join(run_dir, 'predict_folder.csv')).read().splitlines()
-    assert rows[0] == 'path,label' and len(rows) == 7
+    assert rows[0] == 'path,label,class' and len(rows) == 7
+    assert all(row.split(',')[2] == digits.class_names[int(row.split(',')[1])] for row in rows[1:])
     assert np.load(os.path.join(run_dir, 'predict_folder_probs.npy')).shape == (6, 10)
 
 

@@ -30,6 +30,15 @@ def load_image_folder(folder, image_shape):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
 
 
+def write_predictions_csv(path, paths, predicted, class_names=None):
+    """path,label[,class] per image: the class index, and its name where the run recorded names."""
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['path', 'label'] + (['class'] if class_names else []))
+        for p, label in zip(paths, predicted.tolist()):
+            writer.writerow([p, label] + ([class_names[label]] if class_names else []))
+
+
 def predict(cfg, load_splits):
     ckpt = load_run(cfg.predict, 'best.pt')
     saved = resumed_config(cfg, ckpt)
@@ -69,10 +78,7 @@ def predict(cfg, load_splits):
         save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
         written.append(prefix + '_probs.npy')
     if cfg.predict_folder:
-        with open(prefix + '.csv', 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['path', 'label'])
-            writer.writerows(zip(paths, predicted.tolist()))
+        write_predictions_csv(prefix + '.csv', paths, predicted, info.get('class_names'))
         written.append(prefix + '.csv')
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
     if labels is not None:

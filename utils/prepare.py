@@ -147,7 +147,8 @@ def prepare(cfg, splits, device, log=print):
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
             'dataset': splits.name,
             'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
-            'std': list(splits.std), 'prepare_s': round(time.time() - started, 2)}
+            'std': list(splits.std), 'class_names': list(splits.class_names or []),
+            'prepare_s': round(time.time() - started, 2)}
     if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
         info['per_class_drawn'] = per_class_count(noisy, cfg.per_class)
     if clean is not None:
