@@ -5,7 +5,9 @@
     python -m benchmarks.gpu_suite --reassemble SHARDS_DIR --to model/simclr_cifar10.pt
 
 Stages, in priority order: the CUDA tests; the paper's inference table; one epoch of train_CIFAR.py
-on real CIFAR-10 per f_p path and recipe, projected to a paper-length run; exact kNN 1M × 768;
+on real CIFAR-10 per f_p path and recipe, projected to a paper-length run; one epoch of
+train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path,
+projected to their 300-epoch run; exact kNN 1M × 768;
 JPEG decoding + ViT-L/14 extraction; SimCLR pre-training on CIFAR-10 for whatever budget is left.
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
@@ -54,6 +56,7 @@ SMOKE = {
                   '--device', 'cpu', '--columns', *SMOKE_COLUMNS],
     'training': ['--small', '--sizes', '64', '32', '32', '--device', 'cpu', '--diff_encoders', 'fp_mlp'],
     'train_CIFAR': ['--batch_size', '32', '--n_samples', '0'],
+    'file_training': ['--small', '--device', 'cpu'],
     'retrieval': ['--n', '2000', '--dim', '32', '--k', '5', '--device', 'cpu'],
     'extraction': ['--n', '24', '--small', '--workers', '1', '--batch_size', '8', '--device', 'cpu'],
     'simclr': ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64',
@@ -99,6 +102,10 @@ def training(encoder, recipe):
         return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', '--out', out, *where,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command
+
+
+def file_training(args, out):
+    return [PY, '-m', 'benchmarks.file_training', '--out', out, *(SMOKE['file_training'] if args.smoke else [])]
 
 
 def retrieval(args, out):
@@ -154,7 +161,7 @@ def stages():
         for encoder in TRAINING_PATHS:
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
-    listed += [Stage('retrieval', retrieval), Stage('extraction', extraction),
+    listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
 
@@ -359,6 +366,12 @@ def table_rows(name, record):
             rows.append((f'{what}: {label}', unit(row[key], u), unit(authors, u), ratio(authors, row[key], on_gpu),
                          check))
         return rows
+    if name == 'file_training':
+        images = r['images']
+        return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {images["pixels"]}-px JPEGs: '
+                 f'one epoch (projected 300-epoch authors run)',
+                 f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
+                 f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
     if name == 'retrieval':
         return [(f'exact kNN {r["n"]:,} × {r["dim"]}, k = {r["k"]}', f'{r["seconds"]} s (agreement with cdist '
                  f'{r["agreement_with_cdist"]:.3f}{peak(r)})', '', '',

@@ -44,6 +44,11 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert not (out / f'training-{encoder}-bogus.json').exists()
         assert any(n.startswith(f'training-{encoder}-bogus: skipped') and '--no_such_flag' in n
                    for n in summary['notes'])
+    tuned, cached = result(out, 'file_training')['rows']
+    assert tuned['variant'] == 'tuned (authors)' and cached['flags'] == ['--recipe', 'improved']
+    # decoding and fine-tuning every epoch costs more than training on cached features
+    assert tuned['train_s_per_epoch'] > cached['train_s_per_epoch']
+    assert tuned['projected_authors_run_h'] > cached['projected_authors_run_h'] > 0
     knn = result(out, 'retrieval')
     assert knn['self_is_first'] == 1.0 and knn['agreement_with_cdist'] == 1.0
     assert result(out, 'extraction')['images'] == 24
@@ -51,7 +56,7 @@ def test_every_stage_writes_a_sane_result(smoke):
     assert simclr['complete'] and simclr['epochs_done'] == 1
     assert len(simclr['knn_curve']) == 1 and 0.0 <= simclr['knn_curve'][0][1] <= 1.0
     table = summary['table']
-    assert table.count('\n| ') == 1 + len(rows) + 2 * 4 + 4  # header, inference, training, the rest
+    assert table.count('\n| ') == 1 + len(rows) + 2 * 4 + 2 + 4  # header, inference, training, files, the rest
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 

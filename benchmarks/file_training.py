@@ -1,0 +1,122 @@
+"""Seconds per epoch of train_Clothing1M.py as the authors train it (the ResNet-50 diffusion encoder
+fine-tuned on views decoded every epoch) and on the fast path (its features cached once).
+
+    python -m benchmarks.file_training                        # one GPU: 14 classes × 400 JPEGs, 1 epoch
+    python -m benchmarks.file_training --small --device cpu   # CPU smoke test
+
+Writes a Clothing1M layout of generated JPEGs (--per_class images of each of 14 classes at --pixels,
+with clean validation and test lists), a random-weight CC_net.pt (the authors' f_p) through the
+package's checkpoint format, and runs the real script with `--diff_encoder_weights random` (speed
+does not depend on the weights) for each variant. It reports preparation, seconds per epoch and
+training images per second, and projects the authors' Clothing1M run from them: 300 epochs of
+10,000 images × 14 classes, every epoch evaluated on the 14,313 validation images and, when
+validation improves, on the 10,526 test images (counted every epoch here: an upper bound).
+"""
+import argparse
+import json
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+import train_Clothing1M
+from benchmarks.common import device_line
+from utils.io import save_json
+from utils.random_weights import save_random_cc
+from utils.runtime import resolve_device
+
+N_CLASS = 14
+AUTHORS_RUN = dict(epochs=300, per_epoch=10_000 * N_CLASS, val=14_313, test=10_526)
+VARIANTS = {'tuned (authors)': [], 'cached (improved)': ['--recipe', 'improved']}
+
+
+def write_layout(root, per_class, n_eval, pixels, seed=0):
+    """A Clothing1M folder: JPEGs of random colour blocks, the annotation lists, cc_select files."""
+    rng = np.random.default_rng(seed)
+    lists = {'noisy_train': [], 'clean_val': [], 'clean_test': []}
+    noisy, clean = [], []
+    total = per_class * N_CLASS + 2 * n_eval
+    for i in range(total):
+        key = f'images/{i % 10}/{i:06d}.jpg'
+        path = os.path.join(root, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(blocks).resize((pixels, pixels), Image.BILINEAR).save(path, quality=90)
+        label = i % N_CLASS
+        if i < per_class * N_CLASS:
+            lists['noisy_train'].append(key)
+            noisy.append(f'{key} {label}')
+        else:
+            lists['clean_val' if i < per_class * N_CLASS + n_eval else 'clean_test'].append(key)
+            clean.append(f'{key} {label}')
+    files = {'noisy_label_kv.txt': noisy, 'clean_label_kv.txt': clean,
+             'category_names_eng.txt': [f'class {c}' for c in range(N_CLASS)],
+             **{f'{name}_key_list.txt': keys for name, keys in lists.items()},
+             'annotations/cc_select_img.txt': lists['noisy_train'],
+             'annotations/cc_select_label.txt': [line.split()[1] for line in noisy]}
+    for name, lines in files.items():
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        with open(os.path.join(root, name), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    return root
+
+
+def projected_run_s(summary, n_train, n_eval):
+    """The authors' 300-epoch run from this run's per-image rates (training, and evaluation)."""
+    seconds = summary['seconds']
+    train_rate = n_train / seconds['train_per_epoch']
+    eval_rate = (2 * n_eval) / max(1e-9, seconds['evaluations'] / summary['epochs'])
+    a = AUTHORS_RUN
+    return a['epochs'] * (a['per_epoch'] / train_rate + (a['val'] + a['test']) / eval_rate)
+
+
+def run_variant(name, flags, root, folder, args):
+    common = ['--clothing1m_root', root, '--fp_checkpoint', os.path.join(folder, 'CC_net.pt'),
+              '--diff_encoder_weights', 'random', '--nepoch', str(args.epochs), '--warmup_epochs', '0',
+              '--per_class', str(args.per_class), '--device', args.device, '--num_workers', str(args.workers),
+              '--n_samples', '0', '--out_dir', os.path.join(folder, 'runs'), '--run_name', name.split()[0],
+              '--cache_dir', os.path.join(folder, 'cache-' + name.split()[0]), *args.extra]
+    summary, _ = train_Clothing1M.main(common + flags)
+    n_train = args.per_class * N_CLASS
+    return {'variant': name, 'flags': flags, 'prepare_s': summary['seconds']['prepare'],
+            'train_s_per_epoch': summary['seconds']['train_per_epoch'],
+            'train_images_per_s': round(n_train / summary['seconds']['train_per_epoch'], 1),
+            'evaluation_s_per_epoch': round(summary['seconds']['evaluations'] / summary['epochs'], 2),
+            'projected_authors_run_h': round(projected_run_s(summary, n_train, args.n_eval) / 3600, 2)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--per_class', type=int, default=400, help='training images of each of the 14 classes')
+    p.add_argument('--n_eval', type=int, default=1000, help='validation and test images each')
+    p.add_argument('--pixels', type=int, default=256, help='side of the generated JPEGs')
+    p.add_argument('--epochs', type=int, default=1)
+    p.add_argument('--workers', type=int, default=min(16, os.cpu_count() or 1), help='DataLoader decoding workers')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--small', action='store_true',
+                   help='CPU smoke test: 6 images a class, 32 px, ResNet-18, raw pixels as f_p')
+    p.add_argument('--out', help='write the results JSON here')
+    p.add_argument('extra', nargs='*', help='after --: more train_Clothing1M.py flags')
+    args = p.parse_args(argv)
+    if args.small:
+        args.per_class, args.n_eval, args.pixels, args.workers = 6, 14, 40, 0
+        args.extra = ['--image_size', '32', '--diff_encoder', 'resnet18_l', '--feature_dim', '32', '--k', '3',
+                      '--batch_size', '28', '--fp_encoder', 'raw', *args.extra]
+    device = resolve_device(args.device)
+    args.device = str(device)
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(os.path.join(folder, 'Clothing1M'), args.per_class, args.n_eval, args.pixels)
+        save_random_cc(os.path.join(folder, 'CC_net.pt'))
+        rows = [run_variant(name, flags, root, folder, args) for name, flags in VARIANTS.items()]
+    result = {'device': device_line(device), 'images': {'train': args.per_class * N_CLASS, 'val': args.n_eval,
+                                                       'test': args.n_eval, 'pixels': args.pixels},
+              'epochs': args.epochs, 'authors_run': AUTHORS_RUN, 'rows': rows}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        save_json(result, args.out)
+    return result
+
+
+if __name__ == '__main__':
+    main()
