@@ -5,7 +5,7 @@
 
 Weights come from the Hugging Face hub through the libraries' own downloaders and caches when online,
 or from `--fp_checkpoint PATH` (the model's .safetensors/.bin/.pth file, read without unpickling
-code) offline. Preprocessing follows the model's own pretrained configuration: its input size,
+code) offline; a copied hub cache is read offline under HF_HUB_OFFLINE=1. Preprocessing follows the model's own pretrained configuration: its input size,
 interpolation and mean/std (timm's resolve_data_config, OpenCLIP's preprocess config). The images
 arrive already decoded, resized and centre-cropped to --image_size; set it to the model's input
 size when that is larger than 224.
@@ -151,7 +151,8 @@ def _weights_error(library, model, checkpoint, exc):
                             f'own weights file')
     return EncoderError(f'{library} weights for {model} are not cached and could not be downloaded ({reason}). '
                         f'Offline, copy the weights file from an online machine (the Hugging Face cache, '
-                        f'~/.cache/huggingface/hub) and pass --fp_checkpoint PATH')
+                        f'~/.cache/huggingface/hub) and pass --fp_checkpoint PATH; with the cache copied whole, '
+                        f'set HF_HUB_OFFLINE=1 so the hub reads it without trying the network')
 
 
 def load_hub_encoder(cfg, device):
