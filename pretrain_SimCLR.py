@@ -29,6 +29,7 @@ from utils.cli import run_cli
 from utils.data import load_named
 from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
+from utils.rundir import RunClaim
 from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.simclr import knn_monitor, nt_xent, simclr_view
 
@@ -173,9 +174,16 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     splits = load_named(args.dataset, args.data_root, args.download)
     run_dir = args.resume or os.path.join(args.out_dir, f'{args.dataset}_{args.arch}')
-    if not args.resume and os.path.exists(os.path.join(run_dir, 'state.pt')):
-        raise SetupError(f'{run_dir} already holds a pre-training run; continue it with --resume {run_dir}')
-    os.makedirs(run_dir, exist_ok=True)
+    # one pre-training per folder at a time: a second one (or a second --resume) is refused, not interleaved
+    claim = RunClaim(run_dir, fresh=not args.resume, checkpoint='state.pt', other='--out_dir')
+    try:
+        return pretrain(args, splits, device, run_dir, state)
+    finally:
+        claim.release()
+
+
+def pretrain(args, splits, device, run_dir, state):
+    """The epochs (from `state` where resumed), the log, state.pt and the exported encoder."""
     trainer = Pretrainer(args, splits, device)
     if state is not None:
         trainer.restore(state)

@@ -1,12 +1,15 @@
 """SimCLR pre-training: augmentations, the loss, learning, the exported format, exact resume."""
 import json
 
+import pytest
 import torch
 
 import pretrain_SimCLR
 from conftest import subset
 from utils.encoders import load_simclr
 from utils.io import load_torch
+from utils.rundir import RunClaim
+from utils.runtime import SetupError
 from utils.simclr import color_jitter, knn_monitor, nt_xent, random_resized_crop_flip, simclr_view
 
 TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
@@ -83,3 +86,17 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert a['epoch'] == b['epoch'] == 3
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     assert [r['loss'] for r in a['history']] == [r['loss'] for r in b['history']]
+
+
+def test_one_pretraining_per_folder(tmp_path):
+    pretrain_SimCLR.main(TINY + ['--epochs', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
+    run_dir = tmp_path / 'a' / 'digits_resnet18'
+    with pytest.raises(SetupError, match='already holds a run; continue it with --resume'):
+        pretrain_SimCLR.main(TINY + ['--epochs', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'b.pt')])
+    claim = RunClaim(str(run_dir), fresh=False)  # another process pre-training there right now
+    try:
+        with pytest.raises(SetupError, match='in use by another run right now'):
+            pretrain_SimCLR.main(['--resume', str(run_dir), '--device', 'cpu'])
+    finally:
+        claim.release()
+    assert not (tmp_path / 'b.pt').exists()

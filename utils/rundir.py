@@ -145,10 +145,12 @@ def _makedirs(folder):
 
 
 class RunClaim:
-    """The run folder, created exclusively (a fresh run) and locked for the run's life."""
+    """The run folder, created exclusively (a fresh run) and locked for the run's life. `checkpoint`
+    is the file that says a run is there; `other` names the flag that picks another folder."""
 
-    def __init__(self, run_dir, fresh, flag='--out_dir'):
+    def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name'):
         self.run_dir, self.made, self.fd = run_dir, [], None
+        self.checkpoint, self.other = checkpoint, other
         check_writable(run_dir, '--resume' if not fresh else flag)
         try:
             self.made = _makedirs(run_dir)
@@ -165,16 +167,16 @@ class RunClaim:
             os.close(self.fd)
             self.fd = None
             raise SetupError(f'{run_dir} is in use by another run right now; wait for it to finish, or choose '
-                             f'another --run_name') from None
+                             f'another {other}') from None
         if fresh:
             self._start_fresh()
         sweep_partial_writes(run_dir)
 
     def _start_fresh(self):
-        if os.path.exists(os.path.join(self.run_dir, 'last.pt')):  # finished while we waited to claim it
+        if os.path.exists(os.path.join(self.run_dir, self.checkpoint)):  # finished while we waited to claim it
             self.release()
             raise SetupError(f'{self.run_dir} already holds a run; continue it with --resume {self.run_dir} or '
-                             f'choose another --run_name')
+                             f'choose another {self.other}')
         # what a run that died before its first checkpoint left: a fresh run never appends to its log
         for name in ('log.jsonl', 'best.pt', 'summary.json'):
             path = os.path.join(self.run_dir, name)
