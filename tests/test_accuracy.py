@@ -27,7 +27,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-TINY = dict(nepoch=6, warmup_epochs=1, eval_every=2, n_samples=2, seeds=(1,), extra=['--batch_size', '50', '--lr', '5e-3'])
+TINY = dict(nepoch=6, warmup_epochs=1, eval_every=2, n_samples=2, seeds=(1,), k_choices=(5, 20),
+            extra=['--batch_size', '50', '--lr', '5e-3'])
 
 
 def generated(n=(300, 100, 100), n_class=10, dim=16, seed=0):
@@ -67,6 +68,8 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     # the table reports the engine's own figures of that run: test accuracy at the best-validation epoch
     run = json.load(open(tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'summary.json'))
     assert authors['test_acc']['mean'] == run['test_acc'] and authors['runs'][0]['best_epoch'] == run['best_epoch']
+    config = json.load(open(tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'config.json'))
+    assert authors['k'] == [config['k']] and set(config['k_selection']) == {'5', '20'}  # chosen on validation
     assert authors['denoised_label_accuracy']['mean'] == run['denoised_label_accuracy']
     assert 0 <= authors['cleanlab_precision']['mean'] <= 1 and 0 < authors['cleanlab_recall']['mean'] <= 1
     assert authors['s_per_epoch']['mean'] > 0 and authors['s_per_eval']['mean'] > 0
@@ -74,6 +77,7 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     assert saved['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
     table = open(tmp_path / 'bench' / 'accuracy.md').read()
     assert table == markdown(saved) and '| uniform 35% |' in table and 'skipped' in table
+    assert f"| authors, k {config['k']} |" in table
     # a second call reuses the finished runs instead of refusing their folders
     again = run_benchmark(splits, bench_args(tmp_path, path), TINY, {'uniform 35%': 'cifar10-U-0.35'},
                           log=lambda *a: None)

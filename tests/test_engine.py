@@ -216,3 +216,13 @@ def test_k_not_smaller_than_training_set_is_refused(tmp_path, digits):
     small = subset(digits, 20, 10)
     with pytest.raises(engine.SetupError, match='lower --k'):
         run(digits_cfg(tmp_path, '--k', '20', '--nepoch', '1'), lambda c: small)
+
+
+def test_k_chosen_on_validation_is_what_the_run_uses_and_records(tmp_path, digits):
+    cfg = digits_cfg(tmp_path, '--nepoch', '1', '--n_samples', '0', '--k_choices', '1', '5', '20')
+    summary, run_dir = run(cfg, lambda c: subset(digits, 300, 60))
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    scores = {int(k): a for k, a in config['k_selection'].items()}
+    assert sorted(scores) == [1, 5, 20] and config['k'] == max(scores, key=lambda k: (scores[k], -k))
+    assert load_torch(os.path.join(run_dir, 'last.pt'))['config']['k'] == config['k']
+    assert config['val_neighbour_majority_accuracy'] == pytest.approx(scores[config['k']], abs=0.05)

@@ -87,6 +87,26 @@ def test_weak_fp_is_reported_before_training():
     assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')
 
 
+def test_k_choices_pick_the_k_whose_neighbourhoods_vote_best_on_validation():
+    from utils.prepare import select_k
+    g = torch.Generator().manual_seed(0)
+    n_class, n = 5, 1000
+    clean = torch.arange(n) % n_class
+    noisy = torch.where(torch.rand(n, generator=g) < 0.3, (clean + 1) % n_class, clean)  # 30% flipped
+    val = torch.arange(200) % n_class
+    centres = 5 * torch.eye(n_class)
+    feats = {'train': centres[clean] + torch.randn(n, n_class, generator=g),
+             'val': centres[val] + torch.randn(200, n_class, generator=g)}
+    lines = []
+    k, scores = select_k(feats, noisy, val, [1, 51], n_class, lines.append)
+    # one neighbour carries its flipped label 30% of the time; 51 of them vote it away
+    assert k == 51 and scores[1] < 0.8 and scores[51] > 0.95
+    assert lines == [f'--k_choices: validation neighbour-majority accuracy k 1 {100 * scores[1]:.1f}%, '
+                     f'k 51 {100 * scores[51]:.1f}%; k = 51']
+    clean_feats = {'train': centres[clean], 'val': centres[val]}
+    assert select_k(clean_feats, clean, val, [7, 3], n_class, lines.append)[0] == 3  # a tie: the smaller k
+
+
 def test_neighbours_rule_takes_k_plus_1_neighbours_and_appends_nothing():
     # the authors' Food-101N rule: the labels of the k+1 nearest (the sample itself first)
     noisy = torch.tensor([0, 1, 1, 2])

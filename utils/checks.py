@@ -26,6 +26,9 @@ def config_problems(cfg):
         value = getattr(cfg, name, 1)
         if value is not None and value < 1:
             problems.append(f'--{name} {value} must be at least 1')
+    for k in getattr(cfg, 'k_choices', None) or ():
+        if k < 1:
+            problems.append(f'--k_choices {k} must be at least 1')
     for name in NOT_NEGATIVE:
         value = getattr(cfg, name, 0)
         if value is not None and value < 0:

@@ -24,7 +24,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
-    inputs_dir=None, dataset=None,
+    inputs_dir=None, dataset=None, k_choices=None,
 )
 
 
@@ -136,6 +136,9 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--n_layers', type=int,
                    help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
     g.add_argument('--k', type=int, help='neighbours retrieved per sample')
+    g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
+                   help='choose k among these by how often the majority noisy label of a clean validation '
+                        "image's k training neighbours is its true label (replaces --k; the choice is logged)")
     g.add_argument('--candidates', choices=CANDIDATE_RULES,
                    help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
                         "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest")

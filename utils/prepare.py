@@ -99,23 +99,40 @@ def split_features(cfg, splits, encoders, log):
     return out
 
 
-def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, **search):
-    """How often the majority noisy label of a clean validation image's k training neighbours is its
-    true label (on up to `limit` images). Below the noisy labels' own accuracy, f_p's neighbourhoods
-    are too impure for retrieval to help, and the run will end below the noisy labels: say so."""
+def neighbour_majority_accuracy(features, noisy, val_labels, ks, n_class, limit, **search):
+    """For each k: how often the majority noisy label of a clean validation image's k training
+    neighbours is its true label, on up to `limit` validation images (one search for every k)."""
     queries = features['val'][:limit]
-    _, idx = knn(queries, features['train'], k, **search)
+    _, idx = knn(queries, features['train'], max(ks), **search)
     truth = torch.as_tensor(val_labels[:len(queries)]).to(idx.device)
-    accuracy = float((majority_vote(noisy[idx], n_class) == truth).float().mean())
+    return {k: float((majority_vote(noisy[idx[:, :k]], n_class) == truth).float().mean()) for k in sorted(ks)}
+
+
+def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, **search):
+    """The f_p check: the neighbour-majority accuracy at k. Below the noisy labels' own accuracy, f_p's
+    neighbourhoods are too impure for retrieval to help, and the run will end below the noisy labels:
+    say so."""
+    accuracy = neighbour_majority_accuracy(features, noisy, val_labels, [k], n_class, limit, **search)[k]
     line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
-            f'of {len(queries)} clean validation images')
+            f'of {min(limit, len(val_labels))} clean validation images')
     if noisy_accuracy is not None:
         line += f' (the noisy training labels: {100 * noisy_accuracy:.1f}% right)'
     log(line)
     if noisy_accuracy is not None and accuracy < noisy_accuracy:
         log('warning: f_p neighbourhoods are less pure than the noisy labels themselves, so label retrieval '
-            'is unlikely to help; use a stronger --fp_encoder')
+            'is unlikely to help; use a stronger --fp_encoder, or let --k_choices 10 20 50 100 pick k')
     return accuracy
+
+
+def select_k(features, noisy, val_labels, choices, n_class, log, limit=5000, **search):
+    """--k_choices: the k with the best neighbour-majority accuracy on the clean validation images
+    (ties to the smaller k). Model selection on the validation split, as every other choice; the test
+    split is never read."""
+    scores = neighbour_majority_accuracy(features, noisy, val_labels, choices, n_class, limit, **search)
+    best = max(scores, key=lambda k: (scores[k], -k))
+    log('--k_choices: validation neighbour-majority accuracy ' +
+        ', '.join(f'k {k} {100 * a:.1f}%' for k, a in scores.items()) + f'; k = {best}')
+    return best, scores
 
 
 def prepare(cfg, splits, device, log=print):
@@ -123,8 +140,9 @@ def prepare(cfg, splits, device, log=print):
     started = time.time()
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
-    if cfg.k >= len(labels):
-        raise SetupError(f'--k {cfg.k} is not smaller than the training set ({len(labels)} samples); lower --k')
+    for k in cfg.k_choices or [cfg.k]:
+        if k >= len(labels):
+            raise SetupError(f'--k {k} is not smaller than the training set ({len(labels)} samples); lower --k')
     if cfg.per_class < 0:
         raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
     in_memory = splits.in_memory
@@ -135,9 +153,12 @@ def prepare(cfg, splits, device, log=print):
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     encoder = encoders[0]
     features, *backbone_features = split_features(cfg, splits, encoders, log)
+    noisy = torch.from_numpy(labels).to(device)
+    if cfg.k_choices:
+        cfg.k, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
+                                   **search_options(cfg))
     neighbours = cached_neighbours(features['train'], neighbours_to_search(cfg.k, cfg.candidates), cfg.cache_dir,
                                    log=log, **search_options(cfg))
-    noisy = torch.from_numpy(labels).to(device)
     candidates = CandidateLabels(neighbours, noisy, cfg.candidates, cfg.candidate_weights)
     needs_pixels = diff_input == 'image' or augmented_fp
     # in memory: the pixels resident on the device; files: decoded batch by batch (the paths are kept)
@@ -149,6 +170,8 @@ def prepare(cfg, splits, device, log=print):
             'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
             'std': list(splits.std), 'class_names': list(splits.class_names or []),
             'prepare_s': round(time.time() - started, 2)}
+    if cfg.k_choices:
+        info['k_selection'] = {str(k): a for k, a in k_scores.items()}
     if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
         info['per_class_drawn'] = per_class_count(noisy, cfg.per_class)
     if clean is not None:
