@@ -33,6 +33,7 @@ from utils.engine import main as engine_main
 from utils.feature_file import load_feature_file
 from utils.io import save_json
 from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
+from utils.published import PublishedInputError
 from utils.retrieval import knn
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
@@ -188,12 +189,13 @@ def spread(values):
 
 
 def noisy_labels_or_none(noise, splits, cifar_n_dir):
-    """The noisy labels the run will train on, or None with the reason when the package cannot make them."""
+    """The noisy labels the run will train on, or None with the reason when the package cannot make them
+    (a published file offline included)."""
     try:
         return resolve_noisy_labels(noise, len(splits.train_clean), splits.train_clean.numpy(), splits.n_class,
                                     cifar_n_dirs=[cifar_n_dir] if cifar_n_dir else [])[0], None
-    except NoiseError as exc:
-        return None, str(exc)
+    except (NoiseError, PublishedInputError) as exc:
+        return None, ' '.join(str(exc).split())
 
 
 def benchmark_noise(name, noise, splits, feats, args, settings, recipes, log=print):
