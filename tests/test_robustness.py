@@ -32,14 +32,19 @@ def demo(tmp_path, *flags):
             str(tmp_path / 'cache'), *flags]
 
 
+# one thread per demo process: with torch's two, a busy 2-core machine slows them 10-30x
+ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
 def test_killed_run_resumes_to_the_same_summary(tmp_path):
-    subprocess.run(demo(tmp_path / 'a', '--run_name', 'r', *SHORT), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(demo(tmp_path / 'a', '--run_name', 'r', *SHORT), cwd=ROOT, check=True, capture_output=True,
+                   env=ONE_THREAD)
     straight = json.load(open(tmp_path / 'a' / 'runs' / 'r' / 'summary.json'))
 
     run_dir = tmp_path / 'b' / 'runs' / 'r'
-    proc = subprocess.Popen(demo(tmp_path / 'b', '--run_name', 'r', *SHORT), cwd=ROOT,
+    proc = subprocess.Popen(demo(tmp_path / 'b', '--run_name', 'r', *SHORT), cwd=ROOT, env=ONE_THREAD,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # left as soon as epoch 12 is saved; the margin is for a loaded machine
     while time.time() < deadline:
         last = run_dir / 'last.pt'
         if last.exists() and load_torch(str(last))['epoch'] >= 12:
@@ -49,7 +54,8 @@ def test_killed_run_resumes_to_the_same_summary(tmp_path):
     proc.wait()
     killed_at = load_torch(str(run_dir / 'last.pt'))['epoch']
     assert 12 <= killed_at < 29 and not (run_dir / 'summary.json').exists()
-    subprocess.run(demo(tmp_path / 'b', '--resume', str(run_dir)), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(demo(tmp_path / 'b', '--resume', str(run_dir)), cwd=ROOT, check=True, capture_output=True,
+                   env=ONE_THREAD)
     resumed = json.load(open(run_dir / 'summary.json'))
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
         assert resumed[key] == straight[key], key
