@@ -101,9 +101,10 @@ class Trainer:
         """(x, fp_x) for a training batch: augmented pixels where the model reads them (`decoded`: the
         batch's training views, decoded from image files)."""
         data = self.data
-        augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
         if decoded is not None:
             augmented = decoded.to(self.device, non_blocking=True)
+        else:
+            augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
         fp_x = data.fp_encoder.encode(augmented) if data.fp_encoder is not None else data.features['train'][idx]
         return self.inputs.x_batch('train', idx, fp_x, images=augmented), fp_x
 

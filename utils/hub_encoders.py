@@ -5,10 +5,10 @@
 
 Weights come from the Hugging Face hub through the libraries' own downloaders and caches when online,
 or from `--fp_checkpoint PATH` (the model's .safetensors/.bin/.pth file, read without unpickling
-code) offline; a copied hub cache is read offline under HF_HUB_OFFLINE=1. Preprocessing follows the model's own pretrained configuration: its input size,
-interpolation and mean/std (timm's resolve_data_config, OpenCLIP's preprocess config). The images
-arrive already decoded, resized and centre-cropped to --image_size; set it to the model's input
-size when that is larger than 224.
+code) offline; a copied hub cache is read offline under HF_HUB_OFFLINE=1. Preprocessing follows the
+model's own pretrained configuration: its input size, interpolation and mean/std (timm's
+resolve_data_config, OpenCLIP's preprocess config). The images arrive already decoded, resized and
+centre-cropped to --image_size; set it to the model's input size when that is larger than 224.
 """
 import importlib
 import os
