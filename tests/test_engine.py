@@ -216,6 +216,9 @@ def test_k_not_smaller_than_training_set_is_refused(tmp_path, digits):
     small = subset(digits, 20, 10)
     with pytest.raises(engine.SetupError, match='lower --k'):
         run(digits_cfg(tmp_path, '--k', '20', '--nepoch', '1'), lambda c: small)
+    with pytest.raises(engine.SetupError, match=r'--k_choices 20 is not smaller than the training set \(20 samples\); '
+                                                r'lower --k_choices'):
+        run(digits_cfg(tmp_path, '--k_choices', '5', '20', '--nepoch', '1'), lambda c: small)
 
 
 def test_k_chosen_on_validation_is_what_the_run_uses_and_records(tmp_path, digits):
@@ -226,3 +229,4 @@ def test_k_chosen_on_validation_is_what_the_run_uses_and_records(tmp_path, digit
     assert sorted(scores) == [1, 5, 20] and config['k'] == max(scores, key=lambda k: (scores[k], -k))
     assert load_torch(os.path.join(run_dir, 'last.pt'))['config']['k'] == config['k']
     assert config['val_neighbour_majority_accuracy'] == pytest.approx(scores[config['k']], abs=0.05)
+

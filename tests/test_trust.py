@@ -134,6 +134,7 @@ def never_read(cfg):
     ('--eval_batch_size', '-5', '--eval_batch_size -5 must be at least 1'),
     ('--encode_batch_size', '0', '--encode_batch_size 0 must be at least 1'),
     ('--k', '0', '--k 0 must be at least 1'),
+    ('--k_choices', '0', '--k_choices 0 must be at least 1'),
     ('--feature_dim', '0', '--feature_dim 0 must be at least 1'),
     ('--ddim_n_step', '0', r'--ddim_n_step 0 must lie in \[1, --n_timesteps 1000\]'),
     ('--ddim_n_step', '1001', r'--ddim_n_step 1001 must lie in \[1'),

@@ -140,9 +140,10 @@ def prepare(cfg, splits, device, log=print):
     started = time.time()
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
+    flag = '--k_choices' if cfg.k_choices else '--k'
     for k in cfg.k_choices or [cfg.k]:
         if k >= len(labels):
-            raise SetupError(f'--k {k} is not smaller than the training set ({len(labels)} samples); lower --k')
+            raise SetupError(f'{flag} {k} is not smaller than the training set ({len(labels)} samples); lower {flag}')
     if cfg.per_class < 0:
         raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
     in_memory = splits.in_memory
