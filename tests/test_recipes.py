@@ -42,6 +42,7 @@ def test_authors_recipe_on_cifar_simclr_and_clip():
     assert simclr['freeze_diff_encoder'] is True and simclr['eval_bn'] == 'batch'
     assert simclr['fp_cache_view'] == 'augmented' and simclr['fp_train_view'] == 'augmented'
     assert simclr['per_step_retrieval'] is True and simclr['eval_batch_size'] == 200
+    assert simclr['ema_decay'] == 0  # the trained weights themselves are evaluated
     clip = resolved('--fp_encoder', 'CLIP')
     assert clip['fp_train_view'] == 'cached' and clip['per_step_retrieval'] is False
     assert clip['fp_cache_view'] == 'augmented' and clip['freeze_diff_encoder'] is True
@@ -50,10 +51,11 @@ def test_authors_recipe_on_cifar_simclr_and_clip():
 def test_improved_recipe_and_single_flags_win():
     improved = resolved('--recipe', 'improved')
     assert (improved['freeze_diff_encoder'], improved['eval_bn'], improved['fp_cache_view'],
-            improved['fp_train_view'], improved['per_step_retrieval'], improved['eval_batch_size']) == \
-        (False, 'running', 'clean', 'cached', False, 2000)
+            improved['fp_train_view'], improved['per_step_retrieval'], improved['eval_batch_size'],
+            improved['ema_decay']) == (False, 'running', 'clean', 'cached', False, 2000, 0.999)
     one = resolved('--eval_bn', 'running')  # the authors' protocol but one improvement
     assert one['eval_bn'] == 'running' and one['freeze_diff_encoder'] is True and one['eval_batch_size'] == 2000
+    assert resolved('--recipe', 'improved', '--ema_decay', '0')['ema_decay'] == 0
 
 
 def test_file_datasets_cannot_take_augmented_keys():

@@ -40,6 +40,9 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+    decay = getattr(cfg, 'ema_decay', None)
+    if decay is not None and not 0 <= decay < 1:
+        problems.append(f'--ema_decay {decay} must lie in [0, 1) (0: no average)')
     n_timesteps = getattr(cfg, 'n_timesteps', None)
     if n_timesteps and n_timesteps >= 1 and not 1 <= cfg.ddim_n_step <= n_timesteps:
         problems.append(f'--ddim_n_step {cfg.ddim_n_step} must lie in [1, --n_timesteps {n_timesteps}]')

@@ -8,7 +8,7 @@ import argparse
 
 from model_diffusion import BETA_SCHEDULES
 from utils.encoders import FP_ENCODERS
-from utils.recipes import RECIPES
+from utils.recipes import IMPROVED_EMA_DECAY, RECIPES
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 
@@ -24,7 +24,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
-    inputs_dir=None, dataset=None, k_choices=None,
+    inputs_dir=None, dataset=None, k_choices=None, ema_decay=None,
 )
 
 
@@ -122,6 +122,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--per_step_retrieval', action=argparse.BooleanOptionalAction,
                    help='retrieve the neighbours of each step\'s augmented query against the cached keys '
                         '(authors, with --fp_train_view augmented) instead of the cached neighbour table')
+    g.add_argument('--ema_decay', type=float,
+                   help='evaluate (and save for prediction) an exponential moving average of the trained weights '
+                        'with this decay per step (improved: %s); 0: the trained weights themselves (authors)'
+                        % IMPROVED_EMA_DECAY)
     g = p.add_argument_group('model and training')
     g.add_argument('--nepoch', type=int, help='training epochs')
     g.add_argument('--batch_size', type=int, help='training batch size')

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from model_diffusion import Diffusion
 from utils import distributed
 from utils.augment import random_crop_flip
+from utils.averaging import WeightAverage, evaluated_weights
 from utils.checks import check_config
 from utils.config import recorded_config
 from utils.encoders import channels_last
@@ -87,6 +88,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0,
                                           fused=device.type == 'cuda')
         self.clip_groups = clip_groups(model, cfg.recipe)
+        self.average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
         self.start_epoch = 0
         self.best = {'val_acc': -1.0, 'epoch': None, 'test_acc': None}
         self.history = []
@@ -136,6 +138,8 @@ class Trainer:
         for group in self.clip_groups:
             torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return loss.detach()
 
     def batches(self, epoch):
@@ -205,11 +209,16 @@ class Trainer:
         return self.stop is not None and self.stop.signum is not None and self.world == 1
 
     # ---- evaluation ---------------------------------------------------------------------------
+    @property
+    def evaluated_model(self):
+        """The weights evaluation reads: their moving average with --ema_decay, else the trained ones."""
+        return self.average.model if self.average is not None else self.model
+
     def predict(self, split, n_samples=0, progress=None):
         """Deterministic DDIM labels for a split (and, with n_samples, class frequencies)."""
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
-        return predict_labels(self.model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed,
+        return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed,
                               progress)
 
     def accuracy(self, split, labels):
@@ -221,12 +230,18 @@ class Trainer:
         return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
                 'epoch': epoch, 'partial_epoch': self.partial,
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'ema': self.average.state_dict() if self.average is not None else None,
                 'best': dict(self.best), 'history': list(self.history),
                 'elapsed_s': elapsed}
 
     def restore(self, ckpt):
         self.model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
+        if self.average is not None:
+            if ckpt.get('ema'):
+                self.average.load_state_dict(ckpt['ema'])
+            else:  # made before --ema_decay existed
+                self.average.restart_from(self.model)
         self.best, self.history = ckpt['best'], ckpt['history']
         self.start_epoch = ckpt['epoch'] + 1
         self.saved_epoch = ckpt['epoch']
@@ -416,7 +431,7 @@ def write_config(run_dir, cfg, info, device, ckpt):
 
 def finish_outputs(trainer, data, splits, run_dir):
     """With the best-validation weights: denoised training labels, probabilities, plots."""
-    trainer.model.load_state_dict(load_run(run_dir, 'best.pt')['model'])
+    trainer.evaluated_model.load_state_dict(evaluated_weights(load_run(run_dir, 'best.pt')))
     denoised, probs = trainer.predict('train', n_samples=trainer.cfg.n_samples, progress='denoising the training labels')
     clean = clean_train_labels(splits)
     noisy, denoised = data.noisy_labels.cpu().numpy(), denoised.cpu().numpy()

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from model_diffusion import Diffusion
+from utils.averaging import evaluated_weights
 from utils.encoders import encode_all
 from utils.evaluate import SplitInputs, predict_labels
 from utils.files import IMAGE_SUFFIXES
@@ -61,7 +62,7 @@ def predict(cfg, load_splits):
         else:
             files = {name: splits.paths(name)}
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
-    model.load_state_dict(ckpt['model'])
+    model.load_state_dict(evaluated_weights(ckpt))
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
     pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
     inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,

@@ -19,6 +19,8 @@ are what config.json and every checkpoint record; a flag given on the command li
 | --diff_backbone        | Clothing1M, WebVision: tuned (the ResNet-50     | cached (frozen,   |
 |                        | fine-tuned on augmented images; f_p re-encodes  | features computed |
 |                        | each augmented batch, retrieved every step)     | once)             |
+| --ema_decay            | 0 (the trained weights are evaluated)           | 0.999 (a moving   |
+|                        |                                                 | average of them)  |
 | gradient clipping      | the denoiser and the diffusion encoder each     | one clip over all |
 |                        | clipped on their own (no flag)                  | trained weights   |
 
@@ -31,6 +33,7 @@ from utils.runtime import SetupError
 
 RECIPES = ('authors', 'improved')
 IMPROVED_EVAL_BATCH = 2000
+IMPROVED_EMA_DECAY = 0.999  # utils/averaging.py
 TUNED_BY_THE_AUTHORS = ('clothing1m', 'webvision')  # their train_*.py optimise the ResNet-50 encoder
 FROZEN_BY_THE_AUTHORS = ('food101n',)  # their optimiser holds the denoiser only
 
@@ -48,12 +51,13 @@ def _authors(cfg, in_memory, dataset):
         'eval_bn': 'batch' if in_memory else 'running',
         'fp_cache_view': 'augmented' if in_memory and not fixed_view else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
+        'ema_decay': 0.0,
     }
 
 
 def _improved(cfg, in_memory, dataset):
     return {'diff_backbone': 'cached', 'freeze_diff_encoder': False, 'eval_bn': 'running', 'fp_cache_view': 'clean',
-            'fp_train_view': 'cached'}
+            'fp_train_view': 'cached', 'ema_decay': IMPROVED_EMA_DECAY}
 
 
 def resolve_recipe(cfg, in_memory, dataset=None):
