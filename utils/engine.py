@@ -197,10 +197,9 @@ class Trainer:
     def decoded_views(self, batches, epoch):
         """Where the model reads image files: the training views of `batches`, decoded in order by
         DataLoader workers (seeded by seed and epoch, so a resumed epoch decodes the same views)."""
-        files = self.data.files
-        if not files or self.inputs.diff_input != 'image':
+        if not self.inputs.reads_files('train'):
             return None
-        return iter(training_view_batches(files['train'], [b.tolist() for b in batches], self.cfg.seed, epoch,
+        return iter(training_view_batches(self.inputs.files['train'], [b.tolist() for b in batches], self.cfg.seed, epoch,
                                           self.cfg.num_workers, self.data.image_size))
 
     def stop_requested(self):

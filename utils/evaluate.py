@@ -62,9 +62,13 @@ class SplitInputs:
             return self.backbone_features[split][rows]
         return fp_x
 
+    def reads_files(self, split):
+        """The model reads the split's pixels, and they come from image files (decoded as read)."""
+        return self.diff_input == 'image' and split in self.files
+
     def decoded(self, split, batch_size):
         """The split's images decoded from files in batches, in order, where the model reads them."""
-        if self.diff_input != 'image' or split not in self.files:
+        if not self.reads_files(split):
             return None
         return iter(image_batches(self.files[split], batch_size, self.num_workers, self.image_size))
 
