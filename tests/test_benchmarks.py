@@ -8,6 +8,7 @@ from benchmarks import inference, retrieval, training
 from utils.evaluate import classify_images
 from utils.encoders import load_clip
 from model_diffusion import Diffusion
+from utils.averaging import evaluated_weights
 from utils.io import load_torch
 from utils.diff_encoders import build_model
 
@@ -45,7 +46,7 @@ def test_end_to_end_inference_equals_the_trainers_evaluation(tmp_path, digits, t
         summary, run_dir = engine.run(cfg, lambda c: small)
         data = prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
         model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
-        model.load_state_dict(load_torch(os.path.join(run_dir, 'best.pt'))['model'])
+        model.load_state_dict(evaluated_weights(load_torch(os.path.join(run_dir, 'best.pt'))))
         trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
         cached = trainer.predict('test')[0]
         assert float((cached == small.test_labels).float().mean()) == pytest.approx(summary['test_acc'])

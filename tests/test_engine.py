@@ -105,6 +105,11 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
     resumed, _ = run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
     for key in ('best_val_acc', 'best_epoch', 'test_acc'):
         assert resumed[key] == straight[key], key
+    # the trained weights and their moving average (the demo's improved recipe) continue exactly
+    ends = [load_torch(os.path.join(d, 'last.pt')) for d in (str(tmp_path / 'a' / 'runs' / 'r'), run_dir)]
+    assert ends[0]['ema']['updates'] == ends[1]['ema']['updates'] == 12 * 24
+    for part in (lambda c: c['model'], lambda c: c['ema']['weights']):
+        assert all(torch.equal(part(ends[0])[k], part(ends[1])[k]) for k in part(ends[0]))
     assert resumed['seconds']['prepare'] > first_prepare  # both invocations' preparation
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert [r['after_epoch'] for r in config['resumes']] == [6] and config['n_train'] == 1197
