@@ -232,7 +232,7 @@ def accepted_recipes(log=print):
 def run_benchmark(splits, args, settings, noises=NOISES, log=print):
     """Every figure of the table, as a dict (also written to args.out_dir/accuracy.json and .md)."""
     os.makedirs(args.out_dir, exist_ok=True)
-    recipes = accepted_recipes(log)
+    recipes = [r for r in accepted_recipes(log) if r in (getattr(args, 'recipes', None) or RECIPES)]
     arrays, meta = load_feature_file(args.features)
     feats = {s: torch.from_numpy(a) for s, a in arrays.items()}
     started = time.time()
@@ -304,6 +304,8 @@ def main(argv=None):
     p.add_argument('--machine', default='CPU', help='how the table names the machine')
     p.add_argument('--noises', nargs='+', choices=sorted(NOISES.values()), help='only these noises (default: all)')
     p.add_argument('--seeds', type=int, nargs='+', help='only these seeds (default: the settings\' seeds)')
+    p.add_argument('--recipes', nargs='+', choices=list(RECIPES), help='only these recipes (default: all)')
+    p.add_argument('--nepoch', type=int, help="the runs' epochs (default: the settings')")
     p.add_argument('--lr_horizon', type=int, help="the runs' cosine horizon (default: the settings')")
     p.add_argument('--k', type=int, help=f'a fixed k instead of choosing among {K_CHOICES} on validation')
     args = p.parse_args(argv)
@@ -313,6 +315,7 @@ def main(argv=None):
     splits = train_CIFAR.load_cifar('cifar10', args.data_root, download=False)
     settings = dict(QUICK if args.quick else FULL, **({'seeds': tuple(args.seeds)} if args.seeds else {}),
                     **({'lr_horizon': args.lr_horizon} if args.lr_horizon else {}),
+                    **({'nepoch': args.nepoch} if args.nepoch else {}),
                     **({'k_choices': (args.k,)} if args.k else {}))
     noises = {name: n for name, n in NOISES.items() if not args.noises or n in args.noises}
     return run_benchmark(splits, args, settings, noises)

@@ -84,6 +84,10 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     again = run_benchmark(splits, bench_args(tmp_path, path), TINY, {'uniform 35%': 'cifar10-U-0.35'},
                           log=lambda *a: None)
     assert again['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
+    # --recipes runs only those named
+    only = run_benchmark(splits, Namespace(**vars(bench_args(tmp_path, path)), recipes=['authors']), TINY,
+                         {'uniform 35%': 'cifar10-U-0.35'}, log=lambda *a: None)
+    assert list(only['rows'][0]['recipes']) == ['authors']
 
 
 def decode_slice(blob, split, n):
