@@ -34,7 +34,9 @@ from utils.feature_file import load_feature_file
 from utils.io import save_json
 from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
+from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import knn
+from utils.rundir import MEANT_WHEN_ABSENT
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
 # made) is skipped with a note
@@ -142,16 +144,32 @@ def run_flags(noise, recipe, seed, settings, args):
             *(['--cifar_n_dir', cifar_n_dir] if cifar_n_dir else []), *settings.get('extra', []), *RECIPES[recipe]]
 
 
-def lra_run(flags, splits):
+def reusable(run_dir, flags, cfg):
+    """A finished run made with these flags that today's recipe would make again: the same flags and
+    the same resolved recipe settings (a recipe that gained an improvement since makes other runs)."""
+    done = os.path.join(run_dir, 'benchmark_flags.json')
+    if not (os.path.isfile(done) and json.load(open(done)) == flags):
+        return False
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        recorded = json.load(f)
+    today = vars(resolve_recipe(argparse.Namespace(**vars(cfg)), True, 'cifar10'))
+    return all(recorded.get(name, MEANT_WHEN_ABSENT.get(name)) == today[name] for name in RECIPE_FLAGS)
+
+
+def lra_run(flags, splits, log=print):
     """One LRA-diffusion run through train_CIFAR's parser and the engine; reuses a finished run
-    with the same flags (so an interrupted table continues)."""
+    with the same flags and recipe (so an interrupted table continues). A run folder of the same name
+    that cannot be reused (other flags, an older recipe) is moved aside, not overwritten."""
     cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
     run_dir = os.path.join(cfg.out_dir, cfg.run_name)
-    done = os.path.join(run_dir, 'benchmark_flags.json')
-    if os.path.isfile(done) and json.load(open(done)) == flags:
+    if reusable(run_dir, flags, cfg):
         return json.load(open(os.path.join(run_dir, 'summary.json'))), run_dir
+    if os.path.exists(run_dir):
+        aside = f'{run_dir}.superseded-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}'
+        os.rename(run_dir, aside)
+        log(f'{run_dir} was made with other flags or an older recipe: moved to {aside}; running it again')
     summary, run_dir = engine_main(cfg, lambda c: splits)
-    save_json(flags, done)
+    save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))
     return summary, run_dir
 
 
@@ -211,7 +229,7 @@ def benchmark_noise(name, noise, splits, feats, args, settings, recipes, log=pri
         runs = []
         for seed in settings['seeds']:
             flags = run_flags(noise, recipe, seed, settings, args)
-            runs.append(run_result(*lra_run(flags, splits), clean))
+            runs.append(run_result(*lra_run(flags, splits, log), clean))
             log(f'{name} {recipe} seed {seed}: ' + json.dumps(runs[-1]))
         row['recipes'][recipe] = {'runs': runs, **{k: spread([r[k] for r in runs]) for k in runs[0]
                                                    if k not in ('best_epoch', 'cleanlab_flagged', 'k')},

@@ -84,10 +84,17 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     again = run_benchmark(splits, bench_args(tmp_path, path), TINY, {'uniform 35%': 'cifar10-U-0.35'},
                           log=lambda *a: None)
     assert again['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
-    # --recipes runs only those named
+    # a run the recipe would now make otherwise (here: recorded with another --ema_decay) is moved
+    # aside and made again; --recipes runs only those named
+    record = tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'config.json'
+    json.dump({**config, 'ema_decay': 0.5}, open(record, 'w'))
     only = run_benchmark(splits, Namespace(**vars(bench_args(tmp_path, path)), recipes=['authors']), TINY,
                          {'uniform 35%': 'cifar10-U-0.35'}, log=lambda *a: None)
     assert list(only['rows'][0]['recipes']) == ['authors']
+    aside = [p for p in os.listdir(tmp_path / 'bench' / 'runs') if '.superseded-' in p]
+    assert len(aside) == 1 and aside[0].startswith('cifar10-U-0.35_authors_s1')
+    assert json.load(open(record))['ema_decay'] == 0  # made again, by today's authors recipe
+    assert only['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']  # CPU runs repeat exactly
 
 
 def decode_slice(blob, split, n):

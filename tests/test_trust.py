@@ -145,6 +145,8 @@ def never_read(cfg):
     ('--lr', '-0.001', '--lr -0.001 must be a finite number above 0'),
     ('--lr_horizon', '-5', r'--lr_horizon -5 must be a finite number above 0 \(or 0: --nepoch\)'),
     ('--grad_clip', '0', '--grad_clip 0.0 must be a finite number above 0'),
+    ('--ema_decay', '1', r'--ema_decay 1.0 must lie in \[0, 1\) \(0: no average\)'),
+    ('--ema_decay', '-0.5', r'--ema_decay -0.5 must lie in \[0, 1\)'),
     ('--n_samples', '-1', '--n_samples -1 must not be negative'),
     ('--seed', '-3', '--seed -3 must not be negative'),
     ('--noise_seed', '-1', '--noise_seed -1 must not be negative'),
@@ -418,6 +420,20 @@ def test_a_flag_added_after_the_run_was_made_takes_its_default(finished):
     save_torch(ckpt, last)
     summary, _ = run(resume(run_dir, '--nepoch', '3'), lambda c: small)
     assert summary['epochs'] == 3
+
+
+def test_a_run_made_before_the_weight_average_resumes_without_one(finished):
+    small, _, run_dir = finished  # the digits demo's improved recipe: today it averages its weights
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    assert ckpt['config']['ema_decay'] == 0.999 and ckpt['ema'] is not None
+    del ckpt['config']['ema_decay'], ckpt['ema']  # as an older package wrote it
+    save_torch(ckpt, last)
+    with pytest.raises(SetupError, match=r"cannot change --ema_decay 0.999 \(the run has 0.0\)"):
+        run(resume(run_dir, '--ema_decay', '0.999'), lambda c: small)
+    run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    resumed = load_torch(last)
+    assert resumed['config']['ema_decay'] == 0 and resumed['ema'] is None and resumed['epoch'] == 2
 
 
 def test_altered_cache_is_detected_by_its_content_hash_and_rebuilt(tmp_path, digits):

@@ -41,11 +41,6 @@ class WeightAverage:
         self.model.load_state_dict(state['weights'])
         self.updates = state['updates']
 
-    def restart_from(self, model):
-        """A run resumed from a checkpoint without an average: start one from its weights."""
-        self.model.load_state_dict(model.state_dict())
-        self.updates = 0
-
 
 def evaluated_weights(ckpt):
     """The weights a checkpoint's run evaluates with: the average where it kept one."""

@@ -237,10 +237,7 @@ class Trainer:
         self.model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         if self.average is not None:
-            if ckpt.get('ema'):
-                self.average.load_state_dict(ckpt['ema'])
-            else:  # made before --ema_decay existed
-                self.average.restart_from(self.model)
+            self.average.load_state_dict(ckpt['ema'])
         self.best, self.history = ckpt['best'], ckpt['history']
         self.start_epoch = ckpt['epoch'] + 1
         self.saved_epoch = ckpt['epoch']

@@ -32,6 +32,9 @@ from utils.diff_encoders import diff_encoder_input
 from utils.runtime import SetupError
 
 RECIPES = ('authors', 'improved')
+# every flag --recipe governs (resolve_recipe fills those left unset)
+RECIPE_FLAGS = ('diff_backbone', 'freeze_diff_encoder', 'eval_bn', 'fp_cache_view', 'fp_train_view', 'ema_decay',
+                'per_step_retrieval', 'eval_batch_size')
 IMPROVED_EVAL_BATCH = 2000
 IMPROVED_EMA_DECAY = 0.999  # utils/averaging.py
 TUNED_BY_THE_AUTHORS = ('clothing1m', 'webvision')  # their train_*.py optimise the ResNet-50 encoder

@@ -22,6 +22,9 @@ LOCK_NAME = '.lock'
 # (the inputs themselves are checked by hash)
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
                         'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug')
+# what a run recorded before a flag existed did, where that differs from the flag's default today: a
+# run made before --ema_decay evaluated its trained weights (and a resume goes on doing so)
+MEANT_WHEN_ABSENT = {'ema_decay': 0.0}
 ALWAYS_FROM_THIS_RUN = ('device', 'resume', 'debug', 'command_line_flags', 'script_flags')
 
 
@@ -43,6 +46,9 @@ def load_run(run_dir, name='last.pt'):
     if not os.path.isfile(path):
         raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     ckpt = _upgraded(load_torch(path))
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
+        for name, value in MEANT_WHEN_ABSENT.items():
+            ckpt['config'].setdefault(name, value)
     if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
         found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SetupError(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
