@@ -99,6 +99,9 @@ def split_features(cfg, splits, encoders, log):
     return out
 
 
+K_SELECTION_IMAGES = 5000  # validation images --k_choices scores each k on
+
+
 def neighbour_majority_accuracy(features, noisy, val_labels, ks, n_class, limit, **search):
     """For each k: how often the majority noisy label of a clean validation image's k training
     neighbours is its true label, on up to `limit` validation images (one search for every k)."""
@@ -108,11 +111,13 @@ def neighbour_majority_accuracy(features, noisy, val_labels, ks, n_class, limit,
     return {k: float((majority_vote(noisy[idx[:, :k]], n_class) == truth).float().mean()) for k in sorted(ks)}
 
 
-def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, **search):
-    """The f_p check: the neighbour-majority accuracy at k. Below the noisy labels' own accuracy, f_p's
-    neighbourhoods are too impure for retrieval to help, and the run will end below the noisy labels:
-    say so."""
-    accuracy = neighbour_majority_accuracy(features, noisy, val_labels, [k], n_class, limit, **search)[k]
+def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, measured=None,
+                    **search):
+    """The f_p check: the neighbour-majority accuracy at k (`measured`: already taken on the first `limit`
+    validation images, by --k_choices). Below the noisy labels' own accuracy, f_p's neighbourhoods are
+    too impure for retrieval to help, and the run will end below the noisy labels: say so."""
+    accuracy = measured if measured is not None else \
+        neighbour_majority_accuracy(features, noisy, val_labels, [k], n_class, limit, **search)[k]
     line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
             f'of {min(limit, len(val_labels))} clean validation images')
     if noisy_accuracy is not None:
@@ -124,7 +129,7 @@ def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log
     return accuracy
 
 
-def select_k(features, noisy, val_labels, choices, n_class, log, limit=5000, **search):
+def select_k(features, noisy, val_labels, choices, n_class, log, limit=K_SELECTION_IMAGES, **search):
     """--k_choices: the k with the best neighbour-majority accuracy on the clean validation images
     (ties to the smaller k). Model selection on the validation split, as every other choice; the test
     split is never read."""
@@ -155,6 +160,7 @@ def prepare(cfg, splits, device, log=print):
     encoder = encoders[0]
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
+    k_scores = None
     if cfg.k_choices:
         cfg.k, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
                                    **search_options(cfg))
@@ -178,8 +184,10 @@ def prepare(cfg, splits, device, log=print):
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
         info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
+    measured = {'limit': K_SELECTION_IMAGES, 'measured': k_scores[cfg.k]} if k_scores else {}
     info['val_neighbour_majority_accuracy'] = check_retrieval(features, noisy, splits.val_labels, cfg.k, splits.n_class,
-                                                              info.get('noisy_label_accuracy'), log, **search_options(cfg))
+                                                              info.get('noisy_label_accuracy'), log, **measured,
+                                                              **search_options(cfg))
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
                     files, None if in_memory else cfg.image_size)
