@@ -199,8 +199,8 @@ class Trainer:
         DataLoader workers (seeded by seed and epoch, so a resumed epoch decodes the same views)."""
         if not self.inputs.reads_files('train'):
             return None
-        return iter(training_view_batches(self.inputs.files['train'], [b.tolist() for b in batches], self.cfg.seed, epoch,
-                                          self.cfg.num_workers, self.data.image_size))
+        return iter(training_view_batches(self.inputs.files['train'], [b.tolist() for b in batches], self.cfg.seed,
+                                          epoch, self.cfg.num_workers, self.data.image_size))
 
     def stop_requested(self):
         """A signal asked to stop. Within an epoch only a single process stops (ranks could be at
@@ -217,8 +217,8 @@ class Trainer:
         """Deterministic DDIM labels for a split (and, with n_samples, class frequencies)."""
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
-        return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples, cfg.seed,
-                              progress)
+        return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples,
+                              cfg.seed, progress)
 
     def accuracy(self, split, labels):
         return float((self.predict(split)[0].cpu() == labels.cpu()).float().mean())
