@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import train_CIFAR
-from benchmarks.accuracy import markdown, run_benchmark
+from benchmarks.accuracy import FULL, markdown, parse_args, run_benchmark, settings_of
 from utils.config import parse_config
 from utils.data import ImageSplits
 from utils.engine import main as engine_main
@@ -178,3 +178,15 @@ def test_features_fingerprint_is_the_file_content(tmp_path):
     assert torch.equal(a.split_features('val', 10), torch.from_numpy(feats['val']))
     with pytest.raises(FeatureFileError, match='cannot encode other images'):
         a.encode(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_the_table_uses_the_authors_k_unless_asked_to_choose():
+    need = ['--data_root', 'd', '--features', 'f.npz']
+    assert settings_of(parse_args(need))['k_choices'] == (train_CIFAR.DEFAULTS['k'],) == (10,)
+    assert settings_of(parse_args(need + ['--quick']))['k_choices'] == (10,)
+    assert settings_of(parse_args(need + ['--k', '20']))['k_choices'] == (20,)
+    chosen = settings_of(parse_args(need + ['--k_choices', '10', '50', '--nepoch', '60', '--seeds', '3']))
+    assert chosen['k_choices'] == (10, 50) and chosen['nepoch'] == 60 and chosen['seeds'] == (3,)
+    assert chosen['lr_horizon'] == FULL['lr_horizon']
+    with pytest.raises(SystemExit):  # one or the other
+        parse_args(need + ['--k', '20', '--k_choices', '10', '50'])
