@@ -83,6 +83,13 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     torch.save(old, os.path.join(run_dir, 'old.pt'))
     upgraded = load_run(run_dir, 'old.pt')
     assert upgraded['format_version'] == CHECKPOINT_FORMAT and list(upgraded['model']) == list(ckpt['model'])
+    # format 2 differs only for the _l encoders (their one-layer head): other runs read as they were
+    torch.save({**ckpt, 'format_version': 2}, os.path.join(run_dir, 'two.pt'))
+    assert load_run(run_dir, 'two.pt')['format_version'] == CHECKPOINT_FORMAT
+    torch.save({**ckpt, 'format_version': 2, 'config': {**ckpt['config'], 'diff_encoder': 'resnet50_l'}},
+               os.path.join(run_dir, 'two_l.pt'))
+    with pytest.raises(engine.SetupError, match='one-layer head on its resnet50_l diffusion encoder.*start a new run'):
+        load_run(run_dir, 'two_l.pt')
 
 
 def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):

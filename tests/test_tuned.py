@@ -11,7 +11,7 @@ from PIL import Image
 import layouts
 import train_Clothing1M
 from utils import engine
-from utils.diff_encoders import build_model
+from utils.diff_encoders import build_diff_encoder, build_model
 from utils.encoders import load_imagenet_resnet
 from utils.files import ImageFiles
 from utils.io import load_torch
@@ -82,7 +82,26 @@ def test_a_fresh_tuned_run_starts_from_the_backbone_weights(tmp_path, tiny_clip_
     model = engine.load_tuned_backbone(build_model(cfg, 4, 8, (3, 32, 32)), cfg)
     start = load_imagenet_resnet('resnet18', 'random', seed=cfg.seed).net.state_dict()
     mine = model.diff_encoder.state_dict()
-    assert all(torch.equal(mine[k], v) for k, v in start.items()) and mine['fc.weight'].shape == (16, 512)
+    assert all(torch.equal(mine[k], v) for k, v in start.items())
+    # the authors' head (their myfc, myfc2): pooled 512 → 512 → feature_dim, two linear layers
+    assert (mine['fc.0.weight'].shape, mine['fc.1.weight'].shape) == ((512, 512), (16, 512))
+
+
+@pytest.mark.parametrize('backbone', ['cached', 'tuned'])
+def test_the_l_encoders_end_in_the_authors_two_layer_head(backbone):
+    encoder = build_diff_encoder('resnet50_l', 1024, 8, (3, 32, 32), backbone)
+    head = encoder.fc if backbone == 'tuned' else encoder
+    assert [(m.in_features, m.out_features) for m in head] == [(2048, 512), (512, 1024)]
+    # nothing between the layers: one linear map, of rank 512
+    x = torch.randn(4, 2048)
+    assert torch.allclose(head(x), x @ (head[1].weight @ head[0].weight).T + head[1](head[0].bias), atol=1e-5)
+    # and its untrained outputs have about a third of one default layer's variance (their Food-101N
+    # encoder is never trained, so this scale is what the denoiser sees)
+    torch.manual_seed(0)
+    pooled = torch.rand(512, 2048)  # non-negative, as pooled ReLU features
+    with torch.no_grad():
+        ratio = head(pooled).var() / torch.nn.Linear(2048, 1024)(pooled).var()
+    assert 0.2 < float(ratio) < 0.5
 
 
 def test_interrupted_tuned_run_resumes_to_the_same_result(tmp_path, tiny_clip_path):

@@ -2,7 +2,8 @@
 
 Each entry says what it reads: the image (normalised, augmented while training), the f_p features,
 or 'cached'. The `_l` encoders of the authors' large-image scripts are an ImageNet ResNet (torchvision
-weights, or a local file via --diff_encoder_weights) followed by a linear layer to feature_dim;
+weights, or a local file via --diff_encoder_weights) followed by their head (two linear layers,
+pooled width → 512 → feature_dim: utils/networks.authors_head);
 --diff_backbone says what happens to the ResNet:
 - 'cached': frozen, its pooled features computed once like f_p ('cached' input). The fast path:
   training then runs on cached features alone.
@@ -14,7 +15,7 @@ import torch.nn as nn
 from model_diffusion import Denoiser
 
 from utils.encoders import load_imagenet_resnet
-from utils.networks import cifar_resnet, imagenet_resnet, resnet_width
+from utils.networks import authors_head, cifar_resnet, imagenet_resnet
 
 BACKBONES = ('cached', 'tuned')
 
@@ -32,9 +33,9 @@ DIFF_ENCODERS = {
     'resnet50': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet50', width)),
     'linear': ('image', lambda width, fp_dim, shape: _mlp(shape[0] * shape[1] * shape[2], width)),
     'fp_mlp': ('features', lambda width, fp_dim, shape: _mlp(fp_dim, width)),
-    'resnet18_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet18'), width)),
-    'resnet34_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet34'), width)),
-    'resnet50_l': ('cached', lambda width, fp_dim, shape: nn.Linear(resnet_width('resnet50'), width)),
+    'resnet18_l': ('cached', lambda width, fp_dim, shape: authors_head('resnet18', width)),
+    'resnet34_l': ('cached', lambda width, fp_dim, shape: authors_head('resnet34', width)),
+    'resnet50_l': ('cached', lambda width, fp_dim, shape: authors_head('resnet50', width)),
 }
 
 
@@ -55,19 +56,20 @@ def diff_encoder_input(name, backbone='cached'):
 def build_diff_encoder(name, feature_dim, fp_dim, image_shape, backbone='cached'):
     if name not in DIFF_ENCODERS:
         raise ValueError(f'unknown --diff_encoder {name!r}; choose from {", ".join(sorted(DIFF_ENCODERS))}')
-    if tunes_backbone(name, backbone):  # the whole ResNet, its fc a linear layer to feature_dim
+    if tunes_backbone(name, backbone):  # the whole ResNet, its fc the authors' head
         return imagenet_resnet(cached_backbone_arch(name), feature_dim)
     return DIFF_ENCODERS[name][1](feature_dim, fp_dim, image_shape)
 
 
 def load_tuned_backbone(model, cfg):
     """A fresh run's tuned `_l` encoder starts from the backbone weights --diff_encoder_weights names
-    (its linear layer from the seeded initialisation); a resumed or predicting run reads its checkpoint."""
+    (its head from the seeded initialisation); a resumed or predicting run reads its checkpoint."""
     if not tunes_backbone(cfg.diff_encoder, cfg.diff_backbone):
         return model
     backbone = load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights, seed=cfg.seed)
     missing, unexpected = model.diff_encoder.load_state_dict(backbone.net.state_dict(), strict=False)
-    assert not unexpected and sorted(missing) == ['fc.bias', 'fc.weight'], (missing, unexpected)
+    head = sorted(k for k in model.diff_encoder.state_dict() if k.startswith('fc.'))
+    assert not unexpected and sorted(missing) == head, (missing, unexpected)
     return model
 
 

@@ -34,10 +34,21 @@ def cifar_resnet(arch, out_dim):
     return nn.Sequential(*cifar_resnet_trunk(arch), nn.Flatten(1), nn.Linear(resnet_width(arch), out_dim))
 
 
+AUTHORS_HEAD_WIDTH = 512
+
+
+def authors_head(arch, out_dim):
+    """The head of the authors' 224-px ResNets (their `myfc`, `myfc2`): two linear layers, pooled
+    width → 512 → out_dim, with nothing between them. A rank-512 linear map, but not one linear layer:
+    its default initialisation gives outputs of about a third of the variance, which matters where
+    the head is never trained (their Food-101N encoder)."""
+    return nn.Sequential(nn.Linear(resnet_width(arch), AUTHORS_HEAD_WIDTH), nn.Linear(AUTHORS_HEAD_WIDTH, out_dim))
+
+
 def imagenet_resnet(arch, out_dim, weights=None):
-    """A standard-stem ResNet for 224 px images, optionally with ImageNet weights, head replaced."""
+    """A standard-stem ResNet for 224 px images, optionally with ImageNet weights, the authors' head."""
     net = RESNETS[arch](weights=weights)
-    net.fc = nn.Linear(net.fc.in_features, out_dim)
+    net.fc = authors_head(arch, out_dim)
     return net
 
 

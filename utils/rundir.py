@@ -15,7 +15,9 @@ from utils.cache import paths_fingerprint, tensor_fingerprint
 from utils.io import load_torch, sweep_partial_writes
 from utils.runtime import SetupError, default_run_name
 
-CHECKPOINT_FORMAT = 2  # 2: the diffusion encoder's weights are under `diff_encoder.` (1: `x_encoder.`)
+# 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer); 2: the
+# diffusion encoder's weights are under `diff_encoder.` (1: `x_encoder.`)
+CHECKPOINT_FORMAT = 3
 LOCK_NAME = '.lock'
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
 # and extraction (results do not depend on them), --nepoch to extend the run, and where inputs lie
@@ -45,7 +47,7 @@ def load_run(run_dir, name='last.pt'):
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
         raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
-    ckpt = _upgraded(load_torch(path))
+    ckpt = _upgraded(load_torch(path), path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
         for name, value in MEANT_WHEN_ABSENT.items():
             ckpt['config'].setdefault(name, value)
@@ -56,15 +58,23 @@ def load_run(run_dir, name='last.pt'):
     return ckpt
 
 
-def _upgraded(ckpt):
-    """A format-1 checkpoint read as format 2: only the diffusion encoder's key prefix changed."""
-    if isinstance(ckpt, dict) and ckpt.get('format_version') == 1 and isinstance(ckpt.get('model'), dict):
+def _upgraded(ckpt, path):
+    """An older checkpoint read as today's format, where its weights mean the same network."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        return ckpt
+    config = ckpt['config'] if isinstance(ckpt.get('config'), dict) else {}
+    if ckpt.get('format_version') == 1:  # only the diffusion encoder's key prefix changed
         old = 'x_encoder.'
         ckpt['model'] = {('diff_encoder.' + k[len(old):] if k.startswith(old) else k): v
                          for k, v in ckpt['model'].items()}
         ckpt['format_version'] = 2
-        if isinstance(ckpt.get('config'), dict):  # made before --diff_backbone: its _l backbones were cached
-            ckpt['config'].setdefault('diff_backbone', 'cached')
+        config.setdefault('diff_backbone', 'cached')  # made before --diff_backbone: _l backbones were cached
+    if ckpt.get('format_version') == 2:
+        if str(config.get('diff_encoder', '')).endswith('_l'):
+            raise SetupError(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
+                             f'encoder; this version has the authors\' two-layer head and cannot continue it: '
+                             f'start a new run')
+        ckpt['format_version'] = 3
     return ckpt
 
 
