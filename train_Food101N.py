@@ -5,16 +5,19 @@
 Training images and labels come from Food-101N_release (meta/imagelist.tsv; the label is the
 class folder); the entries of meta/verified_val.tsv verified as correct form the clean validation
 split used for model selection (and are held out of training); Food-101's meta/test.txt is the
-test split. Features (CLIP ViT-L/14 for f_p, an ImageNet ResNet-50 for the diffusion encoder) are
-extracted once, in DataLoader workers, and cached; training runs on them. Scale out with
-`torchrun --nproc_per_node N train_Food101N.py ...`.
+test split. The f_p features (CLIP ViT-L/14) are extracted once, in DataLoader workers, and cached.
+Scale out with `torchrun --nproc_per_node N train_Food101N.py ...`.
 
 Defaults follow the authors' train_Food101N.py: 100 epochs, batch 256, k 10, feature_dim 1024,
 CLIP ViT-L/14, and its candidate rule (--candidates neighbours: the labels of each sample's k+1
 nearest neighbours, itself included, with no own label appended). Its learning-rate schedule is
 hard-coded to a 10-epoch warm-up and a 200-epoch cosine horizon (its --warmup_epochs 1 is unused),
-so --warmup_epochs 10 --lr_horizon 200 here. (Its diffusion encoder is never optimised, so its
-ResNet-50 head stays at random weights; --freeze_diff_encoder does the same.)
+so --warmup_epochs 10 --lr_horizon 200 here. Its diffusion encoder (an ImageNet ResNet-50 with a
+random two-layer head) is never optimised and never leaves training mode: it reads each step's
+augmented crops and normalises them with batch statistics, at evaluation too, in batches of 512. The
+defaults do the same (--diff_backbone tuned --freeze_diff_encoder --eval_bn batch
+--eval_batch_size 512: the images are decoded every epoch). `--recipe improved` is the fast path:
+the ResNet-50 features of the centre crops computed once, its head trained.
 
 One deliberate difference: the authors select the model on the Food-101 test split (their
 reported figure is the best test accuracy over epochs); this package selects on the clean

@@ -16,6 +16,7 @@ from utils.data import DatasetMissing
 from utils.published import PublishedInputError
 from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
+from utils.encoders import load_imagenet_resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,6 +100,13 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     assert config['noise_source'] == 'food101n labels' and config['fp_dim'] == 32
     assert config['candidates'] == 'neighbours' and 'per_class_drawn' not in config  # the authors' Food-101N rule
     assert 0 <= summary['test_acc'] <= 1 and np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (63, 3)
+    # the authors' encoder: it reads the streamed crops, in training mode, and is never optimised
+    assert (config['diff_backbone'], config['freeze_diff_encoder'], config['eval_bn']) == ('tuned', True, 'batch')
+    start = load_imagenet_resnet('resnet18', 'random', seed=config['seed']).net.state_dict()
+    trained = load_torch(os.path.join(run_dir, 'last.pt'))['model']
+    weights = [k for k in start if 'running_' not in k and 'num_batches' not in k]
+    assert all(torch.equal(trained['diff_encoder.' + k], start[k]) for k in weights)
+    assert not torch.equal(trained['diff_encoder.bn1.running_mean'], start['bn1.running_mean'])  # training mode
 
 
 def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):

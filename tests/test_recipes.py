@@ -94,11 +94,18 @@ def test_authors_tune_the_resnet50_on_clothing1m_and_webvision(script, dataset):
         file_recipe(script, dataset, '--diff_backbone', 'cached', '--fp_train_view', 'augmented')
 
 
-def test_authors_never_optimise_the_food101n_encoder():
+def test_authors_food101n_encoder_reads_augmented_images_in_training_mode_and_is_never_optimised():
     authors = file_recipe(train_Food101N, 'food101n')
-    assert (authors['diff_backbone'], authors['freeze_diff_encoder'], authors['fp_train_view']) == \
-        ('cached', True, 'cached')
-    assert file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')['freeze_diff_encoder'] is False
+    # their ResNet-50 reads each step's crops; their optimiser holds the denoiser only, and the encoder
+    # never leaves training mode, so evaluation normalises with the statistics of their 512-image batches
+    assert (authors['diff_backbone'], authors['freeze_diff_encoder'], authors['eval_bn'],
+            authors['eval_batch_size']) == ('tuned', True, 'batch', 512)
+    # f_p is read from the cache (no re-encoding, no per-step retrieval), unlike Clothing1M and WebVision
+    assert (authors['fp_train_view'], authors['per_step_retrieval']) == ('cached', False)
+    assert file_recipe(train_Food101N, 'food101n', '--eval_batch_size', '100')['eval_batch_size'] == 100
+    improved = file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')
+    assert (improved['diff_backbone'], improved['freeze_diff_encoder'], improved['eval_bn']) == \
+        ('cached', False, 'running')
 
 
 def test_augmented_view_is_seeded_and_differs_from_the_clean_images(digits):

@@ -94,7 +94,7 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--diff_encoder', choices=sorted(DIFF_ENCODERS),
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
-                        'ResNet + a linear layer; see --diff_backbone)')
+                        'ResNet + the authors\' two-layer head; see --diff_backbone)')
     g.add_argument('--precision', choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
                         'denoiser MLP, features and optimiser stay float32')
@@ -103,16 +103,16 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
                         'Each flag below left unset follows the recipe')
     g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
-                   help="keep the diffusion encoder at its initial weights (authors, CIFAR: the optimiser holds "
-                        'the denoiser only)')
+                   help="keep the diffusion encoder at its initial weights (authors, CIFAR and Food-101N: the "
+                        'optimiser holds the denoiser only)')
     g.add_argument('--diff_backbone', choices=BACKBONES,
                    help="the ResNet of a resnet*_l diffusion encoder: cached (frozen, its features computed once; "
-                        "improved, and the authors' CIFAR and Food-101N) or tuned (fine-tuned on augmented images "
-                        "decoded every epoch; the authors' Clothing1M and WebVision)")
+                        "improved) or tuned (reads augmented images decoded every epoch and is fine-tuned, unless "
+                        "--freeze_diff_encoder; the authors' Clothing1M, WebVision and, frozen, Food-101N)")
     g.add_argument('--eval_bn', choices=('batch', 'running'),
-                   help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR: the "
-                        'encoder never leaves training mode, so predictions depend on the evaluation batch) or '
-                        'running statistics')
+                   help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR and "
+                        'Food-101N: the encoder never leaves training mode, so predictions depend on the evaluation '
+                        'batch) or running statistics')
     g.add_argument('--fp_cache_view', choices=('augmented', 'clean'),
                    help='the view of each training image whose f_p features are cached as retrieval keys '
                         '(authors, CIFAR: one random crop + flip; improved: the clean image)')

@@ -6,27 +6,31 @@ are what config.json and every checkpoint record; a flag given on the command li
 
 | flag                   | authors (default)                               | improved          |
 |------------------------|-------------------------------------------------|-------------------|
-| --freeze_diff_encoder  | in-memory datasets: yes (the authors' CIFAR     | no (trained)      |
-|                        | optimiser holds the denoiser only)              |                   |
-| --eval_bn              | in-memory datasets: batch (their CIFAR encoder  | running           |
-|                        | never leaves training mode)                     |                   |
-| --eval_batch_size      | --batch_size where --eval_bn is batch           | 2000              |
+| --freeze_diff_encoder  | in-memory datasets, Food-101N: yes (the         | no (trained)      |
+|                        | authors' optimiser holds the denoiser only)     |                   |
+| --eval_bn              | in-memory datasets, Food-101N: batch (their     | running           |
+|                        | encoder never leaves training mode)             |                   |
+| --eval_batch_size      | where --eval_bn is batch: --batch_size, their   | 2000              |
+|                        | Food-101N test loader's 512                     |                   |
 | --fp_cache_view        | in-memory datasets: augmented (one random       | clean             |
 |                        | crop + flip view, cached once)                  |                   |
 | --fp_train_view        | SimCLR on in-memory datasets: augmented         | cached            |
 |                        | (re-encoded every step), otherwise cached       |                   |
 | --per_step_retrieval   | wherever --fp_train_view is augmented           | no (cached table) |
-| --diff_backbone        | Clothing1M, WebVision: tuned (the ResNet-50     | cached (frozen,   |
-|                        | fine-tuned on augmented images; f_p re-encodes  | features computed |
-|                        | each augmented batch, retrieved every step)     | once)             |
+| --diff_backbone        | Clothing1M, WebVision, Food-101N: tuned (the    | cached (frozen,   |
+|                        | ResNet-50 reads each step's augmented images;   | features computed |
+|                        | Clothing1M, WebVision: fine-tuned, and f_p      | once)             |
+|                        | re-encodes the batch, retrieved every step)     |                   |
 | --ema_decay            | 0 (the trained weights are evaluated)           | 0.999 (a moving   |
 |                        |                                                 | average of them)  |
 | gradient clipping      | the denoiser and the diffusion encoder each     | one clip over all |
 |                        | clipped on their own (no flag)                  | trained weights   |
 
-On the image-file datasets the authors evaluate in eval mode (running statistics) and never
-optimise the Food-101N diffusion encoder (their frozen ResNet-50 reads augmented crops; here it reads
-the cached centre crop); the retrieval keys are f_p features of the centre crops in both recipes.
+On Clothing1M and WebVision the authors evaluate in eval mode (running statistics). Their Food-101N
+encoder is never optimised nor switched to eval mode: its ResNet-50 (ImageNet weights, random head)
+reads each step's augmented crops and normalises with batch statistics, at evaluation too. The
+retrieval keys of an image-file dataset are f_p features of the centre crops in both recipes (the
+authors' Food-101N caches one augmented crop per image instead).
 """
 from utils.diff_encoders import diff_encoder_input
 from utils.runtime import SetupError
@@ -37,24 +41,29 @@ RECIPE_FLAGS = ('diff_backbone', 'freeze_diff_encoder', 'eval_bn', 'fp_cache_vie
                 'per_step_retrieval', 'eval_batch_size')
 IMPROVED_EVAL_BATCH = 2000
 IMPROVED_EMA_DECAY = 0.999  # utils/averaging.py
-TUNED_BY_THE_AUTHORS = ('clothing1m', 'webvision')  # their train_*.py optimise the ResNet-50 encoder
-FROZEN_BY_THE_AUTHORS = ('food101n',)  # their optimiser holds the denoiser only
+# their ResNet-50 diffusion encoder reads each step's augmented images (it is optimised on the first
+# two, whose step also re-encodes the batch with f_p; Food-101N's optimiser holds the denoiser only)
+STREAMED_BY_THE_AUTHORS = ('clothing1m', 'webvision', 'food101n')
+FROZEN_BY_THE_AUTHORS = ('food101n',)  # never optimised, never in eval mode
+AUTHORS_EVAL_BATCH = {'food101n': 512}  # their test loader's; elsewhere their --batch_size
 
 
 def _authors(cfg, in_memory, dataset):
     fixed_view = cfg.fp_encoder == 'features'  # a features file has one fixed view
-    tuned = cfg.diff_backbone or ('tuned' if dataset in TUNED_BY_THE_AUTHORS else 'cached')
+    frozen = in_memory or dataset in FROZEN_BY_THE_AUTHORS
+    tuned = cfg.diff_backbone or ('tuned' if dataset in STREAMED_BY_THE_AUTHORS else 'cached')
     # the authors re-encode the augmented batch with f_p where a step has one: SimCLR on CIFAR, and
-    # the image-file datasets whose images stream through a tuned encoder
-    streams = not in_memory and diff_encoder_input(cfg.diff_encoder, tuned) == 'image'
+    # the image-file datasets whose images stream through a trained encoder
+    streams = not in_memory and not frozen and diff_encoder_input(cfg.diff_encoder, tuned) == 'image'
     augmented_fp = not fixed_view and ((in_memory and cfg.fp_encoder == 'SimCLR') or streams)
     return {
         'diff_backbone': tuned,
-        'freeze_diff_encoder': in_memory or dataset in FROZEN_BY_THE_AUTHORS,
-        'eval_bn': 'batch' if in_memory else 'running',
+        'freeze_diff_encoder': frozen,
+        'eval_bn': 'batch' if frozen else 'running',
         'fp_cache_view': 'augmented' if in_memory and not fixed_view else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
         'ema_decay': 0.0,
+        **({'eval_batch_size': AUTHORS_EVAL_BATCH[dataset]} if dataset in AUTHORS_EVAL_BATCH else {}),
     }
 
 
