@@ -5,7 +5,9 @@
 Training images and labels come from Food-101N_release (meta/imagelist.tsv; the label is the
 class folder); the entries of meta/verified_val.tsv verified as correct form the clean validation
 split used for model selection (and are held out of training); Food-101's meta/test.txt is the
-test split. The f_p features (CLIP ViT-L/14) are extracted once, in DataLoader workers, and cached.
+test split. The f_p features (CLIP ViT-L/14) are extracted once, in DataLoader workers, and cached;
+as the authors', the training images' (the retrieval keys) are of one random crop + flip of each
+image (--fp_cache_view augmented; the centre crops under --recipe improved).
 Scale out with `torchrun --nproc_per_node N train_Food101N.py ...`.
 
 Defaults follow the authors' train_Food101N.py: 100 epochs, batch 256, k 10, feature_dim 1024,

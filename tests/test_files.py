@@ -16,7 +16,8 @@ from utils.data import DatasetMissing
 from utils.published import PublishedInputError
 from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
-from utils.encoders import load_imagenet_resnet
+from utils.encoders import load_clip, load_imagenet_resnet
+from utils.files import ImageFiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +108,18 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     weights = [k for k in start if 'running_' not in k and 'num_batches' not in k]
     assert all(torch.equal(trained['diff_encoder.' + k], start[k]) for k in weights)
     assert not torch.equal(trained['diff_encoder.bn1.running_mean'], start['bn1.running_mean'])  # training mode
+    # its retrieval keys: f_p of one seeded random crop + flip of each training image, the evaluation
+    # splits' of the centre crops
+    cache = tmp_path / 'cache'
+    cached = sorted(f.split('_')[1:3] for f in os.listdir(cache) if f.startswith('food101n_'))
+    assert cached == [['test', 'center'], ['train', 'augmented'], ['val', 'center']]
+    fp = load_clip(tiny_clip_path, 'cpu')
+    paths = read_food101n(n_root, f_root).paths('train')
+    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(config['seed'],))[i] for i in range(4)]))
+    centre = fp.encode(torch.stack([ImageFiles(paths, 32)[i] for i in range(4)]))
+    stored = load_torch(str(next(cache / f for f in os.listdir(cache) if f.startswith('food101n_train_augmented'))))
+    assert torch.allclose(stored['value'][:4], keys, atol=1e-5)
+    assert not torch.allclose(stored['value'][:4], centre, atol=1e-3)
 
 
 def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):

@@ -67,10 +67,9 @@ def test_recipe_flags_names_every_flag_the_recipe_fills(recipe):
     assert filled == set(RECIPE_FLAGS)
 
 
-def test_file_datasets_cannot_take_augmented_keys():
+def test_file_datasets_key_the_centre_crops_unless_asked():
     assert resolved(in_memory=False)['fp_cache_view'] == 'clean'
-    with pytest.raises(Exception, match='use --fp_cache_view clean'):
-        resolved('--fp_cache_view', 'augmented', in_memory=False)
+    assert resolved('--fp_cache_view', 'augmented', in_memory=False)['fp_cache_view'] == 'augmented'
 
 
 def file_recipe(script, dataset, *flags):
@@ -100,12 +99,14 @@ def test_authors_food101n_encoder_reads_augmented_images_in_training_mode_and_is
     # never leaves training mode, so evaluation normalises with the statistics of their 512-image batches
     assert (authors['diff_backbone'], authors['freeze_diff_encoder'], authors['eval_bn'],
             authors['eval_batch_size']) == ('tuned', True, 'batch', 512)
-    # f_p is read from the cache (no re-encoding, no per-step retrieval), unlike Clothing1M and WebVision
-    assert (authors['fp_train_view'], authors['per_step_retrieval']) == ('cached', False)
+    # f_p is read from the cache of one random crop + flip of each image (no re-encoding, no per-step
+    # retrieval), unlike Clothing1M and WebVision
+    assert (authors['fp_cache_view'], authors['fp_train_view'], authors['per_step_retrieval']) == \
+        ('augmented', 'cached', False)
     assert file_recipe(train_Food101N, 'food101n', '--eval_batch_size', '100')['eval_batch_size'] == 100
     improved = file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')
-    assert (improved['diff_backbone'], improved['freeze_diff_encoder'], improved['eval_bn']) == \
-        ('cached', False, 'running')
+    assert (improved['diff_backbone'], improved['freeze_diff_encoder'], improved['eval_bn'],
+            improved['fp_cache_view']) == ('cached', False, 'running', 'clean')
 
 
 def test_augmented_view_is_seeded_and_differs_from_the_clean_images(digits):

@@ -146,21 +146,23 @@ def paths_fingerprint(paths):
 
 
 @torch.no_grad()
-def encode_files(encoders, paths, batch_size, num_workers, size, desc):
-    """Every encoder's features of the files, decoding each image once."""
+def encode_files(encoders, paths, batch_size, num_workers, size, desc, augment=None):
+    """Every encoder's features of the files, decoding each image once (the centre crop, or with
+    `augment` the seeded training view, utils/files.ImageFiles)."""
     from tqdm import tqdm
     from utils.files import image_batches
     outs = [[] for _ in encoders]
-    for batch in tqdm(image_batches(paths, batch_size, num_workers, size), desc=desc, leave=False):
+    for batch in tqdm(image_batches(paths, batch_size, num_workers, size, augment), desc=desc, leave=False):
         for out, encoder in zip(outs, encoders):
             out.append(encoder.encode(batch.to(encoder.device, non_blocking=True)))
     return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
 
 
-def encode_file_view(encoder, paths, size):
+def encode_file_view(encoder, paths, size, augment=None):
     """What a file-feature cache holds: `encoder`'s features of the files decoded, resized and
-    centre-cropped to `size` (computed by encode_files, several encoders per decoding)."""
-    return encode_files([encoder], paths, 256, 0, size, 'features')[0]
+    centre-cropped to `size`, or cropped as the training view `augment` draws (computed by
+    encode_files, several encoders per decoding)."""
+    return encode_files([encoder], paths, 256, 0, size, 'features', augment)[0]
 
 
 def load_file_features(encoder, key, label, cache_dir, n, log):
@@ -171,15 +173,18 @@ def load_file_features(encoder, key, label, cache_dir, n, log):
 
 
 def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=256, num_workers=4, size=224,
-                         log=print):
-    """Features of image files for several encoders, cached like `cached_features`.
+                         log=print, augment=None):
+    """Features of image files for several encoders, cached like `cached_features`: of the centre
+    crops, or of the one training view `augment` draws for each image.
 
     Under torchrun each rank encodes a contiguous shard and writes it as a part file; rank 0
     assembles the parts, in order, into the one cache file every rank then reads.
     """
     from utils import distributed
-    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, size=size)) for e in encoders]
-    labels = [f'{dataset}_{split}_center_{e.name}' for e in encoders]
+    # the centre crops' key leaves `augment` out, so caches made before it existed stay valid
+    view = dict(augment=list(augment)) if augment is not None else {}
+    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, size=size, **view)) for e in encoders]
+    labels = [f'{dataset}_{split}_{"augmented" if view else "center"}_{e.name}' for e in encoders]
     found = [load_file_features(e, k, label, cache_dir, len(paths), log) for e, k, label in zip(encoders, keys, labels)]
     todo = [i for i, f in enumerate(found) if f is None]
     distributed.barrier()  # every rank has looked before anyone writes
@@ -187,7 +192,8 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
         rank, world = distributed.rank(), distributed.world_size()
         shard = np.array_split(np.arange(len(paths)), world)[rank]
         parts = encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
-                              size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''))
+                              size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''),
+                              augment)
         if world == 1:
             for i, part in zip(todo, parts):
                 _store(finite_features(part, encoders[i], split).cpu(), keys[i], cache_path(cache_dir, labels[i], keys[i]))

@@ -115,7 +115,8 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                         'batch) or running statistics')
     g.add_argument('--fp_cache_view', choices=('augmented', 'clean'),
                    help='the view of each training image whose f_p features are cached as retrieval keys '
-                        '(authors, CIFAR: one random crop + flip; improved: the clean image)')
+                        '(authors, CIFAR and Food-101N: one random crop + flip; improved: the clean image or '
+                        'centre crop)')
     g.add_argument('--fp_train_view', choices=('cached', 'augmented'),
                    help='f_p input while training: the cached features, or the augmented batch re-encoded '
                         "every step (authors: SimCLR on CIFAR)")

@@ -409,7 +409,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
     The crop is central; with `augment=(seed, epoch)` it is the training view instead (the authors'
     Resize(256), RandomCrop(224), RandomHorizontalFlip at size 224): a random crop and a coin-flip
-    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views."""
+    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. The one
+    view cached as f_p keys (`--fp_cache_view augmented`) is `augment=(seed,)`, drawn from (seed,
+    index): a stream of its own."""
 
     def __init__(self, paths, size=224, augment=None):
         self.paths, self.size, self.augment = paths, size, augment
@@ -443,9 +445,10 @@ def _loader(dataset, num_workers, **order):
                                        persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
 
 
-def image_batches(paths, batch_size, num_workers, size=224):
-    """uint8 batches of the files in order (centre crops), decoded by DataLoader workers."""
-    return _loader(ImageFiles(paths, size), num_workers, batch_size=batch_size, shuffle=False)
+def image_batches(paths, batch_size, num_workers, size=224, augment=None):
+    """uint8 batches of the files in order (centre crops, or the views `augment` draws), decoded by
+    DataLoader workers."""
+    return _loader(ImageFiles(paths, size, augment), num_workers, batch_size=batch_size, shuffle=False)
 
 
 def training_view_batches(paths, batches, seed, epoch, num_workers, size=224):

@@ -82,10 +82,14 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
 def features_of_split(cfg, splits, split, encoders, log=print):
     """Every encoder's cached features of one split (image files or in-memory images). The training
     split's f_p view follows --fp_cache_view; evaluation splits are always the clean images."""
-    if not splits.in_memory:
-        return cached_file_features(encoders, splits.paths(split), splits.name, split, cfg.cache_dir,
-                                    cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log)
     view = cfg.fp_cache_view if split == 'train' else 'clean'
+    if not splits.in_memory:
+        def files(group, augment=None):
+            return cached_file_features(group, splits.paths(split), splits.name, split, cfg.cache_dir,
+                                        cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log, augment)
+        if view == 'augmented':  # f_p of one seeded training view; a diffusion backbone reads the centre crops
+            return files(encoders[:1], (cfg.seed,)) + (files(encoders[1:]) if len(encoders) > 1 else [])
+        return files(encoders)
     return [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir, view=view if i == 0 else 'clean',
                             seed=cfg.seed, batch_size=cfg.encode_batch_size, log=log) for i, e in enumerate(encoders)]
 

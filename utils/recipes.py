@@ -12,8 +12,8 @@ are what config.json and every checkpoint record; a flag given on the command li
 |                        | encoder never leaves training mode)             |                   |
 | --eval_batch_size      | where --eval_bn is batch: --batch_size, their   | 2000              |
 |                        | Food-101N test loader's 512                     |                   |
-| --fp_cache_view        | in-memory datasets: augmented (one random       | clean             |
-|                        | crop + flip view, cached once)                  |                   |
+| --fp_cache_view        | in-memory datasets, Food-101N: augmented (one   | clean             |
+|                        | random crop + flip view, cached once)           |                   |
 | --fp_train_view        | SimCLR on in-memory datasets: augmented         | cached            |
 |                        | (re-encoded every step), otherwise cached       |                   |
 | --per_step_retrieval   | wherever --fp_train_view is augmented           | no (cached table) |
@@ -28,9 +28,9 @@ are what config.json and every checkpoint record; a flag given on the command li
 
 On Clothing1M and WebVision the authors evaluate in eval mode (running statistics). Their Food-101N
 encoder is never optimised nor switched to eval mode: its ResNet-50 (ImageNet weights, random head)
-reads each step's augmented crops and normalises with batch statistics, at evaluation too. The
-retrieval keys of an image-file dataset are f_p features of the centre crops in both recipes (the
-authors' Food-101N caches one augmented crop per image instead).
+reads each step's augmented crops and normalises with batch statistics, at evaluation too; its f_p
+cache, the retrieval keys, holds one random crop + flip of each image (Clothing1M's and WebVision's
+hold the centre crops).
 """
 from utils.diff_encoders import diff_encoder_input
 from utils.runtime import SetupError
@@ -46,6 +46,7 @@ IMPROVED_EMA_DECAY = 0.999  # utils/averaging.py
 STREAMED_BY_THE_AUTHORS = ('clothing1m', 'webvision', 'food101n')
 FROZEN_BY_THE_AUTHORS = ('food101n',)  # never optimised, never in eval mode
 AUTHORS_EVAL_BATCH = {'food101n': 512}  # their test loader's; elsewhere their --batch_size
+AUGMENTED_KEYS_BY_THE_AUTHORS = ('food101n',)  # their f_p cache of the training images: one random crop + flip
 
 
 def _authors(cfg, in_memory, dataset):
@@ -60,7 +61,8 @@ def _authors(cfg, in_memory, dataset):
         'diff_backbone': tuned,
         'freeze_diff_encoder': frozen,
         'eval_bn': 'batch' if frozen else 'running',
-        'fp_cache_view': 'augmented' if in_memory and not fixed_view else 'clean',
+        'fp_cache_view': 'augmented' if (in_memory or dataset in AUGMENTED_KEYS_BY_THE_AUTHORS) and not fixed_view
+        else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
         'ema_decay': 0.0,
         **({'eval_batch_size': AUTHORS_EVAL_BATCH[dataset]} if dataset in AUTHORS_EVAL_BATCH else {}),
@@ -88,9 +90,6 @@ def resolve_recipe(cfg, in_memory, dataset=None):
     if cfg.fp_encoder == 'features' and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
         raise SetupError('--fp_encoder features reads fixed embeddings and cannot encode an augmented view: use '
                          '--fp_train_view cached --fp_cache_view clean')
-    if not in_memory and cfg.fp_cache_view == 'augmented':
-        raise SetupError('the retrieval keys of an image-file dataset are the f_p features of the centre crops: '
-                         'use --fp_cache_view clean')
     if not in_memory and cfg.fp_train_view == 'augmented' and diff_encoder_input(cfg.diff_encoder,
                                                                                 cfg.diff_backbone) != 'image':
         raise SetupError('--fp_train_view augmented re-encodes the augmented images of each step, which an '
