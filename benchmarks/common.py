@@ -1,7 +1,10 @@
-"""Shared pieces of the benchmark commands: timing, memory, synthetic CIFAR-sized data."""
+"""Shared pieces of the benchmark commands: timing, memory, synthetic CIFAR-sized data, reporting."""
+import json
 import time
 
 import torch
+
+from utils.io import save_json
 
 # The authors' code on one H100, bf16 not used (design notes, section 2): the figures ours are set beside.
 AUTHORS_H100 = {
@@ -55,3 +58,11 @@ def random_images(n, size=32, device='cpu', seed=0):
 def device_line(device):
     from utils.runtime import device_description
     return f'{device_description(device)}, torch {torch.__version__}'
+
+
+def report(result, out=None, indent=None):
+    """Print a benchmark's result as JSON and, with `out`, write it there too."""
+    print(json.dumps(result, indent=indent))
+    if out:
+        save_json(result, out)
+    return result

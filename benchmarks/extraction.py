@@ -8,7 +8,6 @@ Writes --n random 256×256 JPEGs (or reads --folder), then runs the package's ex
 and reports images/s. Random CLIP weights unless --clip is given (speed does not depend on them).
 """
 import argparse
-import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import device_line, peak_gib, reset_peak, timed
+from benchmarks.common import device_line, peak_gib, report, reset_peak, timed
 from utils.cache import encode_files
 from utils.encoders import load_clip
-from utils.io import save_json
 from utils.random_weights import save_random_clip
 from utils.runtime import resolve_device
 
@@ -65,10 +63,7 @@ def main(argv=None):
     result = {'images': len(paths), 'seconds': round(seconds, 2), 'images_per_s': round(len(paths) / seconds),
               'encoder': f'CLIP {arch}', 'feature_dim': features.shape[1], 'workers': args.workers,
               'peak_gib': round(peak_gib(device), 2), 'device': device_line(device)}
-    print(json.dumps(result))
-    if args.out:
-        save_json(result, args.out)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ training images per second, and projects the authors' Clothing1M run from them: 
 validation improves, on the 10,526 test images (counted every epoch here: an upper bound).
 """
 import argparse
-import json
 import os
 import tempfile
 
@@ -21,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 import train_Clothing1M
-from benchmarks.common import device_line
-from utils.io import save_json
+from benchmarks.common import device_line, report
 from utils.random_weights import save_random_cc
 from utils.runtime import resolve_device
 
@@ -112,10 +110,7 @@ def main(argv=None):
     result = {'device': device_line(device), 'images': {'train': args.per_class * N_CLASS, 'val': args.n_eval,
                                                        'test': args.n_eval, 'pixels': args.pixels},
               'epochs': args.epochs, 'authors_run': AUTHORS_RUN, 'rows': rows}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        save_json(result, args.out)
-    return result
+    return report(result, args.out, indent=1)
 
 
 if __name__ == '__main__':

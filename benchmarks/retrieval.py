@@ -7,12 +7,10 @@ Random features (speed does not depend on the values); reports seconds, peak GPU
 that every sample is its own nearest neighbour and a sample of rows against torch.cdist.
 """
 import argparse
-import json
 
 import torch
 
-from benchmarks.common import device_line, peak_gib, reset_peak, timed
-from utils.io import save_json
+from benchmarks.common import device_line, peak_gib, report, reset_peak, timed
 from utils.retrieval import knn
 from utils.runtime import resolve_device
 
@@ -39,10 +37,7 @@ def main(argv=None):
     result = {'n': args.n, 'dim': args.dim, 'k': args.k, 'seconds': round(seconds, 2),
               'peak_gib': round(peak_gib(device), 2), 'self_is_first': self_first, 'agreement_with_cdist': agree,
               'device': device_line(device)}
-    print(json.dumps(result))
-    if args.out:
-        save_json(result, args.out)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == '__main__':
