@@ -15,6 +15,7 @@ from utils.data import DatasetMissing
 from utils.encoders import EncoderError
 from utils.files import read_image_folder
 from utils.hub_encoders import load_hub_encoder, load_open_clip, load_timm
+from utils.prepare import check_input_size
 
 timm = pytest.importorskip('timm')
 open_clip = pytest.importorskip('open_clip')
@@ -204,3 +205,15 @@ def test_hub_encoder_preprocessing_and_cache_key(timm_checkpoint, tmp_path):
     other = tmp_path / 'other.pth'
     torch.save(timm.create_model('test_vit', pretrained=False).state_dict(), other)
     assert load_timm('test_vit', str(other)).finish('cpu').fingerprint != encoder.fingerprint
+
+
+def test_a_hub_model_made_for_larger_inputs_is_named_with_the_fix(timm_checkpoint):
+    encoder = load_timm('test_vit', timm_checkpoint)
+    wanted = max(encoder.input_size)
+    said = []
+    assert check_input_size(encoder, wanted - 1, said.append)
+    assert said == [f'note: {encoder.name} was trained on {wanted}-px inputs; the images are decoded at '
+                    f'--image_size {wanted - 1} and upsampled for it: pass --image_size {wanted} for its full '
+                    f'resolution']
+    assert not check_input_size(encoder, wanted, said.append) and len(said) == 1
+    assert not check_input_size(object(), 224, said.append)  # encoders without an input size of their own

@@ -8,7 +8,8 @@ or from `--fp_checkpoint PATH` (the model's .safetensors/.bin/.pth file, read wi
 code) offline; a copied hub cache is read offline under HF_HUB_OFFLINE=1. Preprocessing follows the
 model's own pretrained configuration: its input size, interpolation and mean/std (timm's
 resolve_data_config, OpenCLIP's preprocess config). The images arrive already decoded, resized and
-centre-cropped to --image_size; set it to the model's input size when that is larger than 224.
+centre-cropped to --image_size; set it to the model's input size when that is larger than 224 (a run
+whose model wants more says so as it starts).
 """
 import importlib
 import os

@@ -103,6 +103,17 @@ def split_features(cfg, splits, encoders, log):
     return out
 
 
+def check_input_size(encoder, image_size, log):
+    """Image files are decoded at --image_size for every network; a hub model made for larger inputs
+    (DINOv2: 518 px) then sees upsampled crops. Say so and name the fix (which also changes what a
+    streamed diffusion encoder reads, so it is not done silently)."""
+    wanted = max(getattr(encoder, 'input_size', None) or (0,))
+    if wanted > image_size:
+        log(f'note: {encoder.name} was trained on {wanted}-px inputs; the images are decoded at --image_size '
+            f'{image_size} and upsampled for it: pass --image_size {wanted} for its full resolution')
+    return wanted > image_size
+
+
 K_SELECTION_IMAGES = 5000  # validation images --k_choices scores each k on
 
 
@@ -162,6 +173,8 @@ def prepare(cfg, splits, device, log=print):
     image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     encoder = encoders[0]
+    if not in_memory:
+        check_input_size(encoder, cfg.image_size, log)
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
     k_scores = None
