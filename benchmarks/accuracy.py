@@ -2,6 +2,7 @@
 
     python -m benchmarks.accuracy --data_root DIR --features FILE --cifar_n_dir DIR/cifar-n
     python -m benchmarks.accuracy ... --quick          # a few minutes: 1 seed, few epochs
+    python -m benchmarks.accuracy ... --jobs 2         # two runs at once (2 cores: about an hour)
 
 DIR holds `cifar-10-batches-py/`; FILE is a features file for its 45k/5k/10k split (make one with
 `python -m benchmarks.extract_features`). For each noise it reports the accuracy of the noisy
@@ -18,9 +19,11 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -176,6 +179,41 @@ def lra_run(flags, splits, log=print):
     return summary, run_dir
 
 
+def finished(flags):
+    """Whether lra_run would reuse a finished run for these flags."""
+    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
+    return reusable(os.path.join(cfg.out_dir, cfg.run_name), flags, cfg)
+
+
+_WORKER = {}  # a --jobs worker process's dataset and log
+
+
+def _start_worker(splits, threads):
+    torch.set_num_threads(threads or torch.get_num_threads())
+    _WORKER['splits'] = splits
+
+
+def _worker_run(flags):
+    with contextlib.redirect_stdout(io.StringIO()):  # the parent logs each finished run
+        return lra_run(flags, _WORKER['splits'])[1]
+
+
+def run_pending(plan, splits, jobs, threads, log=print):
+    """With jobs > 1, make the planned runs not finished yet `jobs` at a time, each in a process of its
+    own with `threads` torch threads (runs are independent; the table then reuses them). The worker
+    processes are spawned, not forked: a fork of a process whose OpenMP pool has run can hang."""
+    pending = [flags for flags in plan if not finished(flags)]
+    if jobs <= 1 or len(pending) <= 1:
+        return pending
+    log(f'{len(pending)} runs to make, {jobs} at a time')
+    context = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(splits, threads)) as pool:
+        for run_dir in pool.map(_worker_run, pending):
+            log(f'finished {run_dir}')
+    return pending
+
+
 def label_issue_scores(run_dir, clean):
     """cleanlab's find_label_issues on the run's noisy labels and train_probs.npy, scored against
     the truly corrupted labels."""
@@ -264,6 +302,11 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
               'recipes': {n: RECIPES[n] if n in recipes else 'not accepted by this version' for n in RECIPES},
               'rows': []}
     log('features: ' + json.dumps(result['features']))
+    available = {name: noise for name, noise in noises.items()
+                 if noisy_labels_or_none(noise, splits, args.cifar_n_dir)[0] is not None}
+    plan = [run_flags(noise, recipe, seed, settings, args) for noise in available.values() for recipe in recipes
+            for seed in settings['seeds']]
+    run_pending(plan, splits, getattr(args, 'jobs', 1), getattr(args, 'threads', 1), log)
     for name, noise in noises.items():
         result['rows'].append(benchmark_noise(name, noise, splits, feats, args, settings, recipes, log))
     result['total_s'] = round(time.time() - started, 1)
@@ -322,6 +365,9 @@ def parse_args(argv=None):
     # one thread: on a shared, busy CPU, torch's intra-op threads spin-wait on each other (a tiny MLP
     # step measured 0.10 s with 1 thread and 3.0 s with 2 on a loaded 2-core machine)
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='LRA-diffusion runs made at once, each a process of --threads threads (2 on a 2-core '
+                        'machine halves the table\'s time)')
     p.add_argument('--machine', default='CPU', help='how the table names the machine')
     p.add_argument('--noises', nargs='+', choices=sorted(NOISES.values()), help='only these noises (default: all)')
     p.add_argument('--seeds', type=int, nargs='+', help='only these seeds (default: the settings\' seeds)')

@@ -190,3 +190,22 @@ def test_the_table_uses_the_authors_k_unless_asked_to_choose():
     assert chosen['lr_horizon'] == FULL['lr_horizon']
     with pytest.raises(SystemExit):  # one or the other
         parse_args(need + ['--k', '20', '--k_choices', '10', '50'])
+
+
+def test_runs_made_two_at_a_time_equal_the_serial_ones(tmp_path):
+    splits, feats = generated()
+    path = tmp_path / 'feats.npz'
+    save_feature_file(path, feats, {'what': 'generated clusters'})
+    settings = dict(TINY, seeds=(1, 2))
+    noise = {'uniform 35%': 'cifar10-U-0.35'}
+    results = {}
+    for jobs in (1, 2):
+        args = Namespace(**vars(bench_args(tmp_path / f'jobs{jobs}', path)), recipes=['improved'], jobs=jobs, threads=1)
+        said = []
+        results[jobs] = run_benchmark(splits, args, settings, noise, log=said.append)['rows'][0]['recipes']['improved']
+        assert any(line == '2 runs to make, 2 at a time' for line in said) == (jobs == 2)
+        made_by_workers = [line for line in said if line.startswith('finished ')]
+        assert len(made_by_workers) == (2 if jobs == 2 else 0)
+    for serial, parallel in zip(results[1]['runs'], results[2]['runs']):
+        assert serial['test_acc'] == parallel['test_acc'] and serial['best_epoch'] == parallel['best_epoch']
+        assert serial['denoised_label_accuracy'] == parallel['denoised_label_accuracy']
