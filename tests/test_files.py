@@ -17,7 +17,7 @@ from utils.published import PublishedInputError
 from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
 from utils.encoders import load_clip, load_imagenet_resnet
-from utils.files import ImageFiles
+from utils.files import KEYS_VIEW_EPOCH, ImageFiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,7 +115,8 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     assert cached == [['test', 'center'], ['train', 'augmented'], ['val', 'center']]
     fp = load_clip(tiny_clip_path, 'cpu')
     paths = read_food101n(n_root, f_root).paths('train')
-    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(config['seed'],))[i] for i in range(4)]))
+    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(config['seed'], KEYS_VIEW_EPOCH))[i]
+                                  for i in range(4)]))
     centre = fp.encode(torch.stack([ImageFiles(paths, 32)[i] for i in range(4)]))
     stored = load_torch(str(next(cache / f for f in os.listdir(cache) if f.startswith('food101n_train_augmented'))))
     assert torch.allclose(stored['value'][:4], keys, atol=1e-5)
@@ -158,23 +159,29 @@ def test_a_cifar_stem_diffusion_encoder_reads_decoded_files_too(tmp_path, tiny_c
 def cache_tensors(folder):
     out = {}
     for name in sorted(os.listdir(folder)):
-        if name.startswith('clothing1m_'):
+        if name.startswith(('clothing1m_', 'food101n_')):
             out[name] = load_torch(os.path.join(folder, name))['value']
     return out
 
 
-def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip_path):
-    root = layouts.clothing1m(str(tmp_path / 'data'))
+@pytest.mark.parametrize('dataset', ['clothing1m', 'food101n'])
+def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip_path, dataset):
+    if dataset == 'clothing1m':  # f_p and the ResNet's features of the centre crops, three splits each
+        script, data, more, n_caches = 'train_Clothing1M.py', ['--clothing1m_root', layouts.clothing1m(
+            str(tmp_path / 'data'))], ['--diff_backbone', 'cached'], 6
+    else:  # the authors' recipe: f_p keys of one seeded augmented view; a streamed, frozen ResNet
+        n_root, f_root = layouts.food101n(str(tmp_path / 'data'))
+        script, data, more, n_caches = 'train_Food101N.py', ['--food101n_root', n_root, '--food101_root', f_root], [], 3
     def command(tag, procs):
-        flags = small_flags(tmp_path / tag, tiny_clip_path, '--diff_backbone', 'cached')
+        flags = small_flags(tmp_path / tag, tiny_clip_path, *more)
         return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(procs), '--master_port',
-                str(29500 + procs), 'train_Clothing1M.py', '--clothing1m_root', root, *flags]
+                str(29500 + procs), script, *data, *flags]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     for tag, procs in (('one', 1), ('two', 2)):
         done = subprocess.run(command(tag, procs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = cache_tensors(tmp_path / 'one' / 'cache'), cache_tensors(tmp_path / 'two' / 'cache')
-    assert one.keys() == two.keys() and len(one) == 6  # f_p and backbone features of three splits
+    assert one.keys() == two.keys() and len(one) == n_caches
     for name in one:
         torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-5)
     assert not [n for n in os.listdir(tmp_path / 'two' / 'cache') if '.part' in n]

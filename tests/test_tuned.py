@@ -26,6 +26,9 @@ def test_training_views_are_seeded_crops_and_flips(tmp_path):
     view = ImageFiles(paths, size=32, augment=(123, 4))
     assert view[0].shape == centre[0].shape == (3, 32, 32)
     assert torch.equal(view[1], ImageFiles(paths, size=32, augment=(123, 4))[1])  # a resumed epoch's views
+    # a torchrun rank's shard of the files draws the views the whole list would
+    assert all(torch.equal(ImageFiles(paths, size=32, augment=(123, e))[1],
+                           ImageFiles(paths[1:], size=32, augment=(123, e), first=1)[0]) for e in range(8))
     epochs = [ImageFiles(paths, size=32, augment=(123, e))[0] for e in range(8)]
     assert len({e.numpy().tobytes() for e in epochs}) > 1  # drawn afresh every epoch
     assert not all(torch.equal(e, centre[0]) for e in epochs)

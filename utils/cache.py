@@ -146,13 +146,13 @@ def paths_fingerprint(paths):
 
 
 @torch.no_grad()
-def encode_files(encoders, paths, batch_size, num_workers, size, desc, augment=None):
+def encode_files(encoders, paths, batch_size, num_workers, size, desc, augment=None, first=0):
     """Every encoder's features of the files, decoding each image once (the centre crop, or with
-    `augment` the seeded training view, utils/files.ImageFiles)."""
+    `augment` the seeded view, utils/files.ImageFiles; `first`: the number of the first file)."""
     from tqdm import tqdm
     from utils.files import image_batches
     outs = [[] for _ in encoders]
-    for batch in tqdm(image_batches(paths, batch_size, num_workers, size, augment), desc=desc, leave=False):
+    for batch in tqdm(image_batches(paths, batch_size, num_workers, size, augment, first), desc=desc, leave=False):
         for out, encoder in zip(outs, encoders):
             out.append(encoder.encode(batch.to(encoder.device, non_blocking=True)))
     return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
@@ -193,7 +193,7 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
         shard = np.array_split(np.arange(len(paths)), world)[rank]
         parts = encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
                               size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''),
-                              augment)
+                              augment, int(shard[0]) if len(shard) else 0)
         if world == 1:
             for i, part in zip(todo, parts):
                 _store(finite_features(part, encoders[i], split).cpu(), keys[i], cache_path(cache_dir, labels[i], keys[i]))

@@ -74,6 +74,8 @@ class Trainer:
                                   cfg.num_workers)
         model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        if cfg.freeze_diff_encoder:  # before DistributedDataParallel, which must not wait for its gradients
+            model.diff_encoder.requires_grad_(False)
         # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
         self.train_model = model
         if self.world > 1:
@@ -81,8 +83,6 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         # --compile fuses the small denoiser's many launches (the step is launch-bound on a GPU)
         self.step_loss = torch.compile(self._step_loss, dynamic=False) if cfg.compile else self._step_loss
-        if cfg.freeze_diff_encoder:
-            model.diff_encoder.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         # the fused kernel updates every parameter in one launch on CUDA (the step is launch-bound)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0,

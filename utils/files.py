@@ -404,17 +404,21 @@ def _refuse_duplicates(splits):
 
 # ---- decoding --------------------------------------------------------------------------------------
 
+KEYS_VIEW_EPOCH = 2 ** 31  # the random stream of the one augmented view cached as f_p keys
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decode, resize the shorter side to size·256/224 and crop to size: uint8 3×size×size.
 
     The crop is central; with `augment=(seed, epoch)` it is the training view instead (the authors'
     Resize(256), RandomCrop(224), RandomHorizontalFlip at size 224): a random crop and a coin-flip
-    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. The one
-    view cached as f_p keys (`--fp_cache_view augmented`) is `augment=(seed,)`, drawn from (seed,
-    index): a stream of its own."""
+    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. `index`
+    counts from `first`: a shard of the files (a torchrun rank's) draws what the whole list would. The
+    one view cached as f_p keys (`--fp_cache_view augmented`) is drawn as epoch KEYS_VIEW_EPOCH, which
+    no run reaches."""
 
-    def __init__(self, paths, size=224, augment=None):
-        self.paths, self.size, self.augment = paths, size, augment
+    def __init__(self, paths, size=224, augment=None, first=0):
+        self.paths, self.size, self.augment, self.first = paths, size, augment, first
 
     def __len__(self):
         return len(self.paths)
@@ -431,7 +435,7 @@ class ImageFiles(torch.utils.data.Dataset):
         w, h = image.size
         left, top, flip = (w - self.size) // 2, (h - self.size) // 2, False
         if self.augment is not None:
-            rng = np.random.default_rng((*self.augment, i))
+            rng = np.random.default_rng((*self.augment, self.first + i))
             left, top = int(rng.integers(0, w - self.size + 1)), int(rng.integers(0, h - self.size + 1))
             flip = bool(rng.integers(0, 2))
         image = image.crop((left, top, left + self.size, top + self.size))
@@ -445,10 +449,10 @@ def _loader(dataset, num_workers, **order):
                                        persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
 
 
-def image_batches(paths, batch_size, num_workers, size=224, augment=None):
-    """uint8 batches of the files in order (centre crops, or the views `augment` draws), decoded by
-    DataLoader workers."""
-    return _loader(ImageFiles(paths, size, augment), num_workers, batch_size=batch_size, shuffle=False)
+def image_batches(paths, batch_size, num_workers, size=224, augment=None, first=0):
+    """uint8 batches of the files in order (centre crops, or the views `augment` draws for files
+    numbered from `first`), decoded by DataLoader workers."""
+    return _loader(ImageFiles(paths, size, augment, first), num_workers, batch_size=batch_size, shuffle=False)
 
 
 def training_view_batches(paths, batches, seed, epoch, num_workers, size=224):

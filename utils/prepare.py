@@ -8,6 +8,7 @@ import torch
 
 from utils.cache import cached_features, cached_file_features, cached_neighbours
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
+from utils.files import KEYS_VIEW_EPOCH
 from utils.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
@@ -88,7 +89,8 @@ def features_of_split(cfg, splits, split, encoders, log=print):
             return cached_file_features(group, splits.paths(split), splits.name, split, cfg.cache_dir,
                                         cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log, augment)
         if view == 'augmented':  # f_p of one seeded training view; a diffusion backbone reads the centre crops
-            return files(encoders[:1], (cfg.seed,)) + (files(encoders[1:]) if len(encoders) > 1 else [])
+            keys = files(encoders[:1], (cfg.seed, KEYS_VIEW_EPOCH))
+            return keys + (files(encoders[1:]) if len(encoders) > 1 else [])
         return files(encoders)
     return [cached_features(e, splits.images(split), splits.name, split, cfg.cache_dir, view=view if i == 0 else 'clean',
                             seed=cfg.seed, batch_size=cfg.encode_batch_size, log=log) for i, e in enumerate(encoders)]
