@@ -189,12 +189,14 @@ _WORKER = {}  # a --jobs worker process's dataset and log
 
 
 def _start_worker(splits, threads):
-    torch.set_num_threads(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
     _WORKER['splits'] = splits
 
 
 def _worker_run(flags):
-    with contextlib.redirect_stdout(io.StringIO()):  # the parent logs each finished run
+    """One run in a worker; what it prints (the f_p check among it) goes to RUN_NAME.log beside its folder."""
+    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
+    with open(os.path.join(cfg.out_dir, f'{cfg.run_name}.log'), 'w') as f, contextlib.redirect_stdout(f):
         return lra_run(flags, _WORKER['splits'])[1]
 
 
@@ -206,6 +208,8 @@ def run_pending(plan, splits, jobs, threads, log=print):
     if jobs <= 1 or len(pending) <= 1:
         return pending
     log(f'{len(pending)} runs to make, {jobs} at a time')
+    os.makedirs(parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, pending[0]).out_dir, exist_ok=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)  # 0: the cores shared out, not each its all
     context = multiprocessing.get_context('spawn')
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                              initargs=(splits, threads)) as pool:
@@ -291,7 +295,9 @@ def accepted_recipes(log=print):
 def run_benchmark(splits, args, settings, noises=NOISES, log=print):
     """Every figure of the table, as a dict (also written to args.out_dir/accuracy.json and .md)."""
     os.makedirs(args.out_dir, exist_ok=True)
-    recipes = [r for r in accepted_recipes(log) if r in (getattr(args, 'recipes', None) or RECIPES)]
+    accepted = accepted_recipes(log)
+    asked = getattr(args, 'recipes', None) or list(RECIPES)
+    recipes = [r for r in accepted if r in asked]
     arrays, meta = load_feature_file(args.features)
     feats = {s: torch.from_numpy(a) for s, a in arrays.items()}
     started = time.time()
@@ -299,7 +305,9 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
               'machine': args.machine, 'settings': {k: list(v) if isinstance(v, tuple) else v
                                                     for k, v in settings.items()},
               'features': {'file': os.path.abspath(args.features), 'meta': meta, **feature_quality(feats, splits)},
-              'recipes': {n: RECIPES[n] if n in recipes else 'not accepted by this version' for n in RECIPES},
+              'jobs': getattr(args, 'jobs', 1),
+              'recipes': {n: RECIPES[n] if n in recipes else 'not asked for (--recipes)' if n in accepted
+                          else 'not accepted by this version' for n in RECIPES},
               'rows': []}
     log('features: ' + json.dumps(result['features']))
     available = {name: noise for name, noise in noises.items()
@@ -332,7 +340,9 @@ def pct(s):
 
 def markdown(result):
     f = result['features']
-    lines = [f"Date: {result['date']}. Machine: {result['machine']}. Command: `{result['command']}`.",
+    jobs = result.get('jobs', 1)
+    at_once = f' ({jobs} runs at a time: s/epoch and s/eval are shared-machine figures)' if jobs > 1 else ''
+    lines = [f"Date: {result['date']}. Machine: {result['machine']}{at_once}. Command: `{result['command']}`.",
              f"Settings: {json.dumps(result['settings'], sort_keys=True)}; features: {f['meta'] or f['file']}.",
              f"Features with clean labels: linear probe {pct(f['linear_probe_test_acc'])}%, "
              f"10-NN {pct(f['knn10_test_acc'])}% test accuracy.", '',

@@ -91,6 +91,7 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     only = run_benchmark(splits, Namespace(**vars(bench_args(tmp_path, path)), recipes=['authors']), TINY,
                          {'uniform 35%': 'cifar10-U-0.35'}, log=lambda *a: None)
     assert list(only['rows'][0]['recipes']) == ['authors']
+    assert only['recipes']['improved'] == 'not asked for (--recipes)' and only['jobs'] == 1
     aside = [p for p in os.listdir(tmp_path / 'bench' / 'runs') if '.superseded-' in p]
     assert len(aside) == 1 and aside[0].startswith('cifar10-U-0.35_authors_s1')
     assert json.load(open(record))['ema_decay'] == 0  # made again, by today's authors recipe
@@ -206,6 +207,14 @@ def test_runs_made_two_at_a_time_equal_the_serial_ones(tmp_path):
         assert any(line == '2 runs to make, 2 at a time' for line in said) == (jobs == 2)
         made_by_workers = [line for line in said if line.startswith('finished ')]
         assert len(made_by_workers) == (2 if jobs == 2 else 0)
+        assert not [line for line in said if 'running it again' in line]  # the table reused the workers' runs
+        runs = tmp_path / f'jobs{jobs}' / 'bench' / 'runs'
+        assert sorted(p.name for p in runs.iterdir()) == (
+            ['cifar10-U-0.35_improved_s1', 'cifar10-U-0.35_improved_s1.log', 'cifar10-U-0.35_improved_s2',
+             'cifar10-U-0.35_improved_s2.log'] if jobs == 2 else ['cifar10-U-0.35_improved_s1',
+                                                                  'cifar10-U-0.35_improved_s2'])
+        if jobs == 2:  # what a worker's run printed, the f_p check among it
+            assert 'f_p check' in (runs / 'cifar10-U-0.35_improved_s1.log').read_text()
     for serial, parallel in zip(results[1]['runs'], results[2]['runs']):
         assert serial['test_acc'] == parallel['test_acc'] and serial['best_epoch'] == parallel['best_epoch']
         assert serial['denoised_label_accuracy'] == parallel['denoised_label_accuracy']
