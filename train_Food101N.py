@@ -14,16 +14,20 @@ Defaults follow the authors' train_Food101N.py: 100 epochs, batch 256, k 10, fea
 CLIP ViT-L/14, and its candidate rule (--candidates neighbours: the labels of each sample's k+1
 nearest neighbours, itself included, with no own label appended). Its learning-rate schedule is
 hard-coded to a 10-epoch warm-up and a 200-epoch cosine horizon (its --warmup_epochs 1 is unused),
-so --warmup_epochs 10 --lr_horizon 200 here. Its diffusion encoder (an ImageNet ResNet-50 with a
-random two-layer head) is never optimised and never leaves training mode: it reads each step's
-augmented crops and normalises them with batch statistics, at evaluation too, in batches of 512. The
+so --warmup_epochs 10 --lr_horizon 200 here. Its diffusion encoder (an ImageNet ResNet-50 with
+the two-layer head) is never optimised and never leaves training mode: it reads each step's
+augmented crops and normalises them with batch statistics, at evaluation too, in test batches of 512
+(their default 4-GPU DataParallel run normalised per GPU: 64 images in training, 128 at test). The
 defaults do the same (--diff_backbone tuned --freeze_diff_encoder --eval_bn batch
---eval_batch_size 512: the images are decoded every epoch). `--recipe improved` is the fast path:
-the ResNet-50 features of the centre crops computed once, its head trained.
+--eval_batch_size 512: the images are decoded every epoch, and a prediction depends on its batch).
+`--recipe improved` is the fast path: the ResNet-50 features of the centre crops computed once, its
+head trained, running statistics.
 
-One deliberate difference: the authors select the model on the Food-101 test split (their
-reported figure is the best test accuracy over epochs); this package selects on the clean
-verified_val split and reports the test accuracy of that model.
+Deliberate differences: the authors select the model on the Food-101 test split (their reported
+figure is the best test accuracy over epochs); this package selects on the clean verified_val split
+and reports the test accuracy of that model. Their script loads a saved LRA-diffusion checkpoint
+(denoiser and diffusion encoder) before training, so a run of theirs from scratch stops there; here
+the head starts at its seeded random initialisation.
 """
 from utils.cli import run_cli
 from utils.config import IMAGE_FILE_DEFAULTS, parse_config

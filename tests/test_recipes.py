@@ -104,6 +104,10 @@ def test_authors_food101n_encoder_reads_augmented_images_in_training_mode_and_is
     assert (authors['fp_cache_view'], authors['fp_train_view'], authors['per_step_retrieval']) == \
         ('augmented', 'cached', False)
     assert file_recipe(train_Food101N, 'food101n', '--eval_batch_size', '100')['eval_batch_size'] == 100
+    assert file_recipe(train_Food101N, 'food101n', '--eval_bn', 'running')['eval_batch_size'] == 2000
+    # --diff_backbone cached alone: the authors' frozen encoder (random head) on cached centre crops
+    cached = file_recipe(train_Food101N, 'food101n', '--diff_backbone', 'cached')
+    assert (cached['freeze_diff_encoder'], cached['fp_cache_view']) == (True, 'augmented')
     improved = file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')
     assert (improved['diff_backbone'], improved['freeze_diff_encoder'], improved['eval_bn'],
             improved['fp_cache_view']) == ('cached', False, 'running', 'clean')

@@ -170,7 +170,8 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--run_name', help='run folder name (default: derived from flags)')
     g.add_argument('--cache_dir', help='feature and neighbour caches')
     g.add_argument('--eval_batch_size', type=int,
-                   help='evaluation batch (default: --batch_size where --eval_bn is batch, else 2000)')
+                   help='evaluation batch (default: where --eval_bn is batch, the authors\' evaluation batch, '
+                        '--batch_size or Food-101N\'s 512; else 2000)')
     g.add_argument('--encode_batch_size', type=int, help='batch of the frozen encoders while features are extracted')
     g.add_argument('--checkpoint_every', type=int,
                    help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')

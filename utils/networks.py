@@ -39,9 +39,9 @@ AUTHORS_HEAD_WIDTH = 512
 
 def authors_head(arch, out_dim):
     """The head of the authors' 224-px ResNets (their `myfc`, `myfc2`): two linear layers, pooled
-    width → 512 → out_dim, with nothing between them. A rank-512 linear map, but not one linear layer:
-    its default initialisation gives outputs of about a third of the variance, which matters where
-    the head is never trained (their Food-101N encoder)."""
+    width → 512 → out_dim, with nothing between them. One linear map, but of rank 512 where out_dim is
+    larger (their 1024): its outputs are correlated, which a single layer's are not, and where the
+    head is never trained (their Food-101N encoder) that is what the denoiser reads."""
     return nn.Sequential(nn.Linear(resnet_width(arch), AUTHORS_HEAD_WIDTH), nn.Linear(AUTHORS_HEAD_WIDTH, out_dim))
 
 

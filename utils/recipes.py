@@ -65,7 +65,6 @@ def _authors(cfg, in_memory, dataset):
         else 'clean',
         'fp_train_view': 'augmented' if augmented_fp else 'cached',
         'ema_decay': 0.0,
-        **({'eval_batch_size': AUTHORS_EVAL_BATCH[dataset]} if dataset in AUTHORS_EVAL_BATCH else {}),
     }
 
 
@@ -86,7 +85,8 @@ def resolve_recipe(cfg, in_memory, dataset=None):
         cfg.per_step_retrieval = cfg.recipe == 'authors' and cfg.fp_train_view == 'augmented'
     if cfg.eval_batch_size is None:
         # with batch statistics the prediction depends on the batch: evaluate in the authors' batches
-        cfg.eval_batch_size = cfg.batch_size if cfg.eval_bn == 'batch' else IMPROVED_EVAL_BATCH
+        authors_batch = AUTHORS_EVAL_BATCH.get(dataset, cfg.batch_size)
+        cfg.eval_batch_size = authors_batch if cfg.eval_bn == 'batch' else IMPROVED_EVAL_BATCH
     if cfg.fp_encoder == 'features' and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
         raise SetupError('--fp_encoder features reads fixed embeddings and cannot encode an augmented view: use '
                          '--fp_train_view cached --fp_cache_view clean')

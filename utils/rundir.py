@@ -72,8 +72,8 @@ def _upgraded(ckpt, path):
     if ckpt.get('format_version') == 2:
         if str(config.get('diff_encoder', '')).endswith('_l'):
             raise SetupError(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
-                             f'encoder; this version has the authors\' two-layer head and cannot continue it: '
-                             f'start a new run')
+                             f'encoder; this version builds the authors\' two-layer head and cannot resume it or '
+                             f'predict with it: start a new run (or use the version that made it)')
         ckpt['format_version'] = 3
     return ckpt
 
