@@ -1,6 +1,7 @@
 """Caches keyed by the very arguments of the computation they hold."""
 import os
 
+import numpy as np
 import torch
 
 from utils.cache import cached, computation_key
@@ -62,3 +63,25 @@ def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tm
     assert seen == [0.5, 0.5]  # the neighbour table, then the f_p check
     new = set(os.listdir(tmp_path / 'cache')) - files
     assert [n for n in new if n.startswith('neighbours_')]  # another key: the old table is not reused
+
+
+def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the_centre_crop(tmp_path,
+                                                                                             tiny_clip_path):
+    import layouts
+    from utils.cache import cached_file_features, encode_file_view
+    from utils.encoders import load_clip
+    from utils.io import load_torch
+    rng = np.random.default_rng(0)
+    paths = [str(tmp_path / f'{i}.jpg') for i in range(3)]
+    for i, path in enumerate(paths):
+        layouts.jpeg(path, i, rng)
+    encoder = load_clip(tiny_clip_path, 'cpu')
+    cache = tmp_path / 'cache'
+    for resample in ('bilinear', 'bicubic'):
+        cached_file_features([encoder], paths, 'x', 'train', str(cache), 2, 0, 32, log=lambda m: None,
+                             resample=resample)
+    keys = sorted((load_torch(str(cache / f))['key'] for f in os.listdir(cache)), key=lambda k: 'resample' in k)
+    # the centre crops resized bilinear: the key of caches made before views and filters were named
+    assert keys[0] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32))
+    assert keys[1] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32,
+                                                             resample='bicubic'))

@@ -34,6 +34,7 @@ def small_flags(tmp_path, tiny_clip_path, *more):
 def test_food101n_layout(tmp_path):
     n_root, f_root = layouts.food101n(str(tmp_path))
     s = read_food101n(n_root, f_root)
+    assert s.resample == 'bicubic'  # the authors' Food-101N and WebVision loaders resize bicubic
     assert s.n_class == 3 and len(s.test_paths) == 24 and s.class_names[0] == 'apple_pie'
     # verified-correct entries are the validation split and are held out of training
     assert len(s.val_paths) == 9 and not set(s.val_paths) & set(s.train_paths)
@@ -45,6 +46,7 @@ def test_clothing1m_layout_and_subset(tmp_path):
     root = layouts.clothing1m(str(tmp_path))
     s = read_clothing1m(root)
     assert (len(s.train_paths), len(s.val_paths), len(s.test_paths), s.n_class) == (96, 16, 16, 4)
+    assert s.resample == 'bilinear'  # the authors' torchvision Resize
     assert s.train_labels[0] == 1 and s.train_labels[1] == 1  # key 0 flipped, key 1 clean
     layouts.write(os.path.join(root, 'subset.txt'), ['images/1/01/00001.jpg', 'images/2/02/00002.jpg 3'])
     s = read_clothing1m(root, os.path.join(root, 'subset.txt'))
@@ -73,6 +75,7 @@ def test_clothing1m_cc_select_pairs_keys_with_the_label_file(tmp_path):
 def test_webvision_layout_keeps_the_first_classes(tmp_path):
     root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'))
     s = read_webvision(root, imagenet, n_class=3)
+    assert s.resample == 'bicubic'
     assert len(s.train_paths) == 60 and s.train_labels.max() == 2
     assert len(s.val_paths) == 15 and len(s.test_paths) == 15 and s.test_labels.tolist() == sorted(s.test_labels)
 
@@ -115,9 +118,10 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     assert cached == [['test', 'center'], ['train', 'augmented'], ['val', 'center']]
     fp = load_clip(tiny_clip_path, 'cpu')
     paths = read_food101n(n_root, f_root).paths('train')
-    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(config['seed'], KEYS_VIEW_EPOCH))[i]
-                                  for i in range(4)]))
-    centre = fp.encode(torch.stack([ImageFiles(paths, 32)[i] for i in range(4)]))
+    # Food-101N's images are resized bicubic, as the authors' loader does
+    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(config['seed'], KEYS_VIEW_EPOCH),
+                                             resample='bicubic')[i] for i in range(4)]))
+    centre = fp.encode(torch.stack([ImageFiles(paths, 32, resample='bicubic')[i] for i in range(4)]))
     stored = load_torch(str(next(cache / f for f in os.listdir(cache) if f.startswith('food101n_train_augmented'))))
     assert torch.allclose(stored['value'][:4], keys, atol=1e-5)
     assert not torch.allclose(stored['value'][:4], centre, atol=1e-3)

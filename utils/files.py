@@ -38,6 +38,7 @@ class FileSplits:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     notes: dict = field(default_factory=dict)  # facts about the splits for the run's summary
+    resample: str = 'bilinear'  # the filter that resizes its images, as the authors' loader of it does
 
     def paths(self, split):
         return getattr(self, f'{split}_paths')
@@ -111,7 +112,8 @@ def read_food101n(food101n_root, food101_root):
         val_paths=[os.path.join(image_dir, k) for k in val_keys],
         val_labels=np.asarray([label_of(k, 'verified_val.tsv') for k in val_keys], dtype=np.int64),
         test_paths=[os.path.join(food101_root, 'images', i + '.jpg') for i in test_ids],
-        test_labels=np.asarray([label_of(i, 'Food-101 test.txt') for i in test_ids], dtype=np.int64))
+        test_labels=np.asarray([label_of(i, 'Food-101 test.txt') for i in test_ids], dtype=np.int64),
+        resample='bicubic')
 
 
 # ---- Clothing1M ----------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def read_webvision(root, imagenet_val_root, n_class=50):
         test_labels += [c] * len(names)
     return FileSplits(name='webvision', n_class=n_class, train_paths=train_paths, train_labels=train_labels,
                       val_paths=val_paths, val_labels=val_labels, test_paths=test_paths,
-                      test_labels=np.asarray(test_labels, dtype=np.int64))
+                      test_labels=np.asarray(test_labels, dtype=np.int64), resample='bicubic')
 
 
 # ---- your own data: a CSV of path,label or class folders -----------------------------------------
@@ -405,6 +407,9 @@ def _refuse_duplicates(splits):
 # ---- decoding --------------------------------------------------------------------------------------
 
 KEYS_VIEW_EPOCH = 2 ** 31  # the random stream of the one augmented view cached as f_p keys
+# PIL's filters (antialiased when shrinking): torchvision's Resize on Clothing1M, their own bicubic
+# resize on WebVision and Food-101N
+RESAMPLE = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -415,10 +420,11 @@ class ImageFiles(torch.utils.data.Dataset):
     mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. `index`
     counts from `first`: a shard of the files (a torchrun rank's) draws what the whole list would. The
     one view cached as f_p keys (`--fp_cache_view augmented`) is drawn as epoch KEYS_VIEW_EPOCH, which
-    no run reaches."""
+    no run reaches. `resample` names the resize filter (RESAMPLE)."""
 
-    def __init__(self, paths, size=224, augment=None, first=0):
+    def __init__(self, paths, size=224, augment=None, first=0, resample='bilinear'):
         self.paths, self.size, self.augment, self.first = paths, size, augment, first
+        self.resample = RESAMPLE[resample]
 
     def __len__(self):
         return len(self.paths)
@@ -431,7 +437,7 @@ class ImageFiles(torch.utils.data.Dataset):
         short = round(self.size * 256 / 224)
         w, h = image.size
         scale = short / min(w, h)
-        image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+        image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), self.resample)
         w, h = image.size
         left, top, flip = (w - self.size) // 2, (h - self.size) // 2, False
         if self.augment is not None:
@@ -449,13 +455,15 @@ def _loader(dataset, num_workers, **order):
                                        persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
 
 
-def image_batches(paths, batch_size, num_workers, size=224, augment=None, first=0):
+def image_batches(paths, batch_size, num_workers, size=224, augment=None, first=0, resample='bilinear'):
     """uint8 batches of the files in order (centre crops, or the views `augment` draws for files
     numbered from `first`), decoded by DataLoader workers."""
-    return _loader(ImageFiles(paths, size, augment, first), num_workers, batch_size=batch_size, shuffle=False)
+    return _loader(ImageFiles(paths, size, augment, first, resample), num_workers, batch_size=batch_size,
+                   shuffle=False)
 
 
-def training_view_batches(paths, batches, seed, epoch, num_workers, size=224):
+def training_view_batches(paths, batches, seed, epoch, num_workers, size=224, resample='bilinear'):
     """uint8 training views of the files, one batch per entry of `batches` (lists of row indices), in
     that order: the epoch's augmented images, decoded by DataLoader workers while the device trains."""
-    return _loader(ImageFiles(paths, size, augment=(seed, epoch)), num_workers, batch_sampler=batches)
+    return _loader(ImageFiles(paths, size, augment=(seed, epoch), resample=resample), num_workers,
+                   batch_sampler=batches)

@@ -48,7 +48,7 @@ def predict(cfg, load_splits):
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
-    images, files = None, None
+    images, files, resample = None, None, 'bilinear'
     if cfg.predict_folder:
         images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
         features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
@@ -60,14 +60,14 @@ def predict(cfg, load_splits):
         if splits.in_memory:
             images = splits.images(name)
         else:
-            files = {name: splits.paths(name)}
+            files, resample = {name: splits.paths(name)}, splits.resample
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(evaluated_weights(ckpt))
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
     pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
     inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,
                          tuple(info['mean']), tuple(info['std']), files, getattr(saved, 'image_size', None),
-                         saved.num_workers)
+                         saved.num_workers, resample)
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)

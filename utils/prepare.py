@@ -34,6 +34,7 @@ class Prepared:
     backbone_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
     files: dict = None      # image paths per split, where a diffusion encoder reads image files (decoded per batch)
     image_size: int = None  # their decoded size
+    resample: str = 'bilinear'  # and the filter that resizes them
 
 
 def clean_train_labels(splits):
@@ -87,7 +88,8 @@ def features_of_split(cfg, splits, split, encoders, log=print):
     if not splits.in_memory:
         def files(group, augment=None):
             return cached_file_features(group, splits.paths(split), splits.name, split, cfg.cache_dir,
-                                        cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log, augment)
+                                        cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log, augment,
+                                        splits.resample)
         if view == 'augmented':  # f_p of one seeded training view; a diffusion backbone reads the centre crops
             keys = files(encoders[:1], (cfg.seed, KEYS_VIEW_EPOCH))
             return keys + (files(encoders[1:]) if len(encoders) > 1 else [])
@@ -209,4 +211,4 @@ def prepare(cfg, splits, device, log=print):
                                                               **search_options(cfg))
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
-                    files, None if in_memory else cfg.image_size)
+                    files, None if in_memory else cfg.image_size, getattr(splits, 'resample', 'bilinear'))
