@@ -90,6 +90,10 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
                os.path.join(run_dir, 'two_l.pt'))
     with pytest.raises(engine.SetupError, match='one-layer head on its resnet50_l diffusion encoder.*start a new run'):
         load_run(run_dir, 'two_l.pt')
+    torch.save({**ckpt, 'format_version': 2, 'config': {**ckpt['config'], 'dataset': 'webvision'}},
+               os.path.join(run_dir, 'two_webvision.pt'))
+    with pytest.raises(engine.SetupError, match='webvision images resized bilinear.*start a new run'):
+        load_run(run_dir, 'two_webvision.pt')
 
 
 def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):

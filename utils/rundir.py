@@ -15,9 +15,11 @@ from utils.cache import paths_fingerprint, tensor_fingerprint
 from utils.io import load_torch, sweep_partial_writes
 from utils.runtime import SetupError, default_run_name
 
-# 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer); 2: the
+# 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
+# WebVision and Food-101N images are resized bicubic (2: bilinear); 2: the
 # diffusion encoder's weights are under `diff_encoder.` (1: `x_encoder.`)
 CHECKPOINT_FORMAT = 3
+BICUBIC_SINCE_FORMAT_3 = ('webvision', 'food101n')  # their images were resized bilinear before
 LOCK_NAME = '.lock'
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
 # and extraction (results do not depend on them), --nepoch to extend the run, and where inputs lie
@@ -74,6 +76,10 @@ def _upgraded(ckpt, path):
             raise SetupError(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
                              f'encoder; this version builds the authors\' two-layer head and cannot resume it or '
                              f'predict with it: start a new run (or use the version that made it)')
+        if config.get('dataset') in BICUBIC_SINCE_FORMAT_3:
+            raise SetupError(f'{path} was made from {config["dataset"]} images resized bilinear; this version '
+                             f'resizes them bicubic, as the authors, and cannot resume it or predict with it: '
+                             f'start a new run (or use the version that made it)')
         ckpt['format_version'] = 3
     return ckpt
 
