@@ -53,11 +53,11 @@ NOISES = {
 }
 # recipe → extra train_CIFAR flags; one the parser rejects is skipped with a note
 RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
-# Epochs for the full table (5 noises × 2 recipes × 2 seeds = 20 runs), chosen from the quick run's
-# 20.6 s/epoch and 7 s/evaluation on a 2-core CPU loaded ~6× by other jobs: about 9 min a run there,
-# an estimated ~2-3 min a run on an idle machine (about an hour in all). The authors' 20 warm-up
-# epochs and 200-epoch runs do not fit a CPU hour; warm-up is shortened to 2. The authors' runs stop
-# at epoch 200 of a 1000-epoch cosine (--lr_horizon); the CPU runs keep that fraction, 20 of 100.
+# Epochs for the full table (5 noises × 2 recipes × 2 seeds = 20 runs): about 5 minutes a run on a
+# 2-core CPU (7-14 s an epoch, 4-7 s an evaluation, a minute for the denoised labels), so the table
+# takes an hour with --jobs 2 (measured 61 min, docs/BENCHMARKS.md). The authors' 20 warm-up epochs
+# and 200-epoch runs do not fit a CPU hour; warm-up is shortened to 2. The authors' runs stop at
+# epoch 200 of a 1000-epoch cosine (--lr_horizon); the CPU runs keep that fraction, 20 of 100.
 # k is the authors' (train_CIFAR's default, 10) unless --k_choices asks for a choice on the clean
 # validation split by neighbour-majority accuracy. That choice picks k 50 on CIFAR-10N worse and
 # uniform 35% with these features, and the denoiser does worse there than with 10 (docs/BENCHMARKS.md:
