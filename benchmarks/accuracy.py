@@ -12,7 +12,8 @@ LRA-diffusion's test accuracy at its best-validation epoch (`--fp_encoder featur
 fp_mlp`, run through train_CIFAR's parser and the engine's main, with the authors' k = 10 unless
 --k or --k_choices says otherwise) for each recipe the package accepts, the accuracy of its
 denoised training labels, how well cleanlab's find_label_issues on its train_probs.npy finds the
-truly corrupted labels, and the engine's seconds per epoch and per evaluation. Nothing is tuned on the test split: every selection uses the clean validation split.
+truly corrupted labels, and the engine's seconds per epoch and per evaluation. Nothing is tuned on
+the test split: every selection uses the clean validation split.
 Writes accuracy.json and accuracy.md under --out_dir.
 """
 import argparse
@@ -162,12 +163,17 @@ def reusable(run_dir, flags, cfg):
     return all(recorded.get(name, MEANT_WHEN_ABSENT.get(name)) == today[name] for name in RECIPE_FLAGS)
 
 
+def run_config(flags):
+    """A run's config, as train_CIFAR's parser reads its flags, and its run folder."""
+    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
+    return cfg, os.path.join(cfg.out_dir, cfg.run_name)
+
+
 def lra_run(flags, splits, log=print):
     """One LRA-diffusion run through train_CIFAR's parser and the engine; reuses a finished run
     with the same flags and recipe (so an interrupted table continues). A run folder of the same name
     that cannot be reused (other flags, an older recipe) is moved aside, not overwritten."""
-    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
-    run_dir = os.path.join(cfg.out_dir, cfg.run_name)
+    cfg, run_dir = run_config(flags)
     if reusable(run_dir, flags, cfg):
         return json.load(open(os.path.join(run_dir, 'summary.json'))), run_dir
     if os.path.exists(run_dir):
@@ -181,8 +187,8 @@ def lra_run(flags, splits, log=print):
 
 def finished(flags):
     """Whether lra_run would reuse a finished run for these flags."""
-    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
-    return reusable(os.path.join(cfg.out_dir, cfg.run_name), flags, cfg)
+    cfg, run_dir = run_config(flags)
+    return reusable(run_dir, flags, cfg)
 
 
 _WORKER = {}  # a --jobs worker process's dataset and log
@@ -195,8 +201,7 @@ def _start_worker(splits, threads):
 
 def _worker_run(flags):
     """One run in a worker; what it prints (the f_p check among it) goes to RUN_NAME.log beside its folder."""
-    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
-    with open(os.path.join(cfg.out_dir, f'{cfg.run_name}.log'), 'w') as f, contextlib.redirect_stdout(f):
+    with open(run_config(flags)[1] + '.log', 'w') as f, contextlib.redirect_stdout(f):
         return lra_run(flags, _WORKER['splits'])[1]
 
 
@@ -208,7 +213,7 @@ def run_pending(plan, splits, jobs, threads, log=print):
     if jobs <= 1 or len(pending) <= 1:
         return pending
     log(f'{len(pending)} runs to make, {jobs} at a time')
-    os.makedirs(parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, pending[0]).out_dir, exist_ok=True)
+    os.makedirs(run_config(pending[0])[0].out_dir, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)  # 0: the cores shared out, not each its all
     context = multiprocessing.get_context('spawn')
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
@@ -261,8 +266,9 @@ def noisy_labels_or_none(noise, splits, cifar_n_dir):
         return None, ' '.join(str(exc).split())
 
 
-def benchmark_noise(name, noise, splits, feats, args, settings, recipes, log=print):
-    noisy, why = noisy_labels_or_none(noise, splits, args.cifar_n_dir)
+def benchmark_noise(name, noise, resolved, splits, feats, args, settings, recipes, log=print):
+    """The table's row of one noise; `resolved`: noisy_labels_or_none's (labels, why not)."""
+    noisy, why = resolved
     if noisy is None:
         log(f'skipping {name} ({noise}): {why}')
         return {'noise': name, 'noise_type': noise, 'skipped': why}
@@ -310,13 +316,13 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
                           else 'not accepted by this version' for n in RECIPES},
               'rows': []}
     log('features: ' + json.dumps(result['features']))
-    available = {name: noise for name, noise in noises.items()
-                 if noisy_labels_or_none(noise, splits, args.cifar_n_dir)[0] is not None}
-    plan = [run_flags(noise, recipe, seed, settings, args) for noise in available.values() for recipe in recipes
-            for seed in settings['seeds']]
+    resolved = {noise: noisy_labels_or_none(noise, splits, args.cifar_n_dir) for noise in noises.values()}
+    plan = [run_flags(noise, recipe, seed, settings, args) for noise in noises.values()
+            if resolved[noise][0] is not None for recipe in recipes for seed in settings['seeds']]
     run_pending(plan, splits, getattr(args, 'jobs', 1), getattr(args, 'threads', 1), log)
     for name, noise in noises.items():
-        result['rows'].append(benchmark_noise(name, noise, splits, feats, args, settings, recipes, log))
+        result['rows'].append(benchmark_noise(name, noise, resolved[noise], splits, feats, args, settings, recipes,
+                                              log))
     result['total_s'] = round(time.time() - started, 1)
     save_json(result, os.path.join(args.out_dir, 'accuracy.json'))
     table = markdown(result)
