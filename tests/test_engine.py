@@ -167,6 +167,23 @@ def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits
     assert len(calls) == 6
 
 
+def test_augmented_keys_are_one_view_for_every_seed(tmp_path, digits, monkeypatch):
+    """The authors' keys were one cached view: runs of other seeds reuse it instead of re-encoding."""
+    import utils.cache
+    views = []
+    original = utils.cache.augmented_view
+    monkeypatch.setattr(utils.cache, 'augmented_view', lambda images, seed, **k: views.append(seed) or
+                        original(images, seed, **k))
+    small = subset(digits, 100, 40)
+    keys = [prepare(digits_cfg(tmp_path, '--recipe', 'authors', '--seed', seed), small,
+                    torch.device('cpu'), log=lambda *a: None).features['train'] for seed in ('1', '2')]
+    assert views == [123]  # drawn once, from the fixed key seed, then read from the cache
+    assert torch.equal(keys[0], keys[1])
+    clean = prepare(digits_cfg(tmp_path, '--recipe', 'improved'), small, torch.device('cpu'),
+                    log=lambda *a: None).features['train']
+    assert not torch.equal(keys[0], clean)  # an augmented view it is
+
+
 def test_corrupt_cache_is_rebuilt(tmp_path, digits):
     small = subset(digits, 200, 50)
     cfg = digits_cfg(tmp_path, '--nepoch', '1')

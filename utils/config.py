@@ -165,7 +165,9 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
                         "the authors' command lines)")
     g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
-    g.add_argument('--seed', type=int, help='seed of the model, the training draws and the augmented f_p view')
+    g.add_argument('--seed', type=int,
+                   help='seed of the model, the training draws and the augmented training views (the augmented '
+                        'f_p key view, --fp_cache_view augmented, is one view for every seed: the authors cached one)')
     g.add_argument('--out_dir', help='parent folder of run folders')
     g.add_argument('--run_name', help='run folder name (default: derived from flags)')
     g.add_argument('--cache_dir', help='feature and neighbour caches')
