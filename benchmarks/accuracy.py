@@ -119,7 +119,7 @@ def feature_quality(feats, splits, seed=0):
                                        splits.test_labels)}
 
 
-def test_vote_accuracy(feats, noisy, splits, k):
+def vote_classifier_accuracy(feats, noisy, splits, k):
     """The retrieval majority vote as a classifier: each test image takes the majority noisy label of
     its k nearest training images. The training-label vote counts the sample's own label among its
     neighbours (it is its own nearest); this one, like LRA-diffusion's test prediction, cannot."""
@@ -297,7 +297,7 @@ def benchmark_noise(name, noise, resolved, splits, feats, args, settings, recipe
         row['retrieval_majority_accuracy'] = runs[0]['retrieval_majority_accuracy']
     if row['recipes']:
         k = row['recipes'][recipes[0]]['k'][0]
-        row['vote_k'], row['test_vote_accuracy'] = k, test_vote_accuracy(feats, noisy, splits, k)
+        row['vote_k'], row['test_vote_accuracy'] = k, vote_classifier_accuracy(feats, noisy, splits, k)
     return row
 
 
