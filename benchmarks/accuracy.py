@@ -39,7 +39,7 @@ from utils.io import save_json
 from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
-from utils.retrieval import knn
+from utils.retrieval import knn, majority_vote
 from utils.rundir import MEANT_WHEN_ABSENT
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
@@ -119,11 +119,12 @@ def feature_quality(feats, splits, seed=0):
                                        splits.test_labels)}
 
 
-def vote_classifier_accuracy(feats, noisy, splits, k):
+def vote_classifier_accuracy(nearest, noisy, splits, k):
     """The retrieval majority vote as a classifier: each test image takes the majority noisy label of
-    its k nearest training images. The training-label vote counts the sample's own label among its
-    neighbours (it is its own nearest); this one, like LRA-diffusion's test prediction, cannot."""
-    pred = knn_accuracy(feats['train'], torch.from_numpy(noisy), feats['test'], splits.n_class, k)
+    its k nearest training images (`nearest`: their indices, nearest first, searched once for every
+    noise). The training-label vote counts the sample's own label among its neighbours (it is its own
+    nearest); this one, like LRA-diffusion's test prediction, cannot."""
+    pred = majority_vote(torch.from_numpy(noisy)[nearest[:, :k]], splits.n_class)
     return accuracy(pred, splits.test_labels)
 
 
@@ -274,8 +275,9 @@ def noisy_labels_or_none(noise, splits, cifar_n_dir):
         return None, ' '.join(str(exc).split())
 
 
-def benchmark_noise(name, noise, resolved, splits, feats, args, settings, recipes, log=print):
-    """The table's row of one noise; `resolved`: noisy_labels_or_none's (labels, why not)."""
+def benchmark_noise(name, noise, resolved, splits, feats, nearest, args, settings, recipes, log=print):
+    """The table's row of one noise; `resolved`: noisy_labels_or_none's (labels, why not); `nearest`: the
+    test images' training neighbours."""
     noisy, why = resolved
     if noisy is None:
         log(f'skipping {name} ({noise}): {why}')
@@ -297,7 +299,7 @@ def benchmark_noise(name, noise, resolved, splits, feats, args, settings, recipe
         row['retrieval_majority_accuracy'] = runs[0]['retrieval_majority_accuracy']
     if row['recipes']:
         k = row['recipes'][recipes[0]]['k'][0]
-        row['vote_k'], row['test_vote_accuracy'] = k, vote_classifier_accuracy(feats, noisy, splits, k)
+        row['vote_k'], row['test_vote_accuracy'] = k, vote_classifier_accuracy(nearest, noisy, splits, k)
     return row
 
 
@@ -331,9 +333,10 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
     plan = [run_flags(noise, recipe, seed, settings, args) for noise in noises.values()
             if resolved[noise][0] is not None for recipe in recipes for seed in settings['seeds']]
     run_pending(plan, splits, getattr(args, 'jobs', 1), getattr(args, 'threads', 1), log)
+    nearest = knn(feats['test'], feats['train'], max(settings['k_choices']))[1]
     for name, noise in noises.items():
-        result['rows'].append(benchmark_noise(name, noise, resolved[noise], splits, feats, args, settings, recipes,
-                                              log))
+        result['rows'].append(benchmark_noise(name, noise, resolved[noise], splits, feats, nearest, args, settings,
+                                              recipes, log))
     result['total_s'] = round(time.time() - started, 1)
     save_json(result, os.path.join(args.out_dir, 'accuracy.json'))
     table = markdown(result)
