@@ -70,6 +70,7 @@ QUICK = dict(nepoch=3, warmup_epochs=1, eval_every=1, n_samples=2, seeds=(1,), l
 LINEAR_EPOCHS = 30
 LINEAR_MIN_STEPS = 600  # small data sets get more epochs
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
+QUALITY_K = 10  # the features' kNN accuracy with clean labels
 
 
 # ---- features alone ------------------------------------------------------------------------------
@@ -103,29 +104,22 @@ def accuracy(pred, labels):
     return float((torch.as_tensor(pred) == torch.as_tensor(labels)).float().mean())
 
 
-def knn_accuracy(train_x, train_y, test_x, n_class, k=10):
-    """Majority vote of the k nearest training samples (Euclidean), the retrieval the package uses."""
-    _, idx = knn(test_x, train_x, k)
-    votes = F.one_hot(train_y[idx], n_class).sum(1)
-    return votes.argmax(1)
-
-
-def feature_quality(feats, splits, seed=0):
-    """Linear-probe and kNN test accuracy of the features with the clean training labels."""
-    n_class, y = splits.n_class, splits.train_clean
-    probe = fit_linear(feats['train'], y, feats['val'], splits.val_labels, n_class, seed)
-    return {'linear_probe_test_acc': accuracy(probe(feats['test']), splits.test_labels),
-            'knn10_test_acc': accuracy(knn_accuracy(feats['train'], y, feats['test'], n_class),
-                                       splits.test_labels)}
-
-
-def vote_classifier_accuracy(nearest, noisy, splits, k):
-    """The retrieval majority vote as a classifier: each test image takes the majority noisy label of
-    its k nearest training images (`nearest`: their indices, nearest first, searched once for every
-    noise). The training-label vote counts the sample's own label among its neighbours (it is its own
-    nearest); this one, like LRA-diffusion's test prediction, cannot."""
-    pred = majority_vote(torch.from_numpy(noisy)[nearest[:, :k]], splits.n_class)
+def vote_accuracy(nearest, labels, k, splits):
+    """Test accuracy of the retrieval majority vote: each test image takes the majority of `labels` over
+    its k nearest training images (`nearest`: their indices, nearest first, searched once per table).
+    With the clean labels it is the features' kNN accuracy; with noisy ones it is the vote as a
+    classifier. The training-label vote counts the sample's own label among its neighbours (it is its
+    own nearest); this one, like LRA-diffusion's test prediction, cannot."""
+    pred = majority_vote(torch.as_tensor(labels)[nearest[:, :k]], splits.n_class)
     return accuracy(pred, splits.test_labels)
+
+
+def feature_quality(feats, nearest, splits, seed=0):
+    """Linear-probe and 10-NN test accuracy of the features with the clean training labels."""
+    y = splits.train_clean
+    probe = fit_linear(feats['train'], y, feats['val'], splits.val_labels, splits.n_class, seed)
+    return {'linear_probe_test_acc': accuracy(probe(feats['test']), splits.test_labels),
+            'knn10_test_acc': vote_accuracy(nearest, y, QUALITY_K, splits)}
 
 
 def standard_baseline(feats, noisy, splits, seed):
@@ -299,7 +293,7 @@ def benchmark_noise(name, noise, resolved, splits, feats, nearest, args, setting
         row['retrieval_majority_accuracy'] = runs[0]['retrieval_majority_accuracy']
     if row['recipes']:
         k = row['recipes'][recipes[0]]['k'][0]
-        row['vote_k'], row['test_vote_accuracy'] = k, vote_classifier_accuracy(nearest, noisy, splits, k)
+        row['vote_k'], row['test_vote_accuracy'] = k, vote_accuracy(nearest, noisy, k, splits)
     return row
 
 
@@ -320,10 +314,12 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
     arrays, meta = load_feature_file(args.features)
     feats = {s: torch.from_numpy(a) for s, a in arrays.items()}
     started = time.time()
+    nearest = knn(feats['test'], feats['train'], max(QUALITY_K, *settings['k_choices']))[1]
     result = {'command': args.command, 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
               'machine': args.machine, 'settings': {k: list(v) if isinstance(v, tuple) else v
                                                     for k, v in settings.items()},
-              'features': {'file': os.path.abspath(args.features), 'meta': meta, **feature_quality(feats, splits)},
+              'features': {'file': os.path.abspath(args.features), 'meta': meta,
+                           **feature_quality(feats, nearest, splits)},
               'jobs': getattr(args, 'jobs', 1),
               'recipes': {n: RECIPES[n] if n in recipes else 'not asked for (--recipes)' if n in accepted
                           else 'not accepted by this version' for n in RECIPES},
@@ -333,7 +329,6 @@ def run_benchmark(splits, args, settings, noises=NOISES, log=print):
     plan = [run_flags(noise, recipe, seed, settings, args) for noise in noises.values()
             if resolved[noise][0] is not None for recipe in recipes for seed in settings['seeds']]
     run_pending(plan, splits, getattr(args, 'jobs', 1), getattr(args, 'threads', 1), log)
-    nearest = knn(feats['test'], feats['train'], max(settings['k_choices']))[1]
     for name, noise in noises.items():
         result['rows'].append(benchmark_noise(name, noise, resolved[noise], splits, feats, nearest, args, settings,
                                               recipes, log))
