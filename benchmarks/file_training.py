@@ -16,10 +16,8 @@ import argparse
 import os
 import tempfile
 
-import numpy as np
-from PIL import Image
-
 import train_Clothing1M
+from benchmarks import layouts
 from benchmarks.common import device_line, report
 from utils.random_weights import save_random_cc
 from utils.runtime import resolve_device
@@ -27,37 +25,6 @@ from utils.runtime import resolve_device
 N_CLASS = 14
 AUTHORS_RUN = dict(epochs=300, per_epoch=10_000 * N_CLASS, val=14_313, test=10_526)
 VARIANTS = {'tuned (authors)': [], 'cached (improved)': ['--recipe', 'improved']}
-
-
-def write_layout(root, per_class, n_eval, pixels, seed=0):
-    """A Clothing1M folder: JPEGs of random colour blocks, the annotation lists, cc_select files."""
-    rng = np.random.default_rng(seed)
-    lists = {'noisy_train': [], 'clean_val': [], 'clean_test': []}
-    noisy, clean = [], []
-    total = per_class * N_CLASS + 2 * n_eval
-    for i in range(total):
-        key = f'images/{i % 10}/{i:06d}.jpg'
-        path = os.path.join(root, key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(blocks).resize((pixels, pixels), Image.BILINEAR).save(path, quality=90)
-        label = i % N_CLASS
-        if i < per_class * N_CLASS:
-            lists['noisy_train'].append(key)
-            noisy.append(f'{key} {label}')
-        else:
-            lists['clean_val' if i < per_class * N_CLASS + n_eval else 'clean_test'].append(key)
-            clean.append(f'{key} {label}')
-    files = {'noisy_label_kv.txt': noisy, 'clean_label_kv.txt': clean,
-             'category_names_eng.txt': [f'class {c}' for c in range(N_CLASS)],
-             **{f'{name}_key_list.txt': keys for name, keys in lists.items()},
-             'annotations/cc_select_img.txt': lists['noisy_train'],
-             'annotations/cc_select_label.txt': [line.split()[1] for line in noisy]}
-    for name, lines in files.items():
-        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
-        with open(os.path.join(root, name), 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-    return root
 
 
 def projected_run_s(summary, n_train, n_eval):
@@ -88,7 +55,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--per_class', type=int, default=400, help='training images of each of the 14 classes')
     p.add_argument('--n_eval', type=int, default=1000, help='validation and test images each')
-    p.add_argument('--pixels', type=int, default=256, help='side of the generated JPEGs')
+    p.add_argument('--pixels', type=int, default=256, help='height of the generated JPEGs (8 px wider than high)')
     p.add_argument('--epochs', type=int, default=1)
     p.add_argument('--workers', type=int, default=min(16, os.cpu_count() or 1), help='DataLoader decoding workers')
     p.add_argument('--device', default='auto')
@@ -104,7 +71,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     args.device = str(device)
     with tempfile.TemporaryDirectory() as folder:
-        root = write_layout(os.path.join(folder, 'Clothing1M'), args.per_class, args.n_eval, args.pixels)
+        root = layouts.clothing1m(os.path.join(folder, 'Clothing1M'), N_CLASS, args.per_class * N_CLASS, args.n_eval,
+                                  args.n_eval, args.pixels, select_every=0)
         save_random_cc(os.path.join(folder, 'CC_net.pt'))
         rows = [run_variant(name, flags, root, folder, args) for name, flags in VARIANTS.items()]
     result = {'device': device_line(device), 'images': {'train': args.per_class * N_CLASS, 'val': args.n_eval,

@@ -67,7 +67,7 @@ def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tm
 
 def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the_centre_crop(tmp_path,
                                                                                              tiny_clip_path):
-    import layouts
+    from benchmarks import layouts
     from utils.cache import cached_file_features, encode_file_view
     from utils.encoders import load_clip
     from utils.io import load_torch

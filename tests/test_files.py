@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import layouts
 import train_Clothing1M
+from benchmarks import layouts
 import train_Food101N
 import train_WebVision
 from utils.data import DatasetMissing

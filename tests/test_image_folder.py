@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import layouts
 import train_ImageFolder
+from benchmarks import layouts
 from utils.data import DatasetMissing
 from utils.encoders import EncoderError
 from utils.files import read_image_folder

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import layouts
 import train_Clothing1M
+from benchmarks import layouts
 from utils import engine
 from utils.diff_encoders import build_diff_encoder, build_model
 from utils.encoders import load_imagenet_resnet

@@ -1,4 +1,8 @@
-"""Small image trees in the official layouts of Food-101N/Food-101, Clothing1M and WebVision/ILSVRC2012."""
+"""Small generated image trees in the official layouts of Food-101N/Food-101, Clothing1M and
+WebVision/ILSVRC2012, and a researcher's own layout: what the tests and the speed benchmarks run on.
+
+    python -m benchmarks.layouts FOLDER    # a small noisy dataset of your own to try
+"""
 import os
 import shutil
 
@@ -44,13 +48,15 @@ def food101n(root, classes=('apple_pie', 'bibimbap', 'churros'), per_class=24, s
     return n_root, f_root
 
 
-def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, seed=0):
+def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, size=40, select_every=6, seed=0):
+    """Every fifth training label flipped to the next class; the cc_select subset leaves out every
+    `select_every`-th training image (none when 0)."""
     rng = np.random.default_rng(seed)
     noisy, clean, lists = [], [], {'noisy_train': [], 'clean_val': [], 'clean_test': [], 'clean_train': []}
     for i in range(n_train + n_val + n_test):
         label = i % n_class
         key = f'images/{i % 3}/{i % 7:02d}/{i:05d}.jpg'
-        jpeg(os.path.join(root, key), label, rng)
+        jpeg(os.path.join(root, key), label, rng, size)
         if i < n_train:
             noisy.append(f'{key} {(label + 1) % n_class if i % 5 == 0 else label}')
             lists['noisy_train'].append(key)
@@ -64,7 +70,7 @@ def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, seed=0):
     write(os.path.join(root, 'category_names_eng.txt'), [f'category {c}' for c in range(n_class)])
     # the authors' selected subset, as in their annotations/ folder: keys, and labels line by line (here
     # the true ones, so they differ from noisy_label_kv.txt where that label was flipped)
-    selected = [i for i in range(n_train) if i % 6 != 5]
+    selected = [i for i in range(n_train) if not select_every or i % select_every != select_every - 1]
     write(os.path.join(root, 'annotations', 'cc_select_img.txt'), [lists['noisy_train'][i] for i in selected])
     write(os.path.join(root, 'annotations', 'cc_select_label.txt'), [str(i % n_class) for i in selected])
     return root
@@ -116,6 +122,6 @@ def own_data(root, classes=('cat', 'dog', 'fox', 'owl'), per_class=30, n_eval=6,
     return corrupted
 
 
-if __name__ == '__main__':  # python tests/layouts.py FOLDER: a small noisy dataset of your own to try
+if __name__ == '__main__':
     import sys
     print(f'{len(own_data(sys.argv[1]))} mislabelled training images written under {sys.argv[1]}')
