@@ -18,6 +18,7 @@ from PIL import Image
 from benchmarks.common import device_line, peak_gib, report, reset_peak, timed
 from utils.cache import encode_files
 from utils.encoders import load_clip
+from utils.files import Decoding
 from utils.random_weights import save_random_clip
 from utils.runtime import resolve_device
 
@@ -56,10 +57,11 @@ def main(argv=None):
             paths = write_jpegs(os.path.join(tmp, 'jpegs'), args.n)
         arch = 'tiny' if args.small else args.arch
         encoder = load_clip(args.clip or save_random_clip(arch, os.path.join(tmp, 'clip.pt')), device)
-        encode_files([encoder], paths[:args.batch_size], args.batch_size, args.workers, args.image_size, 'warm-up')
+        encode_files([encoder], paths[:args.batch_size], args.batch_size, args.workers, Decoding(args.image_size),
+                     'warm-up')
         reset_peak(device)
         (features,), seconds = timed(lambda: encode_files([encoder], paths, args.batch_size, args.workers,
-                                                           args.image_size, 'extract'), device)
+                                                           Decoding(args.image_size), 'extract'), device)
     result = {'images': len(paths), 'seconds': round(seconds, 2), 'images_per_s': round(len(paths) / seconds),
               'encoder': f'CLIP {arch}', 'feature_dim': features.shape[1], 'workers': args.workers,
               'peak_gib': round(peak_gib(device), 2), 'device': device_line(device)}

@@ -69,6 +69,7 @@ def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the
                                                                                              tiny_clip_path):
     from benchmarks import layouts
     from utils.cache import cached_file_features, encode_file_view
+    from utils.files import Decoding
     from utils.encoders import load_clip
     from utils.io import load_torch
     rng = np.random.default_rng(0)
@@ -78,8 +79,8 @@ def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the
     encoder = load_clip(tiny_clip_path, 'cpu')
     cache = tmp_path / 'cache'
     for resample in ('bilinear', 'bicubic'):
-        cached_file_features([encoder], paths, 'x', 'train', str(cache), 2, 0, 32, log=lambda m: None,
-                             resample=resample)
+        cached_file_features([encoder], paths, 'x', 'train', str(cache), Decoding(32, resample), 2, 0,
+                             log=lambda m: None)
     keys = sorted((load_torch(str(cache / f))['key'] for f in os.listdir(cache)), key=lambda k: 'resample' in k)
     # the centre crops resized bilinear: the key of caches made before views and filters were named
     assert keys[0] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32))

@@ -17,7 +17,7 @@ from utils.published import PublishedInputError
 from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
 from utils.io import load_torch
 from utils.encoders import load_clip, load_imagenet_resnet
-from utils.files import KEYS_VIEW_EPOCH, ImageFiles
+from utils.files import KEYS_VIEW_EPOCH, Decoding, ImageFiles
 from utils.prepare import KEYS_VIEW_SEED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,9 +120,10 @@ def test_food101n_script_end_to_end(tmp_path, tiny_clip_path):
     fp = load_clip(tiny_clip_path, 'cpu')
     paths = read_food101n(n_root, f_root).paths('train')
     # Food-101N's images are resized bicubic, as the authors' loader does
-    keys = fp.encode(torch.stack([ImageFiles(paths, 32, augment=(KEYS_VIEW_SEED, KEYS_VIEW_EPOCH),
-                                             resample='bicubic')[i] for i in range(4)]))
-    centre = fp.encode(torch.stack([ImageFiles(paths, 32, resample='bicubic')[i] for i in range(4)]))
+    decoding = Decoding(32, 'bicubic')
+    keys = fp.encode(torch.stack([ImageFiles(paths, decoding, augment=(KEYS_VIEW_SEED, KEYS_VIEW_EPOCH))[i]
+                                  for i in range(4)]))
+    centre = fp.encode(torch.stack([ImageFiles(paths, decoding)[i] for i in range(4)]))
     stored = load_torch(str(next(cache / f for f in os.listdir(cache) if f.startswith('food101n_train_augmented'))))
     assert torch.allclose(stored['value'][:4], keys, atol=1e-5)
     assert not torch.allclose(stored['value'][:4], centre, atol=1e-3)

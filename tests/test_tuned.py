@@ -13,7 +13,7 @@ from benchmarks import layouts
 from utils import engine
 from utils.diff_encoders import build_diff_encoder, build_model
 from utils.encoders import load_imagenet_resnet
-from utils.files import ImageFiles
+from utils.files import Decoding, ImageFiles
 from utils.io import load_torch
 
 from test_files import small_flags
@@ -28,19 +28,19 @@ def image_resized_to(path, short, resample):
 def test_training_views_are_seeded_crops_and_flips(tmp_path):
     root = layouts.clothing1m(str(tmp_path))  # 40×40 JPEGs
     paths = [os.path.join(root, 'images/0/00/00000.jpg'), os.path.join(root, 'images/1/01/00001.jpg')]
-    centre = ImageFiles(paths, size=32)
-    view = ImageFiles(paths, size=32, augment=(123, 4))
+    centre = ImageFiles(paths, Decoding(32))
+    view = ImageFiles(paths, Decoding(32), augment=(123, 4))
     assert view[0].shape == centre[0].shape == (3, 32, 32)
-    assert torch.equal(view[1], ImageFiles(paths, size=32, augment=(123, 4))[1])  # a resumed epoch's views
+    assert torch.equal(view[1], ImageFiles(paths, Decoding(32), augment=(123, 4))[1])  # a resumed epoch's views
     # the resize filter is the dataset's: bicubic differs from bilinear, the crop being the same
-    bicubic = ImageFiles(paths, size=32, resample='bicubic')[0]
+    bicubic = ImageFiles(paths, Decoding(32, 'bicubic'))[0]
     expected = image_resized_to(paths[0], 37, Image.BICUBIC)
     top, left = (expected.shape[1] - 32) // 2, (expected.shape[2] - 32) // 2
     assert torch.equal(bicubic, expected[:, top:top + 32, left:left + 32]) and not torch.equal(bicubic, centre[0])
     # a torchrun rank's shard of the files draws the views the whole list would
-    assert all(torch.equal(ImageFiles(paths, size=32, augment=(123, e))[1],
-                           ImageFiles(paths[1:], size=32, augment=(123, e), first=1)[0]) for e in range(8))
-    epochs = [ImageFiles(paths, size=32, augment=(123, e))[0] for e in range(8)]
+    assert all(torch.equal(ImageFiles(paths, Decoding(32), augment=(123, e))[1],
+                           ImageFiles(paths[1:], Decoding(32), augment=(123, e), first=1)[0]) for e in range(8))
+    epochs = [ImageFiles(paths, Decoding(32), augment=(123, e))[0] for e in range(8)]
     assert len({e.numpy().tobytes() for e in epochs}) > 1  # drawn afresh every epoch
     assert not all(torch.equal(e, centre[0]) for e in epochs)
     # each view is cut from the image resized to a 37-px short side (32·256/224), mirrored or not

@@ -146,13 +146,14 @@ def paths_fingerprint(paths):
 
 
 @torch.no_grad()
-def encode_files(encoders, paths, batch_size, num_workers, size, desc, augment=None, first=0, resample='bilinear'):
-    """Every encoder's features of the files, decoding each image once (the centre crop, or with
-    `augment` the seeded view, utils/files.ImageFiles; `first`: the number of the first file)."""
+def encode_files(encoders, paths, batch_size, num_workers, decoding, desc, augment=None, first=0):
+    """Every encoder's features of the files, each image decoded once as `decoding` says (the centre
+    crop, or with `augment` the seeded view, utils/files.ImageFiles; `first`: the number of the first
+    file)."""
     from tqdm import tqdm
     from utils.files import image_batches
     outs = [[] for _ in encoders]
-    batches = image_batches(paths, batch_size, num_workers, size, augment, first, resample)
+    batches = image_batches(paths, batch_size, num_workers, decoding, augment, first)
     for batch in tqdm(batches, desc=desc, leave=False):
         for out, encoder in zip(outs, encoders):
             out.append(encoder.encode(batch.to(encoder.device, non_blocking=True)))
@@ -163,7 +164,8 @@ def encode_file_view(encoder, paths, size, augment=None, resample='bilinear'):
     """What a file-feature cache holds: `encoder`'s features of the files decoded, resized and
     centre-cropped to `size`, or cropped as the training view `augment` draws (computed by
     encode_files, several encoders per decoding)."""
-    return encode_files([encoder], paths, 256, 0, size, 'features', augment, resample=resample)[0]
+    from utils.files import Decoding
+    return encode_files([encoder], paths, 256, 0, Decoding(size, resample), 'features', augment)[0]
 
 
 def load_file_features(encoder, key, label, cache_dir, n, log):
@@ -173,8 +175,8 @@ def load_file_features(encoder, key, label, cache_dir, n, log):
     return None
 
 
-def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=256, num_workers=4, size=224,
-                         log=print, augment=None, resample='bilinear'):
+def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, batch_size=256, num_workers=4,
+                         log=print, augment=None):
     """Features of image files for several encoders, cached like `cached_features`: of the centre
     crops, or of the one training view `augment` draws for each image.
 
@@ -182,11 +184,9 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
     assembles the parts, in order, into the one cache file every rank then reads.
     """
     from utils import distributed
-    # the centre crops' key leaves out `augment`, and bilinear resizing `resample`, so caches made
-    # before they existed stay valid
-    view = {**({'augment': list(augment)} if augment is not None else {}),
-            **({'resample': resample} if resample != 'bilinear' else {})}
-    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, size=size, **view)) for e in encoders]
+    # the centre crops' key leaves out `augment`, so caches made before it existed stay valid
+    view = {**({'augment': list(augment)} if augment is not None else {}), **decoding.key()}
+    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, **view)) for e in encoders]
     labels = [f'{dataset}_{split}_{"center" if augment is None else "augmented"}_{e.name}' for e in encoders]
     found = [load_file_features(e, k, label, cache_dir, len(paths), log) for e, k, label in zip(encoders, keys, labels)]
     todo = [i for i, f in enumerate(found) if f is None]
@@ -195,8 +195,8 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, batch_size=
         rank, world = distributed.rank(), distributed.world_size()
         shard = np.array_split(np.arange(len(paths)), world)[rank]
         parts = encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
-                              size, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''),
-                              augment, int(shard[0]) if len(shard) else 0, resample)
+                              decoding, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''),
+                              augment, int(shard[0]) if len(shard) else 0)
         if world == 1:
             for i, part in zip(todo, parts):
                 _store(finite_features(part, encoders[i], split).cpu(), keys[i], cache_path(cache_dir, labels[i], keys[i]))

@@ -70,8 +70,8 @@ class Trainer:
         self.cfg, self.data, self.model, self.diffusion = cfg, data, model, diffusion
         self.run_dir, self.device = run_dir, device
         self.inputs = SplitInputs(diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone), data.features, data.images,
-                                  data.backbone_features, data.mean, data.std, data.files, data.image_size,
-                                  cfg.num_workers, data.resample)
+                                  data.backbone_features, data.mean, data.std, data.files, data.decoding,
+                                  cfg.num_workers)
         model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if cfg.freeze_diff_encoder:  # before DistributedDataParallel, which must not wait for its gradients
@@ -200,7 +200,7 @@ class Trainer:
         if not self.inputs.reads_files('train'):
             return None
         return iter(training_view_batches(self.inputs.files['train'], [b.tolist() for b in batches], self.cfg.seed,
-                                          epoch, self.cfg.num_workers, self.data.image_size, self.data.resample))
+                                          epoch, self.cfg.num_workers, self.data.decoding))
 
     def stop_requested(self):
         """A signal asked to stop. Within an epoch only a single process stops (ranks could be at

@@ -40,12 +40,12 @@ class SplitInputs:
     ('features')."""
 
     def __init__(self, diff_input, features, images=None, backbone_features=None, mean=None, std=None, files=None,
-                 image_size=None, num_workers=0, resample='bilinear'):
+                 decoding=None, num_workers=0):
         self.diff_input, self.features, self.images = diff_input, features, images or {}
         self.backbone_features = backbone_features
         self.mean, self.std = mean, std
-        # image files per split, decoded batch by batch (centre crops of image_size) where no pixels are held
-        self.files, self.image_size, self.num_workers, self.resample = files or {}, image_size, num_workers, resample
+        # image files per split, decoded batch by batch (centre crops, utils/files.Decoding) where no pixels are held
+        self.files, self.decoding, self.num_workers = files or {}, decoding, num_workers
 
     def size(self, split):
         return self.features[split].shape[0]
@@ -70,8 +70,7 @@ class SplitInputs:
         """The split's images decoded from files in batches, in order, where the model reads them."""
         if not self.reads_files(split):
             return None
-        return iter(image_batches(self.files[split], batch_size, self.num_workers, self.image_size,
-                                  resample=self.resample))
+        return iter(image_batches(self.files[split], batch_size, self.num_workers, self.decoding))
 
     def batches(self, split, batch_size):
         return Batches(self, split, batch_size)

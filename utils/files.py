@@ -412,6 +412,19 @@ KEYS_VIEW_EPOCH = 2 ** 31  # the random stream of the one augmented view cached 
 RESAMPLE = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How an image file becomes pixels: its shorter side resized to size·256/224 with the `resample`
+    filter (RESAMPLE), then cropped to size × size."""
+    size: int = 224
+    resample: str = 'bilinear'
+
+    def key(self):
+        """Its part of a feature cache's key; bilinear resizing is left out, so caches made before
+        the filter was a choice stay valid."""
+        return {'size': self.size, **({'resample': self.resample} if self.resample != 'bilinear' else {})}
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decode, resize the shorter side to size·256/224 and crop to size: uint8 3×size×size.
 
@@ -420,11 +433,11 @@ class ImageFiles(torch.utils.data.Dataset):
     mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. `index`
     counts from `first`: a shard of the files (a torchrun rank's) draws what the whole list would. The
     one view cached as f_p keys (`--fp_cache_view augmented`) is drawn as epoch KEYS_VIEW_EPOCH, which
-    no run reaches. `resample` names the resize filter (RESAMPLE)."""
+    no run reaches. Size and resize filter come from `decoding` (Decoding)."""
 
-    def __init__(self, paths, size=224, augment=None, first=0, resample='bilinear'):
-        self.paths, self.size, self.augment, self.first = paths, size, augment, first
-        self.resample = RESAMPLE[resample]
+    def __init__(self, paths, decoding=Decoding(), augment=None, first=0):
+        self.paths, self.size, self.augment, self.first = paths, decoding.size, augment, first
+        self.resample = RESAMPLE[decoding.resample]
 
     def __len__(self):
         return len(self.paths)
@@ -455,15 +468,15 @@ def _loader(dataset, num_workers, **order):
                                        persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
 
 
-def image_batches(paths, batch_size, num_workers, size=224, augment=None, first=0, resample='bilinear'):
+def image_batches(paths, batch_size, num_workers, decoding=Decoding(), augment=None, first=0):
     """uint8 batches of the files in order (centre crops, or the views `augment` draws for files
     numbered from `first`), decoded by DataLoader workers."""
-    return _loader(ImageFiles(paths, size, augment, first, resample), num_workers, batch_size=batch_size,
+    return _loader(ImageFiles(paths, decoding, augment, first), num_workers, batch_size=batch_size,
                    shuffle=False)
 
 
-def training_view_batches(paths, batches, seed, epoch, num_workers, size=224, resample='bilinear'):
+def training_view_batches(paths, batches, seed, epoch, num_workers, decoding=Decoding()):
     """uint8 training views of the files, one batch per entry of `batches` (lists of row indices), in
     that order: the epoch's augmented images, decoded by DataLoader workers while the device trains."""
-    return _loader(ImageFiles(paths, size, augment=(seed, epoch), resample=resample), num_workers,
+    return _loader(ImageFiles(paths, decoding, augment=(seed, epoch)), num_workers,
                    batch_sampler=batches)

@@ -11,7 +11,7 @@ from utils.averaging import evaluated_weights
 from utils.encoders import encode_all
 from utils.evaluate import SplitInputs, predict_labels
 from utils.files import IMAGE_SUFFIXES
-from utils.prepare import build_encoders, features_of_split
+from utils.prepare import build_encoders, decoding_of, features_of_split
 from utils.rundir import load_run, resumed_config
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
@@ -48,7 +48,7 @@ def predict(cfg, load_splits):
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
-    images, files, resample = None, None, 'bilinear'
+    images, files, decoding = None, None, None
     if cfg.predict_folder:
         images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
         features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
@@ -60,14 +60,13 @@ def predict(cfg, load_splits):
         if splits.in_memory:
             images = splits.images(name)
         else:
-            files, resample = {name: splits.paths(name)}, splits.resample
+            files, decoding = {name: splits.paths(name)}, decoding_of(saved, splits)
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(evaluated_weights(ckpt))
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
     pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
     inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,
-                         tuple(info['mean']), tuple(info['std']), files, getattr(saved, 'image_size', None),
-                         saved.num_workers, resample)
+                         tuple(info['mean']), tuple(info['std']), files, decoding, saved.num_workers)
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)

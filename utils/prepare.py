@@ -9,7 +9,7 @@ import torch
 from utils.config import COMMON_DEFAULTS
 from utils.cache import cached_features, cached_file_features, cached_neighbours
 from utils.encoders import build_fp_encoder, load_imagenet_resnet
-from utils.files import KEYS_VIEW_EPOCH
+from utils.files import KEYS_VIEW_EPOCH, Decoding
 from utils.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
@@ -39,8 +39,7 @@ class Prepared:
     info: dict
     backbone_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
     files: dict = None      # image paths per split, where a diffusion encoder reads image files (decoded per batch)
-    image_size: int = None  # their decoded size
-    resample: str = 'bilinear'  # and the filter that resizes them
+    decoding: Decoding = None  # and how they are decoded
 
 
 def clean_train_labels(splits):
@@ -87,6 +86,11 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
     return encoders
 
 
+def decoding_of(cfg, splits):
+    """How a file dataset's images are decoded: at --image_size, with the dataset's resize filter."""
+    return Decoding(cfg.image_size, splits.resample)
+
+
 def features_of_split(cfg, splits, split, encoders, log=print):
     """Every encoder's cached features of one split (image files or in-memory images). The training
     split's f_p view follows --fp_cache_view; evaluation splits are always the clean images."""
@@ -94,8 +98,8 @@ def features_of_split(cfg, splits, split, encoders, log=print):
     if not splits.in_memory:
         def files(group, augment=None):
             return cached_file_features(group, splits.paths(split), splits.name, split, cfg.cache_dir,
-                                        cfg.encode_batch_size, cfg.num_workers, cfg.image_size, log, augment,
-                                        splits.resample)
+                                        decoding_of(cfg, splits), cfg.encode_batch_size, cfg.num_workers, log,
+                                        augment)
         if view == 'augmented':  # f_p of the fixed key view; a diffusion backbone reads the centre crops
             keys = files(encoders[:1], (KEYS_VIEW_SEED, KEYS_VIEW_EPOCH))
             return keys + (files(encoders[1:]) if len(encoders) > 1 else [])
@@ -218,4 +222,4 @@ def prepare(cfg, splits, device, log=print):
                                                               **search_options(cfg))
     return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
-                    files, None if in_memory else cfg.image_size, getattr(splits, 'resample', 'bilinear'))
+                    files, None if in_memory else decoding_of(cfg, splits))
