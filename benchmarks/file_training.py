@@ -4,8 +4,9 @@ fine-tuned on views decoded every epoch) and on the fast path (its features cach
     python -m benchmarks.file_training                        # one GPU: 14 classes × 400 JPEGs, 1 epoch
     python -m benchmarks.file_training --small --device cpu   # CPU smoke test
 
-Writes a Clothing1M layout of generated JPEGs (--per_class images of each of 14 classes at --pixels,
-with clean validation and test lists), a random-weight CC_net.pt (the authors' f_p) through the
+Writes a Clothing1M layout of generated JPEGs (benchmarks/layouts.py: --per_class images of each of 14
+classes, --pixels high and 8 px wider, a class colour under Gaussian noise, with clean validation and
+test lists), a random-weight CC_net.pt (the authors' f_p) through the
 package's checkpoint format, and runs the real script with `--diff_encoder_weights random` (speed
 does not depend on the weights) for each variant. It reports preparation, seconds per epoch and
 training images per second, and projects the authors' Clothing1M run from them: 300 epochs of
@@ -71,6 +72,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     args.device = str(device)
     with tempfile.TemporaryDirectory() as folder:
+        # cc_select holds every training image with its true label, per_class of each class: the balanced
+        # draw takes them all, per_class × 14 images an epoch
         root = layouts.clothing1m(os.path.join(folder, 'Clothing1M'), N_CLASS, args.per_class * N_CLASS, args.n_eval,
                                   args.n_eval, args.pixels, select_every=0)
         save_random_cc(os.path.join(folder, 'CC_net.pt'))
