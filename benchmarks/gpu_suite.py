@@ -368,7 +368,8 @@ def table_rows(name, record):
         return rows
     if name == 'file_training':
         images = r['images']
-        return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {images["pixels"]}-px JPEGs: '
+        size = f'{images["pixels"]}×{images["pixels"] + 8}'
+        return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {size} JPEGs: '
                  f'one epoch (projected 300-epoch authors run)',
                  f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
                  f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
