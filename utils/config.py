@@ -48,12 +48,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def build_parser(description, defaults, dataset_args=None, kind='memory'):
-    """The flags that apply to a script, with its defaults: COMMON_DEFAULTS overridden by the
-    script's table, applied once. kind 'memory' (CIFAR, digits: images held as tensors) or 'files'
-    (image-file datasets) decides which data flags exist; `dataset_args(group)` adds the script's own."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    g = p.add_argument_group('data and noise')
+def _data_flags(g, kind):
+    """Where the data and the noisy labels come from."""
     g.add_argument('--noise_type',
                    help='noise name (a published file such as cifar10-1-0.35, fetched; noisy_label/NAME.npy; '
                         '<dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
@@ -71,7 +67,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--inputs_dir',
                    help='folder of the published noise files and encoders, fetched and verified on first use '
                         '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
-    g = p.add_argument_group('encoders')
+
+
+def _encoder_flags(g, kind):
+    """F_p and the diffusion encoder."""
     g.add_argument('--fp_encoder', choices=FP_ENCODERS,
                    help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
                         'classifier CC_net.pt; raw: flattened pixels)')
@@ -98,7 +97,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--precision', choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
                         'denoiser MLP, features and optimiser stay float32')
-    g = p.add_argument_group('recipe: the authors\' protocol or the improvements (see utils/recipes.py)')
+
+
+def _recipe_flags(g, kind):
+    """The authors' protocol or each improvement."""
     g.add_argument('--recipe', choices=RECIPES,
                    help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
                         'Each flag below left unset follows the recipe')
@@ -127,7 +129,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help='evaluate (and save for prediction) an exponential moving average of the trained weights '
                         'with this decay per step (improved: %s); 0: the trained weights themselves (authors)'
                         % IMPROVED_EMA_DECAY)
-    g = p.add_argument_group('model and training')
+
+
+def _training_flags(g, kind):
+    """The denoiser, retrieval and the schedule."""
     g.add_argument('--nepoch', type=int, help='training epochs')
     g.add_argument('--batch_size', type=int, help='training batch size')
     g.add_argument('--warmup_epochs', type=int,
@@ -160,7 +165,10 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
                    help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
     g.add_argument('--eval_every', type=int,
                    help='evaluate on the clean validation split every N epochs after warm-up')
-    g = p.add_argument_group('run')
+
+
+def _run_flags(g, kind):
+    """Devices, seeds, folders, checkpoints."""
     g.add_argument('--num_workers', type=int,
                    help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
                         "the authors' command lines)")
@@ -183,12 +191,34 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     g.add_argument('--resume', metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its last checkpoint')
     g.add_argument('--debug', action='store_true', help='show the traceback of a refusal, not only its one line')
-    g = p.add_argument_group('prediction with a trained run')
+
+
+def _prediction_flags(g, kind):
+    """Applying a trained run."""
     g.add_argument('--predict', metavar='RUN_DIR',
                    help="apply RUN_DIR's best checkpoint instead of training")
     g.add_argument('--predict_split', choices=('train', 'val', 'test'), help='the split --predict labels')
     g.add_argument('--predict_folder', metavar='DIR',
                    help='predict every image under DIR instead of a split (writes a CSV too)')
+
+
+FLAG_GROUPS = (  # the --help sections, in order
+    ('data and noise', _data_flags),
+    ('encoders', _encoder_flags),
+    ('recipe: the authors\' protocol or the improvements (see utils/recipes.py)', _recipe_flags),
+    ('model and training', _training_flags),
+    ('run', _run_flags),
+    ('prediction with a trained run', _prediction_flags),
+)
+
+
+def build_parser(description, defaults, dataset_args=None, kind='memory'):
+    """The flags that apply to a script, with its defaults: COMMON_DEFAULTS overridden by the
+    script's table, applied once. kind 'memory' (CIFAR, digits: images held as tensors) or 'files'
+    (image-file datasets) decides which data flags exist; `dataset_args(group)` adds the script's own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    for title, add in FLAG_GROUPS:
+        add(p.add_argument_group(title), kind)
     if dataset_args is not None:
         dataset_args(p.add_argument_group('dataset'))
     apply_defaults(p, {**COMMON_DEFAULTS, **defaults})
