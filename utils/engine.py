@@ -374,12 +374,7 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
         os.makedirs(run_dir, exist_ok=True)
     trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
     if ckpt is not None:
-        trainer.restore(ckpt)
-        if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
-            write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
-        partial = ckpt.get('partial_epoch')
-        within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
-        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
+        resume_trainer(trainer, ckpt, run_dir, main)
     if main:
         write_config(run_dir, cfg, data.info, device, ckpt)
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
@@ -388,22 +383,37 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     wall = trainer.fit(splits)
     if not main:
         return None, run_dir
-    summary = {'best_val_acc': trainer.best['val_acc'], 'best_epoch': trainer.best['epoch'],
-               'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
-               'device': device_description(device), 'noise_type': cfg.noise_type,
-               **{k: data.info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy')
-                  if k in data.info}}
-    epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
-    summary['seconds'] = {'prepare': data.info.get('prepare_total_s', data.info['prepare_s']),  # every invocation's
-                          'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
-                          'evaluations': round(trainer.seconds['evaluate'], 2),
-                          'checkpoints': round(trainer.seconds['checkpoint'], 2)}
+    summary = run_summary(cfg, trainer, data.info, device, wall)
     started = time.time()
     summary.update(finish_outputs(trainer, data, splits, run_dir))
     summary['seconds']['outputs'] = round(time.time() - started, 2)
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir
+
+
+def resume_trainer(trainer, ckpt, run_dir, main):
+    """The trainer continues from `ckpt`: its state restored, the log rewritten to match it."""
+    trainer.restore(ckpt)
+    if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
+        write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
+    partial = ckpt.get('partial_epoch')
+    within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
+    print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
+
+
+def run_summary(cfg, trainer, info, device, wall):
+    """summary.json before the run's outputs are written: the selected model's accuracy and the times."""
+    summary = {'best_val_acc': trainer.best['val_acc'], 'best_epoch': trainer.best['epoch'],
+               'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
+               'device': device_description(device), 'noise_type': cfg.noise_type,
+               **{k: info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy') if k in info}}
+    epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
+    summary['seconds'] = {'prepare': info.get('prepare_total_s', info['prepare_s']),  # every invocation's
+                          'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
+                          'evaluations': round(trainer.seconds['evaluate'], 2),
+                          'checkpoints': round(trainer.seconds['checkpoint'], 2)}
+    return summary
 
 
 def write_config(run_dir, cfg, info, device, ckpt):

@@ -170,17 +170,31 @@ def select_k(features, noisy, val_labels, choices, n_class, log, limit=K_SELECTI
     return best, scores
 
 
+def check_counts(cfg, n_train):
+    """--k (or each --k_choices) below the training set's size, --per_class not negative."""
+    flag = '--k_choices' if cfg.k_choices else '--k'
+    for k in cfg.k_choices or [cfg.k]:
+        if k >= n_train:
+            raise SetupError(f'{flag} {k} is not smaller than the training set ({n_train} samples); lower {flag}')
+    if cfg.per_class < 0:
+        raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
+
+
+def data_info(splits, noise_source, n_train, encoder, image_shape, started):
+    """What the run records about its data and f_p (config.json, and every checkpoint: --predict reads it)."""
+    return {'noise_source': noise_source, 'n_train': n_train, 'n_val': len(splits.val_labels),
+            'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
+            'dataset': splits.name, 'n_class': splits.n_class, 'image_shape': list(image_shape),
+            'mean': list(splits.mean), 'std': list(splits.std), 'class_names': list(splits.class_names or []),
+            'prepare_s': round(time.time() - started, 2)}
+
+
 def prepare(cfg, splits, device, log=print):
     """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
     started = time.time()
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
-    flag = '--k_choices' if cfg.k_choices else '--k'
-    for k in cfg.k_choices or [cfg.k]:
-        if k >= len(labels):
-            raise SetupError(f'{flag} {k} is not smaller than the training set ({len(labels)} samples); lower {flag}')
-    if cfg.per_class < 0:
-        raise SetupError(f'--per_class {cfg.per_class}: give a count of samples per class, or 0 for every sample')
+    check_counts(cfg, len(labels))
     in_memory = splits.in_memory
     resolve_recipe(cfg, in_memory, splits.name)
     diff_input = diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone)
@@ -203,12 +217,7 @@ def prepare(cfg, splits, device, log=print):
     # in memory: the pixels resident on the device; files: decoded batch by batch (the paths are kept)
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels and in_memory else {}
     files = {s: splits.paths(s) for s in SPLITS} if needs_pixels and not in_memory else None
-    info = {'noise_source': noise_source, 'n_train': len(labels), 'n_val': len(splits.val_labels),
-            'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
-            'dataset': splits.name,
-            'n_class': splits.n_class, 'image_shape': list(image_shape), 'mean': list(splits.mean),
-            'std': list(splits.std), 'class_names': list(splits.class_names or []),
-            'prepare_s': round(time.time() - started, 2)}
+    info = data_info(splits, noise_source, len(labels), encoder, image_shape, started)
     if cfg.k_choices:
         info['k_selection'] = {str(k): a for k, a in k_scores.items()}
     if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
