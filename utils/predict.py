@@ -40,6 +40,20 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
             writer.writerow([p, label] + ([class_names[label]] if class_names else []))
 
 
+def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):
+    """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, and for a folder of images
+    PREFIX.csv; returns the paths written."""
+    save_npy(predicted, prefix + '_labels.npy')
+    written = [prefix + '_labels.npy']
+    if probs is not None:
+        save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
+        written.append(prefix + '_probs.npy')
+    if folder_paths is not None:
+        write_predictions_csv(prefix + '.csv', folder_paths, predicted, class_names)
+        written.append(prefix + '.csv')
+    return written
+
+
 def predict(cfg, load_splits):
     ckpt = load_run(cfg.predict, 'best.pt')
     saved = resumed_config(cfg, ckpt)
@@ -71,15 +85,8 @@ def predict(cfg, load_splits):
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)
     predicted = predicted.cpu().numpy()
-    prefix = os.path.join(cfg.predict, f'predict_{name}')
-    save_npy(predicted, prefix + '_labels.npy')
-    written = [prefix + '_labels.npy']
-    if probs is not None:
-        save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
-        written.append(prefix + '_probs.npy')
-    if cfg.predict_folder:
-        write_predictions_csv(prefix + '.csv', paths, predicted, info.get('class_names'))
-        written.append(prefix + '.csv')
+    written = save_predictions(os.path.join(cfg.predict, f'predict_{name}'), predicted, probs,
+                               paths if cfg.predict_folder else None, info.get('class_names'))
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
     if labels is not None:
         result['accuracy'] = float(np.mean(predicted == labels.numpy()))
