@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import train_Clothing1M
-from benchmarks import layouts
 import train_Food101N
 import train_WebVision
+from benchmarks import layouts
 from utils.data import DatasetMissing
 from utils.published import PublishedInputError
 from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision

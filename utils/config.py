@@ -70,7 +70,7 @@ def _data_flags(g, kind):
 
 
 def _encoder_flags(g, kind):
-    """F_p and the diffusion encoder."""
+    """f_p and the diffusion encoder."""
     g.add_argument('--fp_encoder', choices=FP_ENCODERS,
                    help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
                         'classifier CC_net.pt; raw: flattened pixels)')
