@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import train_CIFAR
-from utils.config import parse_config
+from utils.config import K_SELECT, parse_config
 from utils.engine import main as engine_main
 from utils.feature_file import load_feature_file
 from utils.io import save_json
@@ -149,6 +149,7 @@ def run_flags(noise, recipe, seed, settings, args):
             '--eval_every', str(settings['eval_every']), '--n_samples', str(settings['n_samples']),
             *(['--lr_horizon', str(settings['lr_horizon'])] if 'lr_horizon' in settings else []),
             *(['--k_choices', *map(str, settings['k_choices'])] if settings.get('k_choices') else []),
+            *(['--k_select', settings['k_select']] if settings.get('k_select') else []),
             '--seed', str(seed), '--out_dir', os.path.join(out_dir, 'runs'),
             '--run_name', f'{noise}_{recipe}_s{seed}', '--cache_dir', os.path.join(out_dir, 'cache'),
             *(['--cifar_n_dir', cifar_n_dir] if cifar_n_dir else []), *settings.get('extra', []), *RECIPES[recipe]]
@@ -408,7 +409,11 @@ def parse_args(argv=None):
     k.add_argument('--k', type=int, help=f'the runs\' k (default: the authors\' {K_CHOICES[0]})')
     k.add_argument('--k_choices', type=int, nargs='+',
                    help='choose k per noise among these on the clean validation split (e.g. 10 20 50 100)')
+    p.add_argument('--k_select', choices=K_SELECT,
+                   help="how --k_choices chooses (train_CIFAR's --k_select; default: vote)")
     args = p.parse_args(argv)
+    if args.k_select and not args.k_choices:
+        p.error('--k_select needs --k_choices')
     args.command = 'python -m benchmarks.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])
     return args
 
@@ -416,7 +421,7 @@ def parse_args(argv=None):
 def settings_of(args):
     """The run settings: --quick's or the full table's, with the command line's overrides."""
     given = {'seeds': args.seeds and tuple(args.seeds), 'lr_horizon': args.lr_horizon, 'nepoch': args.nepoch,
-             'k_choices': (args.k,) if args.k else args.k_choices and tuple(args.k_choices)}
+             'k_choices': (args.k,) if args.k else args.k_choices and tuple(args.k_choices), 'k_select': args.k_select}
     return dict(QUICK if args.quick else FULL, **{name: value for name, value in given.items() if value})
 
 

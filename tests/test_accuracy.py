@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import train_CIFAR
-from benchmarks.accuracy import FULL, markdown, parse_args, run_benchmark, settings_of
+from benchmarks.accuracy import FULL, markdown, parse_args, run_benchmark, run_flags, settings_of
 from utils.config import parse_config
 from utils.data import ImageSplits
 from utils.engine import main as engine_main
@@ -199,6 +199,13 @@ def test_the_table_uses_the_authors_k_unless_asked_to_choose():
     assert chosen['lr_horizon'] == FULL['lr_horizon']
     with pytest.raises(SystemExit):  # one or the other
         parse_args(need + ['--k', '20', '--k_choices', '10', '50'])
+    by_model = settings_of(parse_args(need + ['--k_choices', '1', '10', '--k_select', 'model']))
+    flags = run_flags('cifar10n-worse', 'improved', 1, by_model, parse_args(need))
+    assert flags[flags.index('--k_choices') + 1:flags.index('--k_choices') + 3] == ['1', '10']
+    assert flags[flags.index('--k_select') + 1] == 'model' and '--k_select' not in run_flags(
+        'cifar10n-worse', 'improved', 1, chosen, parse_args(need))
+    with pytest.raises(SystemExit):  # a way of choosing, without choices
+        parse_args(need + ['--k_select', 'model'])
 
 
 def test_runs_made_two_at_a_time_equal_the_serial_ones(tmp_path):

@@ -13,7 +13,7 @@ from utils.runtime import SetupError
 
 AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
                 'eval_every', 'checkpoint_every', 'image_size')
-NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers')
+NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers', 'k_trial_epochs')
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
 # a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
 NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
@@ -29,6 +29,7 @@ def config_problems(cfg):
     for k in getattr(cfg, 'k_choices', None) or ():
         if k < 1:
             problems.append(f'--k_choices {k} must be at least 1')
+    problems += k_select_problems(cfg)
     for name in NOT_NEGATIVE:
         value = getattr(cfg, name, 0)
         if value is not None and value < 0:
@@ -52,6 +53,18 @@ def config_problems(cfg):
         problems.append(f'--run_name {cfg.run_name!r} must be a plain folder name inside --out_dir '
                         f'(no "/", ".." or absolute path)')
     return problems
+
+
+def k_select_problems(cfg):
+    """--k_select model needs several k to try, and trials no longer than the run."""
+    if getattr(cfg, 'k_select', 'vote') != 'model':
+        return []
+    if len(set(cfg.k_choices or ())) < 2:
+        return ['--k_select model needs at least two --k_choices to try (e.g. --k_choices 1 10 50)']
+    trial = getattr(cfg, 'k_trial_epochs', 0) or 0
+    if trial > cfg.nepoch:
+        return [f'--k_trial_epochs {trial} must not exceed --nepoch {cfg.nepoch}']
+    return []
 
 
 def device_problems(name):

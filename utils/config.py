@@ -12,6 +12,8 @@ from utils.recipes import IMPROVED_EMA_DECAY, RECIPES
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 
+K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/prepare.select_k, utils/k_trials.py)
+
 # Defaults common to all datasets; a script's table overrides these.
 COMMON_DEFAULTS = dict(
     nepoch=200, batch_size=200, device='auto', num_workers=4, warmup_epochs=20, feature_dim=256, k=10,
@@ -24,7 +26,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
-    inputs_dir=None, dataset=None, k_choices=None, ema_decay=None,
+    inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
 )
 
 
@@ -149,6 +151,12 @@ def _training_flags(g, kind):
     g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
                    help='choose k among these by how often the majority noisy label of a clean validation '
                         "image's k training neighbours is its true label (replaces --k; the choice is logged)")
+    g.add_argument('--k_select', choices=K_SELECT,
+                   help='how --k_choices chooses: vote (as above: one search, no training), or model: a short '
+                        'run per k (--k_trial_epochs, the first epochs of this run) and the k whose model is '
+                        'best on validation')
+    g.add_argument('--k_trial_epochs', type=int,
+                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, past warm-up)')
     g.add_argument('--candidates', choices=CANDIDATE_RULES,
                    help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
                         "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest")

@@ -25,14 +25,15 @@ from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.files import training_view_batches
-from utils.io import append_jsonl, save_json, save_torch, write_jsonl
+from utils.io import append_jsonl, load_json_dict, save_json, save_torch, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
 from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
                           input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
                            rng_state, seed_everything, set_rng_state)
-from utils.prepare import clean_train_labels, prepare
+from utils.k_trials import choose_k_by_training
+from utils.prepare import by_model, clean_train_labels, prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
@@ -97,6 +98,8 @@ class Trainer:
         self.partial = None  # where a signal stopped an epoch: its steps done and random state
         self.stop = None  # the StopSignals of fit()
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
+        self.score_test = True   # False: evaluations score the validation split only (k trials)
+        self.final_eval = False  # True: the last epoch is evaluated too, whatever --eval_every says
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):
@@ -270,7 +273,8 @@ class Trainer:
             elapsed = self.elapsed_before + t1 - started
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
-            if main and (is_eval_epoch(epoch, cfg) or (epoch == cfg.nepoch - 1 and not self.history)):
+            last = epoch == cfg.nepoch - 1
+            if main and (is_eval_epoch(epoch, cfg) or (last and (self.final_eval or not self.history))):
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
@@ -294,7 +298,7 @@ class Trainer:
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
         val_acc = self.accuracy('val', splits.labels('val'))
-        test_acc = self.accuracy('test', splits.labels('test'))
+        test_acc = self.accuracy('test', splits.labels('test')) if self.score_test else None
         record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
                   'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
         improved = val_acc > self.best['val_acc']
@@ -303,9 +307,9 @@ class Trainer:
             save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'best.pt'))
         self.history.append(record)
         append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
-        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  '
-                   f'test {100 * test_acc:6.2f}%  best val {100 * self.best["val_acc"]:6.2f}% '
-                   f'(epoch {self.best["epoch"]}){"  *" if improved else ""}')
+        test = f'test {100 * test_acc:6.2f}%  ' if test_acc is not None else ''
+        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  {test}'
+                   f'best val {100 * self.best["val_acc"]:6.2f}% (epoch {self.best["epoch"]}){"  *" if improved else ""}')
 
 
 # ---- entry point used by the dataset scripts -------------------------------------------------------
@@ -363,16 +367,13 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
         before = ckpt['data_info']
         data.info['prepare_total_s'] = round(before.get('prepare_total_s', before['prepare_s']) + data.info['prepare_s'], 2)
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)
-    seed_everything(cfg.seed)  # model init and training draws independent of cache hits
-    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape']))
-    if ckpt is None:
-        load_tuned_backbone(model, cfg)
-    model = channels_last(model.to(device), device)
-    diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
     main = distributed.is_main()
     if main:
         os.makedirs(run_dir, exist_ok=True)
-    trainer = Trainer(cfg, data, model, diffusion, run_dir, device)
+    if by_model(cfg) and ckpt is None:
+        k, data.info['k_trials'] = choose_k_by_training(cfg, data, splits, run_dir, trial_trainer(splits, device))
+        data = use_k(cfg, data, splits, k)
+    trainer = new_trainer(cfg, data, splits, run_dir, device, ckpt)
     if ckpt is not None:
         resume_trainer(trainer, ckpt, run_dir, main)
     if main:
@@ -390,6 +391,38 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     save_json(summary, os.path.join(run_dir, 'summary.json'))
     print('summary: ' + json.dumps(summary))
     return summary, run_dir
+
+
+def new_trainer(cfg, data, splits, run_dir, device, ckpt=None):
+    """A Trainer of a freshly initialised model (seeded, so the same for every cache state); the
+    pre-trained backbone is loaded unless a checkpoint will replace every weight."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg, splits.n_class, data.info['fp_dim'], tuple(data.info['image_shape']))
+    if ckpt is None:
+        load_tuned_backbone(model, cfg)
+    model = channels_last(model.to(device), device)
+    diffusion = Diffusion(cfg.n_timesteps, cfg.beta_schedule).to(device)
+    return Trainer(cfg, data, model, diffusion, run_dir, device)
+
+
+def trial_trainer(splits, device):
+    """How utils/k_trials starts a trial: a fresh Trainer in the trial's folder, scored on validation
+    only and at its last epoch too, continuing the folder's last.pt where `resumable`."""
+    def start(cfg, data, folder, resumable):
+        main = distributed.is_main()
+        if main:
+            os.makedirs(folder, exist_ok=True)
+        ckpt = load_run(folder) if resumable and os.path.isfile(os.path.join(folder, 'last.pt')) else None
+        if main and ckpt is None:  # a trial of other flags, or one stopped before its first epoch ended
+            for name in ('log.jsonl', 'best.pt', 'last.pt'):
+                if os.path.exists(os.path.join(folder, name)):
+                    os.remove(os.path.join(folder, name))
+        trainer = new_trainer(cfg, data, splits, folder, device, ckpt)
+        trainer.score_test, trainer.final_eval = False, True
+        if ckpt is not None:
+            resume_trainer(trainer, ckpt, folder, main)
+        return trainer
+    return start
 
 
 def resume_trainer(trainer, ckpt, run_dir, main):
@@ -422,13 +455,9 @@ def write_config(run_dir, cfg, info, device, ckpt):
     path = os.path.join(run_dir, 'config.json')
     here = {'device_name': device_description(device), 'world_size': distributed.world_size()}
     config = {**recorded_config(cfg), **info, **here}
-    if ckpt is not None and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                original = json.load(f)
-        except (OSError, ValueError):
-            original = None  # unreadable: the fresh record replaces it
-        if isinstance(original, dict):
+    if ckpt is not None:
+        original = load_json_dict(path)  # unreadable: the fresh record replaces it
+        if original:
             resumes = original.get('resumes', []) + [{'after_epoch': ckpt['epoch'], **here,
                                                       'command_line_flags': getattr(cfg, 'command_line_flags', None)}]
             config = {**original, 'resumes': resumes}

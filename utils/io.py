@@ -126,6 +126,17 @@ def save_json(obj, path):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + '\n').encode()))
 
 
+def load_json_dict(path):
+    """A JSON object the package wrote earlier, or {} where the file is missing, unreadable or not an
+    object (the caller then redoes the work it would have saved)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def write_jsonl(records, path):
     """Replace a JSON-lines file with `records` (e.g. a log trimmed back to a checkpoint)."""
     atomic_write(path, lambda f: f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in records).encode()))

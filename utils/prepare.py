@@ -1,7 +1,7 @@
 """Data preparation, done once per run: noisy labels → frozen f_p features (cached) → neighbour table
 (cached) → candidate labels, and the tensors a training step reads, resident on the device."""
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,6 +40,12 @@ class Prepared:
     backbone_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
     files: dict = None      # image paths per split, where a diffusion encoder reads image files (decoded per batch)
     decoding: Decoding = None  # and how they are decoded
+    neighbours: torch.Tensor = None  # the neighbour table the candidates come from (N × searched)
+
+    def with_k(self, k, rule, weights):
+        """The same data with the candidates of k neighbours (the table holds at least that many)."""
+        count = neighbours_to_search(k, rule)
+        return replace(self, candidates=CandidateLabels(self.neighbours[:, :count], self.noisy_labels, rule, weights))
 
 
 def clean_train_labels(splits):
@@ -142,10 +148,11 @@ def neighbour_majority_accuracy(features, noisy, val_labels, ks, n_class, limit,
 
 
 def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, measured=None,
-                    **search):
+                    chosen=False, **search):
     """The f_p check: the neighbour-majority accuracy at k (`measured`: already taken on the first `limit`
-    validation images, by --k_choices). Below the noisy labels' own accuracy, f_p's neighbourhoods are
-    too impure for retrieval to help, and the run will end below the noisy labels: say so."""
+    validation images, by --k_choices; `chosen`: k came from --k_choices). Below the noisy labels' own
+    accuracy, f_p's neighbourhoods are too impure for retrieval to help, and the run will end below the
+    noisy labels: say so."""
     accuracy = measured if measured is not None else \
         neighbour_majority_accuracy(features, noisy, val_labels, [k], n_class, limit, **search)[k]
     line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
@@ -155,18 +162,21 @@ def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log
     log(line)
     if noisy_accuracy is not None and accuracy < noisy_accuracy:
         log('warning: f_p neighbourhoods are less pure than the noisy labels themselves, so label retrieval '
-            'is unlikely to help; use a stronger --fp_encoder, or let --k_choices 10 20 50 100 pick k')
+            'is unlikely to help; use a stronger --fp_encoder' +
+            ('' if chosen else ', or let --k_choices 10 20 50 100 pick k'))
     return accuracy
 
 
-def select_k(features, noisy, val_labels, choices, n_class, log, limit=K_SELECTION_IMAGES, **search):
+def select_k(features, noisy, val_labels, choices, n_class, log, limit=K_SELECTION_IMAGES, choosing=True,
+             **search):
     """--k_choices: the k with the best neighbour-majority accuracy on the clean validation images
     (ties to the smaller k). Model selection on the validation split, as every other choice; the test
-    split is never read."""
+    split is never read. `choosing` False (--k_select model): the scores are only logged."""
     scores = neighbour_majority_accuracy(features, noisy, val_labels, choices, n_class, limit, **search)
     best = max(scores, key=lambda k: (scores[k], -k))
     log('--k_choices: validation neighbour-majority accuracy ' +
-        ', '.join(f'k {k} {100 * a:.1f}%' for k, a in scores.items()) + f'; k = {best}')
+        ', '.join(f'k {k} {100 * a:.1f}%' for k, a in scores.items()) +
+        (f'; k = {best}' if choosing else '; k is chosen by training trials (--k_select model)'))
     return best, scores
 
 
@@ -207,28 +217,50 @@ def prepare(cfg, splits, device, log=print):
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
     k_scores = None
-    if cfg.k_choices:
-        cfg.k, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
-                                   **search_options(cfg))
-    neighbours = cached_neighbours(features['train'], neighbours_to_search(cfg.k, cfg.candidates), cfg.cache_dir,
+    if cfg.k_choices and not (by_model(cfg) and cfg.resume):  # a resumed run has its chosen k
+        chosen, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
+                                    **search_options(cfg), choosing=not by_model(cfg))
+        if not by_model(cfg):
+            cfg.k = chosen
+    # --k_select model: one table serves every k of the trials (and the chosen k, resumed or not)
+    searched = max(cfg.k_choices) if by_model(cfg) else cfg.k
+    neighbours = cached_neighbours(features['train'], neighbours_to_search(searched, cfg.candidates), cfg.cache_dir,
                                    log=log, **search_options(cfg))
-    candidates = CandidateLabels(neighbours, noisy, cfg.candidates, cfg.candidate_weights)
     needs_pixels = diff_input == 'image' or augmented_fp
     # in memory: the pixels resident on the device; files: decoded batch by batch (the paths are kept)
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels and in_memory else {}
     files = {s: splits.paths(s) for s in SPLITS} if needs_pixels and not in_memory else None
     info = data_info(splits, noise_source, len(labels), encoder, image_shape, started)
-    if cfg.k_choices:
+    if k_scores:
         info['k_selection'] = {str(k): a for k, a in k_scores.items()}
     if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
         info['per_class_drawn'] = per_class_count(noisy, cfg.per_class)
     if clean is not None:
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
-        info['retrieval_majority_accuracy'] = float((candidates.majority().cpu().numpy() == clean).mean())
-    measured = {'limit': K_SELECTION_IMAGES, 'measured': k_scores[cfg.k]} if k_scores else {}
-    info['val_neighbour_majority_accuracy'] = check_retrieval(features, noisy, splits.val_labels, cfg.k, splits.n_class,
-                                                              info.get('noisy_label_accuracy'), log, **measured,
-                                                              **search_options(cfg))
-    return Prepared(splits.n_class, noisy, features, candidates, images, splits.mean, splits.std,
+    data = Prepared(splits.n_class, noisy, features, None, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
-                    files, None if in_memory else decoding_of(cfg, splits))
+                    files, None if in_memory else decoding_of(cfg, splits), neighbours)
+    if by_model(cfg) and not cfg.resume:
+        return data  # the trials choose k (utils/k_trials.py); then use_k
+    return use_k(cfg, data, splits, cfg.k, log)
+
+
+def by_model(cfg):
+    """--k_choices scored by short training runs (--k_select model) rather than by the neighbours' vote."""
+    return bool(cfg.k_choices) and cfg.k_select == 'model'
+
+
+def use_k(cfg, data, splits, k, log=print):
+    """The run's k: its candidates, and the retrieval facts the run records (measured at k)."""
+    cfg.k = k
+    data = data.with_k(k, cfg.candidates, cfg.candidate_weights)
+    info, clean = data.info, clean_train_labels(splits)
+    if clean is not None:
+        info['retrieval_majority_accuracy'] = float((data.candidates.majority().cpu().numpy() == clean).mean())
+    scores = info.get('k_selection') or {}
+    measured = {'limit': K_SELECTION_IMAGES, 'measured': scores[str(k)]} if str(k) in scores else {}
+    info['val_neighbour_majority_accuracy'] = check_retrieval(data.features, data.noisy_labels, splits.val_labels, k,
+                                                              data.n_class, info.get('noisy_label_accuracy'), log,
+                                                              **measured, chosen=bool(cfg.k_choices),
+                                                              **search_options(cfg))
+    return data

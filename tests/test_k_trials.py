@@ -1,0 +1,136 @@
+"""--k_select model: k chosen by short training runs on validation, reused and resumable."""
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import subset
+from test_engine import digits_cfg
+from utils import engine, k_trials
+from utils.checks import config_problems
+from utils.engine import run
+from utils.io import load_torch
+from utils.runtime import Interrupted
+
+FLAGS = ('--nepoch', '6', '--warmup_epochs', '1', '--eval_every', '2', '--lr_horizon', '6', '--n_samples', '0')
+TRIAL = ('--k_choices', '1', '10', '--k_select', 'model', '--k_trial_epochs', '3')
+
+
+def log_of(folder):
+    """An evaluation log without its wall-clock times."""
+    with open(os.path.join(folder, 'log.jsonl')) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != 'elapsed_s'} for line in f]
+
+
+@pytest.fixture
+def small(digits):
+    return subset(digits, 300, 100)
+
+
+def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tmp_path, small, monkeypatch):
+    seen = []
+    original = k_trials.run_trial
+    monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: seen.append((k, cfg.k_trial_epochs)) or
+                        original(cfg, k, *a))
+    summary, run_dir = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
+    assert seen == [(1, 3), (10, 3)]
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    scores = {int(k): a for k, a in config['k_trials']['best_val_acc'].items()}
+    assert config['k_trials']['epochs'] == 3 and sorted(scores) == [1, 10]
+    assert config['k'] == max(scores, key=lambda k: (scores[k], -k))
+    for k, score in scores.items():
+        folder = os.path.join(run_dir, 'k_trials', f'k{k}')
+        trial = log_of(folder)
+        # the trial's own evaluations (epoch 2, and its last, 2 again: once), validation only
+        assert [r['epoch'] for r in trial] == [2] and all(r['test_acc'] is None for r in trial)
+        assert max(r['val_acc'] for r in trial) == score
+        assert not os.path.exists(os.path.join(folder, 'last.pt'))  # the trial's weights are not kept
+    # after the trials the run is exactly the plain run with the chosen k
+    plain, plain_dir = run(digits_cfg(tmp_path / 'b', *FLAGS, '--k', str(config['k'])), lambda c: small)
+    assert log_of(run_dir) == log_of(plain_dir)
+    assert summary['test_acc'] == plain['test_acc']
+
+
+def test_trials_are_scored_at_their_last_epoch_and_follow_the_run_s_schedule(tmp_path, small):
+    _, run_dir = run(digits_cfg(tmp_path, *FLAGS, '--k_choices', '1', '10', '--k_select', 'model',
+                                '--k_trial_epochs', '4'), lambda c: small)
+    trial, full = log_of(os.path.join(run_dir, 'k_trials', 'k1')), log_of(run_dir)
+    assert [r['epoch'] for r in trial] == [2, 3] and [r['epoch'] for r in full] == [2, 4]
+    assert trial[0]['lr'] == full[0]['lr']  # the first epochs of the run, not a schedule of their own
+    cfg = digits_cfg(tmp_path, '--nepoch', '50', '--lr_horizon', '0', '--k_trial_epochs', '5')
+    assert (k_trials.trial_config(cfg, 3).nepoch, k_trials.trial_config(cfg, 3).lr_horizon) == (5, 50)
+
+
+def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monkeypatch):
+    straight, _ = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
+    original = engine.Trainer.train_epoch
+    epochs, fired = [], []
+
+    def signalled(self, epoch):
+        epochs.append((os.path.basename(self.run_dir), epoch))
+        if epochs[-1] == ('k10', 1) and not fired:
+            fired.append(epoch)  # in the second trial's second epoch: its first step ends, then the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    run_dir = tmp_path / 'b' / 'runs' / 'r'
+    with pytest.raises(Interrupted, match=r'stopped while choosing k \(the k 10 trial\); the trials so far are in '
+                                          rf'{run_dir / "k_trials"}: run the same command with --run_name r'):
+        run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
+    saved = load_torch(str(run_dir / 'k_trials' / 'k10' / 'last.pt'))
+    assert saved['epoch'] == 0 and saved['partial_epoch']['steps_done'] == 1
+    epochs.clear()
+    again, _ = run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
+    # k 1 is reused, k 10 goes on within its second epoch, then the run itself
+    assert epochs == [('k10', 1), ('k10', 2)] + [('r', e) for e in range(6)]
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k'):
+        assert again.get(key) == straight.get(key), key
+    assert log_of(run_dir) == log_of(tmp_path / 'a' / 'runs' / 'r')
+
+
+def test_a_trial_of_other_flags_is_not_reused(tmp_path, small):
+    run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'x'), lambda c: small)
+    record = tmp_path / 'runs' / 'y' / 'k_trials' / 'k1' / 'trial.json'
+    os.rename(tmp_path / 'runs' / 'x', tmp_path / 'runs' / 'y')  # a folder whose run is gone: trials only
+    before = json.loads(record.read_text())
+    for name in ('last.pt', 'best.pt', 'summary.json', 'log.jsonl'):
+        os.remove(tmp_path / 'runs' / 'y' / name)
+    run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'y', '--lr', '2e-3'), lambda c: small)
+    after = json.loads(record.read_text())
+    assert after['key'] != before['key'] and after['finished']
+    # a damaged record is redone, not trusted
+    assert k_trials.finished_score(str(record), after['key']) == after['best_val_acc']
+    record.write_text('{"key": "%s", "finished": true, "best_val_acc": 7}' % after['key'])
+    assert k_trials.finished_score(str(record), after['key']) is None
+    record.write_text('[1, 2]')
+    assert k_trials.finished_score(str(record), after['key']) is None
+
+
+def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypatch):
+    _, run_dir = run(digits_cfg(tmp_path, *FLAGS, *TRIAL), lambda c: small)
+    chosen = json.load(open(os.path.join(run_dir, 'config.json')))['k']
+    monkeypatch.setattr(k_trials, 'run_trial', lambda *a: pytest.fail('a resumed run ran a trial'))
+    from test_trust import resume
+    resumed, _ = run(resume(run_dir, '--nepoch', '8'), lambda c: small)
+    assert load_torch(os.path.join(run_dir, 'last.pt'))['config']['k'] == chosen and resumed['epochs'] == 8
+
+
+@pytest.mark.parametrize('flags, problem', [
+    (('--k_select', 'model'), '--k_select model needs at least two --k_choices to try'),
+    (('--k_select', 'model', '--k_choices', '5', '5'), '--k_select model needs at least two --k_choices'),
+    (('--k_select', 'model', '--k_choices', '1', '5', '--k_trial_epochs', '9', '--nepoch', '8'),
+     '--k_trial_epochs 9 must not exceed --nepoch 8'),
+    (('--k_trial_epochs', '-1'), '--k_trial_epochs -1 must not be negative'),
+])
+def test_k_select_flags_are_checked(tmp_path, flags, problem):
+    assert any(p.startswith(problem) for p in config_problems(digits_cfg(tmp_path, *flags)))
+
+
+def test_default_trial_length_is_a_tenth_of_the_run_past_warm_up(tmp_path):
+    cfg = digits_cfg(tmp_path, '--nepoch', '200', '--warmup_epochs', '5')
+    assert k_trials.trial_epochs(cfg) == 20
+    cfg = digits_cfg(tmp_path, '--nepoch', '30', '--warmup_epochs', '4')
+    assert k_trials.trial_epochs(cfg) == 5
+    cfg = digits_cfg(tmp_path, '--nepoch', '3', '--warmup_epochs', '4')
+    assert k_trials.trial_epochs(cfg) == 3

@@ -1,0 +1,95 @@
+"""--k_select model: choose k by what the model makes of it, not by the neighbours' vote.
+
+Each k of --k_choices trains a fresh model for the first --k_trial_epochs epochs of the run (the same
+seed, learning-rate schedule and evaluations; the test split is not evaluated) and is scored by its
+best validation accuracy; the run then trains from scratch with the best k (ties to the smaller k).
+The vote (--k_select vote) prefers the k whose neighbourhoods are purest, which on a weak f_p is a
+large k even where the labels are nearly right; the model's validation accuracy says what the
+retrieved targets cost.
+
+The trials live in RUN/k_trials/k<K>/ (log.jsonl, trial.json): a run stopped while choosing is
+continued by the same command with the same --run_name, which reuses the finished trials and resumes
+the one in progress from its last epoch.
+"""
+import copy
+import hashlib
+import json
+import os
+
+from utils import distributed
+from utils.io import load_json_dict, save_json
+from utils.runtime import Interrupted
+
+# flags that name where a run lives or how it is driven, not what its trials compute
+NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'script_flags', 'device', 'num_workers',
+                    'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs')
+
+
+def trial_epochs(cfg):
+    """--k_trial_epochs, or by default a tenth of the run and at least one evaluated epoch past warm-up."""
+    return cfg.k_trial_epochs or min(cfg.nepoch, max(cfg.nepoch // 10, cfg.warmup_epochs + 1))
+
+
+def trial_config(cfg, k):
+    """The run's configuration cut to its first trial_epochs(cfg) epochs, with this k: the learning
+    rate follows the full run's schedule (its horizon is the run's, not the trial's)."""
+    trial = copy.copy(cfg)
+    trial.k, trial.nepoch = k, trial_epochs(cfg)
+    trial.lr_horizon = cfg.lr_horizon or cfg.nepoch
+    return trial
+
+
+def trial_key(trial_cfg, fingerprints):
+    """What a finished trial must match to be reused: the trial's flags and the run's inputs."""
+    flags = {k: v for k, v in vars(trial_cfg).items() if k not in NOT_IN_TRIAL_KEY}
+    text = json.dumps({'flags': flags, 'inputs': fingerprints}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def finished_score(path, key):
+    """A finished trial's best validation accuracy, where its record is whole and of these flags."""
+    record = load_json_dict(path)
+    acc = record.get('best_val_acc') if record and record.get('key') == key and record.get('finished') else None
+    return float(acc) if isinstance(acc, (int, float)) and 0 <= acc <= 1 else None
+
+
+def run_trial(cfg, k, data, splits, run_dir, start_trainer):
+    """Train the k trial (or reuse it) and return its best validation accuracy. `start_trainer(cfg,
+    data, folder)` builds a fresh Trainer, restored from the folder's last.pt where the key matches."""
+    folder = os.path.join(run_dir, 'k_trials', f'k{k}')
+    trial = trial_config(cfg, k)
+    key = trial_key(trial, data.info['input_fingerprints'])
+    record_path = os.path.join(folder, 'trial.json')
+    score = finished_score(record_path, key)
+    if score is not None:
+        print(f'--k_select model: k {k} trial already finished in {folder} (validation {100 * score:.2f}%)')
+        return score
+    trainer = start_trainer(trial, data.with_k(k, trial.candidates, trial.candidate_weights), folder,
+                            resumable=load_json_dict(record_path).get('key') == key)
+    if distributed.is_main():
+        save_json({'k': k, 'key': key, 'finished': False, 'epochs': trial.nepoch}, record_path)
+    print(f'--k_select model: k {k}, {trial.nepoch} trial epochs in {folder}')
+    try:
+        trainer.fit(splits)
+    except Interrupted as stop:
+        raise Interrupted(f'stopped while choosing k (the k {k} trial); the trials so far are in '
+                          f'{os.path.dirname(folder)}: run the same command with --run_name '
+                          f'{os.path.basename(run_dir)} to go on from there', stop.signum) from None
+    score = trainer.best['val_acc']
+    if distributed.is_main():
+        save_json({'k': k, 'key': key, 'finished': True, 'epochs': trial.nepoch, 'best_val_acc': score,
+                   'best_epoch': trainer.best['epoch']}, record_path)
+        for name in ('best.pt', 'last.pt'):  # the trial's weights are not used again
+            if os.path.exists(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    return distributed.broadcast_object(score)
+
+
+def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
+    """The k of --k_choices whose trial reaches the best validation accuracy (ties to the smaller k),
+    and the record config.json keeps of the trials."""
+    scores = {k: run_trial(cfg, k, data, splits, run_dir, start_trainer) for k in sorted(set(cfg.k_choices))}
+    best = max(scores, key=lambda k: (scores[k], -k))
+    print(f'--k_select model: best validation accuracy of {trial_epochs(cfg)}-epoch trials ' +
+          ', '.join(f'k {k} {100 * a:.2f}%' for k, a in scores.items()) + f'; k = {best}')
+    return best, {'epochs': trial_epochs(cfg), 'best_val_acc': {str(k): a for k, a in scores.items()}}
