@@ -163,6 +163,16 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
     `clean_labels` (None where unknown) is the base of generated noise; `inputs_dir` is where
     published files are kept (utils/published.py).
     """
+    stored = stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir)
+    if stored is not None:
+        return stored
+    return generated_labels(noise_type, n, clean_labels, n_class, seed, coarse_of_class, noise_dir, cifar_n_dirs,
+                            inputs_dir)
+
+
+def stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir):
+    """(labels, source) read from a file: a path, a published name, noisy_label/NAME.npy or a CIFAR-N
+    name; None where the name is none of these (then it names generated noise)."""
     if noise_type.endswith('.npy') or os.sep in noise_type:
         if not os.path.isfile(noise_type):
             raise NoiseError(f'noise file {noise_type} does not exist')
@@ -176,6 +186,13 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
     if noise_type in CIFAR_N_KEYS:
         labels, source = load_cifar_n(noise_type, n, [noise_dir, *cifar_n_dirs])
         return check_labels(labels, n, n_class, source), f'CIFAR-N {source}'
+    return None
+
+
+def generated_labels(noise_type, n, clean_labels, n_class, seed, coarse_of_class, noise_dir, cifar_n_dirs,
+                     inputs_dir):
+    """(labels, source) drawn here: <dataset>-clean, or uniform/asymmetric noise on the clean labels
+    or on the labels of another noise name (a hybrid, <name>_U_0.3)."""
     dataset = dataset_of(noise_type)
     # Seeded by name too, so a hybrid's layer of noise is independent of its base's draws.
     rng = np.random.default_rng([seed, zlib.crc32(noise_type.encode())])
@@ -186,8 +203,8 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
     iid = IID_NAME.match(noise_type) or HYBRID_NAME.match(noise_type)
     if iid is None:
         raise NoiseError(
-            f'unknown --noise_type {noise_type!r}: no file {path}, and not a generated name '
-            f'({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
+            f'unknown --noise_type {noise_type!r}: no file {os.path.join(noise_dir, noise_type + ".npy")}, and not '
+            f'a generated name ({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
             f'({", ".join(CIFAR_N_KEYS)}) or a published name (`python -m noisy_label.fetch --help` lists them). '
             f'Other PMD files are made by `python -m noisy_label.make_noise pmd`.')
     base, kind, rate = iid.group(1), iid.group(2), float(iid.group(3))
