@@ -197,23 +197,31 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, b
         parts = encode_files([encoders[i] for i in todo], [paths[j] for j in shard], batch_size, num_workers,
                               decoding, f'features {split}' + (f' (rank {rank}/{world})' if world > 1 else ''),
                               augment, int(shard[0]) if len(shard) else 0)
+        bases = {i: cache_path(cache_dir, labels[i], keys[i]) for i in todo}
         if world == 1:
             for i, part in zip(todo, parts):
-                _store(finite_features(part, encoders[i], split).cpu(), keys[i], cache_path(cache_dir, labels[i], keys[i]))
+                _store(finite_features(part, encoders[i], split).cpu(), keys[i], bases[i])
                 found[i] = part
         else:
-            for i, part in zip(todo, parts):
-                save_torch(part.cpu(), cache_path(cache_dir, labels[i], keys[i]) + f'.part{rank}of{world}')
-            distributed.barrier()
-            if rank == 0:
-                for i in todo:
-                    base = cache_path(cache_dir, labels[i], keys[i])
-                    names = [base + f'.part{r}of{world}' for r in range(world)]
-                    whole = torch.cat([load_torch(n, 'feature part') for n in names])
-                    _store(finite_features(whole, encoders[i], split), keys[i], base)
-                    for n in names:
-                        os.remove(n)
-            distributed.barrier()
+            join_shards(dict(zip(todo, parts)), bases, encoders, keys, split)
             for i in todo:
                 found[i] = load_file_features(encoders[i], keys[i], labels[i], cache_dir, len(paths), log)
     return found
+
+
+def join_shards(parts, bases, encoders, keys, split):
+    """Under torchrun: each rank writes its shard of every encoder's features (`parts`, by encoder
+    index) as a part file; rank 0 joins them in rank order into the cache file at `bases[i]`."""
+    from utils import distributed
+    rank, world = distributed.rank(), distributed.world_size()
+    for i, part in parts.items():
+        save_torch(part.cpu(), bases[i] + f'.part{rank}of{world}')
+    distributed.barrier()
+    if rank == 0:
+        for i in parts:
+            names = [bases[i] + f'.part{r}of{world}' for r in range(world)]
+            whole = torch.cat([load_torch(n, 'feature part') for n in names])
+            _store(finite_features(whole, encoders[i], split), keys[i], bases[i])
+            for n in names:
+                os.remove(n)
+    distributed.barrier()
