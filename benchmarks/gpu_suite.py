@@ -337,56 +337,76 @@ def table_rows(name, record):
         return [(name, f'failed: {record["error"]}', '', '', '')]
     r = record['result']
     on_gpu = not str(r.get('device', 'cpu')).startswith('cpu')
-    if name == 'cuda_tests':
-        return [('CUDA tests (tests/test_gpu.py)', f'{r["passed"]} passed, {r["failed"]} failed, {r["errors"]} errors, '
-                 f'{r["skipped"]} skipped', '', '', 'all pass')]
-    if name == 'inference':
-        rows = []
-        for row in r['rows']:
-            target = TARGETS['inference_s'].get(row['images'], {}).get(row['column'])
-            rows.append((f'inference, {row["images"]:,} images, {row["column"]} ({row["model"]})',
-                         f'{row["seconds"]:.2f} s ({row["images_per_s"]:,} images/s{peak(row)})',
-                         f'{row["authors_s"]} s' if row['authors_s'] else '',
-                         ratio(row['authors_s'], row['seconds'], on_gpu),
-                         verdict(row['seconds'] <= target, f'≤ {target} s', on_gpu) if target else ''))
-        return rows
-    if name.startswith('training-'):
-        (row,) = r['rows']
-        enc, recipe = row['encoder'], name.rsplit('-', 1)[1]
-        what = f'train_CIFAR.py on {row["data"]}, {enc} path, {recipe} recipe'
-        proj = ' (projected)' if row['paper_length_is_projection'] else ''
-        target = TARGETS['paper_length_min'].get(enc)
-        rows = []
-        for label, key, u in (('features', 'feature_extraction_s', 's'), ('one epoch', 'train_s_per_epoch', 's'),
-                              ('one evaluation', 'eval_s_each', 's'),
-                              (f'paper-length run{proj}', 'paper_length_min', 'min')):
-            authors = AUTHORS_H100[key].get(enc)
-            check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
-                     if key == 'paper_length_min' and target else '')
-            rows.append((f'{what}: {label}', unit(row[key], u), unit(authors, u), ratio(authors, row[key], on_gpu),
-                         check))
-        return rows
-    if name == 'file_training':
-        images = r['images']
-        size = f'{images["pixels"]}×{images["pixels"] + 8}'
-        return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {size} JPEGs: '
-                 f'one epoch (projected 300-epoch authors run)',
-                 f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
-                 f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
-    if name == 'retrieval':
-        return [(f'exact kNN {r["n"]:,} × {r["dim"]}, k = {r["k"]}', f'{r["seconds"]} s (agreement with cdist '
-                 f'{r["agreement_with_cdist"]:.3f}{peak(r)})', '', '',
-                 verdict(r['seconds'] <= TARGETS['knn_1m_s'], f'≤ {TARGETS["knn_1m_s"]:.0f} s', on_gpu))]
-    if name == 'extraction':
-        target = TARGETS['extraction_images_per_s']
-        return [(f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers',
-                 f'{r["images_per_s"]:,} images/s{peak(r)}', '', '',
-                 verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu))]
-    if name == 'simclr_pretrain':
-        return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
-                 f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min, kNN top-1 '
-                 f'{100 * r["knn_top1_test"]:.2f}%', '', '', '')]
-    return []
+    rows_of = STAGE_ROWS.get('training' if name.startswith('training-') else name)
+    return rows_of(name, r, on_gpu) if rows_of else []
+
+
+def cuda_test_rows(name, r, on_gpu):
+    return [('CUDA tests (tests/test_gpu.py)', f'{r["passed"]} passed, {r["failed"]} failed, {r["errors"]} errors, '
+             f'{r["skipped"]} skipped', '', '', 'all pass')]
+
+
+def inference_rows(name, r, on_gpu):
+    rows = []
+    for row in r['rows']:
+        target = TARGETS['inference_s'].get(row['images'], {}).get(row['column'])
+        rows.append((f'inference, {row["images"]:,} images, {row["column"]} ({row["model"]})',
+                     f'{row["seconds"]:.2f} s ({row["images_per_s"]:,} images/s{peak(row)})',
+                     f'{row["authors_s"]} s' if row['authors_s'] else '',
+                     ratio(row['authors_s'], row['seconds'], on_gpu),
+                     verdict(row['seconds'] <= target, f'≤ {target} s', on_gpu) if target else ''))
+    return rows
+
+
+def training_rows(name, r, on_gpu):
+    (row,) = r['rows']
+    enc, recipe = row['encoder'], name.rsplit('-', 1)[1]
+    what = f'train_CIFAR.py on {row["data"]}, {enc} path, {recipe} recipe'
+    proj = ' (projected)' if row['paper_length_is_projection'] else ''
+    target = TARGETS['paper_length_min'].get(enc)
+    rows = []
+    for label, key, u in (('features', 'feature_extraction_s', 's'), ('one epoch', 'train_s_per_epoch', 's'),
+                          ('one evaluation', 'eval_s_each', 's'),
+                          (f'paper-length run{proj}', 'paper_length_min', 'min')):
+        authors = AUTHORS_H100[key].get(enc)
+        check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
+                 if key == 'paper_length_min' and target else '')
+        rows.append((f'{what}: {label}', unit(row[key], u), unit(authors, u), ratio(authors, row[key], on_gpu), check))
+    return rows
+
+
+def file_training_rows(name, r, on_gpu):
+    images = r['images']
+    size = f'{images["pixels"]}×{images["pixels"] + 8}'
+    return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {size} JPEGs: '
+             f'one epoch (projected 300-epoch authors run)',
+             f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
+             f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
+
+
+def retrieval_rows(name, r, on_gpu):
+    return [(f'exact kNN {r["n"]:,} × {r["dim"]}, k = {r["k"]}', f'{r["seconds"]} s (agreement with cdist '
+             f'{r["agreement_with_cdist"]:.3f}{peak(r)})', '', '',
+             verdict(r['seconds'] <= TARGETS['knn_1m_s'], f'≤ {TARGETS["knn_1m_s"]:.0f} s', on_gpu))]
+
+
+def extraction_rows(name, r, on_gpu):
+    target = TARGETS['extraction_images_per_s']
+    return [(f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers',
+             f'{r["images_per_s"]:,} images/s{peak(r)}', '', '',
+             verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu))]
+
+
+def simclr_rows(name, r, on_gpu):
+    return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
+             f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min, kNN top-1 '
+             f'{100 * r["knn_top1_test"]:.2f}%', '', '', '')]
+
+
+# stage (training-<path>-<recipe> stages as 'training') → its rows in the table
+STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'training': training_rows,
+              'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
+              'simclr_pretrain': simclr_rows}
 
 
 def markdown_table(records):
