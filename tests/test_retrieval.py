@@ -85,6 +85,11 @@ def test_weak_fp_is_reported_before_training():
     lines = []
     weak = check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append)
     assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')
+    assert lines[-1].endswith('or let --k_choices 1 10 50 --k_select model choose k by validation accuracy '
+                              '(k 1: no retrieval)')
+    lines = []  # where --k_choices chose k already, the advice is only the stronger f_p
+    check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append, chosen=True)
+    assert lines[-1].endswith('use a stronger --fp_encoder')
 
 
 def test_k_choices_pick_the_k_whose_neighbourhoods_vote_best_on_validation():
