@@ -39,6 +39,7 @@ def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tm
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     scores = {int(k): a for k, a in config['k_trials']['best_val_acc'].items()}
     assert config['k_trials']['epochs'] == 3 and sorted(scores) == [1, 10]
+    assert summary['k'] == config['k'] and summary['seconds']['k_trials'] == config['k_trials']['seconds'] > 0
     assert config['k'] == max(scores, key=lambda k: (scores[k], -k))
     # three epochs leave both near chance: the log says the choice is close
     assert 'note: the best two trials are within two standard errors on 100 validation images' in \

@@ -441,11 +441,15 @@ def run_summary(cfg, trainer, info, device, wall):
                'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
                'device': device_description(device), 'noise_type': cfg.noise_type,
                **{k: info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy') if k in info}}
+    if cfg.k_choices:
+        summary['k'] = cfg.k  # the chosen one
     epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
     summary['seconds'] = {'prepare': info.get('prepare_total_s', info['prepare_s']),  # every invocation's
                           'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
                           'evaluations': round(trainer.seconds['evaluate'], 2),
                           'checkpoints': round(trainer.seconds['checkpoint'], 2)}
+    if 'k_trials' in info:
+        summary['seconds']['k_trials'] = info['k_trials']['seconds']
     return summary
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import time
 
 from utils import distributed
 from utils.io import load_json_dict, save_json
@@ -101,6 +102,7 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
 def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
     """The k of --k_choices whose trial reaches the best validation accuracy (ties to the smaller k),
     and the record config.json keeps of the trials."""
+    started = time.time()
     scores = {k: run_trial(cfg, k, data, splits, run_dir, start_trainer) for k in sorted(set(cfg.k_choices))}
     best = max(scores, key=lambda k: (scores[k], -k))
     print(f'--k_select model: best validation accuracy of {trial_epochs(cfg)}-epoch trials ' +
@@ -109,4 +111,5 @@ def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
     if too_close(scores, n_val):
         print(f'note: the best two trials are within two standard errors on {n_val} validation images; '
               f'longer trials (--k_trial_epochs) or more validation images would choose more surely')
-    return best, {'epochs': trial_epochs(cfg), 'best_val_acc': {str(k): a for k, a in scores.items()}}
+    return best, {'epochs': trial_epochs(cfg), 'best_val_acc': {str(k): a for k, a in scores.items()},
+                  'seconds': round(time.time() - started, 2)}  # this invocation's (reused trials cost nothing)
