@@ -63,7 +63,9 @@ RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
 # validation split by neighbour-majority accuracy. That choice picks k 50 on CIFAR-10N worse and
 # uniform 35% with these features, and the denoiser does worse there than with 10 (docs/BENCHMARKS.md:
 # 60 epochs, worse 74.4% against 76.1%, uniform 76.9% against 78.5%): a purer vote is not a better
-# training target. A single choice still scores it, so the f_p check reports the vote at k.
+# training target. A single choice still scores it, so the f_p check reports the vote at k. With
+# --k_select model the choice is the model's validation accuracy after short trials instead (it chose
+# k 1 on nine runs of ten at 60 epochs: docs/BENCHMARKS.md, seventh pass).
 K_CHOICES = (train_CIFAR.DEFAULTS['k'],)
 FULL = dict(nepoch=20, warmup_epochs=2, eval_every=3, n_samples=5, seeds=(1, 2), lr_horizon=100, k_choices=K_CHOICES)
 QUICK = dict(nepoch=3, warmup_epochs=1, eval_every=1, n_samples=2, seeds=(1,), lr_horizon=15, k_choices=K_CHOICES)
