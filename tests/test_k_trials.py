@@ -14,7 +14,7 @@ from utils.io import load_torch
 from utils.runtime import Interrupted
 
 FLAGS = ('--nepoch', '6', '--warmup_epochs', '1', '--eval_every', '2', '--lr_horizon', '6', '--n_samples', '0')
-TRIAL = ('--k_choices', '1', '10', '--k_select', 'model', '--k_trial_epochs', '3')
+TRIAL = ('--k_choices', '1', '5', '--k_select', 'model', '--k_trial_epochs', '3')  # neither is the default k
 
 
 def log_of(folder):
@@ -35,10 +35,10 @@ def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tm
     monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: seen.append((k, cfg.k_trial_epochs)) or
                         original(cfg, k, *a))
     summary, run_dir = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
-    assert seen == [(1, 3), (10, 3)]
+    assert seen == [(1, 3), (5, 3)]
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     scores = {int(k): a for k, a in config['k_trials']['best_val_acc'].items()}
-    assert config['k_trials']['epochs'] == 3 and sorted(scores) == [1, 10]
+    assert config['k_trials']['epochs'] == 3 and sorted(scores) == [1, 5]
     assert summary['k'] == config['k'] and summary['seconds']['k_trials'] == config['k_trials']['seconds'] > 0
     assert config['k'] == max(scores, key=lambda k: (scores[k], -k))
     # three epochs leave both near chance: the log says the choice is close
@@ -59,7 +59,7 @@ def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tm
 
 def test_trials_are_scored_at_their_last_epoch_and_follow_the_run_s_schedule(tmp_path, small):
     _, run_dir = run(digits_cfg(tmp_path, *FLAGS, '--k_choices', '1', '10', '--k_select', 'model',
-                                '--k_trial_epochs', '4'), lambda c: small)
+                                '--k_trial_epochs', '4', '--lr_horizon', '0'), lambda c: small)  # 0: --nepoch
     trial, full = log_of(os.path.join(run_dir, 'k_trials', 'k1')), log_of(run_dir)
     assert [r['epoch'] for r in trial] == [2, 3] and [r['epoch'] for r in full] == [2, 4]
     assert trial[0]['lr'] == full[0]['lr']  # the first epochs of the run, not a schedule of their own
@@ -74,24 +74,42 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
 
     def signalled(self, epoch):
         epochs.append((os.path.basename(self.run_dir), epoch))
-        if epochs[-1] == ('k10', 1) and not fired:
+        if epochs[-1] == ('k5', 1) and not fired:
             fired.append(epoch)  # in the second trial's second epoch: its first step ends, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, epoch)
     monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
-    with pytest.raises(Interrupted, match=r'stopped while choosing k \(the k 10 trial\); the trials so far are in '
+    with pytest.raises(Interrupted, match=r'stopped while choosing k \(the k 5 trial\); the trials so far are in '
                                           rf'{run_dir / "k_trials"}: run the same command with --run_name r'):
         run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
-    saved = load_torch(str(run_dir / 'k_trials' / 'k10' / 'last.pt'))
+    saved = load_torch(str(run_dir / 'k_trials' / 'k5' / 'last.pt'))
     assert saved['epoch'] == 0 and saved['partial_epoch']['steps_done'] == 1
     epochs.clear()
     again, _ = run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
-    # k 1 is reused, k 10 goes on within its second epoch, then the run itself
-    assert epochs == [('k10', 1), ('k10', 2)] + [('r', e) for e in range(6)]
+    # k 1 is reused, k 5 goes on within its second epoch, then the run itself
+    assert epochs == [('k5', 1), ('k5', 2)] + [('r', e) for e in range(6)]
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k'):
         assert again.get(key) == straight.get(key), key
     assert log_of(run_dir) == log_of(tmp_path / 'a' / 'runs' / 'r')
+
+
+def test_a_signal_after_a_trial_s_last_step_stops_before_the_next(tmp_path, small, monkeypatch):
+    original_epoch, original_evaluate = engine.Trainer.train_epoch, engine.Trainer.evaluate
+    epochs = []
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', lambda self, epoch: epochs.append(
+        (os.path.basename(self.run_dir), epoch)) or original_epoch(self, epoch))
+
+    def evaluate(self, epoch, *rest):
+        if (os.path.basename(self.run_dir), epoch) == ('k1', 2):  # the first trial's last evaluation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_evaluate(self, epoch, *rest)
+    monkeypatch.setattr(engine.Trainer, 'evaluate', evaluate)
+    run_dir = tmp_path / 'runs' / 'r'
+    with pytest.raises(Interrupted, match=r'SIGTERM after the k 1 trial; the trials so far are in .*--run_name r'):
+        run(digits_cfg(tmp_path, *FLAGS, *TRIAL), lambda c: small)
+    assert epochs == [('k1', 0), ('k1', 1), ('k1', 2)]  # nothing after the trial it ended
+    assert json.loads((run_dir / 'k_trials' / 'k1' / 'trial.json').read_text())['finished']
 
 
 def test_a_trial_of_other_flags_is_not_reused(tmp_path, small):
@@ -119,6 +137,7 @@ def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypat
     from test_trust import resume
     resumed, _ = run(resume(run_dir, '--nepoch', '8'), lambda c: small)
     assert load_torch(os.path.join(run_dir, 'last.pt'))['config']['k'] == chosen and resumed['epochs'] == 8
+    assert resumed['k'] == chosen and 'k_trials' in resumed['seconds']  # the first invocation's trials
 
 
 @pytest.mark.parametrize('flags, problem', [
@@ -127,6 +146,7 @@ def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypat
     (('--k_select', 'model', '--k_choices', '1', '5', '--k_trial_epochs', '9', '--nepoch', '8'),
      '--k_trial_epochs 9 must not exceed --nepoch 8'),
     (('--k_trial_epochs', '-1'), '--k_trial_epochs -1 must not be negative'),
+    (('--k_choices', '1', '5', '--k_trial_epochs', '3'), '--k_trial_epochs 3 applies to --k_select model only'),
 ])
 def test_k_select_flags_are_checked(tmp_path, flags, problem):
     assert any(p.startswith(problem) for p in config_problems(digits_cfg(tmp_path, *flags)))
@@ -144,3 +164,14 @@ def test_a_choice_within_two_standard_errors_is_called_close():
     assert not k_trials.too_close({1: 0.765, 10: 0.685}, 400)          # 2.5
     assert not k_trials.too_close({1: 0.8006, 10: 0.769}, 5000)        # 3.8 (CIFAR-10N aggre)
     assert not k_trials.too_close({1: 0.5}, 10)
+
+
+def test_the_trial_key_is_what_a_trial_computes(tmp_path):
+    def key(*flags):
+        cfg = digits_cfg(tmp_path, '--k_choices', '1', '5', '--k_select', 'model', *flags)
+        return k_trials.trial_key(k_trials.trial_config(cfg, 1), {'training labels': 'x'})
+    same = key()
+    assert key('--n_samples', '3') == key('--run_name', 'other') == key('--num_workers', '1') == same
+    assert key('--lr', '2e-3') != same and key('--seed', '5') != same and key('--nepoch', '300') != same  # 30-epoch trials, not 20
+    assert key() != k_trials.trial_key(k_trials.trial_config(digits_cfg(tmp_path, '--k_choices', '1', '5'), 5),
+                                       {'training labels': 'x'})

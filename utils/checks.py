@@ -58,7 +58,8 @@ def config_problems(cfg):
 def k_select_problems(cfg):
     """--k_select model needs several k to try, and trials no longer than the run."""
     if getattr(cfg, 'k_select', 'vote') != 'model':
-        return []
+        trial = getattr(cfg, 'k_trial_epochs', 0)
+        return [f'--k_trial_epochs {trial} applies to --k_select model only'] if trial else []
     if len(set(cfg.k_choices or ())) < 2:
         return ['--k_select model needs at least two --k_choices to try (e.g. --k_choices 1 10 50)']
     trial = getattr(cfg, 'k_trial_epochs', 0) or 0

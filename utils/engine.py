@@ -25,7 +25,7 @@ from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.files import training_view_batches
-from utils.io import append_jsonl, load_json_dict, save_json, save_torch, write_jsonl
+from utils.io import append_jsonl, load_json_dict, save_json, save_torch, sweep_partial_writes, write_jsonl
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
 from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
@@ -97,6 +97,7 @@ class Trainer:
         self.saved_epoch = None  # the epoch last.pt holds
         self.partial = None  # where a signal stopped an epoch: its steps done and random state
         self.stop = None  # the StopSignals of fit()
+        self.stopped_by = None  # the signal number, where one arrived during fit()
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
         self.score_test = True   # False: evaluations score the validation split only (k trials)
         self.final_eval = False  # True: the last epoch is evaluated too, whatever --eval_every says
@@ -254,6 +255,8 @@ class Trainer:
             try:
                 return self._fit(splits, stop)
             finally:
+                # a signal in the last epoch ends nothing early, but a caller with more to do must stop
+                self.stopped_by = stop.signum
                 self.stop = None
 
     def _fit(self, splits, stop):
@@ -366,6 +369,8 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     if ckpt is not None:
         before = ckpt['data_info']
         data.info['prepare_total_s'] = round(before.get('prepare_total_s', before['prepare_s']) + data.info['prepare_s'], 2)
+        if 'k_trials' in before:  # the trials that chose the run's k, run by its first invocation
+            data.info['k_trials'] = before['k_trials']
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), data.info['input_fingerprints'], run_dir)
     main = distributed.is_main()
     if main:
@@ -412,7 +417,14 @@ def trial_trainer(splits, device):
         main = distributed.is_main()
         if main:
             os.makedirs(folder, exist_ok=True)
-        ckpt = load_run(folder) if resumable and os.path.isfile(os.path.join(folder, 'last.pt')) else None
+        ckpt = None
+        if resumable and os.path.isfile(os.path.join(folder, 'last.pt')):
+            try:
+                ckpt = load_run(folder)
+            except SetupError:  # unreadable, or of an older format: the trial starts over
+                ckpt = None
+        if main:
+            sweep_partial_writes(folder)
         if main and ckpt is None:  # a trial of other flags, or one stopped before its first epoch ended
             for name in ('log.jsonl', 'best.pt', 'last.pt'):
                 if os.path.exists(os.path.join(folder, name)):

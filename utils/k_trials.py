@@ -16,15 +16,19 @@ import hashlib
 import json
 import math
 import os
+import signal
 import time
 
 from utils import distributed
 from utils.io import load_json_dict, save_json
 from utils.runtime import Interrupted
 
-# flags that name where a run lives or how it is driven, not what its trials compute
+# flags that name where a run and its inputs live, how it is driven, or what only the run does after
+# training, not what its trials compute (the inputs themselves enter the key by their fingerprints)
 NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'script_flags', 'device', 'num_workers',
-                    'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs')
+                    'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs',
+                    'data_root', 'cifar_n_dir', 'clip_download_root', 'inputs_dir', 'download', 'encode_batch_size',
+                    'n_samples', 'predict', 'predict_split', 'predict_folder')
 
 
 def trial_epochs(cfg):
@@ -96,6 +100,10 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
         for name in ('best.pt', 'last.pt'):  # the trial's weights are not used again
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
+    if trainer.stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
+        raise Interrupted(f'{signal.Signals(trainer.stopped_by).name} after the k {k} trial; the trials so far are '
+                          f'in {os.path.dirname(folder)}: run the same command with --run_name '
+                          f'{os.path.basename(run_dir)} to go on from there', trainer.stopped_by)
     return distributed.broadcast_object(score)
 
 

@@ -218,7 +218,7 @@ def prepare(cfg, splits, device, log=print):
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
     k_scores = None
-    if cfg.k_choices and not (by_model(cfg) and cfg.resume):  # a resumed run has its chosen k
+    if cfg.k_choices:  # scored on resume too: the f_p check reports the same figure
         chosen, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
                                     **search_options(cfg), choosing=not by_model(cfg))
         if not by_model(cfg):
@@ -254,7 +254,7 @@ def by_model(cfg):
 def use_k(cfg, data, splits, k, log=print):
     """The run's k: its candidates, and the retrieval facts the run records (measured at k)."""
     cfg.k = k
-    data = data.with_k(k, cfg.candidates, cfg.candidate_weights)
+    data = replace(data.with_k(k, cfg.candidates, cfg.candidate_weights), neighbours=None)  # the table is done
     info, clean = data.info, clean_train_labels(splits)
     if clean is not None:
         info['retrieval_majority_accuracy'] = float((data.candidates.majority().cpu().numpy() == clean).mean())
