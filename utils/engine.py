@@ -25,7 +25,8 @@ from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.files import training_view_batches
-from utils.io import append_jsonl, load_json_dict, save_json, save_torch, sweep_partial_writes, write_jsonl
+from utils.io import (append_jsonl, load_json_dict, remove_files, save_json, save_torch, sweep_partial_writes,
+                      write_jsonl)
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
 from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
@@ -426,9 +427,7 @@ def trial_trainer(splits, device):
         if main:
             sweep_partial_writes(folder)
         if main and ckpt is None:  # a trial of other flags, or one stopped before its first epoch ended
-            for name in ('log.jsonl', 'best.pt', 'last.pt'):
-                if os.path.exists(os.path.join(folder, name)):
-                    os.remove(os.path.join(folder, name))
+            remove_files(folder, ('log.jsonl', 'best.pt', 'last.pt'))
         trainer = new_trainer(cfg, data, splits, folder, device, ckpt)
         trainer.score_test, trainer.final_eval = False, True
         if ckpt is not None:

@@ -102,6 +102,14 @@ def atomic_write(path, write, check=None):
 TMP_SUFFIX = '.tmp'
 
 
+def remove_files(folder, names):
+    """Remove the named files of a folder, those that are there."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def sweep_partial_writes(folder, older_than=None):
     """Remove the temporary files of writes a killed process left behind (atomic_write's .*.tmp),
     only those last modified before the time `older_than` where given."""

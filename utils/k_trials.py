@@ -20,7 +20,7 @@ import signal
 import time
 
 from utils import distributed
-from utils.io import load_json_dict, save_json
+from utils.io import load_json_dict, remove_files, save_json
 from utils.runtime import Interrupted
 
 # flags that name where a run and its inputs live, how it is driven, or what only the run does after
@@ -64,11 +64,17 @@ def trial_key(trial_cfg, fingerprints):
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def finished_score(path, key):
-    """A finished trial's best validation accuracy, where its record is whole and of these flags."""
-    record = load_json_dict(path)
-    acc = record.get('best_val_acc') if record and record.get('key') == key and record.get('finished') else None
+def finished_score(record, key):
+    """A finished trial's best validation accuracy, where its record (trial.json) is whole and of
+    these flags."""
+    acc = record.get('best_val_acc') if record.get('key') == key and record.get('finished') else None
     return float(acc) if isinstance(acc, (int, float)) and 0 <= acc <= 1 else None
+
+
+def go_on(folder, run_dir):
+    """How a run stopped while choosing k continues."""
+    return (f'the trials so far are in {os.path.dirname(folder)}: run the same command with --run_name '
+            f'{os.path.basename(run_dir)} to go on from there')
 
 
 def run_trial(cfg, k, data, splits, run_dir, start_trainer):
@@ -78,32 +84,29 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     trial = trial_config(cfg, k)
     key = trial_key(trial, data.info['input_fingerprints'])
     record_path = os.path.join(folder, 'trial.json')
-    score = finished_score(record_path, key)
+    record = load_json_dict(record_path)
+    score = finished_score(record, key)
     if score is not None:
         print(f'--k_select model: k {k} trial already finished in {folder} (validation {100 * score:.2f}%)')
         return score
     trainer = start_trainer(trial, data.with_k(k, trial.candidates, trial.candidate_weights), folder,
-                            resumable=load_json_dict(record_path).get('key') == key)
+                            resumable=record.get('key') == key)
     if distributed.is_main():
         save_json({'k': k, 'key': key, 'finished': False, 'epochs': trial.nepoch}, record_path)
     print(f'--k_select model: k {k}, {trial.nepoch} trial epochs in {folder}')
     try:
         trainer.fit(splits)
     except Interrupted as stop:
-        raise Interrupted(f'stopped while choosing k (the k {k} trial); the trials so far are in '
-                          f'{os.path.dirname(folder)}: run the same command with --run_name '
-                          f'{os.path.basename(run_dir)} to go on from there', stop.signum) from None
+        raise Interrupted(f'stopped while choosing k (the k {k} trial); {go_on(folder, run_dir)}', stop.signum) \
+            from None
     score = trainer.best['val_acc']
     if distributed.is_main():
         save_json({'k': k, 'key': key, 'finished': True, 'epochs': trial.nepoch, 'best_val_acc': score,
                    'best_epoch': trainer.best['epoch']}, record_path)
-        for name in ('best.pt', 'last.pt'):  # the trial's weights are not used again
-            if os.path.exists(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
+        remove_files(folder, ('best.pt', 'last.pt'))  # the trial's weights are not used again
     if trainer.stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
-        raise Interrupted(f'{signal.Signals(trainer.stopped_by).name} after the k {k} trial; the trials so far are '
-                          f'in {os.path.dirname(folder)}: run the same command with --run_name '
-                          f'{os.path.basename(run_dir)} to go on from there', trainer.stopped_by)
+        raise Interrupted(f'{signal.Signals(trainer.stopped_by).name} after the k {k} trial; {go_on(folder, run_dir)}',
+                          trainer.stopped_by)
     return distributed.broadcast_object(score)
 
 

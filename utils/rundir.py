@@ -12,7 +12,7 @@ import os
 import time
 
 from utils.cache import paths_fingerprint, tensor_fingerprint
-from utils.io import load_torch, sweep_partial_writes
+from utils.io import load_torch, remove_files, sweep_partial_writes
 from utils.runtime import SetupError, default_run_name
 
 # 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
@@ -200,10 +200,7 @@ class RunClaim:
             raise SetupError(f'{self.run_dir} already holds a run; continue it with --resume {self.run_dir} or '
                              f'choose another {self.other}')
         # what a run that died before its first checkpoint left: a fresh run never appends to its log
-        for name in ('log.jsonl', 'best.pt', 'summary.json'):
-            path = os.path.join(self.run_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
+        remove_files(self.run_dir, ('log.jsonl', 'best.pt', 'summary.json'))
 
     def release(self):
         """Unlock; remove the folder again if nothing but the lock was written to it."""
