@@ -86,7 +86,7 @@ def test_weak_fp_is_reported_before_training():
     weak = check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append)
     assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')
     assert lines[-1].endswith('or let --k_choices 1 10 50 --k_select model choose k by validation accuracy '
-                              '(k 1: no retrieval)')
+                              '(k 1: the least retrieval)')
     lines = []  # where --k_choices chose k already, the advice is only the stronger f_p
     check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append, chosen=True)
     assert lines[-1].endswith('use a stronger --fp_encoder')

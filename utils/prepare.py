@@ -164,7 +164,7 @@ def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log
         log('warning: f_p neighbourhoods are less pure than the noisy labels themselves, so label retrieval '
             'is unlikely to help; use a stronger --fp_encoder' +
             ('' if chosen else ', or let --k_choices 1 10 50 --k_select model choose k by validation accuracy '
-                                 '(k 1: no retrieval)'))
+                                 '(k 1: the least retrieval)'))
     return accuracy
 
 
