@@ -24,10 +24,11 @@ import train_CIFAR
 from benchmarks.common import AUTHORS_H100, device_line, random_images
 from utils.config import parse_config
 from utils.data import ImageSplits, load_cifar
-from utils.engine import is_eval_epoch, run
+from utils.engine import run
 from utils.io import save_json
 from utils.random_weights import save_random_clip, save_random_simclr
 from utils.runtime import resolve_device
+from utils.schedule import is_eval_epoch
 
 
 def synthetic_cifar(n_train, n_val, n_test, seed=0):

@@ -13,11 +13,12 @@ from model_diffusion import Diffusion
 from utils import engine
 from utils.averaging import evaluated_weights
 from utils.config import parse_config
-from utils.engine import NonFiniteLoss, learning_rate, run
 from utils.diff_encoders import build_model
+from utils.engine import NonFiniteLoss, run
 from utils.io import load_torch
 from utils.prepare import prepare
 from utils.rundir import CHECKPOINT_FORMAT, load_run
+from utils.schedule import is_eval_epoch, learning_rate
 
 from conftest import subset
 from test_data import write_cifar10
@@ -40,7 +41,7 @@ def test_learning_rate_warmup_then_half_cosine():
 
 def test_eval_schedule_follows_the_authors():
     cfg = parse_config('', train_CIFAR.DEFAULTS, [])
-    epochs = [e for e in range(cfg.nepoch) if engine.is_eval_epoch(e, cfg)]
+    epochs = [e for e in range(cfg.nepoch) if is_eval_epoch(e, cfg)]
     assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
 
 

@@ -8,7 +8,6 @@ A run folder holds config.json, log.jsonl (one line per evaluation), best.pt and
 (checkpoint dicts) and summary.json.
 """
 import json
-import math
 import os
 import time
 
@@ -37,23 +36,12 @@ from utils.k_trials import choose_k_by_training
 from utils.prepare import by_model, clean_train_labels, prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
+from utils.schedule import is_eval_epoch, learning_rate
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
 
 
 class NonFiniteLoss(FloatingPointError):
     pass
-
-
-def learning_rate(epoch, peak, warmup_epochs, horizon):
-    """Linear warm-up to `peak`, then half-cosine decay to 0 over `horizon` epochs (fractional epoch)."""
-    if epoch < warmup_epochs:
-        return peak * epoch / warmup_epochs
-    return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (horizon - warmup_epochs)))
-
-
-def is_eval_epoch(epoch, cfg):
-    """The authors' rule: every `eval_every` epochs (0-based) once warm-up is over."""
-    return epoch >= cfg.warmup_epochs and epoch % cfg.eval_every == 0
 
 
 def clip_groups(model, recipe):
