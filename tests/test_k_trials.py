@@ -10,7 +10,7 @@ from test_engine import digits_cfg
 from utils import engine, k_trials
 from utils.checks import config_problems
 from utils.engine import run
-from utils.io import load_json_dict, load_torch
+from utils.io import load_json, load_torch
 from utils.runtime import Interrupted
 
 FLAGS = ('--nepoch', '6', '--warmup_epochs', '1', '--eval_every', '2', '--lr_horizon', '6', '--n_samples', '0')
@@ -123,11 +123,11 @@ def test_a_trial_of_other_flags_is_not_reused(tmp_path, small):
     after = json.loads(record.read_text())
     assert after['key'] != before['key'] and after['finished']
     # a damaged record is redone, not trusted
-    assert k_trials.finished_score(load_json_dict(str(record)), after['key']) == after['best_val_acc']
+    assert k_trials.finished_score(load_json(str(record)), after['key']) == after['best_val_acc']
     record.write_text('{"key": "%s", "finished": true, "best_val_acc": 7}' % after['key'])
-    assert k_trials.finished_score(load_json_dict(str(record)), after['key']) is None
+    assert k_trials.finished_score(load_json(str(record)), after['key']) is None
     record.write_text('[1, 2]')
-    assert k_trials.finished_score(load_json_dict(str(record)), after['key']) is None
+    assert k_trials.finished_score(load_json(str(record)), after['key']) is None
 
 
 def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypatch):

@@ -24,7 +24,7 @@ from utils.config import recorded_config
 from utils.encoders import channels_last
 from utils.evaluate import SplitInputs, predict_labels, training_mode
 from utils.files import training_view_batches
-from utils.io import (append_jsonl, load_json_dict, remove_files, save_json, save_torch, sweep_partial_writes,
+from utils.io import (append_jsonl, load_json, remove_files, save_json, save_torch, sweep_partial_writes,
                       write_jsonl)
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
@@ -459,7 +459,7 @@ def write_config(run_dir, cfg, info, device, ckpt):
     here = {'device_name': device_description(device), 'world_size': distributed.world_size()}
     config = {**recorded_config(cfg), **info, **here}
     if ckpt is not None:
-        original = load_json_dict(path)  # unreadable: the fresh record replaces it
+        original = load_json(path)  # unreadable: the fresh record replaces it
         if original:
             resumes = original.get('resumes', []) + [{'after_epoch': ckpt['epoch'], **here,
                                                       'command_line_flags': getattr(cfg, 'command_line_flags', None)}]

@@ -134,15 +134,15 @@ def save_json(obj, path):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + '\n').encode()))
 
 
-def load_json_dict(path):
-    """A JSON object the package wrote earlier, or {} where the file is missing, unreadable or not an
-    object (the caller then redoes the work it would have saved)."""
+def load_json(path, kind=dict):
+    """A JSON object (or, with kind=list, array) the package wrote earlier, or an empty one where the
+    file is missing, unreadable or of another kind (the caller then redoes the work it would have saved)."""
     try:
         with open(path) as f:
             obj = json.load(f)
     except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
+        return kind()
+    return obj if isinstance(obj, kind) else kind()
 
 
 def write_jsonl(records, path):

@@ -20,7 +20,7 @@ import signal
 import time
 
 from utils import distributed
-from utils.io import load_json_dict, remove_files, save_json
+from utils.io import load_json, remove_files, save_json
 from utils.runtime import Interrupted
 
 # flags that name where a run and its inputs live, how it is driven, or what only the run does after
@@ -84,7 +84,7 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     trial = trial_config(cfg, k)
     key = trial_key(trial, data.info['input_fingerprints'])
     record_path = os.path.join(folder, 'trial.json')
-    record = load_json_dict(record_path)
+    record = load_json(record_path)
     score = finished_score(record, key)
     if score is not None:
         print(f'--k_select model: k {k} trial already finished in {folder} (validation {100 * score:.2f}%)')
