@@ -30,10 +30,12 @@ def small(digits):
 
 def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tmp_path, small, monkeypatch,
                                                                              capsys):
-    seen = []
-    original = k_trials.run_trial
+    seen, trained = [], []
+    original, original_epoch = k_trials.run_trial, engine.Trainer.train_epoch
     monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: seen.append((k, cfg.k_trial_epochs)) or
                         original(cfg, k, *a))
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', lambda self, epoch: trained.append(
+        (os.path.basename(self.run_dir), epoch)) or original_epoch(self, epoch))
     summary, run_dir = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
     assert seen == [(1, 3), (5, 3)]
     config = json.load(open(os.path.join(run_dir, 'config.json')))
@@ -47,24 +49,30 @@ def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tm
     for k, score in scores.items():
         folder = os.path.join(run_dir, 'k_trials', f'k{k}')
         trial = log_of(folder)
-        # the trial's own evaluations (epoch 2, and its last, 2 again: once), validation only
-        assert [r['epoch'] for r in trial] == [2] and all(r['test_acc'] is None for r in trial)
+        assert [r['epoch'] for r in trial] == [2]  # the run's evaluations within the trial's three epochs
         assert max(r['val_acc'] for r in trial) == score
-        assert not os.path.exists(os.path.join(folder, 'last.pt'))  # the trial's weights are not kept
-    # after the trials the run is exactly the plain run with the chosen k
+        assert sorted(os.listdir(folder)) == ['log.jsonl', 'trial.json']  # the weights: the run's now, or gone
+    # the chosen trial is the run's first three epochs, evaluations included: the run goes on from it
+    assert config['k_trials']['run_goes_on_from_trial']
+    assert [name for name, epoch in trained] == ['k1'] * 3 + ['k5'] * 3 + ['r'] * 3
+    assert log_of(run_dir)[:1] == log_of(os.path.join(run_dir, 'k_trials', f'k{config["k"]}'))
+    assert load_torch(os.path.join(run_dir, 'best.pt'))['config']['nepoch'] == 6  # recorded as the run's
+    # ... and the run is exactly the plain run with the chosen k
     plain, plain_dir = run(digits_cfg(tmp_path / 'b', *FLAGS, '--k', str(config['k'])), lambda c: small)
     assert log_of(run_dir) == log_of(plain_dir)
-    assert summary['test_acc'] == plain['test_acc']
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
+        assert summary.get(key) == plain.get(key), key
 
 
-def test_trials_are_scored_at_their_last_epoch_and_follow_the_run_s_schedule(tmp_path, small):
+def test_trials_end_at_the_run_s_next_evaluation_and_follow_its_schedule(tmp_path, small):
     _, run_dir = run(digits_cfg(tmp_path, *FLAGS, '--k_choices', '1', '10', '--k_select', 'model',
                                 '--k_trial_epochs', '4', '--lr_horizon', '0'), lambda c: small)  # 0: --nepoch
     trial, full = log_of(os.path.join(run_dir, 'k_trials', 'k1')), log_of(run_dir)
-    assert [r['epoch'] for r in trial] == [2, 3] and [r['epoch'] for r in full] == [2, 4]
+    assert [r['epoch'] for r in trial] == [2, 4] and [r['epoch'] for r in full] == [2, 4]  # 4 epochs asked, 5 run
     assert trial[0]['lr'] == full[0]['lr']  # the first epochs of the run, not a schedule of their own
     cfg = digits_cfg(tmp_path, '--nepoch', '50', '--lr_horizon', '0', '--k_trial_epochs', '5')
-    assert (k_trials.trial_config(cfg, 3).nepoch, k_trials.trial_config(cfg, 3).lr_horizon) == (5, 50)
+    # 5 epochs asked; the run's first evaluation is epoch 10, after its 10 warm-up epochs
+    assert (k_trials.trial_config(cfg, 3).nepoch, k_trials.trial_config(cfg, 3).lr_horizon) == (11, 50)
 
 
 def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monkeypatch):
@@ -87,8 +95,8 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
     assert saved['epoch'] == 0 and saved['partial_epoch']['steps_done'] == 1
     epochs.clear()
     again, _ = run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
-    # k 1 is reused, k 5 goes on within its second epoch, then the run itself
-    assert epochs == [('k5', 1), ('k5', 2)] + [('r', e) for e in range(6)]
+    # k 1 is reused, k 5 goes on within its second epoch, then the run goes on from the chosen trial
+    assert epochs == [('k5', 1), ('k5', 2)] + [('r', e) for e in range(3, 6)]
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k'):
         assert again.get(key) == straight.get(key), key
     assert log_of(run_dir) == log_of(tmp_path / 'a' / 'runs' / 'r')
@@ -112,13 +120,26 @@ def test_a_signal_after_a_trial_s_last_step_stops_before_the_next(tmp_path, smal
     assert json.loads((run_dir / 'k_trials' / 'k1' / 'trial.json').read_text())['finished']
 
 
-def test_a_trial_of_other_flags_is_not_reused(tmp_path, small):
-    run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'x'), lambda c: small)
-    record = tmp_path / 'runs' / 'y' / 'k_trials' / 'k1' / 'trial.json'
-    os.rename(tmp_path / 'runs' / 'x', tmp_path / 'runs' / 'y')  # a folder whose run is gone: trials only
-    before = json.loads(record.read_text())
+def run_gone(folder):
+    """A run folder whose run is gone: its k trials only."""
     for name in ('last.pt', 'best.pt', 'summary.json', 'log.jsonl'):
-        os.remove(tmp_path / 'runs' / 'y' / name)
+        os.remove(folder / name)
+
+
+def test_a_trial_of_other_flags_is_not_reused(tmp_path, small, capsys):
+    first, _ = run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'x'), lambda c: small)
+    record = tmp_path / 'runs' / 'y' / 'k_trials' / 'k1' / 'trial.json'
+    os.rename(tmp_path / 'runs' / 'x', tmp_path / 'runs' / 'y')
+    run_gone(tmp_path / 'runs' / 'y')
+    before = json.loads(record.read_text())
+    # finished trials without their weights (gone with the run, or made by an earlier version): reused
+    # for the choice, and the run trains from its first epoch
+    again, _ = run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'y'), lambda c: small)
+    config = json.loads((tmp_path / 'runs' / 'y' / 'config.json').read_text())
+    assert not config['k_trials']['run_goes_on_from_trial']
+    assert capsys.readouterr().out.count('trial already finished') == 2
+    assert all(again[key] == first[key] for key in ('k', 'best_epoch', 'best_val_acc', 'test_acc'))
+    run_gone(tmp_path / 'runs' / 'y')
     run(digits_cfg(tmp_path, *FLAGS, *TRIAL, '--run_name', 'y', '--lr', '2e-3'), lambda c: small)
     after = json.loads(record.read_text())
     assert after['key'] != before['key'] and after['finished']
@@ -154,8 +175,14 @@ def test_k_select_flags_are_checked(tmp_path, flags, problem):
 
 def test_default_trial_length_is_a_tenth_of_the_run_and_twice_its_warm_up(tmp_path):
     for nepoch, warmup, expected in ((200, 5, 20), (100, 10, 20), (60, 2, 6), (30, 0, 3), (3, 4, 3)):
-        cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup))
+        cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup), '--eval_every', '1')
         assert k_trials.trial_epochs(cfg) == expected, (nepoch, warmup)
+    # then up to the run's next evaluation (epochs 5, 10, ... with --eval_every 5), or the whole run
+    for nepoch, warmup, asked, expected in ((200, 5, 0, 21), (60, 2, 0, 6), (60, 2, 7, 11), (12, 2, 12, 12),
+                                            (3, 4, 0, 3)):
+        cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup), '--eval_every', '5',
+                         '--k_trial_epochs', str(asked))
+        assert k_trials.trial_epochs(cfg) == expected, (nepoch, warmup, asked)
 
 
 def test_a_choice_within_two_standard_errors_is_called_close():
@@ -172,6 +199,6 @@ def test_the_trial_key_is_what_a_trial_computes(tmp_path):
         return k_trials.trial_key(k_trials.trial_config(cfg, 1), {'training labels': 'x'})
     same = key()
     assert key('--n_samples', '3') == key('--run_name', 'other') == key('--num_workers', '1') == same
-    assert key('--lr', '2e-3') != same and key('--seed', '5') != same and key('--nepoch', '300') != same  # 30-epoch trials, not 20
+    assert key('--lr', '2e-3') != same and key('--seed', '5') != same and key('--nepoch', '300') != same  # 31-epoch trials, not 21
     assert key() != k_trials.trial_key(k_trials.trial_config(digits_cfg(tmp_path, '--k_choices', '1', '5'), 5),
                                        {'training labels': 'x'})

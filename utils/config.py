@@ -156,7 +156,8 @@ def _training_flags(g, kind):
                         'run per k (--k_trial_epochs, the first epochs of this run) and the k whose model is '
                         'best on validation')
     g.add_argument('--k_trial_epochs', type=int,
-                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, at least twice --warmup_epochs)')
+                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, at least twice '
+                        '--warmup_epochs), up to the run\'s next evaluation; the run goes on from the best trial')
     g.add_argument('--candidates', choices=CANDIDATE_RULES,
                    help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
                         "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest")

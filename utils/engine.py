@@ -32,7 +32,7 @@ from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check
                           input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
                            rng_state, seed_everything, set_rng_state)
-from utils.k_trials import choose_k_by_training
+from utils.k_trials import choose_k_by_training, take_over_trial
 from utils.prepare import by_model, clean_train_labels, prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
@@ -88,8 +88,6 @@ class Trainer:
         self.stop = None  # the StopSignals of fit()
         self.stopped_by = None  # the signal number, where one arrived during fit()
         self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
-        self.score_test = True   # False: evaluations score the validation split only (k trials)
-        self.final_eval = False  # True: the last epoch is evaluated too, whatever --eval_every says
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):
@@ -266,7 +264,7 @@ class Trainer:
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
             last = epoch == cfg.nepoch - 1
-            if main and (is_eval_epoch(epoch, cfg) or (last and (self.final_eval or not self.history))):
+            if main and (is_eval_epoch(epoch, cfg) or (last and not self.history)):
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
@@ -290,7 +288,7 @@ class Trainer:
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
         val_acc = self.accuracy('val', splits.labels('val'))
-        test_acc = self.accuracy('test', splits.labels('test')) if self.score_test else None
+        test_acc = self.accuracy('test', splits.labels('test'))
         record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
                   'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
         improved = val_acc > self.best['val_acc']
@@ -299,8 +297,7 @@ class Trainer:
             save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'best.pt'))
         self.history.append(record)
         append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
-        test = f'test {100 * test_acc:6.2f}%  ' if test_acc is not None else ''
-        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  {test}'
+        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  '
                    f'best val {100 * self.best["val_acc"]:6.2f}% (epoch {self.best["epoch"]}){"  *" if improved else ""}')
 
 
@@ -364,12 +361,14 @@ def _run(cfg, load_splits, device, run_dir, ckpt):
     main = distributed.is_main()
     if main:
         os.makedirs(run_dir, exist_ok=True)
+    start = ckpt  # the checkpoint the run goes on from: the one resumed, or its chosen k trial's
     if by_model(cfg) and ckpt is None:
         k, data.info['k_trials'] = choose_k_by_training(cfg, data, splits, run_dir, trial_trainer(splits, device))
         data = use_k(cfg, data, splits, k)
-    trainer = new_trainer(cfg, data, splits, run_dir, device, ckpt)
-    if ckpt is not None:
-        resume_trainer(trainer, ckpt, run_dir, main)
+        start = take_over_trial(cfg, data.info, run_dir, k)
+    trainer = new_trainer(cfg, data, splits, run_dir, device, start)
+    if start is not None:
+        resume_trainer(trainer, start, run_dir, main, quiet=ckpt is None)
     if main:
         write_config(run_dir, cfg, data.info, device, ckpt)
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
@@ -400,8 +399,8 @@ def new_trainer(cfg, data, splits, run_dir, device, ckpt=None):
 
 
 def trial_trainer(splits, device):
-    """How utils/k_trials starts a trial: a fresh Trainer in the trial's folder, scored on validation
-    only and at its last epoch too, continuing the folder's last.pt where `resumable`."""
+    """How utils/k_trials starts a trial: a fresh Trainer in the trial's folder, continuing the folder's
+    last.pt where `resumable`."""
     def start(cfg, data, folder, resumable):
         main = distributed.is_main()
         if main:
@@ -417,21 +416,21 @@ def trial_trainer(splits, device):
         if main and ckpt is None:  # a trial of other flags, or one stopped before its first epoch ended
             remove_files(folder, ('log.jsonl', 'best.pt', 'last.pt'))
         trainer = new_trainer(cfg, data, splits, folder, device, ckpt)
-        trainer.score_test, trainer.final_eval = False, True
         if ckpt is not None:
             resume_trainer(trainer, ckpt, folder, main)
         return trainer
     return start
 
 
-def resume_trainer(trainer, ckpt, run_dir, main):
+def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
     """The trainer continues from `ckpt`: its state restored, the log rewritten to match it."""
     trainer.restore(ckpt)
     if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
     partial = ckpt.get('partial_epoch')
     within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
-    print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
+    if not quiet:
+        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
 
 
 def run_summary(cfg, trainer, info, device, wall):

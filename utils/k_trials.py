@@ -1,15 +1,18 @@
 """--k_select model: choose k by what the model makes of it, not by the neighbours' vote.
 
 Each k of --k_choices trains a fresh model for the first --k_trial_epochs epochs of the run (the same
-seed, learning-rate schedule and evaluations; the test split is not evaluated) and is scored by its
-best validation accuracy; the run then trains from scratch with the best k (ties to the smaller k).
+seed, learning-rate schedule and evaluations, up to the run's first evaluation at or after that many
+epochs) and is scored by its best validation accuracy; ties go to the smaller k. The best trial is
+then exactly the run's first epochs with that k, so the run goes on from it (its checkpoints and log
+become the run's) instead of training those epochs again. The test split is evaluated where the run
+evaluates it, and never enters the choice.
 The vote (--k_select vote) prefers the k whose neighbourhoods are purest, which on a weak f_p is a
 large k even where the labels are nearly right; the model's validation accuracy says what the
 retrieved targets cost.
 
-The trials live in RUN/k_trials/k<K>/ (log.jsonl, trial.json): a run stopped while choosing is
-continued by the same command with the same --run_name, which reuses the finished trials and resumes
-the one in progress from its last epoch.
+The trials live in RUN/k_trials/k<K>/ (log.jsonl, trial.json; last.pt and best.pt until the choice is
+made): a run stopped while choosing is continued by the same command with the same --run_name, which
+reuses the finished trials and resumes the one in progress from its last epoch.
 """
 import copy
 import hashlib
@@ -20,8 +23,10 @@ import signal
 import time
 
 from utils import distributed
-from utils.io import load_json, remove_files, save_json
-from utils.runtime import Interrupted
+from utils.io import load_json, remove_files, save_json, save_torch
+from utils.rundir import load_run
+from utils.runtime import Interrupted, SetupError
+from utils.schedule import is_eval_epoch
 
 # flags that name where a run and its inputs live, how it is driven, or what only the run does after
 # training, not what its trials compute (the inputs themselves enter the key by their fingerprints)
@@ -32,10 +37,11 @@ NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'scri
 
 
 def trial_epochs(cfg):
-    """--k_trial_epochs, or by default a tenth of the run and at least twice its warm-up: a trial
-    scored during warm-up measures little but chance (digits: 14% against 10% after 11 epochs,
-    77% against 69% after 20)."""
-    return cfg.k_trial_epochs or min(cfg.nepoch, max(cfg.nepoch // 10, 2 * cfg.warmup_epochs, cfg.warmup_epochs + 1))
+    """--k_trial_epochs, or by default a tenth of the run and at least twice its warm-up (a trial scored
+    during warm-up measures little but chance: digits, 14% against 10% after 11 epochs, 77% against 69%
+    after 20); then up to the run's next evaluation, so a trial ends scored as the run would be there."""
+    wanted = cfg.k_trial_epochs or max(cfg.nepoch // 10, 2 * cfg.warmup_epochs, cfg.warmup_epochs + 1)
+    return next((epoch + 1 for epoch in range(wanted - 1, cfg.nepoch) if is_eval_epoch(epoch, cfg)), cfg.nepoch)
 
 
 def too_close(scores, n_val):
@@ -80,7 +86,7 @@ def go_on(folder, run_dir):
 def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     """Train the k trial (or reuse it) and return its best validation accuracy. `start_trainer(cfg,
     data, folder)` builds a fresh Trainer, restored from the folder's last.pt where the key matches."""
-    folder = os.path.join(run_dir, 'k_trials', f'k{k}')
+    folder = trial_folder(run_dir, k)
     trial = trial_config(cfg, k)
     key = trial_key(trial, data.info['input_fingerprints'])
     record_path = os.path.join(folder, 'trial.json')
@@ -103,19 +109,27 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     if distributed.is_main():
         save_json({'k': k, 'key': key, 'finished': True, 'epochs': trial.nepoch, 'best_val_acc': score,
                    'best_epoch': trainer.best['epoch']}, record_path)
-        remove_files(folder, ('best.pt', 'last.pt'))  # the trial's weights are not used again
     if trainer.stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
         raise Interrupted(f'{signal.Signals(trainer.stopped_by).name} after the k {k} trial; {go_on(folder, run_dir)}',
                           trainer.stopped_by)
     return distributed.broadcast_object(score)
 
 
+def trial_folder(run_dir, k):
+    return os.path.join(run_dir, 'k_trials', f'k{k}')
+
+
 def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
     """The k of --k_choices whose trial reaches the best validation accuracy (ties to the smaller k),
-    and the record config.json keeps of the trials."""
+    and the record config.json keeps of the trials. The other trials' weights are removed; the chosen
+    one's stay for the run to go on from."""
     started = time.time()
     scores = {k: run_trial(cfg, k, data, splits, run_dir, start_trainer) for k in sorted(set(cfg.k_choices))}
     best = max(scores, key=lambda k: (scores[k], -k))
+    if distributed.is_main():
+        for k in scores:
+            if k != best:
+                remove_files(trial_folder(run_dir, k), ('best.pt', 'last.pt'))
     print(f'--k_select model: best validation accuracy of {trial_epochs(cfg)}-epoch trials ' +
           ', '.join(f'k {k} {100 * a:.2f}%' for k, a in scores.items()) + f'; k = {best}')
     n_val = len(splits.labels('val'))
@@ -124,3 +138,27 @@ def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
               f'longer trials (--k_trial_epochs) or more validation images would choose more surely')
     return best, {'epochs': trial_epochs(cfg), 'best_val_acc': {str(k): a for k, a in scores.items()},
                   'seconds': round(time.time() - started, 2)}  # this invocation's (reused trials cost nothing)
+
+
+def take_over_trial(cfg, info, run_dir, k):
+    """The chosen trial's last checkpoint as the run's own: the trial is the run's first epochs with this
+    k (its evaluations included), so its best.pt and last.pt move into the run folder, recorded with the
+    run's flags and data facts, and the run goes on from there. None where the trial's weights are gone
+    or not of its last epoch (a trial made by an earlier version): the run then starts afresh. Which of
+    the two happened is recorded in info['k_trials']."""
+    folder = trial_folder(run_dir, k)
+    info['k_trials']['run_goes_on_from_trial'] = False
+    try:
+        last, best = load_run(folder), load_run(folder, 'best.pt')
+    except SetupError:
+        return None
+    if last['epoch'] != trial_epochs(cfg) - 1 or last.get('partial_epoch'):
+        return None
+    info['k_trials']['run_goes_on_from_trial'] = True
+    distributed.barrier()  # every rank has read them before they move
+    if distributed.is_main():
+        for name, ckpt in (('best.pt', best), ('last.pt', last)):
+            save_torch({**ckpt, 'config': vars(cfg), 'data_info': info}, os.path.join(run_dir, name))
+        remove_files(folder, ('best.pt', 'last.pt'))
+    print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are that trial)')
+    return last
