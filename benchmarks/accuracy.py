@@ -35,7 +35,7 @@ import train_CIFAR
 from utils.config import K_SELECT, parse_config
 from utils.engine import main as engine_main
 from utils.feature_file import load_feature_file
-from utils.io import save_json
+from utils.io import load_json, save_json
 from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
@@ -157,16 +157,23 @@ def run_flags(noise, recipe, seed, settings, args):
             *(['--cifar_n_dir', cifar_n_dir] if cifar_n_dir else []), *settings.get('extra', []), *RECIPES[recipe]]
 
 
-def reusable(run_dir, flags, cfg):
-    """A finished run made with these flags that today's recipe would make again: the same flags and
-    the same resolved recipe settings (a recipe that gained an improvement since makes other runs)."""
-    done = os.path.join(run_dir, 'benchmark_flags.json')
-    if not (os.path.isfile(done) and json.load(open(done)) == flags):
+def started_by(run_dir, flags, cfg):
+    """A run folder these flags started (benchmark_flags.json, written before the run) that today's
+    recipe would make again: the same resolved recipe settings in its config.json (a recipe that gained
+    an improvement since makes other runs). A folder stopped before its config.json was written holds at
+    most k trials, which are reused only where their own key matches."""
+    if load_json(os.path.join(run_dir, 'benchmark_flags.json'), list) != flags:
         return False
-    with open(os.path.join(run_dir, 'config.json')) as f:
-        recorded = json.load(f)
+    recorded = load_json(os.path.join(run_dir, 'config.json'))
+    if not recorded:
+        return True
     today = vars(resolve_recipe(argparse.Namespace(**vars(cfg)), True, 'cifar10'))
     return all(recorded.get(name, MEANT_WHEN_ABSENT.get(name)) == today[name] for name in RECIPE_FLAGS)
+
+
+def reusable(run_dir, flags, cfg):
+    """A finished run (summary.json) that these flags started and today's recipe would make again."""
+    return os.path.isfile(os.path.join(run_dir, 'summary.json')) and started_by(run_dir, flags, cfg)
 
 
 def run_config(flags):
@@ -176,19 +183,23 @@ def run_config(flags):
 
 
 def lra_run(flags, splits, log=print):
-    """One LRA-diffusion run through train_CIFAR's parser and the engine; reuses a finished run
-    with the same flags and recipe (so an interrupted table continues). A run folder of the same name
-    that cannot be reused (other flags, an older recipe) is moved aside, not overwritten."""
+    """One LRA-diffusion run through train_CIFAR's parser and the engine. A finished run with the same
+    flags and recipe is reused and a stopped one continued (its finished epochs and k trials kept), so
+    an interrupted table goes on where it stopped. A run folder of the same name that these flags did
+    not start (other flags, an older recipe) is moved aside, not overwritten."""
     cfg, run_dir = run_config(flags)
     if reusable(run_dir, flags, cfg):
         return json.load(open(os.path.join(run_dir, 'summary.json'))), run_dir
-    if os.path.exists(run_dir):
+    if os.path.exists(run_dir) and not started_by(run_dir, flags, cfg):
         aside = f'{run_dir}.superseded-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}'
         os.rename(run_dir, aside)
         log(f'{run_dir} was made with other flags or an older recipe: moved to {aside}; running it again')
-    summary, run_dir = engine_main(cfg, lambda c: splits)
-    save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))
-    return summary, run_dir
+    if os.path.isfile(os.path.join(run_dir, 'last.pt')):
+        log(f'{run_dir} was stopped after a finished epoch: continuing it')
+        cfg = run_config([*flags, '--resume', run_dir])[0]
+    os.makedirs(run_dir, exist_ok=True)
+    save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))  # before the run: which flags started it
+    return engine_main(cfg, lambda c: splits)
 
 
 def finished(flags):

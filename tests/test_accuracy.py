@@ -3,6 +3,7 @@ there) and the refusals of `--fp_encoder features` files."""
 import io
 import json
 import os
+import signal
 from argparse import Namespace
 
 import numpy as np
@@ -11,11 +12,13 @@ import torch
 from PIL import Image
 
 import train_CIFAR
-from benchmarks.accuracy import FULL, markdown, parse_args, run_benchmark, run_flags, settings_of
+from benchmarks.accuracy import FULL, lra_run, markdown, parse_args, run_benchmark, run_flags, settings_of
+from utils import engine
 from utils.config import parse_config
 from utils.data import ImageSplits
 from utils.engine import main as engine_main
 from utils.feature_file import FeatureFileError, load_feature_encoder, save_feature_file
+from utils.runtime import Interrupted
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data')
 @pytest.fixture(autouse=True)
@@ -233,3 +236,35 @@ def test_runs_made_two_at_a_time_equal_the_serial_ones(tmp_path):
     for serial, parallel in zip(results[1]['runs'], results[2]['runs']):
         assert serial['test_acc'] == parallel['test_acc'] and serial['best_epoch'] == parallel['best_epoch']
         assert serial['denoised_label_accuracy'] == parallel['denoised_label_accuracy']
+
+
+def test_a_stopped_run_is_continued_with_its_k_trials(tmp_path, monkeypatch):
+    """An interrupted table goes on where it stopped: a run stopped after its k trials keeps them and its
+    finished epochs, and ends as the same run made straight through."""
+    splits, feats = generated()
+    path = tmp_path / 'feats.npz'
+    save_feature_file(path, feats, {'what': 'generated clusters'})
+    settings = dict(TINY, k_choices=(1, 5), k_select='model', extra=[*TINY['extra'], '--k_trial_epochs', '2'])
+    flags = {name: run_flags('cifar10-U-0.35', 'improved', 1, settings, bench_args(tmp_path / name, path))
+             for name in ('straight', 'stopped')}
+    straight, _ = lra_run(flags['straight'], splits, log=lambda *a: None)
+    original = engine.Trainer.train_epoch
+    epochs, fired = [], []
+
+    def signalled(self, epoch):
+        epochs.append((os.path.basename(self.run_dir), epoch))
+        if epochs[-1] == ('cifar10-U-0.35_improved_s1', 3) and not fired:
+            fired.append(epoch)
+            os.kill(os.getpid(), signal.SIGTERM)  # in the run's fourth epoch, after both trials
+        return original(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    with pytest.raises(Interrupted):
+        lra_run(flags['stopped'], splits, log=lambda *a: None)
+    epochs.clear()
+    said = []
+    again, run_dir = lra_run(flags['stopped'], splits, log=said.append)
+    assert said == [f'{run_dir} was stopped after a finished epoch: continuing it']
+    assert epochs == [('cifar10-U-0.35_improved_s1', e) for e in (3, 4, 5)]  # no trial again, no epoch lost
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k', 'denoised_label_accuracy'):
+        assert again[key] == straight[key], key
+    assert lra_run(flags['stopped'], splits)[0] == again  # finished now: reused
