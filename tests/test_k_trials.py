@@ -4,6 +4,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from conftest import subset
 from test_engine import digits_cfg
@@ -57,6 +58,8 @@ def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tm
     assert [name for name, epoch in trained] == ['k1'] * 3 + ['k5'] * 3 + ['r'] * 3
     assert log_of(run_dir)[:1] == log_of(os.path.join(run_dir, 'k_trials', f'k{config["k"]}'))
     assert load_torch(os.path.join(run_dir, 'best.pt'))['config']['nepoch'] == 6  # recorded as the run's
+    assert load_torch(os.path.join(run_dir, 'last.pt'))['timed_epochs'] == 6  # the trial's epochs timed too
+    assert summary['seconds']['train_per_epoch'] > 0
     # ... and the run is exactly the plain run with the chosen k
     plain, plain_dir = run(digits_cfg(tmp_path / 'b', *FLAGS, '--k', str(config['k'])), lambda c: small)
     assert log_of(run_dir) == log_of(plain_dir)
@@ -149,6 +152,34 @@ def test_a_trial_of_other_flags_is_not_reused(tmp_path, small, capsys):
     assert k_trials.finished_score(load_json(str(record)), after['key']) is None
     record.write_text('[1, 2]')
     assert k_trials.finished_score(load_json(str(record)), after['key']) is None
+
+
+def test_a_trial_an_earlier_version_left_unfinished_is_not_taken_over(tmp_path, small, monkeypatch):
+    """Such a trial's evaluations scored validation only: it may finish and score its k, but the run
+    does not go on from it (its log would lack test accuracies)."""
+    original_epoch, original_trial = engine.Trainer.train_epoch, k_trials.run_trial
+
+    def signalled(self, epoch):
+        if (os.path.basename(self.run_dir), epoch) == ('k1', 3) and not os.path.exists(tmp_path / 'stopped'):
+            open(tmp_path / 'stopped', 'w').close()
+            os.kill(os.getpid(), signal.SIGTERM)  # after the trial's evaluation at epoch 2
+        return original_epoch(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    flags = (*FLAGS, '--k_choices', '1', '5', '--k_select', 'model', '--k_trial_epochs', '5')
+    with pytest.raises(Interrupted):
+        run(digits_cfg(tmp_path, *flags), lambda c: small)
+    last = tmp_path / 'runs' / 'r' / 'k_trials' / 'k1' / 'last.pt'
+    saved = load_torch(str(last))
+    assert [r['epoch'] for r in saved['history']] == [2]
+    saved['history'] = [{**r, 'test_acc': None} for r in saved['history']]  # as the earlier version wrote it
+    saved['best']['test_acc'] = None
+    torch.save(saved, str(last))
+    monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: original_trial(cfg, k, *a) if k == 1 else 0.0)
+    summary, run_dir = run(digits_cfg(tmp_path, *flags), lambda c: small)
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['k'] == 1 and not config['k_trials']['run_goes_on_from_trial']
+    assert all(r['test_acc'] is not None for r in log_of(run_dir)) and summary['test_acc'] is not None
+    assert not os.path.exists(last)  # its weights are not kept either
 
 
 def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypatch):

@@ -87,7 +87,10 @@ class Trainer:
         self.partial = None  # where a signal stopped an epoch: its steps done and random state
         self.stop = None  # the StopSignals of fit()
         self.stopped_by = None  # the signal number, where one arrived during fit()
-        self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}  # this process's share
+        # this process's seconds over every epoch of the run so far, whichever invocation (or the k trial
+        # the run went on from) trained it, and how many epochs' training they hold
+        self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}
+        self.timed_epochs = 0
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):
@@ -222,7 +225,7 @@ class Trainer:
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'ema': self.average.state_dict() if self.average is not None else None,
                 'best': dict(self.best), 'history': list(self.history),
-                'elapsed_s': elapsed}
+                'elapsed_s': elapsed, 'seconds': dict(self.seconds), 'timed_epochs': self.timed_epochs}
 
     def restore(self, ckpt):
         self.model.load_state_dict(ckpt['model'])
@@ -234,6 +237,8 @@ class Trainer:
         self.saved_epoch = ckpt['epoch']
         self.partial = ckpt.get('partial_epoch')
         self.elapsed_before = ckpt['elapsed_s']
+        if 'seconds' in ckpt:  # older checkpoints: the times of this invocation's epochs only
+            self.seconds, self.timed_epochs = dict(ckpt['seconds']), ckpt['timed_epochs']
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, splits):
@@ -256,9 +261,10 @@ class Trainer:
             t0 = time.time()
             train_loss = self.train_epoch(epoch)  # ends with a sync: the timing is the device's
             t1 = time.time()
+            self.seconds['train'] += t1 - t0
             if train_loss is None:  # stopped by a signal after a step of this epoch
                 self.stop_mid_epoch(epoch, self.elapsed_before + t1 - started)
-            self.seconds['train'] += t1 - t0
+            self.timed_epochs += 1
             bar.set_postfix(loss=f'{train_loss:.4f}')
             elapsed = self.elapsed_before + t1 - started
             # a run shorter than warm-up still gets one validation-selected result, at its end
@@ -434,16 +440,19 @@ def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
 
 
 def run_summary(cfg, trainer, info, device, wall):
-    """summary.json before the run's outputs are written: the selected model's accuracy and the times."""
+    """summary.json before the run's outputs are written: the selected model's accuracy and the times.
+    wall_time_s and the training, evaluation and checkpoint seconds cover every epoch of the run, those
+    an earlier invocation or the k trial the run went on from trained included; seconds.k_trials is
+    this invocation's trials (the one the run went on from among them)."""
     summary = {'best_val_acc': trainer.best['val_acc'], 'best_epoch': trainer.best['epoch'],
                'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
                'device': device_description(device), 'noise_type': cfg.noise_type,
                **{k: info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy') if k in info}}
     if cfg.k_choices:
         summary['k'] = cfg.k  # the chosen one
-    epochs_here = max(1, cfg.nepoch - trainer.start_epoch)
+    timed = trainer.timed_epochs
     summary['seconds'] = {'prepare': info.get('prepare_total_s', info['prepare_s']),  # every invocation's
-                          'train_per_epoch': round(trainer.seconds['train'] / epochs_here, 3),
+                          'train_per_epoch': round(trainer.seconds['train'] / timed, 3) if timed else None,
                           'evaluations': round(trainer.seconds['evaluate'], 2),
                           'checkpoints': round(trainer.seconds['checkpoint'], 2)}
     if 'k_trials' in info:

@@ -85,7 +85,8 @@ def go_on(folder, run_dir):
 
 def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     """Train the k trial (or reuse it) and return its best validation accuracy. `start_trainer(cfg,
-    data, folder)` builds a fresh Trainer, restored from the folder's last.pt where the key matches."""
+    data, folder, resumable)` builds a fresh Trainer, restored from the folder's last.pt where
+    `resumable` (the key matches)."""
     folder = trial_folder(run_dir, k)
     trial = trial_config(cfg, k)
     key = trial_key(trial, data.info['input_fingerprints'])
@@ -140,25 +141,39 @@ def choose_k_by_training(cfg, data, splits, run_dir, start_trainer):
                   'seconds': round(time.time() - started, 2)}  # this invocation's (reused trials cost nothing)
 
 
-def take_over_trial(cfg, info, run_dir, k):
-    """The chosen trial's last checkpoint as the run's own: the trial is the run's first epochs with this
-    k (its evaluations included), so its best.pt and last.pt move into the run folder, recorded with the
-    run's flags and data facts, and the run goes on from there. None where the trial's weights are gone
-    or not of its last epoch (a trial made by an earlier version): the run then starts afresh. Which of
-    the two happened is recorded in info['k_trials']."""
-    folder = trial_folder(run_dir, k)
-    info['k_trials']['run_goes_on_from_trial'] = False
+def takeable(folder, cfg):
+    """The trial's last.pt and best.pt where they are whole and of this version: of the trial's last
+    epoch, every evaluation with its test accuracy (an earlier version's trials scored validation only);
+    else None."""
     try:
         last, best = load_run(folder), load_run(folder, 'best.pt')
     except SetupError:
         return None
-    if last['epoch'] != trial_epochs(cfg) - 1 or last.get('partial_epoch'):
+    whole = last['epoch'] == trial_epochs(cfg) - 1 and not last.get('partial_epoch')
+    scored = all(record.get('test_acc') is not None for record in last['history']) and \
+        best['best'].get('test_acc') is not None
+    return (last, best) if whole and scored else None
+
+
+def take_over_trial(cfg, info, run_dir, k):
+    """The chosen trial's last checkpoint as the run's own: the trial is the run's first epochs with this
+    k (its evaluations included), so its best.pt and last.pt move into the run folder, recorded with the
+    run's flags and data facts, and the run goes on from there. None where the trial's weights are gone
+    or not takeable (a trial made by an earlier version): the run then starts afresh. Rank 0 decides;
+    which of the two happened is recorded in info['k_trials']."""
+    folder = trial_folder(run_dir, k)
+    main = distributed.is_main()
+    found = takeable(folder, cfg) if main else None
+    info['k_trials']['run_goes_on_from_trial'] = distributed.broadcast_object(found is not None)
+    if not info['k_trials']['run_goes_on_from_trial']:
+        if main:
+            remove_files(folder, ('best.pt', 'last.pt'))
         return None
-    info['k_trials']['run_goes_on_from_trial'] = True
-    distributed.barrier()  # every rank has read them before they move
-    if distributed.is_main():
-        for name, ckpt in (('best.pt', best), ('last.pt', last)):
+    last = found[0] if main else load_run(folder)
+    distributed.barrier()  # every rank has read it before it moves
+    if main:
+        for name, ckpt in zip(('last.pt', 'best.pt'), found):
             save_torch({**ckpt, 'config': vars(cfg), 'data_info': info}, os.path.join(run_dir, name))
         remove_files(folder, ('best.pt', 'last.pt'))
-    print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are that trial)')
+        print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are that trial)')
     return last
