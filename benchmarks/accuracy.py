@@ -40,7 +40,8 @@ from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import knn, majority_vote
-from utils.rundir import MEANT_WHEN_ABSENT
+from utils.rundir import FolderInUse, MEANT_WHEN_ABSENT
+from utils.runtime import SetupError
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
 # made) is skipped with a note
@@ -160,13 +161,13 @@ def run_flags(noise, recipe, seed, settings, args):
 def started_by(run_dir, flags, cfg):
     """A run folder these flags started (benchmark_flags.json, written before the run) that today's
     recipe would make again: the same resolved recipe settings in its config.json (a recipe that gained
-    an improvement since makes other runs). A folder stopped before its config.json was written holds at
-    most k trials, which are reused only where their own key matches."""
+    an improvement since makes other runs). Without a config.json the folder may hold k trials (each
+    reused only where its own key matches), not a checkpoint."""
     if load_json(os.path.join(run_dir, 'benchmark_flags.json'), list) != flags:
         return False
     recorded = load_json(os.path.join(run_dir, 'config.json'))
     if not recorded:
-        return True
+        return not os.path.exists(os.path.join(run_dir, 'last.pt'))
     today = vars(resolve_recipe(argparse.Namespace(**vars(cfg)), True, 'cifar10'))
     return all(recorded.get(name, MEANT_WHEN_ABSENT.get(name)) == today[name] for name in RECIPE_FLAGS)
 
@@ -186,20 +187,30 @@ def lra_run(flags, splits, log=print):
     """One LRA-diffusion run through train_CIFAR's parser and the engine. A finished run with the same
     flags and recipe is reused and a stopped one continued (its finished epochs and k trials kept), so
     an interrupted table goes on where it stopped. A run folder of the same name that these flags did
-    not start (other flags, an older recipe) is moved aside, not overwritten."""
+    not start (other flags, an older recipe), or whose resume is refused (its inputs changed), is moved
+    aside, not overwritten, and the run made again."""
     cfg, run_dir = run_config(flags)
     if reusable(run_dir, flags, cfg):
         return json.load(open(os.path.join(run_dir, 'summary.json'))), run_dir
     if os.path.exists(run_dir) and not started_by(run_dir, flags, cfg):
-        aside = f'{run_dir}.superseded-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}'
-        os.rename(run_dir, aside)
-        log(f'{run_dir} was made with other flags or an older recipe: moved to {aside}; running it again')
+        move_aside(run_dir, 'was made with other flags or an older recipe', log)
     if os.path.isfile(os.path.join(run_dir, 'last.pt')):
         log(f'{run_dir} was stopped after a finished epoch: continuing it')
-        cfg = run_config([*flags, '--resume', run_dir])[0]
+        try:
+            return engine_main(run_config([*flags, '--resume', run_dir])[0], lambda c: splits)
+        except FolderInUse:
+            raise
+        except SetupError as refused:
+            move_aside(run_dir, f'cannot be continued ({refused})', log)
     os.makedirs(run_dir, exist_ok=True)
     save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))  # before the run: which flags started it
     return engine_main(cfg, lambda c: splits)
+
+
+def move_aside(run_dir, why, log):
+    aside = f'{run_dir}.superseded-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}'
+    os.rename(run_dir, aside)
+    log(f'{run_dir} {why}: moved to {aside}; running it again')
 
 
 def finished(flags):
@@ -218,7 +229,7 @@ def _start_worker(splits, threads):
 
 def _worker_run(flags):
     """One run in a worker; what it prints (the f_p check among it) goes to RUN_NAME.log beside its folder."""
-    with open(run_config(flags)[1] + '.log', 'w') as f, contextlib.redirect_stdout(f):
+    with open(run_config(flags)[1] + '.log', 'a') as f, contextlib.redirect_stdout(f):  # a continued run adds
         return lra_run(flags, _WORKER['splits'])[1]
 
 

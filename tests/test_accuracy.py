@@ -260,6 +260,8 @@ def test_a_stopped_run_is_continued_with_its_k_trials(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
     with pytest.raises(Interrupted):
         lra_run(flags['stopped'], splits, log=lambda *a: None)
+    # three trial epochs per k (to the evaluation at epoch 2), then the run went on from the chosen one
+    assert epochs == [(f'k{k}', e) for k in (1, 5) for e in range(3)] + [('cifar10-U-0.35_improved_s1', 3)]
     epochs.clear()
     said = []
     again, run_dir = lra_run(flags['stopped'], splits, log=said.append)
@@ -268,3 +270,13 @@ def test_a_stopped_run_is_continued_with_its_k_trials(tmp_path, monkeypatch):
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k', 'denoised_label_accuracy'):
         assert again[key] == straight[key], key
     assert lra_run(flags['stopped'], splits)[0] == again  # finished now: reused
+    # a stopped run whose inputs have changed since cannot be continued: it is moved aside and made again
+    changed = run_flags('cifar10-U-0.35', 'improved', 1, dict(TINY, k_choices=(5,)), bench_args(tmp_path / 'c', path))
+    fired.clear()
+    with pytest.raises(Interrupted):
+        lra_run(changed, splits, log=lambda *a: None)
+    save_feature_file(path, {s: f[:, ::-1].copy() for s, f in feats.items()}, {'what': 'the clusters, mirrored'})
+    said.clear()
+    made, run_dir = lra_run(changed, splits, log=said.append)
+    assert said[1].startswith(f'{run_dir} cannot be continued (--resume {run_dir}: the f_p features differ')
+    assert said[1].endswith('running it again') and made['epochs'] == 6 and os.path.isfile(f'{run_dir}/summary.json')

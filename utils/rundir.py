@@ -166,6 +166,10 @@ def _makedirs(folder):
     return made
 
 
+class FolderInUse(SetupError):
+    """Another process holds the run folder's lock."""
+
+
 class RunClaim:
     """The run folder, created exclusively (a fresh run) and locked for the run's life. `checkpoint`
     is the file that says a run is there; `other` names the flag that picks another folder."""
@@ -188,8 +192,8 @@ class RunClaim:
                 raise
             os.close(self.fd)
             self.fd = None
-            raise SetupError(f'{run_dir} is in use by another run right now; wait for it to finish, or choose '
-                             f'another {other}') from None
+            raise FolderInUse(f'{run_dir} is in use by another run right now; wait for it to finish, or choose '
+                              f'another {other}') from None
         if fresh:
             self._start_fresh()
         sweep_partial_writes(run_dir)
