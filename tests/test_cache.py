@@ -37,6 +37,14 @@ def test_settings_that_do_not_change_the_value_are_not_in_the_key(tmp_path):
     cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=64)
     assert calls == [2]
     assert computation_key(encode, dict(x=x)) != computation_key(encode, dict(x=x + 1))
+    # a computation whose value changed (its `version`) is computed again, not read from an old cache
+    before = computation_key(encode, dict(x=x))
+    encode.version = 2
+    assert computation_key(encode, dict(x=x)) != before
+    cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=3)
+    assert calls == [2, 3]
+    from utils.cache import neighbour_table  # 2: equal distances to the lower index
+    assert computation_key(neighbour_table, dict(x=x))['computation'] == 'utils.cache.neighbour_table@2'
 
 
 def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tmp_path, digits, monkeypatch):

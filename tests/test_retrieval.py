@@ -30,6 +30,31 @@ def test_knn_on_constructed_clusters():
     assert idx.tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 2, 4], [4, 3, 2]]
 
 
+@pytest.mark.parametrize('chunk', [None, 5])
+def test_equal_distances_go_to_the_lower_index_whatever_k(chunk):
+    """Duplicate images tie exactly: the k nearest are the lower-indexed of them, and a search for k is
+    the first k columns of a larger one (what --k_select model's one table relies on)."""
+    g = torch.Generator().manual_seed(2)
+    distinct = torch.randn(12, 4, generator=g)
+    keys = distinct[torch.randint(0, 12, (60,), generator=g)]  # every row five times on average
+    _, largest = knn(keys, keys, 40, chunk_size=chunk)
+    for k in (1, 2, 3, 5, 8, 13, 40):
+        dist, idx = knn(keys, keys, k, chunk_size=chunk)
+        assert torch.equal(idx, largest[:, :k]), k
+        # nearest first; at equal distances, ascending index
+        assert bool((dist[:, 1:] >= dist[:, :-1]).all())
+        tied = dist[:, 1:] == dist[:, :-1]
+        assert bool((idx[:, 1:] > idx[:, :-1])[tied].all())
+    # the first neighbour of a duplicate is the lowest-indexed copy of it
+    first_copy = torch.tensor([int((keys == row).all(1).nonzero()[0]) for row in keys])
+    assert torch.equal(largest[:, 0], first_copy)
+    # every key in a query's cut is no farther than every key left out of it
+    d2 = torch.cdist(keys.double(), keys.double())
+    for k in (3, 8):
+        kept = torch.zeros_like(d2, dtype=torch.bool).scatter_(1, largest[:, :k], True)
+        assert bool((d2.masked_fill(~kept, -1).amax(1) <= d2.masked_fill(kept, float('inf')).amin(1) + 1e-6).all())
+
+
 def test_knn_refuses_k_larger_than_data():
     with pytest.raises(ValueError, match='lower --k'):
         knn(torch.zeros(3, 2), torch.zeros(3, 2), k=4)

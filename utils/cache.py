@@ -69,7 +69,8 @@ def argument_identity(value):
 def computation_key(compute, arguments):
     """The key of `compute(**arguments)`, derived from those very arguments: a new argument of a cached
     computation changes its key by construction."""
-    return {'format': CACHE_FORMAT, 'computation': f'{compute.__module__}.{compute.__qualname__}',
+    version = f"@{compute.version}" if hasattr(compute, 'version') else ''  # a computation whose value changed
+    return {'format': CACHE_FORMAT, 'computation': f'{compute.__module__}.{compute.__qualname__}{version}',
             **{name: argument_identity(value) for name, value in sorted(arguments.items())}}
 
 
@@ -131,6 +132,9 @@ def augmented_view(images, seed, chunk=4096):
 def neighbour_table(features, k, **search):
     """The k nearest training samples of every training sample (itself included), by exact search."""
     return knn(features, features, k, progress=True, **search)[1]
+
+
+neighbour_table.version = 2  # 2: equal distances to the lower index (1: as torch.topk broke the ties)
 
 
 def cached_neighbours(features, k, cache_dir, log=print, **search):

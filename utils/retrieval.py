@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 
 def knn(queries, keys, k, chunk_size=None, progress=False):
-    """Indices (and distances) of the k nearest `keys` (Euclidean) for every query, nearest first.
+    """Indices (and distances) of the k nearest `keys` (Euclidean) for every query, nearest first and,
+    at equal distances (duplicate images), the lower index first: so the k nearest are the first k of
+    any larger search (a --k_select model table sliced to k is a plain --k run's table).
 
     Works in query chunks so only a chunk × N block of distances exists at a time; distances use
     ‖q‖² − 2q·k + ‖k‖² with a float32 matmul.
@@ -34,10 +36,26 @@ def knn(queries, keys, k, chunk_size=None, progress=False):
     for start in tqdm(starts, desc='kNN', disable=not progress, leave=False):
         q = queries[start:start + chunk_size].float()
         d2 = q.square().sum(1, keepdim=True) - 2 * q @ keys.T + key_sq
-        dist, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        dist, idx = nearest(d2, k)
         all_dist.append(dist.clamp(min=0).sqrt())
         all_idx.append(idx)
     return torch.cat(all_dist), torch.cat(all_idx)
+
+
+def nearest(d2, k):
+    """The k smallest entries of each row of d2 and their columns, ascending, ties to the lower column
+    (torch.topk breaks ties as it likes, and not alike for every k)."""
+    if k >= d2.shape[1]:
+        return torch.sort(d2, dim=1, stable=True)
+    dist, idx = torch.topk(d2, k + 1, dim=1, largest=False)  # one more: does a tie cross the k-th place?
+    by_column = torch.argsort(idx, dim=1)
+    dist, idx = dist.gather(1, by_column), idx.gather(1, by_column)
+    by_distance = torch.sort(dist, dim=1, stable=True).indices
+    dist, idx = dist.gather(1, by_distance), idx.gather(1, by_distance)
+    crossing = (dist[:, k - 1] == dist[:, k]).nonzero().flatten()
+    if len(crossing):  # which of the tied columns make the cut is read from the whole row
+        dist[crossing], idx[crossing] = [t[:, :k + 1] for t in torch.sort(d2[crossing], dim=1, stable=True)]
+    return dist[:, :k], idx[:, :k]
 
 
 def _chunk_bytes(device):
