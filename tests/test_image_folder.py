@@ -15,7 +15,7 @@ from utils.data import DatasetMissing
 from utils.encoders import EncoderError
 from utils.files import read_image_folder
 from utils.hub_encoders import load_hub_encoder, load_open_clip, load_timm
-from utils.prepare import check_input_size
+from utils.prepare import check_input_size, warn_noisy_choice
 
 timm = pytest.importorskip('timm')
 open_clip = pytest.importorskip('open_clip')
@@ -117,6 +117,15 @@ def test_without_samples_the_ranking_uses_retrieval_votes(tmp_path, own, timm_ch
         *flags(tmp_path, 'votes', '--n_samples', '0')])
     assert summary['label_ranking'].startswith('retrieval votes')
     assert precision_at_top(ranking(run_dir), corrupted) >= 0.6
+
+
+def test_a_k_choice_on_noisy_validation_labels_is_warned_about(own):
+    root, _ = own
+    for val, warned in ((None, True), (os.path.join(root, 'val'), False)):
+        said = []
+        warn_noisy_choice(read_image_folder(os.path.join(root, 'train'), val), said.append)
+        assert bool(said) == warned and all(line.startswith('warning: --k_choices is chosen on validation images '
+                                                            'held out with their noisy labels') for line in said)
 
 
 def test_reader_forms_agree(own):

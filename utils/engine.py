@@ -486,7 +486,6 @@ def finish_outputs(trainer, data, splits, run_dir):
     if not splits.in_memory:  # image files: the likely mislabelled ones by path, the splits' notes
         facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
                                       trainer.cfg.n_samples), **splits.notes)
-    carved = 'noisy' in getattr(splits, 'notes', {}).get('model_selection', '')  # validation split with noisy labels
     plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'), data.info.get('noisy_label_accuracy'),
-                  'validation (noisy labels)' if carved else 'validation (clean)')
+                  'validation (noisy labels)' if getattr(splits, 'noisy_val', False) else 'validation (clean)')
     return facts

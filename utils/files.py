@@ -38,6 +38,7 @@ class FileSplits:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     notes: dict = field(default_factory=dict)  # facts about the splits for the run's summary
+    noisy_val: bool = False  # the validation labels are noisy ones (held out of training: no clean --val)
     resample: str = 'bilinear'  # the filter that resizes its images, as the authors' loader of it does
 
     def paths(self, split):
@@ -388,6 +389,7 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
         splits['test'] = splits['val']
         notes['test_split'] = 'none given: test_acc is measured on the validation split'
     return FileSplits(name='imagefolder', n_class=len(classes), class_names=classes, notes=notes,
+                      noisy_val=val is None,
                       **{f'{s}_{part}': splits[s][i] for s in ('train', 'val', 'test')
                          for i, part in enumerate(('paths', 'labels'))})
 

@@ -181,6 +181,16 @@ def select_k(features, noisy, val_labels, choices, n_class, log, limit=K_SELECTI
     return best, scores
 
 
+def warn_noisy_choice(splits, log):
+    """--k_choices scored on validation labels that are noisy (own images without --val): say what that
+    choice is worth. Under noise that depends on the class or the image, a model (or a vote) that
+    reproduces the noise scores well on such labels."""
+    if getattr(splits, 'noisy_val', False):
+        log('warning: --k_choices is chosen on validation images held out with their noisy labels (no --val '
+            'given): where the noise depends on the class or the image, that favours the k whose predictions '
+            'reproduce it; pass --val with clean labels for a choice that measures the labels\' quality')
+
+
 def check_counts(cfg, n_train):
     """--k (or each --k_choices) below the training set's size, --per_class not negative."""
     flag = '--k_choices' if cfg.k_choices else '--k'
@@ -219,6 +229,7 @@ def prepare(cfg, splits, device, log=print):
     noisy = torch.from_numpy(labels).to(device)
     k_scores = None
     if cfg.k_choices:  # scored on resume too: the f_p check reports the same figure
+        warn_noisy_choice(splits, log)
         chosen, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
                                     **search_options(cfg), choosing=not by_model(cfg))
         if not by_model(cfg):
