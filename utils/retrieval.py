@@ -14,13 +14,14 @@ import torch
 from tqdm import tqdm
 
 
-def knn(queries, keys, k, chunk_size=None, progress=False):
+def knn(queries, keys, k, chunk_size=None, progress=False, exact_ties=True):
     """Indices (and distances) of the k nearest `keys` (Euclidean) for every query, nearest first and,
     at equal distances (duplicate images), the lower index first: so the k nearest are the first k of
     any larger search (a --k_select model table sliced to k is a plain --k run's table).
 
     Works in query chunks so only a chunk × N block of distances exists at a time; distances use
-    ‖q‖² − 2q·k + ‖k‖² with a float32 matmul.
+    ‖q‖² − 2q·k + ‖k‖² with a float32 matmul. `exact_ties` False: ties as torch.topk breaks them (a
+    search no larger one is compared with, without the host sync the tie check costs on a GPU).
     """
     if k > keys.shape[0]:
         raise ValueError(f'k={k} neighbours asked for, but only {keys.shape[0]} samples to search; '
@@ -36,7 +37,7 @@ def knn(queries, keys, k, chunk_size=None, progress=False):
     for start in tqdm(starts, desc='kNN', disable=not progress, leave=False):
         q = queries[start:start + chunk_size].float()
         d2 = q.square().sum(1, keepdim=True) - 2 * q @ keys.T + key_sq
-        dist, idx = nearest(d2, k)
+        dist, idx = nearest(d2, k) if exact_ties else torch.topk(d2, k, dim=1, largest=False, sorted=True)
         all_dist.append(dist.clamp(min=0).sqrt())
         all_idx.append(idx)
     return torch.cat(all_dist), torch.cat(all_idx)
@@ -53,8 +54,11 @@ def nearest(d2, k):
     by_distance = torch.sort(dist, dim=1, stable=True).indices
     dist, idx = dist.gather(1, by_distance), idx.gather(1, by_distance)
     crossing = (dist[:, k - 1] == dist[:, k]).nonzero().flatten()
-    if len(crossing):  # which of the tied columns make the cut is read from the whole row
-        dist[crossing], idx[crossing] = [t[:, :k + 1] for t in torch.sort(d2[crossing], dim=1, stable=True)]
+    # which of the tied columns make the cut is read from the whole row, a slice of rows at a time (with
+    # few distinct distances, binary features say, nearly every row ties: sorting them at once would
+    # need several times the chunk's memory)
+    for rows in crossing.split(max(1, d2.shape[0] // 16)):
+        dist[rows], idx[rows] = [t[:, :k + 1] for t in torch.sort(d2[rows], dim=1, stable=True)]
     return dist[:, :k], idx[:, :k]
 
 
@@ -95,7 +99,8 @@ def search_options(cfg):
 def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own', **search):
     """Candidates of a batch searched now (the authors' SimCLR path: each step's augmented query
     against the cached keys), by the candidate rule."""
-    _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0], **search)
+    _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0], exact_ties=False,
+                 **search)
     return candidate_rows(key_labels[idx], own_labels, rule)
 
 
