@@ -40,8 +40,7 @@ from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import knn, majority_vote
-from utils.rundir import FolderInUse, MEANT_WHEN_ABSENT
-from utils.runtime import SetupError
+from utils.rundir import MEANT_WHEN_ABSENT, ResumeRefused
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
 # made) is skipped with a note
@@ -187,8 +186,8 @@ def lra_run(flags, splits, log=print):
     """One LRA-diffusion run through train_CIFAR's parser and the engine. A finished run with the same
     flags and recipe is reused and a stopped one continued (its finished epochs and k trials kept), so
     an interrupted table goes on where it stopped. A run folder of the same name that these flags did
-    not start (other flags, an older recipe), or whose resume is refused (its inputs changed), is moved
-    aside, not overwritten, and the run made again."""
+    not start (other flags, an older recipe), or whose checkpoint cannot be continued (its inputs changed,
+    say), is moved aside, not overwritten, and the run made again."""
     cfg, run_dir = run_config(flags)
     if reusable(run_dir, flags, cfg):
         return json.load(open(os.path.join(run_dir, 'summary.json'))), run_dir
@@ -198,9 +197,7 @@ def lra_run(flags, splits, log=print):
         log(f'{run_dir} was stopped after a finished epoch: continuing it')
         try:
             return engine_main(run_config([*flags, '--resume', run_dir])[0], lambda c: splits)
-        except FolderInUse:
-            raise
-        except SetupError as refused:
+        except ResumeRefused as refused:  # not a busy folder, a full disk or a missing input: those stop the table
             move_aside(run_dir, f'cannot be continued ({refused})', log)
     os.makedirs(run_dir, exist_ok=True)
     save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))  # before the run: which flags started it

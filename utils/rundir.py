@@ -32,6 +32,11 @@ MEANT_WHEN_ABSENT = {'ema_decay': 0.0}
 ALWAYS_FROM_THIS_RUN = ('device', 'resume', 'debug', 'command_line_flags', 'script_flags')
 
 
+class ResumeRefused(SetupError):
+    """A checkpoint this invocation cannot continue: not there, of another format, or its flags or
+    inputs differ from this command's."""
+
+
 def plan_run_dir(cfg):
     """The run folder: the one being resumed, or a new one that must not hold a run already.
     Created only once the inputs have been checked, so bad input leaves nothing behind."""
@@ -48,15 +53,15 @@ def load_run(run_dir, name='last.pt'):
     """A checkpoint of a run folder, checked for its format."""
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
-        raise SetupError(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
+        raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     ckpt = _upgraded(load_torch(path), path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
         for name, value in MEANT_WHEN_ABSENT.items():
             ckpt['config'].setdefault(name, value)
     if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
         found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise SetupError(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
-                         f'(found {found})')
+        raise ResumeRefused(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
+                            f'(found {found})')
     return ckpt
 
 
@@ -73,13 +78,13 @@ def _upgraded(ckpt, path):
         config.setdefault('diff_backbone', 'cached')  # made before --diff_backbone: _l backbones were cached
     if ckpt.get('format_version') == 2:
         if str(config.get('diff_encoder', '')).endswith('_l'):
-            raise SetupError(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
-                             f'encoder; this version builds the authors\' two-layer head and cannot resume it or '
-                             f'predict with it: start a new run (or use the version that made it)')
+            raise ResumeRefused(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
+                                f'encoder; this version builds the authors\' two-layer head and cannot resume it or '
+                                f'predict with it: start a new run (or use the version that made it)')
         if config.get('dataset') in BICUBIC_SINCE_FORMAT_3:
-            raise SetupError(f'{path} was made from {config["dataset"]} images resized bilinear; this version '
-                             f'resizes them bicubic, as the authors, and cannot resume it or predict with it: '
-                             f'start a new run (or use the version that made it)')
+            raise ResumeRefused(f'{path} was made from {config["dataset"]} images resized bilinear; this version '
+                                f'resizes them bicubic, as the authors, and cannot resume it or predict with it: '
+                                f'start a new run (or use the version that made it)')
         ckpt['format_version'] = 3
     return ckpt
 
@@ -111,11 +116,11 @@ def check_resume_flags(cfg, ckpt, run_dir):
     changed = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given) if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
     if changed:
-        raise SetupError(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
-                         f'the run, or start a new run with another --run_name')
+        raise ResumeRefused(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
+                            f'the run, or start a new run with another --run_name')
     if 'nepoch' in given and cfg.nepoch < ckpt['epoch'] + 1:
-        raise SetupError(f'--nepoch {cfg.nepoch}: {run_dir} has already trained {ckpt["epoch"] + 1} epochs; '
-                         f'give at least that many')
+        raise ResumeRefused(f'--nepoch {cfg.nepoch}: {run_dir} has already trained {ckpt["epoch"] + 1} epochs; '
+                            f'give at least that many')
 
 
 def input_fingerprints(splits, data):
@@ -139,8 +144,8 @@ def check_resume_inputs(saved, now, run_dir):
         return
     changed = [name for name in now if saved.get(name) != now[name]]
     if changed:
-        raise SetupError(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
-                         f'with; resume with the same inputs, or start a new run')
+        raise ResumeRefused(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
+                            f'with; resume with the same inputs, or start a new run')
 
 
 def check_writable(folder, flag):
@@ -166,10 +171,6 @@ def _makedirs(folder):
     return made
 
 
-class FolderInUse(SetupError):
-    """Another process holds the run folder's lock."""
-
-
 class RunClaim:
     """The run folder, created exclusively (a fresh run) and locked for the run's life. `checkpoint`
     is the file that says a run is there; `other` names the flag that picks another folder."""
@@ -192,8 +193,8 @@ class RunClaim:
                 raise
             os.close(self.fd)
             self.fd = None
-            raise FolderInUse(f'{run_dir} is in use by another run right now; wait for it to finish, or choose '
-                              f'another {other}') from None
+            raise SetupError(f'{run_dir} is in use by another run right now; wait for it to finish, or choose '
+                             f'another {other}') from None
         if fresh:
             self._start_fresh()
         sweep_partial_writes(run_dir)
