@@ -124,8 +124,8 @@ def test_a_k_choice_on_noisy_validation_labels_is_warned_about(own):
     for val, warned in ((None, True), (os.path.join(root, 'val'), False)):
         said = []
         warn_noisy_choice(read_image_folder(os.path.join(root, 'train'), val), said.append)
-        assert bool(said) == warned and all(line.startswith('warning: --k_choices is chosen on validation images '
-                                                            'held out with their noisy labels') for line in said)
+        assert bool(said) == warned and all(line.startswith('warning: k is chosen among --k_choices on validation '
+                                                            'images held out with their noisy labels') for line in said)
 
 
 def test_reader_forms_agree(own):

@@ -112,6 +112,10 @@ def test_weak_fp_is_reported_before_training():
     assert weak < 0.3 and lines[-1].startswith('warning: f_p neighbourhoods are less pure')
     assert lines[-1].endswith('or let --k_choices 1 10 50 --k_select model choose k by validation accuracy '
                               '(k 1: the least retrieval)')
+    lines = []  # validation labels held out of the noisy training labels: agreement, not accuracy
+    check_retrieval(informative, noisy, val, 10, n_class, None, lines.append, noisy_val=True)
+    assert lines[0].startswith('f_p check: the majority noisy label of 10 training neighbours agrees with the label '
+                               'of ') and lines[0].endswith('validation images (held out with their noisy labels: no --val)')
     lines = []  # where --k_choices chose k already, the advice is only the stronger f_p
     check_retrieval(uninformative, noisy, val, 10, n_class, noisy_accuracy, lines.append, chosen=True)
     assert lines[-1].endswith('use a stronger --fp_encoder')

@@ -148,15 +148,18 @@ def neighbour_majority_accuracy(features, noisy, val_labels, ks, n_class, limit,
 
 
 def check_retrieval(features, noisy, val_labels, k, n_class, noisy_accuracy, log, limit=1000, measured=None,
-                    chosen=False, **search):
+                    chosen=False, noisy_val=False, **search):
     """The f_p check: the neighbour-majority accuracy at k (`measured`: already taken on the first `limit`
-    validation images, by --k_choices; `chosen`: k came from --k_choices). Below the noisy labels' own
+    validation images, by --k_choices; `chosen`: k came from --k_choices; `noisy_val`: the validation
+    labels are noisy ones, so the figure is agreement with them). Below the noisy labels' own
     accuracy, f_p's neighbourhoods are too impure for retrieval to help, and the run will end below the
     noisy labels: say so."""
     accuracy = measured if measured is not None else \
         neighbour_majority_accuracy(features, noisy, val_labels, [k], n_class, limit, **search)[k]
-    line = (f'f_p check: the majority noisy label of {k} training neighbours is right for {100 * accuracy:.1f}% '
-            f'of {min(limit, len(val_labels))} clean validation images')
+    n = min(limit, len(val_labels))
+    found = (f'agrees with the label of {100 * accuracy:.1f}% of {n} validation images (held out with their noisy '
+             f'labels: no --val)') if noisy_val else f'is right for {100 * accuracy:.1f}% of {n} clean validation images'
+    line = f'f_p check: the majority noisy label of {k} training neighbours {found}'
     if noisy_accuracy is not None:
         line += f' (the noisy training labels: {100 * noisy_accuracy:.1f}% right)'
     log(line)
@@ -186,9 +189,9 @@ def warn_noisy_choice(splits, log):
     choice is worth. Under noise that depends on the class or the image, a model (or a vote) that
     reproduces the noise scores well on such labels."""
     if getattr(splits, 'noisy_val', False):
-        log('warning: --k_choices is chosen on validation images held out with their noisy labels (no --val '
-            'given): where the noise depends on the class or the image, that favours the k whose predictions '
-            'reproduce it; pass --val with clean labels for a choice that measures the labels\' quality')
+        log('warning: k is chosen among --k_choices on validation images held out with their noisy labels (no '
+            '--val given): where the noise depends on the class or the image, that favours the k whose '
+            'predictions reproduce it; pass --val with clean labels for a choice scored against clean labels')
 
 
 def check_counts(cfg, n_train):
@@ -274,5 +277,6 @@ def use_k(cfg, data, splits, k, log=print):
     info['val_neighbour_majority_accuracy'] = check_retrieval(data.features, data.noisy_labels, splits.val_labels, k,
                                                               data.n_class, info.get('noisy_label_accuracy'), log,
                                                               **measured, chosen=bool(cfg.k_choices),
+                                                              noisy_val=getattr(splits, 'noisy_val', False),
                                                               **search_options(cfg))
     return data
