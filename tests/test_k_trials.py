@@ -9,6 +9,7 @@ import torch
 from conftest import subset
 from test_engine import digits_cfg
 from utils import engine, k_trials
+from utils.cache import neighbour_table
 from utils.checks import config_problems
 from utils.engine import run
 from utils.io import load_json, load_torch
@@ -224,7 +225,7 @@ def test_a_choice_within_two_standard_errors_is_called_close():
     assert not k_trials.too_close({1: 0.5}, 10)
 
 
-def test_the_trial_key_is_what_a_trial_computes(tmp_path):
+def test_the_trial_key_is_what_a_trial_computes(tmp_path, monkeypatch):
     def key(*flags):
         cfg = digits_cfg(tmp_path, '--k_choices', '1', '5', '--k_select', 'model', *flags)
         return k_trials.trial_key(k_trials.trial_config(cfg, 1), {'training labels': 'x'})
@@ -233,3 +234,5 @@ def test_the_trial_key_is_what_a_trial_computes(tmp_path):
     assert key('--lr', '2e-3') != same and key('--seed', '5') != same and key('--nepoch', '300') != same  # 31-epoch trials, not 21
     assert key() != k_trials.trial_key(k_trials.trial_config(digits_cfg(tmp_path, '--k_choices', '1', '5'), 5),
                                        {'training labels': 'x'})
+    monkeypatch.setattr(neighbour_table, 'version', neighbour_table.version + 1)  # a table made by another rule
+    assert key() != same

@@ -23,6 +23,7 @@ import signal
 import time
 
 from utils import distributed
+from utils.cache import neighbour_table
 from utils.io import load_json, remove_files, save_json, save_torch
 from utils.rundir import load_run
 from utils.runtime import Interrupted, SetupError
@@ -64,9 +65,11 @@ def trial_config(cfg, k):
 
 
 def trial_key(trial_cfg, fingerprints):
-    """What a finished trial must match to be reused: the trial's flags and the run's inputs."""
+    """What a finished trial must match to be reused: the trial's flags, the run's inputs and the way its
+    neighbour table is made (a table made by another rule can hold other neighbours)."""
     flags = {k: v for k, v in vars(trial_cfg).items() if k not in NOT_IN_TRIAL_KEY}
-    text = json.dumps({'flags': flags, 'inputs': fingerprints}, sort_keys=True, default=str)
+    text = json.dumps({'flags': flags, 'inputs': fingerprints, 'neighbour_table': neighbour_table.version},
+                      sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
