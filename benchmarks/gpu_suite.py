@@ -8,7 +8,8 @@ Stages, in priority order: the CUDA tests; the paper's inference table; one epoc
 on real CIFAR-10 per f_p path and recipe, projected to a paper-length run; one epoch of
 train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path,
 projected to their 300-epoch run; exact kNN 1M × 768;
-JPEG decoding + ViT-L/14 extraction; SimCLR pre-training on CIFAR-10 for whatever budget is left.
+JPEG decoding + ViT-L/14 extraction; a profile of one epoch of the authors' CIFAR command (where its
+time goes); SimCLR pre-training on CIFAR-10 for whatever budget is left.
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
 continues where the first stopped (pre-training resumes from its last epoch). The suite stops
@@ -104,6 +105,14 @@ def training(encoder, recipe):
     return command
 
 
+def profile(encoder):
+    def command(args, out):
+        where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
+        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', '--profile', '--out', out,
+                *where, '--', *(SMOKE['train_CIFAR'] if args.smoke else [])]
+    return command
+
+
 def file_training(args, out):
     return [PY, '-m', 'benchmarks.file_training', '--out', out, *(SMOKE['file_training'] if args.smoke else [])]
 
@@ -162,6 +171,7 @@ def stages():
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
+               Stage('profile-SimCLR-authors', profile('SimCLR'), needs_cifar=True),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
 
@@ -397,6 +407,19 @@ def extraction_rows(name, r, on_gpu):
              verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu))]
 
 
+PROFILE_ROWS = 6
+
+
+def profile_rows(name, r, on_gpu):
+    """The ops one profiled epoch of the authors' CIFAR command spent most of its time in."""
+    (row,) = r['rows']
+    clock = 'GPU' if on_gpu else 'CPU'
+    return [(f'one epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe, under the profiler: '
+             f'{op["op"][:80].replace("|", "/")}',
+             f'{op["self_s"]} s {clock} self time ({100 * op["share"]:.1f}%), {op["calls"]:,} calls', '', '', '')
+            for op in row['profile'][:PROFILE_ROWS]]
+
+
 def simclr_rows(name, r, on_gpu):
     return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
              f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min, kNN top-1 '
@@ -406,7 +429,7 @@ def simclr_rows(name, r, on_gpu):
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
 STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'training': training_rows,
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
-              'simclr_pretrain': simclr_rows}
+              'profile-SimCLR-authors': profile_rows, 'simclr_pretrain': simclr_rows}
 
 
 def markdown_table(records):

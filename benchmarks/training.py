@@ -5,14 +5,18 @@ epochs on the 5k validation and 10k test splits, feature extraction included.
     python -m benchmarks.training --diff_encoders resnet18 fp_mlp   # each diffusion encoder
     python -m benchmarks.training --small --epochs 2                # CPU smoke test
     python -m benchmarks.training --data_root data --epochs 1 -- --recipe improved   # real CIFAR-10
+    python -m benchmarks.training --data_root data --epochs 1 --profile               # where an epoch goes
 
 Runs `train_CIFAR.py`'s engine on CIFAR-sized random images (speed does not depend on the pixels),
 or on real CIFAR-10 with 35% uniform noise when --data_root holds `cifar-10-batches-py/`, with
 random-weight encoders written and read through the real loaders. Flags after `--` go to
 train_CIFAR.py (a recipe, say). With --epochs below 200 the paper-length time is projected from the
-measured parts (labelled as such).
+measured parts (labelled as such). With --profile the first epoch runs under torch.profiler and each
+row gains its ops by self time (on the GPU, device time); the profiler slows that epoch, so such a
+row's seconds are not speed figures.
 """
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -24,6 +28,7 @@ import train_CIFAR
 from benchmarks.common import AUTHORS_H100, device_line, random_images
 from utils.config import parse_config
 from utils.data import ImageSplits, load_cifar
+from utils import engine
 from utils.engine import run
 from utils.io import save_json
 from utils.random_weights import save_random_clip, save_random_simclr
@@ -60,8 +65,9 @@ def one_run(encoder, diff_encoder, args, folder, splits):
             save_random_clip(arch, path)
         flags += ['--fp_encoder', 'CLIP', '--CLIP_type', path]
     cfg = parse_config('', train_CIFAR.DEFAULTS, flags)
-    started = time.time()
-    summary, _ = run(cfg, lambda c: splits)
+    started, ops = time.time(), []
+    with profiled_first_epoch(ops) if args.profile else contextlib.nullcontext():
+        summary, _ = run(cfg, lambda c: splits)
     total = time.time() - started
     s = summary['seconds']
     n_evals = sum(is_eval_epoch(e, cfg) for e in range(cfg.nepoch)) or 1
@@ -75,7 +81,42 @@ def one_run(encoder, diff_encoder, args, folder, splits):
             'paper_length_min': round(projected / 60, 2) if cfg.nepoch < 200 else round(total / 60, 2),
             'paper_length_is_projection': cfg.nepoch < 200,
             'authors_min': None if args.small else AUTHORS_H100['paper_length_min'].get(encoder),
-            'data': splits.name, 'train_CIFAR_flags': args.extra}
+            'data': splits.name, 'train_CIFAR_flags': args.extra,
+            **({'profile': ops} if args.profile else {})}
+
+
+@contextlib.contextmanager
+def profiled_first_epoch(ops, top=15):
+    """The engine's first training epoch under torch.profiler (CPU, and CUDA where there is one); its
+    `top` ops by self time go into `ops`."""
+    original = engine.Trainer.train_epoch
+
+    def train_epoch(trainer, epoch):
+        if ops:
+            return original(trainer, epoch)
+        cuda = trainer.device.type == 'cuda'
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            loss = original(trainer, epoch)
+        ops.extend(top_ops(prof.key_averages(), cuda, top))
+        return loss
+    engine.Trainer.train_epoch = train_epoch
+    try:
+        yield
+    finally:
+        engine.Trainer.train_epoch = original
+
+
+def top_ops(events, on_device, top):
+    """The ops that took the most self time (device time on a GPU, CPU time otherwise), with their share."""
+    def self_us(e):
+        if on_device:  # torch ≥ 2.4 names it device time; earlier, cuda time
+            return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
+        return e.self_cpu_time_total
+    total = sum(self_us(e) for e in events) or 1
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return [{'op': e.key, 'calls': e.count, 'self_s': round(self_us(e) / 1e6, 4),
+             'share': round(self_us(e) / total, 4)} for e in ranked if self_us(e) > 0]
 
 
 def main(argv=None):
@@ -92,6 +133,7 @@ def main(argv=None):
     p.add_argument('--data_root', help='real CIFAR-10: the folder holding cifar-10-batches-py/ '
                                        '(default: random images)')
     p.add_argument('--out', help='write the rows as JSON here')
+    p.add_argument('--profile', action='store_true', help='profile the first epoch: its ops by self time')
     p.add_argument('extra', nargs=argparse.REMAINDER, help='further train_CIFAR.py flags after --')
     args = p.parse_args(argv)
     args.extra = [a for a in args.extra if a != '--']
