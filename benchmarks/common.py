@@ -41,6 +41,26 @@ def timed(fn, device):
     return result, time.perf_counter() - start
 
 
+def profiled(fn, device, top=15):
+    """fn() under torch.profiler (CPU, and CUDA on a GPU): its result, and the `top` ops that took the most
+    self time (device time on a GPU, CPU time otherwise) with their share of it."""
+    cuda = torch.device(device).type == 'cuda'
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        result = fn()
+        synchronize(device)
+    events = prof.key_averages()
+
+    def self_us(e):
+        if cuda:  # torch ≥ 2.4 names it device time; earlier, cuda time
+            return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
+        return e.self_cpu_time_total
+    total = sum(self_us(e) for e in events) or 1
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return result, [{'op': e.key, 'calls': e.count, 'self_s': round(self_us(e) / 1e6, 6),
+                     'share': round(self_us(e) / total, 4)} for e in ranked if self_us(e) > 0]
+
+
 def reset_peak(device):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)

@@ -8,8 +8,9 @@ Stages, in priority order: the CUDA tests; the paper's inference table; one epoc
 on real CIFAR-10 per f_p path and recipe, projected to a paper-length run; one epoch of
 train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path,
 projected to their 300-epoch run; exact kNN 1M × 768;
-JPEG decoding + ViT-L/14 extraction; a profile of one epoch of the authors' CIFAR command (where its
-time goes); SimCLR pre-training on CIFAR-10 for whatever budget is left.
+JPEG decoding + ViT-L/14 extraction; profiles of one epoch of the authors' CIFAR command and of
+10k-image ViT-L/14 inference (where their time goes); SimCLR pre-training on CIFAR-10 for whatever
+budget is left.
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
 continues where the first stopped (pre-training resumes from its last epoch). The suite stops
@@ -55,6 +56,8 @@ SMOKE_COLUMNS = ('Standard', 'SimCLR', 'ViT-L/14')
 SMOKE = {
     'inference': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim', '32',
                   '--device', 'cpu', '--columns', *SMOKE_COLUMNS],
+    'inference_profile': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
+                          '32', '--device', 'cpu'],
     'training': ['--small', '--sizes', '64', '32', '32', '--device', 'cpu', '--diff_encoders', 'fp_mlp'],
     'train_CIFAR': ['--batch_size', '32', '--n_samples', '0'],
     'file_training': ['--small', '--device', 'cpu'],
@@ -95,6 +98,11 @@ def junit_counts(out, args):
 
 def inference(args, out):
     return [PY, '-m', 'benchmarks.inference', '--out', out, *(SMOKE['inference'] if args.smoke else [])]
+
+
+def inference_profile(args, out):
+    size = SMOKE['inference_profile'] if args.smoke else ['--sizes', '10000']
+    return [PY, '-m', 'benchmarks.inference', '--out', out, '--columns', 'ViT-L/14', '--profile', *size]
 
 
 def training(encoder, recipe):
@@ -172,6 +180,7 @@ def stages():
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
                Stage('profile-SimCLR-authors', profile('SimCLR'), needs_cifar=True),
+               Stage('profile-inference-ViT-L14', inference_profile),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
 
@@ -411,11 +420,13 @@ PROFILE_ROWS = 6
 
 
 def profile_rows(name, r, on_gpu):
-    """The ops one profiled epoch of the authors' CIFAR command spent most of its time in."""
+    """The ops a profiled stage (an epoch of the authors' CIFAR command, or inference) spent most of its
+    time in."""
     (row,) = r['rows']
+    what = (f'one epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe' if 'encoder' in row else
+            f'inference, {row["images"]:,} images, {row["column"]}')
     clock = 'GPU' if on_gpu else 'CPU'
-    return [(f'one epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe, under the profiler: '
-             f'{op["op"][:80].replace("|", "/")}',
+    return [(f'{what}, under the profiler: {op["op"][:80].replace("|", "/")}',
              f'{op["self_s"]} s {clock} self time ({100 * op["share"]:.1f}%), {op["calls"]:,} calls', '', '', '')
             for op in row['profile'][:PROFILE_ROWS]]
 
@@ -429,7 +440,8 @@ def simclr_rows(name, r, on_gpu):
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
 STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'training': training_rows,
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
-              'profile-SimCLR-authors': profile_rows, 'simclr_pretrain': simclr_rows}
+              'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
+              'simclr_pretrain': simclr_rows}
 
 
 def markdown_table(records):

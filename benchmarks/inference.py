@@ -2,12 +2,15 @@
 
     python -m benchmarks.inference                         # one GPU: the full table
     python -m benchmarks.inference --sizes 64 --small      # CPU smoke test (tiny CLIP stand-in)
+    python -m benchmarks.inference --columns ViT-L/14 --sizes 10000 --profile   # where its time goes
 
 Columns: Standard (a ResNet-34 classifier), SimCLR (ResNet-50, CIFAR stem), CLIP ViT-B/32, ViT-B/16,
 ViT-L/14. Each runs the package's inference path: uint8 32×32 images on the device → f_p (bf16,
 channels-last; CLIP resizes bicubically to 224 on the device) → diffusion-encoder embedding →
 10-step DDIM → class. Weights are random unless given (speed does not depend on them), written and
-read through the real loaders. Prints seconds, images/s and peak GPU memory per column.
+read through the real loaders. Prints seconds, images/s and peak GPU memory per column. With
+--profile each column's smallest size is classified once more, after its timing, under torch.profiler:
+its row gains the ops that took the most self time.
 """
 import argparse
 import json
@@ -16,7 +19,7 @@ import tempfile
 
 import torch
 
-from benchmarks.common import AUTHORS_H100, device_line, peak_gib, random_images, reset_peak, timed
+from benchmarks.common import AUTHORS_H100, device_line, peak_gib, profiled, random_images, reset_peak, timed
 from model_diffusion import Denoiser, Diffusion
 from utils.data import CIFAR_MEAN, CIFAR_STD
 from utils.classifier import classify_standard
@@ -74,6 +77,11 @@ def measure(args):
                              'images_per_s': round(n / seconds), 'peak_gib': round(peak_gib(device), 2),
                              'authors_s': authors,
                              'speedup': round(authors / seconds, 1) if authors and device.type == 'cuda' else None})
+            if args.profile:  # untimed: the profiler slows what it watches
+                smallest = min(args.sizes)
+                images = random_images(smallest, device=device, seed=smallest)
+                row = next(r for r in rows if r['column'] == name and r['images'] == smallest)
+                row['profile'] = profiled(lambda: classify(images), device)[1]
             classify = None  # free this column's models before the next
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
@@ -106,6 +114,7 @@ def main(argv=None):
     p.add_argument('--clip_l14')
     p.add_argument('--small', action='store_true', help='tiny CLIP and ResNet-18 SimCLR stand-ins (CPU smoke test)')
     p.add_argument('--out', help='write the rows as JSON here')
+    p.add_argument('--profile', action='store_true', help="profile each column's smallest size: its ops by self time")
     args = p.parse_args(argv)
     args.clip = {'ViT-B/32': args.clip_b32, 'ViT-B/16': args.clip_b16, 'ViT-L/14': args.clip_l14}
     rows, device = measure(args)

@@ -25,7 +25,7 @@ import time
 import torch
 
 import train_CIFAR
-from benchmarks.common import AUTHORS_H100, device_line, random_images
+from benchmarks.common import AUTHORS_H100, device_line, profiled, random_images
 from utils.config import parse_config
 from utils.data import ImageSplits, load_cifar
 from utils import engine
@@ -86,37 +86,21 @@ def one_run(encoder, diff_encoder, args, folder, splits):
 
 
 @contextlib.contextmanager
-def profiled_first_epoch(ops, top=15):
-    """The engine's first training epoch under torch.profiler (CPU, and CUDA where there is one); its
-    `top` ops by self time go into `ops`."""
+def profiled_first_epoch(ops):
+    """The engine's first training epoch under torch.profiler; its top ops by self time go into `ops`."""
     original = engine.Trainer.train_epoch
 
     def train_epoch(trainer, epoch):
         if ops:
             return original(trainer, epoch)
-        cuda = trainer.device.type == 'cuda'
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        with torch.profiler.profile(activities=activities) as prof:
-            loss = original(trainer, epoch)
-        ops.extend(top_ops(prof.key_averages(), cuda, top))
+        loss, top = profiled(lambda: original(trainer, epoch), trainer.device)
+        ops.extend(top)
         return loss
     engine.Trainer.train_epoch = train_epoch
     try:
         yield
     finally:
         engine.Trainer.train_epoch = original
-
-
-def top_ops(events, on_device, top):
-    """The ops that took the most self time (device time on a GPU, CPU time otherwise), with their share."""
-    def self_us(e):
-        if on_device:  # torch ≥ 2.4 names it device time; earlier, cuda time
-            return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
-        return e.self_cpu_time_total
-    total = sum(self_us(e) for e in events) or 1
-    ranked = sorted(events, key=self_us, reverse=True)[:top]
-    return [{'op': e.key, 'calls': e.count, 'self_s': round(self_us(e) / 1e6, 4),
-             'share': round(self_us(e) / total, 4)} for e in ranked if self_us(e) > 0]
 
 
 def main(argv=None):

@@ -57,11 +57,13 @@ def test_every_stage_writes_a_sane_result(smoke):
     assert simclr['complete'] and simclr['epochs_done'] == 1
     assert len(simclr['knn_curve']) == 1 and 0.0 <= simclr['knn_curve'][0][1] <= 1.0
     table = summary['table']
-    profiled = result(out, 'profile-SimCLR-authors')['rows'][0]['profile']
-    assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
-    assert 'under the profiler: ' + profiled[0]['op'] in table
-    shown = min(len(profiled), gpu_suite.PROFILE_ROWS)
-    # header, inference, training, files, the profile, the rest
+    shown = 0
+    for stage in ('profile-SimCLR-authors', 'profile-inference-ViT-L14'):
+        profiled = result(out, stage)['rows'][0]['profile']
+        assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
+        assert 'under the profiler: ' + profiled[0]['op'] in table
+        shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
+    # header, inference, training, files, the profiles, the rest
     assert table.count('\n| ') == 1 + len(rows) + 2 * 4 + 2 + shown + 4
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
