@@ -105,19 +105,12 @@ def inference_profile(args, out):
     return [PY, '-m', 'benchmarks.inference', '--out', out, '--columns', 'ViT-L/14', '--profile', *size]
 
 
-def training(encoder, recipe):
+def training(encoder, recipe, *more):
+    """One epoch of train_CIFAR.py on real CIFAR-10 (`more`: benchmarks.training flags, e.g. --profile)."""
     def command(args, out):
         where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
-        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', '--out', out, *where,
+        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', *more, '--out', out, *where,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
-    return command
-
-
-def profile(encoder):
-    def command(args, out):
-        where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
-        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '1', '--profile', '--out', out,
-                *where, '--', *(SMOKE['train_CIFAR'] if args.smoke else [])]
     return command
 
 
@@ -179,7 +172,7 @@ def stages():
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
-               Stage('profile-SimCLR-authors', profile('SimCLR'), needs_cifar=True),
+               Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile'), needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
