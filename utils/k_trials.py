@@ -167,16 +167,16 @@ def take_over_trial(cfg, info, run_dir, k):
     folder = trial_folder(run_dir, k)
     main = distributed.is_main()
     found = takeable(folder, cfg) if main else None
-    info['k_trials']['run_goes_on_from_trial'] = distributed.broadcast_object(found is not None)
-    if not info['k_trials']['run_goes_on_from_trial']:
+    goes_on = info['k_trials']['run_goes_on_from_trial'] = distributed.broadcast_object(found is not None)
+    last = None
+    if goes_on:
+        last = found[0] if main else load_run(folder)
+        distributed.barrier()  # every rank has read it before it moves
         if main:
-            remove_files(folder, ('best.pt', 'last.pt'))
-        return None
-    last = found[0] if main else load_run(folder)
-    distributed.barrier()  # every rank has read it before it moves
-    if main:
-        for name, ckpt in zip(('last.pt', 'best.pt'), found):
-            save_torch({**ckpt, 'config': vars(cfg), 'data_info': info}, os.path.join(run_dir, name))
+            for name, ckpt in zip(('last.pt', 'best.pt'), found):
+                save_torch({**ckpt, 'config': vars(cfg), 'data_info': info}, os.path.join(run_dir, name))
+            print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are '
+                  f'that trial)')
+    if main:  # the run's now, or of no use
         remove_files(folder, ('best.pt', 'last.pt'))
-        print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are that trial)')
     return last
