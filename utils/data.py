@@ -43,10 +43,12 @@ class ImageSplits:
 
     The interface every dataset shares (FileSplits too): `in_memory`, `size(split)`, `source(split)`
     (what features are computed from: here uint8 image tensors), `labels(split)` (the clean labels,
-    None where unknown; for 'train' the clean labels of the training images) and `own_noisy_labels`
-    (the dataset's own noisy training labels, None for datasets whose noise is chosen by --noise_type)."""
+    None where unknown; for 'train' the clean labels of the training images), `own_noisy_labels`
+    (the dataset's own noisy training labels, None for datasets whose noise is chosen by --noise_type)
+    and `noisy_val` (whether the validation labels are noisy ones)."""
     in_memory: ClassVar[bool] = True
     own_noisy_labels: ClassVar[None] = None
+    noisy_val: ClassVar[bool] = False
     name: str
     n_class: int
     train_images: torch.Tensor            # uint8 N×3×H×W

@@ -487,5 +487,5 @@ def finish_outputs(trainer, data, splits, run_dir):
         facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
                                       trainer.cfg.n_samples), **splits.notes)
     plot_accuracy(trainer.history, os.path.join(run_dir, 'accuracy.png'), data.info.get('noisy_label_accuracy'),
-                  'validation (noisy labels)' if getattr(splits, 'noisy_val', False) else 'validation (clean)')
+                  'validation (noisy labels)' if splits.noisy_val else 'validation (clean)')
     return facts

@@ -188,7 +188,7 @@ def warn_noisy_choice(splits, log):
     """--k_choices scored on validation labels that are noisy (own images without --val): say what that
     choice is worth. Under noise that depends on the class or the image, a model (or a vote) that
     reproduces the noise scores well on such labels."""
-    if getattr(splits, 'noisy_val', False):
+    if splits.noisy_val:
         log('warning: k is chosen among --k_choices on validation images held out with their noisy labels (no '
             '--val given): where the noise depends on the class or the image, that favours the k whose '
             'predictions reproduce it; pass --val with clean labels for a choice scored against clean labels')
@@ -277,6 +277,6 @@ def use_k(cfg, data, splits, k, log=print):
     info['val_neighbour_majority_accuracy'] = check_retrieval(data.features, data.noisy_labels, splits.val_labels, k,
                                                               data.n_class, info.get('noisy_label_accuracy'), log,
                                                               **measured, chosen=bool(cfg.k_choices),
-                                                              noisy_val=getattr(splits, 'noisy_val', False),
+                                                              noisy_val=splits.noisy_val,
                                                               **search_options(cfg))
     return data
