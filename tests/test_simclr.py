@@ -47,22 +47,24 @@ def test_knn_monitor_on_separable_features():
 
 
 def test_a_few_steps_lower_the_loss(digits):
-    args = pretrain_SimCLR.parser().parse_args(TINY + ['--epochs', '50', '--warmup_epochs', '0', '--lr', '0.2'])
-    trainer = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
-    idx = torch.arange(32)
-
-    def fixed_loss():
-        torch.manual_seed(123)
-        trainer.model.train()  # batch statistics: the running ones have barely moved after a few steps
-        with torch.no_grad():
-            views = torch.cat([simclr_view(trainer.images[idx], trainer.mean, trainer.std) for _ in range(2)])
-            z = trainer.model.g(torch.flatten(trainer.model.f(views), 1))
-        return float(nt_xent(*z.chunk(2)))
-    before = fixed_loss()
-    for step in range(30):
-        trainer.model.train()
-        trainer.step(idx, step)
-    assert fixed_loss() < before - 0.15
+    """Learning, by a margin no machine's kernels decide: ten steps on one fixed pair of views (drawn
+    alike at every step), against a control of the same steps at learning rate zero. On fresh views
+    each step, 30 steps lowered the loss by 0.12 on one install and 0.23 on another: the loss of a
+    random pair of views varies more than that."""
+    def losses(lr):
+        args = pretrain_SimCLR.parser().parse_args(TINY + ['--epochs', '50', '--warmup_epochs', '0', '--lr', '0.05'])
+        trainer = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+        trainer.lr = lr  # the peak of the schedule each step sets
+        seen = []
+        for step in range(10):
+            trainer.model.train()
+            torch.manual_seed(7)  # the same views every step
+            seen.append(float(trainer.step(torch.arange(32), step)))  # the loss before this step's update
+        return seen
+    control, trained = losses(0.0), losses(0.05)
+    assert control == [control[0]] * 10 and trained[0] == control[0]  # nothing moves at rate zero
+    # ten steps take it from about 4.1 to about 2.3 (ln 63 ≈ 4.14 is chance among 63 other views)
+    assert trained[-1] < 0.8 * control[-1]
 
 
 def test_export_loads_through_the_training_loader(tmp_path):
