@@ -45,16 +45,18 @@ def test_eval_schedule_follows_the_authors():
     assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
 
 
-# a 30-epoch schedule: 90% on the test split where the 100-epoch demo gets 92.5%
-SHORT = ('--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3')
+# a 30-epoch schedule at a higher peak rate than the demo's. Across seeds 123 and 1-5 it reached 85.8-93.8% on
+# the test split (2026-12-04); at the demo's 1e-3 it reached 74.0-90.0%, too wide for a margin that holds on
+# every machine (other kernels move a run about as much as another seed does)
+SHORT = ('--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--lr', '3e-3')
 
 
 def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits):
     cfg = digits_cfg(tmp_path, *SHORT)
     summary, run_dir = run(cfg, lambda c: digits)
     assert summary['noisy_label_accuracy'] == pytest.approx(0.6, abs=0.03)
-    # a clear gain: at least 25 points above the noisy labels' accuracy, on the clean test split
-    assert summary['test_acc'] > summary['noisy_label_accuracy'] + 0.25
+    # a clear gain on the clean test split: 15 points above the noisy labels' 60.5%, 10 below the worst seed
+    assert summary['test_acc'] > summary['noisy_label_accuracy'] + 0.15
     for name in ('config.json', 'log.jsonl', 'best.pt', 'last.pt', 'summary.json'):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     log = [json.loads(line) for line in open(os.path.join(run_dir, 'log.jsonl'))]
