@@ -123,6 +123,15 @@ def labels_from_y0(y0):
     return (-(y0 - 1) ** 2).argmax(dim=1)
 
 
+def ranked_from_y0(y0, k):
+    """The k classes whose coordinates are closest to 1, closest first (B × k): the first is
+    labels_from_y0's class, so top-k accuracy is never below top-1."""
+    closeness = -(y0 - 1) ** 2
+    first = closeness.argmax(dim=1, keepdim=True)
+    rest = closeness.scatter(1, first, float('-inf')).topk(k - 1, dim=1).indices
+    return torch.cat([first, rest], dim=1)
+
+
 class TimeGatedLinear(nn.Module):
     """A linear layer whose output is scaled element-wise by a learned gain per timestep."""
 
@@ -142,22 +151,25 @@ class Denoiser(nn.Module):
 
     `diff_encoder` maps `x` (an image batch or f_p features, depending on the diffusion
     encoder) to a `feature_dim` embedding. Split into `embed_x` and `head` so samplers compute the
-    image embedding once per batch rather than once per step.
+    image embedding once per batch rather than once per step. `fp_conditioning` False is the
+    paper's ablation without the f_p conditioning: the first layer reads y_t alone.
     """
 
-    def __init__(self, n_class, fp_dim, feature_dim, diff_encoder, n_timesteps=N_TIMESTEPS, n_layers=3):
+    def __init__(self, n_class, fp_dim, feature_dim, diff_encoder, n_timesteps=N_TIMESTEPS, n_layers=3,
+                 fp_conditioning=True):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f'the denoiser needs at least 2 time-gated layers (the x_e gate sits after the first), '
                              f'got {n_layers}')
         self.n_class = n_class
         self.n_layers = n_layers
+        self.fp_conditioning = fp_conditioning
         self.diff_encoder = diff_encoder
         self.bf16_embed = False  # bf16 autocast for the diffusion encoder on CUDA; the rest stays float32
         self.x_norm = nn.BatchNorm1d(feature_dim)
         # lin1/norm1 … lin{n}/norm{n}: the paper's three layers keep their checkpoint key names
         for i in range(1, n_layers + 1):
-            n_in = n_class + fp_dim if i == 1 else feature_dim
+            n_in = n_class + (fp_dim if fp_conditioning else 0) if i == 1 else feature_dim
             setattr(self, f'lin{i}', TimeGatedLinear(n_in, feature_dim, n_timesteps))
             setattr(self, f'norm{i}', nn.BatchNorm1d(feature_dim))
         self.out = nn.Linear(feature_dim, n_class)
@@ -172,7 +184,8 @@ class Denoiser(nn.Module):
         return self.x_norm(x_e.float())
 
     def head(self, x_e, y_t, t, fp_x):
-        h = x_e * self._layer(1, torch.cat([y_t, fp_x], dim=1), t)  # the image gates the first layer
+        first = torch.cat([y_t, fp_x], dim=1) if self.fp_conditioning else y_t
+        h = x_e * self._layer(1, first, t)  # the image gates the first layer
         for i in range(2, self.n_layers + 1):
             h = self._layer(i, h, t)
         return self.out(h)

@@ -4,7 +4,12 @@
 
 Training: info/train_filelist_google.txt (labels < 50). Validation (model selection): WebVision's
 info/val_filelist.txt over val_images_256/. Test: the ILSVRC2012 validation images of the same 50
-classes, in class-index folders (0/ … 49/) or WordNet-id folders mapped by info/synsets.txt.
+classes: the official flat folder (ILSVRC2012_val_00000001.JPEG ...) with its label file read directly
+(--imagenet_val_labels, else ILSVRC2012_val_label.txt, val.txt, LOC_val_solution.csv or the devkit's
+ground truth with its meta.mat beside the images, else the authors' published ILSVRC2012_val_label.txt,
+fetched), or class-index folders (0/ … 49/), or WordNet-id folders mapped by info/synsets.txt.
+Evaluation reports top-1 and top-5 accuracy (the 5 classes whose coordinates of the DDIM output are
+closest to 1) on both, as the paper's WebVision table.
 
 Defaults follow the authors' train_WebVision.py: 300 epochs (the cosine learning-rate horizon),
 batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-balanced draw of
@@ -23,12 +28,17 @@ DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='own', dataset='webvision', nepo
 
 def dataset_args(g):
     g.add_argument('--webvision_root', default='./data/webvision', help='folder holding info/, google/, val_images_256/')
-    g.add_argument('--imagenet_val_root', default='./data/ILSVRC2012/val', help='ILSVRC2012 validation images')
+    g.add_argument('--imagenet_val_root', default='./data/ILSVRC2012/val',
+                   help='ILSVRC2012 validation images: the flat official folder, or class folders')
+    g.add_argument('--imagenet_val_labels', default=None,
+                   help='label file of a flat --imagenet_val_root (ILSVRC2012_val_label.txt, val.txt, '
+                        'LOC_val_solution.csv or the devkit ground truth); default: found beside the images')
     g.add_argument('--n_class', type=int, default=50, help='the first N WebVision classes')
 
 
 def load_splits(cfg):
-    return read_webvision(cfg.webvision_root, cfg.imagenet_val_root, cfg.n_class)
+    return read_webvision(cfg.webvision_root, cfg.imagenet_val_root, cfg.n_class, cfg.imagenet_val_labels,
+                          cfg.inputs_dir)
 
 
 def main(argv=None):

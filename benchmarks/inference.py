@@ -100,7 +100,7 @@ def table(rows, sizes, columns):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sizes', type=int, nargs='+', default=[10000, 50000])
     p.add_argument('--columns', nargs='+', default=list(COLUMNS), choices=COLUMNS)
@@ -115,6 +115,11 @@ def main(argv=None):
     p.add_argument('--small', action='store_true', help='tiny CLIP and ResNet-18 SimCLR stand-ins (CPU smoke test)')
     p.add_argument('--out', help='write the rows as JSON here')
     p.add_argument('--profile', action='store_true', help="profile each column's smallest size: its ops by self time")
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     args.clip = {'ViT-B/32': args.clip_b32, 'ViT-B/16': args.clip_b16, 'ViT-L/14': args.clip_l14}
     rows, device = measure(args)

@@ -76,7 +76,13 @@ def clothing1m(root, n_class=4, n_train=96, n_val=16, n_test=16, size=40, select
     return root
 
 
-def webvision(root, imagenet_root, n_class=3, extra_class=True, per_class=20, seed=0):
+ILSVRC_LABEL_FORMS = ('authors', 'val.txt', 'wnid', 'kaggle', 'devkit')
+
+
+def webvision(root, imagenet_root, n_class=3, extra_class=True, per_class=20, seed=0, flat=None):
+    """WebVision's info/ lists and images, and ILSVRC2012 validation images of the first n_class classes
+    (5 each) in WordNet-id folders, or with `flat` (one of ILSVRC_LABEL_FORMS) in one official flat
+    folder, numbered among images of a class beyond them, with a label file in that form beside it."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     labels = range(n_class + 1) if extra_class else range(n_class)   # a class beyond the first n_class
@@ -90,13 +96,45 @@ def webvision(root, imagenet_root, n_class=3, extra_class=True, per_class=20, se
             jpeg(os.path.join(root, 'val_images_256', name), c, rng)
             val.append(f'{name} {c}')
     wnids = [f'n{1440764 + c:08d}' for c in range(n_class + 1)]
-    for c in range(n_class):
-        for i in range(5):
-            jpeg(os.path.join(imagenet_root, wnids[c], f'ILSVRC2012_val_{c:03d}{i:02d}.JPEG'), c, rng)
+    if flat:
+        flat_ilsvrc(imagenet_root, wnids, n_class, flat, rng)
+    else:
+        for c in range(n_class):
+            for i in range(5):
+                jpeg(os.path.join(imagenet_root, wnids[c], f'ILSVRC2012_val_{c:03d}{i:02d}.JPEG'), c, rng)
     write(os.path.join(root, 'info', 'train_filelist_google.txt'), train)
     write(os.path.join(root, 'info', 'val_filelist.txt'), val)
     write(os.path.join(root, 'info', 'synsets.txt'), [f'{w} class {i}' for i, w in enumerate(wnids)])
     return root, imagenet_root
+
+
+def flat_ilsvrc(folder, wnids, n_class, form, rng, per_class=5):
+    """Images ILSVRC2012_val_00000001.JPEG ... in one folder, classes interleaved (the last is a class
+    beyond the first n_class), labelled in `form`: the authors' '<file> <index> <wnid>', Caffe's val.txt
+    '<file> <index>', '<file> <wnid>', Kaggle's LOC_val_solution.csv, or the devkit's ground truth
+    (ILSVRC2012_IDs in reverse order of the WordNet ids) with its meta.mat."""
+    classes = [c for _ in range(per_class) for c in range(n_class + 1)]
+    names = [f'ILSVRC2012_val_{i:08d}.JPEG' for i in range(1, len(classes) + 1)]
+    for name, c in zip(names, classes):
+        jpeg(os.path.join(folder, name), c, rng)
+    devkit_id = {w: len(wnids) - i for i, w in enumerate(wnids)}  # not the class index: meta.mat is needed
+    if form == 'kaggle':
+        write(os.path.join(folder, 'LOC_val_solution.csv'), ['ImageId,PredictionString'] + [
+            f'{n[:-5]},{wnids[c]} 1 2 30 40 {wnids[c]} 5 6 20 30' for n, c in zip(names, classes)])
+    elif form == 'devkit':
+        data = os.path.join(folder, 'ILSVRC2012_devkit_t12', 'data')
+        write(os.path.join(data, 'ILSVRC2012_validation_ground_truth.txt'), [str(devkit_id[wnids[c]]) for c in classes])
+        from scipy.io import savemat
+        table = np.zeros(len(wnids), dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O')])
+        for i, w in enumerate(wnids):
+            table[i] = (devkit_id[w], w)
+        savemat(os.path.join(data, 'meta.mat'), {'synsets': table.reshape(-1, 1)})
+    else:
+        line = {'authors': lambda n, c: f'{n} {c} {wnids[c]}', 'val.txt': lambda n, c: f'{n} {c}',
+                'wnid': lambda n, c: f'{n} {wnids[c]}'}[form]
+        name = {'authors': 'ILSVRC2012_val_label.txt', 'val.txt': 'val.txt', 'wnid': 'labels.txt'}[form]
+        write(os.path.join(folder, name), [line(n, c) for n, c in zip(names, classes)])
+    return names, classes
 
 
 def own_data(root, classes=('cat', 'dog', 'fox', 'owl'), per_class=30, n_eval=6, every=5, seed=0):

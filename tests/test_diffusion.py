@@ -125,3 +125,12 @@ def test_denoiser_depth_is_a_parameter_and_keeps_the_paper_key_names():
     model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=4).eval()
     out = model(torch.randn(3, 6), torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.randn(3, 6))
     assert out.shape == (3, 4) and torch.isfinite(out).all()
+
+
+def test_top5_are_the_coordinates_closest_to_1_the_label_first():
+    from model_diffusion import labels_from_y0, ranked_from_y0
+    y0 = torch.tensor([[0.1, 0.9, -0.2, 1.3, 0.95, 0.0, 2.5],
+                       [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # a tie at 1: the label (first of them) leads
+    ranked = ranked_from_y0(y0, 5)
+    assert ranked[0].tolist() == [4, 1, 3, 0, 5]   # |y - 1| of those: 0.05, 0.1, 0.3, 0.9, 1.0
+    assert torch.equal(ranked[:, 0], labels_from_y0(y0)) and ranked[1, :2].tolist() == [0, 1]

@@ -81,6 +81,45 @@ def test_webvision_layout_keeps_the_first_classes(tmp_path):
     assert len(s.val_paths) == 15 and len(s.test_paths) == 15 and s.test_labels.tolist() == sorted(s.test_labels)
 
 
+@pytest.mark.parametrize('form', layouts.ILSVRC_LABEL_FORMS)
+def test_webvision_reads_the_flat_ilsvrc2012_folder_with_its_label_file(tmp_path, form):
+    """The official flat validation folder, its label file read directly: the images of the first classes
+    (an image of a class beyond them is left out), labelled through WordNet ids or class indices."""
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'val'), flat=form)
+    by_folders = read_webvision(*layouts.webvision(str(tmp_path / 'wv2'), str(tmp_path / 'folders')), n_class=3)
+    # a file of another name is named by the flag; the known names are found beside the images
+    named = os.path.join(imagenet, 'labels.txt') if form == 'wnid' else None
+    s = read_webvision(root, imagenet, n_class=3, val_labels=named)
+    # 4 classes interleaved, 5 images each: the 15 of classes 0-2, in file order
+    expected = [(f'ILSVRC2012_val_{i:08d}.JPEG', (i - 1) % 4) for i in range(1, 21) if (i - 1) % 4 < 3]
+    assert [(os.path.basename(p), c) for p, c in zip(s.test_paths, s.test_labels.tolist())] == expected
+    assert sorted(s.test_labels.tolist()) == sorted(by_folders.test_labels.tolist())
+    assert 'test_labels' in s.notes
+
+
+def test_webvision_flat_folder_refusals_name_the_fix(tmp_path):
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'val'), flat='authors')
+    labels = os.path.join(imagenet, 'ILSVRC2012_val_label.txt')
+    os.remove(os.path.join(imagenet, 'ILSVRC2012_val_00000002.JPEG'))  # class 1
+    with pytest.raises(DatasetMissing, match=r'lacks 1 of the 15 validation images .*ILSVRC2012_val_00000002'):
+        read_webvision(root, imagenet, n_class=3)
+    os.remove(os.path.join(imagenet, 'ILSVRC2012_val_00000004.JPEG'))  # class 3: not a test image, not needed
+    with pytest.raises(DatasetMissing, match='ILSVRC2012_val_00000002'):
+        read_webvision(root, imagenet, n_class=3, val_labels=labels)
+    layouts.write(labels, ['ILSVRC2012_val_00000001.JPEG 12'])
+    with pytest.raises(DatasetMissing, match=r'line 1: expected .*index below 4'):
+        read_webvision(root, imagenet, n_class=3)
+    os.remove(labels)  # no label file: the authors' published one is fetched (offline here: its path is named)
+    with pytest.raises(PublishedInputError, match=r'could not download .*ILSVRC2012_val_label\.txt.*copy that file to'):
+        read_webvision(root, imagenet, n_class=3)
+    devkit = layouts.webvision(str(tmp_path / 'wv3'), str(tmp_path / 'val3'), flat='devkit')[1]
+    os.remove(os.path.join(devkit, 'ILSVRC2012_devkit_t12', 'data', 'meta.mat'))
+    with pytest.raises(DatasetMissing, match="meta.mat, not found"):
+        read_webvision(root, devkit, n_class=3)
+    with pytest.raises(DatasetMissing, match='labels a flat folder'):
+        read_webvision(*layouts.webvision(str(tmp_path / 'wv4'), str(tmp_path / 'f4')), n_class=3, val_labels=labels)
+
+
 def test_missing_and_malformed_files_are_named(tmp_path):
     root = layouts.clothing1m(str(tmp_path))
     os.remove(os.path.join(root, 'clean_val_key_list.txt'))
@@ -147,10 +186,16 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
 
 
 def test_webvision_script_end_to_end(tmp_path, tiny_clip_path):
-    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'))
+    """The flat ILSVRC2012 folder as published, and top-5 beside top-1 (6 classes: top-5 is measured)."""
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'), n_class=6, flat='authors')
     summary, run_dir = train_WebVision.main(['--webvision_root', root, '--imagenet_val_root', imagenet,
-                                             '--n_class', '3', *small_flags(tmp_path, tiny_clip_path)])
-    assert json.load(open(os.path.join(run_dir, 'config.json')))['n_test'] == 15
+                                             '--n_class', '6', *small_flags(tmp_path, tiny_clip_path)])
+    assert json.load(open(os.path.join(run_dir, 'config.json')))['n_test'] == 30
+    assert summary['test_labels'].endswith('ILSVRC2012_val_label.txt (<file> [<index>] <WordNet id>)')
+    log = [json.loads(line) for line in open(os.path.join(run_dir, 'log.jsonl'))]
+    best = next(r for r in log if r['epoch'] == summary['best_epoch'])
+    assert (summary['test_top5_acc'], summary['best_val_top5']) == (best['test_top5'], best['val_top5'])
+    assert all(r['test_top5'] >= r['test_acc'] and r['val_top5'] >= r['val_acc'] for r in log)
 
 
 def test_a_cifar_stem_diffusion_encoder_reads_decoded_files_too(tmp_path, tiny_clip_path):

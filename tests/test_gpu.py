@@ -37,3 +37,13 @@ def test_digits_run_on_cuda(tmp_path, digits, flags):
                                                   str(tmp_path / 'cache'), *flags])
     summary, _ = run(cfg, lambda c: digits)
     assert summary['test_acc'] > summary['noisy_label_accuracy'] + 0.25
+
+
+def test_gpu_devices_one_id_runs_on_that_device(tmp_path, digits):
+    from utils.engine import main
+    last = torch.cuda.device_count() - 1
+    cfg = parse_config('', demo_digits.DEFAULTS, ['--gpu_devices', str(last), '--nepoch', '2', '--warmup_epochs', '1',
+                                                  '--n_samples', '0', '--out_dir', str(tmp_path), '--cache_dir',
+                                                  str(tmp_path / 'cache')])
+    summary, _ = main(cfg, lambda c: digits)
+    assert summary['device'] == torch.cuda.get_device_name(last) and cfg.device == f'cuda:{last}'

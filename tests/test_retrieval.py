@@ -152,8 +152,10 @@ def test_neighbours_rule_takes_k_plus_1_neighbours_and_appends_nothing():
     # the default rule on the same table's first k columns: own label appended, counted twice
     own = CandidateLabels(neighbours[:, :k], noisy)
     assert own.candidates.tolist() == [[0, 1, 0], [1, 1, 1], [1, 1, 1], [2, 1, 2]]
+    # the ablation without retrieval: the own label alone, whatever the table holds
+    assert CandidateLabels(neighbours, noisy, rule='own').candidates.tolist() == [[0], [1], [1], [2]]
     with pytest.raises(ValueError, match='--candidates'):
-        CandidateLabels(neighbours, noisy, rule='own')
+        CandidateLabels(neighbours, noisy, rule='mine')
 
 
 def test_searched_now_and_cached_table_agree_under_the_neighbours_rule():

@@ -27,6 +27,7 @@ COMMON_DEFAULTS = dict(
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
+    fp_conditioning=True, gpu_devices=None,
 )
 
 
@@ -147,6 +148,9 @@ def _training_flags(g, kind):
     g.add_argument('--feature_dim', type=int, help='width of the denoiser')
     g.add_argument('--n_layers', type=int,
                    help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
+    g.add_argument('--fp_conditioning', action=argparse.BooleanOptionalAction,
+                   help="the denoiser's first layer reads f_p(x) beside y_t; --no-fp_conditioning: y_t alone (the "
+                        "paper's ablation without the f_p conditioning; f_p still serves retrieval)")
     g.add_argument('--k', type=int, help='neighbours retrieved per sample')
     g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
                    help='choose k among these by how often the majority noisy label of a clean validation '
@@ -160,7 +164,8 @@ def _training_flags(g, kind):
                         '--warmup_epochs), up to the run\'s next evaluation; the run goes on from the best trial')
     g.add_argument('--candidates', choices=CANDIDATE_RULES,
                    help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
-                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest")
+                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest. own: "
+                        "its own noisy label alone, no retrieval (the paper's ablation)")
     g.add_argument('--candidate_weights', choices=CANDIDATE_WEIGHTS,
                    help='loss weight of a picked candidate: how many candidates agree with it (agreement), or '
                         "the same for every sample (uniform; the authors' Clothing1M and WebVision)")
@@ -182,6 +187,9 @@ def _run_flags(g, kind):
                    help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
                         "the authors' command lines)")
     g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
+    g.add_argument('--gpu_devices', type=int, nargs='+', metavar='ID',
+                   help="CUDA device ids (the authors' flag): one id runs there (--device cuda:ID); several run "
+                        'one process per device under torchrun, training data-parallel')
     g.add_argument('--seed', type=int,
                    help='seed of the model, the training draws and the augmented training views (the augmented '
                         'f_p key view, --fp_cache_view augmented, is one view for every seed: the authors cached one)')

@@ -76,4 +76,5 @@ def load_tuned_backbone(model, cfg):
 def build_model(cfg, n_class, fp_dim, image_shape):
     """The denoiser with its diffusion encoder, as the run's flags describe it."""
     diff_encoder = build_diff_encoder(cfg.diff_encoder, cfg.feature_dim, fp_dim, image_shape, cfg.diff_backbone)
-    return Denoiser(n_class, fp_dim, cfg.feature_dim, diff_encoder, n_timesteps=cfg.n_timesteps, n_layers=cfg.n_layers)
+    return Denoiser(n_class, fp_dim, cfg.feature_dim, diff_encoder, n_timesteps=cfg.n_timesteps, n_layers=cfg.n_layers,
+                    fp_conditioning=getattr(cfg, 'fp_conditioning', True))

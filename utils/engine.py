@@ -40,6 +40,9 @@ from utils.schedule import is_eval_epoch, learning_rate
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
 
 
+TOP_K = 5  # evaluation also reports top-5 accuracy (the paper's WebVision columns), where there are more classes
+
+
 class NonFiniteLoss(FloatingPointError):
     pass
 
@@ -207,15 +210,25 @@ class Trainer:
         """The weights evaluation reads: their moving average with --ema_decay, else the trained ones."""
         return self.average.model if self.average is not None else self.model
 
-    def predict(self, split, n_samples=0, progress=None):
-        """Deterministic DDIM labels for a split (and, with n_samples, class frequencies)."""
+    def predict(self, split, n_samples=0, progress=None, top_k=1):
+        """Deterministic DDIM labels for a split (and, with n_samples, class frequencies; with top_k > 1
+        the top_k classes of each sample, its label first)."""
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
         return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples,
-                              cfg.seed, progress)
+                              cfg.seed, progress, top_k)
 
     def accuracy(self, split, labels):
-        return float((self.predict(split)[0].cpu() == labels.cpu()).float().mean())
+        return self.accuracies(split, labels)[0]
+
+    def accuracies(self, split, labels):
+        """Top-1 and top-5 accuracy of a split from one DDIM pass (top-5: None for 5 classes or fewer)."""
+        top_k = TOP_K if self.data.n_class > TOP_K else 1
+        ranked, labels = self.predict(split, top_k=top_k)[0].cpu(), labels.cpu()
+        if top_k == 1:
+            return float((ranked == labels).float().mean()), None
+        hits = ranked == labels[:, None]
+        return float(hits[:, 0].float().mean()), float(hits.any(1).float().mean())
 
     # ---- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, epoch, elapsed):
@@ -293,13 +306,16 @@ class Trainer:
                           f'it. Continue with --resume {self.run_dir}', self.stop.signum)
 
     def evaluate(self, epoch, train_loss, elapsed, splits):
-        val_acc = self.accuracy('val', splits.labels('val'))
-        test_acc = self.accuracy('test', splits.labels('test'))
+        val_acc, val_top5 = self.accuracies('val', splits.labels('val'))
+        test_acc, test_top5 = self.accuracies('test', splits.labels('test'))
         record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
                   'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
+        if test_top5 is not None:
+            record.update(val_top5=val_top5, test_top5=test_top5)
         improved = val_acc > self.best['val_acc']
         if improved:
-            self.best = {'val_acc': val_acc, 'epoch': epoch, 'test_acc': test_acc}
+            self.best = {'val_acc': val_acc, 'epoch': epoch, 'test_acc': test_acc,
+                         **({'val_top5': val_top5, 'test_top5': test_top5} if test_top5 is not None else {})}
             save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'best.pt'))
         self.history.append(record)
         append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
@@ -314,12 +330,22 @@ OOM_ADVICE = ('out of GPU memory: lower --batch_size (training), --eval_batch_si
 
 
 def main(cfg, load_splits):
-    """What every dataset script runs: train (or resume), or predict with a trained run."""
+    """What every dataset script runs: train (or resume), or predict with a trained run. With several
+    --gpu_devices this process only launches one process per device and returns None."""
     check_config(cfg)
+    status = distributed.use_gpu_devices(cfg, refuse)
+    if status is not None:
+        if status:
+            raise SystemExit(status)
+        return None
     if cfg.predict:
         from utils.predict import predict
         return predict(cfg, load_splits)
     return run(cfg, load_splits)
+
+
+def refuse(message):
+    raise SetupError(message)
 
 
 def run(cfg, load_splits):
@@ -448,6 +474,8 @@ def run_summary(cfg, trainer, info, device, wall):
                'test_acc': trainer.best['test_acc'], 'epochs': cfg.nepoch, 'wall_time_s': round(wall, 2),
                'device': device_description(device), 'noise_type': cfg.noise_type,
                **{k: info[k] for k in ('noisy_label_accuracy', 'retrieval_majority_accuracy') if k in info}}
+    if trainer.best.get('test_top5') is not None:  # top-5 at the same epoch (over more than 5 classes)
+        summary.update(best_val_top5=trainer.best['val_top5'], test_top5_acc=trainer.best['test_top5'])
     if cfg.k_choices:
         summary['k'] = cfg.k  # the chosen one
     timed = trainer.timed_epochs

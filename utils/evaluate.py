@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model_diffusion import labels_from_y0, sample_y0
+from model_diffusion import labels_from_y0, ranked_from_y0, sample_y0
 from utils.encoders import normalize_images, channels_last
 from utils.files import image_batches
 
@@ -104,18 +104,22 @@ def encoded_batches(images, fp_encoder, diff_input, mean, std, batch_size):
 
 
 @torch.inference_mode()
-def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None):
+def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None,
+                   top_k=1):
     """Deterministic DDIM labels (from y_T = 0) for every batch; with n_samples > 0 also per-class
     frequencies over that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1.
     The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
-    a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar."""
+    a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar.
+    With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
+    the label itself first (top-5 accuracy from the same deterministic sample)."""
     evaluation_mode(model, eval_bn)
     device = diffusion.betas.device
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
     labels, probs = [], []
     for x, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         x_e = model.embed_x(x)
-        labels.append(labels_from_y0(sample_y0(model, diffusion, x_e, fp_x, n_steps)))
+        y0 = sample_y0(model, diffusion, x_e, fp_x, n_steps)
+        labels.append(ranked_from_y0(y0, top_k) if top_k > 1 else labels_from_y0(y0))
         if n_samples:
             y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
                            eta=1.0, noisy_start=True, generator=generator)

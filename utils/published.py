@@ -1,7 +1,8 @@
 """The published inputs of the paper's tables, fetched by name and verified by git's blob hash.
 
-Noise files (type I from the authors, types II and III from PLC), the authors' SimCLR encoders, and
-the Clothing1M classifier and sample selection are public files in two GitHub repositories. Each is
+Noise files (type I from the authors, types II and III from PLC), the authors' SimCLR encoders, the
+Clothing1M classifier and sample selection, and the ILSVRC2012 validation labels the authors' WebVision
+test reads are public files in two GitHub repositories. Each is
 pinned here to a commit and to the blob hash `git hash-object` prints for it, so a file is the
 published one exactly or is refused. A name is the file's name without its extension
 (`cifar10-1-0.35`, `SimCLR_128_cifar10`, `CC_net`, `cc_select_img`).
@@ -87,6 +88,10 @@ PUBLISHED = {
     **_files(AUTHORS, 'Clothing1M/annotations', {
         'cc_select_img.txt': 'b9f4e82cbac0935a376895e0037f112fe94789cf',
         'cc_select_label.txt': '4ad612cecb5b4e553a36239c5d17ca91914a8604',
+    }),
+    # the ILSVRC2012 validation labels (<file> <class index> <WordNet id>), their WebVision test split's
+    **_files(AUTHORS, 'ILSVRC2012', {
+        'ILSVRC2012_val_label.txt': '17bfb6011ec475b901604e9a2416f2890f3320fa',
     }),
 }
 

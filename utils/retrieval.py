@@ -5,6 +5,8 @@ search includes the sample itself, its own nearest neighbour:
 - `neighbours+own` (the authors' CIFAR, Clothing1M and WebVision scripts): its k neighbours' labels
   plus its own label appended, so its own label counts twice;
 - `neighbours` (the authors' Food-101N script): the labels of its k+1 nearest neighbours.
+A third rule is the paper's ablation without label retrieval: `own`, the sample's own noisy label
+as its one candidate (k and the neighbours are then unused).
 Each time it is drawn, one candidate is picked uniformly. Its loss weight (`--candidate_weights`)
 is the number of candidates that agree with the pick, normalised over the batch (`agreement`: the
 authors' CIFAR and Food-101N scripts), or 1/batch for every sample (`uniform`: their Clothing1M and
@@ -70,19 +72,22 @@ def _chunk_bytes(device):
     return 1 << 30
 
 
-CANDIDATE_RULES = ('neighbours+own', 'neighbours')
+CANDIDATE_RULES = ('neighbours+own', 'neighbours', 'own')
 CANDIDATE_WEIGHTS = ('agreement', 'uniform')
 
 
 def neighbours_to_search(k, rule):
-    """How many nearest neighbours a rule reads to make its k+1 candidates."""
+    """How many nearest neighbours a rule reads to make its candidates (`own` reads none, but the
+    run's neighbour table and retrieval check still hold the nearest one, itself)."""
     if rule not in CANDIDATE_RULES:
         raise ValueError(f'unknown --candidates {rule!r}; choose from {", ".join(CANDIDATE_RULES)}')
-    return k + 1 if rule == 'neighbours' else k
+    return {'neighbours': k + 1, 'own': 1}.get(rule, k)
 
 
 def candidate_rows(neighbour_labels, own_labels, rule):
     """The candidates of a rule from the labels of the neighbours it searched (N × its count)."""
+    if rule == 'own':  # no retrieval: the noisy label is the only target
+        return own_labels[:, None].long()
     own = [own_labels[:, None]] if rule == 'neighbours+own' else []
     return torch.cat([neighbour_labels, *own], dim=1).long()
 
@@ -99,6 +104,8 @@ def search_options(cfg):
 def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own', **search):
     """Candidates of a batch searched now (the authors' SimCLR path: each step's augmented query
     against the cached keys), by the candidate rule."""
+    if rule == 'own':
+        return candidate_rows(None, own_labels, rule)
     _, idx = knn(queries, keys, neighbours_to_search(k, rule), chunk_size=queries.shape[0], exact_ties=False,
                  **search)
     return candidate_rows(key_labels[idx], own_labels, rule)

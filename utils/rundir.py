@@ -29,7 +29,7 @@ MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'e
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so)
 MEANT_WHEN_ABSENT = {'ema_decay': 0.0}
-ALWAYS_FROM_THIS_RUN = ('device', 'resume', 'debug', 'command_line_flags', 'script_flags')
+ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'command_line_flags', 'script_flags')
 
 
 class ResumeRefused(SetupError):
