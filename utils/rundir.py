@@ -307,7 +307,7 @@ class RunClaim:
 
     def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name'):
         self.run_dir, self.fresh, self.checkpoint, self.other = run_dir, fresh, checkpoint, other
-        self.made, self.fd, self.lock_made, self.writing = [], None, False, False
+        self.made, self.fd, self.lock_made, self.writing, self.recording = [], None, False, False, False
         check_writable(run_dir, '--resume' if not fresh else flag)
         if fresh:
             check_fresh_folder(run_dir, checkpoint, other)
@@ -324,6 +324,7 @@ class RunClaim:
             self.release()
             raise
         owned_folder(run_dir, self._about_to_write)
+        self.recording = True
 
     def _lock(self):
         path = os.path.join(self.run_dir, LOCK_NAME)
@@ -365,7 +366,9 @@ class RunClaim:
     def release(self):
         """Stop recording, remove the lock file where this claim made it and the folders it made where
         they are empty, and unlock."""
-        owned_folder(self.run_dir, None)
+        if self.recording:  # (a claim refused in this process must not stop another claim's recording)
+            owned_folder(self.run_dir, None)
+            self.recording = False
         if self.fd is not None and self.lock_made:
             try:  # while still holding the flock: a run opening the file meanwhile sees it gone and retries
                 os.remove(os.path.join(self.run_dir, LOCK_NAME))
