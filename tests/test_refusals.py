@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import demo_digits
-import train_CIFAR
 import train_ImageFolder
 from benchmarks import layouts
 from conftest import subset
@@ -286,8 +285,8 @@ def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, dig
     small.name = 'digits-sub200'
     with pytest.raises(SetupError, match=r"its images are \(3, 16, 16\), the run's \(3, 32, 32\)"):
         engine_main(cfg_for(tmp_path, '--predict', run_dir), lambda c: small)
-    with pytest.raises(SetupError, match=f'--predict {run_dir} predicts with the run as it was trained: --k 3 '
-                                         f'\\(the run has 10\\) would change it; drop those flags'):
+    with pytest.raises(SetupError, match=f'--predict {run_dir} applies the run as it was trained and does not take '
+                                         f'--k 3 \\(the run has 10\\): drop those flags'):
         demo_digits.main(['--predict', run_dir, '--k', '3'])
 
 

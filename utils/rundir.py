@@ -195,8 +195,8 @@ def prediction_config(cfg, ckpt, run_dir):
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
                if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
     if refused:
-        raise SetupError(f'--predict {run_dir} predicts with the run as it was trained: {", ".join(refused)} would '
-                         f'change it; drop those flags')
+        raise SetupError(f'--predict {run_dir} applies the run as it was trained and does not take '
+                         f'{", ".join(refused)}: drop those flags')
     return resumed_config(cfg, ckpt, also=given & dataset_flags)
 
 
