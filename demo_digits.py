@@ -13,6 +13,7 @@ from utils.data import load_digits_splits
 from utils.engine import main as run_script
 
 DEFAULTS = dict(
+    script='demo_digits.py',
     noise_type='digits-U-0.4',   # 40% uniform noise on the 1,197 training digits
     fp_encoder='raw',            # no pre-trained encoder offline: normalised pixels as f_p
     diff_encoder='fp_mlp',

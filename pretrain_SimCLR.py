@@ -165,6 +165,9 @@ def main(argv=None):
         if not os.path.isfile(path):
             raise SetupError(f'--resume {args.resume}: no state.pt there; start a new run')
         state = load_torch(path, 'SimCLR pre-training state')
+        if not isinstance(state, dict) or state.get('format_version') != STATE_FORMAT \
+                or not isinstance(state.get('args'), dict):
+            raise SetupError(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
         saved = dict(state['args'])
         saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after,
                      epochs=max(args.epochs if '--epochs' in argv else 0, saved['epochs']))

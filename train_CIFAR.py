@@ -14,6 +14,7 @@ from utils.noise import dataset_of
 # The authors' train_CIFAR.py defaults (their commit 231e587); --recipe authors (the default) adds
 # their training behaviour, see utils/recipes.py.
 DEFAULTS = dict(
+    script='train_CIFAR.py',
     noise_type='cifar10-1-0.35',   # 35% type-I PMD noise, the paper's headline setting
     nepoch=200,                    # the paper's runs: 200 epochs of a 1000-epoch cosine
     batch_size=200,

@@ -25,7 +25,8 @@ from utils.engine import main as run_script
 from utils.files import cc_select_files, read_clothing1m
 
 # the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='own', dataset='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Clothing1M.py',
+                noise_type='own', dataset='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
                 candidate_weights='uniform')
 
 

@@ -35,7 +35,8 @@ from utils.engine import main as run_script
 from utils.files import read_food101n
 
 # the authors' train_Food101N.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='own', dataset='food101n', nepoch=100, k=10, warmup_epochs=10, lr_horizon=200,
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Food101N.py',
+                noise_type='own', dataset='food101n', nepoch=100, k=10, warmup_epochs=10, lr_horizon=200,
                 candidates='neighbours')
 
 

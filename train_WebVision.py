@@ -22,7 +22,8 @@ from utils.engine import main as run_script
 from utils.files import read_webvision
 
 # the authors' train_WebVision.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, noise_type='own', dataset='webvision', nepoch=300, k=50, per_class=500,
+DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_WebVision.py',
+                noise_type='own', dataset='webvision', nepoch=300, k=50, per_class=500,
                 candidate_weights='uniform')
 
 

@@ -40,7 +40,7 @@ from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
 from utils.published import PublishedInputError
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import knn, majority_vote
-from utils.rundir import MEANT_WHEN_ABSENT, ResumeRefused
+from utils.rundir import MEANT_WHEN_ABSENT, ResumeRefused, write_run_file
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
 # made) is skipped with a note
@@ -199,8 +199,7 @@ def lra_run(flags, splits, log=print):
             return engine_main(run_config([*flags, '--resume', run_dir])[0], lambda c: splits)
         except ResumeRefused as refused:  # not a busy folder, a full disk or a missing input: those stop the table
             move_aside(run_dir, f'cannot be continued ({refused})', log)
-    os.makedirs(run_dir, exist_ok=True)
-    save_json(flags, os.path.join(run_dir, 'benchmark_flags.json'))  # before the run: which flags started it
+    write_run_file(flags, run_dir, 'benchmark_flags.json')  # before the run (and in its record): which flags started it
     return engine_main(cfg, lambda c: splits)
 
 

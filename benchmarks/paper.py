@@ -29,6 +29,7 @@ import time
 
 from benchmarks.paper_rows import AUTHORS_README_COMMANDS, PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES  # noqa: F401
 from utils.io import load_json, save_json
+from utils.rundir import write_run_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'paper.json')
@@ -195,11 +196,10 @@ def run_row(row, seeds, runs, extra, dry_run=False):
         print(f'[{row.id} seed {seed}] {" ".join(command)}', flush=True)
         if dry_run:
             continue
-        os.makedirs(folder, exist_ok=True)
         record = {'row': row.id, 'seed': seed, 'command': command, 'commit': commit(),
                   'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime())}
-        if not os.path.isfile(os.path.join(folder, RUN_FILE)):
-            save_json(record, os.path.join(folder, RUN_FILE))
+        if not os.path.isfile(os.path.join(folder, RUN_FILE)):  # entered in the folder's record: the run's own
+            write_run_file(record, folder, RUN_FILE)
         rc = subprocess.call(command, cwd=REPO)
         if rc:
             print(f'[{row.id} seed {seed}] exit status {rc}; run the same command to resume it')

@@ -10,6 +10,7 @@ Prints one line per input: name, local path, git blob sha1. A refusal is one lin
 import argparse
 import sys
 
+from utils.cli import run_cli
 from utils.published import PUBLISHED, PublishedInputError, fetch, lookup
 
 
@@ -25,18 +26,14 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
-        if args.all == bool(args.names):
-            raise PublishedInputError('name the inputs to fetch, or pass --all (not both)')
-        entries = [lookup(name) for name in (PUBLISHED if args.all else args.names)]  # refuse before fetching
-        for name, entry in entries:
-            path = fetch(name, args.inputs_dir, log=lambda m: print(m, file=sys.stderr))
-            print(f'{name}  {path}  git blob sha1 {entry.blob} verified')
-    except PublishedInputError as exc:
-        print(f'noisy_label.fetch: {exc}', file=sys.stderr)
-        return 2
+    if args.all == bool(args.names):
+        raise PublishedInputError('name the inputs to fetch, or pass --all (not both)')
+    entries = [lookup(name) for name in (PUBLISHED if args.all else args.names)]  # refuse before fetching
+    for name, entry in entries:
+        path = fetch(name, args.inputs_dir, log=lambda m: print(m, file=sys.stderr))
+        print(f'{name}  {path}  git blob sha1 {entry.blob} verified')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

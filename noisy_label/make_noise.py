@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from utils.classifier import accuracy, fit_classifier, predict_proba
+from utils.cli import run_cli
 from utils.data import CIFAR_N_TRAIN, load_named
 from utils.io import save_json
 from utils.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
 from utils.outputs import save_npy
 from utils.published import is_published
 from utils.pmd import pmd_noise, top_two
-from utils.runtime import resolve_device
+from utils.runtime import SetupError, resolve_device
 
 # PMD (type, rate), then hybrids (kind, rate) on the type-I 35% file made in the same command.
 CIFAR10_SET = [('pmd', 1, 0.35), ('pmd', 1, 0.70), ('pmd', 2, 0.35), ('pmd', 3, 0.35),
@@ -91,7 +92,7 @@ def hybrid_name(base, kind, rate, seed):
     """`<base>_<kind>_<rate>`, the authors' naming; refused where that is a published file's name."""
     name = f'{base}_{kind}_{rate_tag(rate).rstrip("0").rstrip(".")}'
     if is_published(name):
-        sys.exit(f'{name} is a published file (python -m noisy_label.fetch {name}); to make your own, '
+        raise SetupError(f'{name} is a published file (python -m noisy_label.fetch {name}); to make your own, '
                  f'build it on a base made here, e.g. --base {base}-s{seed}')
     return name
 
@@ -141,7 +142,7 @@ def main(argv=None):
         args.dataset = 'cifar10'
     if args.command == 'hybrid':  # checked before any work
         if not args.base or not args.kind:
-            sys.exit('hybrid needs --base NAME and --kind U|A')
+            raise SetupError('hybrid needs --base NAME and --kind U|A')
         hybrid_name(args.base, args.kind, args.rate, args.seed)
     splits = load_named(args.dataset, args.data_root, args.download, args.n_train)
     if args.command == 'pmd':
@@ -160,4 +161,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     torch.backends.cudnn.benchmark = True
-    main()
+    run_cli(main)

@@ -22,6 +22,7 @@ from utils.data import load_cifar
 from utils.encoders import EncoderError, default_simclr_path, load_simclr
 from utils.noise import NoiseError, resolve_noisy_labels
 from utils.published import PUBLISHED, PublishedInputError, fetch, git_blob_sha1, git_blob_sha1_of_file, recording
+from utils.runtime import SetupError
 
 from test_data import write_cifar10
 
@@ -172,7 +173,7 @@ def test_files_made_here_never_take_a_published_name():
     made = [make_noise.pmd_name(d, t, r, s) for d in ('cifar10', 'cifar100') for t in (1, 2, 3)
             for r in (0.35, 0.7) for s in (0, 1)]
     assert not any(published.is_published(n) for n in made) and 'cifar10-1-0.35-s0' in made
-    with pytest.raises(SystemExit, match='is a published file'):
+    with pytest.raises(SetupError, match='is a published file'):
         make_noise.main(['hybrid', '--dataset', 'digits', '--base', 'cifar10-1-0.35', '--kind', 'U', '--rate', '0.3'])
 
 

@@ -294,17 +294,6 @@ def test_a_second_run_with_the_same_name_is_refused_while_the_first_holds_it(tmp
     assert not (tmp_path / 'runs').exists()  # the claim made the folder and nothing was written: gone
 
 
-def test_fresh_run_sweeps_partial_writes_and_never_appends_to_an_old_log(tmp_path, digits):
-    run_dir = tmp_path / 'runs' / 'r'
-    run_dir.mkdir(parents=True)  # a run that died before its first checkpoint
-    (run_dir / 'log.jsonl').write_text('{"epoch": 99}\n')
-    (run_dir / '.last.pt.x1y2.tmp').write_bytes(b'half a checkpoint')
-    run(cfg_for(tmp_path, '--nepoch', '2', '--warmup_epochs', '1', '--eval_every', '1', '--n_samples', '0'),
-        lambda c: subset(digits, 200, 50))
-    assert [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')] == [1]
-    assert not list(run_dir.glob('*.tmp')) and not list(run_dir.glob('.*.tmp'))
-
-
 def test_read_only_out_dir_and_cache_dir_are_refused_before_work(tmp_path, monkeypatch):
     import utils.rundir
     monkeypatch.setattr(utils.rundir.os, 'access', lambda path, mode: False)

@@ -1,7 +1,10 @@
 """On-disk caches of f_p features and neighbour tables.
 
 A cache file stores its key (encoder, weights fingerprint, dataset, split, view, image
-fingerprint, precision) and a hash of its content. A file whose key differs, whose content no
+fingerprint, precision) and a hash of its content. Images held in memory enter the key by their
+bytes; image files by what they are on disk, files_fingerprint: each file's path, size and
+modification time in nanoseconds, so an image rewritten in place is never served from a cache of the
+old one. A file whose key differs, whose content no
 longer matches its hash (altered in place), or that cannot be read or is refused as unsafe, is
 rebuilt with a message: a cache from another configuration is never silently reused.
 """
@@ -62,7 +65,7 @@ def argument_identity(value):
         return {'encoder': value.name, 'preprocess': value.describe(), 'source': str(getattr(value, 'source', '')),
                 'weights': value.fingerprint, 'bf16': bool(value.bf16 and value.device.type == 'cuda')}
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return {'paths': paths_fingerprint(value), 'n': len(value)}
+        return {'files': files_fingerprint(value), 'n': len(value)}
     return value
 
 
@@ -146,7 +149,33 @@ def cached_neighbours(features, k, cache_dir, log=print, **search):
 
 
 def paths_fingerprint(paths):
+    """sha1 of a list of file names (what the files hold does not enter: files_fingerprint)."""
     return hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        from utils.data import DatasetMissing
+        raise DatasetMissing(f'image {path} cannot be read ({exc.strerror}); restore it, or remove it from the '
+                             f'dataset\'s list') from None
+    return f'{path}\t{st.st_size}\t{st.st_mtime_ns}'
+
+
+def files_fingerprint(paths):
+    """sha1 of every file's path, size and modification time (ns): what the files are, as far as a cache
+    or a resumed run can afford to ask. A digest of the bytes would read every image at every start
+    (Clothing1M: a million files, tens of GB), as long as extracting the features anew; size and mtime,
+    which make and rsync trust too, cost one stat per file (a second or two per million files on a
+    local disk; run in threads for network file systems). A rewrite that keeps both (same size, mtime
+    set back) escapes it: delete the cache then."""
+    from concurrent.futures import ThreadPoolExecutor
+    digest = hashlib.sha1()
+    with ThreadPoolExecutor(16) as pool:
+        for line in pool.map(_stat, paths, chunksize=1024):
+            digest.update(line.encode() + b'\n')
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -190,7 +219,8 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, b
     from utils import distributed
     # the centre crops' key leaves out `augment`, so caches made before it existed stay valid
     view = {**({'augment': list(augment)} if augment is not None else {}), **decoding.key()}
-    keys = [computation_key(encode_file_view, dict(encoder=e, paths=paths, **view)) for e in encoders]
+    files = argument_identity(paths)  # one stat of every file, whatever the number of encoders
+    keys = [{**computation_key(encode_file_view, dict(encoder=e, **view)), 'paths': files} for e in encoders]
     labels = [f'{dataset}_{split}_{"center" if augment is None else "augmented"}_{e.name}' for e in encoders]
     found = [load_file_features(e, k, label, cache_dir, len(paths), log) for e, k, label in zip(encoders, keys, labels)]
     todo = [i for i, f in enumerate(found) if f is None]

@@ -27,7 +27,7 @@ DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quot
 def one_line(exc):
     """The message of a known refusal as one line; None for an error the package does not know."""
     if isinstance(exc, KNOWN):
-        return ' '.join(str(exc).split())
+        return ' '.join(_own_message(str(exc)).split())
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return ('out of GPU memory: lower --batch_size, --eval_batch_size or --encode_batch_size '
                 f'({str(exc).splitlines()[0]})')
@@ -36,6 +36,15 @@ def one_line(exc):
         return (f'{DISK_FAULTS[exc.errno]} writing {where}: free space or fix the permissions there, or choose '
                 f'another --out_dir / --cache_dir')
     return None
+
+
+def _own_message(text):
+    """A refusal raised in a DataLoader worker comes back as 'Caught X in DataLoader worker process N'
+    and the worker's traceback: its own message is the last line, after the exception's name."""
+    if 'Original Traceback' not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(': ', 1)[1] if ': ' in last else last
 
 
 def run_cli(main, argv=None):

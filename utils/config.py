@@ -28,6 +28,7 @@ COMMON_DEFAULTS = dict(
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
     fp_conditioning=True, gpu_devices=None,
+    script=None,  # no flag: the script whose defaults table this is (a run records it; --resume, --predict check it)
 )
 
 
@@ -257,6 +258,9 @@ def parse_config(description, defaults, argv=None, dataset_args=None, kind='memo
     cfg = parser.parse_args(argv)
     cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
     cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
+    # the script's own flags, which say where its dataset lies (--predict takes them from its command line)
+    cfg.dataset_flags = sorted(a.dest for group in parser._action_groups if group.title == 'dataset'
+                               for a in group._group_actions)
     return cfg
 
 

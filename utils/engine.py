@@ -28,12 +28,13 @@ from utils.io import (append_jsonl, load_json, remove_files, save_json, save_tor
                       write_jsonl)
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
-from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_writable,
-                          input_fingerprints, load_run, plan_run_dir, resumed_config, sweep_stale_cache_writes)
+from utils.rundir import (CHECKPOINT_FORMAT, RunClaim, check_resume_flags, check_resume_inputs, check_same_script,
+                          check_writable, input_fingerprints, load_run, plan_run_dir, resumed_config,
+                          sweep_stale_cache_writes)
 from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_name, device_description, resolve_device,
                            rng_state, seed_everything, set_rng_state)
 from utils.k_trials import choose_k_by_training, take_over_trial
-from utils.prepare import by_model, clean_train_labels, prepare, use_k
+from utils.prepare import by_model, check_inputs, clean_train_labels, prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
 from utils.schedule import is_eval_epoch, learning_rate
@@ -351,12 +352,14 @@ def refuse(message):
 def run(cfg, load_splits):
     """Train and evaluate LRA-diffusion; `load_splits(cfg)` returns the dataset's ImageSplits.
 
-    Everything is checked before work starts: the flags, the checkpoint being resumed (and the flags
-    its command line would change), the folders; then the run folder is claimed (refused if another
-    run holds it) and data is read."""
+    Everything is checked before work starts: the flags, the checkpoint being resumed (the script that
+    made it, the flags its command line would change), the run folder (a fresh run refuses one holding
+    a run or files no run wrote), then the data, labels and encoders; only then is the run folder
+    claimed (refused if another run holds it) and the features extracted."""
     check_config(cfg)
     ckpt = load_run(cfg.resume) if cfg.resume else None
     if ckpt is not None:
+        check_same_script(cfg, ckpt['config'], cfg.resume, '--resume')
         check_resume_flags(cfg, ckpt, cfg.resume)
         cfg = resumed_config(cfg, ckpt)
         check_config(cfg)
@@ -366,10 +369,15 @@ def run(cfg, load_splits):
         cfg.run_name = distributed.broadcast_object(cfg.run_name or default_run_name(cfg))
     run_dir = plan_run_dir(cfg)
     check_writable(cfg.cache_dir, '--cache_dir')
+    check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
+    seed_everything(cfg.seed)
+    with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
+        splits = load_splits(cfg)
+        checked = check_inputs(cfg, splits, device)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
         sweep_stale_cache_writes(cfg.cache_dir)
-        return _run(cfg, load_splits, device, run_dir, ckpt)
+        return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt)
     except torch.cuda.OutOfMemoryError as exc:
         raise SetupError(f'{OOM_ADVICE} ({str(exc).splitlines()[0]})') from exc
     finally:
@@ -377,11 +385,8 @@ def run(cfg, load_splits):
             claim.release()
 
 
-def _run(cfg, load_splits, device, run_dir, ckpt):
-    seed_everything(cfg.seed)
-    with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
-        splits = load_splits(cfg)
-        data = prepare(cfg, splits, device)
+def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt):
+    data = prepare(cfg, splits, device, checked=checked)
     data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
     data.info['input_fingerprints'] = input_fingerprints(splits, data)
     if ckpt is not None:

@@ -52,19 +52,26 @@ def load_feature_file(path):
     if missing:
         raise FeatureFileError(f'features file {path} lacks the split(s) {", ".join(missing)} '
                                f'(it has: {", ".join(sorted(blob)) or "nothing"}); {FIX}')
-    arrays = {s: blob[s] for s in SPLITS}
-    for split, a in arrays.items():
+    arrays = {}
+    for split in SPLITS:
+        a = blob[split]
         if a.ndim != 2 or a.dtype.kind not in 'fiu' or len(a) == 0:
             raise FeatureFileError(f'features file {path}: split {split} is {a.dtype} of shape {a.shape}, not a '
                                    f'non-empty 2-D numeric array (rows × feature dim); {FIX}')
         if not np.isfinite(a).all():
             raise FeatureFileError(f'features file {path}: split {split} holds NaN or infinite values; '
                                    f'recompute the features')
+        with np.errstate(over='ignore'):
+            arrays[split] = a.astype(np.float32)  # what training reads: checked again after the cast
+        if not np.isfinite(arrays[split]).all():
+            raise FeatureFileError(f'features file {path}: split {split} holds values beyond float32\'s range '
+                                   f'(|x| > {np.finfo(np.float32).max:.3g}), which become infinite in training; '
+                                   f'rescale or recompute the features')
     widths = {s: a.shape[1] for s, a in arrays.items()}
     if len(set(widths.values())) > 1:
         raise FeatureFileError(f'features file {path}: the splits have different feature widths {widths}; {FIX}')
     meta = blob.get('meta')
-    return {s: a.astype(np.float32) for s, a in arrays.items()}, str(meta) if meta is not None else ''
+    return arrays, str(meta) if meta is not None else ''
 
 
 class FeatureFileEncoder(FrozenEncoder):

@@ -5,7 +5,9 @@ Images stay on disk; they are decoded once, in DataLoader workers, to compute th
 that training then runs on (utils/distributed.py shards that work across processes).
 """
 import csv
+import io
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
@@ -66,9 +68,20 @@ def _need(path, what):
     return path
 
 
+def read_text(path, what):
+    """A text file's content, refused naming the file and line where it is not UTF-8 (a BOM is dropped)."""
+    with open(_need(path, what), 'rb') as f:
+        data = f.read()
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b'\n') + 1
+        raise DatasetMissing(f'{path}, row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); '
+                             f'save the file as UTF-8 (e.g. "CSV UTF-8" in a spreadsheet)') from None
+
+
 def _lines(path, what):
-    with open(_need(path, what)) as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
 
 
 def _pairs(path, what, root=None):
@@ -131,7 +144,8 @@ def cc_select_files(root, inputs_dir=None):
     """The authors' Clothing1M training subset: cc_select_img.txt (keys) and cc_select_label.txt (their
     labels, line by line), selected by the "Centrality and Consistency" classifier. A pair in the
     dataset folder or its annotations/ folder (the authors' layout) is used as it is; otherwise the
-    published pair is fetched and verified (utils/published.py)."""
+    published pair is fetched and verified (utils/published.py), once the dataset folder is there."""
+    _need(root, 'Clothing1M folder')
     for folder in (root, os.path.join(root, 'annotations')):
         paths = [os.path.join(folder, name) for name in CC_SELECT]
         if all(os.path.isfile(p) for p in paths):
@@ -288,61 +302,180 @@ def _class_folders(folder):
 
 
 def _csv_rows(path):
-    """(absolute path, label text) pairs of a CSV with columns path,label (header optional); relative
-    paths are relative to the CSV's folder."""
-    with open(_need(path, 'label CSV'), newline='', encoding='utf-8-sig') as f:  # Excel writes a BOM
-        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
-    header = [c.strip().lower() for c in rows[0]] if rows else []
+    """(absolute path, label text, row number) of a CSV with columns path,label (header optional);
+    relative paths are relative to the CSV's folder."""
+    reader = csv.reader(io.StringIO(read_text(path, 'label CSV'), newline=''))
+    rows = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
     columns = (0, 1)
     if 'path' in header:
         if 'label' not in header:
             raise DatasetMissing(f'{path}: the header names no "label" column; expected the columns path,label')
         columns = header.index('path'), header.index('label')
         rows = rows[1:]
-    folder, pairs = os.path.dirname(os.path.abspath(path)), []
-    for number, row in enumerate(rows, 2 if 'path' in header else 1):
+    folder, found = os.path.dirname(os.path.abspath(path)), []
+    for number, row in rows:
         if len(row) <= max(columns) or not row[columns[0]].strip() or not row[columns[1]].strip():
             raise DatasetMissing(f'{path}, row {number}: expected "<image path>,<label>", found {",".join(row)!r}')
-        pairs.append((os.path.join(folder, row[columns[0]].strip()), row[columns[1]].strip()))
-    return pairs
+        found.append((os.path.join(folder, row[columns[0]].strip()), row[columns[1]].strip(), number))
+    return found
 
 
 def _labelled(source):
-    """(paths, label texts) of a CSV file or a folder of class folders."""
+    """(paths, label texts, where each label stands: 'row N' of a CSV, or its class folder) of a CSV
+    file or a folder of class folders."""
     if os.path.isfile(source):
-        pairs = _csv_rows(source)
-        return [p for p, _ in pairs], [label for _, label in pairs]
-    paths, labels = [], []
+        rows = _csv_rows(source)
+        return [p for p, _, _ in rows], [label for _, label, _ in rows], [f'row {n}' for _, _, n in rows]
+    paths, labels, where = [], [], []
     for name, files in _class_folders(source).items():
         paths += files
         labels += [name] * len(files)
-    return paths, labels
+        where += [f'folder {name}'] * len(files)
+    return paths, labels, where
 
 
-def _class_list(train_source, train_labels, classes_file):
-    """The class names: --classes FILE, the training class folders, the CSV's names, or 0..max for a
-    CSV of indices."""
+INDEX = re.compile(r'-?[0-9]+')
+PIN = 'pass --classes FILE (one class name per line, in index order) to fix the class list'
+
+
+def _is_index(label):
+    return INDEX.fullmatch(label) is not None
+
+
+def _class_list(train_source, train_labels, where, classes_file):
+    """The class names: --classes FILE, the training class folders, the CSV's names (sorted), or 0..max
+    for a CSV of indices (a label far above the rest is refused as out of range rather than making
+    empty classes); a CSV mixing names and indices is refused."""
     if classes_file:
-        return _lines(classes_file, 'class list')
+        classes = _lines(classes_file, 'class list')
+        seen = {}
+        for number, name in enumerate(classes, 1):
+            if name in seen:
+                raise DatasetMissing(f'--classes {classes_file} lists {name!r} twice (names {seen[name]} and '
+                                     f'{number}); list each class once')
+            seen[name] = number
+        return classes
     if os.path.isdir(train_source):
         return _class_names(train_source)
-    if all(label.isdecimal() for label in train_labels):
-        return [str(c) for c in range(max(int(label) for label in train_labels) + 1)]
+    kinds = [_is_index(label) for label in train_labels]
+    if any(kinds) and not all(kinds):
+        first_index, first_name = kinds.index(True), kinds.index(False)
+        raise DatasetMissing(f'{train_source} mixes class indices and class names ({where[first_index]}: '
+                             f'{train_labels[first_index]!r}, {where[first_name]}: {train_labels[first_name]!r}); '
+                             f'use one kind, or {PIN}')
+    if all(kinds):
+        return [str(c) for c in range(_index_count(train_source, train_labels, where))]
     return sorted(set(train_labels))
 
 
-def _label_indices(labels, classes, source):
-    """Label texts (class names, or indices into `classes`) → int64 indices; unknown ones refused."""
+def _index_count(source, labels, where):
+    """The number of classes a CSV of index labels makes, 0..max; a label below 0, or above a missing
+    index with fewer images than those below it (a stray label, not a class), is out of range."""
+    values = [int(label) for label in labels]
+    for value, at in zip(values, where):
+        if value < 0:
+            raise DatasetMissing(f'{source}, {at}: index label {value} is out of range: class indices count from 0')
+    used = sorted(set(values))
+    gap = next((i for i, v in enumerate(used) if v != i), len(used))  # the first index without images
+    above = [(at, v) for at, v in zip(where, values) if v > gap]
+    if above and 2 * len(above) < len(values):
+        at, value = above[0]
+        raise DatasetMissing(f'{source}, {at}: index label {value} is out of range: the labels below it run '
+                             f'0..{gap - 1} (class {gap} has no images); fix the label, or {PIN}')
+    return used[-1] + 1
+
+
+def _label_indices(labels, where, classes, source, classes_file):
+    """Label texts (class names, or with --classes indices into its lines) → int64 indices; a label
+    that is no class is refused naming it and its row."""
     index = {name: c for c, name in enumerate(classes)}
     out = []
-    for label in labels:
-        c = index.get(label, int(label) if label.isdecimal() and int(label) < len(classes) else None)
+    for label, at in zip(labels, where):
+        c = index.get(label)
+        if c is None and _is_index(label):
+            if not classes_file and not all(_is_index(name) for name in classes):
+                raise DatasetMissing(f'{source}, {at}: label {label!r} is an index, but the classes are names '
+                                     f'({", ".join(classes[:5])}{" ..." if len(classes) > 5 else ""}); write the '
+                                     f'class name, or {PIN}')
+            if not 0 <= int(label) < len(classes):
+                raise DatasetMissing(f'{source}, {at}: index label {label} is out of range: there are {len(classes)} '
+                                     f'classes (0..{len(classes) - 1}); fix the label, or {PIN}')
+            c = int(label)
         if c is None:
-            raise DatasetMissing(f'{source}: label {label!r} is not a known class (classes: '
+            raise DatasetMissing(f'{source}, {at}: label {label!r} is not a known class (classes: '
                                  f'{", ".join(classes[:10])}{" ..." if len(classes) > 10 else ""}); fix the '
                                  f'label or list the class in --classes')
         out.append(c)
     return np.asarray(out, dtype=np.int64)
+
+
+SMALL_CLASS = 0.1  # a class with at most this share of the median class's images is named in a warning
+
+
+def warn_about_classes(classes, labels, source, log):
+    """Name classes that look like mistakes of the labels rather than classes: one far smaller than the
+    rest (a stray label), one whose name looks like a typo of another's (case, spacing, a letter)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    median = float(np.median(counts))
+    small = [c for c in range(len(classes)) if counts[c] <= SMALL_CLASS * median]
+    if small:
+        named = ', '.join(f'{classes[c]!r} ({_images(counts[c])})' for c in small[:5])
+        log(f'warning: {source}: {len(small)} class(es) far smaller than the rest (median {median:g} images): '
+            f'{named}{" ..." if len(small) > 5 else ""}; if a stray label made them, fix it, or {PIN}')
+    for a, b in _typo_pairs(classes):
+        log(f'warning: {source}: class {classes[a]!r} ({_images(counts[a])}) looks like a typo of {classes[b]!r} '
+            f'({_images(counts[b])}); if they are one class, fix the labels, or {PIN}')
+
+
+def _images(n):
+    return f'{n} image' + ('' if n == 1 else 's')
+
+
+def _normal(name):
+    return re.sub(r'[\W_]+', '', name.casefold())
+
+
+def _typo_pairs(classes):
+    """Pairs of class indices whose names differ only in case, spacing or punctuation, or by one edit:
+    two neighbouring letters swapped, or (names of five letters or more) one letter changed, added or
+    dropped. Names that differ in digits only (class1, class2) are numbered classes, not typos."""
+    pairs, normal = [], [_normal(name) for name in classes]
+    for a in range(len(classes)):
+        for b in range(a + 1, len(classes)):
+            na, nb = normal[a], normal[b]
+            if re.sub('[0-9]', '', na) == re.sub('[0-9]', '', nb) and na != nb:
+                continue
+            edit = _one_edit(na, nb)
+            if na == nb or edit == 'swap' or (edit and min(len(na), len(nb)) >= 5):
+                pairs.append((a, b))
+    return pairs
+
+
+def _one_edit(a, b):
+    """'swap' where b is a with two neighbouring letters swapped, 'edit' where one letter is changed,
+    added or dropped, else None."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return None
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if len(a) == len(b):
+        if a[start + 1:] == b[start + 1:]:
+            return 'edit'
+        swapped = a[:start] + a[start + 1:start + 2] + a[start] + a[start + 2:]
+        return 'swap' if swapped == b else None
+    shorter, longer = (a, b) if len(a) < len(b) else (b, a)
+    return 'edit' if shorter[start:] == longer[start + 1:] else None
+
+
+def _unreadable(path, exc):
+    """Why an image cannot be decoded, and the fix: an oversized image is named as such."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f'{path} is too large to decode safely ({exc}); shrink it, or remove it from the list (raise '
+                f'PIL.Image.MAX_IMAGE_PIXELS only for files you trust)')
+    return f'{path} ({exc})'
+
+
+UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def _readable(path):
@@ -350,8 +483,18 @@ def _readable(path):
         with Image.open(path) as image:
             image.size  # the header parses
         return None
-    except (OSError, ValueError) as exc:
-        return f'{path} ({exc})'
+    except UNDECODABLE as exc:
+        return _unreadable(path, exc)
+
+
+def open_image(path):
+    """An image file as RGB, or a refusal naming the file (missing, damaged, not an image, oversized)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert('RGB')
+    except UNDECODABLE as exc:
+        raise DatasetMissing(f'cannot read image {_unreadable(path, exc)}; replace the file or remove it from the '
+                             f'list') from None
 
 
 def _check_images(paths, source):
@@ -378,27 +521,34 @@ def _carve_validation(labels, fraction, seed):
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
-def read_image_folder(train, val=None, test=None, classes_file=None, val_fraction=0.1, seed=0):
+def read_image_folder(train, val=None, test=None, classes_file=None, val_fraction=0.1, seed=0, log=print):
     """Your own images: `train` is a CSV of path,label (the noisy labels) or a folder of class folders;
     `val` and `test` (clean labels) likewise, or None. Without `val`, a seeded `val_fraction` of the
     training images is held out as validation, with its noisy labels; without `test`, the test split
-    is the validation split. Refused with the problem named: unreadable images, unknown or empty
-    classes, a path listed twice (within or across splits)."""
-    train_paths, train_text = _labelled(_need(train, 'training images'))
+    is the validation split. Refused with the problem named: unreadable images, unknown, out-of-range
+    or mixed labels, a class listed twice, a single class or one without training images, a path listed
+    twice (within or across splits). Without --classes, a class far smaller than the rest or named like
+    a typo of another is warned about (`log`)."""
+    train_paths, train_text, train_where = _labelled(_need(train, 'training images'))
     if not train_paths:
         raise DatasetMissing(f'{train} lists no training images ({", ".join(IMAGE_SUFFIXES)} files in class folders, '
                              f'or CSV rows of path,label)')
-    classes = _class_list(train, train_text, classes_file)
-    train_labels = _label_indices(train_text, classes, train)
+    classes = _class_list(train, train_text, train_where, classes_file)
+    train_labels = _label_indices(train_text, train_where, classes, train, classes_file)
+    if len(classes) < 2:
+        raise DatasetMissing(f'{train} has {"a single class " + repr(classes[0]) if classes else "no class"}; learning '
+                             f'which labels are wrong needs at least two classes: add the images of the others')
     empty = [name for c, name in enumerate(classes) if not np.any(train_labels == c)]
     if empty:
         raise DatasetMissing(f'{train}: class {empty[0]!r} has no training images ({len(empty)} empty classes); '
                              f'add images or remove the class')
+    if not classes_file:
+        warn_about_classes(classes, train_labels, train, log)
     splits = {'train': (train_paths, train_labels)}
     for name, source in (('val', val), ('test', test)):
         if source:
-            paths, text = _labelled(_need(source, f'{name} images'))
-            splits[name] = paths, _label_indices(text, classes, source)
+            paths, text, where = _labelled(_need(source, f'{name} images'))
+            splits[name] = paths, _label_indices(text, where, classes, source, classes_file)
     _refuse_duplicates(splits)
     for name, (paths, _) in splits.items():
         _check_images(paths, {'train': train, 'val': val, 'test': test}[name])
@@ -470,10 +620,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        try:
-            image = Image.open(self.paths[i]).convert('RGB')
-        except (OSError, ValueError) as exc:
-            raise DatasetMissing(f'cannot read image {self.paths[i]}: {exc}') from exc
+        image = open_image(self.paths[i])
         short = round(self.size * 256 / 224)
         w, h = image.size
         scale = short / min(w, h)

@@ -5,6 +5,10 @@ Reads trust nothing: every file may come from someone else (shared caches, check
 folders), so nothing is unpickled in a way that can run code. Torch files load with
 `weights_only=True`; plain pickles (CIFAR's python batches) go through an unpickler that admits only
 builtin containers, strings, bytes, numbers and numpy arrays.
+
+Every write (atomic_write, append_jsonl) first tells the run folder it lands in, where this process
+holds one (utils/rundir.RunClaim): the folder records what its runs wrote before they write it, so a
+later run knows which files are a run's and which are someone else's.
 """
 import codecs
 import errno
@@ -72,9 +76,32 @@ class _Recording:
         self.f.flush()
 
 
-def atomic_write(path, write, check=None):
+# the run folders this process holds, each with the function that records a file about to be written
+# into it (its path relative to the folder): utils/rundir.RunClaim registers and removes itself
+_OWNED_FOLDERS = {}
+
+
+def owned_folder(folder, note):
+    """Have `note(relative path)` called before each write into `folder` (note None: no longer)."""
+    folder = os.path.abspath(folder)
+    if note is None:
+        _OWNED_FOLDERS.pop(folder, None)
+    else:
+        _OWNED_FOLDERS[folder] = note
+
+
+def _about_to_write(path):
+    full = os.path.abspath(path)
+    for folder, note in list(_OWNED_FOLDERS.items()):
+        if full.startswith(folder + os.sep):
+            note(os.path.relpath(full, folder))
+
+
+def atomic_write(path, write, check=None, flag='--out_dir / --cache_dir'):
     """`write(f)` into a temporary file beside `path`, then rename it to `path`; `check(tmp_path)` may
-    refuse the written file by raising, and then nothing is left behind."""
+    refuse the written file by raising, and then nothing is left behind. `flag`: where a full or
+    read-only disk's message sends the user."""
+    _about_to_write(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp, recording = None, None
     try:
@@ -94,8 +121,7 @@ def atomic_write(path, write, check=None):
         cause = recording.error if recording is not None and recording.error is not None else exc
         if isinstance(cause, OSError) and cause.errno in WRITE_FAULTS:
             raise CannotWrite(cause.errno, f'{WRITE_FAULTS[cause.errno]} writing {path}: free space or fix the '
-                                           f'permissions in {folder}, or choose another --out_dir / --cache_dir') \
-                from exc
+                                           f'permissions in {folder}, or choose another {flag}') from exc
         raise
 
 
@@ -151,6 +177,7 @@ def write_jsonl(records, path):
 
 
 def append_jsonl(record, path):
+    _about_to_write(path)
     with open(path, 'a') as f:
         f.write(json.dumps(record, sort_keys=True) + '\n')
 

@@ -34,7 +34,7 @@ from utils.schedule import is_eval_epoch
 NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'script_flags', 'device', 'num_workers',
                     'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs',
                     'data_root', 'cifar_n_dir', 'clip_download_root', 'inputs_dir', 'download', 'encode_batch_size',
-                    'n_samples', 'predict', 'predict_split', 'predict_folder')
+                    'n_samples', 'predict', 'predict_split', 'predict_folder', 'script', 'dataset_flags', 'gpu_devices')
 
 
 def trial_epochs(cfg):

@@ -12,6 +12,13 @@ def save_npy(array, path):
     atomic_write(path, lambda f: np.save(f, array))
 
 
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG, written atomically like every other output."""
+    image = io.BytesIO()
+    fig.savefig(image, format='png', dpi=120)
+    atomic_write(path, lambda f: f.write(image.getvalue()))
+
+
 def confusion(rows, cols, n_class):
     m = np.zeros((n_class, n_class), dtype=np.int64)
     np.add.at(m, (np.asarray(rows), np.asarray(cols)), 1)
@@ -36,7 +43,7 @@ def plot_accuracy(history, path, noisy_label_accuracy=None, val_name='validation
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -63,7 +70,7 @@ def plot_confusion(matrix, row_name, col_name, path, class_names=None):
                             color='black' if normalised[i, j] > 0.5 else 'white')
     fig.colorbar(im, ax=ax, label=f'fraction of each {row_name} row')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -1,5 +1,6 @@
 """`--predict RUN_DIR`: apply a run's best checkpoint to a dataset split or a folder of images."""
 import csv
+import io
 import os
 
 import numpy as np
@@ -10,9 +11,10 @@ from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
 from utils.encoders import encode_all
 from utils.evaluate import SplitInputs, predict_labels
-from utils.files import IMAGE_SUFFIXES
+from utils.files import IMAGE_SUFFIXES, open_image
+from utils.io import atomic_write
 from utils.prepare import build_encoders, decoding_of, features_of_split
-from utils.rundir import load_run, resumed_config
+from utils.rundir import check_same_script, load_run, prediction_config
 from utils.outputs import save_npy
 from utils.runtime import SetupError, resolve_device
 from utils.diff_encoders import build_model, diff_encoder_input
@@ -27,17 +29,18 @@ def load_image_folder(folder, image_shape):
     if not paths:
         raise SetupError(f'--predict_folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     _, h, w = image_shape
-    arrays = [np.asarray(Image.open(p).convert('RGB').resize((w, h), Image.BICUBIC)) for p in paths]
+    arrays = [np.asarray(open_image(p).resize((w, h), Image.BICUBIC)) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
 
 
 def write_predictions_csv(path, paths, predicted, class_names=None):
     """path,label[,class] per image: the class index, and its name where the run recorded names."""
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['path', 'label'] + (['class'] if class_names else []))
-        for p, label in zip(paths, predicted.tolist()):
-            writer.writerow([p, label] + ([class_names[label]] if class_names else []))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(['path', 'label'] + (['class'] if class_names else []))
+    for p, label in zip(paths, predicted.tolist()):
+        writer.writerow([p, label] + ([class_names[label]] if class_names else []))
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):
@@ -54,9 +57,30 @@ def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=No
     return written
 
 
+def check_fits_run(splits, split, info, run_dir):
+    """The split read for prediction is of the dataset the run was trained on: its name, classes and
+    (images in memory) image size; else refused, before a tensor op fails on it."""
+    problems = []
+    if splits.name != info['dataset']:
+        problems.append(f'the run was trained on {info["dataset"]}, this command reads {splits.name}')
+    if splits.n_class != info['n_class']:
+        problems.append(f'the run has {info["n_class"]} classes, the data {splits.n_class}')
+    elif info.get('class_names') and list(splits.class_names or []) != list(info['class_names']):
+        theirs = [f'{a!r} here, {b!r} in the run' for a, b in zip(splits.class_names or [], info['class_names'])
+                  if a != b][:2]
+        problems.append(f'the classes differ ({"; ".join(theirs) or "other names"})')
+    if splits.in_memory and list(splits.images(split).shape[1:]) != list(info['image_shape']):
+        problems.append(f'its images are {tuple(splits.images(split).shape[1:])}, the run\'s '
+                        f'{tuple(info["image_shape"])}')
+    if problems:
+        raise SetupError(f'--predict {run_dir}: {"; ".join(problems)}; predict with data of the dataset the run was '
+                         f'trained on')
+
+
 def predict(cfg, load_splits):
     ckpt = load_run(cfg.predict, 'best.pt')
-    saved = resumed_config(cfg, ckpt)
+    check_same_script(cfg, ckpt['config'], cfg.predict, '--predict')
+    saved = prediction_config(cfg, ckpt, cfg.predict)
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
@@ -69,6 +93,7 @@ def predict(cfg, load_splits):
         labels, name = None, 'folder'
     else:
         splits, name = load_splits(saved), cfg.predict_split
+        check_fits_run(splits, name, info, cfg.predict)
         labels = splits.labels(name)
         features = features_of_split(saved, splits, name, encoders)
         if splits.in_memory:

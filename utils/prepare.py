@@ -213,21 +213,46 @@ def data_info(splits, noise_source, n_train, encoder, image_shape, started):
             'prepare_s': round(time.time() - started, 2)}
 
 
-def prepare(cfg, splits, device, log=print):
-    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels."""
+@dataclass
+class CheckedInputs:
+    """What check_inputs read and checked: the training labels, their source, the clean ones where
+    known, the frozen encoders and the image shape they read."""
+    labels: np.ndarray
+    noise_source: str
+    clean: object
+    encoders: list
+    image_shape: tuple
+    started: float
+
+
+def check_inputs(cfg, splits, device, log=print):
+    """Everything that can be refused before a run claims its folder, in seconds: every label, the noise
+    (name or file), --k against the training set, the recipe, the encoders (a features file's rows
+    against the splits)."""
     started = time.time()
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
     check_counts(cfg, len(labels))
+    resolve_recipe(cfg, splits.in_memory, splits.name)
+    image_shape = tuple(splits.train_images.shape[1:]) if splits.in_memory else (3, cfg.image_size, cfg.image_size)
+    encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
+    if hasattr(encoders[0], 'split_features'):  # a features file: one row per image of every split
+        for split in SPLITS:
+            encoders[0].split_features(split, splits.size(split))
+    if not splits.in_memory:
+        check_input_size(encoders[0], cfg.image_size, log)
+    return CheckedInputs(labels, noise_source, clean, encoders, image_shape, started)
+
+
+def prepare(cfg, splits, device, log=print, checked=None):
+    """Noisy labels → f_p features (cached) → neighbours (cached) → candidate labels; `checked`: what
+    check_inputs returned, where the caller checked the inputs first."""
+    checked = checked or check_inputs(cfg, splits, device, log)
+    labels, noise_source, clean, encoders = checked.labels, checked.noise_source, checked.clean, checked.encoders
+    started, image_shape, encoder = checked.started, checked.image_shape, checked.encoders[0]
     in_memory = splits.in_memory
-    resolve_recipe(cfg, in_memory, splits.name)
     diff_input = diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone)
     augmented_fp = cfg.fp_train_view == 'augmented'
-    image_shape = tuple(splits.train_images.shape[1:]) if in_memory else (3, cfg.image_size, cfg.image_size)
-    encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
-    encoder = encoders[0]
-    if not in_memory:
-        check_input_size(encoder, cfg.image_size, log)
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
     k_scores = None

@@ -176,7 +176,7 @@ def download(url, path, blob, log=print):
     log(f'downloading {url} → {path}')
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            atomic_write(path, lambda f: _copy_stream(response, f), check=check)
+            atomic_write(path, lambda f: _copy_stream(response, f), check=check, flag='--inputs_dir')
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # offline, 404, cut off, timeout
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, 'reason', exc)
         raise PublishedInputError(

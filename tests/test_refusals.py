@@ -1,0 +1,322 @@
+"""Every entry point refuses its worst inputs in one line (`error: ...`, exit 2, no traceback) and leaves
+nothing behind; own-data labels are checked up front; prediction checks the run it is given; features
+are finite after their cast to float32."""
+import errno
+import itertools
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import demo_digits
+import train_ImageFolder
+from benchmarks import layouts
+from conftest import subset
+from test_fetch import npy_bytes, publish_as, server  # noqa: F401 -- the local HTTP server fixture
+from test_run_folders import own_flags, snapshot
+from test_trust import cfg_for
+from utils.cli import one_line, run_cli
+from utils.data import DatasetMissing
+from utils.engine import main as engine_main, run
+from utils.feature_file import FeatureFileError, load_feature_file, save_feature_file
+from utils.files import ImageFiles, image_batches, read_image_folder
+from utils.runtime import SetupError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def oversized_png(path, side=20000):
+    """A PNG whose header claims side × side pixels (beyond PIL's decompression-bomb limit): a few
+    bytes on disk, refused as soon as its header is read."""
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)) +
+                chunk(b'IDAT', zlib.compress(b'\0' * 8)) + chunk(b'IEND', b''))
+    return str(path)
+
+
+def csv_file(path, rows, header='path,label'):
+    layouts.write(str(path), [header, *rows] if header else rows)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def own(tmp_path_factory):
+    """A small own-data tree and a run trained on it (raw pixels as f_p, 8-px images, one epoch)."""
+    root = tmp_path_factory.mktemp('refusals')
+    layouts.own_data(str(root / 'own'), per_class=12, n_eval=2)
+    _, run_dir = train_ImageFolder.main(['--train', str(root / 'own' / 'labels.csv'), '--val',
+                                         str(root / 'own' / 'val'), *own_flags(root, '--nepoch', '1')])
+    return root, run_dir
+
+
+# ---- every entry point through the one refusal path ----------------------------------------------
+
+def entry_point_cases(work, own_root, own_run, digits_run):
+    """(entry, argv) pairs: each entry point's worst inputs, built from generated files under `work`."""
+    images, classes = own_root / 'own' / 'images', work / 'classes.txt'
+    fixed = ['--fp_encoder', 'raw', '--diff_encoder', 'fp_mlp', '--image_size', '8', '--num_workers', '1',
+             '--device', 'cpu']
+    ok = [f'{images}/cat_000.jpg,cat', f'{images}/dog_000.jpg,dog']
+    (work / 'empty').mkdir()
+    (work / 'broken.jpg').write_bytes(b'not an image')
+    oversized_png(work / 'huge.png')
+    (work / 'latin1.csv').write_bytes(f'path,label\n{images}/cat_000.jpg,cat\n{images}/dog_000.jpg,ch\xe9vre\n'
+                                      .encode('latin-1'))
+    layouts.write(str(classes), ['cat', 'dog', 'cat'])
+    (work / 'bad_predict').mkdir()
+    (work / 'bad_predict' / 'a.jpg').write_bytes(b'\xff\xd8 truncated')
+    (work / 'no_run').mkdir()
+    (work / 'corrupt_run').mkdir()
+    (work / 'corrupt_run' / 'last.pt').write_bytes(b'PK\x03\x04 half a checkpoint')
+    (work / 'simclr').mkdir()
+    torch.save([1, 2, 3], work / 'simclr' / 'state.pt')
+    np.save(work / 'short.npy', np.zeros(10, np.int64))
+    np.savez(work / 'huge.npz', **{s: np.full((n, 4), 1e300) for s, n in (('train', 1197), ('val', 200),
+                                                                            ('test', 400))})
+    food = layouts.food101n(str(work / 'food'))
+    (work / 'food' / 'Food-101N_release' / 'images' / 'churros' / 'churros_010.jpg').write_bytes(b'damaged')
+    numbers = itertools.count()
+
+    def train(rows, *more):
+        return ['--train', csv_file(work / f'train{next(numbers)}.csv', rows), *more]
+    return [
+        ('train_CIFAR.py', ['--data_root', str(work / 'nothing'), '--no-download']),
+        ('train_CIFAR.py', ['--k', '0']),
+        ('train_CIFAR.py', ['--resume', str(work / 'no_run')]),
+        ('train_CIFAR.py', ['--resume', str(work / 'corrupt_run')]),
+        ('train_CIFAR.py', ['--predict', own_run]),  # a run of another script
+        ('train_Food101N.py', ['--food101n_root', str(work / 'nothing')]),
+        ('train_Food101N.py', ['--food101n_root', food[0], '--food101_root', food[1], '--k', '2', *fixed]),
+        ('train_Clothing1M.py', ['--clothing1m_root', str(work / 'nothing')]),
+        ('train_WebVision.py', ['--webvision_root', str(work / 'nothing')]),
+        ('train_ImageFolder.py', []),
+        ('train_ImageFolder.py', ['--train', str(work / 'empty')]),
+        ('train_ImageFolder.py', train([*ok, f'{work}/broken.jpg,cat'])),
+        ('train_ImageFolder.py', train([*ok, f'{work}/huge.png,cat'])),
+        ('train_ImageFolder.py', train([*ok, f'{images}/cat_000.jpg,dog'])),
+        ('train_ImageFolder.py', ['--train', csv_file(work / 'nolabel.csv', ok, 'path,class')]),
+        ('train_ImageFolder.py', ['--train', str(work / 'latin1.csv')]),
+        ('train_ImageFolder.py', train([f'{images}/cat_000.jpg,cat', f'{images}/cat_001.jpg,cat'])),
+        ('train_ImageFolder.py', train([f'{images}/cat_000.jpg,0', f'{images}/cat_001.jpg,1',
+                                        f'{images}/cat_002.jpg,1', f'{images}/dog_000.jpg,9'])),
+        ('train_ImageFolder.py', train(ok, '--classes', str(classes))),
+        ('train_ImageFolder.py', train([*ok, f'{images}/fox_000.jpg,2'])),
+        ('train_ImageFolder.py', train(ok, '--val', csv_file(work / 'val.csv', [f'{images}/cat_000.jpg,cat']))),
+        ('train_ImageFolder.py', ['--resume', str(work / 'no_run')]),
+        ('train_ImageFolder.py', ['--resume', str(work / 'corrupt_run')]),
+        ('train_ImageFolder.py', ['--predict', own_run, '--predict_folder', str(work / 'bad_predict')]),
+        ('train_ImageFolder.py', ['--predict', own_run, '--predict_split', 'val', '--predict_folder', str(images)]),
+        ('train_ImageFolder.py', ['--predict', own_run, '--lr', '0.5']),
+        ('demo_digits.py', ['--out_dir', os.path.dirname(digits_run), '--run_name', 'r', '--noise_type',
+                            str(work / 'short.npy')]),  # the issue's case: a finished run lost its last.pt
+        ('demo_digits.py', ['--noise_type', str(work / 'short.npy'), '--run_name', 'fresh']),
+        ('demo_digits.py', ['--fp_encoder', 'features', '--fp_features', str(work / 'huge.npz')]),
+        ('demo_digits.py', ['--predict', own_run]),
+        ('train_standard.py', ['--noise_type', 'digits-7-0.3']),
+        ('pretrain_SimCLR.py', ['--resume', str(work / 'no_run')]),
+        ('pretrain_SimCLR.py', ['--resume', str(work / 'simclr')]),
+        ('-m noisy_label.fetch', ['cifar10-9-0.35']),
+        ('-m noisy_label.fetch', ['--all', 'cifar10-1-0.35']),
+        ('-m noisy_label.make_noise', ['hybrid', '--dataset', 'digits', '--base', 'cifar10-1-0.35', '--kind', 'U',
+                                       '--rate', '0.3']),
+        ('-m noisy_label.make_noise', ['hybrid', '--dataset', 'digits']),
+    ]
+
+
+def test_every_entry_point_refuses_its_worst_inputs_in_one_line_and_leaves_nothing_behind(tmp_path, own, digits):
+    own_root, own_run = own
+    _, digits_run = run(cfg_for(tmp_path / 'digits', '--nepoch', '1', '--n_samples', '0'),
+                        lambda c: subset(digits, 200, 50))
+    os.remove(os.path.join(digits_run, 'last.pt'))
+    work = tmp_path / 'work'
+    work.mkdir()
+    cases = entry_point_cases(work, own_root, own_run, digits_run)
+    before, run_before, digits_before = snapshot(work), snapshot(own_run), snapshot(digits_run)
+    # progress bars are not messages: a refusal during feature extraction would follow a cleared bar
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TQDM_DISABLE': '1', 'LRA_DIFFUSION_HOME': str(tmp_path / 'inputs'),
+           'LRA_DIFFUSION_BASE_URL': 'http://127.0.0.1:9'}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'run_entry_points.py')], cwd=work, env=env,
+                          input=json.dumps([{'entry': e, 'argv': a} for e, a in cases]), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for result in json.loads(done.stdout):
+        said = result['stderr']
+        assert result['code'] == 2 and said.startswith('error: ') and said.count('\n') == 1 and \
+            'Traceback' not in said, f"{result['entry']} {' '.join(result['argv'])}: exit {result['code']}\n{said}"
+    assert snapshot(work) == before and snapshot(digits_run) == digits_before
+    assert snapshot(own_run) == run_before and not (tmp_path / 'inputs').exists()
+
+
+# ---- the errors the refusal path did not know --------------------------------------------------------
+
+def refusal_line(error):
+    """What run_cli prints for `error`, as a user sees it."""
+    def main(argv):
+        raise error
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(main, [])
+    assert stopped.value.code == 2
+    return one_line(error)
+
+
+def test_an_oversized_or_damaged_image_decoded_in_a_worker_is_named_in_one_line(tmp_path, own):
+    root, _ = own
+    paths = [str(root / 'own' / 'images' / 'cat_000.jpg'), oversized_png(tmp_path / 'huge.png')]
+    with pytest.raises(DatasetMissing) as raised:
+        list(image_batches(paths, 2, 1))  # one DataLoader worker: its exception comes back wrapped
+    line = refusal_line(raised.value)
+    assert line.startswith(f'cannot read image {paths[1]} is too large to decode safely') and 'Traceback' not in line
+    assert 'shrink it, or remove it from the list' in line
+    (tmp_path / 'cut.jpg').write_bytes(open(paths[0], 'rb').read()[:200])
+    with pytest.raises(DatasetMissing, match=f'cannot read image {tmp_path / "cut.jpg"}'):
+        ImageFiles([str(tmp_path / 'cut.jpg')])[0]
+
+
+def test_a_csv_or_class_list_that_is_not_utf8_names_the_file_and_row(tmp_path, own):
+    root, _ = own
+    images = root / 'own' / 'images'
+    (tmp_path / 'labels.csv').write_bytes(f'path,label\n{images}/cat_000.jpg,cat\n{images}/dog_000.jpg,ch\xe9vre\n'
+                                          .encode('latin-1'))
+    with pytest.raises(DatasetMissing, match=f'{tmp_path / "labels.csv"}, row 3: not UTF-8 text .*save the file as '
+                                             f'UTF-8'):
+        read_image_folder(str(tmp_path / 'labels.csv'))
+    (tmp_path / 'classes.txt').write_bytes('cat\ndog\n\xff\n'.encode('latin-1'))
+    with pytest.raises(DatasetMissing, match='classes.txt, row 3: not UTF-8'):
+        read_image_folder(csv_file(tmp_path / 'ok.csv', [f'{images}/cat_000.jpg,cat']),
+                          classes_file=str(tmp_path / 'classes.txt'))
+
+
+def test_a_full_disk_during_fetch_names_the_inputs_folder(server, tmp_path, monkeypatch, capsys):
+    from noisy_label import fetch
+    import utils.io
+    data = npy_bytes(np.arange(300) % 10)
+    server.put('cifar10-3-0.35', data)
+    publish_as(monkeypatch, 'cifar10-3-0.35', data)
+
+    def full(fd, mode):
+        f = open(fd, mode)
+        f.write = lambda block: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device'))
+        return f
+    monkeypatch.setattr(utils.io.os, 'fdopen', full)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(fetch.main, ['cifar10-3-0.35', '--inputs_dir', str(tmp_path / 'inputs')])
+    note, err = capsys.readouterr().err.splitlines()  # fetch says what it downloads, then refuses
+    assert stopped.value.code == 2 and note.startswith('downloading ') and 'Traceback' not in err
+    assert err.startswith(f'error: no space left on device writing {tmp_path / "inputs" / "cifar10-3-0.35.npy"}')
+    assert err.endswith('or choose another --inputs_dir') and '--out_dir' not in err
+    assert os.listdir(tmp_path / 'inputs') == []  # no partial download
+
+
+# ---- own-data labels, checked up front -------------------------------------------------------------
+
+def test_own_labels_that_cannot_be_classes_are_refused_naming_label_and_row(tmp_path, own):
+    root, _ = own
+    images = root / 'own' / 'images'
+    rows = [f'{images}/cat_00{i}.jpg,{i % 2}' for i in range(6)]
+    cases = [
+        ([*rows, f'{images}/dog_000.jpg,7'], None, r'row 8: index label 7 is out of range: the labels below it run '
+                                                   r'0\.\.1 \(class 2 has no images\)'),
+        ([*rows, f'{images}/dog_000.jpg,-1'], None, 'row 8: index label -1 is out of range: class indices count from 0'),
+        ([*rows, f'{images}/dog_000.jpg,cat'], None, r"mixes class indices and class names \(row 2: '0', row 8: 'cat'\)"),
+        ([f'{images}/cat_000.jpg,cat', f'{images}/cat_001.jpg,dog'], ['cat', 'dog', 'cat'],
+         "lists 'cat' twice"),
+        ([f'{images}/cat_000.jpg,cat', f'{images}/cat_001.jpg,3'], ['cat', 'dog', 'fox'],
+         r'row 3: index label 3 is out of range: there are 3 classes \(0\.\.2\)'),
+        ([f'{images}/cat_000.jpg,cat', f'{images}/cat_001.jpg,cat'], None, "has a single class 'cat'"),
+    ]
+    for number, (train_rows, classes, message) in enumerate(cases):
+        classes_file = None
+        if classes:
+            classes_file = str(tmp_path / f'classes{number}.txt')
+            layouts.write(classes_file, classes)
+        with pytest.raises(DatasetMissing, match=message):
+            read_image_folder(csv_file(tmp_path / f'train{number}.csv', train_rows), classes_file=classes_file)
+    names = [f'{images}/cat_000.jpg,cat', f'{images}/dog_000.jpg,dog']
+    with pytest.raises(DatasetMissing, match=r"val.csv, row 2: label '1' is an index, but the classes are names "
+                                             r"\(cat, dog\)"):
+        read_image_folder(csv_file(tmp_path / 'names.csv', names), csv_file(tmp_path / 'val.csv',
+                                                                           [f'{images}/cat_001.jpg,1']))
+    with pytest.raises(DatasetMissing, match=r"val.csv, row 2: label 'owl' is not a known class"):
+        read_image_folder(csv_file(tmp_path / 'names.csv', names), csv_file(tmp_path / 'val.csv',
+                                                                           [f'{images}/cat_001.jpg,owl']))
+
+
+def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes(tmp_path, own):
+    root, _ = own
+    images = sorted((root / 'own' / 'images').iterdir())
+    rows = [f'{p},{"cat" if i % 2 else "dog"}' for i, p in enumerate(images[:40])]
+    said = []
+    splits = read_image_folder(csv_file(tmp_path / 'clean.csv', rows), log=said.append)
+    assert splits.class_names == ['cat', 'dog'] and said == []
+    rows += [f'{images[40]},Cat', f'{images[41]},dgo', f'{images[42]},dog ']
+    splits = read_image_folder(csv_file(tmp_path / 'stray.csv', rows), log=said.append)
+    assert splits.class_names == ['Cat', 'cat', 'dgo', 'dog']  # trailing spaces are stripped, the rest stays
+    assert said[0].startswith("warning: ") and "2 class(es) far smaller than the rest (median 10.5 images): 'Cat' " \
+        "(1 image), 'dgo' (1 image)" in said[0]
+    assert any("class 'Cat' (1 image) looks like a typo of 'cat' (20 images)" in line for line in said)
+    assert any("class 'dgo' (1 image) looks like a typo of 'dog' (21 images)" in line for line in said)
+    assert all(line.endswith('pass --classes FILE (one class name per line, in index order) to fix the class list')
+               for line in said)
+    numbered = [f'{p},class{i % 3}' for i, p in enumerate(images[:30])]
+    said.clear()
+    read_image_folder(csv_file(tmp_path / 'numbered.csv', numbered), log=said.append)
+    assert said == []  # class0, class1, class2 are not typos of each other
+    layouts.write(str(tmp_path / 'classes.txt'), ['Cat', 'cat', 'dgo', 'dog'])
+    read_image_folder(str(tmp_path / 'stray.csv'), classes_file=str(tmp_path / 'classes.txt'), log=said.append)
+    assert said == []  # pinned: the list is the user's
+
+
+# ---- prediction checks its run -------------------------------------------------------------------
+
+def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, digits):
+    _, run_dir = run(cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0'), lambda c: subset(digits, 200, 50))
+    with pytest.raises(SetupError, match=f'--predict {run_dir}: the run was trained on digits-sub200, this command '
+                                         f'reads digits; predict with data of the dataset the run was trained on'):
+        demo_digits.main(['--predict', run_dir])
+    small = subset(digits, 200, 50, size=16)
+    small.name = 'digits-sub200'
+    with pytest.raises(SetupError, match=r"its images are \(3, 16, 16\), the run's \(3, 32, 32\)"):
+        engine_main(cfg_for(tmp_path, '--predict', run_dir), lambda c: small)
+    with pytest.raises(SetupError, match=f'--predict {run_dir} applies the run as it was trained and does not take '
+                                         f'--k 3 \\(the run has 10\\): drop those flags'):
+        demo_digits.main(['--predict', run_dir, '--k', '3'])
+
+
+def test_split_flags_given_with_predict_are_used(tmp_path, own):
+    root, run_dir = own
+    images = root / 'own' / 'images'
+    other = csv_file(tmp_path / 'other.csv', [f'{root}/own/test/{c}/test_{c}_{i}.jpg,{c}' for c in ('cat', 'dog')
+                                              for i in range(2)])
+    result = train_ImageFolder.main(['--predict', run_dir, '--test', other, '--n_samples', '0'])
+    assert result['split'] == 'test' and result['n'] == 4  # the images --test names, not the run's test split
+    labels = np.load(os.path.join(run_dir, 'predict_test_labels.npy'))
+    assert result['accuracy'] == pytest.approx(np.mean(labels == [0, 0, 1, 1]))
+    with pytest.raises(SetupError, match='--predict_folder labels the images under .*, but --test names a split'):
+        train_ImageFolder.main(['--predict', run_dir, '--predict_folder', str(images), '--test', other])
+    with pytest.raises(SetupError, match="the classes differ \\('dog' here, 'cat' in the run; 'cat' here, 'dog' in "
+                                         "the run\\)"):  # another order: other indices
+        train_ImageFolder.main(['--predict', run_dir, '--test', other, '--classes',
+                                csv_file(tmp_path / 'classes.txt', ['dog', 'cat', 'fox', 'owl'], header=None)])
+
+
+# ---- features finite after their cast -----------------------------------------------------------
+
+def test_features_beyond_float32_are_refused_naming_the_file(tmp_path, digits):
+    path = tmp_path / 'big.npz'
+    np.savez(path, train=np.full((200, 4), 1e39), val=np.ones((50, 4)), test=np.ones((50, 4)))
+    with pytest.raises(FeatureFileError, match=f"features file {path}: split train holds values beyond float32's "
+                                               f"range"):
+        load_feature_file(str(path))
+    with pytest.raises(FeatureFileError, match='beyond float32'):
+        run(cfg_for(tmp_path, '--fp_encoder', 'features', '--fp_features', str(path)), lambda c: subset(digits, 200, 50))
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
+    save_feature_file(str(path), {'train': np.ones((200, 4)), 'val': np.ones((50, 4)), 'test': np.ones((50, 4))}, {})
+    assert load_feature_file(str(path))[0]['train'].dtype == np.float32

@@ -1,0 +1,179 @@
+"""A run writes only inside what it owns, and nothing stale is served: run folders record what their
+runs wrote, a fresh run refuses anything else and a refused run leaves every folder as it found it;
+image-file caches and the resume check see an image rewritten in place."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train_CIFAR
+import train_ImageFolder
+from benchmarks import layouts
+from conftest import subset
+from test_trust import cfg_for
+from utils import engine
+from utils.engine import run
+from utils.noise import NoiseError
+from utils.rundir import LOCK_NAME, RECORD_NAME, RunClaim, read_record, write_run_file
+from utils.runtime import SetupError
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes: what "left as found" compares."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+SHORT = ('--nepoch', '2', '--warmup_epochs', '1', '--n_samples', '0')
+
+
+@pytest.fixture
+def small(digits):
+    return subset(digits, 200, 50)
+
+
+def test_a_finished_run_whose_last_checkpoint_was_removed_is_never_touched(tmp_path, small):
+    """The issue's case: a fresh run of the same name, with a bad noise file or a good one, is refused
+    and the finished run's best.pt, log.jsonl and summary.json stay as they were."""
+    _, run_dir = run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    os.remove(os.path.join(run_dir, 'last.pt'))  # to save space
+    before = snapshot(run_dir)
+    assert {'best.pt', 'log.jsonl', 'summary.json', RECORD_NAME} <= set(before) and LOCK_NAME not in before
+    np.save(tmp_path / 'bad.npy', np.full(len(small.train_clean), 12))
+    for noise in (str(tmp_path / 'bad.npy'), 'digits-U-0.4'):
+        with pytest.raises(SetupError, match=f'{run_dir} holds a finished run \\(summary.json; its last.pt was '
+                                             f'removed\\); choose another --run_name'):
+            run(cfg_for(tmp_path, *SHORT, '--noise_type', noise), lambda c: small)
+        assert snapshot(run_dir) == before
+
+
+def test_a_folder_holding_files_no_run_wrote_is_refused_before_anything_changes(tmp_path, small):
+    run_dir = tmp_path / 'runs' / 'r'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'notes.txt').write_text('mine')
+    (run_dir / 'log.jsonl').write_text('{"epoch": 99}\n')  # a name runs write, but no run recorded writing it
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match=r'holds files no run of this package recorded writing there \(log.jsonl, '
+                                         r'notes.txt\); a run writes only in a folder of its own'):
+        run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    assert snapshot(run_dir) == before and sorted(os.listdir(run_dir)) == ['log.jsonl', 'notes.txt']
+
+
+def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_found_it(tmp_path, small, monkeypatch):
+    run_dir = tmp_path / 'runs' / 'r'
+    run_dir.mkdir(parents=True)  # made by the user: a run may write in it
+    np.save(tmp_path / 'bad.npy', np.zeros(3, np.int64))
+    with pytest.raises(NoiseError, match='expected 200 labels'):  # refused before the claim
+        run(cfg_for(tmp_path, *SHORT, '--noise_type', str(tmp_path / 'bad.npy')), lambda c: small)
+    assert os.listdir(run_dir) == []
+
+    def fails_after_the_claim(cfg, *args, **kwargs):
+        assert os.listdir(tmp_path / 'runs' / cfg.run_name) == [LOCK_NAME]  # claimed: the lock is all there is
+        raise SetupError('stopped after the claim')
+    monkeypatch.setattr(engine, 'prepare', fails_after_the_claim)
+    with pytest.raises(SetupError, match='stopped after the claim'):
+        run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    assert os.listdir(run_dir) == []  # no lock left in a folder the run did not make
+    with pytest.raises(SetupError, match='stopped after the claim'):
+        run(cfg_for(tmp_path, *SHORT, '--run_name', 'new'), lambda c: small)
+    assert os.listdir(tmp_path / 'runs') == ['r']  # the folder it made is gone again
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_new_run_writes(tmp_path, small,
+                                                                                           monkeypatch):
+    original = engine.Trainer.train_epoch
+
+    def dies_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # a kill, as far as the folder can tell
+        return original(self, epoch)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', dies_in_epoch_2)
+    flags = ('--nepoch', '4', '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
+             '--n_samples', '0')
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_for(tmp_path, *flags), lambda c: small)
+    run_dir = tmp_path / 'runs' / 'r'
+    (run_dir / '.best.pt.x1y2z3w4.tmp').write_bytes(b'half a checkpoint')  # a write the kill interrupted
+    assert {'log.jsonl', 'best.pt', 'config.json'} <= read_record(str(run_dir)) and not (run_dir / 'last.pt').exists()
+    before = snapshot(run_dir)
+    np.save(tmp_path / 'bad.npy', np.zeros(3, np.int64))
+    with pytest.raises(NoiseError):
+        run(cfg_for(tmp_path, *flags, '--noise_type', str(tmp_path / 'bad.npy')), lambda c: small)
+    assert snapshot(run_dir) == before  # refused: the dead run's files stay
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    run(cfg_for(tmp_path, *flags), lambda c: small)
+    assert [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')] == [1, 2, 3]  # never appended to
+    assert not list(run_dir.glob('.*.tmp')) and (run_dir / 'last.pt').exists() and not (run_dir / LOCK_NAME).exists()
+    assert read_record(str(run_dir)) >= {'last.pt', 'summary.json', 'train_denoised_labels.npy', 'accuracy.png'}
+
+
+def test_a_file_written_into_the_folder_before_the_run_is_the_run_s_when_recorded(tmp_path, small):
+    run_dir = str(tmp_path / 'runs' / 'r')
+    write_run_file(['--flags', 'that started it'], run_dir, 'benchmark_flags.json')  # benchmarks.accuracy
+    run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    assert json.load(open(os.path.join(run_dir, 'benchmark_flags.json'))) == ['--flags', 'that started it']
+
+
+def test_a_lock_left_by_a_killed_run_is_used_and_left_and_a_claim_removes_the_lock_it_made(tmp_path):
+    run_dir = tmp_path / 'r'
+    run_dir.mkdir()
+    (run_dir / LOCK_NAME).write_bytes(b'')  # a killed run's
+    claim = RunClaim(str(run_dir), fresh=True)
+    with pytest.raises(SetupError, match='in use by another run right now'):
+        RunClaim(str(run_dir), fresh=True)
+    claim.release()
+    assert os.listdir(run_dir) == [LOCK_NAME]
+    os.remove(run_dir / LOCK_NAME)
+    claim = RunClaim(str(run_dir), fresh=True)
+    again = None
+    try:
+        claim.release()  # removes its lock file while holding it; the next claim makes its own
+        again = RunClaim(str(run_dir), fresh=True)
+        assert os.listdir(run_dir) == [LOCK_NAME]
+    finally:
+        if again is not None:
+            again.release()
+    assert os.listdir(run_dir) == []
+
+
+# ---- image files: keyed on what they are ---------------------------------------------------------
+
+def own_flags(tmp_path, *more):
+    return ['--fp_encoder', 'raw', '--diff_encoder', 'fp_mlp', '--image_size', '8', '--k', '5', '--batch_size', '16',
+            '--feature_dim', '32', '--warmup_epochs', '1', '--lr_horizon', '2', '--eval_every', '1', '--num_workers',
+            '0', '--n_samples', '0', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache'), '--run_name', 'own', *more]
+
+
+def test_images_rewritten_in_place_are_never_served_stale_nor_resumed(tmp_path):
+    root = str(tmp_path / 'own')
+    layouts.own_data(root, per_class=8, n_eval=2)
+    train = ['--train', os.path.join(root, 'labels.csv'), '--val', os.path.join(root, 'val')]
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    cfg = train_ImageFolder.parse_config('', train_ImageFolder.DEFAULTS, [*train, *own_flags(tmp_path)],
+                                         train_ImageFolder.dataset_args, kind='files')
+
+    def features(log):
+        return engine.prepare(cfg, train_ImageFolder.load_splits(cfg), engine.torch.device('cpu'), log=log).features
+    old = features(print)
+    rng = np.random.default_rng(7)
+    for folder, _, names in os.walk(root):  # every image rewritten in place, with other pixels
+        for name in names:
+            if name.endswith('.jpg'):
+                layouts.jpeg(os.path.join(folder, name), int(rng.integers(4)), rng)
+    said = []
+    new = features(said.append)
+    assert not any(np.allclose(old[s].numpy(), new[s].numpy()) for s in ('train', 'val', 'test'))
+    assert not [line for line in said if 'rebuilding' in line]  # another key: a cache of its own
+    with pytest.raises(SetupError, match='the f_p features and the image files differ from those the run was made '
+                                         'with'):
+        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    with pytest.raises(SetupError, match=f'the run was made by train_ImageFolder.py, not train_CIFAR.py; run that '
+                                         f'script instead \\(python train_ImageFolder.py --resume {run_dir}'):
+        train_CIFAR.main(['--resume', run_dir])
