@@ -10,9 +10,10 @@ images; one epoch of train_CIFAR.py on real CIFAR-10 per f_p path and recipe, pr
 paper-length run; one epoch of train_Clothing1M.py on generated JPEGs, the authors' fine-tuned
 encoder and the cached fast path, projected to their 300-epoch run; exact kNN 1M × 768; JPEG
 decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR pre-training
-epochs per second (three epochs, the first apart); profiles of one epoch of the authors' CIFAR
-command and of 10k-image ViT-L/14 inference (where their time goes); SimCLR pre-training on
-CIFAR-10 for whatever budget is left.
+epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of one epoch of
+the authors' CIFAR command and of 10k-image ViT-L/14 inference (where their time goes); the same
+SimCLR epochs eager (what the graph gains); SimCLR pre-training on CIFAR-10 for whatever budget is
+left.
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
 continues where the first stopped (pre-training resumes from its last epoch). The suite stops
@@ -143,23 +144,29 @@ def extraction(args, out):
     return [PY, '-m', 'benchmarks.extraction', '--out', out, *size]
 
 
-def simclr_speed(args, out):
-    """A short pre-training run from scratch, timed per epoch (its folder is cleared first)."""
-    root = os.path.join(args.out, 'simclr_speed')
-    shutil.rmtree(root, ignore_errors=True)
-    size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
-                                               '--no-download', '--arch', 'resnet50']
-    epochs = str(2 if args.smoke else SIMCLR_SPEED_EPOCHS)
-    return [PY, 'pretrain_SimCLR.py', *size, '--epochs', epochs, '--knn_every', epochs, '--out_dir', root,
-            '--output', os.path.join(root, 'encoder.pt')]
+def simclr_speed(*flags):
+    """A short pre-training run from scratch, timed per epoch (its folder is cleared first); `flags`: more
+    pretrain_SimCLR.py flags (--no-cuda_graph)."""
+    def command(args, out):
+        root = simclr_speed_dir(args, flags)
+        shutil.rmtree(root, ignore_errors=True)
+        size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
+                                                   '--no-download', '--arch', 'resnet50']
+        epochs = str(2 if args.smoke else SIMCLR_SPEED_EPOCHS)
+        return [PY, 'pretrain_SimCLR.py', *size, '--epochs', epochs, '--knn_every', epochs, *flags,
+                '--out_dir', root, '--output', os.path.join(root, 'encoder.pt')]
+
+    def result(out, args):
+        """Seconds per epoch, the first apart, and the kNN accuracy at the end, from the run's sidecar."""
+        sidecar = load_json(os.path.join(simclr_speed_dir(args, flags), 'encoder.json'))
+        keys = ('architecture', 'dataset', 'batch_size', 'epochs', 'first_epoch_s', 'warm_epoch_s', 'warm_epochs',
+                'epochs_per_s', 'cuda_graph', 'knn_curve', 'device')
+        return {k: sidecar[k] for k in keys}
+    return command, result
 
 
-def simclr_speed_result(out, args):
-    """Seconds per epoch, the first apart, and the kNN accuracy at the end, from the run's sidecar."""
-    sidecar = load_json(os.path.join(args.out, 'simclr_speed', 'encoder.json'))
-    keys = ('architecture', 'dataset', 'batch_size', 'epochs', 'first_epoch_s', 'warm_epoch_s', 'warm_epochs',
-            'epochs_per_s', 'cuda_graph', 'knn_curve', 'device')
-    return {k: sidecar[k] for k in keys}
+def simclr_speed_dir(args, flags):
+    return os.path.join(args.out, 'simclr_speed' + ''.join(flags).replace('--', '-'))
 
 
 def simclr_dirs(args):
@@ -209,9 +216,10 @@ def stages():
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
-               Stage('simclr_speed', simclr_speed, simclr_speed_result, needs_cifar=True),
+               Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
                Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile'), needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
+               Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
 
@@ -500,7 +508,7 @@ def simclr_rows(name, r, on_gpu):
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
 STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inference': inference_rows,
               'training': training_rows, 'file_training': file_training_rows, 'retrieval': retrieval_rows,
-              'extraction': extraction_rows, 'simclr_speed': simclr_speed_rows,
+              'extraction': extraction_rows, 'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,
               'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
               'simclr_pretrain': simclr_rows}
 

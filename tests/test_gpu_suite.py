@@ -57,9 +57,10 @@ def test_every_stage_writes_a_sane_result(smoke):
     extraction = result(out, 'extraction')
     assert extraction['images'] == 24 and extraction['decode_images_per_s'] > 0
     assert extraction['encode_images_per_s'] > 0 and extraction['bound_by'] in ('decoding', 'the encoder')
-    speed = result(out, 'simclr_speed')  # two epochs: the first (warm-up) apart
-    assert speed['epochs'] == 2 and speed['warm_epochs'] == 1 and speed['first_epoch_s'] > 0
-    assert speed['epochs_per_s'] == pytest.approx(1 / speed['warm_epoch_s'], rel=0.01) and not speed['cuda_graph']
+    for stage in ('simclr_speed', 'simclr_speed-eager'):  # two epochs: the first (warm-up) apart
+        speed = result(out, stage)
+        assert speed['epochs'] == 2 and speed['warm_epochs'] == 1 and speed['first_epoch_s'] > 0
+        assert speed['epochs_per_s'] == pytest.approx(1 / speed['warm_epoch_s'], rel=0.01) and not speed['cuda_graph']
     simclr = result(out, 'simclr_pretrain')
     assert simclr['complete'] and simclr['epochs_done'] == 1
     (epoch, minutes, knn), = simclr['knn_curve']
@@ -72,7 +73,7 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert 'under the profiler: ' + profiled[0]['op'] in table
         shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
     # header, inference, the tower A/B, training, files, extraction, the profiles, the rest
-    assert table.count('\n| ') == 1 + len(rows) + 1 + 2 * 4 + 2 + 2 + shown + 4
+    assert table.count('\n| ') == 1 + len(rows) + 1 + 2 * 4 + 2 + 2 + shown + 5
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 
