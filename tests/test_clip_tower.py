@@ -88,3 +88,11 @@ def test_normalisation_constants_are_made_once_per_device():
     with torch.inference_mode():  # made inside inference mode, still usable outside it
         fresh = channel_constant((0.7, 0.8, 0.9), 'cpu')
     assert not fresh.is_inference()
+
+
+def test_a_run_made_before_the_flag_goes_on_with_the_clip_tower(tmp_path):
+    from utils.io import save_torch
+    from utils.rundir import CHECKPOINT_FORMAT, load_run
+    save_torch({'format_version': CHECKPOINT_FORMAT, 'config': {'fp_encoder': 'CLIP'}, 'model': {}},
+               str(tmp_path / 'last.pt'))
+    assert load_run(str(tmp_path))['config']['clip_tower'] == 'clip'
