@@ -38,8 +38,8 @@ class Block(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
         self.ln_2 = nn.LayerNorm(width)
-        self.c_fc = nn.Linear(width, 4 * width)     # holds 1.702 × the clip weights
-        self.c_proj = nn.Linear(4 * width, width)   # holds the clip weights ÷ 1.702
+        self.c_fc = nn.Linear(width, 4 * width)     # weight and bias: 1.702 × the clip ones
+        self.c_proj = nn.Linear(4 * width, width)   # weight: the clip one ÷ 1.702 (bias as it is)
 
     def attention(self, x):
         n, length, width = x.shape
