@@ -3,16 +3,20 @@
     python pretrain_SimCLR.py --dataset cifar10 --arch resnet50 --epochs 100
     python pretrain_SimCLR.py --resume runs/simclr/cifar10_resnet50      # continue a stopped run
 
-Two augmented views per image (made in batches on the GPU), NT-Xent loss, projection head
-2048→512→128; bf16 autocast and channels-last on CUDA, images resident on the device. The whole
-state is saved every --save_every epochs and --resume continues exactly where it stopped, so long
-pre-training can run as a chain of short commands. A weighted kNN monitor (k=200, frozen features,
-test split) is printed and logged every --knn_every epochs.
+Two augmented views per image, NT-Xent loss, projection head 2048→512→128. The images stay on the
+device as uint8; both views of a batch are augmented there at once (utils/simclr.py: torchvision's
+SimCLR CIFAR pipeline, batched); on CUDA the network runs in bf16 autocast and channels-last, and the
+whole step (views, forward, backward, SGD update) is captured once as a CUDA graph and replayed
+(--no-cuda_graph: eager); on the CPU it runs eagerly. The whole state is saved every --save_every
+epochs and --resume continues exactly where it stopped, so long pre-training can run as a chain of
+short commands. A weighted kNN monitor (k=200, frozen features, test split) is printed and logged
+every --knn_every epochs.
 
 Writes model/SimCLR_128_<dataset>_<arch>_s<seed>.pt (backbone under f.*, projection head under g.*;
-pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy and
-command. The name differs from the authors' published SimCLR_128_<dataset>, which train_CIFAR.py
-fetches by default.
+pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy, the
+seconds of each epoch (the first of each command apart: it carries the warm-up), the kNN accuracy
+against wall time and the command. The name differs from the authors' published
+SimCLR_128_<dataset>, which train_CIFAR.py fetches by default.
 """
 import argparse
 import json
@@ -31,7 +35,7 @@ from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
 from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
 from utils.rundir import RunClaim
 from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
-from utils.simclr import knn_monitor, nt_xent, simclr_view
+from utils.simclr import knn_monitor, nt_xent, simclr_views
 
 STATE_FORMAT = 1
 
@@ -56,6 +60,9 @@ def parser():
     p.add_argument('--image_size', type=int, default=None, help='resize images to this size (tests)')
     p.add_argument('--seed', type=int, default=0, help='seed of the weights and augmentations')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--cuda_graph', default=True, action=argparse.BooleanOptionalAction,
+                   help='on CUDA, capture the training step once as a CUDA graph and replay it (every step holds '
+                        '--batch_size images); eager otherwise and on the CPU')
     p.add_argument('--data_root', default='./data', help='folder holding (or receiving) the dataset')
     p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
                    help='download the dataset when it is not under --data_root')
@@ -91,17 +98,37 @@ class Pretrainer:
         seed_everything(args.seed)
         self.model = channels_last(SimCLREncoder(args.arch, mean=splits.mean, std=splits.std).to(device), device)
         self.lr = args.lr or 0.06 * args.batch_size / 256
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=args.weight_decay)
+        cuda = device.type == 'cuda'
+        # on CUDA one fused kernel updates every weight, its learning rate read from a device tensor (set
+        # before each step, read inside the graph); on the CPU the update stays torch's default
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=args.weight_decay,
+                                   fused=True if cuda else None)
+        self.lr_now = torch.tensor(self.lr, device=device) if cuda else None
+        self._use_lr_tensor()
+        self.graph = GraphedStep(self) if cuda and args.cuda_graph else None
         self.steps_per_epoch = len(self.images) // args.batch_size
         self.epoch, self.history, self.elapsed = 0, [], 0.0
 
-    def step(self, idx, step):
-        for group in self.opt.param_groups:
-            group['lr'] = sgd_lr(step, self.args.epochs * self.steps_per_epoch,
-                                 self.args.warmup_epochs * self.steps_per_epoch, self.lr)
-        batch = self.images[idx]
-        views = channels_last(torch.cat([simclr_view(batch, self.mean, self.std), simclr_view(batch, self.mean, self.std)]))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
+    def _use_lr_tensor(self):
+        if self.lr_now is not None:
+            for group in self.opt.param_groups:
+                group['lr'] = self.lr_now
+
+    def set_lr(self, step):
+        value = sgd_lr(step, self.args.epochs * self.steps_per_epoch, self.args.warmup_epochs * self.steps_per_epoch,
+                       self.lr)
+        if self.lr_now is not None:
+            self.lr_now.fill_(value)
+        else:
+            for group in self.opt.param_groups:
+                group['lr'] = value
+
+    def update(self, idx):
+        """One SGD step on the images `idx` (a device tensor): both views, NT-Xent, backward, update.
+        The loss stays on the device. What a CUDA graph captures: no host sync, static shapes."""
+        views = channels_last(simclr_views(self.images[idx], self.mean, self.std))
+        cuda = self.device.type == 'cuda'
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda, cache_enabled=False):
             z = self.model.g(torch.flatten(self.model.f(views), 1))
         loss = nt_xent(*z.float().chunk(2), temperature=self.args.temperature)
         self.opt.zero_grad(set_to_none=True)
@@ -109,7 +136,13 @@ class Pretrainer:
         self.opt.step()
         return loss.detach()
 
+    def step(self, idx, step):
+        self.set_lr(step)
+        return self.graph.run(idx) if self.graph is not None else self.update(idx)
+
     def train_epoch(self):
+        """(mean loss, seconds) of one epoch; the loss is read once, at its end."""
+        started = time.perf_counter()
         self.model.train()
         order = torch.randperm(len(self.images), device=self.device)
         total = torch.zeros((), device=self.device)
@@ -119,7 +152,7 @@ class Pretrainer:
         loss = float(total) / self.steps_per_epoch
         if not math.isfinite(loss):
             raise FloatingPointError(f'SimCLR loss became non-finite in epoch {self.epoch}; lower --lr')
-        return loss
+        return loss, time.perf_counter() - started
 
     def knn_accuracy(self):
         self.model.eval()
@@ -129,15 +162,65 @@ class Pretrainer:
         return knn_monitor(train_features, labels, test_features, test_labels, n_class)
 
     def state(self):
+        optimizer = self.opt.state_dict()
+        for group in optimizer['param_groups']:  # saved as a number, whatever holds it while training
+            group['lr'] = float(group['lr'])
         return {'format_version': STATE_FORMAT, 'args': vars(self.args), 'epoch': self.epoch,
-                'model': self.model.state_dict(), 'optimizer': self.opt.state_dict(), 'history': self.history,
+                'model': self.model.state_dict(), 'optimizer': optimizer, 'history': self.history,
                 'rng': rng_state(), 'elapsed_s': self.elapsed}
 
     def restore(self, state):
         self.model.load_state_dict(state['model'])
         self.opt.load_state_dict(state['optimizer'])
+        self._use_lr_tensor()
         self.epoch, self.history, self.elapsed = state['epoch'], state['history'], state['elapsed_s']
         set_rng_state(state['rng'])
+
+
+class GraphedStep:
+    """Pretrainer.update captured once as a CUDA graph and replayed for every later step: the same
+    kernels each step (every batch holds batch_size images), none of the Python and launch cost per
+    kernel. The first WARMUP steps run eagerly on a side stream (cuDNN autotuning, the optimiser's
+    momentum buffers); they are real steps of the run, like every replay."""
+    WARMUP = 3
+
+    def __init__(self, trainer):
+        self.trainer, self.eager_steps, self.graph = trainer, 0, None
+        self.idx = torch.zeros(trainer.args.batch_size, dtype=torch.long, device=trainer.device)
+        self.loss = None
+
+    def run(self, idx):
+        self.idx.copy_(idx)
+        if self.graph is None and self.eager_steps < self.WARMUP:
+            self.eager_steps += 1
+            side = torch.cuda.Stream(self.trainer.device)
+            side.wait_stream(torch.cuda.current_stream(self.trainer.device))
+            with torch.cuda.stream(side):
+                loss = self.trainer.update(self.idx)
+            torch.cuda.current_stream(self.trainer.device).wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            self.trainer.opt.zero_grad(set_to_none=True)  # the captured backward then writes the gradients afresh
+            with torch.cuda.graph(self.graph):
+                self.loss = self.trainer.update(self.idx)
+        self.graph.replay()  # capturing ran nothing: the first replay is this step
+        return self.loss.clone()
+
+
+def epoch_seconds(history):
+    """Training seconds per epoch from the log: the first epoch of each command apart (it carries the
+    warm-up: cuDNN autotuning, the graph capture), the mean of the others, and epochs per second."""
+    first = [r['epoch_s'] for r in history if 'epoch_s' in r and r.get('warmup')]
+    warm = [r['epoch_s'] for r in history if 'epoch_s' in r and not r.get('warmup')]
+    mean = sum(warm) / len(warm) if warm else None
+    return {'first_epoch_s': first[0] if first else None, 'warm_epoch_s': round(mean, 3) if mean else None,
+            'warm_epochs': len(warm), 'epochs_per_s': round(1 / mean, 4) if mean else None}
+
+
+def knn_curve(history):
+    """[epoch, wall minutes, kNN top-1] at every kNN evaluation of the log."""
+    return [[r['epoch'], r['minutes'], r['knn_acc']] for r in history if 'knn_acc' in r]
 
 
 def export(trainer, args, run_dir, knn_acc):
@@ -151,7 +234,8 @@ def export(trainer, args, run_dir, knn_acc):
                'knn_top1_test': knn_acc, 'knn': 'weighted kNN, k=200, τ=0.1, cosine, frozen features',
                'batch_size': args.batch_size, 'temperature': args.temperature,
                'pretrain_minutes': round(trainer.elapsed / 60, 2), 'device': device_description(trainer.device),
-               'run_dir': run_dir, 'command': args.command_line}
+               'cuda_graph': trainer.graph is not None, **epoch_seconds(trainer.history),
+               'knn_curve': knn_curve(trainer.history), 'run_dir': run_dir, 'command': args.command_line}
     save_json(sidecar, os.path.splitext(path)[0] + '.json')
     return path
 
@@ -169,7 +253,7 @@ def main(argv=None):
                 or not isinstance(state.get('args'), dict):
             raise SetupError(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
         saved = dict(state['args'])
-        saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after,
+        saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after, cuda_graph=args.cuda_graph,
                      epochs=max(args.epochs if '--epochs' in argv else 0, saved['epochs']))
         args = argparse.Namespace(**saved)
     args.command_line = 'python pretrain_SimCLR.py ' + ' '.join(argv)
@@ -194,14 +278,21 @@ def pretrain(args, splits, device, run_dir, state):
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
     started = time.time() - trainer.elapsed
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
+    first = trainer.epoch
     for _ in tqdm(range(trainer.epoch, args.epochs), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
                   total=args.epochs):
-        loss = trainer.train_epoch()
+        loss, seconds = trainer.train_epoch()
+        # the first epoch of each command carries its warm-up (cuDNN autotuning, the graph capture)
+        record = {'epoch': trainer.epoch + 1, 'loss': loss, 'epoch_s': round(seconds, 3),
+                  **({'warmup': True} if trainer.epoch == first else {})}
         trainer.epoch += 1
-        trainer.elapsed = time.time() - started
-        record = {'epoch': trainer.epoch, 'loss': loss, 'minutes': round(trainer.elapsed / 60, 3)}
         if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.epochs:
+            knn_started = time.perf_counter()
             knn_acc = record['knn_acc'] = trainer.knn_accuracy()
+            record['knn_s'] = round(time.perf_counter() - knn_started, 3)
+        trainer.elapsed = time.time() - started
+        record['minutes'] = round(trainer.elapsed / 60, 3)
+        if 'knn_acc' in record:
             tqdm.write(f'epoch {trainer.epoch}  loss {loss:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
                        f'{record["minutes"]:.1f} min')
         trainer.history.append(record)
@@ -216,7 +307,7 @@ def pretrain(args, splits, device, run_dir, state):
         knn_acc = trainer.knn_accuracy()
     path = export(trainer, args, run_dir, knn_acc)
     summary = {'epochs': trainer.epoch, 'knn_top1_test': knn_acc, 'minutes': round(trainer.elapsed / 60, 2),
-               'encoder': path}
+               **epoch_seconds(trainer.history), 'encoder': path}
     print('summary: ' + json.dumps(summary))
     return summary
 

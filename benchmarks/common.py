@@ -24,6 +24,7 @@ TARGETS = {
     'paper_length_min': {'SimCLR': 5.0, 'ViT-L/14': 3.0},
     'knn_1m_s': 60.0,
     'extraction_images_per_s': 3000.0,
+    'simclr_epoch_s': 2.0,   # SimCLR ResNet-50 pre-training, one CIFAR-10 epoch (issue 27)
 }
 
 

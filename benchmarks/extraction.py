@@ -5,9 +5,13 @@
 
 Writes --n random 256×256 JPEGs (or reads --folder), then runs the package's extraction
 (DataLoader workers decode, resize and centre-crop to 224; the encoder runs in bf16 on the device)
-and reports images/s. Random CLIP weights unless --clip is given (speed does not depend on them).
+and reports images/s. Then each half alone, so the two limits are told apart: decoding alone (the
+same workers and batches, nothing encoded) and the encoder alone (the same number of 224-px uint8
+images, already on the device). Random CLIP weights unless --clip is given (speed does not depend
+on them).
 """
 import argparse
+import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import device_line, peak_gib, report, reset_peak, timed
+from benchmarks.common import device_line, peak_gib, random_images, report, reset_peak, timed
 from utils.cache import encode_files
-from utils.encoders import load_clip
-from utils.files import Decoding
+from utils.encoders import CLIP_TOWERS, load_clip
+from utils.files import Decoding, image_batches
 from utils.random_weights import save_random_clip
 from utils.runtime import resolve_device
 
@@ -36,12 +40,29 @@ def write_jpegs(folder, n, size=256, seed=0):
         return list(pool.map(one, range(n)))
 
 
+def decode_only(paths, args, device):
+    """(images, seconds) of decoding alone: the extraction's workers and batches, nothing encoded."""
+    def decode():
+        return sum(len(b) for b in image_batches(paths, args.batch_size, args.workers, Decoding(args.image_size)))
+    return timed(decode, device)
+
+
+def encode_only(encoder, n, args, device):
+    """Seconds the encoder takes for n uint8 images at the decoded size, already on the device."""
+    batch = random_images(args.batch_size, size=args.image_size, device=device)
+    def encode():
+        for _ in range(math.ceil(n / args.batch_size)):
+            encoder.encode(batch)
+    return timed(encode, device)[1] * n / (math.ceil(n / args.batch_size) * args.batch_size)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--n', type=int, default=20000)
     p.add_argument('--folder', help='use the JPEGs under this folder instead of writing new ones')
     p.add_argument('--arch', default='ViT-L/14')
     p.add_argument('--clip', help='a real CLIP checkpoint')
+    p.add_argument('--clip_tower', default='fused', choices=CLIP_TOWERS, help='how the CLIP tower runs')
     p.add_argument('--small', action='store_true', help='a tiny CLIP stand-in (CPU smoke test)')
     p.add_argument('--batch_size', type=int, default=512)
     p.add_argument('--workers', type=int, default=os.cpu_count())
@@ -56,15 +77,22 @@ def main(argv=None):
         else:
             paths = write_jpegs(os.path.join(tmp, 'jpegs'), args.n)
         arch = 'tiny' if args.small else args.arch
-        encoder = load_clip(args.clip or save_random_clip(arch, os.path.join(tmp, 'clip.pt')), device)
+        encoder = load_clip(args.clip or save_random_clip(arch, os.path.join(tmp, 'clip.pt')), device,
+                            tower=args.clip_tower)
         encode_files([encoder], paths[:args.batch_size], args.batch_size, args.workers, Decoding(args.image_size),
                      'warm-up')
         reset_peak(device)
         (features,), seconds = timed(lambda: encode_files([encoder], paths, args.batch_size, args.workers,
                                                            Decoding(args.image_size), 'extract'), device)
+        peak = peak_gib(device)
+        decoded, decode_s = decode_only(paths, args, device)
+        encode_s = encode_only(encoder, len(paths), args, device)
+    assert decoded == len(paths) == len(features)
     result = {'images': len(paths), 'seconds': round(seconds, 2), 'images_per_s': round(len(paths) / seconds),
-              'encoder': f'CLIP {arch}', 'feature_dim': features.shape[1], 'workers': args.workers,
-              'peak_gib': round(peak_gib(device), 2), 'device': device_line(device)}
+              'decode_images_per_s': round(len(paths) / decode_s), 'encode_images_per_s': round(len(paths) / encode_s),
+              'bound_by': 'decoding' if decode_s > encode_s else 'the encoder',
+              'encoder': f'CLIP {arch} ({args.clip_tower} tower)', 'feature_dim': features.shape[1],
+              'workers': args.workers, 'peak_gib': round(peak, 2), 'device': device_line(device)}
     return report(result, args.out)
 
 

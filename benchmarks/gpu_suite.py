@@ -4,13 +4,16 @@
     python -m benchmarks.gpu_suite --out /tmp/s --smoke                    # every stage, tiny, on the CPU
     python -m benchmarks.gpu_suite --reassemble SHARDS_DIR --to model/simclr_cifar10.pt
 
-Stages, in priority order: the CUDA tests; the paper's inference table; one epoch of train_CIFAR.py
-on real CIFAR-10 per f_p path and recipe, projected to a paper-length run; one epoch of
-train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path,
-projected to their 300-epoch run; exact kNN 1M × 768;
-JPEG decoding + ViT-L/14 extraction; profiles of one epoch of the authors' CIFAR command and of
-10k-image ViT-L/14 inference (where their time goes); SimCLR pre-training on CIFAR-10 for whatever
-budget is left.
+Stages, in priority order: the CUDA tests; the clip package's CLIP towers against the fused ones on
+10k images (the same-device baseline of every CLIP speed-up); the paper's inference table at 50k
+images; one epoch of train_CIFAR.py on real CIFAR-10 per f_p path and recipe, projected to a
+paper-length run; one epoch of train_Clothing1M.py on generated JPEGs, the authors' fine-tuned
+encoder and the cached fast path, projected to their 300-epoch run; exact kNN 1M × 768; JPEG
+decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR pre-training
+epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of one epoch of
+the authors' CIFAR command and of 10k-image ViT-L/14 inference (where their time goes); the same
+SimCLR epochs eager (what the graph gains); SimCLR pre-training on CIFAR-10 for whatever budget is
+left.
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
 continues where the first stopped (pre-training resumes from its last epoch). The suite stops
@@ -53,9 +56,13 @@ RESULTS = 'gpu_suite_results.json'
 # --smoke: each stage at the smallest size that still runs its whole path, on the CPU (with --small
 # every CLIP column is the same tiny stand-in, so one of them stands for all three)
 SMOKE_COLUMNS = ('Standard', 'SimCLR', 'ViT-L/14')
+CLIP_COLUMNS = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+SIMCLR_SPEED_EPOCHS = 3   # the first carries the warm-up (cuDNN autotuning, the graph capture): two warm ones
 SMOKE = {
     'inference': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim', '32',
                   '--device', 'cpu', '--columns', *SMOKE_COLUMNS],
+    'clip_towers': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
+                    '32', '--device', 'cpu', '--columns', 'ViT-L/14'],
     'inference_profile': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
                           '32', '--device', 'cpu'],
     'training': ['--small', '--sizes', '64', '32', '32', '--device', 'cpu', '--diff_encoders', 'fp_mlp'],
@@ -81,8 +88,11 @@ class Stage:
 
 # ---- the stages' command lines ------------------------------------------------------------------
 
+CUDA_TESTS = ('tests/test_gpu.py', 'tests/test_gpu_speed.py')
+
+
 def cuda_tests(args, out):
-    return [PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_gpu.py', f'--junitxml={out}']
+    return [PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *CUDA_TESTS, f'--junitxml={out}']
 
 
 def junit_counts(out, args):
@@ -96,8 +106,15 @@ def junit_counts(out, args):
             'errors': n['errors'], 'skipped': n['skipped'], 'failed_tests': failed}
 
 
+def clip_towers(args, out):
+    """The clip package's tower and the fused one, each CLIP column, 10k images, one process."""
+    size = SMOKE['clip_towers'] if args.smoke else ['--sizes', '10000', '--columns', *CLIP_COLUMNS]
+    return [PY, '-m', 'benchmarks.inference', '--out', out, '--clip_towers', 'clip', 'fused', *size]
+
+
 def inference(args, out):
-    return [PY, '-m', 'benchmarks.inference', '--out', out, *(SMOKE['inference'] if args.smoke else [])]
+    size = SMOKE['inference'] if args.smoke else ['--sizes', '50000']  # 10k: the clip_towers stage
+    return [PY, '-m', 'benchmarks.inference', '--out', out, *size]
 
 
 def inference_profile(args, out):
@@ -125,6 +142,31 @@ def retrieval(args, out):
 def extraction(args, out):
     size = SMOKE['extraction'] if args.smoke else ['--n', '20000', '--workers', str(min(16, os.cpu_count()))]
     return [PY, '-m', 'benchmarks.extraction', '--out', out, *size]
+
+
+def simclr_speed(*flags):
+    """A short pre-training run from scratch, timed per epoch (its folder is cleared first); `flags`: more
+    pretrain_SimCLR.py flags (--no-cuda_graph)."""
+    def command(args, out):
+        root = simclr_speed_dir(args, flags)
+        shutil.rmtree(root, ignore_errors=True)
+        size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
+                                                   '--no-download', '--arch', 'resnet50']
+        epochs = str(2 if args.smoke else SIMCLR_SPEED_EPOCHS)
+        return [PY, 'pretrain_SimCLR.py', *size, '--epochs', epochs, '--knn_every', epochs, *flags,
+                '--out_dir', root, '--output', os.path.join(root, 'encoder.pt')]
+
+    def result(out, args):
+        """Seconds per epoch, the first apart, and the kNN accuracy at the end, from the run's sidecar."""
+        sidecar = load_json(os.path.join(simclr_speed_dir(args, flags), 'encoder.json'))
+        keys = ('architecture', 'dataset', 'batch_size', 'epochs', 'first_epoch_s', 'warm_epoch_s', 'warm_epochs',
+                'epochs_per_s', 'cuda_graph', 'knn_curve', 'device')
+        return {k: sidecar[k] for k in keys}
+    return command, result
+
+
+def simclr_speed_dir(args, flags):
+    return os.path.join(args.out, 'simclr_speed' + ''.join(flags).replace('--', '-'))
 
 
 def simclr_dirs(args):
@@ -158,7 +200,8 @@ def simclr_result(out, args):
     return {'epochs_done': log[-1]['epoch'], 'epochs_target': args.simclr_epochs,
             'complete': log[-1]['epoch'] >= args.simclr_epochs,
             'minutes': log[-1]['minutes'], 'knn_top1_test': sidecar['knn_top1_test'],
-            'knn_curve': [[r['epoch'], r['knn_acc']] for r in log if 'knn_acc' in r],
+            'knn_curve': [[r['epoch'], r['minutes'], r['knn_acc']] for r in log if 'knn_acc' in r],
+            **{k: sidecar.get(k) for k in ('first_epoch_s', 'warm_epoch_s', 'epochs_per_s', 'cuda_graph')},
             'loss_curve': [[r['epoch'], round(r['loss'], 4)] for r in log], 'architecture': sidecar['architecture'],
             'device': sidecar['device'], 'shards': len(manifest['shards']),
             'largest_shard_bytes': max(s['bytes'] for s in manifest['shards'])}
@@ -166,14 +209,17 @@ def simclr_result(out, args):
 
 def stages():
     """Every stage in priority order (the training variants from RECIPES as it is now)."""
-    listed = [Stage('cuda_tests', cuda_tests, junit_counts, ok_codes=(0, 1)), Stage('inference', inference)]
+    listed = [Stage('cuda_tests', cuda_tests, junit_counts, ok_codes=(0, 1)), Stage('clip_towers', clip_towers),
+              Stage('inference', inference)]
     for recipe in RECIPES:
         for encoder in TRAINING_PATHS:
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
+               Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
                Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile'), needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
+               Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
                Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
     return listed
 
@@ -354,7 +400,8 @@ def table_rows(name, record):
 
 
 def cuda_test_rows(name, r, on_gpu):
-    return [('CUDA tests (tests/test_gpu.py)', f'{r["passed"]} passed, {r["failed"]} failed, {r["errors"]} errors, '
+    return [(f'CUDA tests ({", ".join(CUDA_TESTS)})',
+             f'{r["passed"]} passed, {r["failed"]} failed, {r["errors"]} errors, '
              f'{r["skipped"]} skipped', '', '', 'all pass')]
 
 
@@ -367,6 +414,21 @@ def inference_rows(name, r, on_gpu):
                      f'{row["authors_s"]} s' if row['authors_s'] else '',
                      ratio(row['authors_s'], row['seconds'], on_gpu),
                      verdict(row['seconds'] <= target, f'≤ {target} s', on_gpu) if target else ''))
+    return rows
+
+
+def clip_tower_rows(name, r, on_gpu):
+    """The fused tower beside the clip package's, same weights, same device: the baseline of the CLIP
+    speed-ups."""
+    rows = []
+    for row in r['rows']:
+        if row.get('vs_clip_tower') is None:
+            continue
+        authors = row['authors_s']
+        rows.append((f'CLIP towers, inference, {row["images"]:,} images, {row["column"]}: fused against the clip '
+                     f"package's", f'{row["seconds"]:.2f} s against {row["clip_tower_s"]:.2f} s '
+                     f'(speed-up {row["vs_clip_tower"]}×{peak(row)})', f'{authors} s' if authors else '',
+                     ratio(authors, row['seconds'], on_gpu), ''))
     return rows
 
 
@@ -404,9 +466,11 @@ def retrieval_rows(name, r, on_gpu):
 
 def extraction_rows(name, r, on_gpu):
     target = TARGETS['extraction_images_per_s']
-    return [(f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers',
-             f'{r["images_per_s"]:,} images/s{peak(r)}', '', '',
-             verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu))]
+    what = f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers'
+    return [(what, f'{r["images_per_s"]:,} images/s{peak(r)}', '', '',
+             verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu)),
+            (f'{what}: each half alone', f'decoding {r["decode_images_per_s"]:,} images/s, the encoder '
+             f'{r["encode_images_per_s"]:,} images/s: bound by {r["bound_by"]}', '', '', '')]
 
 
 PROFILE_ROWS = 6
@@ -424,15 +488,27 @@ def profile_rows(name, r, on_gpu):
             for op in row['profile'][:PROFILE_ROWS]]
 
 
+def simclr_speed_rows(name, r, on_gpu):
+    target = TARGETS['simclr_epoch_s']
+    epoch, minutes, knn = r['knn_curve'][-1]
+    graph = 'CUDA graph' if r['cuda_graph'] else 'eager'
+    return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]}, batch {r["batch_size"]}, {graph}), '
+             f'one {r["dataset"]} epoch', f'{r["warm_epoch_s"]} s ({r["epochs_per_s"]} epochs/s; the first epoch '
+             f'{r["first_epoch_s"]} s); kNN top-1 {100 * knn:.2f}% after {epoch} epochs, {minutes} min', '', '',
+             verdict(r['warm_epoch_s'] <= target, f'≤ {target} s', on_gpu))]
+
+
 def simclr_rows(name, r, on_gpu):
+    speed = f', {r["warm_epoch_s"]} s per warm epoch' if r.get('warm_epoch_s') else ''
     return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
-             f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min, kNN top-1 '
+             f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min{speed}, kNN top-1 '
              f'{100 * r["knn_top1_test"]:.2f}%', '', '', '')]
 
 
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
-STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'training': training_rows,
-              'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
+STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inference': inference_rows,
+              'training': training_rows, 'file_training': file_training_rows, 'retrieval': retrieval_rows,
+              'extraction': extraction_rows, 'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,
               'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
               'simclr_pretrain': simclr_rows}
 

@@ -37,6 +37,8 @@ def test_every_stage_writes_a_sane_result(smoke):
     assert tests['passed'] + tests['skipped'] >= 4 and tests['failed'] == tests['errors'] == 0
     rows = result(out, 'inference')['rows']
     assert {r['column'] for r in rows} == set(gpu_suite.SMOKE_COLUMNS) and all(r['seconds'] > 0 for r in rows)
+    towers = result(out, 'clip_towers')['rows']  # the clip package's tower, then the fused one
+    assert [r['tower'] for r in towers] == ['clip', 'fused'] and towers[1]['clip_tower_s'] == towers[0]['seconds']
     for encoder in ('SimCLR', 'ViT-L14'):
         (row,) = result(out, f'training-{encoder}-authors')['rows']
         assert row['epochs_run'] == 1 and row['train_s_per_epoch'] > 0 and row['paper_length_is_projection']
@@ -52,10 +54,17 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert row['train_s_per_epoch'] > 0 and row['projected_authors_run_h'] > 0
     knn = result(out, 'retrieval')
     assert knn['self_is_first'] == 1.0 and knn['agreement_with_cdist'] == 1.0
-    assert result(out, 'extraction')['images'] == 24
+    extraction = result(out, 'extraction')
+    assert extraction['images'] == 24 and extraction['decode_images_per_s'] > 0
+    assert extraction['encode_images_per_s'] > 0 and extraction['bound_by'] in ('decoding', 'the encoder')
+    for stage in ('simclr_speed', 'simclr_speed-eager'):  # two epochs: the first (warm-up) apart
+        speed = result(out, stage)
+        assert speed['epochs'] == 2 and speed['warm_epochs'] == 1 and speed['first_epoch_s'] > 0
+        assert speed['epochs_per_s'] == pytest.approx(1 / speed['warm_epoch_s'], rel=0.01) and not speed['cuda_graph']
     simclr = result(out, 'simclr_pretrain')
     assert simclr['complete'] and simclr['epochs_done'] == 1
-    assert len(simclr['knn_curve']) == 1 and 0.0 <= simclr['knn_curve'][0][1] <= 1.0
+    (epoch, minutes, knn), = simclr['knn_curve']
+    assert epoch == 1 and minutes > 0 and 0.0 <= knn <= 1.0
     table = summary['table']
     shown = 0
     for stage in ('profile-SimCLR-authors', 'profile-inference-ViT-L14'):
@@ -63,8 +72,8 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
         assert 'under the profiler: ' + profiled[0]['op'] in table
         shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
-    # header, inference, training, files, the profiles, the rest
-    assert table.count('\n| ') == 1 + len(rows) + 2 * 4 + 2 + shown + 4
+    # header, inference, the tower A/B, training, files, extraction, the profiles, the rest
+    assert table.count('\n| ') == 1 + len(rows) + 1 + 2 * 4 + 2 + 2 + shown + 5
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 

@@ -7,7 +7,7 @@ kept (`--noise_type`, `--nepoch`, `--batch_size`, `--device`, `--num_workers`, `
 import argparse
 
 from model_diffusion import BETA_SCHEDULES
-from utils.encoders import FP_ENCODERS
+from utils.encoders import CLIP_TOWERS, FP_ENCODERS
 from utils.recipes import IMPROVED_EMA_DECAY, RECIPES
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
@@ -20,7 +20,8 @@ COMMON_DEFAULTS = dict(
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, fp_features=None, clip_download_root=None, precision='bf16', recipe='authors', fp_train_view=None,
+    fp_checkpoint=None, fp_features=None, clip_download_root=None, clip_tower='fused', precision='bf16',
+    recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
     eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
@@ -94,6 +95,10 @@ def _encoder_flags(g, kind):
                    help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
     g.add_argument('--clip_download_root',
                    help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
+    g.add_argument('--clip_tower', choices=CLIP_TOWERS,
+                   help='how the CLIP image tower runs: fused (rebuilt for inference from the same weights: '
+                        'bf16 weights held once on CUDA, batch-first attention; equal in float32, bf16 rounding '
+                        "on CUDA) or clip (the clip package's own module under bf16 autocast, as before)")
     g.add_argument('--diff_encoder', choices=sorted(DIFF_ENCODERS),
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '

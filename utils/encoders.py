@@ -5,6 +5,7 @@ own preprocessing on the GPU (CIFAR normalisation for SimCLR; bicubic resize and
 normalisation for CLIP). `fingerprint` identifies the weights, so feature caches made with other
 weights are never reused.
 """
+import functools
 import hashlib
 import os
 import warnings
@@ -13,11 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.clip_tower import VisionTower
 from utils.data import CIFAR_MEAN, CIFAR_STD, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from utils.networks import cifar_resnet_trunk, resnet_width
 from utils.published import fetch, is_published
 
 CLIP_NAMES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+# how a CLIP image tower runs: rebuilt for inference (utils/clip_tower.py), or the clip package's own module
+CLIP_TOWERS = ('fused', 'clip')
 MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'model')
 
 
@@ -36,15 +40,25 @@ def weights_fingerprint(module):
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_constant(values, device):
+    with torch.inference_mode(False):  # usable outside inference mode too
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
+def channel_constant(values, device):
+    """Per-channel constants as a 1×C×1×1 float32 tensor on `device`, made once per device and reused
+    (read only): made at every call it would be a blocking host-to-device copy in every hot loop."""
+    return _channel_constant(tuple(float(v) for v in values), torch.device(device))
+
+
 def normalize_images(images, mean, std, size=None, mode='bilinear'):
     """uint8 N×3×H×W → float, (x/255 − mean)/std, computed on the images' device; resized first to
     size×size (with `mode`) when a size is given and differs."""
     x = images.float() / 255
     if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
         x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
-    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - channel_constant(mean, images.device)) / channel_constant(std, images.device)
 
 
 def channels_last(x, device=None):
@@ -157,15 +171,25 @@ def load_simclr(path, device='cpu', mean=CIFAR_MEAN, std=CIFAR_STD):
 
 
 class CLIPEncoder(FrozenEncoder):
-    """The image tower of an OpenAI CLIP model; the feature is `encode_image` in float32."""
+    """The image tower of an OpenAI CLIP model; the feature is `encode_image` in float32.
+
+    tower 'fused' (utils/clip_tower.py): the same function rebuilt for inference; on CUDA in bf16 its
+    weights are converted once, on first use, and kept beside the float32 ones. 'clip': the clip
+    package's own module, under bf16 autocast on CUDA (every weight cast again on every call), as
+    the package ran it before the fused tower; its feature caches keep their keys."""
     name = 'CLIP'
 
-    def __init__(self, clip_model, clip_type):
+    def __init__(self, clip_model, clip_type, tower='fused'):
         super().__init__()
-        self.visual = clip_model.visual.float()
-        self.resolution = clip_model.visual.input_resolution
-        self.dim = clip_model.visual.output_dim
+        if tower not in CLIP_TOWERS:
+            raise EncoderError(f'unknown CLIP tower {tower!r}; choose from {", ".join(CLIP_TOWERS)}')
+        visual = clip_model.visual.float()
+        self.tower = tower
+        self.visual = VisionTower.from_clip(visual) if tower == 'fused' else visual
+        self.resolution = visual.input_resolution
+        self.dim = visual.output_dim
         self.clip_type = clip_type
+        self._converted = None  # ((dtype, device), the fused tower in that dtype): not part of the state
 
     def preprocess(self, images):
         return normalize_images(images, CLIP_MEAN, CLIP_STD, self.resolution, mode='bicubic')
@@ -173,16 +197,40 @@ class CLIPEncoder(FrozenEncoder):
     def features(self, x):
         return self.visual(x.to(self.visual.conv1.weight.dtype))
 
+    def describe(self):
+        described = super().describe()
+        return described if self.tower == 'clip' else {**described, 'tower': self.tower}
 
-def load_clip(clip_type, device='cpu', download_root=None):
-    """CLIP image tower by name (downloaded by the `clip` package when online) or local file."""
+    def tower_in(self, dtype):
+        """The fused tower computing in `dtype`: its own float32 weights, or a copy converted once."""
+        if dtype == torch.float32:
+            return self.visual
+        if self._converted is None or self._converted[0] != (dtype, self.device):
+            self._converted = None  # free the old copy before making the new one
+            self._converted = ((dtype, self.device), self.visual.copy_as(dtype))
+        return self._converted[1]
+
+    @torch.no_grad()
+    def encode(self, images):
+        if self.tower == 'clip':
+            return super().encode(images)
+        cuda = images.device.type == 'cuda'
+        dtype = torch.bfloat16 if self.bf16 and cuda else torch.float32
+        x = self.preprocess(images)
+        x = x.to(dtype, memory_format=torch.channels_last) if cuda else x
+        return self.tower_in(dtype)(x).float()
+
+
+def load_clip(clip_type, device='cpu', download_root=None, tower='fused'):
+    """CLIP image tower by name (downloaded by the `clip` package when online) or local file; `tower`:
+    one of CLIP_TOWERS (see CLIPEncoder)."""
     with warnings.catch_warnings():  # clip imports pkg_resources and tries torch.jit.load first
         warnings.simplefilter('ignore')
         import clip
-        return _load_clip(clip, clip_type, device, download_root)
+        return _load_clip(clip, clip_type, device, download_root, tower)
 
 
-def _load_clip(clip, clip_type, device, download_root):
+def _load_clip(clip, clip_type, device, download_root, tower):
     if clip_type not in clip.available_models() and not os.path.isfile(clip_type):
         raise EncoderError(f'unknown --CLIP_type {clip_type!r}: use one of {", ".join(CLIP_NAMES)} or the '
                            f'path of a local CLIP checkpoint')
@@ -197,7 +245,7 @@ def _load_clip(clip, clip_type, device, download_root):
             f'CLIP {clip_type} weights are not in {cache} and could not be downloaded ({exc}). '
             f'Offline, copy the checkpoint file from an online machine (the clip package keeps it in '
             f'~/.cache/clip) and pass --CLIP_type /path/to/file.pt') from exc
-    encoder = CLIPEncoder(model, clip_type)
+    encoder = CLIPEncoder(model, clip_type, tower)
     encoder.source = clip_type
     return encoder.finish(device)
 
@@ -308,7 +356,7 @@ def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
         path = cfg.fp_checkpoint or default_simclr_path(dataset, getattr(cfg, 'inputs_dir', None))
         encoder = load_simclr(path, device, mean, std)
     elif cfg.fp_encoder == 'CLIP':
-        encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root)
+        encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root, cfg.clip_tower)
     elif cfg.fp_encoder == 'classifier':
         if not cfg.fp_checkpoint:
             raise EncoderError('--fp_encoder classifier needs --fp_checkpoint PATH (a torchvision-layout '

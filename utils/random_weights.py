@@ -17,6 +17,16 @@ CLIP_ARCHS = {
 }
 
 
+def random_clip_visual(arch, seed=0, layers=None):
+    """The image tower of CLIP `arch` (clip.model.VisionTransformer) with random weights; `layers`: fewer
+    blocks than the real tower has, every shape kept (for cheap tests of the block structure)."""
+    import clip.model
+    embed_dim, resolution, vision_layers, width, patch = CLIP_ARCHS[arch][:5]
+    torch.manual_seed(seed)
+    return clip.model.VisionTransformer(resolution, patch, width, layers or vision_layers, width // 64,
+                                        embed_dim).eval()
+
+
 def save_random_clip(arch, path, seed=0):
     """A CLIP state dict (fp16, as the released files) that `clip.load(path)` builds."""
     import clip.model

@@ -34,8 +34,9 @@ LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
                         'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
-# run made before --ema_decay evaluated its trained weights (and a resume goes on doing so)
-MEANT_WHEN_ABSENT = {'ema_decay': 0.0}
+# run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
+# before --clip_tower ran the clip package's tower
+MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip'}
 ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'command_line_flags', 'script_flags',
                         'dataset_flags')
 

@@ -1,80 +1,172 @@
-"""SimCLR pre-training pieces: batched GPU augmentation, the NT-Xent loss and a kNN monitor.
+"""SimCLR pre-training pieces: batched augmentation on the images' device, the NT-Xent loss, a kNN monitor.
 
-The augmentations are SimCLR's CIFAR recipe applied to a whole uint8 batch at once on its device:
-random resized crop (scale 0.08–1, aspect 3/4–4/3) with horizontal flip through one affine grid
-sample, colour jitter (brightness, contrast, saturation 0.4, hue 0.1) with probability 0.8, and
-grayscale with probability 0.2.
+The augmentation is the CIFAR pipeline of the SimCLR code whose model layout (`f`, `g`) the authors'
+released encoders keep, as torchvision composes it:
+
+    RandomResizedCrop(32)                                  scale 0.08–1, aspect 3/4–4/3, bilinear
+    RandomHorizontalFlip(p=0.5)
+    RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)  the four adjustments in a random order
+    RandomGrayscale(p=0.2)
+
+Each transform draws its parameters for a whole batch at once, from the distributions torchvision's
+`get_params` draws them from, and applies them with batched tensor ops: no per-image Python, no
+host sync, the same kernels for every batch (so a training step can be captured as a CUDA graph).
+For given parameters each image comes out as torchvision's functional ops make it on float pixels
+(tests/test_simclr.py); the PIL path the original code ran on rounds to 8 bits after each op.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-# RGB → YIQ and back: hue jitter is a rotation of the IQ chroma plane, a linear map per image.
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_GRAY = torch.tensor([0.299, 0.587, 0.114])
+from utils.encoders import channel_constant
 
 
-def random_resized_crop_flip(images, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
-    """float N×3×H×W in [0, 1] → crops resized back to H×W (bilinear), half of them mirrored."""
-    n, _, h, w = images.shape
-    device = images.device
-    rand = lambda *shape: torch.rand(*shape, device=device, generator=generator)
-    area = scale[0] + (scale[1] - scale[0]) * rand(n)
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand(n)
-    aspect = torch.exp(log_r)
-    cw = torch.sqrt(area * aspect).clamp(max=1.0)   # crop width as a fraction of the image
-    ch = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (rand(n) * 2 - 1) * (1 - cw)                # centre, in [-1, 1] grid units
-    cy = (rand(n) * 2 - 1) * (1 - ch)
-    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = cw * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = ch
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, (n, 3, h, w), align_corners=False)
-    return F.grid_sample(images, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+def _uniform(shape, low, high, device, generator):
+    return low + (high - low) * torch.rand(shape, device=device, generator=generator)
 
 
-def color_jitter(x, strength=0.4, hue=0.1, p=0.8, generator=None):
-    """Brightness, contrast, saturation and hue jitter, each image its own factors (fixed order)."""
-    n = x.shape[0]
-    device = x.device
-    rand = lambda *shape: torch.rand(*shape, device=device, generator=generator)
-    apply = (rand(n) < p).view(n, 1, 1, 1)
-    factor = lambda: (1 + (rand(n) * 2 - 1) * strength).view(n, 1, 1, 1)
-    out = x * factor()
-    mean = (out * _GRAY.to(device).view(1, 3, 1, 1)).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    out = (out - mean) * factor() + mean
-    gray = (out * _GRAY.to(device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    out = (out - gray) * factor() + gray
-    angle = (rand(n) * 2 - 1) * hue * 2 * math.pi
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(n, 3, 3, device=device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    yiq = _YIQ.to(device)
-    transform = torch.linalg.inv(yiq) @ rot @ yiq   # n × 3 × 3
-    out = torch.einsum('nij,njhw->nihw', transform, out).clamp(0, 1)
-    return torch.where(apply, out, x)
+# ---- random resized crop and flip -------------------------------------------------------------------
+
+def crop_params(n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), device='cpu', generator=None,
+                attempts=10):
+    """RandomResizedCrop.get_params for n images: (top, left, crop height, crop width), long tensors.
+
+    Up to `attempts` draws of an area fraction (uniform in `scale`) and a log-uniform aspect ratio; the
+    first whose rounded box fits the image is taken, at a uniform position; if none fits, the centred
+    box of the whole image at the nearest allowed aspect ratio."""
+    target = height * width * _uniform((n, attempts), *scale, device, generator)
+    aspect = torch.exp(_uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator))
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.float().argmax(1, keepdim=True)  # the first attempt that fits (0 if none does)
+    found = fits.any(1)
+    fallback_h, fallback_w = _centre_box(height, width, ratio)
+    h = torch.where(found, h.gather(1, first)[:, 0], float(fallback_h))
+    w = torch.where(found, w.gather(1, first)[:, 0], float(fallback_w))
+    top = torch.where(found, torch.floor(torch.rand(n, device=device, generator=generator) * (height - h + 1)),
+                      torch.div(height - h, 2, rounding_mode='floor'))
+    left = torch.where(found, torch.floor(torch.rand(n, device=device, generator=generator) * (width - w + 1)),
+                       torch.div(width - w, 2, rounding_mode='floor'))
+    return top.long(), left.long(), h.long(), w.long()
+
+
+def _centre_box(height, width, ratio):
+    """RandomResizedCrop's fallback box size: the whole image, narrowed to the nearest allowed aspect."""
+    if width / height < min(ratio):
+        return int(round(width / min(ratio))), width
+    if width / height > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def _resize_matrix(start, length, size, in_size):
+    """n × size × in_size bilinear weights that resize the span [start, start + length) of each image's
+    axis to `size` pixels: half-pixel centres, edges clamped to the span. This is torch's (and
+    torchvision's) bilinear resize of the cropped span whenever it is enlarged or kept, where resizing
+    with and without antialiasing agree."""
+    n = start.shape[0]
+    u = torch.arange(size, device=start.device, dtype=torch.float32)
+    src = ((u + 0.5) * (length[:, None].float() / size) - 0.5).clamp(min=0)
+    low = src.floor()
+    frac = src - low
+    low = low.long()
+    high = torch.minimum(low + 1, length[:, None] - 1)
+    weights = torch.zeros(n, size, in_size, device=start.device)
+    weights.scatter_add_(2, (start[:, None] + low)[..., None], (1 - frac)[..., None])
+    weights.scatter_add_(2, (start[:, None] + high)[..., None], frac[..., None])
+    return weights
+
+
+def resized_crop_flip(x, top, left, height, width, flip):
+    """Each image's box resized back to the image's size (bilinear), mirrored where `flip`: two batched
+    matrix products, rows then columns."""
+    n, _, h, w = x.shape
+    rows = _resize_matrix(top, height, h, h)
+    cols = _resize_matrix(left, width, w, w)
+    cols = torch.where(flip[:, None, None], cols.flip(1), cols)
+    return torch.matmul(torch.matmul(rows[:, None], x), cols.transpose(1, 2)[:, None])
+
+
+def random_resized_crop_flip(x, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
+    """RandomResizedCrop(size of the images, scale, ratio) and RandomHorizontalFlip(0.5) of a float batch."""
+    n, _, h, w = x.shape
+    top, left, height, width = crop_params(n, h, w, scale, ratio, x.device, generator)
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return resized_crop_flip(x, top, left, height, width, flip)
+
+
+# ---- colour jitter and grayscale --------------------------------------------------------------------
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision's ColorJitter numbers them so
+
+
+def grayscale(x):
+    """n × 1 × H × W luma, with torchvision's rgb_to_grayscale weights and order of operations."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def jitter_params(n, strength=0.4, hue=0.1, p=0.8, device='cpu', generator=None):
+    """RandomApply([ColorJitter(strength, strength, strength, hue)], p) for n images: whether it applies,
+    the order of the four adjustments (a uniform permutation each), the brightness, contrast and
+    saturation factors (uniform in [max(0, 1 − strength), 1 + strength]) and the hue shift (uniform in
+    [−hue, hue])."""
+    return {'apply': torch.rand(n, device=device, generator=generator) < p,
+            'order': torch.rand(n, 4, device=device, generator=generator).argsort(1),
+            'factors': _uniform((n, 3), max(0.0, 1 - strength), 1 + strength, device, generator),
+            'hue': _uniform(n, -hue, hue, device, generator)}
+
+
+def color_jitter_with(x, apply, order, factors, hue):
+    """The colour jitter of `jitter_params` applied: each image's four adjustments in its own order,
+    each clamped to [0, 1] as torchvision's."""
+    out = x
+    for position in range(4):
+        out = _adjust(out, order[:, position], factors, hue)
+    return torch.where(apply.view(-1, 1, 1, 1), out, x)
+
+
+def _adjust(x, op, factors, hue):
+    """One adjustment per image, `op` naming which: brightness, contrast and saturation blend the image
+    with black, its mean luma or its luma by the image's factor; hue turns its hue."""
+    gray = grayscale(x)
+    which = op.view(-1, 1, 1, 1)
+    target = torch.where(which == BRIGHTNESS, 0.0,
+                         torch.where(which == CONTRAST, gray.mean((1, 2, 3), keepdim=True), gray))
+    factor = factors.gather(1, op.clamp(max=SATURATION)[:, None]).view(-1, 1, 1, 1)
+    blended = (factor * x + (1.0 - factor) * target).clamp_(0, 1)
+    return torch.where(which == HUE, adjust_hue(x, hue), blended)
+
+
+def adjust_hue(x, shift):
+    """Each image's hue turned by its `shift` (a fraction of a turn), through HSV as torchvision's."""
+    r, g, b = x.unbind(1)
+    value = x.amax(1)
+    chroma = value - x.amin(1)
+    saturation = chroma / torch.where(chroma == 0, 1.0, value)
+    c = torch.where(chroma == 0, 1.0, chroma)
+    h = torch.where(value == r, (g - b) / c, torch.where(value == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + shift.view(-1, 1, 1), 1.0)
+    # HSV → RGB: channel n ∈ (5, 3, 1) for (r, g, b) is v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + 6h) mod 6
+    k = torch.remainder(channel_constant((5.0, 3.0, 1.0), x.device) + 6.0 * h[:, None], 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+    return value[:, None] - (value * saturation)[:, None] * ramp
 
 
 def random_grayscale(x, p=0.2, generator=None):
-    n = x.shape[0]
-    gray = (x * _GRAY.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
-    pick = (torch.rand(n, device=x.device, generator=generator) < p).view(n, 1, 1, 1)
-    return torch.where(pick, gray, x)
+    pick = torch.rand(x.shape[0], device=x.device, generator=generator) < p
+    return torch.where(pick.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
 
-def simclr_view(images, mean, std, generator=None):
-    """One augmented, normalised view of a uint8 batch."""
-    x = images.float() / 255
+def simclr_views(images, mean, std, views=2, generator=None):
+    """`views` augmented, normalised views of a uint8 batch, stacked: rows [i·n, (i+1)·n) are view i."""
+    x = (images.float() / 255).repeat(views, 1, 1, 1)
     x = random_resized_crop_flip(x, generator=generator)
-    x = random_grayscale(color_jitter(x, generator=generator), generator=generator)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    x = color_jitter_with(x, **jitter_params(len(x), device=x.device, generator=generator))
+    x = random_grayscale(x, generator=generator)
+    return (x - channel_constant(mean, x.device)) / channel_constant(std, x.device)
 
 
 def nt_xent(z1, z2, temperature=0.5):
@@ -83,7 +175,7 @@ def nt_xent(z1, z2, temperature=0.5):
     n = z1.shape[0]
     sim = z @ z.T / temperature
     sim.fill_diagonal_(float('-inf'))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    target = torch.arange(2 * n, device=z.device).roll(n)  # view i's positive is the other view of image i
     return F.cross_entropy(sim, target)
 
 
@@ -92,11 +184,11 @@ def knn_monitor(train_features, train_labels, test_features, test_labels, n_clas
                 chunk=1024):
     """Weighted kNN top-1 accuracy on frozen features (cosine similarity, weights exp(sim/τ))."""
     bank = F.normalize(train_features.float(), dim=1)
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=bank.device)
     for start in range(0, len(test_features), chunk):
         q = F.normalize(test_features[start:start + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(min(k, len(bank)), dim=1)
         votes = torch.zeros(len(q), n_class, device=q.device)
         votes.scatter_add_(1, train_labels[idx], torch.exp(sim / temperature))
-        correct += int((votes.argmax(1) == test_labels[start:start + chunk]).sum())
-    return correct / len(test_features)
+        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum()
+    return int(correct) / len(test_features)

@@ -1,0 +1,120 @@
+"""CUDA checks of the fast paths: the bf16 CLIP tower's effect on features and neighbours, encoders and the
+SimCLR step without host syncs, the graphed SimCLR step against the eager one. They skip without CUDA."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import pretrain_SimCLR
+from conftest import requires_cuda, subset
+from utils.cc_net import load_cc
+from utils.encoders import CLIPEncoder, RawPixels, load_simclr
+from utils.random_weights import random_clip_visual, save_random_cc, save_random_simclr
+
+pytestmark = [requires_cuda, pytest.mark.gpu]
+
+TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
+        '--device', 'cuda', '--warmup_epochs', '0']
+
+
+def clip_encoder(arch, tower):
+    """A CLIP encoder of the real architecture with random weights (speed and rounding do not depend on them)."""
+    return CLIPEncoder(SimpleNamespace(visual=random_clip_visual(arch)), arch, tower).finish('cuda')
+
+
+def smooth_images(n, seed=0):
+    """Random 4×4 colour fields enlarged to 32×32: images whose random-weight features spread out (uniform
+    noise makes them all nearly alike, so neighbours would be decided by rounding)."""
+    g = torch.Generator().manual_seed(seed)
+    fields = torch.randint(0, 256, (n, 3, 4, 4), generator=g).float()
+    return torch.nn.functional.interpolate(fields, size=32, mode='bilinear').round().to(torch.uint8).cuda()
+
+
+def top10(features):
+    d = torch.cdist(features, features)
+    d.fill_diagonal_(float('inf'))
+    return d.topk(10, largest=False).indices
+
+
+@pytest.mark.parametrize('arch', ['ViT-B/32', 'ViT-B/16'])
+def test_the_bf16_tower_keeps_features_and_neighbours(arch):
+    images = smooth_images(320)
+    reference = clip_encoder(arch, 'clip')
+    reference.bf16 = False  # the clip package's tower in float32
+    ref = reference.encode(images)
+    fused = clip_encoder(arch, 'fused')
+    fast = fused.encode(images)
+    assert {p.dtype for p in fused.tower_in(torch.bfloat16).parameters()} == {torch.bfloat16}
+    assert torch.nn.functional.cosine_similarity(ref, fast).min() >= 0.999
+    a, b = top10(ref), top10(fast)
+    overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / a.numel()
+    assert overlap >= 0.98
+    fused.bf16 = False  # float32 on CUDA: the same function as the clip package's tower
+    torch.testing.assert_close(fused.encode(images), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
+
+
+def test_the_bf16_weights_are_made_once():
+    encoder = clip_encoder('ViT-B/32', 'fused')
+    images = smooth_images(4)
+    encoder.encode(images)
+    tower = encoder.tower_in(torch.bfloat16)
+    encoder.encode(images)
+    assert encoder.tower_in(torch.bfloat16) is tower
+
+
+def test_an_encode_makes_no_host_sync(tmp_path):
+    """Every f_p the package builds itself (the clip package's tower is kept as it was, for comparison)."""
+    images = smooth_images(16)
+    simclr = load_simclr(save_random_simclr('resnet18', tmp_path / 's.pt'), 'cuda')
+    encoders = [clip_encoder('ViT-B/32', 'fused'), simclr, load_cc(save_random_cc(tmp_path / 'cc.pt'), 'cuda'),
+                RawPixels((3, 32, 32), (0.5,) * 3, (0.25,) * 3).finish('cuda')]
+    for encoder in encoders:
+        encoder.encode(images)  # warm-up: the bf16 copy, cuDNN's choices, the per-device constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for encoder in encoders:
+            encoder.encode(images)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+
+
+def trainer(digits, flags):
+    args = pretrain_SimCLR.parser().parse_args(TINY + flags)
+    return pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cuda'))
+
+
+def test_a_simclr_step_makes_no_host_sync(digits):
+    for flags in ([], ['--no-cuda_graph']):
+        t = trainer(digits, flags)
+        idx = torch.arange(32, device='cuda')
+        for step in range(pretrain_SimCLR.GraphedStep.WARMUP + 1):  # warm-up steps, then the capture
+            t.step(idx, step)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            loss = t.step(idx, 10)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+        assert torch.isfinite(loss)
+
+
+def test_the_graphed_simclr_step_equals_the_eager_one(digits, monkeypatch):
+    """The same steps, graphed and eager, from the same weights on the same views (fixed here: the
+    random views of a graph replay come from its own offsets of the generator)."""
+    def fixed_views(images, mean, std):
+        x = images.float() / 255
+        return torch.cat([x, x.flip(-1)])
+    monkeypatch.setattr(pretrain_SimCLR, 'simclr_views', fixed_views)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
+    runs = []
+    for flags in ([], ['--no-cuda_graph']):
+        t = trainer(digits, flags)
+        g = torch.Generator().manual_seed(0)
+        losses = [t.step(torch.randperm(64, generator=g)[:32].cuda(), step) for step in range(8)]
+        runs.append((torch.stack(losses).cpu(), t.model.state_dict()))
+    assert runs[0][1].keys() == runs[1][1].keys()
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
+    for name, value in runs[0][1].items():
+        torch.testing.assert_close(value, runs[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
