@@ -22,10 +22,10 @@ CHECKPOINT_FORMAT = 3
 BICUBIC_SINCE_FORMAT_3 = ('webvision', 'food101n')  # their images were resized bilinear before
 LOCK_NAME = '.lock'
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
-# and extraction (results do not depend on them), --nepoch to extend the run, and where inputs lie
-# (the inputs themselves are checked by hash)
+# and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
+# where inputs lie (the inputs themselves are checked by hash)
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
-                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug')
+                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so)
 MEANT_WHEN_ABSENT = {'ema_decay': 0.0}
