@@ -4,7 +4,8 @@
     python -m benchmarks.gpu_suite --out /tmp/s --smoke                    # every stage, tiny, on the CPU
     python -m benchmarks.gpu_suite --reassemble SHARDS_DIR --to model/simclr_cifar10.pt
 
-Stages, in priority order: the CUDA tests; the paper's inference table; two epochs of train_CIFAR.py
+Stages, in priority order: the CUDA tests; the paper's inference table; the per-step neighbour search
+(float32 and bf16 shortlist); two epochs of train_CIFAR.py
 on real CIFAR-10 per f_p path and recipe, eager then replayed from CUDA graphs, each projected to a
 paper-length run from its warm epochs; one epoch of
 train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path,
@@ -63,6 +64,7 @@ SMOKE = {
     'train_CIFAR': ['--batch_size', '16', '--n_samples', '0'],
     'file_training': ['--small', '--device', 'cpu'],
     'retrieval': ['--n', '2000', '--dim', '32', '--k', '5', '--device', 'cpu'],
+    'per_step_search': ['--n', '2000', '--dim', '32', '--queries', '200', '--device', 'cpu'],
     'extraction': ['--n', '24', '--small', '--workers', '1', '--batch_size', '8', '--device', 'cpu'],
     'simclr': ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64',
                '--image_size', '8', '--device', 'cpu', '--knn_every', '1', '--warmup_epochs', '0'],
@@ -114,6 +116,11 @@ def training(encoder, recipe, *more):
         return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '2', *more, '--out', out, *where,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command
+
+
+def per_step_search(args, out):
+    size = SMOKE['per_step_search'] if args.smoke else []
+    return [PY, '-m', 'benchmarks.retrieval', '--per_step', '--out', out, *size]
 
 
 def file_training(args, out):
@@ -168,7 +175,8 @@ def simclr_result(out, args):
 
 def stages():
     """Every stage in priority order (the training variants from RECIPES as it is now)."""
-    listed = [Stage('cuda_tests', cuda_tests, junit_counts, ok_codes=(0, 1)), Stage('inference', inference)]
+    listed = [Stage('cuda_tests', cuda_tests, junit_counts, ok_codes=(0, 1)), Stage('inference', inference),
+              Stage('per_step_search', per_step_search)]
     for recipe in RECIPES:
         for encoder in TRAINING_PATHS:
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
@@ -413,6 +421,15 @@ def retrieval_rows(name, r, on_gpu):
              verdict(r['seconds'] <= TARGETS['knn_1m_s'], f'≤ {TARGETS["knn_1m_s"]:.0f} s', on_gpu))]
 
 
+def per_step_search_rows(name, r, on_gpu):
+    speedup = f', {r["float32_ms"] / r["shortlist_ms"]:.1f}× float32' if on_gpu else ''
+    return [(f'per-step neighbour search, {r["batch"]} queries × {r["keys"]:,} keys × {r["dim"]} ({r["features"]}), '
+             f'k = {r["k"]}: float32, then bf16 shortlist ranked in float32',
+             f'{r["float32_ms"]} ms, {r["shortlist_ms"]} ms{speedup}; top-{r["k"]} sets equal to float32\'s: '
+             f'{100 * r["shortlist_agreement"]:.1f}% (bf16 alone {100 * r["bf16_alone_agreement"]:.1f}%)',
+             '', '', '≥ 99% equal')]
+
+
 def extraction_rows(name, r, on_gpu):
     target = TARGETS['extraction_images_per_s']
     return [(f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers',
@@ -427,8 +444,8 @@ def profile_rows(name, r, on_gpu):
     """The ops a profiled stage (an epoch of the authors' CIFAR command, or inference) spent most of its
     time in."""
     (row,) = r['rows']
-    what = (f'a warm {row["mode"]} epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe' if 'encoder' in row else
-            f'inference, {row["images"]:,} images, {row["column"]}')
+    what = (f'a warm {row["mode"]} epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe'
+            if 'encoder' in row else f'inference, {row["images"]:,} images, {row["column"]}')
     clock = 'GPU' if on_gpu else 'CPU'
     return [(f'{what}, under the profiler: {op["op"][:80].replace("|", "/")}',
              f'{op["self_s"]} s {clock} self time ({100 * op["share"]:.1f}%), {op["calls"]:,} calls', '', '', '')
@@ -442,7 +459,8 @@ def simclr_rows(name, r, on_gpu):
 
 
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
-STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'training': training_rows,
+STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'inference': inference_rows, 'per_step_search': per_step_search_rows,
+              'training': training_rows,
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
               'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
               'simclr_pretrain': simclr_rows}

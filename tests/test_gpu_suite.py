@@ -55,6 +55,8 @@ def test_every_stage_writes_a_sane_result(smoke):
     # CPU, a fraction of a second either way is noise: a CI run measured 0.37 s tuned, 0.52 s cached)
     for row in (tuned, cached):
         assert row['train_s_per_epoch'] > 0 and row['projected_authors_run_h'] > 0
+    search = result(out, 'per_step_search')
+    assert search['shortlist_agreement'] >= 0.99 and search['float32_ms'] > 0 and search['keys'] == 2000
     knn = result(out, 'retrieval')
     assert knn['self_is_first'] == 1.0 and knn['agreement_with_cdist'] == 1.0
     assert result(out, 'extraction')['images'] == 24
@@ -68,8 +70,8 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
         assert 'under the profiler: ' + profiled[0]['op'] in table
         shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
-    # header, inference, training (features, then 4 per mode), files, the profiles, the rest
-    assert table.count('\n| ') == 1 + len(rows) + 2 * (1 + 2 * 4) + 2 + shown + 4
+    # header, inference, per-step search, training (features, then 4 per mode), files, the profiles, the rest
+    assert table.count('\n| ') == 1 + len(rows) + 1 + 2 * (1 + 2 * 4) + 2 + shown + 4
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 

@@ -33,8 +33,9 @@ def reference_epoch(trainer, epoch):
     torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + 1)
     batches = trainer.batches(epoch)
     for i, idx in enumerate(batches):
+        lr = learning_rate(epoch + i / len(batches), cfg.lr, cfg.warmup_epochs, cfg.lr_horizon or cfg.nepoch)
         for group in trainer.optimizer.param_groups:
-            group['lr'] = learning_rate(epoch + i / len(batches), cfg.lr, cfg.warmup_epochs, cfg.lr_horizon or cfg.nepoch)
+            group['lr'] = lr
         augmented = random_crop_flip(data.images['train'][idx]) if data.images else None
         fp_x = data.fp_encoder.encode(augmented) if data.fp_encoder is not None else data.features['train'][idx]
         x = trainer.inputs.x_batch('train', idx, fp_x, images=augmented)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from benchmarks.common import cifar_like_features, same_sets
 from utils.retrieval import CandidateLabels, knn, neighbours_to_search, retrieve_candidates
 
 
@@ -191,23 +192,6 @@ def test_keys_searched_many_times_give_the_search_of_plain_keys_bit_for_bit():
     for searched in (stored, stored, keys):
         got_dist, got_idx = knn(queries, searched, 7, chunk_size=40, exact_ties=False)
         assert torch.equal(got_idx, idx) and torch.equal(got_dist, dist.clamp(min=0).sqrt())
-
-
-def cifar_like_features(n_keys, n_queries, width, seed=0):
-    """Unit-norm, non-negative features of ten clusters (as a ResNet's pooled features, L2-normalised;
-    mean cosine about 0.35) and queries that are jittered copies of some keys, as augmented views."""
-    g = torch.Generator().manual_seed(seed)
-    latent = 32
-    centres = torch.randn(10, latent, generator=g)
-    z = centres[torch.randint(0, 10, (n_keys,), generator=g)] + 0.6 * torch.randn(n_keys, latent, generator=g)
-    lift = torch.randn(latent, width, generator=g) / latent ** 0.5
-    zq = z[torch.randint(0, n_keys, (n_queries,), generator=g)] + 0.25 * torch.randn(n_queries, latent, generator=g)
-    return [torch.nn.functional.normalize(torch.relu(v @ lift), dim=1) for v in (z, zq)]
-
-
-def same_sets(a, b):
-    """The share of rows whose neighbour sets are equal (order aside)."""
-    return float((a.sort(1).values == b.sort(1).values).all(1).float().mean())
 
 
 def test_the_bf16_shortlist_finds_the_float32_neighbours():

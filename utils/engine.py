@@ -45,9 +45,10 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-# Eager calls of a shape before its CUDA graph is captured: the training step's first steps (cuDNN
-# autotuning, the optimiser's moments made), each evaluation batch shape's first batch.
-STEP_WARMUP, EVAL_WARMUP = 3, 1
+# Eager calls of a shape before its CUDA graph is captured (the last one watched for host syncs): the
+# training step's first steps (cuDNN autotuning, the optimiser's moments made), each evaluation batch
+# shape's first two batches (the first may autotune a shape training did not have).
+STEP_WARMUP, EVAL_WARMUP = 3, 2
 
 
 def clip_groups(model, recipe):
@@ -367,8 +368,9 @@ class Trainer:
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
-            times = {'epoch': epoch, 'train_s': round(t1 - t0, 4), 'evaluate_s': round(t2 - t1, 4) if evaluated else None,
-                     'checkpoint_s': None, 'first_of_invocation': epoch == self.start_epoch}
+            times = {'epoch': epoch, 'train_s': round(t1 - t0, 4),
+                     'evaluate_s': round(t2 - t1, 4) if evaluated else None, 'checkpoint_s': None,
+                     'first_of_invocation': epoch == self.start_epoch}
             self.epoch_times.append(times)
             saved = main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stop.signum)
             if saved:
