@@ -56,6 +56,7 @@ class Diffusion(nn.Module):
         alphas_bar = torch.cumprod(1 - betas, dim=0)
         self.n_timesteps = n_timesteps
         self.schedule = schedule
+        self._ddim_plans = {}  # (steps, eta, device) → the sampler's per-step constants (ddim_plan)
         # Computed in float64, stored in float32: the device and dtype follow the module.
         self.register_buffer('betas', betas.float())
         self.register_buffer('alphas_bar', alphas_bar.float())
@@ -75,16 +76,28 @@ class Diffusion(nn.Module):
     def ddim_sample(self, eps_fn, shape, n_steps=10, eta=0.0, noisy_start=False, generator=None):
         """DDIM (Song et al. 2021). eta=0 and noisy_start=False give the deterministic sampler
         that starts from y_T = 0, the paper's inference; eta=1 is DDPM-like stochastic sampling."""
-        device = self.betas.device
         y = self._start(shape, noisy_start, generator)
-        steps = ddim_timesteps(self.n_timesteps, n_steps).tolist()
-        for i, t in enumerate(steps):
-            # The step after the last one is t=0's ᾱ, as in the reference sampler.
-            a_prev = self.alphas_bar[steps[i + 1]] if i + 1 < len(steps) else self.alphas_bar[0]
-            eps = eps_fn(y, torch.full((shape[0],), t, device=device, dtype=torch.long))
+        for t, coefficients in self.ddim_plan(n_steps, eta):
+            eps = eps_fn(y, t.expand(shape[0]))
             noise = self._noise(shape, generator) if eta > 0 else None
-            y = ddim_step(y, eps, self.alphas_bar[t], a_prev, eta, noise)
+            y = ddim_update(y, eps, coefficients, noise)
         return y
+
+    def ddim_plan(self, n_steps, eta=0.0):
+        """Per DDIM step, highest t first: t (a 1-element tensor) and the update's coefficients, computed
+        once per (steps, eta, device) rather than at every call: a sampler call then launches only the
+        update's own kernels (and reads no host values, so it can be captured in a CUDA graph)."""
+        key = (n_steps, eta, self.alphas_bar.device)
+        if key not in self._ddim_plans:
+            steps = ddim_timesteps(self.n_timesteps, n_steps).tolist()
+            plan = []
+            for i, t in enumerate(steps):
+                # The step after the last one is t=0's ᾱ, as in the reference sampler.
+                a_prev = self.alphas_bar[steps[i + 1]] if i + 1 < len(steps) else self.alphas_bar[0]
+                t_index = torch.full((1,), t, device=self.alphas_bar.device, dtype=torch.long)
+                plan.append((t_index, ddim_coefficients(self.alphas_bar[t], a_prev, eta)))
+            self._ddim_plans[key] = plan
+        return self._ddim_plans[key]
 
     @torch.inference_mode()
     def ddpm_sample(self, eps_fn, shape, noisy_start=True, generator=None):
@@ -112,9 +125,20 @@ class Diffusion(nn.Module):
 
 def ddim_step(y_t, eps, a_t, a_prev, eta=0.0, noise=None):
     """One DDIM update from ᾱ_t to ᾱ_prev; eta=1 with consecutive steps is the DDPM posterior."""
-    y0_hat = (y_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return ddim_update(y_t, eps, ddim_coefficients(a_t, a_prev, eta), noise)
+
+
+def ddim_coefficients(a_t, a_prev, eta=0.0):
+    """The scalars of one DDIM update: √(1−ᾱ_t), √ᾱ_t, √ᾱ_prev, the weight of ε in the new y, and σ."""
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-    y = a_prev.sqrt() * y0_hat + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+    return (1 - a_t).sqrt(), a_t.sqrt(), a_prev.sqrt(), (1 - a_prev - sigma ** 2).clamp(min=0).sqrt(), sigma
+
+
+def ddim_update(y_t, eps, coefficients, noise=None):
+    """y_prev = √ᾱ_prev·ŷ_0 + √(1−ᾱ_prev−σ²)·ε (+ σ·noise), with ŷ_0 = (y_t − √(1−ᾱ_t)·ε)/√ᾱ_t."""
+    sqrt_one_minus_a, sqrt_a, sqrt_a_prev, eps_weight, sigma = coefficients
+    y0_hat = (y_t - sqrt_one_minus_a * eps) / sqrt_a
+    y = sqrt_a_prev * y0_hat + eps_weight * eps
     return y if noise is None else y + sigma * noise
 
 

@@ -76,6 +76,24 @@ def random_images(n, size=32, device='cpu', seed=0):
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g).to(device)
 
 
+def cifar_like_features(n_keys, n_queries, width, seed=0, device='cpu'):
+    """Keys and queries for neighbour searches: unit-norm, non-negative features of ten clusters (as a
+    ResNet's pooled features, L2-normalised; mean cosine about 0.35), the queries jittered copies of
+    some keys, as augmented views of training images."""
+    g = torch.Generator().manual_seed(seed)
+    latent = 32
+    centres = torch.randn(10, latent, generator=g)
+    z = centres[torch.randint(0, 10, (n_keys,), generator=g)] + 0.6 * torch.randn(n_keys, latent, generator=g)
+    lift = torch.randn(latent, width, generator=g) / latent ** 0.5
+    zq = z[torch.randint(0, n_keys, (n_queries,), generator=g)] + 0.25 * torch.randn(n_queries, latent, generator=g)
+    return [torch.nn.functional.normalize(torch.relu(v @ lift), dim=1).to(device) for v in (z, zq)]
+
+
+def same_sets(a, b):
+    """The share of rows of two neighbour tables whose sets are equal (order aside)."""
+    return float((a.sort(1).values == b.sort(1).values).all(1).float().mean())
+
+
 def device_line(device):
     from utils.runtime import device_description
     return f'{device_description(device)}, torch {torch.__version__}'

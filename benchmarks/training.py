@@ -2,18 +2,26 @@
 epochs on the 5k validation and 10k test splits, feature extraction included.
 
     python -m benchmarks.training                                   # one GPU: SimCLR and CLIP ViT-L/14
+    python -m benchmarks.training --epochs 2                        # eager, then graphed: projected
     python -m benchmarks.training --diff_encoders resnet18 fp_mlp   # each diffusion encoder
     python -m benchmarks.training --small --epochs 2                # CPU smoke test
-    python -m benchmarks.training --data_root data --epochs 1 -- --recipe improved   # real CIFAR-10
-    python -m benchmarks.training --data_root data --epochs 1 --profile               # where an epoch goes
+    python -m benchmarks.training --data_root data --epochs 2 -- --recipe improved   # real CIFAR-10
+    python -m benchmarks.training --data_root data --epochs 2 --modes graphed --profile  # where an epoch goes
 
 Runs `train_CIFAR.py`'s engine on CIFAR-sized random images (speed does not depend on the pixels),
 or on real CIFAR-10 with 35% uniform noise when --data_root holds `cifar-10-batches-py/`, with
 random-weight encoders written and read through the real loaders. Flags after `--` go to
-train_CIFAR.py (a recipe, say). With --epochs below 200 the paper-length time is projected from the
-measured parts (labelled as such). With --profile the first epoch runs under torch.profiler and each
-row gains its ops by self time (on the GPU, device time); the profiler slows that epoch, so such a
-row's seconds are not speed figures.
+train_CIFAR.py (a recipe, say). Each run goes once per --modes entry: eager (--no-cuda_graph) and
+graphed (--cuda_graph, the default; on the CPU both are eager), the later runs reading the features
+the first extracted.
+
+With --epochs below 200 every epoch is evaluated and the paper-length time is projected (labelled as
+such) from warm figures: the first epoch and the first evaluation of a run pay for cuDNN autotuning,
+CUDA graph capture and first allocations, so they count once and are reported apart; the other 199
+epochs and the other evaluations are projected from the warm ones; the features from the first run.
+With --profile the last epoch (warm) of each run runs under torch.profiler and each row gains its ops
+by self time (on the GPU, device time); the profiler slows that epoch, so a profiled run's projection
+is not a speed figure.
 """
 import argparse
 import contextlib
@@ -46,52 +54,80 @@ def synthetic_cifar(n_train, n_val, n_test, seed=0):
                        test_images=random_images(n_test, seed=seed + 2), test_labels=labels(n_test))
 
 
-def one_run(encoder, diff_encoder, args, folder, splits):
+MODES = {'eager': '--no-cuda_graph', 'graphed': '--cuda_graph'}
+
+
+def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None):
+    """One run of train_CIFAR.py's engine; `features_s`: the extraction an earlier run of the same
+    encoder timed (this run reads its cache)."""
     name = f'{encoder.replace("/", "")}-{diff_encoder}'
     chosen = [] if diff_encoder == 'default' else ['--diff_encoder', diff_encoder]  # default: the recipe's
+    projected = args.epochs < 200
+    schedule = ['--warmup_epochs', '0', '--eval_every', '1'] if projected else []  # a first and warm evaluations
     flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.epochs), *chosen,
              '--device', args.device, '--out_dir', os.path.join(folder, 'runs'), '--n_samples', '0',
-             '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', name,
-             '--warmup_epochs', str(min(20, args.epochs - 1)), *args.extra]
+             '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', f'{name}-{mode}',
+             MODES[mode], *schedule, *args.extra]
+    flags += encoder_flags(encoder, args, folder)
+    cfg = parse_config('', train_CIFAR.DEFAULTS, flags)
+    started, ops = time.time(), []
+    with profiled_last_epoch(ops, cfg.nepoch - 1) if args.profile else contextlib.nullcontext():
+        summary, _ = run(cfg, lambda c: splits)
+    total = time.time() - started
+    row = {'encoder': encoder, 'diff_encoder': cfg.diff_encoder, 'mode': mode, 'cuda_graph': cfg.cuda_graph,
+           'epochs_run': cfg.nepoch, **epoch_figures(summary['seconds'], cfg.nepoch),
+           'wall_s_measured': round(total, 1), 'data': splits.name, 'train_CIFAR_flags': args.extra,
+           'authors_min': None if args.small else AUTHORS_H100['paper_length_min'].get(encoder)}
+    row['feature_extraction_s'] = features_s if features_s is not None else summary['seconds']['prepare']
+    row['paper_length_is_projection'] = projected
+    row['paper_length_min'] = round((paper_projection(row, args) if projected else total) / 60, 2)
+    return {**row, **({'profile': ops} if args.profile else {})}
+
+
+def encoder_flags(encoder, args, folder):
+    """The f_p flags of a run: random-weight encoders written once, read through the real loaders."""
     if encoder == 'SimCLR':
         path = os.path.join(folder, 'simclr.pt')
         if not os.path.exists(path):
             save_random_simclr('resnet18' if args.small else 'resnet50', path)
-        flags += ['--fp_encoder', 'SimCLR', '--fp_checkpoint', path]
-    else:
-        arch = 'tiny' if args.small else encoder
-        path = os.path.join(folder, arch.replace('/', '-') + '.pt')
-        if not os.path.exists(path):
-            save_random_clip(arch, path)
-        flags += ['--fp_encoder', 'CLIP', '--CLIP_type', path]
-    cfg = parse_config('', train_CIFAR.DEFAULTS, flags)
-    started, ops = time.time(), []
-    with profiled_first_epoch(ops) if args.profile else contextlib.nullcontext():
-        summary, _ = run(cfg, lambda c: splits)
-    total = time.time() - started
-    s = summary['seconds']
-    n_evals = sum(is_eval_epoch(e, cfg) for e in range(cfg.nepoch)) or 1
-    per_eval = s['evaluations'] / n_evals
+        return ['--fp_encoder', 'SimCLR', '--fp_checkpoint', path]
+    arch = 'tiny' if args.small else encoder
+    path = os.path.join(folder, arch.replace('/', '-') + '.pt')
+    if not os.path.exists(path):
+        save_random_clip(arch, path)
+    return ['--fp_encoder', 'CLIP', '--CLIP_type', path]
+
+
+def epoch_figures(seconds, epochs):
+    """The run's seconds (utils/engine.epoch_timing): the first epoch and evaluation apart, the warm
+    ones (the first's where a run had no other), and what the loop waited for each checkpoint."""
+    def warm(key, first):
+        return seconds[key] if seconds[key] is not None else seconds[first]
+    return {'train_s_first_epoch': seconds['train_first_epoch'],
+            'train_s_per_epoch': warm('train_per_warm_epoch', 'train_first_epoch'),
+            'eval_s_first': seconds['evaluation_first'],
+            'eval_s_each': warm('evaluation_per_warm', 'evaluation_first'),
+            'checkpoint_s_each': seconds['checkpoint_wait_per_save'] or 0.0,
+            'checkpoint_writes_s': seconds['checkpoint_writes']}
+
+
+def paper_projection(row, args):
+    """Seconds of the paper's 200 epochs: features, the first epoch and evaluation as measured, the rest
+    at the warm rates, a checkpoint wait per epoch. Evaluations as the recipe schedules them."""
     paper = parse_config('', train_CIFAR.DEFAULTS, args.extra)  # the recipe may move warm-up or evaluation
-    paper_evals = sum(is_eval_epoch(e, paper) for e in range(200))
-    projected = s['prepare'] + 200 * s['train_per_epoch'] + paper_evals * per_eval + s['checkpoints'] / cfg.nepoch * 200
-    return {'encoder': encoder, 'diff_encoder': cfg.diff_encoder, 'epochs_run': cfg.nepoch,
-            'feature_extraction_s': s['prepare'], 'train_s_per_epoch': s['train_per_epoch'],
-            'eval_s_each': round(per_eval, 3), 'wall_s_measured': round(total, 1),
-            'paper_length_min': round(projected / 60, 2) if cfg.nepoch < 200 else round(total / 60, 2),
-            'paper_length_is_projection': cfg.nepoch < 200,
-            'authors_min': None if args.small else AUTHORS_H100['paper_length_min'].get(encoder),
-            'data': splits.name, 'train_CIFAR_flags': args.extra,
-            **({'profile': ops} if args.profile else {})}
+    n_evals = sum(is_eval_epoch(e, paper) for e in range(200))
+    return (row['feature_extraction_s'] + row['train_s_first_epoch'] + 199 * row['train_s_per_epoch']
+            + row['eval_s_first'] + (n_evals - 1) * row['eval_s_each'] + 200 * row['checkpoint_s_each'])
 
 
 @contextlib.contextmanager
-def profiled_first_epoch(ops):
-    """The engine's first training epoch under torch.profiler; its top ops by self time go into `ops`."""
+def profiled_last_epoch(ops, last):
+    """Epoch `last` of the engine's training (warm: capture and autotuning are behind it) under
+    torch.profiler; its top ops by self time go into `ops` (the first profiled run's only)."""
     original = engine.Trainer.train_epoch
 
     def train_epoch(trainer, epoch):
-        if ops:
+        if ops or epoch != last:
             return original(trainer, epoch)
         loss, top = profiled(lambda: original(trainer, epoch), trainer.device)
         ops.extend(top)
@@ -109,6 +145,8 @@ def main(argv=None):
                    choices=['SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14'])
     p.add_argument('--diff_encoders', nargs='+', default=['resnet18'],
                    help="diffusion encoders to time; 'default': train_CIFAR.py's (or the recipe's) choice")
+    p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES),
+                   help='eager (--no-cuda_graph) and/or graphed (--cuda_graph) runs, in this order')
     p.add_argument('--epochs', type=int, default=200)
     p.add_argument('--device', default='auto')
     p.add_argument('--small', action='store_true', help='tiny stand-ins and a small dataset (CPU smoke test)')
@@ -117,12 +155,11 @@ def main(argv=None):
     p.add_argument('--data_root', help='real CIFAR-10: the folder holding cifar-10-batches-py/ '
                                        '(default: random images)')
     p.add_argument('--out', help='write the rows as JSON here')
-    p.add_argument('--profile', action='store_true', help='profile the first epoch: its ops by self time')
+    p.add_argument('--profile', action='store_true', help="profile each run's last epoch: its ops by self time")
     p.add_argument('extra', nargs=argparse.REMAINDER, help='further train_CIFAR.py flags after --')
     args = p.parse_args(argv)
     args.extra = [a for a in args.extra if a != '--']
     device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True
     if args.data_root:
         splits = load_cifar('cifar10', args.data_root, download=False)
     else:
@@ -131,14 +168,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for encoder in args.encoders:
             for diff_encoder in args.diff_encoders:
-                rows.append(one_run(encoder, diff_encoder, args, folder, splits))
+                features_s = None
+                for mode in args.modes:
+                    rows.append(one_run(encoder, diff_encoder, mode, args, folder, splits, features_s))
+                    features_s = rows[-1]['feature_extraction_s']
     print(f'device: {device_line(device)}')
-    print('| f_p | diffusion encoder | features (s) | s/epoch | s/evaluation | paper-length run (min) | authors (min) |')
-    print('|---|---|---|---|---|---|---|')
+    print('| f_p | diffusion encoder | mode | features (s) | first epoch (s) | s/epoch | first evaluation (s) | '
+          's/evaluation | paper-length run (min) | authors (min) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         proj = ' (projected)' if r['paper_length_is_projection'] else ''
-        print(f"| {r['encoder']} | {r['diff_encoder']} | {r['feature_extraction_s']} | {r['train_s_per_epoch']} | "
-              f"{r['eval_s_each']} | {r['paper_length_min']}{proj} | {r['authors_min']} |")
+        print(f"| {r['encoder']} | {r['diff_encoder']} | {r['mode']} | {r['feature_extraction_s']} | "
+              f"{r['train_s_first_epoch']} | {r['train_s_per_epoch']} | {r['eval_s_first']} | {r['eval_s_each']} | "
+              f"{r['paper_length_min']}{proj} | {r['authors_min']} |")
     for r in rows:
         print(json.dumps(r))
     if args.out:

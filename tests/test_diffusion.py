@@ -134,3 +134,38 @@ def test_top5_are_the_coordinates_closest_to_1_the_label_first():
     ranked = ranked_from_y0(y0, 5)
     assert ranked[0].tolist() == [4, 1, 3, 0, 5]   # |y - 1| of those: 0.05, 0.1, 0.3, 0.9, 1.0
     assert torch.equal(ranked[:, 0], labels_from_y0(y0)) and ranked[1, :2].tolist() == [0, 1]
+
+
+def reference_ddim(d, eps_fn, shape, n_steps, eta, noisy_start, generator):
+    """The sampler as it was written before its constants were made once (t and ᾱ looked up, the
+    update's scalars computed, at every step of every call)."""
+    y = torch.randn(shape, generator=generator) if noisy_start else torch.zeros(shape)
+    steps = ddim_timesteps(d.n_timesteps, n_steps).tolist()
+    for i, t in enumerate(steps):
+        a_t = d.alphas_bar[t]
+        a_prev = d.alphas_bar[steps[i + 1]] if i + 1 < len(steps) else d.alphas_bar[0]
+        eps = eps_fn(y, torch.full((shape[0],), t, dtype=torch.long))
+        noise = torch.randn(shape, generator=generator) if eta > 0 else None
+        y0_hat = (y - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        y = a_prev.sqrt() * y0_hat + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        y = y if noise is None else y + sigma * noise
+    return y
+
+
+@pytest.mark.parametrize('eta,noisy_start', [(0.0, False), (1.0, True)])
+def test_the_sampler_with_its_constants_made_once_is_the_reference_bit_for_bit(eta, noisy_start):
+    torch.manual_seed(0)
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=1000).eval()
+    fp = torch.randn(32, 6)
+    with torch.inference_mode():
+        x_e = model.embed_x(fp)
+    def eps_fn(y, t):
+        return model.head(x_e, y, t, fp)
+    d = Diffusion()
+    for n_steps in (10, 1, 7, 10):  # the fourth call reads the plan the first made
+        got = d.ddim_sample(eps_fn, (32, 4), n_steps, eta, noisy_start, torch.Generator().manual_seed(n_steps))
+        with torch.inference_mode():
+            want = reference_ddim(d, eps_fn, (32, 4), n_steps, eta, noisy_start, torch.Generator().manual_seed(n_steps))
+        assert torch.equal(got, want), n_steps
+    assert len(d._ddim_plans) == 3

@@ -99,22 +99,26 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
         load_run(run_dir, 'two_webvision.pt')
 
 
+def run_interrupted_at(monkeypatch, epoch, cfg, splits):
+    """A run stopped as epoch `epoch` begins (a KeyboardInterrupt); its folder keeps the epochs before."""
+    original = engine.Trainer.train_epoch
+
+    def interrupted(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return original(self, e)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, lambda c: splits)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+
+
 def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):
     flags = ['--nepoch', '12', '--warmup_epochs', '2', '--eval_every', '2', '--lr_horizon', '12']
     straight, _ = run(digits_cfg(tmp_path / 'a', *flags), lambda c: digits)
-
-    original = engine.Trainer.train_epoch
-    def interrupted(self, epoch):
-        if epoch == 7:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', interrupted)
-    cfg = digits_cfg(tmp_path / 'b', *flags)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, lambda c: digits)
+    run_interrupted_at(monkeypatch, 7, digits_cfg(tmp_path / 'b', *flags), digits)
     run_dir = str(tmp_path / 'b' / 'runs' / 'r')
     assert load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 6
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
     first_prepare = load_torch(os.path.join(run_dir, 'last.pt'))['data_info']['prepare_s']
     resumed, _ = run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
     for key in ('best_val_acc', 'best_epoch', 'test_acc'):

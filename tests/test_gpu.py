@@ -1,14 +1,22 @@
 """Checks that need CUDA; they skip on machines without it (CI has none)."""
+import os
+
 import pytest
 import torch
 
 import demo_digits
-from conftest import requires_cuda
+from benchmarks.common import cifar_like_features, same_sets
+from conftest import requires_cuda, subset
+from test_engine import digits_cfg, run_interrupted_at
 from utils.config import parse_config
 from utils.encoders import load_clip, load_simclr
-from utils.engine import run
+from utils.engine import new_trainer, run
+from utils.evaluate import predict_labels
+from utils.graphs import store_frozen_bf16
+from utils.io import load_torch
+from utils.prepare import prepare
 from utils.random_weights import save_random_clip, save_random_simclr
-from utils.retrieval import knn
+from utils.retrieval import SearchKeys, knn, retrieve_candidates
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 
@@ -31,7 +39,7 @@ def test_knn_on_cuda_matches_cpu():
     assert (gpu.cpu() == cpu).float().mean() > 0.999
 
 
-@pytest.mark.parametrize('flags', [[], ['--compile']])
+@pytest.mark.parametrize('flags', [[], ['--compile'], ['--no-cuda_graph']])
 def test_digits_run_on_cuda(tmp_path, digits, flags):
     cfg = parse_config('', demo_digits.DEFAULTS, ['--device', 'cuda', '--out_dir', str(tmp_path), '--cache_dir',
                                                   str(tmp_path / 'cache'), *flags])
@@ -47,3 +55,110 @@ def test_gpu_devices_one_id_runs_on_that_device(tmp_path, digits):
                                                   str(tmp_path / 'cache')])
     summary, _ = main(cfg, lambda c: digits)
     assert summary['device'] == torch.cuda.get_device_name(last) and cfg.device == f'cuda:{last}'
+
+
+CUDA = torch.device('cuda')
+# the authors' SimCLR path (augmented batch re-encoded, neighbours searched every step, frozen ResNet
+# diffusion encoder) and the cached path (features and neighbour table read, moving average)
+PATHS = {'authors': ('--recipe', 'authors', '--diff_encoder', 'resnet18'),
+         'cached': ('--recipe', 'improved', '--diff_encoder', 'fp_mlp')}
+
+
+def cuda_trainer(tmp_path, digits, simclr18_path, path, *flags):
+    """A trainer on CUDA over 170 digits: four batches of 40 (graphed after three warm-up steps) and an
+    odd one of 10 (eager)."""
+    small = subset(digits, 170, 60)
+    cfg = digits_cfg(tmp_path, '--device', 'cuda', '--batch_size', '40', '--warmup_epochs', '1', '--fp_encoder',
+                     'SimCLR', '--fp_checkpoint', simclr18_path, '--n_samples', '0', *PATHS[path], *flags)
+    data = prepare(cfg, small, CUDA, log=lambda m: None)
+    return new_trainer(cfg, data, small, str(tmp_path), CUDA)
+
+
+def in_sync_error_mode(fn):
+    """fn() with any host sync an error (a value read back, a blocking copy)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize('path', sorted(PATHS))
+@pytest.mark.parametrize('graph', ['--no-cuda_graph', '--cuda_graph'])
+def test_a_training_step_makes_no_host_sync(tmp_path, digits, simclr18_path, path, graph):
+    trainer = cuda_trainer(tmp_path, digits, simclr18_path, path, graph)
+    idx = trainer.batches(0)[0]
+    for _ in range(4):  # cuDNN autotuning, the optimiser's state, and where graphed, the capture
+        trainer.set_lr(1e-3)
+        trainer.train_step(idx)
+    in_sync_error_mode(lambda: (trainer.set_lr(5e-4), trainer.train_step(idx)))
+    assert (trainer.step_graph.captured if trainer.step_graph else 0) == (graph == '--cuda_graph')
+
+
+@pytest.mark.parametrize('path', sorted(PATHS))
+def test_graphed_and_eager_training_agree(tmp_path, digits, simclr18_path, path):
+    """The same kernels and the same draws (the default generator's Philox offsets advance in a replay as
+    in eager calls): after three epochs of 5 steps, the weights agree to float rounding."""
+    graphed = cuda_trainer(tmp_path / 'g', digits, simclr18_path, path, '--cuda_graph')
+    eager = cuda_trainer(tmp_path / 'e', digits, simclr18_path, path, '--no-cuda_graph')
+    losses = [(graphed.train_epoch(e), eager.train_epoch(e)) for e in range(3)]
+    assert graphed.step_graph.captured == 1 and eager.step_graph is None
+    for a, b in losses:
+        assert a == pytest.approx(b, rel=1e-4)
+    reference = eager.model.state_dict()
+    for name, value in graphed.model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-5, msg=name)
+    if graphed.average is not None:
+        for a, b in zip(graphed.average.model.parameters(), eager.average.model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize('path', sorted(PATHS))
+def test_graphed_evaluation_gives_the_eager_labels(tmp_path, digits, simclr18_path, path):
+    trainer = cuda_trainer(tmp_path, digits, simclr18_path, path, '--eval_batch_size', '25')
+    trainer.train_epoch(0)
+    batches = trainer.inputs.batches('val', 25)  # 60 images: two batches of 25, one of 10
+    eager = predict_labels(trainer.evaluated_model, trainer.diffusion, batches, eval_bn=trainer.cfg.eval_bn)[0]
+    # each shape: two eager warm-up batches, a capture, then replays (the batch of 10 comes once a call)
+    graphed = [trainer.predict('val')[0] for _ in range(4)]
+    assert trainer.eval_graphs.captured == 2  # one graph per batch shape
+    assert all(torch.equal(labels, eager) for labels in graphed)
+    labels = subset(digits, 170, 60).val_labels
+    assert trainer.accuracy('val', labels) == pytest.approx(float((eager.cpu() == labels).float().mean()))
+
+
+def test_the_bf16_shortlist_on_cuda_finds_the_float32_neighbours():
+    """CIFAR-sized: 45,000 keys of 2048 dimensions (SimCLR's), 2,000 augmented queries."""
+    keys, queries = [t.cuda() for t in cifar_like_features(45000, 2000, 2048)]
+    exact = knn(queries, keys, 10, chunk_size=500, exact_ties=False)[1]
+    stored = SearchKeys(keys, shortlist=True)
+    shortlisted = knn(queries, stored, 10, chunk_size=500, exact_ties=False)[1]
+    assert same_sets(shortlisted, exact) >= 0.99
+    noisy = torch.randint(0, 10, (45000,), device='cuda')
+    rows = retrieve_candidates(queries[:200], stored, noisy, noisy[:200], 10)
+    assert rows.shape == (200, 11)
+
+
+def test_frozen_bf16_encoders_encode_as_before(tmp_path):
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device='cuda')
+    encoder = load_simclr(save_random_simclr('resnet50', tmp_path / 's.pt'), 'cuda')
+    before = encoder.encode(images)
+    store_frozen_bf16(encoder)
+    after = encoder.encode(images)
+    assert encoder.f[0].weight.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(before, after).min() > 0.9999  # the layout may change kernels
+
+
+def test_a_resumed_cuda_run_continues_the_straight_one(tmp_path, digits, monkeypatch):
+    """Replays draw what eager steps drew, and per-epoch seeding and the saved generator state hold with
+    graphs: an interrupted and resumed run ends where the straight one does, to float rounding."""
+    small = subset(digits, 170, 60)
+    flags = ['--device', 'cuda', '--nepoch', '4', '--warmup_epochs', '1', '--batch_size', '40', '--n_samples', '0']
+    run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
+    run_interrupted_at(monkeypatch, 2, digits_cfg(tmp_path / 'b', *flags), small)
+    run_dir = str(tmp_path / 'b' / 'runs' / 'r')
+    run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir, '--device', 'cuda']), lambda c: small)
+    ends = [load_torch(os.path.join(d, 'last.pt'))['model'] for d in (str(tmp_path / 'a' / 'runs' / 'r'), run_dir)]
+    for name, value in ends[0].items():
+        torch.testing.assert_close(value, ends[1][name], rtol=1e-3, atol=1e-5, msg=name)

@@ -40,9 +40,14 @@ def test_every_stage_writes_a_sane_result(smoke):
     towers = result(out, 'clip_towers')['rows']  # the clip package's tower, then the fused one
     assert [r['tower'] for r in towers] == ['clip', 'fused'] and towers[1]['clip_tower_s'] == towers[0]['seconds']
     for encoder in ('SimCLR', 'ViT-L14'):
-        (row,) = result(out, f'training-{encoder}-authors')['rows']
-        assert row['epochs_run'] == 1 and row['train_s_per_epoch'] > 0 and row['paper_length_is_projection']
-        assert row['paper_length_min'] * 60 > 200 * row['train_s_per_epoch']  # 200 epochs, plus evaluations
+        eager, graphed = result(out, f'training-{encoder}-authors')['rows']
+        assert (eager['mode'], eager['cuda_graph'], graphed['mode'], graphed['cuda_graph']) == \
+            ('eager', False, 'graphed', True)
+        for row in (eager, graphed):
+            assert row['epochs_run'] == 2 and row['train_s_per_epoch'] > 0 and row['paper_length_is_projection']
+            assert row['paper_length_min'] * 60 > 199 * row['train_s_per_epoch']  # 200 epochs, plus evaluations
+            assert row['eval_s_first'] > 0 and row['eval_s_each'] > 0  # every epoch evaluated: a first and a warm one
+        assert graphed['feature_extraction_s'] == eager['feature_extraction_s']  # read from its cache, counted once
         assert not (out / f'training-{encoder}-bogus.json').exists()
         assert any(n.startswith(f'training-{encoder}-bogus: skipped') and '--no_such_flag' in n
                    for n in summary['notes'])
@@ -52,6 +57,8 @@ def test_every_stage_writes_a_sane_result(smoke):
     # CPU, a fraction of a second either way is noise: a CI run measured 0.37 s tuned, 0.52 s cached)
     for row in (tuned, cached):
         assert row['train_s_per_epoch'] > 0 and row['projected_authors_run_h'] > 0
+    search = result(out, 'per_step_search')
+    assert search['shortlist_agreement'] >= 0.99 and search['float32_ms'] > 0 and search['keys'] == 2000
     knn = result(out, 'retrieval')
     assert knn['self_is_first'] == 1.0 and knn['agreement_with_cdist'] == 1.0
     extraction = result(out, 'extraction')
@@ -72,8 +79,9 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
         assert 'under the profiler: ' + profiled[0]['op'] in table
         shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
-    # header, inference, the tower A/B, training, files, extraction, the profiles, the rest
-    assert table.count('\n| ') == 1 + len(rows) + 1 + 2 * 4 + 2 + 2 + shown + 5
+    # header, inference, the tower A/B, per-step search, training (features, then 4 per mode), files,
+    # extraction (both halves), the profiles, the rest
+    assert table.count('\n| ') == 1 + len(rows) + 1 + 1 + 2 * (1 + 2 * 4) + 2 + 2 + shown + 5
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 
@@ -118,12 +126,18 @@ def test_table_sets_the_authors_figures_beside_ours():
     assert row[2:] == ('38.56 s', '2.0×', '≤ 16.0 s ✗')
     record['result']['device'] = 'cpu (2 cores, 2 threads)'
     assert gpu_suite.table_rows('inference', record)[0][3] == ''  # no ratio for CPU figures
-    training = {'status': 'ok', 'result': {'device': 'NVIDIA H100', 'rows': [
-        {'encoder': 'SimCLR', 'data': 'cifar10', 'feature_extraction_s': 4.0, 'train_s_per_epoch': 1.1,
-         'eval_s_each': 0.5, 'paper_length_min': 4.4, 'paper_length_is_projection': True}]}}
+    def row(mode, epoch, paper):
+        return {'encoder': 'SimCLR', 'data': 'cifar10', 'mode': mode, 'feature_extraction_s': 4.0,
+                'train_s_per_epoch': epoch, 'train_s_first_epoch': 9.0, 'eval_s_each': 0.5, 'paper_length_min': paper,
+                'paper_length_is_projection': True}
+    training = {'status': 'ok', 'result': {'device': 'NVIDIA H100', 'rows': [row('eager', 4.4, 16.0),
+                                                                             row('graphed', 1.1, 4.4)]}}
     rows = gpu_suite.table_rows('training-SimCLR-authors', training)
-    assert [r[1:] for r in rows[1::2]] == [('1.1 s', '22.0 s', '20.0×', ''),
-                                           ('4.4 min', '76.0 min', '17.3×', '≤ 5.0 min ✓')]
+    assert len(rows) == 9 and rows[0][0].endswith('features')
+    graphed = [r[1:] for r in rows[5:] if ', graphed: ' in r[0]]
+    assert graphed[0] == ('1.1 s; 4.0× eager', '22.0 s', '20.0×', '')  # the warm epoch
+    assert graphed[3] == ('4.4 min; 3.6× eager', '76.0 min', '17.3×', '≤ 5.0 min ✓')
+    assert rows[4][1:] == ('16.0 min', '76.0 min', '4.8×', '≤ 5.0 min ✗')  # eager
 
 
 def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):

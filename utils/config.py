@@ -24,7 +24,7 @@ COMMON_DEFAULTS = dict(
     recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
     eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True, n_samples=10, compile=False, checkpoint_every=1, fp_arch='resnet50',
+    download=True, n_samples=10, compile=False, cuda_graph=True, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
@@ -104,8 +104,9 @@ def _encoder_flags(g, kind):
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
                         'ResNet + the authors\' two-layer head; see --diff_backbone)')
     g.add_argument('--precision', choices=('bf16', 'fp32'),
-                   help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA; the '
-                        'denoiser MLP, features and optimiser stay float32')
+                   help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA, and of the '
+                        'shortlist of the per-step neighbour search (re-ranked in float32); the denoiser MLP, '
+                        'features and optimiser stay float32')
 
 
 def _recipe_flags(g, kind):
@@ -183,6 +184,11 @@ def _training_flags(g, kind):
     g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction,
                    help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
+    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
+                   help='on one CUDA device, replay each training step of --batch_size (and each evaluation batch) '
+                        'from a CUDA graph: one launch instead of hundreds; the same kernels, so results agree '
+                        'to float rounding (off under torchrun and with --compile; image files decoded per batch '
+                        'and an odd last batch step eagerly)')
     g.add_argument('--eval_every', type=int,
                    help='evaluate on the clean validation split every N epochs after warm-up')
 

@@ -22,9 +22,10 @@ from utils.averaging import WeightAverage, evaluated_weights
 from utils.checks import check_config
 from utils.config import recorded_config
 from utils.encoders import channels_last
-from utils.evaluate import SplitInputs, predict_labels, training_mode
+from utils.evaluate import SplitInputs, batch_labeller, predict_labels, training_mode
 from utils.files import training_view_batches
-from utils.io import (append_jsonl, load_json, remove_files, save_json, save_torch, sweep_partial_writes,
+from utils.graphs import GraphedCalls, prepare_cuda, store_frozen_bf16
+from utils.io import (BackgroundSaves, append_jsonl, load_json, remove_files, save_json, sweep_partial_writes,
                       write_jsonl)
 from utils.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.published import recording
@@ -35,7 +36,7 @@ from utils.runtime import (Interrupted, SetupError, StopSignals, default_run_nam
                            rng_state, seed_everything, set_rng_state)
 from utils.k_trials import choose_k_by_training, take_over_trial
 from utils.prepare import by_model, check_inputs, clean_train_labels, prepare, use_k
-from utils.retrieval import CandidateLabels, retrieve_candidates, search_options
+from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates, search_options
 from utils.sampling import balanced_draw
 from utils.schedule import is_eval_epoch, learning_rate
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
@@ -46,6 +47,12 @@ TOP_K = 5  # evaluation also reports top-5 accuracy (the paper's WebVision colum
 
 class NonFiniteLoss(FloatingPointError):
     pass
+
+
+# Eager calls of a shape before its CUDA graph is captured (the last one watched for host syncs): the
+# training step's first steps (cuDNN autotuning, the optimiser's moments made), each evaluation batch
+# shape's first two batches (the first may autotune a shape training did not have).
+STEP_WARMUP, EVAL_WARMUP = 3, 2
 
 
 def clip_groups(model, recipe):
@@ -66,10 +73,14 @@ class Trainer:
         self.inputs = SplitInputs(diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone), data.features, data.images,
                                   data.backbone_features, data.mean, data.std, data.files, data.decoding,
                                   cfg.num_workers)
-        model.bf16_embed = device.type == 'cuda' and cfg.precision == 'bf16'
+        self.cuda = device.type == 'cuda'
+        model.bf16_embed = self.cuda and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if cfg.freeze_diff_encoder:  # before DistributedDataParallel, which must not wait for its gradients
             model.diff_encoder.requires_grad_(False)
+        prepare_cuda(device)
+        if self.cuda:
+            self.store_frozen_bf16()
         # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
         self.train_model = model
         if self.world > 1:
@@ -78,9 +89,19 @@ class Trainer:
         # --compile fuses the small denoiser's many launches (the step is launch-bound on a GPU)
         self.step_loss = torch.compile(self._step_loss, dynamic=False) if cfg.compile else self._step_loss
         params = [p for p in model.parameters() if p.requires_grad]
-        # the fused kernel updates every parameter in one launch on CUDA (the step is launch-bound)
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0,
-                                          fused=device.type == 'cuda')
+        # the learning rate, set every step: on CUDA a device tensor written in place, which the fused,
+        # capturable Adam reads there (one launch for every parameter; no host value for a CUDA graph to fix)
+        self.lr = torch.tensor(float(cfg.lr), device=device) if self.cuda else cfg.lr
+        self.lr_now = cfg.lr  # the same as a number, for the log
+        self.optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0,
+                                          fused=self.cuda, capturable=self.cuda)
+        # per-step retrieval searches the same keys every step: their norms (and on CUDA in bf16 the copy its
+        # shortlist reads, utils/retrieval.shortlisted) are made once per run
+        self.keys = (SearchKeys(data.features['train'], shortlist=self.cuda and cfg.precision == 'bf16')
+                     if cfg.per_step_retrieval else None)
+        self.step_graph = GraphedCalls(self._step, STEP_WARMUP, 'the training step') if self.graphs_train() else None
+        self.eval_graphs = {}  # top_k → the evaluation's graphs, made at the first evaluation
+        self.device_labels = {}  # split → its labels on the device, for the accuracy
         self.clip_groups = clip_groups(model, cfg.recipe)
         self.average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
         self.start_epoch = 0
@@ -93,8 +114,27 @@ class Trainer:
         self.stopped_by = None  # the signal number, where one arrived during fit()
         # this process's seconds over every epoch of the run so far, whichever invocation (or the k trial
         # the run went on from) trained it, and how many epochs' training they hold
-        self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0}
+        self.seconds = {'train': 0.0, 'evaluate': 0.0, 'checkpoint': 0.0, 'checkpoint_writes': 0.0}
         self.timed_epochs = 0
+        self.epoch_times = []  # per epoch: its training, evaluation and checkpoint seconds (epoch_timing)
+        self.saves = None  # fit()'s BackgroundSaves: checkpoints are written off the critical path
+
+    # ---- CUDA ---------------------------------------------------------------------------------
+    def store_frozen_bf16(self):
+        """The frozen image networks a step runs under bf16 autocast keep bf16 weights, cast once rather
+        than at every call (utils/graphs.store_frozen_bf16): the f_p encoder that re-encodes each augmented
+        batch, and a frozen diffusion encoder (the authors' CIFAR one)."""
+        fp_encoder = self.data.fp_encoder
+        if fp_encoder is not None and fp_encoder.bf16:
+            store_frozen_bf16(fp_encoder)
+        if self.cfg.freeze_diff_encoder and self.model.bf16_embed:
+            store_frozen_bf16(self.model.diff_encoder)
+
+    def graphs_train(self):
+        """--cuda_graph replays the training step on one CUDA device (under torchrun, DistributedDataParallel
+        exchanges gradients mid-step; --compile brings its own kernels) for batches of --batch_size (an odd
+        last batch, or image files decoded per batch, step eagerly)."""
+        return self.cuda and self.cfg.cuda_graph and self.world == 1 and not self.cfg.compile
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):
@@ -120,11 +160,22 @@ class Trainer:
         if not self.cfg.per_step_retrieval:
             return self.data.candidates.sample(idx)
         noisy = self.data.noisy_labels
-        rows = retrieve_candidates(fp_x, self.data.features['train'], noisy, noisy[idx], self.cfg.k,
-                                   self.cfg.candidates, **search_options(self.cfg))
+        rows = retrieve_candidates(fp_x, self.keys, noisy, noisy[idx], self.cfg.k, self.cfg.candidates,
+                                   **search_options(self.cfg))
         return CandidateLabels.sample_rows(rows, uniform=self.data.candidates.uniform)
 
     def train_step(self, idx, decoded=None):
+        """One step on the batch `idx`: replayed from the CUDA graph where it applies, else eagerly (the
+        same kernels either way); then the moving average, whose rate changes every step."""
+        graphed = self.step_graph is not None and decoded is None and len(idx) == self.cfg.batch_size
+        loss = self.step_graph(idx) if graphed else self._step(idx, decoded)
+        if self.average is not None:
+            self.average.update()
+        return loss
+
+    def _step(self, idx, decoded=None):
+        """Inputs, retrieval, the draws, the loss, its gradients (clipped) and the optimiser's update:
+        no value read back to the host, so a CUDA graph can hold it all."""
         x, fp_x = self.train_inputs(idx, decoded)
         labels, weights = self.retrieved_labels(idx, fp_x)
         y0 = F.one_hot(labels, self.data.n_class).float()
@@ -136,9 +187,17 @@ class Trainer:
         for group in self.clip_groups:
             torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.optimizer.step()
-        if self.average is not None:
-            self.average.update()
         return loss.detach()
+
+    def set_lr(self, value):
+        """This step's learning rate: on CUDA written into the tensor the optimiser (and a replayed step)
+        reads."""
+        self.lr_now = value
+        if self.cuda:
+            self.lr.fill_(value)
+        else:
+            for group in self.optimizer.param_groups:
+                group['lr'] = value
 
     def batches(self, epoch):
         """This rank's share of each batch of an epoch: every sample, or with --per_class the epoch's
@@ -172,10 +231,8 @@ class Trainer:
         self.partial = None
         decoded = self.decoded_views(batches[start:], epoch)
         for i in range(start, len(batches)):
-            lr = learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
-                               self.cfg.lr_horizon or self.cfg.nepoch)
-            for group in self.optimizer.param_groups:
-                group['lr'] = lr
+            self.set_lr(learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
+                                      self.cfg.lr_horizon or self.cfg.nepoch))
             loss = self.train_step(batches[i], next(decoded) if decoded is not None else None)
             loss_sum += loss
             # recorded on the device, read once per epoch: no host sync per step
@@ -217,15 +274,29 @@ class Trainer:
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
         return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples,
-                              cfg.seed, progress, top_k)
+                              cfg.seed, progress, top_k, self.evaluation_graphs(top_k) if not n_samples else None)
+
+    def evaluation_graphs(self, top_k=1):
+        """With --cuda_graph on CUDA, the deterministic labels (their top_k) of each evaluation batch shape
+        replayed from a CUDA graph (the image embedding and every DDIM step: some hundred small kernels, one
+        launch); the graphs live as long as the trainer, so later evaluations only replay."""
+        if not (self.cuda and self.cfg.cuda_graph):
+            return None
+        if top_k not in self.eval_graphs:
+            labeller = batch_labeller(self.evaluated_model, self.diffusion, self.cfg.ddim_n_step, top_k)
+            self.eval_graphs[top_k] = GraphedCalls(labeller, EVAL_WARMUP, 'evaluation')
+        return self.eval_graphs[top_k]
 
     def accuracy(self, split, labels):
         return self.accuracies(split, labels)[0]
 
     def accuracies(self, split, labels):
-        """Top-1 and top-5 accuracy of a split from one DDIM pass (top-5: None for 5 classes or fewer)."""
-        top_k = TOP_K if self.data.n_class > TOP_K else 1
-        ranked, labels = self.predict(split, top_k=top_k)[0].cpu(), labels.cpu()
+        """Top-1 and top-5 accuracy of a split from one DDIM pass (top-5: None for 5 classes or fewer). The
+        labels are compared where the predictions are, and one number per accuracy is read back."""
+        if split not in self.device_labels:
+            self.device_labels[split] = labels.to(self.device)
+        labels, top_k = self.device_labels[split], TOP_K if self.data.n_class > TOP_K else 1
+        ranked = self.predict(split, top_k=top_k)[0]
         if top_k == 1:
             return float((ranked == labels).float().mean()), None
         hits = ranked == labels[:, None]
@@ -236,14 +307,29 @@ class Trainer:
         """`epoch`: the last finished epoch; 'partial_epoch', where a signal stopped the next one mid-way."""
         return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
                 'epoch': epoch, 'partial_epoch': self.partial,
-                'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'model': self.model.state_dict(), 'optimizer': self.optimizer_state(),
                 'ema': self.average.state_dict() if self.average is not None else None,
                 'best': dict(self.best), 'history': list(self.history),
-                'elapsed_s': elapsed, 'seconds': dict(self.seconds), 'timed_epochs': self.timed_epochs}
+                'elapsed_s': elapsed, 'seconds': dict(self.seconds), 'timed_epochs': self.timed_epochs,
+                'epoch_times': list(self.epoch_times)}
+
+    def optimizer_state(self):
+        """The optimiser's state dict, its learning rate a number (on CUDA the groups hold the tensor)."""
+        state = self.optimizer.state_dict()
+        state['param_groups'] = [{**g, 'lr': self.lr_now} for g in state['param_groups']]
+        return state
+
+    def load_optimizer_state(self, state):
+        """A saved optimiser state (moments, step counts), run the way this trainer runs it: the device
+        that saved it may have been another, so the implementation flags and the learning-rate holder stay
+        this trainer's (they also decide where the step counts are kept)."""
+        own = [{k: g[k] for k in ('lr', 'fused', 'capturable', 'foreach')} for g in self.optimizer.param_groups]
+        groups = [{**g, **kept} for g, kept in zip(state['param_groups'], own)]
+        self.optimizer.load_state_dict({**state, 'param_groups': groups})
 
     def restore(self, ckpt):
         self.model.load_state_dict(ckpt['model'])
-        self.optimizer.load_state_dict(ckpt['optimizer'])
+        self.load_optimizer_state(ckpt['optimizer'])
         if self.average is not None:
             self.average.load_state_dict(ckpt['ema'])
         self.best, self.history = ckpt['best'], ckpt['history']
@@ -252,11 +338,14 @@ class Trainer:
         self.partial = ckpt.get('partial_epoch')
         self.elapsed_before = ckpt['elapsed_s']
         if 'seconds' in ckpt:  # older checkpoints: the times of this invocation's epochs only
-            self.seconds, self.timed_epochs = dict(ckpt['seconds']), ckpt['timed_epochs']
+            self.seconds, self.timed_epochs = {**self.seconds, **ckpt['seconds']}, ckpt['timed_epochs']
+        self.epoch_times = list(ckpt.get('epoch_times', []))
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, splits):
-        with StopSignals() as stop:
+        """Train from start_epoch to --nepoch. Checkpoints are written in the background, in order and each
+        atomically; every one is on disk when fit returns or raises."""
+        with StopSignals() as stop, BackgroundSaves() as self.saves:
             self.stop = stop
             try:
                 return self._fit(splits, stop)
@@ -264,6 +353,12 @@ class Trainer:
                 # a signal in the last epoch ends nothing early, but a caller with more to do must stop
                 self.stopped_by = stop.signum
                 self.stop = None
+                self.seconds['checkpoint_writes'] += self.saves.wait()  # raises a failed write
+
+    def save(self, epoch, elapsed, name='last.pt'):
+        """A checkpoint of the state after `epoch`, written by fit()'s background writer."""
+        self.seconds['checkpoint_writes'] += self.saves.written()
+        self.saves.save(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, name))
 
     def _fit(self, splits, stop):
         """The epochs; a first SIGTERM/SIGINT ends the step in progress, writes last.pt and stops."""
@@ -284,14 +379,22 @@ class Trainer:
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
             last = epoch == cfg.nepoch - 1
-            if main and (is_eval_epoch(epoch, cfg) or (last and not self.history)):
+            evaluated = main and (is_eval_epoch(epoch, cfg) or (last and not self.history))
+            if evaluated:
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()
             self.seconds['evaluate'] += t2 - t1
-            if main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stop.signum):
-                save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'last.pt'))
+            times = {'epoch': epoch, 'train_s': round(t1 - t0, 4),
+                     'evaluate_s': round(t2 - t1, 4) if evaluated else None, 'checkpoint_s': None,
+                     'first_of_invocation': epoch == self.start_epoch}
+            self.epoch_times.append(times)
+            saved = main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stop.signum)
+            if saved:
+                self.save(epoch, elapsed)
                 self.saved_epoch = epoch
             self.seconds['checkpoint'] += time.time() - t2
+            if saved:  # the time the loop waited for it (a copy to host memory; the write is in the background)
+                times['checkpoint_s'] = round(time.time() - t2, 4)
             distributed.barrier()
             if stop.signum and epoch < cfg.nepoch - 1:
                 raise Interrupted(f'{stop.name} after epoch {epoch}; {os.path.join(self.run_dir, "last.pt")} holds '
@@ -301,7 +404,7 @@ class Trainer:
     def stop_mid_epoch(self, epoch, elapsed):
         last = os.path.join(self.run_dir, 'last.pt')
         if distributed.is_main():
-            save_torch(self.checkpoint(epoch - 1, elapsed), last)
+            self.save(epoch - 1, elapsed)
         done = self.partial
         raise Interrupted(f'{self.stop.name} at epoch {epoch}, step {done["steps_done"]} of {done["of"]}; {last} holds '
                           f'it. Continue with --resume {self.run_dir}', self.stop.signum)
@@ -310,14 +413,14 @@ class Trainer:
         val_acc, val_top5 = self.accuracies('val', splits.labels('val'))
         test_acc, test_top5 = self.accuracies('test', splits.labels('test'))
         record = {'epoch': epoch, 'val_acc': val_acc, 'test_acc': test_acc, 'train_loss': train_loss,
-                  'lr': self.optimizer.param_groups[0]['lr'], 'elapsed_s': round(elapsed, 2)}
+                  'lr': self.lr_now, 'elapsed_s': round(elapsed, 2)}
         if test_top5 is not None:
             record.update(val_top5=val_top5, test_top5=test_top5)
         improved = val_acc > self.best['val_acc']
         if improved:
             self.best = {'val_acc': val_acc, 'epoch': epoch, 'test_acc': test_acc,
                          **({'val_top5': val_top5, 'test_top5': test_top5} if test_top5 is not None else {})}
-            save_torch(self.checkpoint(epoch, elapsed), os.path.join(self.run_dir, 'best.pt'))
+            self.save(epoch, elapsed, 'best.pt')
         self.history.append(record)
         append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
         tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  '
@@ -487,10 +590,34 @@ def run_summary(cfg, trainer, info, device, wall):
     summary['seconds'] = {'prepare': info.get('prepare_total_s', info['prepare_s']),  # every invocation's
                           'train_per_epoch': round(trainer.seconds['train'] / timed, 3) if timed else None,
                           'evaluations': round(trainer.seconds['evaluate'], 2),
-                          'checkpoints': round(trainer.seconds['checkpoint'], 2)}
+                          'checkpoints': round(trainer.seconds['checkpoint'], 2),
+                          'checkpoint_writes': round(trainer.seconds['checkpoint_writes'], 2),
+                          **epoch_timing(trainer.epoch_times), 'per_epoch': trainer.epoch_times}
     if 'k_trials' in info:
         summary['seconds']['k_trials'] = info['k_trials']['seconds']
     return summary
+
+
+def epoch_timing(epoch_times):
+    """Seconds of a training epoch and of an evaluation: the first of each invocation (cuDNN autotuning,
+    CUDA graph capture, memory first allocated) reported apart from the warm ones, which are what a
+    longer run repeats; and the mean time the loop waited for a checkpoint."""
+    first, warm = {'train_s': [], 'evaluate_s': []}, {'train_s': [], 'evaluate_s': []}
+    seen = set()
+    for record in epoch_times:
+        if record['first_of_invocation']:
+            seen = set()
+        for key in first:
+            if record[key] is not None:
+                (warm if key in seen else first)[key].append(record[key])
+                seen.add(key)
+    saves = [r['checkpoint_s'] for r in epoch_times if r['checkpoint_s'] is not None]
+
+    def mean(values):
+        return round(sum(values) / len(values), 4) if values else None
+    return {'train_first_epoch': mean(first['train_s'][:1]), 'train_per_warm_epoch': mean(warm['train_s']),
+            'evaluation_first': mean(first['evaluate_s'][:1]), 'evaluation_per_warm': mean(warm['evaluate_s']),
+            'checkpoint_wait_per_save': mean(saves)}
 
 
 def write_config(run_dir, cfg, info, device, ckpt):

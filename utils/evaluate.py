@@ -103,28 +103,45 @@ def encoded_batches(images, fp_encoder, diff_input, mean, std, batch_size):
         yield (channels_last(normalize_images(batch, mean, std)) if diff_input == 'image' else fp_x), fp_x
 
 
+def labels_of(y0, top_k=1):
+    """The label of each y_0 (N), or with top_k > 1 its top_k classes, the label first (N × top_k)."""
+    return ranked_from_y0(y0, top_k) if top_k > 1 else labels_from_y0(y0)
+
+
+def batch_labeller(model, diffusion, n_steps=10, top_k=1):
+    """The deterministic DDIM labels (or top_k) of one (x, f_p) batch: the image embedding once, then the
+    sampler from y_T = 0. The function a CUDA graph captures per evaluation batch shape (utils/graphs.py)."""
+    def labels(x, fp_x):
+        return labels_of(sample_y0(model, diffusion, model.embed_x(x), fp_x, n_steps), top_k)
+    return labels
+
+
 @torch.inference_mode()
 def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None,
-                   top_k=1):
+                   top_k=1, graphs=None):
     """Deterministic DDIM labels (from y_T = 0) for every batch; with n_samples > 0 also per-class
     frequencies over that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1.
     The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
     a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar.
     With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
-    the label itself first (top-5 accuracy from the same deterministic sample)."""
+    the label itself first (top-5 accuracy from the same deterministic sample). `graphs`:
+    batch_labeller(model, diffusion, n_steps, top_k) wrapped in utils/graphs.GraphedCalls, which replaces
+    the deterministic labels' eager kernels where no samples are drawn."""
     evaluation_mode(model, eval_bn)
     device = diffusion.betas.device
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
+    labeller = batch_labeller(model, diffusion, n_steps, top_k)
     labels, probs = [], []
     for x, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        if not n_samples:  # a graph's output tensor is overwritten by its next replay: cloned
+            labels.append(graphs(x, fp_x).clone() if graphs is not None else labeller(x, fp_x))
+            continue
         x_e = model.embed_x(x)
-        y0 = sample_y0(model, diffusion, x_e, fp_x, n_steps)
-        labels.append(ranked_from_y0(y0, top_k) if top_k > 1 else labels_from_y0(y0))
-        if n_samples:
-            y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
-                           eta=1.0, noisy_start=True, generator=generator)
-            votes = F.one_hot(labels_from_y0(y0), model.n_class).view(n_samples, len(fp_x), -1).sum(0)
-            probs.append(votes.float() / n_samples)
+        labels.append(labels_of(sample_y0(model, diffusion, x_e, fp_x, n_steps), top_k))
+        y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
+                       eta=1.0, noisy_start=True, generator=generator)
+        votes = F.one_hot(labels_from_y0(y0), model.n_class).view(n_samples, len(fp_x), -1).sum(0)
+        probs.append(votes.float() / n_samples)
     return torch.cat(labels), (torch.cat(probs) if n_samples else None)
 
 

@@ -18,6 +18,8 @@ import os
 import pickle
 import re
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -154,6 +156,77 @@ def sweep_partial_writes(folder, older_than=None):
 
 def save_torch(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class BackgroundSaves:
+    """save_torch off the caller's critical path (a training loop's checkpoints: a write and an fsync of
+    a hundred megabytes every epoch). `save` copies the object's tensors to host memory before it returns
+    (the caller goes on changing its own), then one worker thread writes the copies in order, each
+    atomically as save_torch does: a crash leaves the file before it whole. At most one save waits
+    behind the one being written. `wait()` returns once every save is on disk; a failed write is raised
+    there, or by a later `save` or `written`, as save_torch would have raised it. A `with` block waits
+    for every save at its end."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='checkpoint-writer')
+        self.pending, self.seconds = [], 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
+
+    def save(self, obj, path):
+        self._collect(keep=1)
+        self.pending.append(self.pool.submit(_timed_save, to_host(obj), path))
+
+    def written(self):
+        """The seconds the writes finished since the last call took (without waiting for any)."""
+        self._collect(keep=len(self.pending))
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+    def wait(self):
+        """Block until every save is on disk; the seconds the writes took, as `written`."""
+        self._collect(keep=0)
+        return self.written()
+
+    def _collect(self, keep):
+        """The finished saves, then the oldest until at most `keep` remain; the first failure among them is
+        raised once all of them have been collected."""
+        failure = None
+        while self.pending and (len(self.pending) > keep or self.pending[0].done()):
+            try:
+                self.seconds += self.pending.pop(0).result()
+            except Exception as exc:  # raised below, once the later writes are collected too
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+def _timed_save(obj, path):
+    started = time.monotonic()
+    save_torch(obj, path)
+    return time.monotonic() - started
+
+
+def to_host(obj):
+    """A copy of `obj` (dicts, lists, tuples of tensors and plain values) with every tensor copied to
+    host memory; a state dict stays an OrderedDict with its version metadata."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        copied = type(obj)((k, to_host(v)) for k, v in obj.items())
+        if hasattr(obj, '_metadata'):
+            copied._metadata = dict(obj._metadata)
+        return copied
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
 
 
 def save_json(obj, path):

@@ -29,10 +29,10 @@ RECORD_NAME, RECORD_FORMAT, WRITTEN_BY = '.written.json', 1, 'LRA-diffusion'
 # file that says a run finished (a folder holding it is never taken by a fresh run)
 LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
-# and extraction (results do not depend on them), --nepoch to extend the run, and where inputs lie
-# (the inputs themselves are checked by hash)
+# and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
+# where inputs lie (the inputs themselves are checked by hash)
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
-                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug')
+                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
 # before --clip_tower ran the clip package's tower
