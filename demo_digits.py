@@ -7,10 +7,10 @@ evaluation) on data that `pip install -r requirements.txt` already brings, in ab
 two CPU cores, and prints the accuracy of the noisy labels next to the accuracy LRA-diffusion
 reaches on the clean test split. Any training flag can be added (e.g. --nepoch 60).
 """
-from utils.cli import run_cli
-from utils.config import parse_config
-from utils.data import load_digits_splits
+from utils.data.digits import load_digits_splits
 from utils.engine import main as run_script
+from utils.runs.cli import run_cli
+from utils.runs.config import parse_config
 
 DEFAULTS = dict(
     script='demo_digits.py',

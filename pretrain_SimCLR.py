@@ -4,7 +4,7 @@
     python pretrain_SimCLR.py --resume runs/simclr/cifar10_resnet50      # continue a stopped run
 
 Two augmented views per image, NT-Xent loss, projection head 2048→512→128. The images stay on the
-device as uint8; both views of a batch are augmented there at once (utils/simclr.py: torchvision's
+device as uint8; both views of a batch are augmented there at once (utils/encoders/simclr_training.py: torchvision's
 SimCLR CIFAR pipeline, batched); on CUDA the network runs in bf16 autocast and channels-last, and the
 whole step (views, forward, backward, SGD update) is captured once as a CUDA graph and replayed
 (--no-cuda_graph: eager); on the CPU it runs eagerly. The whole state is saved every --save_every
@@ -28,14 +28,19 @@ import time
 import torch
 from tqdm import tqdm
 
-from utils.config import HelpFormatter
-from utils.cli import run_cli
-from utils.data import load_named
-from utils.encoders import MODEL_DIR, SimCLREncoder, channels_last, encode_all
-from utils.io import append_jsonl, load_torch, save_json, save_torch, write_jsonl
-from utils.rundir import RunClaim
-from utils.runtime import SetupError, device_description, resolve_device, rng_state, seed_everything, set_rng_state
-from utils.simclr import knn_monitor, nt_xent, simclr_views
+from utils.data.cifar import load_named
+from utils.data.images import channels_last
+from utils.encoders.base import MODEL_DIR, encode_all
+from utils.encoders.simclr import SimCLREncoder
+from utils.encoders.simclr_training import knn_monitor, nt_xent, simclr_views
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.runs.config import HelpFormatter
+from utils.runs.folders import RunClaim
+from utils.runtime.devices import device_description, resolve_device
+from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
+from utils.storage.loading import load_torch
+from utils.storage.saving import append_jsonl, save_json, save_torch, write_jsonl
 
 STATE_FORMAT = 1
 

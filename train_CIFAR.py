@@ -5,11 +5,11 @@
 The dataset comes from --dataset, or else the noise name's prefix (cifar10, cifar100). See README.md
 for the flags.
 """
-from utils.cli import run_cli
-from utils.config import parse_config
-from utils.data import load_cifar
+from utils.data.cifar import load_cifar
+from utils.data.noise import dataset_of
 from utils.engine import main as run_script
-from utils.noise import dataset_of
+from utils.runs.cli import run_cli
+from utils.runs.config import parse_config
 
 # The authors' train_CIFAR.py defaults (their commit 231e587); --recipe authors (the default) adds
 # their training behaviour, see utils/recipes.py.

@@ -19,10 +19,10 @@ class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class
 every image each epoch). Their retrieval weighs every sample of a batch alike
 (--candidate_weights uniform).
 """
-from utils.cli import run_cli
-from utils.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.data.clothing1m import cc_select_files, read_clothing1m
 from utils.engine import main as run_script
-from utils.files import cc_select_files, read_clothing1m
+from utils.runs.cli import run_cli
+from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
 
 # the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Clothing1M.py',

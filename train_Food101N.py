@@ -29,10 +29,10 @@ and reports the test accuracy of that model. Their script loads a saved LRA-diff
 (denoiser and diffusion encoder) before training, so a run of theirs from scratch stops there; here
 the head starts at its seeded random initialisation.
 """
-from utils.cli import run_cli
-from utils.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.data.food101n import read_food101n
 from utils.engine import main as run_script
-from utils.files import read_food101n
+from utils.runs.cli import run_cli
+from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
 
 # the authors' train_Food101N.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Food101N.py',

@@ -11,11 +11,11 @@ then rests on noisy labels); without --test the test split is the validation spl
 engine's outputs the run folder holds train_label_ranking.csv (path, noisy label, denoised label,
 confidence; the likely mislabelled first) and classes.txt.
 """
-from utils.cli import run_cli
-from utils.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.data.own_images import read_image_folder
 from utils.engine import main as run_script
-from utils.files import read_image_folder
-from utils.runtime import SetupError
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
 
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_ImageFolder.py',
                 noise_type='own', dataset='imagefolder', k=10)  # the given (noisy) labels

@@ -16,10 +16,10 @@ batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-
 500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
 Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
-from utils.cli import run_cli
-from utils.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.data.webvision import read_webvision
 from utils.engine import main as run_script
-from utils.files import read_webvision
+from utils.runs.cli import run_cli
+from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
 
 # the authors' train_WebVision.py; noise_type: the dataset's own noisy labels
 DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_WebVision.py',

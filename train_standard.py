@@ -11,13 +11,13 @@ import time
 
 import torch
 
-from utils.cli import run_cli
-from utils.classifier import accuracy, fit_classifier
-from utils.data import load_named
-from utils.io import save_json
+from utils.data.cifar import load_named
+from utils.data.classifier import accuracy, fit_classifier
+from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
 from utils.networks import CLASSIFIERS
-from utils.noise import dataset_of, noise_rate, resolve_noisy_labels
-from utils.runtime import device_description, resolve_device
+from utils.runs.cli import run_cli
+from utils.runtime.devices import device_description, resolve_device
+from utils.storage.saving import save_json
 
 
 def parser():

@@ -32,15 +32,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import train_CIFAR
-from utils.config import K_SELECT, parse_config
+from utils.data.noise import noise_rate, resolve_noisy_labels
+from utils.encoders.feature_file import load_feature_file
 from utils.engine import main as engine_main
-from utils.feature_file import load_feature_file
-from utils.io import load_json, save_json
-from utils.noise import NoiseError, noise_rate, resolve_noisy_labels
-from utils.published import PublishedInputError
+from utils.errors import NoiseError, PublishedInputError, ResumeRefused
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import knn, majority_vote
-from utils.rundir import MEANT_WHEN_ABSENT, ResumeRefused, write_run_file
+from utils.runs.config import K_SELECT, parse_config
+from utils.runs.folders import MEANT_WHEN_ABSENT, write_run_file
+from utils.storage.loading import load_json
+from utils.storage.saving import save_json
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
 # made) is skipped with a note

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from utils.io import save_json
+from utils.storage.saving import save_json
 
 # The authors' code on one H100, bf16 not used (design notes, section 2): the figures ours are set beside.
 AUTHORS_H100 = {
@@ -95,7 +95,7 @@ def same_sets(a, b):
 
 
 def device_line(device):
-    from utils.runtime import device_description
+    from utils.runtime.devices import device_description
     return f'{device_description(device)}, torch {torch.__version__}'
 
 

@@ -19,7 +19,8 @@ def encoders(args):
     """(label, encoder) pairs built through the package's own wrappers."""
     import open_clip
     import timm
-    from utils.hub_encoders import open_clip_encoder, timm_encoder
+
+    from utils.encoders.hub import open_clip_encoder, timm_encoder
     for name in args.timm:
         yield f'timm {name}', timm_encoder(timm.create_model(name, pretrained=False, num_classes=0), name)
     for name in args.open_clip:

@@ -23,9 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import load_cifar
-from utils.encoders import EncoderError, FrozenEncoder, encode_all, normalize_images
-from utils.feature_file import SPLITS, save_feature_file
+from utils.data.cifar import load_cifar
+from utils.data.images import normalize_images
+from utils.encoders.base import FrozenEncoder, encode_all
+from utils.encoders.feature_file import SPLITS, save_feature_file
+from utils.errors import EncoderError
 
 LITE_MEAN = (127 / 255,) * 3  # (x/255 - 127/255) / (128/255) = (x - 127) / 128
 LITE_STD = (128 / 255,) * 3

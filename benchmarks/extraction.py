@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import device_line, peak_gib, random_images, report, reset_peak, timed
-from utils.cache import encode_files
-from utils.encoders import CLIP_TOWERS, load_clip
-from utils.files import Decoding, image_batches
-from utils.random_weights import save_random_clip
-from utils.runtime import resolve_device
+from utils.data.image_files import Decoding, image_batches
+from utils.encoders.cache import encode_files
+from utils.encoders.clip import CLIP_TOWERS, load_clip
+from utils.encoders.random_weights import save_random_clip
+from utils.runtime.devices import resolve_device
 
 
 def write_jpegs(folder, n, size=256, seed=0):

@@ -20,8 +20,8 @@ import tempfile
 import train_Clothing1M
 from benchmarks import layouts
 from benchmarks.common import device_line, report
-from utils.random_weights import save_random_cc
-from utils.runtime import resolve_device
+from utils.encoders.random_weights import save_random_cc
+from utils.runtime.devices import resolve_device
 
 N_CLASS = 14
 AUTHORS_RUN = dict(epochs=300, per_epoch=10_000 * N_CLASS, val=14_313, test=10_526)

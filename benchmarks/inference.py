@@ -10,7 +10,7 @@ ViT-L/14. Each runs the package's inference path: uint8 32×32 images on the dev
 channels-last; CLIP resizes bicubically to 224 on the device) → diffusion-encoder embedding →
 10-step DDIM → class. Weights are random unless given (speed does not depend on them), written and
 read through the real loaders. Prints seconds, images/s and peak GPU memory per column. The CLIP
-columns run the fused tower (utils/clip_tower.py) unless --clip_towers names others: `clip fused`
+columns run the fused tower (utils/encoders/clip_tower.py) unless --clip_towers names others: `clip fused`
 times the clip package's tower and the fused one from the same weights on the same device, in one
 process (each fused row then gains `vs_clip_tower`, the clip tower's seconds ÷ its own). With
 --profile each column's smallest size is classified once more, after its timing, under torch.profiler:
@@ -25,15 +25,16 @@ import torch
 
 from benchmarks.common import AUTHORS_H100, device_line, peak_gib, profiled, random_images, reset_peak, timed
 from model_diffusion import Denoiser, Diffusion
-from utils.data import CIFAR_MEAN, CIFAR_STD
-from utils.classifier import classify_standard
-from utils.encoders import CLIP_TOWERS, channels_last, load_clip, load_simclr
-from utils.evaluate import classify_images
-from utils.io import save_json
-from utils.networks import cifar_resnet
-from utils.random_weights import save_random_clip, save_random_simclr
-from utils.runtime import resolve_device
+from utils.data.classifier import classify_standard
+from utils.data.images import CIFAR_MEAN, CIFAR_STD, channels_last
 from utils.diff_encoders import build_diff_encoder, diff_encoder_input
+from utils.encoders.clip import CLIP_TOWERS, load_clip
+from utils.encoders.random_weights import save_random_clip, save_random_simclr
+from utils.encoders.simclr import load_simclr
+from utils.evaluate import classify_images
+from utils.networks import cifar_resnet
+from utils.runtime.devices import resolve_device
+from utils.storage.saving import save_json
 
 COLUMNS = ('Standard', 'SimCLR', 'ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 
@@ -139,7 +140,7 @@ def parser():
     p.add_argument('--clip_b32', help='a real CLIP ViT-B/32 checkpoint'), p.add_argument('--clip_b16'),
     p.add_argument('--clip_l14')
     p.add_argument('--clip_towers', nargs='+', default=['fused'], choices=CLIP_TOWERS,
-                   help="the CLIP tower(s) each CLIP column runs: fused (utils/clip_tower.py) and/or clip (the clip "
+                   help="the CLIP tower(s) each CLIP column runs: fused (utils/encoders/clip_tower.py) and/or clip (the clip "
                         "package's own module); both: an A/B on the same device")
     p.add_argument('--small', action='store_true', help='tiny CLIP and ResNet-18 SimCLR stand-ins (CPU smoke test)')
     p.add_argument('--out', help='write the rows as JSON here')

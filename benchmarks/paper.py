@@ -27,9 +27,10 @@ import subprocess
 import sys
 import time
 
-from benchmarks.paper_rows import AUTHORS_README_COMMANDS, PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES  # noqa: F401
-from utils.io import load_json, save_json
-from utils.rundir import write_run_file
+from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
+from utils.runs.folders import write_run_file
+from utils.storage.loading import load_json
+from utils.storage.saving import save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'paper.json')
@@ -50,7 +51,7 @@ def script_parser(script):
     """The real parser of a training script (its defaults table and dataset flags) or a benchmark module."""
     module = script_module(script)
     if hasattr(module, 'DEFAULTS'):
-        from utils.config import build_parser
+        from utils.runs.config import build_parser
         kind = 'files' if hasattr(module, 'dataset_args') else 'memory'
         return build_parser(module.__doc__, module.DEFAULTS, getattr(module, 'dataset_args', None), kind)
     return module.parser()
@@ -75,7 +76,8 @@ def parse_problem(row, extra=()):
 # ---- inputs ---------------------------------------------------------------------------------------------
 
 def published_status(name, folder):
-    from utils.published import PublishedInputError, fetch
+    from utils.errors import PublishedInputError
+    from utils.storage.published import fetch
     try:
         return True, f'verified {fetch(name, folder, log=lambda message: None)}'
     except PublishedInputError as exc:
@@ -83,7 +85,7 @@ def published_status(name, folder):
 
 
 def cifar_status(name, cfg):
-    from utils.data import CIFAR_FOLDERS
+    from utils.data.cifar import CIFAR_FOLDERS
     folder = os.path.join(cfg.data_root, CIFAR_FOLDERS[name][0])
     if os.path.isdir(folder):
         return True, f'found {folder}'
@@ -106,7 +108,7 @@ def clip_status(name, cfg):
 
 def dataset_status(row, cfg):
     """The folders the row's flags name, then the script's own reader over them: what a run reads first."""
-    from utils.cli import one_line
+    from utils.runs.cli import one_line
     roots = [flag[2:] for flag in row.flags if flag.startswith('--') and flag.endswith('_root')]
     absent = [f'--{name} {getattr(cfg, name)}' for name in roots if not os.path.isdir(getattr(cfg, name))]
     if absent:

@@ -8,7 +8,7 @@ notes quote from the paper (CIFAR-10, type-I 35%, CLIP: 96.54%); a cell is fille
 itself, never guessed, with its source beside it. Table numbers are unknown for the same reason: rows
 name their table by what it reports.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 PAPER = 'arXiv 2305.19518v1 (LaTeX source)'
@@ -48,7 +48,7 @@ UNKNOWN = Figure()
 
 @dataclass(frozen=True)
 class Input:
-    """What a row reads. kind: published (fetched by name and verified, utils/published.py), generated
+    """What a row reads. kind: published (fetched by name and verified, utils/storage/published.py), generated
     (made by the package from a published base), cifar (torchvision downloads it), clip (the clip
     package downloads it), dataset (downloaded by hand: `check` names the reader that checks it)."""
     kind: str

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.common import cifar_like_features, device_line, peak_gib, report, reset_peak, same_sets, timed
 from utils.retrieval import SearchKeys, bf16_products, knn
-from utils.runtime import resolve_device
+from utils.runtime.devices import resolve_device
 
 
 def main(argv=None):
@@ -86,9 +86,8 @@ def per_step(args, device, steps=20):
 def cifar_pixels(data_root, n_queries, seed=0):
     """Normalised, L2-normalised pixels of one augmented view of CIFAR-10's 45,000 training images, and
     of other augmented views of `n_queries` of them."""
-    from utils.augment import random_crop_flip
-    from utils.data import load_cifar
-    from utils.encoders import normalize_images
+    from utils.data.cifar import load_cifar
+    from utils.data.images import normalize_images, random_crop_flip
     splits = load_cifar('cifar10', data_root, download=False)
     images, g = splits.images('train'), torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(images), generator=g)[:n_queries]

@@ -34,14 +34,15 @@ import torch
 
 import train_CIFAR
 from benchmarks.common import AUTHORS_H100, device_line, profiled, random_images
-from utils.config import parse_config
-from utils.data import ImageSplits, load_cifar
-from utils import engine
+from utils.data.cifar import load_cifar
+from utils.data.splits import ImageSplits
+from utils.encoders.random_weights import save_random_clip, save_random_simclr
 from utils.engine import run
-from utils.io import save_json
-from utils.random_weights import save_random_clip, save_random_simclr
-from utils.runtime import resolve_device
+from utils.runs.config import parse_config
+from utils.runtime.devices import resolve_device
 from utils.schedule import is_eval_epoch
+from utils.storage.saving import save_json
+from utils.trainer import Trainer
 
 
 def synthetic_cifar(n_train, n_val, n_test, seed=0):
@@ -124,7 +125,7 @@ def paper_projection(row, args):
 def profiled_last_epoch(ops, last):
     """Epoch `last` of the engine's training (warm: capture and autotuning are behind it) under
     torch.profiler; its top ops by self time go into `ops` (the first profiled run's only)."""
-    original = engine.Trainer.train_epoch
+    original = Trainer.train_epoch
 
     def train_epoch(trainer, epoch):
         if ops or epoch != last:
@@ -132,11 +133,11 @@ def profiled_last_epoch(ops, last):
         loss, top = profiled(lambda: original(trainer, epoch), trainer.device)
         ops.extend(top)
         return loss
-    engine.Trainer.train_epoch = train_epoch
+    Trainer.train_epoch = train_epoch
     try:
         yield
     finally:
-        engine.Trainer.train_epoch = original
+        Trainer.train_epoch = original
 
 
 def main(argv=None):

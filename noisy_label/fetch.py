@@ -10,8 +10,9 @@ Prints one line per input: name, local path, git blob sha1. A refusal is one lin
 import argparse
 import sys
 
-from utils.cli import run_cli
-from utils.published import PUBLISHED, PublishedInputError, fetch, lookup
+from utils.errors import PublishedInputError
+from utils.runs.cli import run_cli
+from utils.storage.published import PUBLISHED, fetch, lookup
 
 
 def parser():

@@ -20,15 +20,16 @@ import sys
 import numpy as np
 import torch
 
-from utils.classifier import accuracy, fit_classifier, predict_proba
-from utils.cli import run_cli
-from utils.data import CIFAR_N_TRAIN, load_named
-from utils.io import save_json
-from utils.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
-from utils.outputs import save_npy
-from utils.published import is_published
-from utils.pmd import pmd_noise, top_two
-from utils.runtime import SetupError, resolve_device
+from utils.data.cifar import CIFAR_N_TRAIN, load_named
+from utils.data.classifier import accuracy, fit_classifier, predict_proba
+from utils.data.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
+from utils.data.pmd import pmd_noise, top_two
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.runs.outputs import save_npy
+from utils.runtime.devices import resolve_device
+from utils.storage.published import is_published
+from utils.storage.saving import save_json
 
 # PMD (type, rate), then hybrids (kind, rate) on the type-I 35% file made in the same command.
 CIFAR10_SET = [('pmd', 1, 0.35), ('pmd', 1, 0.70), ('pmd', 2, 0.35), ('pmd', 3, 0.35),
@@ -129,7 +130,7 @@ def parser():
     p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
     p.add_argument('--n_train', type=int, default=CIFAR_N_TRAIN, help='noisy-label training images')
     p.add_argument('--out_dir', default=NOISE_DIR)
-    p.add_argument('--inputs_dir', default=None, help='where published base files are kept (utils/published.py)')
+    p.add_argument('--inputs_dir', default=None, help='where published base files are kept (utils/storage/published.py)')
     p.add_argument('--cache_dir', default='./cache')
     return p
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from utils.data import ImageSplits, load_digits_splits
-from utils.random_weights import save_random_clip, save_random_simclr
+from utils.data.digits import load_digits_splits
+from utils.data.splits import ImageSplits
+from utils.encoders.random_weights import save_random_clip, save_random_simclr
 
 # One thread: on a busy 2-core machine two threads per test process oversubscribe the cores and
 # small steps run many times slower; on an idle one the suite costs little more.

@@ -4,7 +4,7 @@ process (torch is imported once), and print what each did as JSON: its exit stat
     python tests/run_entry_points.py < cases.json     # [{"entry": "train_CIFAR.py", "argv": [...]}, ...]
 
 An entry is a script path relative to the repository or "-m module". Each runs as __main__ (its
-`if __name__ == '__main__'` block included, so a script that bypasses utils.cli.run_cli is caught); an
+`if __name__ == '__main__'` block included, so a script that bypasses utils.runs.cli.run_cli is caught); an
 exception that escapes is printed as the interpreter would, with exit status 1. tests/test_refusals.py
 runs the worst inputs of every entry point through it.
 """

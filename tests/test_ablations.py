@@ -6,23 +6,22 @@ import os
 
 import pytest
 import torch
-
-from model_diffusion import Denoiser
-from utils import engine
-from utils.diff_encoders import build_diff_encoder
-from utils.engine import run
-from utils.io import load_torch
-from utils.retrieval import CandidateLabels, retrieve_candidates
-
-from conftest import subset
 from test_engine import digits_cfg
 from test_method import picked_labels
+
+from conftest import subset
+from model_diffusion import Denoiser
+from utils.diff_encoders import build_diff_encoder
+from utils.engine import run
+from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.storage.loading import load_torch
+from utils.trainer import Trainer
 
 
 def spied_run(tmp_path, digits, *flags):
     """A 1-epoch digits run, recording each step's samples and loss inputs; (steps, trainer data, summary)."""
     steps, seen = [], {}
-    original_loss, original_step = engine.Trainer._step_loss, engine.Trainer.train_step
+    original_loss, original_step = Trainer._step_loss, Trainer.train_step
 
     def spy_loss(self, x, y_t, t, fp_x, noise, weights):
         steps[-1].update(y_t=y_t, t=t, noise=noise, weights=weights)
@@ -34,8 +33,8 @@ def spied_run(tmp_path, digits, *flags):
         return original_step(self, idx, *decoded)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.Trainer, '_step_loss', spy_loss)
-        mp.setattr(engine.Trainer, 'train_step', spy_step)
+        mp.setattr(Trainer, '_step_loss', spy_loss)
+        mp.setattr(Trainer, 'train_step', spy_step)
         summary, run_dir = run(digits_cfg(tmp_path, '--nepoch', '1', '--n_samples', '0', *flags),
                                lambda c: subset(digits, 600, 100))
     return steps, seen, summary, run_dir

@@ -13,12 +13,12 @@ from PIL import Image
 
 import train_CIFAR
 from benchmarks.accuracy import FULL, lra_run, markdown, parse_args, run_benchmark, run_flags, settings_of
-from utils import engine
-from utils.config import parse_config
-from utils.data import ImageSplits
+from utils.data.splits import ImageSplits
+from utils.encoders.feature_file import load_feature_encoder, save_feature_file
 from utils.engine import main as engine_main
-from utils.feature_file import FeatureFileError, load_feature_encoder, save_feature_file
-from utils.runtime import Interrupted
+from utils.errors import FeatureFileError, Interrupted
+from utils.runs.config import parse_config
+from utils.trainer import Trainer
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data')
 @pytest.fixture(autouse=True)
@@ -248,7 +248,7 @@ def test_a_stopped_run_is_continued_with_its_k_trials(tmp_path, monkeypatch):
     flags = {name: run_flags('cifar10-U-0.35', 'improved', 1, settings, bench_args(tmp_path / name, path))
              for name in ('straight', 'stopped')}
     straight, _ = lra_run(flags['straight'], splits, log=lambda *a: None)
-    original = engine.Trainer.train_epoch
+    original = Trainer.train_epoch
     epochs, fired = [], []
 
     def signalled(self, epoch):
@@ -257,7 +257,7 @@ def test_a_stopped_run_is_continued_with_its_k_trials(tmp_path, monkeypatch):
             fired.append(epoch)
             os.kill(os.getpid(), signal.SIGTERM)  # in the run's fourth epoch, after both trials
         return original(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    monkeypatch.setattr(Trainer, 'train_epoch', signalled)
     with pytest.raises(Interrupted):
         lra_run(flags['stopped'], splits, log=lambda *a: None)
     # three trial epochs per k (to the evaluation at epoch 2), then the run went on from the chosen one

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from benchmarks import inference, retrieval, training
-from utils.evaluate import classify_images
-from utils.encoders import load_clip
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
-from utils.io import load_torch
 from utils.diff_encoders import build_model
+from utils.encoders.clip import load_clip
+from utils.evaluate import classify_images
+from utils.storage.loading import load_torch
+from utils.trainer import Trainer
 
 
 def test_inference_table_runs_every_column():
@@ -42,6 +43,7 @@ def test_end_to_end_inference_equals_the_trainers_evaluation(tmp_path, digits, t
     """classify_images (images encoded batch by batch) gives the labels the trained run's own
     evaluation gives from its cached features, under both BatchNorm modes of the recipes."""
     from test_engine import digits_cfg
+
     from conftest import subset
     from utils import engine
     from utils.prepare import prepare
@@ -54,7 +56,7 @@ def test_end_to_end_inference_equals_the_trainers_evaluation(tmp_path, digits, t
         data = prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
         model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
         model.load_state_dict(evaluated_weights(load_torch(os.path.join(run_dir, 'best.pt'))))
-        trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
+        trainer = Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
         cached = trainer.predict('test')[0]
         assert float((cached == small.test_labels).float().mean()) == pytest.approx(summary['test_acc'])
         direct = classify_images(small.test_images, load_clip(tiny_clip_path), model, Diffusion(),

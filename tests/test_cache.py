@@ -4,7 +4,7 @@ import os
 import numpy as np
 import torch
 
-from utils.cache import cached, computation_key
+from utils.encoders.cache import cached, computation_key
 
 
 def test_a_cached_computation_runs_once_per_distinct_arguments(tmp_path):
@@ -43,18 +43,18 @@ def test_settings_that_do_not_change_the_value_are_not_in_the_key(tmp_path):
     assert computation_key(encode, dict(x=x)) != before
     cached(encode, dict(x=x), str(tmp_path), 'enc', log=lambda m: None, batch_size=3)
     assert calls == [2, 3]
-    from utils.cache import neighbour_table  # 2: equal distances to the lower index
+    from utils.prepare import neighbour_table
     assert computation_key(neighbour_table, dict(x=x))['computation'] == 'utils.cache.neighbour_table@2'
 
 
 def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tmp_path, digits, monkeypatch):
     """A search option added in utils/retrieval.py (search_options and knn) needs no other file: it
     reaches the cached neighbour table (and its key) and the f_p check."""
-    import utils.cache
+    from test_engine import digits_cfg
+
     import utils.prepare
     import utils.retrieval
     from conftest import subset
-    from test_engine import digits_cfg
     seen, exact = [], utils.retrieval.knn
 
     def knn_with_option(queries, keys, k, chunk_size=None, progress=False, shrink=1.0):
@@ -64,8 +64,7 @@ def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tm
     cfg = digits_cfg(tmp_path, '--nepoch', '1')
     utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
     files = set(os.listdir(tmp_path / 'cache'))
-    for module in (utils.cache, utils.prepare):
-        monkeypatch.setattr(module, 'knn', knn_with_option)
+    monkeypatch.setattr(utils.prepare, 'knn', knn_with_option)
     monkeypatch.setattr(utils.prepare, 'search_options', lambda cfg: {'shrink': 0.5})
     utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
     assert seen == [0.5, 0.5]  # the neighbour table, then the f_p check
@@ -76,10 +75,10 @@ def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tm
 def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the_centre_crop(tmp_path,
                                                                                              tiny_clip_path):
     from benchmarks import layouts
-    from utils.cache import cached_file_features, encode_file_view
-    from utils.files import Decoding
-    from utils.encoders import load_clip
-    from utils.io import load_torch
+    from utils.data.image_files import Decoding
+    from utils.encoders.cache import cached_file_features, encode_file_view
+    from utils.encoders.clip import load_clip
+    from utils.storage.loading import load_torch
     rng = np.random.default_rng(0)
     paths = [str(tmp_path / f'{i}.jpg') for i in range(3)]
     for i, path in enumerate(paths):

@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from utils.cc_net import load_cc
-from utils.data import CLOTHING1M_MEAN as CC_MEAN, CLOTHING1M_STD as CC_STD
-from utils.encoders import EncoderError, build_fp_encoder
-from utils.random_weights import save_random_cc
+from utils.data.images import CLOTHING1M_MEAN as CC_MEAN
+from utils.data.images import CLOTHING1M_STD as CC_STD
+from utils.encoders.cc_net import load_cc
+from utils.encoders.factory import build_fp_encoder
+from utils.encoders.random_weights import save_random_cc
+from utils.errors import EncoderError
 
 
 def authors_keys():

@@ -14,7 +14,7 @@ import train_Clothing1M
 import train_Food101N
 import train_ImageFolder
 import train_WebVision
-from utils.config import build_parser
+from utils.runs.config import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_SCRIPTS = (train_Food101N, train_Clothing1M, train_WebVision, train_ImageFolder)

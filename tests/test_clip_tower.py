@@ -1,4 +1,4 @@
-"""The CLIP image tower rebuilt for inference (utils/clip_tower.py) against the clip package's own, the
+"""The CLIP image tower rebuilt for inference (utils/encoders/clip_tower.py) against the clip package's own, the
 --clip_tower choice, and the per-device constants of the encoders' preprocessing."""
 from types import SimpleNamespace
 
@@ -6,11 +6,14 @@ import pytest
 import torch
 
 import train_CIFAR
-from utils.cache import cached_features, computation_key, encode_view
-from utils.clip_tower import VisionTower
-from utils.config import parse_config
-from utils.encoders import CLIPEncoder, EncoderError, build_fp_encoder, channel_constant, load_clip, normalize_images
-from utils.random_weights import random_clip_visual
+from utils.data.images import channel_constant, normalize_images
+from utils.encoders.cache import cached_features, computation_key, encode_view
+from utils.encoders.clip import CLIPEncoder, load_clip
+from utils.encoders.clip_tower import VisionTower
+from utils.encoders.factory import build_fp_encoder
+from utils.encoders.random_weights import random_clip_visual
+from utils.errors import EncoderError
+from utils.runs.config import parse_config
 
 # the released towers' architectures; ViT-L/14 with 2 of its 24 blocks keeps the test cheap on a CPU
 # and has every shape of the full tower (16 heads of 64, 257 tokens of 1024)
@@ -91,8 +94,8 @@ def test_normalisation_constants_are_made_once_per_device():
 
 
 def test_a_run_made_before_the_flag_goes_on_with_the_clip_tower(tmp_path):
-    from utils.io import save_torch
-    from utils.rundir import CHECKPOINT_FORMAT, load_run
+    from utils.runs.folders import CHECKPOINT_FORMAT, load_run
+    from utils.storage.saving import save_torch
     save_torch({'format_version': CHECKPOINT_FORMAT, 'config': {'fp_encoder': 'CLIP'}, 'model': {}},
                str(tmp_path / 'last.pt'))
     assert load_run(str(tmp_path))['config']['clip_tower'] == 'clip'

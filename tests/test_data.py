@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augment import random_crop_flip
-from utils.data import DatasetMissing, load_cifar, load_digits_splits
+from utils.data.cifar import load_cifar
+from utils.data.digits import load_digits_splits
+from utils.data.images import random_crop_flip
+from utils.errors import DatasetMissing
 
 
 def write_cifar10(root, n_per_batch=40, seed=0):
@@ -65,10 +67,10 @@ def test_missing_and_incomplete_cifar_are_named(tmp_path):
 
 
 def test_download_failure_is_named(tmp_path, monkeypatch):
-    import utils.data
+    import utils.data.cifar
     def offline(name, root):
         raise OSError('network unreachable')
-    monkeypatch.setattr(utils.data, '_download_cifar', offline)
+    monkeypatch.setattr(utils.data.cifar, '_download_cifar', offline)
     with pytest.raises(DatasetMissing, match='could not be downloaded.*--data_root'):
         load_cifar('cifar10', str(tmp_path), download=True)
 
@@ -120,7 +122,7 @@ def test_real_cifar10_from_the_shared_copy(tmp_path):
 
 
 def test_every_dataset_offers_one_splits_interface(digits):
-    from utils.files import FileSplits
+    from utils.data.splits import FileSplits
     files = FileSplits('clothing1m', 3, ['a', 'b', 'c'], np.array([0, 2, 1]), ['d'], np.array([1]), ['e', 'f'],
                        np.array([2, 0]))
     assert (digits.in_memory, files.in_memory) == (True, False)

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.data import CLIP_MEAN, CLIP_STD
-from utils.encoders import EncoderError, SimCLREncoder, load_clip, load_simclr
-from utils.random_weights import save_random_simclr
+from utils.data.images import CLIP_MEAN, CLIP_STD
+from utils.encoders.clip import load_clip
+from utils.encoders.random_weights import save_random_simclr
+from utils.encoders.simclr import SimCLREncoder, load_simclr
+from utils.errors import EncoderError
 
 
 def uint8_images(n, size=32, seed=0):

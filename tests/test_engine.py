@@ -6,22 +6,23 @@ import sys
 
 import pytest
 import torch
+from test_data import write_cifar10
 
 import demo_digits
 import train_CIFAR
+from conftest import subset
 from model_diffusion import Diffusion
 from utils import engine
 from utils.averaging import evaluated_weights
-from utils.config import parse_config
 from utils.diff_encoders import build_model
-from utils.engine import NonFiniteLoss, run
-from utils.io import load_torch
+from utils.engine import run
+from utils.errors import NonFiniteLoss
 from utils.prepare import prepare
-from utils.rundir import CHECKPOINT_FORMAT, load_run
+from utils.runs.config import parse_config
+from utils.runs.folders import CHECKPOINT_FORMAT, load_run
 from utils.schedule import is_eval_epoch, learning_rate
-
-from conftest import subset
-from test_data import write_cifar10
+from utils.storage.loading import load_torch
+from utils.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +77,7 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     data = prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
     model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
     model.load_state_dict(evaluated_weights(ckpt))
-    trainer = engine.Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
+    trainer = Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
     assert trainer.accuracy('val', digits.val_labels) == pytest.approx(summary['best_val_acc'])
 
     # a checkpoint written before the diffusion encoder's rename (format 1) reads as today's
@@ -101,16 +102,16 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
 
 def run_interrupted_at(monkeypatch, epoch, cfg, splits):
     """A run stopped as epoch `epoch` begins (a KeyboardInterrupt); its folder keeps the epochs before."""
-    original = engine.Trainer.train_epoch
+    original = Trainer.train_epoch
 
     def interrupted(self, e):
         if e == epoch:
             raise KeyboardInterrupt
         return original(self, e)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', interrupted)
+    monkeypatch.setattr(Trainer, 'train_epoch', interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, lambda c: splits)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    monkeypatch.setattr(Trainer, 'train_epoch', original)
 
 
 def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monkeypatch):
@@ -135,13 +136,13 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
 
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):
-    original = engine.Trainer.train_step
+    original = Trainer.train_step
     calls = {'n': 0}
     def poisoned(self, idx, *decoded):
         loss = original(self, idx, *decoded)
         calls['n'] += 1
         return loss * float('nan') if calls['n'] == 24 + 4 else loss  # epoch 1, step 3 (0-based)
-    monkeypatch.setattr(engine.Trainer, 'train_step', poisoned)
+    monkeypatch.setattr(Trainer, 'train_step', poisoned)
     with pytest.raises(NonFiniteLoss, match='epoch 1, step 3'):
         run(digits_cfg(tmp_path, '--nepoch', '3'), lambda c: digits)
     # the last good checkpoint (epoch 0) is kept
@@ -155,10 +156,10 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, digits):
 
 
 def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits, monkeypatch, tiny_clip_path):
-    import utils.cache
+    import utils.encoders.cache
     calls = []
-    original = utils.cache.encode_all
-    monkeypatch.setattr(utils.cache, 'encode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = utils.encoders.cache.encode_all
+    monkeypatch.setattr(utils.encoders.cache, 'encode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
     small = subset(digits, 300, 100)
     flags = ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--nepoch', '1']
     run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
@@ -166,7 +167,7 @@ def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits
     run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'b'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
                                                 *flags]), lambda c: small)
     assert len(calls) == 3  # all three read from the cache
-    from utils.random_weights import save_random_clip
+    from utils.encoders.random_weights import save_random_clip
     other = save_random_clip('tiny', tmp_path / 'other.pt', seed=1)
     run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
                                                 '--fp_encoder', 'CLIP', '--CLIP_type', str(other), '--nepoch', '1']),
@@ -176,10 +177,10 @@ def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits
 
 def test_augmented_keys_are_one_view_for_every_seed(tmp_path, digits, monkeypatch):
     """The authors' keys were one cached view: runs of other seeds reuse it instead of re-encoding."""
-    import utils.cache
+    import utils.encoders.cache
     views = []
-    original = utils.cache.augmented_view
-    monkeypatch.setattr(utils.cache, 'augmented_view', lambda images, seed, **k: views.append(seed) or
+    original = utils.encoders.cache.augmented_view
+    monkeypatch.setattr(utils.encoders.cache, 'augmented_view', lambda images, seed, **k: views.append(seed) or
                         original(images, seed, **k))
     small = subset(digits, 100, 40)
     keys = [prepare(digits_cfg(tmp_path, '--recipe', 'authors', '--seed', seed), small,

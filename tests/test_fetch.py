@@ -14,17 +14,19 @@ import threading
 
 import numpy as np
 import pytest
+from test_data import write_cifar10
 
 import train_CIFAR
 from noisy_label import make_noise
-from utils import engine, published
-from utils.data import load_cifar
-from utils.encoders import EncoderError, default_simclr_path, load_simclr
-from utils.noise import NoiseError, resolve_noisy_labels
-from utils.published import PUBLISHED, PublishedInputError, fetch, git_blob_sha1, git_blob_sha1_of_file, recording
-from utils.runtime import SetupError
-
-from test_data import write_cifar10
+from utils.data.cifar import load_cifar
+from utils.data.noise import resolve_noisy_labels
+from utils.encoders.factory import default_simclr_path
+from utils.encoders.simclr import load_simclr
+from utils.errors import EncoderError, NoiseError, PublishedInputError, SetupError
+from utils.storage import published
+from utils.storage.fingerprints import git_blob_sha1, git_blob_sha1_of_file
+from utils.storage.published import PUBLISHED, fetch, recording
+from utils.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -194,7 +196,7 @@ def test_fetch_command(server, tmp_path):
     # the module run as a program, with the registry expecting the served bytes, into --inputs_dir
     server.put('cifar10-3-0.35', npy_bytes(LABELS))
     blob = git_blob_sha1(npy_bytes(LABELS))
-    as_published = ('import dataclasses, runpy; from utils.published import PUBLISHED as P; '
+    as_published = ('import dataclasses, runpy; from utils.storage.published import PUBLISHED as P; '
                     f'P["cifar10-3-0.35"] = dataclasses.replace(P["cifar10-3-0.35"], blob="{blob}"); '
                     'runpy.run_module("noisy_label.fetch", run_name="__main__", alter_sys=True)')
     done = run_python(['-c', as_published, 'cifar10-3-0.35', '--inputs_dir', str(tmp_path / 'dir')], env)
@@ -222,8 +224,8 @@ def test_authors_command_runs_on_served_inputs_to_the_first_step(server, tmp_pat
     def first_step_only(self, idx, *decoded):
         loss = train_step(self, idx, *decoded)
         raise FirstStepDone(float(loss))
-    train_step = engine.Trainer.train_step
-    monkeypatch.setattr(engine.Trainer, 'train_step', first_step_only)
+    train_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, 'train_step', first_step_only)
     inputs = tmp_path / 'inputs'
     with pytest.raises(FirstStepDone) as done:
         train_CIFAR.main(['--noise_type', 'cifar10-1-0.35', '--fp_encoder', 'SimCLR', '--nepoch', '1000',

@@ -4,7 +4,7 @@ import pytest
 import train_Clothing1M
 import train_Food101N
 import train_WebVision
-from utils.config import build_parser
+from utils.runs.config import build_parser
 
 # Read off the authors' scripts: their argparse defaults, and the values hard-coded in their training
 # loops (the adjust_learning_rate call: peak 1e-3, warm-up and cosine horizon; the balanced dataset's

@@ -12,13 +12,15 @@ import train_Clothing1M
 import train_Food101N
 import train_WebVision
 from benchmarks import layouts
-from utils.data import DatasetMissing
-from utils.published import PublishedInputError
-from utils.files import cc_select_files, read_clothing1m, read_food101n, read_webvision
-from utils.io import load_torch
-from utils.encoders import load_clip, load_imagenet_resnet
-from utils.files import KEYS_VIEW_EPOCH, Decoding, ImageFiles
+from utils.data.clothing1m import cc_select_files, read_clothing1m
+from utils.data.food101n import read_food101n
+from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding, ImageFiles
+from utils.data.webvision import read_webvision
+from utils.encoders.clip import load_clip
+from utils.encoders.imagenet import load_imagenet_resnet
+from utils.errors import DatasetMissing, PublishedInputError
 from utils.prepare import KEYS_VIEW_SEED
+from utils.storage.loading import load_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,20 +3,22 @@ import os
 
 import pytest
 import torch
+from test_engine import digits_cfg, run_interrupted_at
 
 import demo_digits
 from benchmarks.common import cifar_like_features, same_sets
 from conftest import requires_cuda, subset
-from test_engine import digits_cfg, run_interrupted_at
-from utils.config import parse_config
-from utils.encoders import load_clip, load_simclr
-from utils.engine import new_trainer, run
+from utils.encoders.clip import load_clip
+from utils.encoders.random_weights import save_random_clip, save_random_simclr
+from utils.encoders.simclr import load_simclr
+from utils.engine import run
 from utils.evaluate import predict_labels
-from utils.graphs import store_frozen_bf16
-from utils.io import load_torch
 from utils.prepare import prepare
-from utils.random_weights import save_random_clip, save_random_simclr
 from utils.retrieval import SearchKeys, knn, retrieve_candidates
+from utils.runs.config import parse_config
+from utils.runtime.graphs import store_frozen_bf16
+from utils.storage.loading import load_torch
+from utils.trainer import new_trainer
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 

@@ -6,11 +6,12 @@ import pytest
 import train_Clothing1M
 import train_Food101N
 import train_WebVision
-from benchmarks.paper import AUTHORS_README_COMMANDS, script_parser
-from utils import distributed
-from utils.cli import REFUSAL_EXIT, run_cli
-from utils.distributed import LAUNCHED, device_launch, gpu_devices_problem, use_gpu_devices
-from utils.runtime import SetupError
+from benchmarks.paper import script_parser
+from benchmarks.paper_rows import AUTHORS_README_COMMANDS
+from utils.errors import SetupError
+from utils.runs.cli import REFUSAL_EXIT, run_cli
+from utils.runtime import distributed
+from utils.runtime.distributed import LAUNCHED, device_launch, gpu_devices_problem, use_gpu_devices
 
 
 @pytest.mark.parametrize('line', AUTHORS_README_COMMANDS, ids=lambda line: line.split()[1])
@@ -84,7 +85,7 @@ def test_one_id_is_that_device_and_several_launch(monkeypatch):
 
 
 def test_a_resumed_run_takes_its_devices_from_its_own_command_line():
-    from utils.rundir import check_resume_flags, resumed_config
+    from utils.runs.folders import check_resume_flags, resumed_config
     saved = {**vars(script_parser('train_WebVision.py').parse_args([])), 'gpu_devices': [0, 1, 2, 3]}
     cfg = script_parser('train_WebVision.py').parse_args(['--gpu_devices', '1'])
     cfg.command_line_flags = ['gpu_devices', 'resume']

@@ -7,9 +7,11 @@ import torch
 
 import pretrain_SimCLR
 from conftest import requires_cuda, subset
-from utils.cc_net import load_cc
-from utils.encoders import CLIPEncoder, RawPixels, load_simclr
-from utils.random_weights import random_clip_visual, save_random_cc, save_random_simclr
+from utils.encoders.cc_net import load_cc
+from utils.encoders.clip import CLIPEncoder
+from utils.encoders.pixels import RawPixels
+from utils.encoders.random_weights import random_clip_visual, save_random_cc, save_random_simclr
+from utils.encoders.simclr import load_simclr
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 

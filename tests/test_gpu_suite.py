@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from benchmarks import gpu_suite, shards
-from utils.encoders import load_simclr
+from tools import gpu_suite, shards
+from utils.encoders.simclr import load_simclr
 
 # 'authors' as in the suite; a variant train_CIFAR.py cannot parse must be skipped with a note
 RECIPES = {'authors': [], 'bogus': ['--no_such_flag']}

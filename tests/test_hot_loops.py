@@ -7,19 +7,22 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from test_engine import digits_cfg
 
 from conftest import subset
-from test_engine import digits_cfg
-from utils import engine, io
-from utils.augment import random_crop_flip
-from utils.engine import clip_groups, epoch_timing, new_trainer
+from utils import engine
+from utils.data.images import random_crop_flip
+from utils.engine import epoch_timing
 from utils.evaluate import training_mode
-from utils.graphs import store_frozen_bf16
-from utils.io import BackgroundSaves, load_torch, save_torch
 from utils.networks import cifar_resnet_trunk
 from utils.prepare import prepare
 from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.runtime.graphs import store_frozen_bf16
 from utils.schedule import learning_rate
+from utils.storage import saving as io
+from utils.storage.loading import load_torch
+from utils.storage.saving import BackgroundSaves, save_torch
+from utils.trainer import clip_groups, new_trainer
 
 CPU = torch.device('cpu')
 

@@ -11,10 +11,9 @@ import torch
 
 import train_ImageFolder
 from benchmarks import layouts
-from utils.data import DatasetMissing
-from utils.encoders import EncoderError
-from utils.files import read_image_folder
-from utils.hub_encoders import load_hub_encoder, load_open_clip, load_timm
+from utils.data.own_images import read_image_folder
+from utils.encoders.hub import load_hub_encoder, load_open_clip, load_timm
+from utils.errors import DatasetMissing, EncoderError
 from utils.prepare import check_input_size, warn_noisy_choice
 
 timm = pytest.importorskip('timm')

@@ -5,15 +5,16 @@ import signal
 
 import pytest
 import torch
+from test_engine import digits_cfg
 
 from conftest import subset
-from test_engine import digits_cfg
-from utils import engine, k_trials
-from utils.cache import neighbour_table
-from utils.checks import config_problems
 from utils.engine import run
-from utils.io import load_json, load_torch
-from utils.runtime import Interrupted
+from utils.errors import Interrupted
+from utils.prepare import neighbour_table
+from utils.runs import k_trials
+from utils.runs.checks import config_problems
+from utils.storage.loading import load_json, load_torch
+from utils.trainer import Trainer
 
 FLAGS = ('--nepoch', '6', '--warmup_epochs', '1', '--eval_every', '2', '--lr_horizon', '6', '--n_samples', '0')
 TRIAL = ('--k_choices', '1', '5', '--k_select', 'model', '--k_trial_epochs', '3')  # neither is the default k
@@ -33,10 +34,10 @@ def small(digits):
 def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tmp_path, small, monkeypatch,
                                                                              capsys):
     seen, trained = [], []
-    original, original_epoch = k_trials.run_trial, engine.Trainer.train_epoch
+    original, original_epoch = k_trials.run_trial, Trainer.train_epoch
     monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: seen.append((k, cfg.k_trial_epochs)) or
                         original(cfg, k, *a))
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', lambda self, epoch: trained.append(
+    monkeypatch.setattr(Trainer, 'train_epoch', lambda self, epoch: trained.append(
         (os.path.basename(self.run_dir), epoch)) or original_epoch(self, epoch))
     summary, run_dir = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
     assert seen == [(1, 3), (5, 3)]
@@ -81,7 +82,7 @@ def test_trials_end_at_the_run_s_next_evaluation_and_follow_its_schedule(tmp_pat
 
 def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monkeypatch):
     straight, _ = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
-    original = engine.Trainer.train_epoch
+    original = Trainer.train_epoch
     epochs, fired = [], []
 
     def signalled(self, epoch):
@@ -90,7 +91,7 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
             fired.append(epoch)  # in the second trial's second epoch: its first step ends, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    monkeypatch.setattr(Trainer, 'train_epoch', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
     with pytest.raises(Interrupted, match=r'stopped while choosing k \(the k 5 trial\); the trials so far are in '
                                           rf'{run_dir / "k_trials"}: run the same command with --run_name r'):
@@ -107,16 +108,16 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
 
 
 def test_a_signal_after_a_trial_s_last_step_stops_before_the_next(tmp_path, small, monkeypatch):
-    original_epoch, original_evaluate = engine.Trainer.train_epoch, engine.Trainer.evaluate
+    original_epoch, original_evaluate = Trainer.train_epoch, Trainer.evaluate
     epochs = []
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', lambda self, epoch: epochs.append(
+    monkeypatch.setattr(Trainer, 'train_epoch', lambda self, epoch: epochs.append(
         (os.path.basename(self.run_dir), epoch)) or original_epoch(self, epoch))
 
     def evaluate(self, epoch, *rest):
         if (os.path.basename(self.run_dir), epoch) == ('k1', 2):  # the first trial's last evaluation
             os.kill(os.getpid(), signal.SIGTERM)
         return original_evaluate(self, epoch, *rest)
-    monkeypatch.setattr(engine.Trainer, 'evaluate', evaluate)
+    monkeypatch.setattr(Trainer, 'evaluate', evaluate)
     run_dir = tmp_path / 'runs' / 'r'
     with pytest.raises(Interrupted, match=r'SIGTERM after the k 1 trial; the trials so far are in .*--run_name r'):
         run(digits_cfg(tmp_path, *FLAGS, *TRIAL), lambda c: small)
@@ -158,14 +159,14 @@ def test_a_trial_of_other_flags_is_not_reused(tmp_path, small, capsys):
 def test_a_trial_an_earlier_version_left_unfinished_is_not_taken_over(tmp_path, small, monkeypatch):
     """Such a trial's evaluations scored validation only: it may finish and score its k, but the run
     does not go on from it (its log would lack test accuracies)."""
-    original_epoch, original_trial = engine.Trainer.train_epoch, k_trials.run_trial
+    original_epoch, original_trial = Trainer.train_epoch, k_trials.run_trial
 
     def signalled(self, epoch):
         if (os.path.basename(self.run_dir), epoch) == ('k1', 3) and not os.path.exists(tmp_path / 'stopped'):
             open(tmp_path / 'stopped', 'w').close()
             os.kill(os.getpid(), signal.SIGTERM)  # after the trial's evaluation at epoch 2
         return original_epoch(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', signalled)
+    monkeypatch.setattr(Trainer, 'train_epoch', signalled)
     flags = (*FLAGS, '--k_choices', '1', '5', '--k_select', 'model', '--k_trial_epochs', '5')
     with pytest.raises(Interrupted):
         run(digits_cfg(tmp_path, *flags), lambda c: small)

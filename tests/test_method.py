@@ -6,21 +6,20 @@ antithetic pairing, or the image embedding x_e no longer gating the denoiser's f
 """
 import pytest
 import torch
-
-from model_diffusion import Denoiser
-from utils import engine
-from utils.engine import run
-from utils.diff_encoders import build_diff_encoder
+from test_engine import digits_cfg
 
 from conftest import subset
-from test_engine import digits_cfg
+from model_diffusion import Denoiser
+from utils.diff_encoders import build_diff_encoder
+from utils.engine import run
+from utils.trainer import Trainer
 
 
 @pytest.fixture(scope='module')
 def fed_to_the_loss(tmp_path_factory, digits):
     """One epoch on 40%-noisy digits, recording every training step's loss inputs and samples."""
     steps, candidates = [], {}
-    original_loss, original_step = engine.Trainer._step_loss, engine.Trainer.train_step
+    original_loss, original_step = Trainer._step_loss, Trainer.train_step
 
     def spy_loss(self, x, y_t, t, fp_x, noise, weights):
         steps[-1].update(y_t=y_t, t=t, noise=noise, weights=weights)
@@ -34,8 +33,8 @@ def fed_to_the_loss(tmp_path_factory, digits):
         return original_step(self, idx, *decoded)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(engine.Trainer, '_step_loss', spy_loss)
-    mp.setattr(engine.Trainer, 'train_step', spy_step)
+    mp.setattr(Trainer, '_step_loss', spy_loss)
+    mp.setattr(Trainer, 'train_step', spy_step)
     try:
         tmp = tmp_path_factory.mktemp('method')
         run(digits_cfg(tmp, '--nepoch', '1', '--n_samples', '0'), lambda c: subset(digits, 600, 100))

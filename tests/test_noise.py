@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from utils.noise import (NoiseError, asymmetric_map, dataset_of, noise_rate, resolve_noisy_labels,
-                         uniform_noise)
+from utils.data.noise import asymmetric_map, dataset_of, noise_rate, resolve_noisy_labels, uniform_noise
+from utils.errors import NoiseError
 
 CLEAN = np.random.default_rng(0).integers(0, 10, 20000)
 

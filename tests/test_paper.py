@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from benchmarks import paper, paper_device
-from benchmarks.paper_rows import PAPER, ROWS, Row, UNKNOWN, cifar_rows
+from benchmarks import paper
+from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
+from tools import paper_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

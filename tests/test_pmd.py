@@ -5,14 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_data import write_cifar100
 
 import train_standard
 from noisy_label import make_noise
-from utils.io import load_torch
-from utils.noise import noise_rate, resolve_noisy_labels
-from utils.pmd import pmd_noise, top_two
-
-from test_data import write_cifar100
+from utils.data.noise import noise_rate, resolve_noisy_labels
+from utils.data.pmd import pmd_noise, top_two
+from utils.storage.loading import load_torch
 
 SHARED_CIFAR_N = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                               'shared', 'data', 'cifar-n', 'CIFAR-10_human.pt')
@@ -85,7 +84,7 @@ def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
               '--arch', 'small_cnn', '--epochs', '1', '--out_dir', str(tmp_path / 'noise'),
               '--cache_dir', str(tmp_path / 'cache')]
     # the η classifier's probabilities, as the cache holds them (training one on random images is moot)
-    from utils.data import load_cifar
+    from utils.data.cifar import load_cifar
     splits = load_cifar('cifar100', str(tmp_path / 'data'), download=False, n_train=2500)
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1, (2500, 100))

@@ -4,22 +4,22 @@ import os
 
 import pytest
 import torch
+from test_engine import digits_cfg
 
 import train_CIFAR
 import train_Clothing1M
 import train_Food101N
 import train_WebVision
-from utils import engine, evaluate
-from utils.cache import augmented_view
-from utils.config import parse_config
-from utils.engine import run
-from utils.io import load_torch
-from utils.recipes import RECIPE_FLAGS, resolve_recipe
-from utils.diff_encoders import build_model
-from utils.retrieval import CandidateLabels, retrieve_candidates
-
+import utils.trainer
 from conftest import subset
-from test_engine import digits_cfg
+from utils import evaluate
+from utils.diff_encoders import build_model
+from utils.encoders.cache import augmented_view
+from utils.engine import run
+from utils.recipes import RECIPE_FLAGS, resolve_recipe
+from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.runs.config import parse_config
+from utils.storage.loading import load_torch
 
 # train_CIFAR.py of the authors (puar-playground/LRA-diffusion at 231e587) and its hard-coded schedule
 AUTHORS_CIFAR = dict(nepoch=200, batch_size=200, warmup_epochs=5, feature_dim=512, k=10, ddim_n_step=10,
@@ -148,8 +148,8 @@ def small_run(tmp_path, digits, simclr18_path, *flags):
 def test_authors_simclr_path_retrieves_every_step_for_the_augmented_query(tmp_path, digits, simclr18_path,
                                                                         monkeypatch):
     queries = []
-    original = engine.retrieve_candidates
-    monkeypatch.setattr(engine, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
+    original = utils.trainer.retrieve_candidates
+    monkeypatch.setattr(utils.trainer, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
     monkeypatch.setattr(CandidateLabels, 'sample', lambda *a: pytest.fail('the cached table was used'))
     _, run_dir = small_run(tmp_path, digits, simclr18_path, '--recipe', 'authors')
     assert len(queries) == 2 * 3  # 2 epochs of 3 batches

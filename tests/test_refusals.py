@@ -13,20 +13,21 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from test_fetch import npy_bytes, publish_as, server  # noqa: F401 -- the local HTTP server fixture
+from test_run_folders import own_flags, snapshot
+from test_trust import cfg_for
 
 import demo_digits
 import train_ImageFolder
 from benchmarks import layouts
 from conftest import subset
-from test_fetch import npy_bytes, publish_as, server  # noqa: F401 -- the local HTTP server fixture
-from test_run_folders import own_flags, snapshot
-from test_trust import cfg_for
-from utils.cli import one_line, run_cli
-from utils.data import DatasetMissing
-from utils.engine import main as engine_main, run
-from utils.feature_file import FeatureFileError, load_feature_file, save_feature_file
-from utils.files import ImageFiles, image_batches, read_image_folder
-from utils.runtime import SetupError
+from utils.data.image_files import ImageFiles, image_batches
+from utils.data.own_images import read_image_folder
+from utils.encoders.feature_file import load_feature_file, save_feature_file
+from utils.engine import main as engine_main
+from utils.engine import run
+from utils.errors import DatasetMissing, FeatureFileError, SetupError
+from utils.runs.cli import one_line, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,8 +196,8 @@ def test_a_csv_or_class_list_that_is_not_utf8_names_the_file_and_row(tmp_path, o
 
 
 def test_a_full_disk_during_fetch_names_the_inputs_folder(server, tmp_path, monkeypatch, capsys):
+    import utils.storage.saving
     from noisy_label import fetch
-    import utils.io
     data = npy_bytes(np.arange(300) % 10)
     server.put('cifar10-3-0.35', data)
     publish_as(monkeypatch, 'cifar10-3-0.35', data)
@@ -205,7 +206,7 @@ def test_a_full_disk_during_fetch_names_the_inputs_folder(server, tmp_path, monk
         f = open(fd, mode)
         f.write = lambda block: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device'))
         return f
-    monkeypatch.setattr(utils.io.os, 'fdopen', full)
+    monkeypatch.setattr(utils.storage.saving.os, 'fdopen', full)
     with pytest.raises(SystemExit) as stopped:
         run_cli(fetch.main, ['cifar10-3-0.35', '--inputs_dir', str(tmp_path / 'inputs')])
     note, err = capsys.readouterr().err.splitlines()  # fetch says what it downloads, then refuses

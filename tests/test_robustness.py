@@ -12,11 +12,12 @@ import torch
 
 import demo_digits
 from conftest import subset
-from utils import engine
-from utils.config import parse_config
 from utils.engine import run
-from utils.io import load_torch, save_torch
-from utils.runtime import SetupError
+from utils.errors import SetupError
+from utils.runs.config import parse_config
+from utils.storage.loading import load_torch
+from utils.storage.saving import save_torch
+from utils.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ['--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--n_samples', '3']
@@ -162,7 +163,7 @@ def test_k_too_large(tmp_path, digits):
 def test_out_of_memory_names_the_flags(tmp_path, digits, monkeypatch):
     def oom(self, splits):
         raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
-    monkeypatch.setattr(engine.Trainer, 'fit', oom)
+    monkeypatch.setattr(Trainer, 'fit', oom)
     with pytest.raises(SetupError, match='lower --batch_size.*--eval_batch_size.*--encode_batch_size'):
         run(cfg_for(tmp_path, '--nepoch', '1'), lambda c: digits)
 
@@ -187,7 +188,7 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
 
 def test_missing_dataset_leaves_no_run_folder(tmp_path):
     import train_CIFAR
-    from utils.data import DatasetMissing
+    from utils.errors import DatasetMissing
     with pytest.raises(DatasetMissing, match='--data_root'):
         train_CIFAR.main(['--data_root', str(tmp_path / 'nothing'), '--no-download', '--out_dir', str(tmp_path / 'runs')])
     assert not (tmp_path / 'runs').exists()

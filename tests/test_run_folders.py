@@ -6,17 +6,17 @@ import os
 
 import numpy as np
 import pytest
+from test_trust import cfg_for
 
 import train_CIFAR
 import train_ImageFolder
 from benchmarks import layouts
 from conftest import subset
-from test_trust import cfg_for
 from utils import engine
 from utils.engine import run
-from utils.noise import NoiseError
-from utils.rundir import LOCK_NAME, RECORD_NAME, RunClaim, read_record, write_run_file
-from utils.runtime import SetupError
+from utils.errors import NoiseError, SetupError
+from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, read_record, write_run_file
+from utils.trainer import Trainer
 
 
 def snapshot(folder):
@@ -87,13 +87,13 @@ def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_found_it(tmp_path, 
 
 def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_new_run_writes(tmp_path, small,
                                                                                            monkeypatch):
-    original = engine.Trainer.train_epoch
+    original = Trainer.train_epoch
 
     def dies_in_epoch_2(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt  # a kill, as far as the folder can tell
         return original(self, epoch)
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', dies_in_epoch_2)
+    monkeypatch.setattr(Trainer, 'train_epoch', dies_in_epoch_2)
     flags = ('--nepoch', '4', '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
              '--n_samples', '0')
     with pytest.raises(KeyboardInterrupt):
@@ -106,7 +106,7 @@ def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_ne
     with pytest.raises(NoiseError):
         run(cfg_for(tmp_path, *flags, '--noise_type', str(tmp_path / 'bad.npy')), lambda c: small)
     assert snapshot(run_dir) == before  # refused: the dead run's files stay
-    monkeypatch.setattr(engine.Trainer, 'train_epoch', original)
+    monkeypatch.setattr(Trainer, 'train_epoch', original)
     run(cfg_for(tmp_path, *flags), lambda c: small)
     assert [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')] == [1, 2, 3]  # never appended to
     assert not list(run_dir.glob('.*.tmp')) and (run_dir / 'last.pt').exists() and not (run_dir / LOCK_NAME).exists()

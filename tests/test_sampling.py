@@ -1,7 +1,7 @@
 """The class-balanced draw: per-class counts, redrawn each epoch, a pure function of (seed, epoch)."""
 import torch
 
-from utils.sampling import balanced_draw, per_class_count
+from utils.data.sampling import balanced_draw, per_class_count
 
 
 def labels_with_counts(counts, seed=0):
@@ -46,7 +46,8 @@ def test_redrawn_every_epoch_and_a_pure_function_of_seed_and_epoch():
 
 def test_the_engine_trains_each_epoch_on_the_draw():
     from types import SimpleNamespace
-    from utils.engine import Trainer
+
+    from utils.trainer import Trainer
     labels = labels_with_counts([40, 25, 60])
     trainer = SimpleNamespace(data=SimpleNamespace(noisy_labels=labels), device=torch.device('cpu'), world=1, rank=0,
                               cfg=SimpleNamespace(per_class=10, seed=5, batch_size=8))

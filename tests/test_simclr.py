@@ -9,12 +9,21 @@ import torchvision.transforms.functional as TF
 
 import pretrain_SimCLR
 from conftest import subset
-from utils.encoders import load_simclr
-from utils.io import load_torch
-from utils.rundir import RunClaim
-from utils.runtime import SetupError
-from utils.simclr import (color_jitter_with, crop_params, jitter_params, knn_monitor, nt_xent, random_grayscale,
-                          random_resized_crop_flip, resized_crop_flip, simclr_views)
+from utils.encoders.simclr import load_simclr
+from utils.encoders.simclr_training import (
+    color_jitter_with,
+    crop_params,
+    jitter_params,
+    knn_monitor,
+    nt_xent,
+    random_grayscale,
+    random_resized_crop_flip,
+    resized_crop_flip,
+    simclr_views,
+)
+from utils.errors import SetupError
+from utils.runs.folders import RunClaim
+from utils.storage.loading import load_torch
 
 TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
         '--device', 'cpu', '--knn_every', '2', '--warmup_epochs', '1']

@@ -1,6 +1,5 @@
 """Trust nothing read from disk: no file the package loads can run code, and every refusal names the file."""
 import errno
-import json
 import os
 import pickle
 import signal
@@ -10,21 +9,31 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_data import write_cifar10
 
 import demo_digits
 import pretrain_SimCLR
 from conftest import subset
-from test_data import write_cifar10
-from utils import engine
-from utils.cli import run_cli
-from utils.config import parse_config
-from utils.data import DatasetMissing, load_cifar
-from utils.encoders import EncoderError
-from utils.engine import NonFiniteLoss, run
-from utils.io import CannotWrite, CorruptFile, UnsafeFile, load_torch, save_torch
-from utils.noise import NoiseError, resolve_noisy_labels
+from utils.data.cifar import load_cifar
+from utils.data.noise import resolve_noisy_labels
+from utils.engine import run
+from utils.errors import (
+    CannotWrite,
+    CorruptFile,
+    DatasetMissing,
+    EncoderError,
+    Interrupted,
+    NoiseError,
+    NonFiniteLoss,
+    SetupError,
+    UnsafeFile,
+)
 from utils.prepare import prepare
-from utils.runtime import Interrupted, SetupError
+from utils.runs.cli import run_cli
+from utils.runs.config import parse_config
+from utils.storage.loading import load_torch
+from utils.storage.saving import save_torch
+from utils.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +114,7 @@ def test_hostile_simclr_state_is_refused(tmp_path, marker):
 
 
 def test_cifar_batch_whose_counts_differ_is_refused(tmp_path):
-    from utils.data import DatasetMissing
+    from utils.errors import DatasetMissing
     content = write_cifar10(str(tmp_path))
     path = tmp_path / 'cifar-10-batches-py' / 'data_batch_1'
     data, labels = content['data_batch_1']
@@ -202,7 +211,7 @@ def test_an_unknown_error_keeps_its_traceback():
 
 
 def test_disk_full_names_the_folder_and_leaves_no_partial_file(tmp_path, monkeypatch):
-    import utils.io
+    import utils.storage.saving
     real_fdopen = os.fdopen
 
     class Full:
@@ -223,7 +232,7 @@ def test_disk_full_names_the_folder_and_leaves_no_partial_file(tmp_path, monkeyp
 
         def __exit__(self, *exc):
             self.f.close()
-    monkeypatch.setattr(utils.io.os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(utils.storage.saving.os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
     with pytest.raises(CannotWrite, match=f'no space left on device writing {tmp_path / "x.pt"}: free space .* '
                                           f'in {tmp_path}'):
         save_torch({'w': torch.zeros(10000)}, str(tmp_path / 'x.pt'))
@@ -252,7 +261,7 @@ def test_out_of_range_evaluation_labels_are_refused(tmp_path, digits, split):
 
 
 def test_out_of_range_file_dataset_labels_are_refused():
-    from utils.files import FileSplits
+    from utils.data.splits import FileSplits
     from utils.prepare import check_split_labels
     splits = FileSplits('clothing1m', 14, ['a', 'b'], np.array([0, 14]), ['c'], np.array([1]), ['d'], np.array([2]))
     with pytest.raises(NoiseError, match=r'clothing1m train labels: labels must lie in \[0, 13\]'):
@@ -280,7 +289,7 @@ def test_noise_file_that_is_not_an_npy_array_is_named_with_the_fix(tmp_path, dig
 # ---- runs that never mix -----------------------------------------------------------------------------
 
 def test_a_second_run_with_the_same_name_is_refused_while_the_first_holds_it(tmp_path):
-    from utils.rundir import RunClaim
+    from utils.runs.folders import RunClaim
     run_dir = tmp_path / 'runs' / 'r'
     claim = RunClaim(str(run_dir), fresh=True)  # this process is the first run
     try:
@@ -295,20 +304,20 @@ def test_a_second_run_with_the_same_name_is_refused_while_the_first_holds_it(tmp
 
 
 def test_read_only_out_dir_and_cache_dir_are_refused_before_work(tmp_path, monkeypatch):
-    import utils.rundir
-    monkeypatch.setattr(utils.rundir.os, 'access', lambda path, mode: False)
+    import utils.runs.folders
+    monkeypatch.setattr(utils.runs.folders.os, 'access', lambda path, mode: False)
     with pytest.raises(SetupError, match=f'--cache_dir {tmp_path / "cache"} is not writable'):
         run(cfg_for(tmp_path), never_read)
     (tmp_path / 'cache').mkdir()
-    monkeypatch.setattr(utils.rundir.os, 'access', lambda path, mode: path != str(tmp_path))
+    monkeypatch.setattr(utils.runs.folders.os, 'access', lambda path, mode: path != str(tmp_path))
     with pytest.raises(SetupError, match=f'--out_dir {tmp_path / "runs" / "r"} is not writable'):
         run(cfg_for(tmp_path), never_read)
     assert os.listdir(tmp_path) == ['cache']
 
 
 def test_non_finite_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path, digits, monkeypatch):
-    original = engine.Trainer.train_step
-    monkeypatch.setattr(engine.Trainer, 'train_step', lambda self, idx, *decoded: original(self, idx, *decoded) * float('nan'))
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, 'train_step', lambda self, idx, *decoded: original(self, idx, *decoded) * float('nan'))
     with pytest.raises(NonFiniteLoss, match='no checkpoint had been written yet') as stopped:
         run(cfg_for(tmp_path, '--nepoch', '2'), lambda c: subset(digits, 200, 50))
     assert 'last.pt' not in str(stopped.value)
@@ -326,7 +335,7 @@ def resume(run_dir, *flags):
 def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):
     small = subset(digits, 300, 100)  # 6 steps an epoch
     straight, _ = run(cfg_for(tmp_path / 'a', *SHORT), lambda c: small)
-    original = engine.Trainer.train_step
+    original = Trainer.train_step
     steps = []
 
     def signalled(self, idx, *decoded):
@@ -334,7 +343,7 @@ def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp
         if len(steps) == 4 * 6 + 3:  # epoch 4, step 3 (1-based): the step finishes, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, idx, *decoded)
-    monkeypatch.setattr(engine.Trainer, 'train_step', signalled)
+    monkeypatch.setattr(Trainer, 'train_step', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
     with pytest.raises(Interrupted, match=f'SIGTERM at epoch 4, step 3 of 6; .*last.pt holds it. Continue with '
                                           f'--resume {run_dir}'):
@@ -343,7 +352,7 @@ def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp
     assert saved['epoch'] == 3 and saved['partial_epoch']['steps_done'] == 3 and len(steps) == 27
     assert not (run_dir / 'summary.json').exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    monkeypatch.setattr(engine.Trainer, 'train_step', original)
+    monkeypatch.setattr(Trainer, 'train_step', original)
     resumed, _ = run(resume(run_dir), lambda c: small)
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'denoised_label_accuracy'):
         assert resumed[key] == straight[key], key

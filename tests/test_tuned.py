@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_files import small_flags
 
 import train_Clothing1M
+import utils.trainer
 from benchmarks import layouts
-from utils import engine
-from utils.diff_encoders import build_diff_encoder, build_model
-from utils.encoders import load_imagenet_resnet
-from utils.files import Decoding, ImageFiles
-from utils.io import load_torch
-
-from test_files import small_flags
+from utils.data.image_files import Decoding, ImageFiles
+from utils.diff_encoders import build_diff_encoder, build_model, load_tuned_backbone
+from utils.encoders.imagenet import load_imagenet_resnet
+from utils.storage.loading import load_torch
+from utils.trainer import clip_groups
 
 
 def image_resized_to(path, short, resample):
@@ -60,8 +60,8 @@ def tuned_run(tmp_path, tiny_clip_path, *flags):
 def test_clothing1m_tunes_the_backbone_on_streamed_views_and_retrieves_every_step(tmp_path, tiny_clip_path,
                                                                                    monkeypatch):
     queries = []
-    original = engine.retrieve_candidates
-    monkeypatch.setattr(engine, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
+    original = utils.trainer.retrieve_candidates
+    monkeypatch.setattr(utils.trainer, 'retrieve_candidates', lambda q, *a: queries.append(q.clone()) or original(q, *a))
     root, (summary, run_dir) = tuned_run(tmp_path, tiny_clip_path)
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert (config['diff_backbone'], config['fp_train_view'], config['per_step_retrieval']) == \
@@ -91,7 +91,7 @@ def test_a_fresh_tuned_run_starts_from_the_backbone_weights(tmp_path, tiny_clip_
     cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS,
                                         ['--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
                                          '--diff_backbone', 'tuned', '--feature_dim', '16'], kind='files')
-    model = engine.load_tuned_backbone(build_model(cfg, 4, 8, (3, 32, 32)), cfg)
+    model = load_tuned_backbone(build_model(cfg, 4, 8, (3, 32, 32)), cfg)
     start = load_imagenet_resnet('resnet18', 'random', seed=cfg.seed).net.state_dict()
     mine = model.diff_encoder.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in start.items())
@@ -125,7 +125,7 @@ def test_interrupted_tuned_run_resumes_to_the_same_result(tmp_path, tiny_clip_pa
 def test_clip_groups_follow_the_recipe(tmp_path, tiny_clip_path):
     cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS, ['--diff_encoder', 'fp_mlp'], kind='files')
     model = build_model(cfg, 4, 8, (3, 32, 32))
-    denoiser, encoder = engine.clip_groups(model, 'authors')
+    denoiser, encoder = clip_groups(model, 'authors')
     assert {id(p) for p in encoder} == {id(p) for p in model.diff_encoder.parameters()}
     assert len(denoiser) + len(encoder) == len(list(model.parameters()))
-    assert len(engine.clip_groups(model, 'improved')) == 1
+    assert len(clip_groups(model, 'improved')) == 1

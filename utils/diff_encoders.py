@@ -13,8 +13,7 @@ pooled width → 512 → feature_dim: utils/networks.authors_head);
 import torch.nn as nn
 
 from model_diffusion import Denoiser
-
-from utils.encoders import load_imagenet_resnet
+from utils.encoders.imagenet import load_imagenet_resnet
 from utils.networks import authors_head, cifar_resnet, imagenet_resnet
 
 BACKBONES = ('cached', 'tuned')

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model_diffusion import labels_from_y0, ranked_from_y0, sample_y0
-from utils.encoders import normalize_images, channels_last
-from utils.files import image_batches
+from utils.data.image_files import image_batches
+from utils.data.images import channels_last, normalize_images
 
 
 def _encoder_batchnorms(model):
@@ -110,7 +110,7 @@ def labels_of(y0, top_k=1):
 
 def batch_labeller(model, diffusion, n_steps=10, top_k=1):
     """The deterministic DDIM labels (or top_k) of one (x, f_p) batch: the image embedding once, then the
-    sampler from y_T = 0. The function a CUDA graph captures per evaluation batch shape (utils/graphs.py)."""
+    sampler from y_T = 0. The function a CUDA graph captures per evaluation batch shape (utils/runtime/graphs.py)."""
     def labels(x, fp_x):
         return labels_of(sample_y0(model, diffusion, model.embed_x(x), fp_x, n_steps), top_k)
     return labels

@@ -1,5 +1,5 @@
 """Architectures: the ResNet trunks shared by the SimCLR encoder, the diffusion encoder and the
-baselines. Loading released weights is the encoders' business (utils/encoders.py)."""
+baselines. Loading released weights is the encoders' business (utils/encoders/factory.py)."""
 import torch.nn as nn
 import torchvision
 

@@ -9,15 +9,16 @@ from PIL import Image
 
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
-from utils.encoders import encode_all
-from utils.evaluate import SplitInputs, predict_labels
-from utils.files import IMAGE_SUFFIXES, open_image
-from utils.io import atomic_write
-from utils.prepare import build_encoders, decoding_of, features_of_split
-from utils.rundir import check_same_script, load_run, prediction_config
-from utils.outputs import save_npy
-from utils.runtime import SetupError, resolve_device
+from utils.data.image_files import IMAGE_SUFFIXES, open_image
 from utils.diff_encoders import build_model, diff_encoder_input
+from utils.encoders.base import encode_all
+from utils.errors import SetupError
+from utils.evaluate import SplitInputs, predict_labels
+from utils.prepare import build_encoders, decoding_of, features_of_split
+from utils.runs.folders import check_same_script, load_run, prediction_config
+from utils.runs.outputs import save_npy
+from utils.runtime.devices import resolve_device
+from utils.storage.saving import atomic_write
 
 
 def load_image_folder(folder, image_shape):

@@ -6,16 +6,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from utils.config import COMMON_DEFAULTS
-from utils.cache import cached_features, cached_file_features, cached_neighbours
-from utils.encoders import build_fp_encoder, load_imagenet_resnet
-from utils.files import KEYS_VIEW_EPOCH, Decoding
-from utils.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
+from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding
+from utils.data.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
+from utils.data.sampling import per_class_count
+from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
+from utils.encoders.cache import cached, cached_features, cached_file_features
+from utils.encoders.factory import build_fp_encoder
+from utils.encoders.imagenet import load_imagenet_resnet
+from utils.errors import SetupError
 from utils.recipes import resolve_recipe
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
-from utils.runtime import SetupError
-from utils.sampling import per_class_count
-from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
+from utils.runs.config import COMMON_DEFAULTS
 
 SPLITS = ('train', 'val', 'test')
 # The augmented view whose f_p features are cached as keys (--fp_cache_view augmented) is one fixed view,
@@ -281,7 +282,7 @@ def prepare(cfg, splits, device, log=print, checked=None):
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
                     files, None if in_memory else decoding_of(cfg, splits), neighbours)
     if by_model(cfg) and not cfg.resume:
-        return data  # the trials choose k (utils/k_trials.py); then use_k
+        return data  # the trials choose k (utils/runs/k_trials.py); then use_k
     return use_k(cfg, data, splits, cfg.k, log)
 
 
@@ -305,3 +306,20 @@ def use_k(cfg, data, splits, k, log=print):
                                                               noisy_val=splits.noisy_val,
                                                               **search_options(cfg))
     return data
+
+
+def neighbour_table(features, k, **search):
+    """The k nearest training samples of every training sample (itself included), by exact search."""
+    return knn(features, features, k, progress=True, **search)[1]
+
+
+neighbour_table.version = 2  # 2: equal distances to the lower index (1: as torch.topk broke the ties)
+neighbour_table.cache_name = 'utils.cache.neighbour_table'  # its cache key's name before the module moved
+
+
+def cached_neighbours(features, k, cache_dir, log=print, **search):
+    """`neighbour_table`, cached; `search` (retrieval.search_options) enters the key like k."""
+    valid = lambda idx: idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
+        and int(idx.max()) < features.shape[0]  # noqa: E731
+    return cached(neighbour_table, dict(features=features, k=k, **search), cache_dir, f'neighbours_k{k}', valid,
+                  log).to(features.device)

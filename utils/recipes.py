@@ -33,7 +33,7 @@ cache, the retrieval keys, holds one random crop + flip of each image (Clothing1
 hold the centre crops).
 """
 from utils.diff_encoders import diff_encoder_input
-from utils.runtime import SetupError
+from utils.errors import SetupError
 
 RECIPES = ('authors', 'improved')
 # every flag --recipe governs (resolve_recipe fills those left unset)

@@ -144,7 +144,7 @@ def search_options(cfg):
     """The flags that shape the neighbour search beyond k, as keyword arguments of `knn`: the one
     place a new search option (a distance, say) is read from the flags. Every search receives them
     (the cached neighbour table, whose cache key they enter by construction, the per-step retrieval
-    and the f_p check), so such an option is a change to this file and a flag in utils/config.py.
+    and the f_p check), so such an option is a change to this file and a flag in utils/runs/config.py.
     The paper's search, exact Euclidean, has none."""
     return {}
 

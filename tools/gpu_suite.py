@@ -1,0 +1,633 @@
+"""Every GPU figure of the package in one lease, most valuable first, resumable across commands.
+
+    python -m tools.gpu_suite --out runs/gpu_suite --ship $OUT        # one GPU, repeat until done
+    python -m tools.gpu_suite --out /tmp/s --smoke                    # every stage, tiny, on the CPU
+    python -m tools.gpu_suite --reassemble SHARDS_DIR --to model/simclr_cifar10.pt
+
+Stages, in priority order: the CUDA tests; the clip package's CLIP towers against the fused ones on
+10k images (the same-device baseline of every CLIP speed-up); the paper's inference table at 50k
+images; the per-step neighbour search (float32 and the bf16 shortlist); two epochs of train_CIFAR.py
+on real CIFAR-10 per f_p path and recipe, eager then replayed from CUDA graphs, each projected to a
+paper-length run from its warm epochs; one epoch of train_Clothing1M.py on generated JPEGs, the
+authors' fine-tuned encoder and the cached fast path, projected to their 300-epoch run; exact kNN
+1M × 768; JPEG decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR
+pre-training epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of
+what is left: a warm graphed epoch of the authors' CIFAR command and 10k-image ViT-L/14 inference;
+the same SimCLR epochs eager (what the graph gains); SimCLR pre-training on CIFAR-10 for whatever
+budget is left.
+Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
+OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
+continues where the first stopped (pre-training resumes from its last epoch). The suite stops
+before --budget_s, names the stages that remain, and prints one markdown table with the authors'
+figures beside ours. --ship DIR copies what must come back from a device (one results JSON, the
+pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See docs/BENCHMARKS.md.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from benchmarks.common import AUTHORS_H100, TARGETS
+from tools import shards
+from utils.storage.saving import save_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+# Recipe variants of train_CIFAR.py: name → extra flags. A variant whose flags the parser rejects is
+# skipped with a note (the flag may not exist in this checkout yet).
+RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
+TRAINING_PATHS = ('SimCLR', 'ViT-L/14')   # the f_p paths timed on real CIFAR-10
+SIMCLR_EPOCHS = 100                       # pre-training length (its cosine schedule spans these)
+MIN_STAGE_S = 20           # no stage is started with less time than this left
+REPORT_S = 15              # kept back for the table and the shipping
+CIFAR_TOOL = ('.device_data/tools/cifar10_batches.py', '../shared/tools/cifar10_batches.py')
+RESULTS = 'gpu_suite_results.json'
+
+# --smoke: each stage at the smallest size that still runs its whole path, on the CPU (with --small
+# every CLIP column is the same tiny stand-in, so one of them stands for all three)
+SMOKE_COLUMNS = ('Standard', 'SimCLR', 'ViT-L/14')
+CLIP_COLUMNS = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+SIMCLR_SPEED_EPOCHS = 3   # the first carries the warm-up (cuDNN autotuning, the graph capture): two warm ones
+SMOKE = {
+    'inference': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim', '32',
+                  '--device', 'cpu', '--columns', *SMOKE_COLUMNS],
+    'clip_towers': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
+                    '32', '--device', 'cpu', '--columns', 'ViT-L/14'],
+    'inference_profile': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
+                          '32', '--device', 'cpu'],
+    'training': ['--small', '--sizes', '32', '16', '16', '--device', 'cpu', '--diff_encoders', 'fp_mlp'],
+    'train_CIFAR': ['--batch_size', '16', '--n_samples', '0'],
+    'file_training': ['--small', '--device', 'cpu'],
+    'retrieval': ['--n', '2000', '--dim', '32', '--k', '5', '--device', 'cpu'],
+    'per_step_search': ['--n', '2000', '--dim', '32', '--queries', '200', '--device', 'cpu'],
+    'extraction': ['--n', '24', '--small', '--workers', '1', '--batch_size', '8', '--device', 'cpu'],
+    'simclr': ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64',
+               '--image_size', '8', '--device', 'cpu', '--knn_every', '1', '--warmup_epochs', '0'],
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    command: callable            # (args, result path) -> argv; the stage writes its result there
+    collect: callable = None     # (result path, args) -> result dict; default: the JSON the stage wrote
+    needs_cifar: bool = False
+    ok_codes: tuple = (0,)
+    resumable: bool = False      # a cut-off keeps its progress: retry whatever the budget
+    recipe: str = None           # training stages: the RECIPES entry whose flags they pass
+
+
+# ---- the stages' command lines ------------------------------------------------------------------
+
+CUDA_TESTS = ('tests/test_gpu.py', 'tests/test_gpu_speed.py')
+
+
+def cuda_tests(args, out):
+    return [PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *CUDA_TESTS, f'--junitxml={out}']
+
+
+def junit_counts(out, args):
+    """Pass/fail counts from pytest's JUnit XML (our own pytest run wrote it)."""
+    suite = ElementTree.parse(out).getroot()
+    suite = suite if suite.tag == 'testsuite' else suite.find('testsuite')
+    n = {k: int(suite.get(k, 0)) for k in ('tests', 'failures', 'errors', 'skipped')}
+    failed = [f'{c.get("classname")}::{c.get("name")}' for c in suite.iter('testcase')
+              if c.find('failure') is not None or c.find('error') is not None]
+    return {'passed': n['tests'] - n['failures'] - n['errors'] - n['skipped'], 'failed': n['failures'],
+            'errors': n['errors'], 'skipped': n['skipped'], 'failed_tests': failed}
+
+
+def clip_towers(args, out):
+    """The clip package's tower and the fused one, each CLIP column, 10k images, one process."""
+    size = SMOKE['clip_towers'] if args.smoke else ['--sizes', '10000', '--columns', *CLIP_COLUMNS]
+    return [PY, '-m', 'benchmarks.inference', '--out', out, '--clip_towers', 'clip', 'fused', *size]
+
+
+def inference(args, out):
+    size = SMOKE['inference'] if args.smoke else ['--sizes', '50000']  # 10k: the clip_towers stage
+    return [PY, '-m', 'benchmarks.inference', '--out', out, *size]
+
+
+def inference_profile(args, out):
+    size = SMOKE['inference_profile'] if args.smoke else ['--sizes', '10000']
+    return [PY, '-m', 'benchmarks.inference', '--out', out, '--columns', 'ViT-L/14', '--profile', *size]
+
+
+def training(encoder, recipe, *more):
+    """Two epochs of train_CIFAR.py on real CIFAR-10, eager then graphed: the first epoch and evaluation
+    apart, the second warm (`more`: benchmarks.training flags, e.g. --profile)."""
+    def command(args, out):
+        where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
+        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '2', *more, '--out', out, *where,
+                '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
+    return command
+
+
+def per_step_search(args, out):
+    size = SMOKE['per_step_search'] if args.smoke else []
+    return [PY, '-m', 'benchmarks.retrieval', '--per_step', '--out', out, *size]
+
+
+def file_training(args, out):
+    return [PY, '-m', 'benchmarks.file_training', '--out', out, *(SMOKE['file_training'] if args.smoke else [])]
+
+
+def retrieval(args, out):
+    return [PY, '-m', 'benchmarks.retrieval', '--out', out, *(SMOKE['retrieval'] if args.smoke else [])]
+
+
+def extraction(args, out):
+    size = SMOKE['extraction'] if args.smoke else ['--n', '20000', '--workers', str(min(16, os.cpu_count()))]
+    return [PY, '-m', 'benchmarks.extraction', '--out', out, *size]
+
+
+def simclr_speed(*flags):
+    """A short pre-training run from scratch, timed per epoch (its folder is cleared first); `flags`: more
+    pretrain_SimCLR.py flags (--no-cuda_graph)."""
+    def command(args, out):
+        root = simclr_speed_dir(args, flags)
+        shutil.rmtree(root, ignore_errors=True)
+        size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
+                                                   '--no-download', '--arch', 'resnet50']
+        epochs = str(2 if args.smoke else SIMCLR_SPEED_EPOCHS)
+        return [PY, 'pretrain_SimCLR.py', *size, '--epochs', epochs, '--knn_every', epochs, *flags,
+                '--out_dir', root, '--output', os.path.join(root, 'encoder.pt')]
+
+    def result(out, args):
+        """Seconds per epoch, the first apart, and the kNN accuracy at the end, from the run's sidecar."""
+        sidecar = load_json(os.path.join(simclr_speed_dir(args, flags), 'encoder.json'))
+        keys = ('architecture', 'dataset', 'batch_size', 'epochs', 'first_epoch_s', 'warm_epoch_s', 'warm_epochs',
+                'epochs_per_s', 'cuda_graph', 'knn_curve', 'device')
+        return {k: sidecar[k] for k in keys}
+    return command, result
+
+
+def simclr_speed_dir(args, flags):
+    return os.path.join(args.out, 'simclr_speed' + ''.join(flags).replace('--', '-'))
+
+
+def simclr_dirs(args):
+    root = os.path.join(args.out, 'simclr')
+    dataset, arch = ('digits', 'resnet18') if args.smoke else ('cifar10', 'resnet50')
+    return root, os.path.join(root, f'{dataset}_{arch}'), os.path.join(root, f'simclr_{arch}_{dataset}.pt')
+
+
+def simclr_pretrain(args, out):
+    root, run_dir, encoder = simclr_dirs(args)
+    # stop after the epoch that crosses this: the epoch in flight, the last kNN and the export need the rest
+    stop_s = max(3.0, args.stage_timeout_s - max(45.0, 0.1 * args.stage_timeout_s))
+    common = ['--epochs', str(args.simclr_epochs), '--stop_after', f'{stop_s / 60:.3f}']
+    if os.path.exists(os.path.join(run_dir, 'state.pt')):
+        return [PY, 'pretrain_SimCLR.py', '--resume', run_dir, *common, *(['--device', 'cpu'] if args.smoke else [])]
+    size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
+                                               '--no-download', '--arch', 'resnet50']
+    return [PY, 'pretrain_SimCLR.py', *size, '--out_dir', root, '--output', encoder, *common]
+
+
+def simclr_result(out, args):
+    """The kNN curve so far, and the exported encoder written as fp16 shards that can come back."""
+    import torch
+    _, run_dir, encoder = simclr_dirs(args)
+    with open(os.path.join(run_dir, 'log.jsonl')) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.splitext(encoder)[0] + '.json') as f:
+        sidecar = json.load(f)
+    state = torch.load(encoder, map_location='cpu', weights_only=True)
+    manifest = shards.write_shards(state, os.path.join(args.out, 'simclr_shards'), extra={'sidecar': sidecar})
+    return {'epochs_done': log[-1]['epoch'], 'epochs_target': args.simclr_epochs,
+            'complete': log[-1]['epoch'] >= args.simclr_epochs,
+            'minutes': log[-1]['minutes'], 'knn_top1_test': sidecar['knn_top1_test'],
+            'knn_curve': [[r['epoch'], r['minutes'], r['knn_acc']] for r in log if 'knn_acc' in r],
+            **{k: sidecar.get(k) for k in ('first_epoch_s', 'warm_epoch_s', 'epochs_per_s', 'cuda_graph')},
+            'loss_curve': [[r['epoch'], round(r['loss'], 4)] for r in log], 'architecture': sidecar['architecture'],
+            'device': sidecar['device'], 'shards': len(manifest['shards']),
+            'largest_shard_bytes': max(s['bytes'] for s in manifest['shards'])}
+
+
+def stages():
+    """Every stage in priority order (the training variants from RECIPES as it is now)."""
+    listed = [Stage('cuda_tests', cuda_tests, junit_counts, ok_codes=(0, 1)), Stage('clip_towers', clip_towers),
+              Stage('inference', inference), Stage('per_step_search', per_step_search)]
+    for recipe in RECIPES:
+        for encoder in TRAINING_PATHS:
+            listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
+                                needs_cifar=True, recipe=recipe))
+    listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
+               Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
+               Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile', '--modes', 'graphed'),
+                     needs_cifar=True),
+               Stage('profile-inference-ViT-L14', inference_profile),
+               Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
+               Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
+    return listed
+
+
+# ---- running them ---------------------------------------------------------------------------------
+
+def rejected_flags(flags):
+    """Why train_CIFAR.py's parser refuses these flags (its last error line), or None."""
+    import train_CIFAR
+    from utils.runs.config import parse_config
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parse_config('', train_CIFAR.DEFAULTS, list(flags))
+    except SystemExit:
+        return (err.getvalue().strip().splitlines() or ['rejected'])[-1]
+    return None
+
+
+def run_command(command, timeout_s, log_path):
+    """Return code, or None when cut off at timeout_s. The stage runs in its own process group so a
+    cut-off ends its DataLoader workers too; its output goes to log_path."""
+    with open(log_path, 'ab') as log:
+        log.write(f'\n$ {" ".join(command)}\n'.encode())
+        log.flush()
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return None
+
+
+def children_cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tail(path, n=15):
+    with open(path, 'rb') as f:
+        return '\n'.join(f.read().decode(errors='replace').splitlines()[-n:])
+
+
+def find_cifar(args, deadline):
+    """Point args.data_root at a cifar-10-batches-py/ folder, converting the JPEG copy with the shared
+    tool on first use. Returns None when ready, else a note saying what is missing."""
+    if args.smoke or (args.data_root and os.path.isdir(os.path.join(args.data_root, 'cifar-10-batches-py'))):
+        return None
+    if args.data_root:
+        return f'--data_root {args.data_root} holds no cifar-10-batches-py/'
+    root = os.path.join(args.out, 'data')
+    if not os.path.isdir(os.path.join(root, 'cifar-10-batches-py')):
+        tool = next((t for t in [args.cifar_tool] + [os.path.join(REPO, c) for c in CIFAR_TOOL]
+                     if t and os.path.isfile(t)), None)
+        if tool is None:
+            return ('no CIFAR-10: copy /work/shared/tools/cifar10_batches.py and /work/shared/data/cifar10_jpeg.npz '
+                    'to .device_data/tools/ and .device_data/data/ (docs/BENCHMARKS.md), or pass --data_root')
+        partial = root + '.partial'  # converted aside, then renamed: a cut-off leaves no half folder
+        shutil.rmtree(partial, ignore_errors=True)
+        rc = run_command([PY, tool, partial], deadline - time.monotonic(), os.path.join(args.out, 'logs', 'data.log'))
+        if rc != 0:
+            return f'converting CIFAR-10 with {tool} failed or was cut off (see {args.out}/logs/data.log)'
+        os.replace(partial, root)
+    args.data_root = root
+    return None
+
+
+def stage_path(args, stage, suffix='.json'):
+    return os.path.join(args.out, stage.name + suffix)
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def finished(args, stage):
+    path = stage_path(args, stage)
+    return os.path.isfile(path) and load_json(path).get('complete', True)
+
+
+def run_stage(args, stage, deadline):
+    """Run one stage; returns 'done', 'cut off', 'failed' or a note why it did not run."""
+    cutoff = stage_path(args, stage, '.cutoff.json')
+    budget = deadline - time.monotonic()
+    if os.path.isfile(cutoff) and not stage.resumable and budget <= load_json(cutoff)['timeout_s']:
+        return (f'skipped: cut off at {load_json(cutoff)["timeout_s"]:.0f} s before and only {budget:.0f} s are '
+                f'left; give it a longer command (--budget_s) or delete {cutoff}')
+    if stage.needs_cifar and (missing := find_cifar(args, deadline)):
+        return f'skipped: {missing}'
+    if deadline - time.monotonic() < MIN_STAGE_S:  # the data conversion took what was left
+        return 'not started: no time left after converting CIFAR-10'
+    args.stage_timeout_s = deadline - time.monotonic()
+    raw = stage_path(args, stage, '.raw')
+    if os.path.exists(raw):
+        os.remove(raw)
+    log = os.path.join(args.out, 'logs', stage.name + '.log')
+    started, cpu = time.monotonic(), children_cpu_s()
+    rc = run_command(stage.command(args, raw), args.stage_timeout_s, log)
+    seconds, cpu = round(time.monotonic() - started, 1), round(children_cpu_s() - cpu, 1)
+    if rc is None:
+        save_json({'timeout_s': round(args.stage_timeout_s, 1)}, cutoff)
+        return 'cut off'
+    record = {'stage': stage.name, 'rc': rc, 'stage_seconds': seconds, 'stage_cpu_s': cpu,
+              'finished_utc': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}
+    try:
+        if rc not in stage.ok_codes:
+            raise RuntimeError(f'exit code {rc}')
+        record.update(status='ok', result=(stage.collect or (lambda p, a: load_json(p)))(raw, args))
+        record['complete'] = record['result'].get('complete', True)
+    except Exception as exc:  # a failed stage is recorded (and not retried) so the suite goes on
+        record.update(status='failed', complete=True, error=f'{type(exc).__name__}: {exc}', log_tail=tail(log))
+    save_json(record, stage_path(args, stage))
+    if os.path.exists(cutoff):
+        os.remove(cutoff)
+    return 'done' if record['status'] == 'ok' else f'failed ({record["error"]}); log {log}'
+
+
+def run_suite(args):
+    """Run what is left within the budget; returns (remaining stage names, notes)."""
+    start = time.monotonic()
+    deadline = start + args.budget_s - REPORT_S
+    remaining, notes = [], []
+    for stage in stages():
+        if finished(args, stage):
+            print(f'[{stage.name}] done before: {stage_path(args, stage)}')
+            continue
+        if stage.recipe and (why := rejected_flags(RECIPES[stage.recipe])):  # cannot run in this checkout
+            notes.append(f'{stage.name}: skipped: train_CIFAR.py rejects {" ".join(RECIPES[stage.recipe])} ({why})')
+            print(f'[{stage.name}] {notes[-1]}')
+            continue
+        if deadline - time.monotonic() < MIN_STAGE_S:
+            remaining.append(stage.name)
+            continue
+        print(f'[{stage.name}] running, at most {deadline - time.monotonic():.0f} s', flush=True)
+        outcome = run_stage(args, stage, deadline)
+        print(f'[{stage.name}] {outcome}', flush=True)
+        if outcome != 'done':
+            notes.append(f'{stage.name}: {outcome}')
+        if not finished(args, stage):
+            remaining.append(stage.name)
+    return remaining, notes
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+def ratio(authors, ours, on_gpu):
+    return f'{authors / ours:.1f}×' if on_gpu and authors and ours else ''
+
+
+def verdict(ok, target, on_gpu):
+    return f'{target} {"✓" if ok else "✗"}' if on_gpu else target
+
+
+def unit(value, name):
+    return f'{value} {name}' if value is not None else ''
+
+
+def peak(result):
+    gib = result.get('peak_gib')
+    return f', {gib} GiB peak' if gib is not None and gib == gib else ''  # NaN on the CPU
+
+
+def table_rows(name, record):
+    """(figure, ours, authors, speed-up, target) rows for one stage's record."""
+    if record['status'] != 'ok':
+        return [(name, f'failed: {record["error"]}', '', '', '')]
+    r = record['result']
+    on_gpu = not str(r.get('device', 'cpu')).startswith('cpu')
+    rows_of = STAGE_ROWS.get('training' if name.startswith('training-') else name)
+    return rows_of(name, r, on_gpu) if rows_of else []
+
+
+def cuda_test_rows(name, r, on_gpu):
+    return [(f'CUDA tests ({", ".join(CUDA_TESTS)})',
+             f'{r["passed"]} passed, {r["failed"]} failed, {r["errors"]} errors, '
+             f'{r["skipped"]} skipped', '', '', 'all pass')]
+
+
+def inference_rows(name, r, on_gpu):
+    rows = []
+    for row in r['rows']:
+        target = TARGETS['inference_s'].get(row['images'], {}).get(row['column'])
+        rows.append((f'inference, {row["images"]:,} images, {row["column"]} ({row["model"]})',
+                     f'{row["seconds"]:.2f} s ({row["images_per_s"]:,} images/s{peak(row)})',
+                     f'{row["authors_s"]} s' if row['authors_s'] else '',
+                     ratio(row['authors_s'], row['seconds'], on_gpu),
+                     verdict(row['seconds'] <= target, f'≤ {target} s', on_gpu) if target else ''))
+    return rows
+
+
+def clip_tower_rows(name, r, on_gpu):
+    """The fused tower beside the clip package's, same weights, same device: the baseline of the CLIP
+    speed-ups."""
+    rows = []
+    for row in r['rows']:
+        if row.get('vs_clip_tower') is None:
+            continue
+        authors = row['authors_s']
+        rows.append((f'CLIP towers, inference, {row["images"]:,} images, {row["column"]}: fused against the clip '
+                     f"package's", f'{row["seconds"]:.2f} s against {row["clip_tower_s"]:.2f} s '
+                     f'(speed-up {row["vs_clip_tower"]}×{peak(row)})', f'{authors} s' if authors else '',
+                     ratio(authors, row['seconds'], on_gpu), ''))
+    return rows
+
+
+def training_rows(name, r, on_gpu):
+    """Per f_p path and recipe: the features, then per mode (eager, graphed) its warm epoch, first epoch,
+    warm evaluation and projected paper-length run; the graphed rows say their speed-up over eager."""
+    rows = r['rows']
+    enc, recipe = rows[0]['encoder'], name.rsplit('-', 1)[1]
+    what = f'train_CIFAR.py on {rows[0]["data"]}, {enc} path, {recipe} recipe'
+    target = TARGETS['paper_length_min'].get(enc)
+    eager = next((row for row in rows if row['mode'] == 'eager'), None)
+    table = [(f'{what}: features', unit(rows[0]['feature_extraction_s'], 's'),
+              unit(AUTHORS_H100['feature_extraction_s'].get(enc), 's'), '', '')]
+    for row in rows:
+        proj = ' (projected from warm epochs)' if row['paper_length_is_projection'] else ''
+        for label, key, u in (('one warm epoch', 'train_s_per_epoch', 's'), ('first epoch', 'train_s_first_epoch', 's'),
+                              ('one warm evaluation', 'eval_s_each', 's'),
+                              (f'paper-length run{proj}', 'paper_length_min', 'min')):
+            authors = AUTHORS_H100[key].get(enc) if key != 'train_s_first_epoch' else None
+            versus = (f'; {eager[key] / row[key]:.1f}× eager' if row is not eager and eager and on_gpu and row[key]
+                      and eager[key] else '')
+            check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
+                     if key == 'paper_length_min' and target else '')
+            table.append((f'{what}, {row["mode"]}: {label}', unit(row[key], u) + versus, unit(authors, u),
+                          ratio(authors, row[key], on_gpu), check))
+    return table
+
+
+def file_training_rows(name, r, on_gpu):
+    images = r['images']
+    size = f'{images["pixels"]}×{images["pixels"] + 8}'
+    return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {size} JPEGs: '
+             f'one epoch (projected 300-epoch authors run)',
+             f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
+             f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
+
+
+def retrieval_rows(name, r, on_gpu):
+    return [(f'exact kNN {r["n"]:,} × {r["dim"]}, k = {r["k"]}', f'{r["seconds"]} s (agreement with cdist '
+             f'{r["agreement_with_cdist"]:.3f}{peak(r)})', '', '',
+             verdict(r['seconds'] <= TARGETS['knn_1m_s'], f'≤ {TARGETS["knn_1m_s"]:.0f} s', on_gpu))]
+
+
+def per_step_search_rows(name, r, on_gpu):
+    speedup = f', {r["float32_ms"] / r["shortlist_ms"]:.1f}× float32' if on_gpu else ''
+    return [(f'per-step neighbour search, {r["batch"]} queries × {r["keys"]:,} keys × {r["dim"]} ({r["features"]}), '
+             f'k = {r["k"]}: float32, then bf16 shortlist ranked in float32',
+             f'{r["float32_ms"]} ms, {r["shortlist_ms"]} ms{speedup}; top-{r["k"]} sets equal to float32\'s: '
+             f'{100 * r["shortlist_agreement"]:.1f}% (bf16 alone {100 * r["bf16_alone_agreement"]:.1f}%)',
+             '', '', '≥ 99% equal')]
+
+
+def extraction_rows(name, r, on_gpu):
+    target = TARGETS['extraction_images_per_s']
+    what = f'JPEG decoding + {r["encoder"]} extraction, {r["images"]:,} images, {r["workers"]} workers'
+    return [(what, f'{r["images_per_s"]:,} images/s{peak(r)}', '', '',
+             verdict(r['images_per_s'] >= target, f'≥ {target:,.0f} images/s', on_gpu)),
+            (f'{what}: each half alone', f'decoding {r["decode_images_per_s"]:,} images/s, the encoder '
+             f'{r["encode_images_per_s"]:,} images/s: bound by {r["bound_by"]}', '', '', '')]
+
+
+PROFILE_ROWS = 6
+
+
+def profile_rows(name, r, on_gpu):
+    """The ops a profiled stage (an epoch of the authors' CIFAR command, or inference) spent most of its
+    time in."""
+    (row,) = r['rows']
+    what = (f'a warm {row["mode"]} epoch of train_CIFAR.py, {row["encoder"]} path, authors recipe'
+            if 'encoder' in row else f'inference, {row["images"]:,} images, {row["column"]}')
+    clock = 'GPU' if on_gpu else 'CPU'
+    return [(f'{what}, under the profiler: {op["op"][:80].replace("|", "/")}',
+             f'{op["self_s"]} s {clock} self time ({100 * op["share"]:.1f}%), {op["calls"]:,} calls', '', '', '')
+            for op in row['profile'][:PROFILE_ROWS]]
+
+
+def simclr_speed_rows(name, r, on_gpu):
+    target = TARGETS['simclr_epoch_s']
+    epoch, minutes, knn = r['knn_curve'][-1]
+    graph = 'CUDA graph' if r['cuda_graph'] else 'eager'
+    return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]}, batch {r["batch_size"]}, {graph}), '
+             f'one {r["dataset"]} epoch', f'{r["warm_epoch_s"]} s ({r["epochs_per_s"]} epochs/s; the first epoch '
+             f'{r["first_epoch_s"]} s); kNN top-1 {100 * knn:.2f}% after {epoch} epochs, {minutes} min', '', '',
+             verdict(r['warm_epoch_s'] <= target, f'≤ {target} s', on_gpu))]
+
+
+def simclr_rows(name, r, on_gpu):
+    speed = f', {r["warm_epoch_s"]} s per warm epoch' if r.get('warm_epoch_s') else ''
+    return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
+             f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min{speed}, kNN top-1 '
+             f'{100 * r["knn_top1_test"]:.2f}%', '', '', '')]
+
+
+# stage (training-<path>-<recipe> stages as 'training') → its rows in the table
+STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inference': inference_rows,
+              'per_step_search': per_step_search_rows, 'training': training_rows,
+              'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
+              'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,
+              'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
+              'simclr_pretrain': simclr_rows}
+
+
+def markdown_table(records):
+    devices = sorted({str(rec['result'].get('device')).split(', torch')[0] for rec in records.values()
+                      if rec['status'] == 'ok' and rec['result'].get('device')})
+    lines = [f'Device: {"; ".join(devices) or "unknown"}. Authors: their code on one H100 (design notes). '
+             'Speed-up = authors ÷ ours, shown for GPU figures only.', '',
+             '| figure | ours | authors, H100 | speed-up | target |', '|---|---|---|---|---|']
+    for name, record in records.items():
+        lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in table_rows(name, record)]
+    return '\n'.join(lines)
+
+
+def collect_records(args):
+    return {s.name: load_json(stage_path(args, s)) for s in stages() if os.path.isfile(stage_path(args, s))}
+
+
+def ship(args, summary):
+    """Copy what must come back from the device into args.ship: one JSON and the encoder's shards."""
+    os.makedirs(args.ship, exist_ok=True)
+    save_json(summary, os.path.join(args.ship, RESULTS))
+    source = os.path.join(args.out, 'simclr_shards')
+    if os.path.isdir(source):
+        shutil.copytree(source, os.path.join(args.ship, 'simclr_shards'), dirs_exist_ok=True)
+
+
+def continue_from(args):
+    """Seed OUT with the finished stages of a results JSON shipped by an earlier command (a fresh
+    machine then skips them). A missing file is the first command's case: nothing to seed."""
+    if not os.path.isfile(args.continue_from):
+        print(f'--continue_from {args.continue_from}: no such file yet, starting afresh')
+        return
+    known = {s.name for s in stages()}
+    for name, record in load_json(args.continue_from).get('stages', {}).items():
+        if name not in known or not isinstance(record, dict) or record.get('status') not in ('ok', 'failed'):
+            print(f'--continue_from: ignoring {name!r}, not a stage record of this suite')
+            continue
+        path = os.path.join(args.out, name + '.json')
+        if record.get('complete', True) and not os.path.exists(path):
+            save_json(record, path)
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', help='folder of the stage results (keep it between commands)')
+    p.add_argument('--budget_s', type=float, default=540,
+                   help='stop cleanly before this many seconds (default: margin under a 10-minute command)')
+    p.add_argument('--smoke', action='store_true', help='every stage at tiny size on the CPU')
+    p.add_argument('--data_root', help='folder holding cifar-10-batches-py/ (default: converted into OUT/data)')
+    p.add_argument('--cifar_tool', help='the shared cifar10_batches.py, beside data/cifar10_jpeg.npz '
+                                        f'(default: the first of {", ".join(CIFAR_TOOL)})')
+    p.add_argument('--simclr_epochs', type=int,
+                   help=f'SimCLR pre-training length (default {SIMCLR_EPOCHS}; 1 with --smoke)')
+    p.add_argument('--ship', metavar='DIR', help=f'copy {RESULTS} and the encoder shards here ($OUT on a device)')
+    p.add_argument('--continue_from', metavar='FILE', help=f'a {RESULTS} from an earlier command: skip its stages')
+    p.add_argument('--reassemble', metavar='SHARDS_DIR', help='put shipped encoder shards back together (with --to)')
+    p.add_argument('--to', metavar='FILE', help='the reassembled encoder file')
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    args = p.parse_args(argv)
+    if args.reassemble:
+        if not args.to:
+            p.error('--reassemble needs --to FILE')
+        print(f'wrote {shards.reassemble(args.reassemble, args.to)}')
+        return None
+    if not args.out:
+        p.error('--out DIR is required')
+    args.simclr_epochs = args.simclr_epochs or (1 if args.smoke else SIMCLR_EPOCHS)
+    os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
+    if args.continue_from:
+        continue_from(args)
+    remaining, notes = run_suite(args)
+    records = collect_records(args)
+    table = markdown_table(records)
+    command = 'python -m tools.gpu_suite ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    summary = {'date_utc': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M'), 'command': command,
+               'remaining': remaining, 'notes': notes, 'table': table, 'stages': records}
+    save_json(summary, os.path.join(args.out, RESULTS))
+    if args.ship:
+        ship(args, summary)
+    print('\n' + table + '\n')
+    for note in notes:
+        print(f'note: {note}')
+    print(f'remaining: {", ".join(remaining)} (run the same command again to continue)' if remaining
+          else 'all stages done')
+    return summary
+
+
+if __name__ == '__main__':
+    main()

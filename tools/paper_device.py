@@ -1,0 +1,209 @@
+"""The paper's first row measured end to end on one GPU: CIFAR-10, the authors' type-I 35% PMD file,
+f_p a SimCLR encoder pre-trained here, the authors' recipe. One resumable command for a lent device.
+
+    python -m tools.paper_device --out runs/paper_device --inputs_dir .device_data/inputs --ship $OUT
+    python -m tools.paper_device --out /tmp/d --smoke                  # the whole path, tiny, on the CPU
+    python -m benchmarks.paper --record SHIPPED/run --row cifar10-pmd1-35-simclr   # back here: into the table
+
+Stages, each under what is left of --budget_s: CIFAR-10 from .device_data (tools/gpu_suite.py's
+conversion) and the noise file from --inputs_dir, verified by its git blob hash (nothing is
+downloaded); SimCLR pre-training (pretrain_SimCLR.py, --simclr_arch, --simclr_epochs; resumed by the
+next command if cut off); then train_CIFAR.py with that encoder as --fp_checkpoint for --nepoch 200,
+stopped by SIGTERM when the budget runs out (its last.pt keeps the epoch) and closed with `--resume
+RUN --nepoch <epochs trained>`, which writes summary.json for the epochs done: a run shorter than the
+paper's 200 epochs is labelled so by `benchmarks.paper --record`, never passed off as the paper's. The
+next command goes on from last.pt with --nepoch 200 (the cosine horizon is the authors' 1000 epochs
+whatever --nepoch says, so a run extended later equals one that ran 200 epochs at once).
+
+--ship DIR copies what comes back: run/ (summary.json, config.json, log.jsonl, the encoder's sidecar as
+encoder.json), simclr_shards/ (the encoder as fp16 shards, tools/shards.py: the next device run can
+go on from it) and paper_device.json (each stage: command, seconds, outcome).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+from tools import shards
+from tools.gpu_suite import find_cifar, run_command, tail
+from utils.storage.loading import load_json
+from utils.storage.saving import save_json
+
+PY = sys.executable
+ROW = 'cifar10-pmd1-35-simclr'
+NOISE = 'cifar10-1-0.35'
+CLOSE_S = 90          # kept back to close a cut-off run (summary, denoised labels) and to ship
+MIN_TRAIN_S = 60      # no training stage is started with less than this left
+FIRST_EVALUATED = 6   # epochs after which a run holds best.pt (warm-up 5, evaluation every 5)
+SMOKE_SIMCLR = ['--dataset', 'digits', '--n_images', '64', '--image_size', '8', '--batch_size', '32',
+                '--warmup_epochs', '0', '--knn_every', '1', '--device', 'cpu']
+SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--device', 'cpu']
+
+
+def paths(args):
+    simclr = os.path.join(args.out, 'simclr')
+    return {'simclr_run': os.path.join(simclr, f'{"digits" if args.smoke else "cifar10"}_{args.simclr_arch}'),
+            'encoder': args.encoder or os.path.join(simclr, f'simclr_{args.simclr_arch}.pt'), 'simclr': simclr,
+            'run': os.path.join(args.out, 'runs', f'{ROW}_s{args.seed}')}
+
+
+def simclr_command(args, where, minutes):
+    p = paths(args)
+    common = ['--epochs', str(args.simclr_epochs), '--stop_after', f'{minutes:.3f}']
+    if os.path.isfile(os.path.join(p['simclr_run'], 'state.pt')):
+        return [PY, 'pretrain_SimCLR.py', '--resume', p['simclr_run'], *common,
+                *(['--device', 'cpu'] if args.smoke else [])]
+    data = SMOKE_SIMCLR if args.smoke else ['--dataset', 'cifar10', '--data_root', where, '--no-download']
+    return [PY, 'pretrain_SimCLR.py', *data, '--arch', args.simclr_arch, '--seed', str(args.seed), '--out_dir',
+            p['simclr'], '--output', p['encoder'], *common]
+
+
+def simclr_done(args):
+    p = paths(args)
+    if args.encoder:  # pre-trained by an earlier lease (its shards reassembled): nothing to pre-train
+        return os.path.isfile(args.encoder)
+    log = [json.loads(line) for line in open(os.path.join(p['simclr_run'], 'log.jsonl'))] \
+        if os.path.isfile(os.path.join(p['simclr_run'], 'log.jsonl')) else []
+    return bool(log) and log[-1]['epoch'] >= args.simclr_epochs and os.path.isfile(p['encoder'])
+
+
+def train_command(args, where):
+    """train_CIFAR.py (demo_digits.py with --smoke) with the pre-trained encoder: fresh, or resumed to 200."""
+    p = paths(args)
+    script = 'demo_digits.py' if args.smoke else 'train_CIFAR.py'
+    if os.path.isfile(os.path.join(p['run'], 'last.pt')):
+        return [PY, script, '--resume', p['run'], '--nepoch', str(args.nepoch)]
+    data = SMOKE_TRAIN if args.smoke else ['--noise_type', NOISE, '--data_root', where, '--no-download',
+                                           '--inputs_dir', args.inputs_dir, '--nepoch', str(args.nepoch)]
+    return [PY, script, *data, '--fp_encoder', 'SimCLR', '--fp_checkpoint', p['encoder'], '--seed', str(args.seed),
+            '--n_samples', '0', '--out_dir', os.path.dirname(p['run']), '--run_name', os.path.basename(p['run']),
+            '--cache_dir', os.path.join(args.out, 'cache')]
+
+
+def epochs_trained(run):
+    """Epochs last.pt holds (0 when none): what a closing --resume --nepoch keeps."""
+    if not os.path.isfile(os.path.join(run, 'last.pt')):
+        return 0
+    from utils.storage.loading import load_torch
+    return load_torch(os.path.join(run, 'last.pt'))['epoch'] + 1
+
+
+def close_command(args):
+    """Ends a run cut off before --nepoch where it stands: summary.json for the epochs trained."""
+    run = paths(args)['run']
+    return [PY, 'demo_digits.py' if args.smoke else 'train_CIFAR.py', '--resume', run, '--nepoch',
+            str(epochs_trained(run))]
+
+
+def stage(record, name, command, timeout_s, log):
+    started = time.monotonic()
+    rc = run_command(command, timeout_s, log)
+    record[name] = {'command': ' '.join(command), 'rc': rc, 'seconds': round(time.monotonic() - started, 1)}
+    if rc not in (0, None):
+        record[name]['log_tail'] = tail(log)
+    print(f'[{name}] {"cut off" if rc is None else f"exit {rc}"} after {record[name]["seconds"]} s', flush=True)
+    return rc
+
+
+def check_noise_file(args):
+    """The authors' type-I 35% file in --inputs_dir, verified offline; the one-line problem, or None."""
+    if args.smoke:
+        return None
+    from utils.errors import PublishedInputError
+    from utils.storage.published import fetch
+    try:
+        fetch(NOISE, args.inputs_dir)
+    except PublishedInputError as exc:
+        return f'{exc} (copy it into .device_data/inputs/ before the device call: python -m noisy_label.fetch ' \
+               f'{NOISE} --inputs_dir .device_data/inputs)'
+    return None
+
+
+def run(args):
+    """Every stage that fits in the budget; returns the record of this command."""
+    deadline = time.monotonic() + args.budget_s
+    record = {'row': ROW, 'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'smoke': args.smoke}
+    logs = os.path.join(args.out, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    problem = check_noise_file(args) or find_cifar(args, deadline)
+    if problem:
+        record['stopped'] = problem
+        return record
+    where = args.data_root
+    if not simclr_done(args):
+        minutes = min(args.simclr_minutes, max(0.1, (deadline - time.monotonic() - CLOSE_S - MIN_TRAIN_S) / 60))
+        stage(record, 'simclr', simclr_command(args, where, minutes), deadline - time.monotonic(),
+              os.path.join(logs, 'simclr.log'))
+        if not simclr_done(args):
+            record['stopped'] = 'SimCLR pre-training not finished; run the same command again to go on'
+            return record
+    left = deadline - time.monotonic() - CLOSE_S
+    if left < MIN_TRAIN_S and not args.smoke:
+        record['stopped'] = 'no time left to train; run the same command again'
+        return record
+    rc = stage(record, 'train', train_command(args, where), max(left, MIN_TRAIN_S), os.path.join(logs, 'train.log'))
+    summary, trained = load_json(os.path.join(paths(args)['run'], 'summary.json')), epochs_trained(paths(args)['run'])
+    # closed where it stands once it holds an evaluation (the authors' first: after epoch 5, counting from 0)
+    if rc is None and trained > summary.get('epochs', 0) and trained >= FIRST_EVALUATED:
+        stage(record, 'close', close_command(args), max(30.0, deadline - time.monotonic()),
+              os.path.join(logs, 'close.log'))
+    return record
+
+
+def ship(args, record):
+    """The run's small files, the encoder's sidecar and shards, and this command's record into args.ship."""
+    p = paths(args)
+    os.makedirs(args.ship, exist_ok=True)
+    run_out = os.path.join(args.ship, 'run')
+    os.makedirs(run_out, exist_ok=True)
+    for name in ('summary.json', 'config.json', 'log.jsonl'):
+        if os.path.isfile(os.path.join(p['run'], name)):
+            shutil.copy(os.path.join(p['run'], name), run_out)
+    sidecar = os.path.splitext(p['encoder'])[0] + '.json'
+    if os.path.isfile(sidecar):
+        shutil.copy(sidecar, os.path.join(run_out, 'encoder.json'))
+    if os.path.isfile(p['encoder']):
+        import torch
+        state = torch.load(p['encoder'], map_location='cpu', weights_only=True)
+        shards.write_shards(state, os.path.join(args.ship, 'simclr_shards'), extra={'sidecar': load_json(sidecar)})
+    save_json({**record, 'summary': load_json(os.path.join(p['run'], 'summary.json'))},
+              os.path.join(args.ship, 'paper_device.json'))
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', required=True, help='working folder (keep it between commands on the same machine)')
+    p.add_argument('--inputs_dir', default='.device_data/inputs', help=f'folder holding the published {NOISE}.npy')
+    p.add_argument('--data_root', help='folder holding cifar-10-batches-py/ (default: converted from .device_data)')
+    p.add_argument('--cifar_tool', help='the cifar10_batches.py conversion tool (default: .device_data/tools/)')
+    p.add_argument('--budget_s', type=float, default=540, help='stop every stage before this many seconds')
+    p.add_argument('--simclr_arch', default='resnet18', choices=('resnet18', 'resnet50'),
+                   help='the SimCLR backbone pre-trained here (resnet18: fits a short lease; the authors: resnet50)')
+    p.add_argument('--simclr_epochs', type=int, default=40, help='SimCLR pre-training epochs (its cosine spans these)')
+    p.add_argument('--simclr_minutes', type=float, default=3.5, help='at most this long pre-training per command')
+    p.add_argument('--encoder', help='a SimCLR encoder pre-trained before (e.g. reassembled from shipped shards, '
+                   'its .json sidecar beside it): no pre-training')
+    p.add_argument('--nepoch', type=int, default=200, help="LRA-diffusion epochs (the paper's 200)")
+    p.add_argument('--seed', type=int, default=1, help='seed of the pre-training and of the run')
+    p.add_argument('--ship', metavar='DIR', help='copy what must come back here ($OUT on a device)')
+    p.add_argument('--smoke', action='store_true', help='the whole path on digits, tiny, on the CPU')
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.smoke:
+        args.simclr_epochs, args.nepoch = min(args.simclr_epochs, 1), 2
+    args.inputs_dir = os.path.abspath(args.inputs_dir)
+    args.encoder = os.path.abspath(args.encoder) if args.encoder else None
+    record = run(args)
+    if args.ship:
+        ship(args, record)
+    print(json.dumps(record, indent=1))
+    return record
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,84 @@
+"""A fast supervised image classifier trainer: the PMD η classifier and the "Standard" baseline.
+
+Images stay uint8 on the device; each batch is augmented there (crop + flip), normalised and run
+under bf16 autocast with channels-last on CUDA. SGD with momentum, cosine learning rate.
+"""
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.data.images import channels_last, normalize_images, random_crop_flip
+from utils.networks import CLASSIFIERS
+
+
+def build_classifier(arch, n_class):
+    if arch not in CLASSIFIERS:
+        raise ValueError(f'unknown classifier {arch!r}; choose from {", ".join(sorted(CLASSIFIERS))}')
+    return CLASSIFIERS[arch](n_class)
+
+
+def _autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+
+
+@torch.no_grad()
+def predict_proba(model, images, mean, std, batch_size=1000):
+    """Softmax class probabilities for uint8 images (on the model's device), float32 N × C."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = channels_last(normalize_images(images[start:start + batch_size].to(device), mean, std))
+        with _autocast(device):
+            out.append(F.softmax(model(x).float(), dim=1))
+    return torch.cat(out)
+
+
+def classify_standard(images, classifier, mean, std, batch_size=1000):
+    """The "Standard" column of the speed table: a plain classifier's argmax."""
+    return predict_proba(classifier, images, mean, std, batch_size).argmax(1)
+
+
+def accuracy(model, images, labels, mean, std):
+    return float((predict_proba(model, images, mean, std).argmax(1).cpu() == labels.cpu()).float().mean())
+
+
+def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', epochs=25, batch_size=128,
+                   lr=0.1, weight_decay=5e-4, device='cpu', seed=0, val=None, progress=True, log=print):
+    """Cross-entropy training. With `val=(images, labels)` the weights of the best validation epoch
+    are returned (model selection on the clean validation split); otherwise the final weights.
+    Returns (model, history)."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = channels_last(build_classifier(arch, n_class).to(device), device)
+    images, labels = images.to(device), labels.to(device).long()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    steps_per_epoch = max(1, len(images) // batch_size)
+    total = epochs * steps_per_epoch
+    history, best, started = [], (-1.0, None), time.time()
+    for epoch in tqdm(range(epochs), desc=f'{arch}', disable=not progress):
+        model.train()
+        order = torch.randperm(len(images), device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            x = channels_last(normalize_images(random_crop_flip(images[idx]), mean, std))
+            with _autocast(device):
+                loss = F.cross_entropy(model(x).float(), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        record = {'epoch': epoch, 'loss': float(loss.detach()), 'elapsed_s': round(time.time() - started, 2)}
+        if val is not None:
+            record['val_acc'] = accuracy(model, val[0], val[1], mean, std)
+            if record['val_acc'] > best[0]:
+                best = (record['val_acc'], {k: v.detach().clone() for k, v in model.state_dict().items()})
+        history.append(record)
+    if val is not None:
+        model.load_state_dict(best[1])
+    return model, history

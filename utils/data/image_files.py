@@ -1,0 +1,182 @@
+"""Image files on disk: the lists that name them, and decoding them in DataLoader workers.
+
+The image-file datasets (Food-101N, Clothing1M, WebVision, your own images) keep their images on disk;
+they are decoded once, in workers, to compute the cached features training runs on (utils/runs/
+distributed.py shards that work across processes), and, where a diffusion encoder reads pixels, again
+each epoch as seeded training views.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.errors import DatasetMissing
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+def need_file(path, what):
+    if not os.path.exists(path):
+        raise DatasetMissing(f'{what} not found: {path}. Download the dataset and point the script at its folder.')
+    return path
+
+
+def read_text(path, what):
+    """A text file's content, refused naming the file and line where it is not UTF-8 (a BOM is dropped)."""
+    with open(need_file(path, what), 'rb') as f:
+        data = f.read()
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b'\n') + 1
+        raise DatasetMissing(f'{path}, row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); '
+                             f'save the file as UTF-8 (e.g. "CSV UTF-8" in a spreadsheet)') from None
+
+
+def read_lines(path, what):
+    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+
+
+def read_pairs(path, what, root=None):
+    """'<relative path> <int label>' lines → (absolute paths, labels); malformed lines are named."""
+    paths, labels = [], []
+    for number, line in enumerate(read_lines(path, what), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+            raise DatasetMissing(f'{path}, line {number}: expected "<image path> <label>", found {line!r}')
+        paths.append(os.path.join(root, parts[0]) if root else parts[0])
+        labels.append(int(parts[1]))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+# ---- Food-101N (training, noisy) + Food-101 (test) -----------------------------------------------
+
+
+# ---- Clothing1M ----------------------------------------------------------------------------------
+
+
+# ---- WebVision 1.0 (Google subset, first 50 classes) ---------------------------------------------
+
+
+# ---- your own data: a CSV of path,label or class folders -----------------------------------------
+
+def image_files_in(folder):
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _unreadable(path, exc):
+    """Why an image cannot be decoded, and the fix: an oversized image is named as such."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f'{path} is too large to decode safely ({exc}); shrink it, or remove it from the list (raise '
+                f'PIL.Image.MAX_IMAGE_PIXELS only for files you trust)')
+    return f'{path} ({exc})'
+
+
+UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def _readable(path):
+    try:
+        with Image.open(path) as image:
+            image.size  # the header parses
+        return None
+    except UNDECODABLE as exc:
+        return _unreadable(path, exc)
+
+
+def open_image(path):
+    """An image file as RGB, or a refusal naming the file (missing, damaged, not an image, oversized)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert('RGB')
+    except UNDECODABLE as exc:
+        raise DatasetMissing(f'cannot read image {_unreadable(path, exc)}; replace the file or remove it from the '
+                             f'list') from None
+
+
+def check_images(paths, source):
+    """Every file exists and its header is an image (checked in threads: file systems are slow)."""
+    with ThreadPoolExecutor(16) as pool:
+        bad = [b for b in pool.map(_readable, paths, chunksize=256) if b]
+    if bad:
+        raise DatasetMissing(f'{source}: {len(bad)} of {len(paths)} images cannot be read (first: {bad[0]}); '
+                             f'remove them from the list or replace the files')
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+KEYS_VIEW_EPOCH = 2 ** 31  # the random stream of the one augmented view cached as f_p keys
+# PIL's filters (antialiased when shrinking): torchvision's Resize on Clothing1M, their own bicubic
+# resize on WebVision and Food-101N
+RESAMPLE = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an image file becomes pixels: its shorter side resized to size·256/224 with the `resample`
+    filter (RESAMPLE), then cropped to size × size."""
+    size: int = 224
+    resample: str = 'bilinear'
+
+    def key(self):
+        """Its part of a feature cache's key; bilinear resizing is left out, so caches made before
+        the filter was a choice stay valid."""
+        return {'size': self.size, **({'resample': self.resample} if self.resample != 'bilinear' else {})}
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decode, resize the shorter side to size·256/224 and crop to size: uint8 3×size×size.
+
+    The crop is central; with `augment=(seed, epoch)` it is the training view instead (the authors'
+    Resize(256), RandomCrop(224), RandomHorizontalFlip at size 224): a random crop and a coin-flip
+    mirror drawn from (seed, epoch, index), so a resumed epoch decodes the very same views. `index`
+    counts from `first`: a shard of the files (a torchrun rank's) draws what the whole list would. The
+    one view cached as f_p keys (`--fp_cache_view augmented`) is drawn as epoch KEYS_VIEW_EPOCH, which
+    no run reaches. Size and resize filter come from `decoding` (Decoding)."""
+
+    def __init__(self, paths, decoding=Decoding(), augment=None, first=0):
+        self.paths, self.size, self.augment, self.first = paths, decoding.size, augment, first
+        self.resample = RESAMPLE[decoding.resample]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = open_image(self.paths[i])
+        short = round(self.size * 256 / 224)
+        w, h = image.size
+        scale = short / min(w, h)
+        image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), self.resample)
+        w, h = image.size
+        left, top, flip = (w - self.size) // 2, (h - self.size) // 2, False
+        if self.augment is not None:
+            rng = np.random.default_rng((*self.augment, self.first + i))
+            left, top = int(rng.integers(0, w - self.size + 1)), int(rng.integers(0, h - self.size + 1))
+            flip = bool(rng.integers(0, 2))
+        image = image.crop((left, top, left + self.size, top + self.size))
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _loader(dataset, num_workers, **order):
+    return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
+
+
+def image_batches(paths, batch_size, num_workers, decoding=Decoding(), augment=None, first=0):
+    """uint8 batches of the files in order (centre crops, or the views `augment` draws for files
+    numbered from `first`), decoded by DataLoader workers."""
+    return _loader(ImageFiles(paths, decoding, augment, first), num_workers, batch_size=batch_size,
+                   shuffle=False)
+
+
+def training_view_batches(paths, batches, seed, epoch, num_workers, decoding=Decoding()):
+    """uint8 training views of the files, one batch per entry of `batches` (lists of row indices), in
+    that order: the epoch's augmented images, decoded by DataLoader workers while the device trains."""
+    return _loader(ImageFiles(paths, decoding, augment=(seed, epoch)), num_workers,
+                   batch_sampler=batches)

@@ -1,0 +1,101 @@
+"""The CLIP f_p: the image tower of an OpenAI CLIP model, loaded by the `clip` package.
+
+The feature is `encode_image` in float32 (not normalised). Images are resized (bicubic) to the model's
+input resolution and normalised with CLIP's mean/std on the device. `--clip_tower fused` runs the
+same weights through utils/encoders/clip_tower.py; `clip` through the package's own module.
+"""
+import os
+import warnings
+
+import torch
+
+from utils.data.images import CLIP_MEAN, CLIP_STD, normalize_images
+from utils.encoders.base import FrozenEncoder
+from utils.encoders.clip_tower import VisionTower
+from utils.errors import EncoderError
+
+CLIP_NAMES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
+
+
+# how a CLIP image tower runs: rebuilt for inference (utils/encoders/clip_tower.py), or the clip package's own module
+CLIP_TOWERS = ('fused', 'clip')
+
+
+class CLIPEncoder(FrozenEncoder):
+    """The image tower of an OpenAI CLIP model; the feature is `encode_image` in float32.
+
+    tower 'fused' (utils/encoders/clip_tower.py): the same function rebuilt for inference; on CUDA in bf16 its
+    weights are converted once, on first use, and kept beside the float32 ones. 'clip': the clip
+    package's own module, under bf16 autocast on CUDA (every weight cast again on every call), as
+    the package ran it before the fused tower; its feature caches keep their keys."""
+    name = 'CLIP'
+
+    def __init__(self, clip_model, clip_type, tower='fused'):
+        super().__init__()
+        if tower not in CLIP_TOWERS:
+            raise EncoderError(f'unknown CLIP tower {tower!r}; choose from {", ".join(CLIP_TOWERS)}')
+        visual = clip_model.visual.float()
+        self.tower = tower
+        self.visual = VisionTower.from_clip(visual) if tower == 'fused' else visual
+        self.resolution = visual.input_resolution
+        self.dim = visual.output_dim
+        self.clip_type = clip_type
+        self._converted = None  # ((dtype, device), the fused tower in that dtype): not part of the state
+
+    def preprocess(self, images):
+        return normalize_images(images, CLIP_MEAN, CLIP_STD, self.resolution, mode='bicubic')
+
+    def features(self, x):
+        return self.visual(x.to(self.visual.conv1.weight.dtype))
+
+    def describe(self):
+        described = super().describe()
+        return described if self.tower == 'clip' else {**described, 'tower': self.tower}
+
+    def tower_in(self, dtype):
+        """The fused tower computing in `dtype`: its own float32 weights, or a copy converted once."""
+        if dtype == torch.float32:
+            return self.visual
+        if self._converted is None or self._converted[0] != (dtype, self.device):
+            self._converted = None  # free the old copy before making the new one
+            self._converted = ((dtype, self.device), self.visual.copy_as(dtype))
+        return self._converted[1]
+
+    @torch.no_grad()
+    def encode(self, images):
+        if self.tower == 'clip':
+            return super().encode(images)
+        cuda = images.device.type == 'cuda'
+        dtype = torch.bfloat16 if self.bf16 and cuda else torch.float32
+        x = self.preprocess(images)
+        x = x.to(dtype, memory_format=torch.channels_last) if cuda else x
+        return self.tower_in(dtype)(x).float()
+
+
+def load_clip(clip_type, device='cpu', download_root=None, tower='fused'):
+    """CLIP image tower by name (downloaded by the `clip` package when online) or local file; `tower`:
+    one of CLIP_TOWERS (see CLIPEncoder)."""
+    with warnings.catch_warnings():  # clip imports pkg_resources and tries torch.jit.load first
+        warnings.simplefilter('ignore')
+        import clip
+        return _load_clip(clip, clip_type, device, download_root, tower)
+
+
+def _load_clip(clip, clip_type, device, download_root, tower):
+    if clip_type not in clip.available_models() and not os.path.isfile(clip_type):
+        raise EncoderError(f'unknown --CLIP_type {clip_type!r}: use one of {", ".join(CLIP_NAMES)} or the '
+                           f'path of a local CLIP checkpoint')
+    try:
+        model, _ = clip.load(clip_type, device='cpu', jit=False, download_root=download_root)
+    except (OSError, RuntimeError) as exc:
+        if os.path.isfile(clip_type):
+            raise EncoderError(f'{clip_type} is not a CLIP checkpoint the clip package can build ({exc})') \
+                from exc
+        cache = download_root or os.path.expanduser('~/.cache/clip')
+        raise EncoderError(
+            f'CLIP {clip_type} weights are not in {cache} and could not be downloaded ({exc}). '
+            f'Offline, copy the checkpoint file from an online machine (the clip package keeps it in '
+            f'~/.cache/clip) and pass --CLIP_type /path/to/file.pt') from exc
+    encoder = CLIPEncoder(model, clip_type, tower)
+    encoder.source = clip_type
+    return encoder.finish(device)

@@ -1,0 +1,72 @@
+"""A torchvision ImageNet ResNet's pooled features: the frozen backbone of the `*_l` diffusion
+encoders, and an f_p loaded from a classifier checkpoint (--fp_encoder classifier).
+"""
+import os
+
+import torch
+import torch.nn as nn
+
+from utils.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+from utils.encoders.base import FrozenEncoder
+from utils.errors import EncoderError
+from utils.networks import RESNETS, resnet_width
+
+
+class ImageNetResNet(FrozenEncoder):
+    """A standard-stem torchvision ResNet's pooled features (the fc is dropped), ImageNet preprocessing.
+
+    Serves as the frozen backbone of the `*_l` diffusion encoders and, loaded from a classifier
+    checkpoint, as an f_p encoder (`--fp_encoder classifier`)."""
+    name = 'ResNet'
+    resolution = 224
+
+    def __init__(self, arch):
+        super().__init__()
+        if arch not in RESNETS:
+            raise EncoderError(f'unknown ResNet {arch!r}; choose from {", ".join(sorted(RESNETS))}')
+        self.arch, self.dim = arch, resnet_width(arch)
+        self.name = f'imagenet-{arch}'
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.net = RESNETS[arch](weights=None)
+        self.net.fc = nn.Identity()
+
+    def preprocess(self, images):
+        return normalize_images(images, self.mean, self.std, self.resolution)
+
+    def features(self, x):
+        return self.net(x)
+
+
+def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
+    """weights: 'imagenet' (torchvision's, downloaded when online), 'random', or a checkpoint path
+    (a torchvision-layout classifier state dict; a 'module.' prefix and the fc are ignored)."""
+    with torch.random.fork_rng():  # random weights are seeded without touching the caller's stream
+        torch.manual_seed(seed)
+        encoder = ImageNetResNet(arch)
+    if weights == 'imagenet':
+        import torchvision
+        try:
+            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+        except Exception as exc:
+            raise EncoderError(f'ImageNet weights for {arch} are not cached and could not be downloaded ({exc}); '
+                               f'pass a local checkpoint path instead (e.g. --diff_encoder_weights '
+                               f'/path/to/{arch}.pth)') from exc
+        source = f'torchvision {arch} ImageNet'
+    elif weights == 'random':
+        state, source = None, f'random {arch} (seed {seed})'
+    else:
+        if not os.path.isfile(weights):
+            raise EncoderError(f'ResNet checkpoint {weights} not found')
+        state = torch.load(weights, map_location='cpu', weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+            state = state['state_dict']
+        source = os.path.abspath(weights)
+    if state is not None:
+        state = {k.removeprefix('module.'): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith('fc.')}
+        try:
+            encoder.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise EncoderError(f'{source} does not fit a torchvision {arch}: {str(exc)[:500]}') from exc
+    encoder.source = source
+    return encoder.finish(device)

@@ -1,0 +1,65 @@
+"""Every error the package raises on purpose, in one place.
+
+A refusal the package knows (utils/runs/cli.KNOWN) prints one line, `error: ...`, names the problem and
+the fix, and exits with status 2; --debug adds the traceback. SetupError and its kinds are bad input or
+environment found before (or instead of) work; the others name what went wrong with a file, a run or a
+computation.
+"""
+
+
+class SetupError(RuntimeError):
+    """Bad input or environment: the message names the problem and the fix."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped a run after it wrote its checkpoint; the message says how to resume."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+class ResumeRefused(SetupError):
+    """A checkpoint this invocation cannot continue: not there, of another format, or its flags or
+    inputs differ from this command's."""
+
+
+class PublishedInputError(SetupError):
+    """A published input that could not be fetched or is not the published file."""
+
+
+class EncoderError(RuntimeError):
+    """An f_p or backbone encoder that cannot be built: weights missing, unreadable or of another
+    architecture."""
+
+
+class FeatureFileError(EncoderError):
+    """A precomputed features file (--fp_features) that does not fit the dataset or cannot be read."""
+
+
+class DatasetMissing(FileNotFoundError):
+    """A dataset folder or file that is absent or incomplete: the message names it and where to get it."""
+
+
+class NoiseError(ValueError):
+    """A noise name or noisy-label file that cannot be used (unknown name, wrong length, dtype or range)."""
+
+
+class UnsafeFile(RuntimeError):
+    """A file that would run code (or build arbitrary objects) when loaded: refused, never opened."""
+
+
+class CorruptFile(RuntimeError):
+    """A file that cannot be parsed (truncated, damaged, another format)."""
+
+
+class CannotWrite(RuntimeError):
+    """A write that failed for lack of space or permission; the message names the file and folder."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.errno = code
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite: the message names the epoch and step."""

@@ -1,0 +1,107 @@
+"""Every flag checked before any work: a bad value is refused in one line before data is read.
+
+Without these checks a bad flag fails minutes into a run (a batch size of 0 after feature
+extraction) or, worse, silently gives a wrong result (a negative learning rate, a noise rate of 1.5).
+"""
+import math
+import os
+import re
+
+import torch
+
+from utils.errors import SetupError
+
+AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
+                'eval_every', 'checkpoint_every', 'image_size')
+NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers', 'k_trial_epochs')
+DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+# a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
+NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
+
+
+def config_problems(cfg):
+    """Every problem with the flags of a run, as short phrases naming the flag and the allowed range."""
+    problems = []
+    for name in AT_LEAST_ONE:
+        value = getattr(cfg, name, 1)
+        if value is not None and value < 1:
+            problems.append(f'--{name} {value} must be at least 1')
+    for k in getattr(cfg, 'k_choices', None) or ():
+        if k < 1:
+            problems.append(f'--k_choices {k} must be at least 1')
+    problems += k_select_problems(cfg)
+    for name in NOT_NEGATIVE:
+        value = getattr(cfg, name, 0)
+        if value is not None and value < 0:
+            problems.append(f'--{name} {value} must not be negative')
+    for name in ('lr', 'lr_horizon', 'grad_clip'):
+        value = getattr(cfg, name, 1)
+        if name == 'lr_horizon' and value == 0:
+            continue  # 0: the horizon is --nepoch (the authors' image-file scripts)
+        if not math.isfinite(value) or value <= 0:
+            problems.append(f'--{name} {value} must be a finite number above 0' +
+                            (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+    decay = getattr(cfg, 'ema_decay', None)
+    if decay is not None and not 0 <= decay < 1:
+        problems.append(f'--ema_decay {decay} must lie in [0, 1) (0: no average)')
+    n_timesteps = getattr(cfg, 'n_timesteps', None)
+    if n_timesteps and n_timesteps >= 1 and not 1 <= cfg.ddim_n_step <= n_timesteps:
+        problems.append(f'--ddim_n_step {cfg.ddim_n_step} must lie in [1, --n_timesteps {n_timesteps}]')
+    problems += device_problems(cfg.device)
+    problems += noise_rate_problems(getattr(cfg, 'noise_type', None))
+    if getattr(cfg, 'run_name', None) is not None and not is_plain_name(cfg.run_name):
+        problems.append(f'--run_name {cfg.run_name!r} must be a plain folder name inside --out_dir '
+                        f'(no "/", ".." or absolute path)')
+    return problems
+
+
+def k_select_problems(cfg):
+    """--k_select model needs several k to try, and trials no longer than the run."""
+    if getattr(cfg, 'k_select', 'vote') != 'model':
+        trial = getattr(cfg, 'k_trial_epochs', 0)
+        return [f'--k_trial_epochs {trial} applies to --k_select model only'] if trial else []
+    if len(set(cfg.k_choices or ())) < 2:
+        return ['--k_select model needs at least two --k_choices to try (e.g. --k_choices 1 10 50)']
+    trial = getattr(cfg, 'k_trial_epochs', 0) or 0
+    if trial > cfg.nepoch:
+        return [f'--k_trial_epochs {trial} must not exceed --nepoch {cfg.nepoch}']
+    return []
+
+
+def device_problems(name):
+    if name == 'auto':
+        return []
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        return [f'--device {name!r} is not a device: use auto, cpu, cuda or cuda:N']
+    return []
+
+
+def noise_rate_problems(noise_type):
+    if not noise_type or noise_type.endswith('.npy') or os.sep in noise_type:
+        return []
+    problems = []
+    for kind, rate in NOISE_RATE.findall(noise_type):
+        try:
+            value = float(rate)
+        except ValueError:
+            continue
+        if not 0 <= value <= 1:
+            problems.append(f'the {kind} noise rate {rate} in --noise_type {noise_type} is out of range: '
+                            f'rates lie in [0, 1]')
+    return problems
+
+
+def is_plain_name(name):
+    return bool(name) and name not in ('.', '..') and os.sep not in name and '/' not in name \
+        and not os.path.isabs(name)
+
+
+def check_config(cfg):
+    """Refuse bad flags in one line, before any data is read."""
+    problems = config_problems(cfg)
+    if problems:
+        raise SetupError('; '.join(problems))

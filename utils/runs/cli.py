@@ -1,0 +1,70 @@
+"""The scripts' entry point: a refusal the package knows prints one line and exits 2, without a traceback.
+
+    if __name__ == '__main__':
+        run_cli(main)
+
+A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--debug` shows it anyway.
+"""
+import errno
+import sys
+import traceback
+
+import torch
+
+from utils.errors import (
+    CannotWrite,
+    CorruptFile,
+    DatasetMissing,
+    EncoderError,
+    Interrupted,
+    NoiseError,
+    SetupError,
+    UnsafeFile,
+)
+
+REFUSAL_EXIT = 2
+KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, CorruptFile, CannotWrite,
+         FloatingPointError)
+DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+               errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied', errno.EPERM: 'not permitted'}
+
+
+def one_line(exc):
+    """The message of a known refusal as one line; None for an error the package does not know."""
+    if isinstance(exc, KNOWN):
+        return ' '.join(_own_message(str(exc)).split())
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return ('out of GPU memory: lower --batch_size, --eval_batch_size or --encode_batch_size '
+                f'({str(exc).splitlines()[0]})')
+    if isinstance(exc, OSError) and exc.errno in DISK_FAULTS:
+        where = exc.filename or 'a file'
+        return (f'{DISK_FAULTS[exc.errno]} writing {where}: free space or fix the permissions there, or choose '
+                f'another --out_dir / --cache_dir')
+    return None
+
+
+def _own_message(text):
+    """A refusal raised in a DataLoader worker comes back as 'Caught X in DataLoader worker process N'
+    and the worker's traceback: its own message is the last line, after the exception's name."""
+    if 'Original Traceback' not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(': ', 1)[1] if ': ' in last else last
+
+
+def run_cli(main, argv=None):
+    """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except Interrupted as exc:
+        print(f'stopped: {exc}', file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        if '--debug' in argv:
+            traceback.print_exc()
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(REFUSAL_EXIT)

@@ -1,0 +1,291 @@
+"""Command-line flags shared by every training script.
+
+Each script passes its own defaults table; the flag names and meanings of the authors' scripts are
+kept (`--noise_type`, `--nepoch`, `--batch_size`, `--device`, `--num_workers`, `--warmup_epochs`,
+`--feature_dim`, `--k`, `--ddim_n_step`, `--fp_encoder`, `--CLIP_type`, `--diff_encoder`).
+"""
+import argparse
+
+from model_diffusion import BETA_SCHEDULES
+from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
+from utils.encoders.clip import CLIP_TOWERS
+from utils.encoders.factory import FP_ENCODERS
+from utils.recipes import IMPROVED_EMA_DECAY, RECIPES
+from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
+
+K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/prepare.select_k, utils/runs/k_trials.py)
+
+# Defaults common to all datasets; a script's table overrides these.
+COMMON_DEFAULTS = dict(
+    nepoch=200, batch_size=200, device='auto', num_workers=4, warmup_epochs=20, feature_dim=256, k=10,
+    ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
+    seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
+    n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
+    fp_checkpoint=None, fp_features=None, clip_download_root=None, clip_tower='fused', precision='bf16',
+    recipe='authors', fp_train_view=None,
+    fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
+    eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
+    download=True, n_samples=10, compile=False, cuda_graph=True, checkpoint_every=1, fp_arch='resnet50',
+    diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
+    per_class=0, candidates='neighbours+own', candidate_weights='agreement',
+    inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
+    fp_conditioning=True, gpu_devices=None,
+    script=None,  # no flag: the script whose defaults table this is (a run records it; --resume, --predict check it)
+)
+
+
+# Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share, as the authors' scripts:
+# CLIP ViT-L/14 f_p, an ImageNet ResNet-50 diffusion encoder (--diff_backbone: see utils/recipes.py), a wider
+# denoiser, batch 256, warm-up 1, a cosine horizon of --nepoch, evaluation every epoch.
+IMAGE_FILE_DEFAULTS = dict(
+    fp_encoder='CLIP', CLIP_type='ViT-L/14', diff_encoder='resnet50_l', feature_dim=1024,
+    batch_size=256, warmup_epochs=1, eval_every=1, lr_horizon=0,
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and names each flag's default once, where it has one and its
+    help line does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.default not in (None, argparse.SUPPRESS) and 'default' not in text and action.option_strings:
+            text += ' (default: %(default)s)'
+        return text
+
+
+def _data_flags(g, kind):
+    """Where the data and the noisy labels come from."""
+    g.add_argument('--noise_type',
+                   help='noise name (a published file such as cifar10-1-0.35, fetched; noisy_label/NAME.npy; '
+                        '<dataset>-U-0.4, <name>_A_0.3, cifar10n-worse, ...) '
+                        'or the path of a .npy file')
+    g.add_argument('--noise_seed', type=int,
+                   help='seed of generated i.i.d. noise (uniform/asymmetric)')
+    if kind == 'memory':
+        g.add_argument('--dataset', help="cifar10 or cifar100 (default: the noise name's prefix)")
+        g.add_argument('--data_root', help='folder holding (or receiving) the dataset')
+        g.add_argument('--download', action=argparse.BooleanOptionalAction,
+                       help='download the dataset when it is not under --data_root')
+        g.add_argument('--cifar_n_dir', help='folder holding the CIFAR-N .pt files')
+    else:
+        g.add_argument('--image_size', type=int, help='decode, resize and centre-crop images to this size')
+    g.add_argument('--inputs_dir',
+                   help='folder of the published noise files and encoders, fetched and verified on first use '
+                        '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
+
+
+def _encoder_flags(g, kind):
+    """f_p and the diffusion encoder."""
+    g.add_argument('--fp_encoder', choices=FP_ENCODERS,
+                   help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
+                        'classifier CC_net.pt; raw: flattened pixels)')
+    g.add_argument('--CLIP_type',
+                   help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
+    g.add_argument('--fp_checkpoint',
+                   help="SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into --inputs_dir), CC "
+                        'classifier (default: model/CC_net.pt) or --fp_encoder classifier checkpoint')
+    g.add_argument('--fp_features',
+                   help="--fp_encoder features: an .npz with float arrays train, val, test (rows in the dataset's order)")
+    g.add_argument('--fp_model', help='--fp_encoder timm: any timm model name; open_clip: the architecture '
+                   '(e.g. ViT-B-16-SigLIP)')
+    g.add_argument('--fp_pretrained', help='--fp_encoder open_clip: the weights tag')
+    if kind == 'files':
+        g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
+    g.add_argument('--diff_encoder_weights',
+                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
+    g.add_argument('--clip_download_root',
+                   help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
+    g.add_argument('--clip_tower', choices=CLIP_TOWERS,
+                   help='how the CLIP image tower runs: fused (rebuilt for inference from the same weights: '
+                        'bf16 weights held once on CUDA, batch-first attention; equal in float32, bf16 rounding '
+                        "on CUDA) or clip (the clip package's own module under bf16 autocast, as before)")
+    g.add_argument('--diff_encoder', choices=sorted(DIFF_ENCODERS),
+                   help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
+                        '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
+                        'ResNet + the authors\' two-layer head; see --diff_backbone)')
+    g.add_argument('--precision', choices=('bf16', 'fp32'),
+                   help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA, and of the '
+                        'shortlist of the per-step neighbour search (re-ranked in float32); the denoiser MLP, '
+                        'features and optimiser stay float32')
+
+
+def _recipe_flags(g, kind):
+    """The authors' protocol or each improvement."""
+    g.add_argument('--recipe', choices=RECIPES,
+                   help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
+                        'Each flag below left unset follows the recipe')
+    g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
+                   help="keep the diffusion encoder at its initial weights (authors, CIFAR and Food-101N: the "
+                        'optimiser holds the denoiser only)')
+    g.add_argument('--diff_backbone', choices=BACKBONES,
+                   help="the ResNet of a resnet*_l diffusion encoder: cached (frozen, its features computed once; "
+                        "improved) or tuned (reads augmented images decoded every epoch and is fine-tuned, unless "
+                        "--freeze_diff_encoder; the authors' Clothing1M, WebVision and, frozen, Food-101N)")
+    g.add_argument('--eval_bn', choices=('batch', 'running'),
+                   help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR and "
+                        'Food-101N: the encoder never leaves training mode, so predictions depend on the evaluation '
+                        'batch) or running statistics')
+    g.add_argument('--fp_cache_view', choices=('augmented', 'clean'),
+                   help='the view of each training image whose f_p features are cached as retrieval keys '
+                        '(authors, CIFAR and Food-101N: one random crop + flip; improved: the clean image or '
+                        'centre crop)')
+    g.add_argument('--fp_train_view', choices=('cached', 'augmented'),
+                   help='f_p input while training: the cached features, or the augmented batch re-encoded '
+                        "every step (authors: SimCLR on CIFAR)")
+    g.add_argument('--per_step_retrieval', action=argparse.BooleanOptionalAction,
+                   help='retrieve the neighbours of each step\'s augmented query against the cached keys '
+                        '(authors, with --fp_train_view augmented) instead of the cached neighbour table')
+    g.add_argument('--ema_decay', type=float,
+                   help='evaluate (and save for prediction) an exponential moving average of the trained weights '
+                        'with this decay per step (improved: %s); 0: the trained weights themselves (authors)'
+                        % IMPROVED_EMA_DECAY)
+
+
+def _training_flags(g, kind):
+    """The denoiser, retrieval and the schedule."""
+    g.add_argument('--nepoch', type=int, help='training epochs')
+    g.add_argument('--batch_size', type=int, help='training batch size')
+    g.add_argument('--warmup_epochs', type=int,
+                   help='linear LR warm-up; evaluation starts after it')
+    g.add_argument('--lr', type=float, help='peak learning rate')
+    g.add_argument('--lr_horizon', type=int,
+                   help="epochs of the half-cosine decay (the authors' CIFAR: 1000, of which runs use --nepoch); "
+                        '0: --nepoch')
+    g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
+    g.add_argument('--feature_dim', type=int, help='width of the denoiser')
+    g.add_argument('--n_layers', type=int,
+                   help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
+    g.add_argument('--fp_conditioning', action=argparse.BooleanOptionalAction,
+                   help="the denoiser's first layer reads f_p(x) beside y_t; --no-fp_conditioning: y_t alone (the "
+                        "paper's ablation without the f_p conditioning; f_p still serves retrieval)")
+    g.add_argument('--k', type=int, help='neighbours retrieved per sample')
+    g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
+                   help='choose k among these by how often the majority noisy label of a clean validation '
+                        "image's k training neighbours is its true label (replaces --k; the choice is logged)")
+    g.add_argument('--k_select', choices=K_SELECT,
+                   help='how --k_choices chooses: vote (as above: one search, no training), or model: a short '
+                        'run per k (--k_trial_epochs, the first epochs of this run) and the k whose model is '
+                        'best on validation')
+    g.add_argument('--k_trial_epochs', type=int,
+                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, at least twice '
+                        '--warmup_epochs), up to the run\'s next evaluation; the run goes on from the best trial')
+    g.add_argument('--candidates', choices=CANDIDATE_RULES,
+                   help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
+                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest. own: "
+                        "its own noisy label alone, no retrieval (the paper's ablation)")
+    g.add_argument('--candidate_weights', choices=CANDIDATE_WEIGHTS,
+                   help='loss weight of a picked candidate: how many candidates agree with it (agreement), or '
+                        "the same for every sample (uniform; the authors' Clothing1M and WebVision)")
+    g.add_argument('--per_class', type=int,
+                   help='train each epoch on N samples of every class, drawn afresh (the authors: 10000 on '
+                        'Clothing1M, 500 on WebVision); 0: every sample')
+    g.add_argument('--n_timesteps', type=int, help='diffusion steps T')
+    g.add_argument('--beta_schedule', choices=sorted(BETA_SCHEDULES), help='noise schedule β_t of the label diffusion')
+    g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction,
+                   help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
+    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
+                   help='on one CUDA device, replay each training step of --batch_size (and each evaluation batch) '
+                        'from a CUDA graph: one launch instead of hundreds; the same kernels, so results agree '
+                        'to float rounding (off under torchrun and with --compile; image files decoded per batch '
+                        'and an odd last batch step eagerly)')
+    g.add_argument('--eval_every', type=int,
+                   help='evaluate on the clean validation split every N epochs after warm-up')
+
+
+def _run_flags(g, kind):
+    """Devices, seeds, folders, checkpoints."""
+    g.add_argument('--num_workers', type=int,
+                   help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
+                        "the authors' command lines)")
+    g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
+    g.add_argument('--gpu_devices', type=int, nargs='+', metavar='ID',
+                   help="CUDA device ids (the authors' flag): one id runs there (--device cuda:ID); several run "
+                        'one process per device under torchrun, training data-parallel')
+    g.add_argument('--seed', type=int,
+                   help='seed of the model, the training draws and the augmented training views (the augmented '
+                        'f_p key view, --fp_cache_view augmented, is one view for every seed: the authors cached one)')
+    g.add_argument('--out_dir', help='parent folder of run folders')
+    g.add_argument('--run_name', help='run folder name (default: derived from flags)')
+    g.add_argument('--cache_dir', help='feature and neighbour caches')
+    g.add_argument('--eval_batch_size', type=int,
+                   help='evaluation batch (default: where --eval_bn is batch, the authors\' evaluation batch, '
+                        '--batch_size or Food-101N\'s 512; else 2000)')
+    g.add_argument('--encode_batch_size', type=int, help='batch of the frozen encoders while features are extracted')
+    g.add_argument('--checkpoint_every', type=int,
+                   help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
+    g.add_argument('--n_samples', type=int,
+                   help='stochastic DDIM samples per training image for the saved class probabilities '
+                        '(train_probs.npy); 0 skips them')
+    g.add_argument('--resume', metavar='RUN_DIR',
+                   help='continue the run in RUN_DIR from its last checkpoint')
+    g.add_argument('--debug', action='store_true', help='show the traceback of a refusal, not only its one line')
+
+
+def _prediction_flags(g, kind):
+    """Applying a trained run."""
+    g.add_argument('--predict', metavar='RUN_DIR',
+                   help="apply RUN_DIR's best checkpoint instead of training")
+    g.add_argument('--predict_split', choices=('train', 'val', 'test'), help='the split --predict labels')
+    g.add_argument('--predict_folder', metavar='DIR',
+                   help='predict every image under DIR instead of a split (writes a CSV too)')
+
+
+FLAG_GROUPS = (  # the --help sections, in order
+    ('data and noise', _data_flags),
+    ('encoders', _encoder_flags),
+    ('recipe: the authors\' protocol or the improvements (see utils/recipes.py)', _recipe_flags),
+    ('model and training', _training_flags),
+    ('run', _run_flags),
+    ('prediction with a trained run', _prediction_flags),
+)
+
+
+def build_parser(description, defaults, dataset_args=None, kind='memory'):
+    """The flags that apply to a script, with its defaults: COMMON_DEFAULTS overridden by the
+    script's table, applied once. kind 'memory' (CIFAR, digits: images held as tensors) or 'files'
+    (image-file datasets) decides which data flags exist; `dataset_args(group)` adds the script's own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    for title, add in FLAG_GROUPS:
+        add(p.add_argument_group(title), kind)
+    if dataset_args is not None:
+        dataset_args(p.add_argument_group('dataset'))
+    apply_defaults(p, {**COMMON_DEFAULTS, **defaults})
+    return p
+
+
+def apply_defaults(parser, defaults):
+    """Every default in one place: the tables, set on the parser once. A table entry naming no flag
+    still sets the attribute (code reads it), but is an error when it is a typo of nothing at all."""
+    known = {a.dest for a in parser._actions} | set(COMMON_DEFAULTS)
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ValueError(f'defaults for flags that do not exist: {", ".join(unknown)}')
+    parser.set_defaults(**defaults)
+
+
+def parse_config(description, defaults, argv=None, dataset_args=None, kind='memory'):
+    parser = build_parser(description, defaults, dataset_args, kind)
+    cfg = parser.parse_args(argv)
+    cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
+    cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
+    # the script's own flags, which say where its dataset lies (--predict takes them from its command line)
+    cfg.dataset_flags = sorted(a.dest for group in parser._action_groups if group.title == 'dataset'
+                               for a in group._group_actions)
+    return cfg
+
+
+def recorded_config(cfg):
+    """The configuration a run folder records: the flags of its own script (and the values its
+    defaults table adds), not the defaults of flags other datasets' scripts have."""
+    own = set(getattr(cfg, 'script_flags', ())) or set(vars(cfg))
+    return {k: v for k, v in vars(cfg).items() if k in own or k not in COMMON_DEFAULTS}
+
+
+def given_flags(parser, argv):
+    """The flags the command line gives (a resumed run refuses those that would change it)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    parser._defaults.clear()  # the defaults tables, set once on the parser
+    return sorted(vars(parser.parse_args(argv)))

@@ -1,0 +1,407 @@
+"""Run folders: planned, claimed by one run at a time, and resumed only with what made them.
+
+A run folder is locked (fcntl.flock on RUN_DIR/.lock) for the run's life, before the minutes of
+feature extraction: a second run with the same --run_name, or a second --resume of one run, is
+refused instead of interleaving one log.jsonl. A run writes only in what it owns: the folder records
+every file its runs wrote (RUN_DIR/.written.json, each name entered before the file is first
+written), a fresh run refuses a folder holding anything else, and only the leftovers the record
+names are ever cleared. A refused run leaves every folder as it found it.
+"""
+import errno
+import fcntl
+import hashlib
+import os
+import time
+
+from utils.errors import ResumeRefused, SetupError
+from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
+from utils.storage.loading import load_json, load_torch
+from utils.storage.saving import TMP_SUFFIX, owned_folder, remove_files, save_json, sweep_partial_writes
+
+# 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
+# WebVision and Food-101N images are resized bicubic (2: bilinear); 2: the
+# diffusion encoder's weights are under `diff_encoder.` (1: `x_encoder.`)
+CHECKPOINT_FORMAT = 3
+BICUBIC_SINCE_FORMAT_3 = ('webvision', 'food101n')  # their images were resized bilinear before
+LOCK_NAME = '.lock'
+RECORD_NAME, RECORD_FORMAT, WRITTEN_BY = '.written.json', 1, 'LRA-diffusion'
+# what a run that died before its first checkpoint leaves that a fresh run must not go on from, and the
+# file that says a run finished (a folder holding it is never taken by a fresh run)
+LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
+# flags a resumed run may take from its own command line: where it runs and how it batches evaluation
+# and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
+# where inputs lie (the inputs themselves are checked by hash)
+MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
+                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph')
+# what a run recorded before a flag existed did, where that differs from the flag's default today: a
+# run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
+# before --clip_tower ran the clip package's tower
+MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip'}
+ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'command_line_flags', 'script_flags',
+                        'dataset_flags')
+
+
+def plan_run_dir(cfg):
+    """The run folder: the one being resumed, or a new one that a fresh run may write in (checked
+    again when it is claimed, after the inputs). Nothing is created here."""
+    if cfg.resume:
+        return cfg.resume
+    run_dir = os.path.join(cfg.out_dir, cfg.run_name or default_run_name(cfg))
+    check_fresh_folder(run_dir)
+    return run_dir
+
+
+def load_run(run_dir, name='last.pt'):
+    """A checkpoint of a run folder, checked for its format."""
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
+    ckpt = _upgraded(load_torch(path), path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
+        for name, value in MEANT_WHEN_ABSENT.items():
+            ckpt['config'].setdefault(name, value)
+    if not isinstance(ckpt, dict) or ckpt.get('format_version') != CHECKPOINT_FORMAT:
+        found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ResumeRefused(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
+                            f'(found {found})')
+    return ckpt
+
+
+def _upgraded(ckpt, path):
+    """An older checkpoint read as today's format, where its weights mean the same network."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        return ckpt
+    config = ckpt['config'] if isinstance(ckpt.get('config'), dict) else {}
+    if ckpt.get('format_version') == 1:  # only the diffusion encoder's key prefix changed
+        old = 'x_encoder.'
+        ckpt['model'] = {('diff_encoder.' + k[len(old):] if k.startswith(old) else k): v
+                         for k, v in ckpt['model'].items()}
+        ckpt['format_version'] = 2
+        config.setdefault('diff_backbone', 'cached')  # made before --diff_backbone: _l backbones were cached
+    if ckpt.get('format_version') == 2:
+        if str(config.get('diff_encoder', '')).endswith('_l'):
+            raise ResumeRefused(f'{path} was made with a one-layer head on its {config["diff_encoder"]} diffusion '
+                                f'encoder; this version builds the authors\' two-layer head and cannot resume it or '
+                                f'predict with it: start a new run (or use the version that made it)')
+        if config.get('dataset') in BICUBIC_SINCE_FORMAT_3:
+            raise ResumeRefused(f'{path} was made from {config["dataset"]} images resized bilinear; this version '
+                                f'resizes them bicubic, as the authors, and cannot resume it or predict with it: '
+                                f'start a new run (or use the version that made it)')
+        ckpt['format_version'] = 3
+    return ckpt
+
+
+def _may_change(name, saved):
+    if name == 'eval_batch_size' and saved.get('eval_bn') == 'batch':
+        return False  # with batch statistics at evaluation, the batch decides the predictions
+    return name in MAY_CHANGE_ON_RESUME or name.endswith('_root')
+
+
+def resumed_config(cfg, ckpt, also=()):
+    """The saved configuration of the run being resumed. This invocation decides the device, and the
+    flags that may change (and those named in `also`) where its command line gives them; a flag the
+    package gained after the run was made takes this invocation's value (its default, unless given)."""
+    current = vars(cfg)
+    given = set(current.get('command_line_flags') or ())
+    merged = {**current, **ckpt['config']}
+    for name in current:
+        if name in ALWAYS_FROM_THIS_RUN or (name in given and (_may_change(name, ckpt['config']) or name in also)):
+            merged[name] = current[name]
+    return type(cfg)(**merged)
+
+
+def check_resume_flags(cfg, ckpt, run_dir):
+    """Refuse flags on a --resume command line that would change the run (a list of them), and a
+    --nepoch below the epochs already trained."""
+    saved = ckpt['config']
+    given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
+    changed = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
+               for name in sorted(given) if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
+    if changed:
+        raise ResumeRefused(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
+                            f'the run, or start a new run with another --run_name')
+    if 'nepoch' in given and cfg.nepoch < ckpt['epoch'] + 1:
+        raise ResumeRefused(f'--nepoch {cfg.nepoch}: {run_dir} has already trained {ckpt["epoch"] + 1} epochs; '
+                            f'give at least that many')
+
+
+def input_fingerprints(splits, data):
+    """What a resumed run must see again: its training labels, its f_p features' source, its dataset and,
+    for image files, the files themselves (files_fingerprint: each one's size and modification time)."""
+    digest = hashlib.sha1(splits.name.encode())
+    for split in ('train', 'val', 'test'):
+        content = splits.source(split)
+        digest.update((tensor_fingerprint(content) if splits.in_memory else paths_fingerprint(content)).encode())
+        labels = splits.labels(split) if split != 'train' else None
+        if labels is not None:
+            digest.update(tensor_fingerprint(labels).encode())
+    info = data.info
+    found = {'training labels': tensor_fingerprint(data.noisy_labels),
+             'f_p features': f"{info['fp_weights']}/{tensor_fingerprint(data.features['train'])}",
+             'dataset': digest.hexdigest()[:16]}
+    if not splits.in_memory:  # kept apart from 'dataset', so runs recorded before it still resume
+        found['image files'] = hashlib.sha1(' '.join(files_fingerprint(splits.paths(s))
+                                                     for s in ('train', 'val', 'test')).encode()).hexdigest()[:16]
+    return found
+
+
+def check_resume_inputs(saved, now, run_dir):
+    """Refuse a resume whose inputs differ from the run's, naming what changed (what the run did not
+    record, made by an earlier version, is not compared)."""
+    if not saved:  # a checkpoint written before inputs were recorded
+        return
+    changed = [name for name in now if name in saved and saved[name] != now[name]]
+    if changed:
+        raise ResumeRefused(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
+                            f'with; resume with the same inputs, or start a new run')
+
+
+def check_same_script(cfg, saved, run_dir, how):
+    """Refuse to resume (how '--resume') or predict with ('--predict') a run another script made: its
+    dataset would be read with this script's reader, and fail naming flags the user never gave. Runs
+    made before the script was recorded are told by the flags only their script has."""
+    made_by, this = saved.get('script'), getattr(cfg, 'script', None)
+    if made_by and this and made_by != this:
+        raise SetupError(f'{how} {run_dir}: the run was made by {made_by}, not {this}; run that script instead '
+                         f'(python {made_by} {how} {run_dir} ...)')
+    theirs = sorted(set(saved.get('script_flags') or ()) - set(getattr(cfg, 'script_flags', None) or ()))
+    if not made_by and theirs and getattr(cfg, 'script_flags', None):
+        raise SetupError(f'{how} {run_dir}: the run was made by another script (one with the flags '
+                         f'{", ".join("--" + n for n in theirs[:4])}); run the script that made it instead')
+
+
+# what --predict takes from its own command line: which images it labels, and how many samples it draws
+PREDICTION_FLAGS = ('predict', 'predict_split', 'predict_folder', 'n_samples')
+
+
+def prediction_config(cfg, ckpt, run_dir):
+    """The run's configuration as --predict applies it. This command line may say where the data lies
+    and which of its splits to label (the script's dataset flags, e.g. --test of train_ImageFolder.py;
+    the data roots), how to compute (the flags a resume may change) and --predict_split or
+    --predict_folder; a flag that would change the trained model is refused, never dropped."""
+    saved = ckpt['config']
+    given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
+    dataset_flags = set(getattr(cfg, 'dataset_flags', None) or ())
+    if cfg.predict_folder:
+        split_flags = sorted(given & (dataset_flags | {'predict_split'}))
+        if split_flags:
+            raise SetupError(f'--predict_folder labels the images under {cfg.predict_folder}, but '
+                             f'{", ".join("--" + n for n in split_flags)} {"name" if len(split_flags) > 1 else "names"} '
+                             f'a split of the dataset: give one or the other')
+    refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
+               for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
+               if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
+    if refused:
+        raise SetupError(f'--predict {run_dir} applies the run as it was trained and does not take '
+                         f'{", ".join(refused)}: drop those flags')
+    return resumed_config(cfg, ckpt, also=given & dataset_flags)
+
+
+def check_writable(folder, flag):
+    """Refuse a folder that cannot be written (checked at the nearest existing folder: nothing is created)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.access(path, os.W_OK):
+        raise SetupError(f'{flag} {folder} is not writable ({path} is read-only or not yours); choose another {flag}')
+
+
+def _makedirs(folder):
+    """os.makedirs that returns the folders it created, deepest first."""
+    made, path = [], os.path.abspath(folder)
+    while not os.path.exists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    for path in reversed(made):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            made.remove(path)
+    return made
+
+
+# ---- what a run folder's runs wrote ------------------------------------------------------------------
+
+def read_record(run_dir):
+    """The files (paths relative to run_dir) the folder's record says its runs wrote; none without one."""
+    record = load_json(os.path.join(run_dir, RECORD_NAME))
+    files = record.get('files') if record.get('written_by') == WRITTEN_BY else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def _write_record(run_dir, files):
+    save_json({'written_by': WRITTEN_BY, 'format': RECORD_FORMAT, 'files': sorted(files)},
+              os.path.join(run_dir, RECORD_NAME))
+
+
+def _a_runs(rel, files):
+    """Whether the file at `rel` is a run's: the lock, the record, a file the record names, or a partial
+    write of one (atomic_write's .<name>.<random>.tmp)."""
+    if rel in (LOCK_NAME, RECORD_NAME) or rel in files:
+        return True
+    head, name = os.path.split(rel)
+    if name.startswith('.') and name.endswith(TMP_SUFFIX):
+        return os.path.join(head, name[1:-len(TMP_SUFFIX)].rpartition('.')[0]) in files
+    return False
+
+
+def foreign_files(run_dir, files):
+    """What lies under run_dir that no run recorded writing (links to folders count as files)."""
+    found = []
+    for root, dirs, names in os.walk(run_dir):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, name), run_dir)
+            if not _a_runs(rel, files):
+                found.append(rel)
+    return sorted(found)
+
+
+def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
+    """Refuse a folder a fresh run may not write in: one holding a run (its `checkpoint`), a finished
+    run whose checkpoint was removed, or any file its record does not say a run wrote (a user's files,
+    a run of a version before the record). Returns the recorded files (none where the folder is absent)."""
+    if not os.path.lexists(run_dir):
+        return set()
+    if not os.path.isdir(run_dir):
+        raise SetupError(f'{run_dir} is a file, not a run folder; choose another {other}')
+    if os.path.exists(os.path.join(run_dir, checkpoint)):
+        raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
+                         f'another {other}')
+    files = read_record(run_dir)
+    foreign = foreign_files(run_dir, files)
+    if foreign:
+        more = f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''
+        raise SetupError(f'{run_dir} holds files no run of this package recorded writing there '
+                         f'({", ".join(foreign[:3])}{more}); a run writes only in a folder of its own: choose '
+                         f'another {other}, or move those files away')
+    if FINISHED in files and os.path.exists(os.path.join(run_dir, FINISHED)):
+        raise SetupError(f'{run_dir} holds a finished run ({FINISHED}; its {checkpoint} was removed); choose '
+                         f'another {other}, or move that run away')
+    return files
+
+
+def write_run_file(obj, run_dir, name):
+    """A JSON file written into a run folder before its run starts (benchmarks.accuracy: the flags that
+    started it), entered in the folder's record first, so the run knows it for a run's file."""
+    files = read_record(run_dir) | {name}
+    os.makedirs(run_dir, exist_ok=True)
+    _write_record(run_dir, files)
+    save_json(obj, os.path.join(run_dir, name))
+
+
+class RunClaim:
+    """The run folder, locked (flock on RUN_DIR/.lock) for the run's life, and the record of what its
+    runs wrote (RUN_DIR/.written.json). `checkpoint` is the file that says a run is there; `other`
+    names the flag that picks another folder.
+
+    A fresh run takes a folder that is absent (made here), or one holding nothing but what its record
+    says runs wrote: a run that died before its first checkpoint, the k trials of one stopped while
+    choosing k. Nothing there changes until the run writes its first file; then partial writes are
+    swept and, for a fresh run, the dead run's log and best checkpoint removed (a fresh run never goes
+    on from them). Each file is entered in the record before it is first written (utils/storage/saving tells the
+    claim of every write into the folder). A claim released before any write leaves the folder as it
+    found it: the lock file it made and the folders it made are removed."""
+
+    def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name'):
+        self.run_dir, self.fresh, self.checkpoint, self.other = run_dir, fresh, checkpoint, other
+        self.made, self.fd, self.lock_made, self.writing, self.recording = [], None, False, False, False
+        check_writable(run_dir, '--resume' if not fresh else flag)
+        if fresh:
+            check_fresh_folder(run_dir, checkpoint, other)
+        try:
+            self.made = _makedirs(run_dir)
+            self._lock()
+            # again under the lock: a run may have finished in the folder since it was looked at
+            self.files = check_fresh_folder(run_dir, checkpoint, other) if fresh else read_record(run_dir)
+        except OSError as exc:
+            self.release()
+            raise SetupError(f'cannot create the run folder {run_dir} ({exc.strerror}); choose another {flag}') \
+                from None
+        except SetupError:
+            self.release()
+            raise
+        owned_folder(run_dir, self._about_to_write)
+        self.recording = True
+
+    def _lock(self):
+        path = os.path.join(self.run_dir, LOCK_NAME)
+        for _ in range(3):  # the run releasing the lock removes its file: lock the one there now
+            try:
+                self.fd, self.lock_made = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
+            except FileExistsError:
+                try:
+                    self.fd, self.lock_made = os.open(path, os.O_RDWR), False
+                except FileNotFoundError:
+                    continue
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                os.close(self.fd)
+                self.fd, self.lock_made = None, False  # the file is the other run's now
+                break
+            if _same_file(self.fd, path):
+                return
+            os.close(self.fd)
+            self.fd, self.lock_made = None, False
+        raise SetupError(f'{self.run_dir} is in use by another run right now; wait for it to finish, or choose '
+                         f'another {self.other}')
+
+    def _about_to_write(self, rel):
+        if rel == RECORD_NAME:
+            return
+        if not self.writing:
+            self.writing = True
+            if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
+                remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
+            sweep_partial_writes(self.run_dir)
+        if rel not in self.files:
+            self.files.add(rel)
+            _write_record(self.run_dir, self.files)
+
+    def release(self):
+        """Stop recording, remove the lock file where this claim made it and the folders it made where
+        they are empty, and unlock."""
+        if self.recording:  # (a claim refused in this process must not stop another claim's recording)
+            owned_folder(self.run_dir, None)
+            self.recording = False
+        if self.fd is not None and self.lock_made:
+            try:  # while still holding the flock: a run opening the file meanwhile sees it gone and retries
+                os.remove(os.path.join(self.run_dir, LOCK_NAME))
+            except FileNotFoundError:
+                pass
+            self.lock_made = False
+        for path in self.made:
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+        self.made = []
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def _same_file(fd, path):
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
+
+STALE_SECONDS = 3600
+
+
+def sweep_stale_cache_writes(cache_dir):
+    """Temporary files in a shared cache older than an hour: writes whose process died (a younger one
+    may be another run's write in progress)."""
+    return sweep_partial_writes(cache_dir, older_than=time.time() - STALE_SECONDS)
+
+
+def default_run_name(cfg):
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    noise = os.path.basename(cfg.noise_type).replace('.npy', '')
+    if noise == 'own':  # the dataset's own labels: name the dataset
+        noise = cfg.dataset or noise
+    return f'{noise}_{cfg.fp_encoder}_{cfg.diff_encoder}_s{cfg.seed}_{stamp}'
