@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 import time
 
 from utils.errors import ResumeRefused, SetupError
@@ -305,6 +306,7 @@ class RunClaim:
     def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name'):
         self.run_dir, self.fresh, self.checkpoint, self.other = run_dir, fresh, checkpoint, other
         self.made, self.fd, self.lock_made, self.writing, self.recording = [], None, False, False, False
+        self.lock = threading.Lock()
         check_writable(run_dir, '--resume' if not fresh else flag)
         if fresh:
             check_fresh_folder(run_dir, checkpoint, other)
@@ -351,14 +353,17 @@ class RunClaim:
     def _about_to_write(self, rel):
         if rel == RECORD_NAME:
             return
-        if not self.writing:
-            self.writing = True
-            if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
-                remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
-            sweep_partial_writes(self.run_dir)
-        if rel not in self.files:
-            self.files.add(rel)
-            _write_record(self.run_dir, self.files)
+        # checkpoints are written by a background thread while the loop appends to its log: one record
+        # write at a time, each of the whole set (two at once could land the smaller set last)
+        with self.lock:
+            if not self.writing:
+                self.writing = True
+                if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
+                    remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
+                sweep_partial_writes(self.run_dir)
+            if rel not in self.files:
+                self.files.add(rel)
+                _write_record(self.run_dir, self.files)
 
     def release(self):
         """Stop recording, remove the lock file where this claim made it and the folders it made where
