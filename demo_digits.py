@@ -7,6 +7,7 @@ evaluation) on data that `pip install -r requirements.txt` already brings, in ab
 two CPU cores, and prints the accuracy of the noisy labels next to the accuracy LRA-diffusion
 reaches on the clean test split. Any training flag can be added (e.g. --nepoch 60).
 """
+from train_CIFAR import RECIPES  # the digits stand in for CIFAR: the same protocol, held in memory
 from utils.data.digits import load_digits_splits
 from utils.engine import main as run_script
 from utils.runs.cli import run_cli
@@ -24,11 +25,18 @@ DEFAULTS = dict(
 )
 
 
+def load_splits(cfg):
+    return load_digits_splits()
+
+
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv)
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv)
-    if cfg.predict:
-        return run_script(cfg, lambda c: load_digits_splits())
-    summary, run_dir = run_script(cfg, lambda c: load_digits_splits())
+    summary, run_dir = run_script(config(argv), load_splits)
+    if summary is None:  # a process of several --gpu_devices, or a rank other than 0: the summary is rank 0's
+        return None
     print(f'\nnoisy training labels: {100 * summary["noisy_label_accuracy"]:.1f}% correct')
     print(f'LRA-diffusion, clean test split: {100 * summary["test_acc"]:.1f}% '
           f'(selected on validation at epoch {summary["best_epoch"]}; run folder {run_dir})')

@@ -1,6 +1,6 @@
 """Pre-train a SimCLR encoder on a dataset's own training images, in the format train_CIFAR.py loads.
 
-    python pretrain_SimCLR.py --dataset cifar10 --arch resnet50 --epochs 100
+    python pretrain_SimCLR.py --dataset cifar10 --arch resnet50 --nepoch 100
     python pretrain_SimCLR.py --resume runs/simclr/cifar10_resnet50      # continue a stopped run
 
 Two augmented views per image, NT-Xent loss, projection head 2048→512→128. The images stay on the
@@ -51,7 +51,7 @@ def parser():
                    help='images to pre-train on (all training images, labels unused)')
     p.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'),
                    help='CIFAR-stem backbone (the released encoders: resnet50)')
-    p.add_argument('--epochs', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
+    p.add_argument('--nepoch', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
     p.add_argument('--batch_size', type=int, default=512, help='images per step (two views each)')
     p.add_argument('--lr', type=float, default=None, help='peak SGD learning rate (default 0.06 × batch/256)')
     p.add_argument('--weight_decay', type=float, default=5e-4, help='SGD weight decay')
@@ -120,7 +120,7 @@ class Pretrainer:
                 group['lr'] = self.lr_now
 
     def set_lr(self, step):
-        value = sgd_lr(step, self.args.epochs * self.steps_per_epoch, self.args.warmup_epochs * self.steps_per_epoch,
+        value = sgd_lr(step, self.args.nepoch * self.steps_per_epoch, self.args.warmup_epochs * self.steps_per_epoch,
                        self.lr)
         if self.lr_now is not None:
             self.lr_now.fill_(value)
@@ -258,8 +258,9 @@ def main(argv=None):
                 or not isinstance(state.get('args'), dict):
             raise SetupError(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
         saved = dict(state['args'])
+        saved.setdefault('nepoch', saved.pop('epochs', None))  # a state saved when the flag was --epochs
         saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after, cuda_graph=args.cuda_graph,
-                     epochs=max(args.epochs if '--epochs' in argv else 0, saved['epochs']))
+                     nepoch=max(args.nepoch if '--nepoch' in argv else 0, saved['nepoch']))
         args = argparse.Namespace(**saved)
     args.command_line = 'python pretrain_SimCLR.py ' + ' '.join(argv)
     device = resolve_device(args.device)
@@ -284,14 +285,14 @@ def pretrain(args, splits, device, run_dir, state):
     started = time.time() - trainer.elapsed
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
     first = trainer.epoch
-    for _ in tqdm(range(trainer.epoch, args.epochs), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
-                  total=args.epochs):
+    for _ in tqdm(range(trainer.epoch, args.nepoch), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
+                  total=args.nepoch):
         loss, seconds = trainer.train_epoch()
         # the first epoch of each command carries its warm-up (cuDNN autotuning, the graph capture)
         record = {'epoch': trainer.epoch + 1, 'loss': loss, 'epoch_s': round(seconds, 3),
                   **({'warmup': True} if trainer.epoch == first else {})}
         trainer.epoch += 1
-        if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.epochs:
+        if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.nepoch:
             knn_started = time.perf_counter()
             knn_acc = record['knn_acc'] = trainer.knn_accuracy()
             record['knn_s'] = round(time.perf_counter() - knn_started, 3)
@@ -303,7 +304,7 @@ def pretrain(args, splits, device, run_dir, state):
         trainer.history.append(record)
         append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))
         stopping = args.stop_after is not None and trainer.elapsed / 60 >= args.stop_after
-        if trainer.epoch % args.save_every == 0 or trainer.epoch == args.epochs or stopping:
+        if trainer.epoch % args.save_every == 0 or trainer.epoch == args.nepoch or stopping:
             save_torch(trainer.state(), os.path.join(run_dir, 'state.pt'))
         if stopping:
             print(f'stopped after {trainer.epoch} epochs; continue with --resume {run_dir}')

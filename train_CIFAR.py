@@ -8,11 +8,11 @@ for the flags.
 from utils.data.cifar import load_cifar
 from utils.data.noise import dataset_of
 from utils.engine import main as run_script
+from utils.recipes import IMPROVED, evaluation_batch, fixed_view, retrieves_per_step
 from utils.runs.cli import run_cli
 from utils.runs.config import parse_config
 
-# The authors' train_CIFAR.py defaults (their commit 231e587); --recipe authors (the default) adds
-# their training behaviour, see utils/recipes.py.
+# The authors' train_CIFAR.py defaults (their commit 231e587); everything else: utils/runs/config.py.
 DEFAULTS = dict(
     script='train_CIFAR.py',
     noise_type='cifar10-1-0.35',   # 35% type-I PMD noise, the paper's headline setting
@@ -30,13 +30,32 @@ DEFAULTS = dict(
 )
 
 
+# What --recipe sets, for each flag it governs that the command line leaves unset (utils/recipes.py).
+RECIPES = {
+    'authors': dict(                   # their train_CIFAR.py, exactly
+        diff_backbone='cached',        # (no ImageNet backbone here: the CIFAR-stem ResNet reads the image)
+        freeze_diff_encoder=True,      # their optimiser holds the denoiser only: x_e from a random ResNet
+        eval_bn='batch',               # their ResNet never leaves training mode: batch statistics at evaluation
+        fp_cache_view=lambda c: 'clean' if fixed_view(c) else 'augmented',  # keys: f_p of one random crop + flip
+        fp_train_view=lambda c: 'augmented' if c.fp_encoder == 'SimCLR' else 'cached',  # SimCLR re-encodes each
+        per_step_retrieval=retrieves_per_step,                              # augmented batch and searches anew
+        ema_decay=0.0,                 # their EMA is updated and never read
+        eval_batch_size=evaluation_batch(),  # with batch statistics: their evaluation batches, --batch_size
+    ),
+    'improved': IMPROVED,
+}
+
+
 def load_splits(cfg):
     return load_cifar(cfg.dataset or dataset_of(cfg.noise_type), cfg.data_root, download=cfg.download)
 
 
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv)
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv)
-    return run_script(cfg, load_splits)
+    return run_script(config(argv), load_splits)
 
 
 if __name__ == '__main__':

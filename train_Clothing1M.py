@@ -21,13 +21,43 @@ every image each epoch). Their retrieval weighs every sample of a batch alike
 """
 from utils.data.clothing1m import cc_select_files, read_clothing1m
 from utils.engine import main as run_script
+from utils.recipes import IMPROVED, evaluation_batch, fixed_view, reads_images, retrieves_per_step
 from utils.runs.cli import run_cli
-from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.runs.config import parse_config
 
-# the authors' train_Clothing1M.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Clothing1M.py',
-                noise_type='own', dataset='clothing1m', nepoch=300, k=20, fp_encoder='CC', per_class=10000,
-                candidate_weights='uniform')
+# The authors' train_Clothing1M.py defaults (their commit 231e587); everything else: utils/runs/config.py.
+DEFAULTS = dict(
+    script='train_Clothing1M.py',
+    dataset='clothing1m',
+    noise_type='own',              # the dataset's own noisy labels
+    nepoch=300,                    # the cosine's horizon too (--lr_horizon 0)
+    batch_size=256,
+    warmup_epochs=1,
+    lr_horizon=0,
+    eval_every=1,
+    per_class=10000,               # a class-balanced draw of 10,000 per class, every epoch
+    feature_dim=1024,
+    k=20,
+    candidate_weights='uniform',   # every sample of a batch weighs alike
+    fp_encoder='CC',               # their "Centrality and Consistency" classifier CC_net.pt, its 128-d projection
+    diff_encoder='resnet50_l',     # an ImageNet ResNet-50 and their two-layer head
+)
+
+
+# What --recipe sets, for each flag it governs that the command line leaves unset (utils/recipes.py).
+RECIPES = {
+    'authors': dict(                   # their train_Clothing1M.py
+        diff_backbone='tuned',         # the ResNet-50 is fine-tuned on augmented views decoded every epoch
+        freeze_diff_encoder=False,
+        eval_bn='running',             # evaluated in eval mode
+        fp_cache_view='clean',         # keys: f_p of the centre crops
+        fp_train_view=lambda c: 'augmented' if reads_images(c) and not fixed_view(c) else 'cached',  # f_p
+        per_step_retrieval=retrieves_per_step,  # re-encodes each augmented batch; its neighbours searched anew
+        ema_decay=0.0,                 # their EMA is updated and never read
+        eval_batch_size=evaluation_batch(),
+    ),
+    'improved': IMPROVED,
+}
 
 
 def dataset_args(g):
@@ -53,9 +83,12 @@ def load_splits(cfg):
     return read_clothing1m(cfg.clothing1m_root, *training_subset(cfg))
 
 
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args, kind='files')
-    return run_script(cfg, load_splits)
+    return run_script(config(argv), load_splits)
 
 
 if __name__ == '__main__':

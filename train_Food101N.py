@@ -31,13 +31,43 @@ the head starts at its seeded random initialisation.
 """
 from utils.data.food101n import read_food101n
 from utils.engine import main as run_script
+from utils.recipes import IMPROVED, evaluation_batch, fixed_view, retrieves_per_step
 from utils.runs.cli import run_cli
-from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.runs.config import parse_config
 
-# the authors' train_Food101N.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_Food101N.py',
-                noise_type='own', dataset='food101n', nepoch=100, k=10, warmup_epochs=10, lr_horizon=200,
-                candidates='neighbours')
+# The authors' train_Food101N.py defaults (their commit 231e587); everything else: utils/runs/config.py.
+DEFAULTS = dict(
+    script='train_Food101N.py',
+    dataset='food101n',
+    noise_type='own',              # the dataset's own noisy labels
+    nepoch=100,
+    batch_size=256,
+    warmup_epochs=10,              # hard-coded in their loop (their --warmup_epochs 1 is unused)
+    lr_horizon=200,                # hard-coded too: a 200-epoch cosine
+    eval_every=1,
+    feature_dim=1024,
+    k=10,
+    candidates='neighbours',       # the k+1 nearest neighbours' labels, no own label appended
+    fp_encoder='CLIP',
+    CLIP_type='ViT-L/14',
+    diff_encoder='resnet50_l',     # an ImageNet ResNet-50 and their two-layer head
+)
+
+
+# What --recipe sets, for each flag it governs that the command line leaves unset (utils/recipes.py).
+RECIPES = {
+    'authors': dict(                   # their train_Food101N.py
+        diff_backbone='tuned',         # the ResNet-50 reads augmented views decoded every epoch...
+        freeze_diff_encoder=True,      # ...but their optimiser holds the denoiser only (its head stays random)
+        eval_bn='batch',               # and it never leaves training mode: batch statistics at evaluation
+        fp_cache_view=lambda c: 'clean' if fixed_view(c) else 'augmented',  # keys: f_p of one random crop + flip
+        fp_train_view='cached',        # f_p read from the cache at every step
+        per_step_retrieval=retrieves_per_step,
+        ema_decay=0.0,                 # their EMA is updated and never read
+        eval_batch_size=evaluation_batch(512),  # their test loader's batch
+    ),
+    'improved': IMPROVED,
+}
 
 
 def dataset_args(g):
@@ -49,9 +79,12 @@ def load_splits(cfg):
     return read_food101n(cfg.food101n_root, cfg.food101_root)
 
 
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args, kind='files')
-    return run_script(cfg, load_splits)
+    return run_script(config(argv), load_splits)
 
 
 if __name__ == '__main__':

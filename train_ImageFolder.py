@@ -14,11 +14,41 @@ confidence; the likely mislabelled first) and classes.txt.
 from utils.data.own_images import read_image_folder
 from utils.engine import main as run_script
 from utils.errors import SetupError
+from utils.recipes import IMPROVED, evaluation_batch, fixed_view, reads_images, retrieves_per_step
 from utils.runs.cli import run_cli
-from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.runs.config import parse_config
 
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_ImageFolder.py',
-                noise_type='own', dataset='imagefolder', k=10)  # the given (noisy) labels
+# Your own images: the authors' large-image defaults (their Clothing1M/WebVision scripts') where they apply.
+DEFAULTS = dict(
+    script='train_ImageFolder.py',
+    dataset='imagefolder',
+    noise_type='own',              # the given (noisy) labels
+    batch_size=256,
+    warmup_epochs=1,
+    lr_horizon=0,                  # the cosine over --nepoch
+    eval_every=1,
+    feature_dim=1024,
+    k=10,
+    fp_encoder='CLIP',
+    CLIP_type='ViT-L/14',
+    diff_encoder='resnet50_l',     # an ImageNet ResNet-50 and the authors' two-layer head
+)
+
+
+# What --recipe sets, for each flag it governs that the command line leaves unset (utils/recipes.py).
+RECIPES = {
+    'authors': dict(                   # no authors' script for your own images: their large-image protocol
+        diff_backbone='cached',        # with the frozen backbone's features cached (it never sees the images)
+        freeze_diff_encoder=False,
+        eval_bn='running',
+        fp_cache_view='clean',
+        fp_train_view=lambda c: 'augmented' if reads_images(c) and not fixed_view(c) else 'cached',
+        per_step_retrieval=retrieves_per_step,
+        ema_decay=0.0,
+        eval_batch_size=evaluation_batch(),
+    ),
+    'improved': IMPROVED,
+}
 
 
 def dataset_args(g):
@@ -39,9 +69,12 @@ def load_splits(cfg):
     return read_image_folder(cfg.train, cfg.val, cfg.test, cfg.classes, cfg.val_fraction, cfg.seed)
 
 
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args, kind='files')
-    return run_script(cfg, load_splits)
+    return run_script(config(argv), load_splits)
 
 
 if __name__ == '__main__':

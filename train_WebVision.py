@@ -16,15 +16,34 @@ batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-
 500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
 Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
+from train_Clothing1M import RECIPES as CLOTHING1M_RECIPES
 from utils.data.webvision import read_webvision
 from utils.engine import main as run_script
 from utils.runs.cli import run_cli
-from utils.runs.config import IMAGE_FILE_DEFAULTS, parse_config
+from utils.runs.config import parse_config
 
-# the authors' train_WebVision.py; noise_type: the dataset's own noisy labels
-DEFAULTS = dict(IMAGE_FILE_DEFAULTS, script='train_WebVision.py',
-                noise_type='own', dataset='webvision', nepoch=300, k=50, per_class=500,
-                candidate_weights='uniform')
+# The authors' train_WebVision.py defaults (their commit 231e587); everything else: utils/runs/config.py.
+DEFAULTS = dict(
+    script='train_WebVision.py',
+    dataset='webvision',
+    noise_type='own',              # the dataset's own noisy labels
+    nepoch=300,                    # the cosine's horizon too (--lr_horizon 0)
+    batch_size=256,
+    warmup_epochs=1,
+    lr_horizon=0,
+    eval_every=1,
+    per_class=500,                 # a class-balanced draw of 500 per class, every epoch
+    feature_dim=1024,
+    k=50,
+    candidate_weights='uniform',   # every sample of a batch weighs alike
+    fp_encoder='CLIP',
+    CLIP_type='ViT-L/14',
+    diff_encoder='resnet50_l',     # an ImageNet ResNet-50 and their two-layer head
+)
+
+
+# What --recipe sets (utils/recipes.py): their train_WebVision.py trains as their train_Clothing1M.py does.
+RECIPES = CLOTHING1M_RECIPES
 
 
 def dataset_args(g):
@@ -42,9 +61,12 @@ def load_splits(cfg):
                           cfg.inputs_dir)
 
 
+def config(argv=None):
+    return parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+
+
 def main(argv=None):
-    cfg = parse_config(__doc__, DEFAULTS, argv, dataset_args, kind='files')
-    return run_script(cfg, load_splits)
+    return run_script(config(argv), load_splits)
 
 
 if __name__ == '__main__':

@@ -36,9 +36,9 @@ from utils.data.noise import noise_rate, resolve_noisy_labels
 from utils.encoders.feature_file import load_feature_file
 from utils.engine import main as engine_main
 from utils.errors import NoiseError, PublishedInputError, ResumeRefused
-from utils.recipes import RECIPE_FLAGS, resolve_recipe
+from utils.recipes import RECIPE_FLAGS
 from utils.retrieval import knn, majority_vote
-from utils.runs.config import K_SELECT, parse_config
+from utils.runs.config import K_SELECT
 from utils.runs.folders import MEANT_WHEN_ABSENT, write_run_file
 from utils.storage.loading import load_json
 from utils.storage.saving import save_json
@@ -57,16 +57,16 @@ NOISES = {
 RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
 # Epochs for the full table (5 noises × 2 recipes × 2 seeds = 20 runs): about 5 minutes a run on a
 # 2-core CPU (7-14 s an epoch, 4-7 s an evaluation, a minute for the denoised labels), so the table
-# takes an hour with --jobs 2 (measured 61 min, docs/BENCHMARKS.md). The authors' 20 warm-up epochs
+# takes an hour with --jobs 2 (measured 61 min, docs/RESULTS.md). The authors' 20 warm-up epochs
 # and 200-epoch runs do not fit a CPU hour; warm-up is shortened to 2. The authors' runs stop at
 # epoch 200 of a 1000-epoch cosine (--lr_horizon); the CPU runs keep that fraction, 20 of 100.
 # k is the authors' (train_CIFAR's default, 10) unless --k_choices asks for a choice on the clean
 # validation split by neighbour-majority accuracy. That choice picks k 50 on CIFAR-10N worse and
-# uniform 35% with these features, and the denoiser does worse there than with 10 (docs/BENCHMARKS.md:
+# uniform 35% with these features, and the denoiser does worse there than with 10 (docs/RESULTS.md:
 # 60 epochs, worse 74.4% against 76.1%, uniform 76.9% against 78.5%): a purer vote is not a better
 # training target. A single choice still scores it, so the f_p check reports the vote at k. With
 # --k_select model the choice is the model's validation accuracy after short trials instead (it chose
-# k 1 on nine runs of ten at 60 epochs: docs/BENCHMARKS.md, seventh pass).
+# k 1 on nine runs of ten at 60 epochs: docs/RESULTS.md, choosing k).
 K_CHOICES = (train_CIFAR.DEFAULTS['k'],)
 FULL = dict(nepoch=20, warmup_epochs=2, eval_every=3, n_samples=5, seeds=(1, 2), lr_horizon=100, k_choices=K_CHOICES)
 QUICK = dict(nepoch=3, warmup_epochs=1, eval_every=1, n_samples=2, seeds=(1,), lr_horizon=15, k_choices=K_CHOICES)
@@ -138,7 +138,7 @@ def recipe_accepted(flags):
     """Whether train_CIFAR's parser takes these flags (a recipe the package does not have yet is not)."""
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            parse_config('', train_CIFAR.DEFAULTS, flags)
+            train_CIFAR.config(flags)
         return True
     except SystemExit:
         return False
@@ -146,7 +146,7 @@ def recipe_accepted(flags):
 
 def run_flags(noise, recipe, seed, settings, args):
     out_dir, cifar_n_dir = args.out_dir, args.cifar_n_dir
-    return ['--noise_type', noise, '--fp_encoder', 'features', '--fp_features', args.features,
+    return ['--noise_type', noise, '--fp_encoder', 'features', '--fp_checkpoint', args.features,
             '--diff_encoder', 'fp_mlp', '--device', 'cpu', '--no-download', '--data_root', args.data_root,
             '--nepoch', str(settings['nepoch']), '--warmup_epochs', str(settings['warmup_epochs']),
             '--eval_every', str(settings['eval_every']), '--n_samples', str(settings['n_samples']),
@@ -168,7 +168,7 @@ def started_by(run_dir, flags, cfg):
     recorded = load_json(os.path.join(run_dir, 'config.json'))
     if not recorded:
         return not os.path.exists(os.path.join(run_dir, 'last.pt'))
-    today = vars(resolve_recipe(argparse.Namespace(**vars(cfg)), True, 'cifar10'))
+    today = vars(cfg)  # its recipe resolved when its flags were parsed
     return all(recorded.get(name, MEANT_WHEN_ABSENT.get(name)) == today[name] for name in RECIPE_FLAGS)
 
 
@@ -179,7 +179,7 @@ def reusable(run_dir, flags, cfg):
 
 def run_config(flags):
     """A run's config, as train_CIFAR's parser reads its flags, and its run folder."""
-    cfg = parse_config(train_CIFAR.__doc__, train_CIFAR.DEFAULTS, flags)
+    cfg = train_CIFAR.config(flags)
     return cfg, os.path.join(cfg.out_dir, cfg.run_name)
 
 

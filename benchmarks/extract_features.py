@@ -1,5 +1,5 @@
 """Pooled ImageNet features of CIFAR-10 from a pretrained EfficientNet-Lite, written as a features
-file for `--fp_encoder features --fp_features FILE`.
+file for `--fp_encoder features --fp_checkpoint FILE`.
 
     python -m benchmarks.extract_features --data_root DIR --size 160 --out cifar10_lite0_160.npz
     python -m benchmarks.extract_features --data_root DIR --model lite2 --size 160 --out cifar10_lite2_160.npz

@@ -39,7 +39,7 @@ def projected_run_s(summary, n_train, n_eval):
 
 def run_variant(name, flags, root, folder, args):
     common = ['--clothing1m_root', root, '--fp_checkpoint', os.path.join(folder, 'CC_net.pt'),
-              '--diff_encoder_weights', 'random', '--nepoch', str(args.epochs), '--warmup_epochs', '0',
+              '--diff_encoder_weights', 'random', '--nepoch', str(args.nepoch), '--warmup_epochs', '0',
               '--per_class', str(args.per_class), '--device', args.device, '--num_workers', str(args.workers),
               '--n_samples', '0', '--out_dir', os.path.join(folder, 'runs'), '--run_name', name.split()[0],
               '--cache_dir', os.path.join(folder, 'cache-' + name.split()[0]), *args.extra]
@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument('--per_class', type=int, default=400, help='training images of each of the 14 classes')
     p.add_argument('--n_eval', type=int, default=1000, help='validation and test images each')
     p.add_argument('--pixels', type=int, default=256, help='height of the generated JPEGs (8 px wider than high)')
-    p.add_argument('--epochs', type=int, default=1)
+    p.add_argument('--nepoch', type=int, default=1)
     p.add_argument('--workers', type=int, default=min(16, os.cpu_count() or 1), help='DataLoader decoding workers')
     p.add_argument('--device', default='auto')
     p.add_argument('--small', action='store_true',
@@ -80,7 +80,7 @@ def main(argv=None):
         rows = [run_variant(name, flags, root, folder, args) for name, flags in VARIANTS.items()]
     result = {'device': device_line(device), 'images': {'train': args.per_class * N_CLASS, 'val': args.n_eval,
                                                        'test': args.n_eval, 'pixels': args.pixels},
-              'epochs': args.epochs, 'authors_run': AUTHORS_RUN, 'rows': rows}
+              'epochs': args.nepoch, 'authors_run': AUTHORS_RUN, 'rows': rows}
     return report(result, args.out, indent=1)
 
 

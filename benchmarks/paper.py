@@ -332,7 +332,7 @@ def measured_line(results):
     devices = sorted({r['device'] for r in results.get('runs', [])})
     return (f'Rows measured: {len(measured)} of {len(ROWS)}' +
             (f' ({", ".join(measured)}; on {", ".join(devices)})' if measured else '') +
-            '; the others are not measured (their commands are below, not yet run).')
+            '; the others are not measured yet.')
 
 
 def page(results):
@@ -364,13 +364,21 @@ def page(results):
 
 
 def readme_section(results):
-    """The README's reproduction table: one line per row, its one-line command."""
+    """The README's reproduction table: per table of the paper, its rows, how many are measured and one
+    row's one-line command; then every measured row beside the paper's figure. docs/PAPER.md (and
+    `--list`) give every row with its command."""
     summary = summarise(results.get('runs', []))
-    lines = [README_MARKERS[0], '', measured_line(results), '', '| row | paper | measured | command |',
-             '|---|---|---|---|']
+    measured_ids = {row_id for row_id, _ in summary}
+    lines = [README_MARKERS[0], '', measured_line(results), '',
+             "| the paper's table | rows | measured | one row's command |", '|---|---|---|---|']
+    for table in TABLES:
+        rows = [row for row in ROWS.values() if row.table == table]
+        lines.append(f'| {table} | {len(rows)} | {sum(row.id in measured_ids for row in rows)} | '
+                     f'`{rows[0].id}`: `{rows[0].command()}` |')
     for row in ROWS.values():
-        measured = '; '.join(m for m, _, _ in measured_cells(row, summary))
-        lines.append(f'| `{row.id}` | {row.paper.text(row.unit)} | {measured} | `{row.command()}` |')
+        for measured, diff, where in (measured_cells(row, summary) if row.id in measured_ids else ()):
+            lines.append(f'| `{row.id}`, paper {row.paper.text(row.unit)} | | {measured}, {diff} | {where} |')
+    lines += ['', 'Every row with its figure and command: docs/PAPER.md, or `python -m benchmarks.paper --list`.']
     return '\n'.join([*lines, '', README_MARKERS[1]])
 
 

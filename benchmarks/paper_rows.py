@@ -88,9 +88,9 @@ class Row:
 
 ENCODERS = {'simclr': ('SimCLR', ()), 'clip': ('CLIP ViT-L/14', ('--fp_encoder', 'CLIP', '--CLIP_type', 'ViT-L/14'))}
 HYBRIDS = {'u30': ('_U_0.3', 'uniform 30%'), 'u60': ('_U_0.6', 'uniform 60%'), 'a30': ('_A_0.3', 'asymmetric 30%')}
-GPU_TIME = {'simclr': '≈ 20 min on one H100 (5.4 s an epoch × 200, projected; docs/BENCHMARKS.md)',
+GPU_TIME = {'simclr': '≈ 20 min on one H100 (5.4 s an epoch × 200, projected; docs/RESULTS.md)',
             'clip': '≈ 10 min on one H100 (ViT-L/14 keys: 2.4 s an epoch × 200 + features, projected; '
-                    'docs/BENCHMARKS.md)'}
+                    'docs/RESULTS.md)'}
 # the design notes quote these from the paper, and an independent re-run of the authors' code
 CIFAR10_PMD1_35 = {'clip': Figure(96.54, None, 'design notes §2, quoting the paper; not re-read from the v1 LaTeX')}
 AUTHORS_RERUN = {'simclr': "authors' code re-run, 25–31 epochs: 87.1–89.1% (design notes §2)",
@@ -153,7 +153,7 @@ def real_world_rows():
                    (Input('dataset', 'Clothing1M', 'Clothing1M/ with its annotation files (download by hand)'),
                     Input('published', 'CC_net', "the authors' Clothing1M classifier (f_p)"),
                     Input('published', 'cc_select_img'), Input('published', 'cc_select_label')),
-                   '≈ 12 h on one H100 (one epoch of generated JPEGs projected to 300; docs/BENCHMARKS.md)')
+                   '≈ 12 h on one H100 (one epoch of generated JPEGs projected to 300; docs/RESULTS.md)')
     web_inputs = (Input('dataset', 'WebVision', 'WebVision 1.0 (Google subset) with info/ (download by hand)'),
                   Input('dataset', 'ILSVRC2012 val', 'the official flat validation folder (download by hand)'),
                   Input('published', 'ILSVRC2012_val_label', 'its labels, where no label file lies beside it'),

@@ -2,11 +2,11 @@
 epochs on the 5k validation and 10k test splits, feature extraction included.
 
     python -m benchmarks.training                                   # one GPU: SimCLR and CLIP ViT-L/14
-    python -m benchmarks.training --epochs 2                        # eager, then graphed: projected
+    python -m benchmarks.training --nepoch 2                        # eager, then graphed: projected
     python -m benchmarks.training --diff_encoders resnet18 fp_mlp   # each diffusion encoder
-    python -m benchmarks.training --small --epochs 2                # CPU smoke test
-    python -m benchmarks.training --data_root data --epochs 2 -- --recipe improved   # real CIFAR-10
-    python -m benchmarks.training --data_root data --epochs 2 --modes graphed --profile  # where an epoch goes
+    python -m benchmarks.training --small --nepoch 2                # CPU smoke test
+    python -m benchmarks.training --data_root data --nepoch 2 -- --recipe improved   # real CIFAR-10
+    python -m benchmarks.training --data_root data --nepoch 2 --modes graphed --profile  # where an epoch goes
 
 Runs `train_CIFAR.py`'s engine on CIFAR-sized random images (speed does not depend on the pixels),
 or on real CIFAR-10 with 35% uniform noise when --data_root holds `cifar-10-batches-py/`, with
@@ -15,7 +15,7 @@ train_CIFAR.py (a recipe, say). Each run goes once per --modes entry: eager (--n
 graphed (--cuda_graph, the default; on the CPU both are eager), the later runs reading the features
 the first extracted.
 
-With --epochs below 200 every epoch is evaluated and the paper-length time is projected (labelled as
+With --nepoch below 200 every epoch is evaluated and the paper-length time is projected (labelled as
 such) from warm figures: the first epoch and the first evaluation of a run pay for cuDNN autotuning,
 CUDA graph capture and first allocations, so they count once and are reported apart; the other 199
 epochs and the other evaluations are projected from the warm ones; the features from the first run.
@@ -38,7 +38,6 @@ from utils.data.cifar import load_cifar
 from utils.data.splits import ImageSplits
 from utils.encoders.random_weights import save_random_clip, save_random_simclr
 from utils.engine import run
-from utils.runs.config import parse_config
 from utils.runtime.devices import resolve_device
 from utils.schedule import is_eval_epoch
 from utils.storage.saving import save_json
@@ -63,14 +62,14 @@ def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None):
     encoder timed (this run reads its cache)."""
     name = f'{encoder.replace("/", "")}-{diff_encoder}'
     chosen = [] if diff_encoder == 'default' else ['--diff_encoder', diff_encoder]  # default: the recipe's
-    projected = args.epochs < 200
+    projected = args.nepoch < 200
     schedule = ['--warmup_epochs', '0', '--eval_every', '1'] if projected else []  # a first and warm evaluations
-    flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.epochs), *chosen,
+    flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.nepoch), *chosen,
              '--device', args.device, '--out_dir', os.path.join(folder, 'runs'), '--n_samples', '0',
              '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', f'{name}-{mode}',
              MODES[mode], *schedule, *args.extra]
     flags += encoder_flags(encoder, args, folder)
-    cfg = parse_config('', train_CIFAR.DEFAULTS, flags)
+    cfg = train_CIFAR.config(flags)
     started, ops = time.time(), []
     with profiled_last_epoch(ops, cfg.nepoch - 1) if args.profile else contextlib.nullcontext():
         summary, _ = run(cfg, lambda c: splits)
@@ -115,8 +114,8 @@ def epoch_figures(seconds, epochs):
 def paper_projection(row, args):
     """Seconds of the paper's 200 epochs: features, the first epoch and evaluation as measured, the rest
     at the warm rates, a checkpoint wait per epoch. Evaluations as the recipe schedules them."""
-    paper = parse_config('', train_CIFAR.DEFAULTS, args.extra)  # the recipe may move warm-up or evaluation
-    n_evals = sum(is_eval_epoch(e, paper) for e in range(200))
+    paper = train_CIFAR.config(args.extra)  # the recipe may move warm-up or evaluation
+    n_evals = sum(is_eval_epoch(e, paper.warmup_epochs, paper.eval_every) for e in range(200))
     return (row['feature_extraction_s'] + row['train_s_first_epoch'] + 199 * row['train_s_per_epoch']
             + row['eval_s_first'] + (n_evals - 1) * row['eval_s_each'] + 200 * row['checkpoint_s_each'])
 
@@ -148,7 +147,7 @@ def main(argv=None):
                    help="diffusion encoders to time; 'default': train_CIFAR.py's (or the recipe's) choice")
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES),
                    help='eager (--no-cuda_graph) and/or graphed (--cuda_graph) runs, in this order')
-    p.add_argument('--epochs', type=int, default=200)
+    p.add_argument('--nepoch', type=int, default=200)
     p.add_argument('--device', default='auto')
     p.add_argument('--small', action='store_true', help='tiny stand-ins and a small dataset (CPU smoke test)')
     p.add_argument('--sizes', type=int, nargs=3, metavar=('TRAIN', 'VAL', 'TEST'),

@@ -48,14 +48,14 @@ def pmd_name(dataset, pmd_type, rate, seed):
 def class_probabilities(args, splits):
     """η(x) for every training image from a classifier trained on the clean labels (cached)."""
     os.makedirs(args.cache_dir, exist_ok=True)
-    tag = f'eta_{splits.name}_n{len(splits.train_clean)}_{args.arch}_e{args.epochs}_s{args.seed}'
+    tag = f'eta_{splits.name}_n{len(splits.train_clean)}_{args.arch}_e{args.nepoch}_s{args.seed}'
     path = os.path.join(args.cache_dir, tag + '.npz')
     if os.path.isfile(path):
         blob = np.load(path)
         return blob['eta'], {k: float(blob[k]) for k in ('train_acc', 'val_acc', 'test_acc')}
     device = resolve_device(args.device)
     model, _ = fit_classifier(splits.train_images, splits.train_clean, splits.n_class, splits.mean, splits.std,
-                              arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              arch=args.arch, epochs=args.nepoch, batch_size=args.batch_size, lr=args.lr,
                               device=device, seed=args.seed)
     eta = predict_proba(model, splits.train_images, splits.mean, splits.std).cpu().numpy()
     facts = {'train_acc': float((eta.argmax(1) == splits.train_clean.numpy()).mean()),
@@ -85,7 +85,7 @@ def make_pmd(args, splits, pmd_type, rate, eta=None, facts=None):
     return write_noise(labels, name, {
         'dataset': splits.name, 'noise': f'PMD type {pmd_type}', 'pmd_type': pmd_type, 'requested_rate': rate,
         'realised_rate': realised, 'factor': factor, 'seed': args.seed,
-        'eta_classifier': {'arch': args.arch, 'epochs': args.epochs, **facts},
+        'eta_classifier': {'arch': args.arch, 'epochs': args.nepoch, **facts},
         'mean_margin': float(margin.mean())}, args.out_dir, args.command_line)
 
 
@@ -121,7 +121,7 @@ def parser():
     p.add_argument('--base', help='hybrid: the noise name to add i.i.d. noise to')
     p.add_argument('--kind', choices=('U', 'A'), help='hybrid: uniform or asymmetric')
     p.add_argument('--arch', default='preact_resnet34', help='η classifier')
-    p.add_argument('--epochs', type=int, default=25)
+    p.add_argument('--nepoch', type=int, default=25)
     p.add_argument('--batch_size', type=int, default=128)
     p.add_argument('--lr', type=float, default=0.1)
     p.add_argument('--seed', type=int, default=0)

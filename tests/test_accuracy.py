@@ -17,7 +17,6 @@ from utils.data.splits import ImageSplits
 from utils.encoders.feature_file import load_feature_encoder, save_feature_file
 from utils.engine import main as engine_main
 from utils.errors import FeatureFileError, Interrupted
-from utils.runs.config import parse_config
 from utils.trainer import Trainer
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data')
@@ -142,7 +141,7 @@ def test_benchmark_on_a_slice_of_real_cifar10(tmp_path):
 # ---- refusals of features files -------------------------------------------------------------------
 
 def features_cfg(path, tmp_path):
-    return parse_config('', train_CIFAR.DEFAULTS, ['--fp_encoder', 'features', '--fp_features', str(path),
+    return train_CIFAR.config(['--fp_encoder', 'features', '--fp_checkpoint', str(path),
                                                    '--diff_encoder', 'fp_mlp', '--noise_type', 'cifar10-U-0.2',
                                                    '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'),
                                                    '--cache_dir', str(tmp_path / 'cache')])
@@ -152,7 +151,7 @@ def test_features_file_refusals(tmp_path):
     splits, feats = generated(n=(40, 10, 10))
     with pytest.raises(FeatureFileError, match='not found'):
         load_feature_encoder(str(tmp_path / 'none.npz'))
-    with pytest.raises(FeatureFileError, match='needs --fp_features'):
+    with pytest.raises(FeatureFileError, match='needs --fp_checkpoint'):
         load_feature_encoder(None)
     np.savez(tmp_path / 'two.npz', train=feats['train'], test=feats['test'])
     with pytest.raises(FeatureFileError, match=r'two\.npz lacks the split\(s\) val'):

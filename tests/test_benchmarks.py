@@ -10,6 +10,7 @@ from utils.averaging import evaluated_weights
 from utils.diff_encoders import build_model
 from utils.encoders.clip import load_clip
 from utils.evaluate import classify_images
+from utils.prepare import use_k
 from utils.storage.loading import load_torch
 from utils.trainer import Trainer
 
@@ -21,7 +22,7 @@ def test_inference_table_runs_every_column():
 
 
 def test_training_benchmark_projects_a_paper_length_run():
-    rows = training.main(['--small', '--epochs', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
+    rows = training.main(['--small', '--nepoch', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
                           '--device', 'cpu'])
     eager, graphed = rows
     assert (eager['mode'], graphed['mode']) == ('eager', 'graphed') and not eager['cuda_graph'] and graphed['cuda_graph']
@@ -53,7 +54,7 @@ def test_end_to_end_inference_equals_the_trainers_evaluation(tmp_path, digits, t
                          'linear', '--nepoch', '2', '--warmup_epochs', '1', '--eval_every', '1', '--n_samples', '0',
                          '--recipe', recipe, '--eval_batch_size', '25')
         summary, run_dir = engine.run(cfg, lambda c: small)
-        data = prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+        data = use_k(cfg, prepare(cfg, small, torch.device('cpu'), log=lambda m: None), small, log=lambda m: None)
         model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
         model.load_state_dict(evaluated_weights(load_torch(os.path.join(run_dir, 'best.pt'))))
         trainer = Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))

@@ -64,9 +64,11 @@ def test_a_new_search_option_reaches_every_search_and_the_neighbour_cache_key(tm
     cfg = digits_cfg(tmp_path, '--nepoch', '1')
     utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
     files = set(os.listdir(tmp_path / 'cache'))
-    monkeypatch.setattr(utils.prepare, 'knn', knn_with_option)
+    for module in (utils.retrieval, utils.prepare):  # the neighbour table's search, the f_p check's
+        monkeypatch.setattr(module, 'knn', knn_with_option)
     monkeypatch.setattr(utils.prepare, 'search_options', lambda cfg: {'shrink': 0.5})
-    utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+    data = utils.prepare.prepare(cfg, small, torch.device('cpu'), log=lambda m: None)
+    utils.prepare.use_k(cfg, data, small, log=lambda m: None)
     assert seen == [0.5, 0.5]  # the neighbour table, then the f_p check
     new = set(os.listdir(tmp_path / 'cache')) - files
     assert [n for n in new if n.startswith('neighbours_')]  # another key: the old table is not reused

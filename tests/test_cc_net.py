@@ -1,5 +1,4 @@
 """The CC f_p loader on a random checkpoint in the layout of the published CC_net.pt."""
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,8 +40,7 @@ def test_random_checkpoint_has_exactly_the_authors_keys(cc_path):
 
 
 def test_cc_f_p_is_the_128_d_projection_of_the_resnet_50_features(cc_path):
-    cfg = SimpleNamespace(fp_encoder='CC', fp_checkpoint=cc_path, precision='fp32')
-    encoder = build_fp_encoder(cfg, 'clothing1m', (3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 'cpu')
+    encoder = build_fp_encoder('CC', 'cpu', checkpoint=cc_path, bf16=False)
     assert encoder.dim == 128 and encoder.resolution == 224 and encoder.fingerprint
     encoder.resolution = 64  # the network pools adaptively; 64 px keeps the CPU test fast
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -13,7 +13,6 @@ from utils.encoders.clip_tower import VisionTower
 from utils.encoders.factory import build_fp_encoder
 from utils.encoders.random_weights import random_clip_visual
 from utils.errors import EncoderError
-from utils.runs.config import parse_config
 
 # the released towers' architectures; ViT-L/14 with 2 of its 24 blocks keeps the test cheap on a CPU
 # and has every shape of the full tower (16 heads of 64, 257 tokens of 1024)
@@ -55,8 +54,8 @@ def test_both_towers_load_from_one_checkpoint_and_keep_their_own_caches(tiny_cli
 
 def test_the_tower_is_chosen_by_flag(tiny_clip_path):
     for flags, tower in (([], 'fused'), (['--clip_tower', 'clip'], 'clip')):
-        cfg = parse_config('', train_CIFAR.DEFAULTS, ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, *flags])
-        encoder = build_fp_encoder(cfg, 'cifar10', (3, 32, 32), (0.5,) * 3, (0.5,) * 3, 'cpu')
+        cfg = train_CIFAR.config(['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, *flags])
+        encoder = build_fp_encoder(cfg.fp_encoder, 'cpu', clip_type=cfg.CLIP_type, clip_tower=cfg.clip_tower)
         assert encoder.tower == tower
     with pytest.raises(EncoderError, match='unknown CLIP tower'):
         CLIPEncoder(SimpleNamespace(visual=None), 'ViT-B/32', tower='fast')

@@ -17,8 +17,7 @@ from utils.averaging import evaluated_weights
 from utils.diff_encoders import build_model
 from utils.engine import run
 from utils.errors import NonFiniteLoss
-from utils.prepare import prepare
-from utils.runs.config import parse_config
+from utils.prepare import prepare, use_k
 from utils.runs.folders import CHECKPOINT_FORMAT, load_run
 from utils.schedule import is_eval_epoch, learning_rate
 from utils.storage.loading import load_torch
@@ -28,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_cfg(tmp_path, *flags):
-    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+    return demo_digits.config(['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
                                                    str(tmp_path / 'cache'), '--run_name', 'r', *flags])
 
 
@@ -41,8 +40,8 @@ def test_learning_rate_warmup_then_half_cosine():
 
 
 def test_eval_schedule_follows_the_authors():
-    cfg = parse_config('', train_CIFAR.DEFAULTS, [])
-    epochs = [e for e in range(cfg.nepoch) if is_eval_epoch(e, cfg)]
+    cfg = train_CIFAR.config([])
+    epochs = [e for e in range(cfg.nepoch) if is_eval_epoch(e, cfg.warmup_epochs, cfg.eval_every)]
     assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
 
 
@@ -74,7 +73,7 @@ def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits)
     assert ckpt['config']['noise_type'] == 'digits-U-0.4' and ckpt['config']['ema_decay'] == 0.999
     assert ckpt['ema']['updates'] == (ckpt['epoch'] + 1) * 24  # 24 steps an epoch (1,197 samples, batch 50)
     assert not torch.equal(ckpt['ema']['weights']['out.weight'], ckpt['model']['out.weight'])
-    data = prepare(cfg, digits, torch.device('cpu'), log=lambda m: None)
+    data = use_k(cfg, prepare(cfg, digits, torch.device('cpu'), log=lambda m: None), digits, log=lambda m: None)
     model = build_model(cfg, 10, data.info['fp_dim'], (3, 32, 32))
     model.load_state_dict(evaluated_weights(ckpt))
     trainer = Trainer(cfg, data, model, Diffusion(), run_dir, torch.device('cpu'))
@@ -121,7 +120,7 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
     run_dir = str(tmp_path / 'b' / 'runs' / 'r')
     assert load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 6
     first_prepare = load_torch(os.path.join(run_dir, 'last.pt'))['data_info']['prepare_s']
-    resumed, _ = run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+    resumed, _ = run(demo_digits.config(['--resume', run_dir]), lambda c: digits)
     for key in ('best_val_acc', 'best_epoch', 'test_acc'):
         assert resumed[key] == straight[key], key
     # the trained weights and their moving average (the demo's improved recipe) continue exactly
@@ -164,12 +163,12 @@ def test_features_are_cached_once_and_rebuilt_for_other_weights(tmp_path, digits
     flags = ['--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--nepoch', '1']
     run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
     assert len(calls) == 3  # train, val, test
-    run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'b'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
+    run(demo_digits.config(['--out_dir', str(tmp_path / 'b'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
                                                 *flags]), lambda c: small)
     assert len(calls) == 3  # all three read from the cache
     from utils.encoders.random_weights import save_random_clip
     other = save_random_clip('tiny', tmp_path / 'other.pt', seed=1)
-    run(parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
+    run(demo_digits.config(['--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'a' / 'cache'),
                                                 '--fp_encoder', 'CLIP', '--CLIP_type', str(other), '--nepoch', '1']),
         lambda c: small)
     assert len(calls) == 6

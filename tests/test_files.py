@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import predict
 import train_Clothing1M
 import train_Food101N
 import train_WebVision
@@ -246,6 +247,5 @@ def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip
 def test_predict_with_a_clothing1m_run(tmp_path, tiny_clip_path):
     root = layouts.clothing1m(str(tmp_path / 'data'))
     summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path)])
-    result = train_Clothing1M.main(['--clothing1m_root', root, '--predict', run_dir, '--predict_split', 'test',
-                                    '--n_samples', '0', '--device', 'cpu'])
+    result = predict.main([run_dir, '--split', 'test', '--clothing1m_root', root, '--n_samples', '0', '--device', 'cpu'])
     assert result['accuracy'] == pytest.approx(summary['test_acc'])

@@ -13,9 +13,8 @@ from utils.encoders.random_weights import save_random_clip, save_random_simclr
 from utils.encoders.simclr import load_simclr
 from utils.engine import run
 from utils.evaluate import predict_labels
-from utils.prepare import prepare
+from utils.prepare import prepare, use_k
 from utils.retrieval import SearchKeys, knn, retrieve_candidates
-from utils.runs.config import parse_config
 from utils.runtime.graphs import store_frozen_bf16
 from utils.storage.loading import load_torch
 from utils.trainer import new_trainer
@@ -43,7 +42,7 @@ def test_knn_on_cuda_matches_cpu():
 
 @pytest.mark.parametrize('flags', [[], ['--compile'], ['--no-cuda_graph']])
 def test_digits_run_on_cuda(tmp_path, digits, flags):
-    cfg = parse_config('', demo_digits.DEFAULTS, ['--device', 'cuda', '--out_dir', str(tmp_path), '--cache_dir',
+    cfg = demo_digits.config(['--device', 'cuda', '--out_dir', str(tmp_path), '--cache_dir',
                                                   str(tmp_path / 'cache'), *flags])
     summary, _ = run(cfg, lambda c: digits)
     assert summary['test_acc'] > summary['noisy_label_accuracy'] + 0.25
@@ -52,7 +51,7 @@ def test_digits_run_on_cuda(tmp_path, digits, flags):
 def test_gpu_devices_one_id_runs_on_that_device(tmp_path, digits):
     from utils.engine import main
     last = torch.cuda.device_count() - 1
-    cfg = parse_config('', demo_digits.DEFAULTS, ['--gpu_devices', str(last), '--nepoch', '2', '--warmup_epochs', '1',
+    cfg = demo_digits.config(['--gpu_devices', str(last), '--nepoch', '2', '--warmup_epochs', '1',
                                                   '--n_samples', '0', '--out_dir', str(tmp_path), '--cache_dir',
                                                   str(tmp_path / 'cache')])
     summary, _ = main(cfg, lambda c: digits)
@@ -72,7 +71,7 @@ def cuda_trainer(tmp_path, digits, simclr18_path, path, *flags):
     small = subset(digits, 170, 60)
     cfg = digits_cfg(tmp_path, '--device', 'cuda', '--batch_size', '40', '--warmup_epochs', '1', '--fp_encoder',
                      'SimCLR', '--fp_checkpoint', simclr18_path, '--n_samples', '0', *PATHS[path], *flags)
-    data = prepare(cfg, small, CUDA, log=lambda m: None)
+    data = use_k(cfg, prepare(cfg, small, CUDA, log=lambda m: None), small, log=lambda m: None)
     return new_trainer(cfg, data, small, str(tmp_path), CUDA)
 
 
@@ -160,7 +159,7 @@ def test_a_resumed_cuda_run_continues_the_straight_one(tmp_path, digits, monkeyp
     run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
     run_interrupted_at(monkeypatch, 2, digits_cfg(tmp_path / 'b', *flags), small)
     run_dir = str(tmp_path / 'b' / 'runs' / 'r')
-    run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir, '--device', 'cuda']), lambda c: small)
+    run(demo_digits.config(['--resume', run_dir, '--device', 'cuda']), lambda c: small)
     ends = [load_torch(os.path.join(d, 'last.pt'))['model'] for d in (str(tmp_path / 'a' / 'runs' / 'r'), run_dir)]
     for name, value in ends[0].items():
         torch.testing.assert_close(value, ends[1][name], rtol=1e-3, atol=1e-5, msg=name)

@@ -63,25 +63,20 @@ def refuse(message):
 def test_one_id_is_that_device_and_several_launch(monkeypatch):
     monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 4)
     monkeypatch.delenv(LAUNCHED, raising=False)
-    cfg = script_parser('train_Food101N.py').parse_args(['--gpu_devices', '2'])
-    cfg.command_line_flags = ['gpu_devices']
-    assert use_gpu_devices(cfg, refuse) is None and cfg.device == 'cuda:2'
+    assert use_gpu_devices([2], None, refuse) == ('cuda:2', None)
+    assert use_gpu_devices(None, None, refuse) == (None, None)  # --device stands
     started = []
     monkeypatch.setattr(distributed.subprocess, 'call', lambda command, env: started.append((command, env)) or 0)
     monkeypatch.setattr(distributed.sys, 'argv', ['train_Food101N.py', '--gpu_devices', '0', '1', '2', '3'])
-    cfg = script_parser('train_Food101N.py').parse_args(['--gpu_devices', '0', '1', '2', '3'])
-    cfg.command_line_flags = ['gpu_devices']
-    assert use_gpu_devices(cfg, refuse) == 0
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse) == (None, 0)
     (command, env), = started
     assert command[command.index('--nproc_per_node') + 1] == '4' and env['CUDA_VISIBLE_DEVICES'] == '0,1,2,3'
     # in a process of that launch: no second launch, the device of its local rank
     monkeypatch.setenv(LAUNCHED, '0 1 2 3')
-    cfg.device = 'cpu'
-    assert use_gpu_devices(cfg, refuse) is None and cfg.device == 'cuda' and len(started) == 1
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse) == ('cuda', None) and len(started) == 1
     with pytest.raises(SetupError, match='give one of them'):
         monkeypatch.delenv(LAUNCHED)
-        cfg.command_line_flags = ['gpu_devices', 'device']
-        use_gpu_devices(cfg, refuse)
+        use_gpu_devices([0, 1, 2, 3], 'cuda:1', refuse)
 
 
 def test_a_resumed_run_takes_its_devices_from_its_own_command_line():

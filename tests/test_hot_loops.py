@@ -15,7 +15,7 @@ from utils.data.images import random_crop_flip
 from utils.engine import epoch_timing
 from utils.evaluate import training_mode
 from utils.networks import cifar_resnet_trunk
-from utils.prepare import prepare
+from utils.prepare import prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.runtime.graphs import store_frozen_bf16
 from utils.schedule import learning_rate
@@ -72,7 +72,7 @@ def test_the_training_step_is_todays_bit_for_bit(tmp_path, digits, simclr18_path
     small = subset(digits, 120, 40, size=16)
     cfg = digits_cfg(tmp_path, '--fp_encoder', 'SimCLR', '--fp_checkpoint', simclr18_path, '--warmup_epochs', '1',
                      *flags)
-    data = prepare(cfg, small, CPU, log=lambda m: None)
+    data = use_k(cfg, prepare(cfg, small, CPU, log=lambda m: None), small, log=lambda m: None)
     ours, reference = (new_trainer(cfg, data, small, str(tmp_path), CPU) for _ in range(2))
     assert bool(cfg.per_step_retrieval) == ('authors' in flags)
     for epoch in range(2):
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_another_device_resumes_with_this_devices_optimiser(tmp_
     the CPU the moments and step counts load and the CPU's implementation stays."""
     small = subset(digits, 100, 20)
     cfg = digits_cfg(tmp_path, '--nepoch', '1', '--batch_size', '50')
-    data = prepare(cfg, small, CPU, log=lambda m: None)
+    data = use_k(cfg, prepare(cfg, small, CPU, log=lambda m: None), small, log=lambda m: None)
     trainer = new_trainer(cfg, data, small, str(tmp_path), CPU)
     trainer.train_epoch(0)
     state = trainer.optimizer_state()

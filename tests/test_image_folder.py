@@ -1,6 +1,5 @@
 """Your own data (train_ImageFolder.py) with timm and OpenCLIP f_p: CSV and class-folder forms, with and
 without a clean validation split, end to end on the CPU; the ranked labels; the refusals."""
-import argparse
 import csv
 import json
 import os
@@ -199,7 +198,7 @@ def test_hub_loaders_refuse_what_does_not_fit(tmp_path, timm_checkpoint, open_cl
     with pytest.raises(EncoderError, match='needs --fp_pretrained TAG'):
         load_open_clip('tiny-test')
     with pytest.raises(EncoderError, match='needs --fp_model'):
-        load_hub_encoder(argparse.Namespace(fp_encoder='timm', fp_model=None), 'cpu')
+        load_hub_encoder('timm', None)
 
 
 def test_hub_encoder_preprocessing_and_cache_key(timm_checkpoint, tmp_path):

@@ -9,15 +9,15 @@ from test_engine import digits_cfg
 
 from conftest import subset
 from utils.engine import run
-from utils.errors import Interrupted
+from utils.errors import Interrupted, SetupError
 from utils.prepare import neighbour_table
 from utils.runs import k_trials
-from utils.runs.checks import config_problems
 from utils.storage.loading import load_json, load_torch
 from utils.trainer import Trainer
 
 FLAGS = ('--nepoch', '6', '--warmup_epochs', '1', '--eval_every', '2', '--lr_horizon', '6', '--n_samples', '0')
 TRIAL = ('--k_choices', '1', '5', '--k_select', 'model', '--k_trial_epochs', '3')  # neither is the default k
+CHOOSING = ('--k_choices', '1', '5', '--k_select', 'model')
 
 
 def log_of(folder):
@@ -75,7 +75,7 @@ def test_trials_end_at_the_run_s_next_evaluation_and_follow_its_schedule(tmp_pat
     trial, full = log_of(os.path.join(run_dir, 'k_trials', 'k1')), log_of(run_dir)
     assert [r['epoch'] for r in trial] == [2, 4] and [r['epoch'] for r in full] == [2, 4]  # 4 epochs asked, 5 run
     assert trial[0]['lr'] == full[0]['lr']  # the first epochs of the run, not a schedule of their own
-    cfg = digits_cfg(tmp_path, '--nepoch', '50', '--lr_horizon', '0', '--k_trial_epochs', '5')
+    cfg = digits_cfg(tmp_path, '--nepoch', '50', '--lr_horizon', '0', '--k_trial_epochs', '5', *CHOOSING)
     # 5 epochs asked; the run's first evaluation is epoch 10, after its 10 warm-up epochs
     assert (k_trials.trial_config(cfg, 3).nepoch, k_trials.trial_config(cfg, 3).lr_horizon) == (11, 50)
 
@@ -203,18 +203,21 @@ def test_resume_keeps_the_chosen_k_without_new_trials(tmp_path, small, monkeypat
     (('--k_choices', '1', '5', '--k_trial_epochs', '3'), '--k_trial_epochs 3 applies to --k_select model only'),
 ])
 def test_k_select_flags_are_checked(tmp_path, flags, problem):
-    assert any(p.startswith(problem) for p in config_problems(digits_cfg(tmp_path, *flags)))
+    with pytest.raises(SetupError) as refused:  # as the flags are parsed, before any work
+        digits_cfg(tmp_path, *flags)
+    assert any(p.startswith(problem) for p in str(refused.value).split('; '))
 
 
 def test_default_trial_length_is_a_tenth_of_the_run_and_twice_its_warm_up(tmp_path):
     for nepoch, warmup, expected in ((200, 5, 20), (100, 10, 20), (60, 2, 6), (30, 0, 3), (3, 4, 3)):
-        cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup), '--eval_every', '1')
+        cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup), '--eval_every', '1',
+                         *CHOOSING)
         assert k_trials.trial_epochs(cfg) == expected, (nepoch, warmup)
     # then up to the run's next evaluation (epochs 5, 10, ... with --eval_every 5), or the whole run
     for nepoch, warmup, asked, expected in ((200, 5, 0, 21), (60, 2, 0, 6), (60, 2, 7, 11), (12, 2, 12, 12),
                                             (3, 4, 0, 3)):
         cfg = digits_cfg(tmp_path, '--nepoch', str(nepoch), '--warmup_epochs', str(warmup), '--eval_every', '5',
-                         '--k_trial_epochs', str(asked))
+                         '--k_trial_epochs', str(asked), *CHOOSING)
         assert k_trials.trial_epochs(cfg) == expected, (nepoch, warmup, asked)
 
 

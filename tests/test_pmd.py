@@ -60,7 +60,7 @@ def test_unreachable_rate_is_refused():
 
 
 def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
-    common = ['--dataset', 'digits', '--arch', 'small_cnn', '--epochs', '30', '--lr', '0.05', '--batch_size', '64',
+    common = ['--dataset', 'digits', '--arch', 'small_cnn', '--nepoch', '30', '--lr', '0.05', '--batch_size', '64',
               '--device', 'cpu', '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(tmp_path / 'cache')]
     make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
     labels = np.load(tmp_path / 'noise' / 'digits-1-0.35-s0.npy')
@@ -81,7 +81,7 @@ def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
 def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
     write_cifar100(str(tmp_path / 'data'), n=3000)
     common = ['--dataset', 'cifar100', '--data_root', str(tmp_path / 'data'), '--no-download', '--n_train', '2500',
-              '--arch', 'small_cnn', '--epochs', '1', '--out_dir', str(tmp_path / 'noise'),
+              '--arch', 'small_cnn', '--nepoch', '1', '--out_dir', str(tmp_path / 'noise'),
               '--cache_dir', str(tmp_path / 'cache')]
     # the η classifier's probabilities, as the cache holds them (training one on random images is moot)
     from utils.data.cifar import load_cifar

@@ -18,7 +18,6 @@ from utils.encoders.cache import augmented_view
 from utils.engine import run
 from utils.recipes import RECIPE_FLAGS, resolve_recipe
 from utils.retrieval import CandidateLabels, retrieve_candidates
-from utils.runs.config import parse_config
 from utils.storage.loading import load_torch
 
 # train_CIFAR.py of the authors (puar-playground/LRA-diffusion at 231e587) and its hard-coded schedule
@@ -29,12 +28,13 @@ AUTHORS_CIFAR = dict(nepoch=200, batch_size=200, warmup_epochs=5, feature_dim=51
 
 
 def test_cifar_defaults_are_the_authors():
-    cfg = parse_config('', train_CIFAR.DEFAULTS, [])
+    cfg = train_CIFAR.config([])
     assert {k: getattr(cfg, k) for k in AUTHORS_CIFAR} == AUTHORS_CIFAR
 
 
-def resolved(*flags, in_memory=True):
-    return vars(resolve_recipe(parse_config('', train_CIFAR.DEFAULTS, list(flags)), in_memory))
+def resolved(*flags):
+    """The configuration train_CIFAR.py resolves for these flags (the recipe applied as they are parsed)."""
+    return vars(train_CIFAR.config(list(flags)))
 
 
 def test_authors_recipe_on_cifar_simclr_and_clip():
@@ -59,42 +59,71 @@ def test_improved_recipe_and_single_flags_win():
 
 
 @pytest.mark.parametrize('recipe', ['authors', 'improved'])
-def test_recipe_flags_names_every_flag_the_recipe_fills(recipe):
+@pytest.mark.parametrize('script', [train_CIFAR, train_Clothing1M, train_Food101N, train_WebVision])
+def test_every_recipe_of_every_script_fills_every_flag_it_governs(script, recipe):
     # the accuracy benchmark compares these to decide whether a finished run is today's recipe's
-    given = parse_config('', train_CIFAR.DEFAULTS, ['--recipe', recipe])
-    unset = {name for name, value in vars(given).items() if value is None}
-    filled = {name for name in unset if resolved('--recipe', recipe)[name] is not None}
-    assert filled == set(RECIPE_FLAGS)
+    cfg = script.config(['--recipe', recipe])
+    assert set(cfg.recipe_filled) == set(RECIPE_FLAGS) and all(getattr(cfg, n) is not None for n in RECIPE_FLAGS)
+    assert set(script.RECIPES) == {'authors', 'improved'}
+
+
+def test_a_script_table_that_misses_a_flag_is_an_error_of_the_script():
+    table = {'authors': {k: v for k, v in train_CIFAR.RECIPES['authors'].items() if k != 'eval_bn'}}
+    with pytest.raises(ValueError, match='does not say eval_bn'):
+        resolve_recipe(train_CIFAR.config([]).replace(eval_bn=None), table)
+
+
+def test_the_configuration_is_resolved_when_parsed_and_frozen_after():
+    cfg = train_CIFAR.config(['--fp_encoder', 'CLIP'])
+    assert (cfg.fp_train_view, cfg.eval_batch_size) == ('cached', 200)  # resolved: nothing left at None
+    with pytest.raises(AttributeError, match='frozen'):
+        cfg.k = 5
+    chosen = cfg.replace(k=5)
+    assert (chosen.k, cfg.k) == (5, 10) and chosen.fp_train_view == 'cached'
+    with pytest.raises(AttributeError, match='frozen'):
+        chosen.k = 6
+
+
+def test_print_config_shows_every_resolved_flag_and_its_source(capsys):
+    with pytest.raises(SystemExit) as done:
+        train_CIFAR.config(['--print_config', '--fp_encoder', 'CLIP', '--eval_bn', 'running'])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith('# train_CIFAR.py: the resolved configuration')
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith('  ')}
+    assert lines['fp_encoder'].endswith('(command line)') and "'CLIP'" in lines['fp_encoder']
+    assert lines['eval_bn'].endswith('(command line)') and lines['eval_batch_size'].split()[1] == '2000'
+    assert lines['fp_train_view'].endswith('(recipe authors)') and lines['diff_encoder'].endswith('(script)')
+    assert lines['grad_clip'].endswith('(default)') and '[recipe: ' in out
 
 
 def test_file_datasets_key_the_centre_crops_unless_asked():
-    assert resolved(in_memory=False)['fp_cache_view'] == 'clean'
-    assert resolved('--fp_cache_view', 'augmented', in_memory=False)['fp_cache_view'] == 'augmented'
+    assert file_recipe(train_Clothing1M)['fp_cache_view'] == 'clean'
+    assert file_recipe(train_Clothing1M, '--fp_cache_view', 'augmented')['fp_cache_view'] == 'augmented'
 
 
-def file_recipe(script, dataset, *flags):
-    return vars(resolve_recipe(parse_config('', script.DEFAULTS, list(flags), kind='files'), False, dataset))
+def file_recipe(script, *flags):
+    return vars(script.config(list(flags)))
 
 
-@pytest.mark.parametrize('script,dataset', [(train_Clothing1M, 'clothing1m'), (train_WebVision, 'webvision')])
-def test_authors_tune_the_resnet50_on_clothing1m_and_webvision(script, dataset):
-    authors = file_recipe(script, dataset)
+@pytest.mark.parametrize('script', [train_Clothing1M, train_WebVision])
+def test_authors_tune_the_resnet50_on_clothing1m_and_webvision(script):
+    authors = file_recipe(script)
     assert (authors['diff_encoder'], authors['diff_backbone'], authors['freeze_diff_encoder']) == \
         ('resnet50_l', 'tuned', False)
     # their step re-encodes the augmented batch with f_p and retrieves its neighbours against the keys
     assert authors['fp_train_view'] == 'augmented' and authors['per_step_retrieval'] is True
     assert authors['fp_cache_view'] == 'clean' and authors['eval_bn'] == 'running'
-    improved = file_recipe(script, dataset, '--recipe', 'improved')  # the fast path: cached backbone features
+    improved = file_recipe(script, '--recipe', 'improved')  # the fast path: cached backbone features
     assert (improved['diff_backbone'], improved['fp_train_view'], improved['per_step_retrieval']) == \
         ('cached', 'cached', False)
-    cached = file_recipe(script, dataset, '--diff_backbone', 'cached')  # one flag: the authors' rest, cached
+    cached = file_recipe(script, '--diff_backbone', 'cached')  # one flag: the authors' rest, cached
     assert cached['fp_train_view'] == 'cached' and cached['freeze_diff_encoder'] is False
     with pytest.raises(Exception, match='--diff_backbone tuned'):
-        file_recipe(script, dataset, '--diff_backbone', 'cached', '--fp_train_view', 'augmented')
+        file_recipe(script, '--diff_backbone', 'cached', '--fp_train_view', 'augmented')
 
 
 def test_authors_food101n_encoder_reads_augmented_images_in_training_mode_and_is_never_optimised():
-    authors = file_recipe(train_Food101N, 'food101n')
+    authors = file_recipe(train_Food101N)
     # their ResNet-50 reads each step's crops; their optimiser holds the denoiser only, and the encoder
     # never leaves training mode, so evaluation normalises with the statistics of their 512-image batches
     assert (authors['diff_backbone'], authors['freeze_diff_encoder'], authors['eval_bn'],
@@ -103,12 +132,12 @@ def test_authors_food101n_encoder_reads_augmented_images_in_training_mode_and_is
     # retrieval), unlike Clothing1M and WebVision
     assert (authors['fp_cache_view'], authors['fp_train_view'], authors['per_step_retrieval']) == \
         ('augmented', 'cached', False)
-    assert file_recipe(train_Food101N, 'food101n', '--eval_batch_size', '100')['eval_batch_size'] == 100
-    assert file_recipe(train_Food101N, 'food101n', '--eval_bn', 'running')['eval_batch_size'] == 2000
+    assert file_recipe(train_Food101N, '--eval_batch_size', '100')['eval_batch_size'] == 100
+    assert file_recipe(train_Food101N, '--eval_bn', 'running')['eval_batch_size'] == 2000
     # --diff_backbone cached alone: the authors' frozen encoder (random head) on cached centre crops
-    cached = file_recipe(train_Food101N, 'food101n', '--diff_backbone', 'cached')
+    cached = file_recipe(train_Food101N, '--diff_backbone', 'cached')
     assert (cached['freeze_diff_encoder'], cached['fp_cache_view']) == (True, 'augmented')
-    improved = file_recipe(train_Food101N, 'food101n', '--recipe', 'improved')
+    improved = file_recipe(train_Food101N, '--recipe', 'improved')
     assert (improved['diff_backbone'], improved['freeze_diff_encoder'], improved['eval_bn'],
             improved['fp_cache_view']) == ('cached', False, 'running', 'clean')
 
@@ -173,7 +202,7 @@ def test_authors_diffusion_encoder_is_never_optimised_the_improved_one_is(tmp_pa
 
 
 def test_batch_statistics_at_evaluation_make_predictions_depend_on_the_batch():
-    cfg = parse_config('', train_CIFAR.DEFAULTS, ['--diff_encoder', 'linear'])
+    cfg = train_CIFAR.config(['--diff_encoder', 'linear'])
     torch.manual_seed(0)
     model = build_model(cfg, 10, 8, (3, 4, 4))
     model.train()

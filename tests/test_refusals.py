@@ -18,15 +18,16 @@ from test_run_folders import own_flags, snapshot
 from test_trust import cfg_for
 
 import demo_digits
+import predict
 import train_ImageFolder
 from benchmarks import layouts
 from conftest import subset
 from utils.data.image_files import ImageFiles, image_batches
 from utils.data.own_images import read_image_folder
 from utils.encoders.feature_file import load_feature_file, save_feature_file
-from utils.engine import main as engine_main
 from utils.engine import run
 from utils.errors import DatasetMissing, FeatureFileError, SetupError
+from utils.predict import predict as predict_run
 from utils.runs.cli import one_line, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +94,7 @@ def entry_point_cases(work, own_root, own_run, digits_run):
         ('train_CIFAR.py', ['--k', '0']),
         ('train_CIFAR.py', ['--resume', str(work / 'no_run')]),
         ('train_CIFAR.py', ['--resume', str(work / 'corrupt_run')]),
-        ('train_CIFAR.py', ['--predict', own_run]),  # a run of another script
+        ('predict.py', [own_run, '--script', 'train_CIFAR.py']),  # a run of another script
         ('train_Food101N.py', ['--food101n_root', str(work / 'nothing')]),
         ('train_Food101N.py', ['--food101n_root', food[0], '--food101_root', food[1], '--k', '2', *fixed]),
         ('train_Clothing1M.py', ['--clothing1m_root', str(work / 'nothing')]),
@@ -113,14 +114,15 @@ def entry_point_cases(work, own_root, own_run, digits_run):
         ('train_ImageFolder.py', train(ok, '--val', csv_file(work / 'val.csv', [f'{images}/cat_000.jpg,cat']))),
         ('train_ImageFolder.py', ['--resume', str(work / 'no_run')]),
         ('train_ImageFolder.py', ['--resume', str(work / 'corrupt_run')]),
-        ('train_ImageFolder.py', ['--predict', own_run, '--predict_folder', str(work / 'bad_predict')]),
-        ('train_ImageFolder.py', ['--predict', own_run, '--predict_split', 'val', '--predict_folder', str(images)]),
-        ('train_ImageFolder.py', ['--predict', own_run, '--lr', '0.5']),
+        ('predict.py', [own_run, '--folder', str(work / 'bad_predict')]),
+        ('predict.py', [own_run, '--folder', str(images), '--val', str(images)]),
+        ('predict.py', [own_run, '--lr', '0.5']),
+        ('predict.py', [str(work / 'no_run')]),
         ('demo_digits.py', ['--out_dir', os.path.dirname(digits_run), '--run_name', 'r', '--noise_type',
                             str(work / 'short.npy')]),  # the issue's case: a finished run lost its last.pt
         ('demo_digits.py', ['--noise_type', str(work / 'short.npy'), '--run_name', 'fresh']),
-        ('demo_digits.py', ['--fp_encoder', 'features', '--fp_features', str(work / 'huge.npz')]),
-        ('demo_digits.py', ['--predict', own_run]),
+        ('demo_digits.py', ['--fp_encoder', 'features', '--fp_checkpoint', str(work / 'huge.npz')]),
+        ('predict.py', [own_run, '--script', 'demo_digits.py']),
         ('train_standard.py', ['--noise_type', 'digits-7-0.3']),
         ('pretrain_SimCLR.py', ['--resume', str(work / 'no_run')]),
         ('pretrain_SimCLR.py', ['--resume', str(work / 'simclr')]),
@@ -279,16 +281,16 @@ def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes
 
 def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, digits):
     _, run_dir = run(cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0'), lambda c: subset(digits, 200, 50))
-    with pytest.raises(SetupError, match=f'--predict {run_dir}: the run was trained on digits-sub200, this command '
+    with pytest.raises(SetupError, match=f'predict.py {run_dir}: the run was trained on digits-sub200, this command '
                                          f'reads digits; predict with data of the dataset the run was trained on'):
-        demo_digits.main(['--predict', run_dir])
+        predict.main([run_dir])
     small = subset(digits, 200, 50, size=16)
     small.name = 'digits-sub200'
     with pytest.raises(SetupError, match=r"its images are \(3, 16, 16\), the run's \(3, 32, 32\)"):
-        engine_main(cfg_for(tmp_path, '--predict', run_dir), lambda c: small)
-    with pytest.raises(SetupError, match=f'--predict {run_dir} applies the run as it was trained and does not take '
+        predict_run(demo_digits.config([]), lambda c: small, run_dir)
+    with pytest.raises(SetupError, match=f'predict.py {run_dir} applies the run as it was trained and does not take '
                                          f'--k 3 \\(the run has 10\\): drop those flags'):
-        demo_digits.main(['--predict', run_dir, '--k', '3'])
+        predict.main([run_dir, '--k', '3'])
 
 
 def test_split_flags_given_with_predict_are_used(tmp_path, own):
@@ -296,15 +298,15 @@ def test_split_flags_given_with_predict_are_used(tmp_path, own):
     images = root / 'own' / 'images'
     other = csv_file(tmp_path / 'other.csv', [f'{root}/own/test/{c}/test_{c}_{i}.jpg,{c}' for c in ('cat', 'dog')
                                               for i in range(2)])
-    result = train_ImageFolder.main(['--predict', run_dir, '--test', other, '--n_samples', '0'])
+    result = predict.main([run_dir, '--test', other, '--n_samples', '0'])
     assert result['split'] == 'test' and result['n'] == 4  # the images --test names, not the run's test split
     labels = np.load(os.path.join(run_dir, 'predict_test_labels.npy'))
     assert result['accuracy'] == pytest.approx(np.mean(labels == [0, 0, 1, 1]))
-    with pytest.raises(SetupError, match='--predict_folder labels the images under .*, but --test names a split'):
-        train_ImageFolder.main(['--predict', run_dir, '--predict_folder', str(images), '--test', other])
+    with pytest.raises(SetupError, match='--folder labels the images under .*, but --test names a split'):
+        predict.main([run_dir, '--folder', str(images), '--test', other])
     with pytest.raises(SetupError, match="the classes differ \\('dog' here, 'cat' in the run; 'cat' here, 'dog' in "
                                          "the run\\)"):  # another order: other indices
-        train_ImageFolder.main(['--predict', run_dir, '--test', other, '--classes',
+        predict.main([run_dir, '--test', other, '--classes',
                                 csv_file(tmp_path / 'classes.txt', ['dog', 'cat', 'fox', 'owl'], header=None)])
 
 
@@ -317,7 +319,7 @@ def test_features_beyond_float32_are_refused_naming_the_file(tmp_path, digits):
                                                f"range"):
         load_feature_file(str(path))
     with pytest.raises(FeatureFileError, match='beyond float32'):
-        run(cfg_for(tmp_path, '--fp_encoder', 'features', '--fp_features', str(path)), lambda c: subset(digits, 200, 50))
+        run(cfg_for(tmp_path, '--fp_encoder', 'features', '--fp_checkpoint', str(path)), lambda c: subset(digits, 200, 50))
     assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
     save_feature_file(str(path), {'train': np.ones((200, 4)), 'val': np.ones((50, 4)), 'test': np.ones((50, 4))}, {})
     assert load_feature_file(str(path))[0]['train'].dtype == np.float32

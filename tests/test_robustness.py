@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import demo_digits
+import predict
 from conftest import subset
 from utils.engine import run
 from utils.errors import SetupError
-from utils.runs.config import parse_config
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 from utils.trainer import Trainer
@@ -24,7 +24,7 @@ SHORT = ['--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval
 
 
 def cfg_for(tmp_path, *flags):
-    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+    return demo_digits.config(['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
                                                    str(tmp_path / 'cache'), '--run_name', 'r', *flags])
 
 
@@ -104,7 +104,7 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
     from PIL import Image
     summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5'), lambda c: digits)
     capsys.readouterr()
-    result = demo_digits.main(['--predict', run_dir, '--predict_split', 'test', '--n_samples', '0'])
+    result = predict.main([run_dir, '--split', 'test', '--n_samples', '0'])
     assert result['accuracy'] == pytest.approx(summary['test_acc'])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line == (f"predicted the test split: 400 images with the epoch-{summary['best_epoch']} best checkpoint, "
@@ -113,7 +113,7 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
     folder.mkdir()
     for i in range(6):
         Image.fromarray(digits.test_images[i].permute(1, 2, 0).numpy()).save(folder / f'{i}.png')
-    result = demo_digits.main(['--predict', run_dir, '--predict_folder', str(folder), '--n_samples', '2'])
+    result = predict.main([run_dir, '--folder', str(folder), '--n_samples', '2'])
     assert result['n'] == 6
     rows = open(os.path.join(run_dir, 'predict_folder.csv')).read().splitlines()
     assert rows[0] == 'path,label,class' and len(rows) == 7
@@ -147,7 +147,7 @@ def test_unknown_noise_type(tmp_path, digits):
 @pytest.mark.parametrize('flag, value', [('--fp_encoder', 'DINO'), ('--diff_encoder', 'vgg')])
 def test_unknown_choices_are_named(flag, value, capsys):
     with pytest.raises(SystemExit):
-        parse_config('', demo_digits.DEFAULTS, [flag, value])
+        demo_digits.config([flag, value])
     assert f"invalid choice: '{value}'" in capsys.readouterr().err
 
 
@@ -174,16 +174,16 @@ def test_corrupt_checkpoint_is_named_on_resume(tmp_path, digits):
     with open(last, 'r+b') as f:
         f.truncate(os.path.getsize(last) // 2)
     with pytest.raises(RuntimeError, match='last.pt is corrupt or truncated'):
-        run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+        run(demo_digits.config(['--resume', run_dir]), lambda c: digits)
     save_torch([1, 2, 3], last)  # a file from something else
     with pytest.raises(SetupError, match='not an LRA-diffusion checkpoint'):
-        run(parse_config('', demo_digits.DEFAULTS, ['--resume', run_dir]), lambda c: digits)
+        run(demo_digits.config(['--resume', run_dir]), lambda c: digits)
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(SetupError, match='no last.pt'):
-        run(parse_config('', demo_digits.DEFAULTS, ['--resume', str(tmp_path / 'empty')]), lambda c: digits)
+        run(demo_digits.config(['--resume', str(tmp_path / 'empty')]), lambda c: digits)
 
 
 def test_missing_dataset_leaves_no_run_folder(tmp_path):

@@ -156,8 +156,7 @@ def test_images_rewritten_in_place_are_never_served_stale_nor_resumed(tmp_path):
     layouts.own_data(root, per_class=8, n_eval=2)
     train = ['--train', os.path.join(root, 'labels.csv'), '--val', os.path.join(root, 'val')]
     _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
-    cfg = train_ImageFolder.parse_config('', train_ImageFolder.DEFAULTS, [*train, *own_flags(tmp_path)],
-                                         train_ImageFolder.dataset_args, kind='files')
+    cfg = train_ImageFolder.config([*train, *own_flags(tmp_path)])
 
     def features(log):
         return engine.prepare(cfg, train_ImageFolder.load_splits(cfg), engine.torch.device('cpu'), log=log).features

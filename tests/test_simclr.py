@@ -142,7 +142,7 @@ def test_a_few_steps_lower_the_loss(digits):
     each step, 30 steps lowered the loss by 0.12 on one install and by 0.2 to 0.4 on another, depending
     on the pair of views: the loss of a random pair varies more than a fixed margin can allow for."""
     def losses(lr):
-        args = pretrain_SimCLR.parser().parse_args(TINY + ['--epochs', '50', '--warmup_epochs', '0', '--lr', '0.05'])
+        args = pretrain_SimCLR.parser().parse_args(TINY + ['--nepoch', '50', '--warmup_epochs', '0', '--lr', '0.05'])
         trainer = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
         trainer.lr = lr  # the peak of the schedule each step sets
         seen = []
@@ -160,7 +160,7 @@ def test_a_few_steps_lower_the_loss(digits):
 
 def test_export_loads_through_the_training_loader(tmp_path):
     out = tmp_path / 'SimCLR_128_digits.pt'
-    summary = pretrain_SimCLR.main(TINY + ['--epochs', '2', '--out_dir', str(tmp_path / 'runs'), '--output', str(out)])
+    summary = pretrain_SimCLR.main(TINY + ['--nepoch', '2', '--out_dir', str(tmp_path / 'runs'), '--output', str(out)])
     encoder = load_simclr(str(out))
     assert encoder.arch == 'resnet18' and encoder.dim == 512
     side = json.load(open(tmp_path / 'SimCLR_128_digits.json'))
@@ -169,8 +169,8 @@ def test_export_loads_through_the_training_loader(tmp_path):
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    pretrain_SimCLR.main(TINY + ['--epochs', '3', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
-    pretrain_SimCLR.main(TINY + ['--epochs', '3', '--stop_after', '0', '--out_dir', str(tmp_path / 'b'),
+    pretrain_SimCLR.main(TINY + ['--nepoch', '3', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
+    pretrain_SimCLR.main(TINY + ['--nepoch', '3', '--stop_after', '0', '--out_dir', str(tmp_path / 'b'),
                                  '--output', str(tmp_path / 'b.pt')])
     run_b = tmp_path / 'b' / 'digits_resnet18'
     assert load_torch(str(run_b / 'state.pt'))['epoch'] == 1
@@ -182,10 +182,10 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 
 def test_one_pretraining_per_folder(tmp_path):
-    pretrain_SimCLR.main(TINY + ['--epochs', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
+    pretrain_SimCLR.main(TINY + ['--nepoch', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'a.pt')])
     run_dir = tmp_path / 'a' / 'digits_resnet18'
     with pytest.raises(SetupError, match='already holds a run; continue it with --resume'):
-        pretrain_SimCLR.main(TINY + ['--epochs', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'b.pt')])
+        pretrain_SimCLR.main(TINY + ['--nepoch', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'b.pt')])
     claim = RunClaim(str(run_dir), fresh=False)  # another process pre-training there right now
     try:
         with pytest.raises(SetupError, match='in use by another run right now'):

@@ -91,3 +91,21 @@ def test_the_plumbing_does_not_reach_up_into_the_method():
     reaching_up = {m: sorted(g[m] & (method | above)) for m in g if m.startswith(BELOW_THE_METHOD)}
     assert {m: up for m, up in reaching_up.items() if up} == {}
     assert 'utils.trainer' in method and 'utils.data.cifar' in g and 'utils.runs.config' in above
+
+
+LEAVES = BELOW_THE_METHOD + ('utils.retrieval', 'utils.schedule', 'utils.evaluate', 'utils.averaging', 'utils.networks',
+                             'model_diffusion')
+
+
+def test_leaf_modules_take_explicit_arguments_not_the_run_configuration():
+    """The readers, encoders, storage, the process's helpers and the method's pure parts are called with
+    the values they need: a function there that took the whole configuration (`cfg`) could read any flag,
+    and neither its tests nor its callers could tell which."""
+    mods = project_modules()
+    taking = []
+    for name, path in mods.items():
+        if name.startswith(LEAVES):
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, (ast.FunctionDef, ast.Lambda)) and 'cfg' in [a.arg for a in node.args.args]:
+                    taking.append(f'{name}.{getattr(node, "name", "<lambda>")}')
+    assert taking == []

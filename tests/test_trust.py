@@ -12,6 +12,7 @@ import torch
 from test_data import write_cifar10
 
 import demo_digits
+import predict
 import pretrain_SimCLR
 from conftest import subset
 from utils.data.cifar import load_cifar
@@ -30,7 +31,6 @@ from utils.errors import (
 )
 from utils.prepare import prepare
 from utils.runs.cli import run_cli
-from utils.runs.config import parse_config
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 from utils.trainer import Trainer
@@ -49,7 +49,7 @@ class Marker:
 
 
 def cfg_for(tmp_path, *flags):
-    return parse_config('', demo_digits.DEFAULTS, ['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+    return demo_digits.config(['--out_dir', str(tmp_path / 'runs'), '--cache_dir',
                                                    str(tmp_path / 'cache'), '--run_name', 'r', *flags])
 
 
@@ -71,9 +71,9 @@ def test_hostile_checkpoint_is_refused_on_resume_and_predict(tmp_path, marker):
     for name in ('last.pt', 'best.pt'):
         torch.save({'format_version': 1, 'model': Marker(marker)}, run_dir / name)
     with pytest.raises(UnsafeFile, match=f'{run_dir / "last.pt"} refused: loading it would call (builtins|io).open'):
-        run(parse_config('', demo_digits.DEFAULTS, ['--resume', str(run_dir)]), lambda c: None)
+        run(demo_digits.config(['--resume', str(run_dir)]), lambda c: None)
     with pytest.raises(UnsafeFile, match=f'{run_dir / "best.pt"} refused'):
-        demo_digits.main(['--predict', str(run_dir)])
+        predict.main([str(run_dir), '--script', 'demo_digits.py'])
 
 
 def test_hostile_caches_are_refused_and_rebuilt(tmp_path, marker, digits):
@@ -243,10 +243,10 @@ def test_dataset_flag_names_the_dataset_of_any_noise_file(tmp_path):
     import train_CIFAR
     write_cifar10(str(tmp_path / 'data'))
     flags = ['--data_root', str(tmp_path / 'data'), '--noise_type', str(tmp_path / 'my_noise.npy')]
-    splits = train_CIFAR.load_splits(parse_config('', train_CIFAR.DEFAULTS, [*flags, '--dataset', 'cifar10']))
+    splits = train_CIFAR.load_splits(train_CIFAR.config([*flags, '--dataset', 'cifar10']))
     assert splits.name == 'cifar10' and splits.n_class == 10
     with pytest.raises(SetupError, match="unknown CIFAR dataset 'my_noise.npy'.*pass --dataset cifar10"):
-        train_CIFAR.load_splits(parse_config('', train_CIFAR.DEFAULTS, flags))
+        train_CIFAR.load_splits(train_CIFAR.config(flags))
 
 
 @pytest.mark.parametrize('split', ['val', 'test'])
@@ -329,7 +329,7 @@ SHORT = ['--nepoch', '8', '--warmup_epochs', '2', '--eval_every', '2', '--lr_hor
 
 
 def resume(run_dir, *flags):
-    return parse_config('', demo_digits.DEFAULTS, ['--resume', str(run_dir), *flags])
+    return demo_digits.config(['--resume', str(run_dir), *flags])
 
 
 def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from test_files import small_flags
 
+import predict
 import train_Clothing1M
 import utils.trainer
 from benchmarks import layouts
@@ -81,16 +82,14 @@ def test_clothing1m_tunes_the_backbone_on_streamed_views_and_retrieves_every_ste
     start = load_imagenet_resnet('resnet18', 'random', seed=config['seed']).net.state_dict()
     assert not torch.equal(best['diff_encoder.conv1.weight'], start['conv1.weight'])
     # and the streamed evaluation is what --predict gives on the same files
-    result = train_Clothing1M.main(['--clothing1m_root', root, '--predict', run_dir, '--predict_split', 'test',
-                                    '--n_samples', '0', '--device', 'cpu'])
+    result = predict.main([run_dir, '--split', 'test', '--clothing1m_root', root, '--n_samples', '0', '--device', 'cpu'])
     assert result['accuracy'] == pytest.approx(summary['test_acc'])
     assert np.load(os.path.join(run_dir, 'train_probs.npy')).shape == (80, 4)
 
 
 def test_a_fresh_tuned_run_starts_from_the_backbone_weights(tmp_path, tiny_clip_path):
-    cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS,
-                                        ['--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
-                                         '--diff_backbone', 'tuned', '--feature_dim', '16'], kind='files')
+    cfg = train_Clothing1M.config(['--diff_encoder', 'resnet18_l', '--diff_encoder_weights', 'random',
+                                         '--diff_backbone', 'tuned', '--feature_dim', '16'])
     model = load_tuned_backbone(build_model(cfg, 4, 8, (3, 32, 32)), cfg)
     start = load_imagenet_resnet('resnet18', 'random', seed=cfg.seed).net.state_dict()
     mine = model.diff_encoder.state_dict()
@@ -123,7 +122,7 @@ def test_interrupted_tuned_run_resumes_to_the_same_result(tmp_path, tiny_clip_pa
 
 
 def test_clip_groups_follow_the_recipe(tmp_path, tiny_clip_path):
-    cfg = train_Clothing1M.parse_config('', train_Clothing1M.DEFAULTS, ['--diff_encoder', 'fp_mlp'], kind='files')
+    cfg = train_Clothing1M.config(['--diff_encoder', 'fp_mlp'])
     model = build_model(cfg, 4, 8, (3, 32, 32))
     denoiser, encoder = clip_groups(model, 'authors')
     assert {id(p) for p in encoder} == {id(p) for p in model.diff_encoder.parameters()}

@@ -20,7 +20,7 @@ OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped,
 continues where the first stopped (pre-training resumes from its last epoch). The suite stops
 before --budget_s, names the stages that remain, and prints one markdown table with the authors'
 figures beside ours. --ship DIR copies what must come back from a device (one results JSON, the
-pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See docs/BENCHMARKS.md.
+pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See tools/README.md.
 """
 import argparse
 import contextlib
@@ -129,7 +129,7 @@ def training(encoder, recipe, *more):
     apart, the second warm (`more`: benchmarks.training flags, e.g. --profile)."""
     def command(args, out):
         where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
-        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--epochs', '2', *more, '--out', out, *where,
+        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--nepoch', '2', *more, '--out', out, *where,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command
 
@@ -161,7 +161,7 @@ def simclr_speed(*flags):
         size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
                                                    '--no-download', '--arch', 'resnet50']
         epochs = str(2 if args.smoke else SIMCLR_SPEED_EPOCHS)
-        return [PY, 'pretrain_SimCLR.py', *size, '--epochs', epochs, '--knn_every', epochs, *flags,
+        return [PY, 'pretrain_SimCLR.py', *size, '--nepoch', epochs, '--knn_every', epochs, *flags,
                 '--out_dir', root, '--output', os.path.join(root, 'encoder.pt')]
 
     def result(out, args):
@@ -187,7 +187,7 @@ def simclr_pretrain(args, out):
     root, run_dir, encoder = simclr_dirs(args)
     # stop after the epoch that crosses this: the epoch in flight, the last kNN and the export need the rest
     stop_s = max(3.0, args.stage_timeout_s - max(45.0, 0.1 * args.stage_timeout_s))
-    common = ['--epochs', str(args.simclr_epochs), '--stop_after', f'{stop_s / 60:.3f}']
+    common = ['--nepoch', str(args.simclr_epochs), '--stop_after', f'{stop_s / 60:.3f}']
     if os.path.exists(os.path.join(run_dir, 'state.pt')):
         return [PY, 'pretrain_SimCLR.py', '--resume', run_dir, *common, *(['--device', 'cpu'] if args.smoke else [])]
     size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
@@ -238,11 +238,10 @@ def stages():
 def rejected_flags(flags):
     """Why train_CIFAR.py's parser refuses these flags (its last error line), or None."""
     import train_CIFAR
-    from utils.runs.config import parse_config
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            parse_config('', train_CIFAR.DEFAULTS, list(flags))
+            train_CIFAR.config(list(flags))
     except SystemExit:
         return (err.getvalue().strip().splitlines() or ['rejected'])[-1]
     return None
@@ -291,7 +290,7 @@ def find_cifar(args, deadline):
                      if t and os.path.isfile(t)), None)
         if tool is None:
             return ('no CIFAR-10: copy /work/shared/tools/cifar10_batches.py and /work/shared/data/cifar10_jpeg.npz '
-                    'to .device_data/tools/ and .device_data/data/ (docs/BENCHMARKS.md), or pass --data_root')
+                    'to .device_data/tools/ and .device_data/data/ (tools/README.md), or pass --data_root')
         partial = root + '.partial'  # converted aside, then renamed: a cut-off leaves no half folder
         shutil.rmtree(partial, ignore_errors=True)
         rc = run_command([PY, tool, partial], deadline - time.monotonic(), os.path.join(args.out, 'logs', 'data.log'))

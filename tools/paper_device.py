@@ -51,7 +51,7 @@ def paths(args):
 
 def simclr_command(args, where, minutes):
     p = paths(args)
-    common = ['--epochs', str(args.simclr_epochs), '--stop_after', f'{minutes:.3f}']
+    common = ['--nepoch', str(args.simclr_epochs), '--stop_after', f'{minutes:.3f}']
     if os.path.isfile(os.path.join(p['simclr_run'], 'state.pt')):
         return [PY, 'pretrain_SimCLR.py', '--resume', p['simclr_run'], *common,
                 *(['--device', 'cpu'] if args.smoke else [])]

@@ -15,7 +15,7 @@ import torch
 
 from utils.averaging import evaluated_weights
 from utils.errors import SetupError
-from utils.prepare import by_model, check_inputs, clean_train_labels, prepare, use_k
+from utils.prepare import check_inputs, clean_train_labels, prepare
 from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
 from utils.runs.folders import (
@@ -31,7 +31,7 @@ from utils.runs.folders import (
     resumed_config,
     sweep_stale_cache_writes,
 )
-from utils.runs.k_trials import choose_k_by_training, take_over_trial
+from utils.runs.k_trials import settle_k
 from utils.runs.outputs import plot_accuracy, rank_file_labels, write_training_outputs
 from utils.runtime import distributed
 from utils.runtime.devices import device_description, resolve_device
@@ -48,18 +48,15 @@ OOM_ADVICE = ('out of GPU memory: lower --batch_size (training), --eval_batch_si
 
 
 def main(cfg, load_splits):
-    """What every dataset script runs: train (or resume), or predict with a trained run. With several
-    --gpu_devices this process only launches one process per device and returns None."""
-    check_config(cfg)
-    status = distributed.use_gpu_devices(cfg, refuse)
+    """What every dataset script runs: train, or resume. With several --gpu_devices this process only
+    launches one process per device and returns (None, None)."""
+    given = cfg.device if 'device' in cfg.command_line_flags else None
+    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse)
     if status is not None:
         if status:
             raise SystemExit(status)
-        return None
-    if cfg.predict:
-        from utils.predict import predict
-        return predict(cfg, load_splits)
-    return run(cfg, load_splits)
+        return None, None
+    return run(cfg.replace(device=device) if device else cfg, load_splits)
 
 
 def refuse(message):
@@ -83,7 +80,7 @@ def run(cfg, load_splits):
     distributed.init_from_env(cfg.device)
     device = distributed.local_device(resolve_device(cfg.device))
     if not cfg.resume:  # one name for every rank (the default one carries a time stamp)
-        cfg.run_name = distributed.broadcast_object(cfg.run_name or default_run_name(cfg))
+        cfg = cfg.replace(run_name=distributed.broadcast_object(cfg.run_name or default_run_name(cfg)))
     run_dir = plan_run_dir(cfg)
     check_writable(cfg.cache_dir, '--cache_dir')
     check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
@@ -115,11 +112,8 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt):
     main = distributed.is_main()
     if main:
         os.makedirs(run_dir, exist_ok=True)
-    start = ckpt  # the checkpoint the run goes on from: the one resumed, or its chosen k trial's
-    if by_model(cfg) and ckpt is None:
-        k, data.info['k_trials'] = choose_k_by_training(cfg, data, splits, run_dir, trial_trainer(splits, device))
-        data = use_k(cfg, data, splits, k)
-        start = take_over_trial(cfg, data.info, run_dir, k)
+    # the run's k, and the checkpoint it goes on from: the one resumed, or its chosen --k_select model trial's
+    cfg, data, start = settle_k(cfg, data, splits, run_dir, ckpt, trial_trainer(splits, device))
     trainer = new_trainer(cfg, data, splits, run_dir, device, start)
     if start is not None:
         resume_trainer(trainer, start, run_dir, main, quiet=ckpt is None)

@@ -34,7 +34,7 @@ class EncoderError(RuntimeError):
 
 
 class FeatureFileError(EncoderError):
-    """A precomputed features file (--fp_features) that does not fit the dataset or cannot be read."""
+    """A precomputed features file (--fp_encoder features --fp_checkpoint FILE) that does not fit the dataset or cannot be read."""
 
 
 class DatasetMissing(FileNotFoundError):

@@ -1,4 +1,4 @@
-"""`--predict RUN_DIR`: apply a run's best checkpoint to a dataset split or a folder of images."""
+"""Apply a run's best checkpoint to a dataset split or a folder of images (predict.py)."""
 import csv
 import io
 import os
@@ -24,11 +24,11 @@ from utils.storage.saving import atomic_write
 def load_image_folder(folder, image_shape):
     """Every image under `folder` (sorted paths), as uint8 tensors resized to the training size."""
     if not os.path.isdir(folder):
-        raise SetupError(f'--predict_folder {folder} is not a folder')
+        raise SetupError(f'--folder {folder} is not a folder')
     paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
                    if name.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
-        raise SetupError(f'--predict_folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+        raise SetupError(f'--folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     _, h, w = image_shape
     arrays = [np.asarray(open_image(p).resize((w, h), Image.BICUBIC)) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
@@ -74,27 +74,30 @@ def check_fits_run(splits, split, info, run_dir):
         problems.append(f'its images are {tuple(splits.images(split).shape[1:])}, the run\'s '
                         f'{tuple(info["image_shape"])}')
     if problems:
-        raise SetupError(f'--predict {run_dir}: {"; ".join(problems)}; predict with data of the dataset the run was '
+        raise SetupError(f'predict.py {run_dir}: {"; ".join(problems)}; predict with data of the dataset the run was '
                          f'trained on')
 
 
-def predict(cfg, load_splits):
-    ckpt = load_run(cfg.predict, 'best.pt')
-    check_same_script(cfg, ckpt['config'], cfg.predict, '--predict')
-    saved = prediction_config(cfg, ckpt, cfg.predict)
+def predict(cfg, load_splits, run_dir, split='test', folder=None):
+    """Label `split` of the run's dataset (read by `load_splits(config)`) or every image under `folder`
+    with RUN_DIR's best checkpoint, as the run was trained; `cfg`: this command's flags (where the data
+    lies, how to compute, --n_samples). Writes RUN_DIR/predict_<split|folder>_*; returns what it did."""
+    ckpt = load_run(run_dir, 'best.pt')
+    check_same_script(cfg, ckpt['config'], run_dir, 'predict.py')
+    saved = prediction_config(cfg, ckpt, run_dir, folder)
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
     images, files, decoding = None, None, None
-    if cfg.predict_folder:
-        images, paths = load_image_folder(cfg.predict_folder, info['image_shape'])
+    if folder:
+        images, paths = load_image_folder(folder, info['image_shape'])
         features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
         labels, name = None, 'folder'
     else:
-        splits, name = load_splits(saved), cfg.predict_split
-        check_fits_run(splits, name, info, cfg.predict)
+        splits, name = load_splits(saved), split
+        check_fits_run(splits, name, info, run_dir)
         labels = splits.labels(name)
         features = features_of_split(saved, splits, name, encoders)
         if splits.in_memory:
@@ -111,8 +114,8 @@ def predict(cfg, load_splits):
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)
     predicted = predicted.cpu().numpy()
-    written = save_predictions(os.path.join(cfg.predict, f'predict_{name}'), predicted, probs,
-                               paths if cfg.predict_folder else None, info.get('class_names'))
+    written = save_predictions(os.path.join(run_dir, f'predict_{name}'), predicted, probs,
+                               paths if folder else None, info.get('class_names'))
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
     if labels is not None:
         result['accuracy'] = float(np.mean(predicted == labels.numpy()))

@@ -14,16 +14,23 @@ from utils.encoders.cache import cached, cached_features, cached_file_features
 from utils.encoders.factory import build_fp_encoder
 from utils.encoders.imagenet import load_imagenet_resnet
 from utils.errors import SetupError
-from utils.recipes import resolve_recipe
-from utils.retrieval import CandidateLabels, knn, majority_vote, neighbours_to_search, search_options
-from utils.runs.config import COMMON_DEFAULTS
+from utils.retrieval import CandidateLabels, knn, majority_vote, neighbour_table, neighbours_to_search
 
 SPLITS = ('train', 'val', 'test')
 # The augmented view whose f_p features are cached as keys (--fp_cache_view augmented) is one fixed view,
-# the same for every --seed: the authors computed their keys under one fixed seed (123, our default) and
-# Food-101N's once into a file every run read. So runs of other seeds share the cache instead of
-# re-encoding the training set (Food-101N: 310k images).
-KEYS_VIEW_SEED = COMMON_DEFAULTS['seed']
+# the same for every --seed: the authors computed their keys under one fixed seed (123, also --seed's
+# default) and Food-101N's once into a file every run read. So runs of other seeds share the cache
+# instead of re-encoding the training set (Food-101N: 310k images).
+KEYS_VIEW_SEED = 123
+
+
+def search_options(cfg):
+    """The flags that shape the neighbour search beyond k, as keyword arguments of utils/retrieval.knn:
+    the one place a new search option (a distance, say) is read from the flags. Every search receives
+    them (the cached neighbour table, whose cache key they enter by construction, the per-step retrieval
+    and the f_p check), so such an option is a change to knn, this function and a flag in
+    utils/runs/config.py. The paper's search, exact Euclidean, has none."""
+    return {}
 
 
 @dataclass
@@ -85,7 +92,12 @@ def training_labels(cfg, splits):
 def build_encoders(cfg, dataset, image_shape, mean, std, device):
     """The frozen encoders a run reads features from: f_p, plus the backbone of a 'cached'
     diffusion encoder."""
-    encoders = [build_fp_encoder(cfg, dataset, image_shape, mean, std, device)]
+    encoders = [build_fp_encoder(cfg.fp_encoder, device, dataset=dataset, image_shape=image_shape, mean=mean, std=std,
+                                 checkpoint=cfg.fp_checkpoint, clip_type=cfg.CLIP_type,
+                                 clip_download_root=cfg.clip_download_root, clip_tower=cfg.clip_tower,
+                                 arch=getattr(cfg, 'fp_arch', 'resnet50'), model=cfg.fp_model,
+                                 pretrained=cfg.fp_pretrained, inputs_dir=cfg.inputs_dir,
+                                 bf16=cfg.precision == 'bf16')]
     if diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone) == 'cached':
         encoders.append(load_imagenet_resnet(cached_backbone_arch(cfg.diff_encoder), cfg.diff_encoder_weights,
                                              device, seed=cfg.seed))
@@ -234,7 +246,6 @@ def check_inputs(cfg, splits, device, log=print):
     check_split_labels(splits)
     labels, noise_source, clean = training_labels(cfg, splits)
     check_counts(cfg, len(labels))
-    resolve_recipe(cfg, splits.in_memory, splits.name)
     image_shape = tuple(splits.train_images.shape[1:]) if splits.in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
     if hasattr(encoders[0], 'split_features'):  # a features file: one row per image of every split
@@ -256,15 +267,9 @@ def prepare(cfg, splits, device, log=print, checked=None):
     augmented_fp = cfg.fp_train_view == 'augmented'
     features, *backbone_features = split_features(cfg, splits, encoders, log)
     noisy = torch.from_numpy(labels).to(device)
-    k_scores = None
-    if cfg.k_choices:  # scored on resume too: the f_p check reports the same figure
-        warn_noisy_choice(splits, log)
-        chosen, k_scores = select_k(features, noisy, splits.val_labels, cfg.k_choices, splits.n_class, log,
-                                    **search_options(cfg), choosing=not by_model(cfg))
-        if not by_model(cfg):
-            cfg.k = chosen
-    # --k_select model: one table serves every k of the trials (and the chosen k, resumed or not)
-    searched = max(cfg.k_choices) if by_model(cfg) else cfg.k
+    # one table serves every k the run may use (--k_choices: the largest; a search for k is the first k
+    # columns of any larger one)
+    searched = max(cfg.k_choices or [cfg.k])
     neighbours = cached_neighbours(features['train'], neighbours_to_search(searched, cfg.candidates), cfg.cache_dir,
                                    log=log, **search_options(cfg))
     needs_pixels = diff_input == 'image' or augmented_fp
@@ -272,8 +277,6 @@ def prepare(cfg, splits, device, log=print, checked=None):
     images = {s: splits.images(s).to(device) for s in SPLITS} if needs_pixels and in_memory else {}
     files = {s: splits.paths(s) for s in SPLITS} if needs_pixels and not in_memory else None
     info = data_info(splits, noise_source, len(labels), encoder, image_shape, started)
-    if k_scores:
-        info['k_selection'] = {str(k): a for k, a in k_scores.items()}
     if cfg.per_class:  # the balanced draw's per-class count, lowered to the smallest class where needed
         info['per_class_drawn'] = per_class_count(noisy, cfg.per_class)
     if clean is not None:
@@ -281,19 +284,13 @@ def prepare(cfg, splits, device, log=print, checked=None):
     data = Prepared(splits.n_class, noisy, features, None, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
                     files, None if in_memory else decoding_of(cfg, splits), neighbours)
-    if by_model(cfg) and not cfg.resume:
-        return data  # the trials choose k (utils/runs/k_trials.py); then use_k
-    return use_k(cfg, data, splits, cfg.k, log)
+    return data  # its k (and so its candidates) is settled by utils/runs/k_trials.settle_k
 
 
-def by_model(cfg):
-    """--k_choices scored by short training runs (--k_select model) rather than by the neighbours' vote."""
-    return bool(cfg.k_choices) and cfg.k_select == 'model'
-
-
-def use_k(cfg, data, splits, k, log=print):
-    """The run's k: its candidates, and the retrieval facts the run records (measured at k)."""
-    cfg.k = k
+def use_k(cfg, data, splits, log=print):
+    """The data with the candidates of the run's k (cfg.k), and the retrieval facts the run records,
+    measured at that k."""
+    k = cfg.k
     data = replace(data.with_k(k, cfg.candidates, cfg.candidate_weights), neighbours=None)  # the table is done
     info, clean = data.info, clean_train_labels(splits)
     if clean is not None:
@@ -308,17 +305,8 @@ def use_k(cfg, data, splits, k, log=print):
     return data
 
 
-def neighbour_table(features, k, **search):
-    """The k nearest training samples of every training sample (itself included), by exact search."""
-    return knn(features, features, k, progress=True, **search)[1]
-
-
-neighbour_table.version = 2  # 2: equal distances to the lower index (1: as torch.topk broke the ties)
-neighbour_table.cache_name = 'utils.cache.neighbour_table'  # its cache key's name before the module moved
-
-
 def cached_neighbours(features, k, cache_dir, log=print, **search):
-    """`neighbour_table`, cached; `search` (retrieval.search_options) enters the key like k."""
+    """utils/retrieval.neighbour_table, cached; `search` (search_options) enters the key like k."""
     valid = lambda idx: idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
         and int(idx.max()) < features.shape[0]  # noqa: E731
     return cached(neighbour_table, dict(features=features, k=k, **search), cache_dir, f'neighbours_k{k}', valid,

@@ -1,97 +1,83 @@
 """Training recipes: the authors' protocol (the default) and the package's improvements.
 
-Every behaviour that differs between the two is its own flag whose default is None, meaning
-"as --recipe says". `resolve_recipe` fills those in once, before any work, so the resolved values
-are what config.json and every checkpoint record; a flag given on the command line always wins.
+Every behaviour the two differ in is its own flag whose default is None, meaning "as --recipe says".
+Each training script holds its RECIPES table: for 'authors' and 'improved', the value of every such
+flag, or a function of the run's other flags where the authors' scripts made it depend on them (their
+CIFAR script re-encodes each augmented batch with f_p only on the SimCLR path, say). The dataset's own
+quirks live in its script's table, where a researcher reads them beside its defaults.
 
-| flag                   | authors (default)                               | improved          |
-|------------------------|-------------------------------------------------|-------------------|
-| --freeze_diff_encoder  | in-memory datasets, Food-101N: yes (the         | no (trained)      |
-|                        | authors' optimiser holds the denoiser only)     |                   |
-| --eval_bn              | in-memory datasets, Food-101N: batch (their     | running           |
-|                        | encoder never leaves training mode)             |                   |
-| --eval_batch_size      | where --eval_bn is batch: --batch_size, their   | 2000              |
-|                        | Food-101N test loader's 512                     |                   |
-| --fp_cache_view        | in-memory datasets, Food-101N: augmented (one   | clean             |
-|                        | random crop + flip view, cached once)           |                   |
-| --fp_train_view        | SimCLR on in-memory datasets: augmented         | cached            |
-|                        | (re-encoded every step), otherwise cached       |                   |
-| --per_step_retrieval   | wherever --fp_train_view is augmented           | no (cached table) |
-| --diff_backbone        | Clothing1M, WebVision, Food-101N: tuned (the    | cached (frozen,   |
-|                        | ResNet-50 reads each step's augmented images;   | features computed |
-|                        | Clothing1M, WebVision: fine-tuned, and f_p      | once)             |
-|                        | re-encodes the batch, retrieved every step)     |                   |
-| --ema_decay            | 0 (the trained weights are evaluated)           | 0.999 (a moving   |
-|                        |                                                 | average of them)  |
-| gradient clipping      | the denoiser and the diffusion encoder each     | one clip over all |
-|                        | clipped on their own (no flag)                  | trained weights   |
-
-On Clothing1M and WebVision the authors evaluate in eval mode (running statistics). Their Food-101N
-encoder is never optimised nor switched to eval mode: its ResNet-50 (ImageNet weights, random head)
-reads each step's augmented crops and normalises with batch statistics, at evaluation too; its f_p
-cache, the retrieval keys, holds one random crop + flip of each image (Clothing1M's and WebVision's
-hold the centre crops).
+`resolve_recipe` fills the flags the command line left unset, in RECIPE_FLAGS order (a function may
+read the flags before it), when the flags are parsed: config.json, every checkpoint and --print_config
+show the values the run uses. A flag given on the command line always wins. Gradient clipping has no
+flag: under 'authors' the denoiser and the diffusion encoder are clipped each on its own, as their
+scripts do; otherwise all trained weights together (utils/trainer.clip_groups).
 """
 from utils.diff_encoders import diff_encoder_input
 from utils.errors import SetupError
 
 RECIPES = ('authors', 'improved')
-# every flag --recipe governs (resolve_recipe fills those left unset)
-RECIPE_FLAGS = ('diff_backbone', 'freeze_diff_encoder', 'eval_bn', 'fp_cache_view', 'fp_train_view', 'ema_decay',
-                'per_step_retrieval', 'eval_batch_size')
+# every flag --recipe governs, in the order they are resolved
+RECIPE_FLAGS = ('diff_backbone', 'freeze_diff_encoder', 'eval_bn', 'fp_cache_view', 'fp_train_view',
+                'per_step_retrieval', 'ema_decay', 'eval_batch_size')
 IMPROVED_EVAL_BATCH = 2000
 IMPROVED_EMA_DECAY = 0.999  # utils/averaging.py
-# their ResNet-50 diffusion encoder reads each step's augmented images (it is optimised on the first
-# two, whose step also re-encodes the batch with f_p; Food-101N's optimiser holds the denoiser only)
-STREAMED_BY_THE_AUTHORS = ('clothing1m', 'webvision', 'food101n')
-FROZEN_BY_THE_AUTHORS = ('food101n',)  # never optimised, never in eval mode
-AUTHORS_EVAL_BATCH = {'food101n': 512}  # their test loader's; elsewhere their --batch_size
-AUGMENTED_KEYS_BY_THE_AUTHORS = ('food101n',)  # their f_p cache of the training images: one random crop + flip
 
 
-def _authors(cfg, in_memory, dataset):
-    fixed_view = cfg.fp_encoder == 'features'  # a features file has one fixed view
-    frozen = in_memory or dataset in FROZEN_BY_THE_AUTHORS
-    tuned = cfg.diff_backbone or ('tuned' if dataset in STREAMED_BY_THE_AUTHORS else 'cached')
-    # the authors re-encode the augmented batch with f_p where a step has one: SimCLR on CIFAR, and
-    # the image-file datasets whose images stream through a trained encoder
-    streams = not in_memory and not frozen and diff_encoder_input(cfg.diff_encoder, tuned) == 'image'
-    augmented_fp = not fixed_view and ((in_memory and cfg.fp_encoder == 'SimCLR') or streams)
-    return {
-        'diff_backbone': tuned,
-        'freeze_diff_encoder': frozen,
-        'eval_bn': 'batch' if frozen else 'running',
-        'fp_cache_view': 'augmented' if (in_memory or dataset in AUGMENTED_KEYS_BY_THE_AUTHORS) and not fixed_view
-        else 'clean',
-        'fp_train_view': 'augmented' if augmented_fp else 'cached',
-        'ema_decay': 0.0,
-    }
+def evaluation_batch(batch_statistics_batch=None):
+    """--eval_batch_size left unset: with batch statistics at evaluation (--eval_bn batch) the batch
+    decides the predictions, so the authors' evaluation batch (`batch_statistics_batch`, else their
+    --batch_size); with running statistics any batch gives the same labels."""
+    return lambda c: (batch_statistics_batch or c.batch_size) if c.eval_bn == 'batch' else IMPROVED_EVAL_BATCH
 
 
-def _improved(cfg, in_memory, dataset):
-    return {'diff_backbone': 'cached', 'freeze_diff_encoder': False, 'eval_bn': 'running', 'fp_cache_view': 'clean',
-            'fp_train_view': 'cached', 'ema_decay': IMPROVED_EMA_DECAY}
+def fixed_view(c):
+    """A features file (--fp_encoder features) holds one fixed view of each image: nothing to augment."""
+    return c.fp_encoder == 'features'
 
 
-def resolve_recipe(cfg, in_memory, dataset=None):
-    """Fill every recipe-governed flag left at None; refuse combinations that cannot run."""
-    if cfg.recipe not in RECIPES:
-        raise SetupError(f'unknown --recipe {cfg.recipe!r}; choose {" or ".join(RECIPES)}')
-    chosen = (_authors if cfg.recipe == 'authors' else _improved)(cfg, in_memory, dataset)
-    for name, value in chosen.items():
+def reads_images(c):
+    """The diffusion encoder reads (augmented) pixels rather than features."""
+    return diff_encoder_input(c.diff_encoder, c.diff_backbone) == 'image'
+
+
+def retrieves_per_step(c):
+    """The authors search the neighbours of each step's augmented query wherever f_p re-encodes the batch."""
+    return c.fp_train_view == 'augmented'
+
+
+# The improvements, the same for every dataset.
+IMPROVED = dict(
+    diff_backbone='cached',            # a resnet*_l backbone frozen, its features computed once
+    freeze_diff_encoder=False,         # the diffusion encoder is trained with the denoiser
+    eval_bn='running',                 # a prediction depends on its image alone
+    fp_cache_view='clean',             # retrieval keys: f_p of the clean images (centre crops)
+    fp_train_view='cached',            # the cached features: f_p runs once
+    per_step_retrieval=False,          # the cached neighbour table
+    ema_decay=IMPROVED_EMA_DECAY,      # a moving average of the weights is evaluated
+    eval_batch_size=evaluation_batch(),
+)
+
+
+def resolve_recipe(cfg, recipes, kind='memory'):
+    """Fill every recipe-governed flag left at None from `recipes[cfg.recipe]` (the script's table);
+    refuse combinations that cannot run. Returns the names it filled. kind: 'memory' (images held as
+    tensors) or 'files' (image files decoded as read)."""
+    if cfg.recipe not in recipes:
+        raise SetupError(f'unknown --recipe {cfg.recipe!r}; choose {" or ".join(recipes)}')
+    table = recipes[cfg.recipe]
+    missing = sorted(set(RECIPE_FLAGS) - set(table))
+    if missing:
+        raise ValueError(f'the {cfg.recipe} recipe does not say {", ".join(missing)}')
+    filled = []
+    for name in RECIPE_FLAGS:
         if getattr(cfg, name) is None:
-            setattr(cfg, name, value)
-    if cfg.per_step_retrieval is None:
-        cfg.per_step_retrieval = cfg.recipe == 'authors' and cfg.fp_train_view == 'augmented'
-    if cfg.eval_batch_size is None:
-        # with batch statistics the prediction depends on the batch: evaluate in the authors' batches
-        authors_batch = AUTHORS_EVAL_BATCH.get(dataset, cfg.batch_size)
-        cfg.eval_batch_size = authors_batch if cfg.eval_bn == 'batch' else IMPROVED_EVAL_BATCH
-    if cfg.fp_encoder == 'features' and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
+            value = table[name]
+            setattr(cfg, name, value(cfg) if callable(value) else value)
+            filled.append(name)
+    if fixed_view(cfg) and 'augmented' in (cfg.fp_train_view, cfg.fp_cache_view):
         raise SetupError('--fp_encoder features reads fixed embeddings and cannot encode an augmented view: use '
                          '--fp_train_view cached --fp_cache_view clean')
-    if not in_memory and cfg.fp_train_view == 'augmented' and diff_encoder_input(cfg.diff_encoder,
-                                                                                cfg.diff_backbone) != 'image':
+    if kind == 'files' and cfg.fp_train_view == 'augmented' and not reads_images(cfg):
         raise SetupError('--fp_train_view augmented re-encodes the augmented images of each step, which an '
                          'image-file dataset decodes only for a diffusion encoder that reads images: add '
                          '--diff_backbone tuned (resnet*_l), or use --fp_train_view cached')
@@ -99,4 +85,4 @@ def resolve_recipe(cfg, in_memory, dataset=None):
         raise SetupError('--per_step_retrieval searches with the augmented query of each step; with '
                          '--fp_train_view cached the query is the cached key itself and the cached neighbour '
                          'table gives the same neighbours: drop --per_step_retrieval')
-    return cfg
+    return filled

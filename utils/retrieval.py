@@ -140,13 +140,14 @@ def candidate_rows(neighbour_labels, own_labels, rule):
     return torch.cat([neighbour_labels, *own], dim=1).long()
 
 
-def search_options(cfg):
-    """The flags that shape the neighbour search beyond k, as keyword arguments of `knn`: the one
-    place a new search option (a distance, say) is read from the flags. Every search receives them
-    (the cached neighbour table, whose cache key they enter by construction, the per-step retrieval
-    and the f_p check), so such an option is a change to this file and a flag in utils/runs/config.py.
-    The paper's search, exact Euclidean, has none."""
-    return {}
+def neighbour_table(features, k, **search):
+    """The k nearest training samples of every training sample (itself included), by exact search."""
+    return knn(features, features, k, progress=True, **search)[1]
+
+
+neighbour_table.version = 2  # 2: equal distances to the lower index (1: as torch.topk broke the ties)
+# its cache's key names the computation as it was named when the cache was written first (utils/cache.py)
+neighbour_table.cache_name = 'utils.cache.neighbour_table'
 
 
 def retrieve_candidates(queries, keys, key_labels, own_labels, k, rule='neighbours+own', **search):

@@ -10,6 +10,6 @@ def learning_rate(epoch, peak, warmup_epochs, horizon):
     return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (horizon - warmup_epochs)))
 
 
-def is_eval_epoch(epoch, cfg):
+def is_eval_epoch(epoch, warmup_epochs, eval_every):
     """The authors' rule: every `eval_every` epochs (0-based) once warm-up is over."""
-    return epoch >= cfg.warmup_epochs and epoch % cfg.eval_every == 0
+    return epoch >= warmup_epochs and epoch % eval_every == 0

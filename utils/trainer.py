@@ -22,7 +22,8 @@ from utils.data.sampling import balanced_draw
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
 from utils.errors import Interrupted, NonFiniteLoss
 from utils.evaluate import SplitInputs, batch_labeller, predict_labels, training_mode
-from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates, search_options
+from utils.prepare import search_options
+from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
 from utils.runs.folders import CHECKPOINT_FORMAT
 from utils.runtime import distributed
 from utils.runtime.graphs import GraphedCalls, prepare_cuda, store_frozen_bf16
@@ -362,7 +363,7 @@ class Trainer:
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
             last = epoch == cfg.nepoch - 1
-            evaluated = main and (is_eval_epoch(epoch, cfg) or (last and not self.history))
+            evaluated = main and (is_eval_epoch(epoch, cfg.warmup_epochs, cfg.eval_every) or (last and not self.history))
             if evaluated:
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()

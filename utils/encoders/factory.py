@@ -27,27 +27,31 @@ def default_simclr_path(dataset, inputs_dir=None):
     return fetch(name, inputs_dir)
 
 
-def build_fp_encoder(cfg, dataset, image_shape, mean, std, device):
-    """The frozen f_p encoder named by --fp_encoder, on `device`."""
-    if cfg.fp_encoder in HUB_ENCODERS:
-        return load_hub_encoder(cfg, device)
-    if cfg.fp_encoder == 'SimCLR':
-        path = cfg.fp_checkpoint or default_simclr_path(dataset, getattr(cfg, 'inputs_dir', None))
-        encoder = load_simclr(path, device, mean, std)
-    elif cfg.fp_encoder == 'CLIP':
-        encoder = load_clip(cfg.CLIP_type, device, cfg.clip_download_root, cfg.clip_tower)
-    elif cfg.fp_encoder == 'classifier':
-        if not cfg.fp_checkpoint:
+def build_fp_encoder(name, device='cpu', *, dataset=None, image_shape=None, mean=None, std=None, checkpoint=None,
+                     clip_type='ViT-L/14', clip_download_root=None, clip_tower='fused', arch='resnet50', model=None,
+                     pretrained=None, inputs_dir=None, bf16=True):
+    """The frozen f_p encoder `name` (--fp_encoder), on `device`. `checkpoint`: its file (a SimCLR or CC
+    checkpoint, a classifier's, hub weights, or the .npz of a features file); SimCLR's default is the
+    authors' published encoder of `dataset`, fetched into `inputs_dir`; `raw` reads `image_shape` pixels
+    normalised with `mean`/`std`. `bf16`: image networks in bf16 on CUDA."""
+    if name in HUB_ENCODERS:
+        return load_hub_encoder(name, model, pretrained, checkpoint, device, bf16)
+    if name == 'SimCLR':
+        encoder = load_simclr(checkpoint or default_simclr_path(dataset, inputs_dir), device, mean, std)
+    elif name == 'CLIP':
+        encoder = load_clip(clip_type, device, clip_download_root, clip_tower)
+    elif name == 'classifier':
+        if not checkpoint:
             raise EncoderError('--fp_encoder classifier needs --fp_checkpoint PATH (a torchvision-layout '
                                'classifier state dict, e.g. a ResNet-50 trained on the noisy data)')
-        encoder = load_imagenet_resnet(cfg.fp_arch, cfg.fp_checkpoint, device)
-    elif cfg.fp_encoder == 'CC':
-        encoder = load_cc(cfg.fp_checkpoint, device, getattr(cfg, 'inputs_dir', None))
-    elif cfg.fp_encoder == 'raw':
+        encoder = load_imagenet_resnet(arch, checkpoint, device)
+    elif name == 'CC':
+        encoder = load_cc(checkpoint, device, inputs_dir)
+    elif name == 'raw':
         encoder = RawPixels(tuple(image_shape), mean, std).finish(device)
-    elif cfg.fp_encoder == 'features':
-        encoder = load_feature_encoder(getattr(cfg, 'fp_features', None), device)
+    elif name == 'features':
+        encoder = load_feature_encoder(checkpoint, device)
     else:
-        raise EncoderError(f'unknown --fp_encoder {cfg.fp_encoder!r}; choose from {", ".join(FP_ENCODERS)}')
-    encoder.bf16 = encoder.bf16 and cfg.precision == 'bf16'
+        raise EncoderError(f'unknown --fp_encoder {name!r}; choose from {", ".join(FP_ENCODERS)}')
+    encoder.bf16 = encoder.bf16 and bf16
     return encoder

@@ -1,4 +1,4 @@
-"""Precomputed f_p features read from a file: `--fp_encoder features --fp_features FILE`.
+"""Precomputed f_p features read from a file: `--fp_encoder features --fp_checkpoint FILE`.
 
 The file is an .npz with one 2-D float array per split (`train`, `val`, `test`), rows in the
 dataset's order (CIFAR: the 45k noisy-training images, the 5k validation images, the 10k test
@@ -33,7 +33,7 @@ def file_sha1(path):
 
 def _read_npz(path):
     if not os.path.isfile(path):
-        raise FeatureFileError(f'features file {path} not found: pass --fp_features PATH of an existing .npz')
+        raise FeatureFileError(f'features file {path} not found: pass --fp_checkpoint PATH of an existing .npz')
     try:
         with np.load(path, allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
@@ -109,6 +109,6 @@ class FeatureFileEncoder(FrozenEncoder):
 
 def load_feature_encoder(path, device='cpu'):
     if not path:
-        raise FeatureFileError('--fp_encoder features needs --fp_features FILE (an .npz with float arrays '
+        raise FeatureFileError('--fp_encoder features needs --fp_checkpoint FILE (an .npz with float arrays '
                                'train, val, test, one row per image in the dataset\'s order)')
     return FeatureFileEncoder(path).finish(device)

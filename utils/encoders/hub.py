@@ -158,14 +158,15 @@ def _weights_error(library, model, checkpoint, exc):
                         f'set HF_HUB_OFFLINE=1 so the hub reads it without trying the network')
 
 
-def load_hub_encoder(cfg, device):
-    """The f_p encoder of --fp_encoder timm|open_clip, frozen, on `device`."""
-    if not cfg.fp_model:
-        example = 'vit_small_patch14_dinov2.lvd142m' if cfg.fp_encoder == 'timm' else 'ViT-B-32 --fp_pretrained openai'
-        raise EncoderError(f'--fp_encoder {cfg.fp_encoder} needs --fp_model NAME (e.g. --fp_model {example})')
-    if cfg.fp_encoder == 'timm':
-        encoder = load_timm(cfg.fp_model, cfg.fp_checkpoint)
+def load_hub_encoder(library, model, pretrained=None, checkpoint=None, device='cpu', bf16=True):
+    """The f_p encoder of --fp_encoder timm|open_clip (`library`): `model` (--fp_model) with the weights tag
+    `pretrained` (OpenCLIP) or the weights file `checkpoint`, frozen, on `device`."""
+    if not model:
+        example = 'vit_small_patch14_dinov2.lvd142m' if library == 'timm' else 'ViT-B-32 --fp_pretrained openai'
+        raise EncoderError(f'--fp_encoder {library} needs --fp_model NAME (e.g. --fp_model {example})')
+    if library == 'timm':
+        encoder = load_timm(model, checkpoint)
     else:
-        encoder = load_open_clip(cfg.fp_model, cfg.fp_pretrained, cfg.fp_checkpoint)
-    encoder.bf16 = cfg.precision == 'bf16'
+        encoder = load_open_clip(model, pretrained, checkpoint)
+    encoder.bf16 = bf16
     return encoder.finish(device)

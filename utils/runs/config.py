@@ -1,19 +1,27 @@
-"""Command-line flags shared by every training script.
+"""A run's configuration: the flags every training script shares, resolved once, when they are parsed.
 
-Each script passes its own defaults table; the flag names and meanings of the authors' scripts are
-kept (`--noise_type`, `--nepoch`, `--batch_size`, `--device`, `--num_workers`, `--warmup_epochs`,
-`--feature_dim`, `--k`, `--ddim_n_step`, `--fp_encoder`, `--CLIP_type`, `--diff_encoder`).
+Each script passes its DEFAULTS table (what differs from COMMON_DEFAULTS) and its RECIPES table (the
+authors' protocol and the improvements, utils/recipes.py). `parse_config` parses the command line,
+fills every flag the recipe governs, checks every flag, and returns a frozen Config: what config.json,
+every checkpoint and `--print_config` show is what the run uses, and nothing rewrites it later (a value
+decided by the data, the k chosen on validation say, makes a new Config with `replace`).
+
+The flag names and meanings of the authors' scripts are kept (`--noise_type`, `--nepoch`,
+`--batch_size`, `--device`, `--gpu_devices`, `--num_workers`, `--warmup_epochs`, `--feature_dim`, `--k`,
+`--ddim_n_step`, `--fp_encoder`, `--CLIP_type`, `--diff_encoder`).
 """
 import argparse
+import sys
 
 from model_diffusion import BETA_SCHEDULES
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 from utils.encoders.clip import CLIP_TOWERS
 from utils.encoders.factory import FP_ENCODERS
-from utils.recipes import IMPROVED_EMA_DECAY, RECIPES
+from utils.recipes import IMPROVED_EMA_DECAY, RECIPES, resolve_recipe
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
+from utils.runs.checks import check_config
 
-K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/prepare.select_k, utils/runs/k_trials.py)
+K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/runs/k_trials.py)
 
 # Defaults common to all datasets; a script's table overrides these.
 COMMON_DEFAULTS = dict(
@@ -21,26 +29,35 @@ COMMON_DEFAULTS = dict(
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
     n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
-    fp_checkpoint=None, fp_features=None, clip_download_root=None, clip_tower='fused', precision='bf16',
+    fp_checkpoint=None, clip_download_root=None, clip_tower='fused', precision='bf16',
     recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
     eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
     download=True, n_samples=10, compile=False, cuda_graph=True, checkpoint_every=1, fp_arch='resnet50',
-    diff_encoder_weights='imagenet', image_size=224, predict=None, predict_split='test', predict_folder=None,
+    diff_encoder_weights='imagenet', image_size=224,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
-    fp_conditioning=True, gpu_devices=None,
-    script=None,  # no flag: the script whose defaults table this is (a run records it; --resume, --predict check it)
+    fp_conditioning=True, gpu_devices=None, print_config=False,
+    script=None,  # no flag: the script whose defaults table this is (a run records it; --resume, predict.py check it)
 )
 
 
-# Defaults the image-file scripts (Food-101N, Clothing1M, WebVision) share, as the authors' scripts:
-# CLIP ViT-L/14 f_p, an ImageNet ResNet-50 diffusion encoder (--diff_backbone: see utils/recipes.py), a wider
-# denoiser, batch 256, warm-up 1, a cosine horizon of --nepoch, evaluation every epoch.
-IMAGE_FILE_DEFAULTS = dict(
-    fp_encoder='CLIP', CLIP_type='ViT-L/14', diff_encoder='resnet50_l', feature_dim=1024,
-    batch_size=256, warmup_epochs=1, eval_every=1, lr_horizon=0,
-)
+class Config(argparse.Namespace):
+    """A run's resolved flags, frozen: setting one raises. `replace(**changes)` gives a new Config."""
+    __slots__ = ('_frozen',)
+
+    def __setattr__(self, name, value):
+        if getattr(self, '_frozen', False):
+            raise AttributeError(f'the run\'s configuration is resolved and frozen; make a new one with '
+                                 f'.replace({name}=...) instead of setting {name}')
+        super().__setattr__(name, value)
+
+    def freeze(self):
+        object.__setattr__(self, '_frozen', True)
+        return self
+
+    def replace(self, **changes):
+        return Config(**{**vars(self), **changes}).freeze()
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -75,46 +92,115 @@ def _data_flags(g, kind):
                         '(default $LRA_DIFFUSION_HOME, else ~/.cache/lra_diffusion)')
 
 
-def _encoder_flags(g, kind):
-    """f_p and the diffusion encoder."""
+def _fp_flags(g, kind):
+    """f_p: the frozen pre-trained encoder that retrieval searches in and the denoiser reads."""
     g.add_argument('--fp_encoder', choices=FP_ENCODERS,
                    help="frozen encoder f_p for retrieval and conditioning (CC: the authors' Clothing1M "
-                        'classifier CC_net.pt; raw: flattened pixels)')
+                        'classifier CC_net.pt; raw: flattened pixels; features: precomputed embeddings)')
     g.add_argument('--CLIP_type',
                    help='ViT-B/32, ViT-B/16, ViT-L/14, or the path of a local CLIP checkpoint')
+    g.add_argument('--clip_tower', choices=CLIP_TOWERS,
+                   help='how the CLIP image tower runs: fused (rebuilt for inference from the same weights: '
+                        'bf16 weights held once on CUDA, batch-first attention; equal in float32, bf16 rounding '
+                        "on CUDA) or clip (the clip package's own module under bf16 autocast, as before)")
+    g.add_argument('--clip_download_root',
+                   help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
     g.add_argument('--fp_checkpoint',
-                   help="SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into --inputs_dir), CC "
-                        'classifier (default: model/CC_net.pt) or --fp_encoder classifier checkpoint')
-    g.add_argument('--fp_features',
-                   help="--fp_encoder features: an .npz with float arrays train, val, test (rows in the dataset's order)")
+                   help="f_p's file: a SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into "
+                        '--inputs_dir), the CC classifier (default: model/CC_net.pt), an --fp_encoder classifier '
+                        'checkpoint, timm/OpenCLIP weights, or with --fp_encoder features an .npz of float arrays '
+                        "train, val, test (rows in the dataset's order)")
     g.add_argument('--fp_model', help='--fp_encoder timm: any timm model name; open_clip: the architecture '
                    '(e.g. ViT-B-16-SigLIP)')
     g.add_argument('--fp_pretrained', help='--fp_encoder open_clip: the weights tag')
     if kind == 'files':
         g.add_argument('--fp_arch', help='architecture of --fp_encoder classifier')
-    g.add_argument('--diff_encoder_weights',
-                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
-    g.add_argument('--clip_download_root',
-                   help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
-    g.add_argument('--clip_tower', choices=CLIP_TOWERS,
-                   help='how the CLIP image tower runs: fused (rebuilt for inference from the same weights: '
-                        'bf16 weights held once on CUDA, batch-first attention; equal in float32, bf16 rounding '
-                        "on CUDA) or clip (the clip package's own module under bf16 autocast, as before)")
+    g.add_argument('--encode_batch_size', type=int, help='batch of the frozen encoders while features are extracted')
+
+
+def _method_flags(g, kind):
+    """Label retrieval, the denoiser with its diffusion encoder, and the label diffusion."""
+    g.add_argument('--k', type=int, help='neighbours retrieved per sample')
+    g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
+                   help='choose k among these on the clean validation split (replaces --k; the choice is logged)')
+    g.add_argument('--k_select', choices=K_SELECT,
+                   help="how --k_choices chooses: vote (how often the majority noisy label of a validation image's "
+                        'k training neighbours is its label: one search, no training), or model (a short run per k, '
+                        '--k_trial_epochs, the first epochs of this run; the k whose model is best on validation)')
+    g.add_argument('--k_trial_epochs', type=int,
+                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, at least twice '
+                        '--warmup_epochs), up to the run\'s next evaluation; the run goes on from the best trial')
+    g.add_argument('--candidates', choices=CANDIDATE_RULES,
+                   help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
+                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest. own: "
+                        "its own noisy label alone, no retrieval (the paper's ablation)")
+    g.add_argument('--candidate_weights', choices=CANDIDATE_WEIGHTS,
+                   help='loss weight of a picked candidate: how many candidates agree with it (agreement), or '
+                        "the same for every sample (uniform; the authors' Clothing1M and WebVision)")
     g.add_argument('--diff_encoder', choices=sorted(DIFF_ENCODERS),
                    help='diffusion encoder giving the image embedding x_e: a CIFAR-stem ResNet on the image, '
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
                         'ResNet + the authors\' two-layer head; see --diff_backbone)')
+    g.add_argument('--diff_encoder_weights',
+                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
+    g.add_argument('--feature_dim', type=int, help='width of the denoiser')
+    g.add_argument('--n_layers', type=int,
+                   help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
+    g.add_argument('--fp_conditioning', action=argparse.BooleanOptionalAction,
+                   help="the denoiser's first layer reads f_p(x) beside y_t; --no-fp_conditioning: y_t alone (the "
+                        "paper's ablation without the f_p conditioning; f_p still serves retrieval)")
+    g.add_argument('--n_timesteps', type=int, help='diffusion steps T')
+    g.add_argument('--beta_schedule', choices=sorted(BETA_SCHEDULES), help='noise schedule β_t of the label diffusion')
+
+
+def _training_flags(g, kind):
+    """The schedule, the draws and how the steps run."""
+    g.add_argument('--nepoch', type=int, help='training epochs')
+    g.add_argument('--batch_size', type=int, help='training batch size')
+    g.add_argument('--warmup_epochs', type=int,
+                   help='linear LR warm-up; evaluation starts after it')
+    g.add_argument('--lr', type=float, help='peak learning rate')
+    g.add_argument('--lr_horizon', type=int,
+                   help="epochs of the half-cosine decay (the authors' CIFAR: 1000, of which runs use --nepoch); "
+                        '0: --nepoch')
+    g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
+    g.add_argument('--per_class', type=int,
+                   help='train each epoch on N samples of every class, drawn afresh (the authors: 10000 on '
+                        'Clothing1M, 500 on WebVision); 0: every sample')
+    g.add_argument('--seed', type=int,
+                   help='seed of the model, the training draws and the augmented training views (the augmented '
+                        'f_p key view, --fp_cache_view augmented, is one view for every seed: the authors cached one)')
     g.add_argument('--precision', choices=('bf16', 'fp32'),
                    help='arithmetic of the image networks (f_p, ResNet diffusion encoders) on CUDA, and of the '
                         'shortlist of the per-step neighbour search (re-ranked in float32); the denoiser MLP, '
                         'features and optimiser stay float32')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction,
+                   help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
+    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
+                   help='on one CUDA device, replay each training step of --batch_size (and each evaluation batch) '
+                        'from a CUDA graph: one launch instead of hundreds; the same kernels, so results agree '
+                        'to float rounding (off under torchrun and with --compile; image files decoded per batch '
+                        'and an odd last batch step eagerly)')
+
+
+def _evaluation_flags(g, kind):
+    """Model selection on the clean validation split, and the labels the run writes."""
+    g.add_argument('--eval_every', type=int,
+                   help='evaluate on the clean validation split every N epochs after warm-up')
+    g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
+    g.add_argument('--eval_batch_size', type=int,
+                   help='evaluation batch (default: where --eval_bn is batch, the authors\' evaluation batch, '
+                        '--batch_size or Food-101N\'s 512; else 2000)')
+    g.add_argument('--n_samples', type=int,
+                   help='stochastic DDIM samples per training image for the saved class probabilities '
+                        '(train_probs.npy); 0 skips them')
 
 
 def _recipe_flags(g, kind):
     """The authors' protocol or each improvement."""
     g.add_argument('--recipe', choices=RECIPES,
                    help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
-                        'Each flag below left unset follows the recipe')
+                        'Each flag below left unset follows the recipe (--print_config shows what it resolved to)')
     g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
                    help="keep the diffusion encoder at its initial weights (authors, CIFAR and Food-101N: the "
                         'optimiser holds the denoiser only)')
@@ -142,103 +228,35 @@ def _recipe_flags(g, kind):
                         % IMPROVED_EMA_DECAY)
 
 
-def _training_flags(g, kind):
-    """The denoiser, retrieval and the schedule."""
-    g.add_argument('--nepoch', type=int, help='training epochs')
-    g.add_argument('--batch_size', type=int, help='training batch size')
-    g.add_argument('--warmup_epochs', type=int,
-                   help='linear LR warm-up; evaluation starts after it')
-    g.add_argument('--lr', type=float, help='peak learning rate')
-    g.add_argument('--lr_horizon', type=int,
-                   help="epochs of the half-cosine decay (the authors' CIFAR: 1000, of which runs use --nepoch); "
-                        '0: --nepoch')
-    g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
-    g.add_argument('--feature_dim', type=int, help='width of the denoiser')
-    g.add_argument('--n_layers', type=int,
-                   help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
-    g.add_argument('--fp_conditioning', action=argparse.BooleanOptionalAction,
-                   help="the denoiser's first layer reads f_p(x) beside y_t; --no-fp_conditioning: y_t alone (the "
-                        "paper's ablation without the f_p conditioning; f_p still serves retrieval)")
-    g.add_argument('--k', type=int, help='neighbours retrieved per sample')
-    g.add_argument('--k_choices', type=int, nargs='+', metavar='K',
-                   help='choose k among these by how often the majority noisy label of a clean validation '
-                        "image's k training neighbours is its true label (replaces --k; the choice is logged)")
-    g.add_argument('--k_select', choices=K_SELECT,
-                   help='how --k_choices chooses: vote (as above: one search, no training), or model: a short '
-                        'run per k (--k_trial_epochs, the first epochs of this run) and the k whose model is '
-                        'best on validation')
-    g.add_argument('--k_trial_epochs', type=int,
-                   help='epochs of each --k_select model trial (0: a tenth of --nepoch, at least twice '
-                        '--warmup_epochs), up to the run\'s next evaluation; the run goes on from the best trial')
-    g.add_argument('--candidates', choices=CANDIDATE_RULES,
-                   help="a sample's k+1 candidate labels: its k neighbours' plus its own (neighbours+own), or its "
-                        "k+1 nearest neighbours' (neighbours; the authors' Food-101N); itself is its nearest. own: "
-                        "its own noisy label alone, no retrieval (the paper's ablation)")
-    g.add_argument('--candidate_weights', choices=CANDIDATE_WEIGHTS,
-                   help='loss weight of a picked candidate: how many candidates agree with it (agreement), or '
-                        "the same for every sample (uniform; the authors' Clothing1M and WebVision)")
-    g.add_argument('--per_class', type=int,
-                   help='train each epoch on N samples of every class, drawn afresh (the authors: 10000 on '
-                        'Clothing1M, 500 on WebVision); 0: every sample')
-    g.add_argument('--n_timesteps', type=int, help='diffusion steps T')
-    g.add_argument('--beta_schedule', choices=sorted(BETA_SCHEDULES), help='noise schedule β_t of the label diffusion')
-    g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
-    g.add_argument('--compile', action=argparse.BooleanOptionalAction,
-                   help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
-    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
-                   help='on one CUDA device, replay each training step of --batch_size (and each evaluation batch) '
-                        'from a CUDA graph: one launch instead of hundreds; the same kernels, so results agree '
-                        'to float rounding (off under torchrun and with --compile; image files decoded per batch '
-                        'and an odd last batch step eagerly)')
-    g.add_argument('--eval_every', type=int,
-                   help='evaluate on the clean validation split every N epochs after warm-up')
-
-
 def _run_flags(g, kind):
-    """Devices, seeds, folders, checkpoints."""
-    g.add_argument('--num_workers', type=int,
-                   help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
-                        "the authors' command lines)")
+    """Where the run's folder and caches lie, and what it runs on."""
+    g.add_argument('--out_dir', help='parent folder of run folders')
+    g.add_argument('--run_name', help='run folder name (default: derived from flags)')
+    g.add_argument('--cache_dir', help='feature and neighbour caches')
+    g.add_argument('--resume', metavar='RUN_DIR',
+                   help='continue the run in RUN_DIR from its last checkpoint')
+    g.add_argument('--checkpoint_every', type=int,
+                   help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
     g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
     g.add_argument('--gpu_devices', type=int, nargs='+', metavar='ID',
                    help="CUDA device ids (the authors' flag): one id runs there (--device cuda:ID); several run "
                         'one process per device under torchrun, training data-parallel')
-    g.add_argument('--seed', type=int,
-                   help='seed of the model, the training draws and the augmented training views (the augmented '
-                        'f_p key view, --fp_cache_view augmented, is one view for every seed: the authors cached one)')
-    g.add_argument('--out_dir', help='parent folder of run folders')
-    g.add_argument('--run_name', help='run folder name (default: derived from flags)')
-    g.add_argument('--cache_dir', help='feature and neighbour caches')
-    g.add_argument('--eval_batch_size', type=int,
-                   help='evaluation batch (default: where --eval_bn is batch, the authors\' evaluation batch, '
-                        '--batch_size or Food-101N\'s 512; else 2000)')
-    g.add_argument('--encode_batch_size', type=int, help='batch of the frozen encoders while features are extracted')
-    g.add_argument('--checkpoint_every', type=int,
-                   help='write last.pt every N epochs (1: an interrupted run loses no finished epoch)')
-    g.add_argument('--n_samples', type=int,
-                   help='stochastic DDIM samples per training image for the saved class probabilities '
-                        '(train_probs.npy); 0 skips them')
-    g.add_argument('--resume', metavar='RUN_DIR',
-                   help='continue the run in RUN_DIR from its last checkpoint')
+    g.add_argument('--num_workers', type=int,
+                   help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
+                        "the authors' command lines)")
+    g.add_argument('--print_config', action='store_true',
+                   help='print the resolved configuration (every flag, and where its value came from) and exit')
     g.add_argument('--debug', action='store_true', help='show the traceback of a refusal, not only its one line')
-
-
-def _prediction_flags(g, kind):
-    """Applying a trained run."""
-    g.add_argument('--predict', metavar='RUN_DIR',
-                   help="apply RUN_DIR's best checkpoint instead of training")
-    g.add_argument('--predict_split', choices=('train', 'val', 'test'), help='the split --predict labels')
-    g.add_argument('--predict_folder', metavar='DIR',
-                   help='predict every image under DIR instead of a split (writes a CSV too)')
 
 
 FLAG_GROUPS = (  # the --help sections, in order
     ('data and noise', _data_flags),
-    ('encoders', _encoder_flags),
-    ('recipe: the authors\' protocol or the improvements (see utils/recipes.py)', _recipe_flags),
-    ('model and training', _training_flags),
-    ('run', _run_flags),
-    ('prediction with a trained run', _prediction_flags),
+    ('f_p: the frozen pre-trained encoder', _fp_flags),
+    ('method: retrieval, the denoiser and its diffusion encoder, the label diffusion', _method_flags),
+    ('training', _training_flags),
+    ('evaluation', _evaluation_flags),
+    ("recipe: the authors' protocol (the default) or each improvement", _recipe_flags),
+    ('outputs and runs', _run_flags),
 )
 
 
@@ -265,22 +283,56 @@ def apply_defaults(parser, defaults):
     parser.set_defaults(**defaults)
 
 
-def parse_config(description, defaults, argv=None, dataset_args=None, kind='memory'):
+def parse_config(description, defaults, recipes, argv=None, dataset_args=None, kind='memory'):
+    """The script's flags parsed, the recipe resolved (`recipes`: the script's RECIPES table), every flag
+    checked, frozen. With --print_config the resolved table is printed and the process exits."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(description, defaults, dataset_args, kind)
-    cfg = parser.parse_args(argv)
+    cfg = parser.parse_args(argv, namespace=Config())
     cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
     cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
-    # the script's own flags, which say where its dataset lies (--predict takes them from its command line)
+    # the script's own flags, which say where its dataset lies (predict.py takes them from its command line)
     cfg.dataset_flags = sorted(a.dest for group in parser._action_groups if group.title == 'dataset'
                                for a in group._group_actions)
+    if not cfg.resume:  # a resumed run takes its recipe's values from its checkpoint
+        cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
+    check_config(cfg)
+    cfg.freeze()
+    if cfg.print_config:
+        print(config_table(cfg, parser, defaults))
+        sys.exit(0)
     return cfg
+
+
+def value_source(cfg, name, defaults):
+    """Where a flag's value came from: the command line, the recipe, the script's table or the common one."""
+    if name in cfg.command_line_flags:
+        return 'command line'
+    if name in getattr(cfg, 'recipe_filled', ()):
+        return f'recipe {cfg.recipe}'
+    return 'script' if name in defaults else 'default'
+
+
+def config_table(cfg, parser, defaults):
+    """The resolved configuration, one flag a line under its --help group, with where its value came from."""
+    lines = [f'# {cfg.script or "this script"}: the resolved configuration (--print_config)']
+    for group in parser._action_groups:
+        names = [a.dest for a in group._group_actions if a.option_strings and a.dest not in ('help', 'print_config')]
+        if not names:
+            continue
+        lines.append(f'\n[{group.title}]')
+        width = max(len(n) for n in names)
+        for name in names:
+            lines.append(f'  {name:<{width}}  {getattr(cfg, name)!r:<24}  ({value_source(cfg, name, defaults)})')
+    return '\n'.join(lines)
 
 
 def recorded_config(cfg):
     """The configuration a run folder records: the flags of its own script (and the values its
     defaults table adds), not the defaults of flags other datasets' scripts have."""
     own = set(getattr(cfg, 'script_flags', ())) or set(vars(cfg))
-    return {k: v for k, v in vars(cfg).items() if k in own or k not in COMMON_DEFAULTS}
+    return {k: v for k, v in vars(cfg).items()
+            if (k in own or k not in COMMON_DEFAULTS) and k not in ('print_config', 'recipe_filled')}
 
 
 def given_flags(parser, argv):

@@ -15,6 +15,7 @@ import threading
 import time
 
 from utils.errors import ResumeRefused, SetupError
+from utils.runs.config import Config
 from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import TMP_SUFFIX, owned_folder, remove_files, save_json, sweep_partial_writes
@@ -38,6 +39,8 @@ MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'e
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
 # before --clip_tower ran the clip package's tower
 MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip'}
+# flags runs recorded that are gone: --fp_features (now --fp_checkpoint) and --predict* (now predict.py)
+FOLDED_FLAGS = ('fp_features', 'predict', 'predict_split', 'predict_folder')
 ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'command_line_flags', 'script_flags',
                         'dataset_flags')
 
@@ -108,7 +111,11 @@ def resumed_config(cfg, ckpt, also=()):
     for name in current:
         if name in ALWAYS_FROM_THIS_RUN or (name in given and (_may_change(name, ckpt['config']) or name in also)):
             merged[name] = current[name]
-    return type(cfg)(**merged)
+    if merged.get('fp_encoder') == 'features' and not merged.get('fp_checkpoint'):
+        merged['fp_checkpoint'] = merged.get('fp_features')  # the features file's flag before --fp_checkpoint took it
+    for name in FOLDED_FLAGS:
+        merged.pop(name, None)
+    return Config(**merged).freeze()
 
 
 def check_resume_flags(cfg, ckpt, run_dir):
@@ -158,42 +165,42 @@ def check_resume_inputs(saved, now, run_dir):
 
 
 def check_same_script(cfg, saved, run_dir, how):
-    """Refuse to resume (how '--resume') or predict with ('--predict') a run another script made: its
+    """Refuse to resume (how '--resume') or predict with (how 'predict.py') a run another script made: its
     dataset would be read with this script's reader, and fail naming flags the user never gave. Runs
     made before the script was recorded are told by the flags only their script has."""
     made_by, this = saved.get('script'), getattr(cfg, 'script', None)
     if made_by and this and made_by != this:
         raise SetupError(f'{how} {run_dir}: the run was made by {made_by}, not {this}; run that script instead '
-                         f'(python {made_by} {how} {run_dir} ...)')
+                         f'(python {made_by} --resume {run_dir} ...)')
     theirs = sorted(set(saved.get('script_flags') or ()) - set(getattr(cfg, 'script_flags', None) or ()))
     if not made_by and theirs and getattr(cfg, 'script_flags', None):
         raise SetupError(f'{how} {run_dir}: the run was made by another script (one with the flags '
                          f'{", ".join("--" + n for n in theirs[:4])}); run the script that made it instead')
 
 
-# what --predict takes from its own command line: which images it labels, and how many samples it draws
-PREDICTION_FLAGS = ('predict', 'predict_split', 'predict_folder', 'n_samples')
+# what predict.py takes from its own command line besides where the data lies: how many samples it draws
+PREDICTION_FLAGS = ('n_samples',)
 
 
-def prediction_config(cfg, ckpt, run_dir):
-    """The run's configuration as --predict applies it. This command line may say where the data lies
-    and which of its splits to label (the script's dataset flags, e.g. --test of train_ImageFolder.py;
-    the data roots), how to compute (the flags a resume may change) and --predict_split or
-    --predict_folder; a flag that would change the trained model is refused, never dropped."""
+def prediction_config(cfg, ckpt, run_dir, folder=None):
+    """The run's configuration as predict.py applies it. Its command line may say where the data lies
+    (the script's dataset flags, e.g. --test of train_ImageFolder.py; the data roots), how to compute
+    (the flags a resume may change) and --n_samples; with `folder` (--folder) no dataset split; a flag
+    that would change the trained model is refused, never dropped."""
     saved = ckpt['config']
     given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
     dataset_flags = set(getattr(cfg, 'dataset_flags', None) or ())
-    if cfg.predict_folder:
-        split_flags = sorted(given & (dataset_flags | {'predict_split'}))
+    if folder:
+        split_flags = sorted(given & dataset_flags)
         if split_flags:
-            raise SetupError(f'--predict_folder labels the images under {cfg.predict_folder}, but '
+            raise SetupError(f'--folder labels the images under {folder}, but '
                              f'{", ".join("--" + n for n in split_flags)} {"name" if len(split_flags) > 1 else "names"} '
                              f'a split of the dataset: give one or the other')
     refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
                if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
     if refused:
-        raise SetupError(f'--predict {run_dir} applies the run as it was trained and does not take '
+        raise SetupError(f'predict.py {run_dir} applies the run as it was trained and does not take '
                          f'{", ".join(refused)}: drop those flags')
     return resumed_config(cfg, ckpt, also=given & dataset_flags)
 

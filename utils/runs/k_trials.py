@@ -1,4 +1,6 @@
-"""--k_select model: choose k by what the model makes of it, not by the neighbours' vote.
+"""The run's k: the one given (--k), or the one chosen among --k_choices on the validation split, by the
+neighbours' vote or (--k_select model) by what the model makes of it: `settle_k`, the one call the
+engine makes.
 
 Each k of --k_choices trains a fresh model for the first --k_trial_epochs epochs of the run (the same
 seed, learning-rate schedule and evaluations, up to the run's first evaluation at or after that many
@@ -14,7 +16,6 @@ The trials live in RUN/k_trials/k<K>/ (log.jsonl, trial.json; last.pt and best.p
 made): a run stopped while choosing is continued by the same command with the same --run_name, which
 reuses the finished trials and resumes the one in progress from its last epoch.
 """
-import copy
 import hashlib
 import json
 import math
@@ -23,7 +24,8 @@ import signal
 import time
 
 from utils.errors import Interrupted, SetupError
-from utils.prepare import neighbour_table
+from utils.prepare import search_options, select_k, use_k, warn_noisy_choice
+from utils.retrieval import neighbour_table
 from utils.runs.folders import load_run
 from utils.runtime import distributed
 from utils.schedule import is_eval_epoch
@@ -35,7 +37,7 @@ from utils.storage.saving import remove_files, save_json, save_torch
 NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'script_flags', 'device', 'num_workers',
                     'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs',
                     'data_root', 'cifar_n_dir', 'clip_download_root', 'inputs_dir', 'download', 'encode_batch_size',
-                    'n_samples', 'predict', 'predict_split', 'predict_folder', 'script', 'dataset_flags', 'gpu_devices')
+                    'n_samples', 'script', 'dataset_flags', 'gpu_devices', 'print_config', 'recipe_filled')
 
 
 def trial_epochs(cfg):
@@ -43,7 +45,7 @@ def trial_epochs(cfg):
     during warm-up measures little but chance: digits, 14% against 10% after 11 epochs, 77% against 69%
     after 20); then up to the run's next evaluation, so a trial ends scored as the run would be there."""
     wanted = cfg.k_trial_epochs or max(cfg.nepoch // 10, 2 * cfg.warmup_epochs, cfg.warmup_epochs + 1)
-    return next((epoch + 1 for epoch in range(wanted - 1, cfg.nepoch) if is_eval_epoch(epoch, cfg)), cfg.nepoch)
+    return next((epoch + 1 for epoch in range(wanted - 1, cfg.nepoch) if is_eval_epoch(epoch, cfg.warmup_epochs, cfg.eval_every)), cfg.nepoch)
 
 
 def too_close(scores, n_val):
@@ -59,10 +61,7 @@ def too_close(scores, n_val):
 def trial_config(cfg, k):
     """The run's configuration cut to its first trial_epochs(cfg) epochs, with this k: the learning
     rate follows the full run's schedule (its horizon is the run's, not the trial's)."""
-    trial = copy.copy(cfg)
-    trial.k, trial.nepoch = k, trial_epochs(cfg)
-    trial.lr_horizon = cfg.lr_horizon or cfg.nepoch
-    return trial
+    return cfg.replace(k=k, nepoch=trial_epochs(cfg), lr_horizon=cfg.lr_horizon or cfg.nepoch)
 
 
 def trial_key(trial_cfg, fingerprints):
@@ -181,3 +180,24 @@ def take_over_trial(cfg, info, run_dir, k):
     if main:  # the run's now, or of no use
         remove_files(folder, ('best.pt', 'last.pt'))
     return last
+
+
+def settle_k(cfg, data, splits, run_dir, ckpt, start_trainer, log=print):
+    """The run's k and the candidates it makes, and the checkpoint the run goes on from: --k (or the k a
+    resumed run chose), the vote of --k_choices, or with --k_select model the best of short training
+    trials, whose checkpoint the run then goes on from (`start_trainer`: how a trial's Trainer is made).
+    Returns (the configuration with its k, the data with its candidates, the checkpoint or None)."""
+    start = ckpt
+    if cfg.k_choices and ckpt is None:
+        warn_noisy_choice(splits, log)
+        by_model = cfg.k_select == 'model'
+        k, scores = select_k(data.features, data.noisy_labels, splits.val_labels, cfg.k_choices, data.n_class, log,
+                             choosing=not by_model, **search_options(cfg))
+        data.info['k_selection'] = {str(choice): a for choice, a in scores.items()}
+        if by_model:
+            k, data.info['k_trials'] = choose_k_by_training(cfg, data, splits, run_dir, start_trainer)
+        cfg = cfg.replace(k=k)
+    data = use_k(cfg, data, splits, log)
+    if 'k_trials' in data.info and ckpt is None:
+        start = take_over_trial(cfg, data.info, run_dir, cfg.k)
+    return cfg, data, start

@@ -101,27 +101,22 @@ def device_launch(ids, script, argv, environ):
     return command, env
 
 
-def use_gpu_devices(cfg, refuse):
-    """Apply --gpu_devices before any work: one id sets cfg.device; several run this command once per
-    device under torchrun and return its exit status (None: go on in this process). `refuse(message)`
-    raises the caller's one-line refusal."""
-    ids = cfg.gpu_devices
+def use_gpu_devices(ids, device_given, refuse):
+    """Apply --gpu_devices `ids` before any work (`device_given`: --device where the command line gave it).
+    Returns (the device this process runs on, or None: --device stands; the exit status of the processes
+    launched, or None: go on in this process). One id is that device; several run this command once per
+    device under torchrun. `refuse(message)` raises the caller's one-line refusal."""
     if not ids:
-        return None
+        return None, None
     launched = os.environ.get(LAUNCHED)
-    given = cfg.device if 'device' in (getattr(cfg, 'command_line_flags', None) or ()) else None
-    problem = gpu_devices_problem(ids, given, torch.cuda.device_count(), launched)
+    problem = gpu_devices_problem(ids, device_given, torch.cuda.device_count(), launched)
     if problem:
         refuse(problem)
     if launched is not None:  # a process of the launch: its local rank's device (local_device)
-        cfg.device = 'cuda'
-        return None
+        return 'cuda', None
     if len(ids) == 1:
-        cfg.device = f'cuda:{ids[0]}'
-        return None
-    if getattr(cfg, 'predict', None):
-        refuse(f'--predict runs in one process: give one --gpu_devices id, not {len(ids)}')
+        return f'cuda:{ids[0]}', None
     command, env = device_launch(ids, sys.argv[0], sys.argv[1:], os.environ)
     print(f'--gpu_devices {" ".join(map(str, ids))}: {len(ids)} processes, data-parallel ({" ".join(command[1:5])} ...)',
           flush=True)
-    return subprocess.call(command, env=env)
+    return None, subprocess.call(command, env=env)
