@@ -68,10 +68,12 @@ def test_every_stage_writes_a_sane_result(smoke):
         speed = result(out, stage)
         assert speed['epochs'] == 2 and speed['warm_epochs'] == 1 and speed['first_epoch_s'] > 0
         assert speed['epochs_per_s'] == pytest.approx(1 / speed['warm_epoch_s'], rel=0.01) and not speed['cuda_graph']
-    simclr = result(out, 'simclr_pretrain')
-    assert simclr['complete'] and simclr['epochs_done'] == 1
-    (epoch, minutes, knn), = simclr['knn_curve']
-    assert epoch == 1 and minutes > 0 and 0.0 <= knn <= 1.0
+    row = result(out, 'paper_row')  # on digits at smoke size: the whole path, SimCLR pre-training included
+    assert row['complete'] and row['summary']['epochs'] == 2 and 0 <= row['summary']['test_acc'] <= 1
+    assert row['encoder']['epochs'] == 1 and [r['epoch'] for r in row['log']] == [1]
+    assert row['config']['fp_encoder'] == 'SimCLR' and row['config']['recipe'] == 'authors'
+    folder = gpu_suite.unpack_row(str(out / gpu_suite.RESULTS), str(out / 'row_back'))  # what --record reads
+    assert json.loads(open(os.path.join(folder, 'summary.json')).read()) == row['summary']
     table = summary['table']
     shown = 0
     for stage in ('profile-SimCLR-authors', 'profile-inference-ViT-L14'):
@@ -147,7 +149,7 @@ def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):
     assert len(manifest['shards']) >= 2 and all(s['bytes'] <= 15_000_000 for s in manifest['shards'])
     assert all(os.path.getsize(folder / s['file']) == s['bytes'] for s in manifest['shards'])
     gpu_suite.main(['--reassemble', str(folder), '--to', str(tmp_path / 'simclr.pt')])
-    _, _, exported = gpu_suite.simclr_dirs(gpu_suite.parser().parse_args(['--out', str(out), '--smoke']))
+    exported = out / 'paper_device' / 'simclr' / 'simclr_resnet18.pt'  # the row's pre-trained encoder
     original = torch.load(exported, weights_only=True)
     back = torch.load(tmp_path / 'simclr.pt', weights_only=True)
     assert back.keys() == original.keys()
@@ -155,7 +157,7 @@ def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):
         expected = value.half().float() if value.is_floating_point() else value
         assert back[name].dtype == value.dtype and torch.equal(back[name], expected), name
     assert load_simclr(str(tmp_path / 'simclr.pt')).dim == 512
-    assert json.loads((tmp_path / 'simclr.json').read_text())['knn_top1_test'] >= 0
+    assert json.loads((tmp_path / 'simclr.json').read_text())['knn_top1_test'] >= 0  # its sidecar, from the manifest
 
 
 def test_large_tensors_travel_in_pieces_and_altered_shards_are_refused(tmp_path):
@@ -177,5 +179,5 @@ def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, mon
     monkeypatch.setattr(gpu_suite, 'RECIPES', RECIPES)
     summary = gpu_suite.main(['--out', str(tmp_path / 'fresh'), '--smoke', '--budget_s', '0',
                               '--continue_from', str(out / gpu_suite.RESULTS), '--ship', str(tmp_path / 'ship')])
-    assert summary['remaining'] == [] and (tmp_path / 'fresh' / 'simclr_pretrain.json').exists()
+    assert summary['remaining'] == [] and (tmp_path / 'fresh' / 'paper_row.json').exists()
     assert (tmp_path / 'ship' / gpu_suite.RESULTS).exists()

@@ -13,11 +13,12 @@ authors' fine-tuned encoder and the cached fast path, projected to their 300-epo
 1M × 768; JPEG decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR
 pre-training epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of
 what is left: a warm graphed epoch of the authors' CIFAR command and 10k-image ViT-L/14 inference;
-the same SimCLR epochs eager (what the graph gains); SimCLR pre-training on CIFAR-10 for whatever
-budget is left.
+the same SimCLR epochs eager (what the graph gains); the paper's first row for whatever budget is
+left (tools/paper_device.py: a SimCLR encoder pre-trained here, then train_CIFAR.py with the authors'
+cifar10-1-0.35.npy from --inputs_dir and their recipe, 200 epochs, or fewer and labelled so).
 Each runs as a subprocess under a timeout taken from the remaining --budget_s and writes
 OUT/<stage>.json as soon as it finishes; a stage whose JSON is there is skipped, so a second command
-continues where the first stopped (pre-training resumes from its last epoch). The suite stops
+continues where the first stopped (the row's pre-training and run resume from their last epoch). The suite stops
 before --budget_s, names the stages that remain, and prints one markdown table with the authors'
 figures beside ours. --ship DIR copies what must come back from a device (one results JSON, the
 pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See tools/README.md.
@@ -48,7 +49,6 @@ PY = sys.executable
 # skipped with a note (the flag may not exist in this checkout yet).
 RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
 TRAINING_PATHS = ('SimCLR', 'ViT-L/14')   # the f_p paths timed on real CIFAR-10
-SIMCLR_EPOCHS = 100                       # pre-training length (its cosine schedule spans these)
 MIN_STAGE_S = 20           # no stage is started with less time than this left
 REPORT_S = 15              # kept back for the table and the shipping
 CIFAR_TOOL = ('.device_data/tools/cifar10_batches.py', '../shared/tools/cifar10_batches.py')
@@ -177,42 +177,30 @@ def simclr_speed_dir(args, flags):
     return os.path.join(args.out, 'simclr_speed' + ''.join(flags).replace('--', '-'))
 
 
-def simclr_dirs(args):
-    root = os.path.join(args.out, 'simclr')
-    dataset, arch = ('digits', 'resnet18') if args.smoke else ('cifar10', 'resnet50')
-    return root, os.path.join(root, f'{dataset}_{arch}'), os.path.join(root, f'simclr_{arch}_{dataset}.pt')
+def paper_row(args, out):
+    """The paper's first row (tools/paper_device.py: SimCLR pre-trained here, then train_CIFAR.py with the
+    authors' type-I 35% file and recipe) in whatever budget is left; resumed by the next command."""
+    where = [] if args.smoke else ['--data_root', args.data_root, '--inputs_dir', args.inputs_dir]
+    return [PY, '-m', 'tools.paper_device', '--out', os.path.join(args.out, 'paper_device'), *where,
+            '--budget_s', str(int(max(30.0, args.stage_timeout_s - 10))), '--ship', os.path.join(args.out, 'paper_row'),
+            *(['--smoke'] if args.smoke else [])]
 
 
-def simclr_pretrain(args, out):
-    root, run_dir, encoder = simclr_dirs(args)
-    # stop after the epoch that crosses this: the epoch in flight, the last kNN and the export need the rest
-    stop_s = max(3.0, args.stage_timeout_s - max(45.0, 0.1 * args.stage_timeout_s))
-    common = ['--nepoch', str(args.simclr_epochs), '--stop_after', f'{stop_s / 60:.3f}']
-    if os.path.exists(os.path.join(run_dir, 'state.pt')):
-        return [PY, 'pretrain_SimCLR.py', '--resume', run_dir, *common, *(['--device', 'cpu'] if args.smoke else [])]
-    size = SMOKE['simclr'] if args.smoke else ['--dataset', 'cifar10', '--data_root', args.data_root,
-                                               '--no-download', '--arch', 'resnet50']
-    return [PY, 'pretrain_SimCLR.py', *size, '--out_dir', root, '--output', encoder, *common]
-
-
-def simclr_result(out, args):
-    """The kNN curve so far, and the exported encoder written as fp16 shards that can come back."""
-    import torch
-    _, run_dir, encoder = simclr_dirs(args)
-    with open(os.path.join(run_dir, 'log.jsonl')) as f:
-        log = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.splitext(encoder)[0] + '.json') as f:
-        sidecar = json.load(f)
-    state = torch.load(encoder, map_location='cpu', weights_only=True)
-    manifest = shards.write_shards(state, os.path.join(args.out, 'simclr_shards'), extra={'sidecar': sidecar})
-    return {'epochs_done': log[-1]['epoch'], 'epochs_target': args.simclr_epochs,
-            'complete': log[-1]['epoch'] >= args.simclr_epochs,
-            'minutes': log[-1]['minutes'], 'knn_top1_test': sidecar['knn_top1_test'],
-            'knn_curve': [[r['epoch'], r['minutes'], r['knn_acc']] for r in log if 'knn_acc' in r],
-            **{k: sidecar.get(k) for k in ('first_epoch_s', 'warm_epoch_s', 'epochs_per_s', 'cuda_graph')},
-            'loss_curve': [[r['epoch'], round(r['loss'], 4)] for r in log], 'architecture': sidecar['architecture'],
-            'device': sidecar['device'], 'shards': len(manifest['shards']),
-            'largest_shard_bytes': max(s['bytes'] for s in manifest['shards'])}
+def paper_row_result(out, args):
+    """What the row's command did and the run's figures (all inside the suite's results JSON: a device sends
+    back at most 8 files), and its encoder's shards moved to where ship() takes them from."""
+    shipped = os.path.join(args.out, 'paper_row')
+    record = load_json(os.path.join(shipped, 'paper_device.json'))
+    for name in ('config.json', 'encoder.json'):
+        record[name.split('.')[0]] = load_json(os.path.join(shipped, 'run', name))
+    log = os.path.join(shipped, 'run', 'log.jsonl')
+    record['log'] = [json.loads(line) for line in open(log) if line.strip()] if os.path.isfile(log) else []
+    if os.path.isdir(os.path.join(shipped, 'simclr_shards')):
+        shutil.copytree(os.path.join(shipped, 'simclr_shards'), os.path.join(args.out, 'simclr_shards'),
+                        dirs_exist_ok=True)
+    summary = record.get('summary') or {}
+    record['complete'] = summary.get('epochs', 0) >= (2 if args.smoke else 200)
+    return record
 
 
 def stages():
@@ -229,7 +217,7 @@ def stages():
                      needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
                Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
-               Stage('simclr_pretrain', simclr_pretrain, simclr_result, needs_cifar=True, resumable=True)]
+               Stage('paper_row', paper_row, paper_row_result, needs_cifar=True, resumable=True)]
     return listed
 
 
@@ -523,11 +511,29 @@ def simclr_speed_rows(name, r, on_gpu):
              verdict(r['warm_epoch_s'] <= target, f'≤ {target} s', on_gpu))]
 
 
-def simclr_rows(name, r, on_gpu):
-    speed = f', {r["warm_epoch_s"]} s per warm epoch' if r.get('warm_epoch_s') else ''
-    return [(f'SimCLR pre-training ({r["architecture"].split(",")[0]})',
-             f'{r["epochs_done"]}/{r["epochs_target"]} epochs in {r["minutes"]} min{speed}, kNN top-1 '
-             f'{100 * r["knn_top1_test"]:.2f}%', '', '', '')]
+def unpack_row(results_json, folder):
+    """The paper row's summary.json, config.json, log.jsonl and encoder.json from the suite's results, into
+    `folder`: a run folder `benchmarks.paper --record` reads."""
+    row = load_json(results_json)['stages']['paper_row']['result']
+    os.makedirs(folder, exist_ok=True)
+    for name in ('summary', 'config', 'encoder'):
+        save_json(row[name], os.path.join(folder, f'{name}.json'))
+    with open(os.path.join(folder, 'log.jsonl'), 'w') as f:
+        f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in row['log']))
+    return folder
+
+
+def paper_row_rows(name, r, on_gpu):
+    """The paper's first row: its test accuracy at the best validation epoch (labelled shorter than the
+    paper's 200 epochs where it is), the encoder's kNN accuracy, or why it stopped."""
+    summary, encoder = r.get('summary') or {}, r.get('encoder') or {}
+    if not summary:
+        return [(f"the paper's row {r.get('row')}", f"not measured: {r.get('stopped', 'no summary')}", '', '', '')]
+    epochs = summary.get('epochs')
+    length = '' if epochs == 200 else f', {epochs} epochs: shorter than the paper\'s 200'
+    return [(f"the paper's row {r['row']} (f_p SimCLR {encoder.get('architecture', '?').split(',')[0]}, "
+             f"{encoder.get('epochs', '?')} pre-training epochs, kNN {100 * encoder.get('knn_top1_test', 0):.2f}%)",
+             f"test {100 * summary['test_acc']:.2f}% at epoch {summary['best_epoch']}{length}", '', '', '')]
 
 
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
@@ -536,7 +542,7 @@ STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inf
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
               'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,
               'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
-              'simclr_pretrain': simclr_rows}
+              'paper_row': paper_row_rows}
 
 
 def markdown_table(records):
@@ -588,12 +594,15 @@ def parser():
     p.add_argument('--data_root', help='folder holding cifar-10-batches-py/ (default: converted into OUT/data)')
     p.add_argument('--cifar_tool', help='the shared cifar10_batches.py, beside data/cifar10_jpeg.npz '
                                         f'(default: the first of {", ".join(CIFAR_TOOL)})')
-    p.add_argument('--simclr_epochs', type=int,
-                   help=f'SimCLR pre-training length (default {SIMCLR_EPOCHS}; 1 with --smoke)')
+    p.add_argument('--inputs_dir', default='.device_data/inputs',
+                   help="folder holding the authors' cifar10-1-0.35.npy for the paper's row (carried to the device)")
     p.add_argument('--ship', metavar='DIR', help=f'copy {RESULTS} and the encoder shards here ($OUT on a device)')
     p.add_argument('--continue_from', metavar='FILE', help=f'a {RESULTS} from an earlier command: skip its stages')
     p.add_argument('--reassemble', metavar='SHARDS_DIR', help='put shipped encoder shards back together (with --to)')
-    p.add_argument('--to', metavar='FILE', help='the reassembled encoder file')
+    p.add_argument('--to', metavar='FILE', help='the reassembled encoder file (with --unpack_row: a folder)')
+    p.add_argument('--unpack_row', metavar='RESULTS_JSON',
+                   help="write the paper row's run files from a shipped results JSON into --to, for "
+                        'python -m benchmarks.paper --record')
     return p
 
 
@@ -605,9 +614,13 @@ def main(argv=None):
             p.error('--reassemble needs --to FILE')
         print(f'wrote {shards.reassemble(args.reassemble, args.to)}')
         return None
+    if args.unpack_row:
+        if not args.to:
+            p.error('--unpack_row needs --to DIR')
+        print(f'wrote {unpack_row(args.unpack_row, args.to)}')
+        return None
     if not args.out:
         p.error('--out DIR is required')
-    args.simclr_epochs = args.simclr_epochs or (1 if args.smoke else SIMCLR_EPOCHS)
     os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
     if args.continue_from:
         continue_from(args)

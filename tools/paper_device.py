@@ -39,7 +39,7 @@ MIN_TRAIN_S = 60      # no training stage is started with less than this left
 FIRST_EVALUATED = 6   # epochs after which a run holds best.pt (warm-up 5, evaluation every 5)
 SMOKE_SIMCLR = ['--dataset', 'digits', '--n_images', '64', '--image_size', '8', '--batch_size', '32',
                 '--warmup_epochs', '0', '--knn_every', '1', '--device', 'cpu']
-SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--device', 'cpu']
+SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--device', 'cpu', '--recipe', 'authors']
 
 
 def paths(args):
