@@ -233,6 +233,7 @@ def test_train_cifar_script_on_a_full_size_local_cifar10(tmp_path, tiny_clip_pat
     summary, run_dir = train_CIFAR.main([
         '--data_root', str(tmp_path / 'data'), '--no-download', '--noise_type', 'cifar10-U-0.4',
         '--fp_encoder', 'CLIP', '--CLIP_type', tiny_clip_path, '--diff_encoder', 'fp_mlp', '--nepoch', '1',
+        '--feature_dim', '64',  # a narrow denoiser: its 45k-image passes, not its width, are what this checks
         '--n_samples', '0',  # one denoising pass over the 45k labels (the sampled ones are tested on digits)
         '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache')])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
