@@ -16,7 +16,7 @@ from utils.evaluate import predict_labels
 from utils.prepare import prepare, use_k
 from utils.retrieval import SearchKeys, knn, retrieve_candidates
 from utils.runtime.graphs import store_frozen_bf16
-from utils.storage.loading import load_torch
+from utils.storage.loading import load_json, load_torch
 from utils.trainer import new_trainer
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
@@ -54,8 +54,9 @@ def test_gpu_devices_one_id_runs_on_that_device(tmp_path, digits):
     cfg = demo_digits.config(['--gpu_devices', str(last), '--nepoch', '2', '--warmup_epochs', '1',
                                                   '--n_samples', '0', '--out_dir', str(tmp_path), '--cache_dir',
                                                   str(tmp_path / 'cache')])
-    summary, _ = main(cfg, lambda c: digits)
-    assert summary['device'] == torch.cuda.get_device_name(last) and cfg.device == f'cuda:{last}'
+    summary, run_dir = main(cfg, lambda c: digits)
+    recorded = load_json(os.path.join(run_dir, 'config.json'))
+    assert summary['device'] == torch.cuda.get_device_name(last) and recorded['device'] == f'cuda:{last}'
 
 
 CUDA = torch.device('cuda')
@@ -123,7 +124,7 @@ def test_graphed_evaluation_gives_the_eager_labels(tmp_path, digits, simclr18_pa
     eager = predict_labels(trainer.evaluated_model, trainer.diffusion, batches, eval_bn=trainer.cfg.eval_bn)[0]
     # each shape: two eager warm-up batches, a capture, then replays (the batch of 10 comes once a call)
     graphed = [trainer.predict('val')[0] for _ in range(4)]
-    assert trainer.eval_graphs.captured == 2  # one graph per batch shape
+    assert trainer.eval_graphs[1].captured == 2  # top-1 labels: one graph per batch shape
     assert all(torch.equal(labels, eager) for labels in graphed)
     labels = subset(digits, 170, 60).val_labels
     assert trainer.accuracy('val', labels) == pytest.approx(float((eager.cpu() == labels).float().mean()))
@@ -153,13 +154,22 @@ def test_frozen_bf16_encoders_encode_as_before(tmp_path):
 
 def test_a_resumed_cuda_run_continues_the_straight_one(tmp_path, digits, monkeypatch):
     """Replays draw what eager steps drew, and per-epoch seeding and the saved generator state hold with
-    graphs: an interrupted and resumed run ends where the straight one does, to float rounding."""
+    graphs: an interrupted and resumed run ends where the straight one does. CUDA promises no bitwise
+    repeat (atomic adds, autotuned kernels), so the resumed run may differ from the straight one by what a
+    second straight run differs by, plus float rounding; a resume that drew or restored anything else
+    lands far away."""
     small = subset(digits, 170, 60)
     flags = ['--device', 'cuda', '--nepoch', '4', '--warmup_epochs', '1', '--batch_size', '40', '--n_samples', '0']
-    run(digits_cfg(tmp_path / 'a', *flags), lambda c: small)
+    for name in ('a', 'again'):
+        run(digits_cfg(tmp_path / name, *flags), lambda c: small)
     run_interrupted_at(monkeypatch, 2, digits_cfg(tmp_path / 'b', *flags), small)
     run_dir = str(tmp_path / 'b' / 'runs' / 'r')
     run(demo_digits.config(['--resume', run_dir, '--device', 'cuda']), lambda c: small)
-    ends = [load_torch(os.path.join(d, 'last.pt'))['model'] for d in (str(tmp_path / 'a' / 'runs' / 'r'), run_dir)]
-    for name, value in ends[0].items():
-        torch.testing.assert_close(value, ends[1][name], rtol=1e-3, atol=1e-5, msg=name)
+    straight, again, ends = [load_torch(os.path.join(d, 'last.pt'))['model'] for d in
+                             (str(tmp_path / 'a' / 'runs' / 'r'), str(tmp_path / 'again' / 'runs' / 'r'), run_dir)]
+    for name, value in straight.items():
+        if not value.is_floating_point():
+            assert torch.equal(ends[name], value), name
+            continue
+        noise = float((again[name] - value).abs().max())
+        torch.testing.assert_close(ends[name], value, rtol=1e-3, atol=1e-5 + 4 * noise, msg=name)

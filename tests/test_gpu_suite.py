@@ -181,3 +181,17 @@ def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, mon
                               '--continue_from', str(out / gpu_suite.RESULTS), '--ship', str(tmp_path / 'ship')])
     assert summary['remaining'] == [] and (tmp_path / 'fresh' / 'paper_row.json').exists()
     assert (tmp_path / 'ship' / gpu_suite.RESULTS).exists()
+
+
+def test_failed_cuda_tests_come_back_with_their_messages(tmp_path):
+    """The device's pytest log stays there: each failure's first line rides in the results."""
+    xml = tmp_path / 'junit.xml'
+    xml.write_text('<testsuites><testsuite tests="3" failures="1" errors="1" skipped="0">'
+                   '<testcase classname="tests.test_gpu" name="test_a"/>'
+                   '<testcase classname="tests.test_gpu" name="test_b"><failure message="assert 1 == 2"/></testcase>'
+                   '<testcase classname="tests.test_gpu" name="test_c"><error message="fixture broke"/></testcase>'
+                   '</testsuite></testsuites>')
+    counts = gpu_suite.junit_counts(str(xml), None)
+    assert (counts['passed'], counts['failed'], counts['errors']) == (1, 1, 1)
+    assert counts['failed_tests'] == {'tests.test_gpu::test_b': 'assert 1 == 2',
+                                      'tests.test_gpu::test_c': 'fixture broke'}

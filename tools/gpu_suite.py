@@ -102,8 +102,11 @@ def junit_counts(out, args):
     suite = ElementTree.parse(out).getroot()
     suite = suite if suite.tag == 'testsuite' else suite.find('testsuite')
     n = {k: int(suite.get(k, 0)) for k in ('tests', 'failures', 'errors', 'skipped')}
-    failed = [f'{c.get("classname")}::{c.get("name")}' for c in suite.iter('testcase')
-              if c.find('failure') is not None or c.find('error') is not None]
+    failed = {}  # test → the first line of its failure (the device's log does not come back otherwise)
+    for case in suite.iter('testcase'):
+        problem = case.find('failure') if case.find('failure') is not None else case.find('error')
+        if problem is not None:
+            failed[f'{case.get("classname")}::{case.get("name")}'] = (problem.get('message') or '')[:300]
     return {'passed': n['tests'] - n['failures'] - n['errors'] - n['skipped'], 'failed': n['failures'],
             'errors': n['errors'], 'skipped': n['skipped'], 'failed_tests': failed}
 
