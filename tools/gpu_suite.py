@@ -459,10 +459,13 @@ def training_rows(name, r, on_gpu):
 def file_training_rows(name, r, on_gpu):
     images = r['images']
     size = f'{images["pixels"]}×{images["pixels"] + 8}'
+    def which(row):  # older results timed one epoch, the first
+        return 'warm epoch' if row.get('warm') else 'first epoch, start-up included'
     return [(f'train_Clothing1M.py, {row["variant"]}, {images["train"]:,} generated {size} JPEGs: '
-             f'one epoch (projected 300-epoch authors run)',
+             f'{which(row)} (projected 300-epoch authors run)',
              f'{row["train_s_per_epoch"]} s ({row["train_images_per_s"]:,} images/s; projected '
-             f'{row["projected_authors_run_h"]} h)', '', '', '') for row in r['rows']]
+             f'{row["projected_authors_run_h"]} h; first epoch {row.get("train_s_first_epoch", row["train_s_per_epoch"])} s)', '', '', '')
+            for row in r['rows']]
 
 
 def retrieval_rows(name, r, on_gpu):
