@@ -182,6 +182,9 @@ def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, mon
                               '--continue_from', str(out / gpu_suite.RESULTS), '--ship', str(tmp_path / 'ship')])
     assert summary['remaining'] == [] and (tmp_path / 'fresh' / 'paper_row.json').exists()
     assert (tmp_path / 'ship' / gpu_suite.RESULTS).exists()
+    summary = gpu_suite.main(['--out', str(tmp_path / 'again'), '--smoke', '--budget_s', '0', '--continue_from',
+                              str(out / gpu_suite.RESULTS), '--rerun', 'cuda_tests', 'file_training'])
+    assert summary['remaining'] == ['cuda_tests', 'file_training']
 
 
 def test_failed_cuda_tests_come_back_with_their_messages(tmp_path):

@@ -583,6 +583,8 @@ def continue_from(args):
         return
     known = {s.name for s in stages()}
     for name, record in load_json(args.continue_from).get('stages', {}).items():
+        if name in args.rerun:
+            continue
         if name not in known or not isinstance(record, dict) or record.get('status') not in ('ok', 'failed'):
             print(f'--continue_from: ignoring {name!r}, not a stage record of this suite')
             continue
@@ -604,6 +606,8 @@ def parser():
                    help="folder holding the authors' cifar10-1-0.35.npy for the paper's row (carried to the device)")
     p.add_argument('--ship', metavar='DIR', help=f'copy {RESULTS} and the encoder shards here ($OUT on a device)')
     p.add_argument('--continue_from', metavar='FILE', help=f'a {RESULTS} from an earlier command: skip its stages')
+    p.add_argument('--rerun', nargs='+', default=[], metavar='STAGE',
+                   help='with --continue_from: run these stages again (their code or tests changed since)')
     p.add_argument('--reassemble', metavar='SHARDS_DIR', help='put shipped encoder shards back together (with --to)')
     p.add_argument('--to', metavar='FILE', help='the reassembled encoder file (with --unpack_row: a folder)')
     p.add_argument('--unpack_row', metavar='RESULTS_JSON',
@@ -627,6 +631,9 @@ def main(argv=None):
         return None
     if not args.out:
         p.error('--out DIR is required')
+    unknown = sorted(set(args.rerun) - {s.name for s in stages()})
+    if unknown:
+        p.error(f'--rerun {unknown[0]}: no such stage (the stages: {", ".join(s.name for s in stages())})')
     os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
     if args.continue_from:
         continue_from(args)
