@@ -187,6 +187,15 @@ def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, mon
     assert summary['remaining'] == ['cuda_tests', 'file_training']
 
 
+def test_only_the_named_stages_run_and_the_rest_stay_remaining(tmp_path, capsys):
+    summary = gpu_suite.main(['--out', str(tmp_path / 'o'), '--smoke', '--only', 'per_step_search'])
+    assert list(summary['stages']) == ['per_step_search'] and summary['stages']['per_step_search']['status'] == 'ok'
+    assert 'per_step_search' not in summary['remaining'] and 'paper_row' in summary['remaining']
+    with pytest.raises(SystemExit):
+        gpu_suite.main(['--out', str(tmp_path / 'o'), '--only', 'no_such_stage'])
+    assert '--only no_such_stage: no such stage' in capsys.readouterr().err
+
+
 def test_failed_cuda_tests_come_back_with_their_messages(tmp_path):
     """The device's pytest log stays there: each failure's first line rides in the results."""
     xml = tmp_path / 'junit.xml'

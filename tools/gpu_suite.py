@@ -352,6 +352,9 @@ def run_suite(args):
         if finished(args, stage):
             print(f'[{stage.name}] done before: {stage_path(args, stage)}')
             continue
+        if args.only and stage.name not in args.only:
+            remaining.append(stage.name)
+            continue
         if stage.recipe and (why := rejected_flags(RECIPES[stage.recipe])):  # cannot run in this checkout
             notes.append(f'{stage.name}: skipped: train_CIFAR.py rejects {" ".join(RECIPES[stage.recipe])} ({why})')
             print(f'[{stage.name}] {notes[-1]}')
@@ -608,6 +611,8 @@ def parser():
     p.add_argument('--continue_from', metavar='FILE', help=f'a {RESULTS} from an earlier command: skip its stages')
     p.add_argument('--rerun', nargs='+', default=[], metavar='STAGE',
                    help='with --continue_from: run these stages again (their code or tests changed since)')
+    p.add_argument('--only', nargs='+', default=[], metavar='STAGE',
+                   help='run these stages and no other (a lease spent on one question); the rest stay remaining')
     p.add_argument('--reassemble', metavar='SHARDS_DIR', help='put shipped encoder shards back together (with --to)')
     p.add_argument('--to', metavar='FILE', help='the reassembled encoder file (with --unpack_row: a folder)')
     p.add_argument('--unpack_row', metavar='RESULTS_JSON',
@@ -631,9 +636,10 @@ def main(argv=None):
         return None
     if not args.out:
         p.error('--out DIR is required')
-    unknown = sorted(set(args.rerun) - {s.name for s in stages()})
-    if unknown:
-        p.error(f'--rerun {unknown[0]}: no such stage (the stages: {", ".join(s.name for s in stages())})')
+    for flag in ('rerun', 'only'):
+        unknown = sorted(set(getattr(args, flag)) - {s.name for s in stages()})
+        if unknown:
+            p.error(f'--{flag} {unknown[0]}: no such stage (the stages: {", ".join(s.name for s in stages())})')
     os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
     if args.continue_from:
         continue_from(args)
