@@ -40,7 +40,7 @@ def test_knn_on_cuda_matches_cpu():
     assert (gpu.cpu() == cpu).float().mean() > 0.999
 
 
-@pytest.mark.parametrize('flags', [[], ['--compile'], ['--no-cuda_graph']])
+@pytest.mark.parametrize('flags', [[], ['--compile'], ['--cuda_graph', 'off'], ['--cuda_graph', 'all']])
 def test_digits_run_on_cuda(tmp_path, digits, flags):
     cfg = demo_digits.config(['--device', 'cuda', '--out_dir', str(tmp_path), '--cache_dir',
                                                   str(tmp_path / 'cache'), *flags])
@@ -87,23 +87,23 @@ def in_sync_error_mode(fn):
 
 
 @pytest.mark.parametrize('path', sorted(PATHS))
-@pytest.mark.parametrize('graph', ['--no-cuda_graph', '--cuda_graph'])
+@pytest.mark.parametrize('graph', ['off', 'all'])
 def test_a_training_step_makes_no_host_sync(tmp_path, digits, simclr18_path, path, graph):
-    trainer = cuda_trainer(tmp_path, digits, simclr18_path, path, graph)
+    trainer = cuda_trainer(tmp_path, digits, simclr18_path, path, '--cuda_graph', graph)
     idx = trainer.batches(0)[0]
     for _ in range(4):  # cuDNN autotuning, the optimiser's state, and where graphed, the capture
         trainer.set_lr(1e-3)
         trainer.train_step(idx)
     in_sync_error_mode(lambda: (trainer.set_lr(5e-4), trainer.train_step(idx)))
-    assert (trainer.step_graph.captured if trainer.step_graph else 0) == (graph == '--cuda_graph')
+    assert (trainer.step_graph.captured if trainer.step_graph else 0) == (graph == 'all')
 
 
 @pytest.mark.parametrize('path', sorted(PATHS))
 def test_graphed_and_eager_training_agree(tmp_path, digits, simclr18_path, path):
     """The same kernels and the same draws (the default generator's Philox offsets advance in a replay as
     in eager calls): after three epochs of 5 steps, the weights agree to float rounding."""
-    graphed = cuda_trainer(tmp_path / 'g', digits, simclr18_path, path, '--cuda_graph')
-    eager = cuda_trainer(tmp_path / 'e', digits, simclr18_path, path, '--no-cuda_graph')
+    graphed = cuda_trainer(tmp_path / 'g', digits, simclr18_path, path, '--cuda_graph', 'all')
+    eager = cuda_trainer(tmp_path / 'e', digits, simclr18_path, path, '--cuda_graph', 'off')
     losses = [(graphed.train_epoch(e), eager.train_epoch(e)) for e in range(3)]
     assert graphed.step_graph.captured == 1 and eager.step_graph is None
     for a, b in losses:

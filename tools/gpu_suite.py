@@ -7,12 +7,12 @@
 Stages, in priority order: the CUDA tests; the clip package's CLIP towers against the fused ones on
 10k images (the same-device baseline of every CLIP speed-up); the paper's inference table at 50k
 images; the per-step neighbour search (float32 and the bf16 shortlist); two epochs of train_CIFAR.py
-on real CIFAR-10 per f_p path and recipe, eager then replayed from CUDA graphs, each projected to a
-paper-length run from its warm epochs; one epoch of train_Clothing1M.py on generated JPEGs, the
-authors' fine-tuned encoder and the cached fast path, projected to their 300-epoch run; exact kNN
+on real CIFAR-10 per f_p path and recipe, once per --cuda_graph mode (off, eval, all), each projected
+to a paper-length run from its warm epochs; two epochs of train_Clothing1M.py on generated JPEGs, the
+authors' fine-tuned encoder and the cached fast path, the warm one projected to their 300-epoch run; exact kNN
 1M × 768; JPEG decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR
 pre-training epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of
-what is left: a warm graphed epoch of the authors' CIFAR command and 10k-image ViT-L/14 inference;
+what is left: a warm epoch of the authors' CIFAR command (its default: graphed evaluation, eager step) and 10k-image ViT-L/14 inference;
 the same SimCLR epochs eager (what the graph gains); the paper's first row for whatever budget is
 left (tools/paper_device.py: a SimCLR encoder pre-trained here, then train_CIFAR.py with the authors'
 cifar10-1-0.35.npy from --inputs_dir and their recipe, 200 epochs, or fewer and labelled so).
@@ -66,7 +66,8 @@ SMOKE = {
                     '32', '--device', 'cpu', '--columns', 'ViT-L/14'],
     'inference_profile': ['--sizes', '8', '--small', '--batch_size', '8', '--diff_encoder', 'fp_mlp', '--feature_dim',
                           '32', '--device', 'cpu'],
-    'training': ['--small', '--sizes', '32', '16', '16', '--device', 'cpu', '--diff_encoders', 'fp_mlp'],
+    'training': ['--small', '--sizes', '32', '16', '16', '--device', 'cpu', '--diff_encoders', 'fp_mlp', '--modes',
+                 'eager', 'graphed'],
     'train_CIFAR': ['--batch_size', '16', '--n_samples', '0'],
     'file_training': ['--small', '--device', 'cpu'],
     'retrieval': ['--n', '2000', '--dim', '32', '--k', '5', '--device', 'cpu'],
@@ -128,11 +129,11 @@ def inference_profile(args, out):
 
 
 def training(encoder, recipe, *more):
-    """Two epochs of train_CIFAR.py on real CIFAR-10, eager then graphed: the first epoch and evaluation
-    apart, the second warm (`more`: benchmarks.training flags, e.g. --profile)."""
+    """Two epochs of train_CIFAR.py on real CIFAR-10 per --cuda_graph mode (off, eval, all): the first epoch
+    and evaluation apart, the second warm (`more`: benchmarks.training flags, e.g. --profile)."""
     def command(args, out):
         where = SMOKE['training'] if args.smoke else ['--data_root', args.data_root, '--diff_encoders', 'default']
-        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--nepoch', '2', *more, '--out', out, *where,
+        return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--nepoch', '2', '--out', out, *where, *more,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command
 
@@ -216,7 +217,7 @@ def stages():
                                 needs_cifar=True, recipe=recipe))
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
                Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
-               Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile', '--modes', 'graphed'),
+               Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile', '--modes', 'eval'),
                      needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
                Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
@@ -435,7 +436,7 @@ def clip_tower_rows(name, r, on_gpu):
 
 
 def training_rows(name, r, on_gpu):
-    """Per f_p path and recipe: the features, then per mode (eager, graphed) its warm epoch, first epoch,
+    """Per f_p path and recipe: the features, then per mode (eager, eval, graphed) its warm epoch, first epoch,
     warm evaluation and projected paper-length run; the graphed rows say their speed-up over eager."""
     rows = r['rows']
     enc, recipe = rows[0]['encoder'], name.rsplit('-', 1)[1]

@@ -17,7 +17,7 @@ from model_diffusion import BETA_SCHEDULES
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 from utils.encoders.clip import CLIP_TOWERS
 from utils.encoders.factory import FP_ENCODERS
-from utils.recipes import IMPROVED_EMA_DECAY, RECIPES, resolve_recipe
+from utils.recipes import CUDA_GRAPH_MODES, IMPROVED_EMA_DECAY, RECIPES, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.runs.checks import check_config
 
@@ -33,7 +33,7 @@ COMMON_DEFAULTS = dict(
     recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
     eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True, n_samples=10, compile=False, cuda_graph=True, checkpoint_every=1, fp_arch='resnet50',
+    download=True, n_samples=10, compile=False, cuda_graph=None, checkpoint_every=1, fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
@@ -176,11 +176,13 @@ def _training_flags(g, kind):
                         'features and optimiser stay float32')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction,
                    help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
-    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
-                   help='on one CUDA device, replay each training step of --batch_size (and each evaluation batch) '
-                        'from a CUDA graph: one launch instead of hundreds; the same kernels, so results agree '
-                        'to float rounding (off under torchrun and with --compile; image files decoded per batch '
-                        'and an odd last batch step eagerly)')
+    g.add_argument('--cuda_graph', choices=CUDA_GRAPH_MODES,
+                   help='on one CUDA device, what replays from CUDA graphs (one launch instead of hundreds; the '
+                        'same kernels, so results agree to float rounding): off, eval (each evaluation batch) or '
+                        'all (each training step of --batch_size too; not under torchrun or with --compile, and '
+                        'image files decoded per batch or an odd last batch step eagerly). Default: eval where the '
+                        'step runs a frozen image network forward (the authors\' recipe: a graphed step measured '
+                        'slower there), else all')
 
 
 def _evaluation_flags(g, kind):
@@ -296,6 +298,7 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
                                for a in group._group_actions)
     if not cfg.resume:  # a resumed run takes its recipe's values from its checkpoint
         cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
+        cfg.cuda_graph = cuda_graph_mode(cfg)  # after the recipe: it depends on the networks the step runs
     check_config(cfg)
     cfg.freeze()
     if cfg.print_config:
