@@ -81,8 +81,44 @@ def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None):
            'authors_min': None if args.small else AUTHORS_H100['paper_length_min'].get(encoder)}
     row['feature_extraction_s'] = features_s if features_s is not None else summary['seconds']['prepare']
     row['paper_length_is_projection'] = projected
+    row.update(image_network_rate(cfg, encoder, args.small, len(splits.source('train')), row['train_s_per_epoch']))
     row['paper_length_min'] = round((paper_projection(row, args) if projected else total) / 60, 2)
     return {**row, **({'profile': ops} if args.profile else {})}
+
+
+def step_image_gflop(cfg, encoder, small):
+    """GFLOP of the image networks one training step of --batch_size runs, counted on the meta device
+    (shapes only, nothing computed): the diffusion encoder where it reads the pixels (forward, and backward
+    where it trains) and f_p where the step re-encodes the augmented views (SimCLR). Beside them the rest
+    of a step (the denoiser MLP, the neighbour search) is small. None where f_p re-encodes with CLIP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from utils.diff_encoders import build_diff_encoder, diff_encoder_input
+    from utils.encoders.simclr import SimCLREncoder
+    if cfg.fp_train_view == 'augmented' and encoder != 'SimCLR':
+        return None
+    with torch.device('meta'), FlopCounterMode(display=False) as counter:
+        x = torch.empty(cfg.batch_size, 3, 32, 32)
+        if diff_encoder_input(cfg.diff_encoder, cfg.diff_backbone) == 'image':
+            net = build_diff_encoder(cfg.diff_encoder, cfg.feature_dim, 2048, (3, 32, 32), cfg.diff_backbone)
+            with torch.set_grad_enabled(not cfg.freeze_diff_encoder):
+                out = net(x)
+            if not cfg.freeze_diff_encoder:
+                out.sum().backward()
+        if cfg.fp_train_view == 'augmented':
+            with torch.no_grad():
+                SimCLREncoder('resnet18' if small else 'resnet50').features(x)
+    return counter.get_total_flops() / 1e9
+
+
+def image_network_rate(cfg, encoder, small, n_train, train_s_per_epoch):
+    """The image networks' arithmetic per step and the rate a warm epoch ran it at (TFLOP/s): where the
+    step is convolution-bound, the figure a faster kernel must raise."""
+    gflop = step_image_gflop(cfg, encoder, small)
+    steps = -(-n_train // cfg.batch_size)
+    rate = gflop * steps / train_s_per_epoch / 1000 if gflop and train_s_per_epoch else None
+    return {'step_image_gflop': None if gflop is None else round(gflop, 1),
+            'image_tflop_per_s': None if rate is None else round(rate, 2)}
 
 
 def encoder_flags(encoder, args, folder):

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+import train_CIFAR
 from benchmarks import inference, retrieval, training
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
@@ -28,11 +29,26 @@ def test_training_benchmark_projects_a_paper_length_run():
     assert (eager['mode'], eager['cuda_graph'], graphed['mode'], graphed['cuda_graph']) == ('eager', 'off', 'graphed', 'all')
     for row in rows:
         assert row['paper_length_is_projection'] and row['train_s_per_epoch'] > 0 and row['paper_length_min'] > 0
+        assert row['step_image_gflop'] == 0 and row['image_tflop_per_s'] is None  # fp_mlp reads features
         # the first epoch and evaluation once, 199 warm epochs and the recipe's other evaluations
         evaluations = 39  # train_CIFAR.py's: every 5 epochs after 5 of warm-up
         expected = (row['feature_extraction_s'] + row['train_s_first_epoch'] + 199 * row['train_s_per_epoch']
                     + row['eval_s_first'] + (evaluations - 1) * row['eval_s_each'] + 200 * row['checkpoint_s_each'])
         assert row['paper_length_min'] == pytest.approx(expected / 60, abs=0.01)
+
+
+def test_the_authors_step_runs_a_teraflop_of_frozen_convolutions():
+    """The authors' CIFAR step on the SimCLR path: ResNet-50 f_p over the augmented views and the frozen
+    CIFAR-stem ResNet-34 diffusion encoder, 200 images each, forward only; the improved recipe trains the
+    diffusion encoder (forward and backward) and runs no f_p."""
+    authors = train_CIFAR.config([])
+    assert training.step_image_gflop(authors, 'SimCLR', small=False) == pytest.approx(464 + 519, rel=0.01)
+    assert training.step_image_gflop(train_CIFAR.config(['--fp_encoder', 'CLIP']), 'ViT-L/14', False) == \
+        pytest.approx(464, rel=0.01)
+    improved = training.step_image_gflop(train_CIFAR.config(['--recipe', 'improved']), 'SimCLR', False)
+    assert 2.5 * 464 < improved < 3.5 * 464
+    rate = training.image_network_rate(authors, 'SimCLR', False, 45000, 4.04)
+    assert rate['image_tflop_per_s'] == pytest.approx(983 * 225 / 4.04 / 1000, rel=0.01)
 
 
 def test_retrieval_benchmark_is_exact():

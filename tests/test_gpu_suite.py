@@ -208,3 +208,14 @@ def test_failed_cuda_tests_come_back_with_their_messages(tmp_path):
     assert (counts['passed'], counts['failed'], counts['errors']) == (1, 1, 1)
     assert counts['failed_tests'] == {'tests.test_gpu::test_b': 'assert 1 == 2',
                                       'tests.test_gpu::test_c': 'fixture broke'}
+
+
+def test_a_training_row_names_the_rate_of_its_image_networks():
+    row = {'encoder': 'SimCLR', 'data': 'cifar10', 'feature_extraction_s': 5.9, 'paper_length_is_projection': True,
+           'train_s_per_epoch': 4.04, 'train_s_first_epoch': 9.0, 'eval_s_each': 0.35, 'paper_length_min': 14.3,
+           'step_image_gflop': 983.0, 'image_tflop_per_s': 54.75}
+    table = gpu_suite.training_rows('training-SimCLR-authors', {'rows': [{**row, 'mode': 'eager'},
+                                                                          {**row, 'mode': 'eval'}]}, on_gpu=True)
+    warm = [cells for cells in table if cells[0].endswith('eager: one warm epoch')]
+    assert warm and '983.0 GFLOP of image networks a step at 54.75 TFLOP/s' in warm[0][1]
+    assert not any('TFLOP' in cells[1] for cells in table if 'first epoch' in cells[0])

@@ -455,7 +455,9 @@ def training_rows(name, r, on_gpu):
                       and eager[key] else '')
             check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
                      if key == 'paper_length_min' and target else '')
-            table.append((f'{what}, {row["mode"]}: {label}', unit(row[key], u) + versus, unit(authors, u),
+            rate = (f' ({row["step_image_gflop"]} GFLOP of image networks a step at {row["image_tflop_per_s"]} '
+                    'TFLOP/s)' if key == 'train_s_per_epoch' and row.get('image_tflop_per_s') else '')
+            table.append((f'{what}, {row["mode"]}: {label}', unit(row[key], u) + rate + versus, unit(authors, u),
                           ratio(authors, row[key], on_gpu), check))
     return table
 
