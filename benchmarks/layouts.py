@@ -161,5 +161,8 @@ def own_data(root, classes=('cat', 'dog', 'fox', 'owl'), per_class=30, n_eval=6,
 
 
 if __name__ == '__main__':
-    import sys
-    print(f'{len(own_data(sys.argv[1]))} mislabelled training images written under {sys.argv[1]}')
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('folder', help='where the small noisy dataset is written')
+    folder = p.parse_args().folder
+    print(f'{len(own_data(folder))} mislabelled training images written under {folder}')

@@ -29,6 +29,7 @@ from utils.engine import run
 from utils.errors import DatasetMissing, FeatureFileError, SetupError
 from utils.predict import predict as predict_run
 from utils.runs.cli import one_line, run_cli
+from utils.runs.folders import LOCK_NAME, read_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,6 +253,18 @@ def test_own_labels_that_cannot_be_classes_are_refused_naming_label_and_row(tmp_
                                                                            [f'{images}/cat_001.jpg,owl']))
 
 
+def test_a_missing_own_data_file_is_refused_with_the_flag_that_names_it(tmp_path, own):
+    root, _ = own
+    with pytest.raises(DatasetMissing, match='training images not found: nothere. Give --train a folder of class '
+                                             'folders or a CSV of path,label rows'):
+        read_image_folder('nothere')
+    with pytest.raises(DatasetMissing, match='val images not found: nothere. Give --val a folder'):
+        read_image_folder(str(root / 'own' / 'labels.csv'), val='nothere')
+    with pytest.raises(DatasetMissing, match='class list not found: nofile.txt. Give --classes a text file of the '
+                                             'class names, one a line'):
+        read_image_folder(str(root / 'own' / 'labels.csv'), classes_file='nofile.txt')
+
+
 def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes(tmp_path, own):
     root, _ = own
     images = sorted((root / 'own' / 'images').iterdir())
@@ -259,6 +272,7 @@ def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes
     said = []
     splits = read_image_folder(csv_file(tmp_path / 'clean.csv', rows), log=said.append)
     assert splits.class_names == ['cat', 'dog'] and said == []
+    clean = list(rows)
     rows += [f'{images[40]},Cat', f'{images[41]},dgo', f'{images[42]},dog ']
     splits = read_image_folder(csv_file(tmp_path / 'stray.csv', rows), log=said.append)
     assert splits.class_names == ['Cat', 'cat', 'dgo', 'dog']  # trailing spaces are stripped, the rest stays
@@ -272,6 +286,10 @@ def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes
     said.clear()
     read_image_folder(csv_file(tmp_path / 'numbered.csv', numbered), log=said.append)
     assert said == []  # class0, class1, class2 are not typos of each other
+    said.clear()  # a stray that sorts after the class it misspells is still the one named as the typo
+    read_image_folder(csv_file(tmp_path / 'cta.csv', clean + [f'{images[43]},cta']), log=said.append)
+    assert any("class 'cta' (1 image) looks like a typo of 'cat' (20 images)" in line for line in said)
+    said.clear()
     layouts.write(str(tmp_path / 'classes.txt'), ['Cat', 'cat', 'dgo', 'dog'])
     read_image_folder(str(tmp_path / 'stray.csv'), classes_file=str(tmp_path / 'classes.txt'), log=said.append)
     assert said == []  # pinned: the list is the user's
@@ -308,6 +326,22 @@ def test_split_flags_given_with_predict_are_used(tmp_path, own):
                                          "the run\\)"):  # another order: other indices
         predict.main([run_dir, '--test', other, '--classes',
                                 csv_file(tmp_path / 'classes.txt', ['dog', 'cat', 'fox', 'owl'], header=None)])
+
+
+def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own):
+    root, run_dir = own
+    mine = os.path.join(run_dir, 'predict_val_labels.npy')
+    np.save(mine, np.arange(3))  # a user's file under the name a prediction would take
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match=f'{mine} is there and was not written by this package; move it away'):
+        predict.main([run_dir, '--split', 'val', '--n_samples', '0'])
+    assert snapshot(run_dir) == before
+    os.remove(mine)
+    predict.main([run_dir, '--split', 'val', '--n_samples', '2'])  # labels and sampled probabilities
+    assert {'predict_val_labels.npy', 'predict_val_probs.npy'} <= read_record(run_dir)
+    predict.main([run_dir, '--split', 'val', '--n_samples', '0'])  # labels only: the earlier probabilities go
+    assert not os.path.exists(os.path.join(run_dir, 'predict_val_probs.npy'))
+    assert LOCK_NAME not in os.listdir(run_dir)
 
 
 # ---- features finite after their cast -----------------------------------------------------------

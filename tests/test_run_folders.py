@@ -166,13 +166,14 @@ def test_images_rewritten_in_place_are_never_served_stale_nor_resumed(tmp_path):
         for name in names:
             if name.endswith('.jpg'):
                 layouts.jpeg(os.path.join(folder, name), int(rng.integers(4)), rng)
+    cache, folder = snapshot(cfg.cache_dir), snapshot(run_dir)
+    with pytest.raises(SetupError, match='the image files differ from those the run was made with'):
+        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    assert snapshot(cfg.cache_dir) == cache and snapshot(run_dir) == folder  # refused before any extraction
     said = []
     new = features(said.append)
     assert not any(np.allclose(old[s].numpy(), new[s].numpy()) for s in ('train', 'val', 'test'))
     assert not [line for line in said if 'rebuilding' in line]  # another key: a cache of its own
-    with pytest.raises(SetupError, match='the f_p features and the image files differ from those the run was made '
-                                         'with'):
-        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     with pytest.raises(SetupError, match=f'the run was made by train_ImageFolder.py, not train_CIFAR.py; run that '
                                          f'script instead \\(python train_ImageFolder.py --resume {run_dir}'):
         train_CIFAR.main(['--resume', run_dir])

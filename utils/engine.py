@@ -24,6 +24,7 @@ from utils.runs.folders import (
     check_resume_inputs,
     check_same_script,
     check_writable,
+    dataset_fingerprints,
     default_run_name,
     input_fingerprints,
     load_run,
@@ -88,10 +89,13 @@ def run(cfg, load_splits):
     with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
         splits = load_splits(cfg)
         checked = check_inputs(cfg, splits, device)
+    dataset = dataset_fingerprints(splits)
+    if ckpt is not None:  # images changed since: refused before any feature is extracted or cached
+        check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), dataset, run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
         sweep_stale_cache_writes(cfg.cache_dir)
-        return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt)
+        return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
     except torch.cuda.OutOfMemoryError as exc:
         raise SetupError(f'{OOM_ADVICE} ({str(exc).splitlines()[0]})') from exc
     finally:
@@ -99,10 +103,10 @@ def run(cfg, load_splits):
             claim.release()
 
 
-def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt):
+def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset):
     data = prepare(cfg, splits, device, checked=checked)
     data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
-    data.info['input_fingerprints'] = input_fingerprints(splits, data)
+    data.info['input_fingerprints'] = input_fingerprints(dataset, data)
     if ckpt is not None:
         before = ckpt['data_info']
         data.info['prepare_total_s'] = round(before.get('prepare_total_s', before['prepare_s']) + data.info['prepare_s'], 2)

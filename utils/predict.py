@@ -15,10 +15,10 @@ from utils.encoders.base import encode_all
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoding_of, features_of_split
-from utils.runs.folders import check_same_script, load_run, prediction_config
+from utils.runs.folders import RunClaim, check_same_script, load_run, prediction_config, read_record
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
-from utils.storage.saving import atomic_write
+from utils.storage.saving import atomic_write, remove_files
 
 
 def load_image_folder(folder, image_shape):
@@ -44,9 +44,25 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
+PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv')  # after predict_<split|folder>
+
+
+def check_prediction_files(run_dir, prefix):
+    """Refuse, before any work, to overwrite a file of the run folder that no run of this package wrote
+    (the folder's record says which it wrote; utils/runs/folders.py)."""
+    recorded = read_record(run_dir)
+    for suffix in PREDICTION_FILES:
+        path = prefix + suffix
+        if os.path.lexists(path) and os.path.relpath(path, run_dir) not in recorded:
+            raise SetupError(f'{path} is there and was not written by this package; move it away to predict '
+                             f'into {run_dir}')
+
+
 def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):
     """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, and for a folder of images
-    PREFIX.csv; returns the paths written."""
+    PREFIX.csv; returns the paths written. Within a claim of the run folder, an earlier prediction's file
+    this one does not write again (its probabilities, say) is removed: nothing stale beside the new labels."""
+    remove_files(os.path.dirname(prefix), [os.path.basename(prefix) + suffix for suffix in PREDICTION_FILES])
     save_npy(predicted, prefix + '_labels.npy')
     written = [prefix + '_labels.npy']
     if probs is not None:
@@ -85,6 +101,8 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     ckpt = load_run(run_dir, 'best.pt')
     check_same_script(cfg, ckpt['config'], run_dir, 'predict.py')
     saved = prediction_config(cfg, ckpt, run_dir, folder)
+    prefix = os.path.join(run_dir, f'predict_{"folder" if folder else split}')
+    check_prediction_files(run_dir, prefix)
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
@@ -114,8 +132,11 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)
     predicted = predicted.cpu().numpy()
-    written = save_predictions(os.path.join(run_dir, f'predict_{name}'), predicted, probs,
-                               paths if folder else None, info.get('class_names'))
+    claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')  # records the files
+    try:
+        written = save_predictions(prefix, predicted, probs, paths if folder else None, info.get('class_names'))
+    finally:
+        claim.release()
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
     if labels is not None:
         result['accuracy'] = float(np.mean(predicted == labels.numpy()))

@@ -18,15 +18,18 @@ from utils.errors import DatasetMissing
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 
 
-def need_file(path, what):
+DOWNLOAD = 'Download the dataset and point the script at its folder.'
+
+
+def need_file(path, what, fix=DOWNLOAD):
     if not os.path.exists(path):
-        raise DatasetMissing(f'{what} not found: {path}. Download the dataset and point the script at its folder.')
+        raise DatasetMissing(f'{what} not found: {path}. {fix}')
     return path
 
 
-def read_text(path, what):
+def read_text(path, what, fix=DOWNLOAD):
     """A text file's content, refused naming the file and line where it is not UTF-8 (a BOM is dropped)."""
-    with open(need_file(path, what), 'rb') as f:
+    with open(need_file(path, what, fix), 'rb') as f:
         data = f.read()
     try:
         return data.decode('utf-8-sig')
@@ -36,8 +39,8 @@ def read_text(path, what):
                              f'save the file as UTF-8 (e.g. "CSV UTF-8" in a spreadsheet)') from None
 
 
-def read_lines(path, what):
-    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+def read_lines(path, what, fix=DOWNLOAD):
+    return [line.strip() for line in read_text(path, what, fix).splitlines() if line.strip()]
 
 
 def read_pairs(path, what, root=None):

@@ -78,7 +78,7 @@ def _class_list(train_source, train_labels, where, classes_file):
     for a CSV of indices (a label far above the rest is refused as out of range rather than making
     empty classes); a CSV mixing names and indices is refused."""
     if classes_file:
-        classes = read_lines(classes_file, 'class list')
+        classes = read_lines(classes_file, 'class list', 'Give --classes a text file of the class names, one a line.')
         seen = {}
         for number, name in enumerate(classes, 1):
             if name in seen:
@@ -140,6 +140,7 @@ def _label_indices(labels, where, classes, source, classes_file):
     return np.asarray(out, dtype=np.int64)
 
 
+OWN_DATA_FIX = 'Give {} a folder of class folders or a CSV of path,label rows (the README\'s "Your own data").'
 SMALL_CLASS = 0.1  # a class with at most this share of the median class's images is named in a warning
 
 
@@ -154,6 +155,8 @@ def warn_about_classes(classes, labels, source, log):
         log(f'warning: {source}: {len(small)} class(es) far smaller than the rest (median {median:g} images): '
             f'{named}{" ..." if len(small) > 5 else ""}; if a stray label made them, fix it, or {PIN}')
     for a, b in _typo_pairs(classes):
+        if counts[a] > counts[b]:  # the smaller class is the one that looks like the typo
+            a, b = b, a
         log(f'warning: {source}: class {classes[a]!r} ({_images(counts[a])}) looks like a typo of {classes[b]!r} '
             f'({_images(counts[b])}); if they are one class, fix the labels, or {PIN}')
 
@@ -220,7 +223,7 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
     or mixed labels, a class listed twice, a single class or one without training images, a path listed
     twice (within or across splits). Without --classes, a class far smaller than the rest or named like
     a typo of another is warned about (`log`)."""
-    train_paths, train_text, train_where = _labelled(need_file(train, 'training images'))
+    train_paths, train_text, train_where = _labelled(need_file(train, 'training images', OWN_DATA_FIX.format('--train')))
     if not train_paths:
         raise DatasetMissing(f'{train} lists no training images ({", ".join(IMAGE_SUFFIXES)} files in class folders, '
                              f'or CSV rows of path,label)')
@@ -238,7 +241,7 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
     splits = {'train': (train_paths, train_labels)}
     for name, source in (('val', val), ('test', test)):
         if source:
-            paths, text, where = _labelled(need_file(source, f'{name} images'))
+            paths, text, where = _labelled(need_file(source, f'{name} images', OWN_DATA_FIX.format(f'--{name}')))
             splits[name] = paths, _label_indices(text, where, classes, source, classes_file)
     _refuse_duplicates(splits)
     for name, (paths, _) in splits.items():

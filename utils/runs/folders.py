@@ -133,9 +133,10 @@ def check_resume_flags(cfg, ckpt, run_dir):
                             f'give at least that many')
 
 
-def input_fingerprints(splits, data):
-    """What a resumed run must see again: its training labels, its f_p features' source, its dataset and,
-    for image files, the files themselves (files_fingerprint: each one's size and modification time)."""
+def dataset_fingerprints(splits):
+    """What a resumed run must see again of its dataset, known before any feature is computed: the splits'
+    content or paths and labels and, for image files, the files themselves (files_fingerprint: each one's
+    size and modification time). A resume is refused on these before its features are extracted."""
     digest = hashlib.sha1(splits.name.encode())
     for split in ('train', 'val', 'test'):
         content = splits.source(split)
@@ -143,14 +144,19 @@ def input_fingerprints(splits, data):
         labels = splits.labels(split) if split != 'train' else None
         if labels is not None:
             digest.update(tensor_fingerprint(labels).encode())
-    info = data.info
-    found = {'training labels': tensor_fingerprint(data.noisy_labels),
-             'f_p features': f"{info['fp_weights']}/{tensor_fingerprint(data.features['train'])}",
-             'dataset': digest.hexdigest()[:16]}
+    found = {'dataset': digest.hexdigest()[:16]}
     if not splits.in_memory:  # kept apart from 'dataset', so runs recorded before it still resume
         found['image files'] = hashlib.sha1(' '.join(files_fingerprint(splits.paths(s))
                                                      for s in ('train', 'val', 'test')).encode()).hexdigest()[:16]
     return found
+
+
+def input_fingerprints(dataset, data):
+    """The dataset's fingerprints (dataset_fingerprints) with the run's training labels and the source
+    of its f_p features."""
+    info = data.info
+    return {'training labels': tensor_fingerprint(data.noisy_labels),
+            'f_p features': f"{info['fp_weights']}/{tensor_fingerprint(data.features['train'])}", **dataset}
 
 
 def check_resume_inputs(saved, now, run_dir):
@@ -310,11 +316,12 @@ class RunClaim:
     claim of every write into the folder). A claim released before any write leaves the folder as it
     found it: the lock file it made and the folders it made are removed."""
 
-    def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name'):
+    def __init__(self, run_dir, fresh, flag='--out_dir', checkpoint='last.pt', other='--run_name',
+                 resume_flag='--resume'):
         self.run_dir, self.fresh, self.checkpoint, self.other = run_dir, fresh, checkpoint, other
         self.made, self.fd, self.lock_made, self.writing, self.recording = [], None, False, False, False
         self.lock = threading.Lock()
-        check_writable(run_dir, '--resume' if not fresh else flag)
+        check_writable(run_dir, flag if fresh else resume_flag)
         if fresh:
             check_fresh_folder(run_dir, checkpoint, other)
         try:
