@@ -47,34 +47,39 @@ STATE_FORMAT = 1
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'),
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'),
                    help='images to pre-train on (all training images, labels unused)')
-    p.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'),
+    g.add_argument('--n_images', type=int, default=None, help='use only the first N training images (tests)')
+    g.add_argument('--image_size', type=int, default=None, help='resize images to this size (tests)')
+    g.add_argument('--data_root', default='./data', help='folder holding (or receiving) the dataset')
+    g.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
+                   help='download the dataset when it is not under --data_root')
+    g = p.add_argument_group('model and training')
+    g.add_argument('--arch', default='resnet50', choices=('resnet50', 'resnet18'),
                    help='CIFAR-stem backbone (the released encoders: resnet50)')
-    p.add_argument('--nepoch', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
-    p.add_argument('--batch_size', type=int, default=512, help='images per step (two views each)')
-    p.add_argument('--lr', type=float, default=None, help='peak SGD learning rate (default 0.06 × batch/256)')
-    p.add_argument('--weight_decay', type=float, default=5e-4, help='SGD weight decay')
-    p.add_argument('--temperature', type=float, default=0.5, help='NT-Xent temperature')
-    p.add_argument('--warmup_epochs', type=int, default=10, help='linear LR warm-up before the cosine decay')
-    p.add_argument('--knn_every', type=int, default=5, help='epochs between kNN monitor evaluations')
-    p.add_argument('--save_every', type=int, default=1, help='epochs between saves of the whole state')
-    p.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
-                   help='save and stop cleanly after this many minutes (chain runs with --resume)')
-    p.add_argument('--n_images', type=int, default=None, help='use only the first N training images (tests)')
-    p.add_argument('--image_size', type=int, default=None, help='resize images to this size (tests)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the weights and augmentations')
-    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
-    p.add_argument('--cuda_graph', default=True, action=argparse.BooleanOptionalAction,
+    g.add_argument('--nepoch', type=int, default=100, help='total epochs of the run (a resumed run may raise it)')
+    g.add_argument('--batch_size', type=int, default=512, help='images per step (two views each)')
+    g.add_argument('--lr', type=float, default=None, help='peak SGD learning rate (default 0.06 × batch/256)')
+    g.add_argument('--weight_decay', type=float, default=5e-4, help='SGD weight decay')
+    g.add_argument('--temperature', type=float, default=0.5, help='NT-Xent temperature')
+    g.add_argument('--warmup_epochs', type=int, default=10, help='linear LR warm-up before the cosine decay')
+    g.add_argument('--seed', type=int, default=0, help='seed of the weights and augmentations')
+    g = p.add_argument_group('computation')
+    g.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    g.add_argument('--cuda_graph', default=True, action=argparse.BooleanOptionalAction,
                    help='on CUDA, capture the training step once as a CUDA graph and replay it (every step holds '
                         '--batch_size images); eager otherwise and on the CPU')
-    p.add_argument('--data_root', default='./data', help='folder holding (or receiving) the dataset')
-    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
-                   help='download the dataset when it is not under --data_root')
-    p.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
-    p.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
-    p.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
-    p.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
+    g = p.add_argument_group('outputs and runs')
+    g.add_argument('--knn_every', type=int, default=5, help='epochs between kNN monitor evaluations')
+    g.add_argument('--save_every', type=int, default=1, help='epochs between saves of the whole state')
+    g.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
+                   help='save and stop cleanly after this many minutes (chain runs with --resume)')
+    g.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
+    g.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
+    g.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
+    g.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
+
     return p
 
 

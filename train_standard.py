@@ -16,24 +16,29 @@ from utils.data.classifier import accuracy, fit_classifier
 from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
 from utils.networks import CLASSIFIERS
 from utils.runs.cli import run_cli
+from utils.runs.config import HelpFormatter
 from utils.runtime.devices import device_description, resolve_device
 from utils.storage.saving import save_json
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--noise_type', default='cifar10-1-0.35', help='as in train_CIFAR.py')
-    p.add_argument('--arch', default='preact_resnet34', choices=sorted(CLASSIFIERS))
-    p.add_argument('--nepoch', type=int, default=200)
-    p.add_argument('--batch_size', type=int, default=128)
-    p.add_argument('--lr', type=float, default=0.1)
-    p.add_argument('--seed', type=int, default=123)
-    p.add_argument('--noise_seed', type=int, default=0)
-    p.add_argument('--device', default='auto')
-    p.add_argument('--data_root', default='./data')
-    p.add_argument('--download', default=True, action=argparse.BooleanOptionalAction)
-    p.add_argument('--out_dir', default='./runs/standard')
-    p.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    g = p.add_argument_group('data and noise')
+    g.add_argument('--noise_type', default='cifar10-1-0.35', help='as in train_CIFAR.py')
+    g.add_argument('--noise_seed', type=int, default=0, help='seed of generated noise (as in train_CIFAR.py)')
+    g.add_argument('--data_root', default='./data', help='folder holding (or receiving) CIFAR')
+    g.add_argument('--download', default=True, action=argparse.BooleanOptionalAction,
+                   help='download CIFAR when it is not under --data_root')
+    g = p.add_argument_group('model and training')
+    g.add_argument('--arch', default='preact_resnet34', choices=sorted(CLASSIFIERS), help='the classifier')
+    g.add_argument('--nepoch', type=int, default=200, help='training epochs')
+    g.add_argument('--batch_size', type=int, default=128, help='images per step')
+    g.add_argument('--lr', type=float, default=0.1, help='peak SGD learning rate')
+    g.add_argument('--seed', type=int, default=123, help='seed of the weights and the training draws')
+    g = p.add_argument_group('computation and outputs')
+    g.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    g.add_argument('--out_dir', default='./runs/standard', help='where the run writes its log and summary')
+    g.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
     return p
 
 

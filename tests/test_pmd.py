@@ -67,6 +67,7 @@ def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
     side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35-s0.json'))
     assert len(labels) == 1197 and labels.dtype == np.int64
     assert abs(side['realised_rate'] - 0.35) <= 0.005 and side['requested_rate'] == 0.35
+    # the η classifier: 72.8-78.6% over --seed 0-4 (2026-12-04); 40% is four times chance
     assert side['eta_classifier']['train_acc'] > 0.4 and 'make_noise' in side['command'] and side['seed'] == 0
     # the same seed gives the same file
     make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
