@@ -18,6 +18,7 @@ from utils.encoders.cache import augmented_view
 from utils.engine import run
 from utils.recipes import RECIPE_FLAGS, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.runs.folders import resumed_config
 from utils.storage.loading import load_torch
 
 # train_CIFAR.py of the authors (puar-playground/LRA-diffusion at 231e587) and its hard-coded schedule
@@ -69,6 +70,9 @@ def test_cuda_graphs_replay_the_step_except_where_it_runs_a_frozen_image_network
     # a run recorded when the flag was on or off, resumed
     old = train_CIFAR.config([]).replace(cuda_graph=True)
     assert cuda_graph_mode(old) == 'eval' and cuda_graph_mode(old.replace(cuda_graph=False)) == 'off'
+    for recorded, mode in ((True, 'eval'), (False, 'off'), (None, 'eval'), ('all', 'all')):  # what a resume runs
+        saved = {**vars(train_CIFAR.config([])), 'cuda_graph': recorded}
+        assert resumed_config(train_CIFAR.config([]), {'config': saved}).cuda_graph == mode
 
 
 @pytest.mark.parametrize('recipe', ['authors', 'improved'])

@@ -23,7 +23,6 @@ from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_back
 from utils.errors import Interrupted, NonFiniteLoss
 from utils.evaluate import SplitInputs, batch_labeller, predict_labels, training_mode
 from utils.prepare import search_options
-from utils.recipes import cuda_graph_mode
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
 from utils.runs.folders import CHECKPOINT_FORMAT
 from utils.runtime import distributed
@@ -119,7 +118,7 @@ class Trainer:
         """--cuda_graph all replays the training step on one CUDA device (under torchrun, DistributedDataParallel
         exchanges gradients mid-step; --compile brings its own kernels) for batches of --batch_size (an odd
         last batch, or image files decoded per batch, step eagerly)."""
-        return self.cuda and cuda_graph_mode(self.cfg) == 'all' and self.world == 1 and not self.cfg.compile
+        return self.cuda and self.cfg.cuda_graph == 'all' and self.world == 1 and not self.cfg.compile
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):
@@ -265,7 +264,7 @@ class Trainer:
         """With --cuda_graph eval or all on CUDA, the deterministic labels (their top_k) of each evaluation batch shape
         replayed from a CUDA graph (the image embedding and every DDIM step: some hundred small kernels, one
         launch); the graphs live as long as the trainer, so later evaluations only replay."""
-        if not (self.cuda and cuda_graph_mode(self.cfg) != 'off'):
+        if not (self.cuda and self.cfg.cuda_graph != 'off'):
             return None
         if top_k not in self.eval_graphs:
             labeller = batch_labeller(self.evaluated_model, self.diffusion, self.cfg.ddim_n_step, top_k)

@@ -15,6 +15,7 @@ import threading
 import time
 
 from utils.errors import ResumeRefused, SetupError
+from utils.recipes import cuda_graph_mode
 from utils.runs.config import Config
 from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
@@ -115,6 +116,8 @@ def resumed_config(cfg, ckpt, also=()):
         merged['fp_checkpoint'] = merged.get('fp_features')  # the features file's flag before --fp_checkpoint took it
     for name in FOLDED_FLAGS:
         merged.pop(name, None)
+    # --cuda_graph as a mode: a run recorded with the old on/off switch (or before it) gets today's default
+    merged['cuda_graph'] = cuda_graph_mode(Config(**merged))
     return Config(**merged).freeze()
 
 
