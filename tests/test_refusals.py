@@ -22,6 +22,7 @@ import predict
 import train_ImageFolder
 from benchmarks import layouts
 from conftest import subset
+from utils import predict as predict_module
 from utils.data.image_files import ImageFiles, image_batches
 from utils.data.own_images import read_image_folder
 from utils.encoders.feature_file import load_feature_file, save_feature_file
@@ -29,7 +30,7 @@ from utils.engine import run
 from utils.errors import DatasetMissing, FeatureFileError, SetupError
 from utils.predict import predict as predict_run
 from utils.runs.cli import one_line, run_cli
-from utils.runs.folders import LOCK_NAME, read_record
+from utils.runs.folders import LOCK_NAME, RunClaim, read_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -328,7 +329,7 @@ def test_split_flags_given_with_predict_are_used(tmp_path, own):
                                 csv_file(tmp_path / 'classes.txt', ['dog', 'cat', 'fox', 'owl'], header=None)])
 
 
-def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own):
+def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own, monkeypatch):
     root, run_dir = own
     mine = os.path.join(run_dir, 'predict_val_labels.npy')
     np.save(mine, np.arange(3))  # a user's file under the name a prediction would take
@@ -342,6 +343,13 @@ def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own):
     predict.main([run_dir, '--split', 'val', '--n_samples', '0'])  # labels only: the earlier probabilities go
     assert not os.path.exists(os.path.join(run_dir, 'predict_val_probs.npy'))
     assert LOCK_NAME not in os.listdir(run_dir)
+    training = RunClaim(run_dir, fresh=False)  # a run going on in the folder: refused before any work
+    monkeypatch.setattr(predict_module, 'label_images', lambda *a: pytest.fail('labelled before the claim'))
+    try:
+        with pytest.raises(SetupError, match='is in use by another run right now'):
+            predict.main([run_dir, '--split', 'val', '--n_samples', '0'])
+    finally:
+        training.release()
 
 
 # ---- features finite after their cast -----------------------------------------------------------

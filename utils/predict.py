@@ -103,12 +103,30 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     saved = prediction_config(cfg, ckpt, run_dir, folder)
     prefix = os.path.join(run_dir, f'predict_{"folder" if folder else split}')
     check_prediction_files(run_dir, prefix)
+    # the folder claimed before any work (a run training there refuses it now, not after the prediction);
+    # the claim records the files written
+    claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')
+    try:
+        name, predicted, probs, paths, labels = label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder)
+        written = save_predictions(prefix, predicted, probs, paths, ckpt['data_info'].get('class_names'))
+    finally:
+        claim.release()
+    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
+    if labels is not None:
+        result['accuracy'] = float(np.mean(predicted == labels.numpy()))
+    print(prediction_line(result))
+    return result
+
+
+def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
+    """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the folder's
+    image paths or None, the split's clean labels or None)."""
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
-    images, files, decoding = None, None, None
+    images, files, decoding, paths = None, None, None, None
     if folder:
         images, paths = load_image_folder(folder, info['image_shape'])
         features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
@@ -131,17 +149,7 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
                                       saved.eval_bn, cfg.n_samples, saved.seed)
-    predicted = predicted.cpu().numpy()
-    claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')  # records the files
-    try:
-        written = save_predictions(prefix, predicted, probs, paths if folder else None, info.get('class_names'))
-    finally:
-        claim.release()
-    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
-    if labels is not None:
-        result['accuracy'] = float(np.mean(predicted == labels.numpy()))
-    print(prediction_line(result))
-    return result
+    return name, predicted.cpu().numpy(), probs, paths, labels
 
 
 def prediction_line(result):
