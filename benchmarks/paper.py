@@ -345,7 +345,10 @@ def page(results):
              'they report). Measured: mean ± std over seeds of the row\'s metric (test accuracy at the best '
              'validation epoch unless the column says otherwise), the difference to the paper in points, and '
              'when, on what, from which commit and with which recipe. A run that departs from the paper\'s '
-             'protocol carries its label in bold.', '',
+             'protocol carries its label in bold. The reference column sets other measurements beside a row: '
+             'the authors\' code re-run, and the CIFAR-10 table of the authors\' NeurIPS 2023 poster, whose '
+             'columns do not name the PMD type (so its cell stands beside every type\'s row and fills no paper '
+             'cell).', '',
              measured_line(results), '']
     for table in TABLES:
         rows = [r for r in ROWS.values() if r.table == table]

@@ -6,7 +6,8 @@ The paper's figures are to be read from the v1 LaTeX source (PAPER below). Its t
 read where this registry was written, so every cell says "unknown" except the one figure the design
 notes quote from the paper (CIFAR-10, type-I 35%, CLIP: 96.54%); a cell is filled from the paper
 itself, never guessed, with its source beside it. Table numbers are unknown for the same reason: rows
-name their table by what it reports.
+name their table by what it reports. The authors' NeurIPS poster gives the CIFAR-10 cells without the
+PMD type (POSTER): they stand in the reference column of every type's row, not as the paper's figure.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -88,13 +89,31 @@ class Row:
 
 ENCODERS = {'simclr': ('SimCLR', ()), 'clip': ('CLIP ViT-L/14', ('--fp_encoder', 'CLIP', '--CLIP_type', 'ViT-L/14'))}
 HYBRIDS = {'u30': ('_U_0.3', 'uniform 30%'), 'u60': ('_U_0.6', 'uniform 60%'), 'a30': ('_A_0.3', 'asymmetric 30%')}
-GPU_TIME = {'simclr': '≈ 20 min on one H100 (5.4 s an epoch × 200, projected; docs/RESULTS.md)',
-            'clip': '≈ 10 min on one H100 (ViT-L/14 keys: 2.4 s an epoch × 200 + features, projected; '
-                    'docs/RESULTS.md)'}
+GPU_TIME = {'simclr': '≈ 15 min on one H200 (4.04 s a warm epoch × 200 + evaluations, projected; docs/RESULTS.md)',
+            'clip': '≈ 8 min on one H200 (ViT-L/14 keys: 1.98 s a warm epoch × 200 + features and evaluations, '
+                    'projected; docs/RESULTS.md)'}
 # the design notes quote these from the paper, and an independent re-run of the authors' code
 CIFAR10_PMD1_35 = {'clip': Figure(96.54, None, 'design notes §2, quoting the paper; not re-read from the v1 LaTeX')}
+# The authors' NeurIPS 2023 poster (puar-playground/puar-playground.github.io @ 5ceb4fe, assets/poster/LRA.pdf,
+# its "Benchmark Experiment" table): CIFAR-10 only, and its columns do not say which PMD type they are, so
+# these stand beside every type's row as a reference, never as the paper's figure of one type.
+POSTER = {(35, None): {'simclr': '88.76 ± 0.24', 'clip': '96.54 ± 0.13'},
+          (70, None): {'simclr': '42.63 ± 1.97', 'clip': '44.62 ± 0.18'},
+          (35, 'u30'): {'simclr': '88.41 ± 0.37', 'clip': '95.71 ± 0.17'},
+          (35, 'u60'): {'simclr': '84.43 ± 0.82', 'clip': '87.21 ± 0.71'},
+          (35, 'a30'): {'simclr': '85.64 ± 0.23', 'clip': '93.65 ± 0.40'}}
+POSTER_COLUMNS = {None: '{rate}% PMD', 'u30': '35% PMD + 30% U', 'u60': '35% PMD + 60% U', 'a30': '35% PMD + 30% A'}
 AUTHORS_RERUN = {'simclr': "authors' code re-run, 25–31 epochs: 87.1–89.1% (design notes §2)",
                  'clip': "authors' code re-run, 25–31 epochs, ViT-L/14: 95.24% (design notes §2)"}
+
+
+def poster_reference(dataset, rate, encoder, hybrid):
+    """The authors' poster's cell for this row's column (CIFAR-10; PMD type not stated), or ''."""
+    cell = POSTER.get((rate, hybrid), {}).get(encoder) if dataset == 'cifar10' else None
+    if cell is None:
+        return ''
+    column = POSTER_COLUMNS[hybrid].format(rate=rate)
+    return f"authors' NeurIPS 2023 poster, CIFAR-10 “{column}” (PMD type not stated): {cell}%"
 
 
 def _encoder_inputs(dataset, encoder):
@@ -121,7 +140,8 @@ def _cifar_row(dataset, pmd, rate, encoder, hybrid=None):
                CIFAR10_PMD1_35.get(encoder, UNKNOWN) if first else UNKNOWN, 'train_CIFAR.py',
                ('--noise_type', noise, *fp_flags), inputs, GPU_TIME[encoder],
                differs='' if published else f"the paper's {noise} file is unpublished: this one is drawn here",
-               reference=AUTHORS_RERUN[encoder] if first else '')
+               reference='; '.join(r for r in (AUTHORS_RERUN[encoder] if first else '',
+                                               poster_reference(dataset, rate, encoder, hybrid)) if r))
 
 
 def cifar_rows():
