@@ -152,6 +152,37 @@ def test_frozen_bf16_encoders_encode_as_before(tmp_path):
     assert torch.nn.functional.cosine_similarity(before, after).min() > 0.9999  # the layout may change kernels
 
 
+def test_fused_f_p_on_cuda_is_the_eager_one_to_bf16_rounding():
+    """--frozen_kernels fused: BatchNorm folded, cuDNN's fused calls where they run. Against float32, its
+    features are as close as eager bf16's (one rounding of the folded weights for two of the kernels')."""
+    from benchmarks.frozen_kernels import spread_batchnorm
+    from utils.encoders.simclr import SimCLREncoder
+    from utils.runtime.frozen_kernels import cudnn_fusion_works
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device='cuda')
+
+    def encoder(kernels, bf16=True):
+        torch.manual_seed(0)
+        e = spread_batchnorm(SimCLREncoder('resnet50'), seed=1)
+        e.bf16 = bf16
+        e = e.finish(CUDA)
+        e.use_kernels(kernels)
+        return store_frozen_bf16(e) if bf16 else e
+    reference = encoder('eager', bf16=False).encode(images)
+    cosine = {k: float(torch.nn.functional.cosine_similarity(encoder(k).encode(images), reference).min())
+              for k in ('eager', 'fused')}
+    print(f'min cosine to float32: {cosine}; cuDNN fusion: {cudnn_fusion_works(CUDA, torch.bfloat16)}')
+    assert cosine['fused'] > 0.99 and cosine['fused'] >= cosine['eager'] - 0.005
+
+
+def test_a_fused_training_step_makes_no_host_sync(tmp_path, digits, simclr18_path):
+    trainer = cuda_trainer(tmp_path, digits, simclr18_path, 'authors', '--frozen_kernels', 'fused')
+    idx = trainer.batches(0)[0]
+    for _ in range(2):  # the fusion check, cuDNN autotuning, the optimiser's state
+        trainer.set_lr(1e-3)
+        trainer.train_step(idx)
+    in_sync_error_mode(lambda: (trainer.set_lr(5e-4), trainer.train_step(idx)))
+
+
 def test_a_resumed_cuda_run_continues_the_straight_one(tmp_path, digits, monkeypatch):
     """Replays draw what eager steps drew, and per-epoch seeding and the saved generator state hold with
     graphs: an interrupted and resumed run ends where the straight one does. CUDA promises no bitwise

@@ -26,6 +26,7 @@ from utils.prepare import search_options
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
 from utils.runs.folders import CHECKPOINT_FORMAT
 from utils.runtime import distributed
+from utils.runtime.frozen_kernels import compile_forward
 from utils.runtime.graphs import GraphedCalls, prepare_cuda, store_frozen_bf16
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
 from utils.runtime.signals import StopSignals
@@ -63,6 +64,7 @@ class Trainer:
         if cfg.freeze_diff_encoder:  # before DistributedDataParallel, which must not wait for its gradients
             model.diff_encoder.requires_grad_(False)
         prepare_cuda(device)
+        self.use_frozen_kernels()
         if self.cuda:
             self.store_frozen_bf16()
         # the module training calls: DistributedDataParallel under torchrun, the model itself otherwise
@@ -104,6 +106,20 @@ class Trainer:
         self.saves = None  # fit()'s BackgroundSaves: checkpoints are written off the critical path
 
     # ---- CUDA ---------------------------------------------------------------------------------
+    def use_frozen_kernels(self):
+        """--frozen_kernels for the frozen image networks a step runs (utils/runtime/frozen_kernels): f_p
+        where it re-encodes each augmented batch, and a frozen diffusion encoder reading the pixels. Before
+        the bf16 weights are stored: 'fused' folds BatchNorm into float32 weights, rounded to bf16 once."""
+        kind = self.cfg.frozen_kernels
+        if kind == 'eager':
+            return
+        applied = ['f_p'] if self.data.fp_encoder is not None and self.data.fp_encoder.use_kernels(kind) else []
+        if kind == 'compiled' and self.cfg.freeze_diff_encoder and self.inputs.diff_input == 'image':
+            compile_forward(self.model.diff_encoder)
+            applied.append('the diffusion encoder')
+        if self.rank == 0:
+            print(f'--frozen_kernels {kind}: {" and ".join(applied) or "no frozen network of this step applies"}')
+
     def store_frozen_bf16(self):
         """The frozen image networks a step runs under bf16 autocast keep bf16 weights, cast once rather
         than at every call (utils/graphs.store_frozen_bf16): the f_p encoder that re-encodes each augmented
@@ -116,9 +132,10 @@ class Trainer:
 
     def graphs_train(self):
         """--cuda_graph all replays the training step on one CUDA device (under torchrun, DistributedDataParallel
-        exchanges gradients mid-step; --compile brings its own kernels) for batches of --batch_size (an odd
-        last batch, or image files decoded per batch, step eagerly)."""
-        return self.cuda and self.cfg.cuda_graph == 'all' and self.world == 1 and not self.cfg.compile
+        exchanges gradients mid-step; --compile and --frozen_kernels compiled bring their own kernels) for batches
+        of --batch_size (an odd last batch, or image files decoded per batch, step eagerly)."""
+        return (self.cuda and self.cfg.cuda_graph == 'all' and self.world == 1 and not self.cfg.compile
+                and self.cfg.frozen_kernels != 'compiled')
 
     # ---- inputs -------------------------------------------------------------------------------
     def train_inputs(self, idx, decoded=None):

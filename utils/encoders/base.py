@@ -47,6 +47,16 @@ class FrozenEncoder(nn.Module):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             return self.features(channels_last(self.preprocess(images))).float()
 
+    def use_kernels(self, kind):
+        """Run the per-step encode with `kind` of utils/runtime/frozen_kernels ('compiled': torch.compile of
+        `features`); True where it applies. Folding ('fused') needs a known trunk: the SimCLR encoder's."""
+        if kind != 'compiled':
+            return False
+        if not getattr(self, 'kernels', None):
+            self.features = torch.compile(self.features, dynamic=False)
+            self.kernels = kind
+        return True
+
     def describe(self):
         """What, besides the weights, decides the features: part of every cache key."""
         return {'class': type(self).__name__, 'version': self.version,

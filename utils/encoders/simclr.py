@@ -14,6 +14,7 @@ from utils.data.images import CIFAR_MEAN, CIFAR_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
 from utils.errors import EncoderError
 from utils.networks import cifar_resnet_trunk, resnet_width
+from utils.runtime.frozen_kernels import fuse_trunk
 
 
 class SimCLREncoder(FrozenEncoder):
@@ -37,6 +38,17 @@ class SimCLREncoder(FrozenEncoder):
 
     def features(self, x):
         return F.normalize(torch.flatten(self.f(x), 1), dim=-1)
+
+    def use_kernels(self, kind):
+        """'fused': the trunk's BatchNorms folded into its convolutions, fused with the ReLUs and residuals on
+        CUDA (utils/runtime/frozen_kernels). The weights' fingerprint, taken at loading, names the unfolded
+        weights, so feature caches are shared with eager runs; the state dict is the folded one from then on."""
+        if kind != 'fused':
+            return super().use_kernels(kind)
+        if getattr(self, 'kernels', None) != 'fused':
+            self.f = fuse_trunk(self.f)
+            self.kernels = kind
+        return True
 
 
 def simclr_arch_of(state_dict):

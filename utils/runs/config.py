@@ -20,6 +20,7 @@ from utils.encoders.factory import FP_ENCODERS
 from utils.recipes import CUDA_GRAPH_MODES, IMPROVED_EMA_DECAY, RECIPES, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.runs.checks import check_config
+from utils.runtime.frozen_kernels import FROZEN_KERNELS
 
 K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/runs/k_trials.py)
 
@@ -33,7 +34,8 @@ COMMON_DEFAULTS = dict(
     recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
     eval_batch_size=None, encode_batch_size=512, resume=None, cifar_n_dir=None,
-    download=True, n_samples=10, compile=False, cuda_graph=None, checkpoint_every=1, fp_arch='resnet50',
+    download=True, n_samples=10, compile=False, cuda_graph=None, frozen_kernels='eager', checkpoint_every=1,
+    fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224,
     per_class=0, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
@@ -176,6 +178,11 @@ def _training_flags(g, kind):
                         'features and optimiser stay float32')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction,
                    help='torch.compile the denoiser training step (fewer kernel launches on a GPU)')
+    g.add_argument('--frozen_kernels', choices=FROZEN_KERNELS,
+                   help='how the frozen image networks of a step run (the SimCLR f_p re-encoding the augmented '
+                        'batch, a frozen diffusion encoder): eager; fused (f_p\'s BatchNorms folded into its '
+                        'convolutions, each convolution, bias, residual and ReLU one cuDNN call); compiled '
+                        '(torch.compile of both). The same function to bf16 rounding (utils/runtime/frozen_kernels)')
     g.add_argument('--cuda_graph', choices=CUDA_GRAPH_MODES,
                    help='on one CUDA device, what replays from CUDA graphs (one launch instead of hundreds; the '
                         'same kernels, so results agree to float rounding): off, eval (each evaluation batch) or '

@@ -35,7 +35,8 @@ LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
 # and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
 # where inputs lie (the inputs themselves are checked by hash)
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
-                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph')
+                        'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph',
+                        'frozen_kernels')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
 # before --clip_tower ran the clip package's tower

@@ -1,0 +1,101 @@
+"""--frozen_kernels: the frozen image networks of a step folded or compiled compute what they did eagerly."""
+import pytest
+import torch
+from test_engine import digits_cfg
+
+import train_CIFAR
+from benchmarks.frozen_kernels import spread_batchnorm
+from conftest import subset
+from utils.encoders.simclr import SimCLREncoder
+from utils.networks import cifar_resnet, cifar_resnet_trunk
+from utils.prepare import prepare, use_k
+from utils.runtime.frozen_kernels import FoldedTrunk, compile_forward, fuse_trunk
+from utils.trainer import new_trainer
+
+CPU = torch.device('cpu')
+
+
+def simclr(arch):
+    torch.manual_seed(0)
+    return spread_batchnorm(SimCLREncoder(arch), seed=1).finish(CPU)
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])  # basic blocks; the authors' f_p, bottlenecks
+def test_a_folded_simclr_encoder_encodes_as_before(arch):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    encoder = simclr(arch)
+    before = encoder.encode(images)
+    assert encoder.use_kernels('fused') and isinstance(encoder.f, FoldedTrunk)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.f.modules())  # every one folded
+    after = encoder.encode(images)
+    # the features are unit vectors: float32 rounding of the folded weights moves them by about 1e-7
+    torch.testing.assert_close(after, before, rtol=0, atol=2e-6)
+    assert encoder.use_kernels('fused') and isinstance(encoder.f, FoldedTrunk)  # a second call changes nothing
+    torch.testing.assert_close(encoder.encode(images), after, rtol=0, atol=0)
+
+
+def test_batchnorm_folds_with_its_running_statistics():
+    """The statistics count: folded with the identity's instead, the features move."""
+    encoder = simclr('resnet18')
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    before = encoder.encode(images)
+    trunk = encoder.f
+    for m in trunk.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+    encoder.f = fuse_trunk(trunk)
+    assert (encoder.encode(images) - before).abs().max() > 1e-2
+
+
+def test_only_an_eval_mode_resnet_trunk_folds():
+    trunk = torch.nn.Sequential(*cifar_resnet_trunk('resnet18'))
+    with pytest.raises(ValueError, match='training-mode BatchNorm'):
+        fuse_trunk(trunk.train())
+    with pytest.raises(ValueError, match='CIFAR ResNet trunk'):
+        fuse_trunk(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval())
+    assert SimCLREncoder('resnet18').finish(CPU).use_kernels('eager') is False
+
+
+def authors_trainer(tmp_path, digits, simclr18_path, kernels):
+    """The authors' SimCLR path on digits: each trainer its own prepared data, since --frozen_kernels
+    changes the f_p encoder the data holds."""
+    small = subset(digits, 120, 40, size=16)
+    cfg = digits_cfg(tmp_path, '--fp_encoder', 'SimCLR', '--fp_checkpoint', simclr18_path, '--warmup_epochs', '1',
+                     '--recipe', 'authors', '--diff_encoder', 'resnet18', '--batch_size', '40',
+                     '--frozen_kernels', kernels)
+    data = use_k(cfg, prepare(cfg, small, CPU, log=lambda m: None), small, log=lambda m: None)
+    return new_trainer(cfg, data, small, str(tmp_path), CPU)
+
+
+def test_a_run_with_folded_f_p_trains_as_the_eager_one(tmp_path, digits, simclr18_path):
+    fused = authors_trainer(tmp_path / 'f', digits, simclr18_path, 'fused')
+    eager = authors_trainer(tmp_path / 'e', digits, simclr18_path, 'eager')
+    assert isinstance(fused.data.fp_encoder.f, FoldedTrunk) and not isinstance(eager.data.fp_encoder.f, FoldedTrunk)
+    for epoch in range(2):
+        assert fused.train_epoch(epoch) == pytest.approx(eager.train_epoch(epoch), rel=1e-5)
+    reference = eager.model.state_dict()
+    for name, value in fused.model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_flag_is_read_checked_and_may_change_on_resume():
+    from utils.runs.folders import MAY_CHANGE_ON_RESUME
+    assert train_CIFAR.config([]).frozen_kernels == 'eager'  # the default is what the authors' code runs
+    assert train_CIFAR.config(['--frozen_kernels', 'fused']).frozen_kernels == 'fused'
+    with pytest.raises(SystemExit):
+        train_CIFAR.config(['--frozen_kernels', 'tensorrt'])
+    assert 'frozen_kernels' in MAY_CHANGE_ON_RESUME  # it changes how, not what
+
+
+def test_a_compiled_frozen_diffusion_encoder_embeds_as_eager():
+    """Training-mode BatchNorm (the authors' CIFAR diffusion encoder) compiled: the batch's statistics
+    still normalise, and the state dict keeps its keys."""
+    torch.manual_seed(0)
+    net = spread_batchnorm(cifar_resnet('resnet18', 16), seed=2).requires_grad_(False)
+    x = torch.randn(8, 3, 16, 16)
+    keys = list(net.state_dict())
+    before = net(x)
+    compile_forward(net)
+    torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-4)
+    assert list(net.state_dict()) == keys
