@@ -7,13 +7,15 @@ epochs on the 5k validation and 10k test splits, feature extraction included.
     python -m benchmarks.training --small --nepoch 2                # CPU smoke test
     python -m benchmarks.training --data_root data --nepoch 2 -- --recipe improved   # real CIFAR-10
     python -m benchmarks.training --data_root data --nepoch 2 --modes graphed --profile  # where an epoch goes
+    python -m benchmarks.training --data_root data --nepoch 2 --modes eval --kernels eager fused compiled
 
 Runs `train_CIFAR.py`'s engine on CIFAR-sized random images (speed does not depend on the pixels),
 or on real CIFAR-10 with 35% uniform noise when --data_root holds `cifar-10-batches-py/`, with
 random-weight encoders written and read through the real loaders. Flags after `--` go to
 train_CIFAR.py (a recipe, say). Each run goes once per --modes entry: eager (--cuda_graph off), eval
 (--cuda_graph eval: graphed evaluation, an eager step) and graphed (--cuda_graph all); on the CPU all
-are eager. The later runs read the features the first extracted.
+are eager; with --kernels, once per mode and --frozen_kernels way. The later runs read the features
+the first extracted.
 
 With --nepoch below 200 every epoch is evaluated and the paper-length time is projected (labelled as
 such) from warm figures: the first epoch and the first evaluation of a run pay for cuDNN autotuning,
@@ -39,6 +41,7 @@ from utils.data.splits import ImageSplits
 from utils.encoders.random_weights import save_random_clip, save_random_simclr
 from utils.engine import run
 from utils.runtime.devices import resolve_device
+from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.schedule import is_eval_epoch
 from utils.storage.saving import save_json
 from utils.trainer import Trainer
@@ -58,17 +61,18 @@ def synthetic_cifar(n_train, n_val, n_test, seed=0):
 MODES = {'eager': 'off', 'eval': 'eval', 'graphed': 'all'}
 
 
-def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None):
+def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None, kernels='eager'):
     """One run of train_CIFAR.py's engine; `features_s`: the extraction an earlier run of the same
-    encoder timed (this run reads its cache)."""
+    encoder timed (this run reads its cache); `kernels`: its --frozen_kernels."""
     name = f'{encoder.replace("/", "")}-{diff_encoder}'
+    run_name = f'{name}-{mode}' + (f'-{kernels}' if kernels != 'eager' else '')
     chosen = [] if diff_encoder == 'default' else ['--diff_encoder', diff_encoder]  # default: the recipe's
     projected = args.nepoch < 200
     schedule = ['--warmup_epochs', '0', '--eval_every', '1'] if projected else []  # a first and warm evaluations
     flags = ['--noise_type', f'{splits.name}-U-0.35', '--nepoch', str(args.nepoch), *chosen,
              '--device', args.device, '--out_dir', os.path.join(folder, 'runs'), '--n_samples', '0',
-             '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', f'{name}-{mode}',
-             '--cuda_graph', MODES[mode], *schedule, *args.extra]
+             '--cache_dir', os.path.join(folder, f'cache-{name}'), '--run_name', run_name,
+             '--cuda_graph', MODES[mode], '--frozen_kernels', kernels, *schedule, *args.extra]
     flags += encoder_flags(encoder, args, folder)
     cfg = train_CIFAR.config(flags)
     started, ops = time.time(), []
@@ -76,6 +80,7 @@ def one_run(encoder, diff_encoder, mode, args, folder, splits, features_s=None):
         summary, _ = run(cfg, lambda c: splits)
     total = time.time() - started
     row = {'encoder': encoder, 'diff_encoder': cfg.diff_encoder, 'mode': mode, 'cuda_graph': cfg.cuda_graph,
+           'frozen_kernels': cfg.frozen_kernels,
            'epochs_run': cfg.nepoch, **epoch_figures(summary['seconds'], cfg.nepoch),
            'wall_s_measured': round(total, 1), 'data': splits.name, 'train_CIFAR_flags': args.extra,
            'authors_min': None if args.small else AUTHORS_H100['paper_length_min'].get(encoder)}
@@ -185,6 +190,8 @@ def main(argv=None):
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES),
                    help='runs per --cuda_graph mode, in this order: eager (off), eval (graphed evaluation; the '
                         'default where the step runs image networks) and graphed (all)')
+    p.add_argument('--kernels', nargs='+', default=['eager'], choices=FROZEN_KERNELS,
+                   help='runs per --frozen_kernels way too, in this order (eager: the authors\' kernels)')
     p.add_argument('--nepoch', type=int, default=200)
     p.add_argument('--device', default='auto')
     p.add_argument('--small', action='store_true', help='tiny stand-ins and a small dataset (CPU smoke test)')
@@ -208,15 +215,17 @@ def main(argv=None):
             for diff_encoder in args.diff_encoders:
                 features_s = None
                 for mode in args.modes:
-                    rows.append(one_run(encoder, diff_encoder, mode, args, folder, splits, features_s))
-                    features_s = rows[-1]['feature_extraction_s']
+                    for kernels in args.kernels:
+                        rows.append(one_run(encoder, diff_encoder, mode, args, folder, splits, features_s, kernels))
+                        features_s = rows[-1]['feature_extraction_s']
     print(f'device: {device_line(device)}')
-    print('| f_p | diffusion encoder | mode | features (s) | first epoch (s) | s/epoch | first evaluation (s) | '
-          's/evaluation | paper-length run (min) | authors (min) |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print('| f_p | diffusion encoder | mode | frozen kernels | features (s) | first epoch (s) | s/epoch | '
+          'first evaluation (s) | s/evaluation | paper-length run (min) | authors (min) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         proj = ' (projected)' if r['paper_length_is_projection'] else ''
-        print(f"| {r['encoder']} | {r['diff_encoder']} | {r['mode']} | {r['feature_extraction_s']} | "
+        print(f"| {r['encoder']} | {r['diff_encoder']} | {r['mode']} | {r['frozen_kernels']} | "
+              f"{r['feature_extraction_s']} | "
               f"{r['train_s_first_epoch']} | {r['train_s_per_epoch']} | {r['eval_s_first']} | {r['eval_s_each']} | "
               f"{r['paper_length_min']}{proj} | {r['authors_min']} |")
     for r in rows:

@@ -51,6 +51,15 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert not (out / f'training-{encoder}-bogus.json').exists()
         assert any(n.startswith(f'training-{encoder}-bogus: skipped') and '--no_such_flag' in n
                    for n in summary['notes'])
+    kernels = result(out, 'frozen_kernels')['rows']  # fused folds f_p only: the diffusion encoder's BatchNorm trains
+    assert [(r['network'], r['way']) for r in kernels] == [('fp_simclr', 'eager'), ('fp_simclr', 'fused'),
+                                                          ('diff_encoder', 'eager')]
+    assert all(r['ms_per_call'] > 0 and r['min_cosine_to_float32'] > 0.9999 for r in kernels)  # float32 on a CPU
+    # the default mode per way ('compiled' left out at smoke size; nothing folds on the ViT-L/14 path)
+    for encoder, ways in (('SimCLR', ['eager', 'fused']), ('ViT-L14', ['eager'])):
+        runs = result(out, f'training-kernels-{encoder}-authors')['rows']
+        assert [(r['mode'], r['frozen_kernels']) for r in runs] == [('eval', way) for way in ways]
+        assert all(r['epochs_run'] == 2 and r['train_s_per_epoch'] > 0 for r in runs)
     tuned, cached = result(out, 'file_training')['rows']
     assert tuned['variant'] == 'tuned (authors)' and cached['flags'] == ['--recipe', 'improved']
     # both timed and projected; which is faster is the GPU figure's to say (at smoke size, on a shared
@@ -82,9 +91,12 @@ def test_every_stage_writes_a_sane_result(smoke):
         assert profiled and sum(op['share'] for op in profiled) <= 1 and all(op['self_s'] > 0 for op in profiled)
         assert 'under the profiler: ' + profiled[0]['op'] in table
         shown += min(len(profiled), gpu_suite.PROFILE_ROWS)
-    # header, inference, the tower A/B, per-step search, training (features, then 4 per mode), files,
-    # extraction (both halves), the profiles, the rest
-    assert table.count('\n| ') == 1 + len(rows) + 1 + 1 + 2 * (1 + 2 * 4) + 2 + 2 + shown + 5
+    # header, inference, the tower A/B, per-step search, training (features, then 4 per mode), the frozen
+    # kernels (per network and way, then the training stages: two ways, one), files, extraction (both halves),
+    # the profiles, the rest
+    assert table.count('\n| ') == (1 + len(rows) + 1 + 1 + 2 * (1 + 2 * 4) + len(kernels) + (1 + 2 * 4) + (1 + 4)
+                                   + 2 + 2 + shown + 5)
+    assert '× eager kernels' not in table  # speed-ups are the GPU's to say
     assert 'SimCLR pre-training' in table and 'exact kNN' in table
 
 

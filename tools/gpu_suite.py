@@ -8,8 +8,9 @@ Stages, in priority order: the CUDA tests; the clip package's CLIP towers agains
 10k images (the same-device baseline of every CLIP speed-up); the paper's inference table at 50k
 images; the per-step neighbour search (float32 and the bf16 shortlist); two epochs of train_CIFAR.py
 on real CIFAR-10 per f_p path and recipe, once per --cuda_graph mode (off, eval, all), each projected
-to a paper-length run from its warm epochs; two epochs of train_Clothing1M.py on generated JPEGs, the
-authors' fine-tuned encoder and the cached fast path, the warm one projected to their 300-epoch run; exact kNN
+to a paper-length run from its warm epochs; the authors' step's frozen networks alone per
+--frozen_kernels way (eager, fused, compiled), then two epochs of each on both paths; two epochs of
+train_Clothing1M.py on generated JPEGs, the authors' fine-tuned encoder and the cached fast path, the warm one projected to their 300-epoch run; exact kNN
 1M × 768; JPEG decoding + ViT-L/14 extraction, with decoding alone and the encoder alone; SimCLR
 pre-training epochs per second (three epochs, the first apart, the step a CUDA graph); profiles of
 what is left: a warm epoch of the authors' CIFAR command (its default: graphed evaluation, eager step) and 10k-image ViT-L/14 inference;
@@ -49,6 +50,8 @@ PY = sys.executable
 # skipped with a note (the flag may not exist in this checkout yet).
 RECIPES = {'authors': [], 'improved': ['--recipe', 'improved']}
 TRAINING_PATHS = ('SimCLR', 'ViT-L/14')   # the f_p paths timed on real CIFAR-10
+KERNEL_RUNS = {'SimCLR': ('--modes', 'eval', '--kernels', 'eager', 'fused', 'compiled'),
+               'ViT-L/14': ('--modes', 'eval', '--kernels', 'eager', 'compiled')}  # nothing folds on this path
 MIN_STAGE_S = 20           # no stage is started with less time than this left
 REPORT_S = 15              # kept back for the table and the shipping
 CIFAR_TOOL = ('.device_data/tools/cifar10_batches.py', '../shared/tools/cifar10_batches.py')
@@ -71,6 +74,7 @@ SMOKE = {
     'train_CIFAR': ['--batch_size', '16', '--n_samples', '0'],
     'file_training': ['--small', '--device', 'cpu'],
     'retrieval': ['--n', '2000', '--dim', '32', '--k', '5', '--device', 'cpu'],
+    'frozen_kernels': ['--small', '--device', 'cpu'],
     'per_step_search': ['--n', '2000', '--dim', '32', '--queries', '200', '--device', 'cpu'],
     'extraction': ['--n', '24', '--small', '--workers', '1', '--batch_size', '8', '--device', 'cpu'],
     'simclr': ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64',
@@ -136,6 +140,19 @@ def training(encoder, recipe, *more):
         return [PY, '-m', 'benchmarks.training', '--encoders', encoder, '--nepoch', '2', '--out', out, *where, *more,
                 '--', *(SMOKE['train_CIFAR'] if args.smoke else []), *RECIPES[recipe]]
     return command
+
+
+def kernel_training(encoder):
+    """train_CIFAR.py's default mode on the authors' recipe per --frozen_kernels way of KERNEL_RUNS; at smoke
+    size without 'compiled' (its compilation alone would take minutes of a CPU)."""
+    full, smoke = training(encoder, 'authors', *KERNEL_RUNS[encoder]), training(
+        encoder, 'authors', *(k for k in KERNEL_RUNS[encoder] if k != 'compiled'))
+    return lambda args, out: (smoke if args.smoke else full)(args, out)
+
+
+def frozen_kernels(args, out):
+    """The authors' step's frozen networks alone (benchmarks.frozen_kernels), each --frozen_kernels way."""
+    return [PY, '-m', 'benchmarks.frozen_kernels', '--out', out, *(SMOKE['frozen_kernels'] if args.smoke else [])]
 
 
 def per_step_search(args, out):
@@ -215,6 +232,12 @@ def stages():
         for encoder in TRAINING_PATHS:
             listed.append(Stage(f'training-{encoder.replace("/", "")}-{recipe}', training(encoder, recipe),
                                 needs_cifar=True, recipe=recipe))
+    # the authors' paths' default mode (graphed evaluation, eager step) per --frozen_kernels way: the
+    # network-level figures first, then what they make of an epoch (f_p folds on the SimCLR path only)
+    listed += [Stage('frozen_kernels', frozen_kernels),
+               Stage('training-kernels-SimCLR-authors', kernel_training('SimCLR'), needs_cifar=True, recipe='authors'),
+               Stage('training-kernels-ViT-L14-authors', kernel_training('ViT-L/14'), needs_cifar=True,
+                     recipe='authors')]
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
                Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
                Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile', '--modes', 'eval'),
@@ -436,28 +459,34 @@ def clip_tower_rows(name, r, on_gpu):
 
 
 def training_rows(name, r, on_gpu):
-    """Per f_p path and recipe: the features, then per mode (eager, eval, graphed) its warm epoch, first epoch,
-    warm evaluation and projected paper-length run; the graphed rows say their speed-up over eager."""
+    """Per f_p path and recipe: the features, then per mode (eager, eval, graphed) and --frozen_kernels way its
+    warm epoch, first epoch, warm evaluation and projected paper-length run; each row's speed-up is over the
+    eager mode's (graphs), or over the same mode's eager kernels (the kernels stages, one mode)."""
     rows = r['rows']
     enc, recipe = rows[0]['encoder'], name.rsplit('-', 1)[1]
     what = f'train_CIFAR.py on {rows[0]["data"]}, {enc} path, {recipe} recipe'
     target = TARGETS['paper_length_min'].get(enc)
-    eager = next((row for row in rows if row['mode'] == 'eager'), None)
     table = [(f'{what}: features', unit(rows[0]['feature_extraction_s'], 's'),
               unit(AUTHORS_H100['feature_extraction_s'].get(enc), 's'), '', '')]
     for row in rows:
+        kernels = row.get('frozen_kernels', 'eager')
+        eager = next((b for b in rows if b.get('frozen_kernels', 'eager') == 'eager'
+                      and b['mode'] == (row['mode'] if kernels != 'eager' else 'eager')), None)
+        label = row['mode'] + (f', {kernels} frozen kernels' if kernels != 'eager' else '')
         proj = ' (projected from warm epochs)' if row['paper_length_is_projection'] else ''
-        for label, key, u in (('one warm epoch', 'train_s_per_epoch', 's'), ('first epoch', 'train_s_first_epoch', 's'),
-                              ('one warm evaluation', 'eval_s_each', 's'),
-                              (f'paper-length run{proj}', 'paper_length_min', 'min')):
+        for name_of, key, u in (('one warm epoch', 'train_s_per_epoch', 's'),
+                                ('first epoch', 'train_s_first_epoch', 's'),
+                                ('one warm evaluation', 'eval_s_each', 's'),
+                                (f'paper-length run{proj}', 'paper_length_min', 'min')):
             authors = AUTHORS_H100[key].get(enc) if key != 'train_s_first_epoch' else None
-            versus = (f'; {eager[key] / row[key]:.1f}× eager' if row is not eager and eager and on_gpu and row[key]
-                      and eager[key] else '')
+            versus = ((f'; {eager[key] / row[key]:.2f}× eager kernels' if kernels != 'eager' else
+                       f'; {eager[key] / row[key]:.1f}× eager')
+                      if row is not eager and eager and on_gpu and row[key] and eager[key] else '')
             check = (verdict(row[key] <= target, f'≤ {target} min', on_gpu)
                      if key == 'paper_length_min' and target else '')
             rate = (f' ({row["step_image_gflop"]} GFLOP of image networks a step at {row["image_tflop_per_s"]} '
                     'TFLOP/s)' if key == 'train_s_per_epoch' and row.get('image_tflop_per_s') else '')
-            table.append((f'{what}, {row["mode"]}: {label}', unit(row[key], u) + rate + versus, unit(authors, u),
+            table.append((f'{what}, {label}: {name_of}', unit(row[key], u) + rate + versus, unit(authors, u),
                           ratio(authors, row[key], on_gpu), check))
     return table
 
@@ -487,6 +516,20 @@ def per_step_search_rows(name, r, on_gpu):
              f'{r["float32_ms"]} ms, {r["shortlist_ms"]} ms{speedup}; top-{r["k"]} sets equal to float32\'s: '
              f'{100 * r["shortlist_agreement"]:.1f}% (bf16 alone {100 * r["bf16_alone_agreement"]:.1f}%)',
              '', '', '≥ 99% equal')]
+
+
+def frozen_kernel_rows(name, r, on_gpu):
+    """Per network and --frozen_kernels way: a call's time and rate, against eager, and its agreement."""
+    what = {'fp_simclr': f'SimCLR f_p ({r["fp_arch"]}, eval-mode BatchNorm)',
+            'diff_encoder': f'frozen diffusion encoder ({r["diff_arch"]}, training-mode BatchNorm)'}
+    rows = []
+    for row in r['rows']:
+        versus = f'; {row["speedup_over_eager"]}× eager' if on_gpu and 'speedup_over_eager' in row else ''
+        rows.append((f'{what[row["network"]]}, batch {r["batch_size"]} of {r["image_size"]}², {row["way"]}',
+                     f'{row["ms_per_call"]} ms a call ({row["tflop_per_s"]} TFLOP/s; first call '
+                     f'{row["first_call_s"]} s){versus}; min cosine to float32 {row["min_cosine_to_float32"]}',
+                     '', '', ''))
+    return rows
 
 
 def extraction_rows(name, r, on_gpu):
@@ -554,7 +597,7 @@ STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inf
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
               'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,
               'profile-SimCLR-authors': profile_rows, 'profile-inference-ViT-L14': profile_rows,
-              'paper_row': paper_row_rows}
+              'paper_row': paper_row_rows, 'frozen_kernels': frozen_kernel_rows}
 
 
 def markdown_table(records):
