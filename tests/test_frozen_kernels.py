@@ -99,3 +99,13 @@ def test_a_compiled_frozen_diffusion_encoder_embeds_as_eager():
     compile_forward(net)
     torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-4)
     assert list(net.state_dict()) == keys
+
+
+def test_a_compiled_run_trains_and_labels_as_the_eager_one(tmp_path, digits, simclr18_path, capsys):
+    """--frozen_kernels compiled through the engine: f_p and the frozen diffusion encoder compiled, an
+    epoch trained and the test split labelled (other shapes, the evaluation's mode) as eagerly."""
+    compiled = authors_trainer(tmp_path / 'c', digits, simclr18_path, 'compiled')
+    assert 'f_p and the diffusion encoder' in capsys.readouterr().out
+    eager = authors_trainer(tmp_path / 'e', digits, simclr18_path, 'eager')
+    assert compiled.train_epoch(0) == pytest.approx(eager.train_epoch(0), rel=1e-4)
+    torch.testing.assert_close(compiled.predict('test'), eager.predict('test'), rtol=0, atol=0)
