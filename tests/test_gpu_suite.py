@@ -231,3 +231,12 @@ def test_a_training_row_names_the_rate_of_its_image_networks():
     warm = [cells for cells in table if cells[0].endswith('eager: one warm epoch')]
     assert warm and '983.0 GFLOP of image networks a step at 54.75 TFLOP/s' in warm[0][1]
     assert not any('TFLOP' in cells[1] for cells in table if 'first epoch' in cells[0])
+
+
+def test_the_paper_row_takes_the_suites_frozen_kernels(tmp_path):
+    from tools import paper_device
+    args = gpu_suite.parser().parse_args(['--out', str(tmp_path), '--data_root', 'data', '--frozen_kernels', 'fused'])
+    args.stage_timeout_s = 300
+    command = gpu_suite.paper_row(args, str(tmp_path / 'paper_row.json'))
+    assert paper_device.parser().parse_args(command[3:]).frozen_kernels == 'fused'
+    assert gpu_suite.parser().parse_args(['--out', str(tmp_path)]).frozen_kernels == 'eager'

@@ -157,6 +157,10 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
     cfg = paper.script_parser('train_CIFAR.py').parse_args(train[2:])
     assert (cfg.noise_type, cfg.fp_encoder, cfg.nepoch, cfg.recipe) == ('cifar10-1-0.35', 'SimCLR', 200, 'authors')
     assert cfg.fp_checkpoint.endswith('simclr_resnet18.pt')
+    assert cfg.frozen_kernels == 'eager'  # the authors' kernels unless asked
+    args.frozen_kernels = 'fused'
+    assert paper.script_parser('train_CIFAR.py').parse_args(
+        paper_device.train_command(args, 'data')[2:]).frozen_kernels == 'fused'
     close = paper_device.close_command(args)
     assert close[2:] == ['--resume', paper_device.paths(args)['run'], '--nepoch', '0']
     # offline and without the file: the one line says where to put it

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 
 from benchmarks.common import AUTHORS_H100, TARGETS
 from tools import shards
+from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.saving import save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,7 +205,7 @@ def paper_row(args, out):
     where = [] if args.smoke else ['--data_root', args.data_root, '--inputs_dir', args.inputs_dir]
     return [PY, '-m', 'tools.paper_device', '--out', os.path.join(args.out, 'paper_device'), *where,
             '--budget_s', str(int(max(30.0, args.stage_timeout_s - 10))), '--ship', os.path.join(args.out, 'paper_row'),
-            *(['--smoke'] if args.smoke else [])]
+            '--frozen_kernels', args.frozen_kernels, *(['--smoke'] if args.smoke else [])]
 
 
 def paper_row_result(out, args):
@@ -653,6 +654,8 @@ def parser():
                                         f'(default: the first of {", ".join(CIFAR_TOOL)})')
     p.add_argument('--inputs_dir', default='.device_data/inputs',
                    help="folder holding the authors' cifar10-1-0.35.npy for the paper's row (carried to the device)")
+    p.add_argument('--frozen_kernels', default='eager', choices=FROZEN_KERNELS,
+                   help="the paper row's --frozen_kernels (tools/paper_device.py); the timing stages choose their own")
     p.add_argument('--ship', metavar='DIR', help=f'copy {RESULTS} and the encoder shards here ($OUT on a device)')
     p.add_argument('--continue_from', metavar='FILE', help=f'a {RESULTS} from an earlier command: skip its stages')
     p.add_argument('--rerun', nargs='+', default=[], metavar='STAGE',

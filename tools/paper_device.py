@@ -28,6 +28,7 @@ import time
 
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail
+from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.loading import load_json
 from utils.storage.saving import save_json
 
@@ -73,13 +74,14 @@ def train_command(args, where):
     """train_CIFAR.py (demo_digits.py with --smoke) with the pre-trained encoder: fresh, or resumed to 200."""
     p = paths(args)
     script = 'demo_digits.py' if args.smoke else 'train_CIFAR.py'
+    kernels = ['--frozen_kernels', args.frozen_kernels]  # how, not what: it may change on resume
     if os.path.isfile(os.path.join(p['run'], 'last.pt')):
-        return [PY, script, '--resume', p['run'], '--nepoch', str(args.nepoch)]
+        return [PY, script, '--resume', p['run'], '--nepoch', str(args.nepoch), *kernels]
     data = SMOKE_TRAIN if args.smoke else ['--noise_type', NOISE, '--data_root', where, '--no-download',
                                            '--inputs_dir', args.inputs_dir, '--nepoch', str(args.nepoch)]
     return [PY, script, *data, '--fp_encoder', 'SimCLR', '--fp_checkpoint', p['encoder'], '--seed', str(args.seed),
             '--n_samples', '0', '--out_dir', os.path.dirname(p['run']), '--run_name', os.path.basename(p['run']),
-            '--cache_dir', os.path.join(args.out, 'cache')]
+            '--cache_dir', os.path.join(args.out, 'cache'), *kernels]
 
 
 def epochs_trained(run):
@@ -187,6 +189,9 @@ def parser():
                    'its .json sidecar beside it): no pre-training')
     p.add_argument('--nepoch', type=int, default=200, help="LRA-diffusion epochs (the paper's 200)")
     p.add_argument('--seed', type=int, default=1, help='seed of the pre-training and of the run')
+    p.add_argument('--frozen_kernels', default='eager', choices=FROZEN_KERNELS,
+                   help="train_CIFAR.py's --frozen_kernels: how the step's frozen networks run (the same function "
+                        "to bf16 rounding; eager: the authors' kernels)")
     p.add_argument('--ship', metavar='DIR', help='copy what must come back here ($OUT on a device)')
     p.add_argument('--smoke', action='store_true', help='the whole path on digits, tiny, on the CPU')
     return p
