@@ -17,6 +17,7 @@ agreement: the smallest cosine between a row and the same row computed in float3
 eager bf16's own (what bf16 rounding alone costs).
 """
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -28,7 +29,7 @@ from utils.encoders.simclr import SimCLREncoder
 from utils.networks import cifar_resnet
 from utils.runtime.devices import resolve_device
 from utils.runtime.frozen_kernels import FROZEN_KERNELS, compile_forward
-from utils.runtime.graphs import store_frozen_bf16
+from utils.runtime.graphs import prepare_cuda, store_frozen_bf16
 
 NETWORKS = ('fp_simclr', 'diff_encoder')
 
@@ -81,6 +82,17 @@ def call_gflop(network, args):
     return counter.get_total_flops() / 1e9
 
 
+@contextlib.contextmanager
+def true_float32():
+    """Float32 reference figures: cuDNN and matmuls without TF32, which rounds inputs to 10 bits."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def min_cosine(a, b):
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
 
@@ -103,17 +115,23 @@ def measure(network, way, images, reference, args, device):
         times.append(time.perf_counter() - started)
     ms = statistics.median(times) * 1000
     gflop = call_gflop(network, args)
-    return {'network': network, 'way': way, 'ms_per_call': round(ms, 3), 'first_call_s': round(first_s, 3),
-            'gflop_per_call': round(gflop, 1), 'tflop_per_s': round(gflop / ms, 2),
-            'min_cosine_to_float32': round(min_cosine(out, reference), 6)}
+    row = {'network': network, 'way': way, 'ms_per_call': round(ms, 3), 'first_call_s': round(first_s, 3),
+           'gflop_per_call': round(gflop, 1), 'tflop_per_s': round(gflop / ms, 2),
+           'min_cosine_to_float32': round(min_cosine(out, reference), 6)}
+    trunk = getattr(getattr(fn, '__self__', None), 'f', None)
+    if way == 'fused' and device.type == 'cuda':  # whether cuDNN's fused calls ran, or why not
+        row.update(cudnn_fused=trunk.fused, cudnn_fallback=trunk.fallback)
+    return row
 
 
 def run(args):
     device = resolve_device(args.device)
+    prepare_cuda(device)  # cuDNN autotuning, as in training
     images = random_images(args.batch_size, args.size, device)
     rows = []
     for network in args.networks:
-        reference = build(network, 'float32', args, device)(images)
+        with true_float32():
+            reference = build(network, 'float32', args, device)(images)
         for way in args.ways:
             if way == 'fused' and network != 'fp_simclr':
                 continue  # training-mode BatchNorm: nothing folds

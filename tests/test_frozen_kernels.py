@@ -1,4 +1,6 @@
 """--frozen_kernels: the frozen image networks of a step folded or compiled compute what they did eagerly."""
+import warnings
+
 import pytest
 import torch
 from test_engine import digits_cfg
@@ -9,7 +11,8 @@ from conftest import subset
 from utils.encoders.simclr import SimCLREncoder
 from utils.networks import cifar_resnet, cifar_resnet_trunk
 from utils.prepare import prepare, use_k
-from utils.runtime.frozen_kernels import FoldedTrunk, compile_forward, fuse_trunk
+from utils.runtime import frozen_kernels
+from utils.runtime.frozen_kernels import FoldedTrunk, compile_forward, fold_conv_bn, fuse_trunk
 from utils.trainer import new_trainer
 
 CPU = torch.device('cpu')
@@ -109,3 +112,49 @@ def test_a_compiled_run_trains_and_labels_as_the_eager_one(tmp_path, digits, sim
     eager = authors_trainer(tmp_path / 'e', digits, simclr18_path, 'eager')
     assert compiled.train_epoch(0) == pytest.approx(eager.train_epoch(0), rel=1e-4)
     torch.testing.assert_close(compiled.predict('test'), eager.predict('test'), rtol=0, atol=0)
+
+
+def test_a_batchnorm_without_affine_weights_folds_and_a_training_one_anywhere_is_refused():
+    conv, bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4, affine=False)
+    bn.running_mean.uniform_(-0.3, 0.3), bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fold_conv_bn(conv, bn.eval())(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    trunk = torch.nn.Sequential(*cifar_resnet_trunk('resnet18')).eval()
+    trunk[4][0].bn1.train()  # one BatchNorm left training: it would normalise with the batch's statistics
+    with pytest.raises(ValueError, match='training-mode BatchNorm'):
+        fuse_trunk(trunk)
+
+
+def test_an_encoder_is_not_switched_from_one_way_to_another():
+    encoder = simclr('resnet18')
+    assert encoder.use_kernels('fused')
+    with pytest.raises(ValueError, match='already runs with --frozen_kernels fused'):
+        encoder.use_kernels('compiled')
+
+
+@pytest.mark.parametrize('fused_call', ['raises', 'nan', 'agrees'])
+def test_the_fused_calls_are_used_only_where_they_run_and_agree(monkeypatch, fused_call):
+    """The decision at a trunk's first CUDA call, its cuDNN calls stood in for: an engine missing for one
+    of the real shapes, or a NaN, leaves the folded convolutions running apart, with a warning."""
+    def stand_in(apart):
+        def call(conv, x, *rest):
+            fused = rest[-1]
+            if fused and fused_call == 'raises':
+                raise RuntimeError('FIND was unable to find an engine to execute this computation\nmore')
+            out = apart(conv, x, *rest[:-1], False)
+            return out.fill_(float('nan')) if fused and fused_call == 'nan' else out
+        return call
+    monkeypatch.setattr(frozen_kernels, 'conv_relu', stand_in(frozen_kernels.conv_relu))
+    monkeypatch.setattr(frozen_kernels, 'conv_add_relu', stand_in(frozen_kernels.conv_add_relu))
+    monkeypatch.setattr(frozen_kernels, 'cudnn_fusion_fails', lambda device, dtype: None)
+    encoder = simclr('resnet18')
+    images = torch.randn(4, 3, 16, 16)
+    before = encoder.f(images)
+    encoder.use_kernels('fused')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        encoder.f.decide_fusion(images)
+    assert encoder.f.fused == (fused_call == 'agrees') and len(caught) == (fused_call != 'agrees')
+    if fused_call == 'raises':
+        assert encoder.f.fallback == 'FIND was unable to find an engine to execute this computation'
+    torch.testing.assert_close(encoder.f.run(images), before, rtol=0, atol=2e-5)

@@ -119,6 +119,18 @@ def test_graphed_and_eager_training_agree(tmp_path, digits, simclr18_path, path)
 @pytest.mark.parametrize('path', sorted(PATHS))
 def test_graphed_evaluation_gives_the_eager_labels(tmp_path, digits, simclr18_path, path):
     trainer = cuda_trainer(tmp_path, digits, simclr18_path, path, '--eval_batch_size', '25')
+    graphed_labels_are_the_eager_ones(trainer, digits)
+
+
+def test_graphed_evaluation_of_a_compiled_diffusion_encoder_gives_the_eager_labels(tmp_path, digits, simclr18_path):
+    """--frozen_kernels compiled: the compiled forward is captured in the evaluation graphs (compiled in the
+    first warm-up batch of each shape and mode, never during a capture)."""
+    trainer = cuda_trainer(tmp_path, digits, simclr18_path, 'authors', '--eval_batch_size', '25',
+                           '--frozen_kernels', 'compiled')
+    graphed_labels_are_the_eager_ones(trainer, digits)
+
+
+def graphed_labels_are_the_eager_ones(trainer, digits):
     trainer.train_epoch(0)
     batches = trainer.inputs.batches('val', 25)  # 60 images: two batches of 25, one of 10
     eager = predict_labels(trainer.evaluated_model, trainer.diffusion, batches, eval_bn=trainer.cfg.eval_bn)[0]
@@ -155,9 +167,8 @@ def test_frozen_bf16_encoders_encode_as_before(tmp_path):
 def test_fused_f_p_on_cuda_is_the_eager_one_to_bf16_rounding():
     """--frozen_kernels fused: BatchNorm folded, cuDNN's fused calls where they run. Against float32, its
     features are as close as eager bf16's (one rounding of the folded weights for two of the kernels')."""
-    from benchmarks.frozen_kernels import spread_batchnorm
+    from benchmarks.frozen_kernels import spread_batchnorm, true_float32
     from utils.encoders.simclr import SimCLREncoder
-    from utils.runtime.frozen_kernels import cudnn_fusion_works
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device='cuda')
 
     def encoder(kernels, bf16=True):
@@ -167,11 +178,14 @@ def test_fused_f_p_on_cuda_is_the_eager_one_to_bf16_rounding():
         e = e.finish(CUDA)
         e.use_kernels(kernels)
         return store_frozen_bf16(e) if bf16 else e
-    reference = encoder('eager', bf16=False).encode(images)
-    cosine = {k: float(torch.nn.functional.cosine_similarity(encoder(k).encode(images), reference).min())
-              for k in ('eager', 'fused')}
-    print(f'min cosine to float32: {cosine}; cuDNN fusion: {cudnn_fusion_works(CUDA, torch.bfloat16)}')
+    with true_float32():
+        reference = encoder('eager', bf16=False).encode(images)
+    fused = encoder('fused')
+    cosine = {k: float(torch.nn.functional.cosine_similarity(e.encode(images), reference).min())
+              for k, e in (('eager', encoder('eager')), ('fused', fused))}
+    print(f'min cosine to float32: {cosine}; cuDNN fusion: {fused.f.fused} ({fused.f.fallback})')
     assert cosine['fused'] > 0.99 and cosine['fused'] >= cosine['eager'] - 0.005
+    assert fused.f.fused, f'the folded trunk runs apart: {fused.f.fallback}'  # the cuDNN calls ran
 
 
 def test_a_fused_training_step_makes_no_host_sync(tmp_path, digits, simclr18_path):

@@ -240,3 +240,15 @@ def test_the_paper_row_takes_the_suites_frozen_kernels(tmp_path):
     command = gpu_suite.paper_row(args, str(tmp_path / 'paper_row.json'))
     assert paper_device.parser().parse_args(command[3:]).frozen_kernels == 'fused'
     assert gpu_suite.parser().parse_args(['--out', str(tmp_path)]).frozen_kernels == 'eager'
+
+
+def test_the_frozen_kernel_rows_say_whether_cudnn_fused():
+    row = {'network': 'fp_simclr', 'way': 'fused', 'ms_per_call': 20.0, 'tflop_per_s': 26.0, 'first_call_s': 1.2,
+           'speedup_over_eager': 1.5, 'min_cosine_to_float32': 0.9995}
+    record = {'fp_arch': 'resnet50', 'diff_arch': 'resnet34', 'batch_size': 200, 'image_size': 32, 'rows': [row]}
+    row.update(cudnn_fused=False, cudnn_fallback='no engine')
+    assert gpu_suite.frozen_kernel_rows('frozen_kernels', record, True)[0][1].endswith(
+        '1.5× eager; cuDNN fused calls not used (no engine); min cosine to float32 0.9995')
+    row.update(cudnn_fused=True, cudnn_fallback=None)
+    (shown,) = gpu_suite.frozen_kernel_rows('frozen_kernels', record, False)
+    assert '; cuDNN fused calls;' in shown[1] and '× eager' not in shown[1]  # no ratio for CPU figures

@@ -526,6 +526,8 @@ def frozen_kernel_rows(name, r, on_gpu):
     rows = []
     for row in r['rows']:
         versus = f'; {row["speedup_over_eager"]}× eager' if on_gpu and 'speedup_over_eager' in row else ''
+        if 'cudnn_fused' in row:  # whether the folded trunk ran cuDNN's fused calls, or why not
+            versus += '; cuDNN fused calls' + ('' if row['cudnn_fused'] else f' not used ({row["cudnn_fallback"]})')
         rows.append((f'{what[row["network"]]}, batch {r["batch_size"]} of {r["image_size"]}², {row["way"]}',
                      f'{row["ms_per_call"]} ms a call ({row["tflop_per_s"]} TFLOP/s; first call '
                      f'{row["first_call_s"]} s){versus}; min cosine to float32 {row["min_cosine_to_float32"]}',

@@ -109,7 +109,9 @@ class Trainer:
     def use_frozen_kernels(self):
         """--frozen_kernels for the frozen image networks a step runs (utils/runtime/frozen_kernels): f_p
         where it re-encodes each augmented batch, and a frozen diffusion encoder reading the pixels. Before
-        the bf16 weights are stored: 'fused' folds BatchNorm into float32 weights, rounded to bf16 once."""
+        the bf16 weights are stored: 'fused' folds BatchNorm into float32 weights, rounded to bf16 once.
+        With --ema_decay the averaged copy that evaluation runs is a deep copy, which torch.compile's
+        wrapper does not survive: its diffusion encoder evaluates eagerly (the same function)."""
         kind = self.cfg.frozen_kernels
         if kind == 'eager':
             return

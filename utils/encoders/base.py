@@ -52,10 +52,18 @@ class FrozenEncoder(nn.Module):
         `features`); True where it applies. Folding ('fused') needs a known trunk: the SimCLR encoder's."""
         if kind != 'compiled':
             return False
-        if not getattr(self, 'kernels', None):
+        if self.kernels_in_use(kind):
             self.features = torch.compile(self.features, dynamic=False)
-            self.kernels = kind
         return True
+
+    def kernels_in_use(self, kind):
+        """Set `kind` as the encoder's way of running: True the first time, False when it is already (a second
+        call changes nothing); one encoder is not switched from one way to another."""
+        current = getattr(self, 'kernels', 'eager')
+        if current not in ('eager', kind):
+            raise ValueError(f'this encoder already runs with --frozen_kernels {current}; load it again for {kind}')
+        self.kernels = kind
+        return current != kind
 
     def describe(self):
         """What, besides the weights, decides the features: part of every cache key."""

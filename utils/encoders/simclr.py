@@ -45,9 +45,8 @@ class SimCLREncoder(FrozenEncoder):
         weights, so feature caches are shared with eager runs; the state dict is the folded one from then on."""
         if kind != 'fused':
             return super().use_kernels(kind)
-        if getattr(self, 'kernels', None) != 'fused':
+        if self.kernels_in_use(kind):
             self.f = fuse_trunk(self.f)
-            self.kernels = kind
         return True
 
 

@@ -30,13 +30,22 @@ FROZEN_KERNELS = ('eager', 'fused', 'compiled')
 
 @torch.no_grad()
 def fold_conv_bn(conv, bn):
-    """A convolution with bias computing bn(conv(x)) for an eval-mode BatchNorm, folded in float64."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    """A convolution with bias computing bn(conv(x)) for an eval-mode BatchNorm, folded in float64 (a
+    BatchNorm without affine weights scales by 1 and shifts by 0)."""
+    if bn.training or bn.running_var is None:
+        raise ValueError('only an eval-mode BatchNorm with running statistics folds: a training-mode one '
+                         'normalises with the batch statistics')
+    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        raise ValueError('only a zero-padded convolution with numeric padding folds')
+    ones = torch.ones_like(bn.running_var, dtype=torch.float64)
+    gamma = bn.weight.double() if bn.weight is not None else ones
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(ones)
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True, device=conv.weight.device)
     folded.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-    folded.bias.copy_(bn.bias.double() + (bias - bn.running_mean.double()) * scale)
+    folded.bias.copy_(beta + (bias - bn.running_mean.double()) * scale)
     return folded.requires_grad_(False)
 
 
@@ -85,7 +94,8 @@ class FoldedTrunk(nn.Module):
     """A frozen, eval-mode CIFAR ResNet trunk (utils/networks.cifar_resnet_trunk: conv1, bn1, relu,
     layer1-4, avgpool) with every BatchNorm folded into its convolution. Its input is cast to the
     weights' dtype (bf16 once store_frozen_bf16 ran): the fused cuDNN calls take no autocast. Whether they
-    run is decided at the first call, when the device and dtype are known (cudnn_fusion_works)."""
+    run is decided at the first call on CUDA, when the device, dtype and real shapes are known
+    (decide_fusion); `fused` says what was decided, `fallback` why not, where it was not."""
 
     def __init__(self, trunk):
         super().__init__()
@@ -96,15 +106,45 @@ class FoldedTrunk(nn.Module):
         self.stem = fold_conv_bn(conv1, bn1)
         self.blocks = nn.Sequential(*(FoldedBlock(b) for layer in layers for b in layer))
         self.pool = pool
-        self.fused = None
+        self.fused, self.fallback = None, None
 
     def forward(self, x):
         x = x.to(self.stem.weight.dtype)
         if self.fused is None:
-            self.fused = x.is_cuda and cudnn_fusion_works(x.device, x.dtype)
-            for block in self.blocks:
-                block.fused = self.fused
+            self.decide_fusion(x) if x.is_cuda else self.use_fusion(False)
+        return self.run(x)
+
+    def run(self, x):
         return self.pool(self.blocks(conv_relu(self.stem, x, self.fused)))
+
+    def use_fusion(self, fused):
+        self.fused = fused
+        for block in self.blocks:
+            block.fused = fused
+
+    @torch.no_grad()
+    def decide_fusion(self, x):
+        """On CUDA, the fused cuDNN calls where they run on this batch's very shapes (a cuDNN without an
+        engine for one of them raises) and give what the separate kernels give (every row's cosine ≥ 0.99:
+        the two round differently in bf16 along 16 blocks); otherwise the folded convolutions and their ReLUs
+        run apart, with a warning. Once per trunk: its first call, a warm-up step, not a timed or graphed one."""
+        self.use_fusion(False)
+        self.fallback = cudnn_fusion_fails(x.device, x.dtype)
+        if self.fallback is None:
+            apart = self.run(x).float()
+            self.use_fusion(True)
+            try:
+                together = self.run(x).float()
+                cosine = F.cosine_similarity(together.flatten(1), apart.flatten(1), dim=1)
+                if not (torch.isfinite(together).all() and cosine.min() >= 0.99):
+                    self.fallback = (f'on this trunk they disagree with the separate kernels (smallest cosine '
+                                     f'{float(cosine.min()):.4f})')
+            except RuntimeError as exc:
+                self.fallback = str(exc).splitlines()[0]
+        self.use_fusion(self.fallback is None)
+        if self.fallback is not None:
+            warnings.warn(f'cuDNN fused convolutions not used ({self.fallback}); --frozen_kernels fused runs the '
+                          'folded convolutions and their ReLUs apart')
 
 
 def is_cifar_resnet_trunk(children):
@@ -117,37 +157,40 @@ def is_cifar_resnet_trunk(children):
 
 def fuse_trunk(trunk):
     """The folded copy of an eval-mode trunk (the original is left as it is)."""
-    if trunk.training:
+    if any(m.training for m in trunk.modules()):
         raise ValueError('only an eval-mode trunk folds: training-mode BatchNorm uses the batch statistics')
     return FoldedTrunk(trunk).eval()
 
 
-_CUDNN_FUSION = {}  # (device, dtype) → whether the fused cuDNN calls run and agree there
+_CUDNN_FUSION = {}  # (device, dtype) → None where the fused cuDNN calls run and agree there, else why not
 
 
 @torch.no_grad()
-def cudnn_fusion_works(device, dtype):
-    """Whether cuDNN's fused convolution calls run on this device in this dtype and agree with the
-    separate kernels (a cuDNN build without the fused engines raises). Checked once per device and dtype
-    on a small block; where they do not, the folded trunk runs its convolutions and ReLUs apart."""
-    key = (str(device), dtype)
+def cudnn_fusion_fails(device, dtype):
+    """Why cuDNN's fused convolution calls cannot be used on this device in this dtype, or None: a build
+    without the fused engines raises, and the output must not depend on the memory it is written to
+    (cudnn_convolution_relu hands its fresh output to cuDNN as the addend, scaled by 0: a NaN left there by
+    an earlier tensor would survive 0·NaN). Checked once per device and dtype on a small block, its output
+    memory first filled with NaNs by a tensor freed just before."""
+    key = (torch.device(device), dtype)
     if key not in _CUDNN_FUSION:
         generator = torch.Generator().manual_seed(0)
         conv = nn.Conv2d(16, 16, 3, 1, 1, bias=True).to(device, dtype).to(memory_format=torch.channels_last)
         for p in conv.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
         x = torch.randn(4, 16, 8, 8, generator=generator).to(device, dtype).to(memory_format=torch.channels_last)
+        why = None
         try:
-            agree = all(torch.allclose(a.float(), b.float(), atol=0.05, rtol=0.05) for a, b in (
-                (conv_relu(conv, x, True), conv_relu(conv, x, False)),
-                (conv_add_relu(conv, x, x, True), conv_add_relu(conv, x, x, False))))
-            why = 'they disagree with the separate kernels'
+            for fused_call, apart in ((lambda: conv_relu(conv, x, True), conv_relu(conv, x, False)),
+                                      (lambda: conv_add_relu(conv, x, x, True), conv_add_relu(conv, x, x, False))):
+                torch.full_like(apart, float('nan'))  # freed at once: the fused output is likely to land there
+                together = fused_call()
+                if not (torch.isfinite(together).all() and torch.allclose(together.float(), apart.float(),
+                                                                          atol=0.05, rtol=0.05)):
+                    why = 'they disagree with the separate kernels'
         except RuntimeError as exc:
-            agree, why = False, str(exc).splitlines()[0]
-        if not agree:
-            warnings.warn(f'cuDNN fused convolutions not used ({why}); --frozen_kernels fused runs the folded '
-                          'convolutions and their ReLUs apart')
-        _CUDNN_FUSION[key] = agree
+            why = str(exc).splitlines()[0]
+        _CUDNN_FUSION[key] = why
     return _CUDNN_FUSION[key]
 
 
