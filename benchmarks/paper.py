@@ -243,10 +243,19 @@ def measured_value(row, folder):
     """(value in the row's unit, summary dict) of a finished run folder."""
     if row.metric == 'seconds':
         result = load_json(os.path.join(folder, 'inference.json'))
-        return result['rows'][0]['seconds'], {'device': result.get('device')}
+        timed = timed_row(row, result.get('rows', []))
+        return (None if timed is None else timed['seconds']), {'device': result.get('device')}
     summary = load_json(os.path.join(folder, 'summary.json'))
     value = summary.get(row.metric)
     return (None if value is None else round(100 * value, 4)), summary
+
+
+def timed_row(row, rows):
+    """The row of a benchmarks.inference result that times `row`'s column and size with the default (fused)
+    CLIP tower; None where the result holds no such row."""
+    flags = dict(zip(row.flags[::2], row.flags[1::2]))
+    return next((r for r in rows if r['column'] == flags['--columns'] and r['images'] == int(flags['--sizes'])
+                 and r.get('tower') in (None, 'fused')), None)
 
 
 def record_of(row, folder, seed=None, labels=(), commit_id=None):
@@ -257,10 +266,12 @@ def record_of(row, folder, seed=None, labels=(), commit_id=None):
     config = load_json(os.path.join(folder, 'config.json'))
     run = load_json(os.path.join(folder, RUN_FILE))
     finished_at = os.path.getmtime(os.path.join(folder, 'inference.json' if row.metric == 'seconds' else 'summary.json'))
+    # a run unpacked from a device's results says when it finished there (its files are dated by the copy)
+    date = run.get('finished_utc', '')[:10] or time.strftime('%Y-%m-%d', time.gmtime(finished_at))
     return {'row': row.id, 'seed': seed if seed is not None else run.get('seed', config.get('seed')),
             'value': value, 'unit': row.unit, 'metric': row.metric, 'epochs': summary.get('epochs'),
             'best_epoch': summary.get('best_epoch'), 'device': str(summary.get('device', 'unknown')).split(', torch')[0],
-            'date': time.strftime('%Y-%m-%d', time.gmtime(finished_at)),
+            'date': date,
             'commit': commit_id or run.get('commit', 'unknown'), 'recipe': config.get('recipe', '—'),
             'labels': [*run_labels(row, summary, config, folder), *labels]}
 
@@ -318,10 +329,12 @@ def measured_cells(row, summary):
         if row_id != row.id:
             continue
         spread = f' ± {std:.2f}' if std is not None else ''
-        measured = f'{mean:.2f}{spread} {row.unit} ({n} seed{"s" if n > 1 else ""})'
+        repeats = 'run' if row.metric == 'seconds' else 'seed'  # a timing is repeated, not seeded
+        measured = f'{mean:.2f}{spread} {row.unit} ({n} {repeats}{"s" if n > 1 else ""})'
         diff = f'{mean - row.paper.mean:+.2f}' if row.paper.known else '—'
         latest = max(rs, key=lambda r: r['date'])
-        where = (f"{latest['date']}, {latest['device']}, {latest['commit']}, recipe {latest['recipe']}" +
+        recipe = f", recipe {latest['recipe']}" if latest['recipe'] != '—' else ''  # timings have none
+        where = (f"{latest['date']}, {latest['device']}, {latest['commit']}{recipe}" +
                  ''.join(f'; **{label}**' for label in labels))
         cells.append((measured, diff, where))
     return cells or [('not measured', '—', '')]

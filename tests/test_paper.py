@@ -165,3 +165,27 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
     assert close[2:] == ['--resume', paper_device.paths(args)['run'], '--nepoch', '0']
     # offline and without the file: the one line says where to put it
     assert 'copy it into .device_data/inputs/' in paper_device.check_noise_file(args)
+
+
+def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, tmp_path, capsys):
+    """The suite times many columns in one process, and the clip package's tower beside the fused one:
+    each paper row takes its own column and size, the default tower, and the date it was measured."""
+    from tools import gpu_suite
+
+    def timed(column, tower, images, seconds):
+        return {'column': column, 'tower': tower, 'images': images, 'seconds': seconds}
+    stage = {'status': 'ok', 'finished_utc': '2026-12-04 17:58', 'result': {
+        'device': 'NVIDIA H200, torch 2.11.0+cu130', 'args': {'columns': ['ViT-L/14'], 'sizes': [10000],
+                                                              'clip_towers': ['clip', 'fused'], 'batch_size': 1000},
+        'rows': [timed('ViT-L/14', 'clip', 10000, 5.76), timed('ViT-L/14', 'fused', 10000, 3.75)]}}
+    suite = tmp_path / 'suite.json'
+    suite.write_text(json.dumps({'stages': {'clip_towers': stage, 'inference': {'status': 'failed'}}}))
+    assert gpu_suite.main(['--unpack_inference', str(suite), '--to', str(tmp_path / 'back')]) is None
+    (command,) = capsys.readouterr().out.splitlines()  # the failed stage gives none
+    assert '--row inference-10k-vitl14 ' in command and '--label "timed after' in command
+    folder = str(tmp_path / 'back' / 'clip_towers')
+    assert paper.main(['--record', folder, '--row', 'inference-10k-vitl14', '--commit', 'cbe2ba9']) == 0
+    (record,) = json.load(open(outputs / 'paper.json'))['runs']
+    assert (record['value'], record['unit'], record['date'], record['device']) == (3.75, 's', '2026-12-04', 'NVIDIA H200')
+    with pytest.raises(SystemExit):  # the result times no 50k row
+        paper.main(['--record', folder, '--row', 'inference-50k-vitl14'])

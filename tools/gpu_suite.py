@@ -581,6 +581,34 @@ def unpack_row(results_json, folder):
     return folder
 
 
+# the stages whose rows time the paper's inference table, and how each differs from the row's own command
+INFERENCE_STAGES = {'inference': ['every column timed in one process, one after another'],
+                    'clip_towers': ["timed after the clip package's tower on the same images, in the same process"]}
+
+
+def unpack_inference(results_json, folder):
+    """The paper's inference-time rows a suite measured: per stage (INFERENCE_STAGES) a folder with its
+    inference.json and paper_run.json (command, when it finished), which `benchmarks.paper --record` reads
+    for each row it times. Returns (stage folder, row id, labels) per timed row."""
+    from benchmarks.paper import RUN_FILE, timed_row
+    from benchmarks.paper_rows import ROWS
+    stages, unpacked = load_json(results_json)['stages'], []
+    for name, labels in INFERENCE_STAGES.items():
+        record = stages.get(name) or {}
+        if record.get('status') != 'ok':
+            continue
+        result, where = record['result'], os.path.join(folder, name)
+        os.makedirs(where, exist_ok=True)
+        save_json(result, os.path.join(where, 'inference.json'))
+        flags = [f'--{k} {" ".join(map(str, v)) if isinstance(v, list) else v}' for k, v in result['args'].items()
+                 if k in ('columns', 'sizes', 'clip_towers')]
+        save_json({'seed': 1, 'finished_utc': record['finished_utc'],
+                   'command': f'python -m benchmarks.inference {" ".join(flags)}'}, os.path.join(where, RUN_FILE))
+        unpacked += [(where, row.id, labels) for row in ROWS.values()
+                     if row.metric == 'seconds' and timed_row(row, result['rows'])]
+    return unpacked
+
+
 def paper_row_rows(name, r, on_gpu):
     """The paper's first row: its test accuracy at the best validation epoch (labelled shorter than the
     paper's 200 epochs where it is), the encoder's kNN accuracy, or why it stopped."""
@@ -666,6 +694,8 @@ def parser():
                    help='run these stages and no other (a lease spent on one question); the rest stay remaining')
     p.add_argument('--reassemble', metavar='SHARDS_DIR', help='put shipped encoder shards back together (with --to)')
     p.add_argument('--to', metavar='FILE', help='the reassembled encoder file (with --unpack_row: a folder)')
+    p.add_argument('--unpack_inference', metavar='RESULTS_JSON',
+                   help="the paper's inference-time rows it measured into --to DIR, with the commands recording them")
     p.add_argument('--unpack_row', metavar='RESULTS_JSON',
                    help="write the paper row's run files from a shipped results JSON into --to, for "
                         'python -m benchmarks.paper --record')
@@ -684,6 +714,13 @@ def main(argv=None):
         if not args.to:
             p.error('--unpack_row needs --to DIR')
         print(f'wrote {unpack_row(args.unpack_row, args.to)}')
+        return None
+    if args.unpack_inference:
+        if not args.to:
+            p.error('--unpack_inference needs --to DIR')
+        for where, row_id, labels in unpack_inference(args.unpack_inference, args.to):
+            label = ''.join(f' --label "{text}"' for text in labels)
+            print(f'python -m benchmarks.paper --record {where} --row {row_id} --commit COMMIT{label}')
         return None
     if not args.out:
         p.error('--out DIR is required')
