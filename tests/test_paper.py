@@ -183,6 +183,11 @@ def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, 
     assert gpu_suite.main(['--unpack_inference', str(suite), '--to', str(tmp_path / 'back')]) is None
     (command,) = capsys.readouterr().out.splitlines()  # the failed stage gives none
     assert '--row inference-10k-vitl14 ' in command and '--label "timed after' in command
+    both = {'clip_towers': stage, 'inference': {**stage, 'result': {**stage['result'], 'rows': [
+        timed('ViT-L/14', 'fused', 10000, 3.70), timed('Standard', None, 50000, 0.39)]}}}
+    suite.write_text(json.dumps({'stages': both}))  # the inference stage is preferred where both time a row
+    assert [(os.path.basename(where), row) for where, row, _ in gpu_suite.unpack_inference(str(suite), str(tmp_path))] \
+        == [('inference', 'inference-10k-vitl14'), ('inference', 'inference-50k-standard')]
     folder = str(tmp_path / 'back' / 'clip_towers')
     assert paper.main(['--record', folder, '--row', 'inference-10k-vitl14', '--commit', 'cbe2ba9']) == 0
     (record,) = json.load(open(outputs / 'paper.json'))['runs']
