@@ -194,7 +194,9 @@ def main(argv=None):
                    help='runs per --frozen_kernels way too, in this order (eager: the authors\' kernels)')
     p.add_argument('--nepoch', type=int, default=200)
     p.add_argument('--device', default='auto')
-    p.add_argument('--small', action='store_true', help='tiny stand-ins and a small dataset (CPU smoke test)')
+    p.add_argument('--small', action='store_true',
+                   help="tiny stand-ins and a small dataset (CPU smoke test), without 'compiled' kernels (unless "
+                        "the only ones asked for: a compile takes minutes of a CPU)")
     p.add_argument('--sizes', type=int, nargs=3, metavar=('TRAIN', 'VAL', 'TEST'),
                    help='random images per split (default 45000 5000 10000; 300 100 100 with --small)')
     p.add_argument('--data_root', help='real CIFAR-10: the folder holding cifar-10-batches-py/ '
@@ -204,6 +206,8 @@ def main(argv=None):
     p.add_argument('extra', nargs=argparse.REMAINDER, help='further train_CIFAR.py flags after --')
     args = p.parse_args(argv)
     args.extra = [a for a in args.extra if a != '--']
+    if args.small:
+        args.kernels = [k for k in args.kernels if k != 'compiled'] or args.kernels
     device = resolve_device(args.device)
     if args.data_root:
         splits = load_cifar('cifar10', args.data_root, download=False)

@@ -143,14 +143,6 @@ def training(encoder, recipe, *more):
     return command
 
 
-def kernel_training(encoder):
-    """train_CIFAR.py's default mode on the authors' recipe per --frozen_kernels way of KERNEL_RUNS; at smoke
-    size without 'compiled' (its compilation alone would take minutes of a CPU)."""
-    full, smoke = training(encoder, 'authors', *KERNEL_RUNS[encoder]), training(
-        encoder, 'authors', *(k for k in KERNEL_RUNS[encoder] if k != 'compiled'))
-    return lambda args, out: (smoke if args.smoke else full)(args, out)
-
-
 def frozen_kernels(args, out):
     """The authors' step's frozen networks alone (benchmarks.frozen_kernels), each --frozen_kernels way."""
     return [PY, '-m', 'benchmarks.frozen_kernels', '--out', out, *(SMOKE['frozen_kernels'] if args.smoke else [])]
@@ -236,9 +228,9 @@ def stages():
     # the authors' paths' default mode (graphed evaluation, eager step) per --frozen_kernels way: the
     # network-level figures first, then what they make of an epoch (f_p folds on the SimCLR path only)
     listed += [Stage('frozen_kernels', frozen_kernels),
-               Stage('training-kernels-SimCLR-authors', kernel_training('SimCLR'), needs_cifar=True, recipe='authors'),
-               Stage('training-kernels-ViT-L14-authors', kernel_training('ViT-L/14'), needs_cifar=True,
-                     recipe='authors')]
+               *(Stage(f'training-kernels-{encoder.replace("/", "")}-authors',
+                       training(encoder, 'authors', *KERNEL_RUNS[encoder]), needs_cifar=True, recipe='authors')
+                 for encoder in KERNEL_RUNS)]  # at smoke size (--small) without 'compiled'
     listed += [Stage('file_training', file_training), Stage('retrieval', retrieval), Stage('extraction', extraction),
                Stage('simclr_speed', *simclr_speed(), needs_cifar=True),
                Stage('profile-SimCLR-authors', training('SimCLR', 'authors', '--profile', '--modes', 'eval'),
