@@ -1,7 +1,10 @@
-"""The one training/evaluation loop every dataset script calls.
+"""What every dataset script calls: the checks, the run folder, the data prepared once, the k, the
+trainer (utils/trainer.py holds the loop and the training step) and the run's outputs.
 
 Data flows one way, once: images → frozen f_p → cached features → cached neighbour table →
-training on the device. Evaluation runs the DDIM sampler on the cached validation/test features
+training on the device (where the recipe has f_p re-encode each augmented training batch and search
+its neighbours anew, as the authors' SimCLR path does, the step does that: Trainer.retrieved_labels).
+Evaluation runs the DDIM sampler on the cached validation/test features
 (the authors re-encoded those images at every evaluation; the features are identical).
 
 A run folder holds config.json, log.jsonl (one line per evaluation), best.pt and last.pt

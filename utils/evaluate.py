@@ -44,7 +44,7 @@ class SplitInputs:
         self.diff_input, self.features, self.images = diff_input, features, images or {}
         self.backbone_features = backbone_features
         self.mean, self.std = mean, std
-        # image files per split, decoded batch by batch (centre crops, utils/files.Decoding) where no pixels are held
+        # image files per split, decoded batch by batch (centre crops, utils/data/image_files.Decoding) where no pixels are held
         self.files, self.decoding, self.num_workers = files or {}, decoding, num_workers
 
     def size(self, split):
@@ -125,7 +125,7 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
     a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar.
     With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
     the label itself first (top-5 accuracy from the same deterministic sample). `graphs`:
-    batch_labeller(model, diffusion, n_steps, top_k) wrapped in utils/graphs.GraphedCalls, which replaces
+    batch_labeller(model, diffusion, n_steps, top_k) wrapped in utils/runtime/graphs.GraphedCalls, which replaces
     the deterministic labels' eager kernels where no samples are drawn."""
     evaluation_mode(model, eval_bn)
     device = diffusion.betas.device

@@ -146,7 +146,8 @@ def neighbour_table(features, k, **search):
 
 
 neighbour_table.version = 2  # 2: equal distances to the lower index (1: as torch.topk broke the ties)
-# its cache's key names the computation as it was named when the cache was written first (utils/cache.py)
+# its cache key keeps the name the computation had when such caches were first written (a module
+# utils.cache, since split up), so those caches stay valid: utils/encoders/cache.py keys every cached computation by name
 neighbour_table.cache_name = 'utils.cache.neighbour_table'
 
 

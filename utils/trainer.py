@@ -124,7 +124,7 @@ class Trainer:
 
     def store_frozen_bf16(self):
         """The frozen image networks a step runs under bf16 autocast keep bf16 weights, cast once rather
-        than at every call (utils/graphs.store_frozen_bf16): the f_p encoder that re-encodes each augmented
+        than at every call (utils/runtime/graphs.store_frozen_bf16): the f_p encoder that re-encodes each augmented
         batch, and a frozen diffusion encoder (the authors' CIFAR one)."""
         fp_encoder = self.data.fp_encoder
         if fp_encoder is not None and fp_encoder.bf16:

@@ -132,7 +132,7 @@ def augmented_view(images, seed, chunk=4096):
 @torch.no_grad()
 def encode_files(encoders, paths, batch_size, num_workers, decoding, desc, augment=None, first=0):
     """Every encoder's features of the files, each image decoded once as `decoding` says (the centre
-    crop, or with `augment` the seeded view, utils/files.ImageFiles; `first`: the number of the first
+    crop, or with `augment` the seeded view, utils/data/image_files.ImageFiles; `first`: the number of the first
     file)."""
     from tqdm import tqdm
 

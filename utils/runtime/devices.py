@@ -1,4 +1,4 @@
-"""Devices, seeds and run folders."""
+"""The device a run asks for (`--device`), and how it is named in results."""
 import os
 
 import torch

@@ -1,13 +1,9 @@
-"""Reading and writing files.
+"""Writing files (reading them, distrustfully, is utils/storage/loading.py).
 
 Writes are atomic: a file appears whole or not at all, even if the process is killed mid-write.
-Reads trust nothing: every file may come from someone else (shared caches, checkpoints, data
-folders), so nothing is unpickled in a way that can run code. Torch files load with
-`weights_only=True`; plain pickles (CIFAR's python batches) go through an unpickler that admits only
-builtin containers, strings, bytes, numbers and numpy arrays.
 
 Every write (atomic_write, append_jsonl) first tells the run folder it lands in, where this process
-holds one (utils/rundir.RunClaim): the folder records what its runs wrote before they write it, so a
+holds one (utils/runs/folders.RunClaim): the folder records what its runs wrote before they write it, so a
 later run knows which files are a run's and which are someone else's.
 """
 import errno
@@ -45,7 +41,7 @@ class _Recording:
 
 
 # the run folders this process holds, each with the function that records a file about to be written
-# into it (its path relative to the folder): utils/rundir.RunClaim registers and removes itself
+# into it (its path relative to the folder): utils/runs/folders.RunClaim registers and removes itself
 _OWNED_FOLDERS = {}
 
 
