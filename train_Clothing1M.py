@@ -13,11 +13,11 @@ labelled by --subset_labels FILE or noisy_label_kv.txt). --fp_encoder classifier
 FILE uses a torchvision-layout classifier trained on Clothing1M as f_p.
 
 Defaults follow the authors' train_Clothing1M.py: f_p is their "Centrality and Consistency"
-classifier CC_net.pt (its 128-d projection; --fp_checkpoint PATH, default model/CC_net.pt), 300
-epochs (the cosine learning-rate horizon), batch 256, warm-up 1, k 20, feature_dim 1024, and a
-class-balanced draw of 10,000 images per class, redrawn every epoch (--per_class 10000; 0 trains on
-every image each epoch). Their retrieval weighs every sample of a batch alike
-(--candidate_weights uniform).
+classifier CC_net.pt (its 128-d projection; --fp_checkpoint PATH, default the published file, fetched
+into --inputs_dir), 300 epochs (the cosine learning-rate horizon), batch 256, warm-up 1, k 20,
+feature_dim 1024, and a class-balanced draw of 10,000 images per class, redrawn every epoch
+(--per_class 10000; 0 trains on every image each epoch). Their retrieval weighs every sample of a
+batch alike (--candidate_weights uniform).
 """
 from utils.data.clothing1m import cc_select_files, read_clothing1m
 from utils.engine import main as run_script

@@ -6,7 +6,7 @@ import torch
 
 from utils.storage.saving import save_json
 
-# The authors' code on one H100, bf16 not used (design notes, section 2): the figures ours are set beside.
+# The authors' code on one H100, bf16 not used (docs/REFERENCE.md): the figures ours are set beside.
 AUTHORS_H100 = {
     'inference_s': {  # encoder + 10-step DDIM over CIFAR-sized images
         10000: {'Standard': 1.24, 'SimCLR': 3.01, 'ViT-B/32': 3.81, 'ViT-B/16': 3.58, 'ViT-L/14': 8.18},

@@ -442,7 +442,7 @@ def chosen_rows(args, p):
 
 def list_rows():
     for row in ROWS.values():
-        print(f'{row.id:32s} {row.paper.text(row.unit):>9s}  {row.command()}')
+        print(f'{row.id:32s} {row.table:28s} {row.paper.text(row.unit):>9s}  {row.command()}')
 
 
 def check_inputs(rows, extra):

@@ -89,11 +89,12 @@ class Row:
 
 ENCODERS = {'simclr': ('SimCLR', ()), 'clip': ('CLIP ViT-L/14', ('--fp_encoder', 'CLIP', '--CLIP_type', 'ViT-L/14'))}
 HYBRIDS = {'u30': ('_U_0.3', 'uniform 30%'), 'u60': ('_U_0.6', 'uniform 60%'), 'a30': ('_A_0.3', 'asymmetric 30%')}
-GPU_TIME = {'simclr': '≈ 15 min on one H200 (4.04 s a warm epoch × 200 + evaluations, projected; docs/RESULTS.md)',
+GPU_TIME = {'simclr': '≈ 14 min on one H200 (4.04 s a warm epoch × 200 + features and evaluations, projected; '
+                      'docs/RESULTS.md)',
             'clip': '≈ 8 min on one H200 (ViT-L/14 keys: 1.98 s a warm epoch × 200 + features and evaluations, '
                     'projected; docs/RESULTS.md)'}
-# the design notes quote these from the paper, and an independent re-run of the authors' code
-CIFAR10_PMD1_35 = {'clip': Figure(96.54, None, 'design notes §2, quoting the paper; not re-read from the v1 LaTeX')}
+# the paper's figure and an independent re-run of the authors' code (docs/REFERENCE.md)
+CIFAR10_PMD1_35 = {'clip': Figure(96.54, None, 'docs/REFERENCE.md, quoting the paper; not re-read from the v1 LaTeX')}
 # The authors' NeurIPS 2023 poster (puar-playground/puar-playground.github.io @ 5ceb4fe, assets/poster/LRA.pdf,
 # its "Benchmark Experiment" table): CIFAR-10 only, and its columns do not say which PMD type they are, so
 # these stand beside every type's row as a reference, never as the paper's figure of one type.
@@ -103,8 +104,8 @@ POSTER = {(35, None): {'simclr': '88.76 ± 0.24', 'clip': '96.54 ± 0.13'},
           (35, 'u60'): {'simclr': '84.43 ± 0.82', 'clip': '87.21 ± 0.71'},
           (35, 'a30'): {'simclr': '85.64 ± 0.23', 'clip': '93.65 ± 0.40'}}
 POSTER_COLUMNS = {None: '{rate}% PMD', 'u30': '35% PMD + 30% U', 'u60': '35% PMD + 60% U', 'a30': '35% PMD + 30% A'}
-AUTHORS_RERUN = {'simclr': "authors' code re-run, 25–31 epochs: 87.1–89.1% (design notes §2)",
-                 'clip': "authors' code re-run, 25–31 epochs, ViT-L/14: 95.24% (design notes §2)"}
+AUTHORS_RERUN = {'simclr': "authors' code re-run, 25–31 epochs: 87.1–89.1% (docs/REFERENCE.md)",
+                 'clip': "authors' code re-run, 25–31 epochs, ViT-L/14: 95.24% (docs/REFERENCE.md)"}
 
 
 def poster_reference(dataset, rate, encoder, hybrid):
@@ -204,7 +205,7 @@ def inference_rows():
             rows.append(Row(f'inference-{size // 1000}k-{column.lower().replace("/", "").replace("-", "")}',
                             'inference time', f'{size:,} images, {column}', UNKNOWN, 'benchmarks.inference',
                             ('--columns', column, '--sizes', str(size)), (), 'under a minute',
-                            metric='seconds', reference=f"authors' code, one H100: {theirs} s (design notes §2)"))
+                            metric='seconds', reference=f"authors' code, one H100: {theirs} s (docs/REFERENCE.md)"))
     return rows
 
 

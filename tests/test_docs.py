@@ -78,3 +78,41 @@ def test_the_pointer_patterns_find_what_they_should():
 @pytest.mark.parametrize('label,text', list(texts()), ids=lambda v: v if len(v) < 80 else '')
 def test_every_pointer_in_the_docs_and_the_code_exists(label, text):
     assert not broken_pointers(label, text)
+
+
+def definition_lines(path, name):
+    """The line numbers of `name` (a top-level definition, or `Class.method`) in a module."""
+    node, found = ast.parse(open(path, encoding='utf-8').read()), None
+    for part in name.split('.'):
+        found = next((n for n in node.body if getattr(n, 'name', None) == part), None)
+        assert found is not None, f'{name} is not defined in {os.path.relpath(path, ROOT)}'
+        node = found
+    first = min([found.lineno] + [d.lineno for d in getattr(found, 'decorator_list', [])])
+    return set(range(first, found.end_lineno + 1))
+
+
+def test_the_readmes_method_table_names_real_definitions_and_counts_their_lines():
+    """README's "The method in about N lines": each `file` it names exists and each name after it is defined
+    there; the definitions named (a file named alone: all of it) add up to N lines, within 15%."""
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    n, section = re.search(r'^## The method in about (\d+) lines\n(.*?)^## ', readme, re.M | re.S).groups()
+    lines = {}
+    for row in re.findall(r'^\|[^|]*\|(.*)\|$', section, re.M)[2:]:  # the header and its rule first
+        path = None
+        for token in re.findall(r'`([^`]+)`', row):
+            if token.endswith('.py'):
+                path = os.path.join(ROOT, token)
+                whole = set(range(1, len(open(path, encoding='utf-8').read().splitlines()) + 1))
+                lines.setdefault(path, set()).update(whole if f'`{token}`:' not in row else ())
+            else:
+                lines[path] |= definition_lines(path, token)
+    counted = sum(len(v) for v in lines.values())
+    assert abs(counted - int(n)) <= 0.15 * int(n), (counted, n)
+
+
+def test_the_readme_sections_other_docs_name_exist():
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    sections = set(re.findall(r'^## (.+)$', readme, re.M))
+    for label, text in texts():
+        for name in re.findall(r'main README, "([^"]+)"', text):
+            assert name in sections, f'{label} names the README section "{name}"'

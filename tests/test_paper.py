@@ -43,6 +43,15 @@ def test_the_registry_holds_every_table_of_the_paper():
         assert bool(generated) == (len(parts) == 5 and parts[1] in ('pmd2', 'pmd3'))  # the type-II/III hybrids
 
 
+def test_list_prints_each_rows_id_table_figure_and_command(capsys):
+    assert paper.main(['--list']) in (0, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(ROWS)
+    for line, row in zip(lines, ROWS.values()):
+        assert line.split()[0] == row.id and f' {row.table} ' in line
+        assert line.endswith(row.command()) and f' {row.paper.text(row.unit)}  ' in line
+
+
 def test_check_inputs_offline_names_each_missing_input_in_one_line(tmp_path, capsys):
     rc = paper.main(['--check-inputs', '--row', 'cifar10-pmd2-35-a30-simclr', '--', '--data_root', str(tmp_path)])
     lines = capsys.readouterr().out.strip().splitlines()

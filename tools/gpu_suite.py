@@ -628,7 +628,7 @@ STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inf
 def markdown_table(records):
     devices = sorted({str(rec['result'].get('device')).split(', torch')[0] for rec in records.values()
                       if rec['status'] == 'ok' and rec['result'].get('device')})
-    lines = [f'Device: {"; ".join(devices) or "unknown"}. Authors: their code on one H100 (design notes). '
+    lines = [f'Device: {"; ".join(devices) or "unknown"}. Authors: their code on one H100 (docs/REFERENCE.md). '
              'Speed-up = authors ÷ ours, shown for GPU figures only.', '',
              '| figure | ours | authors, H100 | speed-up | target |', '|---|---|---|---|---|']
     for name, record in records.items():

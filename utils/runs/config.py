@@ -109,9 +109,9 @@ def _fp_flags(g, kind):
                    help='where the clip package keeps downloaded weights (default ~/.cache/clip)')
     g.add_argument('--fp_checkpoint',
                    help="f_p's file: a SimCLR checkpoint (default: the authors' SimCLR_128_<dataset>, fetched into "
-                        '--inputs_dir), the CC classifier (default: model/CC_net.pt), an --fp_encoder classifier '
-                        'checkpoint, timm/OpenCLIP weights, or with --fp_encoder features an .npz of float arrays '
-                        "train, val, test (rows in the dataset's order)")
+                        "--inputs_dir), the CC classifier (default: the authors' CC_net.pt, fetched likewise), an "
+                        '--fp_encoder classifier checkpoint, timm/OpenCLIP weights, or with --fp_encoder features an '
+                        ".npz of float arrays train, val, test (rows in the dataset's order)")
     g.add_argument('--fp_model', help='--fp_encoder timm: any timm model name; open_clip: the architecture '
                    '(e.g. ViT-B-16-SigLIP)')
     g.add_argument('--fp_pretrained', help='--fp_encoder open_clip: the weights tag')
@@ -208,7 +208,7 @@ def _evaluation_flags(g, kind):
 def _recipe_flags(g, kind):
     """The authors' protocol or each improvement."""
     g.add_argument('--recipe', choices=RECIPES,
-                   help="authors: the authors' protocol, exactly; improved: every improvement below at once. "
+                   help="authors: the authors' protocol, their scripts' quirks included; improved: every improvement below at once. "
                         'Each flag below left unset follows the recipe (--print_config shows what it resolved to)')
     g.add_argument('--freeze_diff_encoder', action=argparse.BooleanOptionalAction,
                    help="keep the diffusion encoder at its initial weights (authors, CIFAR and Food-101N: the "
