@@ -180,7 +180,7 @@ def simclr_speed(*flags):
 
     def result(out, args):
         """Seconds per epoch, the first apart, and the kNN accuracy at the end, from the run's sidecar."""
-        sidecar = load_json(os.path.join(simclr_speed_dir(args, flags), 'encoder.json'))
+        sidecar = read_json(os.path.join(simclr_speed_dir(args, flags), 'encoder.json'))
         keys = ('architecture', 'dataset', 'batch_size', 'epochs', 'first_epoch_s', 'warm_epoch_s', 'warm_epochs',
                 'epochs_per_s', 'cuda_graph', 'knn_curve', 'device')
         return {k: sidecar[k] for k in keys}
@@ -204,9 +204,9 @@ def paper_row_result(out, args):
     """What the row's command did and the run's figures (all inside the suite's results JSON: a device sends
     back at most 8 files), and its encoder's shards moved to where ship() takes them from."""
     shipped = os.path.join(args.out, 'paper_row')
-    record = load_json(os.path.join(shipped, 'paper_device.json'))
+    record = read_json(os.path.join(shipped, 'paper_device.json'))
     for name in ('config.json', 'encoder.json'):
-        record[name.split('.')[0]] = load_json(os.path.join(shipped, 'run', name))
+        record[name.split('.')[0]] = read_json(os.path.join(shipped, 'run', name))
     log = os.path.join(shipped, 'run', 'log.jsonl')
     record['log'] = [json.loads(line) for line in open(log) if line.strip()] if os.path.isfile(log) else []
     if os.path.isdir(os.path.join(shipped, 'simclr_shards')):
@@ -313,22 +313,24 @@ def stage_path(args, stage, suffix='.json'):
     return os.path.join(args.out, stage.name + suffix)
 
 
-def load_json(path):
+def read_json(path):
+    """A JSON file the suite needs: a missing or damaged one is an error here, not an empty result
+    (utils/storage/loading.load_json's contract, for caches)."""
     with open(path) as f:
         return json.load(f)
 
 
 def finished(args, stage):
     path = stage_path(args, stage)
-    return os.path.isfile(path) and load_json(path).get('complete', True)
+    return os.path.isfile(path) and read_json(path).get('complete', True)
 
 
 def run_stage(args, stage, deadline):
     """Run one stage; returns 'done', 'cut off', 'failed' or a note why it did not run."""
     cutoff = stage_path(args, stage, '.cutoff.json')
     budget = deadline - time.monotonic()
-    if os.path.isfile(cutoff) and not stage.resumable and budget <= load_json(cutoff)['timeout_s']:
-        return (f'skipped: cut off at {load_json(cutoff)["timeout_s"]:.0f} s before and only {budget:.0f} s are '
+    if os.path.isfile(cutoff) and not stage.resumable and budget <= read_json(cutoff)['timeout_s']:
+        return (f'skipped: cut off at {read_json(cutoff)["timeout_s"]:.0f} s before and only {budget:.0f} s are '
                 f'left; give it a longer command (--budget_s) or delete {cutoff}')
     if stage.needs_cifar and (missing := find_cifar(args, deadline)):
         return f'skipped: {missing}'
@@ -350,7 +352,7 @@ def run_stage(args, stage, deadline):
     try:
         if rc not in stage.ok_codes:
             raise RuntimeError(f'exit code {rc}')
-        record.update(status='ok', result=(stage.collect or (lambda p, a: load_json(p)))(raw, args))
+        record.update(status='ok', result=(stage.collect or (lambda p, a: read_json(p)))(raw, args))
         record['complete'] = record['result'].get('complete', True)
     except Exception as exc:  # a failed stage is recorded (and not retried) so the suite goes on
         record.update(status='failed', complete=True, error=f'{type(exc).__name__}: {exc}', log_tail=tail(log))
@@ -564,7 +566,7 @@ def simclr_speed_rows(name, r, on_gpu):
 def unpack_row(results_json, folder):
     """The paper row's summary.json, config.json, log.jsonl and encoder.json from the suite's results, into
     `folder`: a run folder `benchmarks.paper --record` reads."""
-    row = load_json(results_json)['stages']['paper_row']['result']
+    row = read_json(results_json)['stages']['paper_row']['result']
     os.makedirs(folder, exist_ok=True)
     for name in ('summary', 'config', 'encoder'):
         save_json(row[name], os.path.join(folder, f'{name}.json'))
@@ -585,7 +587,7 @@ def unpack_inference(results_json, folder):
     for each row it times. Returns (stage folder, row id, labels) per timed row."""
     from benchmarks.paper import RUN_FILE, timed_row
     from benchmarks.paper_rows import ROWS
-    stages, unpacked = load_json(results_json)['stages'], []
+    stages, unpacked = read_json(results_json)['stages'], []
     for name, labels in INFERENCE_STAGES.items():
         record = stages.get(name) or {}
         if record.get('status') != 'ok':
@@ -637,7 +639,7 @@ def markdown_table(records):
 
 
 def collect_records(args):
-    return {s.name: load_json(stage_path(args, s)) for s in stages() if os.path.isfile(stage_path(args, s))}
+    return {s.name: read_json(stage_path(args, s)) for s in stages() if os.path.isfile(stage_path(args, s))}
 
 
 def ship(args, summary):
@@ -656,7 +658,7 @@ def continue_from(args):
         print(f'--continue_from {args.continue_from}: no such file yet, starting afresh')
         return
     known = {s.name for s in stages()}
-    for name, record in load_json(args.continue_from).get('stages', {}).items():
+    for name, record in read_json(args.continue_from).get('stages', {}).items():
         if name in args.rerun:
             continue
         if name not in known or not isinstance(record, dict) or record.get('status') not in ('ok', 'failed'):
