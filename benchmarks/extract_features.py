@@ -28,6 +28,7 @@ from utils.data.images import normalize_images
 from utils.encoders.base import FrozenEncoder, encode_all
 from utils.encoders.feature_file import SPLITS, save_feature_file
 from utils.errors import EncoderError
+from utils.storage.loading import load_torch
 
 LITE_MEAN = (127 / 255,) * 3  # (x/255 - 127/255) / (128/255) = (x - 127) / 128
 LITE_STD = (128 / 255,) * 3
@@ -76,7 +77,7 @@ def weights_path(model):
 def load_lite(model, size, device='cpu'):
     path = weights_path(model)
     encoder = EfficientNetLite(model, size)
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    state = load_torch(path, 'EfficientNet weights', fix='reinstall the weights package')
     state = {k: v for k, v in state.items() if not k.startswith('_fc.')}
     encoder.net.load_state_dict(state, strict=True)
     encoder.source = path

@@ -86,6 +86,25 @@ def test_clip_offline_names_the_fix(tmp_path, monkeypatch):
         load_clip('ViT-L/14', download_root=str(tmp_path))
 
 
+def test_clip_torchscript_archive_loads_as_its_weights(tmp_path):
+    """The released CLIP files are TorchScript archives: their weights build the same tower as a state dict."""
+    import warnings
+
+    import clip.model
+
+    from utils.encoders.random_weights import CLIP_ARCHS
+    torch.manual_seed(0)
+    model = clip.model.CLIP(*CLIP_ARCHS['tiny']).eval()
+    image, text = torch.randn(1, 3, 32, 32), torch.zeros(1, model.context_length, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.jit.save(torch.jit.trace(model, (image, text)), tmp_path / 'archive.pt')
+    torch.save(model.state_dict(), tmp_path / 'state.pt')
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    archive, state = (load_clip(str(tmp_path / name)).encode(images) for name in ('archive.pt', 'state.pt'))
+    assert torch.equal(archive, state)
+
+
 def test_unknown_clip_type_is_refused():
     with pytest.raises(EncoderError, match='unknown --CLIP_type'):
         load_clip('ViT-H/99')

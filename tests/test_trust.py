@@ -113,6 +113,49 @@ def test_hostile_simclr_state_is_refused(tmp_path, marker):
         pretrain_SimCLR.main(['--resume', str(tmp_path / 'simclr')])
 
 
+@pytest.mark.parametrize('env_override', [False, True])
+def test_hostile_clip_checkpoint_is_refused(tmp_path, marker, monkeypatch, env_override):
+    """The clip package's own loader falls back to a plain torch.load (torch lets an environment variable
+    turn its default off): the package reads local CLIP files itself, weights only."""
+    from utils.encoders.clip import load_clip
+    if env_override:
+        monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    path = tmp_path / 'ViT-B-32.pt'
+    torch.save({'visual.conv1.weight': Marker(marker)}, path)
+    with pytest.raises(UnsafeFile, match=f'CLIP checkpoint {path} refused'):
+        load_clip(str(path))
+
+
+@pytest.mark.parametrize('what', ['SimCLR', 'CC classifier', 'ResNet'])
+def test_hostile_encoder_checkpoints_are_refused_in_one_line(tmp_path, marker, what):
+    from utils.encoders.cc_net import load_cc
+    from utils.encoders.imagenet import load_imagenet_resnet
+    from utils.encoders.simclr import load_simclr
+    load = {'SimCLR': load_simclr, 'CC classifier': load_cc,
+            'ResNet': lambda p: load_imagenet_resnet('resnet18', weights=p)}[what]
+    path = tmp_path / 'encoder.pt'
+    torch.save({'f.conv1.weight': Marker(marker)}, path)
+    with pytest.raises(UnsafeFile, match=f'{what} checkpoint {path} refused: loading it would call'):
+        load(str(path))
+    path.write_bytes(b'\x80\x02not a checkpoint')
+    with pytest.raises((UnsafeFile, CorruptFile), match=f'{what} checkpoint {path} ') as refused:
+        load(str(path))
+    assert '\n' not in str(refused.value) and len(str(refused.value)) < 400
+
+
+def test_clip_file_that_is_no_clip_model_is_named(tmp_path):
+    from utils.encoders.clip import load_clip
+    torch.save({'weight': torch.zeros(2)}, tmp_path / 'other.pt')
+    torch.save([torch.zeros(2)], tmp_path / 'list.pt')
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(EncoderError, match='other.pt is not a CLIP checkpoint the clip package can build'):
+        load_clip(str(tmp_path / 'other.pt'))
+    with pytest.raises(EncoderError, match='list.pt holds a list, not the state dict'):
+        load_clip(str(tmp_path / 'list.pt'))
+    with pytest.raises(UnsafeFile, match=r'junk.pt refused: it is not a file torch reads without running code \(Unsupported operand'):
+        load_clip(str(tmp_path / 'junk.pt'))
+
+
 def test_cifar_batch_whose_counts_differ_is_refused(tmp_path):
     from utils.errors import DatasetMissing
     content = write_cifar10(str(tmp_path))

@@ -19,6 +19,7 @@ from utils.encoders.base import FrozenEncoder
 from utils.errors import EncoderError
 from utils.networks import RESNETS
 from utils.storage.published import cc_net_path
+from utils.storage.loading import load_torch
 
 CC_CHECKPOINT = 'CC_net.pt'
 
@@ -82,10 +83,7 @@ def load_cc(path=None, device='cpu', inputs_dir=None):
     if not os.path.isfile(path):
         raise EncoderError(f'CC classifier checkpoint {path} not found: copy the published {CC_CHECKPOINT} '
                            f"(puar-playground/LRA-diffusion, model/{CC_CHECKPOINT}) there or pass --fp_checkpoint PATH")
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:
-        raise EncoderError(f'{path} could not be read as a torch checkpoint ({exc})') from exc
+    state = load_torch(path, 'CC classifier checkpoint', fix='pass another --fp_checkpoint')
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EncoderError(f'{path} is not a state dict (name → tensor); expected the CC classifier {CC_CHECKPOINT}')
     state = {k.removeprefix('module.'): v for k, v in state.items()}

@@ -13,6 +13,7 @@ from utils.data.images import CLIP_MEAN, CLIP_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
 from utils.encoders.clip_tower import VisionTower
 from utils.errors import EncoderError
+from utils.storage.loading import load_torch
 
 CLIP_NAMES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14')
 
@@ -82,20 +83,46 @@ def load_clip(clip_type, device='cpu', download_root=None, tower='fused'):
 
 
 def _load_clip(clip, clip_type, device, download_root, tower):
-    if clip_type not in clip.available_models() and not os.path.isfile(clip_type):
+    path = _clip_file(clip, clip_type, download_root)
+    state = _clip_weights(path)
+    try:
+        model = clip.model.build_model(state)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise EncoderError(f'{path} is not a CLIP checkpoint the clip package can build '
+                           f'({type(exc).__name__}: {exc})') from None
+    encoder = CLIPEncoder(model, clip_type, tower)
+    encoder.source = clip_type
+    return encoder.finish(device)
+
+
+def _clip_file(clip, clip_type, download_root):
+    """The checkpoint file of a released model (downloaded, SHA-256 checked by the clip package) or a local path."""
+    if os.path.isfile(clip_type):
+        return clip_type
+    if clip_type not in clip.available_models():
         raise EncoderError(f'unknown --CLIP_type {clip_type!r}: use one of {", ".join(CLIP_NAMES)} or the '
                            f'path of a local CLIP checkpoint')
+    cache = download_root or os.path.expanduser('~/.cache/clip')
     try:
-        model, _ = clip.load(clip_type, device='cpu', jit=False, download_root=download_root)
+        return clip.clip._download(clip.clip._MODELS[clip_type], cache)
     except (OSError, RuntimeError) as exc:
-        if os.path.isfile(clip_type):
-            raise EncoderError(f'{clip_type} is not a CLIP checkpoint the clip package can build ({exc})') \
-                from exc
-        cache = download_root or os.path.expanduser('~/.cache/clip')
         raise EncoderError(
             f'CLIP {clip_type} weights are not in {cache} and could not be downloaded ({exc}). '
             f'Offline, copy the checkpoint file from an online machine (the clip package keeps it in '
             f'~/.cache/clip) and pass --CLIP_type /path/to/file.pt') from exc
-    encoder = CLIPEncoder(model, clip_type, tower)
-    encoder.source = clip_type
-    return encoder.finish(device)
+
+
+def _clip_weights(path):
+    """The state dict in a CLIP checkpoint, read without running code from the file.
+
+    The released files are TorchScript archives: torch.jit.load restores only TorchScript types and
+    compiles (never runs) their code, and only the weights are taken. Anything else is read as a state
+    dict with weights_only=True. (`clip.load` falls back to a plain torch.load, which unpickles anything.)"""
+    try:
+        return torch.jit.load(path, map_location='cpu').state_dict()
+    except RuntimeError:
+        pass  # not a TorchScript archive
+    state = load_torch(path, 'CLIP checkpoint')
+    if not isinstance(state, dict):
+        raise EncoderError(f'{path} holds a {type(state).__name__}, not the state dict of a CLIP model')
+    return state

@@ -10,6 +10,7 @@ from utils.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
 from utils.errors import EncoderError
 from utils.networks import RESNETS, resnet_width
+from utils.storage.loading import load_torch
 
 
 class ImageNetResNet(FrozenEncoder):
@@ -46,7 +47,8 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     if weights == 'imagenet':
         import torchvision
         try:
-            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+            weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
+            state = weights_enum.get_state_dict(progress=False, weights_only=True)  # torch.hub's default unpickles anything
         except Exception as exc:
             raise EncoderError(f'ImageNet weights for {arch} are not cached and could not be downloaded ({exc}); '
                                f'pass a local checkpoint path instead (e.g. --diff_encoder_weights '
@@ -57,9 +59,11 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     else:
         if not os.path.isfile(weights):
             raise EncoderError(f'ResNet checkpoint {weights} not found')
-        state = torch.load(weights, map_location='cpu', weights_only=True)
+        state = load_torch(weights, 'ResNet checkpoint', fix='pass another --diff_encoder_weights')
         if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
             state = state['state_dict']
+        if not isinstance(state, dict):
+            raise EncoderError(f'{weights} holds a {type(state).__name__}, not a torchvision {arch} state dict')
         source = os.path.abspath(weights)
     if state is not None:
         state = {k.removeprefix('module.'): v for k, v in state.items()}

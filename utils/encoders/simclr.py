@@ -15,6 +15,7 @@ from utils.encoders.base import FrozenEncoder
 from utils.errors import EncoderError
 from utils.networks import cifar_resnet_trunk, resnet_width
 from utils.runtime.frozen_kernels import fuse_trunk
+from utils.storage.loading import load_torch
 
 
 class SimCLREncoder(FrozenEncoder):
@@ -64,10 +65,7 @@ def load_simclr(path, device='cpu', mean=CIFAR_MEAN, std=CIFAR_STD):
         raise EncoderError(
             f'SimCLR checkpoint {path} not found. Make one with `python pretrain_SimCLR.py` or pass '
             f'--fp_checkpoint PATH (a state dict with the backbone under f.* and the head under g.*).')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:
-        raise EncoderError(f'{path} could not be read as a torch checkpoint ({exc})') from exc
+    state = load_torch(path, 'SimCLR checkpoint', fix='pass another --fp_checkpoint')
     if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
         state = state['state_dict']
     if not isinstance(state, dict) or not any(k.startswith('f.') for k in state):

@@ -48,10 +48,11 @@ def _refused(what, path, name):
                       f'(it could run code); delete it, or rebuild it from inputs you trust')
 
 
-def load_torch(path, what='checkpoint', numpy_arrays=False):
+def load_torch(path, what='checkpoint', numpy_arrays=False, fix='delete it to rebuild'):
     """torch.load(weights_only=True) that names a refused, corrupt or truncated file.
 
-    numpy_arrays: also admit pickled numpy arrays (files other tools wrote, e.g. CIFAR-N)."""
+    numpy_arrays: also admit pickled numpy arrays (files other tools wrote, e.g. CIFAR-N); fix: what a
+    corrupt file's message tells the user to do."""
     allowed = [(obj, name) for name, obj in NUMPY_GLOBALS.items()] + NUMPY_DTYPE_CLASSES if numpy_arrays else []
     try:
         with torch.serialization.safe_globals(allowed):
@@ -60,12 +61,16 @@ def load_torch(path, what='checkpoint', numpy_arrays=False):
         raise
     except pickle.UnpicklingError as exc:
         unsafe = re.search(r'Unsupported global: GLOBAL (\S+)|but got <class \'([^\']+)\'>', str(exc))
-        if unsafe or 'Weights only load failed' in str(exc):
-            name = next(g for g in unsafe.groups() if g) if unsafe else 'an object torch does not allow'
-            raise _refused(what, path, name) from None
-        raise _corrupt(what, path, exc) from exc
+        if unsafe:
+            raise _refused(what, path, next(g for g in unsafe.groups() if g)) from None
+        if 'Weights only load failed' in str(exc):  # damaged, or pickled with what the safe reader does not read
+            reason = re.search(r'WeightsUnpickler error: \s*(.+)', str(exc))
+            raise UnsafeFile(f'{what} {path} refused: it is not a file torch reads without running code '
+                             f'({reason.group(1).strip() if reason else "unreadable"}); it is damaged or was '
+                             f'written by another program: delete it, or rebuild it from inputs you trust') from None
+        raise _corrupt(what, path, exc, fix) from exc
     except Exception as exc:
-        raise _corrupt(what, path, exc) from exc
+        raise _corrupt(what, path, exc, fix) from exc
 
 
 def _corrupt(what, path, exc, fix='delete it to rebuild'):
