@@ -99,7 +99,7 @@ def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_ne
     with pytest.raises(KeyboardInterrupt):
         run(cfg_for(tmp_path, *flags), lambda c: small)
     run_dir = tmp_path / 'runs' / 'r'
-    (run_dir / '.best.pt.x1y2z3w4.tmp').write_bytes(b'half a checkpoint')  # a write the kill interrupted
+    (run_dir / '.best.pt.x1y2z3w4.lra-partial').write_bytes(b'half a checkpoint')  # a write the kill interrupted
     assert {'log.jsonl', 'best.pt', 'config.json'} <= read_record(str(run_dir)) and not (run_dir / 'last.pt').exists()
     before = snapshot(run_dir)
     np.save(tmp_path / 'bad.npy', np.zeros(3, np.int64))
@@ -109,8 +109,28 @@ def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_ne
     monkeypatch.setattr(Trainer, 'train_epoch', original)
     run(cfg_for(tmp_path, *flags), lambda c: small)
     assert [json.loads(line)['epoch'] for line in open(run_dir / 'log.jsonl')] == [1, 2, 3]  # never appended to
-    assert not list(run_dir.glob('.*.tmp')) and (run_dir / 'last.pt').exists() and not (run_dir / LOCK_NAME).exists()
+    assert not list(run_dir.glob('.*.lra-partial')) and (run_dir / 'last.pt').exists() and not (run_dir / LOCK_NAME).exists()
     assert read_record(str(run_dir)) >= {'last.pt', 'summary.json', 'train_denoised_labels.npy', 'accuracy.png'}
+
+
+def test_sweeps_remove_only_the_package_s_own_partial_writes(tmp_path):
+    """A shared cache and a resumed run's folder are swept of writes a killed run left; a user's .*.tmp
+    files there (an editor's, another program's) are not the package's to delete."""
+    from utils.storage.saving import atomic_write, partial_write_of, sweep_partial_writes
+    def dies(f):
+        f.write(b'half')
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / 'features.pt'), dies)
+    assert not os.listdir(tmp_path)  # an interrupted write cleans up after itself ...
+    mine = tmp_path / '.features.pt.ab_9xyz0.lra-partial'  # ... unless the process is killed mid-write
+    mine.write_bytes(b'half')
+    theirs = ['.notes.tmp', '.features.pt.ab_9xyz0.tmp', 'features.pt.ab_9xyz0.lra-partial', '.x.short.lra-partial']
+    for name in theirs:
+        (tmp_path / name).write_bytes(b'keep')
+    assert partial_write_of(mine.name) == 'features.pt'
+    assert sweep_partial_writes(str(tmp_path)) == [str(mine)]
+    assert sorted(os.listdir(tmp_path)) == sorted(theirs)
 
 
 def test_a_file_written_into_the_folder_before_the_run_is_the_run_s_when_recorded(tmp_path, small):

@@ -19,7 +19,7 @@ from utils.recipes import cuda_graph_mode
 from utils.runs.config import Config
 from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
-from utils.storage.saving import TMP_SUFFIX, owned_folder, remove_files, save_json, sweep_partial_writes
+from utils.storage.saving import owned_folder, partial_write_of, remove_files, save_json, sweep_partial_writes
 
 # 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
 # WebVision and Food-101N images are resized bicubic (2: bilinear); 2: the
@@ -254,13 +254,12 @@ def _write_record(run_dir, files):
 
 def _a_runs(rel, files):
     """Whether the file at `rel` is a run's: the lock, the record, a file the record names, or a partial
-    write of one (atomic_write's .<name>.<random>.tmp)."""
+    write of one (utils/storage/saving.partial_write_of)."""
     if rel in (LOCK_NAME, RECORD_NAME) or rel in files:
         return True
     head, name = os.path.split(rel)
-    if name.startswith('.') and name.endswith(TMP_SUFFIX):
-        return os.path.join(head, name[1:-len(TMP_SUFFIX)].rpartition('.')[0]) in files
-    return False
+    target = partial_write_of(name)
+    return target is not None and os.path.join(head, target) in files
 
 
 def foreign_files(run_dir, files):

@@ -9,6 +9,7 @@ later run knows which files are a run's and which are someone else's.
 import errno
 import json
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +90,16 @@ def atomic_write(path, write, check=None, flag='--out_dir / --cache_dir'):
         raise
 
 
-TMP_SUFFIX = '.tmp'
+# the temporary files of atomic_write are .<name>.<mkstemp's 8 characters>.lra-partial: a name no other
+# program uses, so a sweep removes only this package's own partial writes (never a user's .*.tmp)
+TMP_SUFFIX = '.lra-partial'
+_PARTIAL = re.compile(r'\.(.+)\.[a-z0-9_]{8}' + re.escape(TMP_SUFFIX))
+
+
+def partial_write_of(name):
+    """The name of the file a partial write (atomic_write's temporary file) named `name` was for, else None."""
+    match = _PARTIAL.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def remove_files(folder, names):
@@ -101,12 +111,11 @@ def remove_files(folder, names):
 
 
 def sweep_partial_writes(folder, older_than=None):
-    """Remove the temporary files of writes a killed process left behind (atomic_write's .*.tmp),
+    """Remove the temporary files of writes a killed process left behind (partial_write_of names them),
     only those last modified before the time `older_than` where given."""
     if not os.path.isdir(folder):
         return []
-    stale = [os.path.join(folder, name) for name in os.listdir(folder)
-             if name.startswith('.') and name.endswith(TMP_SUFFIX)]
+    stale = [os.path.join(folder, name) for name in os.listdir(folder) if partial_write_of(name)]
     stale = [path for path in stale if older_than is None or os.path.getmtime(path) < older_than]
     for path in stale:
         try:
