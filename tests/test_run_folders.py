@@ -133,6 +133,33 @@ def test_sweeps_remove_only_the_package_s_own_partial_writes(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(theirs)
 
 
+def test_a_fresh_run_of_another_kind_never_takes_a_stopped_run_s_folder(tmp_path, small, monkeypatch):
+    """A training run stopped before its first last.pt (its best.pt and log are what it has) is not a
+    leftover for a fresh SimCLR pre-training, nor is a finished one: either is refused, nothing changed."""
+    def dies_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+    original = Trainer.train_epoch
+    monkeypatch.setattr(Trainer, 'train_epoch', dies_in_epoch_2)
+    flags = ('--nepoch', '3', '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
+             '--n_samples', '0')
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_for(tmp_path, *flags), lambda c: small)
+    run_dir = tmp_path / 'runs' / 'r'
+    assert (run_dir / 'best.pt').exists() and not (run_dir / 'last.pt').exists()
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match='holds what a training run wrote before it stopped'):
+        RunClaim(str(run_dir), fresh=True, checkpoint='state.pt', other='--out_dir')
+    assert snapshot(run_dir) == before
+    monkeypatch.setattr(Trainer, 'train_epoch', original)
+    run(cfg_for(tmp_path, *flags), lambda c: small)  # the same kind of run takes it over, as before
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match=r'holds a training run \(last.pt\)'):
+        RunClaim(str(run_dir), fresh=True, checkpoint='state.pt', other='--out_dir')
+    assert snapshot(run_dir) == before
+
+
 def test_a_file_written_into_the_folder_before_the_run_is_the_run_s_when_recorded(tmp_path, small):
     run_dir = str(tmp_path / 'runs' / 'r')
     write_run_file(['--flags', 'that started it'], run_dir, 'benchmark_flags.json')  # benchmarks.accuracy

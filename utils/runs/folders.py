@@ -31,6 +31,9 @@ RECORD_NAME, RECORD_FORMAT, WRITTEN_BY = '.written.json', 1, 'LRA-diffusion'
 # what a run that died before its first checkpoint leaves that a fresh run must not go on from, and the
 # file that says a run finished (a folder holding it is never taken by a fresh run)
 LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
+# the kinds of run a folder can hold, by the checkpoint that says one is there: a fresh run takes no folder
+# holding either, and none whose record says another kind of run wrote there
+RUN_KINDS = {'last.pt': 'training', 'state.pt': 'SimCLR pre-training'}
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
 # and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
 # where inputs lie (the inputs themselves are checked by hash)
@@ -240,16 +243,27 @@ def _makedirs(folder):
 
 # ---- what a run folder's runs wrote ------------------------------------------------------------------
 
+def _own_record(run_dir):
+    record = load_json(os.path.join(run_dir, RECORD_NAME))
+    return record if record.get('written_by') == WRITTEN_BY else {}
+
+
 def read_record(run_dir):
     """The files (paths relative to run_dir) the folder's record says its runs wrote; none without one."""
-    record = load_json(os.path.join(run_dir, RECORD_NAME))
-    files = record.get('files') if record.get('written_by') == WRITTEN_BY else None
+    files = _own_record(run_dir).get('files')
     return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
 
 
-def _write_record(run_dir, files):
-    save_json({'written_by': WRITTEN_BY, 'format': RECORD_FORMAT, 'files': sorted(files)},
-              os.path.join(run_dir, RECORD_NAME))
+def recorded_kind(run_dir):
+    """The checkpoint name (a key of RUN_KINDS) of the kind of run the record says wrote there; None where it
+    does not say (no record, or one written before runs recorded their kind)."""
+    kind = _own_record(run_dir).get('kind')
+    return kind if kind in RUN_KINDS else None
+
+
+def _write_record(run_dir, files, kind=None):
+    record = {'written_by': WRITTEN_BY, 'format': RECORD_FORMAT, 'files': sorted(files)}
+    save_json({**record, 'kind': kind} if kind else record, os.path.join(run_dir, RECORD_NAME))
 
 
 def _a_runs(rel, files):
@@ -284,7 +298,14 @@ def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
     if os.path.exists(os.path.join(run_dir, checkpoint)):
         raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
                          f'another {other}')
+    for held, kind in RUN_KINDS.items():
+        if os.path.exists(os.path.join(run_dir, held)):
+            raise SetupError(f'{run_dir} holds a {kind} run ({held}); choose another {other}')
     files = read_record(run_dir)
+    written_by = recorded_kind(run_dir)
+    if files and written_by not in (None, checkpoint):
+        raise SetupError(f'{run_dir} holds what a {RUN_KINDS[written_by]} run wrote before it stopped '
+                         f'({", ".join(sorted(files)[:3])}); choose another {other}, or move that run away')
     foreign = foreign_files(run_dir, files)
     if foreign:
         more = f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''
@@ -302,7 +323,7 @@ def write_run_file(obj, run_dir, name):
     started it), entered in the folder's record first, so the run knows it for a run's file."""
     files = read_record(run_dir) | {name}
     os.makedirs(run_dir, exist_ok=True)
-    _write_record(run_dir, files)
+    _write_record(run_dir, files, recorded_kind(run_dir))
     save_json(obj, os.path.join(run_dir, name))
 
 
@@ -380,7 +401,7 @@ class RunClaim:
                 sweep_partial_writes(self.run_dir)
             if rel not in self.files:
                 self.files.add(rel)
-                _write_record(self.run_dir, self.files)
+                _write_record(self.run_dir, self.files, self.checkpoint)
 
     def release(self):
         """Stop recording, remove the lock file where this claim made it and the folders it made where
