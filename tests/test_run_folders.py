@@ -85,8 +85,9 @@ def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_found_it(tmp_path, 
     assert os.listdir(tmp_path / 'runs') == ['r']  # the folder it made is gone again
 
 
-def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_new_run_writes(tmp_path, small,
-                                                                                           monkeypatch):
+def killed_before_its_first_checkpoint(tmp_path, small, monkeypatch, nepoch):
+    """A run killed in epoch 2 of `nepoch`, before its first last.pt (its log and best.pt written); returns
+    its flags and Trainer.train_epoch as it was (the test puts it back to run again)."""
     original = Trainer.train_epoch
 
     def dies_in_epoch_2(self, epoch):
@@ -94,10 +95,16 @@ def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_ne
             raise KeyboardInterrupt  # a kill, as far as the folder can tell
         return original(self, epoch)
     monkeypatch.setattr(Trainer, 'train_epoch', dies_in_epoch_2)
-    flags = ('--nepoch', '4', '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
+    flags = ('--nepoch', nepoch, '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
              '--n_samples', '0')
     with pytest.raises(KeyboardInterrupt):
         run(cfg_for(tmp_path, *flags), lambda c: small)
+    return flags, original
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_cleared_only_when_the_new_run_writes(tmp_path, small,
+                                                                                           monkeypatch):
+    flags, original = killed_before_its_first_checkpoint(tmp_path, small, monkeypatch, '4')
     run_dir = tmp_path / 'runs' / 'r'
     (run_dir / '.best.pt.x1y2z3w4.lra-partial').write_bytes(b'half a checkpoint')  # a write the kill interrupted
     assert {'log.jsonl', 'best.pt', 'config.json'} <= read_record(str(run_dir)) and not (run_dir / 'last.pt').exists()
@@ -136,16 +143,7 @@ def test_sweeps_remove_only_the_package_s_own_partial_writes(tmp_path):
 def test_a_fresh_run_of_another_kind_never_takes_a_stopped_run_s_folder(tmp_path, small, monkeypatch):
     """A training run stopped before its first last.pt (its best.pt and log are what it has) is not a
     leftover for a fresh SimCLR pre-training, nor is a finished one: either is refused, nothing changed."""
-    def dies_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-    original = Trainer.train_epoch
-    monkeypatch.setattr(Trainer, 'train_epoch', dies_in_epoch_2)
-    flags = ('--nepoch', '3', '--warmup_epochs', '1', '--eval_every', '1', '--checkpoint_every', '5',
-             '--n_samples', '0')
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg_for(tmp_path, *flags), lambda c: small)
+    flags, original = killed_before_its_first_checkpoint(tmp_path, small, monkeypatch, '3')
     run_dir = tmp_path / 'runs' / 'r'
     assert (run_dir / 'best.pt').exists() and not (run_dir / 'last.pt').exists()
     before = snapshot(run_dir)
