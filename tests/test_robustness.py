@@ -140,6 +140,24 @@ def test_noise_file_out_of_range(tmp_path, digits):
     assert_refused(tmp_path, digits, ['--noise_type', str(tmp_path / 'range.npy')], ValueError, r'\[0, 9\]')
 
 
+def test_noise_file_of_one_class(tmp_path, digits):
+    np.save(tmp_path / 'one.npy', np.full(1197, 3))
+    assert_refused(tmp_path, digits, ['--noise_type', str(tmp_path / 'one.npy')], ValueError,
+                   'all 1197 labels are class 3')
+
+
+def test_labels_that_never_use_the_top_class_train_and_plot(tmp_path, digits):
+    """The confusion plots have the dataset's classes, not the labels' largest plus one (a square that
+    did not match the class names crashed after training, and again on every resume)."""
+    small = subset(digits, 200, 50)
+    labels = small.train_clean.numpy().copy()
+    labels[labels == 9] = 8
+    np.save(tmp_path / 'no9.npy', labels)
+    summary, run_dir = run(cfg_for(tmp_path, '--noise_type', str(tmp_path / 'no9.npy'), '--nepoch', '1',
+                                   '--n_samples', '0'), lambda c: small)
+    assert os.path.isfile(os.path.join(run_dir, 'confusion_noisy_vs_denoised.png'))
+
+
 def test_unknown_noise_type(tmp_path, digits):
     assert_refused(tmp_path, digits, ['--noise_type', 'digits-7-0.3'], ValueError, 'unknown --noise_type')
 

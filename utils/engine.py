@@ -234,7 +234,7 @@ def finish_outputs(trainer, data, splits, run_dir):
     clean = clean_train_labels(splits)
     noisy, denoised = data.noisy_labels.cpu().numpy(), denoised.cpu().numpy()
     probs = probs.cpu().numpy() if probs is not None else None
-    facts = write_training_outputs(run_dir, noisy, denoised, probs, clean, splits.class_names)
+    facts = write_training_outputs(run_dir, noisy, denoised, probs, splits.n_class, clean, splits.class_names)
     if not splits.in_memory:  # image files: the likely mislabelled ones by path, the splits' notes
         facts.update(rank_file_labels(run_dir, splits, noisy, denoised, probs, data.candidates.candidates,
                                       trainer.cfg.n_samples), **splits.notes)

@@ -61,6 +61,9 @@ def check_labels(labels, n_expected, n_class, source):
         else:
             raise NoiseError(f'{source}: labels must be integers, found dtype {labels.dtype}')
     check_label_range(labels, n_class, source)
+    if len(labels) > 1 and np.all(labels == labels[0]):  # nothing to learn from, or to retrieve
+        raise NoiseError(f'{source}: all {len(labels)} labels are class {labels[0]}; a label file names the '
+                         f'class of each training image, from at least two classes. Was it made for another split?')
     return labels.astype(np.int64)
 
 

@@ -74,13 +74,13 @@ def plot_confusion(matrix, row_name, col_name, path, class_names=None):
     plt.close(fig)
 
 
-def write_training_outputs(run_dir, noisy, denoised, probs, clean=None, class_names=None):
-    """Denoised labels and class probabilities for every training sample, plus confusion plots.
+def write_training_outputs(run_dir, noisy, denoised, probs, n_class, clean=None, class_names=None):
+    """Denoised labels and class probabilities for every training sample, plus confusion plots (n_class
+    square: the dataset's classes, whether or not the labels use them all).
 
     `train_probs.npy` rows sum to 1 and can go straight into label-issue tools, e.g.
     cleanlab's find_label_issues(labels=noisy, pred_probs=probs).
     """
-    n_class = probs.shape[1] if probs is not None else int(max(noisy.max(), denoised.max())) + 1
     save_npy(denoised.astype(np.int64), os.path.join(run_dir, 'train_denoised_labels.npy'))
     save_npy(noisy.astype(np.int64), os.path.join(run_dir, 'train_noisy_labels.npy'))
     if probs is not None:
