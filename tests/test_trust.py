@@ -1,7 +1,9 @@
 """Trust nothing read from disk: no file the package loads can run code, and every refusal names the file."""
 import errno
+import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -451,6 +453,54 @@ def test_resume_refuses_changed_inputs_naming_them(finished):
     other = subset(small, 200, 40)
     with pytest.raises(SetupError, match='the dataset differ'):
         run(resume(run_dir), lambda c: other)
+
+
+DAMAGED_CHECKPOINTS = [
+    (lambda c: c.pop('epoch'), 'epoch is missing'),
+    (lambda c: c.update(epoch='1'), "epoch is str '1', not an epoch"),
+    (lambda c: c.pop('data_info'), 'data_info is missing'),
+    (lambda c: c.update(model=[1]), 'model is list'),
+    (lambda c: c.update(best=[1]), 'best is list'),
+    (lambda c: c['data_info'].update(n_class='10'), 'data_info.n_class is str'),
+    (lambda c: c['config'].update(seed='123'), "config: --seed '123' is not a value of the flag"),
+    (lambda c: c['config'].update(k=2.5), 'config: --k 2.5 is not a value of the flag'),
+    (lambda c: c['config'].update(diff_encoder=3), 'config: --diff_encoder 3 is not a value of the flag'),
+    (lambda c: c['config'].update(diff_encoder='resnet19'), "config: --diff_encoder 'resnet19' is not a value"),
+    (lambda c: c['config'].update(k=0), 'config: --k 0 must be at least 1'),
+]
+
+
+@pytest.mark.parametrize('damage, says', DAMAGED_CHECKPOINTS, ids=[says for _, says in DAMAGED_CHECKPOINTS])
+def test_a_damaged_checkpoint_is_refused_naming_the_field_on_resume_and_predict(finished, damage, says, capsys):
+    small, _, run_dir = finished
+    for name in ('last.pt', 'best.pt'):
+        ckpt = load_torch(os.path.join(run_dir, name))
+        damage(ckpt)
+        save_torch(ckpt, os.path.join(run_dir, name))
+    with pytest.raises(SetupError, match=f'last.pt is damaged or was edited \\({re.escape(says)}'):
+        run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    with pytest.raises(SystemExit) as exited:
+        run_cli(predict.main, [run_dir, '--script', 'demo_digits.py'])
+    assert exited.value.code == 2 and 'best.pt is damaged or was edited' in capsys.readouterr().err
+
+
+def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
+    small, _, run_dir = finished
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    ckpt['config']['cuda_graph'] = False
+    save_torch(ckpt, last)
+    summary, _ = run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert summary['epochs'] == 3
+
+
+def test_a_damaged_config_json_is_replaced_on_resume(finished):
+    small, _, run_dir = finished
+    path = os.path.join(run_dir, 'config.json')
+    config = json.load(open(path))
+    json.dump({**config, 'resumes': 5}, open(path, 'w'))
+    run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert [r['after_epoch'] for r in json.load(open(path))['resumes']] == [1]
 
 
 def test_a_flag_added_after_the_run_was_made_takes_its_default(finished):

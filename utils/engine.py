@@ -221,9 +221,9 @@ def write_config(run_dir, cfg, info, device, ckpt):
     if ckpt is not None:
         original = load_json(path)  # unreadable: the fresh record replaces it
         if original:
-            resumes = original.get('resumes', []) + [{'after_epoch': ckpt['epoch'], **here,
-                                                      'command_line_flags': getattr(cfg, 'command_line_flags', None)}]
-            config = {**original, 'resumes': resumes}
+            before = original.get('resumes')
+            this = {'after_epoch': ckpt['epoch'], **here, 'command_line_flags': getattr(cfg, 'command_line_flags', None)}
+            config = {**original, 'resumes': (before if isinstance(before, list) else []) + [this]}
     save_json(config, path)
 
 

@@ -351,3 +351,48 @@ def given_flags(parser, argv):
         action.default = argparse.SUPPRESS
     parser._defaults.clear()  # the defaults tables, set once on the parser
     return sorted(vars(parser.parse_args(argv)))
+
+
+def _flag_actions():
+    """dest → argparse action of every flag the common parsers have (both kinds of dataset)."""
+    actions = {}
+    for kind in ('memory', 'files'):
+        for action in build_parser('', {}, kind=kind)._actions:
+            if action.option_strings and action.dest != 'help':
+                actions.setdefault(action.dest, action)
+    return actions
+
+
+def _could_give(action, value):
+    """Whether parsing a command line could have given `value` to the flag of `action`."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # switches
+        return isinstance(value, bool)
+    items = value if action.nargs in ('+', '*') else [value]
+    if action.nargs in ('+', '*') and not isinstance(value, list):
+        return False
+    kind = action.type or str
+    for item in items:
+        if kind is int and not (isinstance(item, int) and not isinstance(item, bool)):
+            return False
+        if kind is float and not (isinstance(item, (int, float)) and not isinstance(item, bool)):
+            return False
+        if kind is str and not isinstance(item, str):
+            return False
+        if action.choices is not None and item not in action.choices:
+            return False
+    return True
+
+
+def saved_flag_problems(saved):
+    """Values a run recorded (a checkpoint's config) that no command line could have given their flag: a
+    damaged or edited file, refused before it fails with a traceback. None is a value a run may record
+    (a default the recipe resolves, or a flag's value before it existed); flags of one script only are
+    not checked."""
+    actions = _flag_actions()
+    return [f'--{name} {value!r} is not a value of the flag' for name, value in saved.items()
+            if name in actions and value is not None and not _could_give(actions[name], value)
+            and not (name in RECORDED_SWITCHES and isinstance(value, bool))]
+
+
+# flags whose runs recorded True or False before they took a value (utils/recipes.cuda_graph_mode reads them)
+RECORDED_SWITCHES = ('cuda_graph',)

@@ -14,9 +14,12 @@ import os
 import threading
 import time
 
+import torch
+
 from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
-from utils.runs.config import Config
+from utils.runs.checks import config_problems
+from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
 from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import owned_folder, partial_write_of, remove_files, save_json, sweep_partial_writes
@@ -73,7 +76,74 @@ def load_run(run_dir, name='last.pt'):
         found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ResumeRefused(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
                             f'(found {found})')
+    problems = checkpoint_problems(ckpt) + [f'config: {p}' for p in saved_flag_problems(ckpt['config'])]
+    if not problems:  # values of the right kind, in the ranges the flags allow
+        problems = [f'config: {p}' for p in config_problems(Config(**{**COMMON_DEFAULTS, **ckpt['config']}))]
+    if problems:
+        raise ResumeRefused(f'{path} is damaged or was edited ({"; ".join(problems[:3])}); it cannot be resumed '
+                            f'or predicted with: use another checkpoint of the run, or start a new run')
     return ckpt
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensors(value):
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+# what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
+# wrote always is: anything else was damaged or edited, and would fail later with a traceback)
+CHECKPOINT_FIELDS = {
+    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: _is_int(v) and v >= 0, 'an epoch'),
+    'model': (_tensors, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
+                                                  "an optimiser's state"),
+    'ema': (lambda v: v is None or (isinstance(v, dict) and _tensors(v.get('weights'))), 'None or averaged weights'),
+    'best': (dict, 'a dict'), 'history': (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                                          'a list of records'),
+    'elapsed_s': (_is_number, 'seconds'),
+}
+DATA_INFO_FIELDS = {
+    'dataset': (str, 'a name'), 'n_class': (lambda v: _is_int(v) and v >= 2, 'a number of classes'),
+    'fp_dim': (lambda v: _is_int(v) and v >= 1, 'a feature width'),
+    'image_shape': (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d) and d >= 1 for d in v),
+                    'three sizes'),
+    'mean': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), 'three numbers'),
+    'std': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), 'three numbers'),
+}
+
+
+# fields a checkpoint of today's format may lack: it was written before they existed ('ema': no weight average)
+ADDED_SINCE = ('ema',)
+
+
+def _field_problems(record, fields, prefix=''):
+    problems = []
+    for name, (ok, meaning) in fields.items():
+        value = record.get(name, _MISSING)
+        if value is _MISSING and name in ADDED_SINCE:
+            continue
+        if value is _MISSING:
+            problems.append(f'{prefix}{name} is missing')
+        elif not (isinstance(value, ok) if isinstance(ok, type) else ok(value)):
+            problems.append(f'{prefix}{name} is {type(value).__name__} {str(value)[:40]!r}, not {meaning}')
+    return problems
+
+
+_MISSING = object()
+
+
+def checkpoint_problems(ckpt):
+    """What in a checkpoint of today's format is missing or of the wrong kind, as short phrases."""
+    problems = _field_problems(ckpt, CHECKPOINT_FIELDS)
+    if isinstance(ckpt.get('data_info'), dict):
+        problems += _field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
+    return problems
 
 
 def _upgraded(ckpt, path):
