@@ -9,8 +9,12 @@ SimCLR CIFAR pipeline, batched); on CUDA the network runs in bf16 autocast and c
 whole step (views, forward, backward, SGD update) is captured once as a CUDA graph and replayed
 (--no-cuda_graph: eager); on the CPU it runs eagerly. The whole state is saved every --save_every
 epochs and --resume continues exactly where it stopped, so long pre-training can run as a chain of
-short commands. A weighted kNN monitor (k=200, frozen features, test split) is printed and logged
-every --knn_every epochs.
+short commands; a first SIGTERM or SIGINT lets the epoch in progress finish, writes state.pt and stops
+with the --resume line (a second stops at once). A weighted kNN monitor (k=200, frozen features, test
+split) is printed and logged every --knn_every epochs.
+
+Every flag is checked before any work, and a --resume refuses flags that would change the run. The
+encoder is never written over a file that is not this run's own earlier export.
 
 Writes model/SimCLR_128_<dataset>_<arch>_s<seed>.pt (backbone under f.*, projection head under g.*;
 pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy, the
@@ -33,16 +37,26 @@ from utils.data.images import channels_last
 from utils.encoders.base import MODEL_DIR, encode_all
 from utils.encoders.simclr import SimCLREncoder
 from utils.encoders.simclr_training import knn_monitor, nt_xent, simclr_views
-from utils.errors import SetupError
+from utils.errors import Interrupted, ResumeRefused, SetupError
+from utils.runs.checks import config_problems
 from utils.runs.cli import run_cli
-from utils.runs.config import HelpFormatter
-from utils.runs.folders import RunClaim
+from utils.runs.config import HelpFormatter, given_flags
+from utils.runs.folders import RunClaim, check_writable
 from utils.runtime.devices import device_description, resolve_device
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
-from utils.storage.loading import load_torch
+from utils.runtime.signals import StopSignals
+from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import append_jsonl, save_json, save_torch, write_jsonl
 
 STATE_FORMAT = 1
+# this script's flags that must be at least 1, beyond those utils/runs/checks knows
+AT_LEAST_ONE = ('n_images', 'knn_every', 'save_every')
+# flags a --resume may give: where and how it runs, how often it saves and monitors, where its data
+# lies (none of them changes a weight), and --nepoch to lengthen the run
+PER_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug', 'save_every', 'knn_every', 'data_root',
+               'download', 'nepoch')
+# those a resume takes from its own command even where not given (its defaults)
+ALWAYS_FROM_THIS_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug')
 
 
 def parser():
@@ -233,9 +247,17 @@ def knn_curve(history):
     return [[r['epoch'], r['minutes'], r['knn_acc']] for r in history if 'knn_acc' in r]
 
 
+def output_path(args):
+    return args.output or os.path.join(MODEL_DIR, f'SimCLR_128_{args.dataset}_{args.arch}_s{args.seed}.pt')
+
+
+def sidecar_path(path):
+    return os.path.splitext(path)[0] + '.json'
+
+
 def export(trainer, args, run_dir, knn_acc):
     """The encoder in the released format, plus its sidecar."""
-    path = args.output or os.path.join(MODEL_DIR, f'SimCLR_128_{args.dataset}_{args.arch}_s{args.seed}.pt')
+    path = output_path(args)
     encoder = SimCLREncoder(args.arch)
     encoder.load_state_dict(trainer.model.state_dict())
     save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
@@ -246,38 +268,160 @@ def export(trainer, args, run_dir, knn_acc):
                'pretrain_minutes': round(trainer.elapsed / 60, 2), 'device': device_description(trainer.device),
                'cuda_graph': trainer.graph is not None, **epoch_seconds(trainer.history),
                'knn_curve': knn_curve(trainer.history), 'run_dir': run_dir, 'command': args.command_line}
-    save_json(sidecar, os.path.splitext(path)[0] + '.json')
+    save_json(sidecar, sidecar_path(path))
     return path
+
+
+# ---- checks before any work ------------------------------------------------------------------------
+
+def flag_problems(args):
+    """Every bad flag value, worded as utils/runs/checks words the training scripts' (an unset flag,
+    None, is not checked: --lr then comes from --batch_size)."""
+    values = argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None})
+    problems = config_problems(values)
+    problems += [f'--{name} {getattr(values, name)} must be at least 1' for name in AT_LEAST_ONE
+                 if getattr(values, name, 1) < 1]
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        problems.append(f'--temperature {args.temperature} must be a finite number above 0')
+    if not math.isfinite(args.weight_decay) or args.weight_decay < 0:
+        problems.append(f'--weight_decay {args.weight_decay} must be a finite number, 0 or above')
+    return problems + batch_problems(args.batch_size, args.n_images)
+
+
+def batch_problems(batch_size, n_images):
+    """An epoch is whole batches only: with fewer images than --batch_size it would hold no step."""
+    if n_images is None or not 1 <= n_images < batch_size:
+        return []
+    return [f'--batch_size {batch_size} is more than the {n_images} images pre-trained on; lower --batch_size']
+
+
+def check_images(args, splits):
+    n = len(splits.train_images) + len(splits.val_images)
+    problems = batch_problems(args.batch_size, min(n, args.n_images or n))
+    if problems:
+        raise SetupError(problems[0])
+
+
+def shown(value):
+    return 'default' if value is None else value
+
+
+def load_state(run_dir):
+    """The state.pt of a pre-training run, checked for its format; its flags as of today's names."""
+    path = os.path.join(run_dir, 'state.pt')
+    if not os.path.isfile(path):
+        raise ResumeRefused(f'--resume {run_dir}: no state.pt there; start a new run')
+    state = load_torch(path, 'SimCLR pre-training state')
+    if not isinstance(state, dict) or state.get('format_version') != STATE_FORMAT \
+            or not isinstance(state.get('args'), dict):
+        raise ResumeRefused(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
+    saved = dict(state['args'])
+    saved.setdefault('nepoch', saved.pop('epochs', None))  # a state saved when the flag was --epochs
+    return state, saved
+
+
+def resumed(args, given):
+    """The saved state and the run's flags, with what this command may decide (PER_COMMAND)."""
+    state, saved = load_state(args.resume)
+    check_resume_flags(args, given, saved)
+    ours = {name: getattr(args, name) for name in PER_COMMAND if name in given or name in ALWAYS_FROM_THIS_COMMAND}
+    return argparse.Namespace(**{**saved, **ours}), state
+
+
+def check_resume_flags(args, given, saved):
+    """Refuse, never drop, flags given with --resume that would change the run (all of them in one
+    line), and a --nepoch that would shorten it."""
+    defaults = parser()
+    run = {name: saved.get(name, defaults.get_default(name)) for name in given}  # a flag newer than the run: default
+    changed = [f'--{name} {shown(getattr(args, name))} (run: {shown(run[name])})' for name in sorted(given)
+               if name not in PER_COMMAND and getattr(args, name) != run[name]]
+    if changed:
+        raise ResumeRefused(f"--resume {args.resume}: these flags differ from the run's: {', '.join(changed)}; "
+                            f'drop them or start a new run')
+    if 'nepoch' in given and args.nepoch < saved['nepoch']:
+        raise ResumeRefused(f'--nepoch {args.nepoch}: the run in {args.resume} is of {saved["nepoch"]} epochs; a '
+                            f'resume may lengthen it, not shorten it: give at least {saved["nepoch"]} or drop --nepoch')
+
+
+def check_output(path, run_dir, resuming):
+    """Refuse an encoder path that cannot be written, or whose file or sidecar is there and is not this
+    run's own earlier export: a resume of the run in `run_dir` may export again over its own."""
+    check_output_place(path)
+    there = [p for p in (path, sidecar_path(path)) if os.path.lexists(p)]
+    made_by = load_json(sidecar_path(path)).get('run_dir')
+    own = resuming and isinstance(made_by, str) and os.path.realpath(made_by) == os.path.realpath(run_dir)
+    if there and not own:
+        whose = f'the export of the run in {made_by}' if isinstance(made_by, str) else 'not an export of this run'
+        raise SetupError(f'{there[0]} already exists ({whose}); give --output another path, or delete it')
+
+
+def check_output_place(path):
+    """A file name (the sidecar beside it takes the .json name) in a folder this user may write."""
+    if os.path.isdir(path):
+        raise SetupError(f'--output {path} is a folder; give --output a file path ending in .pt')
+    if sidecar_path(path) == path:
+        raise SetupError(f'--output {path}: the encoder\'s .json sidecar would be written over it; give --output '
+                         f'a file path ending in .pt')
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise SetupError(f'--output {path}: {folder} is a file, not a folder; give --output another path')
+    check_writable(os.path.dirname(os.path.abspath(path)), '--output')
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    given = set(given_flags(parser(), argv))
+    problems = flag_problems(args)
+    if problems:
+        raise SetupError('; '.join(problems))
     state = None
     if args.resume:
-        path = os.path.join(args.resume, 'state.pt')
-        if not os.path.isfile(path):
-            raise SetupError(f'--resume {args.resume}: no state.pt there; start a new run')
-        state = load_torch(path, 'SimCLR pre-training state')
-        if not isinstance(state, dict) or state.get('format_version') != STATE_FORMAT \
-                or not isinstance(state.get('args'), dict):
-            raise SetupError(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
-        saved = dict(state['args'])
-        saved.setdefault('nepoch', saved.pop('epochs', None))  # a state saved when the flag was --epochs
-        saved.update(resume=args.resume, device=args.device, stop_after=args.stop_after, cuda_graph=args.cuda_graph,
-                     nepoch=max(args.nepoch if '--nepoch' in argv else 0, saved['nepoch']))
-        args = argparse.Namespace(**saved)
+        args, state = resumed(args, given)
     args.command_line = 'python pretrain_SimCLR.py ' + ' '.join(argv)
     device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True
-    splits = load_named(args.dataset, args.data_root, args.download)
     run_dir = args.resume or os.path.join(args.out_dir, f'{args.dataset}_{args.arch}')
-    # one pre-training per folder at a time: a second one (or a second --resume) is refused, not interleaved
+    check_output(output_path(args), run_dir, resuming=state is not None)
+    # one pre-training per folder at a time: a second one (or a second --resume) is refused, not
+    # interleaved; claimed before the data is read, so that a taken folder is refused at once
     claim = RunClaim(run_dir, fresh=not args.resume, checkpoint='state.pt', other='--out_dir')
     try:
+        splits = load_named(args.dataset, args.data_root, args.download)
+        check_images(args, splits)
+        torch.backends.cudnn.benchmark = True
         return pretrain(args, splits, device, run_dir, state)
     finally:
         claim.release()
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+class EpochStop(StopSignals):
+    """StopSignals whose first signal lets the epoch in progress finish: state.pt holds whole epochs
+    (a resume then goes on exactly, as from --stop_after)."""
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            return super()._handle(signum, frame)  # a second signal stops at once
+        self.signum = signum
+        print(f'\n{self.name}: finishing this epoch, then writing state.pt (send it again to stop at once)',
+              file=sys.stderr, flush=True)
+
+
+def run_epoch(trainer, args, first):
+    """One epoch and, where due, the kNN monitor: its log record."""
+    loss, seconds = trainer.train_epoch()
+    # the first epoch of each command carries its warm-up (cuDNN autotuning, the graph capture)
+    record = {'epoch': trainer.epoch + 1, 'loss': loss, 'epoch_s': round(seconds, 3),
+              **({'warmup': True} if trainer.epoch == first else {})}
+    trainer.epoch += 1
+    if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.nepoch:
+        knn_started = time.perf_counter()
+        record['knn_acc'] = trainer.knn_accuracy()
+        record['knn_s'] = round(time.perf_counter() - knn_started, 3)
+    return record
 
 
 def pretrain(args, splits, device, run_dir, state):
@@ -290,30 +434,29 @@ def pretrain(args, splits, device, run_dir, state):
     started = time.time() - trainer.elapsed
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
     first = trainer.epoch
-    for _ in tqdm(range(trainer.epoch, args.nepoch), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
-                  total=args.nepoch):
-        loss, seconds = trainer.train_epoch()
-        # the first epoch of each command carries its warm-up (cuDNN autotuning, the graph capture)
-        record = {'epoch': trainer.epoch + 1, 'loss': loss, 'epoch_s': round(seconds, 3),
-                  **({'warmup': True} if trainer.epoch == first else {})}
-        trainer.epoch += 1
-        if trainer.epoch % args.knn_every == 0 or trainer.epoch == args.nepoch:
-            knn_started = time.perf_counter()
-            knn_acc = record['knn_acc'] = trainer.knn_accuracy()
-            record['knn_s'] = round(time.perf_counter() - knn_started, 3)
-        trainer.elapsed = time.time() - started
-        record['minutes'] = round(trainer.elapsed / 60, 3)
-        if 'knn_acc' in record:
-            tqdm.write(f'epoch {trainer.epoch}  loss {loss:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
-                       f'{record["minutes"]:.1f} min')
-        trainer.history.append(record)
-        append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))
-        stopping = args.stop_after is not None and trainer.elapsed / 60 >= args.stop_after
-        if trainer.epoch % args.save_every == 0 or trainer.epoch == args.nepoch or stopping:
-            save_torch(trainer.state(), os.path.join(run_dir, 'state.pt'))
-        if stopping:
-            print(f'stopped after {trainer.epoch} epochs; continue with --resume {run_dir}')
-            break
+    state_path = os.path.join(run_dir, 'state.pt')
+    with EpochStop() as stop:
+        for _ in tqdm(range(trainer.epoch, args.nepoch), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
+                      total=args.nepoch):
+            record = run_epoch(trainer, args, first)
+            knn_acc = record.get('knn_acc', knn_acc)
+            trainer.elapsed = time.time() - started
+            record['minutes'] = round(trainer.elapsed / 60, 3)
+            if 'knn_acc' in record:
+                tqdm.write(f'epoch {trainer.epoch}  loss {record["loss"]:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
+                           f'{record["minutes"]:.1f} min')
+            trainer.history.append(record)
+            append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))
+            stopping = args.stop_after is not None and trainer.elapsed / 60 >= args.stop_after
+            signalled = stop.signum is not None and trainer.epoch < args.nepoch
+            if trainer.epoch % args.save_every == 0 or trainer.epoch == args.nepoch or stopping or signalled:
+                save_torch(trainer.state(), state_path)
+            if signalled:
+                raise Interrupted(f'{stop.name} after epoch {trainer.epoch}; {state_path} holds it. Continue with '
+                                  f'--resume {run_dir}', stop.signum)
+            if stopping:
+                print(f'stopped after {trainer.epoch} epochs; continue with --resume {run_dir}')
+                break
     if knn_acc is None:
         knn_acc = trainer.knn_accuracy()
     path = export(trainer, args, run_dir, knn_acc)

@@ -1,0 +1,149 @@
+"""pretrain_SimCLR.py refuses bad flags, changed flags on --resume and outputs it does not own in one
+line before any work, and a SIGTERM/SIGINT keeps the epochs already trained."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import pretrain_SimCLR
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.storage.loading import load_torch
+
+TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
+        '--device', 'cpu', '--knn_every', '2', '--warmup_epochs', '1']
+# smaller still, for the tests that train: two steps an epoch
+SMALL = TINY + ['--batch_size', '16', '--n_images', '32', '--image_size', '8']
+
+
+def refusal(argv, capsys):
+    """The exit status and stderr of pretrain_SimCLR.py run as its command line runs it."""
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(pretrain_SimCLR.main, argv)
+    return stopped.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty folder as the working directory, the default encoder folder inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pretrain_SimCLR, 'MODEL_DIR', str(tmp_path / 'model'))
+    return tmp_path
+
+
+@pytest.fixture
+def stopped_run(work):
+    """A run of 2 epochs stopped (--stop_after 0) after its first, with its export in work/enc.pt."""
+    pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--stop_after', '0', '--out_dir', 'runs', '--output', 'enc.pt'])
+    return os.path.join('runs', 'digits_resnet18')
+
+
+# ---- flags checked before any work ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('flags, says', [
+    (['--batch_size', '0'], '--batch_size 0 must be at least 1'),
+    (['--n_images', '0'], '--n_images 0 must be at least 1'),
+    (['--n_images', '-3'], '--n_images -3 must be at least 1'),
+    (['--knn_every', '0'], '--knn_every 0 must be at least 1'),
+    (['--save_every', '0'], '--save_every 0 must be at least 1'),
+    (['--lr', '-1'], '--lr -1.0 must be a finite number above 0'),
+    (['--lr', '0'], '--lr 0.0 must be a finite number above 0'),
+    (['--lr', 'nan'], '--lr nan must be a finite number above 0'),
+    (['--temperature', '0'], '--temperature 0.0 must be a finite number above 0'),
+    (['--weight_decay', '-1'], '--weight_decay -1.0 must be a finite number, 0 or above'),
+    (['--device', 'tpu'], "--device 'tpu' is not a device"),
+    (['--nepoch', '0'], '--nepoch 0 must be at least 1'),
+    (['--n_images', '16'], '--batch_size 32 is more than the 16 images pre-trained on; lower --batch_size'),
+    (['--output', 'model'], '--output model is a folder'),
+    (['--output', 'enc.json'], "the encoder's .json sidecar would be written over it"),
+    (['--output', 'a_file/enc.pt'], 'a_file is a file, not a folder'),
+])
+def test_a_bad_flag_is_refused_in_one_line_leaving_nothing(work, capsys, flags, says):
+    (work / 'model').mkdir()
+    (work / 'a_file').write_text('')
+    code, err = refusal(TINY + ['--nepoch', '1', '--out_dir', 'runs', '--output', 'enc.pt'] + flags, capsys)
+    assert code == 2 and err.count('\n') == 1 and err.startswith('error: ') and says in err, err
+    assert sorted(os.listdir(work)) == ['a_file', 'model'] and not os.listdir(work / 'model')
+
+
+# ---- the encoder is written only over this run's own export ---------------------------------------------
+
+@pytest.mark.parametrize('there', ['enc.pt', 'enc.json'])
+def test_an_output_another_file_holds_is_refused(work, capsys, there):
+    (work / there).write_bytes(b'a training run\'s last.pt')
+    code, err = refusal(TINY + ['--nepoch', '1', '--out_dir', 'runs', '--output', 'enc.pt'], capsys)
+    assert code == 2 and err == f'error: {there} already exists (not an export of this run); give --output another ' \
+                                'path, or delete it\n'
+    assert (work / there).read_bytes() == b'a training run\'s last.pt' and not (work / 'runs').exists()
+
+
+def test_two_runs_do_not_share_the_default_encoder(work):
+    default = work / 'model' / 'SimCLR_128_digits_resnet18_s0.pt'
+    pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'a'])
+    first = default.read_bytes()
+    with pytest.raises(SetupError, match=f'{default} already exists \\(the export of the run in '
+                                         f'a/digits_resnet18\\); give --output another path, or delete it'):
+        pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'b'])
+    assert default.read_bytes() == first and not (work / 'b').exists()
+
+
+# ---- a resume goes on with the run's flags, or refuses ----------------------------------------------------
+
+def test_a_resume_refuses_flags_that_would_change_the_run(stopped_run, capsys):
+    state = os.path.join(stopped_run, 'state.pt')
+    before = open(state, 'rb').read()
+    code, err = refusal(['--resume', stopped_run, '--lr=0.1', '--temp', '0.2', '--output', 'other.pt',
+                         '--device', 'cpu'], capsys)
+    assert code == 2 and err == (f"error: --resume {stopped_run}: these flags differ from the run's: --lr 0.1 "
+                                 f'(run: default), --output other.pt (run: enc.pt), --temperature 0.2 (run: 0.5); '
+                                 f'drop them or start a new run\n')
+    code, err = refusal(['--resume', stopped_run, '--nepoch', '1'], capsys)
+    assert code == 2 and '--nepoch 1: the run in' in err and 'give at least 2 or drop --nepoch' in err
+    assert open(state, 'rb').read() == before and not os.path.exists('other.pt')
+
+
+def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_export(stopped_run):
+    summary = pretrain_SimCLR.main(['--resume', stopped_run, '--dataset', 'digits', '--batch_size', '16',
+                                    '--knn_every', '1', '--save_every', '1', '--nepoch', '3', '--device', 'cpu'])
+    assert summary['epochs'] == 3 and summary['encoder'] == 'enc.pt'
+    assert json.load(open('enc.json'))['epochs'] == 3
+    assert load_torch(os.path.join(stopped_run, 'state.pt'))['args']['knn_every'] == 1
+
+
+# ---- a signal stops after the epoch, keeping it ---------------------------------------------------------
+
+def test_a_signal_saves_the_finished_epoch_and_resume_equals_an_uninterrupted_run(work, capsys, monkeypatch):
+    pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--save_every', '2', '--out_dir', 'a', '--output', 'a.pt'])
+    steps, original = [], pretrain_SimCLR.Pretrainer.step
+
+    def signalled(self, idx, step):
+        steps.append(step)
+        if step == 0:  # the first of the first epoch's two steps
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, idx, step)
+
+    def outside(signum, frame):
+        raise AssertionError('the signal reached the handler in place before the run')
+    monkeypatch.setattr(pretrain_SimCLR.Pretrainer, 'step', signalled)
+    previous = signal.signal(signal.SIGINT, outside)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_cli(pretrain_SimCLR.main, SMALL + ['--nepoch', '2', '--save_every', '2', '--out_dir', 'b',
+                                                  '--output', 'b.pt'])
+        assert signal.getsignal(signal.SIGINT) is outside  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run_b = os.path.join('b', 'digits_resnet18')
+    assert stopped.value.code == 128 + signal.SIGINT and steps == [0, 1]  # the epoch finished
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f'stopped: SIGINT after epoch 1; {run_b}/state.pt holds it. Continue with --resume {run_b}'
+    assert load_torch(os.path.join(run_b, 'state.pt'))['epoch'] == 1 and not os.path.exists('b.pt')
+    monkeypatch.setattr(pretrain_SimCLR.Pretrainer, 'step', original)
+    pretrain_SimCLR.main(['--resume', run_b, '--device', 'cpu'])
+    a, b = load_torch(os.path.join('a', 'digits_resnet18', 'state.pt')), load_torch(os.path.join(run_b, 'state.pt'))
+    assert a['epoch'] == b['epoch'] == 2
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    assert [r['loss'] for r in a['history']] == [r['loss'] for r in b['history']]
+
