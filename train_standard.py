@@ -3,6 +3,9 @@ noisy labels, selected on the clean validation split and reported on the test sp
 LRA-diffusion, so every noise file can be scored both ways.
 
     python train_standard.py --noise_type cifar10-1-0.35 --arch preact_resnet34
+
+Writes history.json and summary.json in OUT_DIR/<noise>_<arch>_s<seed>, <noise> the noise name or the
+noise file's base name. A folder holding a finished run, or files no run wrote, is refused.
 """
 import argparse
 import json
@@ -11,12 +14,15 @@ import time
 
 import torch
 
-from utils.data.cifar import load_named
+from utils.data.cifar import CIFAR_FOLDERS, load_named
 from utils.data.classifier import accuracy, fit_classifier
 from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
+from utils.errors import SetupError
 from utils.networks import CLASSIFIERS
+from utils.runs.checks import check_config
 from utils.runs.cli import run_cli
 from utils.runs.config import HelpFormatter
+from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_writable
 from utils.runtime.devices import device_description, resolve_device
 from utils.storage.saving import save_json
 
@@ -42,13 +48,51 @@ def parser():
     return p
 
 
+def check_flags(args):
+    """Every flag, before any data is read: the numbers, the dataset the noise names and --out_dir."""
+    check_config(args)
+    if dataset_of(args.noise_type) not in (*CIFAR_FOLDERS, 'digits'):
+        raise SetupError(f'--noise_type {args.noise_type} names no dataset this script reads: a noise name or file '
+                         f'name begins with cifar10, cifar100 or digits (e.g. cifar10-1-0.35, cifar10-mine.npy)')
+    if (args.noise_type.endswith('.npy') or os.sep in args.noise_type) and not os.path.isfile(args.noise_type):
+        raise SetupError(f'noise file {args.noise_type} does not exist; give an existing file or a noise name')
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SetupError(f'--out_dir {args.out_dir} is a file, not a folder; choose another --out_dir')
+
+
+def plan_run_dir(args):
+    """The run folder, always inside --out_dir, refused where a run finished or other files lie; nothing
+    is made here (the claim makes it once the inputs are read)."""
+    # a noise file's base name: its full path would place the folder outside --out_dir
+    noise = os.path.basename(args.noise_type).removesuffix('.npy')
+    run_dir = os.path.join(args.out_dir, f'{noise}_{args.arch}_s{args.seed}')
+    if os.path.exists(os.path.join(run_dir, FINISHED)):
+        raise SetupError(f'{run_dir} holds a finished run ({FINISHED}); choose another --out_dir or --seed, or '
+                         f'delete that folder')
+    check_fresh_folder(run_dir, other='--out_dir')
+    check_writable(run_dir, '--out_dir')
+    return run_dir
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    check_flags(args)
+    run_dir = plan_run_dir(args)
     device = resolve_device(args.device)
     splits = load_named(dataset_of(args.noise_type), args.data_root, args.download)
     clean = splits.train_clean.numpy()
     noisy, source = resolve_noisy_labels(args.noise_type, len(clean), clean, splits.n_class, seed=args.noise_seed,
                                          coarse_of_class=splits.coarse_of_class)
+    # one run per folder at a time, and only in a folder no other run finished in
+    claim = RunClaim(run_dir, fresh=True, other='--out_dir')
+    try:
+        return train(args, splits, noisy, clean, source, device, run_dir)
+    finally:
+        claim.release()
+
+
+def train(args, splits, noisy, clean, source, device, run_dir):
+    """Fit the classifier on the noisy labels; history.json and summary.json into run_dir."""
     started = time.time()
     model, history = fit_classifier(splits.train_images, torch.from_numpy(noisy), splits.n_class, splits.mean,
                                     splits.std, arch=args.arch, epochs=args.nepoch, batch_size=args.batch_size,
@@ -61,10 +105,8 @@ def main(argv=None):
                'test_acc': accuracy(model, splits.test_images, splits.test_labels, splits.mean, splits.std),
                'epochs': args.nepoch, 'wall_time_s': round(time.time() - started, 2),
                'device': device_description(device), 'config': vars(args)}
-    run_dir = os.path.join(args.out_dir, f'{args.noise_type}_{args.arch}_s{args.seed}')
-    os.makedirs(run_dir, exist_ok=True)
     save_json(history, os.path.join(run_dir, 'history.json'))
-    save_json(summary, os.path.join(run_dir, 'summary.json'))
+    save_json(summary, os.path.join(run_dir, FINISHED))
     print('summary: ' + json.dumps({k: v for k, v in summary.items() if k != 'config'}))
     return summary
 

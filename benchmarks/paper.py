@@ -22,15 +22,19 @@ import importlib
 import io
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
 import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
-from utils.runs.folders import write_run_file
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.runs.folders import RECORD_NAME, check_fresh_folder, write_run_file
+from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
-from utils.storage.saving import save_json
+from utils.storage.saving import atomic_write, save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'paper.json')
@@ -186,8 +190,19 @@ def seed_command(row, seed, folder, extra):
             os.path.basename(folder), *extra]
 
 
+def check_seed_folders(row, seeds, runs):
+    """Refuse, before any seed runs, a seed folder its fresh command may not take (a user's files, another
+    run's): nothing is written into a folder the row's runs do not own."""
+    for seed in seeds:
+        folder = seed_dir(runs, row, seed)
+        if not finished(row, folder) and not os.path.isfile(os.path.join(folder, 'last.pt')):
+            check_fresh_folder(folder, other='--runs')
+
+
 def run_row(row, seeds, runs, extra, dry_run=False):
     """Run (or, dry, print) the row's command per seed; returns the exit status of the last failure (0)."""
+    if not dry_run:
+        check_seed_folders(row, seeds, runs)
     status = 0
     for seed in seeds:
         folder = seed_dir(runs, row, seed)
@@ -200,13 +215,53 @@ def run_row(row, seeds, runs, extra, dry_run=False):
             continue
         record = {'row': row.id, 'seed': seed, 'command': command, 'commit': commit(),
                   'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime())}
-        if not os.path.isfile(os.path.join(folder, RUN_FILE)):  # entered in the folder's record: the run's own
-            write_run_file(record, folder, RUN_FILE)
-        rc = subprocess.call(command, cwd=REPO)
+        rc = run_seed(command, folder, record)
         if rc:
             print(f'[{row.id} seed {seed}] exit status {rc}; run the same command to resume it')
             status = rc
     return status
+
+
+def run_seed(command, folder, record):
+    """One seed's command, with its paper_run.json written first where the folder has none (entered in
+    the folder's record, so the run takes it for its own). A command that fails before writing anything
+    (a refusal: bad flags, missing data) gets the folder back as it found it."""
+    if os.path.isfile(os.path.join(folder, RUN_FILE)):
+        return subprocess.call(command, cwd=REPO)
+    undo = write_run_record(record, folder)
+    written = folder_state(folder)
+    rc = subprocess.call(command, cwd=REPO)
+    if rc and folder_state(folder) == written:
+        undo()
+    return rc
+
+
+def folder_state(folder):
+    """What the files under `folder` are (paths, sizes, modification times): whether a command wrote there."""
+    return files_fingerprint(sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names))
+
+
+def write_run_record(record, folder):
+    """paper_run.json into `folder`; returns what takes back exactly what this wrote: the file, its entry in
+    the folder's record (the record as it was, or none) and the folders made for it."""
+    record_path = os.path.join(folder, RECORD_NAME)
+    before = pathlib.Path(record_path).read_bytes() if os.path.isfile(record_path) else None
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    write_run_file(record, folder, RUN_FILE)
+
+    def undo():
+        os.remove(os.path.join(folder, RUN_FILE))
+        if before is None:
+            os.remove(record_path)
+        else:
+            atomic_write(record_path, lambda f: f.write(before))
+        made = os.path.abspath(folder)
+        while made != existing and not os.listdir(made):  # the folders made here, deepest first
+            os.rmdir(made)
+            made = os.path.dirname(made)
+    return undo
 
 
 # ---- measured results -------------------------------------------------------------------------------------
@@ -454,9 +509,18 @@ def check_inputs(rows, extra):
     return 0 if ok else 1
 
 
+def check_paths(args):
+    """The folders the command reads or writes, before any work: one line each where they are not folders."""
+    if os.path.exists(args.runs) and not os.path.isdir(args.runs):
+        raise SetupError(f'--runs {args.runs} is a file, not a folder of run folders; choose another --runs')
+    if args.record and not os.path.isdir(args.record):
+        raise SetupError(f'--record {args.record} is not a folder; give the run folder to record (e.g. SHIPPED/run)')
+
+
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    check_paths(args)
     extra = args.extra[1:] if args.extra[:1] == ['--'] else args.extra
     if args.list:
         return list_rows()
@@ -485,4 +549,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

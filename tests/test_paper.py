@@ -5,10 +5,13 @@ import json
 import os
 
 import pytest
+from test_run_folders import snapshot
 
 from benchmarks import paper
 from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
 from tools import paper_device
+from utils.errors import SetupError
+from utils.runs.folders import write_run_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,6 +126,29 @@ def test_a_row_runs_per_seed_skips_finished_seeds_and_tabulates(outputs, capsys)
     assert readme.startswith('before\n') and readme.endswith('after\n') and f'| {mean:.2f} ± ' in readme
 
 
+def test_a_seed_folder_holding_someone_elses_files_is_refused_before_any_seed_runs(outputs):
+    runs = outputs / 'runs'
+    theirs = runs / 'digits-smoke' / 's2'
+    theirs.mkdir(parents=True)
+    (theirs / 'notes.txt').write_text('mine\n')
+    with pytest.raises(SetupError, match=f'{theirs} holds files no run .*notes.txt.*choose another --runs'):
+        paper.main(['--row', 'digits-smoke', '--seeds', '1', '2', '--runs', str(runs)])
+    assert snapshot(runs) == {'digits-smoke/s2/notes.txt': b'mine\n'} and os.listdir(runs / 'digits-smoke') == ['s2']
+
+
+def test_a_refused_seed_leaves_its_folder_as_it_found_it(outputs, capfd):
+    """The seed's command refuses its flags: paper_run.json, its entry in the folder's record and the
+    folders made for it are taken back; a record that was there before is as it was."""
+    group = outputs / 'runs' / 'digits-smoke'
+    group.mkdir(parents=True)
+    write_run_file({'row': 'digits-smoke'}, str(group / 's2'), 'notes.json')  # a run's record before this one
+    before = snapshot(group)
+    assert paper.main(['--row', 'digits-smoke', '--seeds', '1', '2', '--runs', str(outputs / 'runs'), '--',
+                       '--nepoch', '0']) == 2
+    assert capfd.readouterr().err.count('error: --nepoch 0 must be at least 1') == 2  # the seeds' own refusals
+    assert snapshot(group) == before and sorted(os.listdir(group)) == ['s2']
+
+
 def test_a_stopped_seed_is_resumed():
     row = ROWS['cifar10-pmd1-35-simclr']
     fresh = paper.seed_command(row, 3, '/nowhere/cifar10-pmd1-35-simclr/s3', ['--data_root', 'd'])
@@ -174,6 +200,55 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
     assert close[2:] == ['--resume', paper_device.paths(args)['run'], '--nepoch', '0']
     # offline and without the file: the one line says where to put it
     assert 'copy it into .device_data/inputs/' in paper_device.check_noise_file(args)
+
+
+def stages_that(rc, commands):
+    """A stand-in for the device command's stages: each is noted and ends with `rc` (None: cut off)."""
+    def run_command(command, timeout_s, log):
+        commands.append(command)
+        with open(log, 'a') as f:
+            f.write('a stage\n')
+        return rc
+    return run_command
+
+
+def test_the_device_command_makes_its_paths_absolute_and_a_failed_stage_exits_1(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(1, commands))
+    assert paper_device.main(['--out', 'work', '--ship', 'ship', '--smoke']) == 1
+    (simclr,) = commands  # the stages run from the repository: every path they are given is absolute
+    assert simclr[simclr.index('--out_dir') + 1] == str(tmp_path / 'work' / 'simclr')
+    assert simclr[simclr.index('--output') + 1].startswith(str(tmp_path / 'work'))
+    shipped = json.load(open(tmp_path / 'ship' / 'paper_device.json'))
+    assert shipped['failed'] == ['simclr'] and shipped['simclr']['rc'] == 1
+    # a stage cut off by the budget is no failure (the next command goes on from it); the same command
+    # replaces what it shipped before
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(None, commands))
+    assert paper_device.main(['--out', 'work', '--ship', 'ship', '--smoke']) == 0
+    assert 'failed' not in json.load(open(tmp_path / 'ship' / 'paper_device.json'))
+
+
+def test_the_device_command_replaces_in_ship_only_what_it_shipped(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(None, commands))
+    ship = tmp_path / 'ship'
+    (ship / 'run').mkdir(parents=True)
+    (ship / 'paper_device.json').write_text('{"theirs": 1}\n')
+    (ship / 'run' / 'summary.json').write_text('{"theirs": 2}\n')
+    before = snapshot(ship)
+    argv = ['--ship', str(ship), '--smoke']
+    with pytest.raises(SetupError, match=r'holds run/summary.json, paper_device.json, not shipped by a command'):
+        paper_device.main(['--out', str(tmp_path / 'a'), *argv])
+    assert snapshot(ship) == before and not commands and not (tmp_path / 'a').exists()
+    for name in before:
+        os.remove(ship / name)
+    (ship / 'notes.txt').write_text('theirs\n')  # nothing the command writes: left alone
+    assert paper_device.main(['--out', str(tmp_path / 'a'), *argv]) == 0
+    assert paper_device.main(['--out', str(tmp_path / 'a'), *argv]) == 0  # its own, from a command before
+    with pytest.raises(SetupError, match=f'holds paper_device.json, not shipped by a command with --out {tmp_path}/b'):
+        paper_device.main(['--out', str(tmp_path / 'b'), *argv])
+    assert (ship / 'notes.txt').read_text() == 'theirs\n'
 
 
 def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, tmp_path, capsys):

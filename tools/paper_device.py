@@ -17,7 +17,10 @@ whatever --nepoch says, so a run extended later equals one that ran 200 epochs a
 
 --ship DIR copies what comes back: run/ (summary.json, config.json, log.jsonl, the encoder's sidecar as
 encoder.json), simclr_shards/ (the encoder as fp16 shards, tools/shards.py: the next device run can
-go on from it) and paper_device.json (each stage: command, seconds, outcome).
+go on from it) and paper_device.json (each stage: command, seconds, outcome). A file there that no
+command with this --out shipped is refused before any stage runs (--out/shipped.json records what was).
+A stage that fails, or inputs that are missing, make the command exit 1 once it has shipped; a stage
+cut off by the budget does not (the next command goes on from it).
 """
 import argparse
 import json
@@ -28,9 +31,11 @@ import time
 
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
-from utils.storage.loading import load_json
-from utils.storage.saving import save_json
+from utils.storage.loading import load_json, load_torch
+from utils.storage.saving import atomic_write, save_json
 
 PY = sys.executable
 ROW = 'cifar10-pmd1-35-simclr'
@@ -41,6 +46,11 @@ FIRST_EVALUATED = 6   # epochs after which a run holds best.pt (warm-up 5, evalu
 SMOKE_SIMCLR = ['--dataset', 'digits', '--n_images', '64', '--image_size', '8', '--batch_size', '32',
                 '--warmup_epochs', '0', '--knn_every', '1', '--device', 'cpu']
 SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--device', 'cpu', '--recipe', 'authors']
+RUN_FILES = ('summary.json', 'config.json', 'log.jsonl')
+# what ship() writes under --ship (the shards' folder is replaced whole); recorded in --out, not in --ship:
+# a device sends back at most 8 files, and these come to 8
+SHIPPED = (*(f'run/{name}' for name in (*RUN_FILES, 'encoder.json')), 'simclr_shards', 'paper_device.json')
+SHIP_RECORD = 'shipped.json'
 
 
 def paths(args):
@@ -88,7 +98,6 @@ def epochs_trained(run):
     """Epochs last.pt holds (0 when none): what a closing --resume --nepoch keeps."""
     if not os.path.isfile(os.path.join(run, 'last.pt')):
         return 0
-    from utils.storage.loading import load_torch
     return load_torch(os.path.join(run, 'last.pt'))['epoch'] + 1
 
 
@@ -103,8 +112,9 @@ def stage(record, name, command, timeout_s, log):
     started = time.monotonic()
     rc = run_command(command, timeout_s, log)
     record[name] = {'command': ' '.join(command), 'rc': rc, 'seconds': round(time.monotonic() - started, 1)}
-    if rc not in (0, None):
+    if rc not in (0, None):  # a cut-off (None) is no failure: the next command goes on from it
         record[name]['log_tail'] = tail(log)
+        record.setdefault('failed', []).append(name)
     print(f'[{name}] {"cut off" if rc is None else f"exit {rc}"} after {record[name]["seconds"]} s', flush=True)
     return rc
 
@@ -131,7 +141,7 @@ def run(args):
     os.makedirs(logs, exist_ok=True)
     problem = check_noise_file(args) or find_cifar(args, deadline)
     if problem:
-        record['stopped'] = problem
+        record.update(stopped=problem, failed=['inputs'])
         return record
     where = args.data_root
     if not simclr_done(args):
@@ -154,21 +164,53 @@ def run(args):
     return record
 
 
+def shipped_before(args):
+    """What commands with this --out shipped into this --ship: what ship() may replace there."""
+    ships = load_json(os.path.join(args.out, SHIP_RECORD)).get('ships')
+    names = ships.get(args.ship) if isinstance(ships, dict) else None
+    return {name for name in names if name in SHIPPED} if isinstance(names, list) else set()
+
+
+def check_ship(args):
+    """Refuse, before any stage runs, a --ship holding files ship() would replace that this --out did not ship."""
+    mine = shipped_before(args)
+    foreign = [name for name in SHIPPED if name not in mine and occupied(args.ship, name)]
+    if foreign:
+        raise SetupError(f'--ship {args.ship} holds {", ".join(foreign)}, not shipped by a command with --out '
+                         f'{args.out}; choose another --ship (an empty folder), or move those away')
+
+
+def occupied(folder, name):
+    """Whether writing `name` under `folder` would replace something: the path, or a file where its folder goes."""
+    parent = os.path.join(folder, os.path.dirname(name))
+    return os.path.lexists(os.path.join(folder, name)) or (os.path.lexists(parent) and not os.path.isdir(parent))
+
+
+def note_shipped(args, names):
+    """Record names in --ship before they are first written: an interrupted ship's files stay this --out's."""
+    path = os.path.join(args.out, SHIP_RECORD)
+    ships = load_json(path).get('ships')
+    ships = ships if isinstance(ships, dict) else {}
+    save_json({'ships': {**ships, args.ship: sorted(shipped_before(args) | set(names))}}, path)
+
+
+def copy_file(source, target):
+    with open(source, 'rb') as f:
+        atomic_write(target, lambda out: shutil.copyfileobj(f, out), flag='--ship')
+
+
 def ship(args, record):
     """The run's small files, the encoder's sidecar and shards, and this command's record into args.ship."""
     p = paths(args)
-    os.makedirs(args.ship, exist_ok=True)
-    run_out = os.path.join(args.ship, 'run')
-    os.makedirs(run_out, exist_ok=True)
-    for name in ('summary.json', 'config.json', 'log.jsonl'):
-        if os.path.isfile(os.path.join(p['run'], name)):
-            shutil.copy(os.path.join(p['run'], name), run_out)
     sidecar = os.path.splitext(p['encoder'])[0] + '.json'
-    if os.path.isfile(sidecar):
-        shutil.copy(sidecar, os.path.join(run_out, 'encoder.json'))
-    if os.path.isfile(p['encoder']):
-        import torch
-        state = torch.load(p['encoder'], map_location='cpu', weights_only=True)
+    copies = {**{f'run/{name}': os.path.join(p['run'], name) for name in RUN_FILES}, 'run/encoder.json': sidecar}
+    copies = {name: source for name, source in copies.items() if os.path.isfile(source)}
+    encoder = os.path.isfile(p['encoder'])
+    note_shipped(args, [*copies, *(['simclr_shards'] if encoder else []), 'paper_device.json'])
+    for name, source in copies.items():
+        copy_file(source, os.path.join(args.ship, name))
+    if encoder:
+        state = load_torch(p['encoder'], 'SimCLR encoder')
         shards.write_shards(state, os.path.join(args.ship, 'simclr_shards'), extra={'sidecar': load_json(sidecar)})
     save_json({**record, 'summary': load_json(os.path.join(p['run'], 'summary.json'))},
               os.path.join(args.ship, 'paper_device.json'))
@@ -176,39 +218,55 @@ def ship(args, record):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', required=True, help='working folder (keep it between commands on the same machine)')
-    p.add_argument('--inputs_dir', default='.device_data/inputs', help=f'folder holding the published {NOISE}.npy')
-    p.add_argument('--data_root', help='folder holding cifar-10-batches-py/ (default: converted from .device_data)')
-    p.add_argument('--cifar_tool', help='the cifar10_batches.py conversion tool (default: .device_data/tools/)')
+    # every path absolute from here on: the stages run from the repository, not from where this was called
+    p.add_argument('--out', required=True, type=os.path.abspath,
+                   help='working folder (keep it between commands on the same machine)')
+    p.add_argument('--inputs_dir', default='.device_data/inputs', type=os.path.abspath,
+                   help=f'folder holding the published {NOISE}.npy')
+    p.add_argument('--data_root', type=os.path.abspath,
+                   help='folder holding cifar-10-batches-py/ (default: converted from .device_data)')
+    p.add_argument('--cifar_tool', type=os.path.abspath,
+                   help='the cifar10_batches.py conversion tool (default: .device_data/tools/)')
     p.add_argument('--budget_s', type=float, default=540, help='stop every stage before this many seconds')
     p.add_argument('--simclr_arch', default='resnet18', choices=('resnet18', 'resnet50'),
                    help='the SimCLR backbone pre-trained here (resnet18: fits a short lease; the authors: resnet50)')
     p.add_argument('--simclr_epochs', type=int, default=40, help='SimCLR pre-training epochs (its cosine spans these)')
     p.add_argument('--simclr_minutes', type=float, default=3.5, help='at most this long pre-training per command')
-    p.add_argument('--encoder', help='a SimCLR encoder pre-trained before (e.g. reassembled from shipped shards, '
-                   'its .json sidecar beside it): no pre-training')
+    p.add_argument('--encoder', type=os.path.abspath,
+                   help='a SimCLR encoder pre-trained before (e.g. reassembled from shipped shards, its .json sidecar '
+                        'beside it): no pre-training')
     p.add_argument('--nepoch', type=int, default=200, help="LRA-diffusion epochs (the paper's 200)")
     p.add_argument('--seed', type=int, default=1, help='seed of the pre-training and of the run')
     p.add_argument('--frozen_kernels', default='eager', choices=FROZEN_KERNELS,
                    help="train_CIFAR.py's --frozen_kernels: how the step's frozen networks run (the same function "
                         "to bf16 rounding; eager: the authors' kernels)")
-    p.add_argument('--ship', metavar='DIR', help='copy what must come back here ($OUT on a device)')
+    p.add_argument('--ship', metavar='DIR', type=os.path.abspath,
+                   help='copy what must come back here ($OUT on a device)')
     p.add_argument('--smoke', action='store_true', help='the whole path on digits, tiny, on the CPU')
     return p
 
 
+def check_folders(args):
+    """--out and --ship, before any stage runs: folders (or absent), and nothing in --ship that is not ours."""
+    for flag, folder in (('--out', args.out), ('--ship', args.ship)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise SetupError(f'{flag} {folder} is a file, not a folder; choose another {flag}')
+    if args.ship:
+        check_ship(args)
+
+
 def main(argv=None):
+    """Exit status 1 where a stage failed or inputs are missing (after shipping what there is), else 0."""
     args = parser().parse_args(argv)
+    check_folders(args)
     if args.smoke:
         args.simclr_epochs, args.nepoch = min(args.simclr_epochs, 1), 2
-    args.inputs_dir = os.path.abspath(args.inputs_dir)
-    args.encoder = os.path.abspath(args.encoder) if args.encoder else None
     record = run(args)
     if args.ship:
         ship(args, record)
     print(json.dumps(record, indent=1))
-    return record
+    return 1 if record.get('failed') else 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))
