@@ -209,6 +209,10 @@ def never_read(cfg):
     ('--noise_type', 'digits-U-1.5', r'the U noise rate 1.5 in --noise_type digits-U-1.5 is out of range: rates lie in \[0, 1\]'),
     ('--noise_type', 'digits-U-0.3_A_-0.2', 'the A noise rate -0.2 .* is out of range'),
     ('--run_name', '../elsewhere', "--run_name '../elsewhere' must be a plain folder name inside --out_dir"),
+    ('--n_layers', '1', r'--n_layers 1 must be at least 2 \(the x_e gate sits after the first\)'),
+    # the digits' diffusion encoder has no ImageNet backbone: its weights flag would be ignored
+    ('--diff_encoder_weights', 'random', r'--diff_encoder_weights applies to the \*_l diffusion encoders only'),
+    ('--diff_backbone', 'tuned', r'--diff_backbone applies to the \*_l diffusion encoders only'),
 ])
 def test_bad_flags_are_refused_before_data_is_read(tmp_path, flag, value, message):
     with pytest.raises(SetupError, match=message):

@@ -9,6 +9,7 @@ import re
 
 import torch
 
+from utils.diff_encoders import DIFF_ENCODERS
 from utils.errors import SetupError
 
 AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
@@ -41,6 +42,9 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+    n_layers = getattr(cfg, 'n_layers', None)
+    if n_layers is not None and n_layers < 2:
+        problems.append(f'--n_layers {n_layers} must be at least 2 (the x_e gate sits after the first)')
     decay = getattr(cfg, 'ema_decay', None)
     if decay is not None and not 0 <= decay < 1:
         problems.append(f'--ema_decay {decay} must lie in [0, 1) (0: no average)')
@@ -100,8 +104,20 @@ def is_plain_name(name):
         and not os.path.isabs(name)
 
 
+def ignored_flag_problems(cfg):
+    """A flag given for a part the run does not have would be silently ignored: it is refused instead
+    (the ImageNet backbone flags, where --diff_encoder builds no ImageNet backbone)."""
+    given = set(getattr(cfg, 'command_line_flags', ()))
+    name = getattr(cfg, 'diff_encoder', None)
+    if getattr(cfg, 'resume', None) or name not in DIFF_ENCODERS or DIFF_ENCODERS[name][0] == 'cached':
+        return []
+    return [f'--{flag} applies to the *_l diffusion encoders only (--diff_encoder {name} has no ImageNet backbone); '
+            f'drop it or choose a *_l --diff_encoder' for flag in ('diff_encoder_weights', 'diff_backbone')
+            if flag in given]
+
+
 def check_config(cfg):
     """Refuse bad flags in one line, before any data is read."""
-    problems = config_problems(cfg)
+    problems = config_problems(cfg) + ignored_flag_problems(cfg)
     if problems:
         raise SetupError('; '.join(problems))
