@@ -12,13 +12,12 @@ probabilities; 0: none) say how to compute. Any other training flag is refused: 
 model. Writes RUN/predict_<split>_labels.npy (or predict_folder_labels.npy and predict_folder.csv:
 path, label and class name), and _probs.npy with --n_samples.
 """
-import argparse
 import importlib
 import os
 
 from utils.errors import SetupError
 from utils.predict import predict
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter
 from utils.runs.folders import load_run
 
@@ -27,7 +26,7 @@ SCRIPTS = ('train_CIFAR.py', 'train_Food101N.py', 'train_Clothing1M.py', 'train_
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('run_dir', metavar='RUN_DIR', help='the trained run (its best.pt)')
     what = p.add_mutually_exclusive_group()
     what.add_argument('--split', choices=('train', 'val', 'test'), default='test', help='the split of its dataset to label')

@@ -39,7 +39,7 @@ from utils.encoders.simclr import SimCLREncoder
 from utils.encoders.simclr_training import knn_monitor, nt_xent, simclr_views
 from utils.errors import Interrupted, ResumeRefused, SetupError
 from utils.runs.checks import config_problems
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter, given_flags
 from utils.runs.folders import RunClaim, check_writable
 from utils.runtime.devices import device_description, resolve_device
@@ -60,7 +60,7 @@ ALWAYS_FROM_THIS_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'deb
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'),
                    help='images to pre-train on (all training images, labels unused)')

@@ -20,7 +20,7 @@ from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
 from utils.errors import SetupError
 from utils.networks import CLASSIFIERS
 from utils.runs.checks import check_config
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter
 from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_writable
 from utils.runtime.devices import device_description, resolve_device
@@ -28,7 +28,7 @@ from utils.storage.saving import save_json
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group('data and noise')
     g.add_argument('--noise_type', default='cifar10-1-0.35', help='as in train_CIFAR.py')
     g.add_argument('--noise_seed', type=int, default=0, help='seed of generated noise (as in train_CIFAR.py)')

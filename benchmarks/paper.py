@@ -30,7 +30,7 @@ import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runs.folders import RECORD_NAME, check_fresh_folder, write_run_file
 from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
@@ -467,7 +467,7 @@ def write_docs(results, page_path=None, readme_path=None):
 # ---- the command ---------------------------------------------------------------------------------------------
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--list', action='store_true', help='every row: id, the paper\'s figure, the command')
     p.add_argument('--check-inputs', '--check_inputs', dest='check_inputs', action='store_true',
                    help='fetch and verify the published inputs of every row (or --row), check dataset folders')

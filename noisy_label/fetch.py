@@ -11,12 +11,12 @@ import argparse
 import sys
 
 from utils.errors import PublishedInputError
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.storage.published import PUBLISHED, fetch, lookup
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('names', nargs='*', metavar='NAME', help=f'published inputs: {", ".join(PUBLISHED)}')
     p.add_argument('--all', action='store_true', help='every published input')
     p.add_argument('--inputs_dir', default=None,

@@ -25,7 +25,7 @@ from utils.data.classifier import accuracy, fit_classifier, predict_proba
 from utils.data.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise, top_two
 from utils.errors import SetupError
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.published import is_published
@@ -113,7 +113,7 @@ def make_hybrid(args, splits, base, kind, rate):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('command', choices=('pmd', 'hybrid', 'cifar10-set'))
     p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'))
     p.add_argument('--type', type=int, default=1, choices=(1, 2, 3), help='PMD type')

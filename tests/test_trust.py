@@ -33,6 +33,7 @@ from utils.errors import (
 )
 from utils.prepare import prepare
 from utils.runs.cli import run_cli
+from utils.runtime.signals import StopSignals
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 from utils.trainer import Trainer
@@ -230,6 +231,15 @@ def test_a_refusal_from_the_command_line_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == 'error: --k 0 must be at least 1'
 
 
+
+@pytest.mark.parametrize('command', [['train_CIFAR.py', '--k', 'x'], ['predict.py'], ['pretrain_SimCLR.py', '--bogus'],
+                                     ['-m', 'noisy_label.fetch', '--inputs_dir']])
+def test_a_usage_error_is_one_line_and_exit_2(command):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr
+    assert result.stderr.startswith('error: ') and result.stderr.endswith('; --help lists the flags\n')
+
+
 @pytest.mark.parametrize('error', [
     NoiseError('noise file x.npy is empty: save the labels with numpy.save'),
     DatasetMissing('CIFAR folder d is incomplete'),
@@ -417,6 +427,27 @@ def test_cli_interruption_exits_non_zero_and_says_how_to_resume(capsys):
         run_cli(main, [])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert '--resume runs/r' in capsys.readouterr().err
+
+
+
+def test_a_second_signal_or_a_plain_ctrl_c_stops_in_one_line(capsys):
+    def twice(argv):
+        with StopSignals():
+            os.kill(os.getpid(), signal.SIGTERM)  # the first: the step would finish
+            os.kill(os.getpid(), signal.SIGTERM)  # the second: at once
+            raise AssertionError('a second signal must stop the run')
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(twice, [])
+    said = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert said[-1] == 'stopped: second SIGTERM: stopped at once; the last checkpoint written is kept'
+
+    def ctrl_c(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(ctrl_c, [])
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err == 'stopped: interrupted (SIGINT)\n'
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import time
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail
 from utils.errors import SetupError
-from utils.runs.cli import run_cli
+from utils.runs.cli import Parser, run_cli
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import atomic_write, save_json
@@ -217,7 +217,7 @@ def ship(args, record):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # every path absolute from here on: the stages run from the repository, not from where this was called
     p.add_argument('--out', required=True, type=os.path.abspath,
                    help='working folder (keep it between commands on the same machine)')

@@ -19,6 +19,14 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGTERM or SIGINT stopped a run mid-step: the last checkpoint written is what is kept."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
 class ResumeRefused(SetupError):
     """A checkpoint this invocation cannot continue: not there, of another format, or its flags or
     inputs differ from this command's."""

@@ -5,7 +5,9 @@
 
 A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--debug` shows it anyway.
 """
+import argparse
 import errno
+import signal
 import sys
 import traceback
 
@@ -27,6 +29,14 @@ KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, Corru
          FloatingPointError)
 DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
                errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied', errno.EPERM: 'not permitted'}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (`--k x` printed the whole usage first); --help
+    still lists every flag."""
+
+    def error(self, message):
+        self.exit(REFUSAL_EXIT, f'error: {message}; --help lists the flags\n')
 
 
 def one_line(exc):
@@ -57,9 +67,13 @@ def run_cli(main, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         return main(argv)
-    except Interrupted as exc:
-        print(f'stopped: {exc}', file=sys.stderr)
-        sys.exit(128 + exc.signum)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # a second signal in training (StoppedAtOnce), or Ctrl-C where no checkpoint is kept (extracting
+        # features, say): what was written stays, and nothing half-written is taken for a result
+        if '--debug' in argv:
+            traceback.print_exc()
+        print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
+        sys.exit(128 + getattr(exc, 'signum', signal.SIGINT))
     except Exception as exc:
         message = one_line(exc)
         if message is None:

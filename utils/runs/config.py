@@ -20,6 +20,7 @@ from utils.encoders.factory import FP_ENCODERS
 from utils.recipes import CUDA_GRAPH_MODES, IMPROVED_EMA_DECAY, RECIPES, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.runs.checks import check_config
+from utils.runs.cli import Parser
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 
 K_SELECT = ('vote', 'model')  # how --k_choices chooses k (utils/runs/k_trials.py)
@@ -273,7 +274,7 @@ def build_parser(description, defaults, dataset_args=None, kind='memory'):
     """The flags that apply to a script, with its defaults: COMMON_DEFAULTS overridden by the
     script's table, applied once. kind 'memory' (CIFAR, digits: images held as tensors) or 'files'
     (image-file datasets) decides which data flags exist; `dataset_args(group)` adds the script's own."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = Parser(description=description, formatter_class=HelpFormatter)
     for title, add in FLAG_GROUPS:
         add(p.add_argument_group(title), kind)
     if dataset_args is not None:

@@ -3,6 +3,8 @@ import signal
 import sys
 import threading
 
+from utils.errors import StoppedAtOnce
+
 
 class StopSignals:
     """Within `with StopSignals() as stop:` a first SIGTERM or SIGINT only sets stop.signum (the
@@ -22,7 +24,8 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopped at once')
+            raise StoppedAtOnce(f'second {signal.Signals(signum).name}: stopped at once; the last checkpoint '
+                                f'written is kept', signum)
         self.signum = signum
         print(f'\n{self.name}: finishing this training step, then writing last.pt (send it again to stop at once)',
               file=sys.stderr, flush=True)
