@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from test_run_folders import snapshot
 
 from benchmarks import paper
@@ -200,6 +201,22 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
     assert close[2:] == ['--resume', paper_device.paths(args)['run'], '--nepoch', '0']
     # offline and without the file: the one line says where to put it
     assert 'copy it into .device_data/inputs/' in paper_device.check_noise_file(args)
+
+
+def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_path):
+    args = paper_device.parser().parse_args(['--out', str(tmp_path), '--simclr_epochs', '40'])
+    p = paper_device.paths(args)
+    sidecar = os.path.splitext(p['encoder'])[0] + '.json'
+    os.makedirs(os.path.dirname(sidecar))
+    open(p['encoder'], 'wb').close()
+    for written, done in (('{"epochs": 12}', False),   # exported by a --stop_after: pre-training goes on
+                          ('{"epochs": 40}', True), ('{"epochs": "40"}', False), ('{"epo', False)):
+        open(sidecar, 'w').write(written)
+        assert paper_device.simclr_done(args) is done, written
+    os.makedirs(p['run'])
+    for saved, epochs in (({'epoch': 7}, 8), ({'epoch': '7'}, 0), ({}, 0), ([7], 0)):
+        torch.save(saved, os.path.join(p['run'], 'last.pt'))
+        assert paper_device.epochs_trained(p['run']) == epochs, saved
 
 
 def stages_that(rc, commands):

@@ -32,6 +32,8 @@ def refusal_cases(work):
         ('-m benchmarks.paper', ['--record', str(work / 'no_run'), '--row', 'cifar10-pmd1-35-simclr']),
         ('-m tools.paper_device', ['--out', a_file, '--smoke']),
         ('-m tools.paper_device', ['--out', 'device', '--ship', theirs, '--smoke']),
+        ('-m tools.paper_device', ['--out', 'device', '--smoke', '--budget_s', 'nan']),
+        ('-m tools.paper_device', ['--out', 'device', '--smoke', '--simclr_epochs', '0', '--seed', '-1']),
     ]
 
 

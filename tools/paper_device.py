@@ -24,6 +24,7 @@ cut off by the budget does not (the next command goes on from it).
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -72,12 +73,13 @@ def simclr_command(args, where, minutes):
 
 
 def simclr_done(args):
+    """Whether the encoder is pre-trained for --simclr_epochs: its sidecar (pretrain_SimCLR.py's, also
+    written when --stop_after cut the pre-training short) counts the epochs it holds."""
     p = paths(args)
     if args.encoder:  # pre-trained by an earlier lease (its shards reassembled): nothing to pre-train
         return os.path.isfile(args.encoder)
-    log = [json.loads(line) for line in open(os.path.join(p['simclr_run'], 'log.jsonl'))] \
-        if os.path.isfile(os.path.join(p['simclr_run'], 'log.jsonl')) else []
-    return bool(log) and log[-1]['epoch'] >= args.simclr_epochs and os.path.isfile(p['encoder'])
+    epochs = load_json(os.path.splitext(p['encoder'])[0] + '.json').get('epochs')
+    return isinstance(epochs, int) and epochs >= args.simclr_epochs and os.path.isfile(p['encoder'])
 
 
 def train_command(args, where):
@@ -95,10 +97,12 @@ def train_command(args, where):
 
 
 def epochs_trained(run):
-    """Epochs last.pt holds (0 when none): what a closing --resume --nepoch keeps."""
-    if not os.path.isfile(os.path.join(run, 'last.pt')):
-        return 0
-    return load_torch(os.path.join(run, 'last.pt'))['epoch'] + 1
+    """Epochs last.pt holds (0 when none, or when it holds no epoch count): what a closing --resume
+    --nepoch keeps."""
+    path = os.path.join(run, 'last.pt')
+    saved = load_torch(path) if os.path.isfile(path) else {}
+    epoch = saved.get('epoch') if isinstance(saved, dict) else None
+    return epoch + 1 if isinstance(epoch, int) and epoch >= 0 else 0
 
 
 def close_command(args):
@@ -246,6 +250,15 @@ def parser():
     return p
 
 
+def flag_problems(args):
+    """Every bad number among the flags, in the words of the training scripts' checks."""
+    problems = [f'--{name} {getattr(args, name)} must be a finite number above 0'
+                for name in ('budget_s', 'simclr_minutes') if not 0 < getattr(args, name) < math.inf]
+    problems += [f'--{name} {getattr(args, name)} must be at least 1' for name in ('simclr_epochs', 'nepoch')
+                 if getattr(args, name) < 1]
+    return problems + ([f'--seed {args.seed} must not be negative'] if args.seed < 0 else [])
+
+
 def check_folders(args):
     """--out and --ship, before any stage runs: folders (or absent), and nothing in --ship that is not ours."""
     for flag, folder in (('--out', args.out), ('--ship', args.ship)):
@@ -258,6 +271,9 @@ def check_folders(args):
 def main(argv=None):
     """Exit status 1 where a stage failed or inputs are missing (after shipping what there is), else 0."""
     args = parser().parse_args(argv)
+    problems = flag_problems(args)
+    if problems:
+        raise SetupError('; '.join(problems))
     check_folders(args)
     if args.smoke:
         args.simclr_epochs, args.nepoch = min(args.simclr_epochs, 1), 2
