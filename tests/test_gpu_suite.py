@@ -187,6 +187,21 @@ def test_large_tensors_travel_in_pieces_and_altered_shards_are_refused(tmp_path)
         shards.read_shards(tmp_path / 's')
 
 
+def test_a_new_export_replaces_the_shards_its_manifest_lists_and_nothing_else(tmp_path):
+    folder = tmp_path / 's'
+    first = shards.write_shards({'big': torch.randn(3000, 100)}, folder, max_bytes=200_000)
+    (folder / 'shard-notes.txt').write_text('theirs\n')
+    (folder / 'shard-999.pt').write_bytes(b'theirs')  # no manifest of ours lists it
+    second = shards.write_shards({'small': torch.randn(5)}, folder, max_bytes=200_000)
+    assert len(first['shards']) >= 3 and len(second['shards']) == 1  # the longer export's shards are gone
+    assert sorted(os.listdir(folder)) == ['manifest.json', 'shard-000.pt', 'shard-999.pt', 'shard-notes.txt']
+    assert set(shards.read_shards(folder)[0]) == {'small'}
+    (folder / 'manifest.json').write_text('{"theirs": true}\n')
+    with pytest.raises(shards.ShardError, match='manifest.json is not a manifest of fp16-shards-1 shards'):
+        shards.write_shards({'small': torch.randn(5)}, folder)
+    assert (folder / 'shard-000.pt').exists()
+
+
 def test_a_fresh_machine_continues_from_the_shipped_results(smoke, tmp_path, monkeypatch):
     out, _ = smoke
     monkeypatch.setattr(gpu_suite, 'RECIPES', RECIPES)

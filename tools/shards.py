@@ -9,16 +9,19 @@ missing, truncated or altered; shards are read with `torch.load(weights_only=Tru
 import json
 import math
 import os
+import re
 
 import torch
 
 from utils.storage.fingerprints import file_digest
+from utils.storage.loading import load_json
 from utils.storage.saving import save_json, save_torch
 
 FORMAT = 'fp16-shards-1'
 MANIFEST = 'manifest.json'
 MAX_BYTES = 15_000_000      # under the 16 MB a returned file may have, in either reading of "MB"
 PACK_HEADROOM = 0.97        # torch.save adds a little per tensor: pack tensor bytes below the limit
+SHARD_NAME = re.compile(r'shard-\d{3,}\.pt')
 
 
 class ShardError(ValueError):
@@ -42,12 +45,27 @@ def _pieces(name, tensor, max_bytes):
     return [(f'{name}::{i}', p.clone()) for i, p in enumerate(t.flatten().split(per_piece))], n
 
 
+def remove_own_shards(folder):
+    """The shards an earlier manifest in `folder` lists, and that manifest: a shorter export must not
+    leave shards of a longer one behind, and a file no manifest of ours names is not ours to delete."""
+    manifest = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(manifest):
+        return
+    earlier = load_json(manifest)
+    if earlier.get('format') != FORMAT:
+        raise ShardError(f'{manifest} is not a manifest of {FORMAT} shards; choose another folder or delete it')
+    listed = earlier.get('shards')
+    names = [s.get('file') for s in listed if isinstance(s, dict)] if isinstance(listed, list) else []
+    for name in names:
+        if isinstance(name, str) and SHARD_NAME.fullmatch(name) and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    os.remove(manifest)
+
+
 def write_shards(state_dict, folder, max_bytes=MAX_BYTES, extra=None):
     """Write `folder/shard-NNN.pt` files of at most max_bytes and `folder/manifest.json`."""
     os.makedirs(folder, exist_ok=True)
-    for old in os.listdir(folder):  # a shorter export must not leave shards of a longer one behind
-        if old.startswith('shard-') or old == MANIFEST:
-            os.remove(os.path.join(folder, old))
+    remove_own_shards(folder)
     budget = int(max_bytes * PACK_HEADROOM)
     tensors, groups, current, used = {}, [], {}, 0
     for name, value in state_dict.items():
