@@ -88,7 +88,8 @@ def parser():
     g.add_argument('--knn_every', type=int, default=5, help='epochs between kNN monitor evaluations')
     g.add_argument('--save_every', type=int, default=1, help='epochs between saves of the whole state')
     g.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
-                   help='save and stop cleanly after this many minutes (chain runs with --resume)')
+                   help='save and stop cleanly once this command has trained this many minutes (chain commands '
+                        'with --resume)')
     g.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
     g.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
     g.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
@@ -267,7 +268,7 @@ def export(trainer, args, run_dir, knn_acc):
                'batch_size': args.batch_size, 'temperature': args.temperature,
                'pretrain_minutes': round(trainer.elapsed / 60, 2), 'device': device_description(trainer.device),
                'cuda_graph': trainer.graph is not None, **epoch_seconds(trainer.history),
-               'knn_curve': knn_curve(trainer.history), 'run_dir': run_dir, 'command': args.command_line}
+               'knn_curve': knn_curve(trainer.history), 'run_dir': os.path.abspath(run_dir), 'command': args.command_line}
     save_json(sidecar, sidecar_path(path))
     return path
 
@@ -285,6 +286,8 @@ def flag_problems(args):
         problems.append(f'--temperature {args.temperature} must be a finite number above 0')
     if not math.isfinite(args.weight_decay) or args.weight_decay < 0:
         problems.append(f'--weight_decay {args.weight_decay} must be a finite number, 0 or above')
+    if args.stop_after is not None and not 0 <= args.stop_after < math.inf:
+        problems.append(f'--stop_after {args.stop_after} must be a finite number of minutes, 0 or above')
     return problems + batch_problems(args.batch_size, args.n_images)
 
 
@@ -432,6 +435,7 @@ def pretrain(args, splits, device, run_dir, state):
         # epochs logged after the saved state are redone: keep the log consistent with it
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
     started = time.time() - trainer.elapsed
+    this_command = time.time()  # --stop_after counts this command's minutes, not the run's: a chain goes on
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
     first = trainer.epoch
     state_path = os.path.join(run_dir, 'state.pt')
@@ -447,7 +451,8 @@ def pretrain(args, splits, device, run_dir, state):
                            f'{record["minutes"]:.1f} min')
             trainer.history.append(record)
             append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))
-            stopping = args.stop_after is not None and trainer.elapsed / 60 >= args.stop_after
+            stopping = args.stop_after is not None and (time.time() - this_command) / 60 >= args.stop_after \
+                and trainer.epoch < args.nepoch
             signalled = stop.signum is not None and trainer.epoch < args.nepoch
             if trainer.epoch % args.save_every == 0 or trainer.epoch == args.nepoch or stopping or signalled:
                 save_torch(trainer.state(), state_path)

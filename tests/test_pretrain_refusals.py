@@ -55,6 +55,7 @@ def stopped_run(work):
     (['--weight_decay', '-1'], '--weight_decay -1.0 must be a finite number, 0 or above'),
     (['--device', 'tpu'], "--device 'tpu' is not a device"),
     (['--nepoch', '0'], '--nepoch 0 must be at least 1'),
+    (['--stop_after', '-1'], '--stop_after -1.0 must be a finite number of minutes, 0 or above'),
     (['--n_images', '16'], '--batch_size 32 is more than the 16 images pre-trained on; lower --batch_size'),
     (['--output', 'model'], '--output model is a folder'),
     (['--output', 'enc.json'], "the encoder's .json sidecar would be written over it"),
@@ -84,7 +85,7 @@ def test_two_runs_do_not_share_the_default_encoder(work):
     pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'a'])
     first = default.read_bytes()
     with pytest.raises(SetupError, match=f'{default} already exists \\(the export of the run in '
-                                         f'a/digits_resnet18\\); give --output another path, or delete it'):
+                                         f'{work}/a/digits_resnet18\\); give --output another path, or delete it'):
         pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'b'])
     assert default.read_bytes() == first and not (work / 'b').exists()
 
@@ -110,6 +111,25 @@ def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_exp
     assert summary['epochs'] == 3 and summary['encoder'] == 'enc.pt'
     assert json.load(open('enc.json'))['epochs'] == 3
     assert load_torch(os.path.join(stopped_run, 'state.pt'))['args']['knn_every'] == 1
+
+
+def test_stop_after_counts_this_commands_minutes_so_a_chain_goes_on(stopped_run):
+    state_path = os.path.join(stopped_run, 'state.pt')
+    state = load_torch(state_path)
+    state['elapsed_s'] = 6000.0  # the run has trained 100 minutes in earlier commands
+    torch.save(state, state_path)
+    summary = pretrain_SimCLR.main(['--resume', stopped_run, '--nepoch', '3', '--stop_after', '50', '--device', 'cpu'])
+    assert summary['epochs'] == 3 and summary['minutes'] >= 100
+
+
+def test_its_own_export_is_recognised_from_another_working_folder(work, monkeypatch):
+    encoder = str(work / 'enc.pt')
+    pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--stop_after', '0', '--out_dir', 'runs', '--output', encoder])
+    assert json.load(open(work / 'enc.json'))['run_dir'] == str(work / 'runs' / 'digits_resnet18')
+    (work / 'elsewhere').mkdir()
+    monkeypatch.chdir(work / 'elsewhere')
+    summary = pretrain_SimCLR.main(['--resume', str(work / 'runs' / 'digits_resnet18'), '--device', 'cpu'])
+    assert summary['epochs'] == 2 and json.load(open(work / 'enc.json'))['epochs'] == 2
 
 
 # ---- a signal stops after the epoch, keeping it ---------------------------------------------------------
