@@ -1,5 +1,6 @@
 """The GPU suite at smoke size on the CPU: every stage's result, skipping finished stages, the budget,
 cut-off stages, the markdown table, and the encoder's fp16 shards there and back."""
+import argparse
 import json
 import os
 import sys
@@ -185,6 +186,19 @@ def test_large_tensors_travel_in_pieces_and_altered_shards_are_refused(tmp_path)
     shard.write_bytes(bytes(data))
     with pytest.raises(shards.ShardError, match='differs from the manifest'):
         shards.read_shards(tmp_path / 's')
+
+
+def test_the_paper_row_waits_for_missing_inputs_and_records_a_failed_stage(tmp_path):
+    args = argparse.Namespace(out=str(tmp_path), smoke=True)
+    shipped = tmp_path / 'paper_row'
+    shipped.mkdir()
+    (shipped / 'paper_device.json').write_text(json.dumps({'stopped': 'cifar10-1-0.35.npy absent', 'failed': ['inputs']}))
+    assert gpu_suite.paper_row_result(None, args)['complete'] is False  # the next command tries again
+    (shipped / 'paper_device.json').write_text(json.dumps({'failed': ['simclr'], 'simclr': {'rc': 1}}))
+    with pytest.raises(RuntimeError, match="the row's simclr stage failed"):
+        gpu_suite.paper_row_result(None, args)
+    stage = next(s for s in gpu_suite.stages() if s.name == 'paper_row')
+    assert stage.ok_codes == (0, 1) and stage.resumable
 
 
 def test_a_new_export_replaces_the_shards_its_manifest_lists_and_nothing_else(tmp_path):
