@@ -30,7 +30,7 @@ import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
-from utils.runs.cli import Parser, run_cli
+from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
 from utils.runs.folders import RECORD_NAME, check_fresh_folder, write_run_file
 from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
@@ -216,6 +216,10 @@ def run_row(row, seeds, runs, extra, dry_run=False):
         record = {'row': row.id, 'seed': seed, 'command': command, 'commit': commit(),
                   'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime())}
         rc = run_seed(command, folder, record)
+        if rc == REFUSAL_EXIT:  # the same flags and data would be refused for every seed
+            print(f'[{row.id} seed {seed}] refused (its error line above says why); fix that, then run the same '
+                  f'command')
+            return rc
         if rc:
             print(f'[{row.id} seed {seed}] exit status {rc}; run the same command to resume it')
             status = rc

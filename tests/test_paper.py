@@ -146,7 +146,10 @@ def test_a_refused_seed_leaves_its_folder_as_it_found_it(outputs, capfd):
     before = snapshot(group)
     assert paper.main(['--row', 'digits-smoke', '--seeds', '1', '2', '--runs', str(outputs / 'runs'), '--',
                        '--nepoch', '0']) == 2
-    assert capfd.readouterr().err.count('error: --nepoch 0 must be at least 1') == 2  # the seeds' own refusals
+    said = capfd.readouterr()
+    assert said.err.count('error: --nepoch 0 must be at least 1') == 1  # the first seed's own refusal ends the row
+    assert '[digits-smoke seed 1] refused (its error line above says why); fix that' in said.out
+    assert 'resume' not in said.out
     assert snapshot(group) == before and sorted(os.listdir(group)) == ['s2']
 
 
