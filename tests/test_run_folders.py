@@ -222,3 +222,21 @@ def test_images_rewritten_in_place_are_never_served_stale_nor_resumed(tmp_path):
     with pytest.raises(SetupError, match=f'the run was made by train_ImageFolder.py, not train_CIFAR.py; run that '
                                          f'script instead \\(python train_ImageFolder.py --resume {run_dir}'):
         train_CIFAR.main(['--resume', run_dir])
+
+
+def test_a_folder_recorded_before_runs_named_their_kind_is_read_by_its_files(tmp_path, small, monkeypatch):
+    """The record of an older version names no kind and its partial writes end in .tmp: the files it
+    names still tell a stopped training run, which a pre-training may not take and a training run may."""
+    flags, original = killed_before_its_first_checkpoint(tmp_path, small, monkeypatch, '3')
+    run_dir = tmp_path / 'runs' / 'r'
+    record = json.loads((run_dir / RECORD_NAME).read_text())
+    del record['kind']
+    (run_dir / RECORD_NAME).write_text(json.dumps(record))
+    (run_dir / '.best.pt.x1y2z3w4.tmp').write_bytes(b'half a checkpoint')  # an older version's partial write
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match='holds what a training run wrote before it stopped'):
+        RunClaim(str(run_dir), fresh=True, checkpoint='state.pt', other='--out_dir')
+    assert snapshot(run_dir) == before
+    monkeypatch.setattr(Trainer, 'train_epoch', original)
+    run(cfg_for(tmp_path, *flags), lambda c: small)  # the same kind takes it over, its old partial write swept
+    assert (run_dir / 'last.pt').exists() and not (run_dir / '.best.pt.x1y2z3w4.tmp').exists()

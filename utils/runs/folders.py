@@ -37,6 +37,8 @@ LEFTOVERS, FINISHED = ('log.jsonl', 'best.pt'), 'summary.json'
 # the kinds of run a folder can hold, by the checkpoint that says one is there: a fresh run takes no folder
 # holding either, and none whose record says another kind of run wrote there
 RUN_KINDS = {'last.pt': 'training', 'state.pt': 'SimCLR pre-training'}
+# files only one kind of run writes (a record from before the kind was recorded is read by them)
+KIND_MARKS = {'last.pt': ('last.pt', 'best.pt', 'config.json', 'summary.json'), 'state.pt': ('state.pt',)}
 # flags a resumed run may take from its own command line: where it runs and how it batches evaluation
 # and extraction or launches its kernels (results do not depend on them), --nepoch to extend the run, and
 # where inputs lie (the inputs themselves are checked by hash)
@@ -325,10 +327,15 @@ def read_record(run_dir):
 
 
 def recorded_kind(run_dir):
-    """The checkpoint name (a key of RUN_KINDS) of the kind of run the record says wrote there; None where it
-    does not say (no record, or one written before runs recorded their kind)."""
-    kind = _own_record(run_dir).get('kind')
-    return kind if kind in RUN_KINDS else None
+    """The checkpoint name (a key of RUN_KINDS) of the kind of run the record says wrote there. A record
+    written before runs recorded their kind is read by the files it names (KIND_MARKS); None where there
+    is no record or its files tell no kind."""
+    record = _own_record(run_dir)
+    if record.get('kind') in RUN_KINDS:
+        return record['kind']
+    files = read_record(run_dir)
+    kinds = [kind for kind, marks in KIND_MARKS.items() if files & set(marks)]
+    return kinds[0] if len(kinds) == 1 else None
 
 
 def _write_record(run_dir, files, kind=None):
@@ -342,7 +349,7 @@ def _a_runs(rel, files):
     if rel in (LOCK_NAME, RECORD_NAME) or rel in files:
         return True
     head, name = os.path.split(rel)
-    target = partial_write_of(name)
+    target = partial_write_of(name, legacy=True)
     return target is not None and os.path.join(head, target) in files
 
 
@@ -468,7 +475,7 @@ class RunClaim:
                 self.writing = True
                 if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
                     remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
-                sweep_partial_writes(self.run_dir)
+                sweep_partial_writes(self.run_dir, legacy_targets=self.files)
             if rel not in self.files:
                 self.files.add(rel)
                 _write_record(self.run_dir, self.files, self.checkpoint)

@@ -94,11 +94,15 @@ def atomic_write(path, write, check=None, flag='--out_dir / --cache_dir'):
 # program uses, so a sweep removes only this package's own partial writes (never a user's .*.tmp)
 TMP_SUFFIX = '.lra-partial'
 _PARTIAL = re.compile(r'\.(.+)\.[a-z0-9_]{8}' + re.escape(TMP_SUFFIX))
+# before that they ended in .tmp: such a file is taken for the package's only where the caller knows its
+# target for a file the package wrote (a run folder's record names it)
+_LEGACY_PARTIAL = re.compile(r'\.(.+)\.[a-z0-9_]{8}\.tmp')
 
 
-def partial_write_of(name):
-    """The name of the file a partial write (atomic_write's temporary file) named `name` was for, else None."""
-    match = _PARTIAL.fullmatch(name)
+def partial_write_of(name, legacy=False):
+    """The name of the file a partial write (atomic_write's temporary file) named `name` was for, else None;
+    with `legacy`, the name an older version's temporary file was for too."""
+    match = _PARTIAL.fullmatch(name) or (_LEGACY_PARTIAL.fullmatch(name) if legacy else None)
     return match.group(1) if match else None
 
 
@@ -110,12 +114,14 @@ def remove_files(folder, names):
             os.remove(path)
 
 
-def sweep_partial_writes(folder, older_than=None):
+def sweep_partial_writes(folder, older_than=None, legacy_targets=()):
     """Remove the temporary files of writes a killed process left behind (partial_write_of names them),
-    only those last modified before the time `older_than` where given."""
+    only those last modified before the time `older_than` where given; an older version's too where
+    their target is among `legacy_targets`."""
     if not os.path.isdir(folder):
         return []
-    stale = [os.path.join(folder, name) for name in os.listdir(folder) if partial_write_of(name)]
+    stale = [os.path.join(folder, name) for name in os.listdir(folder)
+             if partial_write_of(name) or partial_write_of(name, legacy=True) in legacy_targets]
     stale = [path for path in stale if older_than is None or os.path.getmtime(path) < older_than]
     for path in stale:
         try:
