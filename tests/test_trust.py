@@ -502,6 +502,11 @@ DAMAGED_CHECKPOINTS = [
     (lambda c: c['config'].update(diff_encoder=3), 'config: --diff_encoder 3 is not a value of the flag'),
     (lambda c: c['config'].update(diff_encoder='resnet19'), "config: --diff_encoder 'resnet19' is not a value"),
     (lambda c: c['config'].update(k=0), 'config: --k 0 must be at least 1'),
+    (lambda c: c.pop('config'), 'config is missing'),
+    (lambda c: c.update(config=[1]), 'config is list'),
+    (lambda c: c['config'].update(lr=None), 'config: --lr None is not a value of the flag'),
+    (lambda c: c['config'].update(ddim_n_step=None), 'config: --ddim_n_step None is not a value of the flag'),
+    (lambda c: c['config'].update(device=None), 'config: --device None is not a value of the flag'),
 ]
 
 

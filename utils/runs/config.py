@@ -387,12 +387,15 @@ def _could_give(action, value):
 def saved_flag_problems(saved):
     """Values a run recorded (a checkpoint's config) that no command line could have given their flag: a
     damaged or edited file, refused before it fails with a traceback. None is a value a run may record
-    (a default the recipe resolves, or a flag's value before it existed); flags of one script only are
+    where the flag's common default is None (a default the recipe resolves); flags of one script only are
     not checked."""
     actions = _flag_actions()
-    return [f'--{name} {value!r} is not a value of the flag' for name, value in saved.items()
-            if name in actions and value is not None and not _could_give(actions[name], value)
-            and not (name in RECORDED_SWITCHES and isinstance(value, bool))]
+    never_none = [name for name, value in saved.items()  # flags every run resolves to a value
+                  if value is None and COMMON_DEFAULTS.get(name) is not None]
+    return [f'--{name} None is not a value of the flag' for name in never_none] + \
+        [f'--{name} {value!r} is not a value of the flag' for name, value in saved.items()
+         if name in actions and value is not None and not _could_give(actions[name], value)
+         and not (name in RECORDED_SWITCHES and isinstance(value, bool))]
 
 
 # flags whose runs recorded True or False before they took a value (utils/recipes.cuda_graph_mode reads them)

@@ -78,7 +78,9 @@ def load_run(run_dir, name='last.pt'):
         found = ckpt.get('format_version') if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ResumeRefused(f'{path} is not an LRA-diffusion checkpoint of format {CHECKPOINT_FORMAT} '
                             f'(found {found})')
-    problems = checkpoint_problems(ckpt) + [f'config: {p}' for p in saved_flag_problems(ckpt['config'])]
+    problems = checkpoint_problems(ckpt)
+    if isinstance(ckpt.get('config'), dict):
+        problems += [f'config: {p}' for p in saved_flag_problems(ckpt['config'])]
     if not problems:  # values of the right kind, in the ranges the flags allow
         problems = [f'config: {p}' for p in config_problems(Config(**{**COMMON_DEFAULTS, **ckpt['config']}))]
     if problems:
