@@ -52,9 +52,9 @@ STATE_FORMAT = 1
 # this script's flags that must be at least 1, beyond those utils/runs/checks knows
 AT_LEAST_ONE = ('n_images', 'knn_every', 'save_every')
 # flags a --resume may give: where and how it runs, how often it saves and monitors, where its data
-# lies (none of them changes a weight), and --nepoch to lengthen the run
+# lies and where the encoder goes (none of them changes a weight), and --nepoch to lengthen the run
 PER_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug', 'save_every', 'knn_every', 'data_root',
-               'download', 'nepoch')
+               'download', 'nepoch', 'output')
 # those a resume takes from its own command even where not given (its defaults)
 ALWAYS_FROM_THIS_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug')
 

@@ -98,8 +98,7 @@ def test_a_resume_refuses_flags_that_would_change_the_run(stopped_run, capsys):
     code, err = refusal(['--resume', stopped_run, '--lr=0.1', '--temp', '0.2', '--output', 'other.pt',
                          '--device', 'cpu'], capsys)
     assert code == 2 and err == (f"error: --resume {stopped_run}: these flags differ from the run's: --lr 0.1 "
-                                 f'(run: default), --output other.pt (run: enc.pt), --temperature 0.2 (run: 0.5); '
-                                 f'drop them or start a new run\n')
+                                 f'(run: default), --temperature 0.2 (run: 0.5); drop them or start a new run\n')
     code, err = refusal(['--resume', stopped_run, '--nepoch', '1'], capsys)
     assert code == 2 and '--nepoch 1: the run in' in err and 'give at least 2 or drop --nepoch' in err
     assert open(state, 'rb').read() == before and not os.path.exists('other.pt')
@@ -111,6 +110,16 @@ def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_exp
     assert summary['epochs'] == 3 and summary['encoder'] == 'enc.pt'
     assert json.load(open('enc.json'))['epochs'] == 3
     assert load_torch(os.path.join(stopped_run, 'state.pt'))['args']['knn_every'] == 1
+
+
+def test_a_resume_whose_export_place_was_taken_writes_where_output_says(stopped_run, capsys):
+    os.remove('enc.json')
+    open('enc.pt', 'wb').write(b'theirs')  # the run's export replaced by someone else's file
+    code, err = refusal(['--resume', stopped_run, '--device', 'cpu'], capsys)
+    assert code == 2 and 'enc.pt already exists (not an export of this run); give --output another path' in err
+    summary = pretrain_SimCLR.main(['--resume', stopped_run, '--output', 'other.pt', '--device', 'cpu'])
+    assert summary['encoder'] == 'other.pt' and json.load(open('other.json'))['epochs'] == 2
+    assert open('enc.pt', 'rb').read() == b'theirs'
 
 
 def test_stop_after_counts_this_commands_minutes_so_a_chain_goes_on(stopped_run):
