@@ -146,6 +146,28 @@ def test_hostile_encoder_checkpoints_are_refused_in_one_line(tmp_path, marker, w
     assert '\n' not in str(refused.value) and len(str(refused.value)) < 400
 
 
+def test_torchvisions_cached_imagenet_weights_are_read_weights_only_and_named(tmp_path, marker, monkeypatch):
+    from utils.encoders import imagenet
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+
+    def offline(url, **kwargs):
+        raise OSError('<urlopen error [Errno -3]\nTemporary failure in name resolution>')
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', offline)
+    with pytest.raises(EncoderError, match=r'ImageNet weights for resnet18 are not cached in .*hub/checkpoints and '
+                                           r'could not be downloaded \(<urlopen error \[Errno -3\]\)') as refused:
+        imagenet.load_imagenet_resnet('resnet18')
+    assert '\n' not in str(refused.value)
+    cached = tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'
+    cached.parent.mkdir(parents=True)
+    torch.save(imagenet.load_imagenet_resnet('resnet18', 'random', seed=3).net.state_dict(), cached)
+    from_cache = imagenet.load_imagenet_resnet('resnet18')
+    assert torch.equal(from_cache.net.conv1.weight, torch.load(cached)['conv1.weight'])
+    torch.save({'conv1.weight': Marker(marker)}, cached)
+    with pytest.raises(UnsafeFile, match=f'cached ImageNet weights for resnet18 {cached} refused: loading it would '
+                                         f'call'):
+        imagenet.load_imagenet_resnet('resnet18')
+
+
 def test_clip_file_that_is_no_clip_model_is_named(tmp_path):
     from utils.encoders.clip import load_clip
     torch.save({'weight': torch.zeros(2)}, tmp_path / 'other.pt')

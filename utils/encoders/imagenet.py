@@ -38,6 +38,23 @@ class ImageNetResNet(FrozenEncoder):
         return self.net(x)
 
 
+def torchvision_weights(arch):
+    """torchvision's ImageNet state dict of `arch`: the file in torch.hub's cache, read weights-only and
+    refused in one line naming it where it is damaged or hostile; downloaded (when online) where absent."""
+    import torchvision
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    if os.path.isfile(cached):
+        return load_torch(cached, f'cached ImageNet weights for {arch}', fix='delete it to download it again')
+    try:  # weights_only: torch.hub's default unpickles anything
+        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EncoderError(f'ImageNet weights for {arch} are not cached in {os.path.dirname(cached)} and could not '
+                           f'be downloaded ({first}); pass a local checkpoint path instead (e.g. '
+                           f'--diff_encoder_weights /path/to/{arch}.pth)') from exc
+
+
 def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
     """weights: 'imagenet' (torchvision's, downloaded when online), 'random', or a checkpoint path
     (a torchvision-layout classifier state dict; a 'module.' prefix and the fc are ignored)."""
@@ -45,15 +62,7 @@ def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
         torch.manual_seed(seed)
         encoder = ImageNetResNet(arch)
     if weights == 'imagenet':
-        import torchvision
-        try:
-            weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
-            state = weights_enum.get_state_dict(progress=False, weights_only=True)  # torch.hub's default unpickles anything
-        except Exception as exc:
-            raise EncoderError(f'ImageNet weights for {arch} are not cached and could not be downloaded ({exc}); '
-                               f'pass a local checkpoint path instead (e.g. --diff_encoder_weights '
-                               f'/path/to/{arch}.pth)') from exc
-        source = f'torchvision {arch} ImageNet'
+        state, source = torchvision_weights(arch), f'torchvision {arch} ImageNet'
     elif weights == 'random':
         state, source = None, f'random {arch} (seed {seed})'
     else:
