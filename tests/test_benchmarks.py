@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train_CIFAR
-from benchmarks import inference, retrieval, training
+from benchmarks import checkpoints, inference, numerics, retrieval, training
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
 from utils.diff_encoders import build_model
@@ -85,3 +85,18 @@ def test_extraction_benchmark_decodes_and_encodes_every_file():
     from benchmarks import extraction
     result = extraction.main(['--n', '40', '--small', '--workers', '2', '--batch_size', '16', '--device', 'cpu'])
     assert result['images'] == 40 and result['feature_dim'] == 32 and result['images_per_s'] > 0
+
+
+def test_the_bf16_numerics_benchmark_compares_the_two_towers_on_the_same_images():
+    (row,) = numerics.main(['--device', 'cpu', '--archs', 'tiny', '--n', '40'])
+    assert row['arch'] == 'tiny' and 0.99 < row['min_cosine'] <= 1 and 0.5 < row['top10_overlap'] <= 1
+    same = torch.randn(40, 8)
+    assert numerics.neighbour_overlap(same, same) == 1.0
+    assert numerics.neighbour_overlap(same, torch.randn(40, 8)) < 0.5  # unrelated features: about 10 of 39
+
+
+def test_the_checkpoint_benchmark_saves_the_authors_cifar_state_both_ways(tmp_path):
+    state = checkpoints.authors_state(torch.device('cpu'))
+    assert 100e6 < checkpoints.state_bytes(state) < 130e6  # the denoiser and the moments of what is trained
+    result = checkpoints.main(['--out_dir', str(tmp_path), '--saves', '1'])
+    assert len(result['synchronous_s']) == len(result['background_wait_s']) == 1 and not os.listdir(tmp_path)

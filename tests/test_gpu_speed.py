@@ -1,16 +1,15 @@
 """CUDA checks of the fast paths: the bf16 CLIP tower's effect on features and neighbours, encoders and the
 SimCLR step without host syncs, the graphed SimCLR step against the eager one. They skip without CUDA."""
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import pretrain_SimCLR
+from benchmarks.numerics import clip_encoder, neighbour_overlap, smooth_images
 from conftest import requires_cuda, subset
 from utils.encoders.cc_net import load_cc
-from utils.encoders.clip import CLIPEncoder
 from utils.encoders.pixels import RawPixels
-from utils.encoders.random_weights import random_clip_visual, save_random_cc, save_random_simclr
+from utils.encoders.random_weights import save_random_cc, save_random_simclr
 from utils.encoders.simclr import load_simclr
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
@@ -19,45 +18,24 @@ TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_
         '--device', 'cuda', '--warmup_epochs', '0']
 
 
-def clip_encoder(arch, tower):
-    """A CLIP encoder of the real architecture with random weights (speed and rounding do not depend on them)."""
-    return CLIPEncoder(SimpleNamespace(visual=random_clip_visual(arch)), arch, tower).finish('cuda')
-
-
-def smooth_images(n, seed=0):
-    """Random 4×4 colour fields enlarged to 32×32: images whose random-weight features spread out (uniform
-    noise makes them all nearly alike, so neighbours would be decided by rounding)."""
-    g = torch.Generator().manual_seed(seed)
-    fields = torch.randint(0, 256, (n, 3, 4, 4), generator=g).float()
-    return torch.nn.functional.interpolate(fields, size=32, mode='bilinear').round().to(torch.uint8).cuda()
-
-
-def top10(features):
-    d = torch.cdist(features, features)
-    d.fill_diagonal_(float('inf'))
-    return d.topk(10, largest=False).indices
-
-
 @pytest.mark.parametrize('arch', ['ViT-B/32', 'ViT-B/16'])
 def test_the_bf16_tower_keeps_features_and_neighbours(arch):
-    images = smooth_images(320)
-    reference = clip_encoder(arch, 'clip')
+    images = smooth_images(320, device='cuda')
+    reference = clip_encoder(arch, 'clip', 'cuda')
     reference.bf16 = False  # the clip package's tower in float32
     ref = reference.encode(images)
-    fused = clip_encoder(arch, 'fused')
-    fast = fused.encode(images)
+    fused = clip_encoder(arch, 'fused', 'cuda')
+    fast = fused.encode(images)  # the encoder's own CUDA path: bf16
     assert {p.dtype for p in fused.tower_in(torch.bfloat16).parameters()} == {torch.bfloat16}
     assert torch.nn.functional.cosine_similarity(ref, fast).min() >= 0.999
-    a, b = top10(ref), top10(fast)
-    overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / a.numel()
-    assert overlap >= 0.98
+    assert neighbour_overlap(ref, fast) >= 0.98
     fused.bf16 = False  # float32 on CUDA: the same function as the clip package's tower
     torch.testing.assert_close(fused.encode(images), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
 
 
 def test_the_bf16_weights_are_made_once():
-    encoder = clip_encoder('ViT-B/32', 'fused')
-    images = smooth_images(4)
+    encoder = clip_encoder('ViT-B/32', 'fused', 'cuda')
+    images = smooth_images(4, device='cuda')
     encoder.encode(images)
     tower = encoder.tower_in(torch.bfloat16)
     encoder.encode(images)
@@ -66,9 +44,9 @@ def test_the_bf16_weights_are_made_once():
 
 def test_an_encode_makes_no_host_sync(tmp_path):
     """Every f_p the package builds itself (the clip package's tower is kept as it was, for comparison)."""
-    images = smooth_images(16)
+    images = smooth_images(16, device='cuda')
     simclr = load_simclr(save_random_simclr('resnet18', tmp_path / 's.pt'), 'cuda')
-    encoders = [clip_encoder('ViT-B/32', 'fused'), simclr, load_cc(save_random_cc(tmp_path / 'cc.pt'), 'cuda'),
+    encoders = [clip_encoder('ViT-B/32', 'fused', 'cuda'), simclr, load_cc(save_random_cc(tmp_path / 'cc.pt'), 'cuda'),
                 RawPixels((3, 32, 32), (0.5,) * 3, (0.25,) * 3).finish('cuda')]
     for encoder in encoders:
         encoder.encode(images)  # warm-up: the bf16 copy, cuDNN's choices, the per-device constants

@@ -3,6 +3,8 @@
 Speed does not depend on the weights, so timings of these are valid; tests use the tiny variants to
 exercise the real loading code offline.
 """
+import warnings
+
 import torch
 
 from utils.encoders.cc_net import CCEncoder
@@ -18,22 +20,29 @@ CLIP_ARCHS = {
 }
 
 
+def _clip_model():
+    with warnings.catch_warnings():  # the clip package imports pkg_resources
+        warnings.simplefilter('ignore')
+        import clip.model
+    return clip.model
+
+
 def random_clip_visual(arch, seed=0, layers=None):
     """The image tower of CLIP `arch` (clip.model.VisionTransformer) with random weights; `layers`: fewer
     blocks than the real tower has, every shape kept (for cheap tests of the block structure)."""
-    import clip.model
+    clip_model = _clip_model()
     embed_dim, resolution, vision_layers, width, patch = CLIP_ARCHS[arch][:5]
     torch.manual_seed(seed)
-    return clip.model.VisionTransformer(resolution, patch, width, layers or vision_layers, width // 64,
+    return clip_model.VisionTransformer(resolution, patch, width, layers or vision_layers, width // 64,
                                         embed_dim).eval()
 
 
 def save_random_clip(arch, path, seed=0):
     """A CLIP state dict (fp16, as the released files) that `clip.load(path)` builds."""
-    import clip.model
+    clip_model = _clip_model()
     torch.manual_seed(seed)
-    model = clip.model.CLIP(*CLIP_ARCHS[arch])
-    clip.model.convert_weights(model)
+    model = clip_model.CLIP(*CLIP_ARCHS[arch])
+    clip_model.convert_weights(model)
     torch.save(model.state_dict(), path)
     return path
 
