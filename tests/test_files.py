@@ -178,9 +178,10 @@ def test_clothing1m_script_with_a_classifier_as_f_p(tmp_path, tiny_clip_path):
     ckpt = tmp_path / 'cc_resnet18.pt'
     net = torchvision.models.resnet18(num_classes=4)
     torch.save({'module.' + k: v for k, v in net.state_dict().items()}, ckpt)  # as saved from DataParallel
-    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *small_flags(tmp_path, tiny_clip_path),
-                                              '--fp_encoder', 'classifier', '--fp_checkpoint', str(ckpt),
-                                              '--fp_arch', 'resnet18'])
+    flags = small_flags(tmp_path, tiny_clip_path)
+    del flags[flags.index('--CLIP_type'):flags.index('--CLIP_type') + 2]  # a classifier reads no CLIP file
+    summary, run_dir = train_Clothing1M.main(['--clothing1m_root', root, *flags, '--fp_encoder', 'classifier',
+                                              '--fp_checkpoint', str(ckpt), '--fp_arch', 'resnet18'])
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['fp_dim'] == 512 and config['n_train'] == 80  # the cc_select subset
     # the authors' balanced draw: 10,000 per class asked, lowered to the smallest class (16 of 80)

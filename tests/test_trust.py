@@ -1,5 +1,6 @@
 """Trust nothing read from disk: no file the package loads can run code, and every refusal names the file."""
 import errno
+import functools
 import json
 import os
 import pickle
@@ -227,6 +228,7 @@ def never_read(cfg):
     ('--n_samples', '-1', '--n_samples -1 must not be negative'),
     ('--seed', '-3', '--seed -3 must not be negative'),
     ('--noise_seed', '-1', '--noise_seed -1 must not be negative'),
+    ('--seed', '4294967296', '--seed 4294967296 must be at most 4294967295'),
     ('--device', 'gpu', "--device 'gpu' is not a device"),
     ('--nepoch', '0', '--nepoch 0 must be at least 1'),
     ('--noise_type', 'digits-U-1.5', r'the U noise rate 1.5 in --noise_type digits-U-1.5 is out of range: rates lie in \[0, 1\]'),
@@ -236,10 +238,37 @@ def never_read(cfg):
     # the digits' diffusion encoder has no ImageNet backbone: its weights flag would be ignored
     ('--diff_encoder_weights', 'random', r'--diff_encoder_weights applies to the \*_l diffusion encoders only'),
     ('--diff_backbone', 'tuned', r'--diff_backbone applies to the \*_l diffusion encoders only'),
+    # the digits' f_p is raw pixels: an encoder's file or model would be ignored
+    ('--CLIP_type', 'ViT-B/32', '--CLIP_type applies to --fp_encoder CLIP only, not raw; drop it'),
+    ('--fp_checkpoint', 'x.pt', '--fp_checkpoint applies to --fp_encoder SimCLR / classifier / CC / features / timm'),
+    ('--fp_model', 'resnet50', '--fp_model applies to --fp_encoder timm / open_clip only, not raw'),
 ])
 def test_bad_flags_are_refused_before_data_is_read(tmp_path, flag, value, message):
     with pytest.raises(SetupError, match=message):
         run(cfg_for(tmp_path, flag, value), never_read)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_cache_dir_a_file_stands_in_the_way_of_is_refused_before_work(tmp_path):
+    (tmp_path / 'a_file').write_text('mine\n')
+    with pytest.raises(SetupError, match=f'--cache_dir {tmp_path}/a_file/cache: {tmp_path}/a_file is a file, '
+                                         f'not a folder; choose another --cache_dir'):
+        run(cfg_for(tmp_path, '--cache_dir', str(tmp_path / 'a_file' / 'cache')), never_read)
+    assert os.listdir(tmp_path) == ['a_file']
+
+
+def test_val_fraction_beside_val_is_refused():
+    import train_ImageFolder
+    with pytest.raises(SetupError, match='--val_fraction applies only without --val'):
+        train_ImageFolder.config(['--train', 'train', '--val', 'val', '--val_fraction', '0.2'])
+    assert train_ImageFolder.config(['--train', 'train', '--val_fraction', '0.2']).val_fraction == 0.2
+
+
+@pytest.mark.parametrize('noise', ['cifar10n-worse', 'cifar100-U-0.4', 'cifar10-1-0.35_U_0.3'])
+def test_a_noise_named_for_another_dataset_is_refused_before_work(tmp_path, digits, noise):
+    with pytest.raises(SetupError, match=f'--noise_type {noise} is a noise of cifar10.*, and this run trains on '
+                                         f'digits: name a digits noise'):
+        run(cfg_for(tmp_path, '--noise_type', noise), lambda c: digits)
     assert not os.listdir(tmp_path)
 
 
@@ -320,9 +349,10 @@ def test_disk_full_names_the_folder_and_leaves_no_partial_file(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
-def test_dataset_flag_names_the_dataset_of_any_noise_file(tmp_path):
+def test_dataset_flag_names_the_dataset_of_any_noise_file(tmp_path, monkeypatch):
     import train_CIFAR
     write_cifar10(str(tmp_path / 'data'))
+    monkeypatch.setattr(train_CIFAR, 'load_cifar', functools.partial(load_cifar, n_train=150))  # 200 images
     flags = ['--data_root', str(tmp_path / 'data'), '--noise_type', str(tmp_path / 'my_noise.npy')]
     splits = train_CIFAR.load_splits(train_CIFAR.config([*flags, '--dataset', 'cifar10']))
     assert splits.name == 'cifar10' and splits.n_class == 10

@@ -1,5 +1,6 @@
 """Data preparation, done once per run: noisy labels → frozen f_p features (cached) → neighbour table
 (cached) → candidate labels, and the tensors a training step reads, resident on the device."""
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 
 from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding
-from utils.data.noise import OWN_LABELS, check_label_range, noise_rate, resolve_noisy_labels
+from utils.data.noise import OWN_LABELS, check_label_range, dataset_of, noise_rate, resolve_noisy_labels
 from utils.data.sampling import per_class_count
 from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
 from utils.encoders.cache import cached, cached_features, cached_file_features
@@ -73,6 +74,21 @@ def check_split_labels(splits):
             check_label_range(labels, splits.n_class, f'{splits.name} {split} labels')
 
 
+# the in-memory datasets whose names begin noise names (cifar10-1-0.35, cifar100n-noisy, digits-U-0.4)
+NAMED_DATASETS = ('cifar10', 'cifar100', 'digits')
+
+
+def check_noise_is_for(noise_type, dataset):
+    """A noise name made for another dataset (cifar100-U-0.4 on CIFAR-10, CIFAR-10N on the digits) is
+    refused: its labels would be cut to this training set, or drawn over classes it does not have."""
+    if noise_type.endswith('.npy') or os.sep in noise_type:
+        return  # a file: its length and classes are checked against the training set
+    made_for, dataset = dataset_of(noise_type), dataset_of(dataset)  # digits-sub200 (a test's subset): digits
+    if made_for in NAMED_DATASETS and made_for != dataset:
+        raise SetupError(f'--noise_type {noise_type} is a noise of {made_for}, and this run trains on {dataset}: '
+                         f'name a {dataset} noise (e.g. {dataset}-U-0.4), or train on {made_for}')
+
+
 def training_labels(cfg, splits):
     """The noisy training labels: the dataset's own (--noise_type own), or resolved from --noise_type."""
     clean = clean_train_labels(splits)
@@ -81,6 +97,7 @@ def training_labels(cfg, splits):
             raise SetupError(f'--noise_type {OWN_LABELS} means the dataset\'s own noisy labels, which {splits.name} does '
                              f'not have: name a noise (e.g. {splits.name}-U-0.4 or a .npy file)')
         return np.asarray(splits.own_noisy_labels), f'{splits.name} labels', clean
+    check_noise_is_for(cfg.noise_type, splits.name)
     n = splits.size('train')
     labels, source = resolve_noisy_labels(cfg.noise_type, n, clean, splits.n_class, seed=cfg.noise_seed,
                                           coarse_of_class=getattr(splits, 'coarse_of_class', None),

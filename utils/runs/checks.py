@@ -10,12 +10,14 @@ import re
 import torch
 
 from utils.diff_encoders import DIFF_ENCODERS
+from utils.encoders.factory import HUB_ENCODERS
 from utils.errors import SetupError
 
 AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
                 'eval_every', 'checkpoint_every', 'image_size')
 NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers', 'k_trial_epochs')
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+MAX_SEED = 2 ** 32 - 1
 # a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
 NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
 
@@ -35,6 +37,10 @@ def config_problems(cfg):
         value = getattr(cfg, name, 0)
         if value is not None and value < 0:
             problems.append(f'--{name} {value} must not be negative')
+    for name in ('seed', 'noise_seed'):  # numpy's and torch's generators take 32-bit seeds
+        value = getattr(cfg, name, 0)
+        if value is not None and value > MAX_SEED:
+            problems.append(f'--{name} {value} must be at most {MAX_SEED}')
     for name in ('lr', 'lr_horizon', 'grad_clip'):
         value = getattr(cfg, name, 1)
         if name == 'lr_horizon' and value == 0:
@@ -104,16 +110,31 @@ def is_plain_name(name):
         and not os.path.isabs(name)
 
 
+# the f_p encoders that read each encoder flag (utils/encoders/factory.build_fp_encoder)
+FP_ENCODER_FLAGS = {'fp_checkpoint': ('SimCLR', 'classifier', 'CC', 'features', *HUB_ENCODERS),
+                    'CLIP_type': ('CLIP',), 'clip_download_root': ('CLIP',), 'clip_tower': ('CLIP',),
+                    'fp_arch': ('classifier',), 'fp_model': HUB_ENCODERS, 'fp_pretrained': HUB_ENCODERS}
+
+
 def ignored_flag_problems(cfg):
-    """A flag given for a part the run does not have would be silently ignored: it is refused instead
-    (the ImageNet backbone flags, where --diff_encoder builds no ImageNet backbone)."""
+    """A flag given for a part the run does not have would be silently ignored: it is refused instead (an
+    f_p encoder's flags with another --fp_encoder, the ImageNet backbone flags where --diff_encoder builds
+    no ImageNet backbone, --val_fraction beside --val)."""
     given = set(getattr(cfg, 'command_line_flags', ()))
-    name = getattr(cfg, 'diff_encoder', None)
-    if getattr(cfg, 'resume', None) or name not in DIFF_ENCODERS or DIFF_ENCODERS[name][0] == 'cached':
+    if getattr(cfg, 'resume', None):
         return []
-    return [f'--{flag} applies to the *_l diffusion encoders only (--diff_encoder {name} has no ImageNet backbone); '
-            f'drop it or choose a *_l --diff_encoder' for flag in ('diff_encoder_weights', 'diff_backbone')
-            if flag in given]
+    fp = getattr(cfg, 'fp_encoder', None)
+    problems = [f'--{flag} applies to --fp_encoder {" / ".join(readers)} only, not {fp}; drop it'
+                for flag, readers in FP_ENCODER_FLAGS.items() if flag in given and fp and fp not in readers]
+    name = getattr(cfg, 'diff_encoder', None)
+    if name in DIFF_ENCODERS and DIFF_ENCODERS[name][0] != 'cached':
+        problems += [f'--{flag} applies to the *_l diffusion encoders only (--diff_encoder {name} has no ImageNet '
+                     f'backbone); drop it or choose a *_l --diff_encoder'
+                     for flag in ('diff_encoder_weights', 'diff_backbone') if flag in given]
+    if 'val_fraction' in given and getattr(cfg, 'val', None):
+        problems.append('--val_fraction applies only without --val (it carves the validation images out of '
+                        '--train); drop one of them')
+    return problems
 
 
 def check_config(cfg):

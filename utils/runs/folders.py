@@ -293,10 +293,13 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
 
 
 def check_writable(folder, flag):
-    """Refuse a folder that cannot be written (checked at the nearest existing folder: nothing is created)."""
+    """Refuse a folder that cannot be written (checked at the nearest existing path: nothing is created),
+    or that a file stands in the way of."""
     path = os.path.abspath(folder)
     while not os.path.exists(path):
         path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise SetupError(f'{flag} {folder}: {path} is a file, not a folder; choose another {flag}')
     if not os.access(path, os.W_OK):
         raise SetupError(f'{flag} {folder} is not writable ({path} is read-only or not yours); choose another {flag}')
 
