@@ -17,7 +17,7 @@ batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-
 Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
 from train_Clothing1M import RECIPES as CLOTHING1M_RECIPES
-from utils.data.webvision import read_webvision
+from utils.data.webvision import check_n_class, read_webvision
 from utils.engine import main as run_script
 from utils.runs.cli import run_cli
 from utils.runs.config import parse_config
@@ -62,7 +62,9 @@ def load_splits(cfg):
 
 
 def config(argv=None):
-    return parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+    cfg = parse_config(__doc__, DEFAULTS, RECIPES, argv, dataset_args, kind='files')
+    check_n_class(cfg.n_class)  # refused with the flags, before a device is chosen or a file read
+    return cfg
 
 
 def main(argv=None):

@@ -49,6 +49,15 @@ def _checked_batch(batch, path, label_key):
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _coarse_labels(values, path, n_images):
+    """CIFAR-100's super-class of each image: one per image, or the fine → coarse map cannot be built."""
+    coarse = _integer_array(values, path, 'coarse_labels')
+    if len(coarse) != n_images:
+        raise DatasetMissing(f'CIFAR batch {path} holds {n_images} images but {len(coarse)} coarse_labels; '
+                             f're-download the dataset')
+    return coarse
+
+
 def _read_batches(folder, names, label_key):
     images, labels, coarse = [], [], []
     for name in names:
@@ -61,7 +70,7 @@ def _read_batches(folder, names, label_key):
         images.append(batch_images)
         labels.append(batch_labels)
         if 'coarse_labels' in batch:
-            coarse.append(_integer_array(batch['coarse_labels'], path, 'coarse_labels'))
+            coarse.append(_coarse_labels(batch['coarse_labels'], path, len(batch_labels)))
     coarse = np.concatenate(coarse) if coarse else None
     return np.concatenate(images), np.concatenate(labels), coarse
 
@@ -107,6 +116,7 @@ def load_cifar_arrays(name, root, download=True):
 def load_cifar(name, root, download=True, n_train=CIFAR_N_TRAIN):
     """CIFAR split as in the paper: first 45k training images (noisy), last 5k clean validation."""
     train_x, train_y, test_x, test_y, coarse = load_cifar_arrays(name, root, download)
+    check_split_sizes(name, os.path.join(root, CIFAR_FOLDERS[name][0]), len(train_x), len(test_x), n_train)
     t = torch.from_numpy
     return ImageSplits(name=name, n_class=CIFAR_CLASSES[name],
                        train_images=t(train_x[:n_train]), train_clean=t(train_y[:n_train]),
@@ -115,17 +125,34 @@ def load_cifar(name, root, download=True, n_train=CIFAR_N_TRAIN):
                        class_names=cifar_class_names(name, root))
 
 
+def check_split_sizes(name, folder, n_images, n_test, n_train):
+    """Refuse a folder too small for the split before any work: with n_train or fewer training images
+    the validation split is empty, and training fails only after the features are extracted."""
+    fix = f're-download the dataset ({name} has 50000 training and 10000 test images) or point --data_root elsewhere'
+    if n_images <= n_train:
+        raise DatasetMissing(f'{name} under {folder} holds {n_images} training images: the first {n_train} are '
+                             f'trained on and the rest validate, so it needs more than {n_train}; {fix}')
+    if n_test == 0:
+        raise DatasetMissing(f'{name} under {folder} holds no test images; {fix}')
+
+
 CIFAR_META = {'cifar10': ('batches.meta', 'label_names'), 'cifar100': ('meta', 'fine_label_names')}
 
 
 def cifar_class_names(name, root):
-    """The class names in the dataset folder's meta file, or [] when it is absent or unusual."""
+    """The class names in the dataset folder's meta file, or [] when it is absent or names another count
+    of classes; a meta file that holds no list of names is refused."""
     meta_file, key = CIFAR_META[name]
     path = os.path.join(root, CIFAR_FOLDERS[name][0], meta_file)
     if not os.path.isfile(path):
         return []
-    names = load_pickle(path, 'CIFAR meta', fix='re-download the dataset').get(key, [])
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    meta = load_pickle(path, 'CIFAR meta', fix='re-download the dataset')
+    names = meta.get(key, []) if isinstance(meta, dict) else None
+    listed = isinstance(names, (list, tuple)) or (isinstance(names, np.ndarray) and names.ndim == 1)
+    if not listed:  # another file under the meta file's name
+        raise DatasetMissing(f'CIFAR meta {path} is not a dict with a list of class names under {key!r}; '
+                             f're-download the dataset, or delete {path} to train without class names')
+    names = [n.decode(errors='replace') if isinstance(n, bytes) else str(n) for n in names]
     return names if len(names) == CIFAR_CLASSES[name] else []
 
 

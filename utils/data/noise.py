@@ -128,23 +128,45 @@ def asymmetric_noise(labels, rate, mapping, rng):
     return np.where(flip, mapping[labels], labels)
 
 
-def load_cifar_n(noise_type, n_train, search_dirs):
-    """CIFAR-N human labels for the first n_train training images (the noisy-label split)."""
+CIFAR_N_FIX = 'fetch it again from the CIFAR-N release (github.com/UCSC-REAL/cifar-10-100n)'
+
+
+def load_cifar_n(noise_type, n_train, n_class, search_dirs):
+    """CIFAR-N human labels for the first n_train training images (the noisy-label split), checked."""
     prefix = noise_type.split('-')[0]
     file_name = CIFAR_N_FILES[prefix]
     for folder in search_dirs:
         path = os.path.join(folder, file_name)
         if os.path.isfile(path):
             table = load_torch(path, 'CIFAR-N label file', numpy_arrays=True)
-            if not isinstance(table, dict):
-                raise NoiseError(f'{path} is not a CIFAR-N label file (a dict of label arrays); '
-                                 f'fetch it again from the CIFAR-N release')
-            key = CIFAR_N_KEYS[noise_type]
-            if key not in table:
-                raise NoiseError(f'{path} has no {key!r}; keys are {sorted(table)}')
-            return np.asarray(table[key])[:n_train], path
+            labels = cifar_n_column(table, CIFAR_N_KEYS[noise_type], path, n_train)
+            try:
+                return check_labels(labels, n_train, n_class, f'{path} {CIFAR_N_KEYS[noise_type]!r}'), path
+            except NoiseError as exc:  # its message names the problem; the fix for this file is a fresh copy
+                raise NoiseError(f'{exc}; {CIFAR_N_FIX}') from None
     raise NoiseError(f'{noise_type} needs {file_name} (CIFAR-N, Wei et al. 2022): put it in '
                      f'{NOISE_DIR}/ or pass --cifar_n_dir DIR')
+
+
+def cifar_n_column(table, key, path, n_train):
+    """The first n_train labels under `key` of a CIFAR-N table (a dict of one label array per labelling,
+    each covering all 50k training images), or a refusal naming the file: anything else in it would
+    fail inside numpy or sorted() with a traceback instead."""
+    if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+        raise NoiseError(f'{path} is not a CIFAR-N label file (a dict of label arrays named by strings); '
+                         f'{CIFAR_N_FIX}')
+    if key not in table:
+        raise NoiseError(f'{path} has no {key!r}; keys are {sorted(table)}; {CIFAR_N_FIX}')
+    try:
+        labels = np.asarray(table[key])
+    except (TypeError, ValueError, OverflowError) as exc:  # a ragged list, or integers beyond int64
+        raise NoiseError(f'{path}: {key!r} is not an array of labels ({str(exc).splitlines()[0]}); '
+                         f'{CIFAR_N_FIX}') from None
+    if labels.ndim != 1 or len(labels) < n_train:
+        found = f'a value of type {type(table[key]).__name__}' if labels.ndim == 0 else f'shape {labels.shape}'
+        raise NoiseError(f'{path}: {key!r} must hold one label per training image (at least {n_train}), found '
+                         f'{found}; {CIFAR_N_FIX}')
+    return labels[:n_train]
 
 
 def published_noise_file(noise_type, noise_dir=NOISE_DIR, inputs_dir=None):
@@ -185,8 +207,8 @@ def stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir):
     if os.path.isfile(path):
         return check_labels(load_label_file(path), n, n_class, path), f'file {path}'
     if noise_type in CIFAR_N_KEYS:
-        labels, source = load_cifar_n(noise_type, n, [noise_dir, *cifar_n_dirs])
-        return check_labels(labels, n, n_class, source), f'CIFAR-N {source}'
+        labels, source = load_cifar_n(noise_type, n, n_class, [noise_dir, *cifar_n_dirs])
+        return labels, f'CIFAR-N {source}'
     return None
 
 

@@ -7,8 +7,29 @@ import numpy as np
 from utils.data import ilsvrc
 from utils.data.image_files import need_file, read_lines, read_pairs
 from utils.data.splits import FileSplits
-from utils.errors import DatasetMissing
+from utils.errors import DatasetMissing, SetupError
 from utils.storage.published import fetch
+
+# WebVision 1.0 has 1000 classes (ILSVRC2012's); the paper's mini-WebVision is its first 50
+WEBVISION_CLASSES = 1000
+
+
+def check_n_class(n_class):
+    """--n_class before any work: one class cannot be classified (its checkpoint is refused after
+    training), and none or a negative count keeps no training image at all."""
+    if not 2 <= n_class <= WEBVISION_CLASSES:
+        raise SetupError(f'--n_class {n_class}: WebVision trains on its first N classes, 2 <= N <= '
+                         f'{WEBVISION_CLASSES}; pass --n_class 50 (the paper\'s mini-WebVision) or another N in '
+                         f'that range')
+
+
+def check_listed_classes(n_class, labels, path):
+    """--n_class within the classes the training list names: a class without a training image could
+    never be predicted, and a mini-WebVision list names only the first 50."""
+    listed = int(labels.max()) + 1 if len(labels) else 0
+    if n_class > listed:
+        raise SetupError(f'--n_class {n_class}, but {path} names only {listed} classes (labels 0-{listed - 1}); '
+                         f'pass --n_class {listed} or less, or point --webvision_root at a WebVision with more classes')
 
 
 def read_webvision(root, imagenet_val_root, n_class=50, val_labels=None, inputs_dir=None):
@@ -17,8 +38,10 @@ def read_webvision(root, imagenet_val_root, n_class=50, val_labels=None, inputs_
     in class-index folders <c>/, WordNet-id folders <wnid>/ mapped by info/synsets.txt, or the official
     flat folder with its label file (utils/data/ilsvrc.py: `val_labels`, else one of a known name beside
     it, else the authors' published ILSVRC2012_val_label.txt, fetched and verified)."""
-    train_paths, train_labels = read_pairs(os.path.join(root, 'info', 'train_filelist_google.txt'),
-                                       'WebVision info/train_filelist_google.txt', root)
+    check_n_class(n_class)
+    train_list = os.path.join(root, 'info', 'train_filelist_google.txt')
+    train_paths, train_labels = read_pairs(train_list, 'WebVision info/train_filelist_google.txt', root)
+    check_listed_classes(n_class, train_labels, train_list)
     val_paths, val_labels_ = read_pairs(os.path.join(root, 'info', 'val_filelist.txt'), 'WebVision info/val_filelist.txt',
                                     os.path.join(root, 'val_images_256'))
     keep = train_labels < n_class
