@@ -576,6 +576,28 @@ def test_a_damaged_checkpoint_is_refused_naming_the_field_on_resume_and_predict(
     assert exited.value.code == 2 and 'best.pt is damaged or was edited' in capsys.readouterr().err
 
 
+def test_predict_and_resume_name_what_they_were_given_instead_of_a_run(tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('')
+    (tmp_path / 'simclr').mkdir()
+    torch.save({}, tmp_path / 'simclr' / 'state.pt')
+    for given, says in (('absent', 'is absent, not a run folder'), ('a_file', 'is a file, not a run folder'),
+                        ('simclr', 'holds a SimCLR pre-training run (state.pt), not a training run')):
+        with pytest.raises(SystemExit) as exited:
+            run_cli(predict.main, [str(tmp_path / given), '--script', 'demo_digits.py'])
+        assert exited.value.code == 2 and capsys.readouterr().err == \
+            f'error: {tmp_path / given} {says}; name the folder of a training run\n'
+        with pytest.raises(SetupError, match=re.escape(f'{tmp_path / given} {says}')):
+            run(resume(tmp_path / given), never_read)
+
+
+def test_predict_with_another_script_says_how_to_predict(finished):
+    _, _, run_dir = finished
+    with pytest.raises(SetupError, match=re.escape(f'the run was made by demo_digits.py, not train_CIFAR.py; run that '
+                                                   f'script instead (python predict.py {run_dir} --script '
+                                                   f'demo_digits.py, or without --script)')):
+        predict.main([run_dir, '--script', 'train_CIFAR.py'])
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

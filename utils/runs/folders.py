@@ -68,6 +68,13 @@ def plan_run_dir(cfg):
 def load_run(run_dir, name='last.pt'):
     """A checkpoint of a run folder, checked for its format."""
     path = os.path.join(run_dir, name)
+    if not os.path.isdir(run_dir):
+        raise ResumeRefused(f'{run_dir} is {"a file" if os.path.exists(run_dir) else "absent"}, not a run folder; '
+                            f'name the folder of a training run')
+    for held, kind in RUN_KINDS.items():
+        if held != 'last.pt' and os.path.exists(os.path.join(run_dir, held)):
+            raise ResumeRefused(f'{run_dir} holds a {kind} run ({held}), not a training run; name the folder of '
+                                f'a training run')
     if not os.path.isfile(path):
         raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     ckpt = _upgraded(load_torch(path), path)
@@ -257,8 +264,10 @@ def check_same_script(cfg, saved, run_dir, how):
     made before the script was recorded are told by the flags only their script has."""
     made_by, this = saved.get('script'), getattr(cfg, 'script', None)
     if made_by and this and made_by != this:
+        instead = f'python {made_by} --resume {run_dir} ...' if how == '--resume' else \
+            f'python predict.py {run_dir} --script {made_by}, or without --script'
         raise SetupError(f'{how} {run_dir}: the run was made by {made_by}, not {this}; run that script instead '
-                         f'(python {made_by} --resume {run_dir} ...)')
+                         f'({instead})')
     theirs = sorted(set(saved.get('script_flags') or ()) - set(getattr(cfg, 'script_flags', None) or ()))
     if not made_by and theirs and getattr(cfg, 'script_flags', None):
         raise SetupError(f'{how} {run_dir}: the run was made by another script (one with the flags '
