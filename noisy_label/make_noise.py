@@ -6,7 +6,10 @@
 
 The paper's own files are published and fetched by name (`python -m noisy_label.fetch`); a file made
 here never takes a published name: PMD files carry the seed they were drawn with (`-s<seed>`), and a
-hybrid whose name is published is refused (build it on a base made here instead).
+hybrid whose name is published is refused (build it on a base made here instead). A hybrid keeps the
+authors' name `<base>_<kind>_<rate>` for --seed 0 and takes `-s<seed>` after it for another seed
+(`cifar10-1-0.35-s0_U_0.3-s1`), so each seed has its own file. A rate is named with as many decimals
+as it has (two at least: `0.35`, `0.355`), so a name reads back as exactly the rate requested.
 
 Each `.npy` (the noisy label of each of the first 45,000 training images) gets a `.json` sidecar:
 dataset, noise type, requested and realised rate, factor, seed, η-classifier accuracy, command.
@@ -14,6 +17,7 @@ The η classifier (PreAct-ResNet-34, 25 epochs, as the authors) is trained once 
 (dataset, architecture, epochs, seed) and its probabilities cached in --cache_dir.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -22,10 +26,13 @@ import torch
 
 from utils.data.cifar import CIFAR_N_TRAIN, load_named
 from utils.data.classifier import accuracy, fit_classifier, predict_proba
-from utils.data.noise import NOISE_DIR, noise_rate, resolve_noisy_labels
+from utils.data.noise import NOISE_DIR, generated_labels, noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise, top_two
 from utils.errors import SetupError
+from utils.networks import CLASSIFIERS
+from utils.runs.checks import config_problems
 from utils.runs.cli import Parser, run_cli
+from utils.runs.folders import check_writable
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.published import is_published
@@ -37,7 +44,11 @@ CIFAR10_SET = [('pmd', 1, 0.35), ('pmd', 1, 0.70), ('pmd', 2, 0.35), ('pmd', 3, 
 
 
 def rate_tag(rate):
-    return f'{rate:.2f}'
+    """The rate as names carry it: two decimals (`0.35`, `0.70`, the published names), more where the rate
+    has more, so the name never rounds it (a hybrid at 0.001 was named, and then drawn at, 0)."""
+    tag = f'{rate:.2f}'
+    # positional and shortest-exact: the noise names' pattern (utils/data/noise.py) reads no exponent
+    return tag if float(tag) == rate else np.format_float_positional(rate, unique=True, trim='-')
 
 
 def pmd_name(dataset, pmd_type, rate, seed):
@@ -89,22 +100,27 @@ def make_pmd(args, splits, pmd_type, rate, eta=None, facts=None):
         'mean_margin': float(margin.mean())}, args.out_dir, args.command_line)
 
 
-def hybrid_name(base, kind, rate, seed):
-    """`<base>_<kind>_<rate>`, the authors' naming; refused where that is a published file's name."""
-    name = f'{base}_{kind}_{rate_tag(rate).rstrip("0").rstrip(".")}'
-    if is_published(name):
-        raise SetupError(f'{name} is a published file (python -m noisy_label.fetch {name}); to make your own, '
-                 f'build it on a base made here, e.g. --base {base}-s{seed}')
-    return name
+def hybrid_names(base, kind, rate, seed):
+    """(the name the noise is drawn under, the file's name): `<base>_<kind>_<rate>`, the authors' naming,
+    and the same for the file at seed 0; at another seed the file takes `-s<seed>` after it, as one name
+    for every seed let a later seed read back and relabel an earlier seed's file. Refused where the
+    authors' name is a published file's, whatever the seed: that name means the authors' file."""
+    drawn_as = f'{base}_{kind}_{rate_tag(rate).rstrip("0").rstrip(".")}'
+    if is_published(drawn_as):
+        raise SetupError(f'{drawn_as} is a published file (python -m noisy_label.fetch {drawn_as}); to make your '
+                         f'own, build it on a base made here, e.g. --base {base}-s{seed}')
+    return drawn_as, drawn_as if seed == 0 else f'{drawn_as}-s{seed}'
 
 
 def make_hybrid(args, splits, base, kind, rate):
-    name = hybrid_name(base, kind, rate, args.seed)
+    drawn_as, name = hybrid_names(base, kind, rate, args.seed)
     clean = splits.train_clean.numpy()
     resolve = dict(seed=args.seed, coarse_of_class=splits.coarse_of_class, noise_dir=args.out_dir,
                    inputs_dir=args.inputs_dir)
     base_labels, _ = resolve_noisy_labels(base, len(clean), clean, splits.n_class, **resolve)
-    labels, source = resolve_noisy_labels(name, len(clean), clean, splits.n_class, **resolve)
+    # drawn afresh with this seed, never read back from --out_dir: a file there may hold other draws
+    # (as `--noise_seed` draws `drawn_as` in training, where no file of that name exists)
+    labels, source = generated_labels(drawn_as, len(clean), clean, splits.n_class, cifar_n_dirs=(), **resolve)
     return write_noise(labels, name, {
         'dataset': splits.name, 'noise': source, 'base': base, 'kind': 'uniform' if kind == 'U' else 'asymmetric',
         'requested_rate': rate, 'realised_rate': noise_rate(labels, base_labels),
@@ -117,10 +133,10 @@ def parser():
     p.add_argument('command', choices=('pmd', 'hybrid', 'cifar10-set'))
     p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'))
     p.add_argument('--type', type=int, default=1, choices=(1, 2, 3), help='PMD type')
-    p.add_argument('--rate', type=float, default=0.35, help='requested noise rate')
+    p.add_argument('--rate', type=float, default=0.35, help='requested noise rate: [0, 1) for pmd, [0, 1] hybrid')
     p.add_argument('--base', help='hybrid: the noise name to add i.i.d. noise to')
     p.add_argument('--kind', choices=('U', 'A'), help='hybrid: uniform or asymmetric')
-    p.add_argument('--arch', default='preact_resnet34', help='η classifier')
+    p.add_argument('--arch', default='preact_resnet34', choices=sorted(CLASSIFIERS), help='η classifier')
     p.add_argument('--nepoch', type=int, default=25)
     p.add_argument('--batch_size', type=int, default=128)
     p.add_argument('--lr', type=float, default=0.1)
@@ -135,16 +151,48 @@ def parser():
     return p
 
 
+def flag_problems(args):
+    """Every bad number among the flags, worded as utils/runs/checks words the training scripts'."""
+    problems = config_problems(args)  # --nepoch, --batch_size, --lr, --seed in [0, 2**32 - 1], --device
+    if args.n_train < 1:
+        problems.append(f'--n_train {args.n_train} must be at least 1')
+    if args.command != 'cifar10-set':  # which takes its own rates
+        problems += rate_problems(args.command, args.rate)
+    return problems
+
+
+def rate_problems(command, rate):
+    """PMD keeps the classifier's top class for some images, so it never reaches a rate of 1; i.i.d. noise
+    on top may move every label, as a noise name's rate may be 1 (utils/data/noise.py). -0 is refused too:
+    it would name a file `-0.00`."""
+    positive = math.copysign(1, rate) > 0  # False for -0.0 as for any negative rate; NaN fails the range
+    if command == 'hybrid':
+        return [] if positive and rate <= 1 else [f'--rate {rate} must be a number in [0, 1] for hybrid noise']
+    return [] if positive and rate < 1 else [f'--rate {rate} must be a number in [0, 1) for PMD noise']
+
+
+def check_flags(args):
+    """Refuse bad flags in one line before any work: before data is read or the η classifier trained,
+    where a bad rate, say, failed after the training or named a file after a NaN."""
+    problems = flag_problems(args)
+    if problems:
+        raise SetupError('; '.join(problems))
+    if args.command == 'hybrid':
+        if not args.base or not args.kind:
+            raise SetupError('hybrid needs --base NAME and --kind U|A')
+        hybrid_names(args.base, args.kind, args.rate, args.seed)
+    else:
+        check_writable(args.cache_dir, '--cache_dir')
+    check_writable(args.out_dir, '--out_dir')
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     args.command_line = 'python -m noisy_label.make_noise ' + ' '.join(argv)
     if args.command == 'cifar10-set':
         args.dataset = 'cifar10'
-    if args.command == 'hybrid':  # checked before any work
-        if not args.base or not args.kind:
-            raise SetupError('hybrid needs --base NAME and --kind U|A')
-        hybrid_name(args.base, args.kind, args.rate, args.seed)
+    check_flags(args)
     splits = load_named(args.dataset, args.data_root, args.download, args.n_train)
     if args.command == 'pmd':
         return [make_pmd(args, splits, args.type, args.rate)]

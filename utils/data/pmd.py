@@ -6,7 +6,11 @@ classes u, s define the margin m = η_u − η_s. The noisy label is u with prob
 Low-margin samples, near decision boundaries, are the ones that flip. `factor` is searched so the
 realised noise rate against the clean labels hits the requested rate.
 """
+import math
+
 import numpy as np
+
+from utils.errors import NoiseError
 
 PMD_TYPES = {
     1: lambda m: 0.5 * (1 + m ** 2),
@@ -39,7 +43,10 @@ def pmd_noise(eta, clean, pmd_type, rate, seed=0, tolerance=0.005):
     Returns (labels, factor, realised_rate).
     """
     if pmd_type not in PMD_TYPES:
-        raise ValueError(f'PMD type must be one of {sorted(PMD_TYPES)}, got {pmd_type}')
+        raise NoiseError(f'PMD type must be one of {sorted(PMD_TYPES)}, got {pmd_type}')
+    # a NaN target is never more than `tolerance` away from anything: it would pass the final check
+    if not (math.isfinite(rate) and 0 <= rate < 1):
+        raise NoiseError(f'PMD noise rate {rate} must be a finite number in [0, 1)')
     clean = np.asarray(clean)
     uniforms = np.random.default_rng(seed).random(len(clean))
 
@@ -64,6 +71,7 @@ def pmd_noise(eta, clean, pmd_type, rate, seed=0, tolerance=0.005):
         else:
             hi = mid
     if abs(got - rate) > tolerance:
-        raise ValueError(f'PMD type {pmd_type}: the closest realised rate is {got:.4f} for target {rate} '
-                         f'(factor {factor:.4g}); this η cannot produce that rate')
+        raise NoiseError(f'PMD type {pmd_type}: the closest realised rate is {got:.4f} for target {rate} '
+                         f'(factor {factor:.4g}); this η cannot produce that rate: choose a rate between '
+                         f'{rates.min():.3f} and {rates.max():.3f}, the range it reaches')
     return draw_pmd(eta, pmd_type, factor, uniforms), float(factor), got

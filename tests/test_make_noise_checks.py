@@ -1,0 +1,167 @@
+"""make_noise refuses bad flags before any work, names a hybrid by its seed, and names every rate exactly."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from noisy_label import make_noise
+from utils.data.noise import HYBRID_NAME, noise_rate, resolve_noisy_labels
+from utils.data.pmd import pmd_noise
+from utils.errors import NoiseError
+from utils.runs.cli import run_cli
+
+
+def refusal(argv, capsys):
+    """What `python -m noisy_label.make_noise ARGV` prints on stderr; it must exit 2."""
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(make_noise.main, argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Reading the data is work: a refusal must come before it."""
+    def load_named(*args, **kwargs):
+        raise AssertionError('data was read before the flags were checked')
+    monkeypatch.setattr(make_noise, 'load_named', load_named)
+
+
+@pytest.mark.parametrize('flags, said', [
+    (['pmd', '--rate', 'nan'], '--rate nan must be a number in [0, 1) for PMD noise'),
+    (['pmd', '--rate', '1.5'], '--rate 1.5 must be a number in [0, 1)'),
+    (['pmd', '--rate', '-0.2'], '--rate -0.2 must be a number in [0, 1)'),
+    (['pmd', '--rate', '-0'], '--rate -0.0 must be'),
+    (['pmd', '--rate', '1'], '--rate 1.0 must be a number in [0, 1)'),
+    (['pmd', '--rate', 'inf'], '--rate inf must be'),
+    (['pmd', '--nepoch', '0'], '--nepoch 0 must be at least 1'),
+    (['pmd', '--batch_size', '0'], '--batch_size 0 must be at least 1'),
+    (['pmd', '--lr', 'nan'], '--lr nan must be a finite number above 0'),
+    (['pmd', '--seed', '-1'], '--seed -1 must not be negative'),
+    (['pmd', '--seed', str(2 ** 32)], f'--seed {2 ** 32} must be at most {2 ** 32 - 1}'),
+    (['pmd', '--device', 'gpu0'], "--device 'gpu0' is not a device"),
+    (['pmd', '--n_train', '0'], '--n_train 0 must be at least 1'),
+    (['pmd', '--arch', 'foo'], "argument --arch: invalid choice: 'foo'"),
+    (['hybrid', '--base', 'mybase', '--kind', 'U', '--rate', '1.2'], '--rate 1.2 must be a number in [0, 1] for'),
+    (['hybrid', '--base', 'mybase', '--kind', 'U', '--rate', 'nan'], '--rate nan must be'),
+    (['cifar10-set', '--nepoch', '0'], '--nepoch 0 must be at least 1'),
+])
+def test_bad_flags_are_refused_in_one_line_before_the_data_is_read(flags, said, tmp_path, capsys, no_work):
+    err = refusal([*flags, '--dataset', 'digits', '--out_dir', str(tmp_path / 'noise'),
+                   '--cache_dir', str(tmp_path / 'cache')], capsys)
+    assert err.startswith('error: ') and said in err and err.count('\n') == 1 and 'Traceback' not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folders
+
+
+def test_an_out_dir_that_is_a_file_is_refused_before_work(tmp_path, capsys, no_work):
+    (tmp_path / 'taken').write_text('')
+    err = refusal(['pmd', '--dataset', 'digits', '--out_dir', str(tmp_path / 'taken' / 'noise')], capsys)
+    assert '--out_dir' in err and 'is a file, not a folder' in err
+
+
+def test_a_hybrid_of_the_published_form_is_refused_at_every_seed(capsys, no_work):
+    err = refusal(['hybrid', '--dataset', 'digits', '--base', 'cifar10-1-0.35', '--kind', 'U', '--rate', '0.3',
+                   '--seed', '1'], capsys)
+    assert 'is a published file' in err
+
+
+def write_base(folder, digits, name='mybase'):
+    """A base noise file for the digits' training labels (about 20% uniform noise), without training η."""
+    clean = digits.train_clean.numpy()
+    base = np.where(np.random.default_rng(0).random(len(clean)) < 0.2, (clean + 1) % 10, clean)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f'{name}.npy', base.astype(np.int64))
+    return clean, base
+
+
+def hybrid(out, *flags):
+    return make_noise.main(['hybrid', '--dataset', 'digits', '--base', 'mybase', '--kind', 'U', *flags,
+                            '--out_dir', str(out)])
+
+
+def test_a_hybrid_of_another_seed_is_its_own_file_drawn_with_that_seed(tmp_path, digits):
+    out = tmp_path / 'noise'
+    clean, base = write_base(out, digits)
+    hybrid(out, '--rate', '0.3', '--seed', '0')
+    seed0 = np.load(out / 'mybase_U_0.3.npy')  # the authors' name, at seed 0
+    hybrid(out, '--rate', '0.3', '--seed', '1')
+    seed1 = np.load(out / 'mybase_U_0.3-s1.npy')
+    assert np.array_equal(np.load(out / 'mybase_U_0.3.npy'), seed0)  # seed 0's file left as it was
+    assert json.load(open(out / 'mybase_U_0.3.json'))['seed'] == 0
+    side = json.load(open(out / 'mybase_U_0.3-s1.json'))
+    assert side['seed'] == 1 and '(seed 1)' in side['noise']
+    # the labels are what seed 1 draws: the name as training draws it with --noise_seed 1, where no file is
+    fresh = tmp_path / 'fresh'
+    write_base(fresh, digits)
+    for seed, labels in ((0, seed0), (1, seed1)):
+        drawn, _ = resolve_noisy_labels('mybase_U_0.3', len(clean), clean, 10, seed=seed, noise_dir=str(fresh))
+        assert np.array_equal(labels, drawn)
+    assert not np.array_equal(seed0, seed1)
+    assert side['realised_rate'] == pytest.approx(noise_rate(seed1, base)) == pytest.approx(0.3, abs=0.05)
+    # a hybrid file of seed 1 is a noise name like any file of ours
+    assert np.array_equal(resolve_noisy_labels('mybase_U_0.3-s1', len(clean), clean, 10, noise_dir=str(out))[0], seed1)
+
+
+def test_a_hybrid_rate_the_old_name_rounded_is_named_and_drawn_exactly(tmp_path, digits):
+    out = tmp_path / 'noise'
+    _, base = write_base(out, digits)
+    hybrid(out, '--rate', '0.125')
+    assert not (out / 'mybase_U_0.12.npy').exists() and not (out / 'mybase_U_0.13.npy').exists()
+    side = json.load(open(out / 'mybase_U_0.125.json'))
+    assert side['noise'].startswith('uniform 0.125 on') and side['requested_rate'] == 0.125
+    assert side['realised_rate'] == pytest.approx(0.125, abs=0.03)
+    hybrid(out, '--rate', '0.001')  # was named, and drawn at, 0
+    assert not (out / 'mybase_U_0.npy').exists()
+    assert json.load(open(out / 'mybase_U_0.001.json'))['noise'].startswith('uniform 0.001 on')
+
+
+@pytest.mark.parametrize('rate', [0.001, 0.125, 0.3, 0.35, 0.7, 1e-05, 0.1 + 0.2, 1 / 3, 0.0, 1.0])
+def test_every_rate_name_reads_back_as_exactly_the_rate(rate):
+    drawn_as, name = make_noise.hybrid_names('cifar10-1-0.35-s0', 'U', rate, 0)
+    assert float(HYBRID_NAME.match(name).group(3)) == rate and drawn_as == name
+    assert float(make_noise.pmd_name('cifar10', 1, rate, 0).split('-')[2]) == rate
+
+
+def test_the_documented_names_are_kept():
+    assert make_noise.pmd_name('cifar10', 1, 0.35, 0) == 'cifar10-1-0.35-s0'
+    assert make_noise.pmd_name('cifar10', 1, 0.7, 2) == 'cifar10-1-0.70-s2'
+    assert make_noise.hybrid_names('cifar10-1-0.35-s0', 'U', 0.3, 0) == ('cifar10-1-0.35-s0_U_0.3',) * 2
+    assert make_noise.hybrid_names('cifar10-1-0.35-s0', 'A', 0.3, 7)[1] == 'cifar10-1-0.35-s0_A_0.3-s7'
+
+
+def synthetic_eta(n, clean, seed=0):
+    """Probabilities of a mostly right classifier, with margins spread over [0, 1]."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, 10))
+    logits[np.arange(n), clean] += rng.uniform(0, 6, n)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize('rate', [math.nan, 1.5, -0.1])
+def test_pmd_noise_refuses_a_rate_out_of_range(rate):
+    clean = np.arange(500) % 10
+    with pytest.raises(NoiseError, match='must be a finite number in'):
+        pmd_noise(synthetic_eta(500, clean), clean, 1, rate)
+
+
+def test_pmd_noise_refuses_an_unreachable_rate_and_an_unknown_type_as_noise_errors():
+    clean = np.arange(2000) % 10
+    eta = synthetic_eta(2000, clean)
+    with pytest.raises(NoiseError, match=r'cannot produce that rate: choose a rate between 0\.\d+ and 0\.\d+'):
+        pmd_noise(eta, clean, 1, 0.999)
+    with pytest.raises(NoiseError, match='PMD type must be one of'):
+        pmd_noise(eta, clean, 4, 0.3)
+
+
+def test_an_unreachable_pmd_rate_is_one_line_and_writes_no_noise_file(tmp_path, digits, capsys):
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    clean = digits.train_clean.numpy()
+    # the cached η classifier, as make_noise would have trained and kept it
+    np.savez(cache / f'eta_digits_n{len(clean)}_small_cnn_e1_s0.npz', eta=synthetic_eta(len(clean), clean),
+             train_acc=1.0, val_acc=0.0, test_acc=0.0)
+    err = refusal(['pmd', '--dataset', 'digits', '--arch', 'small_cnn', '--nepoch', '1', '--rate', '0.999',
+                   '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(cache)], capsys)
+    assert err.startswith('error: PMD type 1: the closest realised rate') and err.count('\n') == 1
+    assert not (tmp_path / 'noise').exists()
