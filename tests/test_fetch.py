@@ -136,6 +136,12 @@ def test_offline_names_the_url_and_where_to_copy_the_file(tmp_path, monkeypatch)
     assert published.url_of(entry) in message and f'copy that file to {folder / "SimCLR_128_cifar100.pt"}' in message
     assert entry.commit in published.url_of(entry) and '\n' not in message
 
+    (tmp_path / 'a_file').write_text('mine\n')
+    with pytest.raises(PublishedInputError, match=f'{tmp_path}/a_file is a file, not a folder to keep published '
+                                                  f'inputs in; choose another --inputs_dir'):
+        fetch('SimCLR_128_cifar100', str(tmp_path / 'a_file'), log=lambda m: None)
+    assert (tmp_path / 'a_file').read_text() == 'mine\n'
+
 
 def test_local_file_is_used_without_download_and_a_wrong_one_is_refused(server, tmp_path, monkeypatch):
     data = npy_bytes(LABELS)

@@ -137,7 +137,11 @@ def recording():
 def fetch(name, folder=None, log=print):
     """The local path of published input `name`, verified by its git blob hash, downloaded if absent."""
     name, entry = lookup(name)
-    path = os.path.join(inputs_dir(folder), entry.file_name)
+    folder = inputs_dir(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise PublishedInputError(f'{folder} is a file, not a folder to keep published inputs in; choose another '
+                                  f'--inputs_dir')
+    path = os.path.join(folder, entry.file_name)
     url = url_of(entry)
     if os.path.isfile(path):
         found = git_blob_sha1_of_file(path)
