@@ -9,9 +9,10 @@ from PIL import Image
 
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
-from utils.data.image_files import IMAGE_SUFFIXES, open_image
+from utils.data.image_files import IMAGE_SUFFIXES, Decoding, check_images, open_image
 from utils.diff_encoders import build_model, diff_encoder_input
 from utils.encoders.base import encode_all
+from utils.encoders.cache import encode_files
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoding_of, features_of_split
@@ -21,17 +22,40 @@ from utils.runtime.devices import resolve_device
 from utils.storage.saving import atomic_write, remove_files
 
 
-def load_image_folder(folder, image_shape):
-    """Every image under `folder` (sorted paths), as uint8 tensors resized to the training size."""
+# The file datasets, the filter each one's reader resizes its images with and whether it turns them as
+# their EXIF tag says (FileSplits.resample and .upright, set by the readers in utils/data/;
+# tests/test_image_inputs.py pins this table to them): a folder is decoded as the run decoded its
+# evaluation splits, without reading the dataset.
+FILE_DATASET_DECODING = {'clothing1m': ('bilinear', False), 'food101n': ('bicubic', False),
+                         'webvision': ('bicubic', False), 'imagefolder': ('bilinear', True)}
+
+
+def folder_decoding(saved, dataset):
+    """How a run of a file dataset decoded its evaluation images (Decoding: the shorter side resized, the
+    centre cropped, at the run's --image_size); None for an in-memory dataset (CIFAR, digits)."""
+    how = FILE_DATASET_DECODING.get(dataset)
+    return None if how is None else Decoding(saved.image_size, *how)
+
+
+def image_folder_paths(folder):
+    """Every image under `folder`, sorted; refused where it is no folder, holds none or one that cannot
+    be read (before any is encoded, as a dataset's split is)."""
     if not os.path.isdir(folder):
         raise SetupError(f'--folder {folder} is not a folder')
     paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
                    if name.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
         raise SetupError(f'--folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+    check_images(paths, f'--folder {folder}')
+    return paths
+
+
+def load_image_folder(paths, image_shape):
+    """The images as uint8 tensors resized to an in-memory dataset's image shape (its images have no
+    decoding of their own to repeat), turned upright as a user's photos are shown."""
     _, h, w = image_shape
-    arrays = [np.asarray(open_image(p).resize((w, h), Image.BICUBIC)) for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
+    arrays = [np.asarray(open_image(p, upright=True).resize((w, h), Image.BICUBIC)) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def write_predictions_csv(path, paths, predicted, class_names=None):
@@ -128,9 +152,15 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
     images, files, decoding, paths = None, None, None, None
     if folder:
-        images, paths = load_image_folder(folder, info['image_shape'])
-        features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
-        labels, name = None, 'folder'
+        paths, labels, name = image_folder_paths(folder), None, 'folder'
+        decoding = folder_decoding(saved, info['dataset'])
+        if decoding is None:
+            images = load_image_folder(paths, info['image_shape'])
+            features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
+        else:  # as features_of_split encodes a file split's centre crops, and streamed as its pixels are
+            files = {name: paths}
+            features = encode_files(encoders, paths, saved.encode_batch_size, saved.num_workers, decoding,
+                                    'features folder')
     else:
         splits, name = load_splits(saved), split
         check_fits_run(splits, name, info, run_dir)

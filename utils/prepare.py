@@ -124,7 +124,7 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
 
 def decoding_of(cfg, splits):
     """How a file dataset's images are decoded: at --image_size, with the dataset's resize filter."""
-    return Decoding(cfg.image_size, splits.resample)
+    return Decoding(cfg.image_size, splits.resample, getattr(splits, 'upright', False))
 
 
 def features_of_split(cfg, splits, split, encoders, log=print):

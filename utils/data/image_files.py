@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from utils.errors import DatasetMissing
 
@@ -27,9 +27,18 @@ def need_file(path, what, fix=DOWNLOAD):
     return path
 
 
+def need_text_file(path, what, fix=DOWNLOAD):
+    """A file to read, refused where a folder stands in its place (open() would fail with a traceback).
+    Only folders are refused: a pipe (a shell's <(...)) reads as a file does."""
+    if os.path.isdir(need_file(path, what, fix)):
+        raise DatasetMissing(f'{what} {path} is a folder, not a file: '
+                             f'{"name the file itself" if fix == DOWNLOAD else fix}')
+    return path
+
+
 def read_text(path, what, fix=DOWNLOAD):
     """A text file's content, refused naming the file and line where it is not UTF-8 (a BOM is dropped)."""
-    with open(need_file(path, what, fix), 'rb') as f:
+    with open(need_text_file(path, what, fix), 'rb') as f:
         data = f.read()
     try:
         return data.decode('utf-8-sig')
@@ -91,11 +100,32 @@ def _readable(path):
         return _unreadable(path, exc)
 
 
-def open_image(path):
-    """An image file as RGB, or a refusal naming the file (missing, damaged, not an image, oversized)."""
+# integer modes wider than 8 bits: the largest value of their data. convert('RGB') clips them at 255,
+# so a 16-bit scan decoded white; a PNG holds at most 16 bits, so an 'I' image (32-bit signed: how
+# Pillow holds some 16-bit PNGs) within 0..65535 is 16-bit data, and beyond it is scaled as 32-bit
+WIDE_MODES = {'I;16': 65535, 'I;16L': 65535, 'I;16B': 65535, 'I;16N': 65535, 'I': None}
+
+
+def _eight_bit(image):
+    """A 16- or 32-bit integer image as 8-bit grayscale ('L'), its range scaled to 0..255 as a viewer
+    shows it; any other image as it is."""
+    if image.mode not in WIDE_MODES:
+        return image
+    data = np.asarray(image).astype(np.int64)
+    top = WIDE_MODES[image.mode] or (65535 if data.min() >= 0 and data.max() <= 65535 else 2 ** 31 - 1)
+    scaled = (np.clip(data, 0, top) * 255 + top // 2) // top  # rounded to the nearest level
+    return Image.fromarray(scaled.astype(np.uint8), 'L')
+
+
+def open_image(path, upright=False):
+    """An image file as RGB, or a refusal naming the file (missing, damaged, not an image, oversized).
+    `upright`: turned as its EXIF Orientation tag says, as viewers show it (the tag is how cameras store
+    a turned photo); the authors' loaders of their datasets do not, so neither does their decoding here."""
     try:
         with Image.open(path) as image:
-            return image.convert('RGB')
+            if upright:  # without the tag: nothing done, nothing copied
+                ImageOps.exif_transpose(image, in_place=True)
+            return _eight_bit(image).convert('RGB')
     except UNDECODABLE as exc:
         raise DatasetMissing(f'cannot read image {_unreadable(path, exc)}; replace the file or remove it from the '
                              f'list') from None
@@ -124,11 +154,13 @@ class Decoding:
     filter (RESAMPLE), then cropped to size × size."""
     size: int = 224
     resample: str = 'bilinear'
+    upright: bool = False  # turned as the EXIF Orientation tag says (open_image)
 
     def key(self):
-        """Its part of a feature cache's key; bilinear resizing is left out, so caches made before
-        the filter was a choice stay valid."""
-        return {'size': self.size, **({'resample': self.resample} if self.resample != 'bilinear' else {})}
+        """Its part of a feature cache's key; bilinear resizing and unturned images are left out, so
+        caches made before either was a choice stay valid."""
+        return {'size': self.size, **({'resample': self.resample} if self.resample != 'bilinear' else {}),
+                **({'upright': True} if self.upright else {})}
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -143,13 +175,13 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __init__(self, paths, decoding=Decoding(), augment=None, first=0):
         self.paths, self.size, self.augment, self.first = paths, decoding.size, augment, first
-        self.resample = RESAMPLE[decoding.resample]
+        self.resample, self.upright = RESAMPLE[decoding.resample], decoding.upright
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image = open_image(self.paths[i])
+        image = open_image(self.paths[i], self.upright)
         short = round(self.size * 256 / 224)
         w, h = image.size
         scale = short / min(w, h)

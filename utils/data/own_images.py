@@ -258,14 +258,15 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
         splits['test'] = splits['val']
         notes['test_split'] = 'none given: test_acc is measured on the validation split'
     return FileSplits(name='imagefolder', n_class=len(classes), class_names=classes, notes=notes,
-                      noisy_val=val is None,
+                      noisy_val=val is None, upright=True,
                       **{f'{s}_{part}': splits[s][i] for s in ('train', 'val', 'test')
                          for i, part in enumerate(('paths', 'labels'))})
 
 
 def _refuse_duplicates(splits):
-    """A path twice in a split, or in two splits (an image tested on would then be trained on)."""
-    seen = {}
+    """A path twice in a split, or in two splits (an image tested on would then be trained on); a file
+    reached by two paths through links (a linked class folder: one image, two classes) likewise."""
+    seen, first = {}, {}
     for name, (paths, _) in splits.items():
         for path in paths:
             key = os.path.normcase(os.path.normpath(os.path.abspath(path)))
@@ -273,3 +274,16 @@ def _refuse_duplicates(splits):
                 where = f'twice in {name}' if seen[key] == name else f'in both {seen[key]} and {name}'
                 raise DatasetMissing(f'{path} is listed {where}; list every image once, in one split')
             seen[key] = name
+            _refuse_linked_twice(first, path, name)
+
+
+def _refuse_linked_twice(first, path, split):
+    """Record `path` under the file it resolves to (`first`: {real path: (path, split)}); refused where
+    another listed path, through a link, is that same file."""
+    real = os.path.normcase(os.path.realpath(path))
+    if real in first:
+        other, other_split = first[real]
+        where = f'in {split}' if other_split == split else f'in {other_split} and {split}'
+        raise DatasetMissing(f'{other} and {path} ({where}) are one file, {real}, reached through a link; list '
+                             f'every image once: remove the linked folder or file, or the link')
+    first[real] = path, split

@@ -71,6 +71,7 @@ class FileSplits:
     notes: dict = field(default_factory=dict)  # facts about the splits for the run's summary
     noisy_val: bool = False  # the validation labels are noisy ones (held out of training: no clean --val)
     resample: str = 'bilinear'  # the filter that resizes its images, as the authors' loader of it does
+    upright: bool = False  # turned as their EXIF Orientation says (a user's photos; the authors' loaders do not)
 
     def paths(self, split):
         return getattr(self, f'{split}_paths')

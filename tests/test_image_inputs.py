@@ -1,0 +1,237 @@
+"""Image files as they come: 16- and 32-bit grayscale, EXIF-rotated photos, linked class folders, folders
+where a file belongs; and predict.py --folder decoding images as the run decoded its evaluation split."""
+import os
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict
+import train_ImageFolder
+from benchmarks import layouts
+from utils.data.clothing1m import read_clothing1m
+from utils.data.food101n import read_food101n
+from utils.data.image_files import ImageFiles, open_image, read_lines
+from utils.data.own_images import read_image_folder
+from utils.data.webvision import read_webvision
+from utils.errors import DatasetMissing
+from utils.predict import FILE_DATASET_DECODING
+from utils.runs.cli import run_cli
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def pixels(path, upright=False):
+    return np.asarray(open_image(str(path), upright))
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+def test_ordinary_images_decode_exactly_as_before(tmp_path):
+    """The authors' pipeline (PIL open, convert('RGB')) for every 8-bit mode, EXIF without a turn included."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    exif = rgb.getexif()
+    exif[ORIENTATION] = 1  # upright: nothing to turn
+    rgb.save(tmp_path / 'plain.jpg', quality=90)
+    rgb.save(tmp_path / 'upright.jpg', quality=90, exif=exif.tobytes())
+    rgb.convert('RGBA').save(tmp_path / 'rgba.png')
+    rgb.convert('L').save(tmp_path / 'gray.png')
+    rgb.convert('P').save(tmp_path / 'palette.png')
+    rgb.save(tmp_path / 'plain.bmp')
+    rgb.save(tmp_path / 'plain.webp')
+    for path in sorted(tmp_path.iterdir()):
+        with Image.open(path) as image:
+            before = np.asarray(image.convert('RGB'))
+        assert np.array_equal(pixels(path), before), path.name
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    levels = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)  # 8-bit 0, 1, 128, 255
+    Image.fromarray(levels).save(tmp_path / 'scan.png')
+    assert Image.open(tmp_path / 'scan.png').mode == 'I;16'
+    decoded = pixels(tmp_path / 'scan.png')
+    assert decoded.shape == (4, 4, 3) and np.array_equal(decoded[0, :, 0], [0, 1, 128, 255])
+    assert np.array_equal(decoded[..., 0], decoded[..., 2])  # gray
+    # ImageFiles (the features, the training views) reads it the same way: not a white square
+    crop = ImageFiles([str(tmp_path / 'scan.png')])[0]
+    assert crop.min() < 100 < crop.max()
+
+
+def test_32_bit_integer_images_are_scaled_by_their_bit_depth(tmp_path):
+    """Pillow holds 16-bit data as mode 'I' too (some PNGs, TIFFs): values within 0..65535 scale as 16 bits,
+    larger ones as 32-bit data (negative ones are black)."""
+    sixteen = np.array([[0, 257, 65535]], dtype=np.int32)
+    Image.fromarray(sixteen).save(tmp_path / 'sixteen.tif')
+    wide = np.array([[-5, 0, 2 ** 30, 2 ** 31 - 1]], dtype=np.int32)
+    Image.fromarray(wide).save(tmp_path / 'wide.tif')
+    assert Image.open(tmp_path / 'wide.tif').mode == 'I'
+    assert pixels(tmp_path / 'sixteen.tif')[0, :, 1].tolist() == [0, 1, 255]
+    assert pixels(tmp_path / 'wide.tif')[0, :, 1].tolist() == [0, 0, 128, 255]
+
+
+def turned_photo(path, orientation):
+    """A 60×30 photo stored unturned, white in its left quarter, with the EXIF Orientation tag."""
+    stored = np.zeros((30, 60, 3), dtype=np.uint8)
+    stored[:, :15] = 255
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[ORIENTATION] = orientation
+    image.save(path, quality=95, exif=exif.tobytes())
+
+
+def test_an_exif_orientation_is_applied_to_a_users_photos_as_viewers_show_it(tmp_path):
+    turned_photo(tmp_path / 'cw.jpg', 6)  # 6: shown turned 90° clockwise: the white quarter on top
+    upright = pixels(tmp_path / 'cw.jpg', upright=True)
+    assert upright.shape == (60, 30, 3)
+    assert upright[:15].mean() > 200 and upright[20:].mean() < 50
+    turned_photo(tmp_path / 'mirrored.jpg', 2)  # 2: mirrored left to right
+    assert pixels(tmp_path / 'mirrored.jpg', upright=True)[:, 50:].mean() > 200
+    # the authors' datasets are decoded as their loaders do, the tag unread
+    assert pixels(tmp_path / 'cw.jpg').shape == (30, 60, 3)
+
+
+def test_own_images_are_decoded_upright_and_cached_apart(tmp_path):
+    from utils.prepare import decoding_of
+    layouts.own_data(str(tmp_path / 'own'), per_class=3, n_eval=1)
+    own = read_image_folder(str(tmp_path / 'own' / 'train'), str(tmp_path / 'own' / 'val'), log=lambda line: None)
+    cfg = SimpleNamespace(image_size=32)
+    assert decoding_of(cfg, own).upright and decoding_of(cfg, own).key() == {'size': 32, 'upright': True}
+    stored = np.zeros((30, 60, 3), dtype=np.uint8)
+    stored[:, :30] = 255  # the left half white: the top half once turned (orientation 6)
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[ORIENTATION] = 6
+    photo.save(tmp_path / 'cw.jpg', quality=95, exif=exif.tobytes())
+    image = ImageFiles([str(tmp_path / 'cw.jpg')], decoding_of(cfg, own))[0].float()  # the centre crop
+    assert image[:, :8].mean() > 200 and image[:, 24:].mean() < 50  # white above, black below  # the white quarter on top, after the centre crop
+
+
+# ---- class folders reached twice through links ------------------------------------------------
+
+def class_folders(root):
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(('cat', 'dog')):
+        for i in range(3):
+            layouts.jpeg(os.path.join(root, name, f'{name}_{i}.jpg'), c, rng)
+    return root
+
+
+def test_a_linked_class_folder_is_refused_naming_both_paths(tmp_path):
+    root = class_folders(str(tmp_path / 'train'))
+    os.symlink(os.path.join(root, 'cat'), os.path.join(root, 'kitten'))
+    with pytest.raises(DatasetMissing) as refused:
+        read_image_folder(root, val_fraction=0.5)
+    message = str(refused.value)
+    assert os.path.join(root, 'cat', 'cat_0.jpg') in message and os.path.join(root, 'kitten', 'cat_0.jpg') in message
+    assert 'through a link' in message and '\n' not in message
+
+
+def test_a_linked_file_in_another_split_is_refused(tmp_path):
+    root = class_folders(str(tmp_path / 'train'))
+    os.makedirs(tmp_path / 'val' / 'dog')
+    os.symlink(os.path.join(root, 'dog', 'dog_0.jpg'), tmp_path / 'val' / 'dog' / 'seen.jpg')
+    with pytest.raises(DatasetMissing, match=r'dog_0\.jpg and .*seen\.jpg \(in train and val\) are one file'):
+        read_image_folder(root, str(tmp_path / 'val'))
+
+
+def test_links_to_distinct_files_are_taken(tmp_path):
+    """A training root whose class folders are links (to folders elsewhere) is a valid layout."""
+    elsewhere = class_folders(str(tmp_path / 'elsewhere'))
+    os.makedirs(tmp_path / 'train')
+    for name in ('cat', 'dog'):
+        os.symlink(os.path.join(elsewhere, name), tmp_path / 'train' / name)
+    splits = read_image_folder(str(tmp_path / 'train'), val_fraction=0.5, log=lambda line: None)
+    assert splits.class_names == ['cat', 'dog'] and len(splits.train_paths) + len(splits.val_paths) == 6
+
+
+# ---- a folder where a file belongs ----------------------------------------------------------------
+
+def test_a_class_list_that_is_a_folder_is_refused_in_one_line(tmp_path, capsys):
+    root = class_folders(str(tmp_path / 'train'))
+    os.makedirs(tmp_path / 'classes')
+    argv = ['--train', root, '--classes', str(tmp_path / 'classes'), '--fp_encoder', 'raw', '--diff_encoder', 'fp_mlp',
+            '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache')]
+    with pytest.raises(SystemExit) as done:
+        run_cli(train_ImageFolder.main, argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count('\n') == 1
+    assert err == (f'error: class list {tmp_path / "classes"} is a folder, not a file: Give --classes a text file of '
+                   f'the class names, one a line.\n')
+    assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_clothing1m_files_that_are_folders_are_refused(tmp_path):
+    root = layouts.clothing1m(str(tmp_path / 'c1m'))
+    os.makedirs(tmp_path / 'subset')
+    with pytest.raises(DatasetMissing, match=r'^Clothing1M subset list \S+subset is a folder, not a file: name the '
+                                             r'file itself$'):
+        read_clothing1m(root, str(tmp_path / 'subset'))
+    kv = os.path.join(root, 'noisy_label_kv.txt')
+    os.remove(kv)
+    os.makedirs(kv)
+    with pytest.raises(DatasetMissing, match='noisy_label_kv.txt is a folder, not a file'):
+        read_clothing1m(root)
+
+
+def test_a_text_file_read_through_a_pipe_still_reads(tmp_path):
+    """Only folders are refused: a named pipe (what a shell's <(...) passes) is read as a file."""
+    fifo = str(tmp_path / 'classes')
+    os.mkfifo(fifo)
+
+    def write():  # the writer end, as the shell's process would be
+        with open(fifo, 'w') as f:
+            f.write('cat\ndog\n')
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert read_lines(fifo, 'class list') == ['cat', 'dog']
+    finally:
+        writer.join()
+
+
+# ---- predict.py --folder ----------------------------------------------------------------------------
+
+def test_the_file_datasets_resize_filters_are_those_predict_decodes_with(tmp_path):
+    food = read_food101n(*layouts.food101n(str(tmp_path / 'food')))
+    clothing = read_clothing1m(layouts.clothing1m(str(tmp_path / 'c1m')))
+    webvision = read_webvision(*layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet')), n_class=3)
+    layouts.own_data(str(tmp_path / 'own'), per_class=3, n_eval=1)
+    own = read_image_folder(str(tmp_path / 'own' / 'train'), str(tmp_path / 'own' / 'val'), log=lambda line: None)
+    read = {s.name: (s.resample, s.upright) for s in (food, clothing, webvision, own)}
+    assert read == FILE_DATASET_DECODING
+
+
+def wide_images(root, per_class, rng):
+    """Class folders of 24×72 images: the class colour in the centre square, random colours beside it
+    (what a centre crop drops and a squashing resize keeps)."""
+    for c in range(3):
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (24, 72, 3)).astype(np.float64)
+            pixels[:, 24:48] = np.clip(np.array([c * 120, 240 - c * 120, 60]) + rng.normal(0, 20, (24, 24, 3)), 0, 255)
+            os.makedirs(os.path.join(root, f'class{c}'), exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(root, f'class{c}', f'{i}.png'))
+    return root
+
+
+def test_predicting_a_folder_decodes_as_the_runs_evaluation_split(tmp_path):
+    """The test split's images given as a folder get the very probabilities --split test gives them."""
+    rng = np.random.default_rng(2)
+    train, val, test = (wide_images(str(tmp_path / name), n, rng)
+                        for name, n in (('train', 16), ('val', 3), ('test', 4)))
+    _, run_dir = train_ImageFolder.main([
+        '--train', train, '--val', val, '--test', test, '--fp_encoder', 'raw', '--diff_encoder', 'fp_mlp',
+        '--image_size', '8', '--k', '3', '--batch_size', '16', '--feature_dim', '32', '--nepoch', '60', '--lr', '3e-3',
+        '--warmup_epochs', '1', '--lr_horizon', '60', '--eval_every', '1', '--num_workers', '0', '--n_samples', '0',
+        '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'),
+        '--run_name', 'own'])
+    flags = ['--n_samples', '64', '--device', 'cpu']
+    split = predict.main([run_dir, '--split', 'test', *flags])
+    folder = predict.main([run_dir, '--folder', test, *flags])
+    assert split['n'] == folder['n'] == 12
+    probs = {name: np.load(os.path.join(run_dir, f'predict_{name}_probs.npy')) for name in ('test', 'folder')}
+    np.testing.assert_allclose(probs['folder'], probs['test'], atol=1e-6)
+    assert np.array_equal(np.load(os.path.join(run_dir, 'predict_folder_labels.npy')),
+                          np.load(os.path.join(run_dir, 'predict_test_labels.npy')))
