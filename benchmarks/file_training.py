@@ -46,8 +46,9 @@ def projected_run_s(train_s, eval_s, n_train, n_eval):
 
 
 def run_variant(name, flags, root, folder, args):
-    common = ['--clothing1m_root', root, '--fp_checkpoint', os.path.join(folder, 'CC_net.pt'),
-              '--diff_encoder_weights', 'random', '--nepoch', str(args.nepoch), '--warmup_epochs', '0',
+    # the authors' f_p, the CC ResNet-50, with random weights (--small: raw pixels, which read no file)
+    fp = [] if args.small else ['--fp_checkpoint', os.path.join(folder, 'CC_net.pt')]
+    common = ['--clothing1m_root', root, *fp, '--diff_encoder_weights', 'random', '--nepoch', str(args.nepoch), '--warmup_epochs', '0',
               '--per_class', str(args.per_class), '--device', args.device, '--num_workers', str(args.workers),
               '--n_samples', '0', '--out_dir', os.path.join(folder, 'runs'), '--run_name', name.split()[0],
               '--cache_dir', os.path.join(folder, 'cache-' + name.split()[0]), *args.extra]

@@ -84,7 +84,7 @@ def check_noise_is_for(noise_type, dataset):
     if noise_type.endswith('.npy') or os.sep in noise_type:
         return  # a file: its length and classes are checked against the training set
     made_for, dataset = dataset_of(noise_type), dataset_of(dataset)  # digits-sub200 (a test's subset): digits
-    if made_for in NAMED_DATASETS and made_for != dataset:
+    if made_for in NAMED_DATASETS and dataset in NAMED_DATASETS and made_for != dataset:
         raise SetupError(f'--noise_type {noise_type} is a noise of {made_for}, and this run trains on {dataset}: '
                          f'name a {dataset} noise (e.g. {dataset}-U-0.4), or train on {made_for}')
 
