@@ -257,6 +257,18 @@ def test_a_cache_dir_a_file_stands_in_the_way_of_is_refused_before_work(tmp_path
     assert os.listdir(tmp_path) == ['a_file']
 
 
+def test_a_noise_seed_for_a_noise_read_from_a_file_is_refused_before_work(tmp_path, digits):
+    small = subset(digits, 200, 50)
+    np.save(tmp_path / 'mine.npy', small.train_clean.numpy())
+    for noise in (str(tmp_path / 'mine.npy'), 'digits-clean'):
+        with pytest.raises(SetupError, match=f'--noise_seed 3 draws generated noise, and --noise_type {noise} is '
+                                             f'read as it is'):
+            run(cfg_for(tmp_path, '--noise_type', noise, '--noise_seed', '3'), lambda c: small)
+    assert sorted(os.listdir(tmp_path)) == ['mine.npy']
+    summary, _ = run(cfg_for(tmp_path, '--noise_seed', '3', '--nepoch', '1', '--n_samples', '0'), lambda c: small)
+    assert summary['epochs'] == 1  # digits-U-0.4 is drawn here, with that seed
+
+
 def test_val_fraction_beside_val_is_refused():
     import train_ImageFolder
     with pytest.raises(SetupError, match='--val_fraction applies only without --val'):

@@ -103,7 +103,18 @@ def training_labels(cfg, splits):
                                           coarse_of_class=getattr(splits, 'coarse_of_class', None),
                                           cifar_n_dirs=[cfg.cifar_n_dir] if cfg.cifar_n_dir else [],
                                           inputs_dir=getattr(cfg, 'inputs_dir', None))
+    check_noise_seed_used(cfg, source)
     return labels, source, clean
+
+
+def check_noise_seed_used(cfg, source):
+    """--noise_seed draws generated noise; a noise read from a file (a name with a file in noisy_label/,
+    a published or CIFAR-N one) or the clean labels would silently ignore it: refused."""
+    given = 'noise_seed' in getattr(cfg, 'command_line_flags', ()) and not cfg.resume
+    if given and '(seed ' not in source:
+        raise SetupError(f'--noise_seed {cfg.noise_seed} draws generated noise, and --noise_type {cfg.noise_type} is '
+                         f'read as it is ({source}): drop --noise_seed, or name noise drawn here (a file of another '
+                         f'seed from noisy_label.make_noise ends in -s<seed>)')
 
 
 def build_encoders(cfg, dataset, image_shape, mean, std, device):
