@@ -383,6 +383,13 @@ def test_out_of_range_evaluation_labels_are_refused(tmp_path, digits, split):
     assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
 
 
+def test_whole_float_labels_are_read_and_a_huge_one_is_named_as_it_is():
+    from utils.data.noise import check_labels
+    assert check_labels(np.array([0., 1., 2.]), 3, 3, 'f').tolist() == [0, 1, 2]
+    with pytest.raises(NoiseError, match=r'f: labels must lie in \[0, 2\], found range \[0.0, 1e\+300\]'):
+        check_labels(np.array([0., 1., 1e300]), 3, 3, 'f')
+
+
 def test_out_of_range_file_dataset_labels_are_refused():
     from utils.data.splits import FileSplits
     from utils.prepare import check_split_labels

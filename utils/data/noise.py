@@ -57,6 +57,7 @@ def check_labels(labels, n_expected, n_class, source):
     if not np.issubdtype(labels.dtype, np.integer):
         if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
                 and np.all(labels == np.round(labels)):
+            check_label_range(labels, n_class, source)  # before the cast: 1e300 would wrap around in int64
             labels = labels.astype(np.int64)
         else:
             raise NoiseError(f'{source}: labels must be integers, found dtype {labels.dtype}')
