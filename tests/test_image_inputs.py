@@ -61,8 +61,8 @@ def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped_white(tmp_path):
 
 
 def test_32_bit_integer_images_are_scaled_by_their_bit_depth(tmp_path):
-    """Pillow holds 16-bit data as mode 'I' too (some PNGs, TIFFs): values within 0..65535 scale as 16 bits,
-    larger ones as 32-bit data (negative ones are black)."""
+    """Pillow holds 16-bit data as mode 'I' too (some PNGs, TIFFs): values within 0..255 stay as they are,
+    within 0..65535 scale as 16 bits, larger ones as 32-bit data (negative ones are black)."""
     sixteen = np.array([[0, 257, 65535]], dtype=np.int32)
     Image.fromarray(sixteen).save(tmp_path / 'sixteen.tif')
     wide = np.array([[-5, 0, 2 ** 30, 2 ** 31 - 1]], dtype=np.int32)
@@ -70,6 +70,11 @@ def test_32_bit_integer_images_are_scaled_by_their_bit_depth(tmp_path):
     assert Image.open(tmp_path / 'wide.tif').mode == 'I'
     assert pixels(tmp_path / 'sixteen.tif')[0, :, 1].tolist() == [0, 1, 255]
     assert pixels(tmp_path / 'wide.tif')[0, :, 1].tolist() == [0, 0, 128, 255]
+    eight = np.array([[0, 7, 128, 255]], dtype=np.int32)  # 8-bit values held as 32-bit: decoded as before
+    Image.fromarray(eight).save(tmp_path / 'eight.tif')
+    with Image.open(tmp_path / 'eight.tif') as image:
+        assert np.array_equal(pixels(tmp_path / 'eight.tif'), np.asarray(image.convert('RGB')))
+    assert pixels(tmp_path / 'eight.tif')[0, :, 0].tolist() == [0, 7, 128, 255]
 
 
 def turned_photo(path, orientation):

@@ -101,9 +101,18 @@ def _readable(path):
 
 
 # integer modes wider than 8 bits: the largest value of their data. convert('RGB') clips them at 255,
-# so a 16-bit scan decoded white; a PNG holds at most 16 bits, so an 'I' image (32-bit signed: how
-# Pillow holds some 16-bit PNGs) within 0..65535 is 16-bit data, and beyond it is scaled as 32-bit
+# so a 16-bit scan decoded white. An 'I' image (32-bit signed: how Pillow holds some 16-bit PNGs, and
+# integer TIFFs) says nothing of its depth: values within 0..255 are taken as 8-bit (decoded as before),
+# within 0..65535 as 16-bit, and beyond as 32-bit
 WIDE_MODES = {'I;16': 65535, 'I;16L': 65535, 'I;16B': 65535, 'I;16N': 65535, 'I': None}
+
+
+def _depth_top(data):
+    """The largest value of an 'I' image's depth, judged by its values (see WIDE_MODES)."""
+    low, high = data.min(), data.max()
+    if low >= 0 and high <= 255:
+        return 255
+    return 65535 if low >= 0 and high <= 65535 else 2 ** 31 - 1
 
 
 def _eight_bit(image):
@@ -112,7 +121,7 @@ def _eight_bit(image):
     if image.mode not in WIDE_MODES:
         return image
     data = np.asarray(image).astype(np.int64)
-    top = WIDE_MODES[image.mode] or (65535 if data.min() >= 0 and data.max() <= 65535 else 2 ** 31 - 1)
+    top = WIDE_MODES[image.mode] or _depth_top(data)
     scaled = (np.clip(data, 0, top) * 255 + top // 2) // top  # rounded to the nearest level
     return Image.fromarray(scaled.astype(np.uint8), 'L')
 
