@@ -45,10 +45,26 @@ def projected_run_s(train_s, eval_s, n_train, n_eval):
     return a['epochs'] * (a['per_epoch'] / train_rate + (a['val'] + a['test']) / eval_rate)
 
 
+def flag_value(argv, flag):
+    """The last value `argv` gives `flag` (as argparse keeps it), or None."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return values[-1] if values else train_Clothing1M.DEFAULTS.get(flag.lstrip('-'))
+
+
+def random_weights(argv, folder):
+    """Random weights for the networks the run builds (speed does not depend on them): the CC ResNet-50
+    where it is f_p (the script's default), an ImageNet backbone where the diffusion encoder has one; a
+    flag for a network the run does not build would be refused."""
+    weights = []
+    if (flag_value(argv, '--fp_encoder') or 'CC') == 'CC':
+        weights += ['--fp_checkpoint', os.path.join(folder, 'CC_net.pt')]
+    if str(flag_value(argv, '--diff_encoder')).endswith('_l'):
+        weights += ['--diff_encoder_weights', 'random']
+    return weights
+
+
 def run_variant(name, flags, root, folder, args):
-    # the authors' f_p, the CC ResNet-50, with random weights (--small: raw pixels, which read no file)
-    fp = [] if args.small else ['--fp_checkpoint', os.path.join(folder, 'CC_net.pt')]
-    common = ['--clothing1m_root', root, *fp, '--diff_encoder_weights', 'random', '--nepoch', str(args.nepoch), '--warmup_epochs', '0',
+    common = ['--clothing1m_root', root, *random_weights(args.extra + flags, folder), '--nepoch', str(args.nepoch), '--warmup_epochs', '0',
               '--per_class', str(args.per_class), '--device', args.device, '--num_workers', str(args.workers),
               '--n_samples', '0', '--out_dir', os.path.join(folder, 'runs'), '--run_name', name.split()[0],
               '--cache_dir', os.path.join(folder, 'cache-' + name.split()[0]), *args.extra]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import train_CIFAR
-from benchmarks import checkpoints, inference, numerics, retrieval, training
+import train_Clothing1M
+from benchmarks import checkpoints, file_training, inference, numerics, retrieval, training
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
 from utils.diff_encoders import build_model
@@ -100,3 +101,13 @@ def test_the_checkpoint_benchmark_saves_the_authors_cifar_state_both_ways(tmp_pa
     assert 100e6 < checkpoints.state_bytes(state) < 130e6  # the denoiser and the moments of what is trained
     result = checkpoints.main(['--out_dir', str(tmp_path), '--saves', '1'])
     assert len(result['synchronous_s']) == len(result['background_wait_s']) == 1 and not os.listdir(tmp_path)
+
+
+def test_the_file_training_benchmark_gives_weights_only_to_the_networks_a_run_builds():
+    weights = file_training.random_weights
+    assert weights([], 'f') == ['--fp_checkpoint', 'f/CC_net.pt', '--diff_encoder_weights', 'random']  # defaults
+    assert weights(['--fp_encoder', 'raw', '--diff_encoder', 'resnet18_l'], 'f') == ['--diff_encoder_weights', 'random']
+    assert weights(['--fp_encoder', 'CLIP', '--diff_encoder', 'fp_mlp'], 'f') == []
+    for extra in ([], ['--fp_encoder', 'CLIP', '--diff_encoder', 'fp_mlp'], ['--recipe', 'improved']):
+        argv = ['--clothing1m_root', 'r', *weights(extra, 'f'), *extra]
+        assert train_Clothing1M.config(argv).clothing1m_root == 'r'  # every flag for a network the run builds
