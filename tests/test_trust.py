@@ -162,7 +162,7 @@ def test_torchvisions_cached_imagenet_weights_are_read_weights_only_and_named(tm
     cached.parent.mkdir(parents=True)
     torch.save(imagenet.load_imagenet_resnet('resnet18', 'random', seed=3).net.state_dict(), cached)
     from_cache = imagenet.load_imagenet_resnet('resnet18')
-    assert torch.equal(from_cache.net.conv1.weight, torch.load(cached)['conv1.weight'])
+    assert torch.equal(from_cache.net.conv1.weight, torch.load(cached, weights_only=True)['conv1.weight'])
     torch.save({'conv1.weight': Marker(marker)}, cached)
     with pytest.raises(UnsafeFile, match=f'cached ImageNet weights for resnet18 {cached} refused: loading it would '
                                          f'call'):
