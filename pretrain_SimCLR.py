@@ -365,12 +365,7 @@ def check_output_place(path):
     if sidecar_path(path) == path:
         raise SetupError(f'--output {path}: the encoder\'s .json sidecar would be written over it; give --output '
                          f'a file path ending in .pt')
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise SetupError(f'--output {path}: {folder} is a file, not a folder; give --output another path')
-    check_writable(os.path.dirname(os.path.abspath(path)), '--output')
+    check_writable(os.path.dirname(os.path.abspath(path)), '--output')  # a file in the way is refused there
 
 
 def main(argv=None):
