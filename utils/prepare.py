@@ -1,6 +1,5 @@
 """Data preparation, done once per run: noisy labels → frozen f_p features (cached) → neighbour table
 (cached) → candidate labels, and the tensors a training step reads, resident on the device."""
-import os
 import time
 from dataclasses import dataclass, replace
 
@@ -8,7 +7,14 @@ import numpy as np
 import torch
 
 from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding
-from utils.data.noise import OWN_LABELS, check_label_range, dataset_of, noise_rate, resolve_noisy_labels
+from utils.data.noise import (
+    OWN_LABELS,
+    check_label_range,
+    dataset_of,
+    names_a_file,
+    noise_rate,
+    resolve_noisy_labels,
+)
 from utils.data.sampling import per_class_count
 from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
 from utils.encoders.cache import cached, cached_features, cached_file_features
@@ -81,7 +87,7 @@ NAMED_DATASETS = ('cifar10', 'cifar100', 'digits')
 def check_noise_is_for(noise_type, dataset):
     """A noise name made for another dataset (cifar100-U-0.4 on CIFAR-10, CIFAR-10N on the digits) is
     refused: its labels would be cut to this training set, or drawn over classes it does not have."""
-    if noise_type.endswith('.npy') or os.sep in noise_type:
+    if names_a_file(noise_type):
         return  # a file: its length and classes are checked against the training set
     made_for, dataset = dataset_of(noise_type), dataset_of(dataset)  # digits-sub200 (a test's subset): digits
     if made_for in NAMED_DATASETS and dataset in NAMED_DATASETS and made_for != dataset:

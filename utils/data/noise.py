@@ -194,10 +194,15 @@ def resolve_noisy_labels(noise_type, n, clean_labels, n_class, seed=0, coarse_of
                             inputs_dir)
 
 
+def names_a_file(noise_type):
+    """Whether --noise_type is a label file's path rather than a noise name."""
+    return noise_type.endswith('.npy') or os.sep in noise_type
+
+
 def stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir):
     """(labels, source) read from a file: a path, a published name, noisy_label/NAME.npy or a CIFAR-N
     name; None where the name is none of these (then it names generated noise)."""
-    if noise_type.endswith('.npy') or os.sep in noise_type:
+    if names_a_file(noise_type):
         if not os.path.isfile(noise_type):
             raise NoiseError(f'noise file {noise_type} does not exist')
         return check_labels(load_label_file(noise_type), n, n_class, noise_type), f'file {noise_type}'

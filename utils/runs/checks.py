@@ -9,6 +9,7 @@ import re
 
 import torch
 
+from utils.data.noise import names_a_file
 from utils.diff_encoders import DIFF_ENCODERS
 from utils.encoders.factory import HUB_ENCODERS
 from utils.errors import SetupError
@@ -91,7 +92,7 @@ def device_problems(name):
 
 
 def noise_rate_problems(noise_type):
-    if not noise_type or noise_type.endswith('.npy') or os.sep in noise_type:
+    if not noise_type or names_a_file(noise_type):
         return []
     problems = []
     for kind, rate in NOISE_RATE.findall(noise_type):
