@@ -617,6 +617,29 @@ def test_predict_with_another_script_says_how_to_predict(finished):
         predict.main([run_dir, '--script', 'train_CIFAR.py'])
 
 
+def test_a_run_recorded_before_scripts_were_recorded_resumes_despite_its_removed_flags(finished):
+    """A format-2 run names no script: the flags only another script has tell one apart, and the flags
+    it recorded that no script has any more (--fp_features, --predict...) are not among them."""
+    small, _, run_dir = finished
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    del ckpt['config']['script']
+    ckpt['format_version'] = 2
+    removed = {'fp_features': None, 'predict': False, 'predict_split': 'test', 'predict_folder': None}
+    ckpt['config'].update(removed)
+    ckpt['config']['script_flags'] = sorted([*ckpt['config']['script_flags'], *removed])
+    save_torch(ckpt, last)
+    summary, _ = run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert summary['epochs'] == 3
+    ckpt = load_torch(last)  # and one with a flag that only another script has is still refused
+    del ckpt['config']['script']
+    ckpt['config']['script_flags'] = sorted([*ckpt['config']['script_flags'], 'val_fraction'])
+    save_torch(ckpt, last)
+    with pytest.raises(SetupError, match=f'--resume {re.escape(run_dir)}: the run was made by another script '
+                                         f'\\(one with the flags --val_fraction\\); run the script that made it'):
+        run(resume(run_dir, '--nepoch', '4'), never_read)
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

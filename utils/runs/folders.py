@@ -268,7 +268,9 @@ def check_same_script(cfg, saved, run_dir, how):
             f'python predict.py {run_dir} --script {made_by}, or without --script'
         raise SetupError(f'{how} {run_dir}: the run was made by {made_by}, not {this}; run that script instead '
                          f'({instead})')
-    theirs = sorted(set(saved.get('script_flags') or ()) - set(getattr(cfg, 'script_flags', None) or ()))
+    # a flag no script has any more (FOLDED_FLAGS) tells no script apart
+    theirs = sorted(set(saved.get('script_flags') or ()) - set(getattr(cfg, 'script_flags', None) or ())
+                    - set(FOLDED_FLAGS))
     if not made_by and theirs and getattr(cfg, 'script_flags', None):
         raise SetupError(f'{how} {run_dir}: the run was made by another script (one with the flags '
                          f'{", ".join("--" + n for n in theirs[:4])}); run the script that made it instead')
