@@ -17,7 +17,7 @@ from utils.data.image_files import ImageFiles, open_image, read_lines
 from utils.data.own_images import read_image_folder
 from utils.data.webvision import read_webvision
 from utils.errors import DatasetMissing
-from utils.predict import FILE_DATASET_DECODING
+from utils.predict import FILE_DATASET_RESAMPLE
 from utils.runs.cli import run_cli
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -77,10 +77,10 @@ def test_32_bit_integer_images_are_scaled_by_their_bit_depth(tmp_path):
     assert pixels(tmp_path / 'eight.tif')[0, :, 0].tolist() == [0, 7, 128, 255]
 
 
-def turned_photo(path, orientation):
-    """A 60×30 photo stored unturned, white in its left quarter, with the EXIF Orientation tag."""
+def turned_photo(path, orientation, white=15):
+    """A 60×30 photo stored unturned, white in its `white` left columns, with the EXIF Orientation tag."""
     stored = np.zeros((30, 60, 3), dtype=np.uint8)
-    stored[:, :15] = 255
+    stored[:, :white] = 255
     image = Image.fromarray(stored)
     exif = image.getexif()
     exif[ORIENTATION] = orientation
@@ -112,6 +112,50 @@ def test_own_images_are_decoded_upright_and_cached_apart(tmp_path):
     photo.save(tmp_path / 'cw.jpg', quality=95, exif=exif.tobytes())
     image = ImageFiles([str(tmp_path / 'cw.jpg')], decoding_of(cfg, own))[0].float()  # the centre crop
     assert image[:, :8].mean() > 200 and image[:, 24:].mean() < 50  # white above, black below  # the white quarter on top, after the centre crop
+
+
+def test_a_run_is_resumed_and_predicted_with_the_decoding_it_recorded(tmp_path, monkeypatch):
+    """A run records whether its photos were turned by their EXIF tag; one made before the tag was read
+    recorded nothing and is resumed and predicted unturned, as it was trained (turned, a turned
+    training photo would change its f_p features and refuse the resume; evaluation photos would
+    silently change)."""
+    import dataclasses
+    import json
+    from utils.storage.loading import load_torch
+    from utils.storage.saving import save_torch
+    root = tmp_path / 'own'
+    layouts.own_data(str(root), classes=('cat', 'dog'), per_class=6, n_eval=2)
+    turned_photo(root / 'train' / 'cat' / 'cat_000.jpg', 6, white=30)
+    turned_photo(root / 'test' / 'dog' / 'test_dog_0.jpg', 8, white=30)  # its centre crop half white
+    flags = ['--train', str(root / 'train'), '--val', str(root / 'val'), '--test', str(root / 'test'),
+             '--fp_encoder', 'raw', '--diff_encoder', 'fp_mlp', '--image_size', '8', '--k', '3', '--batch_size', '4',
+             '--feature_dim', '16', '--warmup_epochs', '1', '--num_workers', '0', '--n_samples', '0', '--device',
+             'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache')]
+    _, fresh = train_ImageFolder.main([*flags, '--nepoch', '1', '--run_name', 'fresh'])
+    assert json.load(open(os.path.join(fresh, 'config.json')))['upright'] is True
+    read = train_ImageFolder.load_splits  # a run as an earlier version made it: unturned, nothing recorded
+    monkeypatch.setattr(train_ImageFolder, 'load_splits', lambda cfg: dataclasses.replace(read(cfg), upright=False))
+    _, old = train_ImageFolder.main([*flags, '--nepoch', '1', '--run_name', 'old'])
+    monkeypatch.setattr(train_ImageFolder, 'load_splits', read)
+    for name in ('last.pt', 'best.pt'):
+        ckpt = load_torch(os.path.join(old, name))
+        del ckpt['data_info']['upright']
+        save_torch(ckpt, os.path.join(old, name))
+    summary, _ = train_ImageFolder.main(['--resume', old, '--nepoch', '2'])
+    assert summary['epochs'] == 2
+    for run_dir in (fresh, old):
+        predict.main([run_dir, '--split', 'test', '--device', 'cpu'])
+        predict.main([run_dir, '--folder', str(root / 'test'), '--device', 'cpu'])
+        probs = {name: np.load(os.path.join(run_dir, f'predict_{name}_probs.npy')) for name in ('test', 'folder')}
+        np.testing.assert_allclose(probs['folder'], probs['test'], atol=1e-6)
+    def decoded(run_dir):  # the test split's centre crops as predict.py decodes them for the run
+        from utils.predict import folder_decoding
+        from utils.runs.folders import load_run, resumed_config
+        ckpt = load_run(run_dir, 'best.pt')
+        saved = resumed_config(train_ImageFolder.config(['--resume', run_dir]), ckpt)
+        paths = [str(root / 'test' / 'dog' / 'test_dog_0.jpg')]
+        return ImageFiles(paths, folder_decoding(saved, ckpt['data_info']))[0]
+    assert not np.array_equal(decoded(fresh).numpy(), decoded(old).numpy())
 
 
 # ---- class folders reached twice through links ------------------------------------------------
@@ -205,8 +249,7 @@ def test_the_file_datasets_resize_filters_are_those_predict_decodes_with(tmp_pat
     webvision = read_webvision(*layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet')), n_class=3)
     layouts.own_data(str(tmp_path / 'own'), per_class=3, n_eval=1)
     own = read_image_folder(str(tmp_path / 'own' / 'train'), str(tmp_path / 'own' / 'val'), log=lambda line: None)
-    read = {s.name: (s.resample, s.upright) for s in (food, clothing, webvision, own)}
-    assert read == FILE_DATASET_DECODING
+    assert {s.name: s.resample for s in (food, clothing, webvision, own)} == FILE_DATASET_RESAMPLE
 
 
 def wide_images(root, per_class, rng):

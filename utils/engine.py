@@ -18,7 +18,7 @@ import torch
 
 from utils.averaging import evaluated_weights
 from utils.errors import SetupError
-from utils.prepare import check_inputs, clean_train_labels, prepare
+from utils.prepare import check_inputs, clean_train_labels, decoded_as_recorded, prepare
 from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
 from utils.runs.folders import (
@@ -91,6 +91,8 @@ def run(cfg, load_splits):
     seed_everything(cfg.seed)
     with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
         splits = load_splits(cfg)
+        if ckpt is not None:
+            splits = decoded_as_recorded(splits, ckpt['data_info'])
         checked = check_inputs(cfg, splits, device)
     dataset = dataset_fingerprints(splits)
     if ckpt is not None:  # images changed since: refused before any feature is extracted or cached

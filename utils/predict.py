@@ -15,26 +15,26 @@ from utils.encoders.base import encode_all
 from utils.encoders.cache import encode_files
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
-from utils.prepare import build_encoders, decoding_of, features_of_split
+from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split
 from utils.runs.folders import RunClaim, check_same_script, load_run, prediction_config, read_record
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.saving import atomic_write, remove_files
 
 
-# The file datasets, the filter each one's reader resizes its images with and whether it turns them as
-# their EXIF tag says (FileSplits.resample and .upright, set by the readers in utils/data/;
-# tests/test_image_inputs.py pins this table to them): a folder is decoded as the run decoded its
-# evaluation splits, without reading the dataset.
-FILE_DATASET_DECODING = {'clothing1m': ('bilinear', False), 'food101n': ('bicubic', False),
-                         'webvision': ('bicubic', False), 'imagefolder': ('bilinear', True)}
+# The file datasets and the filter each one's reader resizes its images with (FileSplits.resample, set by
+# the readers in utils/data/; tests/test_image_inputs.py pins this table to them): a folder is decoded
+# as the run decoded its evaluation splits, without reading the dataset.
+FILE_DATASET_RESAMPLE = {'clothing1m': 'bilinear', 'food101n': 'bicubic', 'webvision': 'bicubic',
+                         'imagefolder': 'bilinear'}
 
 
-def folder_decoding(saved, dataset):
+def folder_decoding(saved, info):
     """How a run of a file dataset decoded its evaluation images (Decoding: the shorter side resized, the
-    centre cropped, at the run's --image_size); None for an in-memory dataset (CIFAR, digits)."""
-    how = FILE_DATASET_DECODING.get(dataset)
-    return None if how is None else Decoding(saved.image_size, *how)
+    centre cropped, at the run's --image_size, turned by their EXIF tag where the run recorded it was:
+    decoded_as_recorded); None for an in-memory dataset (CIFAR, digits)."""
+    resample = FILE_DATASET_RESAMPLE.get(info['dataset'])
+    return None if resample is None else Decoding(saved.image_size, resample, info.get('upright') is True)
 
 
 def image_folder_paths(folder):
@@ -153,7 +153,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     images, files, decoding, paths = None, None, None, None
     if folder:
         paths, labels, name = image_folder_paths(folder), None, 'folder'
-        decoding = folder_decoding(saved, info['dataset'])
+        decoding = folder_decoding(saved, info)
         if decoding is None:
             images = load_image_folder(paths, info['image_shape'])
             features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
@@ -162,7 +162,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
             features = encode_files(encoders, paths, saved.encode_batch_size, saved.num_workers, decoding,
                                     'features folder')
     else:
-        splits, name = load_splits(saved), split
+        splits, name = decoded_as_recorded(load_splits(saved), info), split
         check_fits_run(splits, name, info, run_dir)
         labels = splits.labels(name)
         features = features_of_split(saved, splits, name, encoders)

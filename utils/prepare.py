@@ -144,6 +144,13 @@ def decoding_of(cfg, splits):
     return Decoding(cfg.image_size, splits.resample, getattr(splits, 'upright', False))
 
 
+def decoded_as_recorded(splits, info):
+    """A file dataset's splits decoded as the run whose data_info is `info` decoded them: turned as their
+    EXIF tag says only where the run recorded it was (runs made before the tag was read recorded nothing,
+    and turned nothing: their features, and what they learned, are of the unturned images)."""
+    return splits if splits.in_memory else replace(splits, upright=info.get('upright') is True)
+
+
 def features_of_split(cfg, splits, split, encoders, log=print):
     """Every encoder's cached features of one split (image files or in-memory images). The training
     split's f_p view follows --fp_cache_view; evaluation splits are always the clean images."""
@@ -257,7 +264,8 @@ def data_info(splits, noise_source, n_train, encoder, image_shape, started):
             'n_test': len(splits.test_labels), 'fp_dim': encoder.dim, 'fp_weights': encoder.fingerprint,
             'dataset': splits.name, 'n_class': splits.n_class, 'image_shape': list(image_shape),
             'mean': list(splits.mean), 'std': list(splits.std), 'class_names': list(splits.class_names or []),
-            'prepare_s': round(time.time() - started, 2)}
+            'prepare_s': round(time.time() - started, 2),
+            **({} if splits.in_memory else {'upright': splits.upright})}
 
 
 @dataclass
