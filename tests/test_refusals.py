@@ -112,6 +112,7 @@ def entry_point_cases(work, own_root, own_run, digits_run):
         ('train_ImageFolder.py', train([f'{images}/cat_000.jpg,0', f'{images}/cat_001.jpg,1',
                                         f'{images}/cat_002.jpg,1', f'{images}/dog_000.jpg,9'])),
         ('train_ImageFolder.py', train(ok, '--classes', str(classes))),
+        ('train_ImageFolder.py', train(ok, '--image_size', '100000')),  # it had been killed for memory
         ('train_ImageFolder.py', train([*ok, f'{images}/fox_000.jpg,2'])),
         ('train_ImageFolder.py', train(ok, '--val', csv_file(work / 'val.csv', [f'{images}/cat_000.jpg,cat']))),
         ('train_ImageFolder.py', ['--resume', str(work / 'no_run')]),

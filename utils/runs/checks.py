@@ -19,6 +19,9 @@ AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 
 NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers', 'k_trial_epochs')
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
 MAX_SEED = 2 ** 32 - 1
+# the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only
+# fills memory (100000 px is killed for memory mid-extraction, its folder half made)
+MAX_IMAGE_SIZE = 1024
 # a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
 NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
 
@@ -49,6 +52,10 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+    image_size = getattr(cfg, 'image_size', None)
+    if image_size is not None and image_size > MAX_IMAGE_SIZE:
+        problems.append(f'--image_size {image_size} must be at most {MAX_IMAGE_SIZE} (no encoder here reads larger '
+                        f'images)')
     n_layers = getattr(cfg, 'n_layers', None)
     if n_layers is not None and n_layers < 2:
         problems.append(f'--n_layers {n_layers} must be at least 2 (the x_e gate sits after the first)')
