@@ -163,3 +163,13 @@ def test_webvision_n_class_beyond_the_listed_classes_is_refused(webvision):
     with pytest.raises(SetupError, match=rf'--n_class 5, but {path} names only 4 classes.*pass --n_class 4'):
         read_webvision(root, imagenet, n_class=5)
     assert read_webvision(root, imagenet, n_class=2).n_class == 2  # the smallest count still reads
+
+
+def test_a_negative_label_in_a_webvision_list_is_refused_naming_its_line(tmp_path):
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet'))
+    path = os.path.join(root, 'info', 'train_filelist_google.txt')
+    lines = open(path).read().splitlines()
+    lines[2] = lines[2].rsplit(' ', 1)[0] + ' -1'  # kept by `label < n_class`, it indexed no class
+    layouts.write(path, lines)
+    with pytest.raises(DatasetMissing, match=rf'{path}, line 3: expected "<image path> <class index 0, 1, ...>"'):
+        read_webvision(root, imagenet, n_class=2)

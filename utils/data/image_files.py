@@ -53,24 +53,17 @@ def read_lines(path, what, fix=DOWNLOAD):
 
 
 def read_pairs(path, what, root=None):
-    """'<relative path> <int label>' lines → (absolute paths, labels); malformed lines are named."""
+    """'<relative path> <class index>' lines → (absolute paths, labels); malformed lines are named (a
+    negative label would pass every `label < n_class` filter and index no class)."""
     paths, labels = [], []
     for number, line in enumerate(read_lines(path, what), 1):
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-            raise DatasetMissing(f'{path}, line {number}: expected "<image path> <label>", found {line!r}')
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DatasetMissing(f'{path}, line {number}: expected "<image path> <class index 0, 1, ...>", '
+                                 f'found {line!r}')
         paths.append(os.path.join(root, parts[0]) if root else parts[0])
         labels.append(int(parts[1]))
     return paths, np.asarray(labels, dtype=np.int64)
-
-
-# ---- Food-101N (training, noisy) + Food-101 (test) -----------------------------------------------
-
-
-# ---- Clothing1M ----------------------------------------------------------------------------------
-
-
-# ---- WebVision 1.0 (Google subset, first 50 classes) ---------------------------------------------
 
 
 # ---- your own data: a CSV of path,label or class folders -----------------------------------------
