@@ -240,3 +240,38 @@ def test_a_folder_recorded_before_runs_named_their_kind_is_read_by_its_files(tmp
     monkeypatch.setattr(Trainer, 'train_epoch', original)
     run(cfg_for(tmp_path, *flags), lambda c: small)  # the same kind takes it over, its old partial write swept
     assert (run_dir / 'last.pt').exists() and not (run_dir / '.best.pt.x1y2z3w4.tmp').exists()
+
+
+# ---- outputs a user edited are never written over ------------------------------------------------
+
+def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_path, capsys):
+    """The CSVs a user corrects by hand (the label ranking, a folder's predicted labels): a resume or a
+    prediction that would write them again is refused in one line while they differ from what the
+    package wrote; moved away, the run goes on."""
+    import predict
+    from utils.runs.cli import run_cli
+    root = str(tmp_path / 'own')
+    layouts.own_data(root, per_class=8, n_eval=2)
+    train = ['--train', os.path.join(root, 'labels.csv'), '--val', os.path.join(root, 'val')]
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    folder = ['--folder', os.path.join(root, 'test'), '--device', 'cpu']
+    predict.main([run_dir, *folder])
+    predict.main([run_dir, *folder])  # its own earlier output is written over
+    for name, again in (('predict_folder.csv', lambda: run_cli(predict.main, [run_dir, *folder])),
+                        ('train_label_ranking.csv',
+                         lambda: run_cli(train_ImageFolder.main, [*train, '--resume', run_dir, '--nepoch', '2']))):
+        path = os.path.join(run_dir, name)
+        with open(path, 'a') as f:
+            f.write('my correction\n')
+        before, _ = snapshot(run_dir), capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            again()
+        assert refused.value.code == 2 and capsys.readouterr().err == (
+            f'error: {path} was edited after this package wrote it, and '
+            f'{"predict.py" if name.startswith("predict") else "--resume " + run_dir} would write over it: move it '
+            f'away (or rename it) to keep your edits, then run again\n')
+        assert snapshot(run_dir) == before
+        os.rename(path, path + '.mine')
+    predict.main([run_dir, '--split', 'test', '--device', 'cpu'])  # writes no CSV: the edited one is no matter
+    summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    assert summary['epochs'] == 2 and os.path.isfile(os.path.join(run_dir, 'train_label_ranking.csv'))

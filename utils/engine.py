@@ -23,6 +23,7 @@ from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
 from utils.runs.folders import (
     RunClaim,
+    check_not_edited,
     check_resume_flags,
     check_resume_inputs,
     check_same_script,
@@ -36,7 +37,7 @@ from utils.runs.folders import (
     sweep_stale_cache_writes,
 )
 from utils.runs.k_trials import settle_k
-from utils.runs.outputs import plot_accuracy, rank_file_labels, write_training_outputs
+from utils.runs.outputs import LABEL_RANKING, plot_accuracy, rank_file_labels, write_training_outputs
 from utils.runtime import distributed
 from utils.runtime.devices import device_description, resolve_device
 from utils.runtime.randomness import seed_everything
@@ -88,6 +89,8 @@ def run(cfg, load_splits):
     run_dir = plan_run_dir(cfg)
     check_writable(cfg.cache_dir, '--cache_dir')
     check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
+    if cfg.resume:  # the run's outputs are written again when it finishes
+        check_not_edited(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
     seed_everything(cfg.seed)
     with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
         splits = load_splits(cfg)

@@ -16,7 +16,8 @@ from utils.encoders.cache import encode_files
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split
-from utils.runs.folders import RunClaim, check_same_script, load_run, prediction_config, read_record
+from utils.runs.folders import (RunClaim, check_not_edited, check_same_script, load_run, prediction_config,
+                                read_record)
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.saving import atomic_write, remove_files
@@ -80,6 +81,8 @@ def check_prediction_files(run_dir, prefix):
         if os.path.lexists(path) and os.path.relpath(path, run_dir) not in recorded:
             raise SetupError(f'{path} is there and was not written by this package; move it away to predict '
                              f'into {run_dir}')
+    check_not_edited(run_dir, [os.path.relpath(prefix + suffix, run_dir) for suffix in PREDICTION_FILES],
+                     'predict.py')
 
 
 def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):

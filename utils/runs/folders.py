@@ -20,7 +20,7 @@ from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
-from utils.storage.fingerprints import files_fingerprint, paths_fingerprint, tensor_fingerprint
+from utils.storage.fingerprints import file_digest, files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import owned_folder, partial_write_of, remove_files, save_json, sweep_partial_writes
 
@@ -354,8 +354,34 @@ def recorded_kind(run_dir):
     return kinds[0] if len(kinds) == 1 else None
 
 
-def _write_record(run_dir, files, kind=None):
+# outputs a user may edit by hand (the label ranking: its corrections; a folder's predicted labels): the
+# record keeps the digest of what the package wrote, and nothing writes over one that was edited since
+EDITABLE_SUFFIXES = ('.csv',)
+
+
+def recorded_digests(run_dir):
+    """{relative path: sha1} of the editable files the package wrote, as it wrote them."""
+    digests = _own_record(run_dir).get('digests')
+    return {k: v for k, v in digests.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(digests, dict) else {}
+
+
+def check_not_edited(run_dir, names, what):
+    """Refuse, before any work, to write over a file among `names` (paths relative to run_dir) that was
+    edited after the package wrote it: `what` (a phrase: 'predict.py', 'the resumed run') would lose the
+    user's edits."""
+    digests = recorded_digests(run_dir)
+    for name in sorted(names):
+        path = os.path.join(run_dir, name)
+        if name in digests and os.path.isfile(path) and file_digest(path) != digests[name]:
+            raise SetupError(f'{path} was edited after this package wrote it, and {what} would write over it: '
+                             f'move it away (or rename it) to keep your edits, then run again')
+
+
+def _write_record(run_dir, files, kind=None, digests=None):
     record = {'written_by': WRITTEN_BY, 'format': RECORD_FORMAT, 'files': sorted(files)}
+    if digests:
+        record['digests'] = dict(sorted(digests.items()))
     save_json({**record, 'kind': kind} if kind else record, os.path.join(run_dir, RECORD_NAME))
 
 
@@ -416,7 +442,7 @@ def write_run_file(obj, run_dir, name):
     started it), entered in the folder's record first, so the run knows it for a run's file."""
     files = read_record(run_dir) | {name}
     os.makedirs(run_dir, exist_ok=True)
-    _write_record(run_dir, files, recorded_kind(run_dir))
+    _write_record(run_dir, files, recorded_kind(run_dir), recorded_digests(run_dir))
     save_json(obj, os.path.join(run_dir, name))
 
 
@@ -446,6 +472,7 @@ class RunClaim:
             self._lock()
             # again under the lock: a run may have finished in the folder since it was looked at
             self.files = check_fresh_folder(run_dir, checkpoint, other) if fresh else read_record(run_dir)
+            self.digests = recorded_digests(run_dir)
         except OSError as exc:
             self.release()
             raise SetupError(f'cannot create the run folder {run_dir} ({exc.strerror}); choose another {flag}') \
@@ -453,7 +480,7 @@ class RunClaim:
         except SetupError:
             self.release()
             raise
-        owned_folder(run_dir, self._about_to_write)
+        owned_folder(run_dir, self._about_to_write, self._written)
         self.recording = True
 
     def _lock(self):
@@ -494,7 +521,13 @@ class RunClaim:
                 sweep_partial_writes(self.run_dir, legacy_targets=self.files)
             if rel not in self.files:
                 self.files.add(rel)
-                _write_record(self.run_dir, self.files, self.checkpoint)
+                _write_record(self.run_dir, self.files, self.checkpoint, self.digests)
+
+    def _written(self, rel):
+        if rel.endswith(EDITABLE_SUFFIXES):
+            with self.lock:
+                self.digests[rel] = file_digest(os.path.join(self.run_dir, rel))
+                _write_record(self.run_dir, self.files, self.checkpoint, self.digests)
 
     def release(self):
         """Stop recording, remove the lock file where this claim made it and the folders it made where

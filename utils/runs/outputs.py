@@ -7,6 +7,8 @@ import numpy as np
 
 from utils.storage.saving import atomic_write
 
+LABEL_RANKING = 'train_label_ranking.csv'  # a run's editable output (utils/runs/folders.EDITABLE_SUFFIXES)
+
 
 def save_npy(array, path):
     atomic_write(path, lambda f: np.save(f, array))
@@ -127,7 +129,7 @@ def rank_file_labels(run_dir, splits, noisy, denoised, probs, candidates, n_samp
         probs, how = votes / labels.shape[1], 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
     else:
         how = f'class probabilities of {n_samples} stochastic DDIM samples'
-    write_label_ranking(os.path.join(run_dir, 'train_label_ranking.csv'), splits.train_paths, splits.class_names,
+    write_label_ranking(os.path.join(run_dir, LABEL_RANKING), splits.train_paths, splits.class_names,
                         noisy, denoised, probs)
     if splits.class_names:
         atomic_write(os.path.join(run_dir, 'classes.txt'), lambda f: f.write(('\n'.join(splits.class_names) + '\n').encode()))

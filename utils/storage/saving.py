@@ -46,27 +46,29 @@ class _Recording:
 _OWNED_FOLDERS = {}
 
 
-def owned_folder(folder, note):
-    """Have `note(relative path)` called before each write into `folder` (note None: no longer)."""
+def owned_folder(folder, note, done=None):
+    """Have `note(relative path)` called before each write into `folder`, and `done(relative path)` once
+    the file is in place (note None: no longer)."""
     folder = os.path.abspath(folder)
     if note is None:
         _OWNED_FOLDERS.pop(folder, None)
     else:
-        _OWNED_FOLDERS[folder] = note
+        _OWNED_FOLDERS[folder] = {'before': note, 'after': done}
 
 
-def _about_to_write(path):
+def _tell_owner(path, when):
+    """Call the hook (`when`: 'before' or 'after' the write) of the owned folder `path` lies in."""
     full = os.path.abspath(path)
-    for folder, note in list(_OWNED_FOLDERS.items()):
-        if full.startswith(folder + os.sep):
-            note(os.path.relpath(full, folder))
+    for folder, hooks in list(_OWNED_FOLDERS.items()):
+        if full.startswith(folder + os.sep) and hooks[when] is not None:
+            hooks[when](os.path.relpath(full, folder))
 
 
 def atomic_write(path, write, check=None, flag='--out_dir / --cache_dir'):
     """`write(f)` into a temporary file beside `path`, then rename it to `path`; `check(tmp_path)` may
     refuse the written file by raising, and then nothing is left behind. `flag`: where a full or
     read-only disk's message sends the user."""
-    _about_to_write(path)
+    _tell_owner(path, 'before')
     folder = os.path.dirname(os.path.abspath(path))
     tmp, recording = None, None
     try:
@@ -80,6 +82,7 @@ def atomic_write(path, write, check=None, flag='--out_dir / --cache_dir'):
         if check is not None:
             check(tmp)
         os.replace(tmp, path)
+        _tell_owner(path, 'after')
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -216,7 +219,7 @@ def write_jsonl(records, path):
 
 
 def append_jsonl(record, path):
-    _about_to_write(path)
+    _tell_owner(path, 'before')
     with open(path, 'a') as f:
         f.write(json.dumps(record, sort_keys=True) + '\n')
 
