@@ -22,7 +22,6 @@ import importlib
 import io
 import json
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
@@ -31,10 +30,10 @@ import time
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
 from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
-from utils.runs.folders import RECORD_NAME, check_fresh_folder, write_run_file
+from utils.runs.folders import check_fresh_folder, write_run_file
 from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
-from utils.storage.saving import atomic_write, save_json
+from utils.storage.saving import save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'paper.json')
@@ -232,7 +231,7 @@ def run_seed(command, folder, record):
     (a refusal: bad flags, missing data) gets the folder back as it found it."""
     if os.path.isfile(os.path.join(folder, RUN_FILE)):
         return subprocess.call(command, cwd=REPO)
-    undo = write_run_record(record, folder)
+    undo = write_run_file(record, folder, RUN_FILE)
     written = folder_state(folder)
     rc = subprocess.call(command, cwd=REPO)
     if rc and folder_state(folder) == written:
@@ -243,29 +242,6 @@ def run_seed(command, folder, record):
 def folder_state(folder):
     """What the files under `folder` are (paths, sizes, modification times): whether a command wrote there."""
     return files_fingerprint(sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names))
-
-
-def write_run_record(record, folder):
-    """paper_run.json into `folder`; returns what takes back exactly what this wrote: the file, its entry in
-    the folder's record (the record as it was, or none) and the folders made for it."""
-    record_path = os.path.join(folder, RECORD_NAME)
-    before = pathlib.Path(record_path).read_bytes() if os.path.isfile(record_path) else None
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    write_run_file(record, folder, RUN_FILE)
-
-    def undo():
-        os.remove(os.path.join(folder, RUN_FILE))
-        if before is None:
-            os.remove(record_path)
-        else:
-            atomic_write(record_path, lambda f: f.write(before))
-        made = os.path.abspath(folder)
-        while made != existing and not os.listdir(made):  # the folders made here, deepest first
-            os.rmdir(made)
-            made = os.path.dirname(made)
-    return undo
 
 
 # ---- measured results -------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
 from utils.storage.fingerprints import file_digest, files_fingerprint, paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json, load_torch
-from utils.storage.saving import owned_folder, partial_write_of, remove_files, save_json, sweep_partial_writes
+from utils.storage.saving import (atomic_write, owned_folder, partial_write_of, remove_files, save_json,
+                                  sweep_partial_writes)
 
 # 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
 # WebVision and Food-101N images are resized bicubic (2: bilinear); 2: the
@@ -439,11 +440,29 @@ def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
 
 def write_run_file(obj, run_dir, name):
     """A JSON file written into a run folder before its run starts (benchmarks.accuracy: the flags that
-    started it), entered in the folder's record first, so the run knows it for a run's file."""
+    started it), entered in the folder's record first, so the run knows it for a run's file. Returns what
+    takes back exactly what this wrote (benchmarks.paper, when the run is refused): the file, the record
+    as it was (or none), the folders made for it."""
+    record_path = os.path.join(run_dir, RECORD_NAME)
+    before = None
+    if os.path.isfile(record_path):
+        with open(record_path, 'rb') as f:
+            before = f.read()
     files = read_record(run_dir) | {name}
-    os.makedirs(run_dir, exist_ok=True)
+    made = _makedirs(run_dir)
     _write_record(run_dir, files, recorded_kind(run_dir), recorded_digests(run_dir))
     save_json(obj, os.path.join(run_dir, name))
+
+    def undo():
+        os.remove(os.path.join(run_dir, name))
+        if before is None:
+            os.remove(record_path)
+        else:
+            atomic_write(record_path, lambda f: f.write(before))
+        for path in made:  # deepest first
+            if not os.listdir(path):
+                os.rmdir(path)
+    return undo
 
 
 class RunClaim:
