@@ -695,3 +695,11 @@ def test_altered_cache_is_detected_by_its_content_hash_and_rebuilt(tmp_path, dig
     data = prepare(cfg, small, torch.device('cpu'), log=messages.append)
     assert sum('does not match its content hash' in m for m in messages) == 4
     assert torch.equal(data.features['train'], prepare(cfg, small, torch.device('cpu'), log=print).features['train'])
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs /proc')
+def test_an_out_dir_in_a_pseudo_file_system_is_refused_before_work(tmp_path):
+    """/proc passes a permission check as root (os.access says writable) and no folder can be made there."""
+    with pytest.raises(SetupError, match=re.escape('--out_dir /proc/lra-runs/r is not writable (')):
+        run(cfg_for(tmp_path, '--out_dir', '/proc/lra-runs'), never_read)
+    assert not os.listdir(tmp_path)

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import tempfile
 import threading
 import time
 
@@ -305,8 +306,9 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
 
 
 def check_writable(folder, flag):
-    """Refuse a folder that cannot be written (checked at the nearest existing path: nothing is created),
-    or that a file stands in the way of."""
+    """Refuse a folder that cannot be written (checked at the nearest existing path, where an empty folder
+    is made and removed at once: permissions alone pass root everywhere, /proc and /sys included), or
+    that a file stands in the way of."""
     path = os.path.abspath(folder)
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -314,6 +316,11 @@ def check_writable(folder, flag):
         raise SetupError(f'{flag} {folder}: {path} is a file, not a folder; choose another {flag}')
     if not os.access(path, os.W_OK):
         raise SetupError(f'{flag} {folder} is not writable ({path} is read-only or not yours); choose another {flag}')
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix='.lra-probe-', dir=path))
+    except OSError as exc:
+        raise SetupError(f'{flag} {folder} is not writable (making a folder in {path}: {exc.strerror}); choose '
+                         f'another {flag}') from None
 
 
 def _makedirs(folder):
