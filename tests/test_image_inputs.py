@@ -158,6 +158,36 @@ def test_a_run_is_resumed_and_predicted_with_the_decoding_it_recorded(tmp_path, 
     assert not np.array_equal(decoded(fresh).numpy(), decoded(old).numpy())
 
 
+def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
+    """A JPEG or PNG whose copy stopped part-way parses its header; it is found by its missing end marker
+    and refused up front, not hours into extraction. Whole files with padding after the marker pass."""
+    root = tmp_path / 'own'
+    layouts.own_data(str(root), classes=('cat', 'dog'), per_class=6, n_eval=2)
+    padded = root / 'train' / 'dog' / 'dog_001.jpg'
+    padded.write_bytes(padded.read_bytes() + b'\0' * 16)
+    Image.open(root / 'train' / 'cat' / 'cat_002.jpg').save(root / 'train' / 'cat' / 'whole.png')
+    cut = root / 'train' / 'cat' / 'cat_001.jpg'
+    data = cut.read_bytes()
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    argv = ['--train', str(root / 'train'), '--val', str(root / 'val'), '--fp_encoder', 'raw', '--diff_encoder',
+            'fp_mlp', '--image_size', '8', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache')]
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_ImageFolder.main, argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count('\n') == 1
+    assert err.startswith(f'error: {root / "train"}: 1 of 13 images cannot be read (first: {cut} (image file is '
+                          f'truncated')
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
+    cut.write_bytes(data)
+    Image.open(root / 'train' / 'cat' / 'whole.png').save(root / 'train' / 'cat' / 'cut.png')
+    png = (root / 'train' / 'cat' / 'cut.png').read_bytes()
+    (root / 'train' / 'cat' / 'cut.png').write_bytes(png[:len(png) // 2])
+    with pytest.raises(SystemExit):
+        run_cli(train_ImageFolder.main, argv)
+    assert f'(first: {root / "train" / "cat" / "cut.png"} (image file is truncated' in capsys.readouterr().err
+
+
 # ---- class folders reached twice through links ------------------------------------------------
 
 def class_folders(root):

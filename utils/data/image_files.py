@@ -84,10 +84,25 @@ def _unreadable(path, exc):
 UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 
+# the marker a whole file of each format ends with (a few bytes of padding may follow): a file cut short
+# (a copy or download that stopped) lacks it, though its header parses
+END_MARKERS = {'JPEG': b'\xff\xd9', 'PNG': b'IEND'}
+TAIL_BYTES = 64
+
+
 def _readable(path):
+    """None, or why the image cannot be read: its header must parse, and a JPEG or PNG without its end
+    marker must decode whole (only those are decoded here, so a cut file is refused before any work
+    rather than found hours into extraction)."""
     try:
-        with Image.open(path) as image:
+        with open(path, 'rb') as f, Image.open(f) as image:
             image.size  # the header parses
+            marker = END_MARKERS.get(image.format)
+            if marker is not None:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+                if marker not in f.read():
+                    f.seek(0)
+                    image.load()
         return None
     except UNDECODABLE as exc:
         return _unreadable(path, exc)
