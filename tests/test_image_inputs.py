@@ -1,6 +1,7 @@
 """Image files as they come: 16- and 32-bit grayscale, EXIF-rotated photos, linked class folders, folders
 where a file belongs; and predict.py --folder decoding images as the run decoded its evaluation split."""
 import os
+import re
 import threading
 from types import SimpleNamespace
 
@@ -75,6 +76,20 @@ def test_32_bit_integer_images_are_scaled_by_their_bit_depth(tmp_path):
     with Image.open(tmp_path / 'eight.tif') as image:
         assert np.array_equal(pixels(tmp_path / 'eight.tif'), np.asarray(image.convert('RGB')))
     assert pixels(tmp_path / 'eight.tif')[0, :, 0].tolist() == [0, 7, 128, 255]
+
+
+def test_float_images_are_refused_naming_the_file_not_clipped(tmp_path):
+    """Float pixels (0..1, or a sensor's range) have no range to scale by: convert('RGB') made them black
+    and white. Refused up front and when decoded, naming the file and the fix."""
+    from utils.data.image_files import check_images
+    path = tmp_path / 'float.tif'
+    Image.fromarray(np.array([[0.0, 0.25, 1.0]], dtype=np.float32)).save(path)
+    assert Image.open(path).mode == 'F'
+    says = f'{path} (32-bit float pixels, which have no fixed range: save it as an 8- or 16-bit image)'
+    with pytest.raises(DatasetMissing, match=re.escape(f'my list: 1 of 1 images cannot be read (first: {says})')):
+        check_images([str(path)], 'my list')
+    with pytest.raises(DatasetMissing, match=re.escape(f'cannot read image {says}')):
+        open_image(str(path))
 
 
 def turned_photo(path, orientation, white=15):

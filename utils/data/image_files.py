@@ -96,7 +96,7 @@ def _readable(path):
     rather than found hours into extraction)."""
     try:
         with open(path, 'rb') as f, Image.open(f) as image:
-            image.size  # the header parses
+            _check_mode(image)  # the header parses, and says how its pixels are stored
             marker = END_MARKERS.get(image.format)
             if marker is not None:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
@@ -123,9 +123,17 @@ def _depth_top(data):
     return 65535 if low >= 0 and high <= 65535 else 2 ** 31 - 1
 
 
+def _check_mode(image):
+    """Refuse float pixels (mode 'F', float TIFFs): they have no fixed range (0..1, or a sensor's), and
+    convert('RGB') clips them to black and white."""
+    if image.mode == 'F':
+        raise ValueError('32-bit float pixels, which have no fixed range: save it as an 8- or 16-bit image')
+
+
 def _eight_bit(image):
     """A 16- or 32-bit integer image as 8-bit grayscale ('L'), its range scaled to 0..255 as a viewer
     shows it; any other image as it is."""
+    _check_mode(image)
     if image.mode not in WIDE_MODES:
         return image
     data = np.asarray(image).astype(np.int64)
