@@ -88,10 +88,17 @@ def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the
     encoder = load_clip(tiny_clip_path, 'cpu')
     cache = tmp_path / 'cache'
     for resample in ('bilinear', 'bicubic'):
-        cached_file_features([encoder], paths, 'x', 'train', str(cache), Decoding(32, resample), 2, 0,
-                             log=lambda m: None)
-    keys = sorted((load_torch(str(cache / f))['key'] for f in os.listdir(cache)), key=lambda k: 'resample' in k)
-    # the centre crops resized bilinear: the key of caches made before views and filters were named
+        for rounding in ('legacy', 'authors'):
+            cached_file_features([encoder], paths, 'x', 'train', str(cache), Decoding(32, resample, rounding=rounding),
+                                 2, 0, log=lambda m: None)
+    keys = sorted((load_torch(str(cache / f))['key'] for f in os.listdir(cache)),
+                  key=lambda k: ('resample' in k, 'rounding' in k))
+    # the centre crops resized bilinear, rounded the legacy way: the key of caches made before views,
+    # filters and roundings were named
     assert keys[0] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32))
     assert keys[1] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32,
+                                                             rounding='authors'))
+    assert keys[2] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32,
                                                              resample='bicubic'))
+    assert keys[3] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32,
+                                                             resample='bicubic', rounding='authors'))

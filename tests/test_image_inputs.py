@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import predict
@@ -118,14 +119,14 @@ def test_own_images_are_decoded_upright_and_cached_apart(tmp_path):
     layouts.own_data(str(tmp_path / 'own'), per_class=3, n_eval=1)
     own = read_image_folder(str(tmp_path / 'own' / 'train'), str(tmp_path / 'own' / 'val'), log=lambda line: None)
     cfg = SimpleNamespace(image_size=32)
-    assert decoding_of(cfg, own).upright and decoding_of(cfg, own).key() == {'size': 32, 'upright': True}
+    assert decoding_of(cfg, own, 'train').key() == {'size': 32, 'upright': True, 'rounding': 'authors'}
     stored = np.zeros((30, 60, 3), dtype=np.uint8)
     stored[:, :30] = 255  # the left half white: the top half once turned (orientation 6)
     photo = Image.fromarray(stored)
     exif = photo.getexif()
     exif[ORIENTATION] = 6
     photo.save(tmp_path / 'cw.jpg', quality=95, exif=exif.tobytes())
-    image = ImageFiles([str(tmp_path / 'cw.jpg')], decoding_of(cfg, own))[0].float()  # the centre crop
+    image = ImageFiles([str(tmp_path / 'cw.jpg')], decoding_of(cfg, own, 'train'))[0].float()  # the centre crop
     assert image[:, :8].mean() > 200 and image[:, 24:].mean() < 50  # white above, black below  # the white quarter on top, after the centre crop
 
 
@@ -201,6 +202,48 @@ def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(train_ImageFolder.main, argv)
     assert f'(first: {root / "train" / "cat" / "cut.png"} (image file is truncated' in capsys.readouterr().err
+
+
+def authors_resize(image, short):
+    """The authors' resize() of WebVision and Food-101N images (their data utils): both sides scaled and
+    rounded half up, bicubic."""
+    w, h = image.size
+    scale = float(short) / min(w, h)
+    return image.resize((int(w * scale + 0.5), int(h * scale + 0.5)), Image.BICUBIC)
+
+
+@pytest.mark.parametrize('h, w', [(256, 343), (480, 641), (37, 53), (500, 333), (301, 301), (375, 500)])
+def test_centre_crops_are_the_authors_transforms_pixel_for_pixel(tmp_path, h, w):
+    """Clothing1M and ILSVRC2012: torchvision's Resize(256) and CenterCrop(224); WebVision and Food-101N:
+    their own bicubic resize(image, 256) and CenterCrop(224). The sizes include those the legacy rounding
+    got one pixel off (a crop offset of x.5, a longer side of x.5 or more)."""
+    from torchvision import transforms
+    from utils.data.image_files import Decoding
+    path = tmp_path / 'image.png'
+    Image.fromarray(np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    image = Image.open(path).convert('RGB')
+    theirs = {'bilinear': transforms.CenterCrop(224)(transforms.Resize(256)(image)),
+              'bicubic': transforms.CenterCrop(224)(authors_resize(image, 256))}
+    for resample, expected in theirs.items():
+        ours = ImageFiles([str(path)], Decoding(224, resample))[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(ours, np.asarray(expected)), resample
+
+
+def test_webvision_test_images_are_resized_as_the_authors_ilsvrc2012_loader_and_old_runs_as_they_were(tmp_path):
+    from utils.prepare import decoded_as_recorded, decoding_of
+    webvision = read_webvision(*layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'imagenet')), n_class=3)
+    cfg = SimpleNamespace(image_size=224)
+    now = {s: decoding_of(cfg, webvision, s) for s in ('train', 'val', 'test')}
+    assert [(d.resample, d.rounding) for d in now.values()] == [('bicubic', 'authors')] * 2 + [('bilinear', 'authors')]
+    recorded = decoded_as_recorded(webvision, {'upright': False, 'rounding': 'authors'})
+    assert {s: decoding_of(cfg, recorded, s) for s in now} == now
+    before = decoded_as_recorded(webvision, {})  # a run made before decodings were recorded
+    assert [(decoding_of(cfg, before, s).resample, decoding_of(cfg, before, s).rounding) for s in now] == \
+        [('bicubic', 'legacy')] * 3
+    path = tmp_path / 'odd.png'  # one the legacy rounding cropped a pixel to the left
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 343, 3), dtype=np.uint8)).save(path)
+    legacy, authors = (ImageFiles([str(path)], decoding_of(cfg, s, 'val'))[0] for s in (before, recorded))
+    assert torch.equal(legacy[:, :, 1:], authors[:, :, :-1])
 
 
 # ---- class folders reached twice through links ------------------------------------------------

@@ -44,7 +44,8 @@ class SplitInputs:
         self.diff_input, self.features, self.images = diff_input, features, images or {}
         self.backbone_features = backbone_features
         self.mean, self.std = mean, std
-        # image files per split, decoded batch by batch (centre crops, utils/data/image_files.Decoding) where no pixels are held
+        # image files per split, decoded batch by batch (centre crops, each split's utils/data/image_files.Decoding)
+        # where no pixels are held
         self.files, self.decoding, self.num_workers = files or {}, decoding, num_workers
 
     def size(self, split):
@@ -70,7 +71,7 @@ class SplitInputs:
         """The split's images decoded from files in batches, in order, where the model reads them."""
         if not self.reads_files(split):
             return None
-        return iter(image_batches(self.files[split], batch_size, self.num_workers, self.decoding))
+        return iter(image_batches(self.files[split], batch_size, self.num_workers, self.decoding[split]))
 
     def batches(self, split, batch_size):
         return Batches(self, split, batch_size)

@@ -32,10 +32,13 @@ FILE_DATASET_RESAMPLE = {'clothing1m': 'bilinear', 'food101n': 'bicubic', 'webvi
 
 def folder_decoding(saved, info):
     """How a run of a file dataset decoded its evaluation images (Decoding: the shorter side resized, the
-    centre cropped, at the run's --image_size, turned by their EXIF tag where the run recorded it was:
+    centre cropped, at the run's --image_size, turned by their EXIF tag and rounded as the run recorded:
     decoded_as_recorded); None for an in-memory dataset (CIFAR, digits)."""
     resample = FILE_DATASET_RESAMPLE.get(info['dataset'])
-    return None if resample is None else Decoding(saved.image_size, resample, info.get('upright') is True)
+    if resample is None:
+        return None
+    return Decoding(saved.image_size, resample, info.get('upright') is True,
+                    'authors' if info.get('rounding') == 'authors' else 'legacy')
 
 
 def image_folder_paths(folder):
@@ -161,8 +164,8 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
             images = load_image_folder(paths, info['image_shape'])
             features = [encode_all(e, images, saved.encode_batch_size) for e in encoders]
         else:  # as features_of_split encodes a file split's centre crops, and streamed as its pixels are
-            files = {name: paths}
-            features = encode_files(encoders, paths, saved.encode_batch_size, saved.num_workers, decoding,
+            files, decoding = {name: paths}, {name: decoding}
+            features = encode_files(encoders, paths, saved.encode_batch_size, saved.num_workers, decoding[name],
                                     'features folder')
     else:
         splits, name = decoded_as_recorded(load_splits(saved), info), split
@@ -172,7 +175,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
         if splits.in_memory:
             images = splits.images(name)
         else:
-            files, decoding = {name: splits.paths(name)}, decoding_of(saved, splits)
+            files, decoding = {name: splits.paths(name)}, {name: decoding_of(saved, splits, name)}
     model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
     model.load_state_dict(evaluated_weights(ckpt))
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'

@@ -54,7 +54,7 @@ class Prepared:
     info: dict
     backbone_features: dict = None  # frozen-backbone features per split, for the 'cached' diffusion encoders
     files: dict = None      # image paths per split, where a diffusion encoder reads image files (decoded per batch)
-    decoding: Decoding = None  # and how they are decoded
+    decoding: dict = None   # and how each split is decoded (Decoding)
     neighbours: torch.Tensor = None  # the neighbour table the candidates come from (N × searched)
 
     def with_k(self, k, rule, weights):
@@ -139,16 +139,21 @@ def build_encoders(cfg, dataset, image_shape, mean, std, device):
     return encoders
 
 
-def decoding_of(cfg, splits):
-    """How a file dataset's images are decoded: at --image_size, with the dataset's resize filter."""
-    return Decoding(cfg.image_size, splits.resample, getattr(splits, 'upright', False))
+def decoding_of(cfg, splits, split):
+    """How a split of a file dataset is decoded: at --image_size, with its loader's resize."""
+    return Decoding(cfg.image_size, splits.resample_of(split), splits.upright, splits.rounding)
 
 
 def decoded_as_recorded(splits, info):
-    """A file dataset's splits decoded as the run whose data_info is `info` decoded them: turned as their
-    EXIF tag says only where the run recorded it was (runs made before the tag was read recorded nothing,
-    and turned nothing: their features, and what they learned, are of the unturned images)."""
-    return splits if splits.in_memory else replace(splits, upright=info.get('upright') is True)
+    """A file dataset's splits decoded as the run whose data_info is `info` decoded them (what the run's
+    features, and so what it learned, are of): turned by their EXIF tag only where the run recorded it
+    was, and rounded as the authors' loaders only where it recorded that. A run made before either was
+    recorded decoded the legacy way, WebVision's test images with its other splits' resize."""
+    if splits.in_memory:
+        return splits
+    authors = info.get('rounding') == 'authors'
+    return replace(splits, upright=info.get('upright') is True, rounding='authors' if authors else 'legacy',
+                   test_resample=splits.test_resample if authors else None)
 
 
 def features_of_split(cfg, splits, split, encoders, log=print):
@@ -158,8 +163,8 @@ def features_of_split(cfg, splits, split, encoders, log=print):
     if not splits.in_memory:
         def files(group, augment=None):
             return cached_file_features(group, splits.paths(split), splits.name, split, cfg.cache_dir,
-                                        decoding_of(cfg, splits), cfg.encode_batch_size, cfg.num_workers, log,
-                                        augment)
+                                        decoding_of(cfg, splits, split), cfg.encode_batch_size, cfg.num_workers,
+                                        log, augment)
         if view == 'augmented':  # f_p of the fixed key view; a diffusion backbone reads the centre crops
             keys = files(encoders[:1], (KEYS_VIEW_SEED, KEYS_VIEW_EPOCH))
             return keys + (files(encoders[1:]) if len(encoders) > 1 else [])
@@ -265,7 +270,7 @@ def data_info(splits, noise_source, n_train, encoder, image_shape, started):
             'dataset': splits.name, 'n_class': splits.n_class, 'image_shape': list(image_shape),
             'mean': list(splits.mean), 'std': list(splits.std), 'class_names': list(splits.class_names or []),
             'prepare_s': round(time.time() - started, 2),
-            **({} if splits.in_memory else {'upright': splits.upright})}
+            **({} if splits.in_memory else {'upright': splits.upright, 'rounding': splits.rounding})}
 
 
 @dataclass
@@ -325,7 +330,7 @@ def prepare(cfg, splits, device, log=print, checked=None):
         info['noisy_label_accuracy'] = 1.0 - noise_rate(labels, clean)
     data = Prepared(splits.n_class, noisy, features, None, images, splits.mean, splits.std,
                     encoder if augmented_fp else None, info, backbone_features[0] if backbone_features else None,
-                    files, None if in_memory else decoding_of(cfg, splits), neighbours)
+                    files, None if in_memory else {s: decoding_of(cfg, splits, s) for s in SPLITS}, neighbours)
     return data  # its k (and so its candidates) is settled by utils/runs/k_trials.settle_k
 
 

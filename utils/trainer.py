@@ -258,7 +258,7 @@ class Trainer:
         if not self.inputs.reads_files('train'):
             return None
         return iter(training_view_batches(self.inputs.files['train'], [b.tolist() for b in batches], self.cfg.seed,
-                                          epoch, self.cfg.num_workers, self.data.decoding))
+                                          epoch, self.cfg.num_workers, self.data.decoding['train']))
 
     def stop_requested(self):
         """A signal asked to stop. Within an epoch only a single process stops (ranks could be at

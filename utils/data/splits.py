@@ -70,11 +70,16 @@ class FileSplits:
     std: tuple = IMAGENET_STD
     notes: dict = field(default_factory=dict)  # facts about the splits for the run's summary
     noisy_val: bool = False  # the validation labels are noisy ones (held out of training: no clean --val)
-    resample: str = 'bilinear'  # the filter that resizes its images, as the authors' loader of it does
+    resample: str = 'bilinear'  # how its images are resized, as the authors' loader of it does (RESAMPLE)
+    test_resample: Optional[str] = None  # the test split's, where its loader differs (WebVision's ILSVRC2012)
     upright: bool = False  # turned as their EXIF Orientation says (a user's photos; the authors' loaders do not)
+    rounding: str = 'authors'  # how sizes and crop offsets are rounded (utils/data/image_files.ROUNDINGS)
 
     def paths(self, split):
         return getattr(self, f'{split}_paths')
+
+    def resample_of(self, split):
+        return self.test_resample if split == 'test' and self.test_resample else self.resample
 
     source = paths
 

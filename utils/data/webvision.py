@@ -51,7 +51,8 @@ def read_webvision(root, imagenet_val_root, n_class=50, val_labels=None, inputs_
     test_paths, test_labels, notes = _ilsvrc_test_split(root, imagenet_val_root, n_class, val_labels, inputs_dir)
     return FileSplits(name='webvision', n_class=n_class, train_paths=train_paths, train_labels=train_labels,
                       val_paths=val_paths, val_labels=val_labels_, test_paths=test_paths,
-                      test_labels=np.asarray(test_labels, dtype=np.int64), resample='bicubic', notes=notes)
+                      test_labels=np.asarray(test_labels, dtype=np.int64), notes=notes,
+                      resample='bicubic', test_resample='bilinear')  # the ILSVRC2012 loader's torchvision Resize
 
 
 def _webvision_synsets(root):
