@@ -14,7 +14,9 @@ as it has (two at least: `0.35`, `0.355`), so a name reads back as exactly the r
 Each `.npy` (the noisy label of each of the first 45,000 training images) gets a `.json` sidecar:
 dataset, noise type, requested and realised rate, factor, seed, η-classifier accuracy, command.
 The η classifier (PreAct-ResNet-34, 25 epochs, as the authors) is trained once per
-(dataset, architecture, epochs, seed) and its probabilities cached in --cache_dir.
+(dataset, architecture, epochs, seed) and its probabilities cached in --cache_dir. A flag the command does
+not read is refused, not ignored: the η classifier's flags where nothing is trained (hybrid), --dataset,
+--type and --rate where the files are fixed (cifar10-set), --base, --kind, --inputs_dir outside a hybrid.
 """
 import argparse
 import math
@@ -32,6 +34,7 @@ from utils.errors import SetupError
 from utils.networks import CLASSIFIERS
 from utils.runs.checks import config_problems
 from utils.runs.cli import Parser, run_cli
+from utils.runs.config import given_flags
 from utils.runs.folders import check_writable
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
@@ -41,6 +44,16 @@ from utils.storage.saving import save_json
 # PMD (type, rate), then hybrids (kind, rate) on the type-I 35% file made in the same command.
 CIFAR10_SET = [('pmd', 1, 0.35), ('pmd', 1, 0.70), ('pmd', 2, 0.35), ('pmd', 3, 0.35),
                ('hybrid', 'U', 0.3), ('hybrid', 'U', 0.6), ('hybrid', 'A', 0.3)]
+
+# The commands that read each flag not all of them read (a flag not listed: all); given to another command,
+# the flag would be ignored, and is refused instead. Only pmd and cifar10-set train the η classifier.
+TRAINS = ('pmd', 'cifar10-set')
+READERS = {**dict.fromkeys(('arch', 'nepoch', 'batch_size', 'lr', 'device', 'cache_dir'), TRAINS),
+           'dataset': ('pmd', 'hybrid'), 'rate': ('pmd', 'hybrid'), 'type': ('pmd',),
+           'base': ('hybrid',), 'kind': ('hybrid',), 'inputs_dir': ('hybrid',)}
+# what each command does instead, for the refusal to say why the flag has no effect there
+OWN_WAY = {'pmd': 'pmd makes PMD noise, no hybrid', 'hybrid': 'hybrid trains nothing: it adds noise to --base',
+           'cifar10-set': 'cifar10-set makes its fixed CIFAR-10 list'}
 
 
 def rate_tag(rate):
@@ -151,6 +164,26 @@ def parser():
     return p
 
 
+def reads(command, flag):
+    """Whether `command` reads --flag: READERS says for the flags some commands ignore."""
+    return command in READERS.get(flag, (command,))
+
+
+def unread_flag_problems(args):
+    """Each flag given that the command does not read (a hybrid's --lr, cifar10-set's --dataset cifar100,
+    which made CIFAR-10 files all the same), worded as utils/runs/checks.ignored_flag_problems."""
+    return [f'--{flag} applies to {" and ".join(READERS[flag])} only ({OWN_WAY[args.command]}); drop it'
+            for flag in getattr(args, 'command_line_flags', ()) if not reads(args.command, flag)]
+
+
+def as_read(args):
+    """args with every flag the command does not read at its default, so that only what it reads is checked
+    (a hybrid's --lr -1 was refused as a bad learning rate); given, such a flag is refused as unread."""
+    defaults = parser()
+    return argparse.Namespace(**{flag: value if reads(args.command, flag) else defaults.get_default(flag)
+                                 for flag, value in vars(args).items()})
+
+
 def flag_problems(args):
     """Every bad number among the flags, worded as utils/runs/checks words the training scripts'."""
     problems = config_problems(args)  # --nepoch, --batch_size, --lr, --seed in [0, 2**32 - 1], --device
@@ -174,7 +207,7 @@ def rate_problems(command, rate):
 def check_flags(args):
     """Refuse bad flags in one line before any work: before data is read or the η classifier trained,
     where a bad rate, say, failed after the training or named a file after a NaN."""
-    problems = flag_problems(args)
+    problems = unread_flag_problems(args) + flag_problems(as_read(args))
     if problems:
         raise SetupError('; '.join(problems))
     if args.command == 'hybrid':
@@ -190,6 +223,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     args.command_line = 'python -m noisy_label.make_noise ' + ' '.join(argv)
+    args.command_line_flags = given_flags(parser(), argv)  # the flags typed, not defaulted: unread_flag_problems
     if args.command == 'cifar10-set':
         args.dataset = 'cifar10'
     check_flags(args)

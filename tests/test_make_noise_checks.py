@@ -46,12 +46,70 @@ def no_work(monkeypatch):
     (['hybrid', '--base', 'mybase', '--kind', 'U', '--rate', '1.2'], '--rate 1.2 must be a number in [0, 1] for'),
     (['hybrid', '--base', 'mybase', '--kind', 'U', '--rate', 'nan'], '--rate nan must be'),
     (['cifar10-set', '--nepoch', '0'], '--nepoch 0 must be at least 1'),
+    (['cifar10-set', '--lr', '-1'], '--lr -1.0 must be a finite number above 0'),  # as pmd, it trains η
 ])
 def test_bad_flags_are_refused_in_one_line_before_the_data_is_read(flags, said, tmp_path, capsys, no_work):
-    err = refusal([*flags, '--dataset', 'digits', '--out_dir', str(tmp_path / 'noise'),
-                   '--cache_dir', str(tmp_path / 'cache')], capsys)
-    assert err.startswith('error: ') and said in err and err.count('\n') == 1 and 'Traceback' not in err
-    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folders
+    assert said in refused_before_work([*flags, *folders(flags[0], tmp_path)], tmp_path, capsys)
+
+
+def folders(command, tmp_path):
+    """--out_dir, and --cache_dir where `command` reads it (a hybrid trains nothing, and refuses it)."""
+    cache = [] if command == 'hybrid' else ['--cache_dir', str(tmp_path / 'cache')]
+    return ['--out_dir', str(tmp_path / 'noise'), *cache]
+
+
+def refused_before_work(argv, tmp_path, capsys):
+    """The refusal of ARGV: one line, exit 2, no traceback, and nothing written, not even the folders."""
+    err = refusal(argv, capsys)
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err
+    assert list(tmp_path.iterdir()) == []
+    return err
+
+
+HYBRID = ['hybrid', '--base', 'mybase', '--kind', 'U']
+
+
+@pytest.mark.parametrize('flag, value', [('--arch', 'small_cnn'), ('--nepoch', '5'), ('--batch_size', '64'),
+                                         ('--lr', '0.05'), ('--device', 'cpu'), ('--cache_dir', 'cache')])
+def test_a_hybrid_refuses_the_eta_classifiers_flags_it_would_ignore(flag, value, tmp_path, capsys, no_work):
+    # a hybrid trains nothing: the flag, even a good value, had no effect on the file made
+    err = refused_before_work([*HYBRID, flag, value, *folders('hybrid', tmp_path)], tmp_path, capsys)
+    assert f'{flag} applies to pmd and cifar10-set only (hybrid trains nothing' in err and 'drop it' in err
+
+
+def test_a_hybrid_checks_no_value_it_does_not_read_but_every_one_it_reads(tmp_path, capsys, no_work):
+    # --lr -1 is refused as a flag to drop, not as a bad learning rate; the bad --rate is named in the same line
+    err = refused_before_work([*HYBRID, '--lr', '-1', '--rate', '2', *folders('hybrid', tmp_path)], tmp_path, capsys)
+    assert '--lr applies to pmd and cifar10-set only' in err and 'must be a finite number' not in err
+    assert '--rate 2.0 must be a number in [0, 1] for hybrid noise' in err
+
+
+@pytest.mark.parametrize('flag, value, readers', [
+    ('--dataset', 'cifar100', 'pmd and hybrid'), ('--rate', '0.3', 'pmd and hybrid'), ('--type', '2', 'pmd'),
+    ('--base', 'mybase', 'hybrid'), ('--kind', 'U', 'hybrid'), ('--inputs_dir', 'inputs', 'hybrid'),
+    ('--dataset', 'cifar10', 'pmd and hybrid'),  # the value it makes anyway: still a flag it does not read
+])
+def test_the_cifar10_set_refuses_the_flags_of_one_file(flag, value, readers, tmp_path, capsys, no_work):
+    # the set makes its fixed CIFAR-10 list: --dataset cifar100 made CIFAR-10 files all the same
+    err = refused_before_work(['cifar10-set', flag, value, *folders('cifar10-set', tmp_path)], tmp_path, capsys)
+    assert f'{flag} applies to {readers} only (cifar10-set makes its fixed CIFAR-10 list); drop it' in err
+
+
+@pytest.mark.parametrize('flag, value', [('--base', 'mybase'), ('--kind', 'A')])
+def test_pmd_refuses_the_hybrids_flags(flag, value, tmp_path, capsys, no_work):
+    err = refused_before_work(['pmd', flag, value, *folders('pmd', tmp_path)], tmp_path, capsys)
+    assert f'{flag} applies to hybrid only (pmd makes PMD noise, no hybrid); drop it' in err
+
+
+@pytest.mark.parametrize('argv', [  # noisy_label/README.md's commands; the defaults of unread flags count for none
+    ['pmd', '--dataset', 'cifar10', '--type', '1', '--rate', '0.35'],
+    ['hybrid', '--base', 'cifar10-1-0.35-s0', '--kind', 'U', '--rate', '0.3'],
+    ['hybrid', '--dataset', 'cifar100', '--base', 'cifar100-1-0.35-s0', '--kind', 'U', '--rate', '0.3'],
+    ['cifar10-set'], ['cifar10-set', '--data_root', 'data', '--no-download'],
+])
+def test_the_documented_commands_pass_the_checks(argv, tmp_path, no_work):
+    with pytest.raises(AssertionError, match='data was read'):  # no_work's stand-in: every check passed before it
+        make_noise.main([*argv, *folders(argv[0], tmp_path)])
 
 
 def test_an_out_dir_that_is_a_file_is_refused_before_work(tmp_path, capsys, no_work):

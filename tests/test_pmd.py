@@ -60,9 +60,10 @@ def test_unreachable_rate_is_refused():
 
 
 def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
-    common = ['--dataset', 'digits', '--arch', 'small_cnn', '--nepoch', '30', '--lr', '0.05', '--batch_size', '64',
-              '--device', 'cpu', '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(tmp_path / 'cache')]
-    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
+    common = ['--dataset', 'digits', '--out_dir', str(tmp_path / 'noise')]
+    eta_flags = ['--arch', 'small_cnn', '--nepoch', '30', '--lr', '0.05', '--batch_size', '64', '--device', 'cpu',
+                 '--cache_dir', str(tmp_path / 'cache')]  # the η classifier's flags: pmd's, never a hybrid's
+    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common, *eta_flags])
     labels = np.load(tmp_path / 'noise' / 'digits-1-0.35-s0.npy')
     side = json.load(open(tmp_path / 'noise' / 'digits-1-0.35-s0.json'))
     assert len(labels) == 1197 and labels.dtype == np.int64
@@ -70,7 +71,7 @@ def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
     # the η classifier: 72.8-78.6% over --seed 0-4 (2026-12-04); 40% is four times chance
     assert side['eta_classifier']['train_acc'] > 0.4 and 'make_noise' in side['command'] and side['seed'] == 0
     # the same seed gives the same file
-    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common])
+    make_noise.main(['pmd', '--type', '1', '--rate', '0.35', *common, *eta_flags])
     assert np.array_equal(labels, np.load(tmp_path / 'noise' / 'digits-1-0.35-s0.npy'))
     # a hybrid on top, with the authors' naming
     make_noise.main(['hybrid', '--base', 'digits-1-0.35-s0', '--kind', 'U', '--rate', '0.3', *common])
@@ -82,8 +83,8 @@ def test_command_on_digits_trains_eta_and_writes_file_and_sidecar(tmp_path):
 def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
     write_cifar100(str(tmp_path / 'data'), n=3000)
     common = ['--dataset', 'cifar100', '--data_root', str(tmp_path / 'data'), '--no-download', '--n_train', '2500',
-              '--arch', 'small_cnn', '--nepoch', '1', '--out_dir', str(tmp_path / 'noise'),
-              '--cache_dir', str(tmp_path / 'cache')]
+              '--out_dir', str(tmp_path / 'noise')]
+    eta_flags = ['--arch', 'small_cnn', '--nepoch', '1', '--cache_dir', str(tmp_path / 'cache')]
     # the η classifier's probabilities, as the cache holds them (training one on random images is moot)
     from utils.data.cifar import load_cifar
     splits = load_cifar('cifar100', str(tmp_path / 'data'), download=False, n_train=2500)
@@ -94,7 +95,7 @@ def test_cifar100_files_with_superclass_asymmetric_noise(tmp_path):
     os.makedirs(tmp_path / 'cache')
     np.savez(tmp_path / 'cache' / 'eta_cifar100_n2500_small_cnn_e1_s0.npz', eta=eta, train_acc=1.0, val_acc=0.0,
              test_acc=0.0)
-    make_noise.main(['pmd', '--type', '2', '--rate', '0.35', *common])
+    make_noise.main(['pmd', '--type', '2', '--rate', '0.35', *common, *eta_flags])
     base = np.load(tmp_path / 'noise' / 'cifar100-2-0.35-s0.npy')
     assert abs(noise_rate(base, splits.train_clean.numpy()) - 0.35) <= 0.005
     make_noise.main(['hybrid', '--base', 'cifar100-2-0.35-s0', '--kind', 'A', '--rate', '0.3', *common])
