@@ -9,12 +9,15 @@ SimCLR CIFAR pipeline, batched); on CUDA the network runs in bf16 autocast and c
 whole step (views, forward, backward, SGD update) is captured once as a CUDA graph and replayed
 (--no-cuda_graph: eager); on the CPU it runs eagerly. The whole state is saved every --save_every
 epochs and --resume continues exactly where it stopped, so long pre-training can run as a chain of
-short commands; a first SIGTERM or SIGINT lets the epoch in progress finish, writes state.pt and stops
-with the --resume line (a second stops at once). A weighted kNN monitor (k=200, frozen features, test
-split) is printed and logged every --knn_every epochs.
+short commands (--stop_after); a first SIGTERM or SIGINT lets the epoch in progress finish, writes
+state.pt and stops with the --resume line (a second stops at once). The encoder is exported only once
+the run has trained all its epochs: a command stopped short writes nothing at --output, and its last
+line says how to go on. A weighted kNN monitor (k=200, frozen features, test split) is printed and
+logged every --knn_every epochs.
 
 Every flag is checked before any work, and a --resume refuses flags that would change the run. The
-encoder is never written over a file that is not this run's own earlier export.
+encoder is never written over a file that is not this run's own earlier export: checked before any
+work, and again when exporting, under a lock that one export of a path holds at a time.
 
 Writes model/SimCLR_128_<dataset>_<arch>_s<seed>.pt (backbone under f.*, projection head under g.*;
 pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy, the
@@ -23,6 +26,8 @@ against wall time and the command. The name differs from the authors' published
 SimCLR_128_<dataset>, which train_CIFAR.py fetches by default.
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -89,7 +94,7 @@ def parser():
     g.add_argument('--save_every', type=int, default=1, help='epochs between saves of the whole state')
     g.add_argument('--stop_after', type=float, default=None, metavar='MINUTES',
                    help='save and stop cleanly once this command has trained this many minutes (chain commands '
-                        'with --resume)')
+                        'with --resume); the encoder is exported once the run has all its epochs')
     g.add_argument('--out_dir', default='./runs/simclr', help='parent folder of the pre-training run folders')
     g.add_argument('--output', default=None, help='encoder file (default model/SimCLR_128_<dataset>_<arch>_s<seed>.pt)')
     g.add_argument('--resume', default=None, metavar='RUN_DIR', help='continue the pre-training run in RUN_DIR')
@@ -256,21 +261,81 @@ def sidecar_path(path):
     return os.path.splitext(path)[0] + '.json'
 
 
-def export(trainer, args, run_dir, knn_acc):
-    """The encoder in the released format, plus its sidecar."""
+def export(trainer, args, run_dir, knn_acc, resuming):
+    """The encoder in the released format, plus its sidecar, once the run has all its epochs. Whose the
+    path is is checked again here, with the writes, under export_lock: the check before any work may be
+    hours old, and another run may have exported there since (or be exporting there now)."""
     path = output_path(args)
     encoder = SimCLREncoder(args.arch)
     encoder.load_state_dict(trainer.model.state_dict())
-    save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
-    sidecar = {'architecture': f'SimCLR {args.arch}, CIFAR stem (3×3 stride-1 conv1, no max-pool), '
-                               f'head {encoder.dim}→512→128', 'dataset': args.dataset, 'epochs': trainer.epoch,
-               'knn_top1_test': knn_acc, 'knn': 'weighted kNN, k=200, τ=0.1, cosine, frozen features',
-               'batch_size': args.batch_size, 'temperature': args.temperature,
-               'pretrain_minutes': round(trainer.elapsed / 60, 2), 'device': device_description(trainer.device),
-               'cuda_graph': trainer.graph is not None, **epoch_seconds(trainer.history),
-               'knn_curve': knn_curve(trainer.history), 'run_dir': os.path.abspath(run_dir), 'command': args.command_line}
-    save_json(sidecar, sidecar_path(path))
+    check_output_place(path)  # before the lock file goes beside it
+    with export_lock(path):
+        try:
+            check_output(path, run_dir, resuming)
+        except SetupError as exc:  # the epochs are not lost: state.pt holds them
+            raise SetupError(f'{exc}, then export this run with --resume {run_dir} (its state.pt holds every '
+                             f'epoch trained)') from None
+        save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
+        save_json(sidecar(trainer, args, run_dir, knn_acc, encoder.dim), sidecar_path(path))
     return path
+
+
+def sidecar(trainer, args, run_dir, knn_acc, dim):
+    return {'architecture': f'SimCLR {args.arch}, CIFAR stem (3×3 stride-1 conv1, no max-pool), '
+                            f'head {dim}→512→128',
+            'dataset': args.dataset, 'epochs': trainer.epoch, 'knn_top1_test': knn_acc,
+            'knn': 'weighted kNN, k=200, τ=0.1, cosine, frozen features', 'batch_size': args.batch_size,
+            'temperature': args.temperature, 'pretrain_minutes': round(trainer.elapsed / 60, 2),
+            'device': device_description(trainer.device), 'cuda_graph': trainer.graph is not None,
+            **epoch_seconds(trainer.history), 'knn_curve': knn_curve(trainer.history),
+            'run_dir': os.path.abspath(run_dir), 'command': args.command_line}
+
+
+def export_lock_path(path):
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f'.{os.path.basename(path)}.export-lock')
+
+
+@contextlib.contextmanager
+def export_lock(path):
+    """One export of `path` at a time, across processes and runs (a run's RunClaim locks only its own
+    folder): an flock on a lock file beside it (a file, not the folder: NFS locks only files opened for
+    writing), waited for. The export that made the file removes it while still holding the lock; one
+    that opened it meanwhile then holds a removed file, and locks the one there now."""
+    lock = export_lock_path(path)
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    while True:
+        fd, made = open_lock_file(lock)
+        if fd is None:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if holds(fd, lock):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        if made:  # never a file this export did not make (a user's, or one a killed export left)
+            os.remove(lock)
+        os.close(fd)
+
+
+def open_lock_file(lock):
+    """(descriptor, whether this call made the file); (None, False) where it vanished in between."""
+    try:
+        return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
+    except FileExistsError:
+        try:
+            return os.open(lock, os.O_RDWR), False
+        except FileNotFoundError:
+            return None, False
+
+
+def holds(fd, path):
+    """Whether `fd` is the file at `path` now (not one removed since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 # ---- checks before any work ------------------------------------------------------------------------
@@ -351,11 +416,21 @@ def check_output(path, run_dir, resuming):
     run's own earlier export: a resume of the run in `run_dir` may export again over its own."""
     check_output_place(path)
     there = [p for p in (path, sidecar_path(path)) if os.path.lexists(p)]
-    made_by = load_json(sidecar_path(path)).get('run_dir')
-    own = resuming and isinstance(made_by, str) and os.path.realpath(made_by) == os.path.realpath(run_dir)
-    if there and not own:
-        whose = f'the export of the run in {made_by}' if isinstance(made_by, str) else 'not an export of this run'
+    if there and not (resuming and is_own_export(path, run_dir)):
+        made_by = exported_by(path)
+        whose = f'the export of the run in {made_by}' if made_by else 'not an export of this run'
         raise SetupError(f'{there[0]} already exists ({whose}); give --output another path, or delete it')
+
+
+def exported_by(path):
+    """The run folder the sidecar of the export at `path` names (None: no sidecar of this script's)."""
+    made_by = load_json(sidecar_path(path)).get('run_dir')
+    return made_by if isinstance(made_by, str) else None
+
+
+def is_own_export(path, run_dir):
+    made_by = exported_by(path)
+    return made_by is not None and os.path.realpath(made_by) == os.path.realpath(run_dir)
 
 
 def check_output_place(path):
@@ -423,12 +498,42 @@ def run_epoch(trainer, args, first):
 
 
 def pretrain(args, splits, device, run_dir, state):
-    """The epochs (from `state` where resumed), the log, state.pt and the exported encoder."""
+    """The epochs (from `state` where resumed), the log, state.pt and, once the run has all its epochs,
+    the exported encoder. A command stopped short by --stop_after exports nothing (a partial encoder at
+    --output would pass for the whole run with train_CIFAR.py) and ends with the line saying how to go on."""
     trainer = Pretrainer(args, splits, device)
     if state is not None:
         trainer.restore(state)
         # epochs logged after the saved state are redone: keep the log consistent with it
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
+    knn_acc = train_epochs(trainer, args, run_dir)
+    summary = {'epochs': trainer.epoch, 'knn_top1_test': knn_acc, 'minutes': round(trainer.elapsed / 60, 2),
+               **epoch_seconds(trainer.history)}
+    if trainer.epoch < args.nepoch:
+        print(stopped_line(trainer.epoch, args, run_dir))
+        return {**summary, 'encoder': None}
+    if knn_acc is None:
+        summary['knn_top1_test'] = knn_acc = trainer.knn_accuracy()
+    summary['encoder'] = export(trainer, args, run_dir, knn_acc, resuming=state is not None)
+    print('summary: ' + json.dumps(summary))
+    return summary
+
+
+def stopped_line(epochs, args, run_dir):
+    """How to go on, and that the encoder comes at the end (an earlier export of this run at --output, from
+    a version that exported stopped runs or before --nepoch was raised, is named: it is not this run's)."""
+    path = output_path(args)
+    line = (f'stopped after {epochs} of {args.nepoch} epochs; continue with --resume {run_dir}: the encoder is '
+            f'exported to {path} once all {args.nepoch} are trained')
+    if os.path.exists(path) and is_own_export(path, run_dir):  # left as it is, named so as not to pass for it
+        epochs = load_json(sidecar_path(path)).get('epochs')
+        line += f' ({path} holds an earlier export of this run, of {epochs} epochs)'
+    return line
+
+
+def train_epochs(trainer, args, run_dir):
+    """Epochs until the run has all of them, --stop_after's minutes are up, or a signal (Interrupted);
+    state.pt written every --save_every epochs and whenever the command stops. The last kNN accuracy."""
     started = time.time() - trainer.elapsed
     this_command = time.time()  # --stop_after counts this command's minutes, not the run's: a chain goes on
     knn_acc = trainer.history[-1]['knn_acc'] if trainer.history and 'knn_acc' in trainer.history[-1] else None
@@ -455,15 +560,8 @@ def pretrain(args, splits, device, run_dir, state):
                 raise Interrupted(f'{stop.name} after epoch {trainer.epoch}; {state_path} holds it. Continue with '
                                   f'--resume {run_dir}', stop.signum)
             if stopping:
-                print(f'stopped after {trainer.epoch} epochs; continue with --resume {run_dir}')
                 break
-    if knn_acc is None:
-        knn_acc = trainer.knn_accuracy()
-    path = export(trainer, args, run_dir, knn_acc)
-    summary = {'epochs': trainer.epoch, 'knn_top1_test': knn_acc, 'minutes': round(trainer.elapsed / 60, 2),
-               **epoch_seconds(trainer.history), 'encoder': path}
-    print('summary: ' + json.dumps(summary))
-    return summary
+    return knn_acc
 
 
 if __name__ == '__main__':

@@ -212,7 +212,7 @@ def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_p
     sidecar = os.path.splitext(p['encoder'])[0] + '.json'
     os.makedirs(os.path.dirname(sidecar))
     open(p['encoder'], 'wb').close()
-    for written, done in (('{"epochs": 12}', False),   # exported by a --stop_after: pre-training goes on
+    for written, done in (('{"epochs": 12}', False),   # a sidecar of fewer epochs: pre-training goes on
                           ('{"epochs": 40}', True), ('{"epochs": "40"}', False), ('{"epo', False)):
         open(sidecar, 'w').write(written)
         assert paper_device.simclr_done(args) is done, written

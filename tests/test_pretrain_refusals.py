@@ -1,5 +1,7 @@
 """pretrain_SimCLR.py refuses bad flags, changed flags on --resume and outputs it does not own in one
-line before any work, and a SIGTERM/SIGINT keeps the epochs already trained."""
+line before any work (and outputs taken while it trained, when it exports), exports only a run that has
+all its epochs, and a SIGTERM/SIGINT keeps the epochs already trained."""
+import fcntl
 import json
 import os
 import signal
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 import pretrain_SimCLR
+from utils.encoders.simclr import load_simclr
 from utils.errors import SetupError
 from utils.runs.cli import run_cli
 from utils.storage.loading import load_torch
@@ -35,7 +38,8 @@ def work(tmp_path, monkeypatch):
 
 @pytest.fixture
 def stopped_run(work):
-    """A run of 2 epochs stopped (--stop_after 0) after its first, with its export in work/enc.pt."""
+    """A run of 2 epochs stopped (--stop_after 0) after its first; its encoder goes to work/enc.pt once
+    it has both."""
     pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--stop_after', '0', '--out_dir', 'runs', '--output', 'enc.pt'])
     return os.path.join('runs', 'digits_resnet18')
 
@@ -113,8 +117,7 @@ def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_exp
 
 
 def test_a_resume_whose_export_place_was_taken_writes_where_output_says(stopped_run, capsys):
-    os.remove('enc.json')
-    open('enc.pt', 'wb').write(b'theirs')  # the run's export replaced by someone else's file
+    open('enc.pt', 'wb').write(b'theirs')  # someone else's file where the run will export
     code, err = refusal(['--resume', stopped_run, '--device', 'cpu'], capsys)
     assert code == 2 and 'enc.pt already exists (not an export of this run); give --output another path' in err
     summary = pretrain_SimCLR.main(['--resume', stopped_run, '--output', 'other.pt', '--device', 'cpu'])
@@ -133,12 +136,103 @@ def test_stop_after_counts_this_commands_minutes_so_a_chain_goes_on(stopped_run)
 
 def test_its_own_export_is_recognised_from_another_working_folder(work, monkeypatch):
     encoder = str(work / 'enc.pt')
-    pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--stop_after', '0', '--out_dir', 'runs', '--output', encoder])
+    pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'runs', '--output', encoder])
     assert json.load(open(work / 'enc.json'))['run_dir'] == str(work / 'runs' / 'digits_resnet18')
     (work / 'elsewhere').mkdir()
     monkeypatch.chdir(work / 'elsewhere')
-    summary = pretrain_SimCLR.main(['--resume', str(work / 'runs' / 'digits_resnet18'), '--device', 'cpu'])
+    summary = pretrain_SimCLR.main(['--resume', str(work / 'runs' / 'digits_resnet18'), '--nepoch', '2',
+                                    '--device', 'cpu'])
     assert summary['epochs'] == 2 and json.load(open(work / 'enc.json'))['epochs'] == 2
+
+
+# ---- the encoder is exported once the run has all its epochs, under a lock ------------------------------
+
+def test_a_stopped_command_exports_nothing_and_its_last_line_says_how_to_go_on(work, capsys):
+    summary = pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--stop_after', '0', '--out_dir', 'runs',
+                                            '--output', 'enc.pt'])
+    run = os.path.join('runs', 'digits_resnet18')
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f'stopped after 1 of 2 epochs; continue with --resume {run}: the encoder is exported to enc.pt once all 2 '
+        f'are trained')
+    assert summary['epochs'] == 1 and summary['encoder'] is None and sorted(os.listdir(work)) == ['runs']
+    summary = pretrain_SimCLR.main(['--resume', run, '--device', 'cpu'])
+    assert capsys.readouterr().out.splitlines()[-1].startswith('summary: ')
+    assert summary['encoder'] == 'enc.pt' and json.load(open('enc.json'))['epochs'] == 2
+    assert load_simclr('enc.pt').arch == 'resnet18'
+
+
+def test_an_earlier_partial_export_of_the_run_is_left_until_the_run_has_all_its_epochs(stopped_run, capsys):
+    """An older version exported at every --stop_after: that file stays (it is this run's, but no command
+    of this one wrote it), the stopped line names it, and the export at the end replaces it."""
+    open('enc.pt', 'wb').write(b'1 epoch')
+    json.dump({'run_dir': os.path.abspath(stopped_run), 'epochs': 1}, open('enc.json', 'w'))
+    pretrain_SimCLR.main(['--resume', stopped_run, '--nepoch', '3', '--stop_after', '0', '--device', 'cpu'])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        'exported to enc.pt once all 3 are trained (enc.pt holds an earlier export of this run, of 1 epochs)')
+    assert open('enc.pt', 'rb').read() == b'1 epoch' and json.load(open('enc.json'))['epochs'] == 1
+    pretrain_SimCLR.main(['--resume', stopped_run, '--device', 'cpu'])
+    assert json.load(open('enc.json'))['epochs'] == 3 and load_simclr('enc.pt').arch == 'resnet18'
+
+
+@pytest.mark.parametrize('meanwhile', ['another run exports there', 'a user writes there'])
+def test_an_output_taken_while_the_run_trained_is_refused_when_it_exports(work, capsys, monkeypatch, meanwhile):
+    """The check before any work is not enough: the place may be taken while the run trains. The run
+    refuses then, in one line, writing nothing at the place, and keeps its epochs for a --resume."""
+    original, taken = pretrain_SimCLR.run_epoch, []
+
+    def take_the_place(*args):
+        if not taken:
+            taken.append(meanwhile)
+            if meanwhile == 'another run exports there':
+                pretrain_SimCLR.main(SMALL + ['--nepoch', '1', '--out_dir', 'a', '--output', 'enc.pt'])
+            else:
+                open('enc.pt', 'wb').write(b'theirs')
+        return original(*args)
+    monkeypatch.setattr(pretrain_SimCLR, 'run_epoch', take_the_place)
+    code, err = refusal(SMALL + ['--nepoch', '1', '--out_dir', 'b', '--output', 'enc.pt'], capsys)
+    run_a, run_b = str(work / 'a' / 'digits_resnet18'), os.path.join('b', 'digits_resnet18')
+    another_run = meanwhile == 'another run exports there'
+    whose = f'the export of the run in {run_a}' if another_run else 'not an export of this run'
+    assert code == 2 and err.count('error: ') == 1 and 'Traceback' not in err  # (above it: the progress bars)
+    assert err.splitlines()[-1] == (f'error: enc.pt already exists ({whose}); give --output another path, or '
+                                    f'delete it, then export this run with --resume {run_b} (its state.pt holds '
+                                    f'every epoch trained)')
+    theirs = open('enc.pt', 'rb').read()
+    assert theirs == b'theirs' or json.load(open('enc.json'))['run_dir'] == run_a
+    assert sorted(os.listdir(work)) == (['a', 'b', 'enc.json', 'enc.pt'] if another_run else ['b', 'enc.pt'])
+    summary = pretrain_SimCLR.main(['--resume', run_b, '--output', 'b.pt', '--device', 'cpu'])
+    assert summary['epochs'] == 1 and json.load(open('b.json'))['run_dir'] == str(work / run_b)
+    assert open('enc.pt', 'rb').read() == theirs
+
+
+def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
+    """Whose the place is is checked, and both files written, while the export holds the lock that any
+    other export of the same path waits for: no other process can step in between."""
+    lock, seen = pretrain_SimCLR.export_lock_path('enc.pt'), []
+
+    def held():
+        fd = os.open(lock, os.O_RDWR)  # another process's view: its own open file
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def watched(name, function):
+        def call(*args, **kwargs):
+            if name == 'check_output' or os.path.basename(args[1]) in ('enc.pt', 'enc.json'):
+                seen.append((name if name == 'check_output' else os.path.basename(args[1]),
+                             os.path.exists(lock) and held()))
+            return function(*args, **kwargs)
+        return call
+    for name in ('check_output', 'save_torch', 'save_json'):
+        monkeypatch.setattr(pretrain_SimCLR, name, watched(name, getattr(pretrain_SimCLR, name)))
+    pretrain_SimCLR.main(['--resume', stopped_run, '--device', 'cpu'])
+    # the check before any work holds no lock; the check again at the export and the writes hold it
+    assert seen == [('check_output', False), ('check_output', True), ('enc.pt', True), ('enc.json', True)]
+    assert not os.path.exists(lock)
 
 
 # ---- a signal stops after the epoch, keeping it ---------------------------------------------------------

@@ -74,8 +74,8 @@ def simclr_command(args, where, minutes):
 
 
 def simclr_done(args):
-    """Whether the encoder is pre-trained for --simclr_epochs: its sidecar (pretrain_SimCLR.py's, also
-    written when --stop_after cut the pre-training short) counts the epochs it holds."""
+    """Whether the encoder is pre-trained for --simclr_epochs: pretrain_SimCLR.py exports it, with its
+    sidecar counting the epochs, only once the run has them all."""
     p = paths(args)
     if args.encoder:  # pre-trained by an earlier lease (its shards reassembled): nothing to pre-train
         return os.path.isfile(args.encoder)
