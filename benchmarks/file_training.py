@@ -29,7 +29,7 @@ AUTHORS_RUN = dict(epochs=300, per_epoch=10_000 * N_CLASS, val=14_313, test=10_5
 VARIANTS = {'tuned (authors)': [], 'cached (improved)': ['--recipe', 'improved']}
 
 
-def epoch_seconds(summary):
+def repeated_epoch_seconds(summary):
     """(seconds of a training epoch, of an evaluation) that a long run repeats: the warm ones where the run
     had a second epoch; the first (cuDNN autotuning, CUDA graph capture, workers started) otherwise."""
     s = summary['seconds']
@@ -70,7 +70,7 @@ def run_variant(name, flags, root, folder, args):
               '--cache_dir', os.path.join(folder, 'cache-' + name.split()[0]), *args.extra]
     summary, _ = train_Clothing1M.main(common + flags)
     n_train = args.per_class * N_CLASS
-    train_s, eval_s = epoch_seconds(summary)
+    train_s, eval_s = repeated_epoch_seconds(summary)
     return {'variant': name, 'flags': flags, 'prepare_s': summary['seconds']['prepare'],
             'train_s_first_epoch': summary['seconds']['train_first_epoch'],
             'train_s_per_epoch': train_s, 'warm': summary['seconds']['train_per_warm_epoch'] is not None,

@@ -480,7 +480,7 @@ def list_rows():
         print(f'{row.id:32s} {row.table:28s} {row.paper.text(row.unit):>9s}  {row.command()}')
 
 
-def check_inputs(rows, extra):
+def check_row_inputs(rows, extra):
     ok = True
     for row in rows:
         present, lines = input_lines(row, extra)
@@ -505,7 +505,7 @@ def main(argv=None):
     if args.list:
         return list_rows()
     if args.check_inputs:
-        return check_inputs(chosen_rows(args, p), extra)
+        return check_row_inputs(chosen_rows(args, p), extra)
     if args.record:
         if not args.row:
             p.error('--record needs --row ID')
@@ -523,7 +523,7 @@ def main(argv=None):
     if args.row:
         rows = chosen_rows(args, p)
         if args.dry_run:
-            check_inputs(rows, extra)
+            check_row_inputs(rows, extra)
         return run_row(rows[0], args.seeds, args.runs, extra, args.dry_run)
     p.error('choose --list, --check-inputs, --row ID, --table or --record RUN_DIR')
 

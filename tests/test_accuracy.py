@@ -186,7 +186,7 @@ def test_features_fingerprint_is_the_file_content(tmp_path):
     save_feature_file(tmp_path / 'b.npz', dict(feats, val=feats['val'] + 1), {'v': 1})
     a, b = load_feature_encoder(str(tmp_path / 'a.npz')), load_feature_encoder(str(tmp_path / 'b.npz'))
     assert a.fingerprint != b.fingerprint and a.dim == 16
-    assert torch.equal(a.split_features('val', 10), torch.from_numpy(feats['val']))
+    assert torch.equal(a.split_rows('val', 10), torch.from_numpy(feats['val']))
     with pytest.raises(FeatureFileError, match='cannot encode other images'):
         a.encode(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 

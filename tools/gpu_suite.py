@@ -431,7 +431,7 @@ def cuda_test_rows(name, r, on_gpu):
              f'{r["skipped"]} skipped', '', '', 'all pass')]
 
 
-def inference_rows(name, r, on_gpu):
+def inference_table_rows(name, r, on_gpu):
     rows = []
     for row in r['rows']:
         target = TARGETS['inference_s'].get(row['images'], {}).get(row['column'])
@@ -624,7 +624,7 @@ def paper_row_rows(name, r, on_gpu):
 
 
 # stage (training-<path>-<recipe> stages as 'training') → its rows in the table
-STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inference': inference_rows,
+STAGE_ROWS = {'cuda_tests': cuda_test_rows, 'clip_towers': clip_tower_rows, 'inference': inference_table_rows,
               'per_step_search': per_step_search_rows, 'training': training_rows,
               'file_training': file_training_rows, 'retrieval': retrieval_rows, 'extraction': extraction_rows,
               'simclr_speed': simclr_speed_rows, 'simclr_speed-eager': simclr_speed_rows,

@@ -295,9 +295,9 @@ def check_inputs(cfg, splits, device, log=print):
     check_counts(cfg, len(labels))
     image_shape = tuple(splits.train_images.shape[1:]) if splits.in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
-    if hasattr(encoders[0], 'split_features'):  # a features file: one row per image of every split
+    if hasattr(encoders[0], 'split_rows'):  # a features file: one row per image of every split
         for split in SPLITS:
-            encoders[0].split_features(split, splits.size(split))
+            encoders[0].split_rows(split, splits.size(split))
     if not splits.in_memory:
         check_input_size(encoders[0], cfg.image_size, log)
     return CheckedInputs(labels, noise_source, clean, encoders, image_shape, started)

@@ -109,8 +109,8 @@ def features_fit(value, encoder, n):
 
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
     """f_p features of in-memory `images`, computed once per (encoder, images, view, seed of the view)."""
-    if hasattr(encoder, 'split_features'):  # a features file: its rows are the features already
-        return encoder.split_features(split, len(images))
+    if hasattr(encoder, 'split_rows'):  # a features file: its rows are the features already
+        return encoder.split_rows(split, len(images))
     arguments = dict(encoder=encoder, images=images, view=view, seed=seed if view == 'augmented' else None)
     valid = lambda f: features_fit(f, encoder, len(images))  # noqa: E731
     return cached(encode_view, arguments, cache_dir, f'{dataset}_{split}_{view}_{encoder.name}', valid, log,

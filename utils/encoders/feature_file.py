@@ -92,7 +92,7 @@ class FeatureFileEncoder(FrozenEncoder):
     def describe(self):
         return {**super().describe(), 'file_sha1': self.fingerprint, 'meta': self.meta}
 
-    def split_features(self, split, n):
+    def split_rows(self, split, n):
         """The rows of `split`, refused unless the dataset's split has exactly as many images."""
         if split not in self.arrays:
             raise FeatureFileError(f'features file {self.path} has no split {split!r}; {FIX}')
