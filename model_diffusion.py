@@ -228,8 +228,3 @@ def sample_y0(denoiser, diffusion, x_e, fp_x, n_steps=10, eta=0.0, noisy_start=F
     return diffusion.ddim_sample(eps_fn, shape, n_steps=n_steps, eta=eta, noisy_start=noisy_start,
                                  generator=generator)
 
-
-@torch.inference_mode()
-def predict_y0(denoiser, diffusion, x, fp_x, n_steps=10, eta=0.0, noisy_start=False, generator=None):
-    """The denoised label vectors y_0 (B × C) for one batch."""
-    return sample_y0(denoiser, diffusion, denoiser.embed_x(x), fp_x, n_steps, eta, noisy_start, generator)

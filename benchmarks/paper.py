@@ -65,17 +65,6 @@ def parse_row(row, extra=()):
     return script_parser(row.script).parse_args([*row.flags, *extra])
 
 
-def parse_problem(row, extra=()):
-    """Why the row's command does not parse (the parser's last line), or None."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            parse_row(row, extra)
-    except SystemExit:
-        return (err.getvalue().strip().splitlines() or ['rejected'])[-1]
-    return None
-
-
 # ---- inputs ---------------------------------------------------------------------------------------------
 
 def published_status(name, folder):

@@ -43,7 +43,7 @@ def spied_run(tmp_path, digits, *flags):
 def test_without_retrieval_the_loss_learns_the_noisy_labels_alone(tmp_path, digits):
     steps, seen, summary, run_dir = spied_run(tmp_path, digits, '--candidates', 'own')
     noisy = seen['data'].noisy_labels
-    assert seen['data'].candidates.n_candidates == 1
+    assert seen['data'].candidates.candidates.shape[1] == 1
     for step in steps:
         assert torch.equal(picked_labels(step, seen['diffusion']), noisy[step['idx']])  # the own label, always
         torch.testing.assert_close(step['weights'], torch.full_like(step['weights'], 1 / len(step['idx'])))

@@ -182,10 +182,6 @@ class CandidateLabels:
         noisy_labels = noisy_labels.long()
         self.candidates = candidate_rows(noisy_labels[neighbour_idx], noisy_labels, rule)
 
-    @property
-    def n_candidates(self):
-        return self.candidates.shape[1]
-
     def to(self, device):
         self.candidates = self.candidates.to(device)
         return self
