@@ -15,7 +15,7 @@ import time
 import torch
 
 from utils.data.cifar import CIFAR_FOLDERS, load_named
-from utils.data.classifier import accuracy, fit_classifier
+from utils.classifier import accuracy, fit_classifier
 from utils.data.noise import dataset_of, names_a_file, noise_rate, resolve_noisy_labels
 from utils.errors import SetupError
 from utils.networks import CLASSIFIERS

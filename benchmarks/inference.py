@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.common import AUTHORS_H100, device_line, peak_gib, profiled, random_images, reset_peak, timed
 from model_diffusion import Denoiser, Diffusion
-from utils.data.classifier import classify_standard
+from utils.classifier import classify_standard
 from utils.data.images import CIFAR_MEAN, CIFAR_STD, channels_last
 from utils.diff_encoders import build_diff_encoder, diff_encoder_input
 from utils.encoders.clip import CLIP_TOWERS, load_clip

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from utils.data.cifar import CIFAR_N_TRAIN, load_named
-from utils.data.classifier import accuracy, fit_classifier, predict_proba
+from utils.classifier import accuracy, fit_classifier, predict_proba
 from utils.data.noise import NOISE_DIR, generated_labels, noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise, top_two
 from utils.errors import SetupError
