@@ -335,7 +335,8 @@ def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own, 
     mine = os.path.join(run_dir, 'predict_val_labels.npy')
     np.save(mine, np.arange(3))  # a user's file under the name a prediction would take
     before = snapshot(run_dir)
-    with pytest.raises(SetupError, match=f'{mine} is there and was not written by this package; move it away'):
+    with pytest.raises(SetupError, match=f'{mine} is there and was not written by this package, and predict.py '
+                                         f'would write over it: move it away'):
         predict.main([run_dir, '--split', 'val', '--n_samples', '0'])
     assert snapshot(run_dir) == before
     os.remove(mine)

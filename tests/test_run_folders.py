@@ -275,3 +275,23 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
     predict.main([run_dir, '--split', 'test', '--device', 'cpu'])  # writes no CSV: the edited one is no matter
     summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2 and os.path.isfile(os.path.join(run_dir, 'train_label_ranking.csv'))
+    # a record an earlier version wrote keeps no digests: an edit cannot be told, so nothing is written over
+    record = json.loads((tmp_path / 'runs' / 'own' / RECORD_NAME).read_text())
+    del record['digests']
+    (tmp_path / 'runs' / 'own' / RECORD_NAME).write_text(json.dumps(record))
+    before, _ = snapshot(run_dir), capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_ImageFolder.main, [*train, '--resume', run_dir, '--nepoch', '3'])
+    assert refused.value.code == 2 and capsys.readouterr().err == (
+        f'error: {run_dir}/train_label_ranking.csv was written before this package kept digests of its CSVs, so '
+        f'whether you edited it cannot be told, and --resume {run_dir} would write over it: move it away (or '
+        f'rename it) to keep it, then run again\n')
+    assert snapshot(run_dir) == before
+    # and a file of that name that no run wrote is refused as a resume's too
+    os.rename(os.path.join(run_dir, 'train_label_ranking.csv'), tmp_path / 'kept.csv')
+    with open(os.path.join(run_dir, 'train_label_ranking.csv'), 'w') as f:
+        f.write('mine\n')
+    record['files'].remove('train_label_ranking.csv')
+    (tmp_path / 'runs' / 'own' / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(SetupError, match='train_label_ranking.csv is there and was not written by this package'):
+        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '3'])

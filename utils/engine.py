@@ -23,7 +23,7 @@ from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
 from utils.runs.folders import (
     RunClaim,
-    check_not_edited,
+    check_may_write_over,
     check_resume_flags,
     check_resume_inputs,
     check_same_script,
@@ -90,7 +90,7 @@ def run(cfg, load_splits):
     check_writable(cfg.cache_dir, '--cache_dir')
     check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
     if cfg.resume:  # the run's outputs are written again when it finishes
-        check_not_edited(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
+        check_may_write_over(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
     seed_everything(cfg.seed)
     with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
         splits = load_splits(cfg)

@@ -16,8 +16,7 @@ from utils.encoders.cache import encode_files
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split
-from utils.runs.folders import (RunClaim, check_not_edited, check_same_script, load_run, prediction_config,
-                                read_record)
+from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.saving import atomic_write, remove_files
@@ -75,19 +74,6 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
 PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv')  # after predict_<split|folder>
 
 
-def check_prediction_files(run_dir, prefix):
-    """Refuse, before any work, to overwrite a file of the run folder that no run of this package wrote
-    (the folder's record says which it wrote; utils/runs/folders.py)."""
-    recorded = read_record(run_dir)
-    for suffix in PREDICTION_FILES:
-        path = prefix + suffix
-        if os.path.lexists(path) and os.path.relpath(path, run_dir) not in recorded:
-            raise SetupError(f'{path} is there and was not written by this package; move it away to predict '
-                             f'into {run_dir}')
-    check_not_edited(run_dir, [os.path.relpath(prefix + suffix, run_dir) for suffix in PREDICTION_FILES],
-                     'predict.py')
-
-
 def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):
     """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, and for a folder of images
     PREFIX.csv; returns the paths written. Within a claim of the run folder, an earlier prediction's file
@@ -132,7 +118,9 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     check_same_script(cfg, ckpt['config'], run_dir, 'predict.py')
     saved = prediction_config(cfg, ckpt, run_dir, folder)
     prefix = os.path.join(run_dir, f'predict_{"folder" if folder else split}')
-    check_prediction_files(run_dir, prefix)
+    # before any work: no file there that no run wrote, no CSV the user edited (utils/runs/folders.py)
+    check_may_write_over(run_dir, [os.path.relpath(prefix + suffix, run_dir) for suffix in PREDICTION_FILES],
+                         'predict.py')
     # the folder claimed before any work (a run training there refuses it now, not after the prediction);
     # the claim records the files written
     claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')

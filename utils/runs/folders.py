@@ -374,14 +374,25 @@ def recorded_digests(run_dir):
         if isinstance(digests, dict) else {}
 
 
-def check_not_edited(run_dir, names, what):
-    """Refuse, before any work, to write over a file among `names` (paths relative to run_dir) that was
-    edited after the package wrote it: `what` (a phrase: 'predict.py', 'the resumed run') would lose the
-    user's edits."""
-    digests = recorded_digests(run_dir)
+def check_may_write_over(run_dir, names, what):
+    """Refuse, before any work, to write over a file among `names` (paths relative to run_dir) that no run
+    of this package wrote, or an editable one (EDITABLE_SUFFIXES) edited since the package wrote it:
+    `what` (a phrase: 'predict.py', '--resume RUN') would lose it."""
+    digests, written = recorded_digests(run_dir), read_record(run_dir)
     for name in sorted(names):
         path = os.path.join(run_dir, name)
-        if name in digests and os.path.isfile(path) and file_digest(path) != digests[name]:
+        if not os.path.lexists(path):
+            continue
+        if name not in written:
+            raise SetupError(f'{path} is there and was not written by this package, and {what} would write over '
+                             f'it: move it away, then run again')
+        if not name.endswith(EDITABLE_SUFFIXES):
+            continue
+        if name not in digests:  # written by a version that kept no digests: an edit cannot be told
+            raise SetupError(f'{path} was written before this package kept digests of its CSVs, so whether you '
+                             f'edited it cannot be told, and {what} would write over it: move it away (or rename '
+                             f'it) to keep it, then run again')
+        if file_digest(path) != digests[name]:
             raise SetupError(f'{path} was edited after this package wrote it, and {what} would write over it: '
                              f'move it away (or rename it) to keep your edits, then run again')
 
