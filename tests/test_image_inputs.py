@@ -204,6 +204,23 @@ def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     assert f'(first: {root / "train" / "cat" / "cut.png"} (image file is truncated' in capsys.readouterr().err
 
 
+def test_a_multi_picture_jpeg_or_a_bmp_cut_short_is_found_up_front(tmp_path):
+    """Pillow names a JPEG holding several pictures (phones, cameras) MPO; a BMP has no end marker."""
+    from utils.data.image_files import check_images
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    frames[0].save(tmp_path / 'multi.jpg', format='MPO', save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / 'plain.bmp')
+    assert Image.open(tmp_path / 'multi.jpg').format == 'MPO'
+    for name in ('multi.jpg', 'plain.bmp'):
+        path = tmp_path / name
+        check_images([str(path)], 'whole')
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 3])
+        with pytest.raises(DatasetMissing, match=re.escape(f'cut: 1 of 1 images cannot be read (first: {path} (')):
+            check_images([str(path)], 'cut')
+
+
 def authors_resize(image, short):
     """The authors' resize() of WebVision and Food-101N images (their data utils): both sides scaled and
     rounded half up, bicubic."""
@@ -224,6 +241,25 @@ def test_centre_crops_are_the_authors_transforms_pixel_for_pixel(tmp_path, h, w)
     image = Image.open(path).convert('RGB')
     theirs = {'bilinear': transforms.CenterCrop(224)(transforms.Resize(256)(image)),
               'bicubic': transforms.CenterCrop(224)(authors_resize(image, 256))}
+    for resample, expected in theirs.items():
+        ours = ImageFiles([str(path)], Decoding(224, resample))[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(ours, np.asarray(expected)), resample
+
+
+@pytest.mark.parametrize('mode, suffix', [('P', 'png'), ('RGBA', 'png'), ('LA', 'png'), ('CMYK', 'jpg'), ('L', 'jpg')])
+def test_images_of_other_modes_are_converted_where_the_authors_loaders_convert_them(tmp_path, mode, suffix):
+    """Their WebVision and Food-101N loaders resize before convert('RGB') (a palette image resized
+    nearest, a CMYK one in CMYK); their Clothing1M and ILSVRC2012 loaders convert first."""
+    from torchvision import transforms
+    from utils.data.image_files import Decoding
+    path = tmp_path / f'image.{suffix}'
+    pixels = np.random.default_rng(1).integers(0, 256, (300, 401, 4), dtype=np.uint8)  # shrunk to 256 × 342
+    Image.fromarray(pixels, 'RGBA').convert(mode if 'A' in mode else 'RGB').convert(mode).save(path)
+    with Image.open(path) as image:
+        assert image.mode == mode
+        resized = authors_resize(image, 256)
+        theirs = {'bicubic': transforms.CenterCrop(224)(resized.convert('RGB') if resized.mode != 'RGB' else resized),
+                  'bilinear': transforms.CenterCrop(224)(transforms.Resize(256)(image.convert('RGB')))}
     for resample, expected in theirs.items():
         ours = ImageFiles([str(path)], Decoding(224, resample))[0].permute(1, 2, 0).numpy()
         assert np.array_equal(ours, np.asarray(expected)), resample

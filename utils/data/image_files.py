@@ -85,9 +85,11 @@ UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 
 # the marker a whole file of each format ends with (a few bytes of padding may follow): a file cut short
-# (a copy or download that stopped) lacks it, though its header parses
-END_MARKERS = {'JPEG': b'\xff\xd9', 'PNG': b'IEND'}
+# (a copy or download that stopped) lacks it, though its header parses. MPO: how Pillow names a JPEG
+# holding several pictures (many phone and camera photos)
+END_MARKERS = {'JPEG': b'\xff\xd9', 'MPO': b'\xff\xd9', 'PNG': b'IEND'}
 TAIL_BYTES = 64
+ALWAYS_DECODED = ('BMP',)  # no end marker; uncompressed, so decoding whole is cheap
 
 
 def _readable(path):
@@ -100,9 +102,9 @@ def _readable(path):
             marker = END_MARKERS.get(image.format)
             if marker is not None:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
-                if marker not in f.read():
-                    f.seek(0)
-                    image.load()
+            if image.format in ALWAYS_DECODED or (marker is not None and marker not in f.read()):
+                f.seek(0)
+                image.load()
         return None
     except UNDECODABLE as exc:
         return _unreadable(path, exc)
@@ -142,15 +144,17 @@ def _eight_bit(image):
     return Image.fromarray(scaled.astype(np.uint8), 'L')
 
 
-def open_image(path, upright=False):
-    """An image file as RGB, or a refusal naming the file (missing, damaged, not an image, oversized).
-    `upright`: turned as its EXIF Orientation tag says, as viewers show it (the tag is how cameras store
-    a turned photo); the authors' loaders of their datasets do not, so neither does their decoding here."""
+def open_image(path, upright=False, rgb=True):
+    """An image file as RGB (`rgb` False: in its own mode, wide integers made 8-bit), or a refusal naming
+    the file (missing, damaged, not an image, oversized). `upright`: turned as its EXIF Orientation tag
+    says, as viewers show it (the tag is how cameras store a turned photo); the authors' loaders of their
+    datasets do not, so neither does their decoding here."""
     try:
         with Image.open(path) as image:
             if upright:  # without the tag: nothing done, nothing copied
                 ImageOps.exif_transpose(image, in_place=True)
-            return _eight_bit(image).convert('RGB')
+            image = _eight_bit(image)
+            return image.convert('RGB') if rgb else image.copy()
     except UNDECODABLE as exc:
         raise DatasetMissing(f'cannot read image {_unreadable(path, exc)}; replace the file or remove it from the '
                              f'list') from None
@@ -233,9 +237,14 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         how = self.decoding
-        image = open_image(self.paths[i], how.upright)
+        # the authors' resize() of WebVision and Food-101N images runs before their convert('RGB'): a
+        # palette image is resized nearest, a CMYK one in CMYK (torchvision's Resize runs after it)
+        resize_first = how.rounding == 'authors' and how.resample == 'bicubic'
+        image = open_image(self.paths[i], how.upright, rgb=not resize_first)
         short = round(self.size * 256 / 224)
         image = image.resize(resized_size(*image.size, short, how.resample, how.rounding), RESAMPLE[how.resample])
+        if image.mode != 'RGB':
+            image = image.convert('RGB')
         w, h = image.size
         left, top, flip = centre_offset(w, self.size, how.rounding), centre_offset(h, self.size, how.rounding), False
         if self.augment is not None:

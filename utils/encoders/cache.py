@@ -144,11 +144,12 @@ def encode_files(encoders, paths, batch_size, num_workers, decoding, desc, augme
     return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
 
 
-def encode_file_view(encoder, paths, size, augment=None, resample='bilinear'):
+def encode_file_view(encoder, paths, size, augment=None, resample='bilinear', upright=False, rounding='legacy'):
     """What a file-feature cache holds: `encoder`'s features of the files decoded, resized and
     centre-cropped to `size`, or cropped as the training view `augment` draws (computed by
-    encode_files, several encoders per decoding)."""
-    return encode_files([encoder], paths, 256, 0, Decoding(size, resample), 'features', augment)[0]
+    encode_files, several encoders per decoding). Its arguments are a cache key's: Decoding.key()
+    leaves out the defaults (the legacy rounding among them)."""
+    return encode_files([encoder], paths, 256, 0, Decoding(size, resample, upright, rounding), 'features', augment)[0]
 
 
 encode_file_view.cache_name = 'utils.cache.encode_file_view'  # its cache key's name before the module moved
