@@ -292,7 +292,9 @@ def sidecar(trainer, args, run_dir, knn_acc, dim):
 
 
 def export_lock_path(path):
-    return os.path.join(os.path.dirname(os.path.abspath(path)), f'.{os.path.basename(path)}.export-lock')
+    """Named after the sidecar, which --output x.pt, x.pth and x all write (x.json): one lock for them all."""
+    side = sidecar_path(os.path.abspath(path))
+    return os.path.join(os.path.dirname(side), f'.{os.path.basename(side)}.export-lock')
 
 
 @contextlib.contextmanager
