@@ -154,7 +154,10 @@ def open_image(path, upright=False, rgb=True):
             if upright:  # without the tag: nothing done, nothing copied
                 ImageOps.exif_transpose(image, in_place=True)
             image = _eight_bit(image)
-            return image.convert('RGB') if rgb else image.copy()
+            if rgb:
+                return image.convert('RGB')
+            image.load()  # the pixels, read while the file is open (leaving the block closes it, not them)
+            return image
     except UNDECODABLE as exc:
         raise DatasetMissing(f'cannot read image {_unreadable(path, exc)}; replace the file or remove it from the '
                              f'list') from None
