@@ -301,14 +301,13 @@ def export_lock_path(path):
 def export_lock(path):
     """One export of `path` at a time, across processes and runs (a run's RunClaim locks only its own
     folder): an flock on a lock file beside it (a file, not the folder: NFS locks only files opened for
-    writing), waited for. The export that made the file removes it while still holding the lock; one
-    that opened it meanwhile then holds a removed file, and locks the one there now."""
+    writing), waited for. The export holding it removes the file before letting go (one a killed export
+    left too: the name is this package's); one that opened it meanwhile then holds a removed file, and
+    locks the one there now."""
     lock = export_lock_path(path)
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     while True:
-        fd, made = open_lock_file(lock)
-        if fd is None:
-            continue
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         if holds(fd, lock):
             break
@@ -316,20 +315,8 @@ def export_lock(path):
     try:
         yield
     finally:
-        if made:  # never a file this export did not make (a user's, or one a killed export left)
-            os.remove(lock)
+        os.remove(lock)
         os.close(fd)
-
-
-def open_lock_file(lock):
-    """(descriptor, whether this call made the file); (None, False) where it vanished in between."""
-    try:
-        return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
-    except FileExistsError:
-        try:
-            return os.open(lock, os.O_RDWR), False
-        except FileNotFoundError:
-            return None, False
 
 
 def holds(fd, path):

@@ -229,10 +229,12 @@ def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
         return call
     for name in ('check_output', 'save_torch', 'save_json'):
         monkeypatch.setattr(pretrain_SimCLR, name, watched(name, getattr(pretrain_SimCLR, name)))
+    with open(lock, 'w'):  # the lock file of an export that was killed holding it
+        pass
     pretrain_SimCLR.main(['--resume', stopped_run, '--device', 'cpu'])
     # the check before any work holds no lock; the check again at the export and the writes hold it
     assert seen == [('check_output', False), ('check_output', True), ('enc.pt', True), ('enc.json', True)]
-    assert not os.path.exists(lock)
+    assert not os.path.exists(lock)  # removed, the killed export's file with it
 
 
 # ---- a signal stops after the epoch, keeping it ---------------------------------------------------------
