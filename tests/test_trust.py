@@ -703,3 +703,12 @@ def test_an_out_dir_in_a_pseudo_file_system_is_refused_before_work(tmp_path):
     with pytest.raises(SetupError, match=re.escape('--out_dir /proc/lra-runs/r is not writable (')):
         run(cfg_for(tmp_path, '--out_dir', '/proc/lra-runs'), never_read)
     assert not os.listdir(tmp_path)
+
+
+def test_a_run_folder_that_cannot_be_made_leaves_no_parent_folder_behind(tmp_path, digits):
+    """A --run_name too long for the file system: refused in one line, and the --out_dir folders made on
+    the way to it are removed again."""
+    with pytest.raises(SetupError, match=r'cannot create the run folder .*\(File name too long\); choose another'):
+        run(cfg_for(tmp_path, '--out_dir', str(tmp_path / 'od' / 'o9'), '--run_name', 'a' * 300),
+            lambda c: subset(digits, 200, 50))
+    assert not (tmp_path / 'od').exists()

@@ -324,16 +324,23 @@ def check_writable(folder, flag):
 
 
 def _makedirs(folder):
-    """os.makedirs that returns the folders it created, deepest first."""
-    made, path = [], os.path.abspath(folder)
+    """os.makedirs that returns the folders it created, deepest first; where one cannot be made (a name
+    too long), those it made before are removed again."""
+    wanted, path = [], os.path.abspath(folder)
     while not os.path.exists(path):
-        made.append(path)
+        wanted.append(path)
         path = os.path.dirname(path)
-    for path in reversed(made):
+    made = []
+    for path in reversed(wanted):
         try:
             os.mkdir(path)
         except FileExistsError:
-            made.remove(path)
+            continue
+        except OSError:
+            for done in made:
+                os.rmdir(done)
+            raise
+        made.insert(0, path)
     return made
 
 
