@@ -45,6 +45,9 @@ def _csv_rows(path):
     for number, row in rows:
         if len(row) <= max(columns) or not row[columns[0]].strip() or not row[columns[1]].strip():
             raise DatasetMissing(f'{path}, row {number}: expected "<image path>,<label>", found {",".join(row)!r}')
+        if '\0' in row[columns[0]]:  # no file system takes one (os calls raise ValueError on it)
+            raise DatasetMissing(f'{path}, row {number}: the image path {row[columns[0]]!r} holds a NUL character; '
+                                 f'fix the path')
         found.append((os.path.join(folder, row[columns[0]].strip()), row[columns[1]].strip(), number))
     return found
 
@@ -113,6 +116,9 @@ def _index_count(source, labels, where):
         at, value = above[0]
         raise DatasetMissing(f'{source}, {at}: index label {value} is out of range: the labels below it run '
                              f'0..{gap - 1} (class {gap} has no images); fix the label, or {PIN}')
+    if used[-1] + 1 > len(used):  # refused here, before 0..max is listed: codes like 310000000 filled memory
+        raise DatasetMissing(f'{source}: class {str(gap)!r} has no training images ({used[-1] + 1 - len(used)} empty '
+                             f'classes among the indices 0..{used[-1]}); number the classes 0, 1, 2, ..., or {PIN}')
     return used[-1] + 1
 
 
