@@ -22,6 +22,9 @@ MAX_SEED = 2 ** 32 - 1
 # the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only
 # fills memory (100000 px is killed for memory mid-extraction, its folder half made)
 MAX_IMAGE_SIZE = 1024
+# stochastic samples per image: its class frequencies resolve 1/N, and each batch is repeated N times in
+# memory (10^11 had trained a whole run, then failed allocating 768 TB for its outputs)
+MAX_N_SAMPLES = 10000
 # a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
 NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
 
@@ -52,6 +55,10 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+    n_samples = getattr(cfg, 'n_samples', None)
+    if n_samples is not None and n_samples > MAX_N_SAMPLES:
+        problems.append(f'--n_samples {n_samples} must be at most {MAX_N_SAMPLES} (frequencies to 1/{MAX_N_SAMPLES}; '
+                        f'each batch is repeated that many times in memory)')
     image_size = getattr(cfg, 'image_size', None)
     if image_size is not None and image_size > MAX_IMAGE_SIZE:
         problems.append(f'--image_size {image_size} must be at most {MAX_IMAGE_SIZE} (no encoder here reads larger '
