@@ -250,6 +250,14 @@ def test_bad_flags_are_refused_before_data_is_read(tmp_path, flag, value, messag
     assert not os.listdir(tmp_path)
 
 
+def test_k_beside_k_choices_is_refused_rather_than_ignored(tmp_path):
+    with pytest.raises(SetupError, match=r"--k applies only without --k_choices \(they choose the run's k among "
+                                         r"1 10\); drop one of them"):
+        run(cfg_for(tmp_path, '--k', '5', '--k_choices', '1', '10'), never_read)
+    assert not os.listdir(tmp_path)
+    assert demo_digits.config(['--k_choices', '1', '10']).k_choices == [1, 10]  # k's default is no matter
+
+
 def test_a_cache_dir_a_file_stands_in_the_way_of_is_refused_before_work(tmp_path):
     (tmp_path / 'a_file').write_text('mine\n')
     with pytest.raises(SetupError, match=f'--cache_dir {tmp_path}/a_file/cache: {tmp_path}/a_file is a file, '

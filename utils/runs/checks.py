@@ -134,7 +134,7 @@ FP_ENCODER_FLAGS = {'fp_checkpoint': ('SimCLR', 'classifier', 'CC', 'features', 
 def ignored_flag_problems(cfg):
     """A flag given for a part the run does not have would be silently ignored: it is refused instead (an
     f_p encoder's flags with another --fp_encoder, the ImageNet backbone flags where --diff_encoder builds
-    no ImageNet backbone, --val_fraction beside --val)."""
+    no ImageNet backbone, --k beside --k_choices, --val_fraction beside --val)."""
     given = set(getattr(cfg, 'command_line_flags', ()))
     if getattr(cfg, 'resume', None):
         return []
@@ -146,6 +146,9 @@ def ignored_flag_problems(cfg):
         problems += [f'--{flag} applies to the *_l diffusion encoders only (--diff_encoder {name} has no ImageNet '
                      f'backbone); drop it or choose a *_l --diff_encoder'
                      for flag in ('diff_encoder_weights', 'diff_backbone') if flag in given]
+    if 'k' in given and getattr(cfg, 'k_choices', None):
+        problems.append(f'--k applies only without --k_choices (they choose the run\'s k among '
+                        f'{" ".join(map(str, cfg.k_choices))}); drop one of them')
     if 'val_fraction' in given and getattr(cfg, 'val', None):
         problems.append('--val_fraction applies only without --val (it carves the validation images out of '
                         '--train); drop one of them')
