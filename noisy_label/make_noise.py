@@ -17,6 +17,10 @@ The η classifier (PreAct-ResNet-34, 25 epochs, as the authors) is trained once 
 (dataset, architecture, epochs, seed) and its probabilities cached in --cache_dir. A flag the command does
 not read is refused, not ignored: the η classifier's flags where nothing is trained (hybrid), --dataset,
 --type and --rate where the files are fixed (cifar10-set), --base, --kind, --inputs_dir outside a hybrid.
+
+A file is written only where nothing is, or over make_noise's own earlier output (a `.npy` and the `.json`
+sidecar make_noise wrote beside it, naming it; running a command again rewrites its files): anything else at
+a name the command writes (a user's file, a `.npy` without make_noise's sidecar) is refused before any work.
 """
 import argparse
 import math
@@ -38,6 +42,7 @@ from utils.runs.config import given_flags
 from utils.runs.folders import check_writable
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
+from utils.storage.loading import load_json
 from utils.storage.published import is_published
 from utils.storage.saving import save_json
 
@@ -89,7 +94,55 @@ def class_probabilities(args, splits):
     return eta, facts
 
 
+# how every sidecar's command begins (main): what tells make_noise's own files from anyone else's
+COMMAND = 'python -m noisy_label.make_noise'
+
+
+def is_own_output(out_dir, name):
+    """Whether `name`.npy / `name`.json in out_dir are make_noise's own earlier output: the sidecar is one
+    make_noise writes (its command is make_noise's, its file is `name`.npy) and the .npy, if there, a file."""
+    side = load_json(os.path.join(out_dir, name + '.json'))
+    command, npy = side.get('command'), os.path.join(out_dir, name + '.npy')
+    return (isinstance(command, str) and command.startswith(COMMAND + ' ') and side.get('file') == name + '.npy'
+            and (not os.path.lexists(npy) or os.path.isfile(npy)))
+
+
+def check_not_foreign(out_dir, names):
+    """Refuse, naming the first file in the way, to write `names` (each a .npy and its .json sidecar) over
+    anything that is not make_noise's own earlier output (is_own_output): a user's file is never replaced."""
+    for name in names:
+        there = [os.path.join(out_dir, name + ext) for ext in ('.npy', '.json')
+                 if os.path.lexists(os.path.join(out_dir, name + ext))]
+        if there and not is_own_output(out_dir, name):
+            raise SetupError(f'{there[0]} already exists ({foreign_reason(there[0], name)}); move it away or '
+                             f'choose another --out_dir')
+
+
+def foreign_reason(path, name):
+    """Why the file at `path`, in the way of `name`, is not make_noise's (check_not_foreign)."""
+    if path.endswith('.json'):
+        return 'not a sidecar make_noise wrote'
+    if not os.path.isfile(path):
+        return 'not a file make_noise wrote'
+    side = os.path.join(os.path.dirname(path), name + '.json')
+    return (f'{name}.json beside it is not the sidecar make_noise writes' if os.path.lexists(side) else
+            f'no sidecar {name}.json beside it') + ': not a file make_noise wrote'
+
+
+def target_names(args):
+    """The name of every file the command writes, in the order it writes them."""
+    if args.command == 'pmd':
+        return [pmd_name(args.dataset, args.type, args.rate, args.seed)]
+    if args.command == 'hybrid':
+        return [hybrid_names(args.base, args.kind, args.rate, args.seed)[1]]
+    base = pmd_name('cifar10', 1, 0.35, args.seed)
+    return [pmd_name('cifar10', *item, args.seed) if what == 'pmd' else hybrid_names(base, *item, args.seed)[1]
+            for what, *item in CIFAR10_SET]
+
+
 def write_noise(labels, name, sidecar, out_dir, command):
+    # checked again with the writes: the check before the work may be a training run old
+    check_not_foreign(out_dir, [name])
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name + '.npy')
     save_npy(np.asarray(labels, dtype=np.int64), path)
@@ -206,23 +259,25 @@ def rate_problems(command, rate):
 
 def check_flags(args):
     """Refuse bad flags in one line before any work: before data is read or the η classifier trained,
-    where a bad rate, say, failed after the training or named a file after a NaN."""
+    where a bad rate, say, failed after the training or named a file after a NaN; and a name the command
+    writes that holds a file make_noise did not write, which it replaced."""
     problems = unread_flag_problems(args) + flag_problems(as_read(args))
     if problems:
         raise SetupError('; '.join(problems))
     if args.command == 'hybrid':
         if not args.base or not args.kind:
             raise SetupError('hybrid needs --base NAME and --kind U|A')
-        hybrid_names(args.base, args.kind, args.rate, args.seed)
     else:
         check_writable(args.cache_dir, '--cache_dir')
+    names = target_names(args)  # a hybrid of a published name is refused here
     check_writable(args.out_dir, '--out_dir')
+    check_not_foreign(args.out_dir, names)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    args.command_line = 'python -m noisy_label.make_noise ' + ' '.join(argv)
+    args.command_line = f'{COMMAND} ' + ' '.join(argv)
     args.command_line_flags = given_flags(parser(), argv)  # the flags typed, not defaulted: unread_flag_problems
     if args.command == 'cifar10-set':
         args.dataset = 'cifar10'

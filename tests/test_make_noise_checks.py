@@ -1,6 +1,8 @@
-"""make_noise refuses bad flags before any work, names a hybrid by its seed, and names every rate exactly."""
+"""make_noise refuses bad flags before any work, names a hybrid by its seed, names every rate exactly, and
+writes over no file it did not write."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from noisy_label import make_noise
 from utils.data.noise import HYBRID_NAME, noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise
-from utils.errors import NoiseError
+from utils.errors import NoiseError, SetupError
 from utils.runs.cli import run_cli
 
 
@@ -223,3 +225,114 @@ def test_an_unreachable_pmd_rate_is_one_line_and_writes_no_noise_file(tmp_path, 
                    '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(cache)], capsys)
     assert err.startswith('error: PMD type 1: the closest realised rate') and err.count('\n') == 1
     assert not (tmp_path / 'noise').exists()
+
+
+# ---- a file make_noise did not write is never written over ----------------------------------------------
+
+PMD_DIGITS = ['pmd', '--dataset', 'digits', '--type', '1', '--rate', '0.9', '--arch', 'small_cnn', '--nepoch', '1']
+
+
+def refused_over(argv, tmp_path, capsys, theirs):
+    """The refusal of ARGV, which has `theirs` ({path: bytes}) in its way: one line, exit 2, no traceback, and
+    nothing written: their files as they were, and nothing else there (no folder made, no η cached)."""
+    for path, content in theirs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    before = sorted(tmp_path.rglob('*'))
+    err = refusal(argv, capsys)
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err
+    assert sorted(tmp_path.rglob('*')) == before and all(p.read_bytes() == c for p, c in theirs.items())
+    assert 'move it away or choose another --out_dir' in err
+    return err
+
+
+def own_sidecar(name, command='python -m noisy_label.make_noise pmd'):
+    return json.dumps({'file': name + '.npy', 'command': command}).encode()
+
+
+@pytest.mark.parametrize('sidecar, said', [
+    (None, 'no sidecar digits-1-0.90-s0.json beside it'),
+    (b'not json', 'digits-1-0.90-s0.json beside it is not the sidecar make_noise writes'),
+    (b'["a", "list"]', 'is not the sidecar make_noise writes'),
+    (own_sidecar('digits-1-0.90-s0', 'python my_labels.py'), 'is not the sidecar make_noise writes'),
+    (own_sidecar('digits-1-0.35-s0'), 'is not the sidecar make_noise writes'),  # make_noise's, of another file
+])
+def test_a_users_npy_at_the_target_is_refused_before_the_data_is_read(sidecar, said, tmp_path, capsys, no_work):
+    out = tmp_path / 'noise'
+    theirs = {out / 'digits-1-0.90-s0.npy': b'my precious\n'}
+    if sidecar is not None:
+        theirs[out / 'digits-1-0.90-s0.json'] = sidecar
+    err = refused_over([*PMD_DIGITS, *folders('pmd', tmp_path)], tmp_path, capsys, theirs)
+    assert err.startswith(f'error: {out / "digits-1-0.90-s0.npy"} already exists (') and said in err
+
+
+def test_a_users_json_at_the_target_is_refused_before_the_data_is_read(tmp_path, capsys, no_work):
+    out = tmp_path / 'noise'
+    theirs = {out / 'digits-1-0.90-s0.json': b'{"my": "notes"}\n'}
+    err = refused_over([*PMD_DIGITS, *folders('pmd', tmp_path)], tmp_path, capsys, theirs)
+    assert f'{out / "digits-1-0.90-s0.json"} already exists (not a sidecar make_noise wrote)' in err
+
+
+def test_a_folder_at_the_target_is_refused(tmp_path, capsys, no_work):
+    (tmp_path / 'noise' / 'digits-1-0.90-s0.npy').mkdir(parents=True)
+    err = refusal([*PMD_DIGITS, *folders('pmd', tmp_path)], capsys)
+    assert 'digits-1-0.90-s0.npy already exists (not a file make_noise wrote)' in err
+
+
+@pytest.mark.parametrize('seed, name', [('0', 'mybase_U_0.3'), ('2', 'mybase_U_0.3-s2')])
+def test_a_users_file_at_a_hybrids_target_is_refused_before_the_base_is_read(seed, name, tmp_path, capsys,
+                                                                            no_work):
+    out = tmp_path / 'noise'
+    theirs = {out / 'mybase.npy': b'the base', out / f'{name}.npy': b'my precious\n'}
+    err = refused_over([*HYBRID, '--rate', '0.3', '--seed', seed, *folders('hybrid', tmp_path)], tmp_path,
+                       capsys, theirs)
+    assert err.startswith(f'error: {out / name}.npy already exists (no sidecar {name}.json beside it')
+
+
+@pytest.mark.parametrize('name', ['cifar10-1-0.35-s0', 'cifar10-3-0.35-s0', 'cifar10-1-0.35-s0_A_0.3'])
+def test_a_users_file_at_any_of_the_cifar10_sets_targets_is_refused_before_work(name, tmp_path, capsys, no_work):
+    # the set writes seven files: each is checked before the first is made (the last, a hybrid, too)
+    out = tmp_path / 'noise'
+    theirs = {out / f'{name}.json': b'{}'}
+    err = refused_over(['cifar10-set', *folders('cifar10-set', tmp_path)], tmp_path, capsys, theirs)
+    assert f'{out / name}.json already exists (not a sidecar make_noise wrote)' in err
+
+
+def test_the_first_file_in_the_way_is_named(tmp_path, capsys, no_work):
+    out = tmp_path / 'noise'
+    theirs = {out / 'cifar10-1-0.35-s0_U_0.6.npy': b'x', out / 'cifar10-2-0.35-s0.npy': b'y'}
+    err = refused_over(['cifar10-set', *folders('cifar10-set', tmp_path)], tmp_path, capsys, theirs)
+    assert 'cifar10-2-0.35-s0.npy already exists' in err and '_U_0.6' not in err
+
+
+def test_a_file_put_in_the_way_during_the_work_is_not_written_over(tmp_path):
+    # checked again with the writes: the η classifier may train for long after the first check
+    (tmp_path / 'digits-1-0.90-s0.npy').write_bytes(b'my precious\n')
+    with pytest.raises(SetupError, match='digits-1-0.90-s0.npy already exists'):
+        make_noise.write_noise(np.zeros(3), 'digits-1-0.90-s0', {'realised_rate': 0.9, 'requested_rate': 0.9},
+                               str(tmp_path), 'python -m noisy_label.make_noise pmd')
+    assert (tmp_path / 'digits-1-0.90-s0.npy').read_bytes() == b'my precious\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-1-0.90-s0.npy']
+
+
+def test_running_the_same_command_again_rewrites_its_own_files(tmp_path, digits):
+    cache, out = tmp_path / 'cache', tmp_path / 'noise'
+    cache.mkdir()
+    clean = digits.train_clean.numpy()
+    np.savez(cache / f'eta_digits_n{len(clean)}_small_cnn_e1_s0.npz', eta=synthetic_eta(len(clean), clean),
+             train_acc=1.0, val_acc=0.0, test_acc=0.0)  # the cached η classifier: nothing to train
+    pmd = [*PMD_DIGITS, '--out_dir', str(out), '--cache_dir', str(cache)]
+    on_top = ['hybrid', '--dataset', 'digits', '--base', 'digits-1-0.90-s0', '--kind', 'U', '--rate', '0.3',
+              '--out_dir', str(out)]
+    names = ['digits-1-0.90-s0', 'digits-1-0.90-s0_U_0.3']
+    for argv in (pmd, on_top):
+        make_noise.main(argv)
+    first = {name: np.load(out / f'{name}.npy') for name in names}
+    for path in out.iterdir():
+        os.utime(path, (0, 0))  # so that a rewrite shows
+    for argv in (pmd, on_top):
+        make_noise.main(argv)
+    for name in names:  # rewritten, the same seed giving the same labels
+        assert np.array_equal(np.load(out / f'{name}.npy'), first[name])
+        assert all((out / f'{name}{ext}').stat().st_mtime > 0 for ext in ('.npy', '.json'))
+        assert json.load(open(out / f'{name}.json'))['file'] == f'{name}.npy'
