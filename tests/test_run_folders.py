@@ -271,7 +271,7 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
             f'{"predict.py" if name.startswith("predict") else "--resume " + run_dir} would write over it: move it '
             f'away (or rename it) to keep your edits, then run again\n')
         assert snapshot(run_dir) == before
-        os.rename(path, path + '.mine')
+        os.rename(path, tmp_path / (name + '.mine'))  # kept outside the run folder
     predict.main([run_dir, '--split', 'test', '--device', 'cpu'])  # writes no CSV: the edited one is no matter
     summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2 and os.path.isfile(os.path.join(run_dir, 'train_label_ranking.csv'))
@@ -293,5 +293,6 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         f.write('mine\n')
     record['files'].remove('train_label_ranking.csv')
     (tmp_path / 'runs' / 'own' / RECORD_NAME).write_text(json.dumps(record))
-    with pytest.raises(SetupError, match='train_label_ranking.csv is there and was not written by this package'):
+    with pytest.raises(SetupError, match=r'holds files no run of this package recorded writing there '
+                                         r'\(train_label_ranking.csv\), and --resume'):
         train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '3'])

@@ -649,6 +649,29 @@ def test_a_run_recorded_before_scripts_were_recorded_resumes_despite_its_removed
         run(resume(run_dir, '--nepoch', '4'), never_read)
 
 
+def test_a_resume_refuses_a_run_folder_holding_files_no_run_wrote(finished):
+    """A user's file in the run folder (under an output's name it would be replaced when the run
+    finishes): refused before any work, the folder as it was; moved away, the run goes on."""
+    small, _, run_dir = finished
+    with open(os.path.join(run_dir, 'train_probs.npy.mine'), 'w') as f:
+        f.write('my notes\n')
+    os.remove(os.path.join(run_dir, 'summary.json'))  # as if stopped before it finished...
+    with open(os.path.join(run_dir, 'summary.json'), 'w') as f:  # ...and the user wrote one
+        f.write('{"mine": 1}\n')
+    record = json.load(open(os.path.join(run_dir, '.written.json')))
+    record['files'].remove('summary.json')
+    json.dump(record, open(os.path.join(run_dir, '.written.json'), 'w'))
+    before = {name: open(os.path.join(run_dir, name), 'rb').read() for name in os.listdir(run_dir)}
+    with pytest.raises(SetupError, match=re.escape(f'{run_dir} holds files no run of this package recorded writing '
+                                                   f'there (summary.json, train_probs.npy.mine), and --resume')):
+        run(resume(run_dir, '--nepoch', '3'), never_read)
+    assert {name: open(os.path.join(run_dir, name), 'rb').read() for name in os.listdir(run_dir)} == before
+    for name in ('summary.json', 'train_probs.npy.mine'):
+        os.remove(os.path.join(run_dir, name))
+    summary, _ = run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert summary['epochs'] == 3
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

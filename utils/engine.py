@@ -24,6 +24,7 @@ from utils.runs.config import recorded_config
 from utils.runs.folders import (
     RunClaim,
     check_may_write_over,
+    check_no_foreign_files,
     check_resume_flags,
     check_resume_inputs,
     check_same_script,
@@ -90,6 +91,7 @@ def run(cfg, load_splits):
     check_writable(cfg.cache_dir, '--cache_dir')
     check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
     if cfg.resume:  # the run's outputs are written again when it finishes
+        check_no_foreign_files(run_dir, f'--resume {run_dir}')
         check_may_write_over(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
     seed_everything(cfg.seed)
     with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)

@@ -432,6 +432,21 @@ def foreign_files(run_dir, files):
     return sorted(found)
 
 
+def check_no_foreign_files(run_dir, what):
+    """Refuse to go on in a run folder holding files no run of this package recorded writing there (a
+    user's notes, a file under an output's name): `what` ('--resume RUN') writes its outputs there, and a
+    run writes only in a folder of its own. A folder without a record (a version before records) is not
+    judged."""
+    if not os.path.isfile(os.path.join(run_dir, RECORD_NAME)):
+        return
+    foreign = foreign_files(run_dir, read_record(run_dir))
+    if foreign:
+        more = f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''
+        raise SetupError(f'{run_dir} holds files no run of this package recorded writing there '
+                         f'({", ".join(foreign[:3])}{more}), and {what} writes its outputs there: move those files '
+                         f'away, then run again')
+
+
 def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
     """Refuse a folder a fresh run may not write in: one holding a run (its `checkpoint`), a finished
     run whose checkpoint was removed, or any file its record does not say a run wrote (a user's files,
