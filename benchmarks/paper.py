@@ -1,6 +1,6 @@
 """The paper's rows, one command each: list them, check their inputs, run them, tabulate paper vs measured.
 
-    python -m benchmarks.paper --list                                  # every row: id, paper, command
+    python -m benchmarks.paper --list [--row ID]                       # every row: id, paper, command
     python -m benchmarks.paper --check-inputs [--row ID] [-- FLAGS]    # fetch and verify inputs, train nothing
     python -m benchmarks.paper --row cifar10-pmd1-35-simclr --seeds 1 2 3 [-- --data_root DIR]
     python -m benchmarks.paper --row ID --seeds 1 2 3 --dry-run        # the commands, and what is missing
@@ -9,7 +9,9 @@
 
 The rows live in benchmarks/paper_rows.py (the paper's figures, from arXiv 2305.19518v1). `--row` runs
 the row's command once per seed in RUNS/<row>/s<seed> (a finished seed is skipped, a stopped one
-resumed), with the flags after `--` added (where the data lies, --inputs_dir ...). `--table` adds
+resumed), with the flags after `--` added (where the data lies, --inputs_dir ...). Every path is the
+caller's: --runs and the flags after `--` are read from the folder the command is typed in, where the
+row's script runs too (named by its path in the repository). `--table` adds
 every finished run under RUNS to benchmarks/results/paper.json (kept in the repository) and writes the
 generated page docs/PAPER.md and the README's reproduction section from it: the paper's figure, the
 measured mean ± std over seeds, the difference, and when, where, from which commit and with which
@@ -29,6 +31,7 @@ import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
+from utils.runs.checks import MAX_SEED
 from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
 from utils.runs.folders import check_fresh_folder, write_run_file
 from utils.storage.fingerprints import files_fingerprint
@@ -167,9 +170,24 @@ def finished(row, folder):
     return os.path.isfile(os.path.join(folder, 'inference.json' if row.metric == 'seconds' else 'summary.json'))
 
 
+def script_command(row):
+    """The interpreter and the row's script: a .py by its path in the repository, a module by name (found
+    by script_env's path); the command runs where the caller is, so its relative flags are the caller's."""
+    if row.script.endswith('.py'):
+        return [sys.executable, os.path.join(REPO, row.script)]
+    return [sys.executable, '-m', row.script]
+
+
+def script_env():
+    """The environment of a row's command: the caller's, with the repository first on PYTHONPATH (a
+    benchmarks module run with -m from another folder)."""
+    path = os.environ.get('PYTHONPATH')
+    return {**os.environ, 'PYTHONPATH': REPO + (os.pathsep + path if path else '')}
+
+
 def seed_command(row, seed, folder, extra):
     """The command of one seed: fresh, or --resume where a stopped run left last.pt."""
-    script = [sys.executable, *(['-m', row.script] if not row.script.endswith('.py') else [row.script])]
+    script = script_command(row)
     if row.metric == 'seconds':  # a timing: each seed is one more repeat of it
         return [*script, *row.flags, '--out', os.path.join(folder, 'inference.json'), *extra]
     if os.path.isfile(os.path.join(folder, 'last.pt')):
@@ -201,7 +219,7 @@ def run_row(row, seeds, runs, extra, dry_run=False):
         print(f'[{row.id} seed {seed}] {" ".join(command)}', flush=True)
         if dry_run:
             continue
-        record = {'row': row.id, 'seed': seed, 'command': command, 'commit': commit(),
+        record = {'row': row.id, 'seed': seed, 'command': command, 'cwd': os.getcwd(), 'commit': commit(),
                   'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime())}
         rc = run_seed(command, folder, record)
         if rc == REFUSAL_EXIT:  # the same flags and data would be refused for every seed
@@ -217,12 +235,13 @@ def run_row(row, seeds, runs, extra, dry_run=False):
 def run_seed(command, folder, record):
     """One seed's command, with its paper_run.json written first where the folder has none (entered in
     the folder's record, so the run takes it for its own). A command that fails before writing anything
-    (a refusal: bad flags, missing data) gets the folder back as it found it."""
+    (a refusal: bad flags, missing data) gets the folder back as it found it. It runs in the caller's
+    working directory, where the relative flags after `--` were typed."""
     if os.path.isfile(os.path.join(folder, RUN_FILE)):
-        return subprocess.call(command, cwd=REPO)
+        return subprocess.call(command, env=script_env())
     undo = write_run_file(record, folder, RUN_FILE)
     written = folder_state(folder)
-    rc = subprocess.call(command, cwd=REPO)
+    rc = subprocess.call(command, env=script_env())
     if rc and folder_state(folder) == written:
         undo()
     return rc
@@ -437,14 +456,16 @@ def write_docs(results, page_path=None, readme_path=None):
 
 def parser():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--list', action='store_true', help='every row: id, the paper\'s figure, the command')
+    p.add_argument('--list', action='store_true', help='every row (or --row): id, the paper\'s figure, the command')
     p.add_argument('--check-inputs', '--check_inputs', dest='check_inputs', action='store_true',
                    help='fetch and verify the published inputs of every row (or --row), check dataset folders')
     p.add_argument('--row', help='a row id (see --list)')
     p.add_argument('--seeds', type=int, nargs='+', default=[1], help='run the row once per seed')
     p.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
                    help='print what --row would run and which inputs are missing; run nothing')
-    p.add_argument('--runs', default=os.path.join('runs', 'paper'), help='folder of the rows\' run folders')
+    # absolute from here on: the folder the caller means, whichever folder a command then runs in
+    p.add_argument('--runs', default=os.path.join('runs', 'paper'), type=os.path.abspath,
+                   help='folder of the rows\' run folders (relative: to the folder the command is typed in)')
     p.add_argument('--table', action='store_true',
                    help='add finished runs to benchmarks/results/paper.json; write docs/PAPER.md and the README table')
     p.add_argument('--record', metavar='RUN_DIR', help='record one finished run folder (e.g. brought back from a '
@@ -456,16 +477,13 @@ def parser():
     return p
 
 
-def chosen_rows(args, p):
-    if args.row is None:
-        return list(ROWS.values())
-    if args.row not in ROWS:
-        p.error(f'unknown --row {args.row!r}; see --list')
-    return [ROWS[args.row]]
+def chosen_rows(args):
+    """The row --row names (checked by check_args), or every row."""
+    return list(ROWS.values()) if args.row is None else [ROWS[args.row]]
 
 
-def list_rows():
-    for row in ROWS.values():
+def list_rows(rows):
+    for row in rows:
         print(f'{row.id:32s} {row.table:28s} {row.paper.text(row.unit):>9s}  {row.command()}')
 
 
@@ -476,6 +494,34 @@ def check_row_inputs(rows, extra):
         ok &= present
         print(f'{row.id}:', *lines, sep='\n')
     return 0 if ok else 1
+
+
+def seed_problem(flag, seed):
+    """A seed outside the range the scripts' --seed takes, in their words; None where it is in range."""
+    if seed < 0:
+        return f'{flag} {seed} must not be negative'
+    return f'{flag} {seed} must be at most {MAX_SEED}' if seed > MAX_SEED else None
+
+
+def seed_problems(args):
+    """Seeds the scripts would refuse, or that name one seed's folder twice."""
+    problems = [seed_problem('--seeds', seed) for seed in args.seeds]
+    repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+    if repeated:
+        problems.append(f'--seeds {" ".join(map(str, args.seeds))} names seed {", ".join(map(str, repeated))} more '
+                        f'than once: list each seed once')
+    if args.seed is not None:
+        problems.append(seed_problem('--seed', args.seed))
+    return [problem for problem in problems if problem]
+
+
+def check_args(args, p):
+    """An unknown --row (whichever mode reads it) and bad seeds, before any work."""
+    if args.row is not None and args.row not in ROWS:
+        p.error(f'unknown --row {args.row!r}; see --list')
+    problems = seed_problems(args)
+    if problems:
+        raise SetupError('; '.join(problems))
 
 
 def check_paths(args):
@@ -489,16 +535,17 @@ def check_paths(args):
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    check_args(args, p)
     check_paths(args)
     extra = args.extra[1:] if args.extra[:1] == ['--'] else args.extra
     if args.list:
-        return list_rows()
+        return list_rows(chosen_rows(args))
     if args.check_inputs:
-        return check_row_inputs(chosen_rows(args, p), extra)
+        return check_row_inputs(chosen_rows(args), extra)
     if args.record:
         if not args.row:
             p.error('--record needs --row ID')
-        record = record_of(chosen_rows(args, p)[0], args.record, args.seed, args.label, args.commit)
+        record = record_of(chosen_rows(args)[0], args.record, args.seed, args.label, args.commit)
         if record is None:
             p.error(f'{args.record} holds no {ROWS[args.row].metric} (an unfinished run?)')
         write_docs(merge([record]))
@@ -510,7 +557,7 @@ def main(argv=None):
         print(f'{len(results["runs"])} measured runs; wrote {PAGE} and the README table')
         return 0
     if args.row:
-        rows = chosen_rows(args, p)
+        rows = chosen_rows(args)
         if args.dry_run:
             check_row_inputs(rows, extra)
         return run_row(rows[0], args.seeds, args.runs, extra, args.dry_run)

@@ -14,6 +14,7 @@ from benchmarks import paper
 from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
 from tools import paper_device
 from utils.errors import SetupError
+from utils.runs.cli import run_cli
 from utils.runs.folders import write_run_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,6 +165,81 @@ def test_a_refused_seed_leaves_its_folder_as_it_found_it(outputs, capfd):
     assert '[digits-smoke seed 1] refused (its error line above says why); fix that' in said.out
     assert 'resume' not in said.out
     assert snapshot(group) == before and sorted(os.listdir(group)) == ['s2']
+
+
+FAKE_SCRIPT = """import argparse, json, os
+p = argparse.ArgumentParser()
+for flag in ('--seed', '--out_dir', '--run_name', '--data_root'):
+    p.add_argument(flag)
+args = p.parse_args()
+run = os.path.join(args.out_dir, args.run_name)
+os.makedirs(run, exist_ok=True)
+where = {'cwd': os.getcwd(), 'data_root': os.path.abspath(args.data_root)}
+json.dump(where, open(os.path.join(run, 'where.json'), 'w'))
+json.dump({'test_acc': 0.5}, open(os.path.join(run, 'summary.json'), 'w'))
+"""
+
+
+@pytest.mark.parametrize('script', ['fake_train.py', 'fake_train'])  # a script, and a module run with -m
+def test_a_row_run_from_another_folder_reads_and_writes_where_the_caller_is(tmp_path, monkeypatch, capsys, script):
+    """--runs and the flags after -- are the caller's: the row's own files land in the folder the
+    command's bookkeeping (paper_run.json, the finished check) looks in, and --data_root data is the
+    caller's data/, not the repository's."""
+    repo, here = tmp_path / 'r' / 'e' / 'repo', tmp_path / 'a' / 'b'
+    repo.mkdir(parents=True)
+    here.mkdir(parents=True)
+    (repo / 'fake_train.py').write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(paper, 'REPO', str(repo))  # the repository, standing apart from where the caller is
+    monkeypatch.setattr(paper, 'ROWS', {'fake': Row('fake', 't', 'c', UNKNOWN, script, (), (), '')})
+    monkeypatch.chdir(here)
+    assert paper.main(['--row', 'fake', '--seeds', '1', '--runs', '../../runs', '--', '--data_root', 'data']) == 0
+    run = tmp_path / 'runs' / 'fake' / 's1'
+    assert json.load(open(run / 'where.json')) == {'cwd': str(here), 'data_root': str(here / 'data')}
+    record = json.load(open(run / paper.RUN_FILE))
+    assert record['cwd'] == str(here) and record['command'][record['command'].index('--out_dir') + 1] == \
+        str(tmp_path / 'runs' / 'fake')
+    # nothing beside the repository (where the script ran, --runs taken from there) or in it
+    assert os.listdir(repo) == ['fake_train.py'] and os.listdir(repo.parent.parent) == ['e']
+    capsys.readouterr()
+    assert paper.main(['--row', 'fake', '--seeds', '1', '--runs', '../../runs', '--dry-run']) == 0
+    assert f'[fake seed 1] finished before: {run}' in capsys.readouterr().out
+    assert paper.parser().parse_args([]).runs == str(here / 'runs' / 'paper')  # the default too
+
+
+def refusal(argv, capsys):
+    """(exit status, stderr) of the command line as run from a shell."""
+    with pytest.raises(SystemExit) as exited:
+        run_cli(paper.main, argv)
+    return exited.value.code, capsys.readouterr().err.strip()
+
+
+def test_negative_repeated_and_out_of_range_seeds_are_refused_before_anything_runs(outputs, capsys):
+    runs = str(outputs / 'runs')
+    row = ['--row', 'cifar10-pmd1-35-simclr', '--runs', runs, '--dry-run']
+    assert refusal([*row, '--seeds', '-1', '1', '1'], capsys) == (
+        2, 'error: --seeds -1 must not be negative; --seeds -1 1 1 names seed 1 more than once: list each seed once')
+    assert refusal([*row, '--seeds', '3', '4294967296'], capsys) == (2, 'error: --seeds 4294967296 must be at most '
+                                                                         '4294967295')
+    assert refusal(['--record', runs, '--row', 'cifar10-pmd1-35-simclr', '--seed', '-2'], capsys) == (
+        2, 'error: --seed -2 must not be negative')
+    assert not os.path.exists(runs)
+    assert paper.main([*row, '--seeds', '0', '2', '1']) == 0  # distinct seeds, 0 among them, in any order
+    assert [line.split(']')[0] for line in capsys.readouterr().out.splitlines() if line.startswith('[')] == \
+        ['[cifar10-pmd1-35-simclr seed 0', '[cifar10-pmd1-35-simclr seed 2', '[cifar10-pmd1-35-simclr seed 1']
+
+
+@pytest.mark.parametrize('mode', [['--list'], ['--table'], ['--check-inputs'], ['--dry-run'], []])
+def test_an_unknown_row_is_refused_whichever_mode_reads_it(outputs, capsys, mode):
+    runs = outputs / 'runs'
+    assert refusal([*mode, '--row', 'no-such-row', '--runs', str(runs)], capsys) == (
+        2, "error: unknown --row 'no-such-row'; see --list; --help lists the flags")
+    assert not capsys.readouterr().out and not runs.exists() and not (outputs / 'paper.json').exists()
+
+
+def test_list_with_a_row_prints_that_row(capsys):
+    assert paper.main(['--list', '--row', 'webvision-val-top5']) in (0, None)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split()[0] == 'webvision-val-top5' and line.endswith(ROWS['webvision-val-top5'].command())
 
 
 def test_a_stopped_seed_is_resumed():
