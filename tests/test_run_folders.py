@@ -14,7 +14,7 @@ from benchmarks import layouts
 from conftest import subset
 from utils import engine
 from utils.engine import run
-from utils.errors import NoiseError, SetupError
+from utils.errors import DatasetMissing, NoiseError, SetupError
 from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, read_record, write_run_file
 from utils.trainer import Trainer
 
@@ -296,3 +296,20 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
     with pytest.raises(SetupError, match=r'holds files no run of this package recorded writing there '
                                          r'\(train_label_ranking.csv\), and --resume'):
         train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '3'])
+
+
+def test_a_run_of_a_relative_csv_resumes_from_another_folder_naming_it_anew(tmp_path, monkeypatch):
+    """The CSV's image paths are read relative to the CSV: named by another path from another folder, the
+    same images resume (the fingerprints check that they are the same; a class folder named by a relative
+    path gives relative image paths, which another folder does not find the same)."""
+    layouts.own_data(str(tmp_path / 'here' / 'own'), per_class=8, n_eval=2)
+    monkeypatch.chdir(tmp_path / 'here')
+    train = ['--train', 'own/labels.csv', '--val', str(tmp_path / 'here' / 'own' / 'val')]
+    stay = own_flags(tmp_path, '--nepoch', '1')
+    _, run_dir = train_ImageFolder.main([*train, *stay])
+    os.makedirs(tmp_path / 'elsewhere')
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    with pytest.raises(DatasetMissing, match='training images not found: own/labels.csv'):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2'])
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2', '--train', '../here/own/labels.csv'])
+    assert summary['epochs'] == 2

@@ -672,6 +672,21 @@ def test_a_resume_refuses_a_run_folder_holding_files_no_run_wrote(finished):
     assert summary['epochs'] == 3
 
 
+def test_a_resume_may_name_its_noise_file_by_another_path_but_not_other_labels(finished, tmp_path):
+    """From another folder, or with the file moved, the same labels resume; other labels are refused."""
+    small, noise, run_dir = finished
+    os.makedirs(tmp_path / 'moved')
+    os.rename(noise, tmp_path / 'moved' / 'noise.npy')
+    summary, _ = run(resume(run_dir, '--nepoch', '3', '--noise_type', str(tmp_path / 'moved' / 'noise.npy')),
+                     lambda c: small)
+    assert summary['epochs'] == 3
+    other = small.train_clean.numpy().copy()
+    other[:5] = (other[:5] + 1) % 10
+    np.save(tmp_path / 'other.npy', other)
+    with pytest.raises(SetupError, match='the training labels differ from those the run was made with'):
+        run(resume(run_dir, '--nepoch', '4', '--noise_type', str(tmp_path / 'other.npy')), lambda c: small)
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from utils.data.noise import names_a_file
 from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
@@ -47,6 +48,9 @@ KIND_MARKS = {'last.pt': ('last.pt', 'best.pt', 'config.json', 'summary.json'), 
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
                         'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph',
                         'frozen_kernels')
+# flags naming a dataset's list files, which a resume from another folder names by another path: what they
+# hold is checked by the resume's fingerprints (dataset_fingerprints, input_fingerprints)
+DATA_FILE_FLAGS = ('train', 'val', 'test', 'classes', 'imagenet_val_labels', 'subset_list', 'subset_labels')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
 # before --clip_tower ran the clip package's tower
@@ -186,7 +190,9 @@ def _upgraded(ckpt, path):
 def _may_change(name, saved):
     if name == 'eval_batch_size' and saved.get('eval_bn') == 'batch':
         return False  # with batch statistics at evaluation, the batch decides the predictions
-    return name in MAY_CHANGE_ON_RESUME or name.endswith('_root')
+    if name == 'noise_type':  # a noise file may be named from another folder: its labels are fingerprinted
+        return names_a_file(str(saved.get(name, '')))
+    return name in MAY_CHANGE_ON_RESUME or name.endswith('_root') or name in DATA_FILE_FLAGS
 
 
 def resumed_config(cfg, ckpt, also=()):
