@@ -310,6 +310,16 @@ def test_a_linked_file_in_another_split_is_refused(tmp_path):
         read_image_folder(root, str(tmp_path / 'val'))
 
 
+def test_a_hard_link_of_a_test_image_among_the_training_images_is_refused(tmp_path):
+    """A hard link is the same file by another name (realpath does not see it): tested on, then trained on."""
+    root = class_folders(str(tmp_path / 'train'))
+    test = class_folders(str(tmp_path / 'test'))
+    os.link(os.path.join(test, 'cat', 'cat_1.jpg'), os.path.join(root, 'dog', 'leak.jpg'))
+    with pytest.raises(DatasetMissing, match=r'leak\.jpg and .*test/cat/cat_1\.jpg \(in train and test\) are one '
+                                             r'file, .* reached through a link \(symbolic or hard\)'):
+        read_image_folder(root, val_fraction=0.5, test=test, log=lambda line: None)
+
+
 def test_links_to_distinct_files_are_taken(tmp_path):
     """A training root whose class folders are links (to folders elsewhere) is a valid layout."""
     elsewhere = class_folders(str(tmp_path / 'elsewhere'))

@@ -284,12 +284,17 @@ def _refuse_duplicates(splits):
 
 
 def _refuse_linked_twice(first, path, split):
-    """Record `path` under the file it resolves to (`first`: {real path: (path, split)}); refused where
-    another listed path, through a link, is that same file."""
-    real = os.path.normcase(os.path.realpath(path))
-    if real in first:
-        other, other_split = first[real]
+    """Record `path` under the file it is (`first`: {(device, inode): (path, split)}: a symbolic link and a
+    hard link alike); refused where another listed path is that same file. A path that cannot be
+    stat'ed is left to check_images, which names it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return
+    if (st.st_dev, st.st_ino) in first:
+        other, other_split = first[st.st_dev, st.st_ino]
         where = f'in {split}' if other_split == split else f'in {other_split} and {split}'
-        raise DatasetMissing(f'{other} and {path} ({where}) are one file, {real}, reached through a link; list '
-                             f'every image once: remove the linked folder or file, or the link')
-    first[real] = path, split
+        raise DatasetMissing(f'{other} and {path} ({where}) are one file, {os.path.realpath(path)}, reached through '
+                             f'a link (symbolic or hard); list every image once: remove the linked folder or file, '
+                             f'or the link')
+    first[st.st_dev, st.st_ino] = path, split
