@@ -297,6 +297,11 @@ def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes
     said.clear()  # a stray that sorts after the class it misspells is still the one named as the typo
     read_image_folder(csv_file(tmp_path / 'cta.csv', clean + [f'{images[43]},cta']), log=said.append)
     assert any("class 'cta' (1 image) looks like a typo of 'cat' (20 images)" in line for line in said)
+    said.clear()  # one name in two Unicode forms (a file system storing it decomposed) prints as one name
+    composed, decomposed = 'caf\u00e9', 'cafe\u0301'
+    unicode_rows = [f'{p},{composed if i % 2 else "dog"}' for i, p in enumerate(images[:40])]
+    read_image_folder(csv_file(tmp_path / 'nfd.csv', unicode_rows + [f'{images[44]},{decomposed}']), log=said.append)
+    assert any(f"class {decomposed!r} (1 image) looks like a typo of {composed!r} (20 images)" in line for line in said)
     said.clear()
     layouts.write(str(tmp_path / 'classes.txt'), ['Cat', 'cat', 'dgo', 'dog'])
     read_image_folder(str(tmp_path / 'stray.csv'), classes_file=str(tmp_path / 'classes.txt'), log=said.append)

@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 
 import numpy as np
 
@@ -172,7 +173,9 @@ def _images(n):
 
 
 def _normal(name):
-    return re.sub(r'[\W_]+', '', name.casefold())
+    """The name as compared for typos: one Unicode form (a folder 'café' written decomposed, as some file
+    systems store names, prints as the composed one), case, spacing and punctuation left out."""
+    return re.sub(r'[\W_]+', '', unicodedata.normalize('NFKC', name).casefold())
 
 
 def _typo_pairs(classes):
