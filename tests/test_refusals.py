@@ -239,6 +239,8 @@ def test_own_labels_that_cannot_be_classes_are_refused_naming_label_and_row(tmp_
         ([f'{images}/cat_000.jpg,cat', f'{images}/cat_001.jpg,cat'], None, "has a single class 'cat'"),
         ([f'{images}/cat_000.jpg,cat', f'{images}/ca\0t.jpg,dog'], None, r'row 3: the image path .* holds a NUL '
                                                                         r'character; fix the path'),
+        ([f'{images}/cat_000.jpg,cat', 'path,label', f'{images}/cat_001.jpg,dog'], None,
+         r"row 3: the header again \('path,label'\); keep one header, on the first row"),
         # class codes, not indices: refused before 0..310000000 is listed (that filled memory)
         ([f'{images}/cat_00{i}.jpg,{310000000 + 10000000 * (i % 3)}' for i in range(6)], None,
          r"class '0' has no training images \(329999998 empty classes among the indices 0\.\.330000000\); number "
