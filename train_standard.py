@@ -4,8 +4,10 @@ LRA-diffusion, so every noise file can be scored both ways.
 
     python train_standard.py --noise_type cifar10-1-0.35 --arch preact_resnet34
 
-Writes history.json and summary.json in OUT_DIR/<noise>_<arch>_s<seed>, <noise> the noise name or the
-noise file's base name. A folder holding a finished run, or files no run wrote, is refused.
+Writes last.pt after every epoch, then history.json and summary.json, in OUT_DIR/<noise>_<arch>_s<seed>,
+<noise> the noise name or the noise file's base name. A folder holding a finished run, or files no run
+wrote, is refused. `--resume RUN_DIR` goes on from a stopped run's last finished epoch, exactly (the same
+flags; --device may change).
 """
 import argparse
 import json
@@ -23,8 +25,10 @@ from utils.runs.checks import check_config
 from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter
 from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_writable
+from utils.storage.fingerprints import tensor_fingerprint
+from utils.storage.loading import load_torch
 from utils.runtime.devices import device_description, resolve_device
-from utils.storage.saving import save_json
+from utils.storage.saving import save_json, save_torch
 
 
 def parser():
@@ -44,6 +48,7 @@ def parser():
     g = p.add_argument_group('computation and outputs')
     g.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     g.add_argument('--out_dir', default='./runs/standard', help='where the run writes its log and summary')
+    g.add_argument('--resume', metavar='RUN_DIR', help='go on from the last finished epoch of the run in RUN_DIR')
     g.add_argument('--debug', action='store_true', help='show the traceback of a refusal')
     return p
 
@@ -74,30 +79,64 @@ def plan_run_dir(args):
     return run_dir
 
 
+# flags a resume takes from its own command line: where it runs, what it is told to go on from
+PER_COMMAND = ('resume', 'device', 'debug', 'out_dir')
+
+
+def resumed_state(args):
+    """The stopped run's last.pt, refused in one line where it is absent, damaged, finished, or the flags
+    differ from the run's."""
+    path = os.path.join(args.resume, 'last.pt')
+    if os.path.exists(os.path.join(args.resume, FINISHED)):
+        raise SetupError(f'--resume {args.resume} holds a finished run ({FINISHED}); there is nothing to go on with')
+    if not os.path.isfile(path):
+        raise SetupError(f'--resume {args.resume}: no last.pt there (not a Standard run, or no epoch finished); '
+                         f'start a new run')
+    state = load_torch(path, 'Standard checkpoint')
+    if not isinstance(state, dict) or not isinstance(state.get('config'), dict) or 'labels' not in state:
+        raise SetupError(f'{path} is not a checkpoint of train_standard.py; start a new run')
+    given = {k: v for k, v in vars(args).items() if k not in PER_COMMAND}
+    changed = [f'--{k} {v!r} (the run has {state["config"].get(k)!r})' for k, v in sorted(given.items())
+               if state['config'].get(k) != v]
+    if changed:
+        raise SetupError(f'--resume {args.resume} cannot change {", ".join(changed)}: give the run\'s own flags')
+    return state
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     check_flags(args)
-    run_dir = plan_run_dir(args)
+    state = resumed_state(args) if args.resume else None
+    run_dir = args.resume or plan_run_dir(args)
     device = resolve_device(args.device)
     splits = load_named(dataset_of(args.noise_type), args.data_root, args.download)
     clean = splits.train_clean.numpy()
     noisy, source = resolve_noisy_labels(args.noise_type, len(clean), clean, splits.n_class, seed=args.noise_seed,
                                          coarse_of_class=splits.coarse_of_class)
+    if state is not None and state['labels'] != tensor_fingerprint(torch.from_numpy(noisy)):
+        raise SetupError(f'--resume {run_dir}: the noisy labels differ from those the run was trained on; resume '
+                         f'with the same noise, or start a new run')
     # one run per folder at a time, and only in a folder no other run finished in
-    claim = RunClaim(run_dir, fresh=True, other='--out_dir')
+    claim = RunClaim(run_dir, fresh=state is None, other='--out_dir')
     try:
-        return train(args, splits, noisy, clean, source, device, run_dir)
+        return train(args, splits, noisy, clean, source, device, run_dir, state)
     finally:
         claim.release()
 
 
-def train(args, splits, noisy, clean, source, device, run_dir):
-    """Fit the classifier on the noisy labels; history.json and summary.json into run_dir."""
+def train(args, splits, noisy, clean, source, device, run_dir, state=None):
+    """Fit the classifier on the noisy labels (from `state` where resumed), last.pt after every epoch;
+    history.json and summary.json into run_dir."""
     started = time.time()
+    config = {k: v for k, v in vars(args).items() if k not in PER_COMMAND}
+    labels = tensor_fingerprint(torch.from_numpy(noisy))
+
+    def save(epoch_state):
+        save_torch({**epoch_state, 'config': config, 'labels': labels}, os.path.join(run_dir, 'last.pt'))
     model, history = fit_classifier(splits.train_images, torch.from_numpy(noisy), splits.n_class, splits.mean,
                                     splits.std, arch=args.arch, epochs=args.nepoch, batch_size=args.batch_size,
                                     lr=args.lr, device=device, seed=args.seed,
-                                    val=(splits.val_images, splits.val_labels))
+                                    val=(splits.val_images, splits.val_labels), state=state, save=save)
     best = max(history, key=lambda r: r['val_acc'])
     summary = {'method': 'Standard (cross-entropy on noisy labels)', 'arch': args.arch, 'noise_type': args.noise_type,
                'noise_source': source, 'noisy_label_accuracy': 1 - noise_rate(noisy, clean),

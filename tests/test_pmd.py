@@ -11,6 +11,7 @@ import train_standard
 from noisy_label import make_noise
 from utils.data.noise import noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise, top_two
+from utils.errors import SetupError
 from utils.storage.loading import load_torch
 
 SHARED_CIFAR_N = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -148,3 +149,32 @@ def test_standard_baseline_selects_on_validation(tmp_path):
     # well above chance (10%) with clean labels: 15 epochs reached 52.5-57.8% across seeds 123 and 1-4 (2026-12-04;
     # the mirrored crops of the CIFAR augmentation do not suit digits), so four times chance holds on any machine
     assert summary['test_acc'] > 0.4
+
+
+def test_a_stopped_standard_run_resumes_exactly(tmp_path, monkeypatch):
+    """last.pt after every epoch; --resume goes on from it and ends as an uninterrupted run, bit for bit on
+    the CPU; changed flags and a finished run are refused."""
+    flags = ['--noise_type', 'digits-U-0.3', '--arch', 'small_cnn', '--nepoch', '4', '--lr', '0.05', '--batch_size',
+             '64', '--device', 'cpu']
+    straight = train_standard.main([*flags, '--out_dir', str(tmp_path / 'a')])
+    original = train_standard.save_torch
+
+    def stopped_after_two(state, path):
+        original(state, path)
+        if state['epoch'] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_standard, 'save_torch', stopped_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_standard.main([*flags, '--out_dir', str(tmp_path / 'b')])
+    monkeypatch.setattr(train_standard, 'save_torch', original)
+    run_dir = str(tmp_path / 'b' / 'digits-U-0.3_small_cnn_s123')
+    with pytest.raises(SetupError, match=r"--resume .* cannot change --lr 0.1 \(the run has 0.05\)"):
+        train_standard.main([*flags[:-6], '--lr', '0.1', *flags[-4:], '--resume', run_dir])
+    with pytest.raises(SetupError, match='already holds a run; continue it with --resume'):
+        train_standard.main([*flags, '--out_dir', str(tmp_path / 'b')])
+    resumed = train_standard.main([*flags, '--resume', run_dir])
+    history = [json.load(open(tmp_path / d / 'digits-U-0.3_small_cnn_s123' / 'history.json')) for d in 'ab']
+    assert [(r['loss'], r['val_acc']) for r in history[0]] == [(r['loss'], r['val_acc']) for r in history[1]]
+    assert resumed['test_acc'] == straight['test_acc'] and resumed['best_epoch'] == straight['best_epoch']
+    with pytest.raises(SetupError, match='holds a finished run'):
+        train_standard.main([*flags, '--resume', run_dir])

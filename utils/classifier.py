@@ -47,10 +47,13 @@ def accuracy(model, images, labels, mean, std):
 
 
 def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', epochs=25, batch_size=128,
-                   lr=0.1, weight_decay=5e-4, device='cpu', seed=0, val=None, progress=True, log=print):
+                   lr=0.1, weight_decay=5e-4, device='cpu', seed=0, val=None, progress=True, log=print,
+                   state=None, save=None):
     """Cross-entropy training. With `val=(images, labels)` the weights of the best validation epoch
     are returned (model selection on the clean validation split); otherwise the final weights.
-    Returns (model, history)."""
+    `save(state)` is called after every epoch with what `state` takes to go on from it exactly (the
+    weights, the optimiser, the best epoch's weights, the history, the random streams). Returns (model,
+    history)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = channels_last(build_classifier(arch, n_class).to(device), device)
@@ -58,8 +61,11 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = max(1, len(images) // batch_size)
     total = epochs * steps_per_epoch
-    history, best, started = [], (-1.0, None), time.time()
-    for epoch in tqdm(range(epochs), desc=f'{arch}', disable=not progress):
+    history, best, started, first = [], (-1.0, None), time.time(), 0
+    if state is not None:
+        first, history, best = _restore(state, model, opt, device)
+        started -= history[-1]['elapsed_s'] if history else 0.0
+    for epoch in tqdm(range(first, epochs), desc=f'{arch}', disable=not progress, initial=first, total=epochs):
         model.train()
         order = torch.randperm(len(images), device=device)
         for i in range(steps_per_epoch):
@@ -79,6 +85,24 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
             if record['val_acc'] > best[0]:
                 best = (record['val_acc'], {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(record)
+        if save is not None:
+            save(_state(epoch + 1, model, opt, best, history, device))
     if val is not None:
         model.load_state_dict(best[1])
     return model, history
+
+
+def _state(next_epoch, model, opt, best, history, device):
+    return {'epoch': next_epoch, 'model': model.state_dict(), 'optimizer': opt.state_dict(), 'best_val': best[0],
+            'best_weights': best[1], 'history': history, 'rng': torch.get_rng_state(),
+            'device_rng': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None}
+
+
+def _restore(state, model, opt, device):
+    """A state of _state's into the model and optimiser; (the epoch to go on from, the history, the best)."""
+    model.load_state_dict(state['model'])
+    opt.load_state_dict(state['optimizer'])
+    torch.set_rng_state(state['rng'])
+    if device.type == 'cuda' and state['device_rng'] is not None:
+        torch.cuda.set_rng_state(state['device_rng'], device)
+    return state['epoch'], list(state['history']), (state['best_val'], state['best_weights'])
