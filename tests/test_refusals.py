@@ -275,6 +275,14 @@ def test_a_missing_own_data_file_is_refused_with_the_flag_that_names_it(tmp_path
         read_image_folder(str(root / 'own' / 'labels.csv'), classes_file='nofile.txt')
 
 
+def test_a_label_csv_without_a_header_reads(tmp_path, own):
+    root, _ = own
+    images = sorted((root / 'own' / 'images').iterdir())
+    rows = [f'{p},{"cat" if i % 2 else "dog"}' for i, p in enumerate(images[:20])]
+    splits = read_image_folder(csv_file(tmp_path / 'bare.csv', rows, header=None), log=lambda line: None)
+    assert splits.class_names == ['cat', 'dog'] and len(splits.train_paths) + len(splits.val_paths) == 20
+
+
 def test_a_stray_class_or_a_typo_of_a_class_is_named_with_how_to_pin_the_classes(tmp_path, own):
     root, _ = own
     images = sorted((root / 'own' / 'images').iterdir())

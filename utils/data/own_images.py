@@ -44,7 +44,7 @@ def _csv_rows(path):
         rows = rows[1:]
     folder, found = os.path.dirname(os.path.abspath(path)), []
     for number, row in rows:
-        if header and [c.strip().lower() for c in row] == header:  # two CSVs joined with `cat`, say
+        if 'path' in header and [c.strip().lower() for c in row] == header:  # two CSVs joined with `cat`, say
             raise DatasetMissing(f'{path}, row {number}: the header again ({",".join(row)!r}); keep one header, '
                                  f'on the first row')
         if len(row) <= max(columns) or not row[columns[0]].strip() or not row[columns[1]].strip():
