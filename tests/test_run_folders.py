@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_trust import cfg_for
 
+import demo_digits
 import train_CIFAR
 import train_ImageFolder
 from benchmarks import layouts
@@ -269,7 +270,7 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         assert refused.value.code == 2 and capsys.readouterr().err == (
             f'error: {path} was edited after this package wrote it, and '
             f'{"predict.py" if name.startswith("predict") else "--resume " + run_dir} would write over it: move it '
-            f'away (or rename it) to keep your edits, then run again\n')
+            f'out of the run folder to keep your edits, then run again\n')
         assert snapshot(run_dir) == before
         os.rename(path, tmp_path / (name + '.mine'))  # kept outside the run folder
     predict.main([run_dir, '--split', 'test', '--device', 'cpu'])  # writes no CSV: the edited one is no matter
@@ -284,8 +285,8 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         run_cli(train_ImageFolder.main, [*train, '--resume', run_dir, '--nepoch', '3'])
     assert refused.value.code == 2 and capsys.readouterr().err == (
         f'error: {run_dir}/train_label_ranking.csv was written before this package kept digests of its CSVs, so '
-        f'whether you edited it cannot be told, and --resume {run_dir} would write over it: move it away (or '
-        f'rename it) to keep it, then run again\n')
+        f'whether you edited it cannot be told, and --resume {run_dir} would write over it: move it out of the '
+        f'run folder to keep it, then run again\n')
     assert snapshot(run_dir) == before
     # and a file of that name that no run wrote is refused as a resume's too
     os.rename(os.path.join(run_dir, 'train_label_ranking.csv'), tmp_path / 'kept.csv')
@@ -313,3 +314,19 @@ def test_a_run_of_a_relative_csv_resumes_from_another_folder_naming_it_anew(tmp_
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2'])
     summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2', '--train', '../here/own/labels.csv'])
     assert summary['epochs'] == 2
+
+
+def test_a_run_folder_of_a_version_before_records_resumes_and_is_recorded(tmp_path, small):
+    """No .written.json (a run of a version before records): a resume takes the files it holds for the
+    run's own, and the record its first write makes names them, so a second resume goes on."""
+    summary, run_dir = run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    os.remove(os.path.join(run_dir, RECORD_NAME))
+    held = set(os.listdir(run_dir))
+    for nepoch in ('3', '4'):
+        summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', nepoch]), lambda c: small)
+        assert summary['epochs'] == int(nepoch) and held <= read_record(run_dir)
+    # a record half written when its writer was killed is the run's own, not a stranger's file
+    with open(os.path.join(run_dir, '.' + RECORD_NAME + '.abcd1234.lra-partial'), 'w') as f:
+        f.write('{"writ')
+    summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '5']), lambda c: small)
+    assert summary['epochs'] == 5

@@ -403,11 +403,11 @@ def check_may_write_over(run_dir, names, what):
             continue
         if name not in digests:  # written by a version that kept no digests: an edit cannot be told
             raise SetupError(f'{path} was written before this package kept digests of its CSVs, so whether you '
-                             f'edited it cannot be told, and {what} would write over it: move it away (or rename '
-                             f'it) to keep it, then run again')
+                             f'edited it cannot be told, and {what} would write over it: move it out of the run '
+                             f'folder to keep it, then run again')
         if file_digest(path) != digests[name]:
             raise SetupError(f'{path} was edited after this package wrote it, and {what} would write over it: '
-                             f'move it away (or rename it) to keep your edits, then run again')
+                             f'move it out of the run folder to keep your edits, then run again')
 
 
 def _write_record(run_dir, files, kind=None, digests=None):
@@ -419,12 +419,23 @@ def _write_record(run_dir, files, kind=None, digests=None):
 
 def _a_runs(rel, files):
     """Whether the file at `rel` is a run's: the lock, the record, a file the record names, or a partial
-    write of one (utils/storage/saving.partial_write_of)."""
+    write of one or of the record (utils/storage/saving.partial_write_of)."""
     if rel in (LOCK_NAME, RECORD_NAME) or rel in files:
         return True
     head, name = os.path.split(rel)
     target = partial_write_of(name, legacy=True)
-    return target is not None and os.path.join(head, target) in files
+    return target is not None and (os.path.join(head, target) in files or target == RECORD_NAME)
+
+
+def held_files(run_dir):
+    """The files a resumed or predicted run's folder holds as its own: those its record names; in a
+    folder of a version before records (no record, a run's checkpoint there), every file it holds, which
+    the claim's first write then records."""
+    if os.path.isfile(os.path.join(run_dir, RECORD_NAME)) or not any(
+            os.path.isfile(os.path.join(run_dir, name)) for name in RUN_KINDS):
+        return read_record(run_dir)
+    return {os.path.relpath(os.path.join(root, name), run_dir) for root, _, names in os.walk(run_dir)
+            for name in names if name != LOCK_NAME}
 
 
 def foreign_files(run_dir, files):
@@ -536,8 +547,9 @@ class RunClaim:
             self.made = _makedirs(run_dir)
             self._lock()
             # again under the lock: a run may have finished in the folder since it was looked at
-            self.files = check_fresh_folder(run_dir, checkpoint, other) if fresh else read_record(run_dir)
+            self.files = check_fresh_folder(run_dir, checkpoint, other) if fresh else held_files(run_dir)
             self.digests = recorded_digests(run_dir)
+            self.unrecorded = not os.path.isfile(os.path.join(run_dir, RECORD_NAME))  # written at the first write
         except OSError as exc:
             self.release()
             raise SetupError(f'cannot create the run folder {run_dir} ({exc.strerror}); choose another {flag}') \
@@ -584,8 +596,9 @@ class RunClaim:
                 if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
                     remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
                 sweep_partial_writes(self.run_dir, legacy_targets=self.files)
-            if rel not in self.files:
+            if rel not in self.files or self.unrecorded:
                 self.files.add(rel)
+                self.unrecorded = False
                 _write_record(self.run_dir, self.files, self.checkpoint, self.digests)
 
     def _written(self, rel):
