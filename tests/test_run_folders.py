@@ -330,3 +330,22 @@ def test_a_run_folder_of_a_version_before_records_resumes_and_is_recorded(tmp_pa
         f.write('{"writ')
     summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '5']), lambda c: small)
     assert summary['epochs'] == 5
+
+
+def test_a_resume_with_the_classes_renamed_is_refused(tmp_path):
+    """Index labels with a --classes file: the same indices under other names would rename what the run
+    learned (its label ranking, its predictions); the fingerprints see only the indices."""
+    root = tmp_path / 'own'
+    layouts.own_data(str(root), classes=('cat', 'dog'), per_class=8, n_eval=2)
+    rows = (root / 'labels.csv').read_text().splitlines()
+    (root / 'index.csv').write_text('\n'.join([rows[0], *[r.replace(',cat', ',0').replace(',dog', ',1')
+                                                          for r in rows[1:]]]) + '\n')
+    (root / 'a.txt').write_text('cat\ndog\n')
+    (root / 'b.txt').write_text('dog\ncat\n')
+    train = ['--train', str(root / 'index.csv')]
+    _, run_dir = train_ImageFolder.main([*train, '--classes', str(root / 'a.txt'), *own_flags(tmp_path, '--nepoch', '1')])
+    with pytest.raises(SetupError, match=r"the classes differ from the run's \('dog' here, 'cat' in the run; 'cat' here, "
+                                         r"'dog' in the run\)"):
+        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2', '--classes', str(root / 'b.txt')])
+    summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    assert summary['epochs'] == 2

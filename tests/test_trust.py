@@ -687,6 +687,18 @@ def test_a_resume_may_name_its_noise_file_by_another_path_but_not_other_labels(f
         run(resume(run_dir, '--nepoch', '4', '--noise_type', str(tmp_path / 'other.npy')), lambda c: small)
 
 
+def test_a_run_made_before_fingerprints_may_not_name_another_noise_file(finished, tmp_path):
+    """Without recorded fingerprints nothing would tell other labels: the noise file stays the run's."""
+    small, noise, run_dir = finished
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    del ckpt['data_info']['input_fingerprints']
+    save_torch(ckpt, last)
+    np.save(tmp_path / 'other.npy', small.train_clean.numpy())
+    with pytest.raises(SetupError, match=re.escape(f"cannot change --noise_type '{tmp_path / 'other.npy'}'")):
+        run(resume(run_dir, '--nepoch', '3', '--noise_type', str(tmp_path / 'other.npy')), never_read)
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

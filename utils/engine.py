@@ -27,6 +27,7 @@ from utils.runs.folders import (
     check_no_foreign_files,
     check_resume_flags,
     check_resume_inputs,
+    check_same_classes,
     check_same_script,
     check_writable,
     dataset_fingerprints,
@@ -100,8 +101,9 @@ def run(cfg, load_splits):
             splits = decoded_as_recorded(splits, ckpt['data_info'])
         checked = check_inputs(cfg, splits, device)
     dataset = dataset_fingerprints(splits)
-    if ckpt is not None:  # images changed since: refused before any feature is extracted or cached
+    if ckpt is not None:  # images or classes changed since: refused before any feature is extracted or cached
         check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), dataset, run_dir)
+        check_same_classes(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
         sweep_stale_cache_writes(cfg.cache_dir)

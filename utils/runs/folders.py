@@ -187,12 +187,16 @@ def _upgraded(ckpt, path):
     return ckpt
 
 
-def _may_change(name, saved):
+def _may_change(name, ckpt):
+    saved = ckpt['config']
     if name == 'eval_batch_size' and saved.get('eval_bn') == 'batch':
         return False  # with batch statistics at evaluation, the batch decides the predictions
-    if name == 'noise_type':  # a noise file may be named from another folder: its labels are fingerprinted
-        return names_a_file(str(saved.get(name, '')))
-    return name in MAY_CHANGE_ON_RESUME or name.endswith('_root') or name in DATA_FILE_FLAGS
+    # a data file named by another path: only where the run's fingerprints tell its content (runs made
+    # before they were recorded have none to check it by)
+    fingerprinted = {'training labels', 'dataset'} <= set(ckpt['data_info'].get('input_fingerprints') or ())
+    if name == 'noise_type':
+        return fingerprinted and names_a_file(str(saved.get(name, '')))
+    return name in MAY_CHANGE_ON_RESUME or name.endswith('_root') or (fingerprinted and name in DATA_FILE_FLAGS)
 
 
 def resumed_config(cfg, ckpt, also=()):
@@ -203,7 +207,7 @@ def resumed_config(cfg, ckpt, also=()):
     given = set(current.get('command_line_flags') or ())
     merged = {**current, **ckpt['config']}
     for name in current:
-        if name in ALWAYS_FROM_THIS_RUN or (name in given and (_may_change(name, ckpt['config']) or name in also)):
+        if name in ALWAYS_FROM_THIS_RUN or (name in given and (_may_change(name, ckpt) or name in also)):
             merged[name] = current[name]
     if merged.get('fp_encoder') == 'features' and not merged.get('fp_checkpoint'):
         merged['fp_checkpoint'] = merged.get('fp_features')  # the features file's flag before --fp_checkpoint took it
@@ -220,7 +224,7 @@ def check_resume_flags(cfg, ckpt, run_dir):
     saved = ckpt['config']
     given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
     changed = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
-               for name in sorted(given) if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
+               for name in sorted(given) if not _may_change(name, ckpt) and saved.get(name, object()) != getattr(cfg, name)]
     if changed:
         raise ResumeRefused(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
                             f'the run, or start a new run with another --run_name')
@@ -266,6 +270,17 @@ def check_resume_inputs(saved, now, run_dir):
                             f'with; resume with the same inputs, or start a new run')
 
 
+def check_same_classes(splits, info, run_dir):
+    """Refuse a resume whose class names differ from the run's (a --classes file in another order renames
+    what the run learned; the fingerprints see indices, not names)."""
+    saved = list(info.get('class_names') or [])
+    now = list(getattr(splits, 'class_names', None) or [])
+    if saved and now != saved:
+        differ = [f'{a!r} here, {b!r} in the run' for a, b in zip(now, saved) if a != b][:2]
+        raise ResumeRefused(f'--resume {run_dir}: the classes differ from the run\'s ({"; ".join(differ) or "other names"}); '
+                            f'resume with the run\'s class list, or start a new run')
+
+
 def check_same_script(cfg, saved, run_dir, how):
     """Refuse to resume (how '--resume') or predict with (how 'predict.py') a run another script made: its
     dataset would be read with this script's reader, and fail naming flags the user never gave. Runs
@@ -304,7 +319,7 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
                              f'a split of the dataset: give one or the other')
     refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
-               if not _may_change(name, saved) and saved.get(name, object()) != getattr(cfg, name)]
+               if not _may_change(name, ckpt) and saved.get(name, object()) != getattr(cfg, name)]
     if refused:
         raise SetupError(f'predict.py {run_dir} applies the run as it was trained and does not take '
                          f'{", ".join(refused)}: drop those flags')
