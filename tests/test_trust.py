@@ -699,6 +699,18 @@ def test_a_run_made_before_fingerprints_may_not_name_another_noise_file(finished
         run(resume(run_dir, '--nepoch', '3', '--noise_type', str(tmp_path / 'other.npy')), never_read)
 
 
+def test_a_run_saved_with_sizes_past_todays_limits_is_not_taken_for_damaged(finished):
+    from utils.runs.folders import load_run
+    _, _, run_dir = finished
+    last = os.path.join(run_dir, 'last.pt')
+    ckpt = load_torch(last)
+    ckpt['config']['n_samples'] = 20000  # a run made before --n_samples had a limit
+    save_torch(ckpt, last)
+    assert load_run(run_dir)['config']['n_samples'] == 20000
+    with pytest.raises(SetupError, match='--n_samples 20000 must be at most 10000'):  # given now: refused
+        run(resume(run_dir, '--nepoch', '3', '--n_samples', '20000'), never_read)
+
+
 def test_a_run_recorded_with_the_old_cuda_graph_switch_still_resumes(finished):
     small, _, run_dir = finished
     last = os.path.join(run_dir, 'last.pt')

@@ -55,14 +55,6 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
-    n_samples = getattr(cfg, 'n_samples', None)
-    if n_samples is not None and n_samples > MAX_N_SAMPLES:
-        problems.append(f'--n_samples {n_samples} must be at most {MAX_N_SAMPLES} (frequencies to 1/{MAX_N_SAMPLES}; '
-                        f'each batch is repeated that many times in memory)')
-    image_size = getattr(cfg, 'image_size', None)
-    if image_size is not None and image_size > MAX_IMAGE_SIZE:
-        problems.append(f'--image_size {image_size} must be at most {MAX_IMAGE_SIZE} (no encoder here reads larger '
-                        f'images)')
     n_layers = getattr(cfg, 'n_layers', None)
     if n_layers is not None and n_layers < 2:
         problems.append(f'--n_layers {n_layers} must be at least 2 (the x_e gate sits after the first)')
@@ -131,6 +123,21 @@ FP_ENCODER_FLAGS = {'fp_checkpoint': ('SimCLR', 'classifier', 'CC', 'features', 
                     'fp_arch': ('classifier',), 'fp_model': HUB_ENCODERS, 'fp_pretrained': HUB_ENCODERS}
 
 
+def limit_problems(cfg):
+    """Sizes past what any run needs, where this command line gives them (a run saved before the limits
+    existed keeps its own values: it is not damaged)."""
+    given, problems = set(getattr(cfg, 'command_line_flags', ())), []
+    n_samples = getattr(cfg, 'n_samples', None)
+    if 'n_samples' in given and n_samples is not None and n_samples > MAX_N_SAMPLES:
+        problems.append(f'--n_samples {n_samples} must be at most {MAX_N_SAMPLES} (frequencies to 1/{MAX_N_SAMPLES}; '
+                        f'each batch is repeated that many times in memory)')
+    image_size = getattr(cfg, 'image_size', None)
+    if 'image_size' in given and image_size is not None and image_size > MAX_IMAGE_SIZE:
+        problems.append(f'--image_size {image_size} must be at most {MAX_IMAGE_SIZE} (no encoder here reads larger '
+                        f'images)')
+    return problems
+
+
 def ignored_flag_problems(cfg):
     """A flag given for a part the run does not have would be silently ignored: it is refused instead (an
     f_p encoder's flags with another --fp_encoder, the ImageNet backbone flags where --diff_encoder builds
@@ -157,6 +164,6 @@ def ignored_flag_problems(cfg):
 
 def check_config(cfg):
     """Refuse bad flags in one line, before any data is read."""
-    problems = config_problems(cfg) + ignored_flag_problems(cfg)
+    problems = config_problems(cfg) + limit_problems(cfg) + ignored_flag_problems(cfg)
     if problems:
         raise SetupError('; '.join(problems))
