@@ -23,7 +23,7 @@ from utils.errors import SetupError
 from utils.networks import CLASSIFIERS
 from utils.runs.checks import check_config
 from utils.runs.cli import Parser, run_cli
-from utils.runs.config import HelpFormatter
+from utils.runs.config import HelpFormatter, given_flags
 from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_writable
 from utils.storage.fingerprints import tensor_fingerprint
 from utils.storage.loading import load_torch
@@ -79,13 +79,14 @@ def plan_run_dir(args):
     return run_dir
 
 
-# flags a resume takes from its own command line: where it runs, what it is told to go on from
-PER_COMMAND = ('resume', 'device', 'debug', 'out_dir')
+# flags a resume takes from its own command line: where it runs and where the data lies, what it is
+# told to go on from (the training labels are checked by their fingerprint)
+PER_COMMAND = ('resume', 'device', 'debug', 'out_dir', 'data_root', 'download')
 
 
-def resumed_state(args):
-    """The stopped run's last.pt, refused in one line where it is absent, damaged, finished, or the flags
-    differ from the run's."""
+def resumed_state(args, given):
+    """The stopped run's last.pt and the run's flags (with this command's PER_COMMAND ones), refused in
+    one line where it is absent, damaged or finished, or where a flag given (`given`) differs from the run's."""
     path = os.path.join(args.resume, 'last.pt')
     if os.path.exists(os.path.join(args.resume, FINISHED)):
         raise SetupError(f'--resume {args.resume} holds a finished run ({FINISHED}); there is nothing to go on with')
@@ -95,18 +96,20 @@ def resumed_state(args):
     state = load_torch(path, 'Standard checkpoint')
     if not isinstance(state, dict) or not isinstance(state.get('config'), dict) or 'labels' not in state:
         raise SetupError(f'{path} is not a checkpoint of train_standard.py; start a new run')
-    given = {k: v for k, v in vars(args).items() if k not in PER_COMMAND}
-    changed = [f'--{k} {v!r} (the run has {state["config"].get(k)!r})' for k, v in sorted(given.items())
-               if state['config'].get(k) != v]
+    changed = [f'--{k} {getattr(args, k)!r} (the run has {state["config"].get(k)!r})' for k in sorted(given)
+               if k not in PER_COMMAND and state['config'].get(k) != getattr(args, k)]
     if changed:
-        raise SetupError(f'--resume {args.resume} cannot change {", ".join(changed)}: give the run\'s own flags')
-    return state
+        raise SetupError(f'--resume {args.resume} cannot change {", ".join(changed)}: drop those flags to go on '
+                         f'with the run\'s')
+    return state, argparse.Namespace(**{**state['config'], **{k: getattr(args, k) for k in PER_COMMAND}})
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    state = None
+    if args.resume:
+        state, args = resumed_state(args, given_flags(parser(), argv))
     check_flags(args)
-    state = resumed_state(args) if args.resume else None
     run_dir = args.resume or plan_run_dir(args)
     device = resolve_device(args.device)
     splits = load_named(dataset_of(args.noise_type), args.data_root, args.download)

@@ -168,13 +168,13 @@ def test_a_stopped_standard_run_resumes_exactly(tmp_path, monkeypatch):
         train_standard.main([*flags, '--out_dir', str(tmp_path / 'b')])
     monkeypatch.setattr(train_standard, 'save_torch', original)
     run_dir = str(tmp_path / 'b' / 'digits-U-0.3_small_cnn_s123')
-    with pytest.raises(SetupError, match=r"--resume .* cannot change --lr 0.1 \(the run has 0.05\)"):
-        train_standard.main([*flags[:-6], '--lr', '0.1', *flags[-4:], '--resume', run_dir])
+    with pytest.raises(SetupError, match=r"--resume .* cannot change --lr 0.1 \(the run has 0.05\): drop those"):
+        train_standard.main(['--lr', '0.1', '--resume', run_dir])
     with pytest.raises(SetupError, match='already holds a run; continue it with --resume'):
         train_standard.main([*flags, '--out_dir', str(tmp_path / 'b')])
-    resumed = train_standard.main([*flags, '--resume', run_dir])
+    resumed = train_standard.main(['--resume', run_dir, '--device', 'cpu'])  # the run's own flags
     history = [json.load(open(tmp_path / d / 'digits-U-0.3_small_cnn_s123' / 'history.json')) for d in 'ab']
     assert [(r['loss'], r['val_acc']) for r in history[0]] == [(r['loss'], r['val_acc']) for r in history[1]]
     assert resumed['test_acc'] == straight['test_acc'] and resumed['best_epoch'] == straight['best_epoch']
     with pytest.raises(SetupError, match='holds a finished run'):
-        train_standard.main([*flags, '--resume', run_dir])
+        train_standard.main([*flags, '--resume', run_dir])  # the run's flags given again: as good
