@@ -349,3 +349,18 @@ def test_a_resume_with_the_classes_renamed_is_refused(tmp_path):
         train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2', '--classes', str(root / 'b.txt')])
     summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2
+
+
+def test_a_label_ranking_of_a_run_before_records_is_kept_not_taken_for_a_strangers(tmp_path):
+    """No record: the ranking is the run's, but whether it was edited cannot be told, so a resume that would
+    write it again asks for it to be moved first (not called a stranger's file)."""
+    root = str(tmp_path / 'own')
+    layouts.own_data(root, per_class=8, n_eval=2)
+    train = ['--train', os.path.join(root, 'labels.csv'), '--val', os.path.join(root, 'val')]
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    os.remove(os.path.join(run_dir, RECORD_NAME))
+    with pytest.raises(SetupError, match='train_label_ranking.csv was written before this package kept digests'):
+        train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    os.rename(os.path.join(run_dir, 'train_label_ranking.csv'), tmp_path / 'ranking.csv')
+    summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
+    assert summary['epochs'] == 2

@@ -406,7 +406,7 @@ def check_may_write_over(run_dir, names, what):
     """Refuse, before any work, to write over a file among `names` (paths relative to run_dir) that no run
     of this package wrote, or an editable one (EDITABLE_SUFFIXES) edited since the package wrote it:
     `what` (a phrase: 'predict.py', '--resume RUN') would lose it."""
-    digests, written = recorded_digests(run_dir), read_record(run_dir)
+    digests, written = recorded_digests(run_dir), held_files(run_dir)  # a folder before records: its own
     for name in sorted(names):
         path = os.path.join(run_dir, name)
         if not os.path.lexists(path):
