@@ -42,6 +42,7 @@ from utils.runs.config import given_flags
 from utils.runs.folders import check_writable
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
+from utils.storage.fingerprints import file_digest
 from utils.storage.loading import load_json
 from utils.storage.published import is_published
 from utils.storage.saving import save_json
@@ -100,11 +101,21 @@ COMMAND = 'python -m noisy_label.make_noise'
 
 def is_own_output(out_dir, name):
     """Whether `name`.npy / `name`.json in out_dir are make_noise's own earlier output: the sidecar is one
-    make_noise writes (its command is make_noise's, its file is `name`.npy) and the .npy, if there, a file."""
-    side = load_json(os.path.join(out_dir, name + '.json'))
-    command, npy = side.get('command'), os.path.join(out_dir, name + '.npy')
-    return (isinstance(command, str) and command.startswith(COMMAND + ' ') and side.get('file') == name + '.npy'
-            and (not os.path.lexists(npy) or os.path.isfile(npy)))
+    make_noise writes (its command is make_noise's, its file is `name`.npy) and the .npy, if there, a file
+    holding what it wrote (its sha1, where the sidecar records one: an older sidecar does not)."""
+    side, npy = load_json(os.path.join(out_dir, name + '.json')), os.path.join(out_dir, name + '.npy')
+    if not own_sidecar(side, name):
+        return False
+    if not os.path.lexists(npy):
+        return True
+    recorded = side.get('sha1')
+    return os.path.isfile(npy) and (recorded is None or recorded == file_digest(npy))
+
+
+def own_sidecar(side, name):
+    """Whether `side` (a sidecar's JSON) is one make_noise wrote for `name`.npy."""
+    command = side.get('command')
+    return isinstance(command, str) and command.startswith(COMMAND + ' ') and side.get('file') == name + '.npy'
 
 
 def check_not_foreign(out_dir, names):
@@ -125,6 +136,8 @@ def foreign_reason(path, name):
     if not os.path.isfile(path):
         return 'not a file make_noise wrote'
     side = os.path.join(os.path.dirname(path), name + '.json')
+    if own_sidecar(load_json(side), name):  # make_noise's sidecar: the labels were changed since
+        return f'changed since make_noise wrote it: {name}.json records other contents'
     return (f'{name}.json beside it is not the sidecar make_noise writes' if os.path.lexists(side) else
             f'no sidecar {name}.json beside it') + ': not a file make_noise wrote'
 
@@ -146,8 +159,8 @@ def write_noise(labels, name, sidecar, out_dir, command):
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name + '.npy')
     save_npy(np.asarray(labels, dtype=np.int64), path)
-    save_json({**sidecar, 'file': name + '.npy', 'n': int(len(labels)), 'command': command},
-              os.path.join(out_dir, name + '.json'))
+    save_json({**sidecar, 'file': name + '.npy', 'sha1': file_digest(path), 'n': int(len(labels)),
+               'command': command}, os.path.join(out_dir, name + '.json'))
     print(f'{path}: realised rate {sidecar["realised_rate"]:.4f} (requested {sidecar["requested_rate"]})')
     return path
 

@@ -336,3 +336,12 @@ def test_running_the_same_command_again_rewrites_its_own_files(tmp_path, digits)
         assert np.array_equal(np.load(out / f'{name}.npy'), first[name])
         assert all((out / f'{name}{ext}').stat().st_mtime > 0 for ext in ('.npy', '.json'))
         assert json.load(open(out / f'{name}.json'))['file'] == f'{name}.npy'
+    # labels changed in place beside make_noise's sidecar are the user's now: refused, left as they are
+    edited = first[names[0]].copy()
+    edited[:3] = (edited[:3] + 1) % 10
+    np.save(out / f'{names[0]}.npy', edited)
+    before = (out / f'{names[0]}.npy').read_bytes()
+    with pytest.raises(SetupError, match=f'{names[0]}.npy already exists \\(changed since make_noise wrote it: '
+                                         f'{names[0]}.json records other contents\\)'):
+        make_noise.main(pmd)
+    assert (out / f'{names[0]}.npy').read_bytes() == before
