@@ -15,7 +15,7 @@ from utils.encoders.base import encode_all
 from utils.encoders.cache import encode_files
 from utils.errors import SetupError
 from utils.evaluate import SplitInputs, predict_labels
-from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split
+from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split, recorded_decoding
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
@@ -36,8 +36,7 @@ def folder_decoding(saved, info):
     resample = FILE_DATASET_RESAMPLE.get(info['dataset'])
     if resample is None:
         return None
-    return Decoding(saved.image_size, resample, info.get('upright') is True,
-                    'authors' if info.get('rounding') == 'authors' else 'legacy')
+    return Decoding(saved.image_size, resample, **recorded_decoding(info))
 
 
 def image_folder_paths(folder):

@@ -151,9 +151,16 @@ def decoded_as_recorded(splits, info):
     recorded decoded the legacy way, WebVision's test images with its other splits' resize."""
     if splits.in_memory:
         return splits
-    authors = info.get('rounding') == 'authors'
-    return replace(splits, upright=info.get('upright') is True, rounding='authors' if authors else 'legacy',
-                   test_resample=splits.test_resample if authors else None)
+    recorded = recorded_decoding(info)
+    test_resample = splits.test_resample if recorded['rounding'] == 'authors' else None
+    return replace(splits, **recorded, test_resample=test_resample)
+
+
+def recorded_decoding(info):
+    """The Decoding fields a run's data_info records (upright, rounding); the legacy ones where it records
+    none (a run made before they were recorded)."""
+    return {'upright': info.get('upright') is True,
+            'rounding': 'authors' if info.get('rounding') == 'authors' else 'legacy'}
 
 
 def features_of_split(cfg, splits, split, encoders, log=print):

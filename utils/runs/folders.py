@@ -277,8 +277,9 @@ def check_same_classes(splits, info, run_dir):
     now = list(getattr(splits, 'class_names', None) or [])
     if saved and now != saved:
         differ = [f'{a!r} here, {b!r} in the run' for a, b in zip(now, saved) if a != b][:2]
-        raise ResumeRefused(f'--resume {run_dir}: the classes differ from the run\'s ({"; ".join(differ) or "other names"}); '
-                            f'resume with the run\'s class list, or start a new run')
+        raise ResumeRefused(f'--resume {run_dir}: the classes differ from the run\'s '
+                            f'({"; ".join(differ) or "other names"}); resume with the run\'s class list, or start '
+                            f'a new run')
 
 
 def check_same_script(cfg, saved, run_dir, how):
@@ -464,19 +465,21 @@ def foreign_files(run_dir, files):
     return sorted(found)
 
 
+def first_few(names):
+    """The first three names, and how many more."""
+    return ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
+
+
 def check_no_foreign_files(run_dir, what):
     """Refuse to go on in a run folder holding files no run of this package recorded writing there (a
     user's notes, a file under an output's name): `what` ('--resume RUN') writes its outputs there, and a
     run writes only in a folder of its own. A folder without a record (a version before records) is not
-    judged."""
-    if not os.path.isfile(os.path.join(run_dir, RECORD_NAME)):
-        return
-    foreign = foreign_files(run_dir, read_record(run_dir))
+    judged: its files are the run's (held_files)."""
+    foreign = foreign_files(run_dir, held_files(run_dir))
     if foreign:
-        more = f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''
         raise SetupError(f'{run_dir} holds files no run of this package recorded writing there '
-                         f'({", ".join(foreign[:3])}{more}), and {what} writes its outputs there: move those files '
-                         f'away, then run again')
+                         f'({first_few(foreign)}), and {what} writes its outputs there: move those files away, '
+                         f'then run again')
 
 
 def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
@@ -500,9 +503,8 @@ def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
                          f'({", ".join(sorted(files)[:3])}); choose another {other}, or move that run away')
     foreign = foreign_files(run_dir, files)
     if foreign:
-        more = f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''
         raise SetupError(f'{run_dir} holds files no run of this package recorded writing there '
-                         f'({", ".join(foreign[:3])}{more}); a run writes only in a folder of its own: choose '
+                         f'({first_few(foreign)}); a run writes only in a folder of its own: choose '
                          f'another {other}, or move those files away')
     if FINISHED in files and os.path.exists(os.path.join(run_dir, FINISHED)):
         raise SetupError(f'{run_dir} holds a finished run ({FINISHED}; its {checkpoint} was removed); choose '
