@@ -116,23 +116,23 @@ def main(argv=None):
     clean = splits.train_clean.numpy()
     noisy, source = resolve_noisy_labels(args.noise_type, len(clean), clean, splits.n_class, seed=args.noise_seed,
                                          coarse_of_class=splits.coarse_of_class)
-    if state is not None and state['labels'] != tensor_fingerprint(torch.from_numpy(noisy)):
+    labels = tensor_fingerprint(torch.from_numpy(noisy))  # recorded in last.pt: a resume trains on the same
+    if state is not None and state['labels'] != labels:
         raise SetupError(f'--resume {run_dir}: the noisy labels differ from those the run was trained on; resume '
                          f'with the same noise, or start a new run')
     # one run per folder at a time, and only in a folder no other run finished in
     claim = RunClaim(run_dir, fresh=state is None, other='--out_dir')
     try:
-        return train(args, splits, noisy, clean, source, device, run_dir, state)
+        return train(args, splits, noisy, clean, source, device, run_dir, state, labels)
     finally:
         claim.release()
 
 
-def train(args, splits, noisy, clean, source, device, run_dir, state=None):
-    """Fit the classifier on the noisy labels (from `state` where resumed), last.pt after every epoch;
-    history.json and summary.json into run_dir."""
+def train(args, splits, noisy, clean, source, device, run_dir, state, labels):
+    """Fit the classifier on the noisy labels (from `state` where resumed), last.pt (with `labels`, their
+    fingerprint) after every epoch; history.json and summary.json into run_dir."""
     started = time.time()
     config = {k: v for k, v in vars(args).items() if k not in PER_COMMAND}
-    labels = tensor_fingerprint(torch.from_numpy(noisy))
 
     def save(epoch_state):
         save_torch({**epoch_state, 'config': config, 'labels': labels}, os.path.join(run_dir, 'last.pt'))
