@@ -46,7 +46,7 @@ from utils.errors import Interrupted, ResumeRefused, SetupError
 from utils.runs.checks import config_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter, given_flags
-from utils.runs.folders import RunClaim, check_writable
+from utils.runs.folders import RunClaim, check_writable, same_file
 from utils.runtime.devices import device_description, resolve_device
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
 from utils.runtime.signals import StopSignals
@@ -309,7 +309,7 @@ def export_lock(path):
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if holds(fd, lock):
+        if same_file(fd, lock):
             break
         os.close(fd)
     try:
@@ -317,14 +317,6 @@ def export_lock(path):
     finally:
         os.remove(lock)
         os.close(fd)
-
-
-def holds(fd, path):
-    """Whether `fd` is the file at `path` now (not one removed since it was opened)."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 # ---- checks before any work ------------------------------------------------------------------------

@@ -595,7 +595,7 @@ class RunClaim:
                 os.close(self.fd)
                 self.fd, self.lock_made = None, False  # the file is the other run's now
                 break
-            if _same_file(self.fd, path):
+            if same_file(self.fd, path):
                 return
             os.close(self.fd)
             self.fd, self.lock_made = None, False
@@ -645,13 +645,13 @@ class RunClaim:
             self.fd = None
 
 
-def _same_file(fd, path):
+def same_file(fd, path):
+    """Whether `fd` is the file at `path` now (not one removed since it was opened): how a lock taken on
+    a lock file is known to be the lock of the file there."""
     try:
-        there = os.stat(path)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
-    held = os.fstat(fd)
-    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 STALE_SECONDS = 3600
