@@ -18,7 +18,7 @@ import torch
 
 from utils.data.cifar import CIFAR_FOLDERS, load_named
 from utils.classifier import accuracy, fit_classifier
-from utils.data.noise import dataset_of, names_a_file, noise_rate, resolve_noisy_labels
+from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
 from utils.errors import SetupError
 from utils.networks import CLASSIFIERS
 from utils.runs.checks import check_config
@@ -59,8 +59,6 @@ def check_flags(args):
     if dataset_of(args.noise_type) not in (*CIFAR_FOLDERS, 'digits'):
         raise SetupError(f'--noise_type {args.noise_type} names no dataset this script reads: a noise name or file '
                          f'name begins with cifar10, cifar100 or digits (e.g. cifar10-1-0.35, cifar10-mine.npy)')
-    if names_a_file(args.noise_type) and not os.path.isfile(args.noise_type):
-        raise SetupError(f'noise file {args.noise_type} does not exist; give an existing file or a noise name')
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise SetupError(f'--out_dir {args.out_dir} is a file, not a folder; choose another --out_dir')
 

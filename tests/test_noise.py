@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from utils.data.noise import asymmetric_map, dataset_of, noise_rate, resolve_noisy_labels, uniform_noise
-from utils.errors import NoiseError
+from utils.data.noise import (asymmetric_map, dataset_of, noise_kind, noise_problem, noise_rate, resolve_noisy_labels,
+                              uniform_noise)
+from utils.errors import NoiseError, SetupError
 
 CLEAN = np.random.default_rng(0).integers(0, 10, 20000)
 
@@ -79,3 +80,29 @@ def test_dataset_of_names():
     assert dataset_of('cifar100-2-0.35') == 'cifar100'
     assert dataset_of('cifar10n-worse') == 'cifar10'
     assert dataset_of('cifar100n-noisy') == 'cifar100'
+
+
+@pytest.mark.parametrize('noise_type, message', [
+    ('cifar10-1-0.33', r"unknown --noise_type 'cifar10-1-0.33'"),
+    ('cifar10-1-0.35-s9_U_0.3', r"cifar10-1-0.35-s9_U_0.3 adds noise to cifar10-1-0.35-s9, and unknown"),
+    ('cifar10-1-0.35-s9_U_0.3_A_0.2', r"adds noise to cifar10-1-0.35-s9_U_0.3, and cifar10-1-0.35-s9_U_0.3 adds"),
+    ('cifar10n-worse', r'needs CIFAR-10_human.pt'),
+    ('missing/labels.npy', r'noise file missing/labels.npy does not exist'),
+    # the noise of another dataset than --dataset: that, not the file the name would need, is the problem
+    ('cifar10n-worse --dataset cifar100', r'--noise_type cifar10n-worse is a noise of cifar10, and this run trains '
+                                          r'on cifar100: name a cifar100 noise'),
+])
+def test_a_noise_name_that_names_no_labels_is_refused_before_the_data_is_read(tmp_path, noise_type, message):
+    """Checked with the flags: training reads (or downloads, 170 MB) CIFAR before it resolves the labels."""
+    import train_CIFAR
+    argv = ['--noise_type', *noise_type.split(), '--data_root', str(tmp_path / 'no-data'), '--cifar_n_dir', str(tmp_path)]
+    with pytest.raises(SetupError, match=message):
+        train_CIFAR.config(argv)
+
+
+@pytest.mark.parametrize('noise_type', ['cifar10-1-0.35', 'cifar10-1-0.35_U_0.3', 'cifar10-U-0.4',
+                                        'cifar10-clean', 'cifar10-U-0.4_A_0.2', 'mine_U_0.3'])
+def test_names_that_name_labels_pass_the_check(tmp_path, noise_type):
+    (tmp_path / 'mine.npy').write_bytes(b'')  # a file in the noise folder: its content is checked with the data
+    assert noise_problem(noise_type, noise_dir=str(tmp_path)) is None
+    assert noise_kind('mine', str(tmp_path)) == 'noise file'

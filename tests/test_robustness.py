@@ -159,7 +159,8 @@ def test_labels_that_never_use_the_top_class_train_and_plot(tmp_path, digits):
 
 
 def test_unknown_noise_type(tmp_path, digits):
-    assert_refused(tmp_path, digits, ['--noise_type', 'digits-7-0.3'], ValueError, 'unknown --noise_type')
+    """Refused with the flags (SetupError), before the dataset is read."""
+    assert_refused(tmp_path, digits, ['--noise_type', 'digits-7-0.3'], SetupError, 'unknown --noise_type')
 
 
 @pytest.mark.parametrize('flag, value', [('--fp_encoder', 'DINO'), ('--diff_encoder', 'vgg')])

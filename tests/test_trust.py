@@ -374,6 +374,7 @@ def test_dataset_flag_names_the_dataset_of_any_noise_file(tmp_path, monkeypatch)
     import train_CIFAR
     write_cifar10(str(tmp_path / 'data'))
     monkeypatch.setattr(train_CIFAR, 'load_cifar', functools.partial(load_cifar, n_train=150))  # 200 images
+    np.save(tmp_path / 'my_noise.npy', np.zeros(150, np.int64))  # a noise file must exist to be named
     flags = ['--data_root', str(tmp_path / 'data'), '--noise_type', str(tmp_path / 'my_noise.npy')]
     splits = train_CIFAR.load_splits(train_CIFAR.config([*flags, '--dataset', 'cifar10']))
     assert splits.name == 'cifar10' and splits.n_class == 10

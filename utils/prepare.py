@@ -10,8 +10,7 @@ from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding
 from utils.data.noise import (
     OWN_LABELS,
     check_label_range,
-    dataset_of,
-    names_a_file,
+    noise_dataset_problem,
     noise_rate,
     resolve_noisy_labels,
 )
@@ -80,19 +79,10 @@ def check_split_labels(splits):
             check_label_range(labels, splits.n_class, f'{splits.name} {split} labels')
 
 
-# the in-memory datasets whose names begin noise names (cifar10-1-0.35, cifar100n-noisy, digits-U-0.4)
-NAMED_DATASETS = ('cifar10', 'cifar100', 'digits')
-
-
 def check_noise_is_for(noise_type, dataset):
-    """A noise name made for another dataset (cifar100-U-0.4 on CIFAR-10, CIFAR-10N on the digits) is
-    refused: its labels would be cut to this training set, or drawn over classes it does not have."""
-    if names_a_file(noise_type):
-        return  # a file: its length and classes are checked against the training set
-    made_for, dataset = dataset_of(noise_type), dataset_of(dataset)  # digits-sub200 (a test's subset): digits
-    if made_for in NAMED_DATASETS and dataset in NAMED_DATASETS and made_for != dataset:
-        raise SetupError(f'--noise_type {noise_type} is a noise of {made_for}, and this run trains on {dataset}: '
-                         f'name a {dataset} noise (e.g. {dataset}-U-0.4), or train on {made_for}')
+    problem = noise_dataset_problem(noise_type, dataset)
+    if problem:
+        raise SetupError(problem)
 
 
 def training_labels(cfg, splits):

@@ -132,21 +132,29 @@ def asymmetric_noise(labels, rate, mapping, rng):
 CIFAR_N_FIX = 'fetch it again from the CIFAR-N release (github.com/UCSC-REAL/cifar-10-100n)'
 
 
+def cifar_n_file(noise_type, search_dirs):
+    """The CIFAR-N label file a CIFAR-N name reads: the first of search_dirs holding it; None if none does."""
+    file_name = CIFAR_N_FILES[noise_type.split('-')[0]]
+    return next((os.path.join(folder, file_name) for folder in search_dirs
+                 if os.path.isfile(os.path.join(folder, file_name))), None)
+
+
+def cifar_n_missing(noise_type):
+    return (f'{noise_type} needs {CIFAR_N_FILES[noise_type.split("-")[0]]} (CIFAR-N, Wei et al. 2022): put it in '
+            f'{NOISE_DIR}/ or pass --cifar_n_dir DIR')
+
+
 def load_cifar_n(noise_type, n_train, n_class, search_dirs):
     """CIFAR-N human labels for the first n_train training images (the noisy-label split), checked."""
-    prefix = noise_type.split('-')[0]
-    file_name = CIFAR_N_FILES[prefix]
-    for folder in search_dirs:
-        path = os.path.join(folder, file_name)
-        if os.path.isfile(path):
-            table = load_torch(path, 'CIFAR-N label file', numpy_arrays=True)
-            labels = cifar_n_column(table, CIFAR_N_KEYS[noise_type], path, n_train)
-            try:
-                return check_labels(labels, n_train, n_class, f'{path} {CIFAR_N_KEYS[noise_type]!r}'), path
-            except NoiseError as exc:  # its message names the problem; the fix for this file is a fresh copy
-                raise NoiseError(f'{exc}; {CIFAR_N_FIX}') from None
-    raise NoiseError(f'{noise_type} needs {file_name} (CIFAR-N, Wei et al. 2022): put it in '
-                     f'{NOISE_DIR}/ or pass --cifar_n_dir DIR')
+    path = cifar_n_file(noise_type, search_dirs)
+    if path is None:
+        raise NoiseError(cifar_n_missing(noise_type))
+    table = load_torch(path, 'CIFAR-N label file', numpy_arrays=True)
+    labels = cifar_n_column(table, CIFAR_N_KEYS[noise_type], path, n_train)
+    try:
+        return check_labels(labels, n_train, n_class, f'{path} {CIFAR_N_KEYS[noise_type]!r}'), path
+    except NoiseError as exc:  # its message names the problem; the fix for this file is a fresh copy
+        raise NoiseError(f'{exc}; {CIFAR_N_FIX}') from None
 
 
 def cifar_n_column(table, key, path, n_train):
@@ -199,20 +207,86 @@ def names_a_file(noise_type):
     return noise_type.endswith('.npy') or os.sep in noise_type
 
 
+# the in-memory datasets whose names begin noise names (cifar10-1-0.35, cifar100n-noisy, digits-U-0.4)
+NAMED_DATASETS = ('cifar10', 'cifar100', 'digits')
+
+
+def noise_dataset_problem(noise_type, dataset):
+    """Why a noise name made for another dataset (cifar100-U-0.4 on CIFAR-10, CIFAR-10N on the digits) cannot
+    label `dataset`'s training images (None where it can): its labels would be cut to this training set, or
+    drawn over classes it does not have. A file is checked by its length and classes instead."""
+    if names_a_file(noise_type):
+        return None
+    made_for, dataset = dataset_of(noise_type), dataset_of(dataset)  # digits-sub200 (a test's subset): digits
+    if made_for in NAMED_DATASETS and dataset in NAMED_DATASETS and made_for != dataset:
+        return (f'--noise_type {noise_type} is a noise of {made_for}, and this run trains on {dataset}: '
+                f'name a {dataset} noise (e.g. {dataset}-U-0.4), or train on {made_for}')
+    return None
+
+
+def noise_kind(noise_type, noise_dir=NOISE_DIR):
+    """Which kind of the module docstring's list --noise_type names, in the order they are tried: 'path',
+    'published', 'noise file' (noise_dir/NAME.npy), 'cifar-n', 'clean', 'iid' or 'hybrid'; None for
+    none of them. The one place that order is decided: resolving and the up-front check both ask it."""
+    if names_a_file(noise_type):
+        return 'path'
+    if is_published(noise_type):
+        return 'published'
+    if os.path.isfile(os.path.join(noise_dir, noise_type + '.npy')):
+        return 'noise file'
+    if noise_type in CIFAR_N_KEYS:
+        return 'cifar-n'
+    return generated_kind(noise_type)
+
+
+def generated_kind(noise_type):
+    """'clean', 'iid' or 'hybrid' for the names of labels drawn here (whatever files exist), else None."""
+    if noise_type == f'{dataset_of(noise_type)}-clean':
+        return 'clean'
+    if IID_NAME.match(noise_type):
+        return 'iid'
+    return 'hybrid' if HYBRID_NAME.match(noise_type) else None
+
+
+def noise_problem(noise_type, noise_dir=NOISE_DIR, cifar_n_dirs=()):
+    """Why --noise_type names no labels that can be read or drawn (None where it does), known before any
+    data is read: a missing file, an unknown name, a CIFAR-N file not found, a hybrid's base that is none
+    of these. What needs the data (a file's length, the dataset's clean labels) is checked with it."""
+    kind = noise_kind(noise_type, noise_dir)
+    if kind == 'path' and not os.path.isfile(noise_type):
+        return f'noise file {noise_type} does not exist'
+    if kind == 'cifar-n' and cifar_n_file(noise_type, [noise_dir, *cifar_n_dirs]) is None:
+        return cifar_n_missing(noise_type)
+    if kind == 'hybrid':  # drawn on its base's labels: the base is checked, and named as the hybrid's
+        base = HYBRID_NAME.match(noise_type).group(1)
+        problem = noise_problem(base, noise_dir, cifar_n_dirs)
+        return problem and f'{noise_type} adds noise to {base}, and {problem}'
+    return unknown_noise(noise_type, noise_dir) if kind is None else None
+
+
+def unknown_noise(noise_type, noise_dir):
+    dataset = dataset_of(noise_type)
+    return (f'unknown --noise_type {noise_type!r}: no file {os.path.join(noise_dir, noise_type + ".npy")}, and not '
+            f'a generated name ({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
+            f'({", ".join(CIFAR_N_KEYS)}) or a published name (`python -m noisy_label.fetch --help` lists them). '
+            f'Other PMD files are made by `python -m noisy_label.make_noise pmd`.')
+
+
 def stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir):
     """(labels, source) read from a file: a path, a published name, noisy_label/NAME.npy or a CIFAR-N
     name; None where the name is none of these (then it names generated noise)."""
-    if names_a_file(noise_type):
+    kind = noise_kind(noise_type, noise_dir)
+    if kind == 'path':
         if not os.path.isfile(noise_type):
             raise NoiseError(f'noise file {noise_type} does not exist')
         return check_labels(load_label_file(noise_type), n, n_class, noise_type), f'file {noise_type}'
-    if is_published(noise_type):
+    if kind == 'published':
         path = published_noise_file(noise_type, noise_dir, inputs_dir)
         return check_labels(load_label_file(path), n, n_class, path), f'published file {path}'
-    path = os.path.join(noise_dir, noise_type + '.npy')
-    if os.path.isfile(path):
+    if kind == 'noise file':
+        path = os.path.join(noise_dir, noise_type + '.npy')
         return check_labels(load_label_file(path), n, n_class, path), f'file {path}'
-    if noise_type in CIFAR_N_KEYS:
+    if kind == 'cifar-n':
         labels, source = load_cifar_n(noise_type, n, n_class, [noise_dir, *cifar_n_dirs])
         return labels, f'CIFAR-N {source}'
     return None
@@ -225,30 +299,27 @@ def generated_labels(noise_type, n, clean_labels, n_class, seed, coarse_of_class
     dataset = dataset_of(noise_type)
     # Seeded by name too, so a hybrid's layer of noise is independent of its base's draws.
     rng = np.random.default_rng([seed, zlib.crc32(noise_type.encode())])
-    if noise_type == f'{dataset}-clean':
+    kind = generated_kind(noise_type)
+    if kind == 'clean':
         if clean_labels is None:
             raise NoiseError(f'{dataset} has no clean training labels')
         return np.asarray(clean_labels, dtype=np.int64), 'clean labels'
-    iid = IID_NAME.match(noise_type) or HYBRID_NAME.match(noise_type)
-    if iid is None:
-        raise NoiseError(
-            f'unknown --noise_type {noise_type!r}: no file {os.path.join(noise_dir, noise_type + ".npy")}, and not '
-            f'a generated name ({dataset}-U-0.4, {dataset}-A-0.3, <name>_U_0.3, {dataset}-clean) or a CIFAR-N name '
-            f'({", ".join(CIFAR_N_KEYS)}) or a published name (`python -m noisy_label.fetch --help` lists them). '
-            f'Other PMD files are made by `python -m noisy_label.make_noise pmd`.')
-    base, kind, rate = iid.group(1), iid.group(2), float(iid.group(3))
-    if IID_NAME.match(noise_type):
+    if kind not in ('iid', 'hybrid'):
+        raise NoiseError(unknown_noise(noise_type, noise_dir))
+    base, letter, rate = (IID_NAME if kind == 'iid' else HYBRID_NAME).match(noise_type).groups()
+    if kind == 'iid':
         if clean_labels is None:
             raise NoiseError(f'{noise_type} is drawn from clean labels, which {dataset} does not have')
         base_labels, base_source = np.asarray(clean_labels, dtype=np.int64), 'clean labels'
     else:
         base_labels, base_source = resolve_noisy_labels(base, n, clean_labels, n_class, seed, coarse_of_class,
                                                         noise_dir, cifar_n_dirs, inputs_dir)
-    if kind == 'U':
+    rate = float(rate)
+    if letter == 'U':
         labels = uniform_noise(base_labels, rate, n_class, rng)
     else:
         labels = asymmetric_noise(base_labels, rate, asymmetric_map(dataset, n_class, coarse_of_class), rng)
-    name = 'uniform' if kind == 'U' else 'asymmetric'
+    name = 'uniform' if letter == 'U' else 'asymmetric'
     return labels, f'{name} {rate} on {base_source} (seed {seed})'
 
 

@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from utils.data.noise import names_a_file
+from utils.data.noise import OWN_LABELS, names_a_file, noise_dataset_problem, noise_problem
 from utils.diff_encoders import DIFF_ENCODERS
 from utils.encoders.factory import HUB_ENCODERS
 from utils.errors import SetupError
@@ -112,6 +112,22 @@ def noise_rate_problems(noise_type):
     return problems
 
 
+def noise_type_problems(cfg):
+    """--noise_type naming no labels (a noise of another dataset than --dataset, a typo, a missing file or
+    CIFAR-N file, a hybrid on such a base), found before the dataset is read or downloaded. Not part of
+    config_problems: a saved run's config is not damaged because its noise file has moved since."""
+    noise_type = getattr(cfg, 'noise_type', None)
+    if not noise_type or noise_type == OWN_LABELS:
+        return []
+    dataset = getattr(cfg, 'dataset', None)  # the dataset the run trains on, where the command names it
+    mismatch = dataset and noise_dataset_problem(noise_type, dataset)
+    if mismatch:  # the real problem, before any file the name would need
+        return [mismatch]
+    cifar_n_dir = getattr(cfg, 'cifar_n_dir', None)
+    problem = noise_problem(noise_type, cifar_n_dirs=[cifar_n_dir] if cifar_n_dir else [])
+    return [problem] if problem else []
+
+
 def is_plain_name(name):
     return bool(name) and name not in ('.', '..') and os.sep not in name and '/' not in name \
         and not os.path.isabs(name)
@@ -164,6 +180,6 @@ def ignored_flag_problems(cfg):
 
 def check_config(cfg):
     """Refuse bad flags in one line, before any data is read."""
-    problems = config_problems(cfg) + limit_problems(cfg) + ignored_flag_problems(cfg)
+    problems = config_problems(cfg) + limit_problems(cfg) + ignored_flag_problems(cfg) + noise_type_problems(cfg)
     if problems:
         raise SetupError('; '.join(problems))
