@@ -3,6 +3,7 @@ runs wrote, a fresh run refuses anything else and a refused run leaves every fol
 image-file caches and the resume check see an image rewritten in place."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from conftest import subset
 from utils import engine
 from utils.engine import run
 from utils.errors import DatasetMissing, NoiseError, SetupError
-from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, read_record, write_run_file
+from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, dataset_fingerprints, read_record, write_run_file
+from utils.storage.loading import load_torch
+from utils.storage.saving import save_torch
 from utils.trainer import Trainer
 
 
@@ -301,8 +304,7 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
 
 def test_a_run_of_a_relative_csv_resumes_from_another_folder_naming_it_anew(tmp_path, monkeypatch):
     """The CSV's image paths are read relative to the CSV: named by another path from another folder, the
-    same images resume (the fingerprints check that they are the same; a class folder named by a relative
-    path gives relative image paths, which another folder does not find the same)."""
+    same images resume (the fingerprints check that they are the same)."""
     layouts.own_data(str(tmp_path / 'here' / 'own'), per_class=8, n_eval=2)
     monkeypatch.chdir(tmp_path / 'here')
     train = ['--train', 'own/labels.csv', '--val', str(tmp_path / 'here' / 'own' / 'val')]
@@ -364,3 +366,51 @@ def test_a_label_ranking_of_a_run_before_records_is_kept_not_taken_for_a_strange
     os.rename(os.path.join(run_dir, 'train_label_ranking.csv'), tmp_path / 'ranking.csv')
     summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2
+
+
+def test_class_folders_named_by_a_relative_path_or_moved_resume_and_other_images_do_not(tmp_path, monkeypatch):
+    """The fingerprints name each image within its split's folder: class folders given by a relative path
+    resume from another working folder, and a dataset copied elsewhere (a node's local disk; mtimes kept)
+    resumes from there; an image changed in the copy is refused. Before, both were refused as other images."""
+    layouts.own_data(str(tmp_path / 'here' / 'own'), per_class=8, n_eval=2)
+    monkeypatch.chdir(tmp_path / 'here')
+    train = ['--train', 'own/train', '--val', 'own/val']
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    monkeypatch.chdir(tmp_path)
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2', '--train', 'here/own/train',
+                                         '--val', 'here/own/val'])
+    assert summary['epochs'] == 2
+    shutil.copytree(tmp_path / 'here' / 'own', tmp_path / 'scratch' / 'own')  # copy2: mtimes kept
+    moved = ['--train', str(tmp_path / 'scratch' / 'own' / 'train'), '--val', str(tmp_path / 'scratch' / 'own' / 'val')]
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', *moved])
+    assert summary['epochs'] == 3
+    changed = next((tmp_path / 'scratch' / 'own' / 'train' / 'cat').iterdir())
+    changed.write_bytes(changed.read_bytes() + b'\0')
+    with pytest.raises(SetupError, match='the image files differ from those the run was made with'):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *moved])
+
+
+def test_a_run_whose_fingerprints_named_files_as_given_resumes_in_place_and_stays_so(tmp_path):
+    """Runs recorded before 'file paths' hashed each image's path as given: they resume where they are
+    (checked in their own form, which their checkpoints keep) and are refused where moved, as before."""
+    own = str(tmp_path / 'own')
+    layouts.own_data(own, per_class=8, n_eval=2)
+    train = ['--train', os.path.join(own, 'train'), '--val', os.path.join(own, 'val')]
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    splits = train_ImageFolder.load_splits(train_ImageFolder.config([*train, *own_flags(tmp_path)]))
+    as_given = dataset_fingerprints(splits, saved={'dataset': 'recorded before file paths'})
+    assert 'file paths' not in as_given and as_given['dataset'] != dataset_fingerprints(splits)['dataset']
+    for name in ('last.pt', 'best.pt'):
+        ckpt = load_torch(os.path.join(run_dir, name))
+        fingerprints = ckpt['data_info']['input_fingerprints']
+        fingerprints.pop('file paths')
+        fingerprints.update(as_given)
+        save_torch(ckpt, os.path.join(run_dir, name))
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2'])
+    assert summary['epochs'] == 2
+    kept = load_torch(os.path.join(run_dir, 'last.pt'))['data_info']['input_fingerprints']
+    assert 'file paths' not in kept and kept['dataset'] == as_given['dataset']
+    shutil.copytree(own, str(tmp_path / 'moved'))
+    with pytest.raises(SetupError, match='the dataset and the image files differ'):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', '--train', str(tmp_path / 'moved' / 'train'),
+                                '--val', str(tmp_path / 'moved' / 'val')])

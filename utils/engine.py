@@ -100,9 +100,10 @@ def run(cfg, load_splits):
         if ckpt is not None:
             splits = decoded_as_recorded(splits, ckpt['data_info'])
         checked = check_inputs(cfg, splits, device)
-    dataset = dataset_fingerprints(splits)
+    saved = ckpt['data_info'].get('input_fingerprints') if ckpt is not None else None
+    dataset = dataset_fingerprints(splits, saved)  # in the form the run recorded them
     if ckpt is not None:  # images or classes changed since: refused before any feature is extracted or cached
-        check_resume_inputs(ckpt['data_info'].get('input_fingerprints'), dataset, run_dir)
+        check_resume_inputs(saved, dataset, run_dir)
         check_same_classes(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:

@@ -22,7 +22,8 @@ from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
-from utils.storage.fingerprints import file_digest, files_fingerprint, paths_fingerprint, tensor_fingerprint
+from utils.storage.fingerprints import (file_digest, files_fingerprint, paths_fingerprint, tensor_fingerprint,
+                                        within_common_folder)
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import (atomic_write, owned_folder, partial_write_of, remove_files, save_json,
                                   sweep_partial_writes)
@@ -233,21 +234,33 @@ def check_resume_flags(cfg, ckpt, run_dir):
                             f'give at least that many')
 
 
-def dataset_fingerprints(splits):
+# how a run's fingerprints name its image files: by their path within their split's folder (within_common_folder),
+# recorded as 'file paths'; runs recorded before it named them by their paths as given, and are checked so
+WITHIN_SPLIT_FOLDER = "within each split's folder"
+
+
+def dataset_fingerprints(splits, saved=None):
     """What a resumed run must see again of its dataset, known before any feature is computed: the splits'
     content or paths and labels and, for image files, the files themselves (files_fingerprint: each one's
-    size and modification time). A resume is refused on these before its features are extracted."""
+    size and modification time). A resume is refused on these before its features are extracted. Files
+    are named within their split's folder, so that a dataset moved, or named by another path (a
+    relative one from another working folder, a copy on a node's local disk), resumes; a run whose
+    `saved` fingerprints named them as given is checked as it was made."""
+    as_given = bool(saved) and saved.get('file paths') != WITHIN_SPLIT_FOLDER
+    names = {split: splits.source(split) if splits.in_memory or as_given else within_common_folder(splits.source(split))
+             for split in ('train', 'val', 'test')}
     digest = hashlib.sha1(splits.name.encode())
     for split in ('train', 'val', 'test'):
-        content = splits.source(split)
-        digest.update((tensor_fingerprint(content) if splits.in_memory else paths_fingerprint(content)).encode())
+        digest.update((tensor_fingerprint(names[split]) if splits.in_memory else paths_fingerprint(names[split])).encode())
         labels = splits.labels(split) if split != 'train' else None
         if labels is not None:
             digest.update(tensor_fingerprint(labels).encode())
     found = {'dataset': digest.hexdigest()[:16]}
     if not splits.in_memory:  # kept apart from 'dataset', so runs recorded before it still resume
-        found['image files'] = hashlib.sha1(' '.join(files_fingerprint(splits.paths(s))
+        found['image files'] = hashlib.sha1(' '.join(files_fingerprint(splits.paths(s), None if as_given else names[s])
                                                      for s in ('train', 'val', 'test')).encode()).hexdigest()[:16]
+        if not as_given:
+            found['file paths'] = WITHIN_SPLIT_FOLDER
     return found
 
 
