@@ -99,7 +99,7 @@ def test_two_runs_do_not_share_the_default_encoder(work):
 def test_a_resume_refuses_flags_that_would_change_the_run(stopped_run, capsys):
     state = os.path.join(stopped_run, 'state.pt')
     before = open(state, 'rb').read()
-    code, err = refusal(['--resume', stopped_run, '--lr=0.1', '--temp', '0.2', '--output', 'other.pt',
+    code, err = refusal(['--resume', stopped_run, '--lr=0.1', '--temperature', '0.2', '--output', 'other.pt',
                          '--device', 'cpu'], capsys)
     assert code == 2 and err == (f"error: --resume {stopped_run}: these flags differ from the run's: --lr 0.1 "
                                  f'(run: default), --temperature 0.2 (run: 0.5); drop them or start a new run\n')

@@ -312,6 +312,16 @@ def test_a_usage_error_is_one_line_and_exit_2(command):
     assert result.stderr.startswith('error: ') and result.stderr.endswith('; --help lists the flags\n')
 
 
+@pytest.mark.parametrize('command', [['train_CIFAR.py', '--nepoc', '5'], ['-m', 'noisy_label.make_noise', 'pmd',
+                                                                      '--rat', '0.3']])
+def test_a_flag_is_matched_by_its_whole_name_not_a_prefix(command):
+    """argparse's default takes --nepoc for --nepoch: a typo would run, and a command recorded today would
+    change meaning once a flag sharing its prefix is added."""
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f'error: unrecognized arguments: {command[-2]} {command[-1]}; --help lists the flags\n'
+
+
 @pytest.mark.parametrize('error', [
     NoiseError('noise file x.npy is empty: save the labels with numpy.save'),
     DatasetMissing('CIFAR folder d is incomplete'),

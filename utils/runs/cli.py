@@ -33,7 +33,12 @@ DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quot
 
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line too (`--k x` printed the whole usage first); --help
-    still lists every flag."""
+    still lists every flag. A flag is matched by its whole name only: argparse would take `--nepoc` for
+    --nepoch, and a command line written today (a row of benchmarks.paper, a sidecar's recorded command)
+    would change meaning, or stop parsing, once a flag sharing that prefix is added."""
+
+    def __init__(self, *args, allow_abbrev=False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message):
         self.exit(REFUSAL_EXIT, f'error: {message}; --help lists the flags\n')
