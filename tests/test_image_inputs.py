@@ -330,6 +330,20 @@ def test_links_to_distinct_files_are_taken(tmp_path):
     assert splits.class_names == ['cat', 'dog'] and len(splits.train_paths) + len(splits.val_paths) == 6
 
 
+def test_tiff_and_gif_files_in_class_folders_are_images_notes_are_not(tmp_path):
+    """A scan's .tif and a .gif are images Pillow reads (16-bit TIFFs scaled: _eight_bit); a note is not."""
+    rng = np.random.default_rng(0)
+    for name, suffixes in (('cat', ('.tif', '.png', '.jpg')), ('dog', ('.TIFF', '.gif', '.bmp'))):
+        os.makedirs(tmp_path / name)
+        for i, suffix in enumerate(suffixes):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / name / f'{i}{suffix}')
+        (tmp_path / name / 'notes.txt').write_text('taken at noon')
+    splits = read_image_folder(str(tmp_path), val_fraction=1 / 3, log=lambda line: None)
+    listed = sorted(os.path.basename(p) for p in [*splits.train_paths, *splits.val_paths])
+    assert listed == ['0.TIFF', '0.tif', '1.gif', '1.png', '2.bmp', '2.jpg']
+    assert pixels(tmp_path / 'cat' / '0.tif').shape == (12, 12, 3)
+
+
 # ---- a folder where a file belongs ----------------------------------------------------------------
 
 def test_a_class_list_that_is_a_folder_is_refused_in_one_line(tmp_path, capsys):

@@ -15,7 +15,9 @@ from PIL import Image, ImageOps
 
 from utils.errors import DatasetMissing
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+# the files a class folder or predict's --folder lists as images (others there: notes, CSVs, sidecars).
+# TIFF (microscopy, scans, 16-bit sensors: _eight_bit) and GIF are Pillow's too, and were once passed over.
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 
 
 DOWNLOAD = 'Download the dataset and point the script at its folder.'
