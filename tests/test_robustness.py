@@ -200,8 +200,13 @@ def test_corrupt_checkpoint_is_named_on_resume(tmp_path, digits):
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
+    """A folder that holds no run is named as such; a run stopped before its first epoch ended, as that."""
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(SetupError, match='no last.pt'):
+    with pytest.raises(SetupError, match=r'empty holds no training run \(no last.pt, config.json or log.jsonl\); '
+                                         r'name the folder of a training run'):
+        run(demo_digits.config(['--resume', str(tmp_path / 'empty')]), lambda c: digits)
+    (tmp_path / 'empty' / 'log.jsonl').write_text('')
+    with pytest.raises(SetupError, match=r'no last.pt there \(no finished epoch yet\); start a new run'):
         run(demo_digits.config(['--resume', str(tmp_path / 'empty')]), lambda c: digits)
 
 

@@ -83,6 +83,9 @@ def load_run(run_dir, name='last.pt'):
             raise ResumeRefused(f'{run_dir} holds a {kind} run ({held}), not a training run; name the folder of '
                                 f'a training run')
     if not os.path.isfile(path):
+        if not any(os.path.exists(os.path.join(run_dir, mark)) for mark in (*KIND_MARKS['last.pt'], *LEFTOVERS)):
+            raise ResumeRefused(f'{run_dir} holds no training run (no {name}, config.json or log.jsonl); name the '
+                                f'folder of a training run (runs/<run_name>)')
         raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     ckpt = _upgraded(load_torch(path), path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
