@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 
 import pytest
 import torch
@@ -191,6 +192,7 @@ def test_a_row_run_from_another_folder_reads_and_writes_where_the_caller_is(tmp_
     (repo / 'fake_train.py').write_text(FAKE_SCRIPT)
     monkeypatch.setattr(paper, 'REPO', str(repo))  # the repository, standing apart from where the caller is
     monkeypatch.setattr(paper, 'ROWS', {'fake': Row('fake', 't', 'c', UNKNOWN, script, (), (), '')})
+    (here / 'fake_train.py').write_text('raise SystemExit("the caller\'s fake_train ran")\n')  # not the row's
     monkeypatch.chdir(here)
     assert paper.main(['--row', 'fake', '--seeds', '1', '--runs', '../../runs', '--', '--data_root', 'data']) == 0
     run = tmp_path / 'runs' / 'fake' / 's1'
@@ -204,6 +206,22 @@ def test_a_row_run_from_another_folder_reads_and_writes_where_the_caller_is(tmp_
     assert paper.main(['--row', 'fake', '--seeds', '1', '--runs', '../../runs', '--dry-run']) == 0
     assert f'[fake seed 1] finished before: {run}' in capsys.readouterr().out
     assert paper.parser().parse_args([]).runs == str(here / 'runs' / 'paper')  # the default too
+
+
+@pytest.mark.parametrize('safe_path', [True, False])  # python -P (3.11+); runpy from the repository before
+def test_a_module_rows_command_imports_the_repositorys_packages_not_the_callers(tmp_path, monkeypatch, safe_path):
+    """-m puts the folder it is typed in first on sys.path: a utils/ or benchmarks/ there would shadow the
+    repository's. The row's own command, asked for --help, imports its module from the repository."""
+    row = next(row for row in ROWS.values() if not row.script.endswith('.py'))
+    for package in ('utils', 'benchmarks'):  # the caller's decoys: importing either fails
+        (tmp_path / package).mkdir()
+        (tmp_path / package / '__init__.py').write_text(f'raise ImportError("the caller\'s {package}")\n')
+    monkeypatch.setattr(paper, 'SAFE_PATH', safe_path)
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run([*paper.script_command(row), '--help'], env=paper.script_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "the caller's" not in done.stderr, done.stderr
+    assert done.stdout.startswith('usage:') and row.script.split('.')[-1] in done.stdout
 
 
 def refusal(argv, capsys):
@@ -358,6 +376,39 @@ def test_the_device_command_replaces_in_ship_only_what_it_shipped(tmp_path, monk
     with pytest.raises(SetupError, match=f'holds paper_device.json, not shipped by a command with --out {tmp_path}/b'):
         paper_device.main(['--out', str(tmp_path / 'b'), *argv])
     assert (ship / 'notes.txt').read_text() == 'theirs\n'
+
+
+def old_ship(ship):
+    """A --ship as a version before shipped.json filled it: the same names, no record anywhere."""
+    for name in ('run/summary.json', 'run/config.json', 'run/log.jsonl', 'run/encoder.json', 'paper_device.json',
+                 'simclr_shards/manifest.json', 'simclr_shards/shard-000.pt'):
+        (ship / name).parent.mkdir(parents=True, exist_ok=True)
+        (ship / name).write_text('{}\n')
+
+
+def test_a_ship_folder_of_a_version_before_its_record_is_taken_when_it_holds_only_what_the_command_ships(
+        tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(None, commands))
+    out, ship = tmp_path / 'out', tmp_path / 'ship'
+    (out / 'logs').mkdir(parents=True)  # the --out that shipped it: used before, no record
+    old_ship(ship)
+    (ship / 'run' / 'notes.txt').write_text('theirs\n')
+    before = snapshot(ship)
+    argv = ['--out', str(out), '--ship', str(ship), '--smoke']
+    with pytest.raises(SetupError, match=r'holds run/notes.txt beside the files an earlier version of this command '
+                                         r'shipped without a record; move those away'):
+        paper_device.main(argv)
+    assert snapshot(ship) == before and not commands and os.listdir(out) == ['logs']
+    # a fresh --out shipped nothing anywhere: another's folder, refused as before
+    os.remove(ship / 'run' / 'notes.txt')
+    with pytest.raises(SetupError, match='holds run/summary.json, .*, not shipped by a command with --out'):
+        paper_device.main(['--out', str(tmp_path / 'fresh'), *argv[2:]])
+    assert paper_device.main(argv) == 0
+    recorded = json.load(open(out / paper_device.SHIP_RECORD))['ships'][str(ship)]
+    assert set(recorded) == set(paper_device.SHIPPED)
+    assert json.load(open(ship / 'paper_device.json'))['smoke'] is True  # replaced: the command's own now
+    assert paper_device.main(argv) == 0  # recorded: the same command goes on
 
 
 def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, tmp_path, capsys):

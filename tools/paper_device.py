@@ -18,7 +18,8 @@ whatever --nepoch says, so a run extended later equals one that ran 200 epochs a
 --ship DIR copies what comes back: run/ (summary.json, config.json, log.jsonl, the encoder's sidecar as
 encoder.json), simclr_shards/ (the encoder as fp16 shards, tools/shards.py: the next device run can
 go on from it) and paper_device.json (each stage: command, seconds, outcome). A file there that no
-command with this --out shipped is refused before any stage runs (--out/shipped.json records what was).
+command with this --out shipped is refused before any stage runs (--out/shipped.json records what was;
+a --ship filled by a version before that record is taken as this --out's where it holds only those files).
 A stage that fails, or inputs that are missing, make the command exit 1 once it has shipped; a stage
 cut off by the budget does not (the next command goes on from it).
 """
@@ -35,6 +36,7 @@ from tools.gpu_suite import find_cifar, run_command, tail
 from utils.errors import SetupError
 from utils.runs.checks import config_problems
 from utils.runs.cli import Parser, run_cli
+from utils.runs.folders import first_few, foreign_files
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import atomic_write, save_json
@@ -180,9 +182,37 @@ def check_ship(args):
     """Refuse, before any stage runs, a --ship holding files ship() would replace that this --out did not ship."""
     mine = shipped_before(args)
     foreign = [name for name in SHIPPED if name not in mine and occupied(args.ship, name)]
-    if foreign:
+    if foreign and kept_no_record(args):
+        adopt_ship(args, foreign)
+    elif foreign:
         raise SetupError(f'--ship {args.ship} holds {", ".join(foreign)}, not shipped by a command with --out '
                          f'{args.out}; choose another --ship (an empty folder), or move those away')
+
+
+def kept_no_record(args):
+    """Whether --out is a working folder of a version before SHIP_RECORD: used (run() makes logs/ first), no
+    record. Its --ship is then unrecorded, not foreign; a fresh --out has shipped nothing anywhere."""
+    return os.path.isdir(os.path.join(args.out, 'logs')) and not os.path.lexists(os.path.join(args.out, SHIP_RECORD))
+
+
+def adopt_ship(args, names):
+    """Take the --ship of a version before SHIP_RECORD as this --out's, recording `names`, where it holds
+    only what ship() writes (the same names then as now); anything else there says it is not ours alone."""
+    shard_files = [os.path.join('simclr_shards', name) for name in listing(os.path.join(args.ship, 'simclr_shards'))
+                   if name == shards.MANIFEST or shards.SHARD_NAME.fullmatch(name)]
+    others = foreign_files(args.ship, {*SHIPPED, *shard_files} - {'simclr_shards'})  # a folder, not a file
+    if others:
+        raise SetupError(f'--ship {args.ship} holds {first_few(others)} beside the files an earlier version of '
+                         f'this command shipped without a record; move those away to go on with it, or choose '
+                         f'another --ship (an empty folder)')
+    note_shipped(args, names)
+    print(f'--ship {args.ship}: shipped by an earlier version with --out {args.out}; now recorded in '
+          f'{os.path.join(args.out, SHIP_RECORD)}', flush=True)
+
+
+def listing(folder):
+    """The names in a folder; none in a link to one (foreign_files counts the link itself: not ours)."""
+    return os.listdir(folder) if os.path.isdir(folder) and not os.path.islink(folder) else []
 
 
 def occupied(folder, name):
