@@ -1,5 +1,7 @@
 """make_noise refuses bad flags before any work, names a hybrid by its seed, names every rate exactly, and
-writes over no file it did not write."""
+writes over no file it did not write, nor its own file of other settings, nor a name another make_noise is
+writing."""
+import fcntl
 import json
 import math
 import os
@@ -224,6 +226,9 @@ def test_an_unreachable_pmd_rate_is_one_line_and_writes_no_noise_file(tmp_path, 
     err = refusal(['pmd', '--dataset', 'digits', '--arch', 'small_cnn', '--nepoch', '1', '--rate', '0.999',
                    '--out_dir', str(tmp_path / 'noise'), '--cache_dir', str(cache)], capsys)
     assert err.startswith('error: PMD type 1: the closest realised rate') and err.count('\n') == 1
+    # the rates PMD reaches are the η classifier's: the refusal says how well it fits, and what trains it further
+    assert ('The η classifier (small_cnn, 1 epochs) fits the clean training labels at 100.0% (validation 0.0%)'
+            in err and '--nepoch' in err)
     assert not (tmp_path / 'noise').exists()
 
 
@@ -305,12 +310,19 @@ def test_the_first_file_in_the_way_is_named(tmp_path, capsys, no_work):
     assert 'cifar10-2-0.35-s0.npy already exists' in err and '_U_0.6' not in err
 
 
+def pmd_settings(*flags):
+    """The settings (make_noise.file_settings) of PMD_DIGITS's file, with `flags`."""
+    return make_noise.target_settings(make_noise.parsed([*PMD_DIGITS, *flags]))[0]
+
+
+FACTS = {'realised_rate': 0.9, 'requested_rate': 0.9}
+
+
 def test_a_file_put_in_the_way_during_the_work_is_not_written_over(tmp_path):
     # checked again with the writes: the η classifier may train for long after the first check
     (tmp_path / 'digits-1-0.90-s0.npy').write_bytes(b'my precious\n')
     with pytest.raises(SetupError, match='digits-1-0.90-s0.npy already exists'):
-        make_noise.write_noise(np.zeros(3), 'digits-1-0.90-s0', {'realised_rate': 0.9, 'requested_rate': 0.9},
-                               str(tmp_path), 'python -m noisy_label.make_noise pmd')
+        make_noise.write_noise(np.zeros(3), pmd_settings(), FACTS, str(tmp_path), f'{make_noise.COMMAND} pmd')
     assert (tmp_path / 'digits-1-0.90-s0.npy').read_bytes() == b'my precious\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-1-0.90-s0.npy']
 
@@ -330,12 +342,23 @@ def test_running_the_same_command_again_rewrites_its_own_files(tmp_path, digits)
     first = {name: np.load(out / f'{name}.npy') for name in names}
     for path in out.iterdir():
         os.utime(path, (0, 0))  # so that a rewrite shows
-    for argv in (pmd, on_top):
+    # the same commands again, their flags in another order, defaults and --device typed: the same settings
+    again = [*pmd[:3], *pmd[9:], *pmd[3:9], '--lr', '0.1', '--batch_size', '128', '--seed', '0', '--device', 'cpu']
+    for argv in (again, on_top):
         make_noise.main(argv)
     for name in names:  # rewritten, the same seed giving the same labels
         assert np.array_equal(np.load(out / f'{name}.npy'), first[name])
         assert all((out / f'{name}{ext}').stat().st_mtime > 0 for ext in ('.npy', '.json'))
         assert json.load(open(out / f'{name}.json'))['file'] == f'{name}.npy'
+    assert json.load(open(out / f'{names[1]}.json'))['settings'] == {
+        'command': 'hybrid', 'dataset': 'digits', 'rate': 0.3, 'seed': 0, 'n_train': None,  # digits: its own split
+        'base': 'digits-1-0.90-s0', 'kind': 'U'}
+    # another η classifier's labels are not written over these: refused before any work, named
+    before = {path: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(SetupError, match=r'already exists, made with other settings \(--batch_size 64 here, 128 there; '
+                                         r'--lr 0\.05 here, 0\.1 there\)'):
+        make_noise.main([*again, '--lr', '0.05', '--batch_size', '64', '--nepoch', '1'])
+    assert {path: path.read_bytes() for path in out.iterdir()} == before
     # labels changed in place beside make_noise's sidecar are the user's now: refused, left as they are
     edited = first[names[0]].copy()
     edited[:3] = (edited[:3] + 1) % 10
@@ -345,3 +368,142 @@ def test_running_the_same_command_again_rewrites_its_own_files(tmp_path, digits)
                                          f'{names[0]}.json records other contents\\)'):
         make_noise.main(pmd)
     assert (out / f'{names[0]}.npy').read_bytes() == before
+
+
+# ---- nor make_noise's own file of other settings ---------------------------------------------------------
+
+def test_the_settings_recorded_are_all_that_decide_a_pmd_files_labels():
+    assert make_noise.target_settings(make_noise.parsed(['pmd', '--type', '2', '--device', 'cpu'])) == [{
+        'command': 'pmd', 'dataset': 'cifar10', 'type': 2, 'rate': 0.35, 'seed': 0, 'n_train': 45000,
+        'arch': 'preact_resnet34', 'nepoch': 25, 'batch_size': 128, 'lr': 0.1}]
+
+
+def test_the_eta_cache_is_named_by_every_setting_that_decides_it(digits):
+    def tag(*flags):
+        return make_noise.eta_tag(make_noise.parsed([*PMD_DIGITS, *flags]), digits)
+    # the defaults keep the name caches had before: a cache of another --lr was read as the default's
+    assert tag('--lr', '0.1', '--batch_size', '128') == tag() == \
+        f'eta_digits_n{len(digits.train_clean)}_small_cnn_e1_s0'
+    assert len({tag(), tag('--lr', '0.05'), tag('--batch_size', '64'), tag('--seed', '1'), tag('--nepoch', '2')}) == 5
+
+
+def own_file(out, argv, drop=(), n=5, command=None):
+    """The .npy and sidecar make_noise writes for the (first) file of ARGV, `drop` left out of the sidecar
+    (as one written before it was recorded), the .npy older than the sidecar as when make_noise wrote it;
+    `command`: the argv the sidecar records instead (one today's make_noise may not parse). Returns the
+    .npy's path."""
+    settings = make_noise.target_settings(make_noise.parsed(argv))[0]
+    name = make_noise.file_name(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f'{name}.npy', np.zeros(n, dtype=np.int64))
+    side = {'file': f'{name}.npy', 'sha1': make_noise.file_digest(str(out / f'{name}.npy')), 'n': n,
+            'settings': settings, 'command': f'{make_noise.COMMAND} ' + ' '.join(command or argv)}
+    (out / f'{name}.json').write_text(json.dumps({k: v for k, v in side.items() if k not in drop}))
+    os.utime(out / f'{name}.npy', ns=(0, (out / f'{name}.json').stat().st_mtime_ns - 10 ** 9))
+    return out / f'{name}.npy'
+
+
+CIFAR_PMD = ['pmd', '--dataset', 'cifar10', '--type', '1', '--rate', '0.35']
+CIFAR_HYBRID = ['hybrid', '--dataset', 'cifar10', '--base', 'cifar10-1-0.35-s0', '--kind', 'U', '--rate', '0.3']
+
+
+@pytest.mark.parametrize('made, argv, said', [
+    (CIFAR_PMD, [*CIFAR_PMD, '--n_train', '20000'], '--n_train 20000 here, 45000 there'),
+    ([*CIFAR_PMD, '--arch', 'small_cnn'], CIFAR_PMD, '--arch preact_resnet34 here, small_cnn there'),
+    ([*CIFAR_PMD, '--nepoch', '5'], CIFAR_PMD, '--nepoch 25 here, 5 there'),
+    ([*CIFAR_PMD, '--lr', '0.05'], ['cifar10-set'], '--lr 0.1 here, 0.05 there'),  # the set's first file
+    (CIFAR_HYBRID, [*CIFAR_HYBRID, '--n_train', '40000'], '--n_train 40000 here, 45000 there'),
+    (['hybrid', '--dataset', 'cifar100', '--base', 'mybase', '--kind', 'U'], [*HYBRID, '--rate', '0.35'],
+     '--dataset cifar10 here, cifar100 there'),
+])
+def test_own_files_of_other_settings_are_refused_before_work(made, argv, said, tmp_path, capsys, no_work):
+    out = tmp_path / 'noise'
+    npy = own_file(out, made)
+    before = {path: path.read_bytes() for path in out.iterdir()}
+    err = refusal([*argv, *folders(argv[0], tmp_path)], capsys)
+    assert err.startswith(f'error: {npy} already exists, made with other settings (') and said in err
+    assert f'move it and {npy.stem}.json away, or choose another --out_dir' in err and err.count('\n') == 1
+    assert {path: path.read_bytes() for path in out.iterdir()} == before
+
+
+@pytest.mark.parametrize('made, argv', [
+    (CIFAR_PMD, ['pmd', '--rate', '0.35', '--lr', '0.1', '--type', '1', '--n_train', '45000', '--device', 'cpu']),
+    (CIFAR_PMD, ['cifar10-set']),  # the set's first file is the same command's
+    (CIFAR_HYBRID, [*CIFAR_HYBRID, '--inputs_dir', 'elsewhere']),  # a published base is the same from any folder
+    (['pmd', '--dataset', 'digits', '--n_train', '500'], ['pmd', '--dataset', 'digits']),  # digits: its own split
+])
+def test_the_same_settings_pass_whatever_flags_say_them(made, argv, tmp_path, no_work):
+    own_file(tmp_path / 'noise', made)
+    with pytest.raises(AssertionError, match='data was read'):  # no_work's stand-in: every check passed
+        make_noise.main([*argv, *folders(argv[0], tmp_path)])
+
+
+@pytest.mark.parametrize('made, argv, said', [  # sidecars from before settings were recorded: their command's
+    (CIFAR_PMD, ['pmd', '--type', '1'], None),
+    ([*CIFAR_PMD, '--n_train', '20000'], CIFAR_PMD, 'made with other settings (--n_train 45000 here, 20000 there)'),
+    ([*CIFAR_PMD, '--epochs', '25'], CIFAR_PMD, 'whose settings cannot be told'),  # --nepoch's old name
+    ([*CIFAR_PMD, '--rate', '0.351'], CIFAR_PMD, 'whose settings cannot be told'),  # names another file today
+])
+def test_an_old_sidecars_settings_are_read_from_its_command(made, argv, said, tmp_path, capsys, no_work):
+    own_file(tmp_path / 'noise', CIFAR_PMD, drop=('settings',), command=made)  # cifar10-1-0.35-s0, by `made`
+    if said is None:
+        with pytest.raises(AssertionError, match='data was read'):
+            make_noise.main([*argv, *folders(argv[0], tmp_path)])
+    else:
+        err = refusal([*argv, *folders(argv[0], tmp_path)], capsys)
+        assert said in err and err.count('\n') == 1 and 'move it and cifar10-1-0.35-s0.json away' in err
+
+
+@pytest.mark.parametrize('change, said', [  # sidecars from before sha1s were recorded (nor settings)
+    (None, None),
+    ('edited', 'changed since make_noise wrote it: it is newer than cifar10-1-0.35-s0.json, which is from before'),
+    ('shorter', 'not the 5 labels cifar10-1-0.35-s0.json records'),
+])
+def test_an_old_sidecar_without_sha1_keeps_what_it_can_check(change, said, tmp_path, capsys, no_work):
+    out = tmp_path / 'noise'
+    npy = own_file(out, CIFAR_PMD, drop=('settings', 'sha1'))
+    if change == 'edited':  # labels changed in place: the file is newer than its sidecar
+        np.save(npy, np.ones(5, dtype=np.int64))
+    elif change == 'shorter':  # and its time set back: the length still tells
+        mtime = npy.stat().st_mtime_ns
+        np.save(npy, np.zeros(4, dtype=np.int64))
+        os.utime(npy, ns=(0, mtime))
+    if said is None:
+        with pytest.raises(AssertionError, match='data was read'):
+            make_noise.main([*CIFAR_PMD, *folders('pmd', tmp_path)])
+    else:
+        err = refused_over([*CIFAR_PMD, *folders('pmd', tmp_path)], tmp_path, capsys, {})
+        assert err.startswith(f'error: {npy} already exists (') and said in err
+
+
+# ---- nor a name another make_noise is writing ------------------------------------------------------------
+
+def test_a_second_writer_of_a_name_is_refused_in_one_line_naming_the_first(tmp_path):
+    out, first = str(tmp_path), f'{make_noise.COMMAND} pmd --first'
+    with make_noise.name_lock(out, 'digits-1-0.90-s0', first):
+        with pytest.raises(SetupError) as refused:
+            make_noise.write_noise(np.zeros(3), pmd_settings(), FACTS, out, f'{make_noise.COMMAND} pmd --second')
+        said = str(refused.value)
+        assert f'digits-1-0.90-s0.npy is being written by another make_noise right now (pid {os.getpid()}: {first})' \
+               in said and 'wait for it to finish and run again, or choose another --out_dir' in said
+        assert '\n' not in said and sorted(p.name for p in tmp_path.iterdir()) == ['.digits-1-0.90-s0.lock']
+    assert list(tmp_path.iterdir()) == []  # its holder removed the lock file
+
+
+def test_the_check_before_the_write_is_made_under_the_lock(tmp_path, monkeypatch):
+    checked, check = [], make_noise.check_may_write
+
+    def check_held(out_dir, targets):
+        fd = os.open(os.path.join(out_dir, '.digits-1-0.90-s0.lock'), os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # another process could not take it now
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        checked.append(targets)
+        check(out_dir, targets)
+    monkeypatch.setattr(make_noise, 'check_may_write', check_held)
+    (tmp_path / '.digits-1-0.90-s0.lock').write_text('pid 1: a make_noise killed while writing')  # stale
+    make_noise.write_noise(np.zeros(3), pmd_settings(), FACTS, str(tmp_path), f'{make_noise.COMMAND} pmd')
+    assert checked == [[pmd_settings()]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-1-0.90-s0.json', 'digits-1-0.90-s0.npy']
