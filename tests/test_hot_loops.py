@@ -20,7 +20,7 @@ from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.runtime.graphs import store_frozen_bf16
 from utils.schedule import learning_rate
 from utils.storage import saving as io
-from utils.storage.loading import load_torch
+from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import BackgroundSaves, save_torch
 from utils.trainer import clip_groups, new_trainer
 
@@ -162,9 +162,13 @@ def test_background_saves_arrive_whole_and_in_order(tmp_path, monkeypatch):
     saves.pool.shutdown()
 
 
-def test_a_run_keeps_every_epochs_seconds_with_the_first_apart(tmp_path, digits):
+def test_a_run_keeps_every_epochs_seconds_with_the_first_apart(tmp_path, digits, capsys):
     flags = ('--nepoch', '4', '--warmup_epochs', '1', '--eval_every', '1', '--n_samples', '0')
     summary, run_dir = engine.run(digits_cfg(tmp_path, *flags), lambda c: subset(digits, 200, 40))
+    # the log's summary line leaves each epoch's seconds to summary.json, which keeps them all
+    line = [row for row in capsys.readouterr().out.splitlines() if row.startswith('summary: ')][-1]
+    assert '"per_epoch"' not in line and '"train_per_warm_epoch"' in line and line.endswith('summary.json)')
+    assert load_json(os.path.join(run_dir, 'summary.json'))['seconds']['per_epoch'] == summary['seconds']['per_epoch']
     seconds = summary['seconds']
     per_epoch = seconds['per_epoch']
     assert [r['epoch'] for r in per_epoch] == [0, 1, 2, 3]

@@ -147,8 +147,15 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
     summary.update(finish_outputs(trainer, data, splits, run_dir))
     summary['seconds']['outputs'] = round(time.time() - started, 2)
     save_json(summary, os.path.join(run_dir, 'summary.json'))
-    print('summary: ' + json.dumps(summary))
+    print('summary: ' + json.dumps(printed_summary(summary)) + f' (in full: {os.path.join(run_dir, "summary.json")})')
     return summary, run_dir
+
+
+def printed_summary(summary):
+    """The summary as the log line shows it: without each epoch's seconds (a line of kilobytes at 200 epochs),
+    which summary.json keeps."""
+    seconds = {k: v for k, v in summary.get('seconds', {}).items() if k != 'per_epoch'}
+    return {**summary, 'seconds': seconds} if 'seconds' in summary else summary
 
 
 def trial_trainer(splits, device):
