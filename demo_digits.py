@@ -6,7 +6,8 @@ Runs the real pipeline (noise → f_p features → kNN retrieval → diffusion t
 evaluation) on data that `pip install -r requirements.txt` already brings, in about 20 seconds on
 two idle CPU cores, and prints the accuracy of the noisy labels next to the accuracy LRA-diffusion
 reaches on the clean test split. Any training flag can be added (e.g. --nepoch 60). It writes its run
-folder under ./runs/demo and its feature cache under ./cache/demo (about 60 MB; --out_dir, --cache_dir).
+folder under ./runs/demo (about 40 MB: two checkpoints) and its feature cache under ./cache/demo (about
+22 MB); --out_dir and --cache_dir move them.
 """
 from train_CIFAR import RECIPES  # the digits stand in for CIFAR: the same protocol, held in memory
 from utils.data.digits import load_digits_splits
