@@ -17,7 +17,6 @@ from utils.runs.config import parse_config
 
 DEFAULTS = dict(
     script='demo_digits.py',
-    dataset='digits',            # what it trains on, for a noise of another dataset to be refused up front
     noise_type='digits-U-0.4',   # 40% uniform noise on the 1,197 training digits
     fp_encoder='raw',            # no pre-trained encoder offline: normalised pixels as f_p
     diff_encoder='fp_mlp',

@@ -106,3 +106,15 @@ def test_names_that_name_labels_pass_the_check(tmp_path, noise_type):
     (tmp_path / 'mine.npy').write_bytes(b'')  # a file in the noise folder: its content is checked with the data
     assert noise_problem(noise_type, noise_dir=str(tmp_path)) is None
     assert noise_kind('mine', str(tmp_path)) == 'noise file'
+
+
+def test_the_digits_demo_refuses_the_flags_of_a_dataset_it_does_not_read():
+    """The demo trains on the digits whatever --dataset says: it says so, rather than ignoring the flag
+    (or refusing its digits noise as a noise of another dataset)."""
+    import demo_digits
+    with pytest.raises(SetupError, match=r"^--dataset does not apply to demo_digits.py, which trains on scikit-learn's "
+                                         r"bundled digits; drop it \(train_CIFAR.py reads it\); --data_root does not"):
+        demo_digits.config(['--dataset', 'cifar10', '--data_root', 'x'])
+    with pytest.raises(SetupError, match=r'^--noise_type cifar10-U-0.4 is a noise of cifar10, and this run trains on '
+                                         r'digits: name a digits noise'):  # its dataset is the script's
+        demo_digits.config(['--noise_type', 'cifar10-U-0.4'])

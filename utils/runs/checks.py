@@ -25,6 +25,9 @@ MAX_IMAGE_SIZE = 1024
 # stochastic samples per image: its class frequencies resolve 1/N, and each batch is repeated N times in
 # memory (10^11 had trained a whole run, then failed allocating 768 TB for its outputs)
 MAX_N_SAMPLES = 10000
+# scripts whose dataset is fixed and installed with the requirements (its name, what it is): the in-memory data
+# flags say nothing to them
+BUNDLED_DATA = {'demo_digits.py': ('digits', "scikit-learn's bundled digits")}
 # a rate inside a generated noise name: <dataset>-U-0.4, <name>_A_0.3
 NOISE_RATE = re.compile(r'[-_]([UA])[-_]([^_]+)')
 
@@ -119,7 +122,9 @@ def noise_type_problems(cfg):
     noise_type = getattr(cfg, 'noise_type', None)
     if not noise_type or noise_type == OWN_LABELS:
         return []
-    dataset = getattr(cfg, 'dataset', None)  # the dataset the run trains on, where the command names it
+    # the dataset the run trains on, where the script or the command names it
+    script = getattr(cfg, 'script', None)
+    dataset = BUNDLED_DATA[script][0] if script in BUNDLED_DATA else getattr(cfg, 'dataset', None)
     mismatch = dataset and noise_dataset_problem(noise_type, dataset)
     if mismatch:  # the real problem, before any file the name would need
         return [mismatch]
@@ -172,6 +177,10 @@ def ignored_flag_problems(cfg):
     if 'k' in given and getattr(cfg, 'k_choices', None):
         problems.append(f'--k applies only without --k_choices (they choose the run\'s k among '
                         f'{" ".join(map(str, cfg.k_choices))}); drop one of them')
+    if getattr(cfg, 'script', None) in BUNDLED_DATA:  # its data comes with scikit-learn: nothing to find or fetch
+        problems += [f'--{flag} does not apply to {cfg.script}, which trains on {BUNDLED_DATA[cfg.script][1]}; drop it '
+                     f'(train_CIFAR.py reads it)' for flag in ('dataset', 'data_root', 'download', 'cifar_n_dir')
+                     if flag in given]
     if 'val_fraction' in given and getattr(cfg, 'val', None):
         problems.append('--val_fraction applies only without --val (it carves the validation images out of '
                         '--train); drop one of them')
