@@ -190,6 +190,10 @@ def test_one_pretraining_per_folder(tmp_path):
     try:
         with pytest.raises(SetupError, match='in use by another run right now'):
             pretrain_SimCLR.main(['--resume', str(run_dir), '--device', 'cpu'])
+        # a fresh run there is not sent to --resume, which that run refuses while it goes on
+        with pytest.raises(SetupError, match=r'digits_resnet18 holds a run that is running right now; choose another '
+                                             r'--out_dir, or wait for it to finish$'):
+            pretrain_SimCLR.main(TINY + ['--nepoch', '1', '--out_dir', str(tmp_path / 'a'), '--output', str(tmp_path / 'b.pt')])
     finally:
         claim.release()
     assert not (tmp_path / 'b.pt').exists()

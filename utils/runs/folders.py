@@ -507,6 +507,9 @@ def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
     if not os.path.isdir(run_dir):
         raise SetupError(f'{run_dir} is a file, not a run folder; choose another {other}')
     if os.path.exists(os.path.join(run_dir, checkpoint)):
+        if lock_is_held(run_dir):  # --resume would be refused too, while that run goes on
+            raise SetupError(f'{run_dir} holds a run that is running right now; choose another {other}, or wait '
+                             f'for it to finish')
         raise SetupError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
                          f'another {other}')
     for held, kind in RUN_KINDS.items():
@@ -526,6 +529,22 @@ def check_fresh_folder(run_dir, checkpoint='last.pt', other='--run_name'):
         raise SetupError(f'{run_dir} holds a finished run ({FINISHED}; its {checkpoint} was removed); choose '
                          f'another {other}, or move that run away')
     return files
+
+
+def lock_is_held(run_dir):
+    """Whether a run holds run_dir's lock (RunClaim) now. Asked with a shared lock, let go at once: a run
+    claiming the folder in that instant is refused as if another run held it, and can simply run again."""
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: no run holds the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # closing lets go of a lock taken here
 
 
 def write_run_file(obj, run_dir, name):
