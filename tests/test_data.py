@@ -73,6 +73,16 @@ def test_download_failure_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(utils.data.cifar, '_download_cifar', offline)
     with pytest.raises(DatasetMissing, match='could not be downloaded.*--data_root'):
         load_cifar('cifar10', str(tmp_path), download=True)
+    assert os.path.isdir(tmp_path)  # the user's folder stays
+
+    def partial(name, root):  # as torchvision does: the folder made, an archive begun, then the network fails
+        os.makedirs(root)
+        open(os.path.join(root, 'cifar-10-python.tar.gz'), 'wb').write(b'partial')
+        offline(name, root)
+    monkeypatch.setattr(utils.data.cifar, '_download_cifar', partial)
+    with pytest.raises(DatasetMissing, match='could not be downloaded'):
+        load_cifar('cifar10', str(tmp_path / 'typo' / 'data'), download=True)  # a mistyped --data_root
+    assert os.listdir(tmp_path) == []  # leaves no folder behind
 
 
 def test_digits_splits_are_disjoint_uint8_images():
