@@ -110,4 +110,4 @@ def test_the_file_training_benchmark_gives_weights_only_to_the_networks_a_run_bu
     assert weights(['--fp_encoder', 'CLIP', '--diff_encoder', 'fp_mlp'], 'f') == []
     for extra in ([], ['--fp_encoder', 'CLIP', '--diff_encoder', 'fp_mlp'], ['--recipe', 'improved']):
         argv = ['--clothing1m_root', 'r', *weights(extra, 'f'), *extra]
-        assert train_Clothing1M.config(argv).clothing1m_root == 'r'  # every flag for a network the run builds
+        assert train_Clothing1M.config(argv).clothing1m_root == os.path.abspath('r')  # every flag for a network the run builds

@@ -10,6 +10,7 @@ import pytest
 from test_trust import cfg_for
 
 import demo_digits
+import predict
 import train_CIFAR
 import train_ImageFolder
 from benchmarks import layouts
@@ -18,7 +19,7 @@ from utils import engine
 from utils.engine import run
 from utils.errors import DatasetMissing, NoiseError, SetupError
 from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, dataset_fingerprints, read_record, write_run_file
-from utils.storage.loading import load_torch
+from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import save_torch
 from utils.trainer import Trainer
 
@@ -302,20 +303,34 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '3'])
 
 
-def test_a_run_of_a_relative_csv_resumes_from_another_folder_naming_it_anew(tmp_path, monkeypatch):
-    """The CSV's image paths are read relative to the CSV: named by another path from another folder, the
-    same images resume (the fingerprints check that they are the same)."""
+def test_a_run_made_with_relative_paths_resumes_and_predicts_from_another_folder(tmp_path, monkeypatch):
+    """A new run records where its inputs lie as absolute paths: from another working folder it resumes and
+    is predicted with no data flag, and its ranking CSV names images that are there. A run recorded with a
+    relative path (before) is named anew from there: the CSV's image paths are read relative to the CSV,
+    and the fingerprints check that they are the same images."""
     layouts.own_data(str(tmp_path / 'here' / 'own'), per_class=8, n_eval=2)
     monkeypatch.chdir(tmp_path / 'here')
-    train = ['--train', 'own/labels.csv', '--val', str(tmp_path / 'here' / 'own' / 'val')]
-    stay = own_flags(tmp_path, '--nepoch', '1')
-    _, run_dir = train_ImageFolder.main([*train, *stay])
+    train = ['--train', 'own/labels.csv', '--val', 'own/val']
+    _, run_dir = train_ImageFolder.main([*train, *own_flags(tmp_path, '--nepoch', '1')])
+    assert load_json(os.path.join(run_dir, 'config.json'))['train'] == str(tmp_path / 'here' / 'own' / 'labels.csv')
     os.makedirs(tmp_path / 'elsewhere')
     monkeypatch.chdir(tmp_path / 'elsewhere')
-    with pytest.raises(DatasetMissing, match='training images not found: own/labels.csv'):
-        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2'])
-    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2', '--train', '../here/own/labels.csv'])
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2
+    with open(os.path.join(run_dir, 'train_label_ranking.csv')) as f:
+        assert all(os.path.isfile(row.split(',')[0]) for row in f.read().splitlines()[1:])
+    assert predict.main([run_dir, '--split', 'test'])['n'] == 8
+    for name in ('last.pt', 'best.pt'):  # as a run recorded before: the relative spelling it was given
+        ckpt = load_torch(os.path.join(run_dir, name))
+        ckpt['config']['train'] = 'own/labels.csv'
+        save_torch(ckpt, os.path.join(run_dir, name))
+    with pytest.raises(DatasetMissing, match='training images not found: own/labels.csv'):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3'])
+    summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', '--train', '../here/own/labels.csv'])
+    assert summary['epochs'] == 3
+    # config.json keeps the run's first record, and says what each resume gave
+    resumes = load_json(os.path.join(run_dir, 'config.json'))['resumes']
+    assert resumes[-1]['given'] == {'nepoch': 3, 'resume': run_dir, 'train': '../here/own/labels.csv'}
 
 
 def test_a_run_folder_of_a_version_before_records_resumes_and_is_recorded(tmp_path, small):

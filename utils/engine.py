@@ -231,7 +231,7 @@ def epoch_timing(epoch_times):
 
 def write_config(run_dir, cfg, info, device, ckpt):
     """config.json: the run's resolved flags and data facts. A resumed run keeps what the original
-    run recorded and adds one entry per resume (where it continued, on which device)."""
+    run recorded and adds one entry per resume (where it continued, on which device, the flags given)."""
     path = os.path.join(run_dir, 'config.json')
     here = {'device_name': device_description(device), 'world_size': distributed.world_size()}
     config = {**recorded_config(cfg), **info, **here}
@@ -239,7 +239,10 @@ def write_config(run_dir, cfg, info, device, ckpt):
         original = load_json(path)  # unreadable: the fresh record replaces it
         if original:
             before = original.get('resumes')
-            this = {'after_epoch': ckpt['epoch'], **here, 'command_line_flags': getattr(cfg, 'command_line_flags', None)}
+            given = getattr(cfg, 'command_line_flags', None)
+            # with their values: a resume may name its data anew (a moved dataset), which last.pt now holds
+            values = {name: value for name, value in recorded_config(cfg).items() if name in (given or ())}
+            this = {'after_epoch': ckpt['epoch'], **here, 'command_line_flags': given, 'given': values}
             config = {**original, 'resumes': (before if isinstance(before, list) else []) + [this]}
     save_json(config, path)
 

@@ -11,9 +11,11 @@ The flag names and meanings of the authors' scripts are kept (`--noise_type`, `-
 `--ddim_n_step`, `--fp_encoder`, `--CLIP_type`, `--diff_encoder`).
 """
 import argparse
+import os
 import sys
 
 from model_diffusion import BETA_SCHEDULES
+from utils.data.noise import names_a_file
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 from utils.encoders.clip import CLIP_TOWERS
 from utils.encoders.factory import FP_ENCODERS
@@ -308,11 +310,34 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
         cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
         cfg.cuda_graph = cuda_graph_mode(cfg)  # after the recipe: it depends on the networks the step runs
     check_config(cfg)
+    if not cfg.resume:  # a resumed run keeps what it recorded (its fingerprints were taken of those spellings)
+        absolute_data_paths(cfg)
     cfg.freeze()
     if cfg.print_config:
         print(config_table(cfg, parser, defaults))
         sys.exit(0)
     return cfg
+
+
+# flags naming where a run's inputs lie (every *_root flag too); the keywords some take are kept as they are
+DATA_PATH_FLAGS = ('data_root', 'cifar_n_dir', 'inputs_dir', 'clip_download_root', 'train', 'val', 'test', 'classes',
+                   'imagenet_val_labels', 'subset_list', 'subset_labels')
+PATH_KEYWORDS = {'subset_list': ('cc_select', 'all')}
+
+
+def absolute_data_paths(cfg):
+    """A new run records where its inputs lie as absolute paths (checked first in the spelling given): a
+    relative one would mean another folder to predict.py or a resume typed elsewhere, and the ranking CSV
+    would name its images relative to a folder it does not record. A --noise_type file and an
+    --fp_checkpoint that is a file (not a hub name) likewise."""
+    for name, value in vars(cfg).items():
+        if (name in DATA_PATH_FLAGS or name.endswith('_root')) and isinstance(value, str) and value \
+                and value not in PATH_KEYWORDS.get(name, ()):
+            setattr(cfg, name, os.path.abspath(value))
+    if getattr(cfg, 'noise_type', None) and names_a_file(cfg.noise_type):
+        cfg.noise_type = os.path.abspath(cfg.noise_type)
+    if getattr(cfg, 'fp_checkpoint', None) and os.path.isfile(cfg.fp_checkpoint):
+        cfg.fp_checkpoint = os.path.abspath(cfg.fp_checkpoint)
 
 
 def value_source(cfg, name, defaults):
