@@ -35,7 +35,6 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 from utils.data.cifar import load_named
 from utils.data.images import channels_last
@@ -48,6 +47,7 @@ from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter, given_flags
 from utils.runs.folders import RunClaim, check_writable, same_file
 from utils.runtime.devices import device_description, resolve_device
+from utils.runtime.progress import print_line, progress_bar
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
 from utils.runtime.signals import StopSignals
 from utils.storage.loading import load_json, load_torch
@@ -521,14 +521,14 @@ def train_epochs(trainer, args, run_dir):
     first = trainer.epoch
     state_path = os.path.join(run_dir, 'state.pt')
     with EpochStop() as stop:
-        for _ in tqdm(range(trainer.epoch, args.nepoch), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
-                      total=args.nepoch):
+        for _ in progress_bar(range(trainer.epoch, args.nepoch), desc=f'SimCLR {args.arch}', initial=trainer.epoch,
+                              total=args.nepoch):
             record = run_epoch(trainer, args, first)
             knn_acc = record.get('knn_acc', knn_acc)
             trainer.elapsed = time.time() - started
             record['minutes'] = round(trainer.elapsed / 60, 3)
             if 'knn_acc' in record:
-                tqdm.write(f'epoch {trainer.epoch}  loss {record["loss"]:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
+                print_line(f'epoch {trainer.epoch}  loss {record["loss"]:.4f}  kNN top-1 {100 * knn_acc:.2f}%  '
                            f'{record["minutes"]:.1f} min')
             trainer.history.append(record)
             append_jsonl(record, os.path.join(run_dir, 'log.jsonl'))

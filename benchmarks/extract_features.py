@@ -109,9 +109,9 @@ CHUNK = 1000  # images per saved part: an interrupted extraction resumes from th
 
 def encode_in_parts(encoder, images, batch_size, parts_dir, split):
     """Features of one split, computed in parts saved under parts_dir (reused when the command is rerun)."""
-    from tqdm import tqdm
+    from utils.runtime.progress import progress_bar
     chunks = []
-    for start in tqdm(range(0, len(images), CHUNK), desc=f'{split} {encoder.resolution}px', leave=False):
+    for start in progress_bar(range(0, len(images), CHUNK), desc=f'{split} {encoder.resolution}px', leave=False):
         part = images[start:start + CHUNK]
         path = os.path.join(parts_dir, f'{split}_{start:06d}.npy')
         if os.path.isfile(path):

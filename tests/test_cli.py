@@ -1,10 +1,12 @@
 """The command line a researcher sees first: --help of every script, the README's flag table and its
 own-data example."""
 import csv
+import io
 import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ import train_Food101N
 import train_ImageFolder
 import train_WebVision
 from utils.runs.config import build_parser
+from utils.runtime import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_SCRIPTS = (train_Food101N, train_Clothing1M, train_WebVision, train_ImageFolder)
@@ -107,3 +110,19 @@ def test_the_readme_own_data_example_runs_as_written_and_ranks_the_mislabelled_f
     assert len(rows) == 120 and len(mislabelled) == 24
     first = [os.path.basename(r['path']) in mislabelled for r in rows]
     assert sum(first[:24]) == 24, first[:30]
+
+
+def test_a_bar_written_to_a_log_is_a_line_a_minute_not_ten_a_second(monkeypatch, capsys):
+    """To a file (a cluster job's log) tqdm keeps every redraw; progress_bar writes its first and last."""
+    log = io.StringIO()
+    monkeypatch.setattr(sys, 'stderr', log)
+    for _ in progress.progress_bar(range(30), desc='epoch'):
+        time.sleep(0.01)  # 0.3 s: tqdm's own 0.1 s interval would draw several times
+    assert log.getvalue().count('\r') == 2 and '30/30' in log.getvalue()
+    progress.print_line('epoch 1  loss 0.5')
+    assert capsys.readouterr().out == 'epoch 1  loss 0.5\n'  # the log's line, as print() writes it
+
+
+def test_a_bar_on_a_terminal_is_redrawn_as_tqdm_draws_it(monkeypatch):
+    monkeypatch.setattr(progress, 'to_terminal', lambda stream=None: True)
+    assert progress.progress_bar(range(3), file=io.StringIO()).mininterval == 0.1

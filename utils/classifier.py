@@ -8,10 +8,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from utils.data.images import channels_last, normalize_images, random_crop_flip
 from utils.networks import CLASSIFIERS
+from utils.runtime.progress import progress_bar
 
 
 def build_classifier(arch, n_class):
@@ -65,7 +65,7 @@ def fit_classifier(images, labels, n_class, mean, std, arch='preact_resnet34', e
     if state is not None:
         first, history, best = _restore(state, model, opt, device)
         started -= history[-1]['elapsed_s'] if history else 0.0
-    for epoch in tqdm(range(first, epochs), desc=f'{arch}', disable=not progress, initial=first, total=epochs):
+    for epoch in progress_bar(range(first, epochs), desc=arch, disable=not progress, initial=first, total=epochs):
         model.train()
         order = torch.randperm(len(images), device=device)
         for i in range(steps_per_epoch):

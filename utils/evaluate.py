@@ -6,11 +6,11 @@ they differ only in where each batch's (x, f_p) pair comes from.
 """
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from model_diffusion import labels_from_y0, ranked_from_y0, sample_y0
 from utils.data.image_files import image_batches
 from utils.data.images import channels_last, normalize_images
+from utils.runtime.progress import progress_bar
 
 
 def _encoder_batchnorms(model):
@@ -133,7 +133,7 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
     labeller = batch_labeller(model, diffusion, n_steps, top_k)
     labels, probs = [], []
-    for x, fp_x in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+    for x, fp_x in progress_bar(batches, desc=progress, disable=progress is None, leave=False):
         if not n_samples:  # a graph's output tensor is overwritten by its next replay: cloned
             labels.append(graphs(x, fp_x).clone() if graphs is not None else labeller(x, fp_x))
             continue

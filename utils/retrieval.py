@@ -13,7 +13,8 @@ authors' CIFAR and Food-101N scripts), or 1/batch for every sample (`uniform`: t
 WebVision scripts, which call the same retrieval with weighting off).
 """
 import torch
-from tqdm import tqdm
+
+from utils.runtime.progress import progress_bar
 
 
 def knn(queries, keys, k, chunk_size=None, progress=False, exact_ties=True):
@@ -36,7 +37,7 @@ def knn(queries, keys, k, chunk_size=None, progress=False, exact_ties=True):
         chunk_size = max(1, min(queries.shape[0], _chunk_bytes(keys.values.device) // (4 * max(1, keys.n))))
     all_dist, all_idx = [], []
     starts = range(0, queries.shape[0], chunk_size)
-    for start in tqdm(starts, desc='kNN', disable=not progress, leave=False):
+    for start in progress_bar(starts, desc='kNN', disable=not progress, leave=False):
         q = queries[start:start + chunk_size].float()
         if keys.bf16 is not None and not exact_ties:
             dist, idx = shortlisted(q, keys, k)

@@ -12,7 +12,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from model_diffusion import Diffusion
 from utils.averaging import WeightAverage
@@ -28,6 +27,7 @@ from utils.runs.folders import CHECKPOINT_FORMAT
 from utils.runtime import distributed
 from utils.runtime.frozen_kernels import compile_forward
 from utils.runtime.graphs import GraphedCalls, prepare_cuda, store_frozen_bf16
+from utils.runtime.progress import print_line, progress_bar
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
 from utils.runtime.signals import StopSignals
 from utils.schedule import is_eval_epoch, learning_rate
@@ -366,10 +366,10 @@ class Trainer:
     def _fit(self, splits, stop):
         """The epochs; a first SIGTERM/SIGINT ends the step in progress, writes last.pt and stops."""
         cfg, started = self.cfg, time.time()
-        bar = tqdm(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
-                   total=cfg.nepoch, dynamic_ncols=True)
+        bar = progress_bar(range(self.start_epoch, cfg.nepoch), desc='train', initial=self.start_epoch,
+                           total=cfg.nepoch, dynamic_ncols=True)
         for epoch in bar:  # epochs are numbered from 0 everywhere: bar, log lines, log.jsonl, checkpoints
-            bar.set_description(f'epoch {epoch}')
+            bar.set_description(f'epoch {epoch}', refresh=False)  # drawn with the bar's next line
             t0 = time.time()
             train_loss = self.train_epoch(epoch)  # ends with a sync: the timing is the device's
             t1 = time.time()
@@ -377,7 +377,7 @@ class Trainer:
             if train_loss is None:  # stopped by a signal after a step of this epoch
                 self.stop_mid_epoch(epoch, self.elapsed_before + t1 - started)
             self.timed_epochs += 1
-            bar.set_postfix(loss=f'{train_loss:.4f}')
+            bar.set_postfix(loss=f'{train_loss:.4f}', refresh=False)
             elapsed = self.elapsed_before + t1 - started
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
@@ -426,7 +426,7 @@ class Trainer:
             self.save(epoch, elapsed, 'best.pt')
         self.history.append(record)
         append_jsonl(record, os.path.join(self.run_dir, 'log.jsonl'))
-        tqdm.write(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  '
+        print_line(f'epoch {epoch:4d}  loss {train_loss:.4f}  val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  '
                    f'best val {100 * self.best["val_acc"]:6.2f}% (epoch {self.best["epoch"]}){"  *" if improved else ""}')
 
 

@@ -80,10 +80,10 @@ class FrozenEncoder(nn.Module):
 @torch.no_grad()
 def encode_all(encoder, images, batch_size=512, progress=True, desc='f_p features'):
     """Features of all images (uint8, any device), computed in batches on the encoder's device."""
-    from tqdm import tqdm
+    from utils.runtime.progress import progress_bar
     device = encoder.device
     out = torch.empty(len(images), encoder.dim, device=device)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         out[start:start + len(batch)] = encoder.encode(batch)
     return out

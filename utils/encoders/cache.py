@@ -134,11 +134,11 @@ def encode_files(encoders, paths, batch_size, num_workers, decoding, desc, augme
     """Every encoder's features of the files, each image decoded once as `decoding` says (the centre
     crop, or with `augment` the seeded view, utils/data/image_files.ImageFiles; `first`: the number of the first
     file)."""
-    from tqdm import tqdm
+    from utils.runtime.progress import progress_bar
 
     outs = [[] for _ in encoders]
     batches = image_batches(paths, batch_size, num_workers, decoding, augment, first)
-    for batch in tqdm(batches, desc=desc, leave=False):
+    for batch in progress_bar(batches, desc=desc, leave=False):
         for out, encoder in zip(outs, encoders):
             out.append(encoder.encode(batch.to(encoder.device, non_blocking=True)))
     return [torch.cat(o) if o else torch.empty(0, e.dim, device=e.device) for o, e in zip(outs, encoders)]
