@@ -570,9 +570,8 @@ def main(argv=None):
         return 0
     if args.row:
         rows = chosen_rows(args)
-        if args.dry_run:
-            check_row_inputs(rows, extra)
-        return run_row(rows[0], args.seeds, args.runs, extra, args.dry_run)
+        missing = check_row_inputs(rows, extra) if args.dry_run else 0
+        return run_row(rows[0], args.seeds, args.runs, extra, args.dry_run) or missing  # dry: 1 where any is missing
     p.error('choose --list, --check-inputs, --row ID, --table or --record RUN_DIR')
 
 

@@ -92,7 +92,7 @@ def test_check_inputs_offline_names_each_missing_input_in_one_line(tmp_path, cap
 def test_a_dry_run_prints_each_seeds_command_and_runs_nothing(tmp_path, capsys):
     runs = tmp_path / 'runs'
     assert paper.main(['--row', 'cifar100-pmd3-70-clip', '--seeds', '1', '2', '--dry-run', '--runs', str(runs),
-                       '--', '--data_root', str(tmp_path)]) == 0
+                       '--', '--data_root', str(tmp_path)]) == 1  # as --check-inputs: 1 where an input is missing
     out = capsys.readouterr().out
     assert out.count('MISSING') == 3
     for seed in (1, 2):
@@ -241,7 +241,8 @@ def test_negative_repeated_and_out_of_range_seeds_are_refused_before_anything_ru
     assert refusal(['--record', runs, '--row', 'cifar10-pmd1-35-simclr', '--seed', '-2'], capsys) == (
         2, 'error: --seed -2 must not be negative')
     assert not os.path.exists(runs)
-    assert paper.main([*row, '--seeds', '0', '2', '1']) == 0  # distinct seeds, 0 among them, in any order
+    # distinct seeds, 0 among them, in any order (1: the dry run finds no CIFAR there)
+    assert paper.main([*row, '--seeds', '0', '2', '1', '--', '--data_root', str(outputs / 'none')]) == 1
     assert [line.split(']')[0] for line in capsys.readouterr().out.splitlines() if line.startswith('[')] == \
         ['[cifar10-pmd1-35-simclr seed 0', '[cifar10-pmd1-35-simclr seed 2', '[cifar10-pmd1-35-simclr seed 1']
 
