@@ -249,6 +249,33 @@ def test_a_folder_recorded_before_runs_named_their_kind_is_read_by_its_files(tmp
 
 # ---- outputs a user edited are never written over ------------------------------------------------
 
+def test_labels_predicted_for_one_folder_are_not_replaced_by_another_folders(tmp_path, capsys):
+    """predict --folder B where the run holds A's predicted labels is refused naming A; A again is labelled
+    anew, and B is labelled once A's are moved away."""
+    from utils.runs.cli import run_cli
+    root = str(tmp_path / 'own')
+    layouts.own_data(root, per_class=8, n_eval=2)
+    _, run_dir = train_ImageFolder.main(['--train', os.path.join(root, 'labels.csv'),
+                                         *own_flags(tmp_path, '--nepoch', '1')])
+    a, b = os.path.join(root, 'test'), os.path.join(root, 'val')
+    predict.main([run_dir, '--folder', a, '--device', 'cpu'])
+    predict.main([run_dir, '--folder', a, '--device', 'cpu'])  # the same folder again: labelled anew
+    before, _ = snapshot(run_dir), capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run_cli(predict.main, [run_dir, '--folder', b, '--device', 'cpu'])
+    assert refused.value.code == 2 and capsys.readouterr().err == (
+        f'error: {run_dir} holds the labels predicted for {a} (predict_folder_labels.npy, .csv), and labelling '
+        f'--folder {b} would replace them: move predict_folder.* out of the run folder to keep them, then run '
+        f'again\n')
+    assert snapshot(run_dir) == before
+    os.makedirs(tmp_path / 'kept')
+    for name in os.listdir(run_dir):
+        if name.startswith('predict_folder'):
+            shutil.move(os.path.join(run_dir, name), tmp_path / 'kept' / name)
+    assert predict.main([run_dir, '--folder', b, '--device', 'cpu'])['n'] == 8
+    assert load_json(os.path.join(run_dir, 'predict_folder.json')) == {'folder': b, 'images': 8}
+
+
 def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_path, capsys):
     """The CSVs a user corrects by hand (the label ranking, a folder's predicted labels): a resume or a
     prediction that would write them again is refused in one line while they differ from what the

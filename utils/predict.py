@@ -19,7 +19,8 @@ from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, feat
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
 from utils.runs.outputs import save_npy
 from utils.runtime.devices import resolve_device
-from utils.storage.saving import atomic_write, remove_files
+from utils.storage.loading import load_json
+from utils.storage.saving import atomic_write, remove_files, save_json
 
 
 # The file datasets and the filter each one's reader resizes its images with (FileSplits.resample, set by
@@ -70,13 +71,14 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv')  # after predict_<split|folder>
+PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv', '.json')  # after predict_<split|folder>
 
 
-def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=None):
+def save_predictions(prefix, predicted, probs, folder=None, folder_paths=None, class_names=None):
     """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, and for a folder of images
-    PREFIX.csv; returns the paths written. Within a claim of the run folder, an earlier prediction's file
-    this one does not write again (its probabilities, say) is removed: nothing stale beside the new labels."""
+    PREFIX.csv and PREFIX.json (which folder: check_same_folder); returns the paths written. Within a claim
+    of the run folder, an earlier prediction's file this one does not write again (its probabilities, say)
+    is removed: nothing stale beside the new labels."""
     remove_files(os.path.dirname(prefix), [os.path.basename(prefix) + suffix for suffix in PREDICTION_FILES])
     save_npy(predicted, prefix + '_labels.npy')
     written = [prefix + '_labels.npy']
@@ -85,8 +87,20 @@ def save_predictions(prefix, predicted, probs, folder_paths=None, class_names=No
         written.append(prefix + '_probs.npy')
     if folder_paths is not None:
         write_predictions_csv(prefix + '.csv', folder_paths, predicted, class_names)
-        written.append(prefix + '.csv')
+        save_json({'folder': os.path.abspath(folder), 'images': len(folder_paths)}, prefix + '.json')
+        written += [prefix + '.csv', prefix + '.json']
     return written
+
+
+def check_same_folder(prefix, folder):
+    """Refuse, before any work, to label `folder` where the run folder holds the labels of another folder
+    (PREFIX.json says which): they would be replaced, and a second folder's labels are no reason to lose
+    the first's. The same folder again is labelled anew. Labels written before PREFIX.json was: as before."""
+    earlier = load_json(prefix + '.json').get('folder')
+    if earlier and earlier != os.path.abspath(folder) and os.path.exists(prefix + '_labels.npy'):
+        raise SetupError(f'{os.path.dirname(prefix)} holds the labels predicted for {earlier} '
+                         f'({os.path.basename(prefix)}_labels.npy, .csv), and labelling --folder {folder} would replace '
+                         f'them: move {os.path.basename(prefix)}.* out of the run folder to keep them, then run again')
 
 
 def check_fits_run(splits, split, info, run_dir):
@@ -120,12 +134,14 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     # before any work: no file there that no run wrote, no CSV the user edited (utils/runs/folders.py)
     check_may_write_over(run_dir, [os.path.relpath(prefix + suffix, run_dir) for suffix in PREDICTION_FILES],
                          'predict.py')
+    if folder:
+        check_same_folder(prefix, folder)
     # the folder claimed before any work (a run training there refuses it now, not after the prediction);
     # the claim records the files written
     claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')
     try:
         name, predicted, probs, paths, labels = label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder)
-        written = save_predictions(prefix, predicted, probs, paths, ckpt['data_info'].get('class_names'))
+        written = save_predictions(prefix, predicted, probs, folder, paths, ckpt['data_info'].get('class_names'))
     finally:
         claim.release()
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
