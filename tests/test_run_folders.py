@@ -426,9 +426,16 @@ def test_class_folders_named_by_a_relative_path_or_moved_resume_and_other_images
     moved = ['--train', str(tmp_path / 'scratch' / 'own' / 'train'), '--val', str(tmp_path / 'scratch' / 'own' / 'val')]
     summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', *moved])
     assert summary['epochs'] == 3
+    # copied without the modification times (cp -r): refused, saying so
+    shutil.copytree(tmp_path / 'here' / 'own', tmp_path / 'plain' / 'own', copy_function=shutil.copy)
+    plain = ['--train', str(tmp_path / 'plain' / 'own' / 'train'), '--val', str(tmp_path / 'plain' / 'own' / 'val')]
+    with pytest.raises(SetupError, match=r'the image files differ from those the run was made with \(the same files '
+                                         r'by name and size, with other modification times: a copy that did not keep '
+                                         r'them, as cp -r makes; copy with cp -a or rsync -a'):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *plain])
     changed = next((tmp_path / 'scratch' / 'own' / 'train' / 'cat').iterdir())
     changed.write_bytes(changed.read_bytes() + b'\0')
-    with pytest.raises(SetupError, match='the image files differ from those the run was made with'):
+    with pytest.raises(SetupError, match='the image files differ from those the run was made with; resume'):
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *moved])
 
 

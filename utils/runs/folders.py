@@ -22,7 +22,7 @@ from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
-from utils.storage.fingerprints import (file_digest, files_fingerprint, paths_fingerprint, tensor_fingerprint,
+from utils.storage.fingerprints import (file_digest, files_fingerprints, paths_fingerprint, tensor_fingerprint,
                                         within_common_folder)
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import (atomic_write, owned_folder, partial_write_of, remove_files, save_json,
@@ -240,6 +240,10 @@ def check_resume_flags(cfg, ckpt, run_dir):
 # how a run's fingerprints name its image files: by their path within their split's folder (within_common_folder),
 # recorded as 'file paths'; runs recorded before it named them by their paths as given, and are checked so
 WITHIN_SPLIT_FOLDER = "within each split's folder"
+# the image files without their modification times: not compared on its own, it tells a refused resume
+# whether only the times differ
+SIZES_ONLY = 'image names and sizes'
+
 
 
 def dataset_fingerprints(splits, saved=None):
@@ -260,10 +264,11 @@ def dataset_fingerprints(splits, saved=None):
             digest.update(tensor_fingerprint(labels).encode())
     found = {'dataset': digest.hexdigest()[:16]}
     if not splits.in_memory:  # kept apart from 'dataset', so runs recorded before it still resume
-        found['image files'] = hashlib.sha1(' '.join(files_fingerprint(splits.paths(s), None if as_given else names[s])
-                                                     for s in ('train', 'val', 'test')).encode()).hexdigest()[:16]
+        both = [files_fingerprints(splits.paths(s), None if as_given else names[s]) for s in ('train', 'val', 'test')]
+        found['image files'] = hashlib.sha1(' '.join(files for files, _ in both).encode()).hexdigest()[:16]
         if not as_given:
             found['file paths'] = WITHIN_SPLIT_FOLDER
+            found[SIZES_ONLY] = hashlib.sha1(' '.join(sizes for _, sizes in both).encode()).hexdigest()[:16]
     return found
 
 
@@ -280,10 +285,13 @@ def check_resume_inputs(saved, now, run_dir):
     record, made by an earlier version, is not compared)."""
     if not saved:  # a checkpoint written before inputs were recorded
         return
-    changed = [name for name in now if name in saved and saved[name] != now[name]]
+    changed = [name for name in now if name in saved and saved[name] != now[name] and name != SIZES_ONLY]
     if changed:
+        retimed = changed == ['image files'] and saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY)
+        why = (' (the same files by name and size, with other modification times: a copy that did not keep them, '
+               'as cp -r makes; copy with cp -a or rsync -a, or resume where the run was made)') if retimed else ''
         raise ResumeRefused(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
-                            f'with; resume with the same inputs, or start a new run')
+                            f'with{why}; resume with the same inputs, or start a new run')
 
 
 def check_same_classes(splits, info, run_dir):

@@ -48,12 +48,13 @@ def paths_fingerprint(paths):
 
 
 def _stat(path, name):
+    """(name and size, modification time) of one file, as files_fingerprints hashes them."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise DatasetMissing(f'image {path} cannot be read ({exc.strerror}); restore it, or remove it from the '
                              f'dataset\'s list') from None
-    return f'{name}\t{st.st_size}\t{st.st_mtime_ns}'
+    return f'{name}\t{st.st_size}', st.st_mtime_ns
 
 
 def within_common_folder(paths):
@@ -76,12 +77,19 @@ def files_fingerprint(paths, names=None):
     local disk; run in threads for network file systems). A rewrite that keeps both (same size, mtime
     set back) escapes it: delete the cache then. `names`: what each file is called in the digest (by
     default its path)."""
+    return files_fingerprints(paths, names)[0]
+
+
+def files_fingerprints(paths, names=None):
+    """(files_fingerprint, the same without modification times) from one stat per file: where only the
+    first differs, the files have their names and sizes but other times (a copy that did not keep them)."""
     from concurrent.futures import ThreadPoolExecutor
-    digest = hashlib.sha1()
+    with_times, sizes = hashlib.sha1(), hashlib.sha1()
     with ThreadPoolExecutor(16) as pool:
-        for line in pool.map(_stat, paths, paths if names is None else names, chunksize=1024):
-            digest.update(line.encode() + b'\n')
-    return digest.hexdigest()[:16]
+        for name_size, mtime in pool.map(_stat, paths, paths if names is None else names, chunksize=1024):
+            with_times.update(f'{name_size}\t{mtime}\n'.encode())
+            sizes.update(name_size.encode() + b'\n')
+    return with_times.hexdigest()[:16], sizes.hexdigest()[:16]
 
 
 def weights_fingerprint(module):
