@@ -360,6 +360,19 @@ def test_a_run_made_with_relative_paths_resumes_and_predicts_from_another_folder
     assert resumes[-1]['given'] == {'nepoch': 3, 'resume': run_dir, 'train': '../here/own/labels.csv'}
 
 
+def test_a_path_given_again_on_a_resume_is_the_place_it_names_not_its_spelling(tmp_path, small, monkeypatch):
+    """A new run records --inputs_dir absolute; the same folder typed relative again is not a change, another
+    folder is (a flag a resume may not change)."""
+    monkeypatch.chdir(tmp_path)
+    summary, run_dir = run(cfg_for(tmp_path, *SHORT, '--inputs_dir', 'inputs'), lambda c: small)
+    assert load_json(os.path.join(run_dir, 'config.json'))['inputs_dir'] == str(tmp_path / 'inputs')
+    summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '3', '--inputs_dir', 'inputs']),
+                     lambda c: small)
+    assert summary['epochs'] == 3
+    with pytest.raises(SetupError, match=r"cannot change --inputs_dir 'elsewhere' \(the run has '.*/inputs'\)"):
+        run(demo_digits.config(['--resume', run_dir, '--nepoch', '4', '--inputs_dir', 'elsewhere']), lambda c: small)
+
+
 def test_a_run_folder_of_a_version_before_records_resumes_and_is_recorded(tmp_path, small):
     """No .written.json (a run of a version before records): a resume takes the files it holds for the
     run's own, and the record its first write makes names them, so a second resume goes on."""

@@ -319,25 +319,30 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     return cfg
 
 
-# flags naming where a run's inputs lie (every *_root flag too); the keywords some take are kept as they are
-DATA_PATH_FLAGS = ('data_root', 'cifar_n_dir', 'inputs_dir', 'clip_download_root', 'train', 'val', 'test', 'classes',
-                   'imagenet_val_labels', 'subset_list', 'subset_labels')
+# flags naming a dataset's list files, which a resume from another folder names by another path: what they
+# hold is checked by the resume's fingerprints (utils/runs/folders.py: dataset_fingerprints, input_fingerprints)
+DATA_FILE_FLAGS = ('train', 'val', 'test', 'classes', 'imagenet_val_labels', 'subset_list', 'subset_labels')
+# flags naming where a run's inputs lie (every *_root flag too), and the keywords some take instead of a path
+DATA_PATH_FLAGS = ('data_root', 'cifar_n_dir', 'inputs_dir', 'clip_download_root', 'noise_type', 'fp_checkpoint',
+                   *DATA_FILE_FLAGS)
 PATH_KEYWORDS = {'subset_list': ('cc_select', 'all')}
+
+
+def names_a_path(flag):
+    return flag in DATA_PATH_FLAGS or flag.endswith('_root')
 
 
 def absolute_data_paths(cfg):
     """A new run records where its inputs lie as absolute paths (checked first in the spelling given): a
     relative one would mean another folder to predict.py or a resume typed elsewhere, and the ranking CSV
-    would name its images relative to a folder it does not record. A --noise_type file and an
-    --fp_checkpoint that is a file (not a hub name) likewise."""
-    for name, value in vars(cfg).items():
-        if (name in DATA_PATH_FLAGS or name.endswith('_root')) and isinstance(value, str) and value \
-                and value not in PATH_KEYWORDS.get(name, ()):
-            setattr(cfg, name, os.path.abspath(value))
-    if getattr(cfg, 'noise_type', None) and names_a_file(cfg.noise_type):
-        cfg.noise_type = os.path.abspath(cfg.noise_type)
-    if getattr(cfg, 'fp_checkpoint', None) and os.path.isfile(cfg.fp_checkpoint):
-        cfg.fp_checkpoint = os.path.abspath(cfg.fp_checkpoint)
+    would name its images relative to a folder it does not record. --noise_type and --fp_checkpoint only
+    where they name a file (not a noise or hub model name)."""
+    for name, value in list(vars(cfg).items()):
+        if not (names_a_path(name) and isinstance(value, str) and value) or value in PATH_KEYWORDS.get(name, ()):
+            continue
+        if (name == 'noise_type' and not names_a_file(value)) or (name == 'fp_checkpoint' and not os.path.isfile(value)):
+            continue
+        setattr(cfg, name, os.path.abspath(value))
 
 
 def value_source(cfg, name, defaults):

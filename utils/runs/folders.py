@@ -21,7 +21,7 @@ from utils.data.noise import names_a_file
 from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
-from utils.runs.config import COMMON_DEFAULTS, Config, saved_flag_problems
+from utils.runs.config import COMMON_DEFAULTS, DATA_FILE_FLAGS, Config, names_a_path, saved_flag_problems
 from utils.storage.fingerprints import (file_digest, files_fingerprints, paths_fingerprint, tensor_fingerprint,
                                         within_common_folder)
 from utils.storage.loading import load_json, load_torch
@@ -49,9 +49,6 @@ KIND_MARKS = {'last.pt': ('last.pt', 'best.pt', 'config.json', 'summary.json'), 
 MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'encode_batch_size', 'data_root',
                         'cache_dir', 'cifar_n_dir', 'clip_download_root', 'debug', 'cuda_graph',
                         'frozen_kernels')
-# flags naming a dataset's list files, which a resume from another folder names by another path: what they
-# hold is checked by the resume's fingerprints (dataset_fingerprints, input_fingerprints)
-DATA_FILE_FLAGS = ('train', 'val', 'test', 'classes', 'imagenet_val_labels', 'subset_list', 'subset_labels')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
 # before --clip_tower ran the clip package's tower
@@ -203,6 +200,15 @@ def _may_change(name, ckpt):
     return name in MAY_CHANGE_ON_RESUME or name.endswith('_root') or (fingerprinted and name in DATA_FILE_FLAGS)
 
 
+def differs(name, saved, value):
+    """Whether a flag given again says other than the run recorded. Paths are compared as the places they
+    name: a new run records them absolute (absolute_data_paths), and `--fp_checkpoint enc.pt` typed where it
+    was names the same file."""
+    if names_a_path(name) and isinstance(saved, str) and isinstance(value, str):
+        return os.path.abspath(saved) != os.path.abspath(value)
+    return saved != value
+
+
 def resumed_config(cfg, ckpt, also=()):
     """The saved configuration of the run being resumed. This invocation decides the device, and the
     flags that may change (and those named in `also`) where its command line gives them; a flag the
@@ -228,7 +234,7 @@ def check_resume_flags(cfg, ckpt, run_dir):
     saved = ckpt['config']
     given = set(vars(cfg).get('command_line_flags') or ()) - set(ALWAYS_FROM_THIS_RUN)
     changed = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
-               for name in sorted(given) if not _may_change(name, ckpt) and saved.get(name, object()) != getattr(cfg, name)]
+               for name in sorted(given) if not _may_change(name, ckpt) and differs(name, saved.get(name, object()), getattr(cfg, name))]
     if changed:
         raise ResumeRefused(f'--resume {run_dir} cannot change {", ".join(changed)}: drop those flags to continue '
                             f'the run, or start a new run with another --run_name')
@@ -344,7 +350,7 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
                              f'a split of the dataset: give one or the other')
     refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
-               if not _may_change(name, ckpt) and saved.get(name, object()) != getattr(cfg, name)]
+               if not _may_change(name, ckpt) and differs(name, saved.get(name, object()), getattr(cfg, name))]
     if refused:
         raise SetupError(f'predict.py {run_dir} applies the run as it was trained and does not take '
                          f'{", ".join(refused)}: drop those flags')
