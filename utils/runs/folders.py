@@ -251,7 +251,6 @@ WITHIN_SPLIT_FOLDER = "within each split's folder"
 SIZES_ONLY = 'image names and sizes'
 
 
-
 def dataset_fingerprints(splits, saved=None):
     """What a resumed run must see again of its dataset, known before any feature is computed: the splits'
     content or paths and labels and, for image files, the files themselves (files_fingerprint: each one's

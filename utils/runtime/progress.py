@@ -1,6 +1,6 @@
 """Progress bars that suit where the output goes. On a terminal tqdm redraws its bar in place; written to a
-log file (a cluster job, nohup, a pipe) each redraw is kept, ten a second, and a 200-epoch run's log grew
-by megabytes of bars. There a bar is written at most once a LOG_INTERVAL, and at its end."""
+log file (a cluster job, nohup, a pipe) each redraw is kept, ten a second: about a megabyte of bars in a
+20-minute run. There a bar is written at most once a LOG_INTERVAL, and at its end."""
 import sys
 
 from tqdm import tqdm

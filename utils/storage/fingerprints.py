@@ -61,7 +61,7 @@ def within_common_folder(paths):
     """Each path after the deepest folder all of them share, as spelled: the names a list of files keeps
     when the whole folder is moved, or named by another path (relative, absolute, through another mount).
     Textual, as the files below that folder are listed by one spelling: a million paths take a fraction
-    of a second (os.path.commonpath and relpath took 15 s)."""
+    of a second (os.path.commonpath and relpath take tens of seconds)."""
     if not paths:
         return []
     shared = os.path.commonprefix([min(paths), max(paths)])  # the sorted extremes share what all share
