@@ -15,6 +15,7 @@ from utils.data.noise import check_label_range
 from utils.data.splits import ImageSplits
 from utils.errors import DatasetMissing, SetupError
 from utils.storage.loading import load_pickle
+from utils.storage.saving import missing_folders
 
 CIFAR_N_TRAIN = 45000  # the first 45k training images are trained on with noisy labels
 
@@ -82,14 +83,6 @@ def _download_cifar(name, root):
     cls(root=root, train=True, download=True)
 
 
-def outermost_missing(path):
-    """The outermost folder of `path` that does not exist yet, which making `path` creates; None where it exists."""
-    path, missing = os.path.abspath(path), None
-    while not os.path.lexists(path):
-        missing, path = path, os.path.dirname(path)
-    return missing
-
-
 def load_cifar_arrays(name, root, download=True):
     """(train_x, train_y, test_x, test_y, coarse_of_class) from the python-version batches.
 
@@ -102,12 +95,12 @@ def load_cifar_arrays(name, root, download=True):
     folder_name, train_files, test_files, label_key = CIFAR_FOLDERS[name]
     folder = os.path.join(root, folder_name)
     if not os.path.isdir(folder) and download:
-        made = outermost_missing(root)
+        made = missing_folders(root)
         try:
             _download_cifar(name, root)
         except Exception as exc:  # offline, or the server refused
-            if made is not None:  # the folders the attempt made (a mistyped --data_root), and its partial archive
-                shutil.rmtree(made, ignore_errors=True)
+            if made:  # the folders the attempt made (a mistyped --data_root), and its partial archive
+                shutil.rmtree(made[-1], ignore_errors=True)
             raise DatasetMissing(
                 f'{name} is not under {folder} and could not be downloaded ({exc}). Pass --data_root '
                 f'DIR where DIR/{folder_name}/ holds the python-version batches.') from exc

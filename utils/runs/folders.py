@@ -25,8 +25,8 @@ from utils.runs.config import COMMON_DEFAULTS, DATA_FILE_FLAGS, Config, names_a_
 from utils.storage.fingerprints import (file_digest, files_fingerprints, paths_fingerprint, tensor_fingerprint,
                                         within_common_folder)
 from utils.storage.loading import load_json, load_torch
-from utils.storage.saving import (atomic_write, owned_folder, partial_write_of, remove_files, save_json,
-                                  sweep_partial_writes)
+from utils.storage.saving import (atomic_write, missing_folders, owned_folder, partial_write_of, remove_files,
+                                  save_json, sweep_partial_writes)
 
 # 3: the `_l` diffusion encoders end in the authors' two-layer head (2: one linear layer), and
 # WebVision and Food-101N images are resized bicubic (2: bilinear); 2: the
@@ -377,12 +377,8 @@ def check_writable(folder, flag):
 def _makedirs(folder):
     """os.makedirs that returns the folders it created, deepest first; where one cannot be made (a name
     too long), those it made before are removed again."""
-    wanted, path = [], os.path.abspath(folder)
-    while not os.path.exists(path):
-        wanted.append(path)
-        path = os.path.dirname(path)
     made = []
-    for path in reversed(wanted):
+    for path in reversed(missing_folders(folder)):
         try:
             os.mkdir(path)
         except FileExistsError:

@@ -46,6 +46,16 @@ class _Recording:
 _OWNED_FOLDERS = {}
 
 
+def missing_folders(path):
+    """The folders of `path` that do not exist yet, deepest first: those making it creates ([] where it exists;
+    a link, even one to nothing, exists)."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
 def owned_folder(folder, note, done=None):
     """Have `note(relative path)` called before each write into `folder`, and `done(relative path)` once
     the file is in place (note None: no longer)."""
