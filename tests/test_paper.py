@@ -17,6 +17,7 @@ from tools import paper_device
 from utils.errors import SetupError
 from utils.runs.cli import run_cli
 from utils.runs.folders import write_run_file
+from utils.storage import published
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,12 +90,16 @@ def test_check_inputs_offline_names_each_missing_input_in_one_line(tmp_path, cap
     assert f'--webvision_root {tmp_path / "none"}' in capsys.readouterr().out
 
 
-def test_a_dry_run_prints_each_seeds_command_and_runs_nothing(tmp_path, capsys):
+def test_a_dry_run_prints_each_seeds_command_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError('a dry run downloaded')
+    monkeypatch.setattr(published, 'download', no_download)
     runs = tmp_path / 'runs'
     assert paper.main(['--row', 'cifar100-pmd3-70-clip', '--seeds', '1', '2', '--dry-run', '--runs', str(runs),
                        '--', '--data_root', str(tmp_path)]) == 1  # as --check-inputs: 1 where an input is missing
     out = capsys.readouterr().out
     assert out.count('MISSING') == 3
+    assert 'cifar100-3-0.70.npy absent: a run downloads it from http://127.0.0.1:9/' in out  # looked for, not fetched
     for seed in (1, 2):
         assert f'train_CIFAR.py --noise_type cifar100-3-0.70 --fp_encoder CLIP --CLIP_type ViT-L/14 --seed {seed} ' \
                f'--out_dir {runs}/cifar100-pmd3-70-clip --run_name s{seed} --data_root {tmp_path}' in out

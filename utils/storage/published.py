@@ -134,8 +134,9 @@ def recording():
         _recordings.remove(record)
 
 
-def fetch(name, folder=None, log=print):
-    """The local path of published input `name`, verified by its git blob hash, downloaded if absent."""
+def fetch(name, folder=None, log=print, download_absent=True):
+    """The local path of published input `name`, verified by its git blob hash, downloaded if absent
+    (with download_absent=False an absent file is a PublishedInputError naming where it comes from)."""
     name, entry = lookup(name)
     folder = inputs_dir(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -149,8 +150,10 @@ def fetch(name, folder=None, log=print):
             raise PublishedInputError(
                 f'{path} is not the published {name}: its git blob sha1 is {found}, the published file\'s '
                 f'is {entry.blob}; delete it to download {url} again, or copy the published file there')
-    else:
+    elif download_absent:
         download(url, path, entry.blob, log)
+    else:
+        raise PublishedInputError(f'{path} absent: a run downloads it from {url}; offline, copy that file there')
     for record in _recordings:
         record[name] = {'url': url, 'path': path, 'git_blob_sha1': entry.blob}
     return path
