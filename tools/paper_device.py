@@ -49,7 +49,9 @@ MIN_TRAIN_S = 60      # no training stage is started with less than this left
 FIRST_EVALUATED = 6   # epochs after which a run holds best.pt (warm-up 5, evaluation every 5)
 SMOKE_SIMCLR = ['--dataset', 'digits', '--n_images', '64', '--image_size', '8', '--batch_size', '32',
                 '--warmup_epochs', '0', '--knn_every', '1', '--device', 'cpu']
-SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--device', 'cpu', '--recipe', 'authors']
+# one batch of 50 an epoch (5 draws of each digit): the smoke checks the path, not the accuracy
+SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--per_class', '5', '--device', 'cpu',
+               '--recipe', 'authors']
 RUN_FILES = ('summary.json', 'config.json', 'log.jsonl')
 # what ship() writes under --ship (the shards' folder is replaced whole); recorded in --out, not in --ship:
 # a device sends back at most 8 files, and these come to 8
