@@ -3,6 +3,7 @@ runs wrote, a fresh run refuses anything else and a refused run leaves every fol
 image-file caches and the resume check see an image rewritten in place."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -448,6 +449,10 @@ def test_class_folders_named_by_a_relative_path_or_moved_resume_and_other_images
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *plain])
     changed = next((tmp_path / 'scratch' / 'own' / 'train' / 'cat').iterdir())
     changed.write_bytes(changed.read_bytes() + b'\0')
+    with pytest.raises(SetupError, match=re.escape('the image files differ from those the run was made with (1 image '
+                                                   f'modified after the run recorded them: {changed}); resume')):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *moved])
+    os.utime(changed, ns=(0, 0))  # changed, with a time before the run's: the refusal cannot name it
     with pytest.raises(SetupError, match='the image files differ from those the run was made with; resume'):
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *moved])
 

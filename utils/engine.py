@@ -103,7 +103,7 @@ def run(cfg, load_splits):
     saved = ckpt['data_info'].get('input_fingerprints') if ckpt is not None else None
     dataset = dataset_fingerprints(splits, saved)  # in the form the run recorded them
     if ckpt is not None:  # images or classes changed since: refused before any feature is extracted or cached
-        check_resume_inputs(saved, dataset, run_dir)
+        check_resume_inputs(saved, dataset, run_dir, splits)
         check_same_classes(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:

@@ -22,8 +22,8 @@ from utils.errors import ResumeRefused, SetupError
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, DATA_FILE_FLAGS, Config, names_a_path, saved_flag_problems
-from utils.storage.fingerprints import (file_digest, files_fingerprints, paths_fingerprint, tensor_fingerprint,
-                                        within_common_folder)
+from utils.storage.fingerprints import (file_digest, files_fingerprints, files_modified_after, paths_fingerprint,
+                                        tensor_fingerprint, within_common_folder)
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import (atomic_write, missing_folders, owned_folder, partial_write_of, remove_files,
                                   save_json, sweep_partial_writes)
@@ -249,6 +249,10 @@ WITHIN_SPLIT_FOLDER = "within each split's folder"
 # the image files without their modification times: not compared on its own, it tells a refused resume
 # whether only the times differ
 SIZES_ONLY = 'image names and sizes'
+# the newest modification time (ns) among the image files: not compared either (a change shows in 'image
+# files'), it lets a refused resume name the images changed since the run recorded them
+NEWEST_IMAGE = 'newest image modification (ns)'
+NOT_COMPARED = (SIZES_ONLY, NEWEST_IMAGE)
 
 
 def dataset_fingerprints(splits, saved=None):
@@ -270,10 +274,11 @@ def dataset_fingerprints(splits, saved=None):
     found = {'dataset': digest.hexdigest()[:16]}
     if not splits.in_memory:  # kept apart from 'dataset', so runs recorded before it still resume
         both = [files_fingerprints(splits.paths(s), None if as_given else names[s]) for s in ('train', 'val', 'test')]
-        found['image files'] = hashlib.sha1(' '.join(files for files, _ in both).encode()).hexdigest()[:16]
+        found['image files'] = hashlib.sha1(' '.join(files for files, _, _ in both).encode()).hexdigest()[:16]
+        found[NEWEST_IMAGE] = max(newest for _, _, newest in both)
         if not as_given:
             found['file paths'] = WITHIN_SPLIT_FOLDER
-            found[SIZES_ONLY] = hashlib.sha1(' '.join(sizes for _, sizes in both).encode()).hexdigest()[:16]
+            found[SIZES_ONLY] = hashlib.sha1(' '.join(sizes for _, sizes, _ in both).encode()).hexdigest()[:16]
     return found
 
 
@@ -285,18 +290,33 @@ def input_fingerprints(dataset, data):
             'f_p features': f"{info['fp_weights']}/{tensor_fingerprint(data.features['train'])}", **dataset}
 
 
-def check_resume_inputs(saved, now, run_dir):
+def check_resume_inputs(saved, now, run_dir, splits=None):
     """Refuse a resume whose inputs differ from the run's, naming what changed (what the run did not
-    record, made by an earlier version, is not compared)."""
+    record, made by an earlier version, is not compared) and, given the `splits` whose image files
+    changed, the images modified after the newest the run recorded."""
     if not saved:  # a checkpoint written before inputs were recorded
         return
-    changed = [name for name in now if name in saved and saved[name] != now[name] and name != SIZES_ONLY]
+    changed = [name for name in now if name in saved and saved[name] != now[name] and name not in NOT_COMPARED]
     if changed:
-        retimed = changed == ['image files'] and saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY)
-        why = (' (the same files by name and size, with other modification times: a copy that did not keep them, '
-               'as cp -r makes; copy with cp -a or rsync -a, or resume where the run was made)') if retimed else ''
+        why = ''
+        if changed == ['image files'] and saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY):
+            why = (' (the same files by name and size, with other modification times: a copy that did not keep '
+                   'them, as cp -r makes; copy with cp -a or rsync -a, or resume where the run was made)')
+        elif 'image files' in changed and splits is not None and isinstance(saved.get(NEWEST_IMAGE), int):
+            why = modified_since(splits, saved[NEWEST_IMAGE])
         raise ResumeRefused(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
                             f'with{why}; resume with the same inputs, or start a new run')
+
+
+def modified_since(splits, ns, shown=3):
+    """' (N images modified after the run recorded them: the first few)', or '' where none is (a file
+    replaced by one with an older time, say)."""
+    newer = files_modified_after([path for split in ('train', 'val', 'test') for path in splits.paths(split)], ns)
+    if not newer:
+        return ''
+    more = f' and {len(newer) - shown:,} more' if len(newer) > shown else ''
+    return f' ({len(newer):,} image{"s" if len(newer) > 1 else ""} modified after the run recorded them: ' \
+           f'{", ".join(newer[:shown])}{more})'
 
 
 def check_same_classes(splits, info, run_dir):
