@@ -263,15 +263,17 @@ def shown(value):
 
 def recorded_settings(side, name):
     """The settings (file_settings) make_noise's sidecar `side` records for `name`. A sidecar from before they
-    were recorded gives those of its recorded command, parsed as main parses it today (the defaults of
-    the flags that decide the labels have not changed since sidecars were first written); None where that
+    were recorded gives those of its recorded command, parsed as main parses it today, a flag's prefix
+    taken for it as then (the defaults of the flags that decide the labels have not changed since
+    sidecars were first written); None where that
     does not parse (--epochs, since renamed --nepoch) or does not write `name` today (a rate named otherwise
     then): its settings cannot be told."""
     if 'settings' in side:
         return side['settings'] if isinstance(side['settings'], dict) else None
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # a usage error here is the old command's, not ours
-            args = parsed(side['command'][len(COMMAND):].split())  # main joined the argv with spaces
+            # main joined the argv with spaces; a sidecar without settings predates whole-name flags
+            args = parsed(side['command'][len(COMMAND):].split(), allow_abbrev=True)
         return {file_name(settings): settings for settings in target_settings(args)}.get(name)
     except (SystemExit, SetupError):
         return None
@@ -371,8 +373,8 @@ def make_hybrid(args, splits, base, kind, rate):
         'seed': args.seed}, args.out_dir, args.command_line)
 
 
-def parser():
-    p = Parser(description=__doc__, formatter_class=HelpFormatter)
+def parser(allow_abbrev=False):
+    p = Parser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=allow_abbrev)
     p.add_argument('command', choices=('pmd', 'hybrid', 'cifar10-set'), help='what to make (the docstring above)')
     p.add_argument('--dataset', default='cifar10', choices=('cifar10', 'cifar100', 'digits'), help='pmd, hybrid')
     p.add_argument('--type', type=int, default=1, choices=(1, 2, 3), help='PMD type')
@@ -452,11 +454,12 @@ def check_flags(args):
     check_may_write(args.out_dir, targets)
 
 
-def parsed(argv):
-    """The command's flags as make_noise reads them, with its command line and the flags typed."""
-    args = parser().parse_args(argv)
+def parsed(argv, allow_abbrev=False):
+    """The command's flags as make_noise reads them, with its command line and the flags typed
+    (`allow_abbrev`: a flag's prefix taken for it, as make_noise read its commands before 2026-12-06)."""
+    args = parser(allow_abbrev).parse_args(argv)
     args.command_line = f'{COMMAND} ' + ' '.join(argv)
-    args.command_line_flags = given_flags(parser(), argv)  # the flags typed, not defaulted: unread_flag_problems
+    args.command_line_flags = given_flags(parser(allow_abbrev), argv)  # the flags typed: unread_flag_problems
     if args.command == 'cifar10-set':
         args.dataset = 'cifar10'
     return args

@@ -440,6 +440,7 @@ def test_the_same_settings_pass_whatever_flags_say_them(made, argv, tmp_path, no
 
 @pytest.mark.parametrize('made, argv, said', [  # sidecars from before settings were recorded: their command's
     (CIFAR_PMD, ['pmd', '--type', '1'], None),
+    (['pmd', '--datas', 'cifar10', '--ty', '1', '--ra', '0.35'], CIFAR_PMD, None),  # prefixes, as read then
     ([*CIFAR_PMD, '--n_train', '20000'], CIFAR_PMD, 'made with other settings (--n_train 45000 here, 20000 there)'),
     ([*CIFAR_PMD, '--epochs', '25'], CIFAR_PMD, 'whose settings cannot be told'),  # --nepoch's old name
     ([*CIFAR_PMD, '--rate', '0.351'], CIFAR_PMD, 'whose settings cannot be told'),  # names another file today
