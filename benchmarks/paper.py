@@ -31,7 +31,7 @@ import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
-from utils.runs.checks import config_problems
+from utils.runs.checks import seed_problems
 from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
 from utils.runs.folders import check_fresh_folder, write_run_file
 from utils.storage.fingerprints import files_fingerprint
@@ -509,30 +509,23 @@ def check_row_inputs(rows, extra, download=True):
     return 0 if ok else 1
 
 
-def seed_problem(flag, seed):
-    """A seed the scripts' --seed refuses, in their words under `flag`; None where they take it. The rule is
-    theirs (config_problems, given that one flag, as tools/paper_device checks its --seed), not a copy."""
-    problems = config_problems(argparse.Namespace(seed=seed, device='auto'))
-    return '; '.join(problem.replace('--seed ', f'{flag} ', 1) for problem in problems) or None
-
-
-def seed_problems(args):
+def seed_flag_problems(args):
     """Seeds the scripts would refuse, or that name one seed's folder twice."""
-    problems = [seed_problem('--seeds', seed) for seed in args.seeds]
+    problems = [problem for seed in args.seeds for problem in seed_problems(seed, '--seeds')]
     repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
     if repeated:
         problems.append(f'--seeds {" ".join(map(str, args.seeds))} names seed {", ".join(map(str, repeated))} more '
                         f'than once: list each seed once')
     if args.seed is not None:
-        problems.append(seed_problem('--seed', args.seed))
-    return [problem for problem in problems if problem]
+        problems += seed_problems(args.seed, '--seed')
+    return problems
 
 
 def check_args(args, p):
     """An unknown --row (whichever mode reads it) and bad seeds, before any work."""
     if args.row is not None and args.row not in ROWS:
         p.error(f'unknown --row {args.row!r}; see --list')
-    problems = seed_problems(args)
+    problems = seed_flag_problems(args)
     if problems:
         raise SetupError('; '.join(problems))
 

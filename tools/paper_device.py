@@ -34,7 +34,7 @@ import time
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail
 from utils.errors import SetupError
-from utils.runs.checks import config_problems
+from utils.runs.checks import seed_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.folders import first_few, foreign_files
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
@@ -287,9 +287,9 @@ def flag_problems(args):
     """Every bad number among the flags, in the words of the training scripts' checks."""
     problems = [f'--{name} {getattr(args, name)} must be a finite number above 0'
                 for name in ('budget_s', 'simclr_minutes') if not 0 < getattr(args, name) < math.inf]
-    problems += [f'--simclr_epochs {args.simclr_epochs} must be at least 1'] if args.simclr_epochs < 1 else []
-    # --nepoch and --seed go to train_CIFAR.py and pretrain_SimCLR.py: checked as they check them
-    return problems + config_problems(argparse.Namespace(nepoch=args.nepoch, seed=args.seed, device='auto'))
+    problems += [f'--{name} {getattr(args, name)} must be at least 1'
+                 for name in ('simclr_epochs', 'nepoch') if getattr(args, name) < 1]
+    return problems + seed_problems(args.seed)  # as train_CIFAR.py and pretrain_SimCLR.py check it
 
 
 def check_folders(args):

@@ -16,7 +16,7 @@ from utils.errors import SetupError
 
 AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
                 'eval_every', 'checkpoint_every', 'image_size')
-NOT_NEGATIVE = ('n_samples', 'seed', 'noise_seed', 'warmup_epochs', 'num_workers', 'k_trial_epochs')
+NOT_NEGATIVE = ('n_samples', 'warmup_epochs', 'num_workers', 'k_trial_epochs')  # seeds: seed_problems
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
 MAX_SEED = 2 ** 32 - 1
 # the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only
@@ -47,10 +47,9 @@ def config_problems(cfg):
         value = getattr(cfg, name, 0)
         if value is not None and value < 0:
             problems.append(f'--{name} {value} must not be negative')
-    for name in ('seed', 'noise_seed'):  # numpy's and torch's generators take 32-bit seeds
-        value = getattr(cfg, name, 0)
-        if value is not None and value > MAX_SEED:
-            problems.append(f'--{name} {value} must be at most {MAX_SEED}')
+    for name in ('seed', 'noise_seed'):
+        value = getattr(cfg, name, None)
+        problems += seed_problems(value, f'--{name}') if value is not None else []
     for name in ('lr', 'lr_horizon', 'grad_clip'):
         value = getattr(cfg, name, 1)
         if name == 'lr_horizon' and value == 0:
@@ -73,6 +72,14 @@ def config_problems(cfg):
         problems.append(f'--run_name {cfg.run_name!r} must be a plain folder name inside --out_dir '
                         f'(no "/", ".." or absolute path)')
     return problems
+
+
+def seed_problems(seed, flag='--seed'):
+    """A seed's problems as the scripts' --seed has them, named by `flag` (a tool passing seeds on to
+    them): numpy's and torch's generators take 32-bit seeds."""
+    if seed < 0:
+        return [f'{flag} {seed} must not be negative']
+    return [f'{flag} {seed} must be at most {MAX_SEED}'] if seed > MAX_SEED else []
 
 
 def k_select_problems(cfg):
