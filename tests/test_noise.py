@@ -1,4 +1,6 @@
 """Noise files, generated i.i.d. noise and the checks on bad label arrays."""
+import re
+
 import numpy as np
 import pytest
 
@@ -98,6 +100,13 @@ def test_a_noise_name_that_names_no_labels_is_refused_before_the_data_is_read(tm
     argv = ['--noise_type', *noise_type.split(), '--data_root', str(tmp_path / 'no-data'), '--cifar_n_dir', str(tmp_path)]
     with pytest.raises(SetupError, match=message):
         train_CIFAR.config(argv)
+
+
+def test_a_noise_file_gone_since_the_check_is_named_in_one_line(tmp_path):
+    """Between the flags' check and the read (a long CIFAR download), or for a caller without the check."""
+    for path, said in ((tmp_path / 'gone.npy', 'does not exist'), (tmp_path, 'does not exist (it is a folder)')):
+        with pytest.raises(NoiseError, match=f'^noise file {path} {re.escape(said)}$'):
+            resolve_noisy_labels(str(path), 10, np.zeros(10, dtype=np.int64), 10)
 
 
 @pytest.mark.parametrize('noise_type', ['cifar10-1-0.35', 'cifar10-1-0.35_U_0.3', 'cifar10-U-0.4',

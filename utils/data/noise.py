@@ -81,9 +81,13 @@ SAVE_ADVICE = 'save the labels with numpy.save(path, numpy.asarray(labels, dtype
 
 
 def load_label_file(path):
-    """A noise file's label array; anything but a plain numeric .npy array is named with the fix."""
-    with open(path, 'rb') as f:
-        head = f.read(len(NPY_MAGIC))
+    """A noise file's label array; a missing file, or anything but a plain numeric .npy array, is named
+    (with the fix)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(len(NPY_MAGIC))
+    except (FileNotFoundError, IsADirectoryError):  # checked with the flags (noise_problem), but gone since
+        raise NoiseError(no_noise_file(path)) from None
     if head != NPY_MAGIC:
         kind = ('empty' if not head else 'a .npz archive, not a .npy array' if head.startswith(b'PK')
                 else 'not a .npy array (text or another format)')
@@ -96,6 +100,10 @@ def load_label_file(path):
         raise NoiseError(f'noise file {path} is damaged ({exc}): {SAVE_ADVICE}') from None
     except (OSError, EOFError) as exc:
         raise NoiseError(f'noise file {path} is truncated or damaged ({exc}): {SAVE_ADVICE}') from None
+
+
+def no_noise_file(path):
+    return f'noise file {path} does not exist' + (' (it is a folder)' if os.path.isdir(path) else '')
 
 
 def uniform_noise(labels, rate, n_class, rng):
@@ -254,7 +262,7 @@ def noise_problem(noise_type, noise_dir=NOISE_DIR, cifar_n_dirs=()):
     of these. What needs the data (a file's length, the dataset's clean labels) is checked with it."""
     kind = noise_kind(noise_type, noise_dir)
     if kind == 'path' and not os.path.isfile(noise_type):
-        return f'noise file {noise_type} does not exist'
+        return no_noise_file(noise_type)
     if kind == 'cifar-n' and cifar_n_file(noise_type, [noise_dir, *cifar_n_dirs]) is None:
         return cifar_n_missing(noise_type)
     if kind == 'hybrid':  # drawn on its base's labels: the base is checked, and named as the hybrid's
@@ -277,8 +285,6 @@ def stored_labels(noise_type, n, n_class, noise_dir, cifar_n_dirs, inputs_dir):
     name; None where the name is none of these (then it names generated noise)."""
     kind = noise_kind(noise_type, noise_dir)
     if kind == 'path':
-        if not os.path.isfile(noise_type):
-            raise NoiseError(f'noise file {noise_type} does not exist')
         return check_labels(load_label_file(noise_type), n, n_class, noise_type), f'file {noise_type}'
     if kind == 'published':
         path = published_noise_file(noise_type, noise_dir, inputs_dir)
