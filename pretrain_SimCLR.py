@@ -46,7 +46,8 @@ from utils.runs.checks import config_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter, given_flags
 from utils.runs.folders import RunClaim, check_writable, same_file
-from utils.runtime.devices import device_description, resolve_device
+from utils.runtime.devices import device_description, load_optimizer_state, resolve_device
+from utils.runtime.graphs import CAPTURE_ERRORS
 from utils.runtime.progress import print_line, progress_bar
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
 from utils.runtime.signals import StopSignals
@@ -201,8 +202,7 @@ class Pretrainer:
 
     def restore(self, state):
         self.model.load_state_dict(state['model'])
-        self.opt.load_state_dict(state['optimizer'])
-        self._use_lr_tensor()
+        load_optimizer_state(self.opt, state['optimizer'])  # fused, with the lr tensor, where this device runs so
         self.epoch, self.history, self.elapsed = state['epoch'], state['history'], state['elapsed_s']
         set_rng_state(state['rng'])
 
@@ -232,7 +232,7 @@ class GraphedStep:
         if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
             self.trainer.opt.zero_grad(set_to_none=True)  # the captured backward then writes the gradients afresh
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, capture_error_mode=CAPTURE_ERRORS):
                 self.loss = self.trainer.update(self.idx)
         self.graph.replay()  # capturing ran nothing: the first replay is this step
         return self.loss.clone()

@@ -17,6 +17,8 @@ from utils.evaluate import training_mode
 from utils.networks import cifar_resnet_trunk
 from utils.prepare import prepare, use_k
 from utils.retrieval import CandidateLabels, retrieve_candidates
+from utils.runtime import devices
+from utils.runtime.devices import load_optimizer_state
 from utils.runtime.graphs import store_frozen_bf16
 from utils.schedule import learning_rate
 from utils.storage import saving as io
@@ -99,13 +101,45 @@ def test_a_checkpoint_of_another_device_resumes_with_this_devices_optimiser(tmp_
     assert all(isinstance(g['lr'], float) for g in state['param_groups'])
     as_cuda_saved = {**state, 'param_groups': [{**g, 'fused': True, 'capturable': True} for g in state['param_groups']]}
     other = new_trainer(cfg, data, small, str(tmp_path), CPU)
-    other.load_optimizer_state(as_cuda_saved)
+    load_optimizer_state(other.optimizer, as_cuda_saved)
     group = other.optimizer.param_groups[0]
     assert group['fused'] is not True and group['capturable'] is False
     moments = other.optimizer.state_dict()['state']
     assert all(torch.equal(moments[p]['exp_avg'], state['state'][p]['exp_avg']) for p in moments)
     other.set_lr(1e-4)
     other.train_epoch(1)  # steps with the CPU's Adam
+
+
+def test_a_pretraining_state_saved_unfused_loads_into_the_fused_sgd_of_a_gpu():
+    """pretrain_SimCLR resumed on CUDA from a CPU state: loaded as saved, its SGD would step unfused,
+    reading the lr tensor back to the host at every step, and the step's graph capture would fail."""
+    def sgd(fused):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 3))]
+        return params, torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=fused)
+    params, saved = sgd(None)
+    params[0].square().sum().backward()
+    saved.step()
+    _, resumed = sgd(True)  # CPU's fused SGD stands in for the GPU's
+    load_optimizer_state(resumed, saved.state_dict())
+    assert resumed.param_groups[0]['fused'] is True and resumed.param_groups[0]['foreach'] is None
+    assert torch.equal(next(iter(resumed.state.values()))['momentum_buffer'],
+                       next(iter(saved.state.values()))['momentum_buffer'])
+
+
+def test_a_cuda_device_named_by_index_becomes_the_current_one(monkeypatch):
+    """CUDA graphs capture on the current device's streams: cuda:1 must be current for its graphs to
+    record its work. Under torchrun each rank has set its own (LOCAL_RANK), which --device leaves alone."""
+    current = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    assert devices.resolve_device('cuda:1') == torch.device('cuda', 1) and current == [torch.device('cuda', 1)]
+    devices.resolve_device('cuda')  # no index: the current device, whichever it is
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    devices.resolve_device('cuda:1')
+    assert current == [torch.device('cuda', 1)]
 
 
 def test_frozen_bf16_weights_compute_what_autocast_computed():

@@ -25,6 +25,7 @@ from utils.prepare import search_options
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
 from utils.runs.folders import CHECKPOINT_FORMAT
 from utils.runtime import distributed
+from utils.runtime.devices import load_optimizer_state
 from utils.runtime.frozen_kernels import compile_forward
 from utils.runtime.graphs import GraphedCalls, prepare_cuda, store_frozen_bf16
 from utils.runtime.progress import print_line, progress_bar
@@ -322,17 +323,9 @@ class Trainer:
         state['param_groups'] = [{**g, 'lr': self.lr_now} for g in state['param_groups']]
         return state
 
-    def load_optimizer_state(self, state):
-        """A saved optimiser state (moments, step counts), run the way this trainer runs it: the device
-        that saved it may have been another, so the implementation flags and the learning-rate holder stay
-        this trainer's (they also decide where the step counts are kept)."""
-        own = [{k: g[k] for k in ('lr', 'fused', 'capturable', 'foreach')} for g in self.optimizer.param_groups]
-        groups = [{**g, **kept} for g, kept in zip(state['param_groups'], own)]
-        self.optimizer.load_state_dict({**state, 'param_groups': groups})
-
     def restore(self, ckpt):
         self.model.load_state_dict(ckpt['model'])
-        self.load_optimizer_state(ckpt['optimizer'])
+        load_optimizer_state(self.optimizer, ckpt['optimizer'])  # as this device runs it
         if self.average is not None:
             self.average.load_state_dict(ckpt['ema'])
         self.best, self.history = ckpt['best'], ckpt['history']

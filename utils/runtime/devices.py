@@ -7,6 +7,17 @@ from utils.errors import SetupError
 
 
 def resolve_device(name):
+    """The torch device --device names. A CUDA device named by its index becomes the current one: side
+    streams, CUDA-graph capture and the graphs' memory pool work on the current device, not on the
+    tensors' (a graph captured on cuda:0's stream around work on cuda:1 fails or records nothing). Under
+    torchrun each rank's is its LOCAL_RANK's, set as it joins (utils/runtime/distributed.init_from_env)."""
+    device = _resolve(name)
+    if device.type == 'cuda' and device.index is not None and int(os.environ.get('WORLD_SIZE', '1')) == 1:
+        torch.cuda.set_device(device)
+    return device
+
+
+def _resolve(name):
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     device = torch.device(name)
@@ -24,3 +35,16 @@ def device_description(device):
     return f'cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'
 
 
+# how an optimiser runs, not what it computes: a state saved by another device keeps this process's
+IMPLEMENTATION = ('lr', 'fused', 'capturable', 'foreach')
+
+
+def load_optimizer_state(optimizer, state):
+    """A saved optimiser state (moments, step counts) loaded to run the way `optimizer` runs: the device
+    that saved it may have been another, so the implementation flags and the learning-rate holder (a
+    device tensor on CUDA, which a CUDA graph reads) stay the optimiser's own; they also decide where
+    the step counts are kept. Loaded as saved, a CPU state on CUDA would step unfused, reading the lr
+    tensor back to the host: no graph could capture that step."""
+    own = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in optimizer.param_groups]
+    groups = [{**g, **kept} for g, kept in zip(state['param_groups'], own)]
+    optimizer.load_state_dict({**state, 'param_groups': groups})

@@ -45,6 +45,10 @@ def _float32_state(module, state_dict, prefix, local_metadata):
 
 
 SYNC_WARNING = 'synchroniz'  # in torch's sync-debug warning: "called a synchronizing CUDA operation"
+# a capture is spoilt only by this thread's unsafe calls: under the default 'global' mode a DataLoader's
+# pin-memory thread, allocating pinned memory or querying an event meanwhile, would end the capture and
+# the run with it (image-file evaluation captures with its loader running)
+CAPTURE_ERRORS = 'thread_local'
 
 
 def host_syncs(fn, *args):
@@ -110,7 +114,7 @@ class GraphedCalls:
     def _capture(self, entry, inputs):
         entry['inputs'] = [x.clone() for x in inputs]
         entry['graph'] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(entry['graph']):
+        with torch.cuda.graph(entry['graph'], capture_error_mode=CAPTURE_ERRORS):
             entry['outputs'] = self.fn(*entry['inputs'])
         entry['graph'].replay()  # capture records without running: this call's work
         return entry['outputs']
