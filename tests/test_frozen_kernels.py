@@ -8,6 +8,7 @@ from test_engine import digits_cfg
 import train_CIFAR
 from benchmarks.frozen_kernels import spread_batchnorm
 from conftest import subset
+from utils.encoders.clip import load_clip
 from utils.encoders.simclr import SimCLREncoder
 from utils.networks import cifar_resnet, cifar_resnet_trunk
 from utils.prepare import prepare, use_k
@@ -58,6 +59,14 @@ def test_only_an_eval_mode_resnet_trunk_folds():
     with pytest.raises(ValueError, match='CIFAR ResNet trunk'):
         fuse_trunk(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval())
     assert SimCLREncoder('resnet18').finish(CPU).use_kernels('eager') is False
+
+
+def test_compiled_applies_to_the_clip_packages_tower_alone(tiny_clip_path):
+    """The fused CLIP tower's encode does not run through `features`: compiling that would change nothing,
+    and the trainer would say f_p runs compiled."""
+    assert load_clip(tiny_clip_path, tower='fused').use_kernels('compiled') is False
+    package = load_clip(tiny_clip_path, tower='clip')
+    assert package.use_kernels('compiled') is True and package.kernels == 'compiled'
 
 
 def authors_trainer(tmp_path, digits, simclr18_path, kernels):

@@ -63,6 +63,11 @@ class CLIPEncoder(FrozenEncoder):
         return self._converted[1]
 
     @torch.no_grad()
+    def use_kernels(self, kind):
+        """'compiled' compiles `features`, which only the clip package's tower runs through; the fused
+        tower is that network rebuilt for inference already, and nothing applies to it."""
+        return super().use_kernels(kind) if self.tower == 'clip' else False
+
     def encode(self, images):
         if self.tower == 'clip':
             return super().encode(images)

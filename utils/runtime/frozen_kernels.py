@@ -14,7 +14,8 @@ does, which is why the H200 ran these steps at about 55 TFLOP/s (docs/RESULTS.md
   (SimCLR); a training-mode BatchNorm normalises with the batch's own statistics and cannot fold.
 - 'compiled': torch.compile of the frozen networks' forward (the f_p trunk and a frozen diffusion
   encoder): Inductor fuses each BatchNorm, ReLU and residual into one kernel after its convolution,
-  training-mode BatchNorm included. Costs a compile per process and input shape.
+  training-mode BatchNorm included. Costs a compile per process and input shape. A CLIP f_p's fused
+  tower (the default) is left as it is: it is that network rebuilt for inference already.
 
 Neither changes what is computed beyond bf16 rounding (tests/test_frozen_kernels.py bounds it).
 """
