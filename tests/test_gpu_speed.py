@@ -98,3 +98,17 @@ def test_the_graphed_simclr_step_equals_the_eager_one(digits, monkeypatch):
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
     for name, value in runs[0][1].items():
         torch.testing.assert_close(value, runs[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_simclr_state_saved_on_the_cpu_steps_graphed_on_cuda(digits):
+    """--device may change on --resume: a CPU state's unfused SGD must not reach the CUDA graph, whose
+    capture would fail on the lr tensor read back to the host."""
+    args = pretrain_SimCLR.parser().parse_args([*TINY[:-4], '--device', 'cpu', '--warmup_epochs', '0'])
+    on_cpu = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+    on_cpu.step(torch.arange(32), 0)
+    t = trainer(digits, [])
+    t.restore(on_cpu.state())
+    assert t.opt.param_groups[0]['fused'] is True and t.opt.param_groups[0]['lr'] is t.lr_now
+    idx = torch.arange(32, device='cuda')
+    losses = [t.step(idx, step) for step in range(1, pretrain_SimCLR.GraphedStep.WARMUP + 3)]
+    assert t.graph.graph is not None and all(torch.isfinite(loss) for loss in losses)
