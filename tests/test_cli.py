@@ -126,3 +126,13 @@ def test_a_bar_written_to_a_log_is_a_line_a_minute_not_ten_a_second(monkeypatch,
 def test_a_bar_on_a_terminal_is_redrawn_as_tqdm_draws_it(monkeypatch):
     monkeypatch.setattr(progress, 'to_terminal', lambda stream=None: True)
     assert progress.progress_bar(range(3), file=io.StringIO()).mininterval == 0.1
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """`python -m benchmarks.paper --list | head`: the reader closes the pipe; no traceback follows."""
+    code = ('from utils.runs.cli import run_cli\n'
+            'run_cli(lambda argv: [print("row " * 20) for _ in range(100000)])')
+    proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 128 + 13 and proc.stderr.read() == b''  # SIGPIPE's status, as a shell's

@@ -7,6 +7,7 @@ A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--de
 """
 import argparse
 import errno
+import os
 import signal
 import sys
 import traceback
@@ -79,6 +80,11 @@ def run_cli(main, argv=None):
             traceback.print_exc()
         print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
         sys.exit(128 + getattr(exc, 'signum', signal.SIGINT))
+    except BrokenPipeError:
+        # whoever read the output has gone (`--list | head`): nothing more to say, and Python's own
+        # flush of stdout at exit must not fail again with a traceback of its own
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except Exception as exc:
         message = one_line(exc)
         if message is None:
