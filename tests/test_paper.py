@@ -5,13 +5,14 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
 import torch
 from test_run_folders import snapshot
 
-from benchmarks import paper
+from benchmarks import layouts, paper
 from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
 from tools import paper_device
 from utils.errors import SetupError
@@ -104,6 +105,19 @@ def test_a_dry_run_prints_each_seeds_command_and_runs_nothing(tmp_path, capsys, 
         assert f'train_CIFAR.py --noise_type cifar100-3-0.70 --fp_encoder CLIP --CLIP_type ViT-L/14 --seed {seed} ' \
                f'--out_dir {runs}/cifar100-pmd3-70-clip --run_name s{seed} --data_root {tmp_path}' in out
     assert not runs.exists()
+
+
+def test_a_dry_run_lets_no_dataset_reader_download(tmp_path, capsys, monkeypatch):
+    """Clothing1M's reader fetches the authors' cc_select lists where the dataset lacks them: not in a dry run."""
+    def no_download(*args, **kwargs):
+        raise AssertionError('a dry run downloaded')
+    monkeypatch.setattr(published, 'download', no_download)
+    root = layouts.clothing1m(str(tmp_path / 'Clothing1M'))
+    shutil.rmtree(os.path.join(root, 'annotations'))
+    assert paper.main(['--row', 'clothing1m', '--dry-run', '--runs', str(tmp_path / 'runs'), '--',
+                       '--clothing1m_root', root]) == 1
+    out = capsys.readouterr().out
+    assert 'MISSING  dataset' in out and 'cc_select_img.txt absent: a run downloads it from' in out
 
 
 def digits_row():

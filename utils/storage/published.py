@@ -93,6 +93,7 @@ PUBLISHED = {
 
 # What fetch() resolved while a recording() was open: name → where it came from and its hash.
 _recordings = []
+_looking_only = []  # looking_only() blocks entered and not left
 
 
 def inputs_dir(override=None):
@@ -134,9 +135,20 @@ def recording():
         _recordings.remove(record)
 
 
-def fetch(name, folder=None, log=print, download_absent=True):
+@contextlib.contextmanager
+def looking_only():
+    """Inside the block fetch() downloads nothing: an absent input is a PublishedInputError naming where
+    a run would fetch it from (a dry run, whichever reader asks for the input)."""
+    _looking_only.append(True)
+    try:
+        yield
+    finally:
+        _looking_only.pop()
+
+
+def fetch(name, folder=None, log=print):
     """The local path of published input `name`, verified by its git blob hash, downloaded if absent
-    (with download_absent=False an absent file is a PublishedInputError naming where it comes from)."""
+    (not inside looking_only())."""
     name, entry = lookup(name)
     folder = inputs_dir(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -150,7 +162,7 @@ def fetch(name, folder=None, log=print, download_absent=True):
             raise PublishedInputError(
                 f'{path} is not the published {name}: its git blob sha1 is {found}, the published file\'s '
                 f'is {entry.blob}; delete it to download {url} again, or copy the published file there')
-    elif download_absent:
+    elif not _looking_only:
         download(url, path, entry.blob, log)
     else:
         raise PublishedInputError(f'{path} absent: a run downloads it from {url}; offline, copy that file there')
