@@ -280,11 +280,15 @@ def test_list_with_a_row_prints_that_row(capsys):
     assert line.split()[0] == 'webvision-val-top5' and line.endswith(ROWS['webvision-val-top5'].command())
 
 
-def test_a_stopped_seed_is_resumed():
+def test_a_stopped_seed_is_resumed(tmp_path):
     row = ROWS['cifar10-pmd1-35-simclr']
-    fresh = paper.seed_command(row, 3, '/nowhere/cifar10-pmd1-35-simclr/s3', ['--data_root', 'd'])
-    assert fresh[-8:] == ['--seed', '3', '--out_dir', '/nowhere/cifar10-pmd1-35-simclr', '--run_name', 's3',
-                          '--data_root', 'd']
+    folder = tmp_path / 'cifar10-pmd1-35-simclr' / 's3'
+    fresh = paper.seed_command(row, 3, str(folder), ['--data_root', 'd'])
+    assert fresh[-8:] == ['--seed', '3', '--out_dir', str(folder.parent), '--run_name', 's3', '--data_root', 'd']
+    folder.mkdir(parents=True)
+    (folder / 'last.pt').write_bytes(b'')  # a stopped run's checkpoint: its own flags are in it
+    resumed = paper.seed_command(row, 3, str(folder), ['--data_root', 'd'])
+    assert resumed[-4:] == ['--resume', str(folder), '--data_root', 'd'] and '--noise_type' not in resumed
 
 
 def test_a_device_run_is_recorded_with_its_labels(outputs, tmp_path):
