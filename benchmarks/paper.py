@@ -435,21 +435,28 @@ def page(results):
 
 
 def readme_section(results):
-    """The README's reproduction table: per table of the paper, its rows, how many are measured and one
-    row's one-line command; then every measured row beside the paper's figure. docs/PAPER.md (and
-    `--list`) give every row with its command."""
+    """The README's reproduction table: per table of the paper, its rows and how many are measured; every
+    measured row beside the paper's figure; then, folded per table, each row's figure and one-line
+    command. docs/PAPER.md adds each row's inputs, GPU time and references."""
     summary = summarise(results.get('runs', []))
     measured_ids = {row_id for row_id, _ in summary}
-    lines = [README_MARKERS[0], '', measured_line(results), '',
-             "| the paper's table | rows | measured | one row's command |", '|---|---|---|---|']
+    lines = [README_MARKERS[0], '', measured_line(results), '', "| the paper's table | rows | measured |", '|---|---|---|']
     for table in TABLES:
         rows = [row for row in ROWS.values() if row.table == table]
-        lines.append(f'| {table} | {len(rows)} | {sum(row.id in measured_ids for row in rows)} | '
-                     f'`{rows[0].id}`: `{rows[0].command()}` |')
-    for row in ROWS.values():
-        for measured, diff, where in (measured_cells(row, summary) if row.id in measured_ids else ()):
-            lines.append(f'| `{row.id}`, paper {row.paper.text(row.unit)} | | {measured}, {diff} | {where} |')
-    lines += ['', 'Every row with its figure and command: docs/PAPER.md, or `python -m benchmarks.paper --list`.']
+        lines.append(f'| {table} | {len(rows)} | {sum(row.id in measured_ids for row in rows)} |')
+    if measured_ids:
+        lines += ['', '| measured row | paper | measured | Δ | measured on |', '|---|---|---|---|---|']
+        for row in ROWS.values():
+            for measured, diff, where in (measured_cells(row, summary) if row.id in measured_ids else ()):
+                lines.append(f'| `{row.id}` | {row.paper.text(row.unit)} | {measured} | {diff} | {where} |')
+    for table in TABLES:
+        lines += ['', f'<details><summary>{table}: each row\'s command</summary>', '', '| row | paper | command |',
+                  '|---|---|---|']
+        lines += [f'| `{row.id}` | {row.paper.text(row.unit)} | `{row.command()}` |'
+                  for row in ROWS.values() if row.table == table]
+        lines += ['', '</details>']
+    lines += ['', 'Every row with its inputs, GPU time and references: docs/PAPER.md, or '
+                  '`python -m benchmarks.paper --list`.']
     return '\n'.join([*lines, '', README_MARKERS[1]])
 
 
