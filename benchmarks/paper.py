@@ -126,14 +126,20 @@ def input_lines(row, extra=()):
     weights looked for, datasets read by the script's reader. Nothing is trained."""
     if not row.inputs:
         return True, ['  (no inputs: random weights, speed does not depend on them)']
+    from utils.storage.published import recording
     cfg = parse_row(row, extra)
     folder = getattr(cfg, 'inputs_dir', None)
-    lines, ok, datasets = [], True, []
+    lines, ok = [], True
+    datasets = [item.name for item in row.inputs if item.kind == 'dataset']
+    if datasets:  # read first: what its reader fetches tells which if_asked inputs it needs
+        with recording() as asked:
+            read, read_text = dataset_status(row, cfg)
     for item in row.inputs:
         if item.kind == 'dataset':
-            datasets.append(item.name)
             continue
-        if item.kind == 'published':
+        if item.if_asked and datasets and read and item.name not in asked:
+            present, text = True, 'not needed: the dataset holds its own (its reader did not ask for it)'
+        elif item.kind == 'published':
             present, text = published_status(item.name, folder)
         elif item.kind == 'generated':
             base = item.name.rsplit('_', 2)[0]
@@ -146,9 +152,8 @@ def input_lines(row, extra=()):
         ok &= present
         lines.append(f'  {"ok" if present else "MISSING"}  {item.kind} {item.name}: {text}')
     if datasets:
-        present, text = dataset_status(row, cfg)
-        ok &= present
-        lines.append(f'  {"ok" if present else "MISSING"}  dataset {", ".join(datasets)} (by hand): {text}')
+        ok &= read
+        lines.append(f'  {"ok" if read else "MISSING"}  dataset {", ".join(datasets)} (by hand): {read_text}')
     return ok, lines
 
 

@@ -55,6 +55,7 @@ class Input:
     kind: str
     name: str
     note: str = ''
+    if_asked: bool = False  # published: needed only where the dataset's reader asks for it (it lacks the file)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def real_world_rows():
                    '≈ 12 h on one H100 (one epoch of generated JPEGs projected to 300; docs/RESULTS.md)')
     web_inputs = (Input('dataset', 'WebVision', 'WebVision 1.0 (Google subset) with info/ (download by hand)'),
                   Input('dataset', 'ILSVRC2012 val', 'the official flat validation folder (download by hand)'),
-                  Input('published', 'ILSVRC2012_val_label', 'its labels, where no label file lies beside it'),
+                  Input('published', 'ILSVRC2012_val_label', 'its labels, where no label file lies beside it',
+                        if_asked=True),
                   CLIP_L14)
     web_flags = ('--webvision_root', 'data/webvision', '--imagenet_val_root', 'data/ILSVRC2012/val')
     web = []

@@ -120,6 +120,21 @@ def test_a_dry_run_lets_no_dataset_reader_download(tmp_path, capsys, monkeypatch
     assert 'MISSING  dataset' in out and 'cc_select_img.txt absent: a run downloads it from' in out
 
 
+def test_a_label_file_beside_the_ilsvrc_images_needs_no_published_one(tmp_path, capsys):
+    """The authors' ILSVRC2012_val_label is read only where the flat folder holds no label file."""
+    root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'val'), flat='val.txt')
+    (tmp_path / 'clip').mkdir()
+    (tmp_path / 'clip' / 'ViT-L-14.pt').write_bytes(b'')  # looked for, not read
+    flags = ['--webvision_root', root, '--imagenet_val_root', imagenet, '--n_class', '3', '--clip_download_root',
+             str(tmp_path / 'clip')]
+    assert paper.main(['--check-inputs', '--row', 'webvision-ilsvrc-top1', '--', *flags]) == 0
+    out = capsys.readouterr().out
+    assert 'ok  published ILSVRC2012_val_label: not needed' in out and 'MISSING' not in out
+    os.remove(os.path.join(imagenet, 'val.txt'))  # no label file: the published one is looked for, and absent
+    assert paper.main(['--check-inputs', '--row', 'webvision-ilsvrc-top1', '--', *flags]) == 1
+    assert 'MISSING  published ILSVRC2012_val_label: could not download' in capsys.readouterr().out
+
+
 def digits_row():
     return Row('digits-smoke', 'PMD noise', 'digits (a test row)', UNKNOWN, 'demo_digits.py',
                ('--nepoch', '2', '--warmup_epochs', '1', '--n_samples', '0', '--batch_size', '100',
