@@ -122,13 +122,15 @@ def test_a_stage_cut_off_does_not_stop_the_suite(tmp_path, monkeypatch):
     def write(args, out):
         return [sys.executable, '-c', f'import json; json.dump({{"value": 1}}, open({out!r}, "w"))']
     def sleep(args, out):
-        return [sys.executable, '-c', 'import time; time.sleep(60)']
+        return [sys.executable, '-c', 'import time; print("test_one PASSED", flush=True); time.sleep(60)']
     monkeypatch.setattr(gpu_suite, 'stages', lambda: [gpu_suite.Stage('quick', write), gpu_suite.Stage('slow', sleep)])
     monkeypatch.setattr(gpu_suite, 'MIN_STAGE_S', 1)
     monkeypatch.setattr(gpu_suite, 'REPORT_S', 0)
     summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '6'])
     assert summary['remaining'] == ['slow'] and summary['stages']['quick']['result'] == {'value': 1}
     assert (tmp_path / 'slow.cutoff.json').exists() and not (tmp_path / 'slow.json').exists()
+    (note,) = summary['notes']  # how far it got: the device's stage logs do not come back
+    assert note.startswith('slow: cut off; its log ended: $ ') and note.endswith(' | test_one PASSED')
     # no more time than it was cut off at: not retried (it could not finish), still named as remaining
     summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '4'])
     assert summary['remaining'] == ['slow'] and 'cut off at' in summary['notes'][0]

@@ -100,7 +100,8 @@ CUDA_TESTS = ('tests/test_gpu.py', 'tests/test_gpu_speed.py')
 
 
 def cuda_tests(args, out):
-    return [PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *CUDA_TESTS, f'--junitxml={out}']
+    # -v: a line per test as it ends, so a cut-off stage's note still says how far the tests got
+    return [PY, '-m', 'pytest', '-v', '-p', 'no:cacheprovider', *CUDA_TESTS, f'--junitxml={out}']
 
 
 def junit_counts(out, args):
@@ -349,9 +350,9 @@ def run_stage(args, stage, deadline):
     started, cpu = time.monotonic(), children_cpu_s()
     rc = run_command(stage.command(args, raw), args.stage_timeout_s, log)
     seconds, cpu = round(time.monotonic() - started, 1), round(children_cpu_s() - cpu, 1)
-    if rc is None:
-        save_json({'timeout_s': round(args.stage_timeout_s, 1)}, cutoff)
-        return 'cut off'
+    if rc is None:  # its log stays on the device: its last lines come back in the note (a test's progress)
+        save_json({'timeout_s': round(args.stage_timeout_s, 1), 'log_tail': tail(log, 5)}, cutoff)
+        return f'cut off; its log ended: {" | ".join(line for line in tail(log, 5).splitlines() if line.strip())}'
     record = {'stage': stage.name, 'rc': rc, 'stage_seconds': seconds, 'stage_cpu_s': cpu,
               'finished_utc': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}
     try:
