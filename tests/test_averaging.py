@@ -28,6 +28,19 @@ def test_average_follows_the_ramped_decay_and_copies_counters():
     assert torch.allclose(average.model[0].weight, net[0].weight)  # a fixed target is reached
 
 
+def test_a_frozen_layer_is_kept_not_averaged():
+    """--freeze_diff_encoder with --ema_decay: its weights never move, so nothing is spent on them (stored
+    in bf16, they reach the average only as float32 copies)."""
+    net = small_net()
+    net[0].requires_grad_(False)
+    average = WeightAverage(net, decay=0.5)
+    assert len(average.floats) == 4  # BatchNorm's weight, bias and two running statistics: not the frozen Linear
+    net(torch.randn(8, 3))
+    average.update()
+    assert torch.equal(average.model[0].weight, net[0].weight)
+    assert torch.allclose(average.model[1].running_mean, 0.9 * net[1].running_mean)
+
+
 def test_load_state_dict_of_the_model_is_followed():
     net = small_net()
     average = WeightAverage(net, decay=0.9)

@@ -6,7 +6,8 @@ near the peak rate); the average of the recent weights removes that noise withou
 
 The decay ramps up as (1 + n) / (10 + n) after n updates, capped at --ema_decay, so a short run
 averages over its recent past rather than over its random initialisation. Floating-point buffers
-(BatchNorm's running statistics) are averaged too; integer ones (their batch counters) copied.
+(BatchNorm's running statistics) are averaged too; integer ones (their batch counters) copied. A frozen
+parameter (--freeze_diff_encoder) never moves: the average keeps its copy and spends nothing on it.
 """
 import copy
 
@@ -17,7 +18,10 @@ class WeightAverage:
     def __init__(self, model, decay):
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False)
-        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        # (stored in bf16, a frozen network's state dict holds float32 copies: lerped, they would only cost)
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        pairs = [(a, w) for (name, a), w in zip(self.model.state_dict().items(), model.state_dict().values())
+                 if name not in frozen]
         self.floats = [p for p in pairs if p[0].is_floating_point()]
         self.others = [p for p in pairs if not p[0].is_floating_point()]
 
