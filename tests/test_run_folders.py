@@ -438,8 +438,9 @@ def test_class_folders_named_by_a_relative_path_or_moved_resume_and_other_images
     assert summary['epochs'] == 2
     shutil.copytree(tmp_path / 'here' / 'own', tmp_path / 'scratch' / 'own')  # copy2: mtimes kept
     moved = ['--train', str(tmp_path / 'scratch' / 'own' / 'train'), '--val', str(tmp_path / 'scratch' / 'own' / 'val')]
+    cache = snapshot(tmp_path / 'cache')
     summary, _ = train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', *moved])
-    assert summary['epochs'] == 3
+    assert summary['epochs'] == 3 and snapshot(tmp_path / 'cache') == cache  # the copy's features: from the cache
     # copied without the modification times (cp -r): refused, saying so
     shutil.copytree(tmp_path / 'here' / 'own', tmp_path / 'plain' / 'own', copy_function=shutil.copy)
     plain = ['--train', str(tmp_path / 'plain' / 'own' / 'train'), '--val', str(tmp_path / 'plain' / 'own' / 'val')]

@@ -2,9 +2,10 @@
 
 A cache file stores its key (encoder, weights fingerprint, dataset, split, view, image
 fingerprint, precision) and a hash of its content. Images held in memory enter the key by their
-bytes; image files by what they are on disk, files_fingerprint: each file's path, size and
-modification time in nanoseconds, so an image rewritten in place is never served from a cache of the
-old one. A file whose key differs, whose content no
+bytes; image files by what they are on disk, files_fingerprint: each file's path within the folder its
+list shares, size and modification time in nanoseconds, so an image rewritten in place is never served
+from a cache of the old one, and a dataset moved, named by another path, or copied keeping its times
+(cp -a, rsync -a) is served its features (as a resume goes on with it). A file whose key differs, whose content no
 longer matches its hash (altered in place), or that cannot be read or is refused as unsafe, is
 rebuilt with a message: a cache from another configuration is never silently reused.
 """
@@ -17,7 +18,7 @@ from utils.data.image_files import Decoding, image_batches
 from utils.data.images import random_crop_flip
 from utils.encoders.base import FrozenEncoder, encode_all
 from utils.runtime import distributed
-from utils.storage.fingerprints import files_fingerprint, key_fingerprint, tensor_fingerprint
+from utils.storage.fingerprints import files_fingerprint, key_fingerprint, tensor_fingerprint, within_common_folder
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 
@@ -56,7 +57,7 @@ def argument_identity(value):
         return {'encoder': value.name, 'preprocess': value.describe(), 'source': str(getattr(value, 'source', '')),
                 'weights': value.fingerprint, 'bf16': bool(value.bf16 and value.device.type == 'cuda')}
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return {'files': files_fingerprint(value), 'n': len(value)}
+        return {'files': files_fingerprint(value, within_common_folder(value)), 'n': len(value)}
     return value
 
 
