@@ -104,6 +104,7 @@ def clip_status(name, cfg):
 
 def dataset_status(row, cfg):
     """The folders the row's flags name, then the script's own reader over them: what a run reads first."""
+    from utils.errors import PublishedInputError
     from utils.runs.cli import one_line
     roots = [flag[2:] for flag in row.flags if flag.startswith('--') and flag.endswith('_root')]
     absent = [f'--{name} {getattr(cfg, name)}' for name in roots if not os.path.isdir(getattr(cfg, name))]
@@ -112,6 +113,11 @@ def dataset_status(row, cfg):
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # a reader's download notices
             splits = script_module(row.script).load_splits(cfg)
+    except PublishedInputError as exc:  # said once, on that input's own line
+        listed = [item.name for item in row.inputs if item.kind == 'published' and item.name in str(exc)]
+        if listed:
+            return False, f'its folders are there; it is read once {listed[0]} (above) is'
+        return False, one_line(exc)
     except Exception as exc:
         message = one_line(exc)
         if message is None:

@@ -117,7 +117,8 @@ def test_a_dry_run_lets_no_dataset_reader_download(tmp_path, capsys, monkeypatch
     assert paper.main(['--row', 'clothing1m', '--dry-run', '--runs', str(tmp_path / 'runs'), '--',
                        '--clothing1m_root', root]) == 1
     out = capsys.readouterr().out
-    assert 'MISSING  dataset' in out and 'cc_select_img.txt absent: a run downloads it from' in out
+    assert 'MISSING  dataset Clothing1M (by hand): its folders are there; it is read once cc_select_img (above) is' \
+        in out and out.count('cc_select_img.txt absent: a run downloads it from') == 1  # said once
 
 
 def test_a_label_file_beside_the_ilsvrc_images_needs_no_published_one(tmp_path, capsys):
