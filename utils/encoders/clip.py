@@ -62,12 +62,12 @@ class CLIPEncoder(FrozenEncoder):
             self._converted = ((dtype, self.device), self.visual.copy_as(dtype))
         return self._converted[1]
 
-    @torch.no_grad()
     def use_kernels(self, kind):
         """'compiled' compiles `features`, which only the clip package's tower runs through; the fused
         tower is that network rebuilt for inference already, and nothing applies to it."""
         return super().use_kernels(kind) if self.tower == 'clip' else False
 
+    @torch.no_grad()
     def encode(self, images):
         if self.tower == 'clip':
             return super().encode(images)
