@@ -12,6 +12,7 @@ from utils.engine import run
 from utils.errors import Interrupted, SetupError
 from utils.prepare import neighbour_table
 from utils.runs import k_trials
+from utils.runs.folders import NEWEST_IMAGE
 from utils.storage.loading import load_json, load_torch
 from utils.trainer import Trainer
 
@@ -238,5 +239,10 @@ def test_the_trial_key_is_what_a_trial_computes(tmp_path, monkeypatch):
     assert key('--lr', '2e-3') != same and key('--seed', '5') != same and key('--nepoch', '300') != same  # 31-epoch trials, not 21
     assert key() != k_trials.trial_key(k_trials.trial_config(digits_cfg(tmp_path, '--k_choices', '1', '5'), 5),
                                        {'training labels': 'x'})
+    trial = k_trials.trial_config(digits_cfg(tmp_path, '--k_choices', '1', '5', '--k_select', 'model'), 1)
+    recorded_before = {'training labels': 'x', 'image files': 'y'}  # by a version without the newest image time
+    before = k_trials.trial_key(trial, recorded_before)
+    assert k_trials.trial_key(trial, {**recorded_before, NEWEST_IMAGE: 123}) == before
+    assert k_trials.trial_key(trial, {**recorded_before, 'image files': 'z'}) != before
     monkeypatch.setattr(neighbour_table, 'version', neighbour_table.version + 1)  # a table made by another rule
     assert key() != same

@@ -26,7 +26,7 @@ import time
 from utils.errors import Interrupted, SetupError
 from utils.prepare import search_options, select_k, use_k, warn_noisy_choice
 from utils.retrieval import neighbour_table
-from utils.runs.folders import load_run
+from utils.runs.folders import NEWEST_IMAGE, load_run
 from utils.runtime import distributed
 from utils.schedule import is_eval_epoch
 from utils.storage.loading import load_json
@@ -68,7 +68,10 @@ def trial_key(trial_cfg, fingerprints):
     """What a finished trial must match to be reused: the trial's flags, the run's inputs and the way its
     neighbour table is made (a table made by another rule can hold other neighbours)."""
     flags = {k: v for k, v in vars(trial_cfg).items() if k not in NOT_IN_TRIAL_KEY}
-    text = json.dumps({'flags': flags, 'inputs': fingerprints, 'neighbour_table': neighbour_table.version},
+    # the newest image time says nothing 'image files' does not (recorded since 2026-12-06): trials made
+    # before it keep their key
+    inputs = {k: v for k, v in fingerprints.items() if k != NEWEST_IMAGE}
+    text = json.dumps({'flags': flags, 'inputs': inputs, 'neighbour_table': neighbour_table.version},
                       sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()
 
