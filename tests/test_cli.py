@@ -136,3 +136,12 @@ def test_output_cut_short_by_its_reader_ends_quietly():
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=60) == 128 + 13 and proc.stderr.read() == b''  # SIGPIPE's status, as a shell's
+
+
+def test_a_broken_pipe_other_than_stdout_is_not_taken_for_the_reader_gone():
+    code = ('from utils.runs.cli import run_cli\n'
+            'def main(argv):\n'
+            '    raise BrokenPipeError(32, "a worker\'s pipe")\n'
+            'run_cli(main)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 1 and b"BrokenPipeError: [Errno 32] a worker's pipe" in proc.stderr

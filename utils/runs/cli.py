@@ -8,6 +8,7 @@ A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--de
 import argparse
 import errno
 import os
+import select
 import signal
 import sys
 import traceback
@@ -68,6 +69,16 @@ def _own_message(text):
     return last.split(': ', 1)[1] if ': ' in last else last
 
 
+def reader_gone():
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on its writing end)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no such stream, or no poll on this system
+        return False
+
+
 def run_cli(main, argv=None):
     """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
     argv = sys.argv[1:] if argv is None else argv
@@ -81,6 +92,8 @@ def run_cli(main, argv=None):
         print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
         sys.exit(128 + getattr(exc, 'signum', signal.SIGINT))
     except BrokenPipeError:
+        if not reader_gone():  # another pipe broke (a worker's, a subprocess's): an error like any other
+            raise
         # whoever read the output has gone (`--list | head`): nothing more to say, and Python's own
         # flush of stdout at exit must not fail again with a traceback of its own
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
