@@ -4,7 +4,7 @@ import os
 import numpy as np
 import torch
 
-from utils.encoders.cache import cached, computation_key
+from utils.encoders.cache import argument_identity, cached, computation_key
 
 
 def test_a_cached_computation_runs_once_per_distinct_arguments(tmp_path):
@@ -102,3 +102,20 @@ def test_file_feature_keys_name_a_view_or_filter_only_where_they_differ_from_the
                                                              resample='bicubic'))
     assert keys[3] == computation_key(encode_file_view, dict(encoder=encoder, paths=paths, size=32,
                                                              resample='bicubic', rounding='authors'))
+
+
+def test_image_files_are_keyed_within_their_folder_and_told_apart_by_their_bytes(tmp_path):
+    """A copy that keeps the times (cp -a) shares the key; another folder whose files agree in names,
+    sizes and times (archives unpacked with one normalised time) does not."""
+    def folder(name, pixels):
+        paths = []
+        for i, byte in enumerate(pixels):
+            path = tmp_path / name / 'train' / 'cat' / f'{i}.jpg'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes([byte]) * 100)
+            os.utime(path, ns=(0, 10 ** 18 + i))
+            paths.append(str(path))
+        return paths
+    original = argument_identity(folder('a', [1, 2, 3]))
+    assert argument_identity(folder('copy', [1, 2, 3])) == original
+    assert argument_identity(folder('other', [1, 9, 3])) != original  # the middle file's bytes differ

@@ -18,7 +18,8 @@ from utils.data.image_files import Decoding, image_batches
 from utils.data.images import random_crop_flip
 from utils.encoders.base import FrozenEncoder, encode_all
 from utils.runtime import distributed
-from utils.storage.fingerprints import files_fingerprint, key_fingerprint, tensor_fingerprint, within_common_folder
+from utils.storage.fingerprints import (files_fingerprint, key_fingerprint, sampled_files_digest, tensor_fingerprint,
+                                        within_common_folder)
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 
@@ -57,7 +58,8 @@ def argument_identity(value):
         return {'encoder': value.name, 'preprocess': value.describe(), 'source': str(getattr(value, 'source', '')),
                 'weights': value.fingerprint, 'bf16': bool(value.bf16 and value.device.type == 'cuda')}
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return {'files': files_fingerprint(value, within_common_folder(value)), 'n': len(value)}
+        return {'files': files_fingerprint(value, within_common_folder(value)), 'n': len(value),
+                'sampled': sampled_files_digest(value)}
     return value
 
 
