@@ -448,6 +448,12 @@ def test_class_folders_named_by_a_relative_path_or_moved_resume_and_other_images
                                          r'by name and size, with other modification times: a copy that did not keep '
                                          r'them, as cp -r makes; copy with cp -a or rsync -a'):
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *plain])
+    touched = sorted((tmp_path / 'scratch' / 'own' / 'train' / 'dog').iterdir())[0]
+    times = touched.stat().st_atime_ns, touched.stat().st_mtime_ns
+    touched.touch()  # the same size, a new time: named, not taken for a copy
+    with pytest.raises(SetupError, match=re.escape(f'(1 image modified after the run recorded them: {touched})')):
+        train_ImageFolder.main(['--resume', run_dir, '--nepoch', '4', *moved])
+    os.utime(touched, ns=times)
     changed = next((tmp_path / 'scratch' / 'own' / 'train' / 'cat').iterdir())
     changed.write_bytes(changed.read_bytes() + b'\0')
     with pytest.raises(SetupError, match=re.escape('the image files differ from those the run was made with (1 image '

@@ -292,31 +292,38 @@ def input_fingerprints(dataset, data):
 
 def check_resume_inputs(saved, now, run_dir, splits=None):
     """Refuse a resume whose inputs differ from the run's, naming what changed (what the run did not
-    record, made by an earlier version, is not compared) and, given the `splits` whose image files
-    changed, the images modified after the newest the run recorded."""
+    record, made by an earlier version, is not compared) and, for image files (given the `splits`), how."""
     if not saved:  # a checkpoint written before inputs were recorded
         return
     changed = [name for name in now if name in saved and saved[name] != now[name] and name not in NOT_COMPARED]
     if changed:
-        why = ''
-        if changed == ['image files'] and saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY):
-            why = (' (the same files by name and size, with other modification times: a copy that did not keep '
-                   'them, as cp -r makes; copy with cp -a or rsync -a, or resume where the run was made)')
-        elif 'image files' in changed and splits is not None and isinstance(saved.get(NEWEST_IMAGE), int):
-            why = modified_since(splits, saved[NEWEST_IMAGE])
+        why = image_change(saved, now, splits) if 'image files' in changed else ''
         raise ResumeRefused(f'--resume {run_dir}: the {" and the ".join(changed)} differ from those the run was made '
                             f'with{why}; resume with the same inputs, or start a new run')
 
 
-def modified_since(splits, ns, shown=3):
-    """' (N images modified after the run recorded them: the first few)', or '' where none is (a file
-    replaced by one with an older time, say)."""
-    newer = files_modified_after([path for split in ('train', 'val', 'test') for path in splits.paths(split)], ns)
-    if not newer:
-        return ''
-    more = f' and {len(newer) - shown:,} more' if len(newer) > shown else ''
-    return f' ({len(newer):,} image{"s" if len(newer) > 1 else ""} modified after the run recorded them: ' \
-           f'{", ".join(newer[:shown])}{more})'
+UNKEPT_TIMES = 'a copy that did not keep them, as cp -r makes; copy with cp -a or rsync -a, or resume where the run ' \
+               'was made'
+
+
+def image_change(saved, now, splits, shown=3):
+    """How the image files differ, where it can be told: the images modified after the newest the run
+    recorded (named, the first few), or every image's time with the sizes the same (a copy that did not
+    keep the times); '' otherwise (a file replaced by one with an older time, a run recorded before)."""
+    newer, total = None, 0
+    if splits is not None and isinstance(saved.get(NEWEST_IMAGE), int):
+        paths = [path for split in ('train', 'val', 'test') for path in splits.paths(split)]
+        newer, total = files_modified_after(paths, saved[NEWEST_IMAGE]), len(paths)
+    if newer and len(newer) < total:
+        more = f' and {len(newer) - shown:,} more' if len(newer) > shown else ''
+        return f' ({len(newer):,} image{"s" if len(newer) > 1 else ""} modified after the run recorded them: ' \
+               f'{", ".join(newer[:shown])}{more})'
+    if saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY):
+        return f' (the same files by name and size, with other modification times: {UNKEPT_TIMES})'
+    if newer:
+        return ' (every image has a modification time after the run recorded them, and some differ in size: a ' \
+               'copy made without its times (cp -r) and changed since, or other images)'
+    return ''
 
 
 def check_same_classes(splits, info, run_dir):
