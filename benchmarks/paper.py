@@ -114,7 +114,8 @@ def dataset_status(row, cfg):
         with contextlib.redirect_stdout(io.StringIO()):  # a reader's download notices
             splits = script_module(row.script).load_splits(cfg)
     except PublishedInputError as exc:  # said once, on that input's own line
-        listed = [item.name for item in row.inputs if item.kind == 'published' and item.name in str(exc)]
+        stopped_at = getattr(exc, 'input', None)
+        listed = [item.name for item in row.inputs if item.kind == 'published' and item.name == stopped_at]
         if listed:
             return False, f'its folders are there; it is read once {listed[0]} (above) is'
         return False, one_line(exc)

@@ -332,7 +332,8 @@ def finished(args, stage):
 
 
 def run_stage(args, stage, deadline):
-    """Run one stage; returns 'done', 'cut off', 'failed' or a note why it did not run."""
+    """Run one stage; returns 'done', or a note: 'cut off; its log ended: ...', 'failed (...)', or why it did
+    not run."""
     cutoff = stage_path(args, stage, '.cutoff.json')
     budget = deadline - time.monotonic()
     if os.path.isfile(cutoff) and not stage.resumable and budget <= read_json(cutoff)['timeout_s']:

@@ -150,7 +150,18 @@ def fetch(name, folder=None, log=print):
     """The local path of published input `name`, verified by its git blob hash, downloaded if absent
     (not inside looking_only())."""
     name, entry = lookup(name)
-    folder = inputs_dir(folder)
+    try:
+        path, url = _fetched(name, entry, inputs_dir(folder), log)
+    except PublishedInputError as exc:
+        exc.input = name  # which input stopped a reader that asked for several (benchmarks.paper says it once)
+        raise
+    for record in _recordings:
+        record[name] = {'url': url, 'path': path, 'git_blob_sha1': entry.blob}
+    return path
+
+
+def _fetched(name, entry, folder, log):
+    """(path, url) of a verified published file, downloaded where absent and allowed."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise PublishedInputError(f'{folder} is a file, not a folder to keep published inputs in; choose another '
                                   f'--inputs_dir')
@@ -166,9 +177,7 @@ def fetch(name, folder=None, log=print):
         download(url, path, entry.blob, log)
     else:
         raise PublishedInputError(f'{path} absent: a run downloads it from {url}; offline, copy that file there')
-    for record in _recordings:
-        record[name] = {'url': url, 'path': path, 'git_blob_sha1': entry.blob}
-    return path
+    return path, url
 
 
 def download(url, path, blob, log=print):
