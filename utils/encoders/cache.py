@@ -5,7 +5,8 @@ fingerprint, precision) and a hash of its content. Images held in memory enter t
 bytes; image files by what they are on disk, files_fingerprint: each file's path within the folder its
 list shares, size and modification time in nanoseconds, so an image rewritten in place is never served
 from a cache of the old one, and a dataset moved, named by another path, or copied keeping its times
-(cp -a, rsync -a) is served its features (as a resume goes on with it). A file whose key differs, whose content no
+(cp -a, rsync -a) is served its features (as a resume goes on with it); the bytes of three of them
+(sampled_files_digest) tell apart folders that agree in all that. A file whose key differs, whose content no
 longer matches its hash (altered in place), or that cannot be read or is refused as unsafe, is
 rebuilt with a message: a cache from another configuration is never silently reused.
 """
