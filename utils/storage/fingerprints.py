@@ -84,21 +84,25 @@ def files_fingerprints(paths, names=None):
     """(files_fingerprint, the same without modification times, the newest modification time in ns) from
     one stat per file: where only the first differs, the files have their names and sizes but other times
     (a copy that did not keep them); a file changed since has a time after the newest."""
-    from concurrent.futures import ThreadPoolExecutor
     with_times, sizes, newest = hashlib.sha1(), hashlib.sha1(), 0
-    with ThreadPoolExecutor(16) as pool:
-        for name_size, mtime in pool.map(_stat, paths, paths if names is None else names, chunksize=1024):
-            with_times.update(f'{name_size}\t{mtime}\n'.encode())
-            sizes.update(name_size.encode() + b'\n')
-            newest = max(newest, mtime)
+    for name_size, mtime in _stats(paths, names):
+        with_times.update(f'{name_size}\t{mtime}\n'.encode())
+        sizes.update(name_size.encode() + b'\n')
+        newest = max(newest, mtime)
     return with_times.hexdigest()[:16], sizes.hexdigest()[:16], newest
 
 
 def files_modified_after(paths, ns):
-    """The paths whose modification time is after `ns` (one stat each, in threads, as files_fingerprints)."""
+    """The paths whose modification time is after `ns`."""
+    return [path for path, (_, mtime) in zip(paths, _stats(paths)) if mtime > ns]
+
+
+def _stats(paths, names=None):
+    """_stat of every file, in order: one stat each, in threads (a network file system answers them in
+    parallel)."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(16) as pool:
-        return [path for path, (_, mtime) in zip(paths, pool.map(_stat, paths, paths, chunksize=1024)) if mtime > ns]
+        yield from pool.map(_stat, paths, paths if names is None else names, chunksize=1024)
 
 
 def sampled_files_digest(paths):
