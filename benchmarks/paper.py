@@ -146,6 +146,8 @@ def input_lines(row, extra=()):
             continue
         if item.if_asked and datasets and read and item.name not in asked:
             present, text = True, 'not needed: the dataset holds its own (its reader did not ask for it)'
+        elif item.kind == 'published' and datasets and item.name in asked:  # verified as the reader fetched it
+            present, text = True, f'verified {asked[item.name]["path"]}'
         elif item.kind == 'published':
             present, text = published_status(item.name, folder)
         elif item.kind == 'generated':
