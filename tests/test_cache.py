@@ -2,9 +2,12 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from utils.encoders.cache import argument_identity, cached, computation_key
+from utils.errors import DatasetMissing
+from utils.storage.fingerprints import sampled_files_digest
 
 
 def test_a_cached_computation_runs_once_per_distinct_arguments(tmp_path):
@@ -119,3 +122,9 @@ def test_image_files_are_keyed_within_their_folder_and_told_apart_by_their_bytes
     original = argument_identity(folder('a', [1, 2, 3]))
     assert argument_identity(folder('copy', [1, 2, 3])) == original
     assert argument_identity(folder('other', [1, 9, 3])) != original  # the middle file's bytes differ
+    folder('gone', [1, 2, 3])
+    middle = tmp_path / 'gone' / 'train' / 'cat' / '1.jpg'
+    middle.unlink()
+    middle.mkdir()  # stats, but cannot be read as a file: a one-line refusal, not a traceback
+    with pytest.raises(DatasetMissing, match=f'image {middle} cannot be read'):
+        sampled_files_digest([str(p) for p in sorted((tmp_path / 'gone' / 'train' / 'cat').iterdir())])

@@ -52,9 +52,13 @@ def _stat(path, name):
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise DatasetMissing(f'image {path} cannot be read ({exc.strerror}); restore it, or remove it from the '
-                             f'dataset\'s list') from None
+        raise unreadable_image(path, exc) from None
     return f'{name}\t{st.st_size}', st.st_mtime_ns
+
+
+def unreadable_image(path, exc):
+    return DatasetMissing(f'image {path} cannot be read ({exc.strerror}); restore it, or remove it from the '
+                          f'dataset\'s list')
 
 
 def within_common_folder(paths):
@@ -110,7 +114,13 @@ def sampled_files_digest(paths):
     sizes and times, it tells apart two folders whose files agree in all three (archives unpacked with
     one normalised time), at the cost of reading three files."""
     picks = sorted({0, len(paths) // 2, len(paths) - 1}) if paths else []
-    return hashlib.sha1(' '.join(file_digest(paths[i]) for i in picks).encode()).hexdigest()[:16]
+    digests = []
+    for i in picks:
+        try:
+            digests.append(file_digest(paths[i]))
+        except OSError as exc:  # a folder, no permission, or gone since its stat
+            raise unreadable_image(paths[i], exc) from None
+    return hashlib.sha1(' '.join(digests).encode()).hexdigest()[:16]
 
 
 def weights_fingerprint(module):
