@@ -70,11 +70,12 @@ def _own_message(text):
 
 
 def reader_gone():
-    """Whether stdout is a pipe whose reading end was closed (poll reports an error on its writing end)."""
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error or hang-up on its
+    writing end)."""
     try:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))  # Linux, BSD
     except (OSError, ValueError, AttributeError):  # no such stream, or no poll on this system
         return False
 
