@@ -127,6 +127,45 @@ def test_a_pretraining_state_saved_unfused_loads_into_the_fused_sgd_of_a_gpu():
                        next(iter(saved.state.values()))['momentum_buffer'])
 
 
+@pytest.mark.parametrize('make', [lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False),
+                                  lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=False)],
+                         ids=['adam', 'sgd'])
+def test_after_a_resume_the_optimiser_reads_the_schedules_lr_tensor(make):
+    """On CUDA the schedule fills one lr tensor that the optimiser (and a graphed step) reads. Loading a
+    state must leave the optimiser holding that tensor, not a copy frozen at the loaded value."""
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    saved = make(params, 0.1)
+    params[0].square().sum().backward()
+    saved.step()
+    lr = torch.tensor(0.1)
+    resumed = make(params, lr)
+    load_optimizer_state(resumed, saved.state_dict())
+    assert resumed.param_groups[0]['lr'] is lr
+    lr.fill_(0.0)  # the schedule's next value: no update at all
+    before = params[0].detach().clone()
+    resumed.step()
+    assert torch.equal(params[0], before)
+
+
+def test_moments_loaded_from_another_layout_take_their_parameters_layout():
+    """CUDA makes convolution weights channels-last; a state saved on the CPU holds contiguous moments,
+    which CUDA's fused Adam and SGD refuse beside channels-last parameters."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3)
+    saved = torch.optim.Adam(conv.parameters(), lr=0.1)
+    conv(torch.randn(2, 3, 8, 8)).sum().backward()
+    saved.step()
+    state = saved.state_dict()
+    conv.to(memory_format=torch.channels_last)
+    resumed = torch.optim.Adam(conv.parameters(), lr=0.1)
+    load_optimizer_state(resumed, state)
+    weight = resumed.state[conv.weight]
+    assert conv.weight.stride() != torch.empty(conv.weight.shape).stride()  # the layouts do differ here
+    for name in ('exp_avg', 'exp_avg_sq'):
+        assert weight[name].stride() == conv.weight.stride()
+        assert torch.equal(weight[name], state['state'][0][name])
+
+
 def test_a_cuda_device_named_by_index_becomes_the_current_one(monkeypatch):
     """CUDA graphs capture on the current device's streams: cuda:1 must be current for its graphs to
     record its work. Under torchrun each rank has set its own (LOCAL_RANK), which --device leaves alone."""

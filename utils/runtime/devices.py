@@ -48,3 +48,18 @@ def load_optimizer_state(optimizer, state):
     own = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in optimizer.param_groups]
     groups = [{**g, **kept} for g, kept in zip(state['param_groups'], own)]
     optimizer.load_state_dict({**state, 'param_groups': groups})
+    # load_state_dict deep-copies the groups: the lr tensor the schedule fills must be the one it holds,
+    # or every step after a resume would read the copy, frozen at the saved value
+    for group, kept in zip(optimizer.param_groups, own):
+        group.update(kept)
+    _lay_out_like_params(optimizer)
+
+
+def _lay_out_like_params(optimizer):
+    """Moments laid out as their parameters: on CUDA convolution weights are channels-last, on the CPU
+    contiguous, and CUDA's fused Adam and SGD refuse a moment whose strides differ from its parameter's
+    (a state saved on the CPU, resumed on a GPU)."""
+    for param, moments in optimizer.state.items():
+        for name, value in moments.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
