@@ -198,13 +198,13 @@ class Pretrainer:
             group['lr'] = float(group['lr'])
         return {'format_version': STATE_FORMAT, 'args': vars(self.args), 'epoch': self.epoch,
                 'model': self.model.state_dict(), 'optimizer': optimizer, 'history': self.history,
-                'rng': rng_state(), 'elapsed_s': self.elapsed}
+                'rng': rng_state(self.device), 'elapsed_s': self.elapsed}
 
     def restore(self, state):
         self.model.load_state_dict(state['model'])
         load_optimizer_state(self.opt, state['optimizer'])  # fused, with the lr tensor, where this device runs so
         self.epoch, self.history, self.elapsed = state['epoch'], state['history'], state['elapsed_s']
-        set_rng_state(state['rng'])
+        set_rng_state(state['rng'], self.device)
 
 
 class GraphedStep:

@@ -20,6 +20,7 @@ from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.runtime import devices
 from utils.runtime.devices import load_optimizer_state
 from utils.runtime.graphs import store_frozen_bf16
+from utils.runtime.randomness import rng_state, set_rng_state
 from utils.schedule import learning_rate
 from utils.storage import saving as io
 from utils.storage.loading import load_json, load_torch
@@ -164,6 +165,27 @@ def test_moments_loaded_from_another_layout_take_their_parameters_layout():
     for name in ('exp_avg', 'exp_avg_sq'):
         assert weight[name].stride() == conv.weight.stride()
         assert torch.equal(weight[name], state['state'][0][name])
+
+
+def test_a_resume_restores_the_run_devices_cuda_generator_alone(monkeypatch):
+    """Saved: the run device's CUDA generator, not every visible GPU's (those fail to restore where fewer
+    are visible, and put cuda:1's state into cuda:0 where the run resumes on another index). Restored:
+    into the run device, from this format or the one before (a list, one per visible GPU)."""
+    states, restored = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}, []
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device: states[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state, device: restored.append((int(state), str(device))))
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    saved = rng_state(torch.device('cuda:1'))
+    assert int(saved['cuda']) == 1
+    set_rng_state(saved, torch.device('cuda:0'))
+    set_rng_state({**saved, 'cuda': [states[0], states[1]]}, torch.device('cuda:1'))  # the format before
+    set_rng_state({**saved, 'cuda': [states[0]]}, torch.device('cuda:1'))  # saved where one GPU was visible
+    set_rng_state({**saved, 'cuda': [states[0], states[1]]}, torch.device('cuda'))  # the current device's
+    assert restored == [(1, 'cuda:0'), (1, 'cuda:1'), (0, 'cuda:1'), (0, 'cuda')]
+    on_cpu = rng_state(CPU)
+    assert 'cuda' not in on_cpu
+    set_rng_state(saved, CPU)  # a CUDA run's state resumed on the CPU: its CUDA generator is not touched
+    assert len(restored) == 4
 
 
 def test_a_cuda_device_named_by_index_becomes_the_current_one(monkeypatch):

@@ -230,7 +230,7 @@ class Trainer:
         start = 0
         if self.partial is not None and self.partial['epoch'] == epoch:  # resuming within this epoch
             start = self.partial['steps_done']
-            set_rng_state(self.partial['rng'])
+            set_rng_state(self.partial['rng'], self.device)
             loss_sum += self.partial['loss_sum']
         self.partial = None
         decoded = self.decoded_views(batches[start:], epoch)
@@ -242,8 +242,8 @@ class Trainer:
             # recorded on the device, read once per epoch: no host sync per step
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
             if self.stop_requested() and i + 1 < len(batches):
-                self.partial = {'epoch': epoch, 'steps_done': i + 1, 'of': len(batches), 'rng': rng_state(),
-                                'loss_sum': float(loss_sum)}
+                self.partial = {'epoch': epoch, 'steps_done': i + 1, 'of': len(batches),
+                                'rng': rng_state(self.device), 'loss_sum': float(loss_sum)}
                 break
         bad_step = int(first_bad)
         if bad_step >= 0:
