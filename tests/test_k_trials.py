@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import weakref
 
 import pytest
 import torch
@@ -34,14 +35,25 @@ def small(digits):
 
 def test_the_best_trial_k_is_the_run_s_k_and_the_run_is_a_plain_run_of_that_k(tmp_path, small, monkeypatch,
                                                                              capsys):
-    seen, trained = [], []
+    seen, trained, trial_trainers = [], [], set()
     original, original_epoch = k_trials.run_trial, Trainer.train_epoch
-    monkeypatch.setattr(k_trials, 'run_trial', lambda cfg, k, *a: seen.append((k, cfg.k_trial_epochs)) or
-                        original(cfg, k, *a))
-    monkeypatch.setattr(Trainer, 'train_epoch', lambda self, epoch: trained.append(
-        (os.path.basename(self.run_dir), epoch)) or original_epoch(self, epoch))
+
+    def trial(cfg, k, *args):
+        seen.append((k, cfg.k_trial_epochs))
+        score = original(cfg, k, *args)
+        # a finished trial's Trainer (its optimiser state and, on CUDA, its graphs' memory) is gone by now
+        assert not any(ref() for ref in trial_trainers)
+        return score
+    monkeypatch.setattr(k_trials, 'run_trial', trial)
+
+    def train_epoch(self, epoch):
+        trained.append((os.path.basename(self.run_dir), epoch))
+        if os.path.basename(self.run_dir).startswith('k'):
+            trial_trainers.add(weakref.ref(self))
+        return original_epoch(self, epoch)
+    monkeypatch.setattr(Trainer, 'train_epoch', train_epoch)
     summary, run_dir = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
-    assert seen == [(1, 3), (5, 3)]
+    assert seen == [(1, 3), (5, 3)] and len(trial_trainers) == 2
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     scores = {int(k): a for k, a in config['k_trials']['best_val_acc'].items()}
     assert config['k_trials']['epochs'] == 3 and sorted(scores) == [1, 5]

@@ -28,6 +28,7 @@ from utils.prepare import search_options, select_k, use_k, warn_noisy_choice
 from utils.retrieval import neighbour_table
 from utils.runs.folders import NEWEST_IMAGE, load_run
 from utils.runtime import distributed
+from utils.runtime.devices import free_memory
 from utils.schedule import is_eval_epoch
 from utils.storage.loading import load_json
 from utils.storage.saving import remove_files, save_json, save_torch
@@ -116,9 +117,12 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     if distributed.is_main():
         save_json({'k': k, 'key': key, 'finished': True, 'epochs': trial.nepoch, 'best_val_acc': score,
                    'best_epoch': trainer.best['epoch']}, record_path)
-    if trainer.stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
-        raise Interrupted(f'{signal.Signals(trainer.stopped_by).name} after the k {k} trial; {go_on(folder, run_dir)}',
-                          trainer.stopped_by)
+    stopped_by = trainer.stopped_by
+    del trainer  # held in reference cycles (bound methods, graphs): freed with its device memory before the next
+    free_memory()
+    if stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
+        raise Interrupted(f'{signal.Signals(stopped_by).name} after the k {k} trial; {go_on(folder, run_dir)}',
+                          stopped_by)
     return distributed.broadcast_object(score)
 
 

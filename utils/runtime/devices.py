@@ -1,4 +1,5 @@
 """The device a run asks for (`--device`), and how it is named in results."""
+import gc
 import os
 
 import torch
@@ -33,6 +34,14 @@ def device_description(device):
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
     return f'cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+
+
+def free_memory():
+    """Collect what reference cycles hold (a finished Trainer: its optimiser state, CUDA graphs and their
+    memory pools) and give the freed CUDA blocks back, before the next k trial or the run allocates."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # how an optimiser runs, not what it computes: a state saved by another device keeps this process's
