@@ -3,7 +3,10 @@ cut-off stages, the markdown table, and the encoder's fp16 shards there and back
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -134,6 +137,42 @@ def test_a_stage_cut_off_does_not_stop_the_suite(tmp_path, monkeypatch):
     # no more time than it was cut off at: not retried (it could not finish), still named as remaining
     summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '4'])
     assert summary['remaining'] == ['slow'] and 'cut off at' in summary['notes'][0]
+
+
+def alive(pid):
+    """Whether a process runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads process states from /proc')
+def test_a_command_ended_mid_stage_has_shipped_the_stages_before_and_leaves_no_stage_running(tmp_path):
+    """A device cuts off a command that overruns its limit: what the finished stages measured must already
+    be in --ship, and the stage running then must end with it (one left running would hold the GPU and its
+    run folder into the next command)."""
+    pid_file, ship = tmp_path / 'stage.pid', tmp_path / 'ship'
+    stages = ('[gpu_suite.Stage("quick", lambda a, o: [sys.executable, "-c", f"import json; json.dump({{\'v\': 1}}, '
+              'open({o!r}, \'w\'))"]), gpu_suite.Stage("slow", lambda a, o: [sys.executable, "-c", '
+              f'"import os, time; open({str(pid_file)!r}, \'w\').write(str(os.getpid())); time.sleep(120)"])]')
+    code = (f'import sys; from tools import gpu_suite; gpu_suite.stages = lambda: {stages}; gpu_suite.MIN_STAGE_S = 1; '
+            f'gpu_suite.main(["--out", {str(tmp_path / "out")!r}, "--ship", {str(ship)!r}, "--budget_s", "300"])')
+    suite = subprocess.Popen([sys.executable, '-c', code], cwd=gpu_suite.REPO, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and suite.poll() is None, 'the slow stage never started'
+        time.sleep(0.05)
+    stage_pid = int(pid_file.read_text())
+    results = json.loads((ship / gpu_suite.RESULTS).read_text())
+    assert results['stages']['quick']['result'] == {'v': 1} and results['remaining'] == ['slow']
+    suite.send_signal(signal.SIGTERM)
+    assert suite.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 15
+    while alive(stage_pid):
+        assert time.monotonic() < deadline, 'the stage outlived the command'
+        time.sleep(0.05)
 
 
 def test_table_sets_the_authors_figures_beside_ours():

@@ -14,7 +14,7 @@ from test_run_folders import snapshot
 
 from benchmarks import layouts, paper
 from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
-from tools import paper_device
+from tools import paper_device, shards
 from utils.errors import SetupError
 from utils.runs.cli import run_cli
 from utils.runs.folders import write_run_file
@@ -394,6 +394,29 @@ def test_the_device_command_makes_its_paths_absolute_and_a_failed_stage_exits_1(
     monkeypatch.setattr(paper_device, 'run_command', stages_that(None, commands))
     assert paper_device.main(['--out', 'work', '--ship', 'ship', '--smoke']) == 0
     assert 'failed' not in json.load(open(tmp_path / 'ship' / 'paper_device.json'))
+
+
+def test_what_a_stage_left_is_shipped_before_the_next_stage_runs(tmp_path, monkeypatch):
+    """A device ends a command that overruns its limit, and only --ship comes back: the pre-training's
+    encoder and record must be there while the training stage still runs."""
+    def stage(command, timeout_s, log):
+        if 'pretrain_SimCLR.py' in command:  # as pretrain_SimCLR.py exports a finished encoder
+            output = command[command.index('--output') + 1]
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+            torch.save({'weight': torch.ones(3)}, output)
+            open(os.path.splitext(output)[0] + '.json', 'w').write('{"epochs": 1}')
+            # all the budget but a minute of training and the closing (--simclr_minutes unset)
+            assert float(command[command.index('--stop_after') + 1]) == pytest.approx(
+                (300 - paper_device.CLOSE_S - paper_device.MIN_TRAIN_S) / 60, abs=0.2)
+            return 0
+        record = json.load(open(tmp_path / 'ship' / 'paper_device.json'))
+        assert record['simclr']['rc'] == 0 and 'train' not in record
+        assert (tmp_path / 'ship' / 'simclr_shards' / shards.MANIFEST).is_file()
+        raise SystemExit(143)  # the device's SIGTERM, mid-training
+    monkeypatch.setattr(paper_device, 'run_command', stage)
+    with pytest.raises(SystemExit):
+        paper_device.main(['--out', str(tmp_path / 'work'), '--ship', str(tmp_path / 'ship'), '--smoke',
+                           '--budget_s', '300'])
 
 
 def test_the_device_command_replaces_in_ship_only_what_it_shipped(tmp_path, monkeypatch):

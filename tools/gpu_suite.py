@@ -26,6 +26,7 @@ pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See tools/README.
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -34,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -55,6 +57,10 @@ KERNEL_RUNS = {'SimCLR': ('--modes', 'eval', '--kernels', 'eager', 'fused', 'com
                'ViT-L/14': ('--modes', 'eval', '--kernels', 'eager', 'compiled')}  # nothing folds on this path
 MIN_STAGE_S = 20           # no stage is started with less time than this left
 REPORT_S = 15              # kept back for the table and the shipping
+# the paper row's command runs past its --budget_s by the grace its cut-off stages get to stop (10 s each,
+# train and close) and its shipping: its budget is the stage's timeout less this
+ROW_MARGIN_S = 45
+CUDA_TEST_TIMEOUT_S = 150  # one hung capture or compile ends its test, not the stage's whole budget
 CIFAR_TOOL = ('.device_data/tools/cifar10_batches.py', '../shared/tools/cifar10_batches.py')
 RESULTS = 'gpu_suite_results.json'
 
@@ -100,8 +106,10 @@ CUDA_TESTS = ('tests/test_gpu.py', 'tests/test_gpu_speed.py')
 
 
 def cuda_tests(args, out):
-    # -v: a line per test as it ends, so a cut-off stage's note still says how far the tests got
-    return [PY, '-m', 'pytest', '-v', '-p', 'no:cacheprovider', *CUDA_TESTS, f'--junitxml={out}']
+    # -v: a line per test as it ends, so a cut-off stage's note still says how far the tests got; a test
+    # timed out by pytest-timeout (the device has it) is a failure with its stack, and the rest still run
+    timeout = ['--timeout', str(CUDA_TEST_TIMEOUT_S)] if importlib.util.find_spec('pytest_timeout') else []
+    return [PY, '-m', 'pytest', '-v', '-p', 'no:cacheprovider', *timeout, *CUDA_TESTS, f'--junitxml={out}']
 
 
 def junit_counts(out, args):
@@ -197,7 +205,8 @@ def paper_row(args, out):
     authors' type-I 35% file and recipe) in whatever budget is left; resumed by the next command."""
     where = [] if args.smoke else ['--data_root', args.data_root, '--inputs_dir', args.inputs_dir]
     return [PY, '-m', 'tools.paper_device', '--out', os.path.join(args.out, 'paper_device'), *where,
-            '--budget_s', str(int(max(30.0, args.stage_timeout_s - 10))), '--ship', os.path.join(args.out, 'paper_row'),
+            '--budget_s', str(int(max(30.0, args.stage_timeout_s - ROW_MARGIN_S))),
+            '--ship', os.path.join(args.out, 'paper_row'),
             '--frozen_kernels', args.frozen_kernels, *(['--smoke'] if args.smoke else [])]
 
 
@@ -262,23 +271,52 @@ def rejected_flags(flags):
 
 
 def run_command(command, timeout_s, log_path):
-    """Return code, or None when cut off at timeout_s. The stage runs in its own process group so a
-    cut-off ends its DataLoader workers too; its output goes to log_path."""
+    """Return code, or None when cut off at timeout_s. The stage runs in a process group of its own, so a
+    cut-off ends its DataLoader workers too, but in this command's session: a device ends what a command
+    leaves running except a new session's, which would hold the GPU and its run folder into the next
+    command. A SIGTERM to this process ends the stage before this process exits (status 143)."""
     with open(log_path, 'ab') as log:
         log.write(f'\n$ {" ".join(command)}\n'.encode())
         log.flush()
-        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, process_group=0,
                                 env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
+        with ends_with_sigterm(proc):
             try:
-                proc.wait(timeout=10)
+                return proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            return None
+                end_group(proc)
+                return None
+
+
+@contextlib.contextmanager
+def ends_with_sigterm(proc):
+    """While the stage runs, a SIGTERM to this process (the suite cutting off tools/paper_device.py, say)
+    ends the stage's group first; only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        end_group(proc)
+        sys.exit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end_group(proc):
+    """SIGTERM to the stage's process group (a training script stops after its step and saves), SIGKILL if
+    it has not ended 10 s later."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def children_cpu_s():
@@ -369,12 +407,13 @@ def run_stage(args, stage, deadline):
     return 'done' if record['status'] == 'ok' else f'failed ({record["error"]}); log {log}'
 
 
-def run_suite(args):
-    """Run what is left within the budget; returns (remaining stage names, notes)."""
+def run_suite(args, report=lambda remaining, notes: None):
+    """Run what is left within the budget; returns (remaining stage names, notes). `report(remaining, notes)`
+    is called after each stage run, with the stages not yet done among those still to come."""
     start = time.monotonic()
     deadline = start + args.budget_s - REPORT_S
-    remaining, notes = [], []
-    for stage in stages():
+    remaining, notes, listed = [], [], stages()
+    for at, stage in enumerate(listed):
         if finished(args, stage):
             print(f'[{stage.name}] done before: {stage_path(args, stage)}')
             continue
@@ -395,6 +434,7 @@ def run_suite(args):
             notes.append(f'{stage.name}: {outcome}')
         if not finished(args, stage):
             remaining.append(stage.name)
+        report(remaining + [s.name for s in listed[at + 1:] if not finished(args, s)], notes)
     return remaining, notes
 
 
@@ -649,6 +689,22 @@ def collect_records(args):
     return {s.name: read_json(stage_path(args, s)) for s in stages() if os.path.isfile(stage_path(args, s))}
 
 
+def report(args, command, remaining, notes):
+    """The results JSON in OUT and, with --ship, what must come back: written after every stage, so a
+    command the device cuts off still returns every stage it finished."""
+    records = collect_records(args)
+    try:
+        table = markdown_table(records)
+    except Exception as exc:  # a result the table cannot format: the records come back all the same
+        table = f'(no table: {type(exc).__name__}: {exc}; the records are in "stages")'
+    summary = {'date_utc': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M'), 'command': command,
+               'remaining': remaining, 'notes': notes, 'table': table, 'stages': records}
+    save_json(summary, os.path.join(args.out, RESULTS))
+    if args.ship:
+        ship(args, summary)
+    return summary
+
+
 def ship(args, summary):
     """Copy what must come back from the device into args.ship: one JSON and the encoder's shards."""
     os.makedirs(args.ship, exist_ok=True)
@@ -734,16 +790,10 @@ def main(argv=None):
     os.makedirs(os.path.join(args.out, 'logs'), exist_ok=True)
     if args.continue_from:
         continue_from(args)
-    remaining, notes = run_suite(args)
-    records = collect_records(args)
-    table = markdown_table(records)
     command = 'python -m tools.gpu_suite ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    summary = {'date_utc': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M'), 'command': command,
-               'remaining': remaining, 'notes': notes, 'table': table, 'stages': records}
-    save_json(summary, os.path.join(args.out, RESULTS))
-    if args.ship:
-        ship(args, summary)
-    print('\n' + table + '\n')
+    remaining, notes = run_suite(args, lambda remaining, notes: report(args, command, remaining, notes))
+    summary = report(args, command, remaining, notes)
+    print('\n' + summary['table'] + '\n')
     for note in notes:
         print(f'note: {note}')
     print(f'remaining: {", ".join(remaining)} (run the same command again to continue)' if remaining

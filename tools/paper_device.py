@@ -23,13 +23,16 @@ a --ship filled by a version before that record is taken as this --out's where i
 A stage that fails, or inputs that are missing, make the command exit 1 once it has shipped; a stage
 cut off by the budget does not (the next command goes on from it).
 """
+import time
+
+_IMPORTS_FROM = time.monotonic()
+
 import argparse
 import json
 import math
 import os
 import shutil
 import sys
-import time
 
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail
@@ -41,6 +44,7 @@ from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import atomic_write, save_json
 
+IMPORT_S = time.monotonic() - _IMPORTS_FROM  # part of --budget_s: a device's limit counts from the command's start
 PY = sys.executable
 ROW = 'cifar10-pmd1-35-simclr'
 NOISE = 'cifar10-1-0.35'
@@ -133,9 +137,10 @@ def check_noise_file(args):
     if args.smoke:
         return None
     from utils.errors import PublishedInputError
-    from utils.storage.published import fetch
+    from utils.storage.published import fetch, looking_only
     try:
-        fetch(NOISE, args.inputs_dir)
+        with looking_only():  # a device is offline: an absent file is named at once, not tried for a minute
+            fetch(NOISE, args.inputs_dir)
     except PublishedInputError as exc:
         return f'{exc} (copy it into .device_data/inputs/ before the device call: python -m noisy_label.fetch ' \
                f'{NOISE} --inputs_dir .device_data/inputs)'
@@ -144,7 +149,7 @@ def check_noise_file(args):
 
 def run(args):
     """Every stage that fits in the budget; returns the record of this command."""
-    deadline = time.monotonic() + args.budget_s
+    deadline = time.monotonic() + args.budget_s - IMPORT_S
     record = {'row': ROW, 'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'smoke': args.smoke}
     logs = os.path.join(args.out, 'logs')
     os.makedirs(logs, exist_ok=True)
@@ -154,9 +159,12 @@ def run(args):
         return record
     where = args.data_root
     if not simclr_done(args):
-        minutes = min(args.simclr_minutes, max(0.1, (deadline - time.monotonic() - CLOSE_S - MIN_TRAIN_S) / 60))
+        # all the budget but the least training and the closing: a pre-training cut off exports no encoder
+        minutes = max(0.1, (deadline - time.monotonic() - CLOSE_S - MIN_TRAIN_S) / 60)
+        minutes = min(minutes, args.simclr_minutes or math.inf)
         stage(record, 'simclr', simclr_command(args, where, minutes), deadline - time.monotonic(),
               os.path.join(logs, 'simclr.log'))
+        shipped(args, record)
         if not simclr_done(args):
             record['stopped'] = 'SimCLR pre-training not finished; run the same command again to go on'
             return record
@@ -165,12 +173,19 @@ def run(args):
         record['stopped'] = 'no time left to train; run the same command again'
         return record
     rc = stage(record, 'train', train_command(args, where), max(left, MIN_TRAIN_S), os.path.join(logs, 'train.log'))
+    shipped(args, record)
     summary, trained = load_json(os.path.join(paths(args)['run'], 'summary.json')), epochs_trained(paths(args)['run'])
     # closed where it stands once it holds an evaluation (the authors' first: after epoch 5, counting from 0)
     if rc is None and trained > summary.get('epochs', 0) and trained >= FIRST_EVALUATED:
         stage(record, 'close', close_command(args), max(30.0, deadline - time.monotonic()),
               os.path.join(logs, 'close.log'))
     return record
+
+
+def shipped(args, record):
+    """What a stage left, shipped as soon as it ends: a device that cuts the command off still returns it."""
+    if args.ship:
+        ship(args, record)
 
 
 def shipped_before(args):
@@ -268,7 +283,9 @@ def parser():
     p.add_argument('--simclr_arch', default='resnet18', choices=('resnet18', 'resnet50'),
                    help='the SimCLR backbone pre-trained here (resnet18: fits a short lease; the authors: resnet50)')
     p.add_argument('--simclr_epochs', type=int, default=40, help='SimCLR pre-training epochs (its cosine spans these)')
-    p.add_argument('--simclr_minutes', type=float, default=3.5, help='at most this long pre-training per command')
+    p.add_argument('--simclr_minutes', type=float,
+                   help='at most this long pre-training per command (default: what the budget leaves beside a '
+                        'minute of training and the closing)')
     p.add_argument('--encoder', type=os.path.abspath,
                    help='a SimCLR encoder pre-trained before (e.g. reassembled from shipped shards, its .json sidecar '
                         'beside it): no pre-training')
@@ -286,7 +303,8 @@ def parser():
 def flag_problems(args):
     """Every bad number among the flags, in the words of the training scripts' checks."""
     problems = [f'--{name} {getattr(args, name)} must be a finite number above 0'
-                for name in ('budget_s', 'simclr_minutes') if not 0 < getattr(args, name) < math.inf]
+                for name in ('budget_s', 'simclr_minutes')
+                if getattr(args, name) is not None and not 0 < getattr(args, name) < math.inf]
     problems += [f'--{name} {getattr(args, name)} must be at least 1'
                  for name in ('simclr_epochs', 'nepoch') if getattr(args, name) < 1]
     return problems + seed_problems(args.seed)  # as train_CIFAR.py and pretrain_SimCLR.py check it
