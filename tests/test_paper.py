@@ -419,20 +419,59 @@ def test_what_a_stage_left_is_shipped_before_the_next_stage_runs(tmp_path, monke
                            '--budget_s', '300'])
 
 
+def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_run_folder(tmp_path, monkeypatch):
+    """A device sends back at most 8 files of at most 16 MiB: the ResNet-50 encoder's shards, the manifest and
+    one record holding the run's small files, which --unpack writes back as the run folder."""
+    import torchvision
+    run_files = {'summary.json': {'test_acc': 0.5, 'best_epoch': 1, 'epochs': 2}, 'config.json': {'seed': 1}}
+    log = [{'epoch': 0, 'val_acc': 0.4}, {'epoch': 1, 'val_acc': 0.5}]
+
+    def stage(command, timeout_s, log_path):
+        if 'pretrain_SimCLR.py' in command:
+            output = command[command.index('--output') + 1]
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+            torch.save(torchvision.models.resnet50().state_dict(), output)  # the authors' backbone's size
+            open(os.path.splitext(output)[0] + '.json', 'w').write('{"epochs": 1, "architecture": "resnet50"}')
+        else:
+            run = command[command.index('--out_dir') + 1] if '--out_dir' in command else None
+            run = os.path.join(run, command[command.index('--run_name') + 1])
+            os.makedirs(run, exist_ok=True)
+            for name, content in run_files.items():
+                open(os.path.join(run, name), 'w').write(json.dumps(content))
+            open(os.path.join(run, 'log.jsonl'), 'w').write(''.join(json.dumps(r) + '\n' for r in log))
+        return 0
+    monkeypatch.setattr(paper_device, 'run_command', stage)
+    ship = tmp_path / 'ship'
+    assert paper_device.main(['--out', str(tmp_path / 'work'), '--ship', str(ship), '--smoke',
+                              '--simclr_arch', 'resnet50']) == 0
+    files = [f for f in ship.rglob('*') if f.is_file()]
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2 ** 20 for f in files), files
+    assert len(list((ship / 'simclr_shards').glob('shard-*.pt'))) == 4
+    row = tmp_path / 'row'
+    assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0
+    assert sorted(os.listdir(row)) == ['config.json', 'encoder.json', 'log.jsonl', 'summary.json']
+    assert all(json.load(open(row / name)) == content for name, content in run_files.items())
+    assert [json.loads(line) for line in open(row / 'log.jsonl')] == log
+    assert json.load(open(row / 'encoder.json'))['architecture'] == 'resnet50'
+    (tmp_path / 'early.json').write_text('{"row": "cifar10-pmd1-35-simclr", "summary": {}}')
+    with pytest.raises(SetupError, match='holds no run summary'):
+        paper_device.main(['--unpack', str(tmp_path / 'early.json'), '--to', str(tmp_path / 'x')])
+
+
 def test_the_device_command_replaces_in_ship_only_what_it_shipped(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(paper_device, 'run_command', stages_that(None, commands))
     ship = tmp_path / 'ship'
-    (ship / 'run').mkdir(parents=True)
+    (ship / 'simclr_shards').mkdir(parents=True)
     (ship / 'paper_device.json').write_text('{"theirs": 1}\n')
-    (ship / 'run' / 'summary.json').write_text('{"theirs": 2}\n')
+    (ship / 'simclr_shards' / 'manifest.json').write_text('{"theirs": 2}\n')
     before = snapshot(ship)
     argv = ['--ship', str(ship), '--smoke']
-    with pytest.raises(SetupError, match=r'holds run/summary.json, paper_device.json, not shipped by a command'):
+    with pytest.raises(SetupError, match=r'holds paper_device.json, simclr_shards, not shipped by a command'):
         paper_device.main(['--out', str(tmp_path / 'a'), *argv])
     assert snapshot(ship) == before and not commands and not (tmp_path / 'a').exists()
-    for name in before:
-        os.remove(ship / name)
+    os.remove(ship / 'paper_device.json')
+    shutil.rmtree(ship / 'simclr_shards')
     (ship / 'notes.txt').write_text('theirs\n')  # nothing the command writes: left alone
     assert paper_device.main(['--out', str(tmp_path / 'a'), *argv]) == 0
     assert paper_device.main(['--out', str(tmp_path / 'a'), *argv]) == 0  # its own, from a command before
@@ -465,7 +504,7 @@ def test_a_ship_folder_of_a_version_before_its_record_is_taken_when_it_holds_onl
     assert snapshot(ship) == before and not commands and os.listdir(out) == ['logs']
     # a fresh --out shipped nothing anywhere: another's folder, refused as before
     os.remove(ship / 'run' / 'notes.txt')
-    with pytest.raises(SetupError, match='holds run/summary.json, .*, not shipped by a command with --out'):
+    with pytest.raises(SetupError, match='holds paper_device.json, simclr_shards, not shipped by a command with --out'):
         paper_device.main(['--out', str(tmp_path / 'fresh'), *argv[2:]])
     assert paper_device.main(argv) == 0
     recorded = json.load(open(out / paper_device.SHIP_RECORD))['ships'][str(ship)]

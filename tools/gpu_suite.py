@@ -214,15 +214,10 @@ def paper_row_result(out, args):
     """What the row's command did and the run's figures (all inside the suite's results JSON: a device sends
     back at most 8 files), and its encoder's shards moved to where ship() takes them from."""
     shipped = os.path.join(args.out, 'paper_row')
-    record = read_json(os.path.join(shipped, 'paper_device.json'))
+    record = read_json(os.path.join(shipped, 'paper_device.json'))  # the run's config, log and encoder inside
     failed = record.get('failed') or []
     if failed and failed != ['inputs']:  # a stage that failed is not retried: the next command goes on
         raise RuntimeError(f"the row's {', '.join(map(str, failed))} stage failed; its log tail is in paper_device.json")
-    for name in ('config.json', 'encoder.json'):  # absent until the run has started
-        path = os.path.join(shipped, 'run', name)
-        record[name.split('.')[0]] = read_json(path) if os.path.isfile(path) else {}
-    log = os.path.join(shipped, 'run', 'log.jsonl')
-    record['log'] = [json.loads(line) for line in open(log) if line.strip()] if os.path.isfile(log) else []
     if os.path.isdir(os.path.join(shipped, 'simclr_shards')):
         shutil.copytree(os.path.join(shipped, 'simclr_shards'), os.path.join(args.out, 'simclr_shards'),
                         dirs_exist_ok=True)
@@ -613,12 +608,17 @@ def simclr_speed_rows(name, r, on_gpu):
 def unpack_row(results_json, folder):
     """The paper row's summary.json, config.json, log.jsonl and encoder.json from the suite's results, into
     `folder`: a run folder `benchmarks.paper --record` reads."""
-    row = read_json(results_json)['stages']['paper_row']['result']
+    return write_run(read_json(results_json)['stages']['paper_row']['result'], folder)
+
+
+def write_run(row, folder):
+    """summary.json, config.json, encoder.json and log.jsonl of the paper row's run, from what a device
+    shipped (tools/paper_device.py folds them into its record): a folder `benchmarks.paper --record` reads."""
     os.makedirs(folder, exist_ok=True)
     for name in ('summary', 'config', 'encoder'):
-        save_json(row[name], os.path.join(folder, f'{name}.json'))
+        save_json(row.get(name) or {}, os.path.join(folder, f'{name}.json'))
     with open(os.path.join(folder, 'log.jsonl'), 'w') as f:
-        f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in row['log']))
+        f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in row.get('log') or []))
     return folder
 
 

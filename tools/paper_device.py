@@ -3,7 +3,8 @@ f_p a SimCLR encoder pre-trained here, the authors' recipe. One resumable comman
 
     python -m tools.paper_device --out runs/paper_device --inputs_dir .device_data/inputs --ship $OUT
     python -m tools.paper_device --out /tmp/d --smoke                  # the whole path, tiny, on the CPU
-    python -m benchmarks.paper --record SHIPPED/run --row cifar10-pmd1-35-simclr   # back here: into the table
+    python -m tools.paper_device --unpack SHIPPED/paper_device.json --to ROW     # back here: the run's files
+    python -m benchmarks.paper --record ROW --row cifar10-pmd1-35-simclr           # into the paper's table
 
 Stages, each under what is left of --budget_s: CIFAR-10 from .device_data (tools/gpu_suite.py's
 conversion) and the noise file from --inputs_dir, verified by its git blob hash (nothing is
@@ -15,9 +16,10 @@ paper's 200 epochs is labelled so by `benchmarks.paper --record`, never passed o
 next command goes on from last.pt with --nepoch 200 (the cosine horizon is the authors' 1000 epochs
 whatever --nepoch says, so a run extended later equals one that ran 200 epochs at once).
 
---ship DIR copies what comes back: run/ (summary.json, config.json, log.jsonl, the encoder's sidecar as
-encoder.json), simclr_shards/ (the encoder as fp16 shards, tools/shards.py: the next device run can
-go on from it) and paper_device.json (each stage: command, seconds, outcome). A file there that no
+--ship DIR receives, after every stage, what comes back: paper_device.json (each stage: command, seconds,
+outcome; the run's summary, config and evaluation log; the encoder's sidecar) and simclr_shards/ (a
+finished encoder as fp16 shards, tools/shards.py; --unpack puts the run folder back together, and
+`tools.gpu_suite --reassemble` the encoder). A file there that no
 command with this --out shipped is refused before any stage runs (--out/shipped.json records what was;
 a --ship filled by a version before that record is taken as this --out's where it holds only those files).
 A stage that fails, or inputs that are missing, make the command exit 1 once it has shipped; a stage
@@ -31,18 +33,17 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 
 from tools import shards
-from tools.gpu_suite import find_cifar, run_command, tail
+from tools.gpu_suite import find_cifar, run_command, tail, write_run
 from utils.errors import SetupError
 from utils.runs.checks import seed_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.folders import first_few, foreign_files
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.loading import load_json, load_torch
-from utils.storage.saving import atomic_write, save_json
+from utils.storage.saving import save_json
 
 IMPORT_S = time.monotonic() - _IMPORTS_FROM  # part of --budget_s: a device's limit counts from the command's start
 PY = sys.executable
@@ -56,10 +57,12 @@ SMOKE_SIMCLR = ['--dataset', 'digits', '--n_images', '64', '--image_size', '8', 
 # one batch of 50 an epoch (5 draws of each digit): the smoke checks the path, not the accuracy
 SMOKE_TRAIN = ['--nepoch', '2', '--warmup_epochs', '1', '--batch_size', '50', '--per_class', '5', '--device', 'cpu',
                '--recipe', 'authors']
-RUN_FILES = ('summary.json', 'config.json', 'log.jsonl')
-# what ship() writes under --ship (the shards' folder is replaced whole); recorded in --out, not in --ship:
-# a device sends back at most 8 files, and these come to 8
-SHIPPED = (*(f'run/{name}' for name in (*RUN_FILES, 'encoder.json')), 'simclr_shards', 'paper_device.json')
+# what ship() writes under --ship (the shards' folder is replaced whole); recorded in --out, not in --ship.
+# A device sends back at most 8 files: the run's small files travel inside paper_device.json, beside the
+# manifest and the shards (2 for a ResNet-18, 4 for a ResNet-50 at 15 MB a shard)
+SHIPPED = ('paper_device.json', 'simclr_shards')
+# what versions before 2026-12-07 shipped beside those: a --ship they filled is still taken as this --out's
+SHIPPED_BEFORE = tuple(f'run/{name}' for name in ('summary.json', 'config.json', 'log.jsonl', 'encoder.json'))
 SHIP_RECORD = 'shipped.json'
 
 
@@ -217,7 +220,7 @@ def adopt_ship(args, names):
     only what ship() writes (the same names then as now); anything else there says it is not ours alone."""
     shard_files = [os.path.join('simclr_shards', name) for name in listing(os.path.join(args.ship, 'simclr_shards'))
                    if name == shards.MANIFEST or shards.SHARD_NAME.fullmatch(name)]
-    others = foreign_files(args.ship, {*SHIPPED, *shard_files} - {'simclr_shards'})  # a folder, not a file
+    others = foreign_files(args.ship, {*SHIPPED, *SHIPPED_BEFORE, *shard_files} - {'simclr_shards'})  # a folder
     if others:
         raise SetupError(f'--ship {args.ship} holds {first_few(others)} beside the files an earlier version of '
                          f'this command shipped without a record; move those away to go on with it, or choose '
@@ -246,33 +249,45 @@ def note_shipped(args, names):
     save_json({'ships': {**ships, args.ship: sorted(shipped_before(args) | set(names))}}, path)
 
 
-def copy_file(source, target):
-    with open(source, 'rb') as f:
-        atomic_write(target, lambda out: shutil.copyfileobj(f, out), flag='--ship')
-
-
 def ship(args, record):
-    """The run's small files, the encoder's sidecar and shards, and this command's record into args.ship."""
+    """This command's record, with the run's small files and the encoder's sidecar folded in, and the
+    encoder's shards, into args.ship (tools/gpu_suite.write_run puts the run's files back)."""
     p = paths(args)
-    sidecar = os.path.splitext(p['encoder'])[0] + '.json'
-    copies = {**{f'run/{name}': os.path.join(p['run'], name) for name in RUN_FILES}, 'run/encoder.json': sidecar}
-    copies = {name: source for name, source in copies.items() if os.path.isfile(source)}
     encoder = os.path.isfile(p['encoder'])
-    note_shipped(args, [*copies, *(['simclr_shards'] if encoder else []), 'paper_device.json'])
-    for name, source in copies.items():
-        copy_file(source, os.path.join(args.ship, name))
+    note_shipped(args, [*(['simclr_shards'] if encoder else []), 'paper_device.json'])
+    sidecar = load_json(os.path.splitext(p['encoder'])[0] + '.json')
     if encoder:
         state = load_torch(p['encoder'], 'SimCLR encoder')
-        shards.write_shards(state, os.path.join(args.ship, 'simclr_shards'), extra={'sidecar': load_json(sidecar)})
-    save_json({**record, 'summary': load_json(os.path.join(p['run'], 'summary.json'))},
-              os.path.join(args.ship, 'paper_device.json'))
+        shards.write_shards(state, os.path.join(args.ship, 'simclr_shards'), extra={'sidecar': sidecar})
+    save_json({**record, **run_files(p['run']), 'encoder': sidecar}, os.path.join(args.ship, 'paper_device.json'))
+
+
+def run_files(run):
+    """The run folder's summary, config and evaluation log ({} and [] where not written yet)."""
+    log = os.path.join(run, 'log.jsonl')
+    return {'summary': load_json(os.path.join(run, 'summary.json')), 'config': load_json(os.path.join(run, 'config.json')),
+            'log': [json.loads(line) for line in open(log) if line.strip()] if os.path.isfile(log) else []}
+
+
+def unpack(shipped, folder):
+    """The run folder `benchmarks.paper --record` reads, from a shipped paper_device.json."""
+    try:
+        with open(shipped) as f:
+            row = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f'--unpack {shipped}: not a readable paper_device.json ({exc}); give the file the device '
+                         f'sent back') from None
+    if not isinstance(row, dict) or not isinstance(row.get('summary'), dict) or not row['summary']:
+        raise SetupError(f'--unpack {shipped}: holds no run summary (the run had not finished an evaluated epoch); '
+                         f'run the device command again')
+    return write_run(row, folder)
 
 
 def parser():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # every path absolute from here on: the stages run from the repository, not from where this was called
-    p.add_argument('--out', required=True, type=os.path.abspath,
-                   help='working folder (keep it between commands on the same machine)')
+    p.add_argument('--out', type=os.path.abspath,
+                   help='working folder (keep it between commands on the same machine); required to run')
     p.add_argument('--inputs_dir', default='.device_data/inputs', type=os.path.abspath,
                    help=f'folder holding the published {NOISE}.npy')
     p.add_argument('--data_root', type=os.path.abspath,
@@ -297,6 +312,10 @@ def parser():
     p.add_argument('--ship', metavar='DIR', type=os.path.abspath,
                    help='copy what must come back here ($OUT on a device)')
     p.add_argument('--smoke', action='store_true', help='the whole path on digits, tiny, on the CPU')
+    p.add_argument('--unpack', metavar='PAPER_DEVICE_JSON',
+                   help='back here: write the run folder that a shipped paper_device.json holds into --to, for '
+                        'python -m benchmarks.paper --record')
+    p.add_argument('--to', metavar='DIR', help='with --unpack: the run folder to write')
     return p
 
 
@@ -321,7 +340,15 @@ def check_folders(args):
 
 def main(argv=None):
     """Exit status 1 where a stage failed or inputs are missing (after shipping what there is), else 0."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.unpack:
+        if not args.to:
+            p.error('--unpack needs --to DIR')
+        print(f'wrote {unpack(args.unpack, args.to)}')
+        return 0
+    if not args.out:
+        p.error('--out DIR is required')
     problems = flag_problems(args)
     if problems:
         raise SetupError('; '.join(problems))
