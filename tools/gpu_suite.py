@@ -761,19 +761,20 @@ def parser():
     return p
 
 
+def wrote(p, flag, to, write, what='DIR'):
+    """A command of the way back, which writes --to: refused without it, else what it wrote, printed."""
+    if not to:
+        p.error(f'{flag} needs --to {what}')
+    print(f'wrote {write()}')
+
+
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     if args.reassemble:
-        if not args.to:
-            p.error('--reassemble needs --to FILE')
-        print(f'wrote {shards.reassemble(args.reassemble, args.to)}')
-        return None
+        return wrote(p, '--reassemble', args.to, lambda: shards.reassemble(args.reassemble, args.to), 'FILE')
     if args.unpack_row:
-        if not args.to:
-            p.error('--unpack_row needs --to DIR')
-        print(f'wrote {unpack_row(args.unpack_row, args.to)}')
-        return None
+        return wrote(p, '--unpack_row', args.to, lambda: unpack_row(args.unpack_row, args.to))
     if args.unpack_inference:
         if not args.to:
             p.error('--unpack_inference needs --to DIR')

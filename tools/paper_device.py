@@ -36,7 +36,7 @@ import os
 import sys
 
 from tools import shards
-from tools.gpu_suite import find_cifar, run_command, tail, write_run
+from tools.gpu_suite import find_cifar, run_command, tail, write_run, wrote
 from utils.errors import SetupError
 from utils.runs.checks import seed_problems
 from utils.runs.cli import Parser, run_cli
@@ -343,9 +343,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     if args.unpack:
-        if not args.to:
-            p.error('--unpack needs --to DIR')
-        print(f'wrote {unpack(args.unpack, args.to)}')
+        wrote(p, '--unpack', args.to, lambda: unpack(args.unpack, args.to))
         return 0
     if not args.out:
         p.error('--out DIR is required')
