@@ -25,7 +25,7 @@ from utils.encoders.simclr import load_simclr
 from utils.errors import EncoderError, NoiseError, PublishedInputError, SetupError
 from utils.storage import published
 from utils.storage.fingerprints import git_blob_sha1, git_blob_sha1_of_file
-from utils.storage.published import PUBLISHED, fetch, recording
+from utils.storage.published import PUBLISHED, copy_in, fetch, recording
 from utils.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,6 +188,40 @@ def test_files_made_here_never_take_a_published_name():
 def test_no_published_simclr_for_other_datasets_names_the_flag():
     with pytest.raises(EncoderError, match='--fp_checkpoint'):
         default_simclr_path('digits')
+
+
+def test_inputs_are_taken_from_a_local_checkout_or_folder_verified_and_never_downloaded(server, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """Offline with a clone of the authors' repository (or a folder of the files): --from takes each file
+    from its path in the checkout, or by its name, and keeps it only if it is the published one."""
+    from noisy_label import fetch as fetch_command
+    ours, plc = npy_bytes(LABELS), npy_bytes((LABELS + 3) % 10)
+    publish_as(monkeypatch, 'cifar10-1-0.35', ours)
+    publish_as(monkeypatch, 'cifar10-3-0.70', plc)
+    checkout, flat, inputs = tmp_path / 'LRA-diffusion', tmp_path / 'files', tmp_path / 'inputs'
+    (checkout / 'noise_label').mkdir(parents=True)
+    (checkout / 'noise_label' / 'cifar10-1-0.35.npy').write_bytes(ours)
+    flat.mkdir()
+    (flat / 'cifar10-3-0.70.npy').write_bytes(plc)
+    assert fetch_command.main(['cifar10-1-0.35', 'cifar10-3-0.70', '--from', str(checkout), str(flat),
+                               '--inputs_dir', str(inputs)]) == 0
+    assert (inputs / 'cifar10-1-0.35.npy').read_bytes() == ours and (inputs / 'cifar10-3-0.70.npy').read_bytes() == plc
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['cifar10-1-0.35', 'cifar10-3-0.70']
+    assert sorted(os.listdir(inputs)) == ['cifar10-1-0.35.npy', 'cifar10-3-0.70.npy']  # no temporary file
+    # a file of another commit is refused, and nothing is kept; one absent everywhere is named
+    (checkout / 'noise_label' / 'cifar10-1-0.35.npy').write_bytes(plc)
+    with pytest.raises(PublishedInputError, match='is not the published cifar10-1-0.35: its git blob sha1 is '
+                                                  f'{git_blob_sha1(plc)}') as refused:
+        copy_in('cifar10-1-0.35', [str(checkout)], str(tmp_path / 'other'), log=lambda m: None)
+    assert '\n' not in str(refused.value) and not (tmp_path / 'other' / 'cifar10-1-0.35.npy').exists()
+    with pytest.raises(PublishedInputError, match='no cifar/noisy_labels/cifar10-2-0.35.npy \\(a checkout of '
+                                                  'pxiangwu/PLC\\) nor cifar10-2-0.35.npy in'):
+        copy_in('cifar10-2-0.35', [str(checkout), str(flat)], str(inputs), log=lambda m: None)
+    # a file already in the inputs folder is verified there and not copied again
+    assert copy_in('cifar10-1-0.35', [str(checkout)], str(inputs), log=lambda m: None) == str(inputs / 'cifar10-1-0.35.npy')
+    assert (inputs / 'cifar10-1-0.35.npy').read_bytes() == ours and server.requests == []
+    with pytest.raises(PublishedInputError, match=f'--from {tmp_path}/nowhere: no such folder'):
+        fetch_command.main(['cifar10-1-0.35', '--from', str(tmp_path / 'nowhere')])
 
 
 def run_python(args, env):

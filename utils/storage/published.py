@@ -16,6 +16,7 @@ part, for mirrors and tests).
 import contextlib
 import http.client
 import os
+import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -158,6 +159,34 @@ def fetch(name, folder=None, log=print):
     for record in _recordings:
         record[name] = {'url': url, 'path': path, 'git_blob_sha1': entry.blob}
     return path
+
+
+def copy_in(name, sources, folder=None, log=print):
+    """The local path of published input `name`, taken from a local copy where the network is not at hand:
+    from the first of `sources` holding it, either as a checkout of its repository (<source>/<its path
+    there>, e.g. a clone of the authors' LRA-diffusion for noise_label/cifar10-1-0.35.npy) or by its file
+    name. The copy is verified by its git blob hash before it is kept in the inputs folder; a file already
+    there is verified where it is and not copied."""
+    name, entry = lookup(name)
+    target = os.path.join(inputs_dir(folder), entry.file_name)
+    if not os.path.isfile(target):
+        places = [os.path.join(source, *entry.path.split('/')) for source in sources]
+        places += [os.path.join(source, entry.file_name) for source in sources]
+        found = next((place for place in places if os.path.isfile(place)), None)
+        if found is None:
+            raise PublishedInputError(
+                f'{name}: no {entry.path} (a checkout of {entry.repo}) nor {entry.file_name} in {", ".join(sources)}; '
+                f'give --from the folder holding it, or fetch it online without --from')
+        got = git_blob_sha1_of_file(found)
+        if got != entry.blob:
+            raise PublishedInputError(
+                f'{found} is not the published {name}: its git blob sha1 is {got}, the published file\'s is '
+                f'{entry.blob} ({entry.repo} at commit {entry.commit[:7]}); check that commit out, or fetch it online')
+        log(f'copying {found} → {target}')
+        with open(found, 'rb') as source:
+            atomic_write(target, lambda f: shutil.copyfileobj(source, f), flag='--inputs_dir')
+        os.chmod(target, 0o644)
+    return fetch(name, folder, log)  # verified where it is kept, and recorded as any fetch is
 
 
 def _fetched(name, entry, folder, log):
