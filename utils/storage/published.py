@@ -203,14 +203,16 @@ def _fetched(name, entry, folder, log):
                 f'{path} is not the published {name}: its git blob sha1 is {found}, the published file\'s '
                 f'is {entry.blob}; delete it to download {url} again, or copy the published file there')
     elif not _looking_only:
-        download(url, path, entry.blob, log)
+        offline = f'run `python -m noisy_label.fetch {name} --from CLONE` (CLONE: a clone of {entry.repo})'
+        download(url, path, entry.blob, offline, log)
     else:
         raise PublishedInputError(f'{path} absent: a run downloads it from {url}; offline, copy that file there')
     return path, url
 
 
-def download(url, path, blob, log=print):
-    """Stream `url` to a temporary file beside `path`; keep it as `path` only if its blob hash is `blob`."""
+def download(url, path, blob, offline, log=print):
+    """Stream `url` to a temporary file beside `path`; keep it as `path` only if its blob hash is `blob`.
+    `offline`: the other way to get the file, which a failed download names."""
     def check(tmp):
         got = git_blob_sha1_of_file(tmp)
         if got != blob:
@@ -224,8 +226,7 @@ def download(url, path, blob, log=print):
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # offline, 404, cut off, timeout
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, 'reason', exc)
         raise PublishedInputError(
-            f'could not download {url} ({reason}); offline, copy that file to {path} (or run '
-            f'`python -m noisy_label.fetch --all` on an online machine and copy its folder)') from exc
+            f'could not download {url} ({reason}); offline, copy that file to {path}, or {offline}') from exc
     os.chmod(path, 0o644)  # readable by everyone sharing the folder (the temporary file was private)
     return path
 
