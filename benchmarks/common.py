@@ -3,6 +3,7 @@ import json
 import time
 
 import torch
+from torch.autograd import DeviceType
 
 from utils.storage.saving import save_json
 
@@ -44,22 +45,31 @@ def timed(fn, device):
 
 def profiled(fn, device, top=15):
     """fn() under torch.profiler (CPU, and CUDA on a GPU): its result, and the `top` ops that took the most
-    self time (device time on a GPU, CPU time otherwise) with their share of it."""
+    self time (device time on a GPU, CPU time otherwise) with their share of it (ranked_ops)."""
     cuda = torch.device(device).type == 'cuda'
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
         result = fn()
         synchronize(device)
-    events = prof.key_averages()
+    return result, ranked_ops(prof.key_averages(), cuda, top)
 
+
+def ranked_ops(events, cuda, top):
+    """The `top` events by self time, each with its share of the total over the same events. On a GPU the
+    kernels alone: the CPU op that launched a kernel carries the kernel's device time too (counted twice, every
+    share would be halved and an op would rank beside its own kernel), and a kernel a CUDA graph replays has
+    no launching op at all; a user annotation (the optimiser's step, say) spans kernels counted already."""
     def self_us(e):
         if cuda:  # torch ≥ 2.4 names it device time; earlier, cuda time
             return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
         return e.self_cpu_time_total
+    if cuda:
+        events = [e for e in events if getattr(e, 'device_type', None) == DeviceType.CUDA
+                  and not getattr(e, 'is_user_annotation', False)]
     total = sum(self_us(e) for e in events) or 1
     ranked = sorted(events, key=self_us, reverse=True)[:top]
-    return result, [{'op': e.key, 'calls': e.count, 'self_s': round(self_us(e) / 1e6, 6),
-                     'share': round(self_us(e) / total, 4)} for e in ranked if self_us(e) > 0]
+    return [{'op': e.key, 'calls': e.count, 'self_s': round(self_us(e) / 1e6, 6), 'share': round(self_us(e) / total, 4)}
+            for e in ranked if self_us(e) > 0]
 
 
 def reset_peak(device):

@@ -111,3 +111,24 @@ def test_the_file_training_benchmark_gives_weights_only_to_the_networks_a_run_bu
     for extra in ([], ['--fp_encoder', 'CLIP', '--diff_encoder', 'fp_mlp'], ['--recipe', 'improved']):
         argv = ['--clothing1m_root', 'r', *weights(extra, 'f'), *extra]
         assert train_Clothing1M.config(argv).clothing1m_root == os.path.abspath('r')  # every flag for a network the run builds
+
+
+def test_gpu_profiles_share_the_kernels_time_counted_once():
+    """On a GPU the profiler gives a kernel's time both to the kernel and to the CPU op that launched it, and
+    user annotations span kernels again: the shares are of the kernels' time alone, each kernel once."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from benchmarks.common import ranked_ops
+
+    def event(key, device_type, us, annotation=False):
+        return SimpleNamespace(key=key, count=1, device_type=device_type, is_user_annotation=annotation,
+                               self_device_time_total=us, self_cpu_time_total=5)
+    events = [event('aten::mm', DeviceType.CPU, 300), event('gemm_kernel', DeviceType.CUDA, 300),
+              event('Optimizer.step#Adam.step', DeviceType.CUDA, 100, annotation=True),
+              event('elementwise_kernel', DeviceType.CUDA, 100)]  # e.g. replayed by a CUDA graph: no launching op
+    ranked = ranked_ops(events, cuda=True, top=15)
+    assert [(r['op'], r['share']) for r in ranked] == [('gemm_kernel', 0.75), ('elementwise_kernel', 0.25)]
+    on_cpu = ranked_ops(events, cuda=False, top=2)  # CPU time of every op: the profiler's CPU events only
+    assert len(on_cpu) == 2 and all(r['share'] == 0.25 for r in on_cpu)
