@@ -211,3 +211,14 @@ def test_the_bf16_shortlist_finds_the_float32_neighbours():
     noisy = torch.randint(0, 10, (10000,), generator=torch.Generator().manual_seed(1))
     rows = retrieve_candidates(queries, stored, noisy, noisy[:1000], 10)
     assert rows.shape == (1000, 11) and same_sets(rows[:, :10], noisy[exact]) >= 0.99
+
+
+def test_the_distance_block_is_the_written_out_expression_bit_for_bit():
+    """The search builds ‖q‖² − 2q·k + ‖k‖² in one block, in place: the neighbours (ties included) must be
+    those of the expression written out, so every float32 rounding must be the same."""
+    from utils.retrieval import SearchKeys, squared_distances
+    g = torch.Generator().manual_seed(0)
+    keys, queries = torch.randn(500, 33, generator=g), torch.randn(70, 33, generator=g) * 3
+    stored = SearchKeys(keys)
+    written_out = queries.square().sum(1, keepdim=True) - 2 * queries @ stored.values.T + stored.sq_norms
+    assert torch.equal(squared_distances(queries, stored), written_out)

@@ -42,11 +42,20 @@ def knn(queries, keys, k, chunk_size=None, progress=False, exact_ties=True):
         if keys.bf16 is not None and not exact_ties:
             dist, idx = shortlisted(q, keys, k)
         else:
-            d2 = q.square().sum(1, keepdim=True) - 2 * q @ keys.values.T + keys.sq_norms
+            d2 = squared_distances(q, keys)
             dist, idx = nearest(d2, k) if exact_ties else torch.topk(d2, k, dim=1, largest=False, sorted=True)
+            del d2  # before the next chunk's block is made: one chunk × N block at a time
         all_dist.append(dist.clamp(min=0).sqrt())
         all_idx.append(idx)
     return torch.cat(all_dist), torch.cat(all_idx)
+
+
+def squared_distances(q, keys):
+    """‖q‖² − 2q·k + ‖k‖² for a chunk of queries against SearchKeys, made in one chunk × N block: the same
+    float32 operations in the same order as the expression written out (−M + a equals a − M exactly),
+    without the two temporaries of its size that the expression would hold at once."""
+    block = torch.mm(2 * q, keys.values.T)
+    return block.neg_().add_(q.square().sum(1, keepdim=True)).add_(keys.sq_norms)
 
 
 class SearchKeys:
