@@ -22,7 +22,7 @@ import train_Clothing1M
 from benchmarks import layouts
 from benchmarks.common import device_line, report
 from utils.encoders.random_weights import save_random_cc
-from utils.runtime.devices import resolve_device
+from utils.runtime.devices import free_memory, resolve_device
 
 N_CLASS = 14
 AUTHORS_RUN = dict(epochs=300, per_epoch=10_000 * N_CLASS, val=14_313, test=10_526)
@@ -103,7 +103,10 @@ def main(argv=None):
         root = layouts.clothing1m(os.path.join(folder, 'Clothing1M'), N_CLASS, args.per_class * N_CLASS, args.n_eval,
                                   args.n_eval, args.pixels, select_every=0)
         save_random_cc(os.path.join(folder, 'CC_net.pt'))
-        rows = [run_variant(name, flags, root, folder, args) for name, flags in VARIANTS.items()]
+        rows = []
+        for name, flags in VARIANTS.items():
+            rows.append(run_variant(name, flags, root, folder, args))
+            free_memory()  # the run's Trainer (reference cycles) and its device memory, before the next
     result = {'device': device_line(device), 'images': {'train': args.per_class * N_CLASS, 'val': args.n_eval,
                                                        'test': args.n_eval, 'pixels': args.pixels},
               'epochs': args.nepoch, 'authors_run': AUTHORS_RUN, 'rows': rows}

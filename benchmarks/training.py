@@ -40,7 +40,7 @@ from utils.data.cifar import load_cifar
 from utils.data.splits import ImageSplits
 from utils.encoders.random_weights import save_random_clip, save_random_simclr
 from utils.engine import run
-from utils.runtime.devices import resolve_device
+from utils.runtime.devices import free_memory, resolve_device
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.schedule import is_eval_epoch
 from utils.storage.saving import save_json
@@ -222,6 +222,7 @@ def main(argv=None):
                     for kernels in args.kernels:
                         rows.append(one_run(encoder, diff_encoder, mode, args, folder, splits, features_s, kernels))
                         features_s = rows[-1]['feature_extraction_s']
+                        free_memory()  # the run's Trainer (reference cycles) and its device memory, before the next
     print(f'device: {device_line(device)}')
     print('| f_p | diffusion encoder | mode | frozen kernels | features (s) | first epoch (s) | s/epoch | '
           'first evaluation (s) | s/evaluation | paper-length run (min) | authors (min) |')
