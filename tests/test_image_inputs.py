@@ -431,3 +431,17 @@ def test_predicting_a_folder_decodes_as_the_runs_evaluation_split(tmp_path):
     np.testing.assert_allclose(probs['folder'], probs['test'], atol=1e-6)
     assert np.array_equal(np.load(os.path.join(run_dir, 'predict_folder_labels.npy')),
                           np.load(os.path.join(run_dir, 'predict_test_labels.npy')))
+
+
+def test_workers_decode_ahead_no_more_than_the_shared_memory_bound():
+    """Decoded batches wait in shared memory: 16 workers × 4 batches of 512 images at 224 px would hold 5 GB
+    of /dev/shm. Large batches are fetched fewer ahead; small ones keep the 4 each."""
+    from utils.data.image_files import IN_FLIGHT_BYTES, Decoding, image_batches, training_view_batches
+    paths = [f'{i}.jpg' for i in range(2048)]  # not opened: the loaders are only built
+    big = image_batches(paths, 512, 16, Decoding(size=224))
+    small = image_batches(paths, 64, 4, Decoding(size=224))
+    assert big.prefetch_factor == 1 and small.prefetch_factor == 4
+    assert 16 * 2 * 512 * 3 * 224 ** 2 > IN_FLIGHT_BYTES >= 4 * 4 * 64 * 3 * 224 ** 2
+    views = training_view_batches(paths, [list(range(256))] * 4, 0, 0, 8, Decoding(size=224))
+    assert views.prefetch_factor == 3  # 8 workers × 3 × 256 images at 224 px: under the bound; × 4 would not be
+    assert image_batches(paths, 512, 0).prefetch_factor is None  # decoded in this process: nothing ahead

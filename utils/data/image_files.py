@@ -262,20 +262,28 @@ class ImageFiles(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def _loader(dataset, num_workers, **order):
+IN_FLIGHT_BYTES = 2 ** 30  # decoded batches the workers may hold ahead, in shared memory (/dev/shm)
+
+
+def _loader(dataset, num_workers, batch_images, **order):
+    """Workers decoding ahead, up to 4 batches each, fewer where those would pass IN_FLIGHT_BYTES: 16
+    workers × 4 batches of 512 images at 224 px are 5 GB of shared memory, more than many machines'
+    /dev/shm (a worker then dies of a bus error), and far more than a GPU needs queued."""
+    batch_bytes = 3 * dataset.size ** 2 * batch_images
+    prefetch = max(1, min(4, IN_FLIGHT_BYTES // max(1, num_workers * batch_bytes))) if num_workers else None
     return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=False, prefetch_factor=4 if num_workers else None, **order)
+                                       persistent_workers=False, prefetch_factor=prefetch, **order)
 
 
 def image_batches(paths, batch_size, num_workers, decoding=Decoding(), augment=None, first=0):
     """uint8 batches of the files in order (centre crops, or the views `augment` draws for files
     numbered from `first`), decoded by DataLoader workers."""
-    return _loader(ImageFiles(paths, decoding, augment, first), num_workers, batch_size=batch_size,
+    return _loader(ImageFiles(paths, decoding, augment, first), num_workers, batch_size, batch_size=batch_size,
                    shuffle=False)
 
 
 def training_view_batches(paths, batches, seed, epoch, num_workers, decoding=Decoding()):
     """uint8 training views of the files, one batch per entry of `batches` (lists of row indices), in
     that order: the epoch's augmented images, decoded by DataLoader workers while the device trains."""
-    return _loader(ImageFiles(paths, decoding, augment=(seed, epoch)), num_workers,
+    return _loader(ImageFiles(paths, decoding, augment=(seed, epoch)), num_workers, max(map(len, batches), default=1),
                    batch_sampler=batches)
