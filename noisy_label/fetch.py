@@ -6,9 +6,10 @@ verified, not downloaded again.
     python -m noisy_label.fetch --all --inputs_dir /path/to/folder   # then copy the folder offline
     python -m noisy_label.fetch cifar10-1-0.35 --from ~/LRA-diffusion  # offline, from a clone of the authors'
 
---from takes the files from local copies instead of downloading them: clones or checkouts of the
-repositories that published them (the authors' LRA-diffusion, PLC), or folders holding them by name.
-Either way each file is verified by its git blob hash before it is kept.
+--from DIR (repeatable) takes the files from local copies instead of downloading them: clones or
+checkouts of the repositories that published them (the authors' LRA-diffusion, PLC), or folders holding
+them by name. Each file is verified by its git blob hash before it is kept; the files found are kept
+and those found nowhere are named.
 
 Prints one line per input: name, local path, git blob sha1. A refusal is one line, exit status 2.
 """
@@ -18,7 +19,7 @@ import sys
 
 from utils.errors import PublishedInputError
 from utils.runs.cli import Parser, run_cli
-from utils.storage.published import PUBLISHED, copy_in, fetch, lookup
+from utils.storage.published import PUBLISHED, copy_in, fetch, inputs_dir, local_copy, lookup
 
 
 def parser():
@@ -28,9 +29,9 @@ def parser():
     p.add_argument('--inputs_dir', default=None,
                    help='folder to keep them in (default $LRA_DIFFUSION_HOME, else $XDG_CACHE_HOME/lra_diffusion, '
                         'else ~/.cache/lra_diffusion)')
-    p.add_argument('--from', dest='sources', nargs='+', metavar='DIR',
-                   help='take the files from these folders (checkouts of the repositories that published them, or '
-                        'folders holding the files) instead of downloading them')
+    p.add_argument('--from', dest='sources', action='append', metavar='DIR',
+                   help='take the files from this folder instead of downloading them: a checkout of the repository '
+                        'that published them, or a folder holding the files (repeat it for several)')
     return p
 
 
@@ -48,9 +49,16 @@ def main(argv=None):
     if missing:
         raise PublishedInputError(f'--from {missing[0]}: no such folder; give a checkout of the repository that '
                                   f'published the files, or a folder holding them')
+    kept = inputs_dir(args.inputs_dir)
+    absent = [name for name, entry in entries if sources and local_copy(entry, sources) is None
+              and not os.path.isfile(os.path.join(kept, entry.file_name))]
     for name, entry in entries:
-        path = copy_in(name, sources, args.inputs_dir, log=log) if sources else fetch(name, args.inputs_dir, log=log)
-        print(f'{name}  {path}  git blob sha1 {entry.blob} verified')
+        if name not in absent:
+            path = copy_in(name, sources, args.inputs_dir, log=log) if sources else fetch(name, args.inputs_dir, log=log)
+            print(f'{name}  {path}  git blob sha1 {entry.blob} verified')
+    if absent:  # the others are copied: one clone of each repository can be given in turn
+        raise PublishedInputError(f'not in {", ".join(sources)}: {", ".join(absent)}; give --from the checkouts of '
+                                  f'{", ".join(sorted({PUBLISHED[name].repo for name in absent}))}, or fetch them online')
     return 0
 
 

@@ -203,7 +203,7 @@ def test_inputs_are_taken_from_a_local_checkout_or_folder_verified_and_never_dow
     (checkout / 'noise_label' / 'cifar10-1-0.35.npy').write_bytes(ours)
     flat.mkdir()
     (flat / 'cifar10-3-0.70.npy').write_bytes(plc)
-    assert fetch_command.main(['cifar10-1-0.35', 'cifar10-3-0.70', '--from', str(checkout), str(flat),
+    assert fetch_command.main(['cifar10-1-0.35', 'cifar10-3-0.70', '--from', str(checkout), '--from', str(flat),
                                '--inputs_dir', str(inputs)]) == 0
     assert (inputs / 'cifar10-1-0.35.npy').read_bytes() == ours and (inputs / 'cifar10-3-0.70.npy').read_bytes() == plc
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['cifar10-1-0.35', 'cifar10-3-0.70']
@@ -222,6 +222,12 @@ def test_inputs_are_taken_from_a_local_checkout_or_folder_verified_and_never_dow
     assert (inputs / 'cifar10-1-0.35.npy').read_bytes() == ours and server.requests == []
     with pytest.raises(PublishedInputError, match=f'--from {tmp_path}/nowhere: no such folder'):
         fetch_command.main(['cifar10-1-0.35', '--from', str(tmp_path / 'nowhere')])
+    # what one clone holds is copied, what it does not is named (the other repository's clone comes next)
+    capsys.readouterr()
+    with pytest.raises(PublishedInputError, match=f'not in {flat}: cifar10-2-0.35; give --from the checkouts of '
+                                                  'pxiangwu/PLC'):
+        fetch_command.main(['cifar10-2-0.35', 'cifar10-3-0.70', '--from', str(flat), '--inputs_dir', str(tmp_path / 'x')])
+    assert capsys.readouterr().out.split()[0] == 'cifar10-3-0.70' and (tmp_path / 'x' / 'cifar10-3-0.70.npy').is_file()
 
 
 def run_python(args, env):

@@ -170,9 +170,7 @@ def copy_in(name, sources, folder=None, log=print):
     name, entry = lookup(name)
     target = os.path.join(inputs_dir(folder), entry.file_name)
     if not os.path.isfile(target):
-        places = [os.path.join(source, *entry.path.split('/')) for source in sources]
-        places += [os.path.join(source, entry.file_name) for source in sources]
-        found = next((place for place in places if os.path.isfile(place)), None)
+        found = local_copy(entry, sources)
         if found is None:
             raise PublishedInputError(
                 f'{name}: no {entry.path} (a checkout of {entry.repo}) nor {entry.file_name} in {", ".join(sources)}; '
@@ -187,6 +185,13 @@ def copy_in(name, sources, folder=None, log=print):
             atomic_write(target, lambda f: shutil.copyfileobj(source, f), flag='--inputs_dir')
         os.chmod(target, 0o644)
     return fetch(name, folder, log)  # verified where it is kept, and recorded as any fetch is
+
+
+def local_copy(entry, sources):
+    """Where the first of `sources` holds the entry's file: at its path in a checkout, else by its name."""
+    places = [os.path.join(source, *entry.path.split('/')) for source in sources]
+    places += [os.path.join(source, entry.file_name) for source in sources]
+    return next((place for place in places if os.path.isfile(place)), None)
 
 
 def _fetched(name, entry, folder, log):
