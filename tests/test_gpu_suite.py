@@ -165,6 +165,7 @@ def test_a_command_ended_mid_stage_has_shipped_the_stages_before_and_leaves_no_s
         assert time.monotonic() < deadline and suite.poll() is None, 'the slow stage never started'
         time.sleep(0.05)
     stage_pid = int(pid_file.read_text())
+    assert os.getsid(stage_pid) == os.getsid(suite.pid)  # a device ends a command's session when it returns
     results = json.loads((ship / gpu_suite.RESULTS).read_text())
     assert results['stages']['quick']['result'] == {'v': 1} and results['remaining'] == ['slow']
     suite.send_signal(signal.SIGTERM)
@@ -308,8 +309,51 @@ def test_the_paper_row_takes_the_suites_frozen_kernels(tmp_path):
     args = gpu_suite.parser().parse_args(['--out', str(tmp_path), '--data_root', 'data', '--frozen_kernels', 'fused'])
     args.stage_timeout_s = 300
     command = gpu_suite.paper_row(args, str(tmp_path / 'paper_row.json'))
-    assert paper_device.parser().parse_args(command[3:]).frozen_kernels == 'fused'
+    row = paper_device.parser().parse_args(command[3:])
+    assert row.frozen_kernels == 'fused' and row.budget_s == 300 - gpu_suite.ROW_MARGIN_S
     assert gpu_suite.parser().parse_args(['--out', str(tmp_path)]).frozen_kernels == 'eager'
+
+
+def test_a_stage_is_not_started_with_less_than_its_minimum_left(tmp_path, monkeypatch):
+    """The paper row overruns its --budget_s by its stages' stopping and its shipping: it is started only
+    with its margin and half a minute more left (a cut-off row would bring nothing back)."""
+    (row,) = [s for s in gpu_suite.stages() if s.name == 'paper_row']
+    assert row.min_s >= gpu_suite.ROW_MARGIN_S + 30 and row.grace_s > 2 * gpu_suite.STOP_GRACE_S
+    write = [sys.executable, '-c', 'import json, sys; json.dump({"v": 1}, open(sys.argv[1], "w"))']
+    monkeypatch.setattr(gpu_suite, 'stages', lambda: [gpu_suite.Stage('long', lambda a, o: write + [o], min_s=60),
+                                                      gpu_suite.Stage('short', lambda a, o: write + [o])])
+    monkeypatch.setattr(gpu_suite, 'REPORT_S', 0)
+    summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '40'])
+    assert summary['remaining'] == ['long'] and summary['stages']['short']['result'] == {'v': 1}
+
+
+def test_the_cuda_tests_time_out_one_by_one_where_pytest_timeout_is_installed(tmp_path, monkeypatch):
+    import importlib.util
+    args = gpu_suite.parser().parse_args(['--out', str(tmp_path)])
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: object() if name == 'pytest_timeout'
+                        else found(name, *a))
+    command = gpu_suite.cuda_tests(args, 'out.xml')
+    assert command[command.index('--timeout') + 1] == str(gpu_suite.CUDA_TEST_TIMEOUT_S)
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'pytest_timeout'
+                        else found(name, *a))
+    assert '--timeout' not in gpu_suite.cuda_tests(args, 'out.xml')  # an unknown flag would stop pytest
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads process states from /proc')
+def test_a_cut_off_stage_that_runs_stages_of_its_own_ends_them_first(tmp_path):
+    """The suite cuts off the paper row, whose own stage (train_CIFAR.py) may take the whole grace to stop:
+    the row must be given longer, or its SIGKILL would leave that stage running in its own group."""
+    pid_file = tmp_path / 'grandchild.pid'
+    stubborn = ('import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+                f'open({str(pid_file)!r}, "w").write(str(os.getpid())); time.sleep(120)')
+    row = ('import sys; from tools.gpu_suite import run_command; '
+           f'run_command([sys.executable, "-c", {stubborn!r}], 300, {str(tmp_path / "inner.log")!r})')
+    started = time.monotonic()
+    rc = gpu_suite.run_command([sys.executable, '-c', row], 4, str(tmp_path / 'outer.log'), gpu_suite.ROW_GRACE_S)
+    assert rc is None and pid_file.exists()
+    assert not alive(int(pid_file.read_text())), 'the row was killed before it could end its own stage'
+    assert time.monotonic() - started < 4 + gpu_suite.ROW_GRACE_S
 
 
 def test_the_frozen_kernel_rows_say_whether_cudnn_fused():

@@ -56,10 +56,14 @@ TRAINING_PATHS = ('SimCLR', 'ViT-L/14')   # the f_p paths timed on real CIFAR-10
 KERNEL_RUNS = {'SimCLR': ('--modes', 'eval', '--kernels', 'eager', 'fused', 'compiled'),
                'ViT-L/14': ('--modes', 'eval', '--kernels', 'eager', 'compiled')}  # nothing folds on this path
 MIN_STAGE_S = 20           # no stage is started with less time than this left
+STOP_GRACE_S = 10          # a stage cut off is sent SIGTERM (a training script saves), then SIGKILL this much later
 REPORT_S = 15              # kept back for the table and the shipping
 # the paper row's command runs past its --budget_s by the grace its cut-off stages get to stop (10 s each,
 # train and close) and its shipping: its budget is the stage's timeout less this
 ROW_MARGIN_S = 45
+# the row's own stages get STOP_GRACE_S to stop: the row must get longer, or a SIGKILL would leave its
+# running stage (a process group of its own) behind
+ROW_GRACE_S = 2 * STOP_GRACE_S + 5
 CUDA_TEST_TIMEOUT_S = 150  # one hung capture or compile ends its test, not the stage's whole budget
 CIFAR_TOOL = ('.device_data/tools/cifar10_batches.py', '../shared/tools/cifar10_batches.py')
 RESULTS = 'gpu_suite_results.json'
@@ -98,6 +102,8 @@ class Stage:
     ok_codes: tuple = (0,)
     resumable: bool = False      # a cut-off keeps its progress: retry whatever the budget
     recipe: str = None           # training stages: the RECIPES entry whose flags they pass
+    min_s: float = None          # not started with less than this left (default MIN_STAGE_S)
+    grace_s: float = None        # a cut-off's SIGTERM to SIGKILL (default STOP_GRACE_S)
 
 
 # ---- the stages' command lines ------------------------------------------------------------------
@@ -205,7 +211,7 @@ def paper_row(args, out):
     authors' type-I 35% file and recipe) in whatever budget is left; resumed by the next command."""
     where = [] if args.smoke else ['--data_root', args.data_root, '--inputs_dir', args.inputs_dir]
     return [PY, '-m', 'tools.paper_device', '--out', os.path.join(args.out, 'paper_device'), *where,
-            '--budget_s', str(int(max(30.0, args.stage_timeout_s - ROW_MARGIN_S))),
+            '--budget_s', str(int(args.stage_timeout_s - ROW_MARGIN_S)),
             '--ship', os.path.join(args.out, 'paper_row'),
             '--frozen_kernels', args.frozen_kernels, *(['--smoke'] if args.smoke else [])]
 
@@ -247,7 +253,8 @@ def stages():
                      needs_cifar=True),
                Stage('profile-inference-ViT-L14', inference_profile),
                Stage('simclr_speed-eager', *simclr_speed('--no-cuda_graph'), needs_cifar=True),
-               Stage('paper_row', paper_row, paper_row_result, ok_codes=(0, 1), needs_cifar=True, resumable=True)]
+               Stage('paper_row', paper_row, paper_row_result, ok_codes=(0, 1), needs_cifar=True, resumable=True,
+                     min_s=ROW_MARGIN_S + 30, grace_s=ROW_GRACE_S)]
     return listed
 
 
@@ -265,7 +272,11 @@ def rejected_flags(flags):
     return None
 
 
-def run_command(command, timeout_s, log_path):
+# a process group of the stage's own (Popen's process_group is Python 3.11's; setpgrp before, as it does)
+OWN_GROUP = {'process_group': 0} if sys.version_info >= (3, 11) else {'preexec_fn': os.setpgrp}
+
+
+def run_command(command, timeout_s, log_path, grace_s=STOP_GRACE_S):
     """Return code, or None when cut off at timeout_s. The stage runs in a process group of its own, so a
     cut-off ends its DataLoader workers too, but in this command's session: a device ends what a command
     leaves running except a new session's, which would hold the GPU and its run folder into the next
@@ -273,26 +284,29 @@ def run_command(command, timeout_s, log_path):
     with open(log_path, 'ab') as log:
         log.write(f'\n$ {" ".join(command)}\n'.encode())
         log.flush()
-        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, process_group=0,
-                                env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-        with ends_with_sigterm(proc):
+        started = []
+        with ends_with_sigterm(started, grace_s):  # before the stage starts: no moment without it
+            started.append(subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, **OWN_GROUP,
+                                            env={**os.environ, 'PYTHONUNBUFFERED': '1'}))
             try:
-                return proc.wait(timeout=timeout_s)
+                return started[0].wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                end_group(proc)
+                end_group(started[0], grace_s)
                 return None
 
 
 @contextlib.contextmanager
-def ends_with_sigterm(proc):
-    """While the stage runs, a SIGTERM to this process (the suite cutting off tools/paper_device.py, say)
+def ends_with_sigterm(started, grace_s):
+    """While a stage runs, a SIGTERM to this process (the suite cutting off tools/paper_device.py, say)
     ends the stage's group first; only the main thread can take signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
-        end_group(proc)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the stage is being ended
+        if started:
+            end_group(started[0], grace_s, in_handler=True)
         sys.exit(128 + signum)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -301,16 +315,22 @@ def ends_with_sigterm(proc):
         signal.signal(signal.SIGTERM, previous)
 
 
-def end_group(proc):
+def end_group(proc, grace_s, in_handler=False):
     """SIGTERM to the stage's process group (a training script stops after its step and saves), SIGKILL if
-    it has not ended 10 s later."""
+    it has not ended grace_s later. In a signal handler by polling: the code it interrupted may be inside
+    proc.wait(), holding the lock a second wait() would wait for forever."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    ended = time.monotonic() + grace_s
+    if in_handler:
+        while proc.poll() is None and time.monotonic() < ended:
+            time.sleep(0.05)
+    else:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):  # the stage's leftovers (DataLoader workers) too
+        os.killpg(proc.pid, signal.SIGKILL)
+    if not in_handler:
         proc.wait()
 
 
@@ -374,7 +394,7 @@ def run_stage(args, stage, deadline):
                 f'left; give it a longer command (--budget_s) or delete {cutoff}')
     if stage.needs_cifar and (missing := find_cifar(args, deadline)):
         return f'skipped: {missing}'
-    if deadline - time.monotonic() < MIN_STAGE_S:  # the data conversion took what was left
+    if deadline - time.monotonic() < (stage.min_s or MIN_STAGE_S):  # the data conversion took what was left
         return 'not started: no time left after converting CIFAR-10'
     args.stage_timeout_s = deadline - time.monotonic()
     raw = stage_path(args, stage, '.raw')
@@ -382,7 +402,7 @@ def run_stage(args, stage, deadline):
         os.remove(raw)
     log = os.path.join(args.out, 'logs', stage.name + '.log')
     started, cpu = time.monotonic(), children_cpu_s()
-    rc = run_command(stage.command(args, raw), args.stage_timeout_s, log)
+    rc = run_command(stage.command(args, raw), args.stage_timeout_s, log, stage.grace_s or STOP_GRACE_S)
     seconds, cpu = round(time.monotonic() - started, 1), round(children_cpu_s() - cpu, 1)
     if rc is None:  # its log stays on the device: its last lines come back in the note (a test's progress)
         save_json({'timeout_s': round(args.stage_timeout_s, 1), 'log_tail': tail(log, 5)}, cutoff)
@@ -419,7 +439,7 @@ def run_suite(args, report=lambda remaining, notes: None):
             notes.append(f'{stage.name}: skipped: train_CIFAR.py rejects {" ".join(RECIPES[stage.recipe])} ({why})')
             print(f'[{stage.name}] {notes[-1]}')
             continue
-        if deadline - time.monotonic() < MIN_STAGE_S:
+        if deadline - time.monotonic() < (stage.min_s or MIN_STAGE_S):
             remaining.append(stage.name)
             continue
         print(f'[{stage.name}] running, at most {deadline - time.monotonic():.0f} s', flush=True)
