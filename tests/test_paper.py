@@ -349,8 +349,12 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
         paper_device.train_command(args, 'data')[2:]).frozen_kernels == 'fused'
     close = paper_device.close_command(args)
     assert close[2:] == ['--resume', paper_device.paths(args)['run'], '--nepoch', '0']
-    # offline and without the file: the one line says where to put it
-    assert 'copy it into .device_data/inputs/' in paper_device.check_noise_file(args)
+    # without the file: the one line says where to put it, and nothing is downloaded (a device is offline:
+    # a download would wait a minute on its network)
+    from utils.storage import published
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(published, 'download', lambda *a, **k: pytest.fail('the device command tried to download'))
+        assert 'copy it into .device_data/inputs/' in paper_device.check_noise_file(args)
 
 
 def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_path):
@@ -508,9 +512,23 @@ def test_a_ship_folder_of_a_version_before_its_record_is_taken_when_it_holds_onl
         paper_device.main(['--out', str(tmp_path / 'fresh'), *argv[2:]])
     assert paper_device.main(argv) == 0
     recorded = json.load(open(out / paper_device.SHIP_RECORD))['ships'][str(ship)]
-    assert set(recorded) == set(paper_device.SHIPPED)
+    assert set(recorded) == {*paper_device.SHIPPED, *paper_device.SHIPPED_BEFORE}  # the old ones: to be removed
     assert json.load(open(ship / 'paper_device.json'))['smoke'] is True  # replaced: the command's own now
+    assert not (ship / 'run').exists()  # the earlier version's run files: inside paper_device.json now
     assert paper_device.main(argv) == 0  # recorded: the same command goes on
+
+
+def test_a_ship_folder_an_earlier_version_recorded_loses_its_stale_run_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(None, []))
+    out, ship = tmp_path / 'out', tmp_path / 'ship'
+    old_ship(ship)
+    out.mkdir()
+    (out / paper_device.SHIP_RECORD).write_text(json.dumps({'ships': {str(ship): [
+        'run/summary.json', 'run/config.json', 'run/log.jsonl', 'run/encoder.json', 'paper_device.json',
+        'simclr_shards']}}))
+    (ship / 'notes.txt').write_text('theirs\n')
+    assert paper_device.main(['--out', str(out), '--ship', str(ship), '--smoke']) == 0
+    assert not (ship / 'run').exists() and (ship / 'notes.txt').read_text() == 'theirs\n'
 
 
 def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, tmp_path, capsys):

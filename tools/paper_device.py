@@ -30,6 +30,7 @@ import time
 _IMPORTS_FROM = time.monotonic()
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -191,11 +192,16 @@ def shipped(args, record):
         ship(args, record)
 
 
-def shipped_before(args):
-    """What commands with this --out shipped into this --ship: what ship() may replace there."""
+def recorded(args):
+    """Every name the record says commands with this --out shipped into this --ship."""
     ships = load_json(os.path.join(args.out, SHIP_RECORD)).get('ships')
     names = ships.get(args.ship) if isinstance(ships, dict) else None
-    return {name for name in names if name in SHIPPED} if isinstance(names, list) else set()
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+
+def shipped_before(args):
+    """What commands with this --out shipped into this --ship: what ship() may replace there."""
+    return recorded(args) & set(SHIPPED)
 
 
 def check_ship(args):
@@ -225,7 +231,7 @@ def adopt_ship(args, names):
         raise SetupError(f'--ship {args.ship} holds {first_few(others)} beside the files an earlier version of '
                          f'this command shipped without a record; move those away to go on with it, or choose '
                          f'another --ship (an empty folder)')
-    note_shipped(args, names)
+    note_shipped(args, [*names, *(name for name in SHIPPED_BEFORE if os.path.lexists(os.path.join(args.ship, name)))])
     print(f'--ship {args.ship}: shipped by an earlier version with --out {args.out}; now recorded in '
           f'{os.path.join(args.out, SHIP_RECORD)}', flush=True)
 
@@ -246,7 +252,7 @@ def note_shipped(args, names):
     path = os.path.join(args.out, SHIP_RECORD)
     ships = load_json(path).get('ships')
     ships = ships if isinstance(ships, dict) else {}
-    save_json({'ships': {**ships, args.ship: sorted(shipped_before(args) | set(names))}}, path)
+    save_json({'ships': {**ships, args.ship: sorted(recorded(args) | set(names))}}, path)
 
 
 def ship(args, record):
@@ -255,6 +261,11 @@ def ship(args, record):
     p = paths(args)
     encoder = os.path.isfile(p['encoder'])
     note_shipped(args, [*(['simclr_shards'] if encoder else []), 'paper_device.json'])
+    for name in recorded(args) & set(SHIPPED_BEFORE):  # an earlier version's run files, stale from now on
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.ship, name))
+    with contextlib.suppress(OSError):  # their folder, once empty
+        os.rmdir(os.path.join(args.ship, 'run'))
     sidecar = load_json(os.path.splitext(p['encoder'])[0] + '.json')
     if encoder:
         state = load_torch(p['encoder'], 'SimCLR encoder')
