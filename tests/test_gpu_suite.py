@@ -349,11 +349,17 @@ def test_a_cut_off_stage_that_runs_stages_of_its_own_ends_them_first(tmp_path):
                 f'open({str(pid_file)!r}, "w").write(str(os.getpid())); time.sleep(120)')
     row = ('import sys; from tools.gpu_suite import run_command; '
            f'run_command([sys.executable, "-c", {stubborn!r}], 300, {str(tmp_path / "inner.log")!r})')
+    with open(tmp_path / 'outer.log', 'wb') as log:  # started as run_command starts a stage
+        proc = subprocess.Popen([sys.executable, '-c', row], cwd=gpu_suite.REPO, stdout=log, stderr=subprocess.STDOUT,
+                                **gpu_suite.OWN_GROUP)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, 'the row never started its stage'
+        time.sleep(0.05)
     started = time.monotonic()
-    rc = gpu_suite.run_command([sys.executable, '-c', row], 4, str(tmp_path / 'outer.log'), gpu_suite.ROW_GRACE_S)
-    assert rc is None and pid_file.exists()
+    gpu_suite.end_group(proc, gpu_suite.ROW_GRACE_S)  # what the suite does to a row it cuts off
     assert not alive(int(pid_file.read_text())), 'the row was killed before it could end its own stage'
-    assert time.monotonic() - started < 4 + gpu_suite.ROW_GRACE_S
+    assert time.monotonic() - started < gpu_suite.ROW_GRACE_S
 
 
 def test_the_frozen_kernel_rows_say_whether_cudnn_fused():
