@@ -1,6 +1,13 @@
 """--gpu_devices, the authors' flag: their README command lines parse as written; one id is a device,
-several one process per device under torchrun; an id torch does not see, or no CUDA, is refused in one
+several one process per device, ending as one command; an id torch does not see, or no CUDA, is refused in one
 line before any work."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 import train_Clothing1M
@@ -12,6 +19,8 @@ from utils.errors import SetupError
 from utils.runs.cli import REFUSAL_EXIT, run_cli
 from utils.runtime import distributed
 from utils.runtime.distributed import LAUNCHED, device_launch, gpu_devices_problem, use_gpu_devices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('line', AUTHORS_README_COMMANDS, ids=lambda line: line.split()[1])
@@ -45,19 +54,91 @@ def test_ids_torch_does_not_see_and_clashing_flags_are_named():
     assert 'inside a launch' in gpu_devices_problem([0, 1], None, 2, launched='2 3')
 
 
-def test_several_ids_are_one_torchrun_process_per_listed_device():
-    command, env = device_launch([1, 3], 'train_WebVision.py', ['--gpu_devices', '1', '3', '--k', '50'],
-                                 {'PATH': '/bin'})
-    assert command[1:] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           'train_WebVision.py', '--gpu_devices', '1', '3', '--k', '50']
-    assert env['CUDA_VISIBLE_DEVICES'] == '1,3' and env[LAUNCHED] == '1 3' and env['PATH'] == '/bin'
+def test_several_ids_are_one_process_per_listed_device():
+    ranks = device_launch([1, 3], 'train_WebVision.py', ['--gpu_devices', '1', '3', '--k', '50'], {'PATH': '/bin'}, 29999)
+    assert [command for command, _ in ranks] == [[sys.executable, 'train_WebVision.py', '--gpu_devices', '1', '3',
+                                                  '--k', '50']] * 2
+    for rank, (_, env) in enumerate(ranks):
+        assert env['CUDA_VISIBLE_DEVICES'] == '1,3' and env[LAUNCHED] == '1 3' and env['PATH'] == '/bin'
+        assert (env['RANK'], env['LOCAL_RANK'], env['WORLD_SIZE'], env['MASTER_PORT']) == (str(rank), str(rank), '2',
+                                                                                           '29999')
     # ids count among the devices the parent sees: its CUDA_VISIBLE_DEVICES maps them to physical ones
-    _, env = device_launch([0, 2], 's.py', [], {'CUDA_VISIBLE_DEVICES': '4,5,6,7'})
+    (_, env), _ = device_launch([0, 2], 's.py', [], {'CUDA_VISIBLE_DEVICES': '4,5,6,7'}, 29999)
     assert env['CUDA_VISIBLE_DEVICES'] == '4,6'
+
+
+# a stand-in for a training script under --gpu_devices: joins the group (gloo on the CPU), then does what
+# its argument says on the rank it names
+RANK_SCRIPT = """
+import sys, time
+import torch, torch.distributed as dist
+from utils.errors import SetupError
+from utils.runs.cli import run_cli
+from utils.runtime import distributed
+
+def main(argv):
+    distributed.init_from_env('cpu')
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    print(f'rank {distributed.rank()} of {int(total)}', flush=True)
+    what = argv[0]
+    if what == 'refuse':
+        raise SetupError('no such folder; give another')
+    if what == 'sleep':
+        open(argv[1] + str(distributed.rank()), 'w').write('up')
+        time.sleep(120)
+    if what == 'hang0_fail1':
+        if distributed.rank() == 1:
+            sys.exit(3)
+        time.sleep(120)  # waiting for rank 1, as in a collective
+    distributed.leave()  # as utils/engine.main does at the end of a run
+    return 0
+
+sys.exit(run_cli(main))
+"""
+
+
+@pytest.mark.parametrize('what, status', [('ok', 0), ('refuse', REFUSAL_EXIT), ('hang0_fail1', 3)])
+def test_a_launch_ends_as_one_command(tmp_path, capfd, monkeypatch, what, status):
+    """Several ids launch one process per device: the launch ends with one exit status, a refusal is one
+    line (rank 0's), and a rank that fails alone ends the others (waiting for it) and is named."""
+    script = tmp_path / 'rank.py'
+    script.write_text(RANK_SCRIPT)
+    monkeypatch.setattr(distributed, 'STOP_GRACE_S', 5)
+    env = {**os.environ, 'PYTHONPATH': ROOT}
+    started = time.monotonic()
+    store = distributed.agent_store(2)
+    assert distributed.launch(device_launch([0, 1], str(script), [what], env, store.port), [0, 1]) == status
+    out, err = capfd.readouterr()
+    assert sorted(re.findall(r'rank \d of \d', out)) == ['rank 0 of 2', 'rank 1 of 2']  # both joined the group
+    lines = err.strip().splitlines()
+    if what == 'refuse':
+        assert lines == ['error: no such folder; give another']
+    if what == 'hang0_fail1':
+        assert lines == ['--gpu_devices: the process for device 1 (rank 1) ended with exit status 3; run the command '
+                         'with --gpu_devices 1 alone to see why']
+        assert time.monotonic() - started < 60  # rank 0 was ended, not waited for
 
 
 def refuse(message):
     raise SetupError(message)
+
+
+def test_a_sigterm_to_the_launch_ends_every_process_of_it(tmp_path):
+    """docker stop, timeout or a scheduler signal the command they started, not the processes it started."""
+    script = tmp_path / 'rank.py'
+    script.write_text(RANK_SCRIPT)
+    code = ('import os, sys; from utils.runtime import distributed as d; store = d.agent_store(2); '
+            f'sys.exit(d.launch(d.device_launch([0, 1], {str(script)!r}, ["sleep", {str(tmp_path / "up")!r}], '
+            'os.environ, store.port), [0, 1]))')
+    launcher = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT},
+                                stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f'up{rank}').exists() for rank in (0, 1)):
+        assert time.monotonic() < deadline and launcher.poll() is None, 'the ranks never started'
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == 128 + signal.SIGTERM  # every rank ended: the launch returned
 
 
 def test_one_id_is_that_device_and_several_launch(monkeypatch):
@@ -66,11 +147,11 @@ def test_one_id_is_that_device_and_several_launch(monkeypatch):
     assert use_gpu_devices([2], None, refuse) == ('cuda:2', None)
     assert use_gpu_devices(None, None, refuse) == (None, None)  # --device stands
     started = []
-    monkeypatch.setattr(distributed.subprocess, 'call', lambda command, env: started.append((command, env)) or 0)
+    monkeypatch.setattr(distributed, 'launch', lambda ranks, ids: started.append(ranks) or 0)
     monkeypatch.setattr(distributed.sys, 'argv', ['train_Food101N.py', '--gpu_devices', '0', '1', '2', '3'])
     assert use_gpu_devices([0, 1, 2, 3], None, refuse) == (None, 0)
-    (command, env), = started
-    assert command[command.index('--nproc_per_node') + 1] == '4' and env['CUDA_VISIBLE_DEVICES'] == '0,1,2,3'
+    (ranks,) = started
+    assert len(ranks) == 4 and all(env['CUDA_VISIBLE_DEVICES'] == '0,1,2,3' for _, env in ranks)
     # in a process of that launch: no second launch, the device of its local rank
     monkeypatch.setenv(LAUNCHED, '0 1 2 3')
     assert use_gpu_devices([0, 1, 2, 3], None, refuse) == ('cuda', None) and len(started) == 1

@@ -63,7 +63,9 @@ def main(cfg, load_splits):
         if status:
             raise SystemExit(status)
         return None, None
-    return run(cfg.replace(device=device) if device else cfg, load_splits)
+    result = run(cfg.replace(device=device) if device else cfg, load_splits)
+    distributed.leave()
+    return result
 
 
 def refuse(message):

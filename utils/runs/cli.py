@@ -25,6 +25,7 @@ from utils.errors import (
     SetupError,
     UnsafeFile,
 )
+from utils.runtime.distributed import LAUNCHED
 
 REFUSAL_EXIT = 2
 KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, CorruptFile, CannotWrite,
@@ -80,6 +81,12 @@ def reader_gone():
         return False
 
 
+def another_rank_says_it():
+    """In a --gpu_devices launch every rank refuses or stops alike, and rank 0 says it: one line, not one a
+    device (utils/runtime/distributed.launch names a rank that failed alone)."""
+    return os.environ.get(LAUNCHED) is not None and os.environ.get('RANK', '0') != '0'
+
+
 def run_cli(main, argv=None):
     """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
     argv = sys.argv[1:] if argv is None else argv
@@ -90,7 +97,8 @@ def run_cli(main, argv=None):
         # features, say): what was written stays, and nothing half-written is taken for a result
         if '--debug' in argv:
             traceback.print_exc()
-        print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
+        if not another_rank_says_it():
+            print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
         sys.exit(128 + getattr(exc, 'signum', signal.SIGINT))
     except BrokenPipeError:
         if not reader_gone():  # another pipe broke (a worker's, a subprocess's): an error like any other
@@ -105,5 +113,6 @@ def run_cli(main, argv=None):
             raise
         if '--debug' in argv:
             traceback.print_exc()
-        print(f'error: {message}', file=sys.stderr)
+        if not another_rank_says_it():
+            print(f'error: {message}', file=sys.stderr)
         sys.exit(REFUSAL_EXIT)

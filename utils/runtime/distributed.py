@@ -5,13 +5,17 @@ rank 0 into the one cache file), then trains data-parallel with DistributedDataP
 evaluates and writes the run folder.
 
 `--gpu_devices 0 1 2 3` (the authors' flag) names the CUDA devices: one id is `--device cuda:N`;
-several relaunch the same command under torchrun, one process per listed device (the authors wrapped
+several relaunch the same command once per listed device, as torchrun would (launch: one exit status,
+one refusal line, signals passed on, no process left behind; the authors wrapped
 their networks in nn.DataParallel over those devices; DistributedDataParallel splits each batch the
 same way, one share per device).
 """
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -26,6 +30,13 @@ def init_from_env(device_name='auto'):
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
         dist.init_process_group('nccl' if use_cuda else 'gloo')
+
+
+def leave():
+    """Leave the process group at the end of a run: a rank torn down while still in it can abort (SIGABRT)
+    as its peers leave, and turn a finished launch into a failed one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active():
@@ -89,23 +100,26 @@ def gpu_devices_problem(ids, device, visible, launched=None):
     return None
 
 
-def device_launch(ids, script, argv, environ):
-    """(command, environment) that runs `script argv` as one torchrun process per id: each process sees
-    only its listed devices (ids count among those the parent sees, CUDA_VISIBLE_DEVICES included) and
-    takes the one of its local rank."""
+def device_launch(ids, script, argv, environ, port):
+    """(command, environment) of each process that runs `script argv` once per id, as torchrun would start
+    them: each sees only the listed devices (ids count among those the parent sees, CUDA_VISIBLE_DEVICES
+    included) and takes the one of its local rank; they meet on 127.0.0.1:`port`."""
     seen = [d for d in environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
     physical = [seen[i] if seen else str(i) for i in ids]
-    env = {**environ, 'CUDA_VISIBLE_DEVICES': ','.join(physical), LAUNCHED: ' '.join(map(str, ids))}
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(len(ids)),
-               script, *argv]
-    return command, env
+    # the store the ranks meet at is the launch's (agent_store), as torchrun's is its agent's: a rank 0
+    # ending first would take it from ranks still leaving the group, and they would abort
+    common = {**environ, 'CUDA_VISIBLE_DEVICES': ','.join(physical), LAUNCHED: ' '.join(map(str, ids)),
+              'WORLD_SIZE': str(len(ids)), 'LOCAL_WORLD_SIZE': str(len(ids)), 'MASTER_ADDR': '127.0.0.1',
+              'MASTER_PORT': str(port), 'TORCHELASTIC_USE_AGENT_STORE': 'True'}
+    command = [sys.executable, script, *argv]
+    return [(command, {**common, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}) for rank in range(len(ids))]
 
 
 def use_gpu_devices(ids, device_given, refuse):
     """Apply --gpu_devices `ids` before any work (`device_given`: --device where the command line gave it).
     Returns (the device this process runs on, or None: --device stands; the exit status of the processes
     launched, or None: go on in this process). One id is that device; several run this command once per
-    device under torchrun. `refuse(message)` raises the caller's one-line refusal."""
+    device (launch). `refuse(message)` raises the caller's one-line refusal."""
     if not ids:
         return None, None
     launched = os.environ.get(LAUNCHED)
@@ -116,7 +130,79 @@ def use_gpu_devices(ids, device_given, refuse):
         return 'cuda', None
     if len(ids) == 1:
         return f'cuda:{ids[0]}', None
-    command, env = device_launch(ids, sys.argv[0], sys.argv[1:], os.environ)
-    print(f'--gpu_devices {" ".join(map(str, ids))}: {len(ids)} processes, data-parallel ({" ".join(command[1:5])} ...)',
-          flush=True)
-    return None, subprocess.call(command, env=env)
+    print(f'--gpu_devices {" ".join(map(str, ids))}: {len(ids)} processes, data-parallel', flush=True)
+    store = agent_store(len(ids))
+    return None, launch(device_launch(ids, sys.argv[0], sys.argv[1:], os.environ, store.port), ids)
+
+
+def agent_store(world):
+    """The TCP store the launched ranks meet at, served by this process (on a free port) while they run."""
+    return dist.TCPStore('127.0.0.1', 0, world, is_master=True, wait_for_workers=False)
+
+
+STOP_GRACE_S = 60  # after one process fails, the others (waiting in a collective for it) get this long
+
+
+def launch(ranks, ids):
+    """Run each rank's (command, environment) to its end and return one exit status: 0 when all succeeded,
+    else the first failure's (a refusal: rank 0's one line and 2; the other ranks say nothing of one).
+    A failed rank leaves the others waiting for it in a collective: they are stopped. Ctrl-C reaches every
+    rank from the terminal, and each stops as a run does; a SIGTERM sent to this process is passed on."""
+    procs = [subprocess.Popen(command, env=env) for command, env in ranks]
+
+    def pass_on(signum, frame):
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # the ranks have it already
+                signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on)}
+    try:
+        first = wait_for_first_failure(procs)
+        if first is not None:
+            stop_all(procs)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if first is None:
+        return 0
+    code = procs[first].returncode
+    status = 128 - code if code < 0 else code  # ended by a signal: the shell's way of saying which
+    if first != 0:  # rank 0 was stopped by this process: say which one ended the launch
+        print(f'--gpu_devices: the process for device {ids[first]} (rank {first}) ended with exit status {status}; '
+              f'run the command with --gpu_devices {ids[first]} alone to see why', file=sys.stderr)
+    return status
+
+
+SETTLE_S = 3  # how long rank 0 may take to end too after another failed (a refusal all ranks make: its line)
+
+
+def wait_for_first_failure(procs):
+    """The rank whose failure ends the launch: rank 0 where it exits failing too within SETTLE_S (its refusal
+    is the one said; not where a signal ended it, as a peer's going can), else the first to fail; None when
+    all succeeded."""
+    while True:
+        codes = [proc.poll() for proc in procs]
+        failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            settled = time.monotonic() + SETTLE_S
+            while procs[0].poll() is None and time.monotonic() < settled:
+                time.sleep(0.05)
+            return 0 if (procs[0].returncode or 0) > 0 else failed[0]
+        if all(code == 0 for code in codes):
+            return None
+        time.sleep(0.1)
+
+
+def stop_all(procs):
+    """SIGTERM to every rank still running, SIGKILL to those left STOP_GRACE_S later."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    ended = time.monotonic() + STOP_GRACE_S
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, ended - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
