@@ -84,6 +84,11 @@ def main(argv):
     what = argv[0]
     if what == 'refuse':
         raise SetupError('no such folder; give another')
+    if what == 'first':
+        with distributed.main_first():  # rank 0 downloads, the others find the files
+            if distributed.rank() == 0:
+                time.sleep(1)
+            open(argv[1], 'a').write(f'rank{distributed.rank()} ')
     if what == 'sleep':
         open(argv[1] + str(distributed.rank()), 'w').write('up')
         time.sleep(120)
@@ -122,6 +127,16 @@ def test_a_launch_ends_as_one_command(tmp_path, capfd, monkeypatch, what, status
 
 def refuse(message):
     raise SetupError(message)
+
+
+def test_rank_0_loads_the_inputs_before_the_others(tmp_path):
+    """Every rank would otherwise download the dataset and the encoder weights into the same place at once."""
+    script, order = tmp_path / 'rank.py', tmp_path / 'order.txt'
+    script.write_text(RANK_SCRIPT)
+    store = distributed.agent_store(2)
+    env = {**os.environ, 'PYTHONPATH': ROOT}
+    assert distributed.launch(device_launch([0, 1], str(script), ['first', str(order)], env, store.port), [0, 1]) == 0
+    assert order.read_text().split() == ['rank0', 'rank1']
 
 
 def test_a_sigterm_to_the_launch_ends_every_process_of_it(tmp_path):

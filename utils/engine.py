@@ -97,7 +97,8 @@ def run(cfg, load_splits):
         check_no_foreign_files(run_dir, f'--resume {run_dir}')
         check_may_write_over(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
     seed_everything(cfg.seed)
-    with recording() as published_inputs:  # the dataset's too (e.g. Clothing1M's cc_select lists)
+    # the dataset's published inputs too (e.g. Clothing1M's cc_select lists); rank 0 downloads first
+    with recording() as published_inputs, distributed.main_first():
         splits = load_splits(cfg)
         if ckpt is not None:
             splits = decoded_as_recorded(splits, ckpt['data_info'])

@@ -67,6 +67,20 @@ def local_device(device):
     return device
 
 
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first, then the others: where it downloads what is missing (the dataset, the
+    published inputs, an encoder's weights), the others find the files there, not one download each into
+    the same place at once. A refusal in rank 0 lets the others go on to make it too."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
+
+
 def broadcast_object(obj):
     """rank 0's value of a picklable object on every rank."""
     if not active():
