@@ -156,6 +156,15 @@ def test_a_sigterm_to_the_launch_ends_every_process_of_it(tmp_path):
     assert launcher.wait(timeout=30) == 128 + signal.SIGTERM  # every rank ended: the launch returned
 
 
+def test_torchrun_starting_more_processes_than_gpus_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(distributed.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setenv('WORLD_SIZE', '4')
+    monkeypatch.setenv('LOCAL_RANK', '3')
+    with pytest.raises(SetupError, match=r'process 3 of this machine has no CUDA device of its own \(torch sees 2\)'):
+        distributed.init_from_env('auto')
+
+
 def test_one_id_is_that_device_and_several_launch(monkeypatch):
     monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 4)
     monkeypatch.delenv(LAUNCHED, raising=False)

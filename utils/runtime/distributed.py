@@ -20,6 +20,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from utils.errors import SetupError
+
 LAUNCHED = 'LRA_DIFFUSION_GPU_DEVICES'  # set for the processes --gpu_devices started: the ids they serve
 
 
@@ -27,8 +29,13 @@ def init_from_env(device_name='auto'):
     """Join the process group torchrun describes in the environment (no-op for one process)."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get('WORLD_SIZE', '1')) > 1:
         use_cuda = torch.cuda.is_available() and device_name != 'cpu'
+        local = int(os.environ.get('LOCAL_RANK', '0'))
+        if use_cuda and local >= torch.cuda.device_count():
+            raise SetupError(f'process {local} of this machine has no CUDA device of its own (torch sees '
+                             f'{torch.cuda.device_count()}): start at most that many (torchrun --nproc_per_node), '
+                             f'or use --gpu_devices')
         if use_cuda:
-            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+            torch.cuda.set_device(local)
         dist.init_process_group('nccl' if use_cuda else 'gloo')
 
 
