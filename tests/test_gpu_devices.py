@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import train_Clothing1M
 import train_Food101N
@@ -89,6 +90,10 @@ def main(argv):
             if distributed.rank() == 0:
                 time.sleep(1)
             open(argv[1], 'a').write(f'rank{distributed.rank()} ')
+    if what == 'totals':  # rank 0 saw no NaN, rank 1 one at step 7
+        loss, bad = distributed.epoch_totals(torch.tensor(1.0 + distributed.rank()),
+                                             torch.tensor(-1 if distributed.rank() == 0 else 7))
+        print(f'totals {float(loss)} {int(bad)}', flush=True)
     if what == 'sleep':
         open(argv[1] + str(distributed.rank()), 'w').write('up')
         time.sleep(120)
@@ -137,6 +142,17 @@ def test_rank_0_loads_the_inputs_before_the_others(tmp_path):
     env = {**os.environ, 'PYTHONPATH': ROOT}
     assert distributed.launch(device_launch([0, 1], str(script), ['first', str(order)], env, store.port), [0, 1]) == 0
     assert order.read_text().split() == ['rank0', 'rank1']
+
+
+def test_every_rank_sees_the_epochs_loss_over_all_ranks_and_any_ranks_non_finite_step(tmp_path, capfd):
+    script = tmp_path / 'rank.py'
+    script.write_text(RANK_SCRIPT)
+    store = distributed.agent_store(2)
+    env = {**os.environ, 'PYTHONPATH': ROOT}
+    assert distributed.launch(device_launch([0, 1], str(script), ['totals'], env, store.port), [0, 1]) == 0
+    assert re.findall(r'totals \S+ \S+', capfd.readouterr().out) == ['totals 3.0 7'] * 2
+    alone = distributed.epoch_totals(torch.tensor(2.0), torch.tensor(-1))  # one process: as it was
+    assert (float(alone[0]), int(alone[1])) == (2.0, -1)
 
 
 def test_a_sigterm_to_the_launch_ends_every_process_of_it(tmp_path):

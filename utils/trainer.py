@@ -245,6 +245,9 @@ class Trainer:
                 self.partial = {'epoch': epoch, 'steps_done': i + 1, 'of': len(batches),
                                 'rng': rng_state(self.device), 'loss_sum': float(loss_sum)}
                 break
+        if self.world > 1:  # the epoch's loss over every rank's shard, and a non-finite loss on any rank
+            loss_sum, first_bad = distributed.epoch_totals(loss_sum, first_bad)
+            loss_sum = loss_sum / self.world
         bad_step = int(first_bad)
         if bad_step >= 0:
             kept = (f'the last good checkpoint ({os.path.join(self.run_dir, "last.pt")}, epoch {self.saved_epoch}) '

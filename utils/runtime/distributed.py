@@ -74,6 +74,21 @@ def local_device(device):
     return device
 
 
+def epoch_totals(loss_sum, first_bad):
+    """Over every rank: the summed training loss, and the first step at which any rank's loss was
+    non-finite (-1: none), as device tensors. Each rank trains a shard of every batch; rank 0 alone would
+    log a shard's loss, and miss a NaN another rank saw, which the gradients' all-reduce has spread into
+    every rank's weights by then."""
+    loss_sum, first_bad = loss_sum.clone(), first_bad.clone()
+    if active():
+        dist.all_reduce(loss_sum)
+        none = torch.iinfo(first_bad.dtype).max
+        first_bad = torch.where(first_bad < 0, torch.full_like(first_bad, none), first_bad)
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        first_bad = torch.where(first_bad == none, torch.full_like(first_bad, -1), first_bad)
+    return loss_sum, first_bad
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first, then the others: where it downloads what is missing (the dataset, the
