@@ -451,6 +451,10 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     files = [f for f in ship.rglob('*') if f.is_file()]
     assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2 ** 20 for f in files), files
     assert len(list((ship / 'simclr_shards').glob('shard-*.pt'))) == 4
+    written = {f: f.stat().st_mtime_ns for f in (ship / 'simclr_shards').iterdir()}
+    assert paper_device.main(['--out', str(tmp_path / 'work'), '--ship', str(ship), '--smoke',
+                              '--simclr_arch', 'resnet50']) == 0  # the encoder unchanged: its shards stay as written
+    assert {f: f.stat().st_mtime_ns for f in (ship / 'simclr_shards').iterdir()} == written
     row = tmp_path / 'row'
     assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0
     assert sorted(os.listdir(row)) == ['config.json', 'encoder.json', 'log.jsonl', 'summary.json']

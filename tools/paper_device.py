@@ -267,10 +267,17 @@ def ship(args, record):
     with contextlib.suppress(OSError):  # their folder, once empty
         os.rmdir(os.path.join(args.ship, 'run'))
     sidecar = load_json(os.path.splitext(p['encoder'])[0] + '.json')
-    if encoder:
+    folder = os.path.join(args.ship, 'simclr_shards')
+    if encoder and not shipped_since(p['encoder'], os.path.join(folder, shards.MANIFEST)):
         state = load_torch(p['encoder'], 'SimCLR encoder')
-        shards.write_shards(state, os.path.join(args.ship, 'simclr_shards'), extra={'sidecar': sidecar})
+        shards.write_shards(state, folder, extra={'sidecar': sidecar})
     save_json({**record, **run_files(p['run']), 'encoder': sidecar}, os.path.join(args.ship, 'paper_device.json'))
+
+
+def shipped_since(encoder, manifest):
+    """Whether the shards in --ship were written after the encoder last was: ship() runs after every stage,
+    and an encoder unchanged since is not loaded and sharded again (tens of MB each time)."""
+    return os.path.isfile(manifest) and os.path.getmtime(manifest) >= os.path.getmtime(encoder)
 
 
 def run_files(run):
