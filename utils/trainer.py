@@ -8,6 +8,7 @@ sampler labels the validation and test splits, and the best validation epoch is 
 GPU the step and the evaluation batches replay CUDA graphs (utils/runtime/graphs.py).
 """
 import os
+import signal
 import time
 
 import torch
@@ -266,7 +267,8 @@ class Trainer:
 
     def stop_requested(self):
         """A signal asked to stop. Within an epoch only a single process stops (ranks could be at
-        different steps); under torchrun the epoch in progress finishes first."""
+        different steps); with several ranks the epoch in progress finishes, and they stop together after
+        it (distributed.agreed_stop)."""
         return self.stop is not None and self.stop.signum is not None and self.world == 1
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -387,7 +389,8 @@ class Trainer:
                      'evaluate_s': round(t2 - t1, 4) if evaluated else None, 'checkpoint_s': None,
                      'first_of_invocation': epoch == self.start_epoch}
             self.epoch_times.append(times)
-            saved = main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stop.signum)
+            stopping = distributed.agreed_stop(stop.signum, self.device)  # every rank, after rank 0 evaluated
+            saved = main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.nepoch - 1 or stopping)
             if saved:
                 self.save(epoch, elapsed)
                 self.saved_epoch = epoch
@@ -395,9 +398,10 @@ class Trainer:
             if saved:  # the time the loop waited for it (a copy to host memory; the write is in the background)
                 times['checkpoint_s'] = round(time.time() - t2, 4)
             distributed.barrier()
-            if stop.signum and epoch < cfg.nepoch - 1:
-                raise Interrupted(f'{stop.name} after epoch {epoch}; {os.path.join(self.run_dir, "last.pt")} holds '
-                                  f'it. Continue with --resume {self.run_dir}', stop.signum)
+            if stopping and epoch < cfg.nepoch - 1:
+                raise Interrupted(f'{signal.Signals(stopping).name} after epoch {epoch}; '
+                                  f'{os.path.join(self.run_dir, "last.pt")} holds it. Continue with --resume '
+                                  f'{self.run_dir}', stopping)
         return self.elapsed_before + time.time() - started
 
     def stop_mid_epoch(self, epoch, elapsed):

@@ -89,6 +89,18 @@ def epoch_totals(loss_sum, first_bad):
     return loss_sum, first_bad
 
 
+def agreed_stop(signum, device):
+    """The stop signal every rank acts on at an epoch's end: the highest number any rank received (None:
+    none). A signal can reach the ranks either side of an epoch's end (Ctrl-C, a scheduler's SIGTERM to one
+    process): ranks deciding alone would part, one stopping while another waits for it in the next
+    epoch's collectives, and rank 0 would not write last.pt for the epoch the others stopped after."""
+    if not active():
+        return signum
+    agreed = torch.tensor(signum or 0, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return int(agreed) or None
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first, then the others: where it downloads what is missing (the dataset, the
