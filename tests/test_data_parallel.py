@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 
 from utils.runtime import distributed
@@ -69,3 +70,77 @@ def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_pa
 def test_agreed_stop_in_one_process_is_the_signal_itself():
     assert distributed.agreed_stop(None, torch.device('cpu')) is None
     assert distributed.agreed_stop(signal.SIGTERM, torch.device('cpu')) == signal.SIGTERM
+
+
+# a rank of a launch that builds caches: what it computes and reads, as it says (gloo on the CPU)
+CACHE_RANK = """
+import sys
+import numpy as np
+import torch
+from utils.data.image_files import Decoding
+from utils.encoders import cache
+from utils.encoders.pixels import RawPixels
+from utils.runtime import distributed
+
+distributed.init_from_env('cpu')
+what, folder, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+rank = distributed.rank()
+if what == 'table':
+    def table(features, k):
+        open(folder + '/computed', 'a').write(f'rank{rank} ')
+        return features[:, :k] * 2
+    value = cache.cached(table, dict(features=torch.arange(12.).view(4, 3), k=2), folder, 'table', log=print)
+    print('value', value.flatten().tolist(), flush=True)
+if what == 'files':
+    if rank == 1:  # this rank's first look misses the cache rank 0 finds (a slow shared file system, say)
+        looks, look = [], cache.load_file_features
+        def first_look_misses(*args, **kwargs):
+            looks.append(1)
+            return None if len(looks) == 1 else look(*args, **kwargs)
+        def encode_files(*args, **kwargs):
+            raise AssertionError('rank 1 encoded what rank 0 had found')
+        cache.load_file_features, cache.encode_files = first_look_misses, encode_files
+    encoder = RawPixels((3, 32, 32), (0.5,) * 3, (0.5,) * 3)
+    found = cache.cached_file_features([encoder], paths, 'x', 'train', folder, Decoding(32), 2, 0, log=print)
+    print('rows', found[0].shape[0], flush=True)
+distributed.leave()
+"""
+
+
+def launch_cache_ranks(tmp_path, *argv):
+    script = tmp_path / 'cache_rank.py'
+    script.write_text(CACHE_RANK)
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
+    store = distributed.agent_store(2)
+    return distributed.launch(device_launch([0, 1], str(script), list(argv), env, store.port), [0, 1])
+
+
+def test_a_cached_computation_is_made_by_rank_0_alone_and_read_by_the_others(tmp_path, capfd):
+    """The neighbour table and in-memory features: one computation and one writer of the file, not one per
+    rank into the same path."""
+    assert launch_cache_ranks(tmp_path, 'table', str(tmp_path)) == 0
+    assert (tmp_path / 'computed').read_text().split() == ['rank0']
+    values = re.findall(r'^value (.*)$', capfd.readouterr().out, re.M)
+    assert values == ['[0.0, 2.0, 6.0, 8.0, 12.0, 14.0, 18.0, 20.0]'] * 2
+
+
+def test_what_file_features_to_encode_is_rank_0s_finding_for_every_rank(tmp_path, capfd):
+    """A rank that missed a cache rank 0 found reads it, rather than encoding its shard for a join the others
+    never make (where they would wait for it)."""
+    from benchmarks import layouts
+    from utils.data.image_files import Decoding
+    from utils.encoders.cache import cached_file_features
+    from utils.encoders.pixels import RawPixels
+    rng = np.random.default_rng(0)
+    paths = [str(tmp_path / f'{i}.jpg') for i in range(6)]
+    for i, path in enumerate(paths):
+        layouts.jpeg(path, i, rng)
+    cache = tmp_path / 'cache'
+    encoder = RawPixels((3, 32, 32), (0.5,) * 3, (0.5,) * 3)
+    cached_file_features([encoder], paths, 'x', 'train', str(cache), Decoding(32), 2, 0, log=lambda m: None)
+    made = sorted(os.listdir(cache))
+    status = launch_cache_ranks(tmp_path, 'files', str(cache), *paths)
+    out, err = capfd.readouterr()
+    assert status == 0, err[-2000:]
+    assert re.findall(r'^rows (\d+)$', out, re.M) == ['6', '6']
+    assert sorted(os.listdir(cache)) == made  # read, not rebuilt

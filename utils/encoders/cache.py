@@ -18,6 +18,7 @@ import torch
 from utils.data.image_files import Decoding, image_batches
 from utils.data.images import random_crop_flip
 from utils.encoders.base import FrozenEncoder, encode_all
+from utils.errors import SetupError
 from utils.runtime import distributed
 from utils.storage.fingerprints import (files_fingerprint, key_fingerprint, sampled_files_digest, tensor_fingerprint,
                                         within_common_folder)
@@ -80,15 +81,17 @@ def cache_path(cache_dir, label, key):
 def cached(compute, arguments, cache_dir, label, valid=lambda value: True, log=print, **settings):
     """`compute(**arguments, **settings)`, computed once and kept in cache_dir under a key made of the
     arguments; `settings` change how it is computed, not the value (batch sizes). A stored value that
-    is damaged, altered or fails `valid` is recomputed."""
+    is damaged, altered or fails `valid` is recomputed. With several ranks, rank 0 looks first and computes
+    what is missing; the others then read what it stored (one computation, one writer of the file)."""
     key = computation_key(compute, arguments)
     path = cache_path(cache_dir, label, key)
-    value = _load_matching(path, key, f'{label} cache', log)
-    if value is not None and valid(value):
+    with distributed.main_first():
+        value = _load_matching(path, key, f'{label} cache', log)
+        if value is not None and valid(value):
+            return value
+        value = compute(**arguments, **settings)
+        _store(value.cpu(), key, path)
         return value
-    value = compute(**arguments, **settings)
-    _store(value.cpu(), key, path)
-    return value
 
 
 def finite_features(features, encoder, what):
@@ -180,8 +183,15 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, b
     keys = [{**computation_key(encode_file_view, dict(encoder=e, **view)), 'paths': files} for e in encoders]
     labels = [f'{dataset}_{split}_{"center" if augment is None else "augmented"}_{e.name}' for e in encoders]
     found = [load_file_features(e, k, label, cache_dir, len(paths), log) for e, k, label in zip(encoders, keys, labels)]
-    todo = [i for i, f in enumerate(found) if f is None]
-    distributed.barrier()  # every rank has looked before anyone writes
+    # what to encode is rank 0's finding, for every rank (each encodes a shard of it: a rank deciding alone
+    # would wait for the others at a part file they never write); all have looked before anyone writes
+    todo = distributed.broadcast_object([i for i, f in enumerate(found) if f is None])
+    for i in set(range(len(encoders))) - set(todo):
+        if found[i] is None:  # rank 0 found it valid: so must this rank
+            found[i] = load_file_features(encoders[i], keys[i], labels[i], cache_dir, len(paths), log)
+            if found[i] is None:
+                raise SetupError(f'rank {distributed.rank()} cannot read the {labels[i]} cache that rank 0 read in '
+                                 f'{cache_dir}: give every process the same --cache_dir on one file system')
     if todo:
         rank, world = distributed.rank(), distributed.world_size()
         shard = np.array_split(np.arange(len(paths)), world)[rank]
