@@ -144,3 +144,23 @@ def test_what_file_features_to_encode_is_rank_0s_finding_for_every_rank(tmp_path
     assert status == 0, err[-2000:]
     assert re.findall(r'^rows (\d+)$', out, re.M) == ['6', '6']
     assert sorted(os.listdir(cache)) == made  # read, not rebuilt
+
+
+def test_the_process_group_waits_past_nccls_default_and_binds_each_rank_to_its_device(monkeypatch):
+    """A rank waiting while rank 0 downloads CLIP's weights (or joins a million-row cache) must not be ended by
+    NCCL's 10-minute default; the communicator is bound to the rank's own device."""
+    joined = {}
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(distributed.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(distributed.dist, 'init_process_group',
+                        lambda backend, **kw: joined.update(backend=backend, **kw))
+    distributed.init_from_env('cpu')
+    assert joined == {'backend': 'gloo', 'timeout': distributed.COLLECTIVE_TIMEOUT, 'device_id': None}
+    assert distributed.COLLECTIVE_TIMEOUT.total_seconds() >= 3600
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda index: joined.update(set_device=index))
+    distributed.init_from_env('auto')
+    assert joined == {'backend': 'nccl', 'timeout': distributed.COLLECTIVE_TIMEOUT,
+                      'device_id': torch.device('cuda', 1), 'set_device': 1}

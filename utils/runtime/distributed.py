@@ -11,6 +11,7 @@ their networks in nn.DataParallel over those devices; DistributedDataParallel sp
 same way, one share per device).
 """
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -23,6 +24,11 @@ import torch.distributed as dist
 from utils.errors import SetupError
 
 LAUNCHED = 'LRA_DIFFUSION_GPU_DEVICES'  # set for the processes --gpu_devices started: the ids they serve
+# How long a rank waits in a collective for the others. Some work is rank 0's alone while they wait: a
+# dataset or CLIP download, a million-row feature cache joined from its parts, each epoch's evaluation.
+# NCCL's default (10 minutes) would end a healthy run over a slow download; a rank that fails is noticed at
+# once by the launch (launch), so this bounds only a real hang.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 def init_from_env(device_name='auto'):
@@ -36,7 +42,10 @@ def init_from_env(device_name='auto'):
                              f'or use --gpu_devices')
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
+        # device_id binds the NCCL communicator to this rank's device at once (its barriers too, which would
+        # otherwise guess the device from the rank)
+        dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=COLLECTIVE_TIMEOUT,
+                                device_id=torch.device('cuda', local) if use_cuda else None)
 
 
 def leave():
