@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from utils.runtime import distributed
@@ -76,11 +77,15 @@ def test_agreed_stop_in_one_process_is_the_signal_itself():
 CACHE_RANK = """
 import sys
 import numpy as np
+import pytest
 import torch
 from utils.data.image_files import Decoding
 from utils.encoders import cache
 from utils.encoders.pixels import RawPixels
 from utils.runtime import distributed
+
+def say(line):  # one write: with PYTHONUNBUFFERED print writes the line and its end apart (interleaved)
+    sys.stdout.write(line + '\\n')
 
 distributed.init_from_env('cpu')
 what, folder, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -90,7 +95,7 @@ if what == 'table':
         open(folder + '/computed', 'a').write(f'rank{rank} ')
         return features[:, :k] * 2
     value = cache.cached(table, dict(features=torch.arange(12.).view(4, 3), k=2), folder, 'table', log=print)
-    print('value', value.flatten().tolist(), flush=True)
+    say(f'value {value.flatten().tolist()}')
 if what == 'files':
     if rank == 1:  # this rank's first look misses the cache rank 0 finds (a slow shared file system, say)
         looks, look = [], cache.load_file_features
@@ -102,7 +107,7 @@ if what == 'files':
         cache.load_file_features, cache.encode_files = first_look_misses, encode_files
     encoder = RawPixels((3, 32, 32), (0.5,) * 3, (0.5,) * 3)
     found = cache.cached_file_features([encoder], paths, 'x', 'train', folder, Decoding(32), 2, 0, log=print)
-    print('rows', found[0].shape[0], flush=True)
+    say(f'rows {found[0].shape[0]}')
 distributed.leave()
 """
 
@@ -164,3 +169,19 @@ def test_the_process_group_waits_past_nccls_default_and_binds_each_rank_to_its_d
     distributed.init_from_env('auto')
     assert joined == {'backend': 'nccl', 'timeout': distributed.COLLECTIVE_TIMEOUT,
                       'device_id': torch.device('cuda', 1), 'set_device': 1}
+
+
+def test_a_rank_leaves_the_process_group_however_its_command_ends(tmp_path):
+    """Torn down inside the group at interpreter exit, its threads abort the process: a launch's refusal
+    (exit 2) came back as 134 (SIGABRT) about one time in 30."""
+    from utils.errors import SetupError
+    from utils.runs.cli import REFUSAL_EXIT, run_cli
+
+    def refused(argv):
+        raise SetupError('no such folder; give another')
+    for main, status in ((refused, REFUSAL_EXIT), (lambda argv: sys.exit(3), 3)):
+        torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / str(status)}', rank=0,
+                                             world_size=1)
+        with pytest.raises(SystemExit) as ended:
+            run_cli(main, [])
+        assert ended.value.code == status and not torch.distributed.is_initialized()

@@ -77,11 +77,14 @@ from utils.errors import SetupError
 from utils.runs.cli import run_cli
 from utils.runtime import distributed
 
+def say(line):  # one write: with PYTHONUNBUFFERED print writes the line and its end apart, and the ranks'
+    sys.stdout.write(line + '\\n')  # output interleaves between the two
+
 def main(argv):
     distributed.init_from_env('cpu')
     total = torch.ones(1)
     dist.all_reduce(total)
-    print(f'rank {distributed.rank()} of {int(total)}', flush=True)
+    say(f'rank {distributed.rank()} of {int(total)}')
     what = argv[0]
     if what == 'refuse':
         raise SetupError('no such folder; give another')
@@ -93,7 +96,7 @@ def main(argv):
     if what == 'totals':  # rank 0 saw no NaN, rank 1 one at step 7
         loss, bad = distributed.epoch_totals(torch.tensor(1.0 + distributed.rank()),
                                              torch.tensor(-1 if distributed.rank() == 0 else 7))
-        print(f'totals {float(loss)} {int(bad)}', flush=True)
+        say(f'totals {float(loss)} {int(bad)}')
     if what == 'sleep':
         open(argv[1] + str(distributed.rank()), 'w').write('up')
         time.sleep(120)

@@ -6,6 +6,7 @@
 A researcher reading `error: --k 0 must be at least 1` needs no traceback; `--debug` shows it anyway.
 """
 import argparse
+import contextlib
 import errno
 import os
 import select
@@ -25,7 +26,7 @@ from utils.errors import (
     SetupError,
     UnsafeFile,
 )
-from utils.runtime.distributed import LAUNCHED
+from utils.runtime.distributed import LAUNCHED, leave
 
 REFUSAL_EXIT = 2
 KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, CorruptFile, CannotWrite,
@@ -90,6 +91,17 @@ def another_rank_says_it():
 def run_cli(main, argv=None):
     """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return exits_in_one_line(main, argv)
+    finally:
+        # a rank of several leaves the process group however it ends (a refusal, a stop, a failure): torn down
+        # inside it at interpreter exit, the group's threads abort the process, and a refusal's exit status 2
+        # became 134 (SIGABRT) at random
+        with contextlib.suppress(RuntimeError):
+            leave()
+
+
+def exits_in_one_line(main, argv):
     try:
         return main(argv)
     except (Interrupted, KeyboardInterrupt) as exc:
