@@ -187,20 +187,34 @@ def test_torchrun_starting_more_processes_than_gpus_is_refused_in_one_line(monke
 def test_one_id_is_that_device_and_several_launch(monkeypatch):
     monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 4)
     monkeypatch.delenv(LAUNCHED, raising=False)
-    assert use_gpu_devices([2], None, refuse) == ('cuda:2', None)
-    assert use_gpu_devices(None, None, refuse) == (None, None)  # --device stands
+    assert use_gpu_devices([2], None, refuse, 's.py', []) == ('cuda:2', None)
+    assert use_gpu_devices(None, None, refuse, 's.py', []) == (None, None)  # --device stands
     started = []
     monkeypatch.setattr(distributed, 'launch', lambda ranks, ids: started.append(ranks) or 0)
-    monkeypatch.setattr(distributed.sys, 'argv', ['train_Food101N.py', '--gpu_devices', '0', '1', '2', '3'])
-    assert use_gpu_devices([0, 1, 2, 3], None, refuse) == (None, 0)
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse, 'train_Food101N.py', ['--gpu_devices', '0', '1', '2', '3']) \
+        == (None, 0)
     (ranks,) = started
     assert len(ranks) == 4 and all(env['CUDA_VISIBLE_DEVICES'] == '0,1,2,3' for _, env in ranks)
     # in a process of that launch: no second launch, the device of its local rank
     monkeypatch.setenv(LAUNCHED, '0 1 2 3')
-    assert use_gpu_devices([0, 1, 2, 3], None, refuse) == ('cuda', None) and len(started) == 1
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse, 's.py', []) == ('cuda', None) and len(started) == 1
     with pytest.raises(SetupError, match='give one of them'):
         monkeypatch.delenv(LAUNCHED)
-        use_gpu_devices([0, 1, 2, 3], 'cuda:1', refuse)
+        use_gpu_devices([0, 1, 2, 3], 'cuda:1', refuse, 's.py', [])
+
+
+def test_the_processes_run_the_script_and_arguments_main_was_given(monkeypatch, tmp_path):
+    """main(argv) called from Python (a sweep, a notebook) launches its own command, not the caller's
+    sys.argv; an edited copy of a script launches that copy."""
+    import train_CIFAR
+    monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.delenv(LAUNCHED, raising=False)
+    started = []
+    monkeypatch.setattr(distributed, 'launch', lambda ranks, ids: started.append(ranks) or 0)
+    argv = ['--gpu_devices', '0', '1', '--noise_type', 'cifar10-1-0.35', '--out_dir', str(tmp_path)]
+    assert train_CIFAR.main(argv) == (None, None)
+    (ranks,) = started
+    assert [command[1:] for command, _ in ranks] == [[train_CIFAR.__file__, *argv]] * 2
 
 
 def test_a_resumed_run_takes_its_devices_from_its_own_command_line():

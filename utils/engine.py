@@ -12,6 +12,7 @@ A run folder holds config.json, log.jsonl (one line per evaluation), best.pt and
 """
 import json
 import os
+import sys
 import time
 
 import torch
@@ -58,7 +59,10 @@ def main(cfg, load_splits):
     """What every dataset script runs: train, or resume. With several --gpu_devices this process only
     launches one process per device and returns (None, None)."""
     given = cfg.device if 'device' in cfg.command_line_flags else None
-    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse)
+    # each process of several devices runs the script whose main called this (an edited copy of a
+    # script included) with the arguments main was given; a notebook's own code has no file to run
+    script = getattr(sys.modules.get(load_splits.__module__), '__file__', None) or sys.argv[0]
+    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse, script, cfg.argv)
     if status is not None:
         if status:
             raise SystemExit(status)

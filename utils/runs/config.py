@@ -301,6 +301,7 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(description, defaults, dataset_args, kind)
     cfg = parser.parse_args(argv, namespace=Config())
+    cfg.argv = argv  # the arguments as given: what each process of several --gpu_devices is started with
     cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
     cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
     # the script's own flags, which say where its dataset lies (predict.py takes them from its command line)

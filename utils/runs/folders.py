@@ -55,7 +55,7 @@ MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'e
 MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip'}
 # flags runs recorded that are gone: --fp_features (now --fp_checkpoint) and --predict* (now predict.py)
 FOLDED_FLAGS = ('fp_features', 'predict', 'predict_split', 'predict_folder')
-ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'command_line_flags', 'script_flags',
+ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'argv', 'command_line_flags', 'script_flags',
                         'dataset_flags')
 
 

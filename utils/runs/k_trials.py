@@ -35,8 +35,8 @@ from utils.storage.saving import remove_files, save_json, save_torch
 
 # flags that name where a run and its inputs live, how it is driven, or what only the run does after
 # training, not what its trials compute (the inputs themselves enter the key by their fingerprints)
-NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'command_line_flags', 'script_flags', 'device', 'num_workers',
-                    'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs',
+NOT_IN_TRIAL_KEY = ('run_name', 'out_dir', 'resume', 'argv', 'command_line_flags', 'script_flags', 'device',
+                    'num_workers', 'cache_dir', 'checkpoint_every', 'debug', 'k_choices', 'k_select', 'k_trial_epochs',
                     'data_root', 'cifar_n_dir', 'clip_download_root', 'inputs_dir', 'download', 'encode_batch_size',
                     'n_samples', 'script', 'dataset_flags', 'gpu_devices', 'print_config', 'recipe_filled')
 

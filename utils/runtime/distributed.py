@@ -172,11 +172,12 @@ def device_launch(ids, script, argv, environ, port):
     return [(command, {**common, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}) for rank in range(len(ids))]
 
 
-def use_gpu_devices(ids, device_given, refuse):
+def use_gpu_devices(ids, device_given, refuse, script, argv):
     """Apply --gpu_devices `ids` before any work (`device_given`: --device where the command line gave it).
     Returns (the device this process runs on, or None: --device stands; the exit status of the processes
-    launched, or None: go on in this process). One id is that device; several run this command once per
-    device (launch). `refuse(message)` raises the caller's one-line refusal."""
+    launched, or None: go on in this process). One id is that device; several run `script argv` (the
+    command, whether typed or called as main(argv) from Python) once per device (launch).
+    `refuse(message)` raises the caller's one-line refusal."""
     if not ids:
         return None, None
     launched = os.environ.get(LAUNCHED)
@@ -189,7 +190,7 @@ def use_gpu_devices(ids, device_given, refuse):
         return f'cuda:{ids[0]}', None
     print(f'--gpu_devices {" ".join(map(str, ids))}: {len(ids)} processes, data-parallel', flush=True)
     store = agent_store(len(ids))
-    return None, launch(device_launch(ids, sys.argv[0], sys.argv[1:], os.environ, store.port), ids)
+    return None, launch(device_launch(ids, script, argv, os.environ, store.port), ids)
 
 
 def agent_store(world):
