@@ -287,3 +287,23 @@ def test_epoch_timing_across_invocations():
     assert timing['evaluation_first'] == 5.0 and timing['evaluation_per_warm'] == 1.0
     assert timing['checkpoint_wait_per_save'] == 0.1
     assert epoch_timing([])['train_per_warm_epoch'] is None
+
+
+def test_an_epoch_a_signal_stopped_goes_on_with_its_random_state_on_rank_0_alone(tmp_path, digits):
+    """A single process stopped mid-epoch, resumed on several devices: rank 0 continues the saved stream;
+    another rank restoring it too would draw the same timesteps and noise as rank 0."""
+    small = subset(digits, 100, 20)
+    cfg = digits_cfg(tmp_path, '--nepoch', '1', '--batch_size', '50')
+    data = use_k(cfg, prepare(cfg, small, CPU, log=lambda m: None), small, log=lambda m: None)
+    trainer = new_trainer(cfg, data, small, str(tmp_path), CPU)
+    torch.manual_seed(123)
+    saved = rng_state(CPU)
+    after_saved = torch.rand(4)
+    draws = {}
+    for rank in (0, 1):
+        trainer.rank = rank
+        trainer.partial = {'epoch': 3, 'steps_done': 2, 'of': 5, 'rng': saved, 'loss_sum': 1.5}
+        assert trainer.epoch_start(3) == (2, 1.5) and trainer.partial is None
+        draws[rank] = torch.rand(4)
+    assert torch.equal(draws[0], after_saved) and not torch.equal(draws[1], after_saved)
+    assert trainer.epoch_start(4) == (0, 0.0)  # another epoch starts at its beginning

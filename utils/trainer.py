@@ -223,17 +223,12 @@ class Trainer:
         """One epoch's steps; the mean loss, or None when a signal stopped it after a step (self.partial
         then says where, for last.pt)."""
         training_mode(self.model)
-        # the epoch's draws (candidates, timesteps, noise) come from (seed, epoch, rank): exact resume
-        torch.manual_seed(self.cfg.seed * 100003 + epoch * 1009 + self.rank + 1)
+        start, loss_before = self.epoch_start(epoch)
         batches = self.batches(epoch)
         loss_sum = torch.zeros((), device=self.device)
+        if start:
+            loss_sum += loss_before
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
-        start = 0
-        if self.partial is not None and self.partial['epoch'] == epoch:  # resuming within this epoch
-            start = self.partial['steps_done']
-            set_rng_state(self.partial['rng'], self.device)
-            loss_sum += self.partial['loss_sum']
-        self.partial = None
         decoded = self.decoded_views(batches[start:], epoch)
         for i in range(start, len(batches)):
             self.set_lr(learning_rate(epoch + i / len(batches), self.cfg.lr, self.cfg.warmup_epochs,
@@ -256,6 +251,20 @@ class Trainer:
             raise NonFiniteLoss(f'the loss became non-finite at epoch {epoch}, step {bad_step}. Training stopped; '
                                 f'{kept}. Lower --lr or check the input features.')
         return None if self.partial is not None else float(loss_sum) / len(batches)
+
+    def epoch_start(self, epoch):
+        """The step an epoch's training starts at, and the loss summed over the steps before it. The epoch's
+        draws (candidates, timesteps, noise) come from (seed, epoch, rank): exact resume. Within an epoch a
+        signal stopped (a single process: ranks stop between epochs), rank 0 goes on with the random state
+        saved there; other ranks (that stop resumed on several devices) keep their own stream, where a copy
+        of rank 0's state would draw the same noise and timesteps on every rank."""
+        torch.manual_seed(self.cfg.seed * 100003 + epoch * 1009 + self.rank + 1)
+        partial, self.partial = self.partial, None
+        if partial is None or partial['epoch'] != epoch:
+            return 0, 0.0
+        if self.rank == 0:
+            set_rng_state(partial['rng'], self.device)
+        return partial['steps_done'], partial['loss_sum']
 
     def decoded_views(self, batches, epoch):
         """Where the model reads image files: the training views of `batches`, decoded in order by
