@@ -185,3 +185,50 @@ def test_a_rank_leaves_the_process_group_however_its_command_ends(tmp_path):
         with pytest.raises(SystemExit) as ended:
             run_cli(main, [])
         assert ended.value.code == status and not torch.distributed.is_initialized()
+
+
+def test_with_batch_statistics_each_devices_share_of_an_evaluation_batch_is_normalised_apart(tmp_path,
+                                                                                              monkeypatch):
+    """The authors' nn.DataParallel normalised each device's share of a batch by its own statistics: rank 0,
+    evaluating alone, does the same for as many shares as the run has devices (torch.chunk's split, a
+    smaller last share included); predict.py follows the checkpoint's count."""
+    import train_CIFAR
+    from model_diffusion import Diffusion
+    from utils import evaluate
+    from utils.diff_encoders import build_model
+    assert (evaluate.bn_shares('batch', 4), evaluate.bn_shares('running', 4), evaluate.bn_shares('batch', 1)) == \
+        (4, 1, 1)
+    cfg = train_CIFAR.config(['--diff_encoder', 'linear'])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, 8, (3, 4, 4))
+    x, fp_x = torch.randn(30, 3, 4, 4), torch.randn(30, 8)
+    evaluate.evaluation_mode(model, 'batch')
+    with torch.inference_mode():
+        parts = torch.cat([model.embed_x(part) for part in (x[:8], x[8:16], x[16:24], x[24:])])
+        torch.testing.assert_close(evaluate.embed(model, x, 4), parts)
+        assert not torch.allclose(evaluate.embed(model, x, 1), parts, atol=1e-4)
+    diffusion = Diffusion()
+    labels = evaluate.predict_labels(model, diffusion, [(x, fp_x)], eval_bn='batch', shares=4)[0]
+    sampled = evaluate.predict_labels(model, diffusion, [(x, fp_x)], eval_bn='batch', n_samples=2, shares=4)[0]
+    by_part = [evaluate.predict_labels(model, diffusion, [(x[a:b], fp_x[a:b])], eval_bn='batch')[0]
+               for a, b in ((0, 8), (8, 16), (16, 24), (24, 30))]
+    assert torch.equal(labels, torch.cat(by_part)) and torch.equal(sampled, labels)
+
+
+def test_a_checkpoint_says_how_its_evaluations_normalised_and_predict_follows_it(tmp_path, monkeypatch):
+    import demo_digits
+    import predict
+    from utils import predict as predicting
+    from utils.storage.saving import save_torch
+    flags = ['--nepoch', '2', '--warmup_epochs', '0', '--eval_bn', 'batch', '--diff_encoder', 'linear',
+             '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r']
+    demo_digits.main(flags)
+    run_dir = tmp_path / 'runs' / 'r'
+    best = load_torch(str(run_dir / 'best.pt'))
+    assert best['eval_bn_shares'] == 1  # one process
+    save_torch({**best, 'eval_bn_shares': 3}, str(run_dir / 'best.pt'))  # as a run on three devices writes it
+    seen = []
+    real = predicting.predict_labels
+    monkeypatch.setattr(predicting, 'predict_labels', lambda *a, **kw: seen.append(kw.get('shares')) or real(*a, **kw))
+    predict.main([str(run_dir), '--split', 'test', '--n_samples', '0'])
+    assert seen == [3]

@@ -109,17 +109,31 @@ def labels_of(y0, top_k=1):
     return ranked_from_y0(y0, top_k) if top_k > 1 else labels_from_y0(y0)
 
 
-def batch_labeller(model, diffusion, n_steps=10, top_k=1):
+def bn_shares(eval_bn, devices):
+    """How many parts of an evaluation batch are normalised apart. With batch statistics at evaluation
+    (--eval_bn batch) the batch decides the predictions, and the authors' nn.DataParallel normalised each
+    device's share by its own: one part per device a run trains on. With running statistics, one."""
+    return devices if eval_bn == 'batch' else 1
+
+
+def embed(model, x, shares=1):
+    """The image embedding of an evaluation batch, its `shares` parts (torch.chunk's, as nn.DataParallel
+    scatters a batch) normalised apart."""
+    return model.embed_x(x) if shares == 1 else torch.cat([model.embed_x(part) for part in x.chunk(shares)])
+
+
+def batch_labeller(model, diffusion, n_steps=10, top_k=1, shares=1):
     """The deterministic DDIM labels (or top_k) of one (x, f_p) batch: the image embedding once, then the
-    sampler from y_T = 0. The function a CUDA graph captures per evaluation batch shape (utils/runtime/graphs.py)."""
+    sampler from y_T = 0. The function a CUDA graph captures per evaluation batch shape (utils/runtime/graphs.py).
+    `shares`: bn_shares."""
     def labels(x, fp_x):
-        return labels_of(sample_y0(model, diffusion, model.embed_x(x), fp_x, n_steps), top_k)
+        return labels_of(sample_y0(model, diffusion, embed(model, x, shares), fp_x, n_steps), top_k)
     return labels
 
 
 @torch.inference_mode()
 def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None,
-                   top_k=1, graphs=None):
+                   top_k=1, graphs=None, shares=1):
     """Deterministic DDIM labels (from y_T = 0) for every batch; with n_samples > 0 also per-class
     frequencies over that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1.
     The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
@@ -127,17 +141,17 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
     With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
     the label itself first (top-5 accuracy from the same deterministic sample). `graphs`:
     batch_labeller(model, diffusion, n_steps, top_k) wrapped in utils/runtime/graphs.GraphedCalls, which replaces
-    the deterministic labels' eager kernels where no samples are drawn."""
+    the deterministic labels' eager kernels where no samples are drawn. `shares`: bn_shares."""
     evaluation_mode(model, eval_bn)
     device = diffusion.betas.device
     generator = torch.Generator(device).manual_seed(seed) if n_samples else None
-    labeller = batch_labeller(model, diffusion, n_steps, top_k)
+    labeller = batch_labeller(model, diffusion, n_steps, top_k, shares)
     labels, probs = [], []
     for x, fp_x in progress_bar(batches, desc=progress, disable=progress is None, leave=False):
         if not n_samples:  # a graph's output tensor is overwritten by its next replay: cloned
             labels.append(graphs(x, fp_x).clone() if graphs is not None else labeller(x, fp_x))
             continue
-        x_e = model.embed_x(x)
+        x_e = embed(model, x, shares)
         labels.append(labels_of(sample_y0(model, diffusion, x_e, fp_x, n_steps), top_k))
         y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
                        eta=1.0, noisy_start=True, generator=generator)

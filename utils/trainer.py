@@ -21,7 +21,7 @@ from utils.data.images import channels_last, random_crop_flip
 from utils.data.sampling import balanced_draw
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
 from utils.errors import Interrupted, NonFiniteLoss
-from utils.evaluate import SplitInputs, batch_labeller, predict_labels, training_mode
+from utils.evaluate import SplitInputs, batch_labeller, bn_shares, predict_labels, training_mode
 from utils.prepare import search_options
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
 from utils.runs.folders import CHECKPOINT_FORMAT
@@ -63,6 +63,8 @@ class Trainer:
         self.cuda = device.type == 'cuda'
         model.bf16_embed = self.cuda and cfg.precision == 'bf16'
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        # rank 0 evaluates alone: with batch statistics, each device's share of a batch normalised apart
+        self.bn_shares = bn_shares(cfg.eval_bn, self.world)
         if cfg.freeze_diff_encoder:  # before DistributedDataParallel, which must not wait for its gradients
             model.diff_encoder.requires_grad_(False)
         prepare_cuda(device)
@@ -292,7 +294,8 @@ class Trainer:
         cfg = self.cfg
         batches = self.inputs.batches(split, cfg.eval_batch_size)
         return predict_labels(self.evaluated_model, self.diffusion, batches, cfg.ddim_n_step, cfg.eval_bn, n_samples,
-                              cfg.seed, progress, top_k, self.evaluation_graphs(top_k) if not n_samples else None)
+                              cfg.seed, progress, top_k, self.evaluation_graphs(top_k) if not n_samples else None,
+                              self.bn_shares)
 
     def evaluation_graphs(self, top_k=1):
         """With --cuda_graph eval or all on CUDA, the deterministic labels (their top_k) of each evaluation batch shape
@@ -301,7 +304,7 @@ class Trainer:
         if not (self.cuda and self.cfg.cuda_graph != 'off'):
             return None
         if top_k not in self.eval_graphs:
-            labeller = batch_labeller(self.evaluated_model, self.diffusion, self.cfg.ddim_n_step, top_k)
+            labeller = batch_labeller(self.evaluated_model, self.diffusion, self.cfg.ddim_n_step, top_k, self.bn_shares)
             self.eval_graphs[top_k] = GraphedCalls(labeller, EVAL_WARMUP, 'evaluation')
         return self.eval_graphs[top_k]
 
@@ -324,7 +327,7 @@ class Trainer:
     def checkpoint(self, epoch, elapsed):
         """`epoch`: the last finished epoch; 'partial_epoch', where a signal stopped the next one mid-way."""
         return {'format_version': CHECKPOINT_FORMAT, 'config': vars(self.cfg), 'data_info': self.data.info,
-                'epoch': epoch, 'partial_epoch': self.partial,
+                'epoch': epoch, 'partial_epoch': self.partial, 'eval_bn_shares': self.bn_shares,
                 'model': self.model.state_dict(), 'optimizer': self.optimizer_state(),
                 'ema': self.average.state_dict() if self.average is not None else None,
                 'best': dict(self.best), 'history': list(self.history),

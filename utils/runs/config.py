@@ -223,7 +223,8 @@ def _recipe_flags(g, kind):
     g.add_argument('--eval_bn', choices=('batch', 'running'),
                    help="BatchNorm of the diffusion encoder at evaluation: batch statistics (authors, CIFAR and "
                         'Food-101N: the encoder never leaves training mode, so predictions depend on the evaluation '
-                        'batch) or running statistics')
+                        "batch; on several --gpu_devices each device's share of it, as their nn.DataParallel) or "
+                        'running statistics')
     g.add_argument('--fp_cache_view', choices=('augmented', 'clean'),
                    help='the view of each training image whose f_p features are cached as retrieval keys '
                         '(authors, CIFAR and Food-101N: one random crop + flip; improved: the clean image or '
