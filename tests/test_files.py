@@ -231,8 +231,10 @@ def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip
         script, data, more, n_caches = 'train_Food101N.py', ['--food101n_root', n_root, '--food101_root', f_root], [], 3
     def command(tag, procs):
         flags = small_flags(tmp_path / tag, tiny_clip_path, *more)
-        return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(procs), '--master_port',
-                str(29500 + procs), script, *data, *flags]
+        # --standalone: a free port each time (a fixed one clashed with the other dataset's run on another
+        # worker of the suite)
+        return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(procs), script,
+                *data, *flags]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     for tag, procs in (('one', 1), ('two', 2)):
         done = subprocess.run(command(tag, procs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
