@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import sys
 import weakref
 
 import pytest
@@ -136,6 +137,22 @@ def test_a_signal_after_a_trial_s_last_step_stops_before_the_next(tmp_path, smal
         run(digits_cfg(tmp_path, *FLAGS, *TRIAL), lambda c: small)
     assert epochs == [('k1', 0), ('k1', 1), ('k1', 2)]  # nothing after the trial it ended
     assert json.loads((run_dir / 'k_trials' / 'k1' / 'trial.json').read_text())['finished']
+
+
+def test_a_signal_another_rank_received_after_a_trial_stops_this_rank_too(tmp_path, small, monkeypatch):
+    """With several ranks, a signal some received in a trial's last epoch is agreed on: the ranks it missed stop
+    too, rather than waiting for the others in the next collective."""
+    agreed, epochs_agree = [], k_trials.distributed.agreed_stop
+
+    def another_rank_was_signalled(signum, device):
+        if sys._getframe(1).f_code.co_name != 'run_trial':  # the trainer's epochs: no signal anywhere
+            return epochs_agree(signum, device)
+        agreed.append(signum)
+        return signal.SIGTERM
+    monkeypatch.setattr(k_trials.distributed, 'agreed_stop', another_rank_was_signalled)
+    with pytest.raises(Interrupted, match=r'SIGTERM after the k 1 trial'):
+        run(digits_cfg(tmp_path, *FLAGS, *TRIAL), lambda c: small)
+    assert agreed == [None]  # this rank had received nothing
 
 
 def run_gone(folder):

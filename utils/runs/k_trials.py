@@ -117,7 +117,9 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     if distributed.is_main():
         save_json({'k': k, 'key': key, 'finished': True, 'epochs': trial.nepoch, 'best_val_acc': score,
                    'best_epoch': trainer.best['epoch']}, record_path)
-    stopped_by = trainer.stopped_by
+    # a signal in the trial's last epoch, or after it, reached some ranks: they stop together, or the others
+    # would wait for the ones that stopped in the broadcast below
+    stopped_by = distributed.agreed_stop(trainer.stopped_by, trainer.device)
     del trainer  # held in reference cycles (bound methods, graphs): freed with its device memory before the next
     free_memory()
     if stopped_by:  # in the trial's last epoch: the trial is whole, the choosing stops
