@@ -232,3 +232,84 @@ def test_a_checkpoint_says_how_its_evaluations_normalised_and_predict_follows_it
     monkeypatch.setattr(predicting, 'predict_labels', lambda *a, **kw: seen.append(kw.get('shares')) or real(*a, **kw))
     predict.main([str(run_dir), '--split', 'test', '--n_samples', '0'])
     assert seen == [3]
+
+
+def test_a_lone_sample_of_a_ragged_batch_joins_the_share_before_it(tmp_path):
+    """BatchNorm1d cannot take batch statistics of one sample: 5 images on 4 devices are normalised as 2 + 3."""
+    import train_CIFAR
+    from utils import evaluate
+    from utils.diff_encoders import build_model
+    cfg = train_CIFAR.config(['--diff_encoder', 'linear'])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, 8, (3, 4, 4))
+    x = torch.randn(5, 3, 4, 4)
+    evaluate.evaluation_mode(model, 'batch')
+    with torch.inference_mode():
+        torch.testing.assert_close(evaluate.embed(model, x, 4), torch.cat([model.embed_x(x[:2]), model.embed_x(x[2:])]))
+        torch.testing.assert_close(evaluate.embed(model, x[:2], 4), model.embed_x(x[:2]))  # fewer than the devices
+
+
+def test_a_resumed_run_evaluates_as_its_checkpoint_did(tmp_path):
+    """Resumed on another number of devices, a run's evaluations stay comparable with those that chose its best
+    epoch so far."""
+    from test_engine import digits_cfg
+
+    from conftest import subset
+    from utils.data.digits import load_digits_splits
+    from utils.prepare import prepare, use_k
+    from utils.trainer import new_trainer
+    small = subset(load_digits_splits(), 100, 20)
+    cfg = digits_cfg(tmp_path, '--nepoch', '1', '--batch_size', '50', '--eval_bn', 'batch')
+    data = use_k(cfg, prepare(cfg, small, torch.device('cpu'), log=lambda m: None), small, log=lambda m: None)
+    trainer = new_trainer(cfg, data, small, str(tmp_path), torch.device('cpu'))
+    assert trainer.bn_shares == 1
+    written_on_four = {**trainer.checkpoint(0, 1.0), 'eval_bn_shares': 4}
+    trainer.restore(written_on_four)
+    assert trainer.bn_shares == 4
+    before_it_was_kept = {k: v for k, v in written_on_four.items() if k != 'eval_bn_shares'}
+    trainer.restore(before_it_was_kept)
+    assert trainer.bn_shares == 1
+
+
+def test_after_a_failure_under_nccl_a_rank_aborts_its_communicator_rather_than_wait_for_the_others(tmp_path,
+                                                                                                   monkeypatch):
+    """Destroying an NCCL communicator waits for every rank, and the others may be waiting for this one in a
+    collective; a gloo group (or a run that ended well) is destroyed."""
+    ended = []
+    monkeypatch.setattr(distributed.dist.distributed_c10d, '_abort_process_group', lambda: ended.append('abort'))
+    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed.dist, 'get_backend', lambda: 'nccl')
+        distributed.leave(failed=True)
+        assert ended == ['abort'] and torch.distributed.is_initialized()
+        distributed.leave()  # ended well: destroyed
+        assert ended == ['abort'] and not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def test_several_devices_launch_the_script_that_defines_load_splits_else_the_runs_own():
+    import functools
+
+    import train_CIFAR
+    from utils.engine import launched_script
+    cfg = train_CIFAR.config([])
+    assert launched_script(cfg, train_CIFAR.load_splits) == train_CIFAR.__file__
+    # a wrapper, or a function of a notebook or another module: the package's script of the run's defaults
+    for other in (functools.partial(train_CIFAR.load_splits), lambda c: None):
+        assert launched_script(cfg, other) == os.path.join(ROOT, 'train_CIFAR.py')
+
+
+def test_a_refusal_one_rank_makes_alone_is_said_by_that_rank(monkeypatch, capsys):
+    from utils.errors import RefusedByOneRank, SetupError
+    from utils.runs.cli import REFUSAL_EXIT, run_cli
+    monkeypatch.setenv(distributed.LAUNCHED, '0 1')
+    monkeypatch.setenv('RANK', '1')
+    for error, said in ((SetupError('all ranks refuse this; rank 0 says it'), ''),
+                        (RefusedByOneRank('only rank 1 refuses this'), 'error: only rank 1 refuses this\n')):
+        def refused(argv):
+            raise error
+        with pytest.raises(SystemExit) as ended:
+            run_cli(refused, [])
+        assert ended.value.code == REFUSAL_EXIT and capsys.readouterr().err == said

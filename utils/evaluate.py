@@ -118,8 +118,17 @@ def bn_shares(eval_bn, devices):
 
 def embed(model, x, shares=1):
     """The image embedding of an evaluation batch, its `shares` parts (torch.chunk's, as nn.DataParallel
-    scatters a batch) normalised apart."""
-    return model.embed_x(x) if shares == 1 else torch.cat([model.embed_x(part) for part in x.chunk(shares)])
+    scatters a batch) normalised apart. A part of one sample (a ragged last batch) joins the part before it:
+    BatchNorm1d cannot take batch statistics of one."""
+    if shares == 1:
+        return model.embed_x(x)
+    parts = []
+    for part in x.chunk(shares):
+        if len(part) < 2 and parts:
+            parts[-1] = torch.cat([parts[-1], part])
+        else:
+            parts.append(part)
+    return torch.cat([model.embed_x(part) for part in parts])
 
 
 def batch_labeller(model, diffusion, n_steps=10, top_k=1, shares=1):

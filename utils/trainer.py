@@ -346,6 +346,9 @@ class Trainer:
         if self.average is not None:
             self.average.load_state_dict(ckpt['ema'])
         self.best, self.history = ckpt['best'], ckpt['history']
+        # the run's evaluations stay comparable wherever it goes on: normalised as its first invocation's
+        # were (a checkpoint from before the count was kept: rank 0 normalised each batch whole)
+        self.bn_shares = ckpt.get('eval_bn_shares', 1)
         self.start_epoch = ckpt['epoch'] + 1
         self.saved_epoch = ckpt['epoch']
         self.partial = ckpt.get('partial_epoch')
