@@ -32,6 +32,11 @@ class ResumeRefused(SetupError):
     inputs differ from this command's."""
 
 
+class RefusedByOneRank(SetupError):
+    """A refusal one rank of several makes alone (what it reads differs from what rank 0 read): that rank says
+    it, where the others' refusals are said by rank 0."""
+
+
 class PublishedInputError(SetupError):
     """A published input that could not be fetched or is not the published file."""
 

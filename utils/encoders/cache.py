@@ -18,7 +18,7 @@ import torch
 from utils.data.image_files import Decoding, image_batches
 from utils.data.images import random_crop_flip
 from utils.encoders.base import FrozenEncoder, encode_all
-from utils.errors import SetupError
+from utils.errors import RefusedByOneRank
 from utils.runtime import distributed
 from utils.storage.fingerprints import (files_fingerprint, key_fingerprint, sampled_files_digest, tensor_fingerprint,
                                         within_common_folder)
@@ -190,7 +190,7 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, b
         if found[i] is None:  # rank 0 found it valid: so must this rank
             found[i] = load_file_features(encoders[i], keys[i], labels[i], cache_dir, len(paths), log)
             if found[i] is None:
-                raise SetupError(f'rank {distributed.rank()} cannot read the {labels[i]} cache that rank 0 read in '
+                raise RefusedByOneRank(f'rank {distributed.rank()} cannot read the {labels[i]} cache that rank 0 read in '
                                  f'{cache_dir}: give every process the same --cache_dir on one file system')
     if todo:
         rank, world = distributed.rank(), distributed.world_size()

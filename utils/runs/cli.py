@@ -23,6 +23,7 @@ from utils.errors import (
     EncoderError,
     Interrupted,
     NoiseError,
+    RefusedByOneRank,
     SetupError,
     UnsafeFile,
 )
@@ -91,14 +92,17 @@ def another_rank_says_it():
 def run_cli(main, argv=None):
     """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
     argv = sys.argv[1:] if argv is None else argv
+    ended = False
     try:
-        return exits_in_one_line(main, argv)
+        result = exits_in_one_line(main, argv)
+        ended = True
+        return result
     finally:
         # a rank of several leaves the process group however it ends (a refusal, a stop, a failure): torn down
         # inside it at interpreter exit, the group's threads abort the process, and a refusal's exit status 2
         # became 134 (SIGABRT) at random
         with contextlib.suppress(RuntimeError):
-            leave()
+            leave(failed=not ended)
 
 
 def exits_in_one_line(main, argv):
@@ -125,6 +129,6 @@ def exits_in_one_line(main, argv):
             raise
         if '--debug' in argv:
             traceback.print_exc()
-        if not another_rank_says_it():
+        if not another_rank_says_it() or isinstance(exc, RefusedByOneRank):
             print(f'error: {message}', file=sys.stderr)
         sys.exit(REFUSAL_EXIT)

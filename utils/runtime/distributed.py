@@ -48,10 +48,16 @@ def init_from_env(device_name='auto'):
                                 device_id=torch.device('cuda', local) if use_cuda else None)
 
 
-def leave():
+def leave(failed=False):
     """Leave the process group at the end of a run: a rank torn down while still in it can abort (SIGABRT)
-    as its peers leave, and turn a finished launch into a failed one."""
-    if dist.is_available() and dist.is_initialized():
+    as its peers leave, and turn a finished launch into a failed one. After a failure under NCCL the
+    communicator is aborted instead: destroying it waits for every rank, and the others may be waiting in a
+    collective for this one (the launch then stops them)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if failed and dist.get_backend() == 'nccl':
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()
 
 
