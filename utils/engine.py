@@ -59,10 +59,8 @@ def main(cfg, load_splits):
     """What every dataset script runs: train, or resume. With several --gpu_devices this process only
     launches one process per device and returns (None, None)."""
     given = cfg.device if 'device' in cfg.command_line_flags else None
-    # each process of several devices runs the script whose main called this (an edited copy of a
-    # script included) with the arguments main was given; a notebook's own code has no file to run
-    script = getattr(sys.modules.get(load_splits.__module__), '__file__', None) or sys.argv[0]
-    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse, script, cfg.argv)
+    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse, launched_script(cfg, load_splits),
+                                                 cfg.argv)
     if status is not None:
         if status:
             raise SystemExit(status)
@@ -74,6 +72,17 @@ def main(cfg, load_splits):
 
 def refuse(message):
     raise SetupError(message)
+
+
+def launched_script(cfg, load_splits):
+    """The script each process of several --gpu_devices runs, with the arguments main was given: the one
+    that defines `load_splits` (an edited copy of a script included), else the package's script whose
+    defaults table the run has (main called from a notebook, or with a function of its own)."""
+    module = sys.modules.get(getattr(load_splits, '__module__', None))
+    path = getattr(module, '__file__', None)
+    if path and getattr(module, 'load_splits', None) is load_splits:
+        return path
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cfg.script)
 
 
 def run(cfg, load_splits):
