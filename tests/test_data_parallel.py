@@ -60,6 +60,7 @@ def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_pa
     assert status == 128 + signal.SIGTERM, err[-2000:]
     stopped = re.findall(r'^stopped: SIGTERM after epoch (\d+); .*Continue with --resume', err, re.M)
     assert len(stopped) == 1, err[-2000:]  # rank 0's line alone
+    assert 'SIGTERM: finishing this epoch on every device, then writing last.pt' in err  # rank 1's, as it came
     epoch = int(stopped[0])
     assert epoch < 299
     saved = load_torch(str(run_dir / "last.pt"))

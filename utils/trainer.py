@@ -361,7 +361,9 @@ class Trainer:
     def fit(self, splits):
         """Train from start_epoch to --nepoch. Checkpoints are written in the background, in order and each
         atomically; every one is on disk when fit returns or raises."""
-        with StopSignals() as stop, BackgroundSaves() as self.saves:
+        # several ranks stop together between epochs (distributed.agreed_stop), a single process after a step
+        finishing = 'this epoch on every device' if self.world > 1 else 'this training step'
+        with StopSignals(finishing) as stop, BackgroundSaves() as self.saves:
             self.stop = stop
             try:
                 return self._fit(splits, stop)

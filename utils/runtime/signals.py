@@ -12,6 +12,9 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+    def __init__(self, finishing='this training step'):
+        self.finishing = finishing  # what runs to its end before last.pt is written
+
     def __enter__(self):
         self.signum, self.previous = None, {}
         if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
@@ -27,7 +30,7 @@ class StopSignals:
             raise StoppedAtOnce(f'second {signal.Signals(signum).name}: stopped at once; the last checkpoint '
                                 f'written is kept', signum)
         self.signum = signum
-        print(f'\n{self.name}: finishing this training step, then writing last.pt (send it again to stop at once)',
+        print(f'\n{self.name}: finishing {self.finishing}, then writing last.pt (send it again to stop at once)',
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
