@@ -15,10 +15,10 @@ from utils.data.noise import (
     resolve_noisy_labels,
 )
 from utils.data.sampling import per_class_count
-from utils.diff_encoders import cached_backbone_arch, diff_encoder_input
+from utils.diff_encoders import cached_backbone_arch, diff_encoder_input, tunes_backbone
 from utils.encoders.cache import cached, cached_features, cached_file_features
 from utils.encoders.factory import build_fp_encoder
-from utils.encoders.imagenet import load_imagenet_resnet
+from utils.encoders.imagenet import load_imagenet_resnet, torchvision_weights
 from utils.errors import SetupError
 from utils.retrieval import CandidateLabels, knn, majority_vote, neighbour_table, neighbours_to_search
 
@@ -292,12 +292,22 @@ def check_inputs(cfg, splits, device, log=print):
     check_counts(cfg, len(labels))
     image_shape = tuple(splits.train_images.shape[1:]) if splits.in_memory else (3, cfg.image_size, cfg.image_size)
     encoders = build_encoders(cfg, splits.name, image_shape, splits.mean, splits.std, device)
+    fetch_tuned_backbone(cfg)
     if hasattr(encoders[0], 'split_rows'):  # a features file: one row per image of every split
         for split in SPLITS:
             encoders[0].split_rows(split, splits.size(split))
     if not splits.in_memory:
         check_input_size(encoders[0], cfg.image_size, log)
     return CheckedInputs(labels, noise_source, clean, encoders, image_shape, started)
+
+
+def fetch_tuned_backbone(cfg):
+    """The ImageNet weights a fresh run's tuned backbone starts from, fetched with the other inputs: where
+    several ranks check them, rank 0 first (engine's main_first), not every rank at once when its trainer
+    is made; a failed download is refused before the run folder is claimed."""
+    fresh = not cfg.resume  # a resumed run's weights are its checkpoint's
+    if fresh and tunes_backbone(cfg.diff_encoder, cfg.diff_backbone) and cfg.diff_encoder_weights == 'imagenet':
+        torchvision_weights(cached_backbone_arch(cfg.diff_encoder))
 
 
 def prepare(cfg, splits, device, log=print, checked=None):
