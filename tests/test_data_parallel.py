@@ -295,11 +295,25 @@ def test_several_devices_launch_the_script_that_defines_load_splits_else_the_run
 
     import train_CIFAR
     from utils.engine import launched_script
+    from utils.errors import SetupError
     cfg = train_CIFAR.config([])
     assert launched_script(cfg, train_CIFAR.load_splits) == train_CIFAR.__file__
     # a wrapper, or a function of a notebook or another module: the package's script of the run's defaults
     for other in (functools.partial(train_CIFAR.load_splits), lambda c: None):
         assert launched_script(cfg, other) == os.path.join(ROOT, 'train_CIFAR.py')
+    with pytest.raises(SetupError, match='several --gpu_devices run a script file'):
+        launched_script(cfg.replace(script=None), lambda c: None)  # a defaults table naming no script
+
+
+def test_one_process_never_looks_for_a_script_to_launch(tmp_path, monkeypatch):
+    """Only several devices launch: a run in this process from a function of a defaults table naming no script
+    runs as it did."""
+    from utils import engine
+    ran = []
+    monkeypatch.setattr(engine, 'run', lambda cfg, load_splits: ran.append(cfg.script) or ('summary', 'run_dir'))
+    import train_CIFAR
+    cfg = train_CIFAR.config(['--out_dir', str(tmp_path)]).replace(script=None)
+    assert engine.main(cfg, lambda c: None) == ('summary', 'run_dir') and ran == [None]
 
 
 def test_a_refusal_one_rank_makes_alone_is_said_by_that_rank(monkeypatch, capsys):
@@ -314,3 +328,25 @@ def test_a_refusal_one_rank_makes_alone_is_said_by_that_rank(monkeypatch, capsys
         with pytest.raises(SystemExit) as ended:
             run_cli(refused, [])
         assert ended.value.code == REFUSAL_EXIT and capsys.readouterr().err == said
+
+
+def test_a_tuned_backbones_imagenet_weights_are_fetched_with_the_inputs_rank_0_first(tmp_path, monkeypatch):
+    """check_inputs runs under main_first: rank 0 downloads ResNet-50's weights, the others find them (each
+    downloaded them at once when its trainer was made), and a failed download is refused before the run folder
+    is claimed."""
+    import train_Clothing1M
+    from test_engine import digits_cfg
+
+    from utils import prepare
+    from utils.data.digits import load_digits_splits
+    fetched, checked = [], []
+    monkeypatch.setattr(prepare, 'torchvision_weights', fetched.append)
+    prepare.fetch_tuned_backbone(train_Clothing1M.config(['--recipe', 'authors']))
+    assert fetched == ['resnet50']
+    for flags in (['--diff_backbone', 'cached'], ['--diff_encoder_weights', 'random'], ['--resume', str(tmp_path)]):
+        prepare.fetch_tuned_backbone(train_Clothing1M.config(['--recipe', 'authors', *flags]))
+    assert fetched == ['resnet50']  # frozen features, other weights, or a checkpoint's
+    monkeypatch.setattr(prepare, 'fetch_tuned_backbone', checked.append)
+    cfg = digits_cfg(tmp_path)
+    prepare.check_inputs(cfg, load_digits_splits(), torch.device('cpu'), log=lambda m: None)
+    assert checked == [cfg]

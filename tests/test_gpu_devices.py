@@ -73,7 +73,7 @@ def test_several_ids_are_one_process_per_listed_device():
 RANK_SCRIPT = """
 import sys, time
 import torch, torch.distributed as dist
-from utils.errors import SetupError
+from utils.errors import RefusedByOneRank, SetupError
 from utils.runs.cli import run_cli
 from utils.runtime import distributed
 
@@ -104,6 +104,10 @@ def main(argv):
         if distributed.rank() == 1:
             sys.exit(3)
         time.sleep(120)  # waiting for rank 1, as in a collective
+    if what == 'hang0_refuse1':
+        if distributed.rank() == 1:
+            raise RefusedByOneRank('rank 1 cannot read the cache rank 0 read; give one --cache_dir')
+        time.sleep(120)
     distributed.leave()  # as utils/engine.main does at the end of a run
     return 0
 
@@ -111,7 +115,8 @@ sys.exit(run_cli(main))
 """
 
 
-@pytest.mark.parametrize('what, status', [('ok', 0), ('refuse', REFUSAL_EXIT), ('hang0_fail1', 3)])
+@pytest.mark.parametrize('what, status', [('ok', 0), ('refuse', REFUSAL_EXIT), ('hang0_fail1', 3),
+                                          ('hang0_refuse1', REFUSAL_EXIT)])
 def test_a_launch_ends_as_one_command(tmp_path, capfd, monkeypatch, what, status):
     """Several ids launch one process per device: the launch ends with one exit status, a refusal is one
     line (rank 0's), and a rank that fails alone ends the others (waiting for it) and is named."""
@@ -131,6 +136,10 @@ def test_a_launch_ends_as_one_command(tmp_path, capfd, monkeypatch, what, status
         assert lines == ['--gpu_devices: the process for device 1 (rank 1) ended with exit status 3; run the command '
                          'with --gpu_devices 1 alone to see why']
         assert time.monotonic() - started < 60  # rank 0 was ended, not waited for
+    if what == 'hang0_refuse1':  # said by the rank that refused; run alone (as rank 0) it might not refuse
+        assert lines == ['error: rank 1 cannot read the cache rank 0 read; give one --cache_dir',
+                         '--gpu_devices: the process for device 1 (rank 1) ended with exit status 2; its line above '
+                         'says why']
 
 
 def refuse(message):
@@ -184,23 +193,27 @@ def test_torchrun_starting_more_processes_than_gpus_is_refused_in_one_line(monke
         distributed.init_from_env('auto')
 
 
+def NO_COMMAND():
+    raise AssertionError('only several devices launch a command')
+
+
 def test_one_id_is_that_device_and_several_launch(monkeypatch):
     monkeypatch.setattr(distributed.torch.cuda, 'device_count', lambda: 4)
     monkeypatch.delenv(LAUNCHED, raising=False)
-    assert use_gpu_devices([2], None, refuse, 's.py', []) == ('cuda:2', None)
-    assert use_gpu_devices(None, None, refuse, 's.py', []) == (None, None)  # --device stands
+    assert use_gpu_devices([2], None, refuse, NO_COMMAND) == ('cuda:2', None)
+    assert use_gpu_devices(None, None, refuse, NO_COMMAND) == (None, None)  # --device stands
     started = []
     monkeypatch.setattr(distributed, 'launch', lambda ranks, ids: started.append(ranks) or 0)
-    assert use_gpu_devices([0, 1, 2, 3], None, refuse, 'train_Food101N.py', ['--gpu_devices', '0', '1', '2', '3']) \
-        == (None, 0)
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse,
+                           lambda: ('train_Food101N.py', ['--gpu_devices', '0', '1', '2', '3'])) == (None, 0)
     (ranks,) = started
     assert len(ranks) == 4 and all(env['CUDA_VISIBLE_DEVICES'] == '0,1,2,3' for _, env in ranks)
     # in a process of that launch: no second launch, the device of its local rank
     monkeypatch.setenv(LAUNCHED, '0 1 2 3')
-    assert use_gpu_devices([0, 1, 2, 3], None, refuse, 's.py', []) == ('cuda', None) and len(started) == 1
+    assert use_gpu_devices([0, 1, 2, 3], None, refuse, NO_COMMAND) == ('cuda', None) and len(started) == 1
     with pytest.raises(SetupError, match='give one of them'):
         monkeypatch.delenv(LAUNCHED)
-        use_gpu_devices([0, 1, 2, 3], 'cuda:1', refuse, 's.py', [])
+        use_gpu_devices([0, 1, 2, 3], 'cuda:1', refuse, NO_COMMAND)
 
 
 def test_the_processes_run_the_script_and_arguments_main_was_given(monkeypatch, tmp_path):

@@ -59,8 +59,8 @@ def main(cfg, load_splits):
     """What every dataset script runs: train, or resume. With several --gpu_devices this process only
     launches one process per device and returns (None, None)."""
     given = cfg.device if 'device' in cfg.command_line_flags else None
-    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse, launched_script(cfg, load_splits),
-                                                 cfg.argv)
+    device, status = distributed.use_gpu_devices(cfg.gpu_devices, given, refuse,
+                                                 lambda: (launched_script(cfg, load_splits), cfg.argv))
     if status is not None:
         if status:
             raise SystemExit(status)
@@ -82,6 +82,9 @@ def launched_script(cfg, load_splits):
     path = getattr(module, '__file__', None)
     if path and getattr(module, 'load_splits', None) is load_splits:
         return path
+    if not cfg.script:
+        refuse('several --gpu_devices run a script file once per device, and this run names none: call main from '
+               'a script that defines load_splits, or give a defaults table a script')
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cfg.script)
 
 

@@ -7,6 +7,9 @@ computation.
 """
 
 
+REFUSAL_EXIT = 2  # the exit status of a refusal (utils/runs/cli.run_cli)
+
+
 class SetupError(RuntimeError):
     """Bad input or environment: the message names the problem and the fix."""
 

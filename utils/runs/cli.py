@@ -22,6 +22,7 @@ from utils.errors import (
     DatasetMissing,
     EncoderError,
     Interrupted,
+    REFUSAL_EXIT,
     NoiseError,
     RefusedByOneRank,
     SetupError,
@@ -29,7 +30,6 @@ from utils.errors import (
 )
 from utils.runtime.distributed import LAUNCHED, leave
 
-REFUSAL_EXIT = 2
 KNOWN = (SetupError, NoiseError, DatasetMissing, EncoderError, UnsafeFile, CorruptFile, CannotWrite,
          FloatingPointError)
 DISK_FAULTS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',

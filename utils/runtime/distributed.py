@@ -21,7 +21,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from utils.errors import SetupError
+from utils.errors import REFUSAL_EXIT, SetupError
 
 LAUNCHED = 'LRA_DIFFUSION_GPU_DEVICES'  # set for the processes --gpu_devices started: the ids they serve
 # How long a rank waits in a collective for the others. Some work is rank 0's alone while they wait: a
@@ -178,12 +178,12 @@ def device_launch(ids, script, argv, environ, port):
     return [(command, {**common, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}) for rank in range(len(ids))]
 
 
-def use_gpu_devices(ids, device_given, refuse, script, argv):
+def use_gpu_devices(ids, device_given, refuse, command):
     """Apply --gpu_devices `ids` before any work (`device_given`: --device where the command line gave it).
     Returns (the device this process runs on, or None: --device stands; the exit status of the processes
-    launched, or None: go on in this process). One id is that device; several run `script argv` (the
-    command, whether typed or called as main(argv) from Python) once per device (launch).
-    `refuse(message)` raises the caller's one-line refusal."""
+    launched, or None: go on in this process). One id is that device; several run the script and arguments
+    `command()` gives (the command, whether typed or called as main(argv) from Python) once per device
+    (launch). `refuse(message)` raises the caller's one-line refusal."""
     if not ids:
         return None, None
     launched = os.environ.get(LAUNCHED)
@@ -196,6 +196,7 @@ def use_gpu_devices(ids, device_given, refuse, script, argv):
         return f'cuda:{ids[0]}', None
     print(f'--gpu_devices {" ".join(map(str, ids))}: {len(ids)} processes, data-parallel', flush=True)
     store = agent_store(len(ids))
+    script, argv = command()
     return None, launch(device_launch(ids, script, argv, os.environ, store.port), ids)
 
 
@@ -232,8 +233,11 @@ def launch(ranks, ids):
     code = procs[first].returncode
     status = 128 - code if code < 0 else code  # ended by a signal: the shell's way of saying which
     if first != 0:  # rank 0 was stopped by this process: say which one ended the launch
+        # a refusal that rank alone made is its line above (run alone, as rank 0, it might not refuse)
+        why = ('its line above says why' if status == REFUSAL_EXIT else
+               f'run the command with --gpu_devices {ids[first]} alone to see why')
         print(f'--gpu_devices: the process for device {ids[first]} (rank {first}) ended with exit status {status}; '
-              f'run the command with --gpu_devices {ids[first]} alone to see why', file=sys.stderr)
+              f'{why}', file=sys.stderr)
     return status
 
 
