@@ -253,7 +253,8 @@ def _run_flags(g, kind):
     g.add_argument('--device', help='auto, cpu, cuda or cuda:N')
     g.add_argument('--gpu_devices', type=int, nargs='+', metavar='ID',
                    help="CUDA device ids (the authors' flag): one id runs there (--device cuda:ID); several run "
-                        'one process per device under torchrun, training data-parallel')
+                        'one process per device, as torchrun would, training data-parallel (rank 0 evaluates and '
+                        'writes; a signal stops them all after the same epoch)')
     g.add_argument('--num_workers', type=int,
                    help='DataLoader workers decoding image files (in-memory datasets need none: accepted there for '
                         "the authors' command lines)")
