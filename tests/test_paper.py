@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import torch
@@ -381,6 +382,15 @@ def stages_that(rc, commands):
             f.write('a stage\n')
         return rc
     return run_command
+
+
+def test_the_device_commands_budget_counts_its_imports_and_checks_before_the_stages(tmp_path, monkeypatch):
+    """A device's limit counts from the command's start: the seconds main spends before the stages are spent."""
+    spent = []
+    monkeypatch.setattr(paper_device, 'check_folders', lambda args: time.sleep(0.3))
+    monkeypatch.setattr(paper_device, 'run', lambda args, started: spent.append(time.monotonic() - started) or {})
+    assert paper_device.main(['--out', str(tmp_path / 'work')]) == 0
+    assert spent[0] >= 0.3 + paper_device.IMPORT_S  # the checks' 0.3 s, and the imports'
 
 
 def test_the_device_command_makes_its_paths_absolute_and_a_failed_stage_exits_1(tmp_path, monkeypatch):
