@@ -1,5 +1,7 @@
 """Each benchmark command at tiny size on the CPU (the GPU figures come from the same commands)."""
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -23,9 +25,28 @@ def test_inference_table_runs_every_column():
     assert all(r['seconds'] > 0 and r['images_per_s'] > 0 for r in rows)
 
 
-def test_training_benchmark_projects_a_paper_length_run():
-    rows = training.main(['--small', '--nepoch', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
-                          '--device', 'cpu', '--modes', 'eager', 'graphed'])
+def test_training_benchmark_projects_a_paper_length_run(monkeypatch):
+    """...and each run's Trainer is gone before the next starts: held in reference cycles (bound methods,
+    graphs), its optimiser state and device memory would have stayed beside the next run's."""
+    from utils.trainer import Trainer
+    trainers, made, first_run = [], Trainer.__init__, training.one_run
+
+    def tracked(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        trainers.append(weakref.ref(self))
+
+    def one_run(*args, **kwargs):
+        assert all(t() is None for t in trainers), "the previous run's Trainer is still alive"
+        return first_run(*args, **kwargs)
+    monkeypatch.setattr(Trainer, '__init__', tracked)
+    monkeypatch.setattr(training, 'one_run', one_run)
+    gc.disable()  # only the benchmark's own collection frees a run's cycles
+    try:
+        rows = training.main(['--small', '--nepoch', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
+                              '--device', 'cpu', '--modes', 'eager', 'graphed'])
+    finally:
+        gc.enable()
+    assert len(trainers) == 2
     eager, graphed = rows
     assert (eager['mode'], eager['cuda_graph'], graphed['mode'], graphed['cuda_graph']) == ('eager', 'off', 'graphed', 'all')
     for row in rows:
