@@ -129,6 +129,7 @@ def test_a_stage_cut_off_does_not_stop_the_suite(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_suite, 'stages', lambda: [gpu_suite.Stage('quick', write), gpu_suite.Stage('slow', sleep)])
     monkeypatch.setattr(gpu_suite, 'MIN_STAGE_S', 1)
     monkeypatch.setattr(gpu_suite, 'REPORT_S', 0)
+    monkeypatch.setattr(gpu_suite, 'IMPORT_S', 0)  # however long this process took to import it
     summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '6'])
     assert summary['remaining'] == ['slow'] and summary['stages']['quick']['result'] == {'value': 1}
     assert (tmp_path / 'slow.cutoff.json').exists() and not (tmp_path / 'slow.json').exists()
@@ -137,6 +138,18 @@ def test_a_stage_cut_off_does_not_stop_the_suite(tmp_path, monkeypatch):
     # no more time than it was cut off at: not retried (it could not finish), still named as remaining
     summary = gpu_suite.main(['--out', str(tmp_path), '--budget_s', '4'])
     assert summary['remaining'] == ['slow'] and 'cut off at' in summary['notes'][0]
+
+
+def test_the_suites_budget_counts_its_imports_and_what_comes_before_the_stages(tmp_path, monkeypatch):
+    """A device's limit counts from the command's start: continuing from an earlier command's results (copying
+    them) and the imports are spent from --budget_s."""
+    spent = []
+    monkeypatch.setattr(gpu_suite, 'continue_from', lambda args: time.sleep(0.3))
+    monkeypatch.setattr(gpu_suite, 'run_suite', lambda args, report, started: spent.append(
+        time.monotonic() - started) or ([], []))
+    monkeypatch.setattr(gpu_suite, 'report', lambda *args: {'table': ''})
+    gpu_suite.main(['--out', str(tmp_path), '--continue_from', str(tmp_path / 'before')])
+    assert spent[0] >= 0.3 + gpu_suite.IMPORT_S
 
 
 def alive(pid):

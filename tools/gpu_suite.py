@@ -24,6 +24,10 @@ before --budget_s, names the stages that remain, and prints one markdown table w
 figures beside ours. --ship DIR copies what must come back from a device (one results JSON, the
 pre-trained encoder as fp16 shards of at most 15 MB) into DIR. See tools/README.md.
 """
+import time
+
+_IMPORTS_FROM = time.monotonic()  # before the imports: a device's limit counts them too
+
 import argparse
 import contextlib
 import importlib.util
@@ -36,7 +40,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +61,7 @@ KERNEL_RUNS = {'SimCLR': ('--modes', 'eval', '--kernels', 'eager', 'fused', 'com
 MIN_STAGE_S = 20           # no stage is started with less time than this left
 STOP_GRACE_S = 10          # a stage cut off is sent SIGTERM (a training script saves), then SIGKILL this much later
 REPORT_S = 15              # kept back for the table and the shipping
+IMPORT_S = time.monotonic() - _IMPORTS_FROM  # part of --budget_s: a device's limit counts from the command's start
 # the paper row's command runs past its --budget_s by the grace its cut-off stages get to stop (10 s each,
 # train and close) and its shipping: its budget is the stage's timeout less this
 ROW_MARGIN_S = 45
@@ -422,11 +426,11 @@ def run_stage(args, stage, deadline):
     return 'done' if record['status'] == 'ok' else f'failed ({record["error"]}); log {log}'
 
 
-def run_suite(args, report=lambda remaining, notes: None):
-    """Run what is left within the budget; returns (remaining stage names, notes). `report(remaining, notes)`
-    is called after each stage run, with the stages not yet done among those still to come."""
-    start = time.monotonic()
-    deadline = start + args.budget_s - REPORT_S
+def run_suite(args, report=lambda remaining, notes: None, started=None):
+    """Run what is left within the budget counted from `started` (time.monotonic(); default: now, less the
+    imports); returns (remaining stage names, notes). `report(remaining, notes)` is called after each stage run,
+    with the stages not yet done among those still to come."""
+    deadline = (time.monotonic() - IMPORT_S if started is None else started) + args.budget_s - REPORT_S
     remaining, notes, listed = [], [], stages()
     for at, stage in enumerate(listed):
         if finished(args, stage):
@@ -789,6 +793,7 @@ def wrote(p, flag, to, write, what='DIR'):
 
 
 def main(argv=None):
+    started = time.monotonic() - IMPORT_S  # the budget counts the imports and what comes before the stages
     p = parser()
     args = p.parse_args(argv)
     if args.reassemble:
@@ -812,7 +817,7 @@ def main(argv=None):
     if args.continue_from:
         continue_from(args)
     command = 'python -m tools.gpu_suite ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    remaining, notes = run_suite(args, lambda remaining, notes: report(args, command, remaining, notes))
+    remaining, notes = run_suite(args, lambda remaining, notes: report(args, command, remaining, notes), started)
     summary = report(args, command, remaining, notes)
     print('\n' + summary['table'] + '\n')
     for note in notes:
