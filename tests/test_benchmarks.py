@@ -1,4 +1,5 @@
 """Each benchmark command at tiny size on the CPU (the GPU figures come from the same commands)."""
+import contextlib
 import gc
 import os
 import weakref
@@ -25,27 +26,34 @@ def test_inference_table_runs_every_column():
     assert all(r['seconds'] > 0 and r['images_per_s'] > 0 for r in rows)
 
 
-def test_training_benchmark_projects_a_paper_length_run(monkeypatch):
-    """...and each run's Trainer is gone before the next starts: held in reference cycles (bound methods,
-    graphs), its optimiser state and device memory would have stayed beside the next run's."""
+@contextlib.contextmanager
+def trainers_gone_between_runs(monkeypatch, module, run_name):
+    """Within: each run (`module.run_name`) starts with every earlier run's Trainer collected. Held in reference
+    cycles (bound methods, graphs), its optimiser state and device memory would stay beside the next run's.
+    Yields the weak references to the trainers made."""
     from utils.trainer import Trainer
-    trainers, made, first_run = [], Trainer.__init__, training.one_run
+    trainers, made, first_run = [], Trainer.__init__, getattr(module, run_name)
 
     def tracked(self, *args, **kwargs):
         made(self, *args, **kwargs)
         trainers.append(weakref.ref(self))
 
-    def one_run(*args, **kwargs):
+    def a_run(*args, **kwargs):
         assert all(t() is None for t in trainers), "the previous run's Trainer is still alive"
         return first_run(*args, **kwargs)
     monkeypatch.setattr(Trainer, '__init__', tracked)
-    monkeypatch.setattr(training, 'one_run', one_run)
+    monkeypatch.setattr(module, run_name, a_run)
     gc.disable()  # only the benchmark's own collection frees a run's cycles
     try:
-        rows = training.main(['--small', '--nepoch', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
-                              '--device', 'cpu', '--modes', 'eager', 'graphed'])
+        yield trainers
     finally:
         gc.enable()
+
+
+def test_training_benchmark_projects_a_paper_length_run(monkeypatch):
+    with trainers_gone_between_runs(monkeypatch, training, 'one_run') as trainers:
+        rows = training.main(['--small', '--nepoch', '2', '--encoders', 'ViT-B/32', '--diff_encoders', 'fp_mlp',
+                              '--device', 'cpu', '--modes', 'eager', 'graphed'])
     assert len(trainers) == 2
     eager, graphed = rows
     assert (eager['mode'], eager['cuda_graph'], graphed['mode'], graphed['cuda_graph']) == ('eager', 'off', 'graphed', 'all')
@@ -122,6 +130,12 @@ def test_the_checkpoint_benchmark_saves_the_authors_cifar_state_both_ways(tmp_pa
     assert 100e6 < checkpoints.state_bytes(state) < 130e6  # the denoiser and the moments of what is trained
     result = checkpoints.main(['--out_dir', str(tmp_path), '--saves', '1'])
     assert len(result['synchronous_s']) == len(result['background_wait_s']) == 1 and not os.listdir(tmp_path)
+
+
+def test_the_file_training_benchmark_frees_each_run_before_the_next(monkeypatch):
+    with trainers_gone_between_runs(monkeypatch, file_training, 'run_variant') as trainers:
+        result = file_training.main(['--small', '--device', 'cpu'])
+    assert len(trainers) == len(result['rows']) == len(file_training.VARIANTS) >= 2
 
 
 def test_the_file_training_benchmark_gives_weights_only_to_the_networks_a_run_builds():
