@@ -222,3 +222,23 @@ def test_the_distance_block_is_the_written_out_expression_bit_for_bit():
     stored = SearchKeys(keys)
     written_out = queries.square().sum(1, keepdim=True) - 2 * queries @ stored.values.T + stored.sq_norms
     assert torch.equal(squared_distances(queries, stored), written_out)
+
+
+@pytest.mark.parametrize('exact_ties', [True, False])
+def test_the_search_holds_one_chunk_of_distances_at_a_time(monkeypatch, exact_ties):
+    """Each chunk × N block is freed before the next is made: at a million keys one block is gigabytes."""
+    import weakref
+
+    from utils import retrieval
+    blocks, made = [], retrieval.squared_distances
+
+    def tracked(q, keys):
+        assert all(b() is None for b in blocks), "the previous chunk's distances are still held"
+        block = made(q, keys)
+        blocks.append(weakref.ref(block))
+        return block
+    monkeypatch.setattr(retrieval, 'squared_distances', tracked)
+    torch.manual_seed(0)
+    keys = torch.randn(50, 4)
+    dist, idx = knn(keys, keys, 3, chunk_size=10, exact_ties=exact_ties)
+    assert len(blocks) == 5 and idx.shape == (50, 3) and bool((idx[:, 0] == torch.arange(50)).all())
