@@ -283,6 +283,8 @@ def test_after_a_failure_under_nccl_a_rank_aborts_its_communicator_rather_than_w
         monkeypatch.setattr(distributed.dist, 'get_backend', lambda: 'nccl')
         distributed.leave(failed=True)
         assert ended == ['abort'] and torch.distributed.is_initialized()
+        monkeypatch.delattr(distributed.dist.distributed_c10d, '_abort_process_group')
+        distributed.leave(failed=True)  # a torch without it: the exit ends the process (the launch the others)
         distributed.leave()  # ended well: destroyed
         assert ended == ['abort'] and not torch.distributed.is_initialized()
     finally:

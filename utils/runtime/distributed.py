@@ -56,7 +56,9 @@ def leave(failed=False):
     if not (dist.is_available() and dist.is_initialized()):
         return
     if failed and dist.get_backend() == 'nccl':
-        dist.distributed_c10d._abort_process_group()
+        abort = getattr(dist.distributed_c10d, '_abort_process_group', None)  # not in every torch >= 2.6
+        if abort is not None:
+            abort()
     else:
         dist.destroy_process_group()
 
