@@ -33,8 +33,8 @@ def launch_digits(tmp_path, *flags):
     script = tmp_path / 'digits_rank.py'
     script.write_text(DIGITS_RANK)
     env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1'}
-    argv = [str(tmp_path), '--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'),
-            '--run_name', 'r', *flags]
+    where = [] if '--resume' in flags else ['--out_dir', str(tmp_path / 'runs'), '--run_name', 'r']
+    argv = [str(tmp_path), *where, '--cache_dir', str(tmp_path / 'cache'), *flags]
     store = distributed.agent_store(2)
     return distributed.launch(device_launch([0, 1], str(script), argv, env, store.port), [0, 1])
 
@@ -42,7 +42,8 @@ def launch_digits(tmp_path, *flags):
 def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_path, capfd):
     """A scheduler's SIGTERM to one process of a launch: every rank finishes the epoch and stops after it, rank
     0 writes last.pt for that epoch, and the launch ends as a stop does (one line, 128 + SIGTERM). Deciding per
-    rank, rank 1 left while rank 0 went on into the next epoch's gradient exchange and failed there."""
+    rank, rank 1 left while rank 0 went on into the next epoch's gradient exchange and failed there. The same
+    launch with --resume finishes the run."""
     run_dir = tmp_path / 'runs' / 'r'
 
     def signal_rank_1():  # once rank 0 has evaluated an epoch: training is under way on both ranks
@@ -54,7 +55,7 @@ def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_pa
         os.kill(int((tmp_path / 'pid1').read_text()), signal.SIGTERM)
     sender = threading.Thread(target=signal_rank_1, daemon=True)
     sender.start()
-    status = launch_digits(tmp_path, '--nepoch', '300', '--warmup_epochs', '0', '--eval_every', '1')
+    status = launch_digits(tmp_path, '--nepoch', '16', '--warmup_epochs', '0', '--eval_every', '1')
     sender.join()
     err = capfd.readouterr().err
     assert status == 128 + signal.SIGTERM, err[-2000:]
@@ -62,11 +63,15 @@ def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_pa
     assert len(stopped) == 1, err[-2000:]  # rank 0's line alone
     assert 'SIGTERM: finishing this epoch on every device, then writing last.pt' in err  # rank 1's, as it came
     epoch = int(stopped[0])
-    assert epoch < 299
+    assert epoch < 15
     saved = load_torch(str(run_dir / "last.pt"))
     assert saved['epoch'] == epoch
     log = [json.loads(line) for line in open(run_dir / 'log.jsonl')]
     assert log[-1]['epoch'] == epoch  # rank 0 trained no further than rank 1
+    assert launch_digits(tmp_path, '--resume', str(run_dir)) == 0, capfd.readouterr().err[-2000:]
+    log = [json.loads(line) for line in open(run_dir / 'log.jsonl')]
+    assert [r['epoch'] for r in log] == list(range(16))
+    assert json.load(open(run_dir / 'summary.json'))['epochs'] == 16
 
 
 def test_agreed_stop_in_one_process_is_the_signal_itself():
