@@ -57,8 +57,11 @@ def test_a_signal_one_rank_receives_stops_every_rank_after_the_same_epoch(tmp_pa
     sender.start()
     status = launch_digits(tmp_path, '--nepoch', '16', '--warmup_epochs', '0', '--eval_every', '1')
     sender.join()
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     assert status == 128 + signal.SIGTERM, err[-2000:]
+    # rank 0's log alone: the data line once, an epoch line per evaluation (rank 1 printed them all again)
+    evaluated = len(open(run_dir / 'log.jsonl').readlines())
+    assert out.count('noisy training samples') == 1 and len(re.findall(r'^epoch +\d+ +loss', out, re.M)) == evaluated
     stopped = re.findall(r'^stopped: SIGTERM after epoch (\d+); .*Continue with --resume', err, re.M)
     assert len(stopped) == 1, err[-2000:]  # rank 0's line alone
     assert 'SIGTERM: finishing this epoch on every device, then writing last.pt' in err  # rank 1's, as it came

@@ -103,6 +103,7 @@ def run(cfg, load_splits):
         cfg = resumed_config(cfg, ckpt)
         check_config(cfg)
     distributed.init_from_env(cfg.device)
+    distributed.quiet_unless_main()
     device = distributed.local_device(resolve_device(cfg.device))
     if not cfg.resume:  # one name for every rank (the default one carries a time stamp)
         cfg = cfg.replace(run_name=distributed.broadcast_object(cfg.run_name or default_run_name(cfg)))

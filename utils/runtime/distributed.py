@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import REFUSAL_EXIT, SetupError
+from utils.runtime import progress
 
 LAUNCHED = 'LRA_DIFFUSION_GPU_DEVICES'  # set for the processes --gpu_devices started: the ids they serve
 # How long a rank waits in a collective for the others. Some work is rank 0's alone while they wait: a
@@ -46,6 +47,15 @@ def init_from_env(device_name='auto'):
         # otherwise guess the device from the rank)
         dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=COLLECTIVE_TIMEOUT,
                                 device_id=torch.device('cuda', local) if use_cuda else None)
+
+
+def quiet_unless_main():
+    """Ranks other than 0 print no log lines and draw no bars: theirs repeat rank 0's (the data, the checks, the
+    k trials), once a device. What they must say still goes to stderr (a signal's, an error's), and a
+    refusal all ranks make is rank 0's one line (utils/runs/cli)."""
+    if active() and not is_main():
+        progress.HIDDEN = True
+        sys.stdout = open(os.devnull, 'w')
 
 
 def leave(failed=False):

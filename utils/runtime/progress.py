@@ -6,12 +6,15 @@ import sys
 from tqdm import tqdm
 
 LOG_INTERVAL = 60.0  # seconds between a bar's lines in a log
+HIDDEN = False  # this process draws no bar: a rank other than 0 (utils/runtime/distributed.quiet_unless_main)
 
 
 def progress_bar(iterable=None, **kwargs):
     """tqdm(iterable, **kwargs), redrawn at most once a LOG_INTERVAL where stderr is not a terminal."""
     if not to_terminal():
         kwargs.setdefault('mininterval', LOG_INTERVAL)
+    if HIDDEN:
+        kwargs['disable'] = True
     return tqdm(iterable, **kwargs)
 
 
