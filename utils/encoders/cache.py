@@ -190,8 +190,9 @@ def cached_file_features(encoders, paths, dataset, split, cache_dir, decoding, b
         if found[i] is None:  # rank 0 found it valid: so must this rank
             found[i] = load_file_features(encoders[i], keys[i], labels[i], cache_dir, len(paths), log)
             if found[i] is None:
-                raise RefusedByOneRank(f'rank {distributed.rank()} cannot read the {labels[i]} cache that rank 0 read in '
-                                 f'{cache_dir}: give every process the same --cache_dir on one file system')
+                raise RefusedByOneRank(f'rank {distributed.rank()} cannot read the {labels[i]} cache that rank 0 '
+                                       f'read in {cache_dir}: give every process the same --cache_dir on one file '
+                                       f'system')
     if todo:
         rank, world = distributed.rank(), distributed.world_size()
         shard = np.array_split(np.arange(len(paths)), world)[rank]
