@@ -414,7 +414,8 @@ class Trainer:
             self.seconds['checkpoint'] += time.time() - t2
             if saved:  # the time the loop waited for it (a copy to host memory; the write is in the background)
                 times['checkpoint_s'] = round(time.time() - t2, 4)
-            distributed.barrier()
+            if stopping or last:  # no rank leaves (and destroys its group) while rank 0 still copies last.pt;
+                distributed.barrier()  # between epochs, the next step's gradient exchange is the wait
             if stopping and epoch < cfg.nepoch - 1:
                 raise Interrupted(f'{signal.Signals(stopping).name} after epoch {epoch}; '
                                   f'{os.path.join(self.run_dir, "last.pt")} holds it. Continue with --resume '
