@@ -1,13 +1,17 @@
 """Trust nothing read from disk: no file the package loads can run code, and every refusal names the file."""
 import errno
 import functools
+import hashlib
+import http.server
 import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -147,7 +151,22 @@ def test_hostile_encoder_checkpoints_are_refused_in_one_line(tmp_path, marker, w
     assert '\n' not in str(refused.value) and len(str(refused.value)) < 400
 
 
-def test_torchvisions_cached_imagenet_weights_are_read_weights_only_and_named(tmp_path, marker, monkeypatch):
+def named_by_its_sha256(path):
+    """`path` renamed as torchvision names its releases (<arch>-<first 8 hex digits of its SHA-256>.pth)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    return path.rename(path.with_name(f'{path.stem}-{digest}.pth'))
+
+
+def test_the_imagenet_weights_are_the_authors_torchvision_release():
+    from utils.encoders import imagenet
+    names = {arch: os.path.basename(url) for arch, url in imagenet.IMAGENET_URLS.items()}
+    # the files the authors' ResNet_for_224 loads; torchvision's DEFAULT for resnet50 is its V2 (11ad3fa6)
+    assert names == {'resnet18': 'resnet18-5c106cde.pth', 'resnet34': 'resnet34-333f7ec4.pth',
+                     'resnet50': 'resnet50-19c8e357.pth'}
+
+
+def test_torchvisions_cached_imagenet_weights_are_checked_read_weights_only_and_named(tmp_path, marker,
+                                                                                        monkeypatch):
     from utils.encoders import imagenet
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
 
@@ -158,15 +177,59 @@ def test_torchvisions_cached_imagenet_weights_are_read_weights_only_and_named(tm
                                            r'could not be downloaded \(<urlopen error \[Errno -3\]\)') as refused:
         imagenet.load_imagenet_resnet('resnet18')
     assert '\n' not in str(refused.value)
-    cached = tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'
-    cached.parent.mkdir(parents=True)
+    (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
+    cached = tmp_path / 'hub' / 'checkpoints' / 'resnet18.pth'
     torch.save(imagenet.load_imagenet_resnet('resnet18', 'random', seed=3).net.state_dict(), cached)
+    cached = named_by_its_sha256(cached)
+    monkeypatch.setitem(imagenet.IMAGENET_URLS, 'resnet18', f'http://127.0.0.1:9/models/{cached.name}')
     from_cache = imagenet.load_imagenet_resnet('resnet18')
     assert torch.equal(from_cache.net.conv1.weight, torch.load(cached, weights_only=True)['conv1.weight'])
-    torch.save({'conv1.weight': Marker(marker)}, cached)
-    with pytest.raises(UnsafeFile, match=f'cached ImageNet weights for resnet18 {cached} refused: loading it would '
+    torch.save(imagenet.load_imagenet_resnet('resnet18', 'random', seed=4).net.state_dict(), cached)
+    with pytest.raises(CorruptFile, match=f'cached ImageNet weights for resnet18 {cached} are not the file of that '
+                                          f'name .*; delete it to download it again') as refused:
+        imagenet.load_imagenet_resnet('resnet18')  # other weights under the release's name
+    assert '\n' not in str(refused.value)
+    hostile = tmp_path / 'hub' / 'checkpoints' / 'hostile.pth'
+    torch.save({'conv1.weight': Marker(marker)}, hostile)
+    hostile = named_by_its_sha256(hostile)
+    monkeypatch.setitem(imagenet.IMAGENET_URLS, 'resnet18', f'http://127.0.0.1:9/models/{hostile.name}')
+    with pytest.raises(UnsafeFile, match=f'cached ImageNet weights for resnet18 {hostile} refused: loading it would '
                                          f'call'):
         imagenet.load_imagenet_resnet('resnet18')
+
+
+def test_imagenet_weights_are_downloaded_only_when_their_sha256_matches_their_name(tmp_path, monkeypatch):
+    """Against a server on 127.0.0.1: the release is fetched into torch.hub's cache and loaded; a file whose
+    bytes are not the name's is refused in one line and not kept."""
+    from utils.encoders import imagenet
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    served = tmp_path / 'served'
+    served.mkdir()
+    release = served / 'resnet18.pth'
+    torch.save(imagenet.load_imagenet_resnet('resnet18', 'random', seed=5).net.state_dict(), release)
+    release = named_by_its_sha256(release)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
+    try:
+        url = f'http://127.0.0.1:{httpd.server_address[1]}/{release.name}'
+        monkeypatch.setitem(imagenet.IMAGENET_URLS, 'resnet18', url)
+        fetched = imagenet.load_imagenet_resnet('resnet18')
+        assert fetched.source == f'torchvision resnet18 ImageNet ({release.name})'
+        assert torch.equal(fetched.net.conv1.weight, torch.load(release, weights_only=True)['conv1.weight'])
+        assert (tmp_path / 'hub' / 'checkpoints' / release.name).read_bytes() == release.read_bytes()
+        impostor = served / 'resnet34-00000000.pth'
+        shutil.copy(release, impostor)
+        monkeypatch.setitem(imagenet.IMAGENET_URLS, 'resnet34', url.replace(release.name, impostor.name))
+        with pytest.raises(EncoderError, match=r'ImageNet weights for resnet34 are not cached in .* and could not be '
+                                               r'downloaded \(invalid hash value') as refused:
+            imagenet.load_imagenet_resnet('resnet34')
+        assert '\n' not in str(refused.value)
+        assert not (tmp_path / 'hub' / 'checkpoints' / impostor.name).exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_clip_file_that_is_no_clip_model_is_named(tmp_path):

@@ -8,8 +8,9 @@ import torch.nn as nn
 
 from utils.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
-from utils.errors import EncoderError
+from utils.errors import CorruptFile, EncoderError
 from utils.networks import RESNETS, resnet_width
+from utils.storage.fingerprints import file_digest
 from utils.storage.loading import load_torch
 
 
@@ -38,16 +39,31 @@ class ImageNetResNet(FrozenEncoder):
         return self.net(x)
 
 
+# The ImageNet files the authors' ResNets load: torchvision's first releases, named by the start of their
+# SHA-256. torchvision's DEFAULT is no longer theirs for ResNet-50 (its V2 weights: 80.9 % top-1 against
+# 76.1 %), which would change every x_e a *_l encoder gives and where Clothing1M's and WebVision's
+# fine-tuning starts.
+IMAGENET_URLS = {
+    'resnet18': 'https://download.pytorch.org/models/resnet18-5c106cde.pth',
+    'resnet34': 'https://download.pytorch.org/models/resnet34-333f7ec4.pth',
+    'resnet50': 'https://download.pytorch.org/models/resnet50-19c8e357.pth',
+}
+
+
 def torchvision_weights(arch):
-    """torchvision's ImageNet state dict of `arch`: the file in torch.hub's cache, read weights-only and
-    refused in one line naming it where it is damaged or hostile; downloaded (when online) where absent."""
-    import torchvision
-    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    """The authors' ImageNet state dict of `arch`: the file in torch.hub's cache, checked against the SHA-256
+    its name begins, read weights-only and refused in one line naming it where it is another file, damaged
+    or hostile; downloaded (when online, with the same check) where absent."""
+    url = IMAGENET_URLS[arch]
     cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
     if os.path.isfile(cached):
+        expected = os.path.basename(url).rsplit('-', 1)[1].split('.')[0]
+        if not file_digest(cached, 'sha256').startswith(expected):
+            raise CorruptFile(f'cached ImageNet weights for {arch} {cached} are not the file of that name (its '
+                              f'SHA-256 does not begin {expected}); delete it to download it again')
         return load_torch(cached, f'cached ImageNet weights for {arch}', fix='delete it to download it again')
-    try:  # weights_only: torch.hub's default unpickles anything
-        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+    try:  # weights_only: torch.hub's default unpickles anything; check_hash: the name's SHA-256 prefix
+        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True, check_hash=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EncoderError(f'ImageNet weights for {arch} are not cached in {os.path.dirname(cached)} and could not '
@@ -56,13 +72,14 @@ def torchvision_weights(arch):
 
 
 def load_imagenet_resnet(arch, weights='imagenet', device='cpu', seed=0):
-    """weights: 'imagenet' (torchvision's, downloaded when online), 'random', or a checkpoint path
+    """weights: 'imagenet' (the authors' torchvision release, downloaded when online), 'random', or a checkpoint path
     (a torchvision-layout classifier state dict; a 'module.' prefix and the fc are ignored)."""
     with torch.random.fork_rng():  # random weights are seeded without touching the caller's stream
         torch.manual_seed(seed)
         encoder = ImageNetResNet(arch)
     if weights == 'imagenet':
-        state, source = torchvision_weights(arch), f'torchvision {arch} ImageNet'
+        state = torchvision_weights(arch)
+        source = f'torchvision {arch} ImageNet ({os.path.basename(IMAGENET_URLS[arch])})'
     elif weights == 'random':
         state, source = None, f'random {arch} (seed {seed})'
     else:

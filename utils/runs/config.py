@@ -147,7 +147,8 @@ def _method_flags(g, kind):
                         '"linear" (MLP on pixels), "fp_mlp" (MLP on the f_p features) or resnet*_l (an ImageNet '
                         'ResNet + the authors\' two-layer head; see --diff_backbone)')
     g.add_argument('--diff_encoder_weights',
-                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's), random, or a path")
+                   help="backbone weights of the *_l diffusion encoders: imagenet (torchvision's first ImageNet "
+                        "release, the authors' files; checked by SHA-256), random, or a path")
     g.add_argument('--feature_dim', type=int, help='width of the denoiser')
     g.add_argument('--n_layers', type=int,
                    help='time-gated layers of the denoiser (the paper: 3; x_e gates the first)')
