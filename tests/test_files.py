@@ -16,6 +16,7 @@ from benchmarks import layouts
 from utils.data.clothing1m import cc_select_files, read_clothing1m
 from utils.data.food101n import read_food101n
 from utils.data.image_files import KEYS_VIEW_EPOCH, Decoding, ImageFiles
+from utils.data.images import CLOTHING1M_MEAN, CLOTHING1M_STD
 from utils.data.webvision import read_webvision
 from utils.encoders.clip import load_clip
 from utils.encoders.imagenet import load_imagenet_resnet
@@ -51,6 +52,8 @@ def test_clothing1m_layout_and_subset(tmp_path):
     s = read_clothing1m(root)
     assert (len(s.train_paths), len(s.val_paths), len(s.test_paths), s.n_class) == (96, 16, 16, 4)
     assert s.resample == 'bilinear'  # the authors' torchvision Resize
+    # their loader's statistics for every network it feeds, the diffusion encoder's ResNet-50 too
+    assert (s.mean, s.std) == (CLOTHING1M_MEAN, CLOTHING1M_STD)
     assert s.train_labels[0] == 1 and s.train_labels[1] == 1  # key 0 flipped, key 1 clean
     layouts.write(os.path.join(root, 'subset.txt'), ['images/1/01/00001.jpg', 'images/2/02/00002.jpg 3'])
     s = read_clothing1m(root, os.path.join(root, 'subset.txt'))

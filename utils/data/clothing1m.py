@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from utils.data.image_files import need_file, read_lines, read_pairs
+from utils.data.images import CLOTHING1M_MEAN, CLOTHING1M_STD
 from utils.data.splits import FileSplits
 from utils.errors import DatasetMissing
 from utils.storage.published import cc_select_paths
@@ -94,4 +95,7 @@ def read_clothing1m(root, subset_list=None, subset_labels=None):
     return FileSplits(name='clothing1m', n_class=len(names), class_names=names,
                       train_paths=[os.path.join(root, k) for k, _ in train],
                       train_labels=np.asarray([label for _, label in train], dtype=np.int64),
-                      val_paths=val_paths, val_labels=val_labels, test_paths=test_paths, test_labels=test_labels)
+                      val_paths=val_paths, val_labels=val_labels, test_paths=test_paths, test_labels=test_labels,
+                      # the authors' loader normalises with Clothing1M's own statistics for every network it feeds,
+                      # the fine-tuned ResNet-50 too (not ImageNet's, which the other file datasets use)
+                      mean=CLOTHING1M_MEAN, std=CLOTHING1M_STD)
