@@ -1,6 +1,7 @@
 """A run writes only inside what it owns, and nothing stale is served: run folders record what their
 runs wrote, a fresh run refuses anything else and a refused run leaves every folder as it found it;
 image-file caches and the resume check see an image rewritten in place."""
+import dataclasses
 import json
 import os
 import re
@@ -407,6 +408,21 @@ def test_a_resume_with_the_classes_renamed_is_refused(tmp_path):
         train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2', '--classes', str(root / 'b.txt')])
     summary, _ = train_ImageFolder.main([*train, '--resume', run_dir, '--nepoch', '2'])
     assert summary['epochs'] == 2
+
+
+def test_a_resume_whose_images_this_version_normalises_otherwise_is_refused(tmp_path, small):
+    """Clothing1M's runs made before its own statistics were used learned on ImageNet-normalised pixels: a
+    resume would go on with other inputs to the same networks."""
+    summary, run_dir = run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    other = dataclasses.replace(small, mean=(0.6959, 0.6537, 0.6371), std=(0.3113, 0.3192, 0.3214))
+    with pytest.raises(SetupError, match=r'--resume .*: the run normalised its images with mean \(0\.3052, 0\.3052, '
+                                         r'0\.3052\) and std \(.*\); this version normalises digits-sub200 with mean '
+                                         r'\(0\.6959, 0\.6537, 0\.6371\) .*: '
+                                         r'start a new run') as refused:
+        run(demo_digits.config(['--resume', run_dir, '--nepoch', '3']), lambda c: other)
+    assert '\n' not in str(refused.value)
+    summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '3']), lambda c: small)
+    assert summary['epochs'] == 3
 
 
 def test_a_label_ranking_of_a_run_before_records_is_kept_not_taken_for_a_strangers(tmp_path):

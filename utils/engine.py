@@ -29,6 +29,7 @@ from utils.runs.folders import (
     check_resume_flags,
     check_resume_inputs,
     check_same_classes,
+    check_same_normalisation,
     check_same_script,
     check_writable,
     dataset_fingerprints,
@@ -125,6 +126,7 @@ def run(cfg, load_splits):
     if ckpt is not None:  # images or classes changed since: refused before any feature is extracted or cached
         check_resume_inputs(saved, dataset, run_dir, splits)
         check_same_classes(splits, ckpt['data_info'], run_dir)
+        check_same_normalisation(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
         sweep_stale_cache_writes(cfg.cache_dir)

@@ -223,6 +223,8 @@ def resumed_config(cfg, ckpt, also=()):
         merged['fp_checkpoint'] = merged.get('fp_features')  # the features file's flag before --fp_checkpoint took it
     for name in FOLDED_FLAGS:
         merged.pop(name, None)
+    if 'eval_from' not in ckpt['config'] and 'eval_from' not in given:  # a run made before --eval_from existed
+        merged['eval_from'] = merged['warmup_epochs']  # evaluated from the end of its warm-up
     # --cuda_graph as a mode: a run recorded with the old on/off switch (or before it) gets today's default
     merged['cuda_graph'] = cuda_graph_mode(Config(**merged))
     return Config(**merged).freeze()
@@ -336,6 +338,17 @@ def check_same_classes(splits, info, run_dir):
         raise ResumeRefused(f'--resume {run_dir}: the classes differ from the run\'s '
                             f'({"; ".join(differ) or "other names"}); resume with the run\'s class list, or start '
                             f'a new run')
+
+
+def check_same_normalisation(splits, info, run_dir):
+    """Refuse a resume whose images this version normalises otherwise than the run did (Clothing1M's own
+    statistics since 2026-12-07, as the authors; ImageNet's before): its networks were trained on the other."""
+    saved, now = (info.get('mean'), info.get('std')), (list(splits.mean), list(splits.std))
+    if saved[0] is not None and any(abs(float(a) - b) > 1e-6 for a, b in zip([*saved[0], *saved[1]], [*now[0], *now[1]])):
+        mean, std = (', '.join(f'{float(v):.4g}' for v in values) for values in saved)
+        raise ResumeRefused(f'--resume {run_dir}: the run normalised its images with mean ({mean}) and std ({std}); '
+                            f'this version normalises {splits.name} with mean {tuple(now[0])} and std {tuple(now[1])}: '
+                            f'start a new run (or use the version that made it)')
 
 
 def check_same_script(cfg, saved, run_dir, how):
