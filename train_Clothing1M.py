@@ -35,6 +35,7 @@ DEFAULTS = dict(
     warmup_epochs=1,
     lr_horizon=0,
     eval_every=1,
+    eval_from=0,                   # every epoch is evaluated, warm-up's too
     per_class=10000,               # a class-balanced draw of 10,000 per class, every epoch
     feature_dim=1024,
     k=20,

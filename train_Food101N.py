@@ -45,6 +45,7 @@ DEFAULTS = dict(
     warmup_epochs=10,              # hard-coded in their loop (their --warmup_epochs 1 is unused)
     lr_horizon=200,                # hard-coded too: a 200-epoch cosine
     eval_every=1,
+    eval_from=0,                   # every epoch is evaluated, warm-up's too
     feature_dim=1024,
     k=10,
     candidates='neighbours',       # the k+1 nearest neighbours' labels, no own label appended

@@ -157,7 +157,7 @@ def paper_projection(row, args):
     """Seconds of the paper's 200 epochs: features, the first epoch and evaluation as measured, the rest
     at the warm rates, a checkpoint wait per epoch. Evaluations as the recipe schedules them."""
     paper = train_CIFAR.config(args.extra)  # the recipe may move warm-up or evaluation
-    n_evals = sum(is_eval_epoch(e, paper.warmup_epochs, paper.eval_every) for e in range(200))
+    n_evals = sum(is_eval_epoch(e, paper.eval_from, paper.eval_every) for e in range(200))
     return (row['feature_extraction_s'] + row['train_s_first_epoch'] + 199 * row['train_s_per_epoch']
             + row['eval_s_first'] + (n_evals - 1) * row['eval_s_each'] + 200 * row['checkpoint_s_each'])
 

@@ -10,6 +10,7 @@ from test_data import write_cifar10
 
 import demo_digits
 import train_CIFAR
+import train_Food101N
 from conftest import subset
 from model_diffusion import Diffusion
 from utils import engine
@@ -18,7 +19,7 @@ from utils.diff_encoders import build_model
 from utils.engine import run
 from utils.errors import NonFiniteLoss
 from utils.prepare import prepare, use_k
-from utils.runs.folders import CHECKPOINT_FORMAT, load_run
+from utils.runs.folders import CHECKPOINT_FORMAT, load_run, resumed_config
 from utils.schedule import is_eval_epoch, learning_rate
 from utils.storage.loading import load_torch
 from utils.trainer import Trainer
@@ -41,8 +42,15 @@ def test_learning_rate_warmup_then_half_cosine():
 
 def test_eval_schedule_follows_the_authors():
     cfg = train_CIFAR.config([])
-    epochs = [e for e in range(cfg.nepoch) if is_eval_epoch(e, cfg.warmup_epochs, cfg.eval_every)]
-    assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39
+    epochs = [e for e in range(cfg.nepoch) if is_eval_epoch(e, cfg.eval_from, cfg.eval_every)]
+    assert epochs[0] == 5 and epochs[-1] == 195 and len(epochs) == 39  # every 5th from the end of warm-up
+    assert train_CIFAR.config(['--warmup_epochs', '10']).eval_from == 10
+    food = train_Food101N.config([])  # their image-file scripts evaluate every epoch, warm-up's too
+    assert [e for e in range(12) if is_eval_epoch(e, food.eval_from, food.eval_every)] == list(range(12))
+    # a run made before --eval_from was evaluated from the end of its warm-up, and a resume goes on so
+    saved = {k: v for k, v in vars(train_CIFAR.config(['--warmup_epochs', '7'])).items() if k != 'eval_from'}
+    resumed = resumed_config(train_CIFAR.config(['--resume', 'r']), {'config': saved, 'data_info': {}})
+    assert (resumed.warmup_epochs, resumed.eval_from) == (7, 7)
 
 
 # a 30-epoch schedule at a higher peak rate than the demo's. Across seeds 123 and 1-5 it reached 85.8-93.8% on

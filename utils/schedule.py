@@ -10,6 +10,7 @@ def learning_rate(epoch, peak, warmup_epochs, horizon):
     return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (horizon - warmup_epochs)))
 
 
-def is_eval_epoch(epoch, warmup_epochs, eval_every):
-    """The authors' rule: every `eval_every` epochs (0-based) once warm-up is over."""
-    return epoch >= warmup_epochs and epoch % eval_every == 0
+def is_eval_epoch(epoch, eval_from, eval_every):
+    """The authors' rule: every `eval_every` epochs (0-based) from epoch `eval_from` on (their CIFAR script:
+    the end of warm-up; their Food-101N, Clothing1M and WebVision scripts: the first epoch)."""
+    return epoch >= eval_from and epoch % eval_every == 0

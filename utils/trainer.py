@@ -3,7 +3,7 @@
 A Trainer holds the denoiser (with its diffusion encoder), the diffusion, the optimiser and the data a
 step reads, all on the device. Each step draws a batch's candidate labels (the cached neighbour table,
 or the authors' per-step retrieval), noises their one-hot labels at antithetic timesteps and regresses
-the noise with the retrieval-weighted MSE; every --eval_every epochs after warm-up the deterministic DDIM
+the noise with the retrieval-weighted MSE; every --eval_every epochs from --eval_from the deterministic DDIM
 sampler labels the validation and test splits, and the best validation epoch is kept (best.pt). On one
 GPU the step and the evaluation batches replay CUDA graphs (utils/runtime/graphs.py).
 """
@@ -397,7 +397,7 @@ class Trainer:
             # a run shorter than warm-up still gets one validation-selected result, at its end
             main = distributed.is_main()  # rank 0 evaluates and writes; the others wait for it
             last = epoch == cfg.nepoch - 1
-            evaluated = main and (is_eval_epoch(epoch, cfg.warmup_epochs, cfg.eval_every) or (last and not self.history))
+            evaluated = main and (is_eval_epoch(epoch, cfg.eval_from, cfg.eval_every) or (last and not self.history))
             if evaluated:
                 self.evaluate(epoch, train_loss, elapsed, splits)
             t2 = time.time()

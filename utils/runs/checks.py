@@ -16,7 +16,7 @@ from utils.errors import SetupError
 
 AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 'k', 'feature_dim', 'n_timesteps',
                 'eval_every', 'checkpoint_every', 'image_size')
-NOT_NEGATIVE = ('n_samples', 'warmup_epochs', 'num_workers', 'k_trial_epochs')  # seeds: seed_problems
+NOT_NEGATIVE = ('n_samples', 'warmup_epochs', 'eval_from', 'num_workers', 'k_trial_epochs')  # seeds: seed_problems
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
 MAX_SEED = 2 ** 32 - 1
 # the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only

@@ -32,7 +32,7 @@ COMMON_DEFAULTS = dict(
     nepoch=200, batch_size=200, device='auto', num_workers=4, warmup_epochs=20, feature_dim=256, k=10,
     ddim_n_step=10, fp_encoder='SimCLR', CLIP_type='ViT-L/14', diff_encoder='resnet18',
     seed=123, noise_seed=0, data_root='./data', out_dir='./runs', run_name=None, cache_dir='./cache',
-    n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, beta_schedule='cosine', n_timesteps=1000,
+    n_layers=3, lr=1e-3, lr_horizon=1000, grad_clip=1.0, eval_every=5, eval_from=None, beta_schedule='cosine', n_timesteps=1000,
     fp_checkpoint=None, clip_download_root=None, clip_tower='fused', precision='bf16',
     recipe='authors', fp_train_view=None,
     fp_cache_view=None, per_step_retrieval=None, eval_bn=None, freeze_diff_encoder=None, diff_backbone=None,
@@ -199,7 +199,11 @@ def _training_flags(g, kind):
 def _evaluation_flags(g, kind):
     """Model selection on the clean validation split, and the labels the run writes."""
     g.add_argument('--eval_every', type=int,
-                   help='evaluate on the clean validation split every N epochs after warm-up')
+                   help='evaluate on the clean validation split every N epochs (0-based: 0, N, 2N, ...) from '
+                        '--eval_from')
+    g.add_argument('--eval_from', type=int, metavar='EPOCH',
+                   help='the first epoch that may be evaluated (default: --warmup_epochs, the authors\' CIFAR '
+                        'rule; their Food-101N, Clothing1M and WebVision scripts evaluate from epoch 0)')
     g.add_argument('--ddim_n_step', type=int, help='DDIM steps at inference')
     g.add_argument('--eval_batch_size', type=int,
                    help='evaluation batch (default: where --eval_bn is batch, the authors\' evaluation batch, '
@@ -313,6 +317,8 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     if not cfg.resume:  # a resumed run takes its recipe's values from its checkpoint
         cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
         cfg.cuda_graph = cuda_graph_mode(cfg)  # after the recipe: it depends on the networks the step runs
+    if cfg.eval_from is None:
+        cfg.eval_from = cfg.warmup_epochs
     check_config(cfg)
     if not cfg.resume:  # a resumed run keeps what it recorded (its fingerprints were taken of those spellings)
         absolute_data_paths(cfg)

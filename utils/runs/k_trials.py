@@ -46,7 +46,7 @@ def trial_epochs(cfg):
     during warm-up measures little but chance: digits, 14% against 10% after 11 epochs, 77% against 69%
     after 20); then up to the run's next evaluation, so a trial ends scored as the run would be there."""
     wanted = cfg.k_trial_epochs or max(cfg.nepoch // 10, 2 * cfg.warmup_epochs, cfg.warmup_epochs + 1)
-    return next((epoch + 1 for epoch in range(wanted - 1, cfg.nepoch) if is_eval_epoch(epoch, cfg.warmup_epochs, cfg.eval_every)), cfg.nepoch)
+    return next((epoch + 1 for epoch in range(wanted - 1, cfg.nepoch) if is_eval_epoch(epoch, cfg.eval_from, cfg.eval_every)), cfg.nepoch)
 
 
 def too_close(scores, n_val):
