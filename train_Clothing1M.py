@@ -36,6 +36,7 @@ DEFAULTS = dict(
     lr_horizon=0,
     eval_every=1,
     eval_from=0,                   # every epoch is evaluated, warm-up's too
+    drop_last=True,                # their loader's drop_last: full batches only
     per_class=10000,               # a class-balanced draw of 10,000 per class, every epoch
     feature_dim=1024,
     k=20,

@@ -46,6 +46,7 @@ DEFAULTS = dict(
     lr_horizon=200,                # hard-coded too: a 200-epoch cosine
     eval_every=1,
     eval_from=0,                   # every epoch is evaluated, warm-up's too
+    drop_last=True,                # their loader's drop_last: full batches only
     feature_dim=1024,
     k=10,
     candidates='neighbours',       # the k+1 nearest neighbours' labels, no own label appended

@@ -50,7 +50,7 @@ def test_the_engine_trains_each_epoch_on_the_draw():
     from utils.trainer import Trainer
     labels = labels_with_counts([40, 25, 60])
     trainer = SimpleNamespace(data=SimpleNamespace(noisy_labels=labels), device=torch.device('cpu'), world=1, rank=0,
-                              cfg=SimpleNamespace(per_class=10, seed=5, batch_size=8))
+                              cfg=SimpleNamespace(per_class=10, seed=5, batch_size=8, drop_last=False))
     epoch0 = torch.cat(Trainer.batches(trainer, 0))
     assert torch.bincount(labels[epoch0]).tolist() == [10, 10, 10]
     assert set(epoch0.tolist()) == set(balanced_draw(labels, 10, seed=5, epoch=0).tolist())
@@ -58,3 +58,19 @@ def test_the_engine_trains_each_epoch_on_the_draw():
     assert set(torch.cat(Trainer.batches(trainer, 1)).tolist()) != set(epoch0.tolist())
     trainer.cfg.per_class = 0
     assert sorted(torch.cat(Trainer.batches(trainer, 0)).tolist()) == list(range(125))
+    assert [len(b) for b in Trainer.batches(trainer, 0)] == [8] * 15 + [5]
+
+
+def test_drop_last_trains_full_batches_only_as_the_authors_file_loaders():
+    from types import SimpleNamespace
+
+    from utils.trainer import Trainer
+    labels = labels_with_counts([40, 25, 60])
+    trainer = SimpleNamespace(data=SimpleNamespace(noisy_labels=labels), device=torch.device('cpu'), world=1, rank=0,
+                              cfg=SimpleNamespace(per_class=0, seed=5, batch_size=8, drop_last=True))
+    kept = Trainer.batches(trainer, 0)
+    assert [len(b) for b in kept] == [8] * 15  # 125 samples: the 5 left over wait for another epoch's order
+    trainer.cfg.drop_last = False
+    assert torch.equal(torch.cat(kept), torch.cat(Trainer.batches(trainer, 0))[:120])  # the same order, cut
+    trainer.cfg.drop_last, trainer.cfg.batch_size = True, 200  # a run smaller than one batch keeps its batch
+    assert [len(b) for b in Trainer.batches(trainer, 0)] == [125]

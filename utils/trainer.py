@@ -214,6 +214,8 @@ class Trainer:
         n = pool.shape[0]
         g = torch.Generator(self.device).manual_seed(self.cfg.seed * 100003 + epoch)
         order = pool[torch.randperm(n, device=self.device, generator=g)]
+        if self.cfg.drop_last and n > self.cfg.batch_size:
+            n -= n % self.cfg.batch_size  # --drop_last, the authors' loaders on the image-file datasets
         # a last batch too small to give every rank two samples would break BatchNorm; fold it
         # into the previous batch
         cuts = list(range(0, n, self.cfg.batch_size))

@@ -40,7 +40,7 @@ COMMON_DEFAULTS = dict(
     download=True, n_samples=10, compile=False, cuda_graph=None, frozen_kernels='eager', checkpoint_every=1,
     fp_arch='resnet50',
     diff_encoder_weights='imagenet', image_size=224,
-    per_class=0, candidates='neighbours+own', candidate_weights='agreement',
+    per_class=0, drop_last=False, candidates='neighbours+own', candidate_weights='agreement',
     inputs_dir=None, dataset=None, k_choices=None, k_select='vote', k_trial_epochs=0, ema_decay=None,
     fp_conditioning=True, gpu_devices=None, print_config=False,
     script=None,  # no flag: the script whose defaults table this is (a run records it; --resume, predict.py check it)
@@ -164,12 +164,15 @@ def _training_flags(g, kind):
     g.add_argument('--nepoch', type=int, help='training epochs')
     g.add_argument('--batch_size', type=int, help='training batch size')
     g.add_argument('--warmup_epochs', type=int,
-                   help='linear LR warm-up; evaluation starts after it')
+                   help='linear LR warm-up (its end is the default --eval_from)')
     g.add_argument('--lr', type=float, help='peak learning rate')
     g.add_argument('--lr_horizon', type=int,
                    help="epochs of the half-cosine decay (the authors' CIFAR: 1000, of which runs use --nepoch); "
                         '0: --nepoch')
     g.add_argument('--grad_clip', type=float, help='gradient-norm clip')
+    g.add_argument('--drop_last', action=argparse.BooleanOptionalAction,
+                   help="drop each epoch's last partial batch, as the authors' Food-101N, Clothing1M and WebVision "
+                        "loaders do (their CIFAR split divides evenly); a run smaller than one batch keeps it")
     g.add_argument('--per_class', type=int,
                    help='train each epoch on N samples of every class, drawn afresh (the authors: 10000 on '
                         'Clothing1M, 500 on WebVision); 0: every sample')

@@ -51,8 +51,8 @@ MAY_CHANGE_ON_RESUME = ('device', 'nepoch', 'num_workers', 'eval_batch_size', 'e
                         'frozen_kernels')
 # what a run recorded before a flag existed did, where that differs from the flag's default today: a
 # run made before --ema_decay evaluated its trained weights (and a resume goes on doing so); one made
-# before --clip_tower ran the clip package's tower
-MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip'}
+# before --clip_tower ran the clip package's tower; one made before --drop_last trained every last batch
+MEANT_WHEN_ABSENT = {'ema_decay': 0.0, 'clip_tower': 'clip', 'drop_last': False}
 # flags runs recorded that are gone: --fp_features (now --fp_checkpoint) and --predict* (now predict.py)
 FOLDED_FLAGS = ('fp_features', 'predict', 'predict_split', 'predict_folder')
 ALWAYS_FROM_THIS_RUN = ('device', 'gpu_devices', 'resume', 'debug', 'argv', 'command_line_flags', 'script_flags',
