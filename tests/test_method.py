@@ -95,3 +95,18 @@ def test_the_image_embedding_gates_the_first_layer():
     # x_e = 0 cuts every path from (y_t, f_p) to the output: the gate sits on the first layer
     torch.testing.assert_close(*gated_off)
     assert not torch.allclose(*gated_on)
+
+
+def test_the_cifar_diffusion_encoder_draws_its_convolutions_as_the_authors_resnet():
+    """Their ResNet_for_32 keeps PyTorch's kaiming-uniform (a=√5): every weight within 1/√fan_in, uniform (std
+    bound/√3). torchvision's kaiming-normal (fan_out) exceeds the bound in most layers. The encoder is never
+    trained under their recipe: these draws are the features the denoiser reads."""
+    torch.manual_seed(0)
+    encoder = build_diff_encoder('resnet34', 16, 6, (3, 32, 32))
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 36  # the stem, 32 in the blocks, 3 shortcuts
+    for conv in convs:
+        bound = 1 / conv.weight[0].numel() ** 0.5
+        weight = conv.weight.detach()
+        assert weight.abs().max() <= bound
+        assert float(weight.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.1)

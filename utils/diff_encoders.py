@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from model_diffusion import Denoiser
 from utils.encoders.imagenet import load_imagenet_resnet
-from utils.networks import authors_head, cifar_resnet, imagenet_resnet
+from utils.networks import authors_head, cifar_resnet, imagenet_resnet, pytorch_conv_init
 
 BACKBONES = ('cached', 'tuned')
 
@@ -27,9 +27,9 @@ def _mlp(n_in, width):
 
 # name → (input kind, builder(feature_dim, fp_dim, image_shape))
 DIFF_ENCODERS = {
-    'resnet18': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet18', width)),
-    'resnet34': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet34', width)),
-    'resnet50': ('image', lambda width, fp_dim, shape: cifar_resnet('resnet50', width)),
+    'resnet18': ('image', lambda width, fp_dim, shape: pytorch_conv_init(cifar_resnet('resnet18', width))),
+    'resnet34': ('image', lambda width, fp_dim, shape: pytorch_conv_init(cifar_resnet('resnet34', width))),
+    'resnet50': ('image', lambda width, fp_dim, shape: pytorch_conv_init(cifar_resnet('resnet50', width))),
     'linear': ('image', lambda width, fp_dim, shape: _mlp(shape[0] * shape[1] * shape[2], width)),
     'fp_mlp': ('features', lambda width, fp_dim, shape: _mlp(fp_dim, width)),
     'resnet18_l': ('cached', lambda width, fp_dim, shape: authors_head('resnet18', width)),

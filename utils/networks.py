@@ -34,6 +34,16 @@ def cifar_resnet(arch, out_dim):
     return nn.Sequential(*cifar_resnet_trunk(arch), nn.Flatten(1), nn.Linear(resnet_width(arch), out_dim))
 
 
+def pytorch_conv_init(net):
+    """Every convolution drawn as PyTorch initialises one (kaiming-uniform, a=√5) where torchvision's ResNets
+    draw kaiming-normal (fan_out): the authors' CIFAR ResNet (their ResNet_for_32) keeps PyTorch's. Their
+    diffusion encoder is never trained, so these random weights are the features the denoiser reads."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    return net
+
+
 AUTHORS_HEAD_WIDTH = 512
 
 
