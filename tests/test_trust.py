@@ -545,7 +545,8 @@ def resume(run_dir, *flags):
     return demo_digits.config(['--resume', str(run_dir), *flags])
 
 
-def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize('epoch', [4, 0])  # 0: no epoch finished yet, the run's last.pt holds a partial one alone
+def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp_path, digits, monkeypatch, epoch):
     small = subset(digits, 300, 100)  # 6 steps an epoch
     straight, _ = run(cfg_for(tmp_path / 'a', *SHORT), lambda c: small)
     original = Trainer.train_step
@@ -553,16 +554,16 @@ def test_sigterm_stops_after_the_step_and_resume_equals_an_uninterrupted_run(tmp
 
     def signalled(self, idx, *decoded):
         steps.append(1)
-        if len(steps) == 4 * 6 + 3:  # epoch 4, step 3 (1-based): the step finishes, then the run stops
+        if len(steps) == epoch * 6 + 3:  # step 3 (1-based) of the epoch: the step finishes, then the run stops
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, idx, *decoded)
     monkeypatch.setattr(Trainer, 'train_step', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
-    with pytest.raises(Interrupted, match=f'SIGTERM at epoch 4, step 3 of 6; .*last.pt holds it. Continue with '
+    with pytest.raises(Interrupted, match=f'SIGTERM at epoch {epoch}, step 3 of 6; .*last.pt holds it. Continue with '
                                           f'--resume {run_dir}'):
         run(cfg_for(tmp_path / 'b', *SHORT), lambda c: small)
     saved = load_torch(str(run_dir / 'last.pt'))
-    assert saved['epoch'] == 3 and saved['partial_epoch']['steps_done'] == 3 and len(steps) == 27
+    assert saved['epoch'] == epoch - 1 and saved['partial_epoch']['steps_done'] == 3 and len(steps) == epoch * 6 + 3
     assert not (run_dir / 'summary.json').exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     monkeypatch.setattr(Trainer, 'train_step', original)

@@ -470,5 +470,6 @@ def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
     partial = ckpt.get('partial_epoch')
     within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
     if not quiet:
-        print(f'resuming {run_dir} after epoch {ckpt["epoch"]}{within} (epochs count from 0)')
+        after = f'after epoch {ckpt["epoch"]}' if ckpt['epoch'] >= 0 else 'before its first epoch ended'
+        print(f'resuming {run_dir} {after}{within} (epochs count from 0)')
 

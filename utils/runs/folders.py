@@ -118,7 +118,7 @@ def _tensors(value):
 # what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
 # wrote always is: anything else was damaged or edited, and would fail later with a traceback)
 CHECKPOINT_FIELDS = {
-    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: _is_int(v) and v >= 0, 'an epoch'),
+    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: _is_int(v) and v >= -1, 'an epoch'),
     'model': (_tensors, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
                                                   "an optimiser's state"),
     'ema': (lambda v: v is None or (isinstance(v, dict) and _tensors(v.get('weights'))), 'None or averaged weights'),
@@ -159,6 +159,9 @@ _MISSING = object()
 def checkpoint_problems(ckpt):
     """What in a checkpoint of today's format is missing or of the wrong kind, as short phrases."""
     problems = _field_problems(ckpt, CHECKPOINT_FIELDS)
+    # -1: no epoch finished yet, where a signal stopped the first one mid-way (its steps are what last.pt holds)
+    if ckpt.get('epoch') == -1 and not isinstance(ckpt.get('partial_epoch'), dict):
+        problems.append('epoch is -1 (none finished) with no partial epoch')
     if isinstance(ckpt.get('data_info'), dict):
         problems += _field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
     return problems
