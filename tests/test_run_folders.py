@@ -165,6 +165,24 @@ def test_a_fresh_run_of_another_kind_never_takes_a_stopped_run_s_folder(tmp_path
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize('target', ['absent', 'present'])
+def test_a_link_under_a_recorded_name_is_never_written_through(tmp_path, small, target):
+    """A dangling link named log.jsonl in a folder whose record names log.jsonl: a run had appended its log
+    through it, creating a file outside the folder."""
+    run_dir = tmp_path / 'runs' / 'r'
+    write_run_file(['--flags'], str(run_dir), 'log.jsonl')  # the record names log.jsonl
+    os.remove(run_dir / 'log.jsonl')
+    outside = tmp_path / 'outside.txt'
+    if target == 'present':
+        outside.write_text('a user\'s file\n')
+    os.symlink(outside, run_dir / 'log.jsonl')
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(SetupError, match=r'holds files no run of this package recorded writing there \(log\.jsonl\)'):
+        run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    assert sorted(os.listdir(run_dir)) == before and os.path.islink(run_dir / 'log.jsonl')
+    assert outside.read_text() == 'a user\'s file\n' if target == 'present' else not outside.exists()
+
+
 def test_a_file_written_into_the_folder_before_the_run_is_the_run_s_when_recorded(tmp_path, small):
     run_dir = str(tmp_path / 'runs' / 'r')
     write_run_file(['--flags', 'that started it'], run_dir, 'benchmark_flags.json')  # benchmarks.accuracy

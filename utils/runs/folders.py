@@ -523,12 +523,13 @@ def held_files(run_dir):
 
 
 def foreign_files(run_dir, files):
-    """What lies under run_dir that no run recorded writing (links to folders count as files)."""
+    """What lies under run_dir that no run recorded writing (links to folders count as files). A link is
+    never a run's, whatever its name: the package writes none, and a write through one lands outside."""
     found = []
     for root, dirs, names in os.walk(run_dir):
         for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             rel = os.path.relpath(os.path.join(root, name), run_dir)
-            if not _a_runs(rel, files):
+            if os.path.islink(os.path.join(root, name)) or not _a_runs(rel, files):
                 found.append(rel)
     return sorted(found)
 

@@ -120,10 +120,10 @@ def partial_write_of(name, legacy=False):
 
 
 def remove_files(folder, names):
-    """Remove the named files of a folder, those that are there."""
+    """Remove the named files of a folder, those that are there (a link itself, never what it points to)."""
     for name in names:
         path = os.path.join(folder, name)
-        if os.path.exists(path):
+        if os.path.lexists(path):
             os.remove(path)
 
 
