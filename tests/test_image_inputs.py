@@ -204,6 +204,26 @@ def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     assert f'(first: {root / "train" / "cat" / "cut.png"} (image file is truncated' in capsys.readouterr().err
 
 
+def test_a_pipe_listed_as_an_image_is_refused_not_waited_on(tmp_path, capsys):
+    """Opening a FIFO waits for a writer, in a worker thread a Ctrl-C does not reach: the run had hung for
+    ever. It is refused up front as not a regular file, and so is decoding it."""
+    root = tmp_path / 'own'
+    layouts.own_data(str(root), classes=('cat', 'dog'), per_class=6, n_eval=2)
+    pipe = root / 'train' / 'cat' / 'cat_009.jpg'
+    os.mkfifo(pipe)
+    argv = ['--train', str(root / 'train'), '--val', str(root / 'val'), '--fp_encoder', 'raw', '--diff_encoder',
+            'fp_mlp', '--image_size', '8', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache')]
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_ImageFolder.main, argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count('\n') == 1
+    assert f'(first: {pipe} (not a regular file but a pipe, device or socket))' in err
+    assert not (tmp_path / 'runs').exists()
+    with pytest.raises(DatasetMissing, match='not a regular file'):
+        open_image(str(pipe))
+
+
 def test_a_multi_picture_jpeg_or_a_bmp_cut_short_is_found_up_front(tmp_path):
     """Pillow names a JPEG holding several pictures (phones, cameras) MPO; a BMP has no end marker."""
     from utils.data.image_files import check_images

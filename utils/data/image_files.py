@@ -6,6 +6,7 @@ distributed.py shards that work across processes), and, where a diffusion encode
 each epoch as seeded training views.
 """
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -86,6 +87,14 @@ def _unreadable(path, exc):
 UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 
+def _regular(path):
+    """`path`, where it is a regular file (or a link to one): opening a pipe waits for a writer that may
+    never come, in a thread a Ctrl-C does not reach, and a device such as /dev/zero never ends."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError('not a regular file but a pipe, device or socket')
+    return path
+
+
 # the marker a whole file of each format ends with (a few bytes of padding may follow): a file cut short
 # (a copy or download that stopped) lacks it, though its header parses. MPO: how Pillow names a JPEG
 # holding several pictures (many phone and camera photos)
@@ -99,7 +108,7 @@ def _readable(path):
     marker must decode whole (only those are decoded here, so a cut file is refused before any work
     rather than found hours into extraction)."""
     try:
-        with open(path, 'rb') as f, Image.open(f) as image:
+        with open(_regular(path), 'rb') as f, Image.open(f) as image:
             _check_mode(image)  # the header parses, and says how its pixels are stored
             marker = END_MARKERS.get(image.format)
             if marker is not None:
@@ -152,7 +161,7 @@ def open_image(path, upright=False, rgb=True):
     says, as viewers show it (the tag is how cameras store a turned photo); the authors' loaders of their
     datasets do not, so neither does their decoding here."""
     try:
-        with Image.open(path) as image:
+        with Image.open(_regular(path)) as image:
             if upright:  # without the tag: nothing done, nothing copied
                 ImageOps.exif_transpose(image, in_place=True)
             image = _eight_bit(image)
