@@ -174,6 +174,13 @@ def test_a_run_is_resumed_and_predicted_with_the_decoding_it_recorded(tmp_path, 
     assert not np.array_equal(decoded(fresh).numpy(), decoded(old).numpy())
 
 
+def raw_pixel_argv(root, tmp_path):
+    """train_ImageFolder.py on the own-images layout at `root`, on raw pixels: seconds of work once checked."""
+    return ['--train', str(root / 'train'), '--val', str(root / 'val'), '--fp_encoder', 'raw', '--diff_encoder',
+            'fp_mlp', '--image_size', '8', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
+            str(tmp_path / 'cache')]
+
+
 def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     """A JPEG or PNG whose copy stopped part-way parses its header; it is found by its missing end marker
     and refused up front, not hours into extraction. Whole files with padding after the marker pass."""
@@ -185,9 +192,7 @@ def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     cut = root / 'train' / 'cat' / 'cat_001.jpg'
     data = cut.read_bytes()
     cut.write_bytes(data[:len(data) * 2 // 3])
-    argv = ['--train', str(root / 'train'), '--val', str(root / 'val'), '--fp_encoder', 'raw', '--diff_encoder',
-            'fp_mlp', '--image_size', '8', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
-            str(tmp_path / 'cache')]
+    argv = raw_pixel_argv(root, tmp_path)
     with pytest.raises(SystemExit) as refused:
         run_cli(train_ImageFolder.main, argv)
     err = capsys.readouterr().err
@@ -211,9 +216,7 @@ def test_a_pipe_listed_as_an_image_is_refused_not_waited_on(tmp_path, capsys):
     layouts.own_data(str(root), classes=('cat', 'dog'), per_class=6, n_eval=2)
     pipe = root / 'train' / 'cat' / 'cat_009.jpg'
     os.mkfifo(pipe)
-    argv = ['--train', str(root / 'train'), '--val', str(root / 'val'), '--fp_encoder', 'raw', '--diff_encoder',
-            'fp_mlp', '--image_size', '8', '--device', 'cpu', '--out_dir', str(tmp_path / 'runs'), '--cache_dir',
-            str(tmp_path / 'cache')]
+    argv = raw_pixel_argv(root, tmp_path)
     with pytest.raises(SystemExit) as refused:
         run_cli(train_ImageFolder.main, argv)
     err = capsys.readouterr().err
