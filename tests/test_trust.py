@@ -651,6 +651,8 @@ DAMAGED_CHECKPOINTS = [
     (lambda c: c.pop('data_info'), 'data_info is missing'),
     (lambda c: c.update(model=[1]), 'model is list'),
     (lambda c: c.update(best=[1]), 'best is list'),
+    (lambda c: c.update(best={}), "best is dict '{}', not the best evaluation"),
+    (lambda c: c.update(history=[{'foo': 1}]), 'history is list "[{\'foo\': 1}]", not a list of evaluations'),
     (lambda c: c['data_info'].update(n_class='10'), 'data_info.n_class is str'),
     (lambda c: c['config'].update(seed='123'), "config: --seed '123' is not a value of the flag"),
     (lambda c: c['config'].update(k=2.5), 'config: --k 2.5 is not a value of the flag'),
@@ -665,18 +667,49 @@ DAMAGED_CHECKPOINTS = [
 ]
 
 
-@pytest.mark.parametrize('damage, says', DAMAGED_CHECKPOINTS, ids=[says for _, says in DAMAGED_CHECKPOINTS])
-def test_a_damaged_checkpoint_is_refused_naming_the_field_on_resume_and_predict(finished, damage, says, capsys):
-    small, _, run_dir = finished
+def damage_checkpoints(run_dir, damage, ema=True):
+    """`damage` done to the run's last.pt and best.pt; ema False: without the average kept beside the weights
+    (predict.py then evaluates the damaged weights themselves)."""
     for name in ('last.pt', 'best.pt'):
         ckpt = load_torch(os.path.join(run_dir, name))
         damage(ckpt)
+        ckpt['ema'] = ckpt['ema'] if ema else None
         save_torch(ckpt, os.path.join(run_dir, name))
+
+
+@pytest.mark.parametrize('damage, says', DAMAGED_CHECKPOINTS, ids=[says for _, says in DAMAGED_CHECKPOINTS])
+def test_a_damaged_checkpoint_is_refused_naming_the_field_on_resume_and_predict(finished, damage, says, capsys):
+    small, _, run_dir = finished
+    damage_checkpoints(run_dir, damage)
     with pytest.raises(SetupError, match=f'last.pt is damaged or was edited \\({re.escape(says)}'):
         run(resume(run_dir, '--nepoch', '3'), lambda c: small)
     with pytest.raises(SystemExit) as exited:
         run_cli(predict.main, [run_dir, '--script', 'demo_digits.py'])
     assert exited.value.code == 2 and 'best.pt is damaged or was edited' in capsys.readouterr().err
+
+
+NOT_FITTING = [
+    (lambda c: c['model'].update({k: v[:1] for k, v in list(c['model'].items())[:1]}), 'size mismatch'),
+    (lambda c: c['model'].pop(next(iter(c['model']))), 'Missing key'),
+    (lambda c: c['model'].update(extra=torch.zeros(1)), 'Unexpected key'),
+    (lambda c: c['optimizer'].update(param_groups=[]), 'parameter groups'),
+]
+
+
+@pytest.mark.parametrize('damage, says', NOT_FITTING, ids=[says for _, says in NOT_FITTING])
+def test_weights_that_do_not_fit_the_networks_are_refused_in_one_line(finished, damage, says, capsys):
+    """Each field of the right kind, but weights of another shape or name: a traceback, before."""
+    small, _, run_dir = finished
+    damage_checkpoints(run_dir, damage, ema=False)
+    with pytest.raises(SetupError, match=f'last.pt does not fit the networks its configuration builds \\(.*'
+                                         f'{says}.*\\); it is damaged or was edited') as refused:
+        run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert '\n' not in str(refused.value)
+    with pytest.raises(SystemExit) as exited:
+        run_cli(predict.main, [run_dir, '--script', 'demo_digits.py'])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count('\n') == 1
+    assert says == 'parameter groups' or 'best.pt does not fit the networks' in err
 
 
 def test_predict_and_resume_name_what_they_were_given_instead_of_a_run(tmp_path, capsys):

@@ -13,7 +13,7 @@ from utils.data.image_files import IMAGE_SUFFIXES, Decoding, check_images, open_
 from utils.diff_encoders import build_model, diff_encoder_input
 from utils.encoders.base import encode_all
 from utils.encoders.cache import encode_files
-from utils.errors import SetupError
+from utils.errors import ResumeRefused, SetupError, one_line
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split, recorded_decoding
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
@@ -151,6 +151,17 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     return result
 
 
+def fitted_model(saved, info, ckpt, run_dir, device):
+    """The run's networks with the weights it evaluates with, or a refusal where they do not fit."""
+    model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
+    try:
+        model.load_state_dict(evaluated_weights(ckpt))
+    except RuntimeError as exc:  # a weight missing, unexpected or of another shape
+        raise ResumeRefused(f'{os.path.join(run_dir, "best.pt")} does not fit the networks its configuration builds '
+                            f'({one_line(exc)}); it is damaged or was edited: predict with another run') from None
+    return model
+
+
 def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the folder's
     image paths or None, the split's clean labels or None)."""
@@ -159,6 +170,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
+    model = fitted_model(saved, info, ckpt, run_dir, device)  # before any image is encoded
     images, files, decoding, paths = None, None, None, None
     if folder:
         paths, labels, name = image_folder_paths(folder), None, 'folder'
@@ -179,8 +191,6 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
             images = splits.images(name)
         else:
             files, decoding = {name: splits.paths(name)}, {name: decoding_of(saved, splits, name)}
-    model = build_model(saved, info['n_class'], info['fp_dim'], tuple(info['image_shape'])).to(device)
-    model.load_state_dict(evaluated_weights(ckpt))
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
     pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
     inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,

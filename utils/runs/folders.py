@@ -115,6 +115,12 @@ def _tensors(value):
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
+def _an_evaluation(record):
+    """One record of a run's history: an evaluated epoch and its accuracies (log.jsonl, the plot)."""
+    return isinstance(record, dict) and _is_int(record.get('epoch')) and all(
+        _is_number(record.get(name)) for name in ('val_acc', 'test_acc'))
+
+
 # what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
 # wrote always is: anything else was damaged or edited, and would fail later with a traceback)
 CHECKPOINT_FIELDS = {
@@ -122,8 +128,9 @@ CHECKPOINT_FIELDS = {
     'model': (_tensors, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
                                                   "an optimiser's state"),
     'ema': (lambda v: v is None or (isinstance(v, dict) and _tensors(v.get('weights'))), 'None or averaged weights'),
-    'best': (dict, 'a dict'), 'history': (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
-                                          'a list of records'),
+    'best': (lambda v: isinstance(v, dict) and _is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
+             'the best evaluation (val_acc, epoch, test_acc)'),
+    'history': (lambda v: isinstance(v, list) and all(_an_evaluation(r) for r in v), 'a list of evaluations'),
     'elapsed_s': (_is_number, 'seconds'),
 }
 DATA_INFO_FIELDS = {
