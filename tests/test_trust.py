@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -149,6 +150,19 @@ def test_hostile_encoder_checkpoints_are_refused_in_one_line(tmp_path, marker, w
     with pytest.raises((UnsafeFile, CorruptFile), match=f'{what} checkpoint {path} ') as refused:
         load(str(path))
     assert '\n' not in str(refused.value) and len(str(refused.value)) < 400
+
+
+def test_a_plain_pickle_is_refused_without_torchs_warning_before_the_line(tmp_path):
+    """torch warns of a pickle protocol it did not write (two lines on stderr) before the refusal: the
+    refusal alone is said."""
+    path = tmp_path / 'last.pt'
+    with open(path, 'wb') as f:
+        pickle.dump({'epoch': 1}, f, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with pytest.raises(UnsafeFile, match=f'checkpoint {path} refused: it is not a file torch reads'):
+            load_torch(str(path))
+    assert not caught
 
 
 def named_by_its_sha256(path):

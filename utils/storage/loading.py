@@ -10,6 +10,7 @@ import codecs
 import json
 import pickle
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -54,8 +55,9 @@ def load_torch(path, what='checkpoint', numpy_arrays=False, fix='delete it to re
     numpy_arrays: also admit pickled numpy arrays (files other tools wrote, e.g. CIFAR-N); fix: what a
     corrupt file's message tells the user to do."""
     allowed = [(obj, name) for name, obj in NUMPY_GLOBALS.items()] + NUMPY_DTYPE_CLASSES if numpy_arrays else []
-    try:
-        with torch.serialization.safe_globals(allowed):
+    try:  # torch warns of a pickle protocol it did not write before refusing it: the refusal says it all
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
             return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise
