@@ -192,7 +192,8 @@ def test_corrupt_checkpoint_is_named_on_resume(tmp_path, digits):
     last = os.path.join(run_dir, 'last.pt')
     with open(last, 'r+b') as f:
         f.truncate(os.path.getsize(last) // 2)
-    with pytest.raises(RuntimeError, match='last.pt is corrupt or truncated'):
+    with pytest.raises(RuntimeError, match=r'last.pt is corrupt or truncated \(.*\); restore it from a copy if there is '
+                                           r'one; otherwise start a new run under another name'):
         run(demo_digits.config(['--resume', run_dir]), lambda c: digits)
     save_torch([1, 2, 3], last)  # a file from something else
     with pytest.raises(SetupError, match='not an LRA-diffusion checkpoint'):

@@ -84,7 +84,9 @@ def load_run(run_dir, name='last.pt'):
             raise ResumeRefused(f'{run_dir} holds no training run (no {name}, config.json or log.jsonl); name the '
                                 f'folder of a training run (runs/<run_name>)')
         raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
-    ckpt = _upgraded(load_torch(path), path)
+    # deleting a run's checkpoint rebuilds nothing: it ends the run (a fresh run there clears its log too)
+    ckpt = _upgraded(load_torch(path, fix='restore it from a copy if there is one; otherwise start a new run '
+                                          'under another name (deleting it would end this run)'), path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
         for name, value in MEANT_WHEN_ABSENT.items():
             ckpt['config'].setdefault(name, value)
