@@ -447,6 +447,9 @@ def check_flags(args):
     if args.command == 'hybrid':
         if not args.base or not args.kind:
             raise SetupError('hybrid needs --base NAME and --kind U|A')
+        if os.sep in args.base or args.base.endswith('.npy'):  # the hybrid's own name is made from it
+            raise SetupError(f'--base {args.base} is a path; --base takes a noise name (a published one, or a file '
+                             f'NAME.npy of --out_dir): copy the file into --out_dir and pass its name without .npy')
     else:
         check_writable(args.cache_dir, '--cache_dir')
     targets = target_settings(args)  # a hybrid of a published name is refused here

@@ -128,6 +128,14 @@ def test_a_hybrid_of_the_published_form_is_refused_at_every_seed(capsys, no_work
     assert 'is a published file' in err
 
 
+def test_a_hybrid_base_given_as_a_path_is_refused_naming_the_fix(tmp_path, capsys, no_work):
+    for base in (str(tmp_path / 'mybase.npy'), 'mybase.npy', 'noise/mybase'):
+        err = refusal(['hybrid', '--dataset', 'digits', '--base', base, '--kind', 'U', '--rate', '0.3', '--out_dir',
+                       str(tmp_path / 'noise')], capsys)
+        assert f'--base {base} is a path; --base takes a noise name' in err
+    assert not (tmp_path / 'noise').exists()
+
+
 def write_base(folder, digits, name='mybase'):
     """A base noise file for the digits' training labels (about 20% uniform noise), without training η."""
     clean = digits.train_clean.numpy()
