@@ -11,6 +11,7 @@ beside them.
 """
 import argparse
 import os
+import tempfile
 import time
 
 import torch
@@ -71,14 +72,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, 'last.pt')
     state = authors_state(device)
-    print(f'{device_line(device)}; state {state_bytes(state) / 1e6:.0f} MB of tensors, written to {args.out_dir}')
-    result = {'synchronous_s': synchronous(state, path, args.saves),
-              'background_wait_s': in_background(state, path, args.saves)}
+    # a folder of its own under --out_dir, removed whole: a run folder named there keeps its last.pt
+    with tempfile.TemporaryDirectory(prefix='checkpoint-benchmark-', dir=args.out_dir) as folder:
+        path = os.path.join(folder, 'last.pt')
+        print(f'{device_line(device)}; state {state_bytes(state) / 1e6:.0f} MB of tensors, written to {folder}')
+        result = {'synchronous_s': synchronous(state, path, args.saves),
+                  'background_wait_s': in_background(state, path, args.saves)}
     for name, seconds in result.items():
         print(f'{name}: {min(seconds):.3f}–{max(seconds):.3f} s a save ({", ".join(f"{s:.3f}" for s in seconds)})')
-    os.remove(path)
     return result
 
 

@@ -5,6 +5,7 @@ WebVision/ILSVRC2012, and a researcher's own layout: what the tests and the spee
 """
 import os
 import shutil
+import sys
 
 import numpy as np
 from PIL import Image
@@ -165,4 +166,8 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='where the small noisy dataset is written')
     folder = p.parse_args().folder
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        # its labels.csv, images/, train/, val/ and test/ would be written over whatever is there
+        print(f'error: {folder} exists and is not an empty folder; name a new one', file=sys.stderr)
+        raise SystemExit(2)
     print(f'{len(own_data(folder))} mislabelled training images written under {folder}')

@@ -2,6 +2,8 @@
 import contextlib
 import gc
 import os
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -18,6 +20,8 @@ from utils.evaluate import classify_images
 from utils.prepare import use_k
 from utils.storage.loading import load_torch
 from utils.trainer import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_inference_table_runs_every_column():
@@ -128,8 +132,10 @@ def test_the_bf16_numerics_benchmark_compares_the_two_towers_on_the_same_images(
 def test_the_checkpoint_benchmark_saves_the_authors_cifar_state_both_ways(tmp_path):
     state = checkpoints.authors_state(torch.device('cpu'))
     assert 100e6 < checkpoints.state_bytes(state) < 130e6  # the denoiser and the moments of what is trained
+    (tmp_path / 'last.pt').write_bytes(b'a run\'s checkpoint')  # --out_dir named a run folder
     result = checkpoints.main(['--out_dir', str(tmp_path), '--saves', '1'])
-    assert len(result['synchronous_s']) == len(result['background_wait_s']) == 1 and not os.listdir(tmp_path)
+    assert len(result['synchronous_s']) == len(result['background_wait_s']) == 1
+    assert os.listdir(tmp_path) == ['last.pt'] and (tmp_path / 'last.pt').read_bytes() == b'a run\'s checkpoint'
 
 
 def test_the_file_training_benchmark_frees_each_run_before_the_next(monkeypatch):
@@ -167,3 +173,18 @@ def test_gpu_profiles_share_the_kernels_time_counted_once():
     assert [(r['op'], r['share']) for r in ranked] == [('gemm_kernel', 0.75), ('elementwise_kernel', 0.25)]
     on_cpu = ranked_ops(events, cuda=False, top=2)  # CPU time of every op: the profiler's CPU events only
     assert len(on_cpu) == 2 and all(r['share'] == 0.25 for r in on_cpu)
+
+
+def test_the_layouts_command_writes_only_into_a_new_or_empty_folder(tmp_path):
+    """`python -m benchmarks.layouts FOLDER` writes labels.csv and four trees: a folder holding a user's files
+    is refused in one line, never written over."""
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'labels.csv').write_text('my,labels\n')
+    command = [sys.executable, '-m', 'benchmarks.layouts']
+    refused = subprocess.run([*command, str(mine)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr == f'error: {mine} exists and is not an empty folder; name a ' \
+                                                         f'new one\n'
+    assert os.listdir(mine) == ['labels.csv'] and (mine / 'labels.csv').read_text() == 'my,labels\n'
+    made = subprocess.run([*command, str(tmp_path / 'new')], cwd=REPO, capture_output=True, text=True)
+    assert made.returncode == 0 and (tmp_path / 'new' / 'labels.csv').is_file()
