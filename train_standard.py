@@ -19,12 +19,12 @@ import torch
 from utils.data.cifar import CIFAR_FOLDERS, load_named
 from utils.classifier import accuracy, fit_classifier
 from utils.data.noise import dataset_of, noise_rate, resolve_noisy_labels
-from utils.errors import SetupError
+from utils.errors import ResumeRefused, SetupError
 from utils.networks import CLASSIFIERS
 from utils.runs.checks import check_config
 from utils.runs.cli import Parser, run_cli
 from utils.runs.config import HelpFormatter, given_flags
-from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_writable
+from utils.runs.folders import FINISHED, RunClaim, check_fresh_folder, check_no_foreign_files, check_writable
 from utils.storage.fingerprints import tensor_fingerprint
 from utils.storage.loading import load_torch
 from utils.runtime.devices import device_description, resolve_device
@@ -80,6 +80,23 @@ def plan_run_dir(args):
 # flags a resume takes from its own command line: where it runs and where the data lies, what it is
 # told to go on from (the training labels are checked by their fingerprint)
 PER_COMMAND = ('resume', 'device', 'debug', 'out_dir', 'data_root', 'download')
+STATE_FIELDS = ('epoch', 'model', 'optimizer', 'history', 'rng', 'best_val', 'best_weights')  # utils/classifier.py
+
+
+def saved_flag_problems(config):
+    """The run's recorded flags that its parser would not have given: absent, of another type or choice."""
+    problems = []
+    for action in parser()._actions:
+        if not action.option_strings or action.dest in PER_COMMAND + ('help',):
+            continue
+        value = config.get(action.dest, KeyError)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is KeyError:
+            problems.append(f'--{action.dest} is missing')
+        elif (action.choices and value not in action.choices) or (action.type is int and not (
+                number and value == int(value))) or (action.type is float and not number):
+            problems.append(f'--{action.dest} {value!r} is not a value of the flag')
+    return problems
 
 
 def resumed_state(args, given):
@@ -94,6 +111,10 @@ def resumed_state(args, given):
     state = load_torch(path, 'Standard checkpoint')
     if not isinstance(state, dict) or not isinstance(state.get('config'), dict) or 'labels' not in state:
         raise SetupError(f'{path} is not a checkpoint of train_standard.py; start a new run')
+    problems = saved_flag_problems(state['config']) + [f'{name} is missing' for name in STATE_FIELDS
+                                                        if name not in state]
+    if problems:
+        raise ResumeRefused(f'{path} is damaged or was edited ({"; ".join(problems[:3])}); start a new run')
     changed = [f'--{k} {getattr(args, k)!r} (the run has {state["config"].get(k)!r})' for k in sorted(given)
                if k not in PER_COMMAND and state['config'].get(k) != getattr(args, k)]
     if changed:
@@ -118,10 +139,14 @@ def main(argv=None):
     if state is not None and state['labels'] != labels:
         raise SetupError(f'--resume {run_dir}: the noisy labels differ from those the run was trained on; resume '
                          f'with the same noise, or start a new run')
+    if state is not None:  # its history.json and summary.json are written there: nobody else's files
+        check_no_foreign_files(run_dir, f'--resume {run_dir}')
     # one run per folder at a time, and only in a folder no other run finished in
     claim = RunClaim(run_dir, fresh=state is None, other='--out_dir')
     try:
         return train(args, splits, noisy, clean, source, device, run_dir, state, labels)
+    except ResumeRefused as exc:  # the saved state's weights do not fit the classifier they name
+        raise ResumeRefused(f'--resume {run_dir}: {exc}; it is damaged or was edited: start a new run') from None
     finally:
         claim.release()
 

@@ -12,7 +12,9 @@ from noisy_label import make_noise
 from utils.data.noise import noise_rate, resolve_noisy_labels
 from utils.data.pmd import pmd_noise, top_two
 from utils.errors import SetupError
+from utils.runs.cli import run_cli
 from utils.storage.loading import load_torch
+from utils.storage.saving import save_torch
 
 SHARED_CIFAR_N = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                               'shared', 'data', 'cifar-n', 'CIFAR-10_human.pt')
@@ -178,3 +180,49 @@ def test_a_stopped_standard_run_resumes_exactly(tmp_path, monkeypatch):
     assert resumed['test_acc'] == straight['test_acc'] and resumed['best_epoch'] == straight['best_epoch']
     with pytest.raises(SetupError, match='holds a finished run'):
         train_standard.main([*flags, '--resume', run_dir])  # the run's flags given again: as good
+
+
+STANDARD_FLAGS = ['--noise_type', 'digits-U-0.3', '--arch', 'small_cnn', '--nepoch', '3', '--lr', '0.05', '--batch_size',
+                  '64', '--device', 'cpu']
+
+
+@pytest.fixture
+def stopped_standard_run(tmp_path, monkeypatch):
+    """A Standard run stopped after its first epoch: its folder."""
+    original = train_standard.save_torch
+
+    def stopped_after_one(state, path):
+        original(state, path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_standard, 'save_torch', stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train_standard.main([*STANDARD_FLAGS, '--out_dir', str(tmp_path)])
+    monkeypatch.setattr(train_standard, 'save_torch', original)
+    return tmp_path / 'digits-U-0.3_small_cnn_s123'
+
+
+@pytest.mark.parametrize('damage, says', [
+    (lambda s: s['config'].update(arch='bogus'), "is damaged or was edited (--arch 'bogus' is not a value of the flag)"),
+    (lambda s: s['config'].update(nepoch='abc'), "(--nepoch 'abc' is not a value of the flag)"),
+    (lambda s: s.pop('model'), '(model is missing)'),
+    (lambda s: s['model'].update({k: v[:1] for k, v in list(s['model'].items())[:1]}),
+     'last.pt does not fit the classifier (Error(s) in loading state_dict'),
+])
+def test_a_damaged_standard_checkpoint_is_refused_in_one_line(stopped_standard_run, damage, says, capsys):
+    last = stopped_standard_run / 'last.pt'
+    state = load_torch(str(last), 'Standard checkpoint')
+    damage(state)
+    save_torch(state, str(last))
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_standard.main, ['--resume', str(stopped_standard_run), '--device', 'cpu'])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count('\n') == 1 and says in err
+
+
+def test_a_standard_resume_never_writes_over_a_users_files(stopped_standard_run, capsys):
+    (stopped_standard_run / 'history.json').write_text('my notes')
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_standard.main, ['--resume', str(stopped_standard_run), '--device', 'cpu'])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and 'holds files no run of this package recorded writing there (history.json)' in err
+    assert (stopped_standard_run / 'history.json').read_text() == 'my notes'

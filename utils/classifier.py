@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.data.images import channels_last, normalize_images, random_crop_flip
+from utils.errors import ResumeRefused, one_line
 from utils.networks import CLASSIFIERS
 from utils.runtime.progress import progress_bar
 
@@ -100,9 +101,12 @@ def _state(next_epoch, model, opt, best, history, device):
 
 def _restore(state, model, opt, device):
     """A state of _state's into the model and optimiser; (the epoch to go on from, the history, the best)."""
-    model.load_state_dict(state['model'])
-    opt.load_state_dict(state['optimizer'])
-    torch.set_rng_state(state['rng'])
-    if device.type == 'cuda' and state['device_rng'] is not None:
-        torch.cuda.set_rng_state(state['device_rng'], device)
+    try:
+        model.load_state_dict(state['model'])
+        opt.load_state_dict(state['optimizer'])
+        torch.set_rng_state(state['rng'])
+        if device.type == 'cuda' and state.get('device_rng') is not None:
+            torch.cuda.set_rng_state(state['device_rng'], device)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # weights of another shape or name
+        raise ResumeRefused(f'last.pt does not fit the classifier ({one_line(exc)})') from None
     return state['epoch'], list(state['history']), (state['best_val'], state['best_weights'])
