@@ -165,6 +165,11 @@ def test_features_file_refusals(tmp_path):
     np.savez(tmp_path / 'widths.npz', train=feats['train'], val=feats['val'][:, :3], test=feats['test'])
     with pytest.raises(FeatureFileError, match='different feature widths'):
         load_feature_encoder(str(tmp_path / 'widths.npz'))
+    for name, empty in (('no_rows', feats['val'][:0]), ('no_columns', feats['val'][:, :0])):
+        np.savez(tmp_path / f'{name}.npz', **dict(feats, val=empty))
+        with pytest.raises(FeatureFileError, match=f'{name}.npz: split val is float32 of shape \\({empty.shape[0]}, '
+                                                   f'{empty.shape[1]}\\), not a non-empty 2-D numeric array'):
+            load_feature_encoder(str(tmp_path / f'{name}.npz'))
     nan = dict(feats, test=np.full_like(feats['test'], np.nan))
     save_feature_file(tmp_path / 'nan.npz', nan, {})
     with pytest.raises(FeatureFileError, match='NaN'):

@@ -52,7 +52,7 @@ def load_feature_file(path):
     arrays = {}
     for split in SPLITS:
         a = blob[split]
-        if a.ndim != 2 or a.dtype.kind not in 'fiu' or len(a) == 0:
+        if a.ndim != 2 or a.dtype.kind not in 'fiu' or 0 in a.shape:
             raise FeatureFileError(f'features file {path}: split {split} is {a.dtype} of shape {a.shape}, not a '
                                    f'non-empty 2-D numeric array (rows × feature dim); {FIX}')
         if not np.isfinite(a).all():
