@@ -309,6 +309,8 @@ def never_read(cfg):
     ('--seed', '4294967296', '--seed 4294967296 must be at most 4294967295'),
     ('--device', 'gpu', "--device 'gpu' is not a device"),
     ('--nepoch', '0', '--nepoch 0 must be at least 1'),
+    ('--out_dir', '', r"--out_dir '' names no folder; give a path \(\. for this folder\)"),  # had run in the cwd
+    ('--cache_dir', '', "--cache_dir '' names no folder"),
     ('--noise_type', 'digits-U-1.5', r'the U noise rate 1.5 in --noise_type digits-U-1.5 is out of range: rates lie in \[0, 1\]'),
     ('--noise_type', 'digits-U-0.3_A_-0.2', 'the A noise rate -0.2 .* is out of range'),
     ('--run_name', '../elsewhere', "--run_name '../elsewhere' must be a plain folder name inside --out_dir"),

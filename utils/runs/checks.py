@@ -18,6 +18,7 @@ AT_LEAST_ONE = ('nepoch', 'batch_size', 'eval_batch_size', 'encode_batch_size', 
                 'eval_every', 'checkpoint_every', 'image_size')
 NOT_NEGATIVE = ('n_samples', 'warmup_epochs', 'eval_from', 'num_workers', 'k_trial_epochs')  # seeds: seed_problems
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+FOLDER_FLAGS = ('out_dir', 'cache_dir', 'data_root', 'inputs_dir', 'clip_download_root', 'resume')
 MAX_SEED = 2 ** 32 - 1
 # the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only
 # fills memory (100000 px is killed for memory mid-extraction, its folder half made)
@@ -43,6 +44,9 @@ def config_problems(cfg):
         if k < 1:
             problems.append(f'--k_choices {k} must be at least 1')
     problems += k_select_problems(cfg)
+    for name, value in sorted(vars(cfg).items()):  # '' would mean the folder the command runs in
+        if value == '' and (name in FOLDER_FLAGS or name.endswith('_root') or name.endswith('_dir')):
+            problems.append(f"--{name} '' names no folder; give a path (. for this folder)")
     for name in NOT_NEGATIVE:
         value = getattr(cfg, name, 0)
         if value is not None and value < 0:
