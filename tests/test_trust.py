@@ -410,6 +410,9 @@ def test_a_flag_is_matched_by_its_whole_name_not_a_prefix(command):
     OSError(errno.ENOSPC, 'No space left on device', '/data/runs/r/last.pt'),
     OSError(errno.EROFS, 'Read-only file system', '/data/runs'),
     torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB\nmore'),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 400000000000 bytes. Error code 12 (Cannot allocate memory)"),  # a width of 10^8 on the CPU
+    MemoryError(),
 ])
 def test_every_known_refusal_is_one_line_and_exit_2(error, capsys):
     def main(argv):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.data.images import channels_last, normalize_images, random_crop_flip
-from utils.errors import ResumeRefused, one_line
+from utils.errors import ResumeRefused, quoted_error
 from utils.networks import CLASSIFIERS
 from utils.runtime.progress import progress_bar
 
@@ -108,5 +108,5 @@ def _restore(state, model, opt, device):
         if device.type == 'cuda' and state.get('device_rng') is not None:
             torch.cuda.set_rng_state(state['device_rng'], device)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # weights of another shape or name
-        raise ResumeRefused(f'last.pt does not fit the classifier ({one_line(exc)})') from None
+        raise ResumeRefused(f'last.pt does not fit the classifier ({quoted_error(exc)})') from None
     return state['epoch'], list(state['history']), (state['best_val'], state['best_weights'])

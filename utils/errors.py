@@ -81,7 +81,7 @@ class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite: the message names the epoch and step."""
 
 
-def one_line(exc, limit=300):
+def quoted_error(exc, limit=300):
     """An exception's message on one line (load_state_dict's says what failed on its second), cut to `limit`
     characters: what a refusal quotes of the error behind it."""
     text = ' '.join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__

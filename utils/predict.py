@@ -13,7 +13,7 @@ from utils.data.image_files import IMAGE_SUFFIXES, Decoding, check_images, open_
 from utils.diff_encoders import build_model, diff_encoder_input
 from utils.encoders.base import encode_all
 from utils.encoders.cache import encode_files
-from utils.errors import ResumeRefused, SetupError, one_line
+from utils.errors import ResumeRefused, SetupError, quoted_error
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split, recorded_decoding
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
@@ -158,7 +158,8 @@ def fitted_model(saved, info, ckpt, run_dir, device):
         model.load_state_dict(evaluated_weights(ckpt))
     except RuntimeError as exc:  # a weight missing, unexpected or of another shape
         raise ResumeRefused(f'{os.path.join(run_dir, "best.pt")} does not fit the networks its configuration builds '
-                            f'({one_line(exc)}); it is damaged or was edited: predict with another run') from None
+                            f'({quoted_error(exc)}); it is damaged or was edited: predict with another run') \
+            from None
     return model
 
 

@@ -20,7 +20,7 @@ from utils.data.image_files import training_view_batches
 from utils.data.images import channels_last, random_crop_flip
 from utils.data.sampling import balanced_draw
 from utils.diff_encoders import build_model, diff_encoder_input, load_tuned_backbone
-from utils.errors import Interrupted, NonFiniteLoss, ResumeRefused, one_line
+from utils.errors import Interrupted, NonFiniteLoss, ResumeRefused, quoted_error
 from utils.evaluate import SplitInputs, batch_labeller, bn_shares, predict_labels, training_mode
 from utils.prepare import search_options
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
@@ -468,8 +468,8 @@ def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
         trainer.restore(ckpt)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # the fields' kinds were checked
         raise ResumeRefused(f'{os.path.join(run_dir, "last.pt")} does not fit the networks its configuration builds '
-                            f'({one_line(exc)}); it is damaged or was edited: use another checkpoint of the run, or start '
-                            f'a new run') from None
+                            f'({quoted_error(exc)}); it is damaged or was edited: use another checkpoint of the run, '
+                            f'or start a new run') from None
     if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
     partial = ckpt.get('partial_epoch')

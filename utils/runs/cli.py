@@ -56,6 +56,9 @@ def one_line(exc):
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return ('out of GPU memory: lower --batch_size, --eval_batch_size or --encode_batch_size '
                 f'({str(exc).splitlines()[0]})')
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return ('out of memory: lower --batch_size, --eval_batch_size, --encode_batch_size or the network\'s width '
+                f'({(str(exc).splitlines() or ["MemoryError"])[0][:200]})')
     if isinstance(exc, OSError) and exc.errno in DISK_FAULTS:
         where = exc.filename or 'a file'
         return (f'{DISK_FAULTS[exc.errno]} writing {where}: free space or fix the permissions there, or choose '
