@@ -604,6 +604,27 @@ def test_cli_interruption_exits_non_zero_and_says_how_to_resume(capsys):
 
 
 
+def test_sigterm_before_training_unwinds_as_ctrl_c_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the inputs are prepared (features extracted, say): its default action had ended the
+    process at once, without a line, leaving a run folder holding only its lock."""
+    from utils import engine
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a script starts (a test runner may set one)
+    try:
+        def terminated(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError('SIGTERM must unwind the command')
+        monkeypatch.setattr(engine, 'prepare', terminated)
+        argv = ['--out_dir', str(tmp_path / 'runs'), '--cache_dir', str(tmp_path / 'cache'), '--run_name', 'r']
+        with pytest.raises(SystemExit) as stopped:
+            run_cli(demo_digits.main, argv)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert capsys.readouterr().err.splitlines()[-1] == 'stopped: interrupted (SIGTERM)'
+        assert not (tmp_path / 'runs' / 'r').exists()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's own, given back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_second_signal_or_a_plain_ctrl_c_stops_in_one_line(capsys):
     def twice(argv):
         with StopSignals():

@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import traceback
 
 import torch
@@ -92,12 +93,39 @@ def another_rank_says_it():
     return os.environ.get(LAUNCHED) is not None and os.environ.get('RANK', '0') != '0'
 
 
+@contextlib.contextmanager
+def sigterm_as_interruption():
+    """SIGTERM (a scheduler's, `kill`) unwinds the command as Ctrl-C does: its cleanups run (a claimed run
+    folder is released, and removed while it holds nothing), where the default action ended the process
+    at once, leaving a folder with only its lock. Training handles it itself (StopSignals). Only this
+    process: a forked DataLoader worker that inherits the handler keeps SIGTERM's default, and so does a
+    rank of a --gpu_devices launch, which its launcher stops with SIGTERM and speaks for."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get(LAUNCHED) is not None or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    owner = os.getpid()
+
+    def interrupt(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(f'interrupted ({signal.Signals(signum).name})', signum)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_cli(main, argv=None):
     """Run a script's main(argv); known refusals and interruptions end in one line and a non-zero exit."""
     argv = sys.argv[1:] if argv is None else argv
     ended = False
     try:
-        result = exits_in_one_line(main, argv)
+        with sigterm_as_interruption():
+            result = exits_in_one_line(main, argv)
         ended = True
         return result
     finally:
