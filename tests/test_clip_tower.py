@@ -106,6 +106,7 @@ def test_a_run_made_before_the_flag_goes_on_with_the_clip_tower(tmp_path):
     info = {'dataset': 'cifar10', 'n_class': 10, 'fp_dim': 768, 'image_shape': [3, 32, 32], 'mean': [0.5] * 3,
             'std': [0.25] * 3}
     save_torch({'format_version': CHECKPOINT_FORMAT, 'config': {'fp_encoder': 'CLIP'}, 'data_info': info, 'epoch': 0,
-                'model': {}, 'optimizer': {'param_groups': []}, 'best': {}, 'history': [], 'elapsed_s': 1.0},
+                'model': {}, 'optimizer': {'param_groups': []}, 'history': [], 'elapsed_s': 1.0,
+                'best': {'val_acc': -1.0, 'epoch': None, 'test_acc': None}},
                str(tmp_path / 'last.pt'))
     assert load_run(str(tmp_path))['config']['clip_tower'] == 'clip'

@@ -118,9 +118,10 @@ def _tensors(value):
 
 
 def _an_evaluation(record):
-    """One record of a run's history: an evaluated epoch and its accuracies (log.jsonl, the plot)."""
-    return isinstance(record, dict) and _is_int(record.get('epoch')) and all(
-        _is_number(record.get(name)) for name in ('val_acc', 'test_acc'))
+    """One record of a run's history: an evaluated epoch and its accuracies (log.jsonl, the plot); a k trial
+    of an earlier version scored validation only (test_acc None), and the run does not go on from it."""
+    return isinstance(record, dict) and _is_int(record.get('epoch')) and _is_number(record.get('val_acc')) and (
+        record.get('test_acc') is None or _is_number(record['test_acc']))
 
 
 # what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
