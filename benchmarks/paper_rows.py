@@ -51,7 +51,9 @@ UNKNOWN = Figure()
 class Input:
     """What a row reads. kind: published (fetched by name and verified, utils/storage/published.py), generated
     (made by the package from a published base), cifar (torchvision downloads it), clip (the clip
-    package downloads it), dataset (downloaded by hand: `check` names the reader that checks it)."""
+    package downloads it), imagenet (torchvision's ImageNet file of a frozen diffusion-encoder backbone,
+    downloaded and checked by the package), dataset (downloaded by hand: `check` names the reader that
+    checks it)."""
     kind: str
     name: str
     note: str = ''
@@ -161,26 +163,28 @@ def cifar_rows():
 # ---- Food-101N, Clothing1M, WebVision ---------------------------------------------------------------------
 
 CLIP_L14 = Input('clip', 'ViT-L/14')
+# the frozen ResNet-50 of these scripts' diffusion encoder (--diff_encoder resnet50_l)
+RESNET50 = Input('imagenet', 'resnet50', 'the diffusion encoder\'s frozen backbone (--diff_encoder resnet50_l)')
 
 
 def real_world_rows():
     food = Row('food101n', 'real-world noise', 'Food-101N; LRA-diffusion (CLIP ViT-L/14)', UNKNOWN, 'train_Food101N.py',
                ('--food101n_root', 'data/Food-101N_release', '--food101_root', 'data/food-101'),
                (Input('dataset', 'Food-101N', 'Food-101N_release/ (download by hand)'),
-                Input('dataset', 'Food-101', 'food-101/ (its test split; download by hand)'), CLIP_L14),
+                Input('dataset', 'Food-101', 'food-101/ (its test split; download by hand)'), CLIP_L14, RESNET50),
                'not measured (310k training images decoded every epoch, 100 epochs)',
                differs="model selected on verified_val (the authors' script selected on the test split)")
     clothing = Row('clothing1m', 'real-world noise', 'Clothing1M; LRA-diffusion (CC)', UNKNOWN, 'train_Clothing1M.py',
                    ('--clothing1m_root', 'data/Clothing1M'),
                    (Input('dataset', 'Clothing1M', 'Clothing1M/ with its annotation files (download by hand)'),
                     Input('published', 'CC_net', "the authors' Clothing1M classifier (f_p)"),
-                    Input('published', 'cc_select_img'), Input('published', 'cc_select_label')),
+                    Input('published', 'cc_select_img'), Input('published', 'cc_select_label'), RESNET50),
                    '≈ 12 h on one H100 (one epoch of generated JPEGs projected to 300; docs/RESULTS.md)')
     web_inputs = (Input('dataset', 'WebVision', 'WebVision 1.0 (Google subset) with info/ (download by hand)'),
                   Input('dataset', 'ILSVRC2012 val', 'the official flat validation folder (download by hand)'),
                   Input('published', 'ILSVRC2012_val_label', 'its labels, where no label file lies beside it',
                         if_asked=True),
-                  CLIP_L14)
+                  CLIP_L14, RESNET50)
     web_flags = ('--webvision_root', 'data/webvision', '--imagenet_val_root', 'data/ILSVRC2012/val')
     web = []
     for test, where in (('val', 'WebVision val'), ('ilsvrc', 'ILSVRC2012 val')):

@@ -2,6 +2,7 @@
 command parses against its script's real parser, inputs are checked offline one line each, runs resume
 and skip finished seeds, and the generated table and docs match the results JSON."""
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -122,8 +123,54 @@ def test_a_dry_run_lets_no_dataset_reader_download(tmp_path, capsys, monkeypatch
         in out and out.count('cc_select_img.txt absent: a run downloads it from') == 1  # said once
 
 
-def test_a_label_file_beside_the_ilsvrc_images_needs_no_published_one(tmp_path, capsys):
+def imagenet_release(tmp_path, monkeypatch, content=b'the ResNet-50 release'):
+    """torch.hub's cache in tmp_path, and the release's file name carrying the SHA-256 of `content`, fetched
+    (were it fetched) from a port nothing listens on. Returns where the file would be cached, and its bytes."""
+    from utils.encoders import imagenet
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    name = f'resnet50-{hashlib.sha256(content).hexdigest()[:8]}.pth'
+    monkeypatch.setitem(imagenet.IMAGENET_URLS, 'resnet50', f'http://127.0.0.1:9/models/{name}')
+    return tmp_path / 'hub' / 'checkpoints' / name, content
+
+
+def test_check_inputs_names_the_imagenet_backbone_the_real_world_rows_need(tmp_path, monkeypatch, capsys):
+    """Food-101N, Clothing1M and WebVision start their diffusion encoder from torchvision's ImageNet ResNet-50:
+    an offline user who has cleared every other MISSING line must not first learn of it when training starts."""
+    cached, content = imagenet_release(tmp_path, monkeypatch)
+
+    def backbone_line(*flags):
+        rc = paper.main(['--check-inputs', '--row', 'food101n', '--', *flags])
+        lines = [line for line in capsys.readouterr().out.splitlines() if ' imagenet resnet50: ' in line]
+        assert rc == 1 and len(lines) == 1  # the dataset folders are missing in every case here
+        return lines[0]
+    line = backbone_line()  # absent, and the download fails
+    assert line.startswith('  MISSING  imagenet resnet50: ImageNet weights for resnet50 are not cached in ')
+    assert '--diff_encoder_weights' in line
+    assert paper.main(['--row', 'food101n', '--dry-run', '--runs', str(tmp_path / 'runs')]) == 1  # looked for only
+    assert f'MISSING  imagenet resnet50: {cached} absent: a run downloads it when online' in capsys.readouterr().out
+    cached.parent.mkdir(parents=True, exist_ok=True)  # the failed download made it
+    cached.write_bytes(content)
+    assert backbone_line() == f'  ok  imagenet resnet50: verified {cached}'
+    cached.write_bytes(b'other weights under the release\'s name')
+    assert backbone_line().startswith(f'  MISSING  imagenet resnet50: {cached} is not the file of that name')
+    assert backbone_line('--diff_encoder_weights', 'random') == \
+        '  ok  imagenet resnet50: not needed: --diff_encoder resnet50_l --diff_encoder_weights random'
+
+
+def test_check_inputs_over_several_rows_names_each_missing_input_once_at_the_end(tmp_path, monkeypatch, capsys):
+    imagenet_release(tmp_path, monkeypatch)
+    assert paper.check_row_inputs([ROWS['food101n'], ROWS['clothing1m']], []) == 1
+    out = capsys.readouterr().out
+    summary = out[out.index('missing, each once (the rows that need it):'):].splitlines()[1:]
+    assert '  imagenet resnet50 (2 rows)' in summary and '  published CC_net (1 row)' in summary
+    assert len(summary) == len(set(summary)) == out.count('MISSING') - 1  # the backbone's two lines named once
+
+
+def test_a_label_file_beside_the_ilsvrc_images_needs_no_published_one(tmp_path, capsys, monkeypatch):
     """The authors' ILSVRC2012_val_label is read only where the flat folder holds no label file."""
+    cached, content = imagenet_release(tmp_path, monkeypatch)  # the diffusion encoder's backbone, cached
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
     root, imagenet = layouts.webvision(str(tmp_path / 'wv'), str(tmp_path / 'val'), flat='val.txt')
     (tmp_path / 'clip').mkdir()
     (tmp_path / 'clip' / 'ViT-L-14.pt').write_bytes(b'')  # looked for, not read

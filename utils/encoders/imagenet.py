@@ -50,15 +50,24 @@ IMAGENET_URLS = {
 }
 
 
+def imagenet_weights_file(arch):
+    """(where torch.hub keeps the authors' ImageNet file of `arch`, the SHA-256 prefix its name carries)."""
+    name = os.path.basename(IMAGENET_URLS[arch])
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', name), name.rsplit('-', 1)[1].split('.')[0]
+
+
+def is_the_imagenet_file(path, arch):
+    return file_digest(path, 'sha256').startswith(imagenet_weights_file(arch)[1])
+
+
 def torchvision_weights(arch):
     """The authors' ImageNet state dict of `arch`: the file in torch.hub's cache, checked against the SHA-256
     its name begins, read weights-only and refused in one line naming it where it is another file, damaged
     or hostile; downloaded (when online, with the same check) where absent."""
     url = IMAGENET_URLS[arch]
-    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+    cached, expected = imagenet_weights_file(arch)
     if os.path.isfile(cached):
-        expected = os.path.basename(url).rsplit('-', 1)[1].split('.')[0]
-        if not file_digest(cached, 'sha256').startswith(expected):
+        if not is_the_imagenet_file(cached, arch):
             raise CorruptFile(f'cached ImageNet weights for {arch} {cached} are not the file of that name (its '
                               f'SHA-256 does not begin {expected}); delete it to download it again')
         return load_torch(cached, f'cached ImageNet weights for {arch}', fix='delete it to download it again')
