@@ -2,7 +2,9 @@
 without a clean validation split, end to end on the CPU; the ranked labels; the refusals."""
 import csv
 import json
+import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -202,6 +204,40 @@ def test_hub_loaders_refuse_what_does_not_fit(tmp_path, timm_checkpoint, open_cl
         load_open_clip('tiny-test')
     with pytest.raises(EncoderError, match='needs --fp_model'):
         load_hub_encoder('timm', None)
+
+
+def test_offline_a_hub_model_is_read_from_the_cache_at_once_or_refused_in_one_quiet_line(tmp_path, monkeypatch,
+                                                                                           capfd):
+    """Offline the hub libraries retried each request for about a minute, logging every retry, before reading
+    their cache or failing: where the hub cannot be reached, the cache is read at once and nothing is logged."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from utils.encoders import hub
+    monkeypatch.setattr(hub, '_reachable', lambda host, **kwargs: False)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    started = time.monotonic()
+    with pytest.raises(EncoderError, match=r'^timm weights for test_vit.r160_in1k are not in the Hugging Face cache '
+                                           r'and huggingface.co cannot be reached: pass the weights file as '
+                                           r'--fp_checkpoint PATH') as refused:
+        load_timm('test_vit.r160_in1k')
+    with pytest.raises(EncoderError, match=r'^open_clip weights for ViT-B-32 openai are not in the Hugging Face '
+                                           r'cache and huggingface.co cannot be reached'):
+        load_open_clip('ViT-B-32', 'openai')
+    assert time.monotonic() - started < 30 and '\n' not in str(refused.value)
+    out, err = capfd.readouterr()
+    assert 'Retry' not in out + err and 'WARNING' not in err and 'ERROR' not in err
+    assert not constants.is_offline_mode() and logging.root.manager.disable == logging.NOTSET  # as they were
+    # the hub's cache layout: the weights under a snapshot that refs/main names
+    torch.manual_seed(0)
+    state = timm.create_model('test_vit', pretrained=False).state_dict()
+    repo = tmp_path / 'hub' / 'models--timm--test_vit.r160_in1k'
+    (repo / 'snapshots' / ('a' * 40)).mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text('a' * 40)
+    save_file(state, str(repo / 'snapshots' / ('a' * 40) / 'model.safetensors'))
+    encoder = load_timm('test_vit.r160_in1k')
+    assert torch.equal(encoder.net.patch_embed.proj.weight, state['patch_embed.proj.weight'])
 
 
 def test_hub_encoder_preprocessing_and_cache_key(timm_checkpoint, tmp_path):

@@ -5,15 +5,19 @@
 
 Weights come from the Hugging Face hub through the libraries' own downloaders and caches when online,
 or from `--fp_checkpoint PATH` (the model's .safetensors/.bin/.pth file, read without unpickling
-code) offline; a copied hub cache is read offline under HF_HUB_OFFLINE=1. Preprocessing follows the
+code) offline; where the hub cannot be reached, a copied hub cache is read at once. Preprocessing follows the
 model's own pretrained configuration: its input size, interpolation and mean/std (timm's
 resolve_data_config, OpenCLIP's preprocess config). The images arrive already decoded, resized and
 centre-cropped to --image_size; set it to the model's input size when that is larger than 224 (a run
 whose model wants more says so as it starts).
 """
+import contextlib
 import importlib
+import logging
 import os
 import re
+import socket
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -74,21 +78,54 @@ def timm_encoder(net, model_name):
     return HubEncoder('timm', model_name, net, cfg['input_size'][1:], cfg['mean'], cfg['std'], cfg['interpolation'])
 
 
+def _reachable(host, port=443, timeout_s=3):
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_cache_when_offline():
+    """Inside the block, where the hub's host cannot be reached, the hub libraries read their cache at once
+    and quietly: offline they would retry each request for about a minute, logging each retry, before
+    reading the cache or failing. Yields the unreachable host, or None (online, or HF_HUB_OFFLINE set)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield None
+        return
+    host = urlparse(constants.ENDPOINT).hostname
+    if constants.is_offline_mode() or _reachable(host):
+        yield None
+        return
+    constants.HF_HUB_OFFLINE = True
+    logging.disable(logging.CRITICAL)  # the libraries' retry and failure logs; the package logs nothing
+    try:
+        yield host
+    finally:
+        constants.HF_HUB_OFFLINE = False
+        logging.disable(logging.NOTSET)
+
+
 def load_timm(model_name, checkpoint=None):
     """Any timm image model by name (an `arch.tag` name picks the weights), hub weights or a local file."""
     timm = _package('timm')
     if not model_name.startswith('hf-hub:') and not timm.is_model(model_name):
         raise EncoderError(f'unknown timm model {model_name!r}; list them with python -c "import timm; '
                            f'print(timm.list_models(pretrained=True))"')
+    unreachable = None
     try:
         if checkpoint:
             net = timm.create_model(model_name, pretrained=False, num_classes=0)
             net.load_state_dict(_without_classifier(net, _checkpoint(checkpoint)), strict=True)
         else:  # with its classifier, so timm loads strictly; then the classifier goes
-            net = timm.create_model(model_name, pretrained=True)
+            with hub_cache_when_offline() as unreachable:
+                net = timm.create_model(model_name, pretrained=True)
             net.reset_classifier(0)
     except Exception as exc:
-        raise _weights_error('timm', model_name, checkpoint, exc) from exc
+        raise _weights_error('timm', model_name, checkpoint, exc, unreachable) from exc
     encoder = timm_encoder(net, model_name)
     encoder.source = os.path.abspath(checkpoint) if checkpoint else f'timm hub {model_name}'
     return encoder
@@ -126,6 +163,7 @@ def load_open_clip(arch, tag=None, checkpoint=None):
     if not (tag or checkpoint or arch.startswith('hf-hub:')):
         raise EncoderError(f'--fp_encoder open_clip needs --fp_pretrained TAG ({", ".join(tags) or "none known"}) '
                            f'or --fp_checkpoint PATH for {arch}')
+    unreachable = None
     try:
         if checkpoint:
             cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
@@ -133,9 +171,10 @@ def load_open_clip(arch, tag=None, checkpoint=None):
             model = open_clip.create_model(arch, pretrained=None, force_preprocess_cfg=preprocess or None)
             open_clip.load_checkpoint(model, _checkpoint(checkpoint), strict=True, weights_only=True)
         else:
-            model = open_clip.create_model(arch, pretrained=tag)
+            with hub_cache_when_offline() as unreachable:
+                model = open_clip.create_model(arch, pretrained=tag)
     except Exception as exc:
-        raise _weights_error('open_clip', f'{arch} {tag or ""}'.strip(), checkpoint, exc) from exc
+        raise _weights_error('open_clip', f'{arch} {tag or ""}'.strip(), checkpoint, exc, unreachable) from exc
     encoder = open_clip_encoder(model, arch if not tag else f'{arch}-{tag}')
     encoder.source = os.path.abspath(checkpoint) if checkpoint else f'open_clip hub {arch} {tag or ""}'.strip()
     return encoder
@@ -147,15 +186,17 @@ def _checkpoint(path):
     return path
 
 
-def _weights_error(library, model, checkpoint, exc):
+def _weights_error(library, model, checkpoint, exc, unreachable=None):
     reason = f'{type(exc).__name__}: {" ".join(str(exc).split())}'[:400]
     if checkpoint:
         return EncoderError(f'{checkpoint} does not load into {library} {model} ({reason}); pass that model\'s '
                             f'own weights file')
-    return EncoderError(f'{library} weights for {model} are not cached and could not be downloaded ({reason}). '
-                        f'Offline, copy the weights file from an online machine (the Hugging Face cache, '
-                        f'~/.cache/huggingface/hub) and pass --fp_checkpoint PATH; with the cache copied whole, '
-                        f'set HF_HUB_OFFLINE=1 so the hub reads it without trying the network')
+    if unreachable:
+        return EncoderError(f'{library} weights for {model} are not in the Hugging Face cache and {unreachable} '
+                            f'cannot be reached: pass the weights file as --fp_checkpoint PATH, or copy '
+                            f'~/.cache/huggingface/hub from an online machine')
+    return EncoderError(f'{library} weights for {model} are not cached and could not be downloaded ({reason}); '
+                        f'pass the weights file as --fp_checkpoint PATH')
 
 
 def load_hub_encoder(library, model, pretrained=None, checkpoint=None, device='cpu', bf16=True):
