@@ -8,10 +8,11 @@ The run's best-validation checkpoint (RUN/best.pt) labels the images as the run 
 are the run's own. The script that made the run (recorded in it) reads the split, so that script's
 dataset flags say where the data lies now (--data_root, the *_root folders, --test new.csv of
 train_ImageFolder.py); --device, --num_workers and --n_samples (stochastic samples for class
-probabilities; 0: none) say how to compute. Any other training flag is refused: it would change the
-model. Writes RUN/predict_<split>_labels.npy (or predict_folder_labels.npy, predict_folder.csv: path,
-label and class name, and predict_folder.json: which folder), and _probs.npy with --n_samples. Another
-folder's labels are not written over the first's: move predict_folder.* away first.
+probabilities; the run's own by default, 0: none) say how to compute. Any other training flag is
+refused: it would change the model. Writes RUN/predict_<split>_labels.npy (or predict_folder_labels.npy,
+predict_folder.csv: path, label and class name, and predict_folder.json: which folder), and _probs.npy
+unless --n_samples 0. Another folder's labels are not written over the first's: move predict_folder.*
+away first.
 """
 import importlib
 import os
