@@ -499,8 +499,8 @@ def readme_section(results):
         lines += [f'| `{row.id}` | {row.paper.text(row.unit)} | `{row.command()}` |'
                   for row in ROWS.values() if row.table == table]
         lines += ['', '</details>']
-    lines += ['', 'Every row with its inputs, GPU time and references: docs/PAPER.md, or '
-                  '`python -m benchmarks.paper --list`.']
+    lines += ['', 'Every row with its inputs, GPU time and references: docs/PAPER.md (`python -m benchmarks.paper '
+                  "--list` prints each row's id, table, the paper's figure and command)."]
     return '\n'.join([*lines, '', README_MARKERS[1]])
 
 
