@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from model_diffusion import Denoiser, Diffusion, ddim_step, ddim_timesteps, labels_from_y0, sample_y0
+from model_diffusion import (Denoiser, Diffusion, TimeGatedLinear, ddim_step, ddim_timesteps, labels_from_y0,
+                             sample_y0)
 from utils.diff_encoders import build_diff_encoder
 
 
@@ -170,3 +171,45 @@ def test_the_sampler_with_its_constants_made_once_is_the_reference_bit_for_bit(e
             want = reference_ddim(d, eps_fn, (32, 4), n_steps, eta, noisy_start, torch.Generator().manual_seed(n_steps))
         assert torch.equal(got, want), n_steps
     assert len(d._ddim_plans) == 3
+
+
+def test_the_sampler_steps_from_each_ddim_timestep_to_the_next_and_last_to_t0():
+    """The plan's ᾱ_t and ᾱ_prev are those of consecutive DDIM timesteps, the last step landing on t = 0's.
+    (With an oracle ε, DDIM is exact for any ᾱ sequence: the oracle tests cannot see an index off by one.)"""
+    d = Diffusion(1000)
+    plan = d.ddim_plan(10)
+    steps = [int(t) for t, _ in plan]
+    assert steps == ddim_timesteps(1000, 10).tolist() and steps == sorted(steps, reverse=True)
+    a_t = torch.stack([c[1] ** 2 for _, c in plan])
+    a_prev = torch.stack([c[2] ** 2 for _, c in plan])
+    torch.testing.assert_close(a_t, d.alphas_bar[steps])
+    torch.testing.assert_close(a_prev, d.alphas_bar[steps[1:] + [0]])
+
+
+def test_each_timestep_scales_its_layer_by_its_own_gain_row():
+    torch.manual_seed(0)
+    layer = TimeGatedLinear(3, 4, n_timesteps=100)
+    x, t = torch.randn(6, 3), torch.tensor([0, 1, 2, 50, 99, 100])
+    with torch.no_grad():
+        layer.gain.weight.copy_(torch.arange(101 * 4, dtype=torch.float).view(101, 4) / 100)
+        layer.gain.weight[2] = 0  # a zero row silences its timestep
+        out = layer(x, t)
+    torch.testing.assert_close(out, layer.gain.weight[t] * layer.linear(x))
+    assert torch.equal(out[2], torch.zeros(4)) and not torch.allclose(out[4], out[3])
+    # the whole denoiser: the same inputs at two timesteps predict different noise
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=1000).eval()
+    fp_x, y_t = torch.randn(5, 6), torch.randn(5, 4)
+    with torch.no_grad():
+        early, late = (model(fp_x, y_t, torch.full((5,), t), fp_x) for t in (1, 900))
+    assert (early - late).abs().min() > 1e-4
+
+
+@pytest.mark.parametrize('n_layers', [2, 3, 4])
+def test_every_layer_of_the_denoiser_shapes_its_output(n_layers):
+    """A layer skipped in the forward pass would keep a zero (or no) gradient."""
+    torch.manual_seed(0)
+    model = Denoiser(4, 6, 16, build_diff_encoder('fp_mlp', 16, 6, None), n_timesteps=100, n_layers=n_layers)
+    fp_x = torch.randn(8, 6)
+    model(fp_x, torch.randn(8, 4), torch.randint(0, 101, (8,)), fp_x).square().sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -4,6 +4,8 @@ Each assertion fails if a piece of LRA-diffusion is switched off: retrieval bypa
 the plain noisy labels), candidate weights ignored (uniform weights), timesteps drawn without the
 antithetic pairing, or the image embedding x_e no longer gating the denoiser's first layer.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_engine import digits_cfg
@@ -12,6 +14,7 @@ from conftest import subset
 from model_diffusion import Denoiser
 from utils.diff_encoders import build_diff_encoder
 from utils.engine import run
+from utils.retrieval import CandidateLabels
 from utils.trainer import Trainer
 
 
@@ -19,7 +22,7 @@ from utils.trainer import Trainer
 def fed_to_the_loss(tmp_path_factory, digits):
     """One epoch on 40%-noisy digits, recording every training step's loss inputs and samples."""
     steps, candidates = [], {}
-    original_loss, original_step = Trainer._step_loss, Trainer.train_step
+    original_loss, original_step, original_lr = Trainer._step_loss, Trainer.train_step, Trainer.set_lr
 
     def spy_loss(self, x, y_t, t, fp_x, noise, weights):
         steps[-1].update(y_t=y_t, t=t, noise=noise, weights=weights)
@@ -29,12 +32,18 @@ def fed_to_the_loss(tmp_path_factory, digits):
         return original_loss(self, x, y_t, t, fp_x, noise, weights)
 
     def spy_step(self, idx, *decoded):
-        steps.append({'idx': idx})
+        steps.append({'idx': idx, 'lr': self.lr_now})  # set for this step just before it
         return original_step(self, idx, *decoded)
+
+    def spy_lr(self, value):
+        candidates.setdefault('peak_lr', self.cfg.lr)
+        candidates.setdefault('warmup_epochs', self.cfg.warmup_epochs)
+        return original_lr(self, value)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(Trainer, '_step_loss', spy_loss)
     mp.setattr(Trainer, 'train_step', spy_step)
+    mp.setattr(Trainer, 'set_lr', spy_lr)
     try:
         tmp = tmp_path_factory.mktemp('method')
         run(digits_cfg(tmp, '--nepoch', '1', '--n_samples', '0'), lambda c: subset(digits, 600, 100))
@@ -73,6 +82,63 @@ def test_the_loss_weights_are_the_candidates_agreement(fed_to_the_loss):
         counts = (rows == labels[:, None]).sum(1).float()
         assert counts.min() < counts.max()  # uniform weights would differ from these
         torch.testing.assert_close(step['weights'], counts / counts.sum())
+
+
+def test_the_learning_rate_rises_step_by_step_through_the_warmup_epoch(fed_to_the_loss):
+    """The authors' schedule is read at every step's fractional epoch, not once an epoch."""
+    steps, c = fed_to_the_loss
+    lrs = [float(step['lr']) for step in steps]
+    assert c['warmup_epochs'] >= 1 and lrs[0] == 0  # epoch 0 lies in the warm-up
+    assert all(a < b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(c['peak_lr'] * (len(lrs) - 1) / len(lrs) / c['warmup_epochs'])
+
+
+def test_the_loss_weighs_each_samples_error_by_its_retrieval_weight():
+    """Σ_i w_i · mean_c (ε̂ − ε)²: a sample of weight 0.75 with no error and one of 0.25 with error 1 give
+    0.25 (a plain mean would give 0.5)."""
+    model = SimpleNamespace(train_model=lambda x, y_t, t, fp_x: torch.zeros(2, 3))
+    noise, weights = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 1.0]]), torch.tensor([0.75, 0.25])
+    assert Trainer._step_loss(model, None, None, None, None, noise, weights).item() == pytest.approx(0.25)
+
+
+@pytest.fixture(scope='module')
+def searched_each_step(tmp_path_factory, digits):
+    """One epoch with the neighbours searched at every step (the authors' SimCLR path): each step's
+    candidate rows as searched, and the labels and weights the loss was given."""
+    steps = []
+    original_rows, original_loss = CandidateLabels.sample_rows, Trainer._step_loss
+
+    def spy_rows(candidates, generator=None, uniform=False):
+        steps.append({'rows': candidates})
+        return original_rows(candidates, generator, uniform)
+
+    def spy_loss(self, x, y_t, t, fp_x, noise, weights):
+        steps[-1].update(y_t=y_t, t=t, noise=noise, weights=weights, diffusion=self.diffusion)
+        return original_loss(self, x, y_t, t, fp_x, noise, weights)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(CandidateLabels, 'sample_rows', staticmethod(spy_rows))
+    mp.setattr(Trainer, '_step_loss', spy_loss)
+    try:
+        tmp = tmp_path_factory.mktemp('per_step')
+        cfg = digits_cfg(tmp, '--nepoch', '1', '--n_samples', '0', '--per_step_retrieval', '--fp_train_view',
+                         'augmented')
+        run(cfg, lambda c: subset(digits, 600, 100))
+    finally:
+        mp.undo()
+    return [step for step in steps if 'weights' in step]  # rows sampled for the step's loss
+
+
+def test_neighbours_searched_each_step_weigh_the_loss_by_their_agreement(searched_each_step):
+    assert searched_each_step
+    spread = False
+    for step in searched_each_step:
+        labels, rows = picked_labels(step, step['diffusion']), step['rows']
+        assert rows.shape[1] == 11 and (rows == labels[:, None]).any(1).all()  # k = 10 neighbours + own
+        counts = (rows == labels[:, None]).sum(1).float()
+        spread |= bool(counts.min() < counts.max())
+        torch.testing.assert_close(step['weights'], counts / counts.sum())
+    assert spread  # uniform weights would differ from these
 
 
 def test_timesteps_come_in_antithetic_pairs(fed_to_the_loss):

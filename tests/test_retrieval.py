@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from benchmarks.common import cifar_like_features, same_sets
-from utils.retrieval import CandidateLabels, knn, neighbours_to_search, retrieve_candidates
+from utils.retrieval import (CandidateLabels, candidate_rows, knn, neighbour_table, neighbours_to_search,
+                             retrieve_candidates)
 
 
 @pytest.mark.parametrize('chunk', [None, 1, 7, 1000])
@@ -242,3 +243,14 @@ def test_the_search_holds_one_chunk_of_distances_at_a_time(monkeypatch, exact_ti
     keys = torch.randn(50, 4)
     dist, idx = knn(keys, keys, 3, chunk_size=10, exact_ties=exact_ties)
     assert len(blocks) == 5 and idx.shape == (50, 3) and bool((idx[:, 0] == torch.arange(50)).all())
+
+
+def test_each_sample_is_its_own_first_neighbour_so_its_label_is_two_of_its_candidates():
+    """As the authors' search of the training set against itself: the sample is among its own k neighbours
+    (the first), and its noisy label is appended too, so the own label is at least two of the k + 1."""
+    g = torch.Generator().manual_seed(3)
+    features, labels = torch.randn(300, 16, generator=g), torch.randint(0, 5, (300,), generator=g)
+    table = neighbour_table(features, 10)
+    assert table.shape == (300, 10) and torch.equal(table[:, 0], torch.arange(300))
+    rows = candidate_rows(labels[table], labels, 'neighbours+own')
+    assert rows.shape == (300, 11) and ((rows == labels[:, None]).sum(1) >= 2).all()
