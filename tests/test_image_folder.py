@@ -214,7 +214,7 @@ def test_offline_a_hub_model_is_read_from_the_cache_at_once_or_refused_in_one_qu
     from safetensors.torch import save_file
 
     from utils.encoders import hub
-    monkeypatch.setattr(hub, '_reachable', lambda host, **kwargs: False)
+    monkeypatch.setattr(hub, '_reachable', lambda host, port: False)
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
     started = time.monotonic()
     with pytest.raises(EncoderError, match=r'^timm weights for test_vit.r160_in1k are not in the Hugging Face cache '
@@ -238,6 +238,25 @@ def test_offline_a_hub_model_is_read_from_the_cache_at_once_or_refused_in_one_qu
     save_file(state, str(repo / 'snapshots' / ('a' * 40) / 'model.safetensors'))
     encoder = load_timm('test_vit.r160_in1k')
     assert torch.equal(encoder.net.patch_embed.proj.weight, state['patch_embed.proj.weight'])
+
+
+def test_the_hub_is_taken_offline_only_where_its_endpoint_does_not_answer(monkeypatch):
+    """HF_ENDPOINT may name a mirror on its own port: that port is the one tried."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from utils.encoders.hub import hub_cache_when_offline
+    with socket.socket() as listening:
+        listening.bind(('127.0.0.1', 0))
+        listening.listen()
+        monkeypatch.setattr(constants, 'ENDPOINT', f'http://127.0.0.1:{listening.getsockname()[1]}')
+        with hub_cache_when_offline() as unreachable:
+            assert unreachable is None and not constants.is_offline_mode()
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there
+    with hub_cache_when_offline() as unreachable:
+        assert unreachable == '127.0.0.1' and constants.is_offline_mode()
+    assert not constants.is_offline_mode()
 
 
 def test_hub_encoder_preprocessing_and_cache_key(timm_checkpoint, tmp_path):

@@ -96,8 +96,9 @@ def hub_cache_when_offline():
     except ImportError:
         yield None
         return
-    host = urlparse(constants.ENDPOINT).hostname
-    if constants.is_offline_mode() or _reachable(host):
+    endpoint = urlparse(constants.ENDPOINT)  # huggingface.co, or the mirror HF_ENDPOINT names
+    host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == 'http' else 443)
+    if constants.is_offline_mode() or _reachable(host, port):
         yield None
         return
     constants.HF_HUB_OFFLINE = True
