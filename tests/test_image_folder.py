@@ -214,7 +214,7 @@ def test_offline_a_hub_model_is_read_from_the_cache_at_once_or_refused_in_one_qu
     from safetensors.torch import save_file
 
     from utils.encoders import hub
-    monkeypatch.setattr(hub, '_reachable', lambda host, port: False)
+    monkeypatch.setattr(hub, '_reachable', lambda host, port, scheme: False)
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
     started = time.monotonic()
     with pytest.raises(EncoderError, match=r'^timm weights for test_vit.r160_in1k are not in the Hugging Face cache '
@@ -241,7 +241,8 @@ def test_offline_a_hub_model_is_read_from_the_cache_at_once_or_refused_in_one_qu
 
 
 def test_the_hub_is_taken_offline_only_where_its_endpoint_does_not_answer(monkeypatch):
-    """HF_ENDPOINT may name a mirror on its own port: that port is the one tried."""
+    """HF_ENDPOINT may name a mirror on its own port: that port is the one tried; behind a proxy nothing is
+    tried."""
     import socket
 
     from huggingface_hub import constants
@@ -253,10 +254,16 @@ def test_the_hub_is_taken_offline_only_where_its_endpoint_does_not_answer(monkey
         monkeypatch.setattr(constants, 'ENDPOINT', f'http://127.0.0.1:{listening.getsockname()[1]}')
         with hub_cache_when_offline() as unreachable:
             assert unreachable is None and not constants.is_offline_mode()
+    for name in ('http_proxy', 'https_proxy', 'all_proxy', 'no_proxy'):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there
     with hub_cache_when_offline() as unreachable:
         assert unreachable == '127.0.0.1' and constants.is_offline_mode()
     assert not constants.is_offline_mode()
+    monkeypatch.setenv('http_proxy', 'http://proxy.invalid:3128')  # behind a proxy only the request can tell
+    with hub_cache_when_offline() as unreachable:
+        assert unreachable is None and not constants.is_offline_mode()
 
 
 def test_hub_encoder_preprocessing_and_cache_key(timm_checkpoint, tmp_path):

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import urllib.request
 from urllib.parse import urlparse
 
 import torch
@@ -78,7 +79,10 @@ def timm_encoder(net, model_name):
     return HubEncoder('timm', model_name, net, cfg['input_size'][1:], cfg['mean'], cfg['std'], cfg['interpolation'])
 
 
-def _reachable(host, port=443, timeout_s=3):
+def _reachable(host, port=443, scheme='https', timeout_s=3):
+    proxies = urllib.request.getproxies()
+    if (proxies.get(scheme) or proxies.get('all')) and not urllib.request.proxy_bypass(host):
+        return True  # reached through a proxy: only the request itself can tell
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
         return True
@@ -98,7 +102,7 @@ def hub_cache_when_offline():
         return
     endpoint = urlparse(constants.ENDPOINT)  # huggingface.co, or the mirror HF_ENDPOINT names
     host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == 'http' else 443)
-    if constants.is_offline_mode() or _reachable(host, port):
+    if constants.is_offline_mode() or _reachable(host, port, endpoint.scheme):
         yield None
         return
     constants.HF_HUB_OFFLINE = True
