@@ -102,7 +102,7 @@ def hub_cache_when_offline():
         return
     endpoint = urlparse(constants.ENDPOINT)  # huggingface.co, or the mirror HF_ENDPOINT names
     host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == 'http' else 443)
-    if constants.is_offline_mode() or _reachable(host, port, endpoint.scheme):
+    if constants.HF_HUB_OFFLINE or _reachable(host, port, endpoint.scheme):
         yield None
         return
     constants.HF_HUB_OFFLINE = True
