@@ -145,3 +145,16 @@ def test_a_broken_pipe_other_than_stdout_is_not_taken_for_the_reader_gone():
             'run_cli(main)')
     proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 1 and b"BrokenPipeError: [Errno 32] a worker's pipe" in proc.stderr
+
+
+def test_no_entry_point_waits_for_torchvision_before_it_builds_a_resnet():
+    """torchvision's import also loads torch's compiler stack (about 2 s a process): a refusal, --help or a
+    run without a ResNet should not pay it. utils/networks.py imports it where a ResNet is built."""
+    modules = ['train_CIFAR', 'train_Food101N', 'train_Clothing1M', 'train_WebVision', 'train_ImageFolder',
+               'train_standard', 'demo_digits', 'predict', 'pretrain_SimCLR', 'benchmarks.paper']
+    code = f'import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n' \
+           f'print(sorted(m for m in sys.modules if m.split(".")[0] in ("torchvision", "triton")))'
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'
+    from utils.networks import cifar_resnet_trunk
+    assert len(cifar_resnet_trunk('resnet18')) == 8  # and where one is built, it is torchvision's

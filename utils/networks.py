@@ -1,10 +1,16 @@
 """Architectures: the ResNet trunks shared by the SimCLR encoder, the diffusion encoder and the
 baselines. Loading released weights is the encoders' business (utils/encoders/factory.py)."""
 import torch.nn as nn
-import torchvision
 
-RESNETS = {'resnet18': torchvision.models.resnet18, 'resnet34': torchvision.models.resnet34,
-           'resnet50': torchvision.models.resnet50}
+RESNETS = ('resnet18', 'resnet34', 'resnet50')
+
+
+def torchvision_resnet(arch, **kwargs):
+    """torchvision's ResNet `arch`. torchvision is imported here, not with this module: its import also
+    loads torch's compiler stack (about 2 s a process), which a command that builds no ResNet (a refusal,
+    --help, the digits demo) need not wait for."""
+    import torchvision
+    return getattr(torchvision.models, arch)(**kwargs)
 
 
 def resnet_width(arch):
@@ -21,7 +27,7 @@ def cifar_resnet_trunk(arch):
     if arch not in RESNETS:
         raise ValueError(f'unknown ResNet {arch!r}; choose from {sorted(RESNETS)}')
     trunk = []
-    for name, module in RESNETS[arch]().named_children():
+    for name, module in torchvision_resnet(arch).named_children():
         if name == 'conv1':
             module = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         if name not in ('maxpool', 'fc'):
@@ -57,7 +63,7 @@ def authors_head(arch, out_dim):
 
 def imagenet_resnet(arch, out_dim, weights=None):
     """A standard-stem ResNet for 224 px images, optionally with ImageNet weights, the authors' head."""
-    net = RESNETS[arch](weights=weights)
+    net = torchvision_resnet(arch, weights=weights)
     net.fc = authors_head(arch, out_dim)
     return net
 

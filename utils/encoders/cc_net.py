@@ -17,7 +17,7 @@ import torch.nn as nn
 from utils.data.images import CLOTHING1M_MEAN, CLOTHING1M_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
 from utils.errors import EncoderError
-from utils.networks import RESNETS
+from utils.networks import torchvision_resnet
 from utils.storage.published import cc_net_path
 from utils.storage.loading import load_torch
 
@@ -48,7 +48,7 @@ class CCEncoder(FrozenEncoder):
         super().__init__()
         self.dim = dim
         self.mean, self.std = CLOTHING1M_MEAN, CLOTHING1M_STD
-        self.model_resnet = RESNETS['resnet50'](weights=None)
+        self.model_resnet = torchvision_resnet('resnet50', weights=None)
         width = self.model_resnet.fc.in_features
         self.model_resnet.fc = nn.Identity()
         self.classification_fc = nn.Linear(width, n_class)

@@ -9,7 +9,7 @@ import torch.nn as nn
 from utils.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from utils.encoders.base import FrozenEncoder
 from utils.errors import CorruptFile, EncoderError
-from utils.networks import RESNETS, resnet_width
+from utils.networks import RESNETS, resnet_width, torchvision_resnet
 from utils.storage.fingerprints import file_digest
 from utils.storage.loading import load_torch
 
@@ -29,7 +29,7 @@ class ImageNetResNet(FrozenEncoder):
         self.arch, self.dim = arch, resnet_width(arch)
         self.name = f'imagenet-{arch}'
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.net = RESNETS[arch](weights=None)
+        self.net = torchvision_resnet(arch, weights=None)
         self.net.fc = nn.Identity()
 
     def preprocess(self, images):

@@ -24,7 +24,6 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 FROZEN_KERNELS = ('eager', 'fused', 'compiled')
 
@@ -77,7 +76,7 @@ class FoldedBlock(nn.Module):
     def __init__(self, block):
         super().__init__()
         pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
-        if isinstance(block, Bottleneck):
+        if hasattr(block, 'conv3'):  # a Bottleneck
             pairs.append((block.conv3, block.bn3))
         self.convs = nn.ModuleList(fold_conv_bn(c, b) for c, b in pairs)
         down = block.downsample
@@ -149,6 +148,7 @@ class FoldedTrunk(nn.Module):
 
 
 def is_cifar_resnet_trunk(children):
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # imported already where a trunk was built
     kinds = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
     return (len(children) >= 5 and all(isinstance(m, k) for m, k in zip(children, kinds))
             and isinstance(children[-1], nn.AdaptiveAvgPool2d)
