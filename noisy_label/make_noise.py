@@ -286,7 +286,7 @@ def name_lock(out_dir, name, command):
     sidecar. Refused, not waited for, where another holds it (after waiting, it would only be refused at
     the check or write over the other's file). The holder writes its pid and command there for that
     refusal to name it, and removes the file before letting go; a process that opened it meanwhile then
-    holds a removed file, and locks the one there now (as pretrain_SimCLR.export_lock)."""
+    holds a removed file, and locks the one there now (as utils/pretraining/export.py's export_lock)."""
     path = os.path.join(out_dir, f'.{name}.lock')
     while True:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)

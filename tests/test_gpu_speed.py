@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import pretrain_SimCLR
+from utils.pretraining import trainer as pretraining
 from benchmarks.numerics import clip_encoder, neighbour_overlap, smooth_images
 from conftest import requires_cuda, subset
 from utils.encoders.cc_net import load_cc
@@ -61,14 +62,14 @@ def test_an_encode_makes_no_host_sync(tmp_path):
 
 def trainer(digits, flags):
     args = pretrain_SimCLR.parser().parse_args(TINY + flags)
-    return pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cuda'))
+    return pretraining.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cuda'))
 
 
 def test_a_simclr_step_makes_no_host_sync(digits):
     for flags in ([], ['--no-cuda_graph']):
         t = trainer(digits, flags)
         idx = torch.arange(32, device='cuda')
-        for step in range(pretrain_SimCLR.GraphedStep.WARMUP + 1):  # warm-up steps, then the capture
+        for step in range(pretraining.GraphedStep.WARMUP + 1):  # warm-up steps, then the capture
             t.step(idx, step)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error')
@@ -85,7 +86,7 @@ def test_the_graphed_simclr_step_equals_the_eager_one(digits, monkeypatch):
     def fixed_views(images, mean, std):
         x = images.float() / 255
         return torch.cat([x, x.flip(-1)])
-    monkeypatch.setattr(pretrain_SimCLR, 'simclr_views', fixed_views)
+    monkeypatch.setattr(pretraining, 'simclr_views', fixed_views)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
     runs = []
@@ -104,11 +105,11 @@ def test_a_simclr_state_saved_on_the_cpu_steps_graphed_on_cuda(digits):
     """--device may change on --resume: a CPU state's unfused SGD must not reach the CUDA graph, whose
     capture would fail on the lr tensor read back to the host."""
     args = pretrain_SimCLR.parser().parse_args([*TINY[:-4], '--device', 'cpu', '--warmup_epochs', '0'])
-    on_cpu = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+    on_cpu = pretraining.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
     on_cpu.step(torch.arange(32), 0)
     t = trainer(digits, [])
     t.restore(on_cpu.state())
     assert t.opt.param_groups[0]['fused'] is True and t.opt.param_groups[0]['lr'] is t.lr_now
     idx = torch.arange(32, device='cuda')
-    losses = [t.step(idx, step) for step in range(1, pretrain_SimCLR.GraphedStep.WARMUP + 3)]
+    losses = [t.step(idx, step) for step in range(1, pretraining.GraphedStep.WARMUP + 3)]
     assert t.graph.graph is not None and all(torch.isfinite(loss) for loss in losses)

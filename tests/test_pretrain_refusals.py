@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import pretrain_SimCLR
+from utils.pretraining import epochs, export
+from utils.pretraining.trainer import Pretrainer
 from utils.encoders.simclr import load_simclr
 from utils.errors import SetupError
 from utils.runs.cli import run_cli
@@ -32,7 +34,7 @@ def refusal(argv, capsys):
 def work(tmp_path, monkeypatch):
     """An empty folder as the working directory, the default encoder folder inside it."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pretrain_SimCLR, 'MODEL_DIR', str(tmp_path / 'model'))
+    monkeypatch.setattr(export, 'MODEL_DIR', str(tmp_path / 'model'))
     return tmp_path
 
 
@@ -178,7 +180,7 @@ def test_an_earlier_partial_export_of_the_run_is_left_until_the_run_has_all_its_
 def test_an_output_taken_while_the_run_trained_is_refused_when_it_exports(work, capsys, monkeypatch, meanwhile):
     """The check before any work is not enough: the place may be taken while the run trains. The run
     refuses then, in one line, writing nothing at the place, and keeps its epochs for a --resume."""
-    original, taken = pretrain_SimCLR.run_epoch, []
+    original, taken = epochs.run_epoch, []
 
     def take_the_place(*args):
         if not taken:
@@ -188,7 +190,7 @@ def test_an_output_taken_while_the_run_trained_is_refused_when_it_exports(work, 
             else:
                 open('enc.pt', 'wb').write(b'theirs')
         return original(*args)
-    monkeypatch.setattr(pretrain_SimCLR, 'run_epoch', take_the_place)
+    monkeypatch.setattr(epochs, 'run_epoch', take_the_place)
     code, err = refusal(SMALL + ['--nepoch', '1', '--out_dir', 'b', '--output', 'enc.pt'], capsys)
     run_a, run_b = str(work / 'a' / 'digits_resnet18'), os.path.join('b', 'digits_resnet18')
     another_run = meanwhile == 'another run exports there'
@@ -208,7 +210,7 @@ def test_an_output_taken_while_the_run_trained_is_refused_when_it_exports(work, 
 def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
     """Whose the place is is checked, and both files written, while the export holds the lock that any
     other export of the same path waits for: no other process can step in between."""
-    lock, seen = pretrain_SimCLR.export_lock_path('enc.pt'), []
+    lock, seen = export.export_lock_path('enc.pt'), []
 
     def held():
         fd = os.open(lock, os.O_RDWR)  # another process's view: its own open file
@@ -227,8 +229,9 @@ def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
                              os.path.exists(lock) and held()))
             return function(*args, **kwargs)
         return call
-    for name in ('check_output', 'save_torch', 'save_json'):
-        monkeypatch.setattr(pretrain_SimCLR, name, watched(name, getattr(pretrain_SimCLR, name)))
+    for module, name in ((pretrain_SimCLR, 'check_output'), (export, 'check_output'), (export, 'save_torch'),
+                         (export, 'save_json')):
+        monkeypatch.setattr(module, name, watched(name, getattr(module, name)))
     with open(lock, 'w'):  # the lock file of an export that was killed holding it
         pass
     pretrain_SimCLR.main(['--resume', stopped_run, '--device', 'cpu'])
@@ -241,7 +244,7 @@ def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
 
 def test_a_signal_saves_the_finished_epoch_and_resume_equals_an_uninterrupted_run(work, capsys, monkeypatch):
     pretrain_SimCLR.main(SMALL + ['--nepoch', '2', '--save_every', '2', '--out_dir', 'a', '--output', 'a.pt'])
-    steps, original = [], pretrain_SimCLR.Pretrainer.step
+    steps, original = [], Pretrainer.step
 
     def signalled(self, idx, step):
         steps.append(step)
@@ -251,7 +254,7 @@ def test_a_signal_saves_the_finished_epoch_and_resume_equals_an_uninterrupted_ru
 
     def outside(signum, frame):
         raise AssertionError('the signal reached the handler in place before the run')
-    monkeypatch.setattr(pretrain_SimCLR.Pretrainer, 'step', signalled)
+    monkeypatch.setattr(Pretrainer, 'step', signalled)
     previous = signal.signal(signal.SIGINT, outside)
     try:
         with pytest.raises(SystemExit) as stopped:
@@ -265,7 +268,7 @@ def test_a_signal_saves_the_finished_epoch_and_resume_equals_an_uninterrupted_ru
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == f'stopped: SIGINT after epoch 1; {run_b}/state.pt holds it. Continue with --resume {run_b}'
     assert load_torch(os.path.join(run_b, 'state.pt'))['epoch'] == 1 and not os.path.exists('b.pt')
-    monkeypatch.setattr(pretrain_SimCLR.Pretrainer, 'step', original)
+    monkeypatch.setattr(Pretrainer, 'step', original)
     pretrain_SimCLR.main(['--resume', run_b, '--device', 'cpu'])
     a, b = load_torch(os.path.join('a', 'digits_resnet18', 'state.pt')), load_torch(os.path.join(run_b, 'state.pt'))
     assert a['epoch'] == b['epoch'] == 2

@@ -10,18 +10,17 @@ import torchvision.transforms.functional as TF
 import pretrain_SimCLR
 from conftest import subset
 from utils.encoders.simclr import load_simclr
-from utils.encoders.simclr_training import (
+from utils.errors import SetupError
+from utils.pretraining.augment import (
     color_jitter_with,
     crop_params,
     jitter_params,
-    knn_monitor,
-    nt_xent,
     random_grayscale,
     random_resized_crop_flip,
     resized_crop_flip,
     simclr_views,
 )
-from utils.errors import SetupError
+from utils.pretraining.trainer import Pretrainer, knn_monitor, nt_xent
 from utils.runs.folders import RunClaim
 from utils.storage.loading import load_torch
 
@@ -143,7 +142,7 @@ def test_a_few_steps_lower_the_loss(digits):
     on the pair of views: the loss of a random pair varies more than a fixed margin can allow for."""
     def losses(lr):
         args = pretrain_SimCLR.parser().parse_args(TINY + ['--nepoch', '50', '--warmup_epochs', '0', '--lr', '0.05'])
-        trainer = pretrain_SimCLR.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+        trainer = Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
         trainer.lr = lr  # the peak of the schedule each step sets
         seen = []
         for step in range(10):

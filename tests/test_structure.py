@@ -8,7 +8,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('utils', 'benchmarks', 'noisy_label', 'tools')
 BELOW_THE_METHOD = ('utils.data', 'utils.encoders', 'utils.runtime', 'utils.storage')
-ABOVE_THE_METHOD = ('utils.runs',)  # run folders, resume, outputs, the command line
+ABOVE_THE_METHOD = ('utils.runs', 'utils.pretraining')  # run folders, resume, outputs, the command line; SimCLR runs
 
 
 def project_modules():

@@ -1,4 +1,4 @@
-"""SimCLR pre-training pieces: batched augmentation on the images' device, the NT-Xent loss, a kNN monitor.
+"""SimCLR's two views of a batch, augmented on the images' device in whole batches.
 
 The augmentation is the CIFAR pipeline of the SimCLR code whose model layout (`f`, `g`) the authors'
 released encoders keep, as torchvision composes it:
@@ -17,7 +17,6 @@ For given parameters each image comes out as torchvision's functional ops make i
 import math
 
 import torch
-import torch.nn.functional as F
 
 from utils.data.images import channel_constant
 
@@ -167,28 +166,3 @@ def simclr_views(images, mean, std, views=2, generator=None):
     x = color_jitter_with(x, **jitter_params(len(x), device=x.device, generator=generator))
     x = random_grayscale(x, generator=generator)
     return (x - channel_constant(mean, x.device)) / channel_constant(std, x.device)
-
-
-def nt_xent(z1, z2, temperature=0.5):
-    """SimCLR's normalised-temperature cross-entropy over the 2N views of a batch."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = z1.shape[0]
-    sim = z @ z.T / temperature
-    sim.fill_diagonal_(float('-inf'))
-    target = torch.arange(2 * n, device=z.device).roll(n)  # view i's positive is the other view of image i
-    return F.cross_entropy(sim, target)
-
-
-@torch.no_grad()
-def knn_monitor(train_features, train_labels, test_features, test_labels, n_class, k=200, temperature=0.1,
-                chunk=1024):
-    """Weighted kNN top-1 accuracy on frozen features (cosine similarity, weights exp(sim/τ))."""
-    bank = F.normalize(train_features.float(), dim=1)
-    correct = torch.zeros((), dtype=torch.long, device=bank.device)
-    for start in range(0, len(test_features), chunk):
-        q = F.normalize(test_features[start:start + chunk].float(), dim=1)
-        sim, idx = (q @ bank.T).topk(min(k, len(bank)), dim=1)
-        votes = torch.zeros(len(q), n_class, device=q.device)
-        votes.scatter_add_(1, train_labels[idx], torch.exp(sim / temperature))
-        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum()
-    return int(correct) / len(test_features)
