@@ -100,7 +100,7 @@ def test_probabilities_and_denoised_labels(tmp_path, digits):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
 
 
-def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
+def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys, monkeypatch):
     from PIL import Image
     summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5'), lambda c: digits)
     capsys.readouterr()
@@ -113,11 +113,14 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys):
     folder.mkdir()
     for i in range(6):
         Image.fromarray(digits.test_images[i].permute(1, 2, 0).numpy()).save(folder / f'{i}.png')
-    result = predict.main([run_dir, '--folder', str(folder), '--n_samples', '2'])
+    monkeypatch.chdir(tmp_path)
+    result = predict.main([run_dir, '--folder', 'images', '--n_samples', '2'])  # given relative
     assert result['n'] == 6
-    rows = open(os.path.join(run_dir, 'predict_folder.csv')).read().splitlines()
-    assert rows[0] == 'path,label,class' and len(rows) == 7
-    assert all(row.split(',')[2] == digits.class_names[int(row.split(',')[1])] for row in rows[1:])
+    rows = open(os.path.join(run_dir, 'predict_folder.csv'), newline='').read().split('\n')
+    assert rows[0] == 'path,label,class' and len(rows) == 8 and rows[-1] == ''
+    # written absolute, as train_label_ranking.csv and predict_folder.json name theirs
+    assert [row.split(',')[0] for row in rows[1:-1]] == [str(folder / f'{i}.png') for i in range(6)]
+    assert all(row.split(',')[2] == digits.class_names[int(row.split(',')[1])] for row in rows[1:-1])
     assert np.load(os.path.join(run_dir, 'predict_folder_probs.npy')).shape == (6, 10)
 
 

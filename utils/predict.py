@@ -62,12 +62,14 @@ def load_image_folder(paths, image_shape):
 
 
 def write_predictions_csv(path, paths, predicted, class_names=None):
-    """path,label[,class] per image: the class index, and its name where the run recorded names."""
+    """path,label[,class] per image: the class index, and its name where the run recorded names. The
+    paths absolute, as train_label_ranking.csv writes them (a --folder given relative would otherwise
+    name files only from the folder the command ran in); lines end as that file's do."""
     text = io.StringIO()
-    writer = csv.writer(text)
+    writer = csv.writer(text, lineterminator='\n')
     writer.writerow(['path', 'label'] + (['class'] if class_names else []))
     for p, label in zip(paths, predicted.tolist()):
-        writer.writerow([p, label] + ([class_names[label]] if class_names else []))
+        writer.writerow([os.path.abspath(p), label] + ([class_names[label]] if class_names else []))
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
