@@ -38,6 +38,9 @@ def test_learning_rate_warmup_then_half_cosine():
     assert learning_rate(20, 1e-3, 20, 1000) == pytest.approx(1e-3)
     assert learning_rate(510, 1e-3, 20, 1000) == pytest.approx(5e-4)
     assert learning_rate(1000, 1e-3, 20, 1000) == pytest.approx(0, abs=1e-12)
+    # without warm-up the first step is at the peak (the warm-up is epochs < warmup_epochs, none here)
+    assert learning_rate(0, 1e-3, 0, 1000) == 1e-3
+    assert learning_rate(20 - 1e-9, 1e-3, 20, 1000) < learning_rate(20, 1e-3, 20, 1000) == 1e-3
 
 
 def test_eval_schedule_follows_the_authors():
