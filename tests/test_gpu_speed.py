@@ -5,13 +5,13 @@ import pytest
 import torch
 
 import pretrain_SimCLR
-from utils.pretraining import trainer as pretraining
 from benchmarks.numerics import clip_encoder, neighbour_overlap, smooth_images
 from conftest import requires_cuda, subset
 from utils.encoders.cc_net import load_cc
 from utils.encoders.pixels import RawPixels
 from utils.encoders.random_weights import save_random_cc, save_random_simclr
 from utils.encoders.simclr import load_simclr
+from utils.pretraining import trainer
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 
@@ -60,16 +60,16 @@ def test_an_encode_makes_no_host_sync(tmp_path):
         torch.cuda.set_sync_debug_mode('default')
 
 
-def trainer(digits, flags):
+def pretrainer(digits, flags):
     args = pretrain_SimCLR.parser().parse_args(TINY + flags)
-    return pretraining.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cuda'))
+    return trainer.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cuda'))
 
 
 def test_a_simclr_step_makes_no_host_sync(digits):
     for flags in ([], ['--no-cuda_graph']):
-        t = trainer(digits, flags)
+        t = pretrainer(digits, flags)
         idx = torch.arange(32, device='cuda')
-        for step in range(pretraining.GraphedStep.WARMUP + 1):  # warm-up steps, then the capture
+        for step in range(trainer.GraphedStep.WARMUP + 1):  # warm-up steps, then the capture
             t.step(idx, step)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error')
@@ -86,12 +86,12 @@ def test_the_graphed_simclr_step_equals_the_eager_one(digits, monkeypatch):
     def fixed_views(images, mean, std):
         x = images.float() / 255
         return torch.cat([x, x.flip(-1)])
-    monkeypatch.setattr(pretraining, 'simclr_views', fixed_views)
+    monkeypatch.setattr(trainer, 'simclr_views', fixed_views)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
     runs = []
     for flags in ([], ['--no-cuda_graph']):
-        t = trainer(digits, flags)
+        t = pretrainer(digits, flags)
         g = torch.Generator().manual_seed(0)
         losses = [t.step(torch.randperm(64, generator=g)[:32].cuda(), step) for step in range(8)]
         runs.append((torch.stack(losses).cpu(), t.model.state_dict()))
@@ -105,11 +105,11 @@ def test_a_simclr_state_saved_on_the_cpu_steps_graphed_on_cuda(digits):
     """--device may change on --resume: a CPU state's unfused SGD must not reach the CUDA graph, whose
     capture would fail on the lr tensor read back to the host."""
     args = pretrain_SimCLR.parser().parse_args([*TINY[:-4], '--device', 'cpu', '--warmup_epochs', '0'])
-    on_cpu = pretraining.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
+    on_cpu = trainer.Pretrainer(args, subset(digits, 64, 32, size=16), torch.device('cpu'))
     on_cpu.step(torch.arange(32), 0)
-    t = trainer(digits, [])
+    t = pretrainer(digits, [])
     t.restore(on_cpu.state())
     assert t.opt.param_groups[0]['fused'] is True and t.opt.param_groups[0]['lr'] is t.lr_now
     idx = torch.arange(32, device='cuda')
-    losses = [t.step(idx, step) for step in range(1, pretraining.GraphedStep.WARMUP + 3)]
+    losses = [t.step(idx, step) for step in range(1, trainer.GraphedStep.WARMUP + 3)]
     assert t.graph.graph is not None and all(torch.isfinite(loss) for loss in losses)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import pretrain_SimCLR
-from utils.pretraining import epochs, export
-from utils.pretraining.trainer import Pretrainer
 from utils.encoders.simclr import load_simclr
 from utils.errors import SetupError
+from utils.pretraining import epochs, export
+from utils.pretraining.trainer import Pretrainer
 from utils.runs.cli import run_cli
 from utils.storage.loading import load_torch
 

@@ -8,7 +8,7 @@ from utils.pretraining.trainer import load_state
 from utils.runs.checks import config_problems
 
 
-# this script's flags that must be at least 1, beyond those utils/runs/checks knows
+# pretrain_SimCLR.py's flags that must be at least 1, beyond those utils/runs/checks knows
 AT_LEAST_ONE = ('n_images', 'knn_every', 'save_every')
 
 # flags a --resume may give: where and how it runs, how often it saves and monitors, where its data

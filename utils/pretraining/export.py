@@ -1,5 +1,6 @@
 """The exported encoder (the authors' released format, backbone under f.*, head under g.*) and its
-.json sidecar: where they go, whose a path already is, and the lock one export of a path holds."""
+.json sidecar: where they go, whose a path already is, the lock one export of a path holds, and the
+line a run stopped short ends with (it exports nothing)."""
 import contextlib
 import fcntl
 import os
@@ -44,7 +45,7 @@ def check_output_place(path):
 
 
 def exported_by(path):
-    """The run folder the sidecar of the export at `path` names (None: no sidecar of this script's)."""
+    """The run folder the sidecar of the export at `path` names (None: no sidecar of pretrain_SimCLR.py's)."""
     made_by = load_json(sidecar_path(path)).get('run_dir')
     return made_by if isinstance(made_by, str) else None
 

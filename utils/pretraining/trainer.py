@@ -1,5 +1,6 @@
-"""One SimCLR step and what it needs: the NT-Xent loss, the learning-rate schedule, the step captured
-as a CUDA graph, the state a --resume restores, and the weighted-kNN monitor of the frozen features."""
+"""One SimCLR step and what it needs: the NT-Xent loss, the learning-rate schedule, the images held on
+the device (resized for tests), the step captured as a CUDA graph, the state a --resume restores and
+state.pt read back, and the weighted-kNN monitor of the frozen features."""
 import math
 import os
 import time
