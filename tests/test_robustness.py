@@ -90,6 +90,8 @@ def test_probabilities_and_denoised_labels(tmp_path, digits):
     noisy = np.load(os.path.join(run_dir, 'train_noisy_labels.npy'))
     clean = digits.train_clean.numpy()
     assert probs.shape == (1197, 10) and np.allclose(probs.sum(1), 1) and probs.min() >= 0
+    assert summary['samples_agree_with_denoised'] == pytest.approx(np.mean(probs.argmax(1) == denoised))
+    assert 0.5 < summary['samples_agree_with_denoised'] < 1  # a trained model: mostly, not always, the same
     assert np.mean(denoised == clean) > np.mean(noisy == clean) + 0.2
     # where the given label is wrong, the samples put more mass on the clean label than on it:
     # what label-issue tools rely on

@@ -90,6 +90,10 @@ def write_training_outputs(run_dir, noisy, denoised, probs, n_class, clean=None,
     plot_confusion(confusion(noisy, denoised, n_class), 'noisy label', 'denoised label',
                    os.path.join(run_dir, 'confusion_noisy_vs_denoised.png'), class_names)
     facts = {'denoised_changed_fraction': float(np.mean(noisy != denoised))}
+    if probs is not None:
+        # the deterministic DDIM's label against the class the stochastic samples give most often (the
+        # lowest among ties): where they part, the model is unsure, and the probabilities rank less well
+        facts['samples_agree_with_denoised'] = float(np.mean(probs.argmax(1) == denoised))
     if clean is not None:
         plot_confusion(confusion(clean, denoised, n_class), 'clean label', 'denoised label',
                        os.path.join(run_dir, 'confusion_clean_vs_denoised.png'), class_names)
