@@ -160,8 +160,9 @@ def test_a_run_is_resumed_and_predicted_with_the_decoding_it_recorded(tmp_path, 
     summary, _ = train_ImageFolder.main(['--resume', old, '--nepoch', '2'])
     assert summary['epochs'] == 2
     for run_dir in (fresh, old):
-        predict.main([run_dir, '--split', 'test', '--device', 'cpu'])
-        predict.main([run_dir, '--folder', str(root / 'test'), '--device', 'cpu'])
+        # samples the runs did not draw (--n_samples 0): probabilities compare the decoding closely
+        predict.main([run_dir, '--split', 'test', '--device', 'cpu', '--n_samples', '10'])
+        predict.main([run_dir, '--folder', str(root / 'test'), '--device', 'cpu', '--n_samples', '10'])
         probs = {name: np.load(os.path.join(run_dir, f'predict_{name}_probs.npy')) for name in ('test', 'folder')}
         np.testing.assert_allclose(probs['folder'], probs['test'], atol=1e-6)
     def decoded(run_dir):  # the test split's centre crops as predict.py decodes them for the run

@@ -104,7 +104,11 @@ def test_probabilities_and_denoised_labels(tmp_path, digits):
 
 def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys, monkeypatch):
     from PIL import Image
-    summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5'), lambda c: digits)
+    summary, run_dir = run(cfg_for(tmp_path, '--nepoch', '20', '--warmup_epochs', '5', '--n_samples', '3'),
+                           lambda c: digits)
+    predict.main([run_dir, '--split', 'val'])  # as many samples as the run drew: frequencies in thirds
+    thirds = 3 * np.load(os.path.join(run_dir, 'predict_val_probs.npy'))
+    assert np.array_equal(thirds, thirds.round()) and not np.array_equal(10 * thirds / 3, (10 * thirds / 3).round())
     capsys.readouterr()
     result = predict.main([run_dir, '--split', 'test', '--n_samples', '0'])
     assert result['accuracy'] == pytest.approx(summary['test_acc'])

@@ -201,7 +201,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     # normalised as the run's evaluations were: with batch statistics, in one part per device it trained on
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
-                                      saved.eval_bn, cfg.n_samples, saved.seed, shares=ckpt.get('eval_bn_shares', 1))
+                                      saved.eval_bn, saved.n_samples, saved.seed, shares=ckpt.get('eval_bn_shares', 1))
     return name, predicted.cpu().numpy(), probs, paths, labels
 
 

@@ -383,6 +383,7 @@ def check_same_script(cfg, saved, run_dir, how):
 
 
 # what predict.py takes from its own command line besides where the data lies: how many samples it draws
+# (where not given, as many as the run drew)
 PREDICTION_FLAGS = ('n_samples',)
 
 
@@ -406,7 +407,7 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
     if refused:
         raise SetupError(f'predict.py {run_dir} applies the run as it was trained and does not take '
                          f'{", ".join(refused)}: drop those flags')
-    return resumed_config(cfg, ckpt, also=given & dataset_flags)
+    return resumed_config(cfg, ckpt, also=given & (dataset_flags | set(PREDICTION_FLAGS)))
 
 
 def check_writable(folder, flag):
