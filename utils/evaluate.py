@@ -142,9 +142,11 @@ def batch_labeller(model, diffusion, n_steps=10, top_k=1, shares=1):
 
 @torch.inference_mode()
 def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_samples=0, seed=0, progress=None,
-                   top_k=1, graphs=None, shares=1):
+                   top_k=1, graphs=None, shares=1, sample_eta=1.0):
     """Deterministic DDIM labels (from y_T = 0) for every batch; with n_samples > 0 also per-class
-    frequencies over that many stochastic DDIM samples (eta=1 from y_T ~ N(0, I)), rows summing to 1.
+    frequencies over that many stochastic DDIM samples (from y_T ~ N(0, I), `sample_eta` 1: noise added
+    at every step; the authors' stochastic sampler adds none, η = 0, and its frequencies rank mislabelled
+    images worse: python -m benchmarks.sampling, docs/RESULTS.md), rows summing to 1.
     The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
     a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar.
     With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
@@ -163,7 +165,7 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
         x_e = embed(model, x, shares)
         labels.append(labels_of(sample_y0(model, diffusion, x_e, fp_x, n_steps), top_k))
         y0 = sample_y0(model, diffusion, x_e.repeat(n_samples, 1), fp_x.repeat(n_samples, 1), n_steps,
-                       eta=1.0, noisy_start=True, generator=generator)
+                       eta=sample_eta, noisy_start=True, generator=generator)
         votes = F.one_hot(labels_from_y0(y0), model.n_class).view(n_samples, len(fp_x), -1).sum(0)
         probs.append(votes.float() / n_samples)
     return torch.cat(labels), (torch.cat(probs) if n_samples else None)

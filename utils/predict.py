@@ -165,9 +165,9 @@ def fitted_model(saved, info, ckpt, run_dir, device):
     return model
 
 
-def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
+def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_eta=1.0):
     """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the folder's
-    image paths or None, the split's clean labels or None)."""
+    image paths or None, the split's clean labels or None). `sample_eta`: utils/evaluate.predict_labels'."""
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
@@ -201,7 +201,8 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder):
     diffusion = Diffusion(saved.n_timesteps, saved.beta_schedule).to(device)
     # normalised as the run's evaluations were: with batch statistics, in one part per device it trained on
     predicted, probs = predict_labels(model, diffusion, inputs.batches(name, saved.eval_batch_size), saved.ddim_n_step,
-                                      saved.eval_bn, saved.n_samples, saved.seed, shares=ckpt.get('eval_bn_shares', 1))
+                                      saved.eval_bn, saved.n_samples, saved.seed, shares=ckpt.get('eval_bn_shares', 1),
+                                      sample_eta=sample_eta)
     return name, predicted.cpu().numpy(), probs, paths, labels
 
 
