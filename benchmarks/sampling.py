@@ -1,4 +1,4 @@
-"""Which stochastic sampler gives the class probabilities that rank mislabelled images best, offline on a CPU.
+"""Which class frequencies rank mislabelled images best: two stochastic samplers and the retrieval votes (CPU).
 
     python -m benchmarks.sampling --out_dir /tmp/sampling                    # seeds 123 1 2, about 2 minutes
     python -m benchmarks.sampling --out_dir /tmp/sampling --seeds 123 --n_samples 4     # a quick look
@@ -8,11 +8,14 @@ stochastic DDIM samples per image. Two samplers start from y_T ~ N(0, I): the pa
 noise at every step (η = 1); the authors' `reverse_ddim(stochastic=True)` adds none (η = 0). For each
 seed one run trains on scikit-learn's digits with 40 % uniform label noise (the demo's network, 30
 epochs, no samples drawn), and its best-validation model then labels the training images under each
-sampler. Reported per sampler and seed: the accuracy of the most sampled class, how often it is the
-deterministic label (the run's answer), the mean probability of the clean label beside that of the
-given one on the flipped images, and the AUROC with which a low probability of the given label finds
-the flipped images (what a label-issue tool relies on). Nothing is selected on the test split.
-Writes sampling.json and sampling.md under --out_dir.
+sampler; beside them, the retrieval votes the ranking reads without samples (--n_samples 0: the share
+of each image's candidate labels per class). Reported per row and seed: the accuracy of the most
+frequent class, how often it is the deterministic label (the run's answer), the mean probability of
+the clean label beside that of the given one on the flipped images, and two AUROCs of finding the
+flipped images: by a low probability of the given label (what a label-issue tool reads from
+train_probs.npy), and by train_label_ranking.csv's order (the deterministic label's disagreement
+first, then that probability). Nothing is selected on the test split. Writes sampling.json and
+sampling.md under --out_dir.
 """
 import argparse
 import contextlib
@@ -22,6 +25,7 @@ import os
 import sys
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 import demo_digits
@@ -29,12 +33,16 @@ from benchmarks.common import device_line
 from utils.data.digits import load_digits_splits
 from utils.engine import run
 from utils.predict import label_images
+from utils.prepare import build_encoders, features_of_split
+from utils.retrieval import candidate_rows, neighbour_table, neighbours_to_search
 from utils.runs.cli import run_cli
 from utils.runs.folders import load_run, prediction_config
+from utils.runs.outputs import ranking_order, retrieval_votes
 from utils.runtime.devices import resolve_device
 from utils.storage.saving import atomic_write, save_json
 
 SAMPLERS = {'η = 1 (this package)': 1.0, 'η = 0 (the authors\' stochastic DDIM)': 0.0}
+VOTES = 'retrieval votes (--n_samples 0)'  # what the ranking reads without samples: no sampler, set beside them
 # 30 epochs at a peak rate of 3e-3, as tests/test_robustness.py trains the digits to learn
 TRAINING = ['--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--lr', '3e-3',
             '--n_samples', '0']
@@ -62,10 +70,27 @@ def sampled(run_dir, n_samples, eta):
     return labels, probs.cpu().numpy()
 
 
+def votes_of(run_dir, noisy):
+    """The retrieval votes the ranking falls back to without samples (--n_samples 0): the share of each
+    training image's candidates (its neighbours' noisy labels and its own) per class, as the run searched."""
+    cfg = demo_digits.config([])
+    ckpt = load_run(run_dir, 'best.pt')
+    saved, info = prediction_config(cfg, ckpt, run_dir), ckpt['data_info']
+    encoders = build_encoders(saved, info['dataset'], tuple(info['image_shape']), tuple(info['mean']),
+                              tuple(info['std']), torch.device('cpu'))
+    keys = features_of_split(saved, load_digits_splits(), 'train', encoders, log=lambda *_: None)[0]
+    labels = torch.as_tensor(noisy)
+    neighbours = neighbour_table(keys, neighbours_to_search(saved.k, saved.candidates))
+    return retrieval_votes(candidate_rows(labels[neighbours], labels, saved.candidates), info['n_class'])
+
+
 def scores(labels, probs, noisy, clean):
     """How well the frequencies find the flipped labels, and how they sit with the deterministic labels."""
     rows, flipped = np.arange(len(noisy)), noisy != clean
-    return {'most_sampled_accuracy': float(np.mean(probs.argmax(1) == clean)),
+    place = np.empty(len(noisy))
+    place[ranking_order(noisy, labels, probs)] = rows
+    return {'auroc_ranking': float(roc_auc_score(flipped, -place)),
+            'most_sampled_accuracy': float(np.mean(probs.argmax(1) == clean)),
             'agrees_with_deterministic': float(np.mean(probs.argmax(1) == labels)),
             'flipped_clean_mass': float(probs[flipped, clean[flipped]].mean()),
             'flipped_given_mass': float(probs[flipped, noisy[flipped]].mean()),
@@ -83,16 +108,20 @@ def measure(out_dir, seeds, n_samples):
             rows.append({'seed': seed, 'sampler': name, 'eta': eta, 'n_samples': n_samples,
                          'deterministic_accuracy': float(np.mean(labels == clean)),
                          **scores(labels, probs, noisy, clean)})
+        rows.append({'seed': seed, 'sampler': VOTES, 'eta': None, 'n_samples': 0,
+                     'deterministic_accuracy': rows[-1]['deterministic_accuracy'],
+                     **scores(labels, votes_of(run_dir, noisy), noisy, clean)})
     return rows
 
 
 def markdown(rows):
-    lines = ['| sampler | seed | most sampled class correct | agrees with the deterministic label | flipped: mass on '
-             'clean / on given | AUROC, flipped labels |', '|---|---|---|---|---|---|']
+    lines = ['| frequencies | seed | most frequent class correct | agrees with the deterministic label | flipped: mass '
+             'on clean / on given | AUROC: the given label\'s probability | AUROC: train_label_ranking.csv\'s order |',
+             '|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['sampler']} | {r['seed']} | {100 * r['most_sampled_accuracy']:.1f}% "
                      f"| {100 * r['agrees_with_deterministic']:.1f}% | {r['flipped_clean_mass']:.3f} / "
-                     f"{r['flipped_given_mass']:.3f} | {r['auroc_flipped']:.3f} |")
+                     f"{r['flipped_given_mass']:.3f} | {r['auroc_flipped']:.3f} | {r['auroc_ranking']:.3f} |")
     return '\n'.join(lines) + '\n'
 
 

@@ -103,17 +103,21 @@ def write_training_outputs(run_dir, noisy, denoised, probs, n_class, clean=None,
     return facts
 
 
-def write_label_ranking(path, paths, class_names, noisy, denoised, probs):
-    """A CSV of path,noisy_label,denoised_label,confidence, most likely mislabelled first.
-
-    `probs` (N × classes, rows summing to 1) estimates p(y|x). Rows whose denoised label (the
-    deterministic DDIM's, the model's answer) differs from the noisy one come first; within each
-    part, the lower the probability of the noisy label, the earlier (ties: the more confident
-    denoised label first). `confidence` is the probability of the denoised label."""
-    names = class_names or [str(c) for c in range(probs.shape[1])]
+def ranking_order(noisy, denoised, probs):
+    """The rows, most likely mislabelled first. `probs` (N × classes, rows summing to 1) estimates
+    p(y|x). Rows whose denoised label (the deterministic DDIM's, the model's answer) differs from the
+    noisy one come first; within each part, the lower the probability of the noisy label, the earlier
+    (ties: the more confident denoised label first)."""
     rows = np.arange(len(noisy))
-    p_noisy, confidence = probs[rows, noisy], probs[rows, denoised]
-    order = np.lexsort((rows, -confidence, p_noisy, noisy == denoised))
+    return np.lexsort((rows, -probs[rows, denoised], probs[rows, noisy], noisy == denoised))
+
+
+def write_label_ranking(path, paths, class_names, noisy, denoised, probs):
+    """A CSV of path,noisy_label,denoised_label,confidence in ranking_order; `confidence` is the
+    probability of the denoised label."""
+    names = class_names or [str(c) for c in range(probs.shape[1])]
+    confidence = probs[np.arange(len(noisy)), denoised]
+    order = ranking_order(noisy, denoised, probs)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator='\n')
     writer.writerow(('path', 'noisy_label', 'denoised_label', 'confidence'))
@@ -122,15 +126,20 @@ def write_label_ranking(path, paths, class_names, noisy, denoised, probs):
     return order
 
 
+def retrieval_votes(candidates, n_class):
+    """The share of each image's candidate labels (N × its count) in each class: N × n_class, rows summing to 1."""
+    labels = np.asarray(candidates.cpu() if hasattr(candidates, 'cpu') else candidates)
+    votes = np.zeros((len(labels), n_class))
+    np.add.at(votes, (np.arange(len(labels))[:, None], labels), 1.0)
+    return votes / labels.shape[1]
+
+
 def rank_file_labels(run_dir, splits, noisy, denoised, probs, candidates, n_samples):
     """For image files: train_label_ranking.csv (the likely mislabelled first, by path and class
     name) and classes.txt. Without sampled probabilities (--n_samples 0) the ranking uses the share
     of each image's retrieved candidate labels (its neighbours' noisy labels and its own) per class."""
     if probs is None:
-        votes = np.zeros((len(noisy), splits.n_class))
-        labels = candidates.cpu().numpy()
-        np.add.at(votes, (np.arange(len(noisy))[:, None], labels), 1.0)
-        probs, how = votes / labels.shape[1], 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
+        probs, how = retrieval_votes(candidates, splits.n_class), 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
     else:
         how = f'class probabilities of {n_samples} stochastic DDIM samples'
     write_label_ranking(os.path.join(run_dir, LABEL_RANKING), splits.train_paths, splits.class_names,
