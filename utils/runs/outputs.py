@@ -139,7 +139,8 @@ def rank_file_labels(run_dir, splits, noisy, denoised, probs, candidates, n_samp
     name) and classes.txt. Without sampled probabilities (--n_samples 0) the ranking uses the share
     of each image's retrieved candidate labels (its neighbours' noisy labels and its own) per class."""
     if probs is None:
-        probs, how = retrieval_votes(candidates, splits.n_class), 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
+        probs = retrieval_votes(candidates, splits.n_class)
+        how = 'retrieval votes (neighbours\' noisy labels; --n_samples 0)'
     else:
         how = f'class probabilities of {n_samples} stochastic DDIM samples'
     write_label_ranking(os.path.join(run_dir, LABEL_RANKING), splits.train_paths, splits.class_names,
