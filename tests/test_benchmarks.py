@@ -204,4 +204,6 @@ def test_the_sampling_benchmark_sets_the_two_samplers_side_by_side(tmp_path):
     assert ours['flipped_clean_mass'] > ours['flipped_given_mass']
     assert open(tmp_path / 'sampling.md').read() == sampling.markdown(rows)
     # a second command reuses the trained run
-    assert sampling.main(['--out_dir', str(tmp_path), '--seeds', '123', '--n_samples', '8']) == rows
+    summary = tmp_path / 'runs' / 'seed123' / 'summary.json'
+    written = summary.stat().st_mtime_ns
+    assert sampling.trained_run(str(tmp_path), 123) == str(summary.parent) and summary.stat().st_mtime_ns == written
