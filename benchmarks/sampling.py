@@ -1,6 +1,6 @@
 """Which class frequencies rank mislabelled images best: two stochastic samplers and the retrieval votes (CPU).
 
-    python -m benchmarks.sampling --out_dir /tmp/sampling                    # seeds 123 1 2, about 2 minutes
+    python -m benchmarks.sampling --out_dir /tmp/sampling                    # seeds 123 1 2, under a minute
     python -m benchmarks.sampling --out_dir /tmp/sampling --seeds 123 --n_samples 4     # a quick look
 
 train_probs.npy, the label ranking and predict.py's _probs.npy count the classes of --n_samples
@@ -136,6 +136,8 @@ def parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.n_samples < 1:
+        parser().error(f'--n_samples {args.n_samples}: the samplers need at least one sample an image')
     rows = measure(args.out_dir, args.seeds, args.n_samples)
     save_json({'command': 'python -m benchmarks.sampling ' + ' '.join(argv), 'date_utc': str(datetime.date.today()),
                'device': device_line(resolve_device('cpu')), 'rows': rows}, os.path.join(args.out_dir, 'sampling.json'))
