@@ -10,8 +10,8 @@ dataset flags say where the data lies now (--data_root, the *_root folders, --te
 train_ImageFolder.py); --device, --num_workers and --n_samples (stochastic samples for class
 probabilities; the run's own by default, 0: none) say how to compute. Any other training flag is
 refused: it would change the model. Writes RUN/predict_<split>_labels.npy (or predict_folder_labels.npy,
-predict_folder.csv: path, label and class name, and predict_folder.json: which folder), and _probs.npy
-unless --n_samples 0. Another folder's labels are not written over the first's: move predict_folder.*
+predict_folder.csv: absolute path, label and class name, and predict_folder.json: which folder), and
+_probs.npy unless --n_samples (or, where not given, the run's) is 0. Another folder's labels are not written over the first's: move predict_folder.*
 away first.
 """
 import importlib
