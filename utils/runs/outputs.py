@@ -127,8 +127,9 @@ def write_label_ranking(path, paths, class_names, noisy, denoised, probs):
 
 
 def retrieval_votes(candidates, n_class):
-    """The share of each image's candidate labels (N × its count) in each class: N × n_class, rows summing to 1."""
-    labels = np.asarray(candidates.cpu() if hasattr(candidates, 'cpu') else candidates)
+    """The share of each image's candidate labels (a tensor, N × its count) in each class: N × n_class, rows
+    summing to 1."""
+    labels = candidates.cpu().numpy()
     votes = np.zeros((len(labels), n_class))
     np.add.at(votes, (np.arange(len(labels))[:, None], labels), 1.0)
     return votes / labels.shape[1]
