@@ -60,22 +60,27 @@ def trained_run(out_dir, seed):
     return run_dir
 
 
-def sampled(run_dir, n_samples, eta):
-    """(deterministic labels, sampled class frequencies) of the training images under the run's best model."""
+def prediction_of(run_dir, n_samples):
+    """What predict.py would apply the run with, drawing n_samples: (its flags, the run's best checkpoint,
+    the run's configuration), read once for every kind of frequency."""
     cfg = demo_digits.config(['--n_samples', str(n_samples)])
     ckpt = load_run(run_dir, 'best.pt')
-    saved = prediction_config(cfg, ckpt, run_dir)
+    return cfg, ckpt, prediction_config(cfg, ckpt, run_dir)
+
+
+def sampled(run_dir, prediction, eta):
+    """(deterministic labels, sampled class frequencies) of the training images under the run's best model."""
+    cfg, ckpt, saved = prediction
     _, labels, probs, _, _ = label_images(cfg, demo_digits.load_splits, run_dir, ckpt, saved, 'train', None,
                                           sample_eta=eta)
     return labels, probs.cpu().numpy()
 
 
-def votes_of(run_dir, noisy):
+def votes_of(prediction, noisy):
     """The retrieval votes the ranking falls back to without samples (--n_samples 0): the share of each
     training image's candidates (its neighbours' noisy labels and its own) per class, as the run searched."""
-    cfg = demo_digits.config([])
-    ckpt = load_run(run_dir, 'best.pt')
-    saved, info = prediction_config(cfg, ckpt, run_dir), ckpt['data_info']
+    _, ckpt, saved = prediction
+    info = ckpt['data_info']
     encoders = build_encoders(saved, info['dataset'], tuple(info['image_shape']), tuple(info['mean']),
                               tuple(info['std']), torch.device('cpu'))
     keys = features_of_split(saved, load_digits_splits(), 'train', encoders, log=lambda *_: None)[0]
@@ -103,14 +108,15 @@ def measure(out_dir, seeds, n_samples):
     for seed in seeds:
         run_dir = trained_run(out_dir, seed)
         noisy = np.load(os.path.join(run_dir, 'train_noisy_labels.npy'))
+        prediction = prediction_of(run_dir, n_samples)
         for name, eta in SAMPLERS.items():
-            labels, probs = sampled(run_dir, n_samples, eta)
+            labels, probs = sampled(run_dir, prediction, eta)
             rows.append({'seed': seed, 'sampler': name, 'eta': eta, 'n_samples': n_samples,
                          'deterministic_accuracy': float(np.mean(labels == clean)),
                          **scores(labels, probs, noisy, clean)})
         rows.append({'seed': seed, 'sampler': VOTES, 'eta': None, 'n_samples': 0,
                      'deterministic_accuracy': rows[-1]['deterministic_accuracy'],
-                     **scores(labels, votes_of(run_dir, noisy), noisy, clean)})
+                     **scores(labels, votes_of(prediction, noisy), noisy, clean)})
     return rows
 
 
