@@ -300,6 +300,27 @@ def test_after_a_failure_under_nccl_a_rank_aborts_its_communicator_rather_than_w
             torch.distributed.destroy_process_group()
 
 
+def test_leaving_destroys_the_group_a_model_in_a_reference_cycle_still_holds(tmp_path):
+    """A trainer keeps bound methods of itself, so its DistributedDataParallel (and through it the process group)
+    lives until the garbage collector runs. Left to the interpreter's exit, the group's gloo threads ended a
+    finished rank at random with SIGABRT ('terminate called without an active exception', exit 134): leaving
+    frees the model first, so the group is destroyed at once."""
+    import weakref
+    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        model(torch.randn(3, 4)).sum().backward()
+        holder = {'model': model}
+        holder['itself'] = holder
+        alive = weakref.ref(model)
+        del model, holder
+        distributed.leave()
+        assert alive() is None and not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_several_devices_launch_the_script_that_defines_load_splits_else_the_runs_own():
     import functools
 

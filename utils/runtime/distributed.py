@@ -12,6 +12,7 @@ same way, one share per device).
 """
 import contextlib
 import datetime
+import gc
 import os
 import signal
 import subprocess
@@ -70,6 +71,11 @@ def leave(failed=False):
         if abort is not None:
             abort()
     else:
+        # the group's last owner can be a DistributedDataParallel in a reference cycle (a trainer keeps bound
+        # methods of itself): collected now, the group is destroyed here and its gloo threads end with it; left
+        # to the interpreter's exit, they ended the process at random ('terminate called without an active
+        # exception', SIGABRT: exit 134 after a finished run)
+        gc.collect()
         dist.destroy_process_group()
 
 
