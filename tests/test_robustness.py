@@ -127,7 +127,11 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys, monkeypa
     # written absolute, as train_label_ranking.csv and predict_folder.json name theirs
     assert [row.split(',')[0] for row in rows[1:-1]] == [str(folder / f'{i}.png') for i in range(6)]
     assert all(row.split(',')[2] == digits.class_names[int(row.split(',')[1])] for row in rows[1:-1])
-    assert np.load(os.path.join(run_dir, 'predict_folder_probs.npy')).shape == (6, 10)
+    halves = 2 * np.load(os.path.join(run_dir, 'predict_folder_probs.npy'))
+    assert halves.shape == (6, 10) and np.array_equal(halves, halves.round())
+    predict.main([run_dir, '--folder', 'images'])  # the same folder anew, with the run's own 3 samples
+    thirds = 3 * np.load(os.path.join(run_dir, 'predict_folder_probs.npy'))
+    assert np.array_equal(thirds, thirds.round()) and not np.array_equal(2 * thirds / 3, (2 * thirds / 3).round())
 
 
 # ---- bad input: a clear message, and no run folder left behind --------------------------------------
