@@ -334,6 +334,26 @@ def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, dig
         predict.main([run_dir, '--k', '3'])
 
 
+def test_prediction_with_other_f_p_weights_than_the_run_was_trained_with_is_refused(tmp_path, digits):
+    """A features file (or an encoder file, which a pre-training's --resume exports over) replaced after the run
+    was trained: its features would be denoised as if they were the run's, to labels near chance."""
+    small = subset(digits, 200, 50)
+    rng = np.random.default_rng(0)
+    feats = {s: rng.normal(size=(n, 8)).astype(np.float32) for s, n in (('train', 200), ('val', 50), ('test', 50))}
+    path = tmp_path / 'feats.npz'
+    save_feature_file(path, feats, {})
+    _, run_dir = run(cfg_for(tmp_path, '--nepoch', '1', '--n_samples', '0', '--fp_encoder', 'features',
+                             '--fp_checkpoint', str(path)), lambda c: small)
+    assert predict_run(demo_digits.config([]), lambda c: small, run_dir)['n'] == 50
+    save_feature_file(path, dict(feats, test=feats['test'][::-1].copy()), {})
+    os.remove(os.path.join(run_dir, 'predict_test_labels.npy'))
+    with pytest.raises(SetupError, match=f'predict.py {run_dir}: the f_p encoder \\(--fp_encoder features --fp_checkpoint '
+                                         f'{path}\\) is not the one the run was trained with \\(weights [0-9a-f]+ now, '
+                                         f'[0-9a-f]+ then\\); put the run\'s encoder back there'):
+        predict_run(demo_digits.config([]), lambda c: small, run_dir)
+    assert not os.path.exists(os.path.join(run_dir, 'predict_test_labels.npy'))
+
+
 def test_split_flags_given_with_predict_are_used(tmp_path, own):
     root, run_dir = own
     images = root / 'own' / 'images'

@@ -165,6 +165,19 @@ def fitted_model(saved, info, ckpt, run_dir, device):
     return model
 
 
+def check_same_fp(encoder, saved, info, run_dir):
+    """The f_p encoder loaded now has the weights the run was trained with (the fingerprint its data_info
+    recorded; a resume checks the same). A file replaced since (a pre-training's --resume exports over its
+    encoder file; a features file rewritten) would give the denoiser other features than it learned
+    from, and labels no better than chance with no error."""
+    then = info.get('fp_weights')
+    if then is not None and encoder.fingerprint != then:
+        where = f' --fp_checkpoint {saved.fp_checkpoint}' if saved.fp_checkpoint else ''
+        raise SetupError(f'predict.py {run_dir}: the f_p encoder (--fp_encoder {saved.fp_encoder}{where}) is not the one '
+                         f'the run was trained with (weights {encoder.fingerprint or "none"} now, {then} then); put '
+                         f'the run\'s encoder back there, or train a run with this one')
+
+
 def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_eta=1.0):
     """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the folder's
     image paths or None, the split's clean labels or None). `sample_eta`: utils/evaluate.predict_labels'."""
@@ -172,6 +185,7 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_e
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
                               device)
+    check_same_fp(encoders[0], saved, info, run_dir)
     diff_input = diff_encoder_input(saved.diff_encoder, saved.diff_backbone)
     model = fitted_model(saved, info, ckpt, run_dir, device)  # before any image is encoded
     images, files, decoding, paths = None, None, None, None
