@@ -15,14 +15,17 @@ row's script runs too (the repository's script or module, whatever that folder h
 every finished run under RUNS to benchmarks/results/paper.json (kept in the repository) and writes the
 generated page docs/PAPER.md and the README's reproduction section from it: the paper's figure, the
 measured mean ± std over seeds, the difference, and when, where, from which commit and with which
-recipe it was measured. A run that differs from the paper's protocol (fewer epochs, another f_p) is
-labelled so, never passed off as the paper's row.
+recipe it was measured. A run that differs from the paper's protocol (fewer epochs, another f_p, a
+flag added after `--` that changes what it measures) is labelled so, never passed off as the paper's
+row; a run of another row (another noise, f_p or flag of the row's command) or with a damaged figure is
+refused.
 """
 import argparse
 import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -33,7 +36,9 @@ from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
 from utils.runs.checks import seed_problems
 from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
-from utils.runs.folders import check_fresh_folder, write_run_file
+from utils.runs.config import names_a_path
+from utils.runs.folders import (ALWAYS_FROM_THIS_RUN, MAY_CHANGE_ON_RESUME, check_fresh_folder, differs,
+                                 write_run_file)
 from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
 from utils.storage.saving import save_json
@@ -335,18 +340,68 @@ def run_labels(row, summary, config, folder):
     note = encoder_note(config, folder)
     if note:
         labels.append(note)
+    if row.metric != 'seconds':
+        labels += flag_labels(row, config)
     return labels
 
 
 def measured_value(row, folder):
-    """(value in the row's unit, summary dict) of a finished run folder."""
+    """(value in the row's unit, summary dict) of a finished run folder; a value that is no figure of the
+    metric (a damaged file) is refused."""
     if row.metric == 'seconds':
         result = load_json(os.path.join(folder, 'inference.json'))
         timed = timed_row(row, result.get('rows', []))
-        return (None if timed is None else timed['seconds']), {'device': result.get('device')}
-    summary = load_json(os.path.join(folder, 'summary.json'))
-    value = summary.get(row.metric)
-    return (None if value is None else round(100 * value, 4)), summary
+        value, summary, file, fits = (None if timed is None else timed.get('seconds')), {'device': result.get('device')}, \
+            'inference.json', 'a positive number of seconds'
+    else:
+        summary = load_json(os.path.join(folder, 'summary.json'))
+        value, file, fits = summary.get(row.metric), 'summary.json', 'a fraction between 0 and 1'
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if value is not None and not (number and (value > 0 if row.metric == 'seconds' else 0 <= value <= 1)):
+        raise SetupError(f'{os.path.join(folder, file)}: its {row.metric} is {value!r}, not {fits}; the file is '
+                         f'damaged: record the run from a good copy')
+    if value is None or row.metric == 'seconds':
+        return value, summary
+    return round(100 * value, 4), summary
+
+
+# a run's flags that change no figure of its row: where it ran and read its inputs, how it computed, its
+# names, its seed and what it writes besides the figure; --nepoch, --recipe and --fp_checkpoint are the
+# table's labels (run_labels)
+UNMEASURED_FLAGS = {*MAY_CHANGE_ON_RESUME, *ALWAYS_FROM_THIS_RUN, 'out_dir', 'run_name', 'seed', 'n_samples',
+                    'checkpoint_every', 'download', 'precision', 'compile', 'nepoch', 'recipe', 'fp_checkpoint'}
+
+
+def flag_name(flag):
+    return flag[len('--no-'):] if flag.startswith('--no-') else flag[2:]
+
+
+def row_identity(row):
+    """What makes a run one of `row`'s, as the row's command has it: its noise and f_p, and each other flag
+    the command gives (where its inputs lie aside)."""
+    cfg = vars(parse_row(row))
+    names = {'noise_type', 'fp_encoder', *(['CLIP_type'] if cfg.get('fp_encoder') == 'CLIP' else []),
+             *(flag_name(f) for f in row.flags if str(f).startswith('--'))}
+    return {n: cfg[n] for n in sorted(names) if n in cfg and (n == 'noise_type' or not names_a_path(n))}
+
+
+def check_run_of_row(row, config, folder):
+    """Refuse a training run that is another row's (another noise, f_p or flag of the row's command): its
+    figure would stand in the table as this row's."""
+    wrong = [f'--{name} {config.get(name, "(not recorded)")} (the row: {value})'
+             for name, value in row_identity(row).items() if name not in config or differs(name, config[name], value)]
+    if wrong:
+        raise SetupError(f'{folder} is not a run of row {row.id}: {"; ".join(wrong)}; give the row it is a run of '
+                         f'(--list), or run this row\'s command')
+
+
+def flag_labels(row, config):
+    """The flags a run's command line gave beyond its row's that change what it measures (`-- --k 5`, say),
+    each with its value: said in the table."""
+    row_cfg, identity = vars(parse_row(row)), row_identity(row)
+    return [f'--{name} {config[name]}' for name in sorted(config.get('command_line_flags') or ())
+            if name not in UNMEASURED_FLAGS and name not in identity and not names_a_path(name) and name in config
+            and name in row_cfg and differs(name, config[name], row_cfg[name])]
 
 
 def timed_row(row, rows):
@@ -363,6 +418,8 @@ def record_of(row, folder, seed=None, labels=(), commit_id=None):
     if value is None:
         return None
     config = load_json(os.path.join(folder, 'config.json'))
+    if row.metric != 'seconds':
+        check_run_of_row(row, config, folder)
     run = load_json(os.path.join(folder, RUN_FILE))
     finished_at = os.path.getmtime(os.path.join(folder, 'inference.json' if row.metric == 'seconds' else 'summary.json'))
     # a run unpacked from a device's results says when it finished there (its files are dated by the copy)

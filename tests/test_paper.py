@@ -361,8 +361,9 @@ def test_a_device_run_is_recorded_with_its_labels(outputs, tmp_path):
     run.mkdir(parents=True)
     (run / 'summary.json').write_text(json.dumps({'test_acc': 0.8712, 'best_epoch': 80, 'epochs': 85,
                                                   'device': 'NVIDIA H200'}))
-    (run / 'config.json').write_text(json.dumps({'seed': 1, 'recipe': 'authors', 'fp_encoder': 'SimCLR',
-                                                 'fp_checkpoint': '/device/simclr_resnet18.pt'}))
+    config = {'seed': 1, 'recipe': 'authors', 'noise_type': 'cifar10-1-0.35', 'fp_encoder': 'SimCLR',
+              'fp_checkpoint': '/device/simclr_resnet18.pt', 'command_line_flags': ['fp_checkpoint', 'nepoch', 'seed']}
+    (run / 'config.json').write_text(json.dumps(config))
     (run / 'encoder.json').write_text(json.dumps({'architecture': 'SimCLR resnet18, CIFAR stem', 'epochs': 40,
                                                   'knn_top1_test': 0.8231}))
     assert paper.main(['--record', str(run), '--row', 'cifar10-pmd1-35-simclr', '--commit', 'abc123']) == 0
@@ -373,6 +374,37 @@ def test_a_device_run_is_recorded_with_its_labels(outputs, tmp_path):
                                 "(weighted, k = 200), not the authors'"]
     line = next(x for x in open(outputs / 'PAPER.md') if x.startswith('| `cifar10-pmd1-35-simclr`'))
     assert '87.12 ' in line and 'NVIDIA H200' in line and '**shorter: 85' in line and '87.1–89.1%' in line
+
+
+def test_a_run_of_another_row_or_with_a_damaged_figure_is_not_recorded(outputs, tmp_path, capsys):
+    """--record takes the run for the row it names: a digits run, another noise or another f_p would stand in
+    the table as that row's figure. Flags beyond the row's that change what it measures are labelled."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    config = {'seed': 1, 'recipe': 'authors', 'noise_type': 'cifar10-1-0.35', 'fp_encoder': 'SimCLR',
+              'command_line_flags': ['noise_type', 'seed']}
+    (run / 'summary.json').write_text(json.dumps({'test_acc': 0.88, 'epochs': 200}))
+    argv = ['--record', str(run), '--row', 'cifar10-pmd1-35-simclr']
+    for wrong, said in (({'noise_type': 'digits-U-0.4'}, '--noise_type digits-U-0.4 (the row: cifar10-1-0.35)'),
+                        ({'fp_encoder': 'CLIP'}, '--fp_encoder CLIP (the row: SimCLR)'),
+                        ({'noise_type': None}, '--noise_type (not recorded) (the row: cifar10-1-0.35)')):
+        (run / 'config.json').write_text(json.dumps({k: v for k, v in {**config, **wrong}.items() if v is not None}))
+        assert refusal(argv, capsys) == (2, f'error: {run} is not a run of row cifar10-pmd1-35-simclr: {said}; give the ' \
+                                        f"row it is a run of (--list), or run this row's command")
+    (run / 'config.json').write_text(json.dumps({**config, 'CLIP_type': 'ViT-B/32', 'fp_encoder': 'CLIP'}))
+    assert 'is not a run of row cifar10-pmd1-35-clip: --CLIP_type ViT-B/32 (the row: ViT-L/14)' in \
+        refusal(['--record', str(run), '--row', 'cifar10-pmd1-35-clip'], capsys)[1]
+    for damaged in ('0.88', 88.0, float('nan'), True):
+        (run / 'config.json').write_text(json.dumps(config))
+        (run / 'summary.json').write_text(json.dumps({'test_acc': damaged, 'epochs': 200}))
+        assert refusal(argv, capsys) == (2, f'error: {run / "summary.json"}: its test_acc is {damaged!r}, not a fraction ' \
+                                        f'between 0 and 1; the file is damaged: record the run from a good copy')
+    assert not os.path.exists(outputs / 'paper.json')
+    (run / 'summary.json').write_text(json.dumps({'test_acc': 0.88, 'epochs': 200}))
+    (run / 'config.json').write_text(json.dumps({**config, 'k': 5, 'command_line_flags': ['k', 'noise_type', 'seed']}))
+    assert paper.main(argv) == 0
+    (record,) = json.load(open(outputs / 'paper.json'))['runs']
+    assert record['labels'] == ['--k 5']
 
 
 def test_the_generated_docs_match_the_results_json():
