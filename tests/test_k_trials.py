@@ -121,6 +121,28 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
     assert log_of(run_dir) == log_of(tmp_path / 'a' / 'runs' / 'r')
 
 
+def test_a_run_stopped_while_taking_over_its_trial_is_finished_by_the_same_command(tmp_path, small, monkeypatch):
+    """The chosen trial's checkpoints move into the run folder one by one. Stopped between the two writes, the
+    folder held last.pt without best.pt: a --resume trained to the end, then failed for want of best.pt."""
+    straight, _ = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
+    run_dir = tmp_path / 'b' / 'runs' / 'r'
+    original, written = k_trials.save_torch, []
+
+    def stopped_after_one(obj, path):
+        if os.path.dirname(path) == str(run_dir) and written:
+            raise KeyboardInterrupt
+        written.append(os.path.basename(path))
+        return original(obj, path)
+    monkeypatch.setattr(k_trials, 'save_torch', stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
+    monkeypatch.undo()
+    assert written == ['best.pt'] and not (run_dir / 'last.pt').exists()
+    again, _ = run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
+    for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k'):
+        assert again.get(key) == straight.get(key), key
+
+
 def test_a_signal_after_a_trial_s_last_step_stops_before_the_next(tmp_path, small, monkeypatch):
     original_epoch, original_evaluate = Trainer.train_epoch, Trainer.evaluate
     epochs = []

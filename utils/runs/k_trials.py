@@ -182,7 +182,9 @@ def take_over_trial(cfg, info, run_dir, k):
         last = found[0] if main else load_run(folder)
         distributed.barrier()  # every rank has read it before it moves
         if main:
-            for name, ckpt in zip(('last.pt', 'best.pt'), found):
+            # best.pt first: a run folder holding last.pt is resumed, and a resume needs its best.pt (a stray
+            # best.pt without last.pt is cleared by the same command run again)
+            for name, ckpt in (('best.pt', found[1]), ('last.pt', found[0])):
                 save_torch({**ckpt, 'config': vars(cfg), 'data_info': info}, os.path.join(run_dir, name))
             print(f'--k_select model: the run goes on from its k {k} trial (epochs 0 to {last["epoch"]} are '
                   f'that trial)')
