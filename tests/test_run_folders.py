@@ -380,6 +380,32 @@ def test_a_run_made_with_relative_paths_resumes_and_predicts_from_another_folder
     assert resumes[-1]['given'] == {'nepoch': 3, 'resume': run_dir, 'train': '../here/own/labels.csv'}
 
 
+def test_a_resume_that_trains_on_first_removes_what_the_run_made_of_its_earlier_best(tmp_path, small, monkeypatch,
+                                                                                       capsys):
+    """A finished run trained on (a larger --nepoch) and stopped again: its summary.json, which tools take for a
+    finished run, and the outputs and predictions of the earlier best.pt stood beside a run of more epochs."""
+    from test_engine import run_interrupted_at
+    from utils.predict import predict as predict_run
+    _, run_dir = run(cfg_for(tmp_path, *SHORT), lambda c: small)
+    predict_run(demo_digits.config([]), lambda c: small, run_dir)
+    run(demo_digits.config(['--resume', run_dir]), lambda c: small)  # trains nothing: its outputs again, and kept
+    made = {'summary.json', 'train_denoised_labels.npy', 'train_noisy_labels.npy', 'accuracy.png',
+            'confusion_noisy_vs_denoised.png', 'confusion_clean_vs_denoised.png', 'confusion_clean_vs_noisy.png',
+            'predict_test_labels.npy'}
+    assert made <= set(os.listdir(run_dir))
+    capsys.readouterr()
+    run_interrupted_at(monkeypatch, 3, demo_digits.config(['--resume', run_dir, '--nepoch', '5']), small)
+    assert not made & set(os.listdir(run_dir)) and {'best.pt', 'last.pt', 'log.jsonl'} <= set(os.listdir(run_dir))
+    assert '--resume: the run trains on from epoch 2, so what its first 2 epochs made is removed (summary.json, ' \
+           'train_denoised_labels.npy' in capsys.readouterr().out
+    predict_run(demo_digits.config([]), lambda c: small, run_dir)  # of the stopped run: said so, and removed
+    assert 'best checkpoint so far (the run is unfinished; a --resume that trains on removes these predictions)' \
+        in capsys.readouterr().out
+    summary, _ = run(demo_digits.config(['--resume', run_dir]), lambda c: small)
+    assert summary['epochs'] == 5 and load_json(os.path.join(run_dir, 'summary.json'))['epochs'] == 5
+    assert not os.path.exists(os.path.join(run_dir, 'predict_test_labels.npy'))
+
+
 def test_a_path_given_again_on_a_resume_is_the_place_it_names_not_its_spelling(tmp_path, small, monkeypatch):
     """A new run records --inputs_dir absolute; the same folder typed relative again is not a change, another
     folder is (a flag a resume may not change)."""

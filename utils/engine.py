@@ -41,7 +41,7 @@ from utils.runs.folders import (
     sweep_stale_cache_writes,
 )
 from utils.runs.k_trials import settle_k
-from utils.runs.outputs import LABEL_RANKING, plot_accuracy, rank_file_labels, write_training_outputs
+from utils.runs.outputs import LABEL_RANKING, plot_accuracy, rank_file_labels, stale_outputs, write_training_outputs
 from utils.runtime import distributed
 from utils.runtime.devices import device_description, resolve_device
 from utils.runtime.randomness import seed_everything
@@ -111,9 +111,11 @@ def run(cfg, load_splits):
     run_dir = plan_run_dir(cfg)
     check_writable(cfg.cache_dir, '--cache_dir')
     check_writable(run_dir, '--resume' if cfg.resume else '--out_dir')
+    stale = []  # what the run's earlier end (and predict.py) made of a best.pt the training goes on from
     if cfg.resume:  # the run's outputs are written again when it finishes
         check_no_foreign_files(run_dir, f'--resume {run_dir}')
-        check_may_write_over(run_dir, [LABEL_RANKING], f'--resume {run_dir}')
+        stale = stale_outputs(run_dir) if cfg.nepoch > ckpt['epoch'] + 1 else []
+        check_may_write_over(run_dir, [LABEL_RANKING, *stale], f'--resume {run_dir}')
     seed_everything(cfg.seed)
     # the dataset's published inputs too (e.g. Clothing1M's cc_select lists); rank 0 downloads first
     with recording() as published_inputs, distributed.main_first():
@@ -129,6 +131,8 @@ def run(cfg, load_splits):
         check_same_normalisation(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
+        if claim is not None and stale:
+            remove_stale_outputs(run_dir, stale, ckpt['epoch'] + 1)
         sweep_stale_cache_writes(cfg.cache_dir)
         return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
     except torch.cuda.OutOfMemoryError as exc:
@@ -136,6 +140,16 @@ def run(cfg, load_splits):
     finally:
         if claim is not None:
             claim.release()
+
+
+def remove_stale_outputs(run_dir, names, epochs):
+    """A finished run trained on (a larger --nepoch), or a stopped one predicted from: its summary.json and the
+    outputs and predictions of its best.pt so far would stand beside a run that goes on, as if it had ended
+    there (tools take summary.json for a finished run). summary.json goes first: a stop in between leaves an
+    unfinished run."""
+    remove_files(run_dir, names)
+    print(f'--resume: the run trains on from epoch {epochs}, so what its first {epochs} epochs made is removed '
+          f'({", ".join(names)}); its end writes the outputs again, predict.py the predictions')
 
 
 def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset):

@@ -17,7 +17,7 @@ from utils.errors import ResumeRefused, SetupError, quoted_error
 from utils.evaluate import SplitInputs, predict_labels
 from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, features_of_split, recorded_decoding
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
-from utils.runs.outputs import save_npy
+from utils.runs.outputs import PREDICTION_FILES, save_npy
 from utils.runtime.devices import resolve_device
 from utils.storage.loading import load_json
 from utils.storage.saving import atomic_write, remove_files, save_json
@@ -71,9 +71,6 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
     for p, label in zip(paths, predicted.tolist()):
         writer.writerow([os.path.abspath(p), label] + ([class_names[label]] if class_names else []))
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-
-
-PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv', '.json')  # after predict_<split|folder>
 
 
 def save_predictions(prefix, predicted, probs, folder=None, folder_paths=None, class_names=None):
@@ -146,7 +143,8 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
         written = save_predictions(prefix, predicted, probs, folder, paths, ckpt['data_info'].get('class_names'))
     finally:
         claim.release()
-    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written}
+    result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written,
+              'run_finished': os.path.isfile(os.path.join(run_dir, 'summary.json'))}
     if labels is not None:
         result['accuracy'] = float(np.mean(predicted == labels.numpy()))
     print(prediction_line(result))
@@ -224,5 +222,7 @@ def prediction_line(result):
     """One readable line: what was labelled, how well where labels are known, and where it went."""
     what = 'the images of the folder' if result['split'] == 'folder' else f"the {result['split']} split"
     score = f", accuracy {100 * result['accuracy']:.2f}%" if 'accuracy' in result else ''
-    return (f"predicted {what}: {result['n']} images with the epoch-{result['epoch']} best checkpoint{score}; "
+    so_far = '' if result.get('run_finished', True) else ' so far (the run is unfinished; a --resume that trains ' \
+        'on removes these predictions)'
+    return (f"predicted {what}: {result['n']} images with the epoch-{result['epoch']} best checkpoint{so_far}{score}; "
             f"wrote {', '.join(result['written'])}")
