@@ -22,7 +22,8 @@ work, and again when exporting, under a lock that one export of a path holds at 
 Writes model/SimCLR_128_<dataset>_<arch>_s<seed>.pt (backbone under f.*, projection head under g.*;
 pass it as --fp_checkpoint) and a .json sidecar with the architecture, epochs, kNN accuracy, the
 seconds of each epoch (the first of each command apart: it carries the warm-up), the kNN accuracy
-against wall time and the command. The name differs from the authors' published
+against wall time, the command and the encoder file's sha1 (written first: an export stopped between the
+two files is this run's to write again, and is not taken for a whole one). The name differs from the authors' published
 SimCLR_128_<dataset>, which train_CIFAR.py fetches by default.
 """
 import argparse

@@ -226,7 +226,8 @@ def test_encoder_shards_come_back_equal_after_fp16_rounding(smoke, tmp_path):
         expected = value.half().float() if value.is_floating_point() else value
         assert back[name].dtype == value.dtype and torch.equal(back[name], expected), name
     assert load_simclr(str(tmp_path / 'simclr.pt')).dim == 512
-    assert json.loads((tmp_path / 'simclr.json').read_text())['knn_top1_test'] >= 0  # its sidecar, from the manifest
+    sidecar = json.loads((tmp_path / 'simclr.json').read_text())  # its sidecar, from the manifest
+    assert sidecar['knn_top1_test'] >= 0 and 'sha1' in manifest['sidecar'] and 'sha1' not in sidecar  # other bytes
 
 
 def test_large_tensors_travel_in_pieces_and_altered_shards_are_refused(tmp_path):

@@ -444,7 +444,10 @@ def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_p
     os.makedirs(os.path.dirname(sidecar))
     open(p['encoder'], 'wb').close()
     for written, done in (('{"epochs": 12}', False),   # a sidecar of fewer epochs: pre-training goes on
-                          ('{"epochs": 40}', True), ('{"epochs": "40"}', False), ('{"epo', False)):
+                          ('{"epochs": 40}', True), ('{"epochs": "40"}', False), ('{"epo', False),
+                          # an export stopped between its sidecar and its encoder: the file is not the one described
+                          ('{"epochs": 40, "sha1": "%s"}' % ('0' * 40), False),
+                          ('{"epochs": 40, "sha1": "%s"}' % hashlib.sha1(b'').hexdigest(), True)):
         open(sidecar, 'w').write(written)
         assert paper_device.simclr_done(args) is done, written
     os.makedirs(p['run'])

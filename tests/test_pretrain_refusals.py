@@ -176,6 +176,26 @@ def test_an_earlier_partial_export_of_the_run_is_left_until_the_run_has_all_its_
     assert json.load(open('enc.json'))['epochs'] == 3 and load_simclr('enc.pt').arch == 'resnet18'
 
 
+def test_an_export_stopped_between_its_two_files_is_this_runs_to_write_and_not_taken_for_whole(stopped_run,
+                                                                                                monkeypatch):
+    """The sidecar is written first, naming the run and the digest of the encoder to come. The encoder used to
+    come first: stopped before its sidecar, the run's own --resume refused the path as someone else's, and a
+    sidecar left from an earlier export described weights the file no longer held."""
+    original = export.atomic_write
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    for nepoch in ('2', '3'):  # the first export stopped halfway; then an export over a whole one
+        monkeypatch.setattr(export, 'atomic_write', stopped)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_SimCLR.main(['--resume', stopped_run, '--nepoch', nepoch, '--device', 'cpu'])
+        monkeypatch.setattr(export, 'atomic_write', original)
+        assert json.load(open('enc.json'))['epochs'] == int(nepoch) and not export.export_complete('enc.pt')
+        summary = pretrain_SimCLR.main(['--resume', stopped_run, '--nepoch', nepoch, '--device', 'cpu'])
+        assert summary['encoder'] == 'enc.pt' and export.export_complete('enc.pt')
+        assert json.load(open('enc.json'))['epochs'] == int(nepoch) and load_simclr('enc.pt').arch == 'resnet18'
+
+
 @pytest.mark.parametrize('meanwhile', ['another run exports there', 'a user writes there'])
 def test_an_output_taken_while_the_run_trained_is_refused_when_it_exports(work, capsys, monkeypatch, meanwhile):
     """The check before any work is not enough: the place may be taken while the run trains. The run
@@ -224,19 +244,20 @@ def test_an_export_checks_and_writes_under_its_lock(stopped_run, monkeypatch):
 
     def watched(name, function):
         def call(*args, **kwargs):
-            if name == 'check_output' or os.path.basename(args[1]) in ('enc.pt', 'enc.json'):
-                seen.append((name if name == 'check_output' else os.path.basename(args[1]),
+            path = args[0] if name == 'atomic_write' else args[-1]  # atomic_write(path, write), save_json(obj, path)
+            if name == 'check_output' or os.path.basename(path) in ('enc.pt', 'enc.json'):
+                seen.append((name if name == 'check_output' else os.path.basename(path),
                              os.path.exists(lock) and held()))
             return function(*args, **kwargs)
         return call
-    for module, name in ((pretrain_SimCLR, 'check_output'), (export, 'check_output'), (export, 'save_torch'),
+    for module, name in ((pretrain_SimCLR, 'check_output'), (export, 'check_output'), (export, 'atomic_write'),
                          (export, 'save_json')):
         monkeypatch.setattr(module, name, watched(name, getattr(module, name)))
     with open(lock, 'w'):  # the lock file of an export that was killed holding it
         pass
     pretrain_SimCLR.main(['--resume', stopped_run, '--device', 'cpu'])
     # the check before any work holds no lock; the check again at the export and the writes hold it
-    assert seen == [('check_output', False), ('check_output', True), ('enc.pt', True), ('enc.json', True)]
+    assert seen == [('check_output', False), ('check_output', True), ('enc.json', True), ('enc.pt', True)]
     assert not os.path.exists(lock)  # removed, the killed export's file with it
 
 

@@ -39,6 +39,7 @@ import sys
 from tools import shards
 from tools.gpu_suite import find_cifar, run_command, tail, write_run, wrote
 from utils.errors import SetupError
+from utils.pretraining.export import export_complete, sidecar_path
 from utils.runs.checks import seed_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.folders import first_few, foreign_files
@@ -87,12 +88,12 @@ def simclr_command(args, where, minutes):
 
 def simclr_done(args):
     """Whether the encoder is pre-trained for --simclr_epochs: pretrain_SimCLR.py exports it, with its
-    sidecar counting the epochs, only once the run has them all."""
+    sidecar counting the epochs, only once the run has them all (an export stopped halfway is not)."""
     p = paths(args)
     if args.encoder:  # pre-trained by an earlier lease (its shards reassembled): nothing to pre-train
         return os.path.isfile(args.encoder)
-    epochs = load_json(os.path.splitext(p['encoder'])[0] + '.json').get('epochs')
-    return isinstance(epochs, int) and epochs >= args.simclr_epochs and os.path.isfile(p['encoder'])
+    epochs = load_json(sidecar_path(p['encoder'])).get('epochs')
+    return isinstance(epochs, int) and epochs >= args.simclr_epochs and export_complete(p['encoder'])
 
 
 def train_command(args, where):

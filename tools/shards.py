@@ -120,6 +120,8 @@ def reassemble(folder, to):
     state, manifest = read_shards(folder)
     save_torch(state, to)
     if manifest.get('sidecar') is not None:
-        sidecar = {**manifest['sidecar'], 'transport': 'weights rounded to fp16 on the device, stored as float32'}
+        # without the digest of the encoder as exported: these are its weights rounded, other bytes
+        sidecar = {**{k: v for k, v in manifest['sidecar'].items() if k != 'sha1'},
+                   'transport': 'weights rounded to fp16 on the device, stored as float32'}
         save_json(sidecar, os.path.splitext(to)[0] + '.json')
     return to

@@ -3,7 +3,11 @@
 line a run stopped short ends with (it exports nothing)."""
 import contextlib
 import fcntl
+import hashlib
+import io
 import os
+
+import torch
 
 from utils.encoders.base import MODEL_DIR
 from utils.encoders.simclr import SimCLREncoder
@@ -11,8 +15,9 @@ from utils.errors import SetupError
 from utils.pretraining.epochs import epoch_seconds, knn_curve
 from utils.runs.folders import check_writable, same_file
 from utils.runtime.devices import device_description
+from utils.storage.fingerprints import file_digest
 from utils.storage.loading import load_json
-from utils.storage.saving import save_json, save_torch
+from utils.storage.saving import atomic_write, save_json
 
 
 def output_path(args):
@@ -69,9 +74,24 @@ def export(trainer, args, run_dir, knn_acc, resuming):
         except SetupError as exc:  # the epochs are not lost: state.pt holds them
             raise SetupError(f'{exc}, then export this run with --resume {run_dir} (its state.pt holds every '
                              f'epoch trained)') from None
-        save_torch({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
-        save_json(sidecar(trainer, args, run_dir, knn_acc, encoder.dim), sidecar_path(path))
+        blob = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in encoder.state_dict().items()}, blob)
+        # the sidecar first, naming this run and the digest of the encoder to come: stopped between the two
+        # writes, the path stays this run's to export again (--resume), and an encoder file that is not the
+        # one the sidecar describes (an earlier export, or none) is not taken for it (export_complete)
+        described = sidecar(trainer, args, run_dir, knn_acc, encoder.dim)
+        save_json({**described, 'sha1': hashlib.sha1(blob.getvalue()).hexdigest()}, sidecar_path(path))
+        atomic_write(path, lambda f: f.write(blob.getvalue()), flag='--output')
     return path
+
+
+def export_complete(path):
+    """Whether the encoder at `path` is the one its sidecar describes (exports before the sidecar held its
+    digest wrote the encoder first: complete where both are there)."""
+    if not os.path.isfile(path):
+        return False
+    recorded = load_json(sidecar_path(path)).get('sha1')
+    return recorded is None or recorded == file_digest(path)
 
 
 def sidecar(trainer, args, run_dir, knn_acc, dim):
@@ -121,5 +141,6 @@ def stopped_line(epochs, args, run_dir):
             f'exported to {path} once all {args.nepoch} are trained')
     if os.path.exists(path) and is_own_export(path, run_dir):  # left as it is, named so as not to pass for it
         epochs = load_json(sidecar_path(path)).get('epochs')
-        line += f' ({path} holds an earlier export of this run, of {epochs} epochs)'
+        line += (f' ({path} holds an earlier export of this run, of {epochs} epochs)' if export_complete(path) else
+                 f' ({path} holds an export of this run that was stopped before it was written whole)')
     return line
