@@ -15,7 +15,7 @@ import train_ImageFolder
 from benchmarks import layouts
 from utils.data.clothing1m import read_clothing1m
 from utils.data.food101n import read_food101n
-from utils.data.image_files import ImageFiles, open_image, read_lines
+from utils.data.image_files import ImageFiles, image_files_in, open_image, read_lines
 from utils.data.own_images import read_image_folder
 from utils.data.webvision import read_webvision
 from utils.errors import DatasetMissing
@@ -352,6 +352,36 @@ def test_links_to_distinct_files_are_taken(tmp_path):
         os.symlink(os.path.join(elsewhere, name), tmp_path / 'train' / name)
     splits = read_image_folder(str(tmp_path / 'train'), val_fraction=0.5, log=lambda line: None)
     assert splits.class_names == ['cat', 'dog'] and len(splits.train_paths) + len(splits.val_paths) == 6
+
+
+def test_a_linked_subfolder_of_a_class_folder_is_read_and_an_unreadable_one_refused(tmp_path, monkeypatch):
+    """The images of a class kept in a linked subfolder (a batch stored elsewhere) were left out without a word,
+    as were those of a subfolder the user may not list. A link back up the tree is no loop."""
+    root = class_folders(str(tmp_path / 'train'))
+    more = class_folders(str(tmp_path / 'more'))
+    os.symlink(os.path.join(more, 'cat'), os.path.join(root, 'cat', 'batch2'))
+    os.symlink(root, os.path.join(root, 'dog', 'up'))  # a loop: its images are listed once, as dog's
+    os.symlink(os.path.join(root, 'cat'), os.path.join(root, 'cat', 'again'))  # the class folder itself: once
+    assert image_files_in(os.path.join(root, 'cat')) == sorted(
+        [os.path.join(root, 'cat', f'cat_{i}.jpg') for i in range(3)] +
+        [os.path.join(root, 'cat', 'batch2', f'cat_{i}.jpg') for i in range(3)])
+    with pytest.raises(DatasetMissing, match=r'/dog/up/cat/.*cat_0\.jpg \(in train\) are one file'):  # dog's, cat's
+        read_image_folder(root, val_fraction=0.5, log=lambda line: None)
+    os.remove(os.path.join(root, 'dog', 'up'))
+    splits = read_image_folder(root, val_fraction=0.5, log=lambda line: None)
+    assert len(splits.train_paths) + len(splits.val_paths) == 9
+    hidden = os.path.join(root, 'dog', 'hidden')
+    os.makedirs(hidden)
+    listing = os.scandir
+
+    def denied(path='.'):  # as for a user without the right to list it (root may list anything)
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, 'Permission denied', hidden)
+        return listing(path)
+    monkeypatch.setattr(os, 'scandir', denied)
+    with pytest.raises(DatasetMissing, match=f'{hidden} cannot be listed \\(Permission denied\\); make it '
+                                             f'readable, or move it out of {root}/dog'):
+        read_image_folder(root, val_fraction=0.5, log=lambda line: None)
 
 
 def test_tiff_and_gif_files_in_class_folders_are_images_notes_are_not(tmp_path):

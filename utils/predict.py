@@ -9,7 +9,7 @@ from PIL import Image
 
 from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
-from utils.data.image_files import IMAGE_SUFFIXES, Decoding, check_images, open_image
+from utils.data.image_files import IMAGE_SUFFIXES, Decoding, check_images, image_files_in, open_image
 from utils.diff_encoders import build_model, diff_encoder_input
 from utils.encoders.base import encode_all
 from utils.encoders.cache import encode_files
@@ -45,8 +45,7 @@ def image_folder_paths(folder):
     be read (before any is encoded, as a dataset's split is)."""
     if not os.path.isdir(folder):
         raise SetupError(f'--folder {folder} is not a folder')
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+    paths = image_files_in(folder)
     if not paths:
         raise SetupError(f'--folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     check_images(paths, f'--folder {folder}')

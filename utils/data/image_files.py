@@ -72,8 +72,22 @@ def read_pairs(path, what, root=None):
 # ---- your own data: a CSV of path,label or class folders -----------------------------------------
 
 def image_files_in(folder):
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                  if name.lower().endswith(IMAGE_SUFFIXES))
+    """Every image file under `folder`, sorted. Linked subfolders are followed (each real folder once: a link
+    back up the tree is no loop, and one folder linked twice lists its images once; the same file under two
+    class folders is refused by the reader); a subfolder that cannot be listed is refused, never skipped."""
+    def unreadable(exc):
+        raise DatasetMissing(f'{exc.filename} cannot be listed ({exc.strerror}); make it readable, or move it out of '
+                             f'{folder}')
+    found, walked = [], set()
+    for root, subfolders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        subfolders.sort()  # which path of a folder linked twice is walked: the same every time
+        found += [os.path.join(root, name) for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
+    return sorted(found)
 
 
 def _unreadable(path, exc):
