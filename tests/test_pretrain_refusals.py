@@ -110,6 +110,28 @@ def test_a_resume_refuses_flags_that_would_change_the_run(stopped_run, capsys):
     assert open(state, 'rb').read() == before and not os.path.exists('other.pt')
 
 
+@pytest.mark.parametrize('damage, says', [
+    (lambda s: s.pop('history'), 'history is missing'),
+    (lambda s: s.update(epoch='1'), "epoch is str '1', not an epoch count"),
+    (lambda s: s['model'].pop('g.3.weight'), 'it does not fit a SimCLR resnet18 (Error(s) in loading state_dict'),
+    (lambda s: s['args'].update(arch='resnet50'), 'it does not fit a SimCLR resnet50 (Error(s) in loading'),
+    (lambda s: s['args'].update(arch='vgg'), "args.arch is 'vgg', not one of resnet18, resnet34, resnet50"),
+    (lambda s: s['optimizer']['param_groups'][0]['params'].pop(), 'it does not fit a SimCLR resnet18 (loaded state'),
+])
+def test_a_damaged_state_is_refused_in_one_line_before_the_data_is_read(stopped_run, capsys, monkeypatch, damage,
+                                                                        says):
+    """A state.pt edited or damaged failed with a traceback (a KeyError, a state dict that does not load), after
+    the dataset was read."""
+    path = os.path.join(stopped_run, 'state.pt')
+    state = load_torch(path)
+    damage(state)
+    torch.save(state, path)
+    monkeypatch.setattr(pretrain_SimCLR, 'load_named', lambda *a: pytest.fail('the data was read'))
+    code, err = refusal(['--resume', stopped_run, '--device', 'cpu'], capsys)
+    assert code == 2 and err.startswith(f'error: {path} is damaged or was edited ({says}') and err.count('\n') == 1
+    assert err.endswith('it cannot be resumed: start a new run\n')
+
+
 def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_export(stopped_run):
     summary = pretrain_SimCLR.main(['--resume', stopped_run, '--dataset', 'digits', '--batch_size', '16',
                                     '--knn_every', '1', '--save_every', '1', '--nepoch', '3', '--device', 'cpu'])

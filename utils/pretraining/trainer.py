@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from utils.data.images import channels_last
 from utils.encoders.base import encode_all
 from utils.encoders.simclr import SimCLREncoder
-from utils.errors import ResumeRefused
+from utils.errors import ResumeRefused, quoted_error
+from utils.networks import RESNETS
 from utils.pretraining.augment import simclr_views
+from utils.runs.folders import field_problems, is_int, is_number, tensor_dict
 from utils.runtime.devices import load_optimizer_state
 from utils.runtime.graphs import CAPTURE_ERRORS
 from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
@@ -182,7 +184,8 @@ class GraphedStep:
 
 
 def load_state(run_dir):
-    """The state.pt of a pre-training run, checked for its format; its flags as of today's names."""
+    """The state.pt of a pre-training run, checked for its format and contents (state_problems); its flags
+    as of today's names."""
     path = os.path.join(run_dir, 'state.pt')
     if not os.path.isfile(path):
         raise ResumeRefused(f'--resume {run_dir}: no state.pt there; start a new run')
@@ -192,4 +195,35 @@ def load_state(run_dir):
         raise ResumeRefused(f'{path} is not a SimCLR pre-training state of format {STATE_FORMAT}; start a new run')
     saved = dict(state['args'])
     saved.setdefault('nepoch', saved.pop('epochs', None))  # a state saved when the flag was --epochs
+    problems = state_problems(state, saved.get('arch'))
+    if problems:
+        raise ResumeRefused(f'{path} is damaged or was edited ({"; ".join(problems[:3])}); it cannot be resumed: '
+                            f'start a new run')
     return state, saved
+
+
+# what a resume restores, and what each must be (a state the package wrote always is)
+STATE_FIELDS = {
+    'epoch': (lambda v: is_int(v) and v >= 0, 'an epoch count'), 'model': (tensor_dict, 'weights'),
+    'optimizer': (lambda v: isinstance(v, dict) and isinstance(v.get('param_groups'), list)
+                  and isinstance(v.get('state'), dict), "an optimiser's state"),
+    'history': (lambda v: isinstance(v, list) and all(isinstance(r, dict) and is_int(r.get('epoch')) for r in v),
+                'a list of epochs'),
+    'rng': (lambda v: isinstance(v, dict) and {'torch', 'numpy', 'python'} <= set(v), 'random states'),
+    'elapsed_s': (is_number, 'seconds'),
+}
+
+
+def state_problems(state, arch):
+    """What in a pre-training state is missing, of the wrong kind, or does not fit the network its --arch
+    builds, as short phrases: checked before the data is read, where restore() would fail with a traceback."""
+    problems = field_problems(state, STATE_FIELDS)
+    if problems or arch not in RESNETS:
+        return problems or [f'args.arch is {arch!r}, not one of {", ".join(RESNETS)}']
+    model = SimCLREncoder(arch)
+    try:
+        model.load_state_dict(state['model'])
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).load_state_dict(state['optimizer'])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a weight missing, unexpected or of another shape
+        return [f'it does not fit a SimCLR {arch} ({quoted_error(exc)})']
+    return []

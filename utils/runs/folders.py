@@ -105,44 +105,44 @@ def load_run(run_dir, name='last.pt'):
     return ckpt
 
 
-def _is_int(value):
+def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value):
+def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _tensors(value):
+def tensor_dict(value):
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
 def _an_evaluation(record):
     """One record of a run's history: an evaluated epoch and its accuracies (log.jsonl, the plot); a k trial
     of an earlier version scored validation only (test_acc None), and the run does not go on from it."""
-    return isinstance(record, dict) and _is_int(record.get('epoch')) and _is_number(record.get('val_acc')) and (
-        record.get('test_acc') is None or _is_number(record['test_acc']))
+    return isinstance(record, dict) and is_int(record.get('epoch')) and is_number(record.get('val_acc')) and (
+        record.get('test_acc') is None or is_number(record['test_acc']))
 
 
 # what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
 # wrote always is: anything else was damaged or edited, and would fail later with a traceback)
 CHECKPOINT_FIELDS = {
-    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: _is_int(v) and v >= -1, 'an epoch'),
-    'model': (_tensors, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
+    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: is_int(v) and v >= -1, 'an epoch'),
+    'model': (tensor_dict, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
                                                   "an optimiser's state"),
-    'ema': (lambda v: v is None or (isinstance(v, dict) and _tensors(v.get('weights'))), 'None or averaged weights'),
-    'best': (lambda v: isinstance(v, dict) and _is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
+    'ema': (lambda v: v is None or (isinstance(v, dict) and tensor_dict(v.get('weights'))), 'None or averaged weights'),
+    'best': (lambda v: isinstance(v, dict) and is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
              'the best evaluation (val_acc, epoch, test_acc)'),
     'history': (lambda v: isinstance(v, list) and all(_an_evaluation(r) for r in v), 'a list of evaluations'),
-    'elapsed_s': (_is_number, 'seconds'),
+    'elapsed_s': (is_number, 'seconds'),
 }
 DATA_INFO_FIELDS = {
-    'dataset': (str, 'a name'), 'n_class': (lambda v: _is_int(v) and v >= 2, 'a number of classes'),
-    'fp_dim': (lambda v: _is_int(v) and v >= 1, 'a feature width'),
-    'image_shape': (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d) and d >= 1 for d in v),
+    'dataset': (str, 'a name'), 'n_class': (lambda v: is_int(v) and v >= 2, 'a number of classes'),
+    'fp_dim': (lambda v: is_int(v) and v >= 1, 'a feature width'),
+    'image_shape': (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(d) and d >= 1 for d in v),
                     'three sizes'),
-    'mean': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), 'three numbers'),
-    'std': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), 'three numbers'),
+    'mean': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
+    'std': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
 }
 
 
@@ -150,7 +150,7 @@ DATA_INFO_FIELDS = {
 ADDED_SINCE = ('ema',)
 
 
-def _field_problems(record, fields, prefix=''):
+def field_problems(record, fields, prefix=''):
     problems = []
     for name, (ok, meaning) in fields.items():
         value = record.get(name, _MISSING)
@@ -168,12 +168,12 @@ _MISSING = object()
 
 def checkpoint_problems(ckpt):
     """What in a checkpoint of today's format is missing or of the wrong kind, as short phrases."""
-    problems = _field_problems(ckpt, CHECKPOINT_FIELDS)
+    problems = field_problems(ckpt, CHECKPOINT_FIELDS)
     # -1: no epoch finished yet, where a signal stopped the first one mid-way (its steps are what last.pt holds)
     if ckpt.get('epoch') == -1 and not isinstance(ckpt.get('partial_epoch'), dict):
         problems.append('epoch is -1 (none finished) with no partial epoch')
     if isinstance(ckpt.get('data_info'), dict):
-        problems += _field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
+        problems += field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
     return problems
 
 
