@@ -32,6 +32,7 @@ import demo_digits
 from benchmarks.common import device_line
 from utils.data.digits import load_digits_splits
 from utils.engine import run
+from utils.errors import SetupError
 from utils.predict import label_images
 from utils.prepare import build_encoders, features_of_split
 from utils.retrieval import candidate_rows, neighbour_table, neighbours_to_search
@@ -39,6 +40,7 @@ from utils.runs.cli import run_cli
 from utils.runs.folders import load_run, prediction_config
 from utils.runs.outputs import ranking_order, retrieval_votes
 from utils.runtime.devices import resolve_device
+from utils.storage.loading import load_json
 from utils.storage.saving import atomic_write, save_json
 
 SAMPLERS = {'η = 1 (this package)': 1.0, 'η = 0 (the authors\' stochastic DDIM)': 0.0}
@@ -49,15 +51,28 @@ TRAINING = ['--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--e
 
 
 def trained_run(out_dir, seed):
-    """The run folder of one seed's training on the noisy digits (trained once: a second call reuses it)."""
+    """The run folder of one seed's training on the noisy digits: trained once (a second call reuses it, one
+    stopped is resumed); a run of other flags there is refused, not measured."""
     run_dir = os.path.join(out_dir, 'runs', f'seed{seed}')
+    argv = ['--out_dir', os.path.join(out_dir, 'runs'), '--cache_dir', os.path.join(out_dir, 'cache'), '--run_name',
+            f'seed{seed}', '--seed', str(seed), *TRAINING]
+    check_same_training(run_dir, demo_digits.config(argv))
     if not os.path.isfile(os.path.join(run_dir, 'summary.json')):
-        cfg = demo_digits.config(['--out_dir', os.path.join(out_dir, 'runs'), '--cache_dir',
-                                  os.path.join(out_dir, 'cache'), '--run_name', f'seed{seed}', '--seed', str(seed),
-                                  *TRAINING])
+        stopped = os.path.isfile(os.path.join(run_dir, 'last.pt'))
+        cfg = demo_digits.config(['--resume', run_dir] if stopped else argv)
         with contextlib.redirect_stdout(io.StringIO()):
             run(cfg, demo_digits.load_splits)
     return run_dir
+
+
+def check_same_training(run_dir, wanted):
+    """Refuse a run folder whose run is not this benchmark's for its seed (another noise, schedule or seed)."""
+    made = load_json(os.path.join(run_dir, 'config.json'))
+    names = ['noise_type', 'seed', *(flag[2:] for flag in TRAINING[::2])]
+    other = [f'--{name} {made[name]} (here: {getattr(wanted, name)})' for name in names
+             if name in made and made[name] != getattr(wanted, name)]
+    if other:
+        raise SetupError(f'{run_dir} holds a run of other flags ({", ".join(other)}); give another --out_dir')
 
 
 def prediction_of(run_dir, n_samples):

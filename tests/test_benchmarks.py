@@ -1,6 +1,7 @@
 """Each benchmark command at tiny size on the CPU (the GPU figures come from the same commands)."""
 import contextlib
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from model_diffusion import Diffusion
 from utils.averaging import evaluated_weights
 from utils.diff_encoders import build_model
 from utils.encoders.clip import load_clip
+from utils.errors import SetupError
 from utils.evaluate import classify_images
 from utils.prepare import use_k
 from utils.storage.loading import load_torch
@@ -188,6 +190,24 @@ def test_the_layouts_command_writes_only_into_a_new_or_empty_folder(tmp_path):
     assert os.listdir(mine) == ['labels.csv'] and (mine / 'labels.csv').read_text() == 'my,labels\n'
     made = subprocess.run([*command, str(tmp_path / 'new')], cwd=REPO, capture_output=True, text=True)
     assert made.returncode == 0 and (tmp_path / 'new' / 'labels.csv').is_file()
+
+
+def test_the_sampling_benchmark_resumes_a_stopped_run_and_refuses_a_run_of_other_flags(tmp_path, monkeypatch):
+    """A stopped seed's run said 'Continue with --resume', which the benchmark's command does not take: it
+    refused the folder for good. A run of other flags in its place was measured as the benchmark's."""
+    trained = []
+    monkeypatch.setattr(sampling, 'run', lambda cfg, load_splits: trained.append(cfg))
+    run_dir = tmp_path / 'runs' / 'seed7'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'last.pt').write_bytes(b'')
+    made = {'seed': 7, 'nepoch': 30, 'lr': 3e-3, 'noise_type': 'digits-U-0.4'}
+    (run_dir / 'config.json').write_text(json.dumps(made))
+    assert sampling.trained_run(str(tmp_path), 7) == str(run_dir) and trained[-1].resume == str(run_dir)
+    (run_dir / 'config.json').write_text(json.dumps({**made, 'nepoch': 2}))
+    with pytest.raises(SetupError, match=rf'{run_dir} holds a run of other flags \(--nepoch 2 \(here: 30\)\); '
+                                         r'give another --out_dir'):
+        sampling.trained_run(str(tmp_path), 7)
+    assert len(trained) == 1
 
 
 def test_the_sampling_benchmark_sets_the_two_samplers_side_by_side(tmp_path):
