@@ -103,6 +103,9 @@ def resumed_state(args, given):
     """The stopped run's last.pt and the run's flags (with this command's PER_COMMAND ones), refused in
     one line where it is absent, damaged or finished, or where a flag given (`given`) differs from the run's."""
     path = os.path.join(args.resume, 'last.pt')
+    if os.path.exists(os.path.join(args.resume, 'best.pt')):  # a Standard run keeps its last epoch alone
+        raise SetupError(f'--resume {args.resume} holds an LRA-diffusion run (best.pt), not a Standard one: resume '
+                         f'it with the train_*.py script that made it')
     if os.path.exists(os.path.join(args.resume, FINISHED)):
         raise SetupError(f'--resume {args.resume} holds a finished run ({FINISHED}); there is nothing to go on with')
     if not os.path.isfile(path):

@@ -156,6 +156,13 @@ def test_features_file_refusals(tmp_path):
     np.savez(tmp_path / 'two.npz', train=feats['train'], test=feats['test'])
     with pytest.raises(FeatureFileError, match=r'two\.npz lacks the split\(s\) val'):
         load_feature_encoder(str(tmp_path / 'two.npz'))
+    np.savez(tmp_path / 'many.npz', **{f'layer{i}': feats['val'] for i in range(9)})
+    with pytest.raises(FeatureFileError, match=r'\(it has: layer0, layer1, layer2, layer3, layer4 and 4 more\)'):
+        load_feature_encoder(str(tmp_path / 'many.npz'))
+    torch.save({'f.0.weight': torch.zeros(2, 2)}, tmp_path / 'encoder.pt')  # a zip of its own, read by np.load
+    with pytest.raises(FeatureFileError, match=r'encoder\.pt is a torch checkpoint \(weights, or a run\'s best\.pt\), '
+                                               r'not an \.npz of features: pass an encoder file with its own '):
+        load_feature_encoder(str(tmp_path / 'encoder.pt'))
     np.savez(tmp_path / 'objects.npz', train=np.array([{'a': 1}], dtype=object), val=feats['val'], test=feats['test'])
     with pytest.raises(FeatureFileError, match='objects.npz could not be read'):
         load_feature_encoder(str(tmp_path / 'objects.npz'))

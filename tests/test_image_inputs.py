@@ -226,6 +226,10 @@ def test_a_pipe_listed_as_an_image_is_refused_not_waited_on(tmp_path, capsys):
     assert not (tmp_path / 'runs').exists()
     with pytest.raises(DatasetMissing, match='not a regular file'):
         open_image(str(pipe))
+    folder = root / 'train' / 'cat' / 'cat_010.jpg'  # a folder named like an image: called one, it was a pipe
+    folder.mkdir()
+    with pytest.raises(DatasetMissing, match=r'cat_010\.jpg \(a folder, not an image file\)'):
+        open_image(str(folder))
 
 
 def test_a_multi_picture_jpeg_or_a_bmp_cut_short_is_found_up_front(tmp_path):

@@ -219,6 +219,17 @@ def test_a_damaged_standard_checkpoint_is_refused_in_one_line(stopped_standard_r
     assert refused.value.code == 2 and err.count('\n') == 1 and says in err
 
 
+def test_a_standard_resume_of_an_lra_diffusion_run_says_whose_run_it_is(tmp_path, capsys):
+    """It was refused as 'a finished run (summary.json)': true of neither script's runs as the user meant."""
+    for name in ('best.pt', 'last.pt', 'summary.json'):
+        (tmp_path / name).write_bytes(b'')
+    with pytest.raises(SystemExit) as refused:
+        run_cli(train_standard.main, ['--resume', str(tmp_path), '--device', 'cpu'])
+    assert refused.value.code == 2 and capsys.readouterr().err == (
+        f'error: --resume {tmp_path} holds an LRA-diffusion run (best.pt), not a Standard one: resume it with the '
+        f'train_*.py script that made it\n')
+
+
 def test_a_standard_resume_never_writes_over_a_users_files(stopped_standard_run, capsys):
     (stopped_standard_run / 'history.json').write_text('my notes')
     with pytest.raises(SystemExit) as refused:

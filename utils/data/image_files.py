@@ -104,7 +104,10 @@ UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
 def _regular(path):
     """`path`, where it is a regular file (or a link to one): opening a pipe waits for a writer that may
     never come, in a thread a Ctrl-C does not reach, and a device such as /dev/zero never ends."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise OSError('a folder, not an image file')
+    if not stat.S_ISREG(mode):
         raise OSError('not a regular file but a pipe, device or socket')
     return path
 

@@ -45,10 +45,15 @@ def _read_npz(path):
 def load_feature_file(path):
     """{split: float32 array} and the meta record, after checking the splits agree with each other."""
     blob = _read_npz(path)
+    if any(name.endswith('data.pkl') for name in blob):  # a zip, as torch.save writes
+        raise FeatureFileError(f'{path} is a torch checkpoint (weights, or a run\'s best.pt), not an .npz of features: '
+                               f'pass an encoder file with its own --fp_encoder (e.g. SimCLR), or {FIX}')
     missing = [s for s in SPLITS if s not in blob]
     if missing:
+        names = sorted(blob)
+        held = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
         raise FeatureFileError(f'features file {path} lacks the split(s) {", ".join(missing)} '
-                               f'(it has: {", ".join(sorted(blob)) or "nothing"}); {FIX}')
+                               f'(it has: {held or "nothing"}); {FIX}')
     arrays = {}
     for split in SPLITS:
         a = blob[split]
