@@ -145,6 +145,30 @@ def test_resume_after_interruption_gives_the_same_summary(tmp_path, digits, monk
     assert 'image_size' not in config and 'nepoch' in config  # only the flags of this script
 
 
+def test_a_signal_in_the_last_epoch_stops_before_the_outputs(tmp_path, digits, monkeypatch):
+    """A SIGTERM during the last epoch's evaluation: the epoch ends and is saved, as any other, and the command
+    stops there. It went on to denoise every training image (minutes on a large dataset) and ended with exit 0,
+    as if no one had asked it to stop. The resume writes the outputs."""
+    import signal
+    from utils.errors import Interrupted
+    small = subset(digits, 200, 50)
+    original = Trainer.evaluate
+
+    def signalled(self, epoch, *args):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, epoch, *args)
+    monkeypatch.setattr(Trainer, 'evaluate', signalled)
+    run_dir = tmp_path / 'runs' / 'r'
+    with pytest.raises(Interrupted, match=rf'SIGTERM after epoch 2, the last; {run_dir}/last.pt holds it, the outputs '
+                                          rf'are not written. Continue with --resume {run_dir}$'):
+        run(digits_cfg(tmp_path, '--nepoch', '3', '--warmup_epochs', '1', '--n_samples', '0'), lambda c: small)
+    monkeypatch.undo()
+    assert load_torch(str(run_dir / 'last.pt'))['epoch'] == 2 and not (run_dir / 'summary.json').exists()
+    summary, _ = run(demo_digits.config(['--resume', str(run_dir)]), lambda c: small)
+    assert summary['epochs'] == 3 and (run_dir / 'train_denoised_labels.npy').exists()
+
+
 def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):
     original = Trainer.train_step
     calls = {'n': 0}

@@ -12,13 +12,14 @@ A run folder holds config.json, log.jsonl (one line per evaluation), best.pt and
 """
 import json
 import os
+import signal
 import sys
 import time
 
 import torch
 
 from utils.averaging import evaluated_weights
-from utils.errors import SetupError
+from utils.errors import Interrupted, SetupError
 from utils.prepare import check_inputs, clean_train_labels, decoded_as_recorded, prepare
 from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
@@ -176,6 +177,11 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
     wall = trainer.fit(splits)
+    stopped = distributed.agreed_stop(trainer.stopped_by, device)  # a signal in the last epoch, on any rank
+    if stopped:  # every epoch is trained and in last.pt; the outputs (minutes on a large dataset) wait for a resume
+        raise Interrupted(f'{signal.Signals(stopped).name} after epoch {cfg.nepoch - 1}, the last; '
+                          f'{os.path.join(run_dir, "last.pt")} holds it, the outputs are not written. Continue with '
+                          f'--resume {run_dir}', stopped)
     if not main:
         return None, run_dir
     summary = run_summary(cfg, trainer, data.info, device, wall)
