@@ -21,6 +21,7 @@ from utils.errors import SetupError
 from utils.runs.cli import run_cli
 from utils.runs.folders import write_run_file
 from utils.storage import published
+from utils.storage.saving import append_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -451,6 +452,12 @@ def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_p
         open(sidecar, 'w').write(written)
         assert paper_device.simclr_done(args) is done, written
     os.makedirs(p['run'])
+    # a run killed while it added a line to its log: the shipped log holds the whole lines (json.loads had
+    # failed on the cut one, and the ship with it)
+    log = os.path.join(p['run'], 'log.jsonl')
+    append_jsonl({'epoch': 0, 'val_acc': 0.5}, log)
+    open(log, 'a').write('{"epoch": 1, "val_')
+    assert paper_device.run_files(p['run'])['log'] == [{'epoch': 0, 'val_acc': 0.5}]
     for saved, epochs in (({'epoch': 7}, 8), ({'epoch': '7'}, 0), ({}, 0), ([7], 0)):
         torch.save(saved, os.path.join(p['run'], 'last.pt'))
         assert paper_device.epochs_trained(p['run']) == epochs, saved

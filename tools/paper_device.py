@@ -44,7 +44,7 @@ from utils.runs.checks import seed_problems
 from utils.runs.cli import Parser, run_cli
 from utils.runs.folders import first_few, foreign_files
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
-from utils.storage.loading import load_json, load_torch
+from utils.storage.loading import load_json, load_torch, read_jsonl
 from utils.storage.saving import save_json
 
 IMPORT_S = time.monotonic() - _IMPORTS_FROM  # part of --budget_s: a device's limit counts from the command's start
@@ -284,9 +284,8 @@ def shipped_since(encoder, manifest):
 
 def run_files(run):
     """The run folder's summary, config and evaluation log ({} and [] where not written yet)."""
-    log = os.path.join(run, 'log.jsonl')
     return {'summary': load_json(os.path.join(run, 'summary.json')), 'config': load_json(os.path.join(run, 'config.json')),
-            'log': [json.loads(line) for line in open(log) if line.strip()] if os.path.isfile(log) else []}
+            'log': read_jsonl(os.path.join(run, 'log.jsonl'))}
 
 
 def unpack(shipped, folder):

@@ -8,6 +8,7 @@ cannot be parsed is named as damaged.
 """
 import codecs
 import json
+import os
 import pickle
 import re
 import warnings
@@ -104,3 +105,12 @@ def load_pickle(path, what, fix):
             raise
         except Exception as exc:
             raise _corrupt(what, path, exc, fix) from exc
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file ([] where there is none); a last line without its end, which a write
+    cut short would leave, is not a record."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]

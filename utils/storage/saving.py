@@ -229,8 +229,11 @@ def write_jsonl(records, path):
 
 
 def append_jsonl(record, path):
+    """One line added in one write (a log read while it grows, or after a kill, holds whole lines; readers
+    skip a last line without its end all the same: utils/storage/loading.read_jsonl)."""
     _tell_owner(path, 'before')
-    with open(path, 'a') as f:
-        f.write(json.dumps(record, sort_keys=True) + '\n')
-
-
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record, sort_keys=True) + '\n').encode())
+    finally:
+        os.close(fd)
