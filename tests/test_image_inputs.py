@@ -388,6 +388,14 @@ def test_a_linked_subfolder_of_a_class_folder_is_read_and_an_unreadable_one_refu
         read_image_folder(root, val_fraction=0.5, log=lambda line: None)
 
 
+def test_a_class_name_with_a_line_break_is_refused(tmp_path):
+    """classes.txt holds one name a line: a folder named over two lines would come back as two classes."""
+    root = class_folders(str(tmp_path / 'train'))
+    os.rename(os.path.join(root, 'dog'), os.path.join(root, 'big\ndog'))
+    with pytest.raises(DatasetMissing, match=r"the class name 'big\\ndog' holds a line break; rename that class"):
+        read_image_folder(root, val_fraction=0.5, log=lambda line: None)
+
+
 def test_tiff_and_gif_files_in_class_folders_are_images_notes_are_not(tmp_path):
     """A scan's .tif and a .gif are images Pillow reads (16-bit TIFFs scaled: _eight_bit); a note is not."""
     rng = np.random.default_rng(0)

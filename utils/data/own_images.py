@@ -240,6 +240,10 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
         raise DatasetMissing(f'{train} lists no training images ({", ".join(IMAGE_SUFFIXES)} files in class folders, '
                              f'or CSV rows of path,label)')
     classes = _class_list(train, train_text, train_where, classes_file)
+    broken = [name for name in classes if any(c in name for c in '\n\r')]
+    if broken:  # classes.txt (one name a line) and --classes could not give it back
+        raise DatasetMissing(f'{train}: the class name {broken[0]!r} holds a line break; rename that class folder or '
+                             f'label')
     train_labels = _label_indices(train_text, train_where, classes, train, classes_file)
     if len(classes) < 2:
         raise DatasetMissing(f'{train} has {"a single class " + repr(classes[0]) if classes else "no class"}; learning '
