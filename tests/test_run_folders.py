@@ -393,11 +393,17 @@ def test_a_resume_that_trains_on_first_removes_what_the_run_made_of_its_earlier_
             'confusion_noisy_vs_denoised.png', 'confusion_clean_vs_denoised.png', 'confusion_clean_vs_noisy.png',
             'predict_test_labels.npy'}
     assert made <= set(os.listdir(run_dir))
+    # a resume refused by a check made once the data is prepared (here the checkpoint's) removes nothing
+    monkeypatch.setattr(engine, 'resume_trainer', lambda *a, **k: (_ for _ in ()).throw(SetupError('refused')))
+    with pytest.raises(SetupError, match='refused'):
+        run(demo_digits.config(['--resume', run_dir, '--nepoch', '5']), lambda c: small)
+    monkeypatch.undo()
+    assert made <= set(os.listdir(run_dir))
     capsys.readouterr()
     run_interrupted_at(monkeypatch, 3, demo_digits.config(['--resume', run_dir, '--nepoch', '5']), small)
     assert not made & set(os.listdir(run_dir)) and {'best.pt', 'last.pt', 'log.jsonl'} <= set(os.listdir(run_dir))
-    assert '--resume: the run trains on from epoch 2, so what its first 2 epochs made is removed (summary.json, ' \
-           'train_denoised_labels.npy' in capsys.readouterr().out
+    assert '--resume: the run trains on from epoch 2, so what its best checkpoint so far made is removed ' \
+           '(summary.json, train_denoised_labels.npy' in capsys.readouterr().out
     predict_run(demo_digits.config([]), lambda c: small, run_dir)  # of the stopped run: said so, and removed
     assert 'best checkpoint so far (the run is unfinished; a --resume that trains on removes these predictions)' \
         in capsys.readouterr().out

@@ -132,10 +132,8 @@ def run(cfg, load_splits):
         check_same_normalisation(splits, ckpt['data_info'], run_dir)
     claim = RunClaim(run_dir, fresh=not cfg.resume) if distributed.is_main() else None
     try:
-        if claim is not None and stale:
-            remove_stale_outputs(run_dir, stale, ckpt['epoch'] + 1)
         sweep_stale_cache_writes(cfg.cache_dir)
-        return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
+        return _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset, stale)
     except torch.cuda.OutOfMemoryError as exc:
         raise SetupError(f'{OOM_ADVICE} ({str(exc).splitlines()[0]})') from exc
     finally:
@@ -149,11 +147,11 @@ def remove_stale_outputs(run_dir, names, epochs):
     there (tools take summary.json for a finished run). summary.json goes first: a stop in between leaves an
     unfinished run."""
     remove_files(run_dir, names)
-    print(f'--resume: the run trains on from epoch {epochs}, so what its first {epochs} epochs made is removed '
+    print(f'--resume: the run trains on from epoch {epochs}, so what its best checkpoint so far made is removed '
           f'({", ".join(names)}); its end writes the outputs again, predict.py the predictions')
 
 
-def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset):
+def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset, stale):
     data = prepare(cfg, splits, device, checked=checked)
     data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
     data.info['input_fingerprints'] = input_fingerprints(dataset, data)
@@ -176,6 +174,8 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset)
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
+    if main and stale:  # the resume refused nothing: it trains on now
+        remove_stale_outputs(run_dir, stale, ckpt['epoch'] + 1)
     wall = trainer.fit(splits)
     stopped = distributed.agreed_stop(trainer.stopped_by, device)  # a signal in the last epoch, on any rank
     if stopped:  # every epoch is trained and in last.pt; the outputs (minutes on a large dataset) wait for a resume
