@@ -34,10 +34,11 @@ import time
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
+from utils.pretraining.export import sidecar_path
 from utils.runs.checks import seed_problems
 from utils.runs.cli import REFUSAL_EXIT, Parser, run_cli
 from utils.runs.config import names_a_path
-from utils.runs.folders import (ALWAYS_FROM_THIS_RUN, MAY_CHANGE_ON_RESUME, check_fresh_folder, differs,
+from utils.runs.folders import (ALWAYS_FROM_THIS_RUN, MAY_CHANGE_ON_RESUME, check_fresh_folder, differs, is_number,
                                  write_run_file)
 from utils.storage.fingerprints import files_fingerprint
 from utils.storage.loading import load_json
@@ -94,12 +95,17 @@ def cifar_status(name, cfg):
                    f'--data_root DIR holding {CIFAR_FOLDERS[name][0]}/')
 
 
-def clip_status(name, cfg):
+def clip_file_name(name):
+    """The file name of a released CLIP model's weights (ViT-L/14: ViT-L-14.pt)."""
     import warnings
     with warnings.catch_warnings():  # the clip package imports pkg_resources
         warnings.simplefilter('ignore')
         import clip
-    file_name = os.path.basename(clip.clip._MODELS[name])
+    return os.path.basename(clip.clip._MODELS[name])
+
+
+def clip_status(name, cfg):
+    file_name = clip_file_name(name)
     path = os.path.join(cfg.clip_download_root or os.path.expanduser('~/.cache/clip'), file_name)
     if os.path.isfile(path):
         return True, f'found {path}'
@@ -320,7 +326,7 @@ def encoder_note(config, folder):
     checkpoint = config.get('fp_checkpoint')
     if not checkpoint or config.get('fp_encoder') != 'SimCLR':
         return None
-    sidecar = load_json(os.path.join(folder, 'encoder.json')) or load_json(os.path.splitext(checkpoint)[0] + '.json')
+    sidecar = load_json(os.path.join(folder, 'encoder.json')) or load_json(sidecar_path(checkpoint))
     if not sidecar:
         return f'f_p: SimCLR checkpoint {os.path.basename(checkpoint)}, not the authors\''
     knn, epochs = sidecar.get('knn_top1_test'), sidecar.get('epochs', '?')
@@ -333,8 +339,9 @@ def run_labels(row, summary, config, folder):
     """How a run differs from the paper's protocol, in words for the table."""
     labels = []
     paper = PAPER_LENGTH_EPOCHS.get(row.script)
-    if paper and summary.get('epochs', paper) < paper:
-        labels.append(f"shorter: {summary['epochs']} of the paper's {paper} epochs")
+    epochs = summary.get('epochs', paper)
+    if paper and epochs != paper:
+        labels.append(f"{'shorter' if epochs < paper else 'longer'}: {epochs} of the paper's {paper} epochs")
     if config.get('recipe', 'authors') != 'authors':
         labels.append(f"recipe {config['recipe']}")
     note = encoder_note(config, folder)
@@ -351,12 +358,12 @@ def measured_value(row, folder):
     if row.metric == 'seconds':
         result = load_json(os.path.join(folder, 'inference.json'))
         timed = timed_row(row, result.get('rows', []))
-        value, summary, file, fits = (None if timed is None else timed.get('seconds')), {'device': result.get('device')}, \
-            'inference.json', 'a positive number of seconds'
+        value, summary = (None if timed is None else timed.get('seconds')), {'device': result.get('device')}
+        file, fits = 'inference.json', 'a positive number of seconds'
     else:
         summary = load_json(os.path.join(folder, 'summary.json'))
         value, file, fits = summary.get(row.metric), 'summary.json', 'a fraction between 0 and 1'
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    number = is_number(value) and math.isfinite(value)
     if value is not None and not (number and (value > 0 if row.metric == 'seconds' else 0 <= value <= 1)):
         raise SetupError(f'{os.path.join(folder, file)}: its {row.metric} is {value!r}, not {fits}; the file is '
                          f'damaged: record the run from a good copy')
@@ -389,10 +396,19 @@ def check_run_of_row(row, config, folder):
     """Refuse a training run that is another row's (another noise, f_p or flag of the row's command): its
     figure would stand in the table as this row's."""
     wrong = [f'--{name} {config.get(name, "(not recorded)")} (the row: {value})'
-             for name, value in row_identity(row).items() if name not in config or differs(name, config[name], value)]
+             for name, value in row_identity(row).items()
+             if name not in config or not same_as_row(name, config[name], value)]
     if wrong:
         raise SetupError(f'{folder} is not a run of row {row.id}: {"; ".join(wrong)}; give the row it is a run of '
                          f'(--list), or run this row\'s command')
+
+
+def same_as_row(name, recorded, wanted):
+    """Whether a run's flag says what its row's does; --CLIP_type may be the path of the released file
+    (offline, as the refusal of a missing one says to give it)."""
+    if name == 'CLIP_type' and isinstance(recorded, str) and os.path.sep in recorded:
+        return os.path.basename(recorded) == clip_file_name(wanted)
+    return not differs(name, recorded, wanted)
 
 
 def flag_labels(row, config):
@@ -433,7 +449,8 @@ def record_of(row, folder, seed=None, labels=(), commit_id=None):
 
 
 def finished_records(runs):
-    """Records of every finished run under RUNS/<row group>/s<seed>, for every row of its group."""
+    """Records of every finished run under RUNS/<row group>/s<seed>, for every row of its group (a run that is
+    not the row's, or whose figure is damaged, is named and left out)."""
     records = []
     for row in ROWS.values():
         group = os.path.join(runs, row.run_group)
@@ -442,7 +459,11 @@ def finished_records(runs):
         for name in sorted(os.listdir(group)):
             folder = os.path.join(group, name)
             if name.startswith('s') and name[1:].isdigit() and finished(row, folder):
-                record = record_of(row, folder, int(name[1:]))
+                try:
+                    record = record_of(row, folder, int(name[1:]))
+                except SetupError as exc:  # another row's run put here, a damaged figure: the others still count
+                    print(f'not tabulated: {exc}')
+                    continue
                 if record is not None:
                     records.append(record)
     return records

@@ -390,22 +390,34 @@ def test_a_run_of_another_row_or_with_a_damaged_figure_is_not_recorded(outputs, 
                         ({'fp_encoder': 'CLIP'}, '--fp_encoder CLIP (the row: SimCLR)'),
                         ({'noise_type': None}, '--noise_type (not recorded) (the row: cifar10-1-0.35)')):
         (run / 'config.json').write_text(json.dumps({k: v for k, v in {**config, **wrong}.items() if v is not None}))
-        assert refusal(argv, capsys) == (2, f'error: {run} is not a run of row cifar10-pmd1-35-simclr: {said}; give the ' \
-                                        f"row it is a run of (--list), or run this row's command")
+        assert refusal(argv, capsys) == (2, f'error: {run} is not a run of row cifar10-pmd1-35-simclr: {said}; give ' \
+                                        f"the row it is a run of (--list), or run this row's command")
     (run / 'config.json').write_text(json.dumps({**config, 'CLIP_type': 'ViT-B/32', 'fp_encoder': 'CLIP'}))
     assert 'is not a run of row cifar10-pmd1-35-clip: --CLIP_type ViT-B/32 (the row: ViT-L/14)' in \
         refusal(['--record', str(run), '--row', 'cifar10-pmd1-35-clip'], capsys)[1]
     for damaged in ('0.88', 88.0, float('nan'), True):
         (run / 'config.json').write_text(json.dumps(config))
         (run / 'summary.json').write_text(json.dumps({'test_acc': damaged, 'epochs': 200}))
-        assert refusal(argv, capsys) == (2, f'error: {run / "summary.json"}: its test_acc is {damaged!r}, not a fraction ' \
-                                        f'between 0 and 1; the file is damaged: record the run from a good copy')
+        assert refusal(argv, capsys) == (2, f'error: {run / "summary.json"}: its test_acc is {damaged!r}, not a ' \
+                                            f'fraction between 0 and 1; the file is damaged: record the run from a ' \
+                                            f'good copy')
     assert not os.path.exists(outputs / 'paper.json')
-    (run / 'summary.json').write_text(json.dumps({'test_acc': 0.88, 'epochs': 200}))
+    (run / 'summary.json').write_text(json.dumps({'test_acc': 0.88, 'epochs': 300}))
     (run / 'config.json').write_text(json.dumps({**config, 'k': 5, 'command_line_flags': ['k', 'noise_type', 'seed']}))
     assert paper.main(argv) == 0
     (record,) = json.load(open(outputs / 'paper.json'))['runs']
-    assert record['labels'] == ['--k 5']
+    assert record['labels'] == ["longer: 300 of the paper's 200 epochs", '--k 5']
+    # CLIP's weights given by the path of the released file (offline): the row's model
+    clip_run = {**config, 'fp_encoder': 'CLIP', 'CLIP_type': '/weights/ViT-L-14.pt'}
+    assert paper.check_run_of_row(ROWS['cifar10-pmd1-35-clip'], clip_run, str(run)) is None
+    with pytest.raises(SetupError, match='--CLIP_type /w/ViT-B-32.pt'):
+        paper.check_run_of_row(ROWS['cifar10-pmd1-35-clip'], {**clip_run, 'CLIP_type': '/w/ViT-B-32.pt'}, str(run))
+    # a run that is not its row's, put under --runs: named and left out of the table, the others tabulated
+    other = outputs / 'runs' / 'cifar10-pmd1-35-simclr' / 's1'
+    shutil.copytree(run, other)
+    (other / 'config.json').write_text(json.dumps({**config, 'noise_type': 'digits-U-0.4'}))
+    assert paper.main(['--table', '--runs', str(outputs / 'runs')]) == 0
+    assert f'not tabulated: {other} is not a run of row cifar10-pmd1-35-simclr' in capsys.readouterr().out
 
 
 def test_the_generated_docs_match_the_results_json():
