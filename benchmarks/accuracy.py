@@ -40,7 +40,7 @@ from utils.recipes import RECIPE_FLAGS
 from utils.retrieval import knn, majority_vote
 from utils.runs.config import K_SELECT
 from utils.runs.folders import MEANT_WHEN_ABSENT, write_run_file
-from utils.storage.loading import load_json
+from utils.storage.loading import load_json, read_jsonl
 from utils.storage.saving import save_json
 
 # label → noise name; a name the package cannot resolve here (e.g. the PMD file when it has not been
@@ -262,8 +262,7 @@ def label_issue_scores(run_dir, clean):
 
 
 def run_result(summary, run_dir, clean):
-    with open(os.path.join(run_dir, 'log.jsonl')) as f:
-        n_evals = sum(1 for line in f if line.strip())
+    n_evals = len(read_jsonl(os.path.join(run_dir, 'log.jsonl')))
     with open(os.path.join(run_dir, 'config.json')) as f:
         k = json.load(f)['k']  # the run's k: --k_choices picks it on the validation split
     return {'k': k, 'test_acc': summary['test_acc'], 'best_val_acc': summary['best_val_acc'],

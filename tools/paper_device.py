@@ -261,14 +261,14 @@ def ship(args, record):
     """This command's record, with the run's small files and the encoder's sidecar folded in, and the
     encoder's shards, into args.ship (tools/gpu_suite.write_run puts the run's files back)."""
     p = paths(args)
-    encoder = os.path.isfile(p['encoder'])
+    encoder = export_complete(p['encoder'])  # not one stopped between its sidecar and its weights
     note_shipped(args, [*(['simclr_shards'] if encoder else []), 'paper_device.json'])
     for name in recorded(args) & set(SHIPPED_BEFORE):  # an earlier version's run files, stale from now on
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(args.ship, name))
     with contextlib.suppress(OSError):  # their folder, once empty
         os.rmdir(os.path.join(args.ship, 'run'))
-    sidecar = load_json(os.path.splitext(p['encoder'])[0] + '.json')
+    sidecar = load_json(sidecar_path(p['encoder'])) if encoder else {}
     folder = os.path.join(args.ship, 'simclr_shards')
     if encoder and not shipped_since(p['encoder'], os.path.join(folder, shards.MANIFEST)):
         state = load_torch(p['encoder'], 'SimCLR encoder')

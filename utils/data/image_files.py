@@ -76,8 +76,8 @@ def image_files_in(folder):
     back up the tree is no loop, and one folder linked twice lists its images once; the same file under two
     class folders is refused by the reader); a subfolder that cannot be listed is refused, never skipped."""
     def unreadable(exc):
-        raise DatasetMissing(f'{exc.filename} cannot be listed ({exc.strerror}); make it readable, or move it out of '
-                             f'{folder}')
+        away = '' if os.path.abspath(exc.filename) == os.path.abspath(folder) else f', or move it out of {folder}'
+        raise DatasetMissing(f'{exc.filename} cannot be listed ({exc.strerror}); make it readable{away}')
     found, walked = [], set()
     for root, subfolders, names in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(root)

@@ -232,8 +232,10 @@ def append_jsonl(record, path):
     """One line added in one write (a log read while it grows, or after a kill, holds whole lines; readers
     skip a last line without its end all the same: utils/storage/loading.read_jsonl)."""
     _tell_owner(path, 'before')
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = memoryview((json.dumps(record, sort_keys=True) + '\n').encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the mode open() gives, less the umask
     try:
-        os.write(fd, (json.dumps(record, sort_keys=True) + '\n').encode())
+        while line:  # a short write (a full disk) goes on or raises, never leaves the line cut silently
+            line = line[os.write(fd, line):]
     finally:
         os.close(fd)
