@@ -347,9 +347,9 @@ def test_prediction_with_other_f_p_weights_than_the_run_was_trained_with_is_refu
     assert predict_run(demo_digits.config([]), lambda c: small, run_dir)['n'] == 50
     save_feature_file(path, dict(feats, test=feats['test'][::-1].copy()), {})
     os.remove(os.path.join(run_dir, 'predict_test_labels.npy'))
-    with pytest.raises(SetupError, match=f'predict.py {run_dir}: the f_p encoder \\(--fp_encoder features --fp_checkpoint '
-                                         f'{path}\\) is not the one the run was trained with \\(weights [0-9a-f]+ now, '
-                                         f'[0-9a-f]+ then\\); put the run\'s encoder back there'):
+    with pytest.raises(SetupError, match=f'predict.py {run_dir}: the f_p encoder \\(--fp_encoder features '
+                                         f'--fp_checkpoint {path}\\) is not the one the run was trained with '
+                                         f'\\(weights [0-9a-f]+ now, [0-9a-f]+ then\\); put the run\'s encoder back'):
         predict_run(demo_digits.config([]), lambda c: small, run_dir)
     assert not os.path.exists(os.path.join(run_dir, 'predict_test_labels.npy'))
 

@@ -170,9 +170,10 @@ def check_same_fp(encoder, saved, info, run_dir):
     then = info.get('fp_weights')
     if then is not None and encoder.fingerprint != then:
         where = f' --fp_checkpoint {saved.fp_checkpoint}' if saved.fp_checkpoint else ''
-        raise SetupError(f'predict.py {run_dir}: the f_p encoder (--fp_encoder {saved.fp_encoder}{where}) is not the one '
-                         f'the run was trained with (weights {encoder.fingerprint or "none"} now, {then} then); put '
-                         f'the run\'s encoder back there, or train a run with this one')
+        now = encoder.fingerprint or 'none'
+        raise SetupError(f'predict.py {run_dir}: the f_p encoder (--fp_encoder {saved.fp_encoder}{where}) is not '
+                         f'the one the run was trained with (weights {now} now, {then} then); put the run\'s encoder '
+                         f'back there, or train a run with this one')
 
 
 def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_eta=1.0):

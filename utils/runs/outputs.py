@@ -14,7 +14,8 @@ PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv', '.json')  # predict.py'
 FINISHED_OUTPUTS = ('summary.json', 'train_denoised_labels.npy', 'train_noisy_labels.npy', 'train_probs.npy',
                     LABEL_RANKING, 'accuracy.png', 'confusion_noisy_vs_denoised.png',
                     'confusion_clean_vs_denoised.png', 'confusion_clean_vs_noisy.png')
-PREDICTED = tuple(f'predict_{what}{suffix}' for what in ('train', 'val', 'test', 'folder') for suffix in PREDICTION_FILES)
+PREDICTED = tuple(f'predict_{what}{suffix}' for what in ('train', 'val', 'test', 'folder')
+                  for suffix in PREDICTION_FILES)
 
 
 def stale_outputs(run_dir):
