@@ -10,6 +10,22 @@ from utils.encoders.random_weights import save_random_clip, save_random_simclr
 # small steps run many times slower; on an idle one the suite costs little more.
 torch.set_num_threads(1)
 
+# The test files that take longest (seconds of one worker, 2026-12-07), run first: `-n 2 --dist loadfile`
+# hands out whole files, by default those with the most tests first, which started the GPU suite's smoke
+# (a third of one worker's time, in few tests) late, and one core worked alone at the end.
+LONGEST_FIRST = ('test_gpu_suite.py', 'test_files.py', 'test_trust.py', 'test_pmd.py', 'test_robustness.py',
+                 'test_engine.py', 'test_benchmarks.py', 'test_data_parallel.py', 'test_accuracy.py')
+
+
+def pytest_configure(config):
+    if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist: files in the order collected, below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: at for at, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
+
 
 @pytest.fixture(autouse=True)
 def no_published_downloads(monkeypatch, tmp_path_factory):
