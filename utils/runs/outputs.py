@@ -5,13 +5,14 @@ import os
 
 import numpy as np
 
+from utils.runs.folders import FINISHED
 from utils.storage.saving import atomic_write
 
 LABEL_RANKING = 'train_label_ranking.csv'  # a run's editable output (utils/runs/folders.EDITABLE_SUFFIXES)
 PREDICTION_FILES = ('_labels.npy', '_probs.npy', '.csv', '.json')  # predict.py's, after predict_<split|folder>
 # what the end of a run writes from its best.pt (utils/engine.finish_outputs, summary.json), and predict.py
 # after it: a resume that trains on makes them stale (stale_outputs)
-FINISHED_OUTPUTS = ('summary.json', 'train_denoised_labels.npy', 'train_noisy_labels.npy', 'train_probs.npy',
+FINISHED_OUTPUTS = (FINISHED, 'train_denoised_labels.npy', 'train_noisy_labels.npy', 'train_probs.npy',
                     LABEL_RANKING, 'accuracy.png', 'confusion_noisy_vs_denoised.png',
                     'confusion_clean_vs_denoised.png', 'confusion_clean_vs_noisy.png')
 PREDICTED = tuple(f'predict_{what}{suffix}' for what in ('train', 'val', 'test', 'folder')
