@@ -169,6 +169,30 @@ def test_a_signal_in_the_last_epoch_stops_before_the_outputs(tmp_path, digits, m
     assert summary['epochs'] == 3 and (run_dir / 'train_denoised_labels.npy').exists()
 
 
+def test_a_best_pt_newer_than_last_pt_stays_the_runs_best(tmp_path, digits, monkeypatch):
+    """Stopped between the two writes of an evaluated epoch, best.pt is ahead of last.pt. The resume redoes that
+    epoch; where its evaluation came out lower (a GPU's nondeterminism, here made so), best.pt kept that
+    epoch's weights while the summary named an earlier epoch and its test accuracy."""
+    import shutil
+    small = subset(digits, 200, 50)
+    flags = ['--nepoch', '12', '--lr_horizon', '12', '--warmup_epochs', '2', '--eval_every', '1', '--lr', '3e-3',
+             '--n_samples', '0']
+    run_interrupted_at(monkeypatch, 4, digits_cfg(tmp_path, *flags), small)
+    run_dir = tmp_path / 'runs' / 'r'
+    shutil.copy(run_dir / 'last.pt', tmp_path / 'last_after_3.pt')
+    summary, _ = run(demo_digits.config(['--resume', str(run_dir)]), lambda c: small)
+    assert summary['best_epoch'] >= 4  # best.pt is of an epoch after that last.pt
+    shutil.copy(tmp_path / 'last_after_3.pt', run_dir / 'last.pt')  # as if stopped before the last.pt after it
+    later = os.path.getmtime(run_dir / 'last.pt') + 1
+    os.utime(run_dir / 'best.pt', (later, later))
+    original = Trainer.accuracies
+    monkeypatch.setattr(Trainer, 'accuracies', lambda self, split, labels: (
+        lambda acc, top5: (acc - 0.5 if split == 'val' else acc, top5))(*original(self, split, labels)))
+    again, _ = run(demo_digits.config(['--resume', str(run_dir)]), lambda c: small)
+    assert again['best_epoch'] == load_torch(str(run_dir / 'best.pt'))['epoch'] == summary['best_epoch']
+    assert (again['best_val_acc'], again['test_acc']) == (summary['best_val_acc'], summary['test_acc'])
+
+
 def test_non_finite_loss_stops_and_names_the_step(tmp_path, digits, monkeypatch):
     original = Trainer.train_step
     calls = {'n': 0}

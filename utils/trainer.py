@@ -24,7 +24,7 @@ from utils.errors import Interrupted, NonFiniteLoss, ResumeRefused, quoted_error
 from utils.evaluate import SplitInputs, batch_labeller, bn_shares, predict_labels, training_mode
 from utils.prepare import search_options
 from utils.retrieval import CandidateLabels, SearchKeys, retrieve_candidates
-from utils.runs.folders import CHECKPOINT_FORMAT
+from utils.runs.folders import CHECKPOINT_FORMAT, load_run
 from utils.runtime import distributed
 from utils.runtime.devices import load_optimizer_state
 from utils.runtime.frozen_kernels import compile_forward
@@ -462,6 +462,23 @@ def new_trainer(cfg, data, splits, run_dir, device, ckpt=None):
     return Trainer(cfg, data, model, diffusion, run_dir, device)
 
 
+def adopt_newer_best(trainer, ckpt, run_dir):
+    """best.pt written after last.pt (a stop between the two writes of an evaluated epoch; with
+    --checkpoint_every above 1, epochs apart) holds an evaluation the resume redoes. Its weights are the run's
+    best so far (the earlier best's were written over), so its record becomes the trainer's best: the summary
+    then names the epoch whose weights best.pt holds and the outputs are made from, even where the redone
+    evaluation comes out lower (a GPU's nondeterminism)."""
+    best_path, last_path = os.path.join(run_dir, 'best.pt'), os.path.join(run_dir, 'last.pt')
+    # read only where it may be newer (a checkpoint is hundreds of megabytes); the same time stamp may be either:
+    # a file system's clock ticks every few milliseconds
+    if not (os.path.isfile(best_path) and os.path.isfile(last_path)) or \
+            os.path.getmtime(best_path) < os.path.getmtime(last_path):
+        return
+    best = load_run(run_dir, 'best.pt')
+    if best['epoch'] > ckpt['epoch'] and best['best']['val_acc'] > trainer.best['val_acc']:
+        trainer.best = dict(best['best'])
+
+
 def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
     """The trainer continues from `ckpt`: its state restored, the log rewritten to match it."""
     try:
@@ -472,6 +489,7 @@ def resume_trainer(trainer, ckpt, run_dir, main, quiet=False):
                             f'or start a new run') from None
     if main:  # evaluations logged after the last checkpoint are redone: keep the log consistent
         write_jsonl(trainer.history, os.path.join(run_dir, 'log.jsonl'))
+        adopt_newer_best(trainer, ckpt, run_dir)
     partial = ckpt.get('partial_epoch')
     within = f', step {partial["steps_done"]} of epoch {partial["epoch"]}' if partial else ''
     if not quiet:
