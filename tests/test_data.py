@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from utils.data.cifar import load_cifar
-from utils.data.digits import load_digits_splits
+import utils.data.digits
+from utils.data.digits import bundled_digits, load_digits_splits
 from utils.data.images import random_crop_flip
 from utils.errors import DatasetMissing
 
@@ -90,6 +91,17 @@ def test_digits_splits_are_disjoint_uint8_images():
     assert s.train_images.dtype == torch.uint8 and s.train_images.shape[1:] == (3, 32, 32)
     assert len(s.train_clean) + len(s.val_labels) + len(s.test_labels) == 1797
     assert len(s.val_labels) == 200 and len(s.test_labels) == 400
+
+
+def test_the_digits_read_from_their_file_are_scikit_learns(monkeypatch):
+    from sklearn.datasets import load_digits
+    reference = load_digits()
+    images, target = bundled_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    assert images.dtype == reference.images.dtype and target.dtype == np.int64
+    monkeypatch.setattr(utils.data.digits.importlib.util, 'find_spec', lambda name: None)  # another layout
+    images, target = bundled_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
 
 
 def test_random_crop_flip_is_a_shifted_or_mirrored_window():
