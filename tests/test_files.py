@@ -227,21 +227,18 @@ def cache_tensors(folder):
 @pytest.mark.parametrize('dataset', ['clothing1m', 'food101n'])
 def test_torchrun_two_processes_build_the_same_feature_cache(tmp_path, tiny_clip_path, dataset):
     if dataset == 'clothing1m':  # f_p and the ResNet's features of the centre crops, three splits each
-        script, data, more, n_caches = 'train_Clothing1M.py', ['--clothing1m_root', layouts.clothing1m(
+        script, data, more, n_caches = train_Clothing1M, ['--clothing1m_root', layouts.clothing1m(
             str(tmp_path / 'data'))], ['--diff_backbone', 'cached'], 6
     else:  # the authors' recipe: f_p keys of one seeded augmented view; a streamed, frozen ResNet
         n_root, f_root = layouts.food101n(str(tmp_path / 'data'))
-        script, data, more, n_caches = 'train_Food101N.py', ['--food101n_root', n_root, '--food101_root', f_root], [], 3
-    def command(tag, procs):
-        flags = small_flags(tmp_path / tag, tiny_clip_path, *more)
-        # --standalone: a free port each time (a fixed one clashed with the other dataset's run on another
-        # worker of the suite)
-        return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(procs), script,
-                *data, *flags]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    for tag, procs in (('one', 1), ('two', 2)):
-        done = subprocess.run(command(tag, procs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        script, data, more, n_caches = train_Food101N, ['--food101n_root', n_root, '--food101_root', f_root], [], 3
+    script.main([*data, *small_flags(tmp_path / 'one', tiny_clip_path, *more)])  # one process: this one
+    # --standalone: a free port each time (a fixed one clashed with the other dataset's run on another worker)
+    two = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.basename(script.__file__), *data, *small_flags(tmp_path / 'two', tiny_clip_path, *more)]
+    done = subprocess.run(two, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     one, two = cache_tensors(tmp_path / 'one' / 'cache'), cache_tensors(tmp_path / 'two' / 'cache')
     assert one.keys() == two.keys() and len(one) == n_caches
     for name in one:
