@@ -22,6 +22,7 @@ refused.
 """
 import argparse
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
 from utils.errors import SetupError
@@ -73,6 +75,13 @@ def script_parser(script):
 def parse_row(row, extra=()):
     """The row's command (and `extra` flags) parsed by its script's parser; SystemExit names a bad flag."""
     return script_parser(row.script).parse_args([*row.flags, *extra])
+
+
+@functools.lru_cache(maxsize=None)
+def row_settings(row):
+    """The row's command parsed, as a read-only mapping: what recording a run compares the run's config
+    with, parsed once per row however many runs are recorded."""
+    return types.MappingProxyType(vars(parse_row(row)))
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -386,7 +395,7 @@ def flag_name(flag):
 def row_identity(row):
     """What makes a run one of `row`'s, as the row's command has it: its noise and f_p, and each other flag
     the command gives (where its inputs lie aside)."""
-    cfg = vars(parse_row(row))
+    cfg = row_settings(row)
     names = {'noise_type', 'fp_encoder', *(['CLIP_type'] if cfg.get('fp_encoder') == 'CLIP' else []),
              *(flag_name(f) for f in row.flags if str(f).startswith('--'))}
     return {n: cfg[n] for n in sorted(names) if n in cfg and (n == 'noise_type' or not names_a_path(n))}
@@ -414,7 +423,7 @@ def same_as_row(name, recorded, wanted):
 def flag_labels(row, config):
     """The flags a run's command line gave beyond its row's that change what it measures (`-- --k 5`, say),
     each with its value: said in the table."""
-    row_cfg, identity = vars(parse_row(row)), row_identity(row)
+    row_cfg, identity = row_settings(row), row_identity(row)
     return [f'--{name} {config[name]}' for name in sorted(config.get('command_line_flags') or ())
             if name not in UNMEASURED_FLAGS and name not in identity and not names_a_path(name) and name in config
             and name in row_cfg and differs(name, config[name], row_cfg[name])]

@@ -18,6 +18,7 @@ from benchmarks import layouts, paper
 from benchmarks.paper_rows import PAPER, ROWS, UNKNOWN, Row, cifar_rows
 from tools import paper_device, shards
 from utils.errors import SetupError
+from utils.pretraining.export import sidecar_path
 from utils.runs.cli import run_cli
 from utils.runs.folders import write_run_file
 from utils.storage import published
@@ -453,7 +454,7 @@ def test_the_device_commands_parse_against_their_parsers(tmp_path):
 def test_the_device_command_counts_what_its_own_files_say_and_nothing_else(tmp_path):
     args = paper_device.parser().parse_args(['--out', str(tmp_path), '--simclr_epochs', '40'])
     p = paper_device.paths(args)
-    sidecar = os.path.splitext(p['encoder'])[0] + '.json'
+    sidecar = sidecar_path(p['encoder'])
     os.makedirs(os.path.dirname(sidecar))
     open(p['encoder'], 'wb').close()
     for written, done in (('{"epochs": 12}', False),   # a sidecar of fewer epochs: pre-training goes on
@@ -519,7 +520,7 @@ def test_what_a_stage_left_is_shipped_before_the_next_stage_runs(tmp_path, monke
             output = command[command.index('--output') + 1]
             os.makedirs(os.path.dirname(output), exist_ok=True)
             torch.save({'weight': torch.ones(3)}, output)
-            open(os.path.splitext(output)[0] + '.json', 'w').write('{"epochs": 1}')
+            open(sidecar_path(output), 'w').write('{"epochs": 1}')
             # all the budget but a minute of training and the closing (--simclr_minutes unset)
             assert float(command[command.index('--stop_after') + 1]) == pytest.approx(
                 (300 - paper_device.CLOSE_S - paper_device.MIN_TRAIN_S) / 60, abs=0.2)
@@ -546,7 +547,7 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
             output = command[command.index('--output') + 1]
             os.makedirs(os.path.dirname(output), exist_ok=True)
             torch.save(torchvision.models.resnet50().state_dict(), output)  # the authors' backbone's size
-            open(os.path.splitext(output)[0] + '.json', 'w').write('{"epochs": 1, "architecture": "resnet50"}')
+            open(sidecar_path(output), 'w').write('{"epochs": 1, "architecture": "resnet50"}')
         else:
             run = command[command.index('--out_dir') + 1] if '--out_dir' in command else None
             run = os.path.join(run, command[command.index('--run_name') + 1])

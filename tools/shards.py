@@ -13,6 +13,7 @@ import re
 
 import torch
 
+from utils.pretraining.export import sidecar_path
 from utils.storage.fingerprints import file_digest
 from utils.storage.loading import load_json
 from utils.storage.saving import save_json, save_torch
@@ -123,5 +124,5 @@ def reassemble(folder, to):
         # without the digest of the encoder as exported: these are its weights rounded, other bytes
         sidecar = {**{k: v for k, v in manifest['sidecar'].items() if k != 'sha1'},
                    'transport': 'weights rounded to fp16 on the device, stored as float32'}
-        save_json(sidecar, os.path.splitext(to)[0] + '.json')
+        save_json(sidecar, sidecar_path(to))
     return to
