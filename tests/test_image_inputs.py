@@ -2,6 +2,8 @@
 where a file belongs; and predict.py --folder decoding images as the run decoded its evaluation split."""
 import os
 import re
+import shutil
+import subprocess
 import threading
 from types import SimpleNamespace
 
@@ -386,6 +388,26 @@ def test_a_linked_subfolder_of_a_class_folder_is_read_and_an_unreadable_one_refu
     with pytest.raises(DatasetMissing, match=f'{hidden} cannot be listed \\(Permission denied\\); make it '
                                              f'readable, or move it out of {root}/dog'):
         read_image_folder(root, val_fraction=0.5, log=lambda line: None)
+
+
+def bind_mount(source, target):
+    """`source` mounted again at `target`, or a skip where this user may not mount (root only)."""
+    done = subprocess.run(['mount', '--bind', source, target], capture_output=True) if shutil.which('mount') else None
+    if done is None or done.returncode != 0:
+        pytest.skip('bind mounts need root and the mount command')
+
+
+def test_a_bind_mounted_folder_is_listed_once(tmp_path):
+    """A bind mount is the same folder under another path, which realpath does not resolve: a class folder
+    mounted inside itself listed its images twice (the reader then refused them as one file twice)."""
+    root = class_folders(str(tmp_path / 'train'))
+    os.makedirs(os.path.join(root, 'cat', 'mounted'))
+    bind_mount(os.path.join(root, 'cat'), os.path.join(root, 'cat', 'mounted'))
+    try:
+        listed = image_files_in(os.path.join(root, 'cat'))
+        assert listed == [os.path.join(root, 'cat', f'cat_{i}.jpg') for i in range(3)]
+    finally:
+        subprocess.run(['umount', os.path.join(root, 'cat', 'mounted')], check=True)
 
 
 def test_a_class_name_with_a_line_break_is_refused(tmp_path):

@@ -74,17 +74,21 @@ def read_pairs(path, what, root=None):
 def image_files_in(folder):
     """Every image file under `folder`, sorted. Linked subfolders are followed (each real folder once: a link
     back up the tree is no loop, and one folder linked twice lists its images once; the same file under two
-    class folders is refused by the reader); a subfolder that cannot be listed is refused, never skipped."""
+    class folders is refused by the reader); a subfolder that cannot be listed is refused, never skipped.
+    A folder is known by its device and inode, which a bind mount shares with its source (its path differs)."""
     def unreadable(exc):
         away = '' if os.path.abspath(exc.filename) == os.path.abspath(folder) else f', or move it out of {folder}'
         raise DatasetMissing(f'{exc.filename} cannot be listed ({exc.strerror}); make it readable{away}')
     found, walked = [], set()
     for root, subfolders, names in os.walk(folder, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(root)
-        if real in walked:
+        try:
+            info = os.stat(root)
+        except OSError as exc:
+            unreadable(exc)
+        if (info.st_dev, info.st_ino) in walked:
             subfolders[:] = []
             continue
-        walked.add(real)
+        walked.add((info.st_dev, info.st_ino))
         subfolders.sort()  # which path of a folder linked twice is walked: the same every time
         found += [os.path.join(root, name) for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
     return sorted(found)
