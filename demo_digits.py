@@ -9,6 +9,8 @@ reaches on the clean test split. Any training flag can be added (e.g. --nepoch 6
 folder under ./runs/demo (about 40 MB: two checkpoints) and its feature cache under ./cache/demo (about
 22 MB); --out_dir and --cache_dir move them.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from train_CIFAR import RECIPES  # the digits stand in for CIFAR: the same protocol, held in memory
 from utils.data.digits import load_digits_splits
 from utils.engine import main as run_script

@@ -14,6 +14,8 @@ predict_folder.csv: absolute path, label and class name, and predict_folder.json
 _probs.npy unless --n_samples (or, where not given, the run's) is 0. Another folder's labels are not written over the first's: move predict_folder.*
 away first.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 import importlib
 import os
 

@@ -26,6 +26,8 @@ against wall time, the command and the encoder file's sha1 (written first: an ex
 two files is this run's to write again, and is not taken for a whole one). The name differs from the authors' published
 SimCLR_128_<dataset>, which train_CIFAR.py fetches by default.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 import argparse
 import json
 import os

@@ -5,6 +5,8 @@
 The dataset comes from --dataset, or else the noise name's prefix (cifar10, cifar100). See README.md
 for the flags.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from utils.data.cifar import load_cifar
 from utils.data.noise import dataset_of
 from utils.engine import main as run_script

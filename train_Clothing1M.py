@@ -19,6 +19,8 @@ feature_dim 1024, and a class-balanced draw of 10,000 images per class, redrawn 
 (--per_class 10000; 0 trains on every image each epoch). Their retrieval weighs every sample of a
 batch alike (--candidate_weights uniform).
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from utils.data.clothing1m import cc_select_files, read_clothing1m
 from utils.engine import main as run_script
 from utils.recipes import IMPROVED, evaluation_batch, fixed_view, reads_images, retrieves_per_step

@@ -29,6 +29,8 @@ and reports the test accuracy of that model. Their script loads a saved LRA-diff
 (denoiser and diffusion encoder) before training, so a run of theirs from scratch stops there; here
 the head starts at its seeded random initialisation.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from utils.data.food101n import read_food101n
 from utils.engine import main as run_script
 from utils.recipes import IMPROVED, evaluation_batch, fixed_view, retrieves_per_step

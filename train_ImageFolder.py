@@ -11,6 +11,8 @@ then rests on noisy labels); without --test the test split is the validation spl
 engine's outputs the run folder holds train_label_ranking.csv (path, noisy label, denoised label,
 confidence; the likely mislabelled first) and classes.txt.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from utils.data.own_images import read_image_folder
 from utils.engine import main as run_script
 from utils.errors import SetupError

@@ -16,6 +16,8 @@ batch 256, warm-up 1, k 50, feature_dim 1024, CLIP ViT-L/14 as f_p, and a class-
 500 images per class, redrawn every epoch (--per_class 500; 0 trains on every image each epoch).
 Their retrieval weighs every sample of a batch alike (--candidate_weights uniform).
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 from train_Clothing1M import RECIPES as CLOTHING1M_RECIPES
 from utils.data.webvision import check_n_class, read_webvision
 from utils.engine import main as run_script

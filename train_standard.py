@@ -9,6 +9,8 @@ Writes last.pt after every epoch, then history.json and summary.json, in OUT_DIR
 wrote, is refused. `--resume RUN_DIR` goes on from a stopped run's last finished epoch, exactly (the same
 flags; --device may change).
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 import argparse
 import json
 import os

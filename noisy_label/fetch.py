@@ -13,6 +13,8 @@ and those found nowhere are named.
 
 Prints one line per input: name, local path, git blob sha1. A refusal is one line, exit status 2.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 import argparse
 import os
 import sys

@@ -39,6 +39,8 @@ Each name is checked and written holding its lock (an flock on `.<name>.lock` in
 make_noise writing the same name at that moment is refused, naming the first, rather than interleaving its
 `.npy` with the other's sidecar.
 """
+import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
+
 import argparse
 import contextlib
 import fcntl

@@ -1,9 +1,11 @@
 """The command line a researcher sees first: --help of every script, the README's flag table and its
 own-data example."""
+import ast
 import csv
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -136,6 +138,28 @@ def test_output_cut_short_by_its_reader_ends_quietly():
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=60) == 128 + 13 and proc.stderr.read() == b''  # SIGPIPE's status, as a shell's
+
+
+# every command a user runs (the benchmarks and tools are the project's own)
+COMMANDS = ('train_CIFAR.py', 'train_Clothing1M.py', 'train_Food101N.py', 'train_ImageFolder.py', 'train_WebVision.py',
+            'train_standard.py', 'demo_digits.py', 'predict.py', 'pretrain_SimCLR.py', 'noisy_label/make_noise.py',
+            'noisy_label/fetch.py')
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_every_command_imports_the_quiet_start_first(command):
+    """Before anything that loads torch: a Ctrl-C in the seconds it takes was a traceback of the imports."""
+    tree = ast.parse(open(os.path.join(ROOT, command)).read())
+    first = next(node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+    assert isinstance(first, ast.Import) and [a.name for a in first.names] == ['utils.runs.startup']
+
+
+def test_a_ctrl_c_while_torch_loads_ends_in_one_line():
+    code = 'import os, signal, utils.runs.startup\nos.kill(os.getpid(), signal.SIGINT)\nimport torch'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGINT and proc.stderr == 'stopped: interrupted (SIGINT)\n'  # 130 in a shell
+    proc = subprocess.run([sys.executable, '-c', code, '--debug'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert 'Traceback' in proc.stderr and proc.stderr.rstrip().endswith('KeyboardInterrupt')
 
 
 def test_a_broken_pipe_other_than_stdout_is_not_taken_for_the_reader_gone():
