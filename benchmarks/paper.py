@@ -100,26 +100,44 @@ def cifar_status(name, cfg):
     folder = os.path.join(cfg.data_root, CIFAR_FOLDERS[name][0])
     if os.path.isdir(folder):
         return True, f'found {folder}'
-    return False, (f'{folder} absent: torchvision downloads it on the first online run; offline, pass '
-                   f'--data_root DIR holding {CIFAR_FOLDERS[name][0]}/')
+    return False, (f'{folder} absent: torchvision downloads it on the first online run; offline, add '
+                   f'-- --data_root DIR (a flag of the row\'s command) holding {CIFAR_FOLDERS[name][0]}/')
 
 
-def clip_file_name(name):
-    """The file name of a released CLIP model's weights (ViT-L/14: ViT-L-14.pt)."""
+def released_clip_models():
+    """{name: download URL} of the clip package's released models."""
     import warnings
     with warnings.catch_warnings():  # the clip package imports pkg_resources
         warnings.simplefilter('ignore')
         import clip
-    return os.path.basename(clip.clip._MODELS[name])
+    return clip.clip._MODELS
+
+
+def clip_file_name(name):
+    """The file name of a released CLIP model's weights (ViT-L/14: ViT-L-14.pt)."""
+    return os.path.basename(released_clip_models()[name])
+
+
+def clip_file_given(value):
+    """Whether a --CLIP_type value is the path of a weights file, not a released model's name (whose names
+    hold a slash too: ViT-L/14)."""
+    return isinstance(value, str) and value not in released_clip_models()
 
 
 def clip_status(name, cfg):
+    """The row's released CLIP model: the file --CLIP_type names where it is a path of that file (offline, as
+    the line below says to give it), else the clip package's download folder."""
     file_name = clip_file_name(name)
+    given = getattr(cfg, 'CLIP_type', None)
+    if clip_file_given(given):
+        if os.path.basename(given) != file_name:
+            return False, f'--CLIP_type {given} is not {file_name}, the row\'s model'
+        return (True, f'found {given}') if os.path.isfile(given) else (False, f'--CLIP_type {given}: no such file')
     path = os.path.join(cfg.clip_download_root or os.path.expanduser('~/.cache/clip'), file_name)
     if os.path.isfile(path):
         return True, f'found {path}'
     return False, (f'{path} absent: the clip package downloads it on the first online run; offline, copy '
-                   f'{file_name} there or pass --CLIP_type PATH')
+                   f'{file_name} there or add -- --CLIP_type PATH')
 
 
 def imagenet_status(cfg, download):
@@ -231,8 +249,15 @@ def seed_dir(runs, row, seed):
     return os.path.join(runs, row.run_group, f's{seed}')
 
 
+def figure_file(row, folder):
+    return os.path.join(folder, 'inference.json' if row.metric == 'seconds' else 'summary.json')
+
+
 def finished(row, folder):
-    return os.path.isfile(os.path.join(folder, 'inference.json' if row.metric == 'seconds' else 'summary.json'))
+    """Whether the seed's run has ended: the file holding its figure is there and reads as one (a file cut short
+    or damaged is no end: the row's command runs the seed again, a --resume of what it left)."""
+    content = load_json(figure_file(row, folder))
+    return bool(content.get('rows') if row.metric == 'seconds' else content)
 
 
 def script_command(row):
@@ -356,9 +381,23 @@ def run_labels(row, summary, config, folder):
     note = encoder_note(config, folder)
     if note:
         labels.append(note)
-    if row.metric != 'seconds':
-        labels += flag_labels(row, config)
+    labels += timing_labels(row, summary.get('args')) if row.metric == 'seconds' else flag_labels(row, config)
     return labels
+
+
+# benchmarks.inference's settings that do not change a row's figure: where it ran and wrote, the weights'
+# files, and which sizes, columns and CLIP towers it timed besides the row's (timed_row takes the row's)
+UNTIMED_ARGS = {'out', 'device', 'simclr', 'clip_b32', 'clip_b16', 'clip_l14', 'sizes', 'columns', 'clip_towers'}
+
+
+def timing_labels(row, args):
+    """The settings of a timing run (its inference.json's args) that differ from the row's command's: a
+    smaller stand-in, another batch or sampler, the profiler (said in the table)."""
+    if not isinstance(args, dict):
+        return ['settings not recorded']
+    wanted = row_settings(row)
+    return [f'--{name} {args[name]}' for name in sorted(args)
+            if name in wanted and name not in UNTIMED_ARGS and differs(name, args[name], wanted[name])]
 
 
 def measured_value(row, folder):
@@ -367,7 +406,8 @@ def measured_value(row, folder):
     if row.metric == 'seconds':
         result = load_json(os.path.join(folder, 'inference.json'))
         timed = timed_row(row, result.get('rows', []))
-        value, summary = (None if timed is None else timed.get('seconds')), {'device': result.get('device')}
+        value = None if timed is None else timed.get('seconds')
+        summary = {'device': result.get('device'), 'args': result.get('args')}
         file, fits = 'inference.json', 'a positive number of seconds'
     else:
         summary = load_json(os.path.join(folder, 'summary.json'))
@@ -415,7 +455,7 @@ def check_run_of_row(row, config, folder):
 def same_as_row(name, recorded, wanted):
     """Whether a run's flag says what its row's does; --CLIP_type may be the path of the released file
     (offline, as the refusal of a missing one says to give it)."""
-    if name == 'CLIP_type' and isinstance(recorded, str) and os.path.sep in recorded:
+    if name == 'CLIP_type' and clip_file_given(recorded):
         return os.path.basename(recorded) == clip_file_name(wanted)
     return not differs(name, recorded, wanted)
 
@@ -424,9 +464,11 @@ def flag_labels(row, config):
     """The flags a run's command line gave beyond its row's that change what it measures (`-- --k 5`, say),
     each with its value: said in the table."""
     row_cfg, identity = row_settings(row), row_identity(row)
+    # with --eval_bn batch (the authors' evaluation) a prediction depends on the batch it is made in
+    measured = {'eval_batch_size'} if config.get('eval_bn') == 'batch' else set()
     return [f'--{name} {config[name]}' for name in sorted(config.get('command_line_flags') or ())
-            if name not in UNMEASURED_FLAGS and name not in identity and not names_a_path(name) and name in config
-            and name in row_cfg and differs(name, config[name], row_cfg[name])]
+            if (name not in UNMEASURED_FLAGS or name in measured) and name not in identity and not names_a_path(name)
+            and name in config and name in row_cfg and differs(name, config[name], row_cfg[name])]
 
 
 def timed_row(row, rows):
@@ -467,7 +509,13 @@ def finished_records(runs):
             continue
         for name in sorted(os.listdir(group)):
             folder = os.path.join(group, name)
-            if name.startswith('s') and name[1:].isdigit() and finished(row, folder):
+            if not (name.startswith('s') and name[1:].isdigit()):
+                continue
+            if os.path.isfile(figure_file(row, folder)) and not finished(row, folder):
+                print(f'not tabulated: {figure_file(row, folder)} does not read as a finished run\'s (cut short or '
+                      f'damaged); run the row\'s command for seed {name[1:]} again to finish it')
+                continue
+            if finished(row, folder):
                 try:
                     record = record_of(row, folder, int(name[1:]))
                 except SetupError as exc:  # another row's run put here, a damaged figure: the others still count
@@ -479,16 +527,23 @@ def finished_records(runs):
 
 
 def identity(record):
-    return record['row'], record['seed'], tuple(record['labels']), record['value'], record['date']
+    """A measurement: one seed of one row, as labelled. A second record of it (the seed run again, its folder
+    copied or unpacked again) is the same seed, never one more."""
+    return record['row'], record['seed'], tuple(record['labels'])
 
 
 def merge(records, path=None):
-    """Add records to the results JSON (a record already there is kept once)."""
+    """Add records to the results JSON: a seed's record replaces the one it had (said where the figure
+    changes), so a mean is over distinct seeds."""
     path = path or RESULTS
     stored = load_json(path)
     known = {identity(r): r for r in stored.get('runs', [])}
     for record in records:
-        known.setdefault(identity(record), record)
+        before = known.get(identity(record))
+        if before is not None and (before['value'], before['date']) != (record['value'], record['date']):
+            print(f"{record['row']} seed {record['seed']}: {record['value']} {record['unit']} ({record['date']}) "
+                  f"replaces {before['value']} {before['unit']} ({before['date']})")
+        known[identity(record)] = record
     stored = {'paper': PAPER, 'runs': sorted(known.values(), key=lambda r: (r['row'], r['seed'] or 0, r['date']))}
     save_json(stored, path)
     return stored

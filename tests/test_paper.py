@@ -411,6 +411,8 @@ def test_a_run_of_another_row_or_with_a_damaged_figure_is_not_recorded(outputs, 
     # CLIP's weights given by the path of the released file (offline): the row's model
     clip_run = {**config, 'fp_encoder': 'CLIP', 'CLIP_type': '/weights/ViT-L-14.pt'}
     assert paper.check_run_of_row(ROWS['cifar10-pmd1-35-clip'], clip_run, str(run)) is None
+    # and by its name, as a run records it online (the name holds a slash: no path)
+    assert paper.check_run_of_row(ROWS['cifar10-pmd1-35-clip'], {**clip_run, 'CLIP_type': 'ViT-L/14'}, str(run)) is None
     with pytest.raises(SetupError, match='--CLIP_type /w/ViT-B-32.pt'):
         paper.check_run_of_row(ROWS['cifar10-pmd1-35-clip'], {**clip_run, 'CLIP_type': '/w/ViT-B-32.pt'}, str(run))
     # a run that is not its row's, put under --runs: named and left out of the table, the others tabulated
@@ -556,7 +558,12 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
                 open(os.path.join(run, name), 'w').write(json.dumps(content))
             open(os.path.join(run, 'log.jsonl'), 'w').write(''.join(json.dumps(r) + '\n' for r in log))
         return 0
-    monkeypatch.setattr(paper_device, 'run_command', stage)
+    stages = []
+
+    def noted(command, timeout_s, log_path):
+        stages.append(os.path.basename(command[1]))
+        return stage(command, timeout_s, log_path)
+    monkeypatch.setattr(paper_device, 'run_command', noted)
     ship = tmp_path / 'ship'
     assert paper_device.main(['--out', str(tmp_path / 'work'), '--ship', str(ship), '--smoke',
                               '--simclr_arch', 'resnet50']) == 0
@@ -567,9 +574,21 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     assert paper_device.main(['--out', str(tmp_path / 'work'), '--ship', str(ship), '--smoke',
                               '--simclr_arch', 'resnet50']) == 0  # the encoder unchanged: its shards stay as written
     assert {f: f.stat().st_mtime_ns for f in (ship / 'simclr_shards').iterdir()} == written
+    # the run had ended: the command run again trains nothing (a resume redid the features and the outputs)
+    assert stages == ['pretrain_SimCLR.py', 'demo_digits.py'] and 'finished its 2 epochs before' in \
+        json.load(open(ship / 'paper_device.json'))['note']
     row = tmp_path / 'row'
     assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0
-    assert sorted(os.listdir(row)) == ['config.json', 'encoder.json', 'log.jsonl', 'summary.json']
+    assert sorted(os.listdir(row)) == ['config.json', 'encoder.json', 'log.jsonl', paper.RUN_FILE, 'summary.json']
+    # what benchmarks.paper --record credits the figure to: the device's checkout, the day it shipped
+    run = json.load(open(row / paper.RUN_FILE))
+    shipped = json.load(open(ship / 'paper_device.json'))
+    assert (run['commit'], run['finished_utc'], run['seed']) == (shipped['commit'], shipped['shipped_utc'], 1)
+    assert run['commit'] == paper.commit()
+    assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0  # again: its own
+    (row / 'last.pt').write_bytes(b'a run of its own')
+    with pytest.raises(SetupError, match=r'row holds files of its own \(last.pt\); unpack into a new folder'):
+        paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)])
     assert all(json.load(open(row / name)) == content for name, content in run_files.items())
     assert [json.loads(line) for line in open(row / 'log.jsonl')] == log
     assert json.load(open(row / 'encoder.json'))['architecture'] == 'resnet50'
@@ -674,3 +693,73 @@ def test_a_suites_inference_rows_are_recorded_by_column_size_and_tower(outputs, 
     assert (record['value'], record['unit'], record['date'], record['device']) == (3.75, 's', '2026-12-04', 'NVIDIA H200')
     with pytest.raises(SystemExit):  # the result times no 50k row
         paper.main(['--record', folder, '--row', 'inference-50k-vitl14'])
+
+
+def accuracy_run(folder, test_acc=0.88, **config):
+    """A finished run folder of the first row as --record reads it: its summary and config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'summary.json').write_text(json.dumps({'test_acc': test_acc, 'best_epoch': 150, 'epochs': 200}))
+    (folder / 'config.json').write_text(json.dumps({'seed': 1, 'recipe': 'authors', 'noise_type': 'cifar10-1-0.35',
+                                                    'fp_encoder': 'SimCLR', 'command_line_flags': ['seed'],
+                                                    **config}))
+    return folder
+
+
+def test_a_seed_recorded_again_is_one_seed_and_a_damaged_figure_is_named(outputs, capsys):
+    """A seed's folder copied, unpacked or run again is the same seed: the mean is over distinct seeds. A
+    summary.json cut short is no finished run: named, and run again by the row's command."""
+    runs = outputs / 'runs'
+    s1 = accuracy_run(runs / 'cifar10-pmd1-35-simclr' / 's1')
+    assert paper.main(['--table', '--runs', str(runs)]) == 0
+    os.utime(s1 / 'summary.json', (time.time() + 2 * 86400,) * 2)  # its date moves on: another record's, before
+    accuracy_run(s1, test_acc=0.89)
+    capsys.readouterr()
+    assert paper.main(['--table', '--runs', str(runs)]) == 0
+    assert 'cifar10-pmd1-35-simclr seed 1: 89.0 % (' in capsys.readouterr().out  # replaces 88.0 %, said so
+    (record,) = json.load(open(outputs / 'paper.json'))['runs']
+    assert record['value'] == 89.0 and '(2 seeds)' not in open(outputs / 'PAPER.md').read()
+    s2 = accuracy_run(runs / 'cifar10-pmd1-35-simclr' / 's2')
+    (s2 / 'summary.json').write_text('{"test_acc": 0.9, "epo')
+    row = ROWS['cifar10-pmd1-35-simclr']
+    assert not paper.finished(row, str(s2)) and paper.finished(row, str(s1))
+    assert paper.main(['--table', '--runs', str(runs)]) == 0
+    assert f"not tabulated: {s2 / 'summary.json'} does not read as a finished run's (cut short or damaged); run the " \
+           f"row's command for seed 2 again to finish it" in capsys.readouterr().out
+
+
+def test_a_timing_or_an_evaluation_batch_that_changes_the_figure_is_labelled(outputs, tmp_path):
+    """A timing run of a smaller stand-in (benchmarks.inference --small) or another batch; with the authors'
+    evaluation (--eval_bn batch) a prediction depends on its batch: each said in the table."""
+    timing = tmp_path / 'timing'
+    timing.mkdir()
+    args = {'columns': ['ViT-L/14'], 'sizes': [10000], 'batch_size': 8, 'small': True, 'device': 'cpu',
+            'clip_towers': ['clip', 'fused'], 'out': str(timing / 'inference.json')}
+    (timing / 'inference.json').write_text(json.dumps({'device': 'cpu', 'args': args, 'rows': [
+        {'column': 'ViT-L/14', 'images': 10000, 'tower': 'fused', 'seconds': 0.91}]}))
+    assert paper.main(['--record', str(timing), '--row', 'inference-10k-vitl14', '--seed', '1']) == 0
+    run = accuracy_run(tmp_path / 'run', eval_bn='batch', eval_batch_size=1000,
+                       command_line_flags=['eval_batch_size', 'seed'])
+    assert paper.main(['--record', str(run), '--row', 'cifar10-pmd1-35-simclr']) == 0
+    evaluated, timed = sorted(json.load(open(outputs / 'paper.json'))['runs'], key=lambda r: r['unit'])  # %, s
+    assert timed['labels'] == ['--batch_size 8', '--small True'] and evaluated['labels'] == ['--eval_batch_size 1000']
+
+
+def test_check_inputs_takes_the_clip_file_given_by_path(tmp_path):
+    row = ROWS['cifar10-pmd1-35-clip']
+    weights = tmp_path / 'ViT-L-14.pt'
+    assert paper.clip_status('ViT-L/14', paper.parse_row(row, ['--CLIP_type', str(weights)])) == \
+        (False, f'--CLIP_type {weights}: no such file')
+    weights.write_bytes(b'weights')
+    found = paper.clip_status('ViT-L/14', paper.parse_row(row, ['--CLIP_type', str(weights)]))
+    assert found == (True, f'found {weights}')
+    other = tmp_path / 'ViT-B-32.pt'
+    assert paper.clip_status('ViT-L/14', paper.parse_row(row, ['--CLIP_type', str(other)]))[1] == \
+        f"--CLIP_type {other} is not ViT-L-14.pt, the row's model"
+
+
+def test_the_device_command_refuses_an_encoder_that_is_not_there(tmp_path, monkeypatch):
+    """It would have been taken for the pre-training's output path, and pre-trained over."""
+    monkeypatch.setattr(paper_device, 'run_command', stages_that(0, commands := []))
+    with pytest.raises(SetupError, match=r'--encoder .*typo\.pt: no such file; give the encoder reassembled'):
+        paper_device.main(['--out', str(tmp_path / 'work'), '--smoke', '--encoder', str(tmp_path / 'typo.pt')])
+    assert commands == [] and not (tmp_path / 'typo.pt').exists()

@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 
 from benchmarks.common import AUTHORS_H100, TARGETS
 from tools import shards
+from utils.errors import SetupError
 from utils.runtime.frozen_kernels import FROZEN_KERNELS
 from utils.storage.saving import save_json
 
@@ -637,12 +638,22 @@ def unpack_row(results_json, folder):
 
 def write_run(row, folder):
     """summary.json, config.json, encoder.json and log.jsonl of the paper row's run, from what a device
-    shipped (tools/paper_device.py folds them into its record): a folder `benchmarks.paper --record` reads."""
+    shipped (tools/paper_device.py folds them into its record), and paper_run.json (the device's commit, when
+    it shipped, the command): a folder `benchmarks.paper --record` reads. A folder holding other files (a
+    run's own, say) is refused: its summary would be written over."""
+    from benchmarks.paper import RUN_FILE
+    names = ('summary.json', 'config.json', 'encoder.json', 'log.jsonl', RUN_FILE)
+    others = sorted(set(os.listdir(folder)) - set(names)) if os.path.isdir(folder) else []
+    if others:
+        raise SetupError(f'{folder} holds files of its own ({", ".join(others[:3])}); unpack into a new folder')
     os.makedirs(folder, exist_ok=True)
     for name in ('summary', 'config', 'encoder'):
         save_json(row.get(name) or {}, os.path.join(folder, f'{name}.json'))
     with open(os.path.join(folder, 'log.jsonl'), 'w') as f:
         f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in row.get('log') or []))
+    save_json({'row': row.get('row'), 'seed': (row.get('config') or {}).get('seed'),
+               'commit': row.get('commit', 'unknown'), 'finished_utc': row.get('shipped_utc', ''),
+               'command': (row.get('train') or {}).get('command', '')}, os.path.join(folder, RUN_FILE))
     return folder
 
 
@@ -799,7 +810,10 @@ def main(argv=None):
     if args.reassemble:
         return wrote(p, '--reassemble', args.to, lambda: shards.reassemble(args.reassemble, args.to), 'FILE')
     if args.unpack_row:
-        return wrote(p, '--unpack_row', args.to, lambda: unpack_row(args.unpack_row, args.to))
+        try:
+            return wrote(p, '--unpack_row', args.to, lambda: unpack_row(args.unpack_row, args.to))
+        except SetupError as exc:  # a --to holding a run of its own: one line, as every command's refusal
+            p.exit(2, f'error: {exc}\n')
     if args.unpack_inference:
         if not args.to:
             p.error('--unpack_inference needs --to DIR')

@@ -156,7 +156,9 @@ def run(args, started=None):
     """Every stage that fits in the budget counted from `started` (time.monotonic(); default: now, less the
     imports); returns the record of this command."""
     deadline = (time.monotonic() - IMPORT_S if started is None else started) + args.budget_s
-    record = {'row': ROW, 'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'smoke': args.smoke}
+    from benchmarks.paper import commit
+    record = {'row': ROW, 'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'smoke': args.smoke,
+              'commit': commit()}  # the device's checkout: what benchmarks.paper --record credits the figure to
     logs = os.path.join(args.out, 'logs')
     os.makedirs(logs, exist_ok=True)
     problem = check_noise_file(args) or find_cifar(args, deadline)
@@ -174,6 +176,10 @@ def run(args, started=None):
         if not simclr_done(args):
             record['stopped'] = 'SimCLR pre-training not finished; run the same command again to go on'
             return record
+    if load_json(os.path.join(paths(args)['run'], 'summary.json')).get('epochs', 0) >= args.nepoch:
+        # a command run again after the run ended: its resume would redo the features and the outputs
+        record['note'] = f'the run had finished its {args.nepoch} epochs before: nothing to train'
+        return record
     left = deadline - time.monotonic() - CLOSE_S
     if left < MIN_TRAIN_S and not args.smoke:
         record['stopped'] = 'no time left to train; run the same command again'
@@ -273,7 +279,9 @@ def ship(args, record):
     if encoder and not shipped_since(p['encoder'], os.path.join(folder, shards.MANIFEST)):
         state = load_torch(p['encoder'], 'SimCLR encoder')
         shards.write_shards(state, folder, extra={'sidecar': sidecar})
-    save_json({**record, **run_files(p['run']), 'encoder': sidecar}, os.path.join(args.ship, 'paper_device.json'))
+    shipped_utc = time.strftime('%Y-%m-%d %H:%M', time.gmtime())  # what --record dates the figure by
+    save_json({**record, **run_files(p['run']), 'encoder': sidecar, 'shipped_utc': shipped_utc},
+              os.path.join(args.ship, 'paper_device.json'))
 
 
 def shipped_since(encoder, manifest):
@@ -349,10 +357,15 @@ def flag_problems(args):
 
 
 def check_folders(args):
-    """--out and --ship, before any stage runs: folders (or absent), and nothing in --ship that is not ours."""
+    """--out and --ship, before any stage runs: folders (or absent), and nothing in --ship that is not ours; an
+    --encoder that is there."""
     for flag, folder in (('--out', args.out), ('--ship', args.ship)):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise SetupError(f'{flag} {folder} is a file, not a folder; choose another {flag}')
+    if args.encoder and not os.path.isfile(args.encoder):  # it would be taken for the pre-training's output
+        raise SetupError(f'--encoder {args.encoder}: no such file; give the encoder reassembled from the shipped '
+                         f'shards (python -m tools.gpu_suite --reassemble DIR --to FILE), or leave --encoder out to '
+                         f'pre-train one')
     if args.ship:
         check_ship(args)
 
