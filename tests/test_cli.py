@@ -156,9 +156,12 @@ def test_every_command_imports_the_quiet_start_first(command):
 
 def test_a_ctrl_c_while_torch_loads_ends_in_one_line():
     code = 'import os, signal, utils.runs.startup\nos.kill(os.getpid(), signal.SIGINT)\nimport torch'
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # as from a terminal: a suite's worker may ignore SIGINT, and an ignored signal stays ignored in its children
+    terminal = dict(cwd=ROOT, capture_output=True, text=True, timeout=60,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.run([sys.executable, '-c', code], **terminal)
     assert proc.returncode == -signal.SIGINT and proc.stderr == 'stopped: interrupted (SIGINT)\n'  # 130 in a shell
-    proc = subprocess.run([sys.executable, '-c', code, '--debug'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, '-c', code, '--debug'], **terminal)
     assert 'Traceback' in proc.stderr and proc.stderr.rstrip().endswith('KeyboardInterrupt')
 
 
