@@ -318,10 +318,11 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         before, _ = snapshot(run_dir), capsys.readouterr()
         with pytest.raises(SystemExit) as refused:
             again()
+        # a resume that trains on removes the ranking at once (its end writes it again); predict.py writes over
+        loses = 'predict.py would write over' if name.startswith('predict') else f'--resume {run_dir} would remove'
         assert refused.value.code == 2 and capsys.readouterr().err == (
-            f'error: {path} was edited after this package wrote it, and '
-            f'{"predict.py" if name.startswith("predict") else "--resume " + run_dir} would write over it: move it '
-            f'out of the run folder to keep your edits, then run again\n')
+            f'error: {path} was edited after this package wrote it, and {loses} it: move it out of the run folder '
+            f'to keep your edits, then run again\n')
         assert snapshot(run_dir) == before
         os.rename(path, tmp_path / (name + '.mine'))  # kept outside the run folder
     predict.main([run_dir, '--split', 'test', '--device', 'cpu'])  # writes no CSV: the edited one is no matter
@@ -336,7 +337,7 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
         run_cli(train_ImageFolder.main, [*train, '--resume', run_dir, '--nepoch', '3'])
     assert refused.value.code == 2 and capsys.readouterr().err == (
         f'error: {run_dir}/train_label_ranking.csv was written before this package kept digests of its CSVs, so '
-        f'whether you edited it cannot be told, and --resume {run_dir} would write over it: move it out of the '
+        f'whether you edited it cannot be told, and --resume {run_dir} would remove it: move it out of the '
         f'run folder to keep it, then run again\n')
     assert snapshot(run_dir) == before
     # and a file of that name that no run wrote is refused as a resume's too

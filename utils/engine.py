@@ -116,7 +116,9 @@ def run(cfg, load_splits):
     if cfg.resume:  # the run's outputs are written again when it finishes
         check_no_foreign_files(run_dir, f'--resume {run_dir}')
         stale = stale_outputs(run_dir) if cfg.nepoch > ckpt['epoch'] + 1 else []
-        check_may_write_over(run_dir, [LABEL_RANKING, *stale], f'--resume {run_dir}')
+        # what training on removes now, and the ranking a finishing run writes over at its end
+        check_may_write_over(run_dir, stale, f'--resume {run_dir}', 'remove')
+        check_may_write_over(run_dir, [LABEL_RANKING] if LABEL_RANKING not in stale else [], f'--resume {run_dir}')
     seed_everything(cfg.seed)
     # the dataset's published inputs too (e.g. Clothing1M's cc_select lists); rank 0 downloads first
     with recording() as published_inputs, distributed.main_first():

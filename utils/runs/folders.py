@@ -482,26 +482,26 @@ def recorded_digests(run_dir):
         if isinstance(digests, dict) else {}
 
 
-def check_may_write_over(run_dir, names, what):
-    """Refuse, before any work, to write over a file among `names` (paths relative to run_dir) that no run
-    of this package wrote, or an editable one (EDITABLE_SUFFIXES) edited since the package wrote it:
-    `what` (a phrase: 'predict.py', '--resume RUN') would lose it."""
+def check_may_write_over(run_dir, names, what, action='write over'):
+    """Refuse, before any work, to write over (or with `action` 'remove', to remove) a file among `names`
+    (paths relative to run_dir) that no run of this package wrote, or an editable one (EDITABLE_SUFFIXES)
+    edited since the package wrote it: `what` (a phrase: 'predict.py', '--resume RUN') would lose it."""
     digests, written = recorded_digests(run_dir), held_files(run_dir)  # a folder before records: its own
     for name in sorted(names):
         path = os.path.join(run_dir, name)
         if not os.path.lexists(path):
             continue
         if name not in written:
-            raise SetupError(f'{path} is there and was not written by this package, and {what} would write over '
+            raise SetupError(f'{path} is there and was not written by this package, and {what} would {action} '
                              f'it: move it away, then run again')
         if not name.endswith(EDITABLE_SUFFIXES):
             continue
         if name not in digests:  # written by a version that kept no digests: an edit cannot be told
             raise SetupError(f'{path} was written before this package kept digests of its CSVs, so whether you '
-                             f'edited it cannot be told, and {what} would write over it: move it out of the run '
+                             f'edited it cannot be told, and {what} would {action} it: move it out of the run '
                              f'folder to keep it, then run again')
         if file_digest(path) != digests[name]:
-            raise SetupError(f'{path} was edited after this package wrote it, and {what} would write over it: '
+            raise SetupError(f'{path} was edited after this package wrote it, and {what} would {action} it: '
                              f'move it out of the run folder to keep your edits, then run again')
 
 
