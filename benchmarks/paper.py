@@ -355,14 +355,26 @@ def folder_state(folder):
 
 # ---- measured results -------------------------------------------------------------------------------------
 
+def published_fp(config):
+    """The published file a run's f_p encoder fetches by name where no --fp_checkpoint is given (None: the
+    encoder reads no published file, e.g. CLIP's released models, or random weights)."""
+    encoder = config.get('fp_encoder')
+    if encoder == 'SimCLR':
+        return f"SimCLR_128_{config.get('dataset')}"
+    return 'CC_net' if encoder == 'CC' else None
+
+
 def encoder_note(config, folder):
-    """A label for a run whose f_p is not the paper's published one, from the encoder's sidecar."""
-    checkpoint = config.get('fp_checkpoint')
-    if not checkpoint or config.get('fp_encoder') != 'SimCLR':
+    """A label for a run whose f_p weights are not the published file its encoder fetches by name: the
+    package's own SimCLR pre-training (described by its sidecar), or any file given by --fp_checkpoint (the
+    published one given by path too: what the run read is not known to be it)."""
+    checkpoint, published = config.get('fp_checkpoint'), published_fp(config)
+    if not checkpoint or not published:
         return None
-    sidecar = load_json(os.path.join(folder, 'encoder.json')) or load_json(sidecar_path(checkpoint))
+    sidecar = (load_json(os.path.join(folder, 'encoder.json')) or load_json(sidecar_path(checkpoint))) \
+        if config.get('fp_encoder') == 'SimCLR' else {}
     if not sidecar:
-        return f'f_p: SimCLR checkpoint {os.path.basename(checkpoint)}, not the authors\''
+        return f'f_p: {os.path.basename(checkpoint)} given by --fp_checkpoint, not the published {published}'
     knn, epochs = sidecar.get('knn_top1_test'), sidecar.get('epochs', '?')
     return (f"f_p: {str(sidecar.get('architecture', 'SimCLR ?')).split(',')[0]} pre-trained by this package, "
             f"{epochs} epoch{'' if epochs == 1 else 's'}" +

@@ -763,3 +763,17 @@ def test_the_device_command_refuses_an_encoder_that_is_not_there(tmp_path, monke
     with pytest.raises(SetupError, match=r'--encoder .*typo\.pt: no such file; give the encoder reassembled'):
         paper_device.main(['--out', str(tmp_path / 'work'), '--smoke', '--encoder', str(tmp_path / 'typo.pt')])
     assert commands == [] and not (tmp_path / 'typo.pt').exists()
+
+
+def test_an_f_p_given_by_path_is_labelled_on_every_row_whose_encoder_reads_a_published_file(tmp_path):
+    """A Clothing1M run with a classifier of the user's own was recorded with no label; the authors' SimCLR file
+    given by path was called "not the authors'" (what it holds is not known here)."""
+    note = paper.encoder_note
+    assert note({'fp_encoder': 'CC', 'fp_checkpoint': '/home/me/my_classifier.pt'}, str(tmp_path)) == \
+        'f_p: my_classifier.pt given by --fp_checkpoint, not the published CC_net'
+    assert note({'fp_encoder': 'SimCLR', 'dataset': 'cifar10', 'fp_checkpoint': '/w/SimCLR_128_cifar10.pt'},
+                str(tmp_path)) == 'f_p: SimCLR_128_cifar10.pt given by --fp_checkpoint, not the published ' \
+                                  'SimCLR_128_cifar10'
+    # fetched by name, or an encoder that reads no published file: nothing to say
+    assert note({'fp_encoder': 'CC'}, str(tmp_path)) is None
+    assert note({'fp_encoder': 'CLIP', 'fp_checkpoint': '/w/x.pt'}, str(tmp_path)) is None
