@@ -523,11 +523,11 @@ def finished_records(runs):
             folder = os.path.join(group, name)
             if not (name.startswith('s') and name[1:].isdigit()):
                 continue
-            if os.path.isfile(figure_file(row, folder)) and not finished(row, folder):
-                print(f'not tabulated: {figure_file(row, folder)} does not read as a finished run\'s (cut short or '
-                      f'damaged); run the row\'s command for seed {name[1:]} again to finish it')
-                continue
-            if finished(row, folder):
+            if not finished(row, folder):
+                if os.path.isfile(figure_file(row, folder)):
+                    print(f'not tabulated: {figure_file(row, folder)} does not read as a finished run\'s (cut short '
+                          f'or damaged); run the row\'s command for seed {name[1:]} again to finish it')
+            else:
                 try:
                     record = record_of(row, folder, int(name[1:]))
                 except SetupError as exc:  # another row's run put here, a damaged figure: the others still count
@@ -552,7 +552,7 @@ def merge(records, path=None):
     known = {identity(r): r for r in stored.get('runs', [])}
     for record in records:
         before = known.get(identity(record))
-        if before is not None and (before['value'], before['date']) != (record['value'], record['date']):
+        if before is not None and before['value'] != record['value']:
             print(f"{record['row']} seed {record['seed']}: {record['value']} {record['unit']} ({record['date']}) "
                   f"replaces {before['value']} {before['unit']} ({before['date']})")
         known[identity(record)] = record
