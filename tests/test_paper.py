@@ -541,7 +541,8 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     """A device sends back at most 8 files of at most 16 MiB: the ResNet-50 encoder's shards, the manifest and
     one record holding the run's small files, which --unpack writes back as the run folder."""
     import torchvision
-    run_files = {'summary.json': {'test_acc': 0.5, 'best_epoch': 1, 'epochs': 2}, 'config.json': {'seed': 1}}
+    run_files = {'summary.json': {'test_acc': 0.5, 'best_epoch': 1, 'epochs': 2},
+                 'config.json': {'seed': 1, 'script': 'train_CIFAR.py', 'argv': ['--seed', '1', '--run_name', 'a b']}}
     log = [{'epoch': 0, 'val_acc': 0.4}, {'epoch': 1, 'val_acc': 0.5}]
 
     def stage(command, timeout_s, log_path):
@@ -584,7 +585,7 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     run = json.load(open(row / paper.RUN_FILE))
     shipped = json.load(open(ship / 'paper_device.json'))
     assert (run['commit'], run['finished_utc'], run['seed']) == (shipped['commit'], shipped['shipped_utc'], 1)
-    assert run['commit'] == paper.commit()
+    assert run['commit'] == paper.commit() and run['command'] == "python train_CIFAR.py --seed 1 --run_name 'a b'"
     assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0  # again: its own
     (row / 'last.pt').write_bytes(b'a run of its own')
     with pytest.raises(SetupError, match=r'row holds files of its own \(last.pt\); unpack into a new folder'):

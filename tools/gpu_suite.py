@@ -35,6 +35,7 @@ import io
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -651,9 +652,13 @@ def write_run(row, folder):
         save_json(row.get(name) or {}, os.path.join(folder, f'{name}.json'))
     with open(os.path.join(folder, 'log.jsonl'), 'w') as f:
         f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in row.get('log') or []))
-    save_json({'row': row.get('row'), 'seed': (row.get('config') or {}).get('seed'),
-               'commit': row.get('commit', 'unknown'), 'finished_utc': row.get('shipped_utc', ''),
-               'command': (row.get('train') or {}).get('command', '')}, os.path.join(folder, RUN_FILE))
+    config = row.get('config') or {}
+    # the run's own command as its first invocation had it (its config keeps it; a stage may have resumed it)
+    argv, script = config.get('argv'), config.get('script')
+    words = [script, *argv] if isinstance(argv, list) else []
+    command = shlex.join(['python', *words]) if words and all(isinstance(w, str) for w in words) else ''
+    save_json({'row': row.get('row'), 'seed': config.get('seed'), 'commit': row.get('commit', 'unknown'),
+               'finished_utc': row.get('shipped_utc', ''), 'command': command}, os.path.join(folder, RUN_FILE))
     return folder
 
 
