@@ -67,9 +67,13 @@ def script_parser(script):
     module = script_module(script)
     if hasattr(module, 'DEFAULTS'):
         from utils.runs.config import build_parser
-        kind = 'files' if hasattr(module, 'dataset_args') else 'memory'
-        return build_parser(module.__doc__, module.DEFAULTS, getattr(module, 'dataset_args', None), kind)
+        return build_parser(module.__doc__, module.DEFAULTS, getattr(module, 'dataset_args', None), script_kind(module))
     return module.parser()
+
+
+def script_kind(module):
+    """'files' for a training script that decodes image files as it reads them, else 'memory'."""
+    return 'files' if hasattr(module, 'dataset_args') else 'memory'
 
 
 def parse_row(row, extra=()):
@@ -80,8 +84,16 @@ def parse_row(row, extra=()):
 @functools.lru_cache(maxsize=None)
 def row_settings(row):
     """The row's command parsed, as a read-only mapping: what recording a run compares the run's config
-    with, parsed once per row however many runs are recorded."""
-    return types.MappingProxyType(vars(parse_row(row)))
+    with, parsed once per row however many runs are recorded. A training row's recipe is resolved as its
+    script resolves it: a run records the resolved values (a flag given at the row's own value, such as
+    --eval_batch_size 200 under the authors' evaluation, is then no other setting)."""
+    cfg = parse_row(row)
+    module = script_module(row.script)
+    if hasattr(module, 'RECIPES'):
+        from utils.recipes import cuda_graph_mode, resolve_recipe
+        resolve_recipe(cfg, module.RECIPES, script_kind(module))
+        cfg.cuda_graph = cuda_graph_mode(cfg)
+    return types.MappingProxyType(vars(cfg))
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
