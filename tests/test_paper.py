@@ -581,10 +581,13 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     row = tmp_path / 'row'
     assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0
     assert sorted(os.listdir(row)) == ['config.json', 'encoder.json', 'log.jsonl', paper.RUN_FILE, 'summary.json']
-    # what benchmarks.paper --record credits the figure to: the device's checkout, the day it shipped
+    # what benchmarks.paper --record credits the figure to: the device's checkout, the day the run trained (the
+    # command that trained is carried in the record of the one run again, which trained nothing)
     run = json.load(open(row / paper.RUN_FILE))
     shipped = json.load(open(ship / 'paper_device.json'))
-    assert (run['commit'], run['finished_utc'], run['seed']) == (shipped['commit'], shipped['shipped_utc'], 1)
+    (first,) = shipped['earlier']
+    assert 'train' not in shipped and first['train']['rc'] == 0 and first['simclr']['rc'] == 0
+    assert (run['commit'], run['finished_utc'], run['seed']) == (first['commit'], first['train']['ended_utc'], 1)
     assert run['commit'] == paper.commit() and run['command'] == "python train_CIFAR.py --seed 1 --run_name 'a b'"
     assert paper_device.main(['--unpack', str(ship / 'paper_device.json'), '--to', str(row)]) == 0  # again: its own
     (row / 'last.pt').write_bytes(b'a run of its own')
@@ -596,6 +599,18 @@ def test_a_resnet50_rows_files_fit_what_a_device_sends_back_and_unpack_into_the_
     (tmp_path / 'early.json').write_text('{"row": "cifar10-pmd1-35-simclr", "summary": {}}')
     with pytest.raises(SetupError, match='holds no run summary'):
         paper_device.main(['--unpack', str(tmp_path / 'early.json'), '--to', str(tmp_path / 'x')])
+
+
+def test_a_shipped_figure_is_credited_to_the_command_that_trained_it():
+    """A run trained by one checkout, cut off and closed by the next, then shipped again by a third that trained
+    nothing (the run had ended): the figure is the second's; a failed stage trained nothing to credit."""
+    def command(commit, **stages):
+        return {'commit': commit, **{name: {'rc': rc, 'ended_utc': f'2026-12-0{day} 10:00'}
+                                     for name, (rc, day) in stages.items()}}
+    first, second = command('a', train=(None, 1)), command('b', train=(None, 2), close=(0, 3))
+    again = {**command('c', train=(1, 4)), 'earlier': [first, second]}
+    assert paper_device.trained_by(again) == {'commit': 'b', 'shipped_utc': '2026-12-03 10:00'}
+    assert paper_device.trained_by({'commit': 'd', 'shipped_utc': 'x'}) == {}  # before the stages were dated
 
 
 def test_the_device_command_replaces_in_ship_only_what_it_shipped(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ next command goes on from last.pt with --nepoch 200 (the cosine horizon is the a
 whatever --nepoch says, so a run extended later equals one that ran 200 epochs at once).
 
 --ship DIR receives, after every stage, what comes back: paper_device.json (each stage: command, seconds,
-outcome; the run's summary, config and evaluation log; the encoder's sidecar) and simclr_shards/ (a
+outcome; the run's summary, config and evaluation log; the encoder's sidecar; the records of the commands
+before with this --out, --out/commands.json) and simclr_shards/ (a
 finished encoder as fp16 shards, tools/shards.py; --unpack puts the run folder back together, and
 `tools.gpu_suite --reassemble` the encoder). A file there that no
 command with this --out shipped is refused before any stage runs (--out/shipped.json records what was;
@@ -66,6 +67,10 @@ SHIPPED = ('paper_device.json', 'simclr_shards')
 # what versions before 2026-12-07 shipped beside those: a --ship they filled is still taken as this --out's
 SHIPPED_BEFORE = tuple(f'run/{name}' for name in ('summary.json', 'config.json', 'log.jsonl', 'encoder.json'))
 SHIP_RECORD = 'shipped.json'
+# in --out: the records of the commands before this one, which each shipped record carries ('earlier'): a
+# command run again after the run ended trains nothing, and its record alone would lose the stages'
+COMMANDS = 'commands.json'
+TRAINING_STAGES = ('train', 'close')  # the stages whose command and end date a figure is credited to
 
 
 def paths(args):
@@ -129,7 +134,8 @@ def close_command(args):
 def stage(record, name, command, timeout_s, log):
     started = time.monotonic()
     rc = run_command(command, timeout_s, log)
-    record[name] = {'command': ' '.join(command), 'rc': rc, 'seconds': round(time.monotonic() - started, 1)}
+    record[name] = {'command': ' '.join(command), 'rc': rc, 'seconds': round(time.monotonic() - started, 1),
+                    'ended_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime())}
     if rc not in (0, None):  # a cut-off (None) is no failure: the next command goes on from it
         record[name]['log_tail'] = tail(log)
         record.setdefault('failed', []).append(name)
@@ -158,7 +164,8 @@ def run(args, started=None):
     deadline = (time.monotonic() - IMPORT_S if started is None else started) + args.budget_s
     from benchmarks.paper import commit
     record = {'row': ROW, 'started_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'smoke': args.smoke,
-              'commit': commit()}  # the device's checkout: what benchmarks.paper --record credits the figure to
+              'commit': commit(),  # the device's checkout: what benchmarks.paper --record credits the figure to
+              'earlier': earlier_commands(args)}
     logs = os.path.join(args.out, 'logs')
     os.makedirs(logs, exist_ok=True)
     problem = check_noise_file(args) or find_cifar(args, deadline)
@@ -172,7 +179,7 @@ def run(args, started=None):
         minutes = min(minutes, args.simclr_minutes or math.inf)
         stage(record, 'simclr', simclr_command(args, where, minutes), deadline - time.monotonic(),
               os.path.join(logs, 'simclr.log'))
-        shipped(args, record)
+        kept(args, record)
         if not simclr_done(args):
             record['stopped'] = 'SimCLR pre-training not finished; run the same command again to go on'
             return record
@@ -185,7 +192,7 @@ def run(args, started=None):
         record['stopped'] = 'no time left to train; run the same command again'
         return record
     rc = stage(record, 'train', train_command(args, where), max(left, MIN_TRAIN_S), os.path.join(logs, 'train.log'))
-    shipped(args, record)
+    kept(args, record)
     summary, trained = load_json(os.path.join(paths(args)['run'], 'summary.json')), epochs_trained(paths(args)['run'])
     # closed where it stands once it holds an evaluation (the authors' first: after epoch 5, counting from 0)
     if rc is None and trained > summary.get('epochs', 0) and trained >= FIRST_EVALUATED:
@@ -194,10 +201,37 @@ def run(args, started=None):
     return record
 
 
-def shipped(args, record):
-    """What a stage left, shipped as soon as it ends: a device that cuts the command off still returns it."""
+def kept(args, record):
+    """What a stage left, recorded in --out and shipped as soon as it ends: a device that cuts the command off
+    still returns it."""
+    os.makedirs(args.out, exist_ok=True)
+    save_json({'commands': [*record.get('earlier', []), this_command(record)]}, os.path.join(args.out, COMMANDS))
     if args.ship:
         ship(args, record)
+
+
+def this_command(record):
+    return {k: v for k, v in record.items() if k != 'earlier'}
+
+
+def earlier_commands(args):
+    """The records of the commands run before with this --out (oldest first; [] before the first)."""
+    commands = load_json(os.path.join(args.out, COMMANDS)).get('commands')
+    return [c for c in commands if isinstance(c, dict)] if isinstance(commands, list) else []
+
+
+def trained_by(row):
+    """The commit and end date that a shipped record credits its run's figure to: those of the last command
+    that trained or closed the run (a command run again after the end trains nothing); the shipped record's
+    own where no such stage is recorded (a record shipped before the stages were dated). A failed stage
+    changed no figure; one cut off (rc None) trained epochs."""
+    for command in reversed([*(row.get('earlier') or []), row]):
+        stages = [command.get(name) for name in TRAINING_STAGES]
+        ended = [s['ended_utc'] for s in stages
+                 if isinstance(s, dict) and s.get('ended_utc') and s.get('rc') in (0, None)]
+        if ended and command.get('commit'):
+            return {'commit': command['commit'], 'shipped_utc': max(ended)}
+    return {}
 
 
 def recorded(args):
@@ -307,7 +341,7 @@ def unpack(shipped, folder):
     if not isinstance(row, dict) or not isinstance(row.get('summary'), dict) or not row['summary']:
         raise SetupError(f'--unpack {shipped}: holds no run summary (the run had not finished an evaluated epoch); '
                          f'run the device command again')
-    return write_run(row, folder)
+    return write_run({**row, **trained_by(row)}, folder)
 
 
 def parser():
@@ -387,9 +421,8 @@ def main(argv=None):
     if args.smoke:
         args.simclr_epochs, args.nepoch = min(args.simclr_epochs, 1), 2
     record = run(args, started)
-    if args.ship:
-        ship(args, record)
-    print(json.dumps(record, indent=1))
+    kept(args, record)
+    print(json.dumps(this_command(record), indent=1))
     return 1 if record.get('failed') else 0
 
 
