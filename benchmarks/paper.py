@@ -378,10 +378,11 @@ def published_fp(config):
 
 def encoder_note(config, folder):
     """A label for a run whose f_p weights are not the published file its encoder fetches by name: the
-    package's own SimCLR pre-training (described by its sidecar), or any file given by --fp_checkpoint (the
-    published one given by path too: what the run read is not known to be it)."""
+    package's own SimCLR pre-training (described by its sidecar), or any file given by --fp_checkpoint that
+    the run did not record among its published inputs (it knows a file given by path by its git blob hash;
+    runs made before it did are labelled)."""
     checkpoint, published = config.get('fp_checkpoint'), published_fp(config)
-    if not checkpoint or not published:
+    if not checkpoint or not published or published in (config.get('inputs') or {}):
         return None
     sidecar = (load_json(os.path.join(folder, 'encoder.json')) or load_json(sidecar_path(checkpoint))) \
         if config.get('fp_encoder') == 'SimCLR' else {}

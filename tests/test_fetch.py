@@ -20,7 +20,7 @@ import train_CIFAR
 from noisy_label import make_noise
 from utils.data.cifar import load_cifar
 from utils.data.noise import resolve_noisy_labels
-from utils.encoders.factory import default_simclr_path
+from utils.encoders.factory import build_fp_encoder, default_simclr_path
 from utils.encoders.simclr import load_simclr
 from utils.errors import EncoderError, NoiseError, PublishedInputError, SetupError
 from utils.storage import published
@@ -112,6 +112,24 @@ def test_download_is_verified_kept_and_recorded(server, tmp_path, monkeypatch):
     assert record == {'cifar10-1-0.35': {'url': url, 'path': path, 'git_blob_sha1': git_blob_sha1(data)}}
     assert fetch('cifar10-1-0.35.npy', str(folder)) == path  # the file name works too; verified, not fetched again
     assert len(server.requests) == 1
+
+
+def test_the_published_file_given_by_path_is_recorded_as_read(simclr18_path, tmp_path, monkeypatch):
+    """--fp_checkpoint naming the authors' file (a clone's model/SimCLR_128_cifar10.pt): the run records that it
+    read the published input, known by its git blob hash; another file is no published input."""
+    publish_as(monkeypatch, 'SimCLR_128_cifar10', open(simclr18_path, 'rb').read())
+    given = tmp_path / 'clone' / 'model' / 'SimCLR_128_cifar10.pt'
+    given.parent.mkdir(parents=True)
+    shutil.copy(simclr18_path, given)
+    with recording() as record:
+        build_fp_encoder('SimCLR', checkpoint=str(given))
+    assert record == {'SimCLR_128_cifar10': {'url': published.url_of(PUBLISHED['SimCLR_128_cifar10']),
+                                             'path': str(given), 'git_blob_sha1': git_blob_sha1_of_file(simclr18_path)}}
+    with open(given, 'ab') as f:
+        f.write(b'\0')  # another file: a pickle reads to its STOP opcode, so it still loads
+    with recording() as record:
+        build_fp_encoder('SimCLR', checkpoint=str(given))
+    assert record == {}
 
 
 def test_corrupted_download_is_refused_and_removed(server, tmp_path, monkeypatch):

@@ -800,6 +800,8 @@ def test_an_f_p_given_by_path_is_labelled_on_every_row_whose_encoder_reads_a_pub
     assert note({'fp_encoder': 'SimCLR', 'dataset': 'cifar10', 'fp_checkpoint': '/w/SimCLR_128_cifar10.pt'},
                 str(tmp_path)) == 'f_p: SimCLR_128_cifar10.pt given by --fp_checkpoint, not the published ' \
                                   'SimCLR_128_cifar10'
-    # fetched by name, or an encoder that reads no published file: nothing to say
+    # fetched by name, given by path and recorded as the published file (by its hash), or an encoder that reads
+    # no published file: nothing to say
     assert note({'fp_encoder': 'CC'}, str(tmp_path)) is None
+    assert note({'fp_encoder': 'CC', 'fp_checkpoint': '/w/CC_net.pt', 'inputs': {'CC_net': {}}}, str(tmp_path)) is None
     assert note({'fp_encoder': 'CLIP', 'fp_checkpoint': '/w/x.pt'}, str(tmp_path)) is None

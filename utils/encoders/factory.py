@@ -11,7 +11,7 @@ from utils.encoders.imagenet import load_imagenet_resnet
 from utils.encoders.pixels import RawPixels
 from utils.encoders.simclr import load_simclr
 from utils.errors import EncoderError
-from utils.storage.published import fetch, is_published
+from utils.storage.published import fetch, is_published, recognise
 
 HUB_ENCODERS = ('timm', 'open_clip')  # any timm or OpenCLIP model: utils/encoders/hub.py
 FP_ENCODERS = ('SimCLR', 'CLIP', 'classifier', 'CC', 'raw', 'features') + HUB_ENCODERS
@@ -53,5 +53,7 @@ def build_fp_encoder(name, device='cpu', *, dataset=None, image_shape=None, mean
         encoder = load_feature_encoder(checkpoint, device)
     else:
         raise EncoderError(f'unknown --fp_encoder {name!r}; choose from {", ".join(FP_ENCODERS)}')
+    if checkpoint and name in ('SimCLR', 'CC'):  # the authors' published file given by path: recorded as read
+        recognise(checkpoint)
     encoder.bf16 = encoder.bf16 and bf16
     return encoder

@@ -161,6 +161,18 @@ def fetch(name, folder=None, log=print):
     return path
 
 
+def recognise(path):
+    """The published input a file given by path is, by its git blob hash (None where it is none), recorded
+    as fetch() records one: a run given the authors' file by --fp_checkpoint read the published file, and
+    its record says so. Hashing a ResNet-50's 100 MB takes a fraction of a second."""
+    blob = git_blob_sha1_of_file(path)
+    name = next((name for name, entry in PUBLISHED.items() if entry.blob == blob), None)
+    if name is not None:
+        for record in _recordings:
+            record[name] = {'url': url_of(PUBLISHED[name]), 'path': os.path.abspath(path), 'git_blob_sha1': blob}
+    return name
+
+
 def copy_in(name, sources, folder=None, log=print):
     """The local path of published input `name`, taken from a local copy where the network is not at hand:
     from the first of `sources` holding it, either as a checkout of its repository (<source>/<its path
