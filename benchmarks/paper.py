@@ -34,7 +34,7 @@ import sys
 import time
 import types
 
-from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES
+from benchmarks.paper_rows import PAPER, PAPER_LENGTH_EPOCHS, ROWS, TABLES, with_unit
 from utils.errors import SetupError
 from utils.pretraining.export import sidecar_path
 from utils.runs.checks import seed_problems
@@ -566,8 +566,8 @@ def merge(records, path=None):
     for record in records:
         before = known.get(identity(record))
         if before is not None and before['value'] != record['value']:
-            print(f"{record['row']} seed {record['seed']}: {record['value']} {record['unit']} ({record['date']}) "
-                  f"replaces {before['value']} {before['unit']} ({before['date']})")
+            print(f"{record['row']} seed {record['seed']}: {with_unit(record['value'], record['unit'])} "
+                  f"({record['date']}) replaces {with_unit(before['value'], before['unit'])} ({before['date']})")
         known[identity(record)] = record
     stored = {'paper': PAPER, 'runs': sorted(known.values(), key=lambda r: (r['row'], r['seed'] or 0, r['date']))}
     save_json(stored, path)
@@ -596,7 +596,7 @@ def measured_cells(row, summary):
             continue
         spread = f' ± {std:.2f}' if std is not None else ''
         repeats = 'run' if row.metric == 'seconds' else 'seed'  # a timing is repeated, not seeded
-        measured = f'{mean:.2f}{spread} {row.unit} ({n} {repeats}{"s" if n > 1 else ""})'
+        measured = f'{with_unit(f"{mean:.2f}{spread}", row.unit)} ({n} {repeats}{"s" if n > 1 else ""})'
         diff = f'{mean - row.paper.mean:+.2f}' if row.paper.known else '—'
         latest = max(rs, key=lambda r: r['date'])
         recipe = f", recipe {latest['recipe']}" if latest['recipe'] != '—' else ''  # timings have none

@@ -41,7 +41,12 @@ class Figure:
         if not self.known:
             return 'unknown'
         spread = f' ± {self.std:g}' if self.std is not None else ''
-        return f'{self.mean:g}{spread}{"" if unit == "%" else " "}{unit}'
+        return with_unit(f'{self.mean:g}{spread}', unit)
+
+
+def with_unit(number, unit):
+    """'96.54%' as the paper's cells print a percentage, '3.2 s' for seconds."""
+    return f'{number}{"" if unit == "%" else " "}{unit}'
 
 
 UNKNOWN = Figure()

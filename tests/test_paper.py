@@ -375,7 +375,7 @@ def test_a_device_run_is_recorded_with_its_labels(outputs, tmp_path):
                                 "f_p: SimCLR resnet18 pre-trained by this package, 40 epochs, kNN top-1 82.3% "
                                 "(weighted, k = 200), not the authors'"]
     line = next(x for x in open(outputs / 'PAPER.md') if x.startswith('| `cifar10-pmd1-35-simclr`'))
-    assert '87.12 ' in line and 'NVIDIA H200' in line and '**shorter: 85' in line and '87.1–89.1%' in line
+    assert '87.12% (1 seed)' in line and 'NVIDIA H200' in line and '**shorter: 85' in line and '87.1–89.1%' in line
 
 
 def test_a_run_of_another_row_or_with_a_damaged_figure_is_not_recorded(outputs, tmp_path, capsys):
@@ -731,7 +731,7 @@ def test_a_seed_recorded_again_is_one_seed_and_a_damaged_figure_is_named(outputs
     accuracy_run(s1, test_acc=0.89)
     capsys.readouterr()
     assert paper.main(['--table', '--runs', str(runs)]) == 0
-    assert 'cifar10-pmd1-35-simclr seed 1: 89.0 % (' in capsys.readouterr().out  # replaces 88.0 %, said so
+    assert 'cifar10-pmd1-35-simclr seed 1: 89.0% (' in capsys.readouterr().out  # replaces 88.0%, said so
     (record,) = json.load(open(outputs / 'paper.json'))['runs']
     assert record['value'] == 89.0 and '(2 seeds)' not in open(outputs / 'PAPER.md').read()
     s2 = accuracy_run(runs / 'cifar10-pmd1-35-simclr' / 's2')
