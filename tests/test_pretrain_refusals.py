@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from test_simclr import TINY
 
 import pretrain_SimCLR
 from utils.encoders.simclr import load_simclr
@@ -17,10 +18,8 @@ from utils.pretraining.trainer import Pretrainer
 from utils.runs.cli import run_cli
 from utils.storage.loading import load_torch
 
-TINY = ['--dataset', 'digits', '--arch', 'resnet18', '--batch_size', '32', '--n_images', '64', '--image_size', '16',
-        '--device', 'cpu', '--knn_every', '2', '--warmup_epochs', '1']
 # smaller still, for the tests that train: two steps an epoch
-SMALL = TINY + ['--batch_size', '16', '--n_images', '32', '--image_size', '8']
+SMALL = TINY + ['--batch_size', '16', '--n_images', '32']
 
 
 def refusal(argv, capsys):
