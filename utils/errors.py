@@ -8,6 +8,8 @@ computation.
 
 
 REFUSAL_EXIT = 2  # the exit status of a refusal (utils/runs/cli.run_cli)
+# what a stop by Ctrl-C says (utils/runs/startup.py during the imports, run_cli once the command runs)
+INTERRUPTED = 'interrupted (SIGINT)'
 
 
 class SetupError(RuntimeError):

@@ -22,6 +22,7 @@ from utils.errors import (
     CorruptFile,
     DatasetMissing,
     EncoderError,
+    INTERRUPTED,
     Interrupted,
     REFUSAL_EXIT,
     NoiseError,
@@ -145,7 +146,7 @@ def exits_in_one_line(main, argv):
         if '--debug' in argv:
             traceback.print_exc()
         if not another_rank_says_it():
-            print(f'stopped: {str(exc) or "interrupted (SIGINT)"}', file=sys.stderr)
+            print(f'stopped: {str(exc) or INTERRUPTED}', file=sys.stderr)
         sys.exit(128 + getattr(exc, 'signum', signal.SIGINT))
     except BrokenPipeError:
         if not reader_gone():  # another pipe broke (a worker's, a subprocess's): an error like any other

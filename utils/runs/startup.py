@@ -5,7 +5,9 @@ Only the printing changes: Python still ends a process that a KeyboardInterrupt 
 would (exit status 130 in a shell). Once a command runs, run_cli catches the interruption itself."""
 import sys
 
-STOPPED = 'stopped: interrupted (SIGINT)'
+from utils.errors import INTERRUPTED  # a module that imports nothing
+
+STOPPED = f'stopped: {INTERRUPTED}'
 
 
 def _one_line(kind, value, traceback, default=sys.excepthook):
