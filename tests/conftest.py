@@ -40,6 +40,15 @@ def digits():
     return load_digits_splits()
 
 
+# a demo_digits schedule that learns in 30 epochs at a peak rate of 3e-3 (the demo's 100 at 1e-3 take three
+# times as long). Across seeds 123 and 1-5 it reached 85.8-93.8% on the test split (2026-12-04; at 1e-3,
+# 74.0-90.0%: too wide for a margin that holds on every machine, where other kernels move a run about as much
+# as another seed does); across seeds 123 and 1-3 the denoised labels were 27.5-33.0 points more accurate than
+# the noisy ones, and on the flipped labels the samples put 24.2-30.2 points more mass on the clean label
+# than on the given one
+LEARNS = ('--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--lr', '3e-3')
+
+
 def subset(splits, n_train, n_eval, size=None):
     """A smaller copy of `splits` (optionally resized), for encoders too slow on the full CPU set."""
     def shrink(x):

@@ -11,7 +11,7 @@ from test_data import write_cifar10
 import demo_digits
 import train_CIFAR
 import train_Food101N
-from conftest import subset
+from conftest import LEARNS, subset
 from model_diffusion import Diffusion
 from utils import engine
 from utils.averaging import evaluated_weights
@@ -56,12 +56,9 @@ def test_eval_schedule_follows_the_authors():
     assert (resumed.warmup_epochs, resumed.eval_from) == (7, 7)
 
 
-# a 30-epoch schedule at a higher peak rate than the demo's. Across seeds 123 and 1-5 it reached 85.8-93.8% on
-# the test split (2026-12-04); at the demo's 1e-3 it reached 74.0-90.0%, too wide for a margin that holds on
-# every machine (other kernels move a run about as much as another seed does)
-# one denoising pass for the outputs (their sampled probabilities are tested in test_robustness.py)
-SHORT = ('--nepoch', '30', '--lr_horizon', '30', '--warmup_epochs', '4', '--eval_every', '3', '--lr', '3e-3',
-         '--n_samples', '0')
+# the schedule that learns (conftest.LEARNS), with one denoising pass for the outputs (their sampled
+# probabilities are tested in test_robustness.py)
+SHORT = (*LEARNS, '--n_samples', '0')
 
 
 def test_digits_run_beats_noisy_labels_and_writes_a_run_folder(tmp_path, digits):
