@@ -1,7 +1,7 @@
 """On-disk caches of f_p features and neighbour tables.
 
 A cache file stores its key (encoder, weights fingerprint, dataset, split, view, image
-fingerprint, precision) and a hash of its content. Images held in memory enter the key by their
+fingerprint, precision) and a hash of its content (bytes, dtype and shape). Images held in memory enter the key by their
 bytes; image files by what they are on disk, files_fingerprint: each file's path within the folder its
 list shares, size and modification time in nanoseconds, so an image rewritten in place is never served
 from a cache of the old one, and a dataset moved, named by another path, or copied keeping its times
@@ -25,7 +25,7 @@ from utils.storage.fingerprints import (files_fingerprint, key_fingerprint, samp
 from utils.storage.loading import load_torch
 from utils.storage.saving import save_torch
 
-CACHE_FORMAT = 2  # 2: a content hash beside the key
+CACHE_FORMAT = 3  # 2: a content hash beside the key; 3: the hash covers the dtype and shape
 
 
 def _load_matching(path, key, what, log):
@@ -41,14 +41,20 @@ def _load_matching(path, key, what, log):
         log(f'{what} {path} was made with another configuration; rebuilding')
         return None
     value = blob.get('value')
-    if not isinstance(value, torch.Tensor) or blob.get('content') != tensor_fingerprint(value):
+    if not isinstance(value, torch.Tensor) or blob.get('content') != content_hash(value):
         log(f'{what} {path} does not match its content hash (altered or damaged); rebuilding')
         return None
     return value
 
 
 def _store(value, key, path):
-    save_torch({'key': key, 'value': value, 'content': tensor_fingerprint(value)}, path)
+    save_torch({'key': key, 'value': value, 'content': content_hash(value)}, path)
+
+
+def content_hash(value):
+    """A cached tensor's bytes with their dtype and shape: the same bytes read as another dtype or shape (a
+    file's tensor header edited) are features of another meaning, not the ones cached."""
+    return f'{value.dtype}/{list(value.shape)}/{tensor_fingerprint(value)}'
 
 
 def argument_identity(value):
