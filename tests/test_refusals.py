@@ -384,7 +384,14 @@ def test_prediction_records_its_files_and_overwrites_none_it_did_not_write(own, 
     predict.main([run_dir, '--split', 'val', '--n_samples', '2'])  # labels and sampled probabilities
     assert {'predict_val_labels.npy', 'predict_val_probs.npy'} <= read_record(run_dir)
     predict.main([run_dir, '--split', 'val', '--n_samples', '0'])  # labels only: the earlier probabilities go
-    assert not os.path.exists(os.path.join(run_dir, 'predict_val_probs.npy'))
+    probs = os.path.join(run_dir, 'predict_val_probs.npy')
+    assert not os.path.exists(probs) and 'predict_val_probs.npy' not in read_record(run_dir)
+    np.save(probs, np.ones(3))  # a user's file under the name the package removed: theirs, not the package's
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match=f'{probs} is there and was not written by this package'):
+        predict.main([run_dir, '--split', 'val', '--n_samples', '0'])
+    assert snapshot(run_dir) == before
+    os.remove(probs)
     assert LOCK_NAME not in os.listdir(run_dir)
     training = RunClaim(run_dir, fresh=False)  # a run going on in the folder: refused before any work
     monkeypatch.setattr(predict_module, 'label_images', lambda *a: pytest.fail('labelled before the claim'))

@@ -655,7 +655,7 @@ class RunClaim:
                  resume_flag='--resume'):
         self.run_dir, self.fresh, self.checkpoint, self.other = run_dir, fresh, checkpoint, other
         self.made, self.fd, self.lock_made, self.writing, self.recording = [], None, False, False, False
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered where a write's first note removes a dead run's leftovers
         check_writable(run_dir, flag if fresh else resume_flag)
         if fresh:
             check_fresh_folder(run_dir, checkpoint, other)
@@ -673,7 +673,7 @@ class RunClaim:
         except SetupError:
             self.release()
             raise
-        owned_folder(run_dir, self._about_to_write, self._written)
+        owned_folder(run_dir, self._about_to_write, self._written, self._removed)
         self.recording = True
 
     def _lock(self):
@@ -709,9 +709,10 @@ class RunClaim:
         with self.lock:
             if not self.writing:
                 self.writing = True
+                recorded = set(self.files)  # an older version's partial writes are known by what they were for
                 if self.fresh:  # what a run that died before its first checkpoint left (the record says so)
                     remove_files(self.run_dir, [name for name in LEFTOVERS if name in self.files])
-                sweep_partial_writes(self.run_dir, legacy_targets=self.files)
+                sweep_partial_writes(self.run_dir, legacy_targets=recorded)
             if rel not in self.files or self.unrecorded:
                 self.files.add(rel)
                 self.unrecorded = False
@@ -721,6 +722,16 @@ class RunClaim:
         if rel.endswith(EDITABLE_SUFFIXES):
             with self.lock:
                 self.digests[rel] = file_digest(os.path.join(self.run_dir, rel))
+                _write_record(self.run_dir, self.files, self.checkpoint, self.digests)
+
+    def _removed(self, rel):
+        # a file the package removed is no longer its own: one a user puts under that name later is theirs,
+        # and is refused rather than written over or removed
+        with self.lock:
+            if rel in self.files:
+                self.files.discard(rel)
+                self.digests.pop(rel, None)
+                self.unrecorded = False
                 _write_record(self.run_dir, self.files, self.checkpoint, self.digests)
 
     def release(self):

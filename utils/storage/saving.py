@@ -41,8 +41,8 @@ class _Recording:
         self.f.flush()
 
 
-# the run folders this process holds, each with the function that records a file about to be written
-# into it (its path relative to the folder): utils/runs/folders.RunClaim registers and removes itself
+# the run folders this process holds, each with the functions that record a file about to be written into it,
+# written, or removed (its path relative to the folder): utils/runs/folders.RunClaim registers and removes itself
 _OWNED_FOLDERS = {}
 
 
@@ -56,18 +56,18 @@ def missing_folders(path):
     return missing
 
 
-def owned_folder(folder, note, done=None):
-    """Have `note(relative path)` called before each write into `folder`, and `done(relative path)` once
-    the file is in place (note None: no longer)."""
+def owned_folder(folder, note, done=None, removed=None):
+    """Have `note(relative path)` called before each write into `folder`, `done(relative path)` once the file
+    is in place, and `removed(relative path)` once remove_files has removed one (note None: no longer)."""
     folder = os.path.abspath(folder)
     if note is None:
         _OWNED_FOLDERS.pop(folder, None)
     else:
-        _OWNED_FOLDERS[folder] = {'before': note, 'after': done}
+        _OWNED_FOLDERS[folder] = {'before': note, 'after': done, 'removed': removed}
 
 
 def _tell_owner(path, when):
-    """Call the hook (`when`: 'before' or 'after' the write) of the owned folder `path` lies in."""
+    """Call the hook (`when`: 'before' or 'after' the write, or 'removed') of the owned folder `path` lies in."""
     full = os.path.abspath(path)
     for folder, hooks in list(_OWNED_FOLDERS.items()):
         if full.startswith(folder + os.sep) and hooks[when] is not None:
@@ -120,11 +120,13 @@ def partial_write_of(name, legacy=False):
 
 
 def remove_files(folder, names):
-    """Remove the named files of a folder, those that are there (a link itself, never what it points to)."""
+    """Remove the named files of a folder, those that are there (a link itself, never what it points to); a
+    run folder's claim is told, so that its record no longer takes a file of that name for the package's."""
     for name in names:
         path = os.path.join(folder, name)
         if os.path.lexists(path):
             os.remove(path)
+            _tell_owner(path, 'removed')
 
 
 def sweep_partial_writes(folder, older_than=None, legacy_targets=()):
