@@ -9,10 +9,10 @@ are the run's own. The script that made the run (recorded in it) reads the split
 dataset flags say where the data lies now (--data_root, the *_root folders, --test new.csv of
 train_ImageFolder.py); --device, --num_workers and --n_samples (stochastic samples for class
 probabilities; the run's own by default, 0: none) say how to compute. Any other training flag is
-refused: it would change the model. Writes RUN/predict_<split>_labels.npy (or predict_folder_labels.npy,
-predict_folder.csv: absolute path, label and class name, and predict_folder.json: which folder), and
-_probs.npy unless --n_samples (or, where not given, the run's) is 0. Another folder's labels are not written over the first's: move predict_folder.*
-away first.
+refused: it would change the model. Writes RUN/predict_<split|folder>_labels.npy, _probs.npy unless
+--n_samples (or, where not given, the run's) is 0, for image files .csv (absolute path, label and class name),
+and .json (which folder, or which images of the split). The labels of another folder, or of another set of
+the split's images (other dataset flags), are not written over: move predict_<split|folder>.* away first.
 """
 import utils.runs.startup  # noqa: F401  first, before torch loads: a Ctrl-C meanwhile ends in one line
 

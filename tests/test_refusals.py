@@ -1,6 +1,7 @@
 """Every entry point refuses its worst inputs in one line (`error: ...`, exit 2, no traceback) and leaves
 nothing behind; own-data labels are checked up front; prediction checks the run it is given; features
 are finite after their cast to float32."""
+import csv
 import errno
 import itertools
 import json
@@ -31,6 +32,7 @@ from utils.errors import DatasetMissing, FeatureFileError, SetupError
 from utils.predict import predict as predict_run
 from utils.runs.cli import one_line, run_cli
 from utils.runs.folders import LOCK_NAME, RunClaim, read_record
+from utils.storage.saving import remove_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -357,12 +359,23 @@ def test_prediction_with_other_f_p_weights_than_the_run_was_trained_with_is_refu
 def test_split_flags_given_with_predict_are_used(tmp_path, own):
     root, run_dir = own
     images = root / 'own' / 'images'
-    other = csv_file(tmp_path / 'other.csv', [f'{root}/own/test/{c}/test_{c}_{i}.jpg,{c}' for c in ('cat', 'dog')
-                                              for i in range(2)])
+    named = [f'{root}/own/test/{c}/test_{c}_{i}.jpg' for c in ('cat', 'dog') for i in range(2)]
+    other = csv_file(tmp_path / 'other.csv', [f'{path},{path.split("/")[-2]}' for path in named])
     result = predict.main([run_dir, '--test', other, '--n_samples', '0'])
     assert result['split'] == 'test' and result['n'] == 4  # the images --test names, not the run's test split
     labels = np.load(os.path.join(run_dir, 'predict_test_labels.npy'))
     assert result['accuracy'] == pytest.approx(np.mean(labels == [0, 0, 1, 1]))
+    with open(os.path.join(run_dir, 'predict_test.csv'), newline='') as f:  # which image each label is of
+        rows = list(csv.reader(f))
+    assert rows == [['path', 'label', 'class'],
+                    *([path, str(y), ('cat', 'dog')[y]] for path, y in zip(named, labels.tolist()))]
+    # the run's own test split, where the labels of the --test list stand: refused, not replaced unnoticed
+    before = snapshot(run_dir)
+    with pytest.raises(SetupError, match=f'{run_dir} holds the labels predicted for another test split \(4 images\), '
+                                         f'and labelling this one \(\d+ images: other files'):
+        predict.main([run_dir, '--n_samples', '0'])
+    assert snapshot(run_dir) == before
+    remove_files(run_dir, [f'predict_test{suffix}' for suffix in ('_labels.npy', '.csv', '.json')])
     with pytest.raises(SetupError, match='--folder labels the images under .*, but --test names a split'):
         predict.main([run_dir, '--folder', str(images), '--test', other])
     with pytest.raises(SetupError, match="the classes differ \\('dog' here, 'cat' in the run; 'cat' here, 'dog' in "

@@ -110,7 +110,8 @@ def test_predict_mode_on_a_split_and_a_folder(tmp_path, digits, capsys, monkeypa
     assert result['accuracy'] == pytest.approx(summary['test_acc'])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line == (f"predicted the test split: 400 images with the epoch-{summary['best_epoch']} best checkpoint, "
-                    f"accuracy {100 * summary['test_acc']:.2f}%; wrote {run_dir}/predict_test_labels.npy")
+                    f"accuracy {100 * summary['test_acc']:.2f}%; wrote {run_dir}/predict_test_labels.npy, "
+                    f"{run_dir}/predict_test.json")
     folder = tmp_path / 'images'
     folder.mkdir()
     for i in range(6):

@@ -19,6 +19,7 @@ from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, feat
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
 from utils.runs.outputs import PREDICTION_FILES, save_npy
 from utils.runtime.devices import resolve_device
+from utils.storage.fingerprints import paths_fingerprint, tensor_fingerprint
 from utils.storage.loading import load_json
 from utils.storage.saving import atomic_write, remove_files, save_json
 
@@ -72,22 +73,45 @@ def write_predictions_csv(path, paths, predicted, class_names=None):
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def save_predictions(prefix, predicted, probs, folder=None, folder_paths=None, class_names=None):
-    """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, and for a folder of images
-    PREFIX.csv and PREFIX.json (which folder: check_same_folder); returns the paths written. Within a claim
-    of the run folder, an earlier prediction's file this one does not write again (its probabilities, say)
-    is removed: nothing stale beside the new labels."""
+def save_predictions(prefix, predicted, probs, about, paths=None, class_names=None):
+    """PREFIX_labels.npy, PREFIX_probs.npy where probabilities were sampled, PREFIX.csv where the images are
+    files (their `paths`), and PREFIX.json: which images (`about`: the folder, or the split and its images'
+    identity; check_same_folder, check_same_images). Returns the paths written. Within a claim of the run
+    folder, an earlier prediction's file this one does not write again (its probabilities, say) is removed:
+    nothing stale beside the new labels."""
     remove_files(os.path.dirname(prefix), [os.path.basename(prefix) + suffix for suffix in PREDICTION_FILES])
     save_npy(predicted, prefix + '_labels.npy')
     written = [prefix + '_labels.npy']
     if probs is not None:
         save_npy(probs.cpu().numpy().astype(np.float32), prefix + '_probs.npy')
         written.append(prefix + '_probs.npy')
-    if folder_paths is not None:
-        write_predictions_csv(prefix + '.csv', folder_paths, predicted, class_names)
-        save_json({'folder': os.path.abspath(folder), 'images': len(folder_paths)}, prefix + '.json')
-        written += [prefix + '.csv', prefix + '.json']
-    return written
+    if paths is not None:
+        write_predictions_csv(prefix + '.csv', paths, predicted, class_names)
+        written.append(prefix + '.csv')
+    save_json(about, prefix + '.json')
+    return written + [prefix + '.json']
+
+
+def split_identity(splits, split):
+    """Which images `split` holds, in order: a hash of their pixels (in memory) or of their files' absolute
+    paths (the dataset flags given to predict.py may name other files, or carve another held-out part)."""
+    if splits.in_memory:
+        return tensor_fingerprint(splits.images(split))
+    return paths_fingerprint([os.path.abspath(p) for p in splits.paths(split)])
+
+
+def check_same_images(prefix, about):
+    """Refuse, before any image is encoded, to label a split where the run folder holds the labels predicted
+    for another set of that split's images (PREFIX.json says which): they would be replaced unnoticed. Labels
+    written before PREFIX.json was: as before."""
+    earlier = load_json(prefix + '.json')
+    if earlier.get('identity') in (None, about['identity']) or not os.path.exists(prefix + '_labels.npy'):
+        return
+    name = os.path.basename(prefix)
+    raise SetupError(f'{os.path.dirname(prefix)} holds the labels predicted for another {about["split"]} split '
+                     f'({earlier.get("images", "?")} images), and labelling this one ({about["images"]} images: other '
+                     f'files or an order of its own, from the dataset flags given) would replace them: move {name}.* '
+                     f'out of the run folder to keep them, then run again')
 
 
 def check_same_folder(prefix, folder):
@@ -132,14 +156,23 @@ def predict(cfg, load_splits, run_dir, split='test', folder=None):
     # before any work: no file there that no run wrote, no CSV the user edited (utils/runs/folders.py)
     check_may_write_over(run_dir, [os.path.relpath(prefix + suffix, run_dir) for suffix in PREDICTION_FILES],
                          'predict.py')
+    about = {}
     if folder:
         check_same_folder(prefix, folder)
+        about.update(folder=os.path.abspath(folder))
+
+    def same_images(name, splits):  # a split's images are known once the dataset is read
+        about.update(split=name, images=splits.size(name), identity=split_identity(splits, name))
+        check_same_images(prefix, about)
     # the folder claimed before any work (a run training there refuses it now, not after the prediction);
     # the claim records the files written
     claim = RunClaim(run_dir, fresh=False, other='run folder', resume_flag='the run folder')
     try:
-        name, predicted, probs, paths, labels = label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder)
-        written = save_predictions(prefix, predicted, probs, folder, paths, ckpt['data_info'].get('class_names'))
+        name, predicted, probs, paths, labels = label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder,
+                                                             before_encoding=same_images)
+        if folder:
+            about['images'] = len(paths)
+        written = save_predictions(prefix, predicted, probs, about, paths, ckpt['data_info'].get('class_names'))
     finally:
         claim.release()
     result = {'split': name, 'n': len(predicted), 'epoch': ckpt['epoch'], 'written': written,
@@ -176,9 +209,10 @@ def check_same_fp(encoder, saved, info, run_dir):
                          f'back there, or train a run with this one')
 
 
-def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_eta=1.0):
-    """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the folder's
-    image paths or None, the split's clean labels or None). `sample_eta`: utils/evaluate.predict_labels'."""
+def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_eta=1.0, before_encoding=None):
+    """The checkpoint's labels of the split or folder: (name, labels, probabilities or None, the image files'
+    paths or None (images in memory), the split's clean labels or None). `sample_eta`: utils/evaluate.
+    predict_labels'. `before_encoding(name, splits)` is called once a split is read, before any work."""
     info = ckpt['data_info']
     device = resolve_device(cfg.device)
     encoders = build_encoders(saved, info['dataset'], info['image_shape'], tuple(info['mean']), tuple(info['std']),
@@ -200,12 +234,15 @@ def label_images(cfg, load_splits, run_dir, ckpt, saved, split, folder, sample_e
     else:
         splits, name = decoded_as_recorded(load_splits(saved), info), split
         check_fits_run(splits, name, info, run_dir)
+        if before_encoding is not None:
+            before_encoding(name, splits)
         labels = splits.labels(name)
         features = features_of_split(saved, splits, name, encoders)
         if splits.in_memory:
             images = splits.images(name)
         else:
-            files, decoding = {name: splits.paths(name)}, {name: decoding_of(saved, splits, name)}
+            paths = splits.paths(name)
+            files, decoding = {name: paths}, {name: decoding_of(saved, splits, name)}
     model.bf16_embed = device.type == 'cuda' and saved.precision == 'bf16'
     pixels = {name: images.to(device)} if diff_input == 'image' and images is not None else {}
     inputs = SplitInputs(diff_input, {name: features[0]}, pixels, {name: features[1]} if diff_input == 'cached' else None,
