@@ -334,6 +334,10 @@ def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, dig
     with pytest.raises(SetupError, match=f'predict.py {run_dir} applies the run as it was trained and does not take '
                                          f'--k 3 \\(the run has 10\\): drop those flags'):
         predict.main([run_dir, '--k', '3'])
+    with pytest.raises(SetupError, match=f"predict.py {run_dir} labels images with the run's best checkpoint and "
+                                         f"trains nothing, so --nepoch would do nothing: drop it \\(python "
+                                         f"demo_digits.py --resume {run_dir} trains on\\)"):
+        predict.main([run_dir, '--nepoch', '5'])  # a resume may change it: it was taken and ignored
 
 
 def test_prediction_with_other_f_p_weights_than_the_run_was_trained_with_is_refused(tmp_path, digits):

@@ -385,6 +385,8 @@ def check_same_script(cfg, saved, run_dir, how):
 # what predict.py takes from its own command line besides where the data lies: how many samples it draws
 # (where not given, as many as the run drew)
 PREDICTION_FLAGS = ('n_samples',)
+# flags a resume may change that mean nothing to a prediction (it trains nothing): refused, not ignored
+TRAINING_ONLY = ('nepoch',)
 
 
 def prediction_config(cfg, ckpt, run_dir, folder=None):
@@ -401,6 +403,12 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
             raise SetupError(f'--folder labels the images under {folder}, but '
                              f'{", ".join("--" + n for n in split_flags)} {"name" if len(split_flags) > 1 else "names"} '
                              f'a split of the dataset: give one or the other')
+    pointless = sorted(given & set(TRAINING_ONLY))
+    if pointless:
+        script = saved.get('script', "the run's script")
+        raise SetupError(f'predict.py {run_dir} labels images with the run\'s best checkpoint and trains nothing, so '
+                         f'{", ".join("--" + n for n in pointless)} would do nothing: drop it (python {script} '
+                         f'--resume {run_dir} trains on)')
     refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
                if not _may_change(name, ckpt) and differs(name, saved.get(name, object()), getattr(cfg, name))]
