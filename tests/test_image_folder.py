@@ -189,6 +189,13 @@ def test_refusals_name_the_problem(tmp_path, own):
     layouts.jpeg(str(tmp_path / 'folders' / 'cat' / 'a.jpg'), 0, np.random.default_rng(0))
     with pytest.raises(DatasetMissing, match="class 'empty' has no training images"):
         read_image_folder(str(tmp_path / 'folders'))
+    layouts.jpeg(str(tmp_path / 'folders' / 'empty' / 'b.jpg'), 1, np.random.default_rng(1))
+    for name in ('loose.jpg', 'LOOSE2.PNG'):  # beside the class folders: no label, and left out unsaid
+        layouts.jpeg(str(tmp_path / 'folders' / name), 2, np.random.default_rng(2))
+    (tmp_path / 'folders' / 'notes.txt').write_text('not an image: no matter')
+    with pytest.raises(DatasetMissing, match=f"{tmp_path}/folders holds 2 images beside its class folders "
+                                             f"\\(LOOSE2.PNG, loose.jpg\\), which no class folder labels; move each"):
+        read_image_folder(str(tmp_path / 'folders'))
 
 
 def test_hub_loaders_refuse_what_does_not_fit(tmp_path, timm_checkpoint, open_clip_checkpoint):

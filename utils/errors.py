@@ -12,6 +12,11 @@ REFUSAL_EXIT = 2  # the exit status of a refusal (utils/runs/cli.run_cli)
 INTERRUPTED = 'interrupted (SIGINT)'
 
 
+def first_few(names, shown=3):
+    """The first `shown` names, and how many more: how a refusal lists what it found."""
+    return ', '.join(names[:shown]) + (f' and {len(names) - shown:,} more' if len(names) > shown else '')
+
+
 class SetupError(RuntimeError):
     """Bad input or environment: the message names the problem and the fix."""
 

@@ -14,14 +14,22 @@ import numpy as np
 
 from utils.data.image_files import IMAGE_SUFFIXES, check_images, image_files_in, need_file, read_lines, read_text
 from utils.data.splits import FileSplits
-from utils.errors import DatasetMissing
+from utils.errors import DatasetMissing, first_few
 
 
 def _class_names(folder):
-    classes = sorted(d for d in os.listdir(need_file(folder, 'image folder')) if os.path.isdir(os.path.join(folder, d)))
+    """The class folders of `folder`, sorted; refused where there are none, or where images lie beside them
+    (outside any class folder they have no label, and would be left out unsaid)."""
+    names = sorted(os.listdir(need_file(folder, 'image folder')))
+    classes = [d for d in names if os.path.isdir(os.path.join(folder, d))]
     if not classes:
         raise DatasetMissing(f'{folder} holds no class folders; put the images in {folder}/<class name>/ '
                              f'or pass a CSV of path,label')
+    loose = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))]
+    if loose:
+        raise DatasetMissing(f'{folder} holds {len(loose)} image{"s" if len(loose) > 1 else ""} beside its class '
+                             f'folders ({first_few(loose)}), which no class folder labels; move each into the folder '
+                             f'of its class, or out of {folder}')
     return classes
 
 

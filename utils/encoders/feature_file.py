@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from utils.encoders.base import FrozenEncoder
-from utils.errors import FeatureFileError
+from utils.errors import FeatureFileError, first_few
 from utils.storage.fingerprints import file_digest
 
 SPLITS = ('train', 'val', 'test')
@@ -51,9 +51,8 @@ def load_feature_file(path):
     missing = [s for s in SPLITS if s not in blob]
     if missing:
         names = sorted(blob)
-        held = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
         raise FeatureFileError(f'features file {path} lacks the split(s) {", ".join(missing)} '
-                               f'(it has: {held or "nothing"}); {FIX}')
+                               f'(it has: {first_few(names, 5) or "nothing"}); {FIX}')
     arrays = {}
     for split in SPLITS:
         a = blob[split]

@@ -18,7 +18,7 @@ import time
 import torch
 
 from utils.data.noise import names_a_file
-from utils.errors import ResumeRefused, SetupError
+from utils.errors import ResumeRefused, SetupError, first_few
 from utils.recipes import cuda_graph_mode
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, DATA_FILE_FLAGS, Config, names_a_path, saved_flag_problems
@@ -330,9 +330,8 @@ def image_change(saved, now, splits, shown=3):
         paths = [path for split in ('train', 'val', 'test') for path in splits.paths(split)]
         newer, total = files_modified_after(paths, saved[NEWEST_IMAGE]), len(paths)
     if newer and len(newer) < total:
-        more = f' and {len(newer) - shown:,} more' if len(newer) > shown else ''
         return f' ({len(newer):,} image{"s" if len(newer) > 1 else ""} modified after the run recorded them: ' \
-               f'{", ".join(newer[:shown])}{more})'
+               f'{first_few(newer, shown)})'
     if saved.get(SIZES_ONLY, '') == now.get(SIZES_ONLY):
         return f' (the same files by name and size, with other modification times: {UNKEPT_TIMES})'
     if newer:
@@ -551,11 +550,6 @@ def foreign_files(run_dir, files):
             if os.path.islink(os.path.join(root, name)) or not _a_runs(rel, files):
                 found.append(rel)
     return sorted(found)
-
-
-def first_few(names):
-    """The first three names, and how many more."""
-    return ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
 
 
 def check_no_foreign_files(run_dir, what):
