@@ -7,7 +7,8 @@
 CSV's folder, or absolute) or a folder of class folders (<class name>/<image>). --val and --test
 (clean labels) take the same forms. Without --val a seeded --val_fraction of each class is held out
 of training as the validation split, with its noisy labels (the summary says so: model selection
-then rests on noisy labels); without --test the test split is the validation split. Besides the
+then rests on noisy labels; those images are in no ranking: `python predict.py RUN --split val`
+labels them); without --test the test split is the validation split. Besides the
 engine's outputs the run folder holds train_label_ranking.csv (path, noisy label, denoised label,
 confidence; the likely mislabelled first) and classes.txt.
 """

@@ -173,3 +173,6 @@ def test_a_negative_label_in_a_webvision_list_is_refused_naming_its_line(tmp_pat
     layouts.write(path, lines)
     with pytest.raises(DatasetMissing, match=rf'{path}, line 3: expected "<image path> <class index 0, 1, ...>"'):
         read_webvision(root, imagenet, n_class=2)
+    layouts.write(path, ['', *lines])  # a blank line before: the line as an editor numbers it
+    with pytest.raises(DatasetMissing, match=rf'{path}, line 4: expected "<image path> <class index 0, 1, ...>"'):
+        read_webvision(root, imagenet, n_class=2)

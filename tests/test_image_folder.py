@@ -100,7 +100,7 @@ def test_csv_with_clean_val_timm_ranks_the_corrupted_labels_first(tmp_path, own,
     assert config['fp_dim'] == 64 and config['fp_model'] == 'test_vit'
 
 
-def test_class_folders_without_val_open_clip(tmp_path, own, open_clip_checkpoint):
+def test_class_folders_without_val_open_clip(tmp_path, own, open_clip_checkpoint, capsys):
     root, corrupted = own
     summary, run_dir = train_ImageFolder.main([
         '--train', os.path.join(root, 'train'), '--fp_encoder', 'open_clip', '--fp_model', 'tiny-test',
@@ -108,6 +108,9 @@ def test_class_folders_without_val_open_clip(tmp_path, own, open_clip_checkpoint
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert (config['n_train'], config['n_val'], config['n_test']) == (108, 12, 12)  # 10% of each class held out
     assert 'noisy labels' in summary['model_selection'] and 'validation split' in summary['test_split']
+    # the held-out images are in no ranking: said at the start and in the summary, with how to label them
+    said = 'the 12 held-out images are not in train_label_ranking.csv; python predict.py RUN --split val labels them'
+    assert said in summary['held_out'] and said in capsys.readouterr().out
     rows = ranking(run_dir)
     assert len(rows) == 108 and precision_at_top(rows, corrupted) >= 0.6
 
@@ -181,8 +184,11 @@ def test_refusals_name_the_problem(tmp_path, own):
         read_image_folder(write_csv(tmp_path / 'train.csv', []))
     with pytest.raises(DatasetMissing, match='row 3: expected'):
         read_image_folder(write_csv(tmp_path / 'train.csv', [ok[0], f'{images}/dog_000.jpg']))
+    layouts.write(str(tmp_path / 'classes.txt'), ['cat', '', 'dog', 'cat'])
+    with pytest.raises(DatasetMissing, match=r"lists 'cat' twice \(as classes 0 and 2, counting from 0\)"):
+        read_image_folder(write_csv(tmp_path / 'train.csv', ok), classes_file=str(tmp_path / 'classes.txt'))
     layouts.write(str(tmp_path / 'classes.txt'), ['cat', 'dog', 'eel'])
-    with pytest.raises(DatasetMissing, match="class 'eel' has no training images"):
+    with pytest.raises(DatasetMissing, match=r"class 'eel' has no training images \(1 empty class\)"):
         read_image_folder(write_csv(tmp_path / 'train.csv', ok), classes_file=str(tmp_path / 'classes.txt'))
     os.makedirs(tmp_path / 'folders' / 'cat')
     os.makedirs(tmp_path / 'folders' / 'empty')

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from utils.data.image_files import need_file, read_lines, read_pairs
+from utils.data.image_files import need_file, numbered_lines, read_lines, read_pairs
 from utils.data.images import CLOTHING1M_MEAN, CLOTHING1M_STD
 from utils.data.splits import FileSplits
 from utils.errors import DatasetMissing
@@ -48,7 +48,7 @@ def _keys_and_labels(list_path, label_path, n_class):
 def _listed_subset(subset_list, noisy):
     """'<key> <label>' lines, or bare keys labelled by noisy_label_kv.txt."""
     train = []
-    for number, line in enumerate(read_lines(subset_list, 'Clothing1M subset list'), 1):
+    for number, line in numbered_lines(subset_list, 'Clothing1M subset list'):
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip('-').isdigit():
             train.append((parts[0], int(parts[1])))

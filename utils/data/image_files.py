@@ -52,14 +52,21 @@ def read_text(path, what, fix=DOWNLOAD):
 
 
 def read_lines(path, what, fix=DOWNLOAD):
-    return [line.strip() for line in read_text(path, what, fix).splitlines() if line.strip()]
+    return [line for _, line in numbered_lines(path, what, fix)]
+
+
+def numbered_lines(path, what, fix=DOWNLOAD):
+    """(line number in the file, stripped text) of each line that is not blank: a refusal names the line as
+    an editor numbers it."""
+    return [(number, line.strip()) for number, line in enumerate(read_text(path, what, fix).splitlines(), 1)
+            if line.strip()]
 
 
 def read_pairs(path, what, root=None):
     """'<relative path> <class index>' lines → (absolute paths, labels); malformed lines are named (a
     negative label would pass every `label < n_class` filter and index no class)."""
     paths, labels = [], []
-    for number, line in enumerate(read_lines(path, what), 1):
+    for number, line in numbered_lines(path, what):
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
             raise DatasetMissing(f'{path}, line {number}: expected "<image path> <class index 0, 1, ...>", '

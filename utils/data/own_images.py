@@ -95,11 +95,11 @@ def _class_list(train_source, train_labels, where, classes_file):
     if classes_file:
         classes = read_lines(classes_file, 'class list', 'Give --classes a text file of the class names, one a line.')
         seen = {}
-        for number, name in enumerate(classes, 1):
+        for index, name in enumerate(classes):
             if name in seen:
-                raise DatasetMissing(f'--classes {classes_file} lists {name!r} twice (names {seen[name]} and '
-                                     f'{number}); list each class once')
-            seen[name] = number
+                raise DatasetMissing(f'--classes {classes_file} lists {name!r} twice (as classes {seen[name]} and '
+                                     f'{index}, counting from 0); list each class once')
+            seen[name] = index
         return classes
     if os.path.isdir(train_source):
         return _class_names(train_source)
@@ -258,7 +258,8 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
                              f'which labels are wrong needs at least two classes: add the images of the others')
     empty = [name for c, name in enumerate(classes) if not np.any(train_labels == c)]
     if empty:
-        raise DatasetMissing(f'{train}: class {empty[0]!r} has no training images ({len(empty)} empty classes); '
+        raise DatasetMissing(f'{train}: class {empty[0]!r} has no training images ({len(empty)} empty '
+                             f'class{"es" if len(empty) > 1 else ""}); '
                              f'add images or remove the class')
     if not classes_file:
         warn_about_classes(classes, train_labels, train, log)
@@ -278,6 +279,10 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
         notes['model_selection'] = (f'on noisy labels: no clean validation split was given, so {len(held)} training '
                                     f'images ({val_fraction:.0%} per class, seed {seed}) were held out with their '
                                     f'noisy labels; pass --val for clean model selection')
+        # trained on by no run, they are in no label ranking: said, with the command that labels them
+        notes['held_out'] = (f'the {len(held)} held-out images are not in train_label_ranking.csv; python predict.py '
+                             f'RUN --split val labels them (predict_val.csv)')
+        log(f'note: model selection {notes["model_selection"]}; {notes["held_out"]}')
     if test is None:
         splits['test'] = splits['val']
         notes['test_split'] = 'none given: test_acc is measured on the validation split'
