@@ -12,6 +12,7 @@ import torch
 
 import train_ImageFolder
 from benchmarks import layouts
+from utils.data.image_files import image_files_in
 from utils.data.own_images import read_image_folder
 from utils.encoders.hub import load_hub_encoder, load_open_clip, load_timm
 from utils.errors import DatasetMissing, EncoderError
@@ -202,6 +203,16 @@ def test_refusals_name_the_problem(tmp_path, own):
     with pytest.raises(DatasetMissing, match=f"{tmp_path}/folders holds 2 images beside its class folders "
                                              f"\\(LOOSE2.PNG, loose.jpg\\), which no class folder labels; move each"):
         read_image_folder(str(tmp_path / 'folders'))
+    for name in ('loose.jpg', 'LOOSE2.PNG'):
+        os.remove(tmp_path / 'folders' / name)
+    for place in ('._loose.jpg', 'cat/._a.jpg'):  # what a copy from a Mac leaves beside each file: no image
+        (tmp_path / 'folders' / place).write_bytes(b'\x00\x05\x16\x07 AppleDouble metadata')
+    assert image_files_in(str(tmp_path / 'folders')) == [str(tmp_path / 'folders' / name) for name in
+                                                         ('cat/a.jpg', 'empty/b.jpg')]
+    layouts.jpeg(str(tmp_path / 'folders' / 'cat' / 'c.jpg'), 3, np.random.default_rng(3))
+    layouts.jpeg(str(tmp_path / 'folders' / 'empty' / 'd.jpg'), 4, np.random.default_rng(4))
+    read = read_image_folder(str(tmp_path / 'folders'), val_fraction=0.5)
+    assert len(read.train_paths) == len(read.val_paths) == 2
 
 
 def test_hub_loaders_refuse_what_does_not_fit(tmp_path, timm_checkpoint, open_clip_checkpoint):

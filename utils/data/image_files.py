@@ -97,8 +97,14 @@ def image_files_in(folder):
             continue
         walked.add((info.st_dev, info.st_ino))
         subfolders.sort()  # which path of a folder linked twice is walked: the same every time
-        found += [os.path.join(root, name) for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
+        found += [os.path.join(root, name) for name in names if is_image_name(name)]
     return sorted(found)
+
+
+def is_image_name(name):
+    """A file name with an image suffix, other than macOS's AppleDouble companions (._<name>, metadata that a
+    copy from a Mac leaves beside every image, which no decoder reads)."""
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('._')
 
 
 def _unreadable(path, exc):

@@ -12,7 +12,8 @@ import unicodedata
 
 import numpy as np
 
-from utils.data.image_files import IMAGE_SUFFIXES, check_images, image_files_in, need_file, read_lines, read_text
+from utils.data.image_files import (IMAGE_SUFFIXES, check_images, image_files_in, is_image_name, need_file, read_lines,
+                                   read_text)
 from utils.data.splits import FileSplits
 from utils.errors import DatasetMissing, first_few
 
@@ -25,7 +26,7 @@ def _class_names(folder):
     if not classes:
         raise DatasetMissing(f'{folder} holds no class folders; put the images in {folder}/<class name>/ '
                              f'or pass a CSV of path,label')
-    loose = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))]
+    loose = [n for n in names if is_image_name(n) and os.path.isfile(os.path.join(folder, n))]
     if loose:
         raise DatasetMissing(f'{folder} holds {len(loose)} image{"s" if len(loose) > 1 else ""} beside its class '
                              f'folders ({first_few(loose)}), which no class folder labels; move each into the folder '
