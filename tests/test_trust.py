@@ -728,6 +728,22 @@ def test_a_damaged_checkpoint_is_refused_naming_the_field_on_resume_and_predict(
     assert exited.value.code == 2 and 'best.pt is damaged or was edited' in capsys.readouterr().err
 
 
+def test_a_damaged_best_checkpoint_is_refused_before_a_resume_trains(finished):
+    """best.pt is read at the end, for the outputs: a damaged one was found after the training, once the resume
+    had removed the finished run's outputs, and every later resume failed the same way."""
+    small, _, run_dir = finished
+    best = os.path.join(run_dir, 'best.pt')
+    with open(best, 'r+b') as f:
+        f.truncate(100)
+    os.utime(best, (1, 1))  # older than last.pt: not read as a newer best either
+    files = {name: open(os.path.join(run_dir, name), 'rb').read() for name in sorted(os.listdir(run_dir))
+             if os.path.isfile(os.path.join(run_dir, name))}
+    with pytest.raises(CorruptFile, match=f'checkpoint {best} is corrupt or truncated'):
+        run(resume(run_dir, '--nepoch', '3'), lambda c: small)
+    assert {name: open(os.path.join(run_dir, name), 'rb').read() for name in sorted(os.listdir(run_dir))
+            if os.path.isfile(os.path.join(run_dir, name))} == files
+
+
 NOT_FITTING = [
     (lambda c: c['model'].update({k: v[:1] for k, v in list(c['model'].items())[:1]}), 'size mismatch'),
     (lambda c: c['model'].pop(next(iter(c['model']))), 'Missing key'),

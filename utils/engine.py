@@ -102,6 +102,8 @@ def run(cfg, load_splits):
     if ckpt is not None:
         check_same_script(cfg, ckpt['config'], cfg.resume, '--resume')
         check_resume_flags(cfg, ckpt, cfg.resume)
+        if os.path.isfile(os.path.join(cfg.resume, 'best.pt')):  # the outputs are made from it, after the training:
+            load_run(cfg.resume, 'best.pt')                      # a damaged one refused now, before any work
         cfg = resumed_config(cfg, ckpt)
         check_config(cfg)
     distributed.init_from_env(cfg.device)
