@@ -20,6 +20,7 @@ from conftest import subset
 from utils import engine
 from utils.engine import run
 from utils.errors import DatasetMissing, NoiseError, SetupError
+from utils.runs.cli import run_cli
 from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, dataset_fingerprints, read_record, write_run_file
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import save_torch
@@ -272,7 +273,6 @@ def test_a_folder_recorded_before_runs_named_their_kind_is_read_by_its_files(tmp
 def test_labels_predicted_for_one_folder_are_not_replaced_by_another_folders(tmp_path, capsys):
     """predict --folder B where the run holds A's predicted labels is refused naming A; A again is labelled
     anew, and B is labelled once A's are moved away."""
-    from utils.runs.cli import run_cli
     root = str(tmp_path / 'own')
     layouts.own_data(root, per_class=8, n_eval=2)
     _, run_dir = train_ImageFolder.main(['--train', os.path.join(root, 'labels.csv'),
@@ -301,7 +301,6 @@ def test_an_edited_label_ranking_or_prediction_csv_is_never_written_over(tmp_pat
     prediction that would write them again is refused in one line while they differ from what the
     package wrote; moved away, the run goes on."""
     import predict
-    from utils.runs.cli import run_cli
     root = str(tmp_path / 'own')
     layouts.own_data(root, per_class=8, n_eval=2)
     train = ['--train', os.path.join(root, 'labels.csv'), '--val', os.path.join(root, 'val')]
@@ -440,6 +439,26 @@ def test_a_run_folder_of_a_version_before_records_resumes_and_is_recorded(tmp_pa
         f.write('{"writ')
     summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '5']), lambda c: small)
     assert summary['epochs'] == 5
+
+
+def test_a_damaged_record_is_refused_by_a_resume_and_by_predict(tmp_path, small, capsys):
+    """Read as empty, a damaged .written.json made the run's own files foreign to a resume, and predict.py wrote
+    a record of its own two files over it: the damage made permanent. Deleted, the folder is one from before
+    records."""
+    _, run_dir = run(cfg_for(tmp_path, '--nepoch', '2', '--warmup_epochs', '1', '--n_samples', '0'), lambda c: small)
+    record = os.path.join(run_dir, RECORD_NAME)
+    with open(record, 'w') as f:
+        f.write('{"files": 5')
+    before = snapshot(run_dir)
+    says = f'{record} is damaged (it does not read as the record of the files this package wrote there); delete it'
+    with pytest.raises(SetupError, match=re.escape(says)):
+        run(demo_digits.config(['--resume', run_dir, '--nepoch', '3']), lambda c: small)
+    with pytest.raises(SystemExit) as exited:
+        run_cli(predict.main, [run_dir, '--n_samples', '0'])
+    assert exited.value.code == 2 and says in capsys.readouterr().err and snapshot(run_dir) == before
+    os.remove(record)
+    summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '3']), lambda c: small)
+    assert summary['epochs'] == 3 and 'best.pt' in read_record(run_dir)
 
 
 def test_a_resume_with_the_classes_renamed_is_refused(tmp_path):

@@ -455,8 +455,17 @@ def _makedirs(folder):
 # ---- what a run folder's runs wrote ------------------------------------------------------------------
 
 def _own_record(run_dir):
-    record = load_json(os.path.join(run_dir, RECORD_NAME))
-    return record if record.get('written_by') == WRITTEN_BY else {}
+    """The folder's record ({} where there is none); a damaged one is refused: read as empty, it made the run's
+    own files foreign to a resume, and predict.py wrote a record of its files alone over it."""
+    path = os.path.join(run_dir, RECORD_NAME)
+    if not os.path.lexists(path):
+        return {}
+    record = load_json(path)
+    if record.get('written_by') != WRITTEN_BY or not isinstance(record.get('files'), list):
+        raise SetupError(f'{path} is damaged (it does not read as the record of the files this package wrote '
+                         f'there); delete it: the folder\'s files are then taken for its run\'s, as in a run folder '
+                         f'made before such records')
+    return record
 
 
 def read_record(run_dir):
