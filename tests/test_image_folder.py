@@ -111,7 +111,7 @@ def test_class_folders_without_val_open_clip(tmp_path, own, open_clip_checkpoint
     assert 'noisy labels' in summary['model_selection'] and 'validation split' in summary['test_split']
     # the held-out images are in no ranking: said at the start and in the summary, with how to label them
     said = 'the 12 held-out images are not in train_label_ranking.csv; python predict.py RUN --split val labels them'
-    assert said in summary['held_out'] and said in capsys.readouterr().out
+    assert said in summary["held_out"] and f"note (held out): {said}" in capsys.readouterr().out
     rows = ranking(run_dir)
     assert len(rows) == 108 and precision_at_top(rows, corrupted) >= 0.6
 

@@ -178,6 +178,8 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset,
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
+    for name, note in getattr(splits, 'notes', {}).items():  # what the summary says of the splits, said at the start
+        print(f'note ({name.replace("_", " ")}): {note}')
     if main and stale:  # the resume refused nothing: it trains on now
         remove_stale_outputs(run_dir, stale, ckpt['epoch'] + 1)
     wall = trainer.fit(splits)

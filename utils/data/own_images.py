@@ -283,7 +283,6 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
         # trained on by no run, they are in no label ranking: said, with the command that labels them
         notes['held_out'] = (f'the {len(held)} held-out images are not in train_label_ranking.csv; python predict.py '
                              f'RUN --split val labels them (predict_val.csv)')
-        log(f'note: model selection {notes["model_selection"]}; {notes["held_out"]}')
     if test is None:
         splits['test'] = splits['val']
         notes['test_split'] = 'none given: test_acc is measured on the validation split'
