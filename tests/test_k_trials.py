@@ -1,6 +1,7 @@
 """--k_select model: k chosen by short training runs on validation, reused and resumable."""
 import json
 import os
+import shutil
 import signal
 import sys
 import weakref
@@ -112,6 +113,7 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
         run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
     saved = load_torch(str(run_dir / 'k_trials' / 'k5' / 'last.pt'))
     assert saved['epoch'] == 0 and saved['partial_epoch']['steps_done'] == 1
+    shutil.copytree(tmp_path / 'b', tmp_path / 'c')
     epochs.clear()
     again, _ = run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
     # k 1 is reused, k 5 goes on within its second epoch, then the run goes on from the chosen trial
@@ -119,6 +121,14 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
     for key in ('best_val_acc', 'best_epoch', 'test_acc', 'k'):
         assert again.get(key) == straight.get(key), key
     assert log_of(run_dir) == log_of(tmp_path / 'a' / 'runs' / 'r')
+    # the stopped trial's checkpoint damaged (cut short): that trial starts over, as the engine means to, where
+    # the same command was refused, saying that deleting the checkpoint would end the run
+    with open(tmp_path / 'c' / 'runs' / 'r' / 'k_trials' / 'k5' / 'last.pt', 'r+b') as f:
+        f.truncate(100)
+    epochs.clear()
+    over, _ = run(digits_cfg(tmp_path / 'c', *FLAGS, *TRIAL), lambda c: small)
+    assert epochs == [('k5', e) for e in range(3)] + [('r', e) for e in range(3, 6)]
+    assert over['k'] == straight['k']
 
 
 def test_a_run_stopped_while_taking_over_its_trial_is_finished_by_the_same_command(tmp_path, small, monkeypatch):

@@ -19,7 +19,7 @@ import time
 import torch
 
 from utils.averaging import evaluated_weights
-from utils.errors import Interrupted, SetupError
+from utils.errors import CorruptFile, Interrupted, SetupError, UnsafeFile
 from utils.prepare import check_inputs, clean_train_labels, decoded_as_recorded, prepare
 from utils.runs.checks import check_config
 from utils.runs.config import recorded_config
@@ -217,7 +217,7 @@ def trial_trainer(splits, device):
         if resumable and os.path.isfile(os.path.join(folder, 'last.pt')):
             try:
                 ckpt = load_run(folder)
-            except SetupError:  # unreadable, or of an older format: the trial starts over
+            except (SetupError, CorruptFile, UnsafeFile):  # damaged, refused, of an older format: the trial starts over
                 ckpt = None
         if main:
             sweep_partial_writes(folder)
