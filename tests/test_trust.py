@@ -37,6 +37,7 @@ from utils.errors import (
     SetupError,
     UnsafeFile,
 )
+from utils.encoders.cache import content_hash
 from utils.prepare import prepare
 from utils.runs.cli import run_cli
 from utils.runtime.signals import StopSignals
@@ -941,6 +942,16 @@ def test_altered_cache_is_detected_by_its_content_hash_and_rebuilt(tmp_path, dig
     again = prepare(cfg, small, torch.device('cpu'), log=messages.append)
     assert sum('does not match its content hash' in m for m in messages) == 4
     assert torch.equal(again.features['train'], data.features['train'])
+    # a forged file: another dtype of the same values, its hash made to match (its writer can hash it too)
+    for name in os.listdir(tmp_path / 'cache'):
+        blob = load_torch(str(tmp_path / 'cache' / name))
+        blob['value'] = blob['value'].double() if blob['value'].is_floating_point() else blob['value'].int()
+        blob['content'] = content_hash(blob['value'])
+        save_torch(blob, str(tmp_path / 'cache' / name))
+    messages = []
+    forged = prepare(cfg, small, torch.device('cpu'), log=messages.append)
+    assert sum('does not fit' in m or 'rebuilding' in m for m in messages) == 4, messages
+    assert torch.equal(forged.features['train'], data.features['train'])
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs /proc')

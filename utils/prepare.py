@@ -361,7 +361,7 @@ def use_k(cfg, data, splits, log=print):
 
 def cached_neighbours(features, k, cache_dir, log=print, **search):
     """utils/retrieval.neighbour_table, cached; `search` (search_options) enters the key like k."""
-    valid = lambda idx: idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
+    valid = lambda idx: idx.dtype == torch.int64 and idx.shape == (features.shape[0], k) and int(idx.min()) >= 0 \
         and int(idx.max()) < features.shape[0]  # noqa: E731
     return cached(neighbour_table, dict(features=features, k=k, **search), cache_dir, f'neighbours_k{k}', valid,
                   log).to(features.device)

@@ -93,8 +93,10 @@ def cached(compute, arguments, cache_dir, label, valid=lambda value: True, log=p
     path = cache_path(cache_dir, label, key)
     with distributed.main_first():
         value = _load_matching(path, key, f'{label} cache', log)
-        if value is not None and valid(value):
-            return value
+        if value is not None:
+            if valid(value):
+                return value
+            log(f'{label} cache {path} does not fit what it stands for (its dtype, shape or values); rebuilding')
         value = compute(**arguments, **settings)
         _store(value.cpu(), key, path)
         return value
@@ -116,8 +118,9 @@ def encode_view(encoder, images, view, seed, batch_size=512):
 
 
 def features_fit(value, encoder, n):
-    """A stored feature tensor is usable: one finite row of the encoder's width per image."""
-    return value.shape == (n, encoder.dim) and bool(torch.isfinite(value).all())
+    """A stored feature tensor is usable: one finite float32 row (as encode_all makes them) of the encoder's
+    width per image. A file's content hash does not tell a forged one: its writer can hash it too."""
+    return value.dtype == torch.float32 and value.shape == (n, encoder.dim) and bool(torch.isfinite(value).all())
 
 
 def cached_features(encoder, images, dataset, split, cache_dir, view='clean', seed=0, batch_size=512, log=print):
