@@ -336,6 +336,12 @@ def test_k_beside_k_choices_is_refused_rather_than_ignored(tmp_path):
         run(cfg_for(tmp_path, '--k', '5', '--k_choices', '1', '10'), never_read)
     assert not os.listdir(tmp_path)
     assert demo_digits.config(['--k_choices', '1', '10']).k_choices == [1, 10]  # k's default is no matter
+    # without retrieval no k is used: a k given, or chosen (and written into the summary), was ignored
+    for flags, named in ((['--k', '5'], '--k'), (['--k_choices', '1', '5', '--k_select', 'model'], '--k_choices')):
+        with pytest.raises(SetupError, match=f"{named} applies only where the neighbours' labels are candidates "
+                                             f"\\(--candidates own trains on each image's own noisy label alone\\)"):
+            run(cfg_for(tmp_path, '--candidates', 'own', *flags), never_read)
+    assert not os.listdir(tmp_path)
 
 
 def test_a_cache_dir_a_file_stands_in_the_way_of_is_refused_before_work(tmp_path):

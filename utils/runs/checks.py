@@ -173,7 +173,8 @@ def limit_problems(cfg):
 def ignored_flag_problems(cfg):
     """A flag given for a part the run does not have would be silently ignored: it is refused instead (an
     f_p encoder's flags with another --fp_encoder, the ImageNet backbone flags where --diff_encoder builds
-    no ImageNet backbone, --k beside --k_choices, --val_fraction beside --val)."""
+    no ImageNet backbone, --k beside --k_choices, --k and the choice of k without retrieval (--candidates own),
+    --val_fraction beside --val)."""
     given = set(getattr(cfg, 'command_line_flags', ()))
     if getattr(cfg, 'resume', None):
         return []
@@ -192,6 +193,10 @@ def ignored_flag_problems(cfg):
         problems += [f'--{flag} does not apply to {cfg.script}, which trains on {BUNDLED_DATA[cfg.script][1]}; drop it '
                      f'(train_CIFAR.py reads it)' for flag in ('dataset', 'data_root', 'download', 'cifar_n_dir')
                      if flag in given]
+    if getattr(cfg, 'candidates', None) == 'own':  # no retrieval: no neighbours to count or choose among
+        problems += [f'--{flag} applies only where the neighbours\' labels are candidates (--candidates own trains '
+                     f'on each image\'s own noisy label alone); drop it'
+                     for flag in ('k', 'k_choices', 'k_select', 'k_trial_epochs') if flag in given]
     if 'val_fraction' in given and getattr(cfg, 'val', None):
         problems.append('--val_fraction applies only without --val (it carves the validation images out of '
                         '--train); drop one of them')
