@@ -299,6 +299,7 @@ def never_read(cfg):
     ('--checkpoint_every', '0', '--checkpoint_every 0 must be at least 1'),
     ('--lr', 'nan', '--lr nan must be a finite number above 0'),
     ('--lr', '-0.001', '--lr -0.001 must be a finite number above 0'),
+    ('--lr', '1e300', "--lr 1e\\+300 must be at most 3.403e\\+38, float32's largest"),  # a traceback in Adam
     ('--lr_horizon', '-5', r'--lr_horizon -5 must be a finite number above 0 \(or 0: --nepoch\)'),
     ('--grad_clip', '0', '--grad_clip 0.0 must be a finite number above 0'),
     ('--ema_decay', '1', r'--ema_decay 1.0 must lie in \[0, 1\) \(0: no average\)'),

@@ -20,6 +20,7 @@ NOT_NEGATIVE = ('n_samples', 'warmup_epochs', 'eval_from', 'num_workers', 'k_tri
 DEVICE_TYPES = ('cpu', 'cuda', 'mps')
 FOLDER_FLAGS = ('out_dir', 'cache_dir', 'data_root', 'inputs_dir', 'clip_download_root', 'resume')
 MAX_SEED = 2 ** 32 - 1
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # the largest input of the f_p encoders offered (DINOv2 at 518 px) with room to spare; a larger size only
 # fills memory (100000 px is killed for memory mid-extraction, its folder half made)
 MAX_IMAGE_SIZE = 1024
@@ -61,6 +62,9 @@ def config_problems(cfg):
         if not math.isfinite(value) or value <= 0:
             problems.append(f'--{name} {value} must be a finite number above 0' +
                             (' (or 0: --nepoch)' if name == 'lr_horizon' else ''))
+        elif name == 'lr' and value > FLOAT32_MAX:  # the optimiser's step is computed in float32
+            problems.append(f'--lr {value} must be at most {FLOAT32_MAX:.4g}, float32\'s largest (the optimiser '
+                            f'computes its steps in float32)')
     n_layers = getattr(cfg, 'n_layers', None)
     if n_layers is not None and n_layers < 2:
         problems.append(f'--n_layers {n_layers} must be at least 2 (the x_e gate sits after the first)')
