@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from utils import engine
 from utils.engine import run
 from utils.errors import DatasetMissing, NoiseError, SetupError
 from utils.runs.cli import run_cli
-from utils.runs.folders import LOCK_NAME, RECORD_NAME, RunClaim, dataset_fingerprints, read_record, write_run_file
+from utils.runs.folders import (LOCK_NAME, RECORD_NAME, RunClaim, dataset_fingerprints, default_run_name, read_record,
+                                write_run_file)
 from utils.storage.loading import load_json, load_torch
 from utils.storage.saving import save_torch
 from utils.trainer import Trainer
@@ -574,3 +576,16 @@ def test_a_run_whose_fingerprints_named_files_as_given_resumes_in_place_and_stay
     with pytest.raises(SetupError, match='the dataset and the image files differ'):
         train_ImageFolder.main(['--resume', run_dir, '--nepoch', '3', '--train', str(tmp_path / 'moved' / 'train'),
                                 '--val', str(tmp_path / 'moved' / 'val')])
+
+
+def test_a_default_run_name_taken_in_the_same_second_gets_a_number(tmp_path, monkeypatch):
+    """Two commands started in one second: the second was refused, told to choose another --run_name, a name
+    the user never chose."""
+    monkeypatch.setattr(time, 'strftime', lambda fmt, *a: '20261207-220000')
+    cfg = demo_digits.config(['--out_dir', str(tmp_path)])
+    first = default_run_name(cfg)
+    assert first == 'digits-U-0.4_raw_fp_mlp_s123_20261207-220000'
+    (tmp_path / first).mkdir()
+    assert default_run_name(cfg) == first + '-2'
+    (tmp_path / (first + '-2')).write_text('a file takes the name too')
+    assert default_run_name(cfg) == first + '-3'

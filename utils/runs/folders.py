@@ -10,6 +10,7 @@ names are ever cleared. A refused run leaves every folder as it found it.
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import tempfile
 import threading
@@ -785,8 +786,14 @@ def sweep_stale_cache_writes(cache_dir):
 
 
 def default_run_name(cfg):
+    """<noise>_<f_p>_<diffusion encoder>_s<seed>_<time>, with -2, -3, ... where a run of the same second took
+    that name (two commands started at once: the second was refused, told to choose a name it never chose)."""
     stamp = time.strftime('%Y%m%d-%H%M%S')
     noise = os.path.basename(cfg.noise_type).replace('.npy', '')
     if noise == 'own':  # the dataset's own labels: name the dataset
         noise = cfg.dataset or noise
-    return f'{noise}_{cfg.fp_encoder}_{cfg.diff_encoder}_s{cfg.seed}_{stamp}'
+    name = base = f'{noise}_{cfg.fp_encoder}_{cfg.diff_encoder}_s{cfg.seed}_{stamp}'
+    for n in itertools.count(2):
+        if not os.path.lexists(os.path.join(cfg.out_dir, name)):
+            return name
+        name = f'{base}-{n}'
