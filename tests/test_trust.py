@@ -712,6 +712,15 @@ DAMAGED_CHECKPOINTS = [
     (lambda c: c['config'].update(lr=None), 'config: --lr None is not a value of the flag'),
     (lambda c: c['config'].update(ddim_n_step=None), 'config: --ddim_n_step None is not a value of the flag'),
     (lambda c: c['config'].update(device=None), 'config: --device None is not a value of the flag'),
+    # fields read where present: a traceback, before
+    (lambda c: c.update(partial_epoch='junk'), "partial_epoch is str 'junk', not None or the steps of an epoch"),
+    (lambda c: c.update(partial_epoch={'epoch': 6}), 'partial_epoch is dict'),
+    (lambda c: c.update(partial_epoch={'epoch': 1, 'steps_done': 1, 'of': 4, 'loss_sum': 0.5, 'rng': None}),
+     'partial_epoch is dict'),
+    (lambda c: c.update(eval_bn_shares=0), "eval_bn_shares is int '0', not a number of parts"),
+    (lambda c: c.update(epoch_times=[1, 2]), "epoch_times is list '[1, 2]', not a list of epochs' seconds"),
+    (lambda c: c.update(timed_epochs='x'), "timed_epochs is str 'x', not a number of epochs"),
+    (lambda c: c['data_info'].update(class_names=5), "data_info.class_names is int '5', not a list of names"),
 ]
 
 

@@ -21,6 +21,7 @@ import torch
 from utils.data.noise import names_a_file
 from utils.errors import ResumeRefused, SetupError, first_few
 from utils.recipes import cuda_graph_mode
+from utils.runtime.randomness import is_rng_state
 from utils.runs.checks import config_problems
 from utils.runs.config import COMMON_DEFAULTS, DATA_FILE_FLAGS, Config, names_a_path, saved_flag_problems
 from utils.storage.fingerprints import (file_digest, files_fingerprints, files_modified_after, paths_fingerprint,
@@ -151,6 +152,30 @@ DATA_INFO_FIELDS = {
 ADDED_SINCE = ('ema',)
 
 
+def _partial_epoch(v):
+    return v is None or (isinstance(v, dict) and is_int(v.get('epoch')) and v['epoch'] >= 0
+                         and is_int(v.get('of')) and is_int(v.get('steps_done')) and 1 <= v['steps_done'] < v['of']
+                         and is_number(v.get('loss_sum')) and is_rng_state(v.get('rng')))
+
+
+def _epoch_time(r):
+    return isinstance(r, dict) and isinstance(r.get('first_of_invocation'), bool) and all(
+        r.get(key) is None or is_number(r[key]) for key in ('train_s', 'evaluate_s', 'checkpoint_s'))
+
+
+# fields read where present (a checkpoint from before them lacks them): checked as the required ones are
+OPTIONAL_FIELDS = {
+    'partial_epoch': (_partial_epoch, 'None or the steps of an epoch stopped mid-way'),
+    'eval_bn_shares': (lambda v: is_int(v) and v >= 1, 'a number of parts, 1 or more'),
+    'epoch_times': (lambda v: isinstance(v, list) and all(map(_epoch_time, v)), "a list of epochs' seconds"),
+    'seconds': (lambda v: isinstance(v, dict) and all(map(is_number, v.values())), 'seconds by part'),
+    'timed_epochs': (lambda v: is_int(v) and v >= 0, 'a number of epochs'),
+}
+OPTIONAL_DATA_INFO_FIELDS = {
+    'class_names': (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), 'a list of names'),
+}
+
+
 def field_problems(record, fields, prefix=''):
     problems = []
     for name, (ok, meaning) in fields.items():
@@ -170,11 +195,16 @@ _MISSING = object()
 def checkpoint_problems(ckpt):
     """What in a checkpoint of today's format is missing or of the wrong kind, as short phrases."""
     problems = field_problems(ckpt, CHECKPOINT_FIELDS)
+    problems += field_problems(ckpt, {k: f for k, f in OPTIONAL_FIELDS.items() if k in ckpt})
+    if 'seconds' in ckpt and 'timed_epochs' not in ckpt:  # restored together
+        problems.append('timed_epochs is missing beside seconds')
     # -1: no epoch finished yet, where a signal stopped the first one mid-way (its steps are what last.pt holds)
     if ckpt.get('epoch') == -1 and not isinstance(ckpt.get('partial_epoch'), dict):
         problems.append('epoch is -1 (none finished) with no partial epoch')
     if isinstance(ckpt.get('data_info'), dict):
         problems += field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
+        problems += field_problems(ckpt['data_info'], {k: f for k, f in OPTIONAL_DATA_INFO_FIELDS.items()
+                                                       if k in ckpt['data_info']}, 'data_info.')
     return problems
 
 

@@ -25,6 +25,13 @@ def rng_state(device):
     return state
 
 
+def is_rng_state(v):
+    """Whether `v` has rng_state's form (torch's state, numpy's five parts, Python's three): a saved one is
+    checked before set_rng_state would fail on it with a traceback."""
+    return isinstance(v, dict) and torch.is_tensor(v.get('torch')) and isinstance(v.get('numpy'), (list, tuple)) \
+        and len(v['numpy']) == 5 and isinstance(v.get('python'), (list, tuple)) and len(v['python']) == 3
+
+
 def set_rng_state(state, device):
     torch.set_rng_state(state['torch'])
     kind, keys, pos, has_gauss, gauss = state['numpy']
