@@ -116,6 +116,14 @@ def test_a_resume_refuses_flags_that_would_change_the_run(stopped_run, capsys):
     (lambda s: s['args'].update(arch='resnet50'), 'it does not fit a SimCLR resnet50 (Error(s) in loading'),
     (lambda s: s['args'].update(arch='vgg'), "args.arch is 'vgg', not one of resnet18, resnet34, resnet50"),
     (lambda s: s['optimizer']['param_groups'][0]['params'].pop(), 'it does not fit a SimCLR resnet18 (loaded state'),
+    # the run's flags and the rest of the state: a traceback, a run trained on, or an encoder exported at once
+    (lambda s: s['args'].update(batch_size=0), '--batch_size 0 must be at least 1'),
+    (lambda s: s['args'].update(lr='x'), "args.lr is 'x', not a value of --lr"),
+    (lambda s: s['args'].update(dataset='imagenet'), "args.dataset is 'imagenet', not a value of --dataset"),
+    (lambda s: s['args'].update(temperature=-1.0), '--temperature -1.0 must be a finite number above 0'),
+    (lambda s: s.update(epoch=1000), "epoch 1000 is beyond the run's 2 epochs"),
+    (lambda s: s['rng'].update(torch='x'), 'rng is dict'),
+    (lambda s: s['history'][0].pop('minutes'), 'history is list'),
 ])
 def test_a_damaged_state_is_refused_in_one_line_before_the_data_is_read(stopped_run, capsys, monkeypatch, damage,
                                                                         says):

@@ -3,9 +3,12 @@ a --resume's flags against those its run was started with (refused, never droppe
 import argparse
 import math
 
+import os
+
 from utils.errors import ResumeRefused, SetupError
 from utils.pretraining.trainer import load_state
 from utils.runs.checks import config_problems
+from utils.runs.config import could_give
 
 
 # pretrain_SimCLR.py's flags that must be at least 1, beyond those utils/runs/checks knows
@@ -54,6 +57,10 @@ def resumed(args, given, defaults):
     """The saved state and the run's flags, with what this command may decide (PER_COMMAND); `defaults`:
     the script's parser, whose defaults stand for flags newer than the run."""
     state, saved = load_state(args.resume)
+    problems = saved_problems(saved, defaults, state)
+    if problems:
+        raise ResumeRefused(f'{os.path.join(args.resume, "state.pt")} is damaged or was edited '
+                            f'({"; ".join(problems[:3])}); it cannot be resumed: start a new run')
     check_resume_flags(args, given, saved, defaults)
     ours = {name: getattr(args, name) for name in PER_COMMAND if name in given or name in ALWAYS_FROM_THIS_COMMAND}
     return argparse.Namespace(**{**saved, **ours}), state
@@ -71,6 +78,21 @@ def check_resume_flags(args, given, saved, defaults):
     if 'nepoch' in given and args.nepoch < saved['nepoch']:
         raise ResumeRefused(f'--nepoch {args.nepoch}: the run in {args.resume} is of {saved["nepoch"]} epochs; a '
                             f'resume may lengthen it, not shorten it: give at least {saved["nepoch"]} or drop --nepoch')
+
+
+def saved_problems(saved, parser, state):
+    """The flags a run's state.pt holds that no command line could have given, or that a new run's checks
+    refuse (a batch of 0, a negative temperature), and more epochs trained than the run has: an edited file
+    failed with a traceback, trained on, or exported at once."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != 'help'}
+    problems = [f'args.{name} is {value!r}, not a value of --{name}' for name, value in sorted(saved.items())
+                if name in actions and value is not None and not could_give(actions[name], value)]
+    if not problems:  # values of the right kinds: in the ranges a command line's are held to
+        problems = flag_problems(argparse.Namespace(**{**{n: parser.get_default(n) for n in actions}, **saved}))
+    nepoch = saved.get('nepoch')
+    if not problems and isinstance(nepoch, int) and state['epoch'] > nepoch:
+        problems.append(f'epoch {state["epoch"]} is beyond the run\'s {nepoch} epochs')
+    return problems
 
 
 def shown(value):

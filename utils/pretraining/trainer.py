@@ -17,7 +17,7 @@ from utils.pretraining.augment import simclr_views
 from utils.runs.folders import field_problems, is_int, is_number, tensor_dict
 from utils.runtime.devices import load_optimizer_state
 from utils.runtime.graphs import CAPTURE_ERRORS
-from utils.runtime.randomness import rng_state, seed_everything, set_rng_state
+from utils.runtime.randomness import is_rng_state, rng_state, seed_everything, set_rng_state
 from utils.storage.loading import load_torch
 
 
@@ -207,9 +207,10 @@ STATE_FIELDS = {
     'epoch': (lambda v: is_int(v) and v >= 0, 'an epoch count'), 'model': (tensor_dict, 'weights'),
     'optimizer': (lambda v: isinstance(v, dict) and isinstance(v.get('param_groups'), list)
                   and isinstance(v.get('state'), dict), "an optimiser's state"),
-    'history': (lambda v: isinstance(v, list) and all(isinstance(r, dict) and is_int(r.get('epoch')) for r in v),
+    'history': (lambda v: isinstance(v, list) and all(isinstance(r, dict) and is_int(r.get('epoch'))
+                                                      and is_number(r.get('minutes')) for r in v),
                 'a list of epochs'),
-    'rng': (lambda v: isinstance(v, dict) and {'torch', 'numpy', 'python'} <= set(v), 'random states'),
+    'rng': (is_rng_state, 'random states'),
     'elapsed_s': (is_number, 'seconds'),
 }
 

@@ -407,7 +407,7 @@ def _flag_actions():
     return actions
 
 
-def _could_give(action, value):
+def could_give(action, value):
     """Whether parsing a command line could have given `value` to the flag of `action`."""
     if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # switches
         return isinstance(value, bool)
@@ -437,7 +437,7 @@ def saved_flag_problems(saved):
                   if value is None and COMMON_DEFAULTS.get(name) is not None]
     return [f'--{name} None is not a value of the flag' for name in never_none] + \
         [f'--{name} {value!r} is not a value of the flag' for name, value in saved.items()
-         if name in actions and value is not None and not _could_give(actions[name], value)
+         if name in actions and value is not None and not could_give(actions[name], value)
          and not (name in RECORDED_SWITCHES and isinstance(value, bool))]
 
 
