@@ -16,6 +16,7 @@ from utils import evaluate
 from utils.diff_encoders import build_model
 from utils.encoders.cache import augmented_view
 from utils.engine import run
+from utils.errors import SetupError
 from utils.recipes import RECIPE_FLAGS, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CandidateLabels, retrieve_candidates
 from utils.runs.folders import resumed_config
@@ -111,6 +112,10 @@ def test_print_config_shows_every_resolved_flag_and_its_source(capsys):
     assert lines['eval_bn'].endswith('(command line)') and lines['eval_batch_size'].split()[1] == '2000'
     assert lines['fp_train_view'].endswith('(recipe authors)') and lines['diff_encoder'].endswith('(script)')
     assert lines['grad_clip'].endswith('(default)') and '[recipe: ' in out
+    # a resumed run goes on with what it recorded: the new run's table (exit 0) was printed, even for no run
+    with pytest.raises(SetupError, match=r'--print_config shows the flags a new run resolves; the run --resume '
+                                         r'runs/r goes on with those it recorded: read runs/r/config.json'):
+        train_CIFAR.config(['--print_config', '--resume', 'runs/r'])
 
 
 def test_file_datasets_key_the_centre_crops_unless_asked():

@@ -19,6 +19,7 @@ from utils.data.noise import names_a_file
 from utils.diff_encoders import BACKBONES, DIFF_ENCODERS
 from utils.encoders.clip import CLIP_TOWERS
 from utils.encoders.factory import FP_ENCODERS
+from utils.errors import SetupError
 from utils.recipes import CUDA_GRAPH_MODES, IMPROVED_EMA_DECAY, RECIPES, cuda_graph_mode, resolve_recipe
 from utils.retrieval import CANDIDATE_RULES, CANDIDATE_WEIGHTS
 from utils.runs.checks import check_config
@@ -312,6 +313,9 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     parser = build_parser(description, defaults, dataset_args, kind)
     cfg = parser.parse_args(argv, namespace=Config())
     cfg.argv = argv  # the arguments as given: what each process of several --gpu_devices is started with
+    if cfg.print_config and cfg.resume:  # a resumed run's values are in its checkpoint, not in this table
+        raise SetupError(f'--print_config shows the flags a new run resolves; the run --resume {cfg.resume} goes on '
+                         f'with those it recorded: read {os.path.join(cfg.resume, "config.json")}, or drop --resume')
     cfg.command_line_flags = given_flags(build_parser(description, defaults, dataset_args, kind), argv)
     cfg.script_flags = sorted(a.dest for a in parser._actions if a.option_strings and a.dest != 'help')
     # the script's own flags, which say where its dataset lies (predict.py takes them from its command line)
