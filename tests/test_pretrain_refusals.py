@@ -54,6 +54,7 @@ def stopped_run(work):
     (['--knn_every', '0'], '--knn_every 0 must be at least 1'),
     (['--save_every', '0'], '--save_every 0 must be at least 1'),
     (['--lr', '-1'], '--lr -1.0 must be a finite number above 0'),
+    (['--image_size', '100000'], '--image_size 100000 must be at most 1024 (no encoder here reads larger images)'),
     (['--lr', '0'], '--lr 0.0 must be a finite number above 0'),
     (['--lr', 'nan'], '--lr nan must be a finite number above 0'),
     (['--temperature', '0'], '--temperature 0.0 must be a finite number above 0'),

@@ -306,6 +306,8 @@ def never_read(cfg):
     ('--ema_decay', '-0.5', r'--ema_decay -0.5 must lie in \[0, 1\)'),
     ('--n_samples', '-1', '--n_samples -1 must not be negative'),
     ('--n_samples', '100000000000', r'--n_samples 100000000000 must be at most 10000 \(frequencies to 1/10000'),
+    ('--n_layers', '100000', r'--n_layers 100000 must be at most 64 \(far past'),  # 20 GB, then killed
+    ('--feature_dim', '10000000', r'--feature_dim 10000000 must be at most 16384 \(far past'),
     ('--seed', '-3', '--seed -3 must not be negative'),
     ('--noise_seed', '-1', '--noise_seed -1 must not be negative'),
     ('--seed', '4294967296', '--seed 4294967296 must be at most 4294967295'),

@@ -7,7 +7,7 @@ import os
 
 from utils.errors import ResumeRefused, SetupError
 from utils.pretraining.trainer import load_state
-from utils.runs.checks import config_problems
+from utils.runs.checks import config_problems, limit_problems
 from utils.runs.config import could_give
 
 
@@ -27,7 +27,7 @@ def flag_problems(args):
     """Every bad flag value, worded as utils/runs/checks words the training scripts' (an unset flag,
     None, is not checked: --lr then comes from --batch_size)."""
     values = argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None})
-    problems = config_problems(values)
+    problems = config_problems(values) + limit_problems(values, vars(values))
     problems += [f'--{name} {getattr(values, name)} must be at least 1' for name in AT_LEAST_ONE
                  if getattr(values, name, 1) < 1]
     if not math.isfinite(args.temperature) or args.temperature <= 0:

@@ -27,6 +27,16 @@ MAX_IMAGE_SIZE = 1024
 # stochastic samples per image: its class frequencies resolve 1/N, and each batch is repeated N times in
 # memory (10^11 had trained a whole run, then failed allocating 768 TB for its outputs)
 MAX_N_SAMPLES = 10000
+# the denoiser's depth and width, far past the paper's (3 layers of 256; 1024 wide on the image-file datasets):
+# 100000 layers filled 20 GB of memory before the first step
+MAX_N_LAYERS, MAX_FEATURE_DIM = 64, 16384
+# each size flag's largest value, and why
+LIMITS = {
+    'n_samples': (MAX_N_SAMPLES, f'frequencies to 1/{MAX_N_SAMPLES}; each batch is repeated that many times in memory'),
+    'image_size': (MAX_IMAGE_SIZE, 'no encoder here reads larger images'),
+    'n_layers': (MAX_N_LAYERS, 'far past any denoiser of the paper; each layer holds its weights in memory'),
+    'feature_dim': (MAX_FEATURE_DIM, "far past the paper's widths; the weights grow with its square"),
+}
 # scripts whose dataset is fixed and installed with the requirements (its name, what it is): the in-memory data
 # flags say nothing to them
 BUNDLED_DATA = {'demo_digits.py': ('digits', "scikit-learn's bundled digits")}
@@ -159,19 +169,12 @@ FP_ENCODER_FLAGS = {'fp_checkpoint': ('SimCLR', 'classifier', 'CC', 'features', 
                     'fp_arch': ('classifier',), 'fp_model': HUB_ENCODERS, 'fp_pretrained': HUB_ENCODERS}
 
 
-def limit_problems(cfg):
-    """Sizes past what any run needs, where this command line gives them (a run saved before the limits
-    existed keeps its own values: it is not damaged)."""
-    given, problems = set(getattr(cfg, 'command_line_flags', ())), []
-    n_samples = getattr(cfg, 'n_samples', None)
-    if 'n_samples' in given and n_samples is not None and n_samples > MAX_N_SAMPLES:
-        problems.append(f'--n_samples {n_samples} must be at most {MAX_N_SAMPLES} (frequencies to 1/{MAX_N_SAMPLES}; '
-                        f'each batch is repeated that many times in memory)')
-    image_size = getattr(cfg, 'image_size', None)
-    if 'image_size' in given and image_size is not None and image_size > MAX_IMAGE_SIZE:
-        problems.append(f'--image_size {image_size} must be at most {MAX_IMAGE_SIZE} (no encoder here reads larger '
-                        f'images)')
-    return problems
+def limit_problems(cfg, given=None):
+    """Sizes past what any run needs (LIMITS), where this command line gives them (`given`: default, the
+    config's command_line_flags; a run saved before the limits existed keeps its own values: it is not damaged)."""
+    given = set(getattr(cfg, 'command_line_flags', ()) if given is None else given)
+    return [f'--{name} {value} must be at most {most} ({why})' for name, (most, why) in LIMITS.items()
+            if name in given and (value := getattr(cfg, name, None)) is not None and value > most]
 
 
 def ignored_flag_problems(cfg):
