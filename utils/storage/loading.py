@@ -63,7 +63,9 @@ def load_torch(path, what='checkpoint', numpy_arrays=False, fix='delete it to re
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
-        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)|but got <class \'([^\']+)\'>', str(exc))
+        # the words of torch's refusal of a global, as its versions put them
+        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+)|but got <class \'([^\']+)\'>',
+                           str(exc))
         if unsafe:
             raise _refused(what, path, next(g for g in unsafe.groups() if g)) from None
         if 'Weights only load failed' in str(exc):  # damaged, or pickled with what the safe reader does not read
