@@ -198,8 +198,11 @@ def test_a_lock_left_by_a_killed_run_is_used_and_left_and_a_claim_removes_the_lo
     run_dir.mkdir()
     (run_dir / LOCK_NAME).write_bytes(b'')  # a killed run's
     claim = RunClaim(str(run_dir), fresh=True)
-    with pytest.raises(SetupError, match='in use by another run right now'):
+    with pytest.raises(SetupError, match='in use by another run right now; wait for it to finish, or choose another '
+                                         '--run_name$'):
         RunClaim(str(run_dir), fresh=True)
+    with pytest.raises(SetupError, match='in use by another run right now; wait for it to finish$'):  # a resume
+        RunClaim(str(run_dir), fresh=False)
     claim.release()
     assert os.listdir(run_dir) == [LOCK_NAME]
     os.remove(run_dir / LOCK_NAME)

@@ -574,6 +574,12 @@ def test_read_only_out_dir_and_cache_dir_are_refused_before_work(tmp_path, monke
     with pytest.raises(SetupError, match=f'--out_dir {tmp_path / "runs" / "r"} is not writable'):
         run(cfg_for(tmp_path), never_read)
     assert os.listdir(tmp_path) == ['cache']
+    # a run to go on with, or to predict with, is not chosen anew ("choose another the run folder", before)
+    from utils.runs.folders import check_writable
+    for named in ('--resume', 'the run folder'):
+        with pytest.raises(SetupError, match=f'{named} {tmp_path} is not writable \\(.*\\); make it writable, or go '
+                                             f'on with a writable copy of the run$'):
+            check_writable(str(tmp_path), named)
 
 
 def test_non_finite_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path, digits, monkeypatch):

@@ -451,19 +451,22 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
 def check_writable(folder, flag):
     """Refuse a folder that cannot be written (checked at the nearest existing path, where an empty folder
     is made and removed at once: permissions alone pass root everywhere, /proc and /sys included), or
-    that a file stands in the way of."""
+    that a file stands in the way of. `flag`: the flag that named it, or words ('the run folder')."""
     path = os.path.abspath(folder)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise SetupError(f'{flag} {folder}: {path} is a file, not a folder; choose another {flag}')
+    # a run to go on with is not chosen anew: its folder is made writable, or a copy of it resumed
+    fix = f'choose another {flag}' if flag.startswith('--') and flag != '--resume' else \
+        'make it writable, or go on with a writable copy of the run'
     if not os.access(path, os.W_OK):
-        raise SetupError(f'{flag} {folder} is not writable ({path} is read-only or not yours); choose another {flag}')
+        raise SetupError(f'{flag} {folder} is not writable ({path} is read-only or not yours); {fix}')
     try:
         os.rmdir(tempfile.mkdtemp(prefix='.lra-probe-', dir=path))
     except OSError as exc:
-        raise SetupError(f'{flag} {folder} is not writable (making a folder in {path}: {exc.strerror}); choose '
-                         f'another {flag}') from None
+        raise SetupError(f'{flag} {folder} is not writable (making a folder in {path}: {exc.strerror}); '
+                         f'{fix}') from None
 
 
 def _makedirs(folder):
@@ -740,8 +743,8 @@ class RunClaim:
                 return
             os.close(self.fd)
             self.fd, self.lock_made = None, False
-        raise SetupError(f'{self.run_dir} is in use by another run right now; wait for it to finish, or choose '
-                         f'another {self.other}')
+        raise SetupError(f'{self.run_dir} is in use by another run right now; wait for it to finish' +
+                         (f', or choose another {self.other}' if self.fresh else ''))
 
     def _about_to_write(self, rel):
         if rel == RECORD_NAME:
