@@ -108,7 +108,7 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
         return original(self, epoch)
     monkeypatch.setattr(Trainer, 'train_epoch', signalled)
     run_dir = tmp_path / 'b' / 'runs' / 'r'
-    with pytest.raises(Interrupted, match=r'stopped while choosing k \(the k 5 trial\); the trials so far are in '
+    with pytest.raises(Interrupted, match=r'interrupted while choosing k \(the k 5 trial\); the trials so far are in '
                                           rf'{run_dir / "k_trials"}: run the same command with --run_name r'):
         run(digits_cfg(tmp_path / 'b', *FLAGS, *TRIAL), lambda c: small)
     saved = load_torch(str(run_dir / 'k_trials' / 'k5' / 'last.pt'))

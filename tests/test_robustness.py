@@ -219,6 +219,13 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
     (tmp_path / 'empty' / 'log.jsonl').write_text('')
     with pytest.raises(SetupError, match=r'no last.pt there \(no finished epoch yet\); start a new run'):
         run(demo_digits.config(['--resume', str(tmp_path / 'empty')]), lambda c: digits)
+    with pytest.raises(SetupError, match=r'no best.pt there yet \(no epoch evaluated\); predict once the run has '
+                                         r'evaluated one'):  # predict.py: not "start a new run"
+        predict.main([str(tmp_path / 'empty'), '--script', 'demo_digits.py'])
+    (tmp_path / 'empty' / 'k_trials').mkdir()  # stopped while choosing k: the same command goes on, not --resume
+    with pytest.raises(SetupError, match=r'empty was stopped while choosing k, before its run began: run the command '
+                                         r'that started it again \(the same flags and --run_name empty\)'):
+        run(demo_digits.config(['--resume', str(tmp_path / 'empty')]), lambda c: digits)
 
 
 def test_missing_dataset_leaves_no_run_folder(tmp_path):

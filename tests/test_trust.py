@@ -696,7 +696,9 @@ def test_resume_refuses_changed_flags_with_a_list_and_allows_the_rest(finished):
     with pytest.raises(SetupError, match=r"cannot change --feature_dim 64 \(the run has 128\), --lr 0.5 "
                                          r"\(the run has 0.001\): drop those flags"):
         run(resume(run_dir, '--lr', '0.5', '--feature_dim', '64', '--device', 'cpu'), lambda c: small)
-    summary, _ = run(resume(run_dir, '--nepoch', '3', '--eval_batch_size', '7', '--device', 'cpu'), lambda c: small)
+    out_dir = os.path.dirname(run_dir) + '/'  # the same folder, typed with a slash: no other flag
+    summary, _ = run(resume(run_dir, '--nepoch', '3', '--eval_batch_size', '7', '--device', 'cpu',
+                            '--out_dir', out_dir), lambda c: small)
     assert summary['epochs'] == 3 and load_torch(os.path.join(run_dir, 'last.pt'))['epoch'] == 2
 
 

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import math
 import os
 import tempfile
 import threading
@@ -82,9 +83,16 @@ def load_run(run_dir, name='last.pt'):
             raise ResumeRefused(f'{run_dir} holds a {kind} run ({held}), not a training run; name the folder of '
                                 f'a training run')
     if not os.path.isfile(path):
+        if os.path.isdir(os.path.join(run_dir, 'k_trials')) and not os.path.isfile(os.path.join(run_dir, 'last.pt')):
+            raise ResumeRefused(f'{run_dir} was stopped while choosing k, before its run began: run the command '
+                                f'that started it again (the same flags and --run_name {os.path.basename(run_dir)}); '
+                                f'it goes on with the trials done')
         if not any(os.path.exists(os.path.join(run_dir, mark)) for mark in (*KIND_MARKS['last.pt'], *LEFTOVERS)):
             raise ResumeRefused(f'{run_dir} holds no training run (no {name}, config.json or log.jsonl); name the '
                                 f'folder of a training run (runs/<run_name>)')
+        if name == 'best.pt':  # predict.py: a run that has not evaluated an epoch yet
+            raise ResumeRefused(f'{run_dir}: no best.pt there yet (no epoch evaluated); predict once the run has '
+                                f'evaluated one (its first evaluation follows its warm-up)')
         raise ResumeRefused(f'{run_dir}: no {name} there (no finished epoch yet); start a new run')
     # deleting a run's checkpoint rebuilds nothing: it ends the run (a fresh run there clears its log too)
     ckpt = _upgraded(load_torch(path, fix='restore it from a copy if there is one; otherwise start a new run '
@@ -136,7 +144,7 @@ CHECKPOINT_FIELDS = {
     'best': (lambda v: isinstance(v, dict) and is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
              'the best evaluation (val_acc, epoch, test_acc)'),
     'history': (lambda v: isinstance(v, list) and all(_an_evaluation(r) for r in v), 'a list of evaluations'),
-    'elapsed_s': (is_number, 'seconds'),
+    'elapsed_s': (lambda v: is_number(v) and 0 <= v < math.inf, 'seconds'),
 }
 DATA_INFO_FIELDS = {
     'dataset': (str, 'a name'), 'n_class': (lambda v: is_int(v) and v >= 2, 'a number of classes'),
@@ -247,8 +255,8 @@ def _may_change(name, ckpt):
 def differs(name, saved, value):
     """Whether a flag given again says other than the run recorded. Paths are compared as the places they
     name: a new run records them absolute (absolute_data_paths), and `--fp_checkpoint enc.pt` typed where it
-    was names the same file."""
-    if names_a_path(name) and isinstance(saved, str) and isinstance(value, str):
+    was names the same file; `--out_dir runs/` names the folder `runs` does."""
+    if (names_a_path(name) or name.endswith('_dir')) and isinstance(saved, str) and isinstance(value, str):
         return os.path.abspath(saved) != os.path.abspath(value)
     return saved != value
 

@@ -111,7 +111,7 @@ def run_trial(cfg, k, data, splits, run_dir, start_trainer):
     try:
         trainer.fit(splits)
     except Interrupted as stop:
-        raise Interrupted(f'stopped while choosing k (the k {k} trial); {go_on(folder, run_dir)}', stop.signum) \
+        raise Interrupted(f'interrupted while choosing k (the k {k} trial); {go_on(folder, run_dir)}', stop.signum) \
             from None
     score = trainer.best['val_acc']
     if distributed.is_main():
