@@ -243,3 +243,27 @@ def test_batch_statistics_at_evaluation_make_predictions_depend_on_the_batch():
     torch.testing.assert_close(*embeddings['running'])
     evaluate.training_mode(model)
     assert all(m.track_running_stats for m in evaluate._encoder_batchnorms(model))
+
+
+def test_stochastic_samples_beyond_one_calls_memory_are_drawn_in_several(monkeypatch):
+    """--n_samples 10000 of a 2000-image batch of 3072-wide features repeated the batch into one 245 GB call,
+    after the whole run had trained. Where the repeated inputs fit (every setting of the paper) the samples are
+    one call, as before; beyond, as many calls as they need, each within SAMPLE_CALL_BYTES."""
+    from model_diffusion import Diffusion
+    cfg = train_CIFAR.config(['--diff_encoder', 'linear'])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, 8, (3, 4, 4))
+    x, fp_x = torch.randn(6, 3, 4, 4), torch.randn(6, 8)
+    with torch.inference_mode():
+        x_e = model.embed_x(x)
+    assert evaluate.sample_calls(100, fp_x, x_e) == [(0, 100)]
+    row = 6 * 4 * (8 + x_e.shape[1])  # the bytes of one repetition of the batch
+    monkeypatch.setattr(evaluate, 'SAMPLE_CALL_BYTES', 3 * row)
+    assert evaluate.sample_calls(8, fp_x, x_e) == [(0, 3), (3, 3), (6, 2)]
+    rows, real = [], evaluate.sample_y0
+    monkeypatch.setattr(evaluate, 'sample_y0', lambda m, d, x_e, fp_x, *a, **kw: rows.append(len(fp_x)) or
+                        real(m, d, x_e, fp_x, *a, **kw))
+    labels, probs = evaluate.predict_labels(model, Diffusion(), [(x, fp_x)], n_samples=8)
+    assert rows == [6, 18, 18, 12]  # the deterministic labels, then 3 + 3 + 2 samples of the batch
+    assert probs.shape == (6, 10) and torch.allclose(probs.sum(1), torch.ones(6))
+    assert torch.equal(8 * probs, (8 * probs).round())  # frequencies over all 8 samples
