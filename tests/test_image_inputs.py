@@ -202,6 +202,7 @@ def test_an_image_cut_short_is_refused_before_any_work(tmp_path, capsys):
     assert refused.value.code == 2 and err.count('\n') == 1
     assert err.startswith(f'error: {root / "train"}: 1 of 13 images cannot be read (first: {cut} (image file is '
                           f'truncated')
+    assert err.endswith('move them out of the folder or replace the files\n')  # a folder is no list
     assert not (tmp_path / 'runs').exists() and not (tmp_path / 'cache').exists()
     cut.write_bytes(data)
     Image.open(root / 'train' / 'cat' / 'whole.png').save(root / 'train' / 'cat' / 'cut.png')

@@ -49,7 +49,7 @@ def image_folder_paths(folder):
     paths = image_files_in(folder)
     if not paths:
         raise SetupError(f'--folder {folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
-    check_images(paths, f'--folder {folder}')
+    check_images(paths, f'--folder {folder}', listed=False)
     return paths
 
 

@@ -208,13 +208,15 @@ def open_image(path, upright=False, rgb=True):
                              f'list') from None
 
 
-def check_images(paths, source):
-    """Every file exists and its header is an image (checked in threads: file systems are slow)."""
+def check_images(paths, source, listed=True):
+    """Every file exists and its header is an image (checked in threads: file systems are slow). `listed`:
+    `source` lists its images (a CSV), rather than holding them (a folder)."""
     with ThreadPoolExecutor(16) as pool:
         bad = [b for b in pool.map(_readable, paths, chunksize=256) if b]
     if bad:
+        fix = 'remove them from the list' if listed else 'move them out of the folder'
         raise DatasetMissing(f'{source}: {len(bad)} of {len(paths)} images cannot be read (first: {bad[0]}); '
-                             f'remove them from the list or replace the files')
+                             f'{fix} or replace the files')
 
 
 # ---- decoding --------------------------------------------------------------------------------------

@@ -271,7 +271,8 @@ def read_image_folder(train, val=None, test=None, classes_file=None, val_fractio
             splits[name] = paths, _label_indices(text, where, classes, source, classes_file)
     _refuse_duplicates(splits)
     for name, (paths, _) in splits.items():
-        check_images(paths, {'train': train, 'val': val, 'test': test}[name])
+        source = {'train': train, 'val': val, 'test': test}[name]
+        check_images(paths, source, listed=os.path.isfile(source))
     notes = {}
     if val is None:
         keep, held = _carve_validation(train_labels, val_fraction, seed)
