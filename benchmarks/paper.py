@@ -93,6 +93,8 @@ def row_settings(row):
         from utils.recipes import cuda_graph_mode, resolve_recipe
         resolve_recipe(cfg, module.RECIPES, script_kind(module))
         cfg.cuda_graph = cuda_graph_mode(cfg)
+        if cfg.eval_from is None:  # as parse_config resolves it
+            cfg.eval_from = cfg.warmup_epochs
     return types.MappingProxyType(vars(cfg))
 
 

@@ -763,8 +763,8 @@ def test_a_timing_or_an_evaluation_batch_that_changes_the_figure_is_labelled(out
 def test_a_flag_given_at_the_rows_own_resolved_value_is_not_labelled(outputs, tmp_path):
     """The row's command leaves --eval_batch_size and --ema_decay to the authors' recipe (200, 0.0): a run
     that gives them at those values measured the row, and was labelled as another setting."""
-    run = accuracy_run(tmp_path / 'run', eval_bn='batch', eval_batch_size=200, ema_decay=0.0,
-                       command_line_flags=['eval_batch_size', 'ema_decay', 'seed'])
+    run = accuracy_run(tmp_path / 'run', eval_bn='batch', eval_batch_size=200, ema_decay=0.0, eval_from=5,
+                       command_line_flags=['eval_batch_size', 'ema_decay', 'eval_from', 'seed'])
     assert paper.main(['--record', str(run), '--row', 'cifar10-pmd1-35-simclr']) == 0
     (record,) = json.load(open(outputs / 'paper.json'))['runs']
     assert record['labels'] == []

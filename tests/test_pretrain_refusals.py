@@ -13,7 +13,7 @@ from test_simclr import TINY
 import pretrain_SimCLR
 from utils.encoders.simclr import load_simclr
 from utils.errors import SetupError
-from utils.pretraining import epochs, export
+from utils.pretraining import checks, epochs, export
 from utils.pretraining.trainer import Pretrainer
 from utils.runs.cli import run_cli
 from utils.storage.loading import load_torch
@@ -138,6 +138,16 @@ def test_a_damaged_state_is_refused_in_one_line_before_the_data_is_read(stopped_
     code, err = refusal(['--resume', stopped_run, '--device', 'cpu'], capsys)
     assert code == 2 and err.startswith(f'error: {path} is damaged or was edited ({says}') and err.count('\n') == 1
     assert err.endswith('it cannot be resumed: start a new run\n')
+
+
+def test_a_state_saved_before_a_size_limit_is_not_damaged(stopped_run):
+    """--image_size 1100 was a value any earlier version took: a resume of such a run is not refused (the limits
+    hold the command line), where a state edited to a size no command line gave is."""
+    state = load_torch(os.path.join(stopped_run, 'state.pt'))
+    saved = {**state['args'], 'image_size': 1100}
+    assert checks.saved_problems(saved, pretrain_SimCLR.parser(), state) == []
+    assert checks.saved_problems({**saved, 'image_size': 0}, pretrain_SimCLR.parser(), state) == \
+        ['--image_size 0 must be at least 1']
 
 
 def test_a_resume_takes_the_flags_that_change_no_weight_and_rewrites_its_own_export(stopped_run):

@@ -6,6 +6,7 @@ import errno
 import itertools
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -338,6 +339,8 @@ def test_prediction_with_data_that_does_not_fit_the_run_is_refused(tmp_path, dig
                                          f"trains nothing, so --nepoch would do nothing: drop it \\(python "
                                          f"demo_digits.py --resume {run_dir} trains on\\)"):
         predict.main([run_dir, '--nepoch', '5'])  # a resume may change it: it was taken and ignored
+    with pytest.raises(SetupError, match='so --cuda_graph, --frozen_kernels would do nothing: drop them'):
+        predict.main([run_dir, '--cuda_graph', 'off', '--frozen_kernels', 'eager'])
 
 
 def test_prediction_with_other_f_p_weights_than_the_run_was_trained_with_is_refused(tmp_path, digits):
@@ -379,6 +382,11 @@ def test_split_flags_given_with_predict_are_used(tmp_path, own):
                                          f'and labelling this one \(\d+ images: other files'):
         predict.main([run_dir, '--n_samples', '0'])
     assert snapshot(run_dir) == before
+    moved = tmp_path / 'moved'  # the same images, copied elsewhere: the same list, labelled anew
+    shutil.copytree(root / 'own' / 'test', moved / 'test')
+    csv_file(tmp_path / 'other_moved.csv', [f'{moved}/test/{c}/test_{c}_{i}.jpg,{c}' for c in ('cat', 'dog')
+                                            for i in range(2)])
+    assert predict.main([run_dir, '--test', str(tmp_path / 'other_moved.csv'), '--n_samples', '0'])['n'] == 4
     remove_files(run_dir, [f'predict_test{suffix}' for suffix in ('_labels.npy', '.csv', '.json')])
     with pytest.raises(SetupError, match='--folder labels the images under .*, but --test names a split'):
         predict.main([run_dir, '--folder', str(images), '--test', other])

@@ -222,6 +222,10 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, digits):
     with pytest.raises(SetupError, match=r'no best.pt there yet \(no epoch evaluated\); predict once the run has '
                                          r'evaluated one'):  # predict.py: not "start a new run"
         predict.main([str(tmp_path / 'empty'), '--script', 'demo_digits.py'])
+    (tmp_path / 'empty' / 'log.jsonl').write_text('{"epoch": 4, "val_acc": 0.5}\n')  # evaluated: best.pt lost
+    with pytest.raises(SetupError, match=r'best.pt is missing, though the run has evaluated epochs \(log.jsonl\); '
+                                         r'restore it from a copy of the run'):
+        predict.main([str(tmp_path / 'empty'), '--script', 'demo_digits.py'])
     (tmp_path / 'empty' / 'k_trials').mkdir()  # stopped while choosing k: the same command goes on, not --resume
     with pytest.raises(SetupError, match=r'empty was stopped while choosing k, before its run began: run the command '
                                          r'that started it again \(the same flags and --run_name empty\)'):

@@ -464,6 +464,13 @@ def test_a_damaged_record_is_refused_by_a_resume_and_by_predict(tmp_path, small,
     os.remove(record)
     summary, _ = run(demo_digits.config(['--resume', run_dir, '--nepoch', '3']), lambda c: small)
     assert summary['epochs'] == 3 and 'best.pt' in read_record(run_dir)
+    stopped = tmp_path / 'stopped'  # no checkpoint: deleting the record would leave its files foreign, not adopted
+    stopped.mkdir()
+    (stopped / 'log.jsonl').write_text('')
+    (stopped / RECORD_NAME).write_text('{"files": 5')
+    with pytest.raises(SetupError, match='is damaged .*; the folder holds no checkpoint to go on from: move it away '
+                                         'and start anew'):
+        RunClaim(str(stopped), fresh=True)
 
 
 def test_a_resume_with_the_classes_renamed_is_refused(tmp_path):

@@ -19,7 +19,7 @@ from utils.prepare import build_encoders, decoded_as_recorded, decoding_of, feat
 from utils.runs.folders import RunClaim, check_may_write_over, check_same_script, load_run, prediction_config
 from utils.runs.outputs import PREDICTION_FILES, save_npy
 from utils.runtime.devices import resolve_device
-from utils.storage.fingerprints import paths_fingerprint, tensor_fingerprint
+from utils.storage.fingerprints import paths_fingerprint, tensor_fingerprint, within_common_folder
 from utils.storage.loading import load_json
 from utils.storage.saving import atomic_write, remove_files, save_json
 
@@ -93,11 +93,12 @@ def save_predictions(prefix, predicted, probs, about, paths=None, class_names=No
 
 
 def split_identity(splits, split):
-    """Which images `split` holds, in order: a hash of their pixels (in memory) or of their files' absolute
-    paths (the dataset flags given to predict.py may name other files, or carve another held-out part)."""
+    """Which images `split` holds, in order: a hash of their pixels (in memory) or of their files' paths
+    within the folder they share (the dataset flags given to predict.py may name other files, or carve another
+    held-out part; the same files moved, or named by another path, are the same images)."""
     if splits.in_memory:
         return tensor_fingerprint(splits.images(split))
-    return paths_fingerprint([os.path.abspath(p) for p in splits.paths(split)])
+    return paths_fingerprint(within_common_folder([os.path.abspath(p) for p in splits.paths(split)]))
 
 
 def check_same_images(prefix, about):

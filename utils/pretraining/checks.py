@@ -23,11 +23,12 @@ PER_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug', 'save_ev
 ALWAYS_FROM_THIS_COMMAND = ('resume', 'device', 'stop_after', 'cuda_graph', 'debug')
 
 
-def flag_problems(args):
+def flag_problems(args, limits=True):
     """Every bad flag value, worded as utils/runs/checks words the training scripts' (an unset flag,
-    None, is not checked: --lr then comes from --batch_size)."""
+    None, is not checked: --lr then comes from --batch_size). `limits`: the sizes' upper limits too, which a
+    run saved before they existed is not held to (it is not damaged)."""
     values = argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None})
-    problems = config_problems(values) + limit_problems(values, vars(values))
+    problems = config_problems(values) + (limit_problems(values, vars(values)) if limits else [])
     problems += [f'--{name} {getattr(values, name)} must be at least 1' for name in AT_LEAST_ONE
                  if getattr(values, name, 1) < 1]
     if not math.isfinite(args.temperature) or args.temperature <= 0:
@@ -88,7 +89,8 @@ def saved_problems(saved, parser, state):
     problems = [f'args.{name} is {value!r}, not a value of --{name}' for name, value in sorted(saved.items())
                 if name in actions and value is not None and not could_give(actions[name], value)]
     if not problems:  # values of the right kinds: in the ranges a command line's are held to
-        problems = flag_problems(argparse.Namespace(**{**{n: parser.get_default(n) for n in actions}, **saved}))
+        problems = flag_problems(argparse.Namespace(**{**{n: parser.get_default(n) for n in actions}, **saved}),
+                                 limits=False)
     nepoch = saved.get('nepoch')
     if not problems and isinstance(nepoch, int) and state['epoch'] > nepoch:
         problems.append(f'epoch {state["epoch"]} is beyond the run\'s {nepoch} epochs')

@@ -90,6 +90,10 @@ def load_run(run_dir, name='last.pt'):
         if not any(os.path.exists(os.path.join(run_dir, mark)) for mark in (*KIND_MARKS['last.pt'], *LEFTOVERS)):
             raise ResumeRefused(f'{run_dir} holds no training run (no {name}, config.json or log.jsonl); name the '
                                 f'folder of a training run (runs/<run_name>)')
+        log = os.path.join(run_dir, 'log.jsonl')
+        if name == 'best.pt' and os.path.isfile(log) and os.path.getsize(log):  # evaluated, its best.pt gone
+            raise ResumeRefused(f'{run_dir}: best.pt is missing, though the run has evaluated epochs (log.jsonl); '
+                                f'restore it from a copy of the run')
         if name == 'best.pt':  # predict.py: a run that has not evaluated an epoch yet
             raise ResumeRefused(f'{run_dir}: no best.pt there yet (no epoch evaluated); predict once the run has '
                                 f'evaluated one (its first evaluation follows its warm-up)')
@@ -424,7 +428,7 @@ def check_same_script(cfg, saved, run_dir, how):
 # (where not given, as many as the run drew)
 PREDICTION_FLAGS = ('n_samples',)
 # flags a resume may change that mean nothing to a prediction (it trains nothing): refused, not ignored
-TRAINING_ONLY = ('nepoch',)
+TRAINING_ONLY = ('nepoch', 'cuda_graph', 'frozen_kernels')
 
 
 def prediction_config(cfg, ckpt, run_dir, folder=None):
@@ -443,9 +447,9 @@ def prediction_config(cfg, ckpt, run_dir, folder=None):
                              f'a split of the dataset: give one or the other')
     pointless = sorted(given & set(TRAINING_ONLY))
     if pointless:
-        script = saved.get('script', "the run's script")
+        script, them = saved.get('script', "the run's script"), 'them' if len(pointless) > 1 else 'it'
         raise SetupError(f'predict.py {run_dir} labels images with the run\'s best checkpoint and trains nothing, so '
-                         f'{", ".join("--" + n for n in pointless)} would do nothing: drop it (python {script} '
+                         f'{", ".join("--" + n for n in pointless)} would do nothing: drop {them} (python {script} '
                          f'--resume {run_dir} trains on)')
     refused = [f'--{name} {getattr(cfg, name)!r} (the run has {saved.get(name, "no such flag")!r})'
                for name in sorted(given - set(PREDICTION_FLAGS) - dataset_flags)
@@ -504,9 +508,11 @@ def _own_record(run_dir):
         return {}
     record = load_json(path)
     if record.get('written_by') != WRITTEN_BY or not isinstance(record.get('files'), list):
+        has_run = any(os.path.isfile(os.path.join(run_dir, name)) for name in RUN_KINDS)
+        fix = ("delete it: the folder's files are then taken for its run's, as in a run folder made before such "
+               "records") if has_run else 'the folder holds no checkpoint to go on from: move it away and start anew'
         raise SetupError(f'{path} is damaged (it does not read as the record of the files this package wrote '
-                         f'there); delete it: the folder\'s files are then taken for its run\'s, as in a run folder '
-                         f'made before such records')
+                         f'there); {fix}')
     return record
 
 
