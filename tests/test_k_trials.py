@@ -95,7 +95,7 @@ def test_trials_end_at_the_run_s_next_evaluation_and_follow_its_schedule(tmp_pat
     assert (k_trials.trial_config(cfg, 3).nepoch, k_trials.trial_config(cfg, 3).lr_horizon) == (11, 50)
 
 
-def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monkeypatch):
+def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monkeypatch, capsys):
     straight, _ = run(digits_cfg(tmp_path / 'a', *FLAGS, *TRIAL), lambda c: small)
     original = Trainer.train_epoch
     epochs, fired = [], []
@@ -126,7 +126,11 @@ def test_a_stopped_trial_is_continued_by_the_same_command(tmp_path, small, monke
     with open(tmp_path / 'c' / 'runs' / 'r' / 'k_trials' / 'k5' / 'last.pt', 'r+b') as f:
         f.truncate(100)
     epochs.clear()
+    capsys.readouterr()
     over, _ = run(digits_cfg(tmp_path / 'c', *FLAGS, *TRIAL), lambda c: small)
+    out = capsys.readouterr().out  # said, with why
+    assert 'k5/last.pt is corrupt or truncated' in out
+    assert f'the k trial in {tmp_path}/c/runs/r/k_trials/k5 starts over' in out
     assert epochs == [('k5', e) for e in range(3)] + [('r', e) for e in range(3, 6)]
     assert over['k'] == straight['k']
 

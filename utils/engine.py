@@ -156,6 +156,8 @@ def remove_stale_outputs(run_dir, names, epochs):
 
 
 def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset, stale):
+    for name, note in getattr(splits, 'notes', {}).items():  # what the summary says of the splits, said first
+        print(f'note ({name.replace("_", " ")}): {note}')
     data = prepare(cfg, splits, device, checked=checked)
     data.info['inputs'] = published_inputs  # name → url, path, git blob sha1 of every published input
     data.info['input_fingerprints'] = input_fingerprints(dataset, data)
@@ -178,8 +180,6 @@ def _run(cfg, splits, checked, published_inputs, device, run_dir, ckpt, dataset,
     print(f'{splits.name}: {data.info["n_train"]} noisy training samples ({data.info["noise_source"]}), '
           f'f_p {cfg.fp_encoder} ({data.info["fp_dim"]}-d), diffusion encoder {cfg.diff_encoder}, '
           f'device {device_description(device)}; run folder {run_dir}')
-    for name, note in getattr(splits, 'notes', {}).items():  # what the summary says of the splits, said at the start
-        print(f'note ({name.replace("_", " ")}): {note}')
     if main and stale:  # the resume refused nothing: it trains on now
         remove_stale_outputs(run_dir, stale, ckpt['epoch'] + 1)
     wall = trainer.fit(splits)
@@ -217,7 +217,8 @@ def trial_trainer(splits, device):
         if resumable and os.path.isfile(os.path.join(folder, 'last.pt')):
             try:
                 ckpt = load_run(folder)
-            except (SetupError, CorruptFile, UnsafeFile):  # damaged, refused, of an older format: the trial starts over
+            except (SetupError, CorruptFile, UnsafeFile) as exc:  # damaged, refused, of an older format
+                print(' '.join(str(exc).split()) + f'; the k trial in {folder} starts over')
                 ckpt = None
         if main:
             sweep_partial_writes(folder)

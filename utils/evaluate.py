@@ -148,7 +148,8 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
     at every step; the authors' stochastic sampler adds none, η = 0, and its frequencies rank mislabelled
     images worse: python -m benchmarks.sampling, docs/RESULTS.md), rows summing to 1.
     The image embedding is computed once per batch, not once per DDIM step; the stochastic samples of
-    a batch run as one sampler call over the batch repeated n_samples times. `progress` names a bar.
+    a batch run as one sampler call over the batch repeated n_samples times, or as several where that would
+    not fit (sample_calls). `progress` names a bar.
     With top_k > 1 the labels are N × top_k: the classes whose coordinates of y_0 are closest to 1,
     the label itself first (top-5 accuracy from the same deterministic sample). `graphs`:
     batch_labeller(model, diffusion, n_steps, top_k) wrapped in utils/runtime/graphs.GraphedCalls, which replaces
@@ -165,7 +166,7 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
         x_e = embed(model, x, shares)
         labels.append(labels_of(sample_y0(model, diffusion, x_e, fp_x, n_steps), top_k))
         votes = 0
-        for done, m in sample_calls(n_samples, fp_x, x_e):
+        for _, m in sample_calls(n_samples, fp_x, x_e):
             y0 = sample_y0(model, diffusion, x_e.repeat(m, 1), fp_x.repeat(m, 1), n_steps,
                            eta=sample_eta, noisy_start=True, generator=generator)
             votes = votes + F.one_hot(labels_from_y0(y0), model.n_class).view(m, len(fp_x), -1).sum(0)
