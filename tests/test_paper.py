@@ -610,6 +610,11 @@ def test_a_shipped_figure_is_credited_to_the_command_that_trained_it():
     first, second = command('a', train=(None, 1)), command('b', train=(None, 2), close=(0, 3))
     again = {**command('c', train=(1, 4)), 'earlier': [first, second]}
     assert paper_device.trained_by(again) == {'commit': 'b', 'shipped_utc': '2026-12-03 10:00'}
+    cut_early = command('d', train=(None, 5))  # cut off while its features were made: no epoch trained
+    cut_early['train']['epochs'] = [12, 12]
+    assert paper_device.trained_by({**cut_early, 'earlier': [first, second]})['commit'] == 'b'
+    cut_early['train']['epochs'] = [12, 13]
+    assert paper_device.trained_by({**cut_early, 'earlier': [first, second]})['commit'] == 'd'
     assert paper_device.trained_by({'commit': 'd', 'shipped_utc': 'x'}) == {}  # before the stages were dated
 
 

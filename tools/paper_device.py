@@ -191,7 +191,9 @@ def run(args, started=None):
     if left < MIN_TRAIN_S and not args.smoke:
         record['stopped'] = 'no time left to train; run the same command again'
         return record
+    before = epochs_trained(paths(args)['run'])
     rc = stage(record, 'train', train_command(args, where), max(left, MIN_TRAIN_S), os.path.join(logs, 'train.log'))
+    record['train']['epochs'] = [before, epochs_trained(paths(args)['run'])]  # a cut-off one may have trained none
     kept(args, record)
     summary, trained = load_json(os.path.join(paths(args)['run'], 'summary.json')), epochs_trained(paths(args)['run'])
     # closed where it stands once it holds an evaluation (the authors' first: after epoch 5, counting from 0)
@@ -223,15 +225,24 @@ def earlier_commands(args):
 def trained_by(row):
     """The commit and end date that a shipped record credits its run's figure to: those of the last command
     that trained or closed the run (a command run again after the end trains nothing); the shipped record's
-    own where no such stage is recorded (a record shipped before the stages were dated). A failed stage
-    changed no figure; one cut off (rc None) trained epochs."""
+    own where no such stage is recorded (a record shipped before the stages were dated). A failed stage, or
+    one cut off before an epoch ended, changed no figure (trained)."""
     for command in reversed([*(row.get('earlier') or []), row]):
         stages = [command.get(name) for name in TRAINING_STAGES]
-        ended = [s['ended_utc'] for s in stages
-                 if isinstance(s, dict) and s.get('ended_utc') and s.get('rc') in (0, None)]
+        ended = [s['ended_utc'] for s in stages if isinstance(s, dict) and s.get('ended_utc') and trained(s)]
         if ended and command.get('commit'):
             return {'commit': command['commit'], 'shipped_utc': max(ended)}
     return {}
+
+
+def trained(stage_record):
+    """Whether a stage changed the run: it ended (rc 0), or was cut off after training an epoch (one cut off
+    while its features were made trained none)."""
+    epochs = stage_record.get('epochs')
+    if stage_record.get('rc') == 0:
+        return True
+    return stage_record.get('rc') is None and not (isinstance(epochs, list) and len(epochs) == 2
+                                                   and epochs[1] <= epochs[0])
 
 
 def recorded(args):
