@@ -138,32 +138,6 @@ def _an_evaluation(record):
         record.get('test_acc') is None or is_number(record['test_acc']))
 
 
-# what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
-# wrote always is: anything else was damaged or edited, and would fail later with a traceback)
-CHECKPOINT_FIELDS = {
-    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: is_int(v) and v >= -1, 'an epoch'),
-    'model': (tensor_dict, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
-                                                  "an optimiser's state"),
-    'ema': (lambda v: v is None or (isinstance(v, dict) and tensor_dict(v.get('weights'))), 'None or averaged weights'),
-    'best': (lambda v: isinstance(v, dict) and is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
-             'the best evaluation (val_acc, epoch, test_acc)'),
-    'history': (lambda v: isinstance(v, list) and all(_an_evaluation(r) for r in v), 'a list of evaluations'),
-    'elapsed_s': (lambda v: is_number(v) and 0 <= v < math.inf, 'seconds'),
-}
-DATA_INFO_FIELDS = {
-    'dataset': (str, 'a name'), 'n_class': (lambda v: is_int(v) and v >= 2, 'a number of classes'),
-    'fp_dim': (lambda v: is_int(v) and v >= 1, 'a feature width'),
-    'image_shape': (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(d) and d >= 1 for d in v),
-                    'three sizes'),
-    'mean': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
-    'std': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
-}
-
-
-# fields a checkpoint of today's format may lack: it was written before they existed ('ema': no weight average)
-ADDED_SINCE = ('ema',)
-
-
 def _partial_epoch(v):
     return v is None or (isinstance(v, dict) and is_int(v.get('epoch')) and v['epoch'] >= 0
                          and is_int(v.get('of')) and is_int(v.get('steps_done')) and 1 <= v['steps_done'] < v['of']
@@ -175,17 +149,37 @@ def _epoch_time(r):
         r.get(key) is None or is_number(r[key]) for key in ('train_s', 'evaluate_s', 'checkpoint_s'))
 
 
-# fields read where present (a checkpoint from before them lacks them): checked as the required ones are
-OPTIONAL_FIELDS = {
+# what resuming a checkpoint and predicting with it read, and what each must be (a checkpoint the package
+# wrote always is: anything else was damaged or edited, and would fail later with a traceback)
+CHECKPOINT_FIELDS = {
+    'config': (dict, 'a dict'), 'data_info': (dict, 'a dict'), 'epoch': (lambda v: is_int(v) and v >= -1, 'an epoch'),
+    'model': (tensor_dict, 'weights'), 'optimizer': (lambda v: isinstance(v, dict) and 'param_groups' in v,
+                                                  "an optimiser's state"),
+    'ema': (lambda v: v is None or (isinstance(v, dict) and tensor_dict(v.get('weights'))), 'None or averaged weights'),
+    'best': (lambda v: isinstance(v, dict) and is_number(v.get('val_acc')) and 'epoch' in v and 'test_acc' in v,
+             'the best evaluation (val_acc, epoch, test_acc)'),
+    'history': (lambda v: isinstance(v, list) and all(_an_evaluation(r) for r in v), 'a list of evaluations'),
+    'elapsed_s': (lambda v: is_number(v) and 0 <= v < math.inf, 'seconds'),
     'partial_epoch': (_partial_epoch, 'None or the steps of an epoch stopped mid-way'),
     'eval_bn_shares': (lambda v: is_int(v) and v >= 1, 'a number of parts, 1 or more'),
     'epoch_times': (lambda v: isinstance(v, list) and all(map(_epoch_time, v)), "a list of epochs' seconds"),
     'seconds': (lambda v: isinstance(v, dict) and all(map(is_number, v.values())), 'seconds by part'),
     'timed_epochs': (lambda v: is_int(v) and v >= 0, 'a number of epochs'),
 }
-OPTIONAL_DATA_INFO_FIELDS = {
+DATA_INFO_FIELDS = {
+    'dataset': (str, 'a name'), 'n_class': (lambda v: is_int(v) and v >= 2, 'a number of classes'),
+    'fp_dim': (lambda v: is_int(v) and v >= 1, 'a feature width'),
+    'image_shape': (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(d) and d >= 1 for d in v),
+                    'three sizes'),
+    'mean': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
+    'std': (lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), 'three numbers'),
     'class_names': (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), 'a list of names'),
 }
+
+
+# fields a checkpoint of today's format may lack, checked where present: it was written before they existed
+# ('ema': no weight average), or holds none (a dataset without class names)
+ADDED_SINCE = ('ema', 'partial_epoch', 'eval_bn_shares', 'epoch_times', 'seconds', 'timed_epochs', 'class_names')
 
 
 def field_problems(record, fields, prefix=''):
@@ -207,7 +201,6 @@ _MISSING = object()
 def checkpoint_problems(ckpt):
     """What in a checkpoint of today's format is missing or of the wrong kind, as short phrases."""
     problems = field_problems(ckpt, CHECKPOINT_FIELDS)
-    problems += field_problems(ckpt, {k: f for k, f in OPTIONAL_FIELDS.items() if k in ckpt})
     if 'seconds' in ckpt and 'timed_epochs' not in ckpt:  # restored together
         problems.append('timed_epochs is missing beside seconds')
     # -1: no epoch finished yet, where a signal stopped the first one mid-way (its steps are what last.pt holds)
@@ -215,8 +208,6 @@ def checkpoint_problems(ckpt):
         problems.append('epoch is -1 (none finished) with no partial epoch')
     if isinstance(ckpt.get('data_info'), dict):
         problems += field_problems(ckpt['data_info'], DATA_INFO_FIELDS, 'data_info.')
-        problems += field_problems(ckpt['data_info'], {k: f for k, f in OPTIONAL_DATA_INFO_FIELDS.items()
-                                                       if k in ckpt['data_info']}, 'data_info.')
     return problems
 
 
