@@ -256,10 +256,10 @@ def test_stochastic_samples_beyond_one_calls_memory_are_drawn_in_several(monkeyp
     x, fp_x = torch.randn(6, 3, 4, 4), torch.randn(6, 8)
     with torch.inference_mode():
         x_e = model.embed_x(x)
-    assert evaluate.sample_calls(100, fp_x, x_e) == [(0, 100)]
+    assert evaluate.sample_calls(100, fp_x, x_e) == [100]
     row = 6 * 4 * (8 + x_e.shape[1])  # the bytes of one repetition of the batch
     monkeypatch.setattr(evaluate, 'SAMPLE_CALL_BYTES', 3 * row)
-    assert evaluate.sample_calls(8, fp_x, x_e) == [(0, 3), (3, 3), (6, 2)]
+    assert evaluate.sample_calls(8, fp_x, x_e) == [3, 3, 2]
     rows, real = [], evaluate.sample_y0
     monkeypatch.setattr(evaluate, 'sample_y0', lambda m, d, x_e, fp_x, *a, **kw: rows.append(len(fp_x)) or
                         real(m, d, x_e, fp_x, *a, **kw))

@@ -166,7 +166,7 @@ def predict_labels(model, diffusion, batches, n_steps=10, eval_bn='running', n_s
         x_e = embed(model, x, shares)
         labels.append(labels_of(sample_y0(model, diffusion, x_e, fp_x, n_steps), top_k))
         votes = 0
-        for _, m in sample_calls(n_samples, fp_x, x_e):
+        for m in sample_calls(n_samples, fp_x, x_e):
             y0 = sample_y0(model, diffusion, x_e.repeat(m, 1), fp_x.repeat(m, 1), n_steps,
                            eta=sample_eta, noisy_start=True, generator=generator)
             votes = votes + F.one_hot(labels_from_y0(y0), model.n_class).view(m, len(fp_x), -1).sum(0)
@@ -180,12 +180,12 @@ SAMPLE_CALL_BYTES = 2 ** 31
 
 
 def sample_calls(n_samples, fp_x, x_e):
-    """(samples drawn before, samples in this call) of each sampler call for a batch: one call of all
-    n_samples wherever the repeated inputs fit SAMPLE_CALL_BYTES (every run the paper's settings make),
-    else as many as fit per call, the same on every machine."""
+    """The samples of each sampler call for a batch: one call of all n_samples wherever the repeated inputs
+    fit SAMPLE_CALL_BYTES (every run the paper's settings make), else as many as fit per call, the same on
+    every machine."""
     row_bytes = len(fp_x) * fp_x.element_size() * (fp_x.shape[1] + x_e.shape[1])
     per_call = max(1, SAMPLE_CALL_BYTES // max(1, row_bytes))
-    return [(done, min(per_call, n_samples - done)) for done in range(0, n_samples, per_call)]
+    return [min(per_call, n_samples - done) for done in range(0, n_samples, per_call)]
 
 
 def classify_images(images, fp_encoder, model, diffusion, diff_input, mean, std, batch_size=1000, n_steps=10,
