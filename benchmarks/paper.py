@@ -90,11 +90,8 @@ def row_settings(row):
     cfg = parse_row(row)
     module = script_module(row.script)
     if hasattr(module, 'RECIPES'):
-        from utils.recipes import cuda_graph_mode, resolve_recipe
-        resolve_recipe(cfg, module.RECIPES, script_kind(module))
-        cfg.cuda_graph = cuda_graph_mode(cfg)
-        if cfg.eval_from is None:  # as parse_config resolves it
-            cfg.eval_from = cfg.warmup_epochs
+        from utils.runs.config import resolve_defaults
+        resolve_defaults(cfg, module.RECIPES, script_kind(module))
     return types.MappingProxyType(vars(cfg))
 
 

@@ -321,11 +321,7 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     # the script's own flags, which say where its dataset lies (predict.py takes them from its command line)
     cfg.dataset_flags = sorted(a.dest for group in parser._action_groups if group.title == 'dataset'
                                for a in group._group_actions)
-    if not cfg.resume:  # a resumed run takes its recipe's values from its checkpoint
-        cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
-        cfg.cuda_graph = cuda_graph_mode(cfg)  # after the recipe: it depends on the networks the step runs
-    if cfg.eval_from is None:
-        cfg.eval_from = cfg.warmup_epochs
+    resolve_defaults(cfg, recipes, kind)
     check_config(cfg)
     if not cfg.resume:  # a resumed run keeps what it recorded (its fingerprints were taken of those spellings)
         absolute_data_paths(cfg)
@@ -333,6 +329,17 @@ def parse_config(description, defaults, recipes, argv=None, dataset_args=None, k
     if cfg.print_config:
         print(config_table(cfg, parser, defaults))
         sys.exit(0)
+    return cfg
+
+
+def resolve_defaults(cfg, recipes, kind='memory'):
+    """The flags left unset that a new run resolves: the recipe's (`recipes`: the script's RECIPES table), the
+    CUDA graph mode and --eval_from. A resumed run takes its recipe's values from its checkpoint."""
+    if not cfg.resume:
+        cfg.recipe_filled = resolve_recipe(cfg, recipes, kind)
+        cfg.cuda_graph = cuda_graph_mode(cfg)  # after the recipe: it depends on the networks the step runs
+    if cfg.eval_from is None:
+        cfg.eval_from = cfg.warmup_epochs
     return cfg
 
 
